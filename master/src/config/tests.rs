@@ -1,0 +1,744 @@
+use super::*;
+use zentinel_protocol::config::*;
+
+const FULL_EXAMPLE: &str = r#"system {
+    worker-processes 2                 // 0 or absent = one per CPU
+    max-connections 10000
+    graceful-shutdown-timeout-secs 30
+    control-socket "/run/zentinel/zentinel.sock"
+}
+listeners {
+    listener "http" {
+        address "127.0.0.1:8080"
+        protocol "http"
+        request-timeout-secs 60
+        keepalive-timeout-secs 75
+        backlog 1024
+        default-route "fallback"
+    }
+    listener "db" {
+        address "[::1]:5433"
+        protocol "tcp"
+        upstream "db"
+    }
+}
+routes {
+    route "api" {
+        priority "high"
+        matches {
+            host "api.example.com"
+            host "*.example.com"
+            path-prefix "/api/"
+            path "/exact"
+        }
+        upstream "backend"
+    }
+    route "health" {
+        matches { path "/health"; }
+        static-response status=200 body="ok" content-type="text/plain"
+    }
+    route "fallback" {
+        priority "low"
+        static-response status=404
+    }
+}
+upstreams {
+    upstream "backend" {
+        target "127.0.0.1:9001" weight=1
+        target "127.0.0.1:9002" weight=3
+        target "[::1]:9003"
+        load-balancing "round_robin"
+        connection-pool { max-idle 16; idle-timeout-secs 90; }
+        timeouts { connect-secs 2; read-secs 45; }
+    }
+    upstream "db" {
+        target "127.0.0.1:5432"
+        load-balancing "least_connections"
+    }
+}
+limits {
+    max-header-size-bytes 16384
+    max-header-count 50
+    max-body-size-bytes 1048576
+}
+"#;
+
+fn errors(source: &str) -> Vec<ConfigDiagnostic> {
+    match parse_config(source, "test.kdl") {
+        Ok(config) => panic!("expected errors, got {config:#?}"),
+        Err(errs) => errs,
+    }
+}
+
+fn ok(source: &str) -> ProxyConfig {
+    match parse_config(source, "test.kdl") {
+        Ok(config) => config,
+        Err(errs) => panic!(
+            "expected success, got:\n{}",
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    }
+}
+
+/// Asserts that exactly one diagnostic sits at `line:column` for `node` and that its message
+/// contains `needle`.
+#[track_caller]
+fn assert_diag(errs: &[ConfigDiagnostic], line: usize, column: usize, node: &str, needle: &str) {
+    let found: Vec<_> = errs
+        .iter()
+        .filter(|e| {
+            e.line == line && e.column == column && e.node == node && e.message.contains(needle)
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one diagnostic {line}:{column} `{node}` containing {needle:?}; got:\n{}",
+        errs.iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(found[0].file, "test.kdl");
+}
+
+/// A minimal valid document to which a test appends the piece under test.
+const BASE: &str = "listeners {\n    listener \"http\" { address \"127.0.0.1:8080\"; }\n}\n";
+
+#[test]
+fn full_example_parses_into_the_expected_model() {
+    let config = ok(FULL_EXAMPLE);
+    let expected = ProxyConfig {
+        system: SystemConfig {
+            worker_processes: 2,
+            max_connections: 10_000,
+            graceful_shutdown_timeout_secs: 30,
+            control_socket: Some("/run/zentinel/zentinel.sock".to_owned()),
+        },
+        listeners: vec![
+            ListenerConfig {
+                name: "http".to_owned(),
+                address: "127.0.0.1:8080".to_owned(),
+                protocol: ListenerProtocol::Http,
+                backlog: 1024,
+                request_timeout_secs: 60,
+                keepalive_timeout_secs: 75,
+                default_route: Some("fallback".to_owned()),
+                upstream: None,
+            },
+            ListenerConfig {
+                name: "db".to_owned(),
+                address: "[::1]:5433".to_owned(),
+                protocol: ListenerProtocol::Tcp,
+                backlog: DEFAULT_BACKLOG,
+                request_timeout_secs: 60,
+                keepalive_timeout_secs: 75,
+                default_route: None,
+                upstream: Some("db".to_owned()),
+            },
+        ],
+        routes: vec![
+            RouteConfig {
+                name: "api".to_owned(),
+                priority: RoutePriority::High,
+                matches: vec![
+                    RouteMatch::Host("api.example.com".to_owned()),
+                    RouteMatch::Host("*.example.com".to_owned()),
+                    RouteMatch::PathPrefix("/api/".to_owned()),
+                    RouteMatch::Path("/exact".to_owned()),
+                ],
+                action: RouteAction::Upstream("backend".to_owned()),
+            },
+            RouteConfig {
+                name: "health".to_owned(),
+                priority: RoutePriority::Normal,
+                matches: vec![RouteMatch::Path("/health".to_owned())],
+                action: RouteAction::Static(StaticResponse {
+                    status: 200,
+                    body: "ok".to_owned(),
+                    content_type: "text/plain".to_owned(),
+                }),
+            },
+            RouteConfig {
+                name: "fallback".to_owned(),
+                priority: RoutePriority::Low,
+                matches: vec![],
+                action: RouteAction::Static(StaticResponse {
+                    status: 404,
+                    body: String::new(),
+                    content_type: "text/plain".to_owned(),
+                }),
+            },
+        ],
+        upstreams: vec![
+            UpstreamConfig {
+                name: "backend".to_owned(),
+                targets: vec![
+                    UpstreamTarget {
+                        address: "127.0.0.1:9001".to_owned(),
+                        weight: 1,
+                    },
+                    UpstreamTarget {
+                        address: "127.0.0.1:9002".to_owned(),
+                        weight: 3,
+                    },
+                    UpstreamTarget {
+                        address: "[::1]:9003".to_owned(),
+                        weight: 1,
+                    },
+                ],
+                load_balancing: LoadBalancing::RoundRobin,
+                pool: ConnectionPool {
+                    max_idle: 16,
+                    idle_timeout_secs: 90,
+                },
+                timeouts: UpstreamTimeouts {
+                    connect_secs: 2,
+                    read_secs: 45,
+                },
+            },
+            UpstreamConfig {
+                name: "db".to_owned(),
+                targets: vec![UpstreamTarget {
+                    address: "127.0.0.1:5432".to_owned(),
+                    weight: 1,
+                }],
+                load_balancing: LoadBalancing::LeastConnections,
+                pool: ConnectionPool::default(),
+                timeouts: UpstreamTimeouts::default(),
+            },
+        ],
+        limits: Limits {
+            max_header_size_bytes: 16384,
+            max_header_count: 50,
+            max_body_size_bytes: 1_048_576,
+        },
+    };
+    assert_eq!(config, expected);
+}
+
+#[test]
+fn absent_sections_take_model_defaults() {
+    let config = ok(BASE);
+    assert_eq!(config.system, SystemConfig::default());
+    assert_eq!(config.limits, Limits::default());
+    assert!(config.routes.is_empty());
+    assert_eq!(config.listeners[0].backlog, DEFAULT_BACKLOG);
+    assert_eq!(config.listeners[0].request_timeout_secs, 60);
+    assert_eq!(config.listeners[0].keepalive_timeout_secs, 75);
+    assert_eq!(config.listeners[0].protocol, ListenerProtocol::Http);
+}
+
+#[test]
+fn embedded_default_parses() {
+    let (config, name) = load_config(None).expect("embedded default must be valid");
+    assert_eq!(name, DEFAULT_CONFIG_NAME);
+    assert_eq!(config.system.worker_processes, 0);
+    assert_eq!(config.listeners.len(), 1);
+    let listener = &config.listeners[0];
+    assert_eq!(listener.name, "http");
+    assert_eq!(listener.address, "127.0.0.1:8080");
+    assert_eq!(listener.protocol, ListenerProtocol::Http);
+    let default_route = listener.default_route.as_deref().expect("default route");
+    let route = config
+        .routes
+        .iter()
+        .find(|r| r.name == default_route)
+        .expect("default route exists");
+    assert_eq!(
+        route.action,
+        RouteAction::Static(StaticResponse {
+            status: 200,
+            body: "Zentinel is running\n".to_owned(),
+            content_type: "text/plain".to_owned(),
+        })
+    );
+}
+
+#[test]
+fn load_config_reads_a_file_and_reports_unreadable_ones() {
+    let dir = std::env::temp_dir().join(format!("zentinel-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("zentinel.kdl");
+    std::fs::write(&path, FULL_EXAMPLE).unwrap();
+    let (config, name) = load_config(Some(&path)).unwrap();
+    assert_eq!(name, path.display().to_string());
+    assert_eq!(config.listeners.len(), 2);
+
+    let missing = dir.join("missing.kdl");
+    let errs = load_config(Some(&missing)).unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].file, missing.display().to_string());
+    assert!(errs[0].message.contains("No such file"), "{}", errs[0]);
+    assert!(errs[0]
+        .to_string()
+        .starts_with(&format!("{}: cannot read", missing.display())));
+
+    std::fs::write(&path, "system { worker-processes \"two\"; }\n").unwrap();
+    let errs = load_config(Some(&path)).unwrap_err();
+    assert!(errs.iter().all(|e| e.file == path.display().to_string()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn display_format() {
+    let d = ConfigDiagnostic {
+        file: "z.kdl".to_owned(),
+        line: 3,
+        column: 5,
+        node: "backlog".to_owned(),
+        message: "expected an integer".to_owned(),
+    };
+    assert_eq!(d.to_string(), "z.kdl:3:5: `backlog`: expected an integer");
+}
+
+#[test]
+fn kdl_v1_file_parses() {
+    // v1-only syntax: r"..." raw strings.
+    let source = r##"listeners {
+    listener "http" {
+        address "127.0.0.1:8080"
+        default-route "root"
+    }
+}
+routes {
+    route "root" {
+        static-response status=200 body=r#"say "hi""#
+    }
+}
+"##;
+    let config = ok(source);
+    assert_eq!(
+        config.routes[0].action,
+        RouteAction::Static(StaticResponse {
+            status: 200,
+            body: "say \"hi\"".to_owned(),
+            content_type: "text/plain".to_owned(),
+        })
+    );
+}
+
+#[test]
+fn kdl_v2_file_parses() {
+    // v2-only syntax: bare identifier strings, #"..."# raw strings, #true.
+    let source = r##"listeners {
+    listener http {
+        address "127.0.0.1:8080"
+        protocol http
+    }
+}
+routes {
+    route root {
+        priority critical
+        static-response status=200 body=#"say "hi""#
+    }
+}
+"##;
+    let config = ok(source);
+    assert_eq!(config.listeners[0].name, "http");
+    assert_eq!(config.routes[0].priority, RoutePriority::Critical);
+    assert_eq!(
+        config.routes[0].action,
+        RouteAction::Static(StaticResponse {
+            status: 200,
+            body: "say \"hi\"".to_owned(),
+            content_type: "text/plain".to_owned(),
+        })
+    );
+}
+
+#[test]
+fn v1_booleans_parse_in_a_v1_file() {
+    // The boolean sits in a node we do not support yet: the file must still parse as KDL and
+    // yield only that one diagnostic.
+    let source = format!("{BASE}observability {{\n    metrics {{ enabled true; }}\n}}\n");
+    let errs = errors(&source);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_diag(
+        &errs,
+        4,
+        1,
+        "observability",
+        "`observability` is not supported yet",
+    );
+}
+
+#[test]
+fn v1_and_v2_booleans_mixed_in_one_file() {
+    // `true` (v1) and `#false` (v2) together: neither parser accepts this alone. The error on
+    // the last line sits after the rewritten keywords, so its column proves offsets map back.
+    let source = "waf { enabled true; strict #false; log null; }\n\
+                  listeners {\n    listener \"http\" { address \"127.0.0.1:8080\"; }\n}\n\
+                  system { sandbox true; worker-processes \"two\"; }\n";
+    let errs = errors(source);
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert_diag(&errs, 1, 1, "waf", "`waf` is not supported yet");
+    assert_diag(
+        &errs,
+        5,
+        10,
+        "sandbox",
+        "unknown node `sandbox` in `system`",
+    );
+    assert_diag(
+        &errs,
+        5,
+        41,
+        "worker-processes",
+        "expected an integer, found the string \"two\"",
+    );
+}
+
+#[test]
+fn syntax_errors_carry_their_position() {
+    let source = "system {\n    worker-processes 2\n    max-connections \"100\n}\n";
+    let errs = errors(source);
+    assert!(!errs.is_empty());
+    assert!(
+        errs.iter().all(|e| e.message.starts_with("syntax error")),
+        "{errs:?}"
+    );
+    assert_diag(&errs, 3, 21, "max-connections", "syntax error");
+
+    let errs = errors("system {\n    worker-processes 2\n");
+    assert!(
+        errs.iter().all(|e| e.message.starts_with("syntax error")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.line == 1 && e.column == 8),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn unknown_nodes_are_reported_with_suggestions() {
+    let source = "listeners {\n    listener \"http\" {\n        address \"127.0.0.1:8080\"\n        backlgo 10\n        frobnicate 1\n    }\n}\nsytem { }\n";
+    let errs = errors(source);
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert_diag(
+        &errs,
+        4,
+        9,
+        "backlgo",
+        "unknown node `backlgo` in `listener` (did you mean `backlog`?)",
+    );
+    let frob = errs.iter().find(|e| e.node == "frobnicate").unwrap();
+    assert_eq!((frob.line, frob.column), (5, 9));
+    assert_eq!(frob.message, "unknown node `frobnicate` in `listener`");
+    assert_diag(
+        &errs,
+        8,
+        1,
+        "sytem",
+        "unknown node `sytem` at the top level (did you mean `system`?)",
+    );
+}
+
+#[test]
+fn unsupported_nodes_are_distinct_from_unknown_ones() {
+    let source = format!("{BASE}waf {{ }}\nrate-limit {{ }}\n");
+    let errs = errors(&source);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert_diag(&errs, 4, 1, "waf", "`waf` is not supported yet");
+    assert_diag(
+        &errs,
+        5,
+        1,
+        "rate-limit",
+        "`rate-limit` is not supported yet",
+    );
+    assert!(errs.iter().all(|e| !e.message.contains("unknown")));
+
+    let errs = errors("listeners {\n    listener \"https\" {\n        address \"127.0.0.1:8443\"\n        tls { cert \"x\"; }\n    }\n}\n");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_diag(&errs, 4, 9, "tls", "`tls` is not supported yet");
+}
+
+#[test]
+fn wrong_argument_types_and_counts() {
+    let source = format!(
+        "{BASE}system {{\n    worker-processes \"two\"\n    max-connections 1.5\n    graceful-shutdown-timeout-secs\n    control-socket \"a\" \"b\"\n}}\n"
+    );
+    let errs = errors(&source);
+    assert_eq!(errs.len(), 4, "{errs:?}");
+    assert_diag(
+        &errs,
+        5,
+        22,
+        "worker-processes",
+        "expected an integer, found the string \"two\"",
+    );
+    let wp = errs.iter().find(|e| e.node == "worker-processes").unwrap();
+    assert_eq!(
+        wp.to_string(),
+        "test.kdl:5:22: `worker-processes`: expected an integer, found the string \"two\""
+    );
+    assert_diag(
+        &errs,
+        6,
+        21,
+        "max-connections",
+        "expected an integer, found the number 1.5",
+    );
+    assert_diag(
+        &errs,
+        7,
+        5,
+        "graceful-shutdown-timeout-secs",
+        "missing value",
+    );
+    assert_diag(
+        &errs,
+        8,
+        24,
+        "control-socket",
+        "expected exactly one value, found 2",
+    );
+}
+
+#[test]
+fn out_of_range_values() {
+    let source = format!(
+        "{BASE}system {{ worker-processes -1; }}\nlimits {{ max-header-count 0; }}\nroutes {{\n    route \"r\" {{ static-response status=700; }}\n}}\nupstreams {{\n    upstream \"u\" {{ target \"127.0.0.1:1\" weight=0; }}\n}}\n"
+    );
+    let errs = errors(&source);
+    assert_eq!(errs.len(), 4, "{errs:?}");
+    assert_diag(
+        &errs,
+        4,
+        27,
+        "worker-processes",
+        "must be at least 0, found -1",
+    );
+    assert_diag(
+        &errs,
+        5,
+        27,
+        "max-header-count",
+        "must be at least 1, found 0",
+    );
+    assert_diag(
+        &errs,
+        7,
+        33,
+        "static-response",
+        "property `status` must be at most 599, found 700",
+    );
+    assert_diag(
+        &errs,
+        10,
+        41,
+        "target",
+        "property `weight` must be at least 1, found 0",
+    );
+}
+
+#[test]
+fn unknown_properties() {
+    let source = format!(
+        "{BASE}upstreams {{\n    upstream \"u\" {{ target \"127.0.0.1:1\" wieght=2; }}\n}}\nroutes {{\n    route \"r\" {{ upstream \"u\"; static-response status=200; }}\n    route \"s\" {{ static-response status=200 type=\"x\"; }}\n}}\n"
+    );
+    let errs = errors(&source);
+    assert_diag(
+        &errs,
+        5,
+        41,
+        "target",
+        "unknown property `wieght` (did you mean `weight`?)",
+    );
+    assert_diag(&errs, 8, 31, "static-response", "already has an action");
+    assert_diag(&errs, 9, 44, "static-response", "unknown property `type`");
+    assert_eq!(errs.len(), 3, "{errs:?}");
+}
+
+#[test]
+fn missing_required_values() {
+    let source = "listeners {\n    listener \"a\" { protocol \"http\"; }\n    listener { address \"127.0.0.1:1\"; }\n}\nroutes {\n    route \"r\" { static-response body=\"x\"; }\n    route \"n\" { priority \"high\"; }\n}\nupstreams {\n    upstream \"u\" { }\n}\n";
+    let errs = errors(source);
+    assert_diag(&errs, 2, 5, "listener", "listener `a` has no `address`");
+    assert_diag(&errs, 3, 5, "listener", "missing name");
+    assert_diag(&errs, 6, 17, "static-response", "missing `status`");
+    assert_diag(&errs, 7, 5, "route", "route `n` has no action");
+    assert_diag(&errs, 10, 5, "upstream", "upstream `u` has no `target`");
+    assert_eq!(errs.len(), 5, "{errs:?}");
+}
+
+#[test]
+fn invalid_values() {
+    let source = "listeners {\n    listener \"a\" { address \"localhost:80\"; protocol \"udp\"; }\n}\nroutes {\n    route \"r\" {\n        priority \"urgent\"\n        matches { path-prefix \"api\"; host \"a.*.com\"; }\n        static-response status=200\n    }\n}\n";
+    let errs = errors(source);
+    assert_diag(
+        &errs,
+        2,
+        28,
+        "address",
+        "invalid socket address \"localhost:80\"",
+    );
+    assert_diag(&errs, 2, 53, "protocol", "unknown protocol \"udp\"");
+    assert_diag(&errs, 6, 18, "priority", "unknown priority \"urgent\"");
+    assert_diag(&errs, 7, 31, "path-prefix", "must start with '/'");
+    assert_diag(&errs, 7, 43, "host", "invalid host \"a.*.com\"");
+    assert_eq!(errs.len(), 5, "{errs:?}");
+}
+
+#[test]
+fn duplicate_names_and_addresses() {
+    let source = "listeners {\n    listener \"a\" { address \"127.0.0.1:8080\"; }\n    listener \"a\" { address \"127.0.0.1:8081\"; }\n    listener \"b\" { address \"127.0.0.1:8080\"; }\n    listener \"c\" { address \"0.0.0.0:8081\"; }\n}\nroutes {\n    route \"r\" { static-response status=200; }\n    route \"r\" { static-response status=201; }\n}\nupstreams {\n    upstream \"u\" { target \"127.0.0.1:1\"; }\n    upstream \"u\" { target \"127.0.0.1:2\"; }\n}\n";
+    let errs = errors(source);
+    assert_diag(
+        &errs,
+        3,
+        14,
+        "listener",
+        "duplicate listener name `a` (first defined at line 2)",
+    );
+    assert_diag(
+        &errs,
+        4,
+        28,
+        "address",
+        "address 127.0.0.1:8080 is already used by listener `a` (line 2)",
+    );
+    assert_diag(
+        &errs,
+        5,
+        28,
+        "address",
+        "overlaps listener `a` on 127.0.0.1:8081 (line 3)",
+    );
+    assert_diag(
+        &errs,
+        9,
+        11,
+        "route",
+        "duplicate route name `r` (first defined at line 8)",
+    );
+    assert_diag(
+        &errs,
+        13,
+        14,
+        "upstream",
+        "duplicate upstream name `u` (first defined at line 12)",
+    );
+    assert_eq!(errs.len(), 5, "{errs:?}");
+}
+
+#[test]
+fn dangling_references_and_tcp_without_upstream() {
+    let source = "listeners {\n    listener \"a\" { address \"127.0.0.1:8080\"; default-route \"fallbak\"; }\n    listener \"t\" { address \"127.0.0.1:5000\"; protocol \"tcp\"; }\n    listener \"d\" { address \"127.0.0.1:5001\"; protocol \"tcp\"; upstream \"nope\"; }\n}\nroutes {\n    route \"fallback\" { upstream \"bakend\"; }\n}\nupstreams {\n    upstream \"backend\" { target \"127.0.0.1:1\"; }\n}\n";
+    let errs = errors(source);
+    assert_diag(
+        &errs,
+        2,
+        60,
+        "default-route",
+        "names route `fallbak`, which is not defined in `routes` (did you mean `fallback`?)",
+    );
+    assert_diag(
+        &errs,
+        3,
+        5,
+        "listener",
+        "tcp listener `t` has no `upstream`",
+    );
+    assert_diag(
+        &errs,
+        4,
+        71,
+        "upstream",
+        "listener `d` names upstream `nope`, which is not defined",
+    );
+    assert_diag(&errs, 7, 33, "upstream", "route `fallback` names upstream `bakend`, which is not defined in `upstreams` (did you mean `backend`?)");
+    assert_eq!(errs.len(), 4, "{errs:?}");
+}
+
+#[test]
+fn protocol_specific_keys_are_checked() {
+    let source = "listeners {\n    listener \"h\" { address \"127.0.0.1:8080\"; upstream \"u\"; }\n    listener \"t\" { address \"127.0.0.1:5000\"; protocol \"tcp\"; upstream \"u\"; default-route \"r\"; }\n}\nupstreams {\n    upstream \"u\" { target \"127.0.0.1:1\"; }\n}\n";
+    let errs = errors(source);
+    assert_diag(&errs, 2, 46, "upstream", "only valid on tcp listeners");
+    assert_diag(
+        &errs,
+        3,
+        76,
+        "default-route",
+        "only valid on http listeners",
+    );
+    assert_eq!(errs.len(), 2, "{errs:?}");
+}
+
+#[test]
+fn no_listener_is_an_error() {
+    let errs = errors("system { worker-processes 1; }\n");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_diag(&errs, 1, 1, "listeners", "no listener configured");
+}
+
+#[test]
+fn all_errors_are_listed_together_in_file_order() {
+    let source = "waf { }\nsystem {\n    worker-processes \"two\"\n    bogus 1\n}\nlisteners {\n    listener \"a\" { address \"nope\"; }\n}\n";
+    let errs = errors(source);
+    let positions: Vec<_> = errs
+        .iter()
+        .map(|e| (e.line, e.column, e.node.as_str()))
+        .collect();
+    assert_eq!(
+        positions,
+        vec![
+            (1, 1, "waf"),
+            (3, 22, "worker-processes"),
+            (4, 5, "bogus"),
+            (7, 28, "address")
+        ]
+    );
+}
+
+#[test]
+fn duplicate_singleton_keys() {
+    let source = format!("{BASE}system {{\n    worker-processes 1\n    worker-processes 2\n}}\n");
+    let errs = errors(&source);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_diag(
+        &errs,
+        6,
+        5,
+        "worker-processes",
+        "duplicate `worker-processes` (first set at line 5)",
+    );
+}
+
+#[test]
+fn routes_are_ordered_by_priority_then_file_order() {
+    let source = format!(
+        "{BASE}routes {{\n    route \"n1\" {{ static-response status=200; }}\n    route \"l1\" {{ priority \"low\"; static-response status=200; }}\n    route \"c1\" {{ priority \"critical\"; static-response status=200; }}\n    route \"h1\" {{ priority \"high\"; static-response status=200; }}\n    route \"n2\" {{ priority \"normal\"; static-response status=200; }}\n    route \"c2\" {{ priority \"critical\"; static-response status=200; }}\n    route \"l2\" {{ priority \"low\"; static-response status=200; }}\n}}\n"
+    );
+    let config = ok(&source);
+    let names: Vec<_> = config.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["c1", "c2", "h1", "n1", "n2", "l1", "l2"]);
+}
+
+#[test]
+fn columns_count_characters_not_bytes() {
+    let source =
+        format!("// configuración é\n{BASE}system {{ /* ñ */ worker-processes \"two\"; }}\n");
+    let errs = errors(&source);
+    assert_diag(&errs, 5, 35, "worker-processes", "expected an integer");
+}
+
+#[test]
+fn keyword_rewrite_skips_strings_and_comments() {
+    let (text, inserted) = super::kdl_parse::rewrite_v1_keywords(
+        "a true \"true\" r#\"null\"# #\"false\"# // true\n/* null /* true */ */ b=false #true (t)null trueish\n",
+    )
+    .unwrap();
+    assert_eq!(
+        text,
+        "a #true \"true\" r#\"null\"# #\"false\"# // true\n/* null /* true */ */ b=#false #true (t)#null trueish\n"
+    );
+    assert_eq!(inserted.len(), 3);
+    assert!(super::kdl_parse::rewrite_v1_keywords("a #true \"true\"\n").is_none());
+}

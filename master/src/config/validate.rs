@@ -1,0 +1,182 @@
+//! Cross-reference checks on a parsed configuration, and the final ordering of routes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use zentinel_protocol::config::{ProxyConfig, RouteAction};
+
+use super::kdl_parse::{did_you_mean, Diagnostics, ParsedConfig};
+
+/// Checks names and references across sections and builds the final configuration. Problems go
+/// to `diags`; the returned value is only meaningful when no diagnostic was recorded.
+pub(super) fn validate(parsed: ParsedConfig, diags: &mut Diagnostics<'_>) -> ProxyConfig {
+    check_unique_names(
+        "listener",
+        parsed
+            .listeners
+            .iter()
+            .filter(|l| l.has_name)
+            .map(|l| (l.config.name.as_str(), l.name_at)),
+        diags,
+    );
+    check_unique_names(
+        "route",
+        parsed
+            .routes
+            .iter()
+            .filter(|r| r.has_name)
+            .map(|r| (r.config.name.as_str(), r.name_at)),
+        diags,
+    );
+    check_unique_names(
+        "upstream",
+        parsed
+            .upstreams
+            .iter()
+            .filter(|u| u.has_name)
+            .map(|u| (u.config.name.as_str(), u.name_at)),
+        diags,
+    );
+
+    if parsed.listeners.is_empty() {
+        diags.error(
+            parsed.listeners_at.unwrap_or(0),
+            "listeners",
+            "no listener configured: add `listeners { listener \"http\" { address \"0.0.0.0:8080\" } }`",
+        );
+    }
+
+    // Two listeners on the same address, or a wildcard and a specific address on the same port
+    // and family, cannot both be bound; say so now rather than failing at bind time.
+    let mut bound: Vec<(SocketAddr, usize, &str)> = Vec::new();
+    for listener in &parsed.listeners {
+        let Some((addr, at)) = listener.address else {
+            continue;
+        };
+        let clash = bound.iter().find(|(other, _, _)| {
+            addr.port() != 0
+                && other.port() == addr.port()
+                && other.is_ipv4() == addr.is_ipv4()
+                && (other.ip() == addr.ip()
+                    || other.ip().is_unspecified()
+                    || addr.ip().is_unspecified())
+        });
+        if let Some(&(other, other_at, other_name)) = clash {
+            let line = diags.line_of(other_at);
+            let message = if other == addr {
+                format!("address {addr} is already used by listener `{other_name}` (line {line})")
+            } else {
+                format!(
+                    "address {addr} overlaps listener `{other_name}` on {other} (line {line}): \
+                     both cannot be bound"
+                )
+            };
+            diags.error(at, "address", message);
+        } else {
+            bound.push((addr, at, listener.config.name.as_str()));
+        }
+    }
+
+    let route_names: Vec<&str> = parsed
+        .routes
+        .iter()
+        .map(|r| r.config.name.as_str())
+        .collect();
+    let upstream_names: Vec<&str> = parsed
+        .upstreams
+        .iter()
+        .map(|u| u.config.name.as_str())
+        .collect();
+    for listener in &parsed.listeners {
+        if let (Some(route), Some(at)) = (&listener.config.default_route, listener.default_route_at)
+        {
+            if !route_names.contains(&route.as_str()) {
+                diags.error(
+                    at,
+                    "default-route",
+                    format!(
+                        "listener `{}` names route `{route}`, which is not defined in `routes`{}",
+                        listener.config.name,
+                        did_you_mean(route, route_names.iter().copied())
+                    ),
+                );
+            }
+        }
+        if let (Some(upstream), Some(at)) = (&listener.config.upstream, listener.upstream_at) {
+            check_upstream_exists(
+                "listener",
+                &listener.config.name,
+                upstream,
+                at,
+                &upstream_names,
+                diags,
+            );
+        }
+    }
+    for route in &parsed.routes {
+        if let (RouteAction::Upstream(upstream), Some(at)) =
+            (&route.config.action, route.upstream_at)
+        {
+            check_upstream_exists(
+                "route",
+                &route.config.name,
+                upstream,
+                at,
+                &upstream_names,
+                diags,
+            );
+        }
+    }
+
+    let mut routes: Vec<_> = parsed.routes.into_iter().map(|r| r.config).collect();
+    // Stable: equal priorities keep file order.
+    routes.sort_by_key(|r| r.priority);
+    ProxyConfig {
+        system: parsed.system,
+        listeners: parsed.listeners.into_iter().map(|l| l.config).collect(),
+        routes,
+        upstreams: parsed.upstreams.into_iter().map(|u| u.config).collect(),
+        limits: parsed.limits,
+    }
+}
+
+fn check_unique_names<'n>(
+    kind: &str,
+    names: impl Iterator<Item = (&'n str, usize)>,
+    diags: &mut Diagnostics<'_>,
+) {
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for (name, at) in names {
+        if let Some(&prev) = first.get(name) {
+            let line = diags.line_of(prev);
+            diags.error(
+                at,
+                kind,
+                format!("duplicate {kind} name `{name}` (first defined at line {line})"),
+            );
+        } else {
+            first.insert(name, at);
+        }
+    }
+}
+
+fn check_upstream_exists(
+    kind: &str,
+    owner: &str,
+    upstream: &str,
+    at: usize,
+    upstream_names: &[&str],
+    diags: &mut Diagnostics<'_>,
+) {
+    if !upstream_names.contains(&upstream) {
+        diags.error(
+            at,
+            "upstream",
+            format!(
+                "{kind} `{owner}` names upstream `{upstream}`, which is not defined in \
+                 `upstreams`{}",
+                did_you_mean(upstream, upstream_names.iter().copied())
+            ),
+        );
+    }
+}

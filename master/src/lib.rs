@@ -1,0 +1,16 @@
+//! The Zentinel master: configuration, listening sockets, worker supervision.
+//!
+//! - [`config`]: KDL parsing and validation into the protocol's `ProxyConfig`.
+//! - [`listeners`]: binding the listening sockets the workers share.
+//! - [`worker_process`]: spawning a worker from the master's own executable; the worker side's
+//!   adoption of its channel fd.
+//! - [`supervisor`]: the master's event loop (handshakes, restarts, signals, stop).
+//! - [`backoff`]: restart delays.
+//! - [`logging`]: the tracing subscriber shared by master and workers.
+
+pub mod backoff;
+pub mod config;
+pub mod listeners;
+pub mod logging;
+pub mod supervisor;
+pub mod worker_process;

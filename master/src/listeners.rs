@@ -1,0 +1,298 @@
+//! Binding the configured listening sockets.
+//!
+//! The master binds each address exactly once and keeps the socket for as long as the
+//! address stays in the configuration; workers only ever receive duplicates of these fds
+//! (see /work/shared/design/upgrades.md, sections 1 and 9). Closing the master's fd while a
+//! worker still uses the socket is harmless, but closing the last fd drops the accept queue,
+//! so the master holds them for the lifetime of the configuration.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use zentinel_protocol::config::{ListenerConfig, ListenerProtocol};
+use zentinel_protocol::messages::ListenerHandle;
+
+/// Why a listener could not be set up. Every variant names the listener and its address.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    #[error("listener \"{name}\": invalid address \"{address}\": {source}")]
+    InvalidAddress {
+        name: String,
+        address: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error("listener \"{name}\": cannot {step} for {address}: {source}")]
+    Socket {
+        name: String,
+        address: SocketAddr,
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("listener \"{name}\": cannot bind {address}: {source}")]
+    Bind {
+        name: String,
+        address: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("listener \"{name}\": cannot listen on {address}: {source}")]
+    Listen {
+        name: String,
+        address: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ListenerError {
+    /// The underlying I/O error, if any (e.g. to test for `AddrInUse`).
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            ListenerError::InvalidAddress { .. } => None,
+            ListenerError::Socket { source, .. }
+            | ListenerError::Bind { source, .. }
+            | ListenerError::Listen { source, .. } => Some(source),
+        }
+    }
+}
+
+/// A bound, listening, non-blocking, close-on-exec socket owned by the master.
+#[derive(Debug)]
+pub struct BoundListener {
+    name: String,
+    /// The address actually bound (differs from the configured one only for port 0).
+    local_address: SocketAddr,
+    protocol: ListenerProtocol,
+    fd: OwnedFd,
+}
+
+impl BoundListener {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn local_address(&self) -> SocketAddr {
+        self.local_address
+    }
+
+    pub fn protocol(&self) -> ListenerProtocol {
+        self.protocol
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// What a worker is told about this socket; it checks the fd's local address against it.
+    pub fn handle(&self) -> ListenerHandle {
+        ListenerHandle {
+            name: self.name.clone(),
+            address: self.local_address.to_string(),
+        }
+    }
+}
+
+impl AsFd for BoundListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Bind every listener, in configuration order. Stops at the first failure; sockets bound
+/// before it are closed when the partial result is dropped.
+pub fn bind_all(listeners: &[ListenerConfig]) -> Result<Vec<BoundListener>, ListenerError> {
+    listeners.iter().map(bind_listener).collect()
+}
+
+/// Create, configure, bind and listen one socket.
+pub fn bind_listener(config: &ListenerConfig) -> Result<BoundListener, ListenerError> {
+    let address: SocketAddr =
+        config
+            .address
+            .parse()
+            .map_err(|source| ListenerError::InvalidAddress {
+                name: config.name.clone(),
+                address: config.address.clone(),
+                source,
+            })?;
+    let socket_err = |step: &'static str| {
+        let name = config.name.clone();
+        move |source: io::Error| ListenerError::Socket {
+            name,
+            address,
+            step,
+            source,
+        }
+    };
+
+    // socket2 sets SOCK_CLOEXEC; the flag stays on for the master's copy. Only the fds
+    // duplicated to a worker (with MSG_CMSG_CLOEXEC on its side) ever cross a process boundary.
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )
+    .map_err(socket_err("create a socket"))?;
+    // Lets a restarted zentinel bind while connections of the previous one sit in TIME_WAIT.
+    socket
+        .set_reuse_address(true)
+        .map_err(socket_err("set SO_REUSEADDR"))?;
+    if address.is_ipv6() {
+        // `[::]:80` must not also grab the IPv4 port: a separate `0.0.0.0:80` listener is
+        // legal configuration and would otherwise fail with EADDRINUSE.
+        socket
+            .set_only_v6(true)
+            .map_err(socket_err("set IPV6_V6ONLY"))?;
+    }
+    socket
+        .set_nonblocking(true)
+        .map_err(socket_err("set O_NONBLOCK"))?;
+    socket
+        .bind(&address.into())
+        .map_err(|source| ListenerError::Bind {
+            name: config.name.clone(),
+            address,
+            source,
+        })?;
+    let backlog = i32::try_from(config.backlog).unwrap_or(i32::MAX);
+    socket
+        .listen(backlog)
+        .map_err(|source| ListenerError::Listen {
+            name: config.name.clone(),
+            address,
+            source,
+        })?;
+    let local_address = socket
+        .local_addr()
+        .map_err(socket_err("read the local address"))?
+        .as_socket()
+        .unwrap_or(address);
+
+    Ok(BoundListener {
+        name: config.name.clone(),
+        local_address,
+        protocol: config.protocol,
+        fd: socket.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    use socket2::SockRef;
+    use zentinel_protocol::config::DEFAULT_BACKLOG;
+
+    fn listener_config(name: &str, address: &str) -> ListenerConfig {
+        ListenerConfig {
+            name: name.to_owned(),
+            address: address.to_owned(),
+            protocol: ListenerProtocol::Http,
+            backlog: DEFAULT_BACKLOG,
+            request_timeout_secs: 60,
+            keepalive_timeout_secs: 75,
+            default_route: None,
+            upstream: None,
+        }
+    }
+
+    fn fd_flags(fd: BorrowedFd<'_>) -> (i32, i32) {
+        // SAFETY: F_GETFD/F_GETFL only read flags of an fd we borrow for the call.
+        let fd_flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+        // SAFETY: as above.
+        let fl_flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        (fd_flags, fl_flags)
+    }
+
+    fn assert_listening_socket(bound: &BoundListener) {
+        let sock = SockRef::from(bound);
+        assert_eq!(sock.r#type().unwrap(), Type::STREAM);
+        assert!(sock.is_listener().unwrap(), "socket is not listening");
+        assert!(sock.reuse_address().unwrap(), "SO_REUSEADDR not set");
+        let (fd_flags, fl_flags) = fd_flags(bound.fd());
+        assert_ne!(fd_flags & libc::FD_CLOEXEC, 0, "CLOEXEC not set");
+        assert_ne!(fl_flags & libc::O_NONBLOCK, 0, "O_NONBLOCK not set");
+        // A real connection completes against the socket.
+        TcpStream::connect(bound.local_address()).unwrap();
+    }
+
+    #[test]
+    fn binds_ipv4() {
+        let bound = bind_listener(&listener_config("v4", "127.0.0.1:0")).unwrap();
+        assert_eq!(bound.name(), "v4");
+        assert!(bound.local_address().is_ipv4());
+        assert_ne!(bound.local_address().port(), 0, "port 0 must resolve");
+        assert_eq!(bound.handle().address, bound.local_address().to_string());
+        assert_eq!(bound.handle().name, "v4");
+        assert_listening_socket(&bound);
+    }
+
+    #[test]
+    fn binds_ipv6_loopback_v6only() {
+        let bound = bind_listener(&listener_config("v6", "[::1]:0")).unwrap();
+        assert_eq!(
+            bound.local_address().ip(),
+            "::1".parse::<std::net::IpAddr>().unwrap()
+        );
+        assert!(
+            SockRef::from(&bound).only_v6().unwrap(),
+            "IPV6_V6ONLY not set"
+        );
+        assert_listening_socket(&bound);
+    }
+
+    #[test]
+    fn ipv6_wildcard_leaves_the_ipv4_port_free() {
+        let v6 = bind_listener(&listener_config("any6", "[::]:0")).unwrap();
+        let port = v6.local_address().port();
+        let v4 = bind_listener(&listener_config("any4", &format!("0.0.0.0:{port}")));
+        assert!(v4.is_ok(), "IPv4 bind on the v6 port failed: {v4:?}");
+    }
+
+    #[test]
+    fn address_in_use_names_the_listener_and_address() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = taken.local_addr().unwrap();
+        let err = bind_listener(&listener_config("public", &address.to_string())).unwrap_err();
+        assert_eq!(
+            err.io_error().map(io::Error::kind),
+            Some(io::ErrorKind::AddrInUse)
+        );
+        let message = err.to_string();
+        assert!(message.contains("listener \"public\""), "{message}");
+        assert!(message.contains(&address.to_string()), "{message}");
+    }
+
+    #[test]
+    fn invalid_address_names_the_listener() {
+        let err = bind_listener(&listener_config("broken", "localhost:80")).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("listener \"broken\""), "{message}");
+        assert!(message.contains("localhost:80"), "{message}");
+    }
+
+    #[test]
+    fn bind_all_keeps_order_and_fails_on_the_first_error() {
+        let all = bind_all(&[
+            listener_config("a", "127.0.0.1:0"),
+            listener_config("b", "[::1]:0"),
+        ])
+        .unwrap();
+        let names: Vec<&str> = all.iter().map(BoundListener::name).collect();
+        assert_eq!(names, ["a", "b"]);
+
+        let taken = all[0].local_address().to_string();
+        let err = bind_all(&[
+            listener_config("c", "127.0.0.1:0"),
+            listener_config("dup", &taken),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("listener \"dup\""), "{err}");
+    }
+}

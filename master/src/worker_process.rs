@@ -1,0 +1,272 @@
+//! Starting worker processes, and the worker side's adoption of its channel fd.
+//!
+//! Workers are the master's own binary re-executed as `zentinel worker --channel-fd N ...`.
+//! The binary is the file the master was started from, kept open as an fd from start-up
+//! (design note, section 8): a worker restarted after the file on disk was replaced still runs
+//! the code that speaks this master's protocol.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::unistd::Pid;
+use socket2::{Domain, SockRef, Type};
+use zentinel_protocol::Channel;
+
+/// The name workers show in `ps` (argv[0]); the exec path itself is `/proc/self/fd/K`.
+pub const WORKER_ARG0: &str = "zentinel";
+
+/// The master's own executable, opened once at start-up.
+#[derive(Debug)]
+pub struct Executable {
+    fd: OwnedFd,
+}
+
+impl Executable {
+    /// Open `/proc/self/exe` (read-only, close-on-exec).
+    pub fn open_self() -> io::Result<Self> {
+        // std opens with O_CLOEXEC, so no other child inherits it.
+        let file = std::fs::File::open("/proc/self/exe").map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("cannot open the master's own executable /proc/self/exe: {err}"),
+            )
+        })?;
+        Ok(Executable { fd: file.into() })
+    }
+
+    /// The path a child execs. It resolves through the fd, which is still open in the child
+    /// while `execve` looks the path up (CLOEXEC closes it only once the exec succeeded).
+    pub fn exec_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+}
+
+/// What identifies a worker on its command line (for `ps` and its own logs).
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerArgs<'a> {
+    pub worker_id: u32,
+    pub generation: u64,
+    /// Passed on as `--log-level`, so workers log like their master.
+    pub log_level: &'a str,
+}
+
+/// A freshly started worker: its pid and the master's end of its channel (blocking mode).
+#[derive(Debug)]
+pub struct SpawnedWorker {
+    pub pid: Pid,
+    pub channel: Channel,
+}
+
+/// Start one worker process connected to the master by a new socketpair.
+pub fn spawn_worker(exe: &Executable, args: WorkerArgs<'_>) -> io::Result<SpawnedWorker> {
+    // Both ends are CLOEXEC: only the child's end loses the flag, and only in that child.
+    let (master_end, worker_end) = UnixStream::pair()?;
+    let worker_end = above_stdio(OwnedFd::from(worker_end))?;
+    let worker_raw: RawFd = worker_end.as_raw_fd();
+
+    let mut command = Command::new(exe.exec_path());
+    command
+        .arg0(WORKER_ARG0)
+        .arg("worker")
+        .arg("--channel-fd")
+        .arg(worker_raw.to_string())
+        .arg("--worker-id")
+        .arg(args.worker_id.to_string())
+        .arg("--generation")
+        .arg(args.generation.to_string())
+        .arg("--log-level")
+        .arg(args.log_level)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed. It calls fcntl(F_SETFD), sigemptyset and sigprocmask, all
+    // async-signal-safe; it allocates nothing (io::Error::last_os_error builds an OS-code
+    // variant without allocating), takes no lock and touches no shared state. `worker_raw` is
+    // open in the child: the parent keeps `worker_end` alive until `spawn` has returned.
+    unsafe {
+        command.pre_exec(move || {
+            // The one fd the worker inherits: its end of the channel.
+            if libc::fcntl(worker_raw, libc::F_SETFD, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            // The master blocks its signals to read them from a signalfd; a blocked mask
+            // survives exec, and the worker must start from a clean mask (it chooses its own
+            // dispositions).
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            if libc::sigemptyset(&mut empty) == -1
+                || libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) == -1
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(|err| {
+        io::Error::new(
+            err.kind(),
+            format!(
+                "cannot start worker {} from {}: {err}",
+                args.worker_id,
+                exe.exec_path().display()
+            ),
+        )
+    })?;
+    // Our copy of the worker's end must go, or the worker's death would never show as EOF.
+    drop(worker_end);
+    let pid = i32::try_from(child.id())
+        .map(Pid::from_raw)
+        .map_err(|_| io::Error::other(format!("worker pid {} out of range", child.id())))?;
+    // `Child` does not wait or kill on drop; the supervisor reaps with waitpid(-1).
+    drop(child);
+    Ok(SpawnedWorker {
+        pid,
+        channel: Channel::new(master_end),
+    })
+}
+
+/// Move an fd to a number above 2: if the master was started with stdio closed, a socket
+/// could land on 0..2, where the child's stdio set-up would overwrite it.
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    let raw = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(3)).map_err(io::Error::from)?;
+    // SAFETY: F_DUPFD_CLOEXEC just returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Set close-on-exec on every fd above stdio that this process inherited without it.
+///
+/// The master's own fds are all CLOEXEC, but whatever started it may have left some open (a
+/// shell's or supervisor's pipes); without this they would leak into every worker and keep
+/// those pipes open for the workers' lifetime. The master itself keeps them open.
+// Later (systemd socket activation, master upgrade): skip the fds this process adopts.
+pub fn set_cloexec_on_inherited_fds() -> io::Result<()> {
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd: &RawFd| fd > 2)
+        .collect();
+    // The directory's own fd was in the listing and is closed now: EBADF, skipped.
+    for fd in fds {
+        // SAFETY: F_GETFD/F_SETFD only read and change the close-on-exec flag of descriptor
+        // number `fd`; nothing is closed or reinterpreted, and an unused number fails with
+        // EBADF.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Worker side: take ownership of the inherited `--channel-fd`, after checking that it is
+/// what the master promised (an open `AF_UNIX` stream socket), and make it close-on-exec again
+/// (design note, section 4).
+pub fn adopt_channel_fd(raw: RawFd) -> io::Result<OwnedFd> {
+    if raw <= 2 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("--channel-fd {raw}: fds 0-2 are stdio, not a channel"),
+        ));
+    }
+    // SAFETY: F_GETFD only reads the flags of descriptor number `raw`; an unused number makes
+    // it fail with EBADF, nothing else.
+    if unsafe { libc::fcntl(raw, libc::F_GETFD) } == -1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "--channel-fd {raw} is not an open file descriptor: {}",
+                io::Error::last_os_error()
+            ),
+        ));
+    }
+    // SAFETY: `raw` is open (checked above) and was inherited across exec; nothing in this
+    // process has wrapped it yet, so this becomes its only owner.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let socket = SockRef::from(&fd);
+    let not_a_channel = |what: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("--channel-fd {raw} is not a Unix stream socket: {what}"),
+        )
+    };
+    match socket.domain() {
+        Ok(domain) if domain == Domain::UNIX => {}
+        Ok(domain) => return Err(not_a_channel(format!("domain {domain:?}"))),
+        Err(err) => return Err(not_a_channel(err.to_string())),
+    }
+    match socket.r#type() {
+        Ok(ty) if ty == Type::STREAM => {}
+        Ok(ty) => return Err(not_a_channel(format!("type {ty:?}"))),
+        Err(err) => return Err(not_a_channel(err.to_string())),
+    }
+    socket.set_cloexec(true)?;
+    Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::os::fd::IntoRawFd;
+
+    fn is_cloexec(fd: &OwnedFd) -> bool {
+        // SAFETY: F_GETFD only reads flags of an fd we own.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+        flags & libc::FD_CLOEXEC != 0
+    }
+
+    #[test]
+    fn adopts_a_unix_stream_and_sets_cloexec() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let raw = OwnedFd::from(a).into_raw_fd();
+        // SAFETY: clearing FD_CLOEXEC on an fd this test owns, as an exec'd worker sees it.
+        assert_ne!(unsafe { libc::fcntl(raw, libc::F_SETFD, 0) }, -1);
+        let fd = adopt_channel_fd(raw).unwrap();
+        assert!(is_cloexec(&fd));
+    }
+
+    #[test]
+    fn refuses_stdio_closed_and_non_unix_fds() {
+        assert!(adopt_channel_fd(1)
+            .unwrap_err()
+            .to_string()
+            .contains("stdio"));
+
+        // Far above any fd limit in use, so it cannot be open (a recently closed number could
+        // be reused by another test thread at once, and adopting it would close that fd).
+        let err = adopt_channel_fd(999_999).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--channel-fd 999999 is not an open file descriptor"),
+            "{err}"
+        );
+
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let raw = OwnedFd::from(tcp).into_raw_fd();
+        let err = adopt_channel_fd(raw).unwrap_err();
+        assert!(
+            err.to_string().contains("not a Unix stream socket"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn exec_path_goes_through_the_fd() {
+        let exe = Executable::open_self().unwrap();
+        let path = exe.exec_path();
+        assert!(path.starts_with("/proc/self/fd/"));
+        assert_eq!(
+            std::fs::read_link(&path).unwrap(),
+            std::fs::read_link("/proc/self/exe").unwrap()
+        );
+    }
+}

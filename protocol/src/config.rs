@@ -1,0 +1,201 @@
+//! The proxy configuration as it travels from the master to the workers.
+//!
+//! The master parses KDL into this model (see `zentinel-master`); workers only ever see it as a
+//! validated rkyv archive. Every cross-reference (route -> upstream, listener -> route) has been
+//! checked by the master before a worker receives it, but workers still treat a dangling name as
+//! an error rather than trusting it blindly.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// The whole configuration handed to a worker.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ProxyConfig {
+    pub system: SystemConfig,
+    pub listeners: Vec<ListenerConfig>,
+    /// Routes in evaluation order: sorted by priority (critical first), then file order.
+    pub routes: Vec<RouteConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub limits: Limits,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct SystemConfig {
+    /// 0 means one worker per CPU.
+    pub worker_processes: u32,
+    /// Per worker.
+    pub max_connections: u32,
+    /// Drain timeout for graceful stop and upgrade.
+    pub graceful_shutdown_timeout_secs: u64,
+    /// `None` means the platform default (resolved by the master).
+    pub control_socket: Option<String>,
+}
+
+impl Default for SystemConfig {
+    fn default() -> Self {
+        SystemConfig {
+            worker_processes: 0,
+            max_connections: 10_000,
+            graceful_shutdown_timeout_secs: 30,
+            control_socket: None,
+        }
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+pub enum ListenerProtocol {
+    Http,
+    Tcp,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ListenerConfig {
+    pub name: String,
+    /// A socket address as `std::net::SocketAddr` parses it: `127.0.0.1:8080` or `[::1]:8080`.
+    pub address: String,
+    pub protocol: ListenerProtocol,
+    /// Listen backlog passed to `listen(2)`.
+    pub backlog: u32,
+    /// Time allowed to receive a whole request head (slow clients are cut off), and the idle
+    /// time allowed while a request body is being received.
+    pub request_timeout_secs: u64,
+    /// How long an idle keep-alive client connection is kept open.
+    pub keepalive_timeout_secs: u64,
+    /// HTTP: the route used when none matches. `None` means 404.
+    pub default_route: Option<String>,
+    /// TCP: the upstream pool to forward to.
+    pub upstream: Option<String>,
+}
+
+pub const DEFAULT_BACKLOG: u32 = 1024;
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+pub enum RoutePriority {
+    Critical,
+    High,
+    Normal,
+    Low,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RouteConfig {
+    pub name: String,
+    pub priority: RoutePriority,
+    /// All conditions must hold (AND across kinds); several conditions of the same kind are
+    /// alternatives (OR within a kind). No condition at all matches every request.
+    pub matches: Vec<RouteMatch>,
+    pub action: RouteAction,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum RouteMatch {
+    /// Exact host (case-insensitive, port ignored) or `*.example.com` wildcard suffix.
+    Host(String),
+    PathPrefix(String),
+    /// Exact path (query string ignored).
+    Path(String),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum RouteAction {
+    /// Name of an upstream pool.
+    Upstream(String),
+    Static(StaticResponse),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct StaticResponse {
+    pub status: u16,
+    pub body: String,
+    pub content_type: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+pub enum LoadBalancing {
+    RoundRobin,
+    LeastConnections,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct UpstreamTarget {
+    /// `host:port` socket address (IPv4 or `[IPv6]:port`).
+    pub address: String,
+    /// Relative weight, at least 1.
+    pub weight: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub targets: Vec<UpstreamTarget>,
+    pub load_balancing: LoadBalancing,
+    pub pool: ConnectionPool,
+    pub timeouts: UpstreamTimeouts,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ConnectionPool {
+    /// Idle keep-alive connections kept per upstream target, per worker.
+    pub max_idle: u32,
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for ConnectionPool {
+    fn default() -> Self {
+        ConnectionPool {
+            max_idle: 32,
+            idle_timeout_secs: 60,
+        }
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct UpstreamTimeouts {
+    pub connect_secs: u64,
+    /// Longest wait for upstream bytes once a request was sent (504 when exceeded before the
+    /// response head).
+    pub read_secs: u64,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        UpstreamTimeouts {
+            connect_secs: 5,
+            read_secs: 30,
+        }
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Limits {
+    /// Whole request head (request line + headers); beyond it: 431 (or 414 if the request line
+    /// alone is too long).
+    pub max_header_size_bytes: u64,
+    pub max_header_count: u32,
+    /// Request body; beyond it: 413.
+    pub max_body_size_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_size_bytes: 8192,
+            max_header_count: 100,
+            max_body_size_bytes: 10 * 1024 * 1024,
+        }
+    }
+}

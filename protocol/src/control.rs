@@ -1,0 +1,112 @@
+//! Messages between `zentinel-ctl` and the master, over the master's Unix control socket.
+//!
+//! Same framing as master <-> worker ([`crate::Channel`]); the first message each way is a
+//! [`Hello`] with [`crate::PROTOCOL_VERSION`]. One request per connection is the common case, but
+//! a client may send several requests in sequence on one connection (`status --watch`).
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::messages::{Hello, WorkerCounters};
+
+/// Largest frame the master accepts from a control client: requests are tiny, and a client
+/// must not make the master buffer much.
+pub const MAX_CONTROL_REQUEST_FRAME: usize = 64 * 1024;
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum ControlRequest {
+    Hello(Hello),
+    /// Fresh counters: the master asks every worker before answering.
+    Status,
+    /// Re-read the config (from `config_path`, else the path the master runs with), validate
+    /// it, and switch every worker to it.
+    Reload {
+        config_path: Option<String>,
+    },
+    /// Stop the master and its workers. `drain_timeout_ms` overrides
+    /// `graceful-shutdown-timeout-secs` for this stop.
+    Stop {
+        fast: bool,
+        drain_timeout_ms: Option<u64>,
+    },
+    /// Replace one worker: start its successor, wait until it is ready, then drain the old one.
+    WorkerRestart {
+        worker_id: u32,
+    },
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+pub enum WorkerState {
+    Starting,
+    Running,
+    Draining,
+    Stopped,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Running => "running",
+            WorkerState::Draining => "draining",
+            WorkerState::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MasterStatus {
+    pub pid: u32,
+    pub version: String,
+    pub generation: u64,
+    /// Path of the executable the master runs.
+    pub binary: String,
+    pub uptime_s: u64,
+    /// Config file path, or `<embedded default>`.
+    pub config: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct WorkerStatus {
+    pub id: u32,
+    pub pid: u32,
+    pub generation: u64,
+    pub version: String,
+    pub binary: String,
+    pub state: WorkerState,
+    pub uptime_s: u64,
+    pub counters: WorkerCounters,
+    /// The counters are from the last periodic report, because the worker did not answer the
+    /// fresh status request in time.
+    pub stale: bool,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct StatusReport {
+    pub master: MasterStatus,
+    /// Current workers, then draining workers of earlier generations until they exit.
+    pub workers: Vec<WorkerStatus>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum ControlResponse {
+    Hello(Hello),
+    Status(StatusReport),
+    /// An intermediate line of a long operation (worker restart, reload); more follows.
+    Progress {
+        message: String,
+    },
+    /// The request succeeded; the final message.
+    Done {
+        message: String,
+    },
+    /// The request failed; nothing changed unless `message` says otherwise.
+    Failed {
+        message: String,
+    },
+}

@@ -1,0 +1,143 @@
+//! Messages exchanged between the master and its workers.
+//!
+//! The first message each way is a [`Hello`] carrying [`PROTOCOL_VERSION`]; a peer speaking
+//! another version is refused with an error naming both versions.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::config::ProxyConfig;
+
+/// Bumped whenever a message layout changes incompatibly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Hello {
+    pub protocol_version: u32,
+    pub pid: u32,
+    /// The sender's build version (`CARGO_PKG_VERSION`), for status and logs.
+    pub software_version: String,
+}
+
+/// Identity of one listening socket handed over with SCM_RIGHTS. The fds travel in the same
+/// frame, in the same order as these entries.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ListenerHandle {
+    pub name: String,
+    /// The address the master bound; the worker checks the fd's local address against it.
+    pub address: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct WorkerStart {
+    pub worker_id: u32,
+    pub generation: u64,
+    pub config: ProxyConfig,
+    pub listeners: Vec<ListenerHandle>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum MasterMessage {
+    Hello(Hello),
+    /// Configuration and listeners (fds attached). The worker answers `Ready` once it polls them.
+    Start(WorkerStart),
+    /// Stop accepting, finish in-flight work, close keep-alive connections gracefully, exit by
+    /// the deadline (milliseconds from receipt) at the latest.
+    Drain {
+        timeout_ms: u64,
+    },
+    /// Exit now, dropping connections.
+    Stop,
+    /// Ask for a `Status` reply.
+    StatusRequest,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct WorkerCounters {
+    pub active_connections: u64,
+    pub accepted_total: u64,
+    pub requests_total: u64,
+    pub responses_1xx: u64,
+    pub responses_2xx: u64,
+    pub responses_3xx: u64,
+    pub responses_4xx: u64,
+    pub responses_5xx: u64,
+    pub upstream_errors: u64,
+    pub client_errors: u64,
+    pub accept_errors: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum WorkerMessage {
+    Hello(Hello),
+    /// The worker polls every listener it was given.
+    Ready,
+    Status(WorkerCounters),
+    /// The worker stopped accepting; `active_connections` are still being finished.
+    Draining {
+        active_connections: u64,
+    },
+    /// A fatal error, sent just before the worker exits (best effort).
+    Fatal {
+        reason: String,
+    },
+}
+
+impl MasterMessage {
+    /// The variant's name, for logs and `ProtocolError::Unexpected`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MasterMessage::Hello(_) => "Hello",
+            MasterMessage::Start(_) => "Start",
+            MasterMessage::Drain { .. } => "Drain",
+            MasterMessage::Stop => "Stop",
+            MasterMessage::StatusRequest => "StatusRequest",
+        }
+    }
+}
+
+impl ArchivedMasterMessage {
+    /// The variant's name, for logs and `ProtocolError::Unexpected`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ArchivedMasterMessage::Hello(_) => "Hello",
+            ArchivedMasterMessage::Start(_) => "Start",
+            ArchivedMasterMessage::Drain { .. } => "Drain",
+            ArchivedMasterMessage::Stop => "Stop",
+            ArchivedMasterMessage::StatusRequest => "StatusRequest",
+        }
+    }
+}
+
+impl WorkerMessage {
+    /// The variant's name, for logs and `ProtocolError::Unexpected`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WorkerMessage::Hello(_) => "Hello",
+            WorkerMessage::Ready => "Ready",
+            WorkerMessage::Status(_) => "Status",
+            WorkerMessage::Draining { .. } => "Draining",
+            WorkerMessage::Fatal { .. } => "Fatal",
+        }
+    }
+}
+
+impl ArchivedWorkerMessage {
+    /// The variant's name, for logs and `ProtocolError::Unexpected`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ArchivedWorkerMessage::Hello(_) => "Hello",
+            ArchivedWorkerMessage::Ready => "Ready",
+            ArchivedWorkerMessage::Status(_) => "Status",
+            ArchivedWorkerMessage::Draining { .. } => "Draining",
+            ArchivedWorkerMessage::Fatal { .. } => "Fatal",
+        }
+    }
+}

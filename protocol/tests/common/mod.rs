@@ -1,0 +1,248 @@
+//! Shared test helpers: proptest strategies for every message type and a socketpair pump.
+#![allow(dead_code)]
+
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use proptest::collection::vec;
+use proptest::option;
+use proptest::prelude::*;
+use zentinel_protocol::config::*;
+use zentinel_protocol::messages::*;
+use zentinel_protocol::{Channel, ReceivedFrame};
+
+fn name() -> impl Strategy<Value = String> {
+    // Include multi-byte UTF-8 so string validation is exercised.
+    "[a-z0-9_.\\-é☃]{0,24}"
+}
+
+fn system() -> impl Strategy<Value = SystemConfig> {
+    (any::<u32>(), any::<u32>(), any::<u64>(), option::of(name())).prop_map(
+        |(worker_processes, max_connections, graceful_shutdown_timeout_secs, control_socket)| {
+            SystemConfig {
+                worker_processes,
+                max_connections,
+                graceful_shutdown_timeout_secs,
+                control_socket,
+            }
+        },
+    )
+}
+
+fn listener() -> impl Strategy<Value = ListenerConfig> {
+    (
+        name(),
+        name(),
+        prop_oneof![Just(ListenerProtocol::Http), Just(ListenerProtocol::Tcp)],
+        any::<u32>(),
+        any::<u64>(),
+        any::<u64>(),
+        option::of(name()),
+        option::of(name()),
+    )
+        .prop_map(
+            |(
+                name,
+                address,
+                protocol,
+                backlog,
+                request_timeout_secs,
+                keepalive_timeout_secs,
+                default_route,
+                upstream,
+            )| ListenerConfig {
+                name,
+                address,
+                protocol,
+                backlog,
+                request_timeout_secs,
+                keepalive_timeout_secs,
+                default_route,
+                upstream,
+            },
+        )
+}
+
+fn route() -> impl Strategy<Value = RouteConfig> {
+    let priority = prop_oneof![
+        Just(RoutePriority::Critical),
+        Just(RoutePriority::High),
+        Just(RoutePriority::Normal),
+        Just(RoutePriority::Low),
+    ];
+    let matcher = prop_oneof![
+        name().prop_map(RouteMatch::Host),
+        name().prop_map(RouteMatch::PathPrefix),
+        name().prop_map(RouteMatch::Path),
+    ];
+    let action = prop_oneof![
+        name().prop_map(RouteAction::Upstream),
+        (any::<u16>(), ".{0,64}", name()).prop_map(|(status, body, content_type)| {
+            RouteAction::Static(StaticResponse {
+                status,
+                body,
+                content_type,
+            })
+        }),
+    ];
+    (name(), priority, vec(matcher, 0..4), action).prop_map(|(name, priority, matches, action)| {
+        RouteConfig {
+            name,
+            priority,
+            matches,
+            action,
+        }
+    })
+}
+
+fn upstream() -> impl Strategy<Value = UpstreamConfig> {
+    let target =
+        (name(), any::<u32>()).prop_map(|(address, weight)| UpstreamTarget { address, weight });
+    (
+        name(),
+        vec(target, 0..4),
+        prop_oneof![
+            Just(LoadBalancing::RoundRobin),
+            Just(LoadBalancing::LeastConnections)
+        ],
+        (any::<u32>(), any::<u64>()),
+        (any::<u64>(), any::<u64>()),
+    )
+        .prop_map(
+            |(
+                name,
+                targets,
+                load_balancing,
+                (max_idle, idle_timeout_secs),
+                (connect_secs, read_secs),
+            )| {
+                UpstreamConfig {
+                    name,
+                    targets,
+                    load_balancing,
+                    pool: ConnectionPool {
+                        max_idle,
+                        idle_timeout_secs,
+                    },
+                    timeouts: UpstreamTimeouts {
+                        connect_secs,
+                        read_secs,
+                    },
+                }
+            },
+        )
+}
+
+pub fn proxy_config() -> impl Strategy<Value = ProxyConfig> {
+    (
+        system(),
+        vec(listener(), 0..4),
+        vec(route(), 0..5),
+        vec(upstream(), 0..4),
+        (any::<u64>(), any::<u32>(), any::<u64>()),
+    )
+        .prop_map(
+            |(
+                system,
+                listeners,
+                routes,
+                upstreams,
+                (max_header_size_bytes, max_header_count, max_body_size_bytes),
+            )| {
+                ProxyConfig {
+                    system,
+                    listeners,
+                    routes,
+                    upstreams,
+                    limits: Limits {
+                        max_header_size_bytes,
+                        max_header_count,
+                        max_body_size_bytes,
+                    },
+                }
+            },
+        )
+}
+
+fn hello() -> impl Strategy<Value = Hello> {
+    (any::<u32>(), any::<u32>(), name()).prop_map(|(protocol_version, pid, software_version)| {
+        Hello {
+            protocol_version,
+            pid,
+            software_version,
+        }
+    })
+}
+
+pub fn master_message() -> impl Strategy<Value = MasterMessage> {
+    let handle = (name(), name()).prop_map(|(name, address)| ListenerHandle { name, address });
+    prop_oneof![
+        hello().prop_map(MasterMessage::Hello),
+        (
+            any::<u32>(),
+            any::<u64>(),
+            proxy_config(),
+            vec(handle, 0..4)
+        )
+            .prop_map(
+                |(worker_id, generation, config, listeners)| MasterMessage::Start(WorkerStart {
+                    worker_id,
+                    generation,
+                    config,
+                    listeners,
+                })
+            ),
+        any::<u64>().prop_map(|timeout_ms| MasterMessage::Drain { timeout_ms }),
+        Just(MasterMessage::Stop),
+        Just(MasterMessage::StatusRequest),
+    ]
+}
+
+pub fn worker_message() -> impl Strategy<Value = WorkerMessage> {
+    let counters = vec(any::<u64>(), 13).prop_map(|c| WorkerCounters {
+        active_connections: c[0],
+        accepted_total: c[1],
+        requests_total: c[2],
+        responses_1xx: c[3],
+        responses_2xx: c[4],
+        responses_3xx: c[5],
+        responses_4xx: c[6],
+        responses_5xx: c[7],
+        upstream_errors: c[8],
+        client_errors: c[9],
+        accept_errors: c[10],
+        bytes_in: c[11],
+        bytes_out: c[12],
+    });
+    prop_oneof![
+        hello().prop_map(WorkerMessage::Hello),
+        Just(WorkerMessage::Ready),
+        counters.prop_map(WorkerMessage::Status),
+        any::<u64>().prop_map(|active_connections| WorkerMessage::Draining { active_connections }),
+        ".{0,200}".prop_map(|reason| WorkerMessage::Fatal { reason }),
+    ]
+}
+
+/// A connected pair of channels, both non-blocking.
+pub fn nonblocking_pair() -> (Channel, Channel) {
+    let (a, b) = UnixStream::pair().expect("socketpair");
+    a.set_nonblocking(true).expect("nonblocking");
+    b.set_nonblocking(true).expect("nonblocking");
+    (Channel::new(a), Channel::new(b))
+}
+
+/// Flush `tx` and poll `rx` until a frame arrives, with a deadline (no sleeping: the
+/// sockets are non-blocking and both ends are driven from this thread).
+pub fn pump(tx: &mut Channel, rx: &mut Channel) -> ReceivedFrame {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if tx.has_pending_output() {
+            tx.flush().expect("flush");
+        }
+        if let Some(frame) = rx.recv().expect("recv") {
+            return frame;
+        }
+        assert!(Instant::now() < deadline, "no frame within the deadline");
+        std::thread::yield_now();
+    }
+}

@@ -1,0 +1,603 @@
+//! `zentinel-backend`: the HTTP/1.1 (or TCP echo) server the end-to-end tests proxy to.
+//!
+//! `zentinel-backend --listen ADDR [--name NAME] [--mode http|tcp-echo]`
+//!
+//! Prints `listening on ADDR` (the real bound address, so `--listen 127.0.0.1:0` works) on
+//! stdout once bound. A thread per connection: this is a test fixture, not a server under test.
+//!
+//! HTTP endpoints (every response carries `X-Backend: NAME` and `X-Connection-Id: N`, N unique
+//! per accepted TCP connection):
+//! - `GET /bytes/N` N pattern bytes with `X-Body-Checksum`; `?chunked=1` chunked, `?close=1`
+//!   close-delimited.
+//! - any request with a body: `len=N checksum=HEX` of the decoded body.
+//! - `/status/NNN`, `/delay/MS`, `/headers` (echo of the request head), `/conn-id`,
+//!   `/stats` (`requests=N connections=M`, not counting `/stats` requests themselves).
+//! - `Expect: 100-continue` is honoured; `Connection: upgrade` + `Upgrade: websocket` switches
+//!   to a raw echo tunnel after `101 Switching Protocols`.
+//! - anything else: `backend=NAME path=PATH\n`.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use zentinel_tests::{checksum_hex, fill_pattern, pattern_checksum, Fnv64};
+
+const MAX_HEAD: usize = 256 * 1024;
+const MAX_HEADERS: usize = 512;
+
+struct Shared {
+    name: String,
+    connections: AtomicU64,
+    requests: AtomicU64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Http,
+    TcpEcho,
+}
+
+fn main() -> ExitCode {
+    let mut listen = None;
+    let mut name = "backend".to_owned();
+    let mut mode = Mode::Http;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--listen" => listen = args.next(),
+            "--name" => name = args.next().unwrap_or_default(),
+            "--mode" => match args.next().as_deref() {
+                Some("http") => mode = Mode::Http,
+                Some("tcp-echo") => mode = Mode::TcpEcho,
+                other => {
+                    eprintln!("zentinel-backend: unknown --mode {other:?} (http|tcp-echo)");
+                    return ExitCode::from(2);
+                }
+            },
+            "-h" | "--help" => {
+                println!(
+                    "usage: zentinel-backend --listen ADDR [--name NAME] [--mode http|tcp-echo]"
+                );
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("zentinel-backend: unknown argument {other:?}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(listen) = listen else {
+        eprintln!("zentinel-backend: --listen ADDR is required");
+        return ExitCode::from(2);
+    };
+    let listener = match TcpListener::bind(&listen) {
+        Ok(l) => l,
+        Err(err) => {
+            eprintln!("zentinel-backend: cannot listen on {listen}: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(err) => {
+            eprintln!("zentinel-backend: local_addr: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("listening on {local}");
+    let _ = io::stdout().flush();
+
+    let shared = Arc::new(Shared {
+        name,
+        connections: AtomicU64::new(0),
+        requests: AtomicU64::new(0),
+    });
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(err) => {
+                eprintln!("zentinel-backend: accept: {err}");
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let id = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
+        let shared = Arc::clone(&shared);
+        thread::spawn(move || {
+            let _ = stream.set_nodelay(true);
+            let result = match mode {
+                Mode::Http => HttpConn::new(stream, id, shared).serve(),
+                Mode::TcpEcho => echo(stream),
+            };
+            if let Err(err) = result {
+                if !matches!(
+                    err.kind(),
+                    io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::UnexpectedEof
+                ) {
+                    eprintln!("zentinel-backend: connection {id}: {err}");
+                }
+            }
+        });
+    }
+    ExitCode::SUCCESS
+}
+
+/// Echoes until the peer half-closes, then half-closes our side: proves half-close handling.
+fn echo(mut stream: TcpStream) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        stream.write_all(&buf[..n])?;
+    }
+    stream.shutdown(Shutdown::Write)
+}
+
+struct Request {
+    method: String,
+    path: String,
+    query: String,
+    minor_version: u8,
+    headers: Vec<(String, String)>,
+    raw_head: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn connection_has(&self, token: &str) -> bool {
+        self.all("connection")
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+
+    fn query_flag(&self, key: &str) -> bool {
+        self.query
+            .split('&')
+            .any(|kv| kv == format!("{key}=1") || kv == key)
+    }
+}
+
+enum Body {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+struct HttpConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    id: u64,
+    shared: Arc<Shared>,
+}
+
+impl HttpConn {
+    fn new(stream: TcpStream, id: u64, shared: Arc<Shared>) -> Self {
+        HttpConn {
+            stream,
+            buf: Vec::with_capacity(16 * 1024),
+            id,
+            shared,
+        }
+    }
+
+    /// Reads more bytes into the buffer; Ok(false) on EOF.
+    fn fill(&mut self) -> io::Result<bool> {
+        let mut tmp = [0u8; 64 * 1024];
+        let n = self.stream.read(&mut tmp)?;
+        self.buf.extend_from_slice(&tmp[..n]);
+        Ok(n > 0)
+    }
+
+    fn serve(mut self) -> io::Result<()> {
+        loop {
+            let Some(req) = self.read_head()? else {
+                return Ok(());
+            };
+            let keep = self.handle(req)?;
+            if !keep {
+                let _ = self.stream.shutdown(Shutdown::Write);
+                // Drain what the peer still sends so the close is not turned into a reset
+                // that could destroy the response in flight.
+                let _ = self.stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut sink = [0u8; 4096];
+                while matches!(self.stream.read(&mut sink), Ok(n) if n > 0) {}
+                return Ok(());
+            }
+        }
+    }
+
+    /// Ok(None): clean EOF between requests.
+    fn read_head(&mut self) -> io::Result<Option<Request>> {
+        loop {
+            if !self.buf.is_empty() {
+                let mut headers = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut parsed = httparse::Request::new(&mut headers);
+                match parsed.parse(&self.buf) {
+                    Ok(httparse::Status::Complete(len)) => {
+                        let target = parsed.path.unwrap_or("/").to_owned();
+                        let (path, query) = match target.split_once('?') {
+                            Some((p, q)) => (p.to_owned(), q.to_owned()),
+                            None => (target, String::new()),
+                        };
+                        let req = Request {
+                            method: parsed.method.unwrap_or("GET").to_owned(),
+                            path,
+                            query,
+                            minor_version: parsed.version.unwrap_or(1),
+                            headers: parsed
+                                .headers
+                                .iter()
+                                .map(|h| {
+                                    (
+                                        h.name.to_owned(),
+                                        String::from_utf8_lossy(h.value).into_owned(),
+                                    )
+                                })
+                                .collect(),
+                            raw_head: self.buf[..len].to_vec(),
+                        };
+                        self.buf.drain(..len);
+                        return Ok(Some(req));
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        if self.buf.len() > MAX_HEAD {
+                            self.simple(400, "Bad Request", b"head too large\n", false)?;
+                            return Ok(None);
+                        }
+                    }
+                    Err(err) => {
+                        let msg = format!("bad request: {err}\n");
+                        self.simple(400, "Bad Request", msg.as_bytes(), false)?;
+                        return Ok(None);
+                    }
+                }
+            }
+            if !self.fill()? {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "EOF inside a request head",
+                ));
+            }
+        }
+    }
+
+    fn body_kind(req: &Request) -> Result<Body, String> {
+        let te_chunked = req
+            .all("transfer-encoding")
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("chunked"));
+        let lengths: Vec<&str> = req.all("content-length").collect();
+        if te_chunked && !lengths.is_empty() {
+            return Err("both Content-Length and Transfer-Encoding".into());
+        }
+        if te_chunked {
+            return Ok(Body::Chunked);
+        }
+        match lengths.as_slice() {
+            [] => Ok(Body::None),
+            [one] => one
+                .trim()
+                .parse::<u64>()
+                .map(Body::Length)
+                .map_err(|_| format!("bad Content-Length {one:?}")),
+            _ => Err("several Content-Length headers".into()),
+        }
+    }
+
+    /// Reads the body announced by the head, hashing it as it streams in.
+    fn read_body(&mut self, kind: &Body) -> io::Result<(u64, Fnv64)> {
+        let mut hash = Fnv64::new();
+        let mut total = 0u64;
+        match kind {
+            Body::None => {}
+            Body::Length(n) => {
+                self.take_exact(*n, &mut hash)?;
+                total = *n;
+            }
+            Body::Chunked => loop {
+                let line = self.read_line()?;
+                let size_str = line.split(';').next().unwrap_or("").trim();
+                let size = u64::from_str_radix(size_str, 16).map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("bad chunk size line {line:?}"),
+                    )
+                })?;
+                if size == 0 {
+                    // Trailers until the empty line.
+                    while !self.read_line()?.is_empty() {}
+                    break;
+                }
+                self.take_exact(size, &mut hash)?;
+                total += size;
+                let crlf = self.read_line()?;
+                if !crlf.is_empty() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "chunk data not followed by CRLF",
+                    ));
+                }
+            },
+        }
+        Ok((total, hash))
+    }
+
+    fn take_exact(&mut self, mut n: u64, hash: &mut Fnv64) -> io::Result<()> {
+        while n > 0 {
+            if self.buf.is_empty() && !self.fill()? {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "EOF inside a request body",
+                ));
+            }
+            let take = (self.buf.len() as u64).min(n) as usize;
+            hash.update(&self.buf[..take]);
+            self.buf.drain(..take);
+            n -= take as u64;
+        }
+        Ok(())
+    }
+
+    fn read_line(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..pos]).into_owned();
+                self.buf.drain(..pos + 2);
+                return Ok(line);
+            }
+            if self.buf.len() > 64 * 1024 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
+            }
+            if !self.fill()? {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "EOF inside a chunked body",
+                ));
+            }
+        }
+    }
+
+    fn common_headers(&self, keep_alive: bool, http10: bool) -> String {
+        let mut h = format!(
+            "X-Backend: {}\r\nX-Connection-Id: {}\r\n",
+            self.shared.name, self.id
+        );
+        if !keep_alive {
+            h.push_str("Connection: close\r\n");
+        } else if http10 {
+            h.push_str("Connection: keep-alive\r\n");
+        }
+        h
+    }
+
+    fn simple(&mut self, status: u16, reason: &str, body: &[u8], keep: bool) -> io::Result<()> {
+        let head = format!(
+            "HTTP/1.1 {status} {reason}\r\n{}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+            self.common_headers(keep, false),
+            body.len()
+        );
+        let mut out = head.into_bytes();
+        out.extend_from_slice(body);
+        self.stream.write_all(&out)
+    }
+
+    /// Handles one request; returns whether the connection stays open.
+    fn handle(&mut self, req: Request) -> io::Result<bool> {
+        let http10 = req.minor_version == 0;
+        let mut keep = if http10 {
+            req.connection_has("keep-alive")
+        } else {
+            !req.connection_has("close")
+        };
+        let is_stats = req.path == "/stats";
+        if !is_stats {
+            self.shared.requests.fetch_add(1, Ordering::SeqCst);
+        }
+
+        if req.connection_has("upgrade")
+            && req
+                .header("upgrade")
+                .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+        {
+            return self.upgrade(&req).map(|()| false);
+        }
+
+        let kind = match Self::body_kind(&req) {
+            Ok(k) => k,
+            Err(msg) => {
+                self.simple(400, "Bad Request", format!("{msg}\n").as_bytes(), false)?;
+                return Ok(false);
+            }
+        };
+        let has_body = match kind {
+            Body::None => false,
+            Body::Length(n) => n > 0,
+            Body::Chunked => true,
+        };
+        let expects = req
+            .header("expect")
+            .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+        if expects && has_body && !http10 {
+            self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+        let (body_len, body_hash) = self.read_body(&kind)?;
+
+        let path = req.path.clone();
+        if let Some(n) = path.strip_prefix("/bytes/") {
+            let Ok(n) = n.parse::<u64>() else {
+                self.simple(400, "Bad Request", b"bad length\n", keep)?;
+                return Ok(keep);
+            };
+            return self.send_bytes(&req, n, keep, http10);
+        }
+        if let Some(code) = path.strip_prefix("/status/") {
+            let code = code.parse::<u16>().unwrap_or(500);
+            let body = format!("status {code}\n");
+            let bodyless = code == 204 || code == 304 || (100..200).contains(&code);
+            let head = format!(
+                "HTTP/1.1 {code} Status\r\n{}{}\r\n",
+                self.common_headers(keep, http10),
+                if bodyless {
+                    String::new()
+                } else {
+                    format!("Content-Length: {}\r\n", body.len())
+                }
+            );
+            let mut out = head.into_bytes();
+            if !bodyless && req.method != "HEAD" {
+                out.extend_from_slice(body.as_bytes());
+            }
+            self.stream.write_all(&out)?;
+            return Ok(keep);
+        }
+        if let Some(ms) = path.strip_prefix("/delay/") {
+            let ms = ms.parse::<u64>().unwrap_or(0);
+            thread::sleep(Duration::from_millis(ms));
+            let body = format!("delayed {ms}ms\n");
+            self.respond_ok(&req, body.as_bytes(), keep, http10)?;
+            return Ok(keep);
+        }
+        match path.as_str() {
+            "/headers" => {
+                let raw = req.raw_head.clone();
+                self.respond_ok(&req, &raw, keep, http10)?;
+            }
+            "/conn-id" => {
+                let body = self.id.to_string();
+                self.respond_ok(&req, body.as_bytes(), keep, http10)?;
+            }
+            "/stats" => {
+                let body = format!(
+                    "requests={} connections={}\n",
+                    self.shared.requests.load(Ordering::SeqCst),
+                    self.shared.connections.load(Ordering::SeqCst)
+                );
+                self.respond_ok(&req, body.as_bytes(), keep, http10)?;
+            }
+            "/close" => {
+                keep = false;
+                let body = format!("backend={} path=/close\n", self.shared.name);
+                self.respond_ok(&req, body.as_bytes(), keep, http10)?;
+            }
+            _ if has_body => {
+                let body = format!("len={body_len} checksum={}", body_hash.hex());
+                self.respond_ok(&req, body.as_bytes(), keep, http10)?;
+            }
+            _ => {
+                let body = format!("backend={} path={}\n", self.shared.name, req.path);
+                self.respond_ok(&req, body.as_bytes(), keep, http10)?;
+            }
+        }
+        Ok(keep)
+    }
+
+    fn respond_ok(
+        &mut self,
+        req: &Request,
+        body: &[u8],
+        keep: bool,
+        http10: bool,
+    ) -> io::Result<()> {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\n{}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+            self.common_headers(keep, http10),
+            body.len()
+        );
+        let mut out = head.into_bytes();
+        if req.method != "HEAD" {
+            out.extend_from_slice(body);
+        }
+        self.stream.write_all(&out)
+    }
+
+    fn send_bytes(&mut self, req: &Request, n: u64, keep: bool, http10: bool) -> io::Result<bool> {
+        let checksum = checksum_hex(pattern_checksum(n));
+        let close = req.query_flag("close");
+        // HTTP/1.0 clients cannot receive chunked: fall back to read-until-close.
+        let chunked = req.query_flag("chunked") && !http10;
+        let close_delimited = close || (req.query_flag("chunked") && http10);
+        let keep = keep && !close_delimited;
+        let framing = if close_delimited {
+            String::new()
+        } else if chunked {
+            "Transfer-Encoding: chunked\r\n".to_owned()
+        } else {
+            format!("Content-Length: {n}\r\n")
+        };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\n{}Content-Type: application/octet-stream\r\nX-Body-Checksum: {checksum}\r\nX-Body-Length: {n}\r\n{framing}\r\n",
+            self.common_headers(keep, http10),
+        );
+        self.stream.write_all(head.as_bytes())?;
+        if req.method == "HEAD" {
+            return Ok(keep);
+        }
+        // Various chunk sizes, including tiny ones, to exercise chunk parsing in the proxy.
+        const SIZES: [usize; 8] = [1, 7, 100, 4096, 65536, 13, 16384, 3];
+        let mut buf = vec![0u8; 65536];
+        let mut offset = 0u64;
+        let mut i = 0usize;
+        while offset < n {
+            let want = if chunked {
+                SIZES[i % SIZES.len()]
+            } else {
+                buf.len()
+            };
+            i += 1;
+            let len = (want as u64).min(n - offset) as usize;
+            fill_pattern(offset, &mut buf[..len]);
+            if chunked {
+                let mut out = format!("{len:x}\r\n").into_bytes();
+                out.extend_from_slice(&buf[..len]);
+                out.extend_from_slice(b"\r\n");
+                self.stream.write_all(&out)?;
+            } else {
+                self.stream.write_all(&buf[..len])?;
+            }
+            offset += len as u64;
+        }
+        if chunked {
+            self.stream.write_all(b"0\r\n\r\n")?;
+        }
+        Ok(keep)
+    }
+
+    fn upgrade(&mut self, req: &Request) -> io::Result<()> {
+        let head = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Backend: {}\r\nX-Connection-Id: {}\r\n\r\n",
+            self.shared.name, self.id
+        );
+        let _ = req;
+        self.stream.write_all(head.as_bytes())?;
+        // Bytes the client sent right after the head belong to the tunnel.
+        if !self.buf.is_empty() {
+            let pending = std::mem::take(&mut self.buf);
+            self.stream.write_all(&pending)?;
+        }
+        echo(self.stream.try_clone()?)
+    }
+}

@@ -1,0 +1,1000 @@
+//! End-to-end test harness for Zentinel: finds the binaries, starts real `zentinel` and
+//! `zentinel-backend` processes on free loopback ports, waits for them with deadlines, and
+//! talks to them with a small raw HTTP/1.1 client.
+//!
+//! Everything here panics on failure: it only runs inside tests.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+// ---------------------------------------------------------------------------------------------
+// Checksums and the deterministic body pattern (shared with the backend binary).
+// ---------------------------------------------------------------------------------------------
+
+/// Streaming FNV-1a 64.
+#[derive(Clone, Copy, Debug)]
+pub struct Fnv64(u64);
+
+impl Fnv64 {
+    pub const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    pub const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    pub fn new() -> Self {
+        Fnv64(Self::OFFSET)
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        let mut h = self.0;
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(Self::PRIME);
+        }
+        self.0 = h;
+    }
+
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+
+    pub fn hex(&self) -> String {
+        checksum_hex(self.0)
+    }
+}
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// FNV-1a 64 of `bytes`.
+pub fn checksum(bytes: &[u8]) -> u64 {
+    let mut h = Fnv64::new();
+    h.update(bytes);
+    h.finish()
+}
+
+/// The checksum as the backend prints it: 16 lowercase hex digits.
+pub fn checksum_hex(sum: u64) -> String {
+    format!("{sum:016x}")
+}
+
+/// Byte `i` of the deterministic body pattern. Not periodic with a small period, so a
+/// dropped, duplicated or reordered block changes the checksum.
+pub fn pattern_byte(i: u64) -> u8 {
+    ((i % 251) as u8) ^ ((i / 251) as u8).wrapping_mul(31)
+}
+
+/// Fills `buf` with the pattern starting at absolute offset `offset`.
+pub fn fill_pattern(offset: u64, buf: &mut [u8]) {
+    for (k, b) in buf.iter_mut().enumerate() {
+        *b = pattern_byte(offset + k as u64);
+    }
+}
+
+/// The first `n` pattern bytes.
+pub fn pattern(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    fill_pattern(0, &mut v);
+    v
+}
+
+/// Checksum of the first `n` pattern bytes, computed in blocks (no n-byte allocation).
+pub fn pattern_checksum(n: u64) -> u64 {
+    let mut h = Fnv64::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut off = 0u64;
+    while off < n {
+        let len = (buf.len() as u64).min(n - off) as usize;
+        fill_pattern(off, &mut buf[..len]);
+        h.update(&buf[..len]);
+        off += len as u64;
+    }
+    h.finish()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Binaries, ports, waiting.
+// ---------------------------------------------------------------------------------------------
+
+/// Finds a workspace binary: `$ENV_VAR`, else next to the test executable's profile dir
+/// (`target/<profile>/deps/<test>` -> `target/<profile>/<name>`).
+pub fn find_binary(name: &str, env_var: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env_var) {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "{env_var}={} does not name an existing file",
+            p.display()
+        );
+        return p;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut candidates = Vec::new();
+    let mut dir = exe.parent();
+    // deps/ -> <profile>/ ; also tolerate being one level off (e.g. a binary run from the
+    // profile dir itself).
+    for _ in 0..3 {
+        let Some(d) = dir else { break };
+        candidates.push(d.join(name));
+        dir = d.parent();
+    }
+    for c in &candidates {
+        if c.is_file() {
+            return c.clone();
+        }
+    }
+    panic!(
+        "binary `{name}` not found (looked in {:?}; or set {env_var}). \
+         Build it first: run `cargo build --workspace --bins` (scripts/test.sh does this).",
+        candidates
+    );
+}
+
+pub fn zentinel_bin() -> PathBuf {
+    find_binary("zentinel", "ZENTINEL_BIN")
+}
+
+pub fn backend_bin() -> PathBuf {
+    find_binary("zentinel-backend", "ZENTINEL_BACKEND_BIN")
+}
+
+/// A loopback port that was free a moment ago (bind 127.0.0.1:0 and release it).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh path in the temp dir: `zentinel-test-<pid>-<n>-<nanos>-<label>`.
+pub fn temp_path(label: &str) -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!(
+        "zentinel-test-{}-{}-{}-{}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::SeqCst),
+        nanos,
+        label
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc helpers.
+// ---------------------------------------------------------------------------------------------
+
+/// (state, ppid) of a process from /proc/<pid>/stat, None if it does not exist.
+pub fn proc_state(pid: u32) -> Option<(char, u32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: parse after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    matches!(proc_state(pid), Some((s, _)) if s != 'Z' && s != 'X')
+}
+
+/// Live (non-zombie) children of `parent`, sorted.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = BTreeSet::new();
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some((state, ppid)) = proc_state(pid) {
+                if ppid == parent && state != 'Z' && state != 'X' {
+                    out.insert(pid);
+                }
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Socket inodes open in process `pid` (from /proc/<pid>/fd links `socket:[N]`).
+pub fn socket_inodes(pid: u32) -> BTreeSet<u64> {
+    let mut out = BTreeSet::new();
+    if let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) {
+        for entry in dir.flatten() {
+            if let Ok(target) = fs::read_link(entry.path()) {
+                let t = target.to_string_lossy();
+                if let Some(n) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+                    if let Ok(n) = n.parse() {
+                        out.insert(n);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Inodes of ESTABLISHED IPv4/IPv6 TCP sockets whose local port is `port`.
+pub fn established_inodes_on_port(port: u16) -> BTreeSet<u64> {
+    let mut out = BTreeSet::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 {
+                continue;
+            }
+            let local_port = f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) && f[3] == "01" {
+                if let Ok(inode) = f[9].parse() {
+                    out.insert(inode);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Peak resident set size (VmHWM) of `pid` in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+pub fn send_signal(pid: u32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes.
+// ---------------------------------------------------------------------------------------------
+
+/// Reads the first line of a child's stdout with a deadline.
+fn first_stdout_line(child: &mut Child, timeout: Duration, what: &str) -> String {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        // Keep the pipe open (and drained) for the child's lifetime.
+        let mut sink = Vec::new();
+        let _ = reader.read_to_end(&mut sink);
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("{what} did not print its first line within {timeout:?}");
+        }
+    }
+}
+
+/// A running `zentinel-backend` process, killed on drop.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Backend {
+    /// HTTP backend on a free loopback port.
+    pub fn start(name: &str) -> Backend {
+        Self::start_mode(name, "http")
+    }
+
+    /// TCP echo backend on a free loopback port.
+    pub fn start_echo(name: &str) -> Backend {
+        Self::start_mode(name, "tcp-echo")
+    }
+
+    pub fn start_mode(name: &str, mode: &str) -> Backend {
+        let mut child = Command::new(backend_bin())
+            .args(["--listen", "127.0.0.1:0", "--name", name, "--mode", mode])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn zentinel-backend");
+        let line = first_stdout_line(&mut child, Duration::from_secs(10), "zentinel-backend");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!("zentinel-backend printed {line:?}, expected `listening on ADDR`")
+            });
+        Backend {
+            name: name.to_owned(),
+            addr,
+            child,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `127.0.0.1:PORT`, for configs.
+    pub fn target(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Requests served (excluding `/stats`) and connections accepted, asked directly.
+    pub fn stats(&self) -> (u64, u64) {
+        let resp = HttpClient::connect(self.addr).get("/stats", "backend");
+        let body = resp.body_str();
+        let field = |k: &str| -> u64 {
+            body.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(k))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("backend /stats body {body:?} lacks {k}"))
+        };
+        (field("requests="), field("connections="))
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `zentinel` master (and its workers), all SIGKILLed on drop.
+pub struct Zentinel {
+    child: Option<Child>,
+    pub pid: u32,
+    pub config_path: Option<PathBuf>,
+    pub log_path: PathBuf,
+    pub listeners: Vec<SocketAddr>,
+    pub expected_workers: usize,
+    /// Every worker pid ever seen, so drop can kill stragglers of a failed test too.
+    seen_workers: std::sync::Mutex<BTreeSet<u32>>,
+}
+
+/// Number of workers a config asks for: `worker-processes N`, 0 or absent = CPUs.
+pub fn configured_workers(config: &str) -> usize {
+    let n = config
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or("").trim())
+        .find_map(|l| l.strip_prefix("worker-processes"))
+        .and_then(|v| v.trim().trim_end_matches(';').trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    if n == 0 {
+        thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        n
+    }
+}
+
+/// Listener addresses in a config: every `address "..."` node.
+pub fn configured_listeners(config: &str) -> Vec<SocketAddr> {
+    config
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or("").trim())
+        .filter_map(|l| l.strip_prefix("address"))
+        .filter_map(|v| {
+            let v = v.trim().trim_end_matches(';').trim().trim_matches('"');
+            v.parse().ok()
+        })
+        .collect()
+}
+
+impl Zentinel {
+    /// Writes `config` to a temp file, starts `zentinel --config FILE`, and waits until every
+    /// listener accepts and the configured number of workers exist.
+    pub fn start(config: &str) -> Zentinel {
+        let path = temp_path("config.kdl");
+        fs::write(&path, config).expect("write temp config");
+        let listeners = configured_listeners(config);
+        assert!(
+            !listeners.is_empty(),
+            "config has no `address` listener:\n{config}"
+        );
+        Self::spawn(Some(path), listeners, configured_workers(config))
+    }
+
+    /// Starts `zentinel` without `--config` (the embedded default on 127.0.0.1:8080).
+    pub fn start_default() -> Zentinel {
+        let workers = thread::available_parallelism().map_or(1, |n| n.get());
+        Self::spawn(None, vec!["127.0.0.1:8080".parse().unwrap()], workers)
+    }
+
+    fn spawn(config_path: Option<PathBuf>, listeners: Vec<SocketAddr>, workers: usize) -> Zentinel {
+        let log_path = temp_path("zentinel.log");
+        let log = File::create(&log_path).expect("create log file");
+        let mut cmd = Command::new(zentinel_bin());
+        if let Some(p) = &config_path {
+            cmd.arg("--config").arg(p);
+        }
+        cmd.env_remove("ZENTINEL_CONFIG");
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.args(["--log-level", "info"]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn zentinel");
+        let pid = child.id();
+        let mut z = Zentinel {
+            child: Some(child),
+            pid,
+            config_path,
+            log_path,
+            listeners,
+            expected_workers: workers,
+            seen_workers: Default::default(),
+        };
+        z.wait_ready(Duration::from_secs(10));
+        z
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut pending: Vec<SocketAddr> = self.listeners.clone();
+        loop {
+            if let Some(status) = self.try_wait() {
+                panic!(
+                    "zentinel exited during start-up with {status}\n{}",
+                    self.log()
+                );
+            }
+            pending.retain(|a| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_err());
+            let workers = self.worker_pids();
+            if pending.is_empty() && workers.len() == self.expected_workers {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "zentinel not ready within {timeout:?}: listeners not accepting {pending:?}, \
+                     workers {workers:?} (expected {})\n{}",
+                    self.expected_workers,
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Live worker processes (children of the master), sorted.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let pids = children_of(self.pid);
+        self.seen_workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(pids.iter().copied());
+        pids
+    }
+
+    /// Every worker pid observed so far.
+    pub fn seen_workers(&self) -> BTreeSet<u32> {
+        self.seen_workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The first listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.listeners[0]
+    }
+
+    pub fn client(&self) -> HttpClient {
+        HttpClient::connect(self.addr())
+    }
+
+    /// Reaps the master if it exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits up to `timeout` for the master to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.try_wait();
+            status.is_some()
+        });
+        status
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        send_signal(self.pid, signal);
+    }
+
+    /// The master's and workers' combined stderr/stdout so far.
+    pub fn log(&self) -> String {
+        let text = fs::read_to_string(&self.log_path).unwrap_or_default();
+        format!(
+            "----- zentinel log ({}) -----\n{text}\n----- end of zentinel log -----",
+            self.log_path.display()
+        )
+    }
+}
+
+impl Drop for Zentinel {
+    fn drop(&mut self) {
+        let mut pids = self.seen_workers();
+        pids.extend(children_of(self.pid));
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for pid in pids {
+            // Only processes we saw as our master's children; a recycled pid in that short
+            // window is practically impossible but check it still looks like zentinel.
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("worker") {
+                send_signal(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        if thread::panicking() {
+            eprintln!("{}", self.log());
+        } else {
+            let _ = fs::remove_file(&self.log_path);
+        }
+        if let Some(p) = &self.config_path {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// Runs `zentinel --check [--config PATH]`; returns (exit code, stdout, stderr).
+pub fn zentinel_check(config_path: Option<&Path>) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(zentinel_bin());
+    cmd.arg("--check").env_remove("ZENTINEL_CONFIG");
+    if let Some(p) = config_path {
+        cmd.arg("--config").arg(p);
+    }
+    let out = cmd.output().expect("run zentinel --check");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// A raw HTTP/1.1 client.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub minor_version: u8,
+    pub status: u16,
+    pub reason: String,
+    pub headers: Vec<(String, String)>,
+    /// The body when collected (empty when only hashed).
+    pub body: Vec<u8>,
+    pub body_len: u64,
+    pub body_checksum: u64,
+    /// The body was delimited by the server closing the connection.
+    pub close_delimited: bool,
+    /// The body was chunked.
+    pub chunked: bool,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn body_str(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Whether a `Connection` header lists `token`.
+    pub fn connection_has(&self, token: &str) -> bool {
+        self.header_all("connection")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+
+    /// `X-Backend` of the response (which backend served it).
+    pub fn backend(&self) -> Option<&str> {
+        self.header("x-backend")
+    }
+
+    /// Asserts the body matches the backend's `X-Body-Checksum` and the expected length.
+    pub fn assert_pattern_body(&self, expected_len: u64) {
+        assert_eq!(self.status, 200, "status of a /bytes response: {self:?}");
+        assert_eq!(self.body_len, expected_len, "body length");
+        let expected = checksum_hex(pattern_checksum(expected_len));
+        assert_eq!(
+            checksum_hex(self.body_checksum),
+            expected,
+            "body checksum (computed by the client) vs the pattern's"
+        );
+        if let Some(h) = self.header("x-body-checksum") {
+            assert_eq!(h, expected, "X-Body-Checksum header vs the pattern's");
+        }
+    }
+}
+
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One client connection: send raw bytes, read responses one by one.
+pub struct HttpClient {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl HttpClient {
+    pub fn connect(addr: SocketAddr) -> HttpClient {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        Self::from_stream(stream)
+    }
+
+    pub fn try_connect(addr: SocketAddr) -> io::Result<HttpClient> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        Ok(Self::from_stream(stream))
+    }
+
+    pub fn from_stream(stream: TcpStream) -> HttpClient {
+        stream.set_read_timeout(Some(DEFAULT_IO_TIMEOUT)).ok();
+        stream.set_write_timeout(Some(DEFAULT_IO_TIMEOUT)).ok();
+        stream.set_nodelay(true).ok();
+        HttpClient {
+            stream,
+            buf: Vec::new(),
+            eof: false,
+        }
+    }
+
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.stream.set_read_timeout(Some(timeout)).ok();
+        self.stream.set_write_timeout(Some(timeout)).ok();
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream
+            .write_all(bytes)
+            .unwrap_or_else(|e| panic!("sending {} bytes: {e}", bytes.len()));
+    }
+
+    pub fn try_send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Half-closes the sending side.
+    pub fn shutdown_write(&self) {
+        self.stream
+            .shutdown(Shutdown::Write)
+            .expect("shutdown(Write)");
+    }
+
+    /// Bytes received but not consumed by a parsed response (e.g. tunnel data).
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    fn fill(&mut self) -> io::Result<usize> {
+        let mut tmp = [0u8; 64 * 1024];
+        let n = self.stream.read(&mut tmp)?;
+        if n == 0 {
+            self.eof = true;
+        }
+        self.buf.extend_from_slice(&tmp[..n]);
+        Ok(n)
+    }
+
+    /// A simple GET with `Host` on this (keep-alive) connection.
+    pub fn get(&mut self, path: &str, host: &str) -> Response {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+        self.read_response()
+    }
+
+    /// Reads one response (1xx included), collecting its body.
+    pub fn read_response(&mut self) -> Response {
+        self.try_read_response(true, false)
+            .unwrap_or_else(|e| panic!("reading a response: {e}"))
+    }
+
+    /// Reads one response, only hashing its body (for large bodies).
+    pub fn read_response_hashed(&mut self) -> Response {
+        self.try_read_response(false, false)
+            .unwrap_or_else(|e| panic!("reading a response: {e}"))
+    }
+
+    /// Reads one response; `head_request` means no body follows whatever the headers say.
+    pub fn try_read_response(&mut self, collect: bool, head_request: bool) -> io::Result<Response> {
+        let (mut resp, head_len) = loop {
+            let mut headers = vec![httparse::EMPTY_HEADER; 256];
+            let mut parsed = httparse::Response::new(&mut headers);
+            match parsed.parse(&self.buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let resp = Response {
+                        minor_version: parsed.version.unwrap_or(1),
+                        status: parsed.code.unwrap_or(0),
+                        reason: parsed.reason.unwrap_or("").to_owned(),
+                        headers: parsed
+                            .headers
+                            .iter()
+                            .map(|h| {
+                                (
+                                    h.name.to_owned(),
+                                    String::from_utf8_lossy(h.value).into_owned(),
+                                )
+                            })
+                            .collect(),
+                        body: Vec::new(),
+                        body_len: 0,
+                        body_checksum: Fnv64::new().finish(),
+                        close_delimited: false,
+                        chunked: false,
+                    };
+                    break (resp, len);
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "unparsable response head ({e}): {:?}",
+                            String::from_utf8_lossy(&self.buf[..self.buf.len().min(512)])
+                        ),
+                    ))
+                }
+            }
+            if self.fill()? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "connection closed before a complete response head (got {:?})",
+                        String::from_utf8_lossy(&self.buf)
+                    ),
+                ));
+            }
+        };
+        self.buf.drain(..head_len);
+        let mut hash = Fnv64::new();
+        let mut sink = |resp: &mut Response, bytes: &[u8]| {
+            hash.update(bytes);
+            resp.body_len += bytes.len() as u64;
+            if collect {
+                resp.body.extend_from_slice(bytes);
+            }
+        };
+        let status = resp.status;
+        let bodyless =
+            head_request || (100..200).contains(&status) || status == 204 || status == 304;
+        let chunked = resp
+            .header_all("transfer-encoding")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("chunked"));
+        let length = resp
+            .header("content-length")
+            .map(|v| v.trim().parse::<u64>())
+            .transpose()
+            .map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("Content-Length: {e}"))
+            })?;
+        if bodyless {
+        } else if chunked {
+            resp.chunked = true;
+            loop {
+                let line = self.read_line()?;
+                let size = u64::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                    .map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("bad chunk line {line:?}"),
+                        )
+                    })?;
+                if size == 0 {
+                    while !self.read_line()?.is_empty() {}
+                    break;
+                }
+                self.take(size, &mut resp, &mut sink)?;
+                let crlf = self.read_line()?;
+                if !crlf.is_empty() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("chunk not followed by CRLF: {crlf:?}"),
+                    ));
+                }
+            }
+        } else if let Some(n) = length {
+            self.take(n, &mut resp, &mut sink)?;
+        } else {
+            resp.close_delimited = true;
+            loop {
+                if !self.buf.is_empty() {
+                    let bytes = std::mem::take(&mut self.buf);
+                    sink(&mut resp, &bytes);
+                }
+                if self.fill()? == 0 {
+                    break;
+                }
+            }
+        }
+        resp.body_checksum = hash.finish();
+        Ok(resp)
+    }
+
+    fn take(
+        &mut self,
+        mut n: u64,
+        resp: &mut Response,
+        sink: &mut impl FnMut(&mut Response, &[u8]),
+    ) -> io::Result<()> {
+        while n > 0 {
+            if self.buf.is_empty() && self.fill()? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("connection closed with {n} body bytes missing"),
+                ));
+            }
+            let k = (self.buf.len() as u64).min(n) as usize;
+            sink(resp, &self.buf[..k]);
+            self.buf.drain(..k);
+            n -= k as u64;
+        }
+        Ok(())
+    }
+
+    fn read_line(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..pos]).into_owned();
+                self.buf.drain(..pos + 2);
+                return Ok(line);
+            }
+            if self.fill()? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed inside a chunked body",
+                ));
+            }
+        }
+    }
+
+    /// Whether the server closes the connection within `timeout` (EOF or reset). Unread bytes
+    /// that arrive meanwhile are kept in the buffer.
+    pub fn server_closed_within(&mut self, timeout: Duration) -> bool {
+        if self.eof {
+            return true;
+        }
+        let deadline = Instant::now() + timeout;
+        let old = self.stream.read_timeout().ok().flatten();
+        let result = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            self.stream.set_read_timeout(Some(left)).ok();
+            match self.fill() {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break false
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break true,
+            }
+        };
+        self.stream.set_read_timeout(old).ok();
+        result
+    }
+
+    /// Reads exactly `n` raw bytes (tunnel data), using what is buffered first.
+    pub fn read_raw(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            match self.fill() {
+                Ok(0) => panic!(
+                    "connection closed after {} of {n} raw bytes",
+                    self.buf.len()
+                ),
+                Ok(_) => {}
+                Err(e) => panic!("reading raw bytes ({} of {n}): {e}", self.buf.len()),
+            }
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// Reads raw bytes until EOF.
+    pub fn read_to_eof(&mut self) -> Vec<u8> {
+        while !self.eof {
+            if let Err(e) = self.fill() {
+                panic!("reading until EOF ({} bytes so far): {e}", self.buf.len());
+            }
+        }
+        std::mem::take(&mut self.buf)
+    }
+}
+
+/// Parses the `/headers` echo body into (name, value) pairs, lowercased names; the first
+/// element is the request line.
+pub fn parse_echoed_head(body: &str) -> (String, Vec<(String, String)>) {
+    let mut lines = body.split("\r\n");
+    let request_line = lines.next().unwrap_or("").to_owned();
+    let headers = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (request_line, headers)
+}
+
+/// Parses the backend's upload answer `len=N checksum=HEX`.
+pub fn parse_upload_answer(body: &str) -> (u64, String) {
+    let mut len = None;
+    let mut sum = None;
+    for kv in body.split_whitespace() {
+        if let Some(v) = kv.strip_prefix("len=") {
+            len = v.parse().ok();
+        } else if let Some(v) = kv.strip_prefix("checksum=") {
+            sum = Some(v.to_owned());
+        }
+    }
+    match (len, sum) {
+        (Some(l), Some(s)) => (l, s),
+        _ => panic!("backend upload answer {body:?} is not `len=N checksum=HEX`"),
+    }
+}

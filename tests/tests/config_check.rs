@@ -1,0 +1,172 @@
+//! `zentinel --check` and the embedded default configuration.
+
+use std::fs;
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::Duration;
+
+use zentinel_tests::*;
+
+const VALID: &str = r#"
+system {
+    worker-processes 2
+}
+listeners {
+    listener "http" {
+        address "127.0.0.1:18080"
+        protocol "http"
+        default-route "api"
+    }
+}
+routes {
+    route "api" {
+        priority "high"
+        matches {
+            host "api.example.com"
+            path-prefix "/api/"
+        }
+        upstream "backend"
+    }
+    route "health" {
+        matches { path "/health"; }
+        static-response status=200 body="ok" content-type="text/plain"
+    }
+}
+upstreams {
+    upstream "backend" {
+        target "127.0.0.1:9001" weight=1
+        target "127.0.0.1:9002" weight=2
+        load-balancing "least_connections"
+        connection-pool { max-idle 32; idle-timeout-secs 60; }
+        timeouts { connect-secs 5; read-secs 30; }
+    }
+}
+limits {
+    max-header-size-bytes 8192
+    max-header-count 100
+    max-body-size-bytes 10485760
+}
+"#;
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let path = temp_path("valid.kdl");
+    fs::write(&path, VALID).unwrap();
+    let (code, out, err) = zentinel_check(Some(&path));
+    let _ = fs::remove_file(&path);
+    assert_eq!(
+        code,
+        Some(0),
+        "valid config refused:\nstdout: {out}\nstderr: {err}"
+    );
+}
+
+#[test]
+fn check_accepts_the_embedded_default() {
+    let (code, out, err) = zentinel_check(None);
+    assert_eq!(
+        code,
+        Some(0),
+        "embedded default refused:\nstdout: {out}\nstderr: {err}"
+    );
+}
+
+/// (line, column), 1-based, of the first occurrence of `needle` in `text`.
+fn position(text: &str, needle: &str) -> (usize, usize) {
+    for (i, line) in text.lines().enumerate() {
+        if let Some(col) = line.find(needle) {
+            return (i + 1, col + 1);
+        }
+    }
+    panic!("{needle:?} not in config");
+}
+
+#[test]
+fn check_names_every_offending_key_with_position() {
+    let bad = VALID
+        .replace("protocol \"http\"", "protocl \"http\"")
+        .replace("upstream \"backend\"\n    }", "upstream \"nope\"\n    }")
+        .replace("max-header-count 100", "max-header-count \"many\"");
+    assert_ne!(bad, VALID);
+    let path = temp_path("invalid.kdl");
+    fs::write(&path, &bad).unwrap();
+    let (code, out, err) = zentinel_check(Some(&path));
+    let _ = fs::remove_file(&path);
+    let all = format!("{out}{err}");
+    assert_eq!(code, Some(2), "invalid config: exit code\n{all}");
+    let file = path.display().to_string();
+
+    let (line, col) = position(&bad, "protocl");
+    assert!(
+        all.contains(&format!("{file}:{line}:{col}")) && all.contains("protocl"),
+        "unknown key `protocl` not reported at {file}:{line}:{col}:\n{all}"
+    );
+    let (line, _) = position(&bad, "upstream \"nope\"");
+    assert!(
+        all.contains(&format!("{file}:{line}:")) && all.contains("nope"),
+        "route naming the missing upstream `nope` not reported at line {line}:\n{all}"
+    );
+    let (line, _) = position(&bad, "max-header-count");
+    assert!(
+        all.contains(&format!("{file}:{line}:")) && all.contains("max-header-count"),
+        "wrong type for `max-header-count` not reported at line {line}:\n{all}"
+    );
+}
+
+#[test]
+fn check_rejects_duplicate_listener_address() {
+    let bad = VALID.replace(
+        "listeners {\n",
+        "listeners {\n    listener \"dup\" {\n        address \"127.0.0.1:18080\"\n        protocol \"http\"\n    }\n",
+    );
+    let path = temp_path("dup.kdl");
+    fs::write(&path, &bad).unwrap();
+    let (code, out, err) = zentinel_check(Some(&path));
+    let _ = fs::remove_file(&path);
+    let all = format!("{out}{err}");
+    assert_eq!(code, Some(2), "duplicate address accepted:\n{all}");
+    assert!(
+        all.contains("127.0.0.1:18080"),
+        "duplicate address not named:\n{all}"
+    );
+}
+
+#[test]
+fn running_with_an_invalid_config_exits_2() {
+    let path = temp_path("run-invalid.kdl");
+    fs::write(
+        &path,
+        "listeners {\n    listener \"x\" {\n        adress \"127.0.0.1:1\"\n    }\n}\n",
+    )
+    .unwrap();
+    let out = Command::new(zentinel_bin())
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = fs::remove_file(&path);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("adress"), "{err}");
+}
+
+#[test]
+fn embedded_default_serves_static_response_on_8080() {
+    match TcpListener::bind("127.0.0.1:8080") {
+        Ok(l) => drop(l),
+        Err(e) => {
+            eprintln!("SKIPPED embedded_default_serves_static_response_on_8080: 127.0.0.1:8080 is busy ({e})");
+            return;
+        }
+    }
+    let z = Zentinel::start_default();
+    let mut c = z.client();
+    c.set_timeout(Duration::from_secs(5));
+    let r = c.get("/", "localhost");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body_str(), "Zentinel is running\n");
+    assert!(r
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("text/plain"));
+}

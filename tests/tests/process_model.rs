@@ -1,0 +1,291 @@
+//! Master/worker process model: worker count, every worker serving, restart on crash,
+//! graceful stop leaving no process behind.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use zentinel_tests::*;
+
+fn static_config(workers: u32, port: u16) -> String {
+    format!(
+        r#"
+system {{
+    worker-processes {workers}
+    graceful-shutdown-timeout-secs 5
+}}
+listeners {{
+    listener "http" {{
+        address "127.0.0.1:{port}"
+        protocol "http"
+        default-route "static"
+    }}
+}}
+routes {{
+    route "static" {{
+        static-response status=200 body="static ok" content-type="text/plain"
+    }}
+}}
+"#
+    )
+}
+
+fn proxy_config(workers: u32, port: u16, backend: &Backend) -> String {
+    format!(
+        r#"
+system {{
+    worker-processes {workers}
+    graceful-shutdown-timeout-secs 5
+}}
+listeners {{
+    listener "http" {{
+        address "127.0.0.1:{port}"
+        protocol "http"
+        default-route "all"
+    }}
+}}
+routes {{
+    route "all" {{
+        upstream "b"
+    }}
+}}
+upstreams {{
+    upstream "b" {{
+        target "{}"
+    }}
+}}
+"#,
+        backend.target()
+    )
+}
+
+fn ok_request(addr: SocketAddr) {
+    let mut c = HttpClient::connect(addr);
+    let r = c.get("/", "p.test");
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// Server-side established sockets on `port` held by each of `pids`.
+fn connections_per_process(pids: &[u32], port: u16) -> BTreeMap<u32, usize> {
+    let established = established_inodes_on_port(port);
+    pids.iter()
+        .map(|&pid| (pid, socket_inodes(pid).intersection(&established).count()))
+        .collect()
+}
+
+#[test]
+fn worker_count_and_every_worker_serves_traffic() {
+    let port = free_port();
+    let z = Zentinel::start(&static_config(3, port));
+    let workers = z.worker_pids();
+    assert_eq!(workers.len(), 3, "worker processes: {workers:?}");
+    for &pid in &workers {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(
+            cmdline.contains("worker"),
+            "child {pid} is not a worker: {cmdline}"
+        );
+    }
+
+    // Hold keep-alive connections (each served once) until every worker holds one.
+    let mut held = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let per_worker = loop {
+        for _ in 0..10 {
+            let mut c = z.client();
+            let r = c.get("/", "w.test");
+            assert_eq!((r.status, r.body_str().as_str()), (200, "static ok"));
+            held.push(c);
+        }
+        let per = connections_per_process(&workers, port);
+        if per.values().all(|&n| n > 0) || Instant::now() >= deadline || held.len() >= 300 {
+            break per;
+        }
+    };
+    let total: usize = per_worker.values().sum();
+    eprintln!("client connections per worker: {per_worker:?}");
+    assert!(
+        per_worker.values().all(|&n| n > 0),
+        "not every worker serves traffic: established client sockets per worker {per_worker:?} \
+         with {} client connections held",
+        held.len()
+    );
+    assert_eq!(
+        total,
+        held.len(),
+        "client connections not all held by workers: {per_worker:?}"
+    );
+    let master = connections_per_process(&[z.pid], port);
+    assert_eq!(master[&z.pid], 0, "the master holds client connections");
+    assert_eq!(z.worker_pids(), workers, "workers changed while serving");
+}
+
+#[test]
+fn killed_worker_is_restarted() {
+    let port = free_port();
+    let z = Zentinel::start(&static_config(2, port));
+    let before = z.worker_pids();
+    let victim = before[0];
+    send_signal(victim, Signal::SIGKILL);
+    let mut now = Vec::new();
+    let restarted = wait_until(Duration::from_secs(10), || {
+        now = z.worker_pids();
+        now.len() == 2 && !now.contains(&victim)
+    });
+    assert!(
+        restarted,
+        "worker {victim} killed; workers after 10 s: {now:?} (before {before:?})\n{}",
+        z.log()
+    );
+    assert!(
+        now.contains(&before[1]),
+        "the surviving worker was replaced too: {now:?}"
+    );
+    assert!(is_alive(z.pid), "master died");
+    for _ in 0..20 {
+        ok_request(z.addr());
+    }
+}
+
+#[test]
+fn sigterm_stops_everything_after_in_flight_requests() {
+    let backend = Backend::start("slow");
+    let port = free_port();
+    let mut z = Zentinel::start(&proxy_config(2, port, &backend));
+    let workers = z.worker_pids();
+
+    // An in-flight request must complete during the graceful stop.
+    let addr = z.addr();
+    let in_flight = thread::spawn(move || {
+        let mut c = HttpClient::connect(addr);
+        c.get("/delay/1500", "t")
+    });
+    assert!(
+        wait_until(Duration::from_secs(5), || backend.stats().0 >= 1),
+        "the delayed request never reached the backend"
+    );
+    let stop_at = Instant::now();
+    z.signal(Signal::SIGTERM);
+    let r = in_flight.join().expect("in-flight request thread");
+    assert_eq!(
+        r.status, 200,
+        "in-flight request not completed during graceful stop: {r:?}"
+    );
+    assert_eq!(r.body_str(), "delayed 1500ms\n");
+    assert!(
+        r.connection_has("close"),
+        "a response sent while draining should carry Connection: close: {r:?}"
+    );
+
+    let status = z.wait_exit(Duration::from_secs(10));
+    let status =
+        status.unwrap_or_else(|| panic!("master still running 10 s after SIGTERM\n{}", z.log()));
+    assert!(
+        status.success(),
+        "master exit status after SIGTERM: {status}\n{}",
+        z.log()
+    );
+    let mut alive = Vec::new();
+    let gone = wait_until(Duration::from_secs(5), || {
+        alive = workers.iter().copied().filter(|&p| is_alive(p)).collect();
+        alive.is_empty()
+    });
+    assert!(
+        gone,
+        "workers {alive:?} still running after the master exited\n{}",
+        z.log()
+    );
+    // graceful-shutdown-timeout-secs is 5: the stop must not have waited for it.
+    assert!(
+        stop_at.elapsed() < Duration::from_secs(4),
+        "graceful stop took {:?} with a single 1.5 s request in flight\n{}",
+        stop_at.elapsed(),
+        z.log()
+    );
+}
+
+#[test]
+fn sigterm_drain_serves_idle_keep_alive_clients_then_closes_them_cleanly_by_the_deadline() {
+    // The design rule (shared/design/upgrades.md §3): a draining worker must not close an idle
+    // keep-alive connection under a client that may be sending its next request right now.
+    // It answers the next request with `Connection: close`, and closes connections that stay
+    // idle only at the drain deadline, with a FIN (never an RST).
+    let backend = Backend::start("idle");
+    let port = free_port();
+    let mut z = Zentinel::start(&proxy_config(1, port, &backend));
+    let mut returning = z.client();
+    let mut silent = z.client();
+    assert_eq!(returning.get("/", "t").status, 200);
+    assert_eq!(silent.get("/", "t").status, 200);
+    let stop_at = Instant::now();
+    z.signal(Signal::SIGTERM);
+
+    // A client that comes back during the drain is served, and told to go away.
+    assert!(
+        wait_until(Duration::from_secs(2), || z.log().contains("draining")),
+        "no worker reported draining\n{}",
+        z.log()
+    );
+    let again = returning.get("/", "t");
+    assert_eq!(
+        again.status, 200,
+        "request on a draining keep-alive connection failed"
+    );
+    assert!(
+        again.connection_has("close"),
+        "response during drain lacks Connection: close: {:?}",
+        again.headers
+    );
+    assert!(
+        returning.server_closed_within(Duration::from_secs(2)),
+        "connection not closed after the Connection: close response"
+    );
+
+    // The silent client is closed by the deadline (graceful-shutdown-timeout-secs 5).
+    assert!(
+        silent.server_closed_within(Duration::from_secs(8)),
+        "idle keep-alive connection still open after the drain deadline\n{}",
+        z.log()
+    );
+    assert!(
+        stop_at.elapsed() >= Duration::from_secs(2),
+        "idle connection closed {:?} after SIGTERM: far before the drain deadline",
+        stop_at.elapsed()
+    );
+    drop(silent);
+    drop(returning);
+    let status = z.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "master did not exit cleanly after the drain: {status:?}\n{}",
+        z.log()
+    );
+}
+
+#[test]
+fn sigint_fast_stop_leaves_no_process() {
+    let port = free_port();
+    let mut z = Zentinel::start(&static_config(2, port));
+    let workers = z.worker_pids();
+    ok_request(z.addr());
+    z.signal(Signal::SIGINT);
+    let status = z.wait_exit(Duration::from_secs(5));
+    assert!(
+        status.is_some(),
+        "master still running 5 s after SIGINT\n{}",
+        z.log()
+    );
+    let mut alive = Vec::new();
+    let gone = wait_until(Duration::from_secs(5), || {
+        alive = workers.iter().copied().filter(|&p| is_alive(p)).collect();
+        alive.is_empty()
+    });
+    assert!(
+        gone,
+        "workers {alive:?} still running after SIGINT\n{}",
+        z.log()
+    );
+}

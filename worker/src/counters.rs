@@ -1,0 +1,48 @@
+//! The worker's counters, reported to the master in `WorkerMessage::Status`.
+
+use zentinel_protocol::messages::WorkerCounters;
+
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub c: WorkerCounters,
+}
+
+impl Counters {
+    pub fn response(&mut self, status: u16) {
+        match status {
+            100..=199 => self.c.responses_1xx += 1,
+            200..=299 => self.c.responses_2xx += 1,
+            300..=399 => self.c.responses_3xx += 1,
+            400..=499 => self.c.responses_4xx += 1,
+            _ => self.c.responses_5xx += 1,
+        }
+    }
+
+    pub fn snapshot(&self) -> WorkerCounters {
+        self.c.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes() {
+        let mut c = Counters::default();
+        for s in [100, 101, 200, 204, 301, 404, 413, 502, 504] {
+            c.response(s);
+        }
+        let s = c.snapshot();
+        assert_eq!(
+            (
+                s.responses_1xx,
+                s.responses_2xx,
+                s.responses_3xx,
+                s.responses_4xx,
+                s.responses_5xx
+            ),
+            (2, 2, 1, 2, 2)
+        );
+    }
+}

@@ -1,0 +1,63 @@
+//! What a session may touch while it handles an event: the registry, the upstream pools, the
+//! timers and counters, the router. Borrowed from the event loop for one call.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::Registry;
+use zentinel_protocol::config::Limits;
+
+use crate::counters::Counters;
+use crate::routing::Router;
+use crate::timers::{TimerKey, Timers};
+use crate::upstream::Upstreams;
+
+pub struct Ctx<'a> {
+    pub registry: &'a Registry,
+    pub upstreams: &'a mut Upstreams,
+    pub timers: &'a mut Timers<TimerKey>,
+    pub counters: &'a mut Counters,
+    pub router: &'a Router,
+    pub limits: &'a Limits,
+    pub now: Instant,
+    pub draining: bool,
+}
+
+/// The per-listener settings a session needs (copied into each session).
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerCtx {
+    pub local: SocketAddr,
+    pub request_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    /// Resolved index of the default route.
+    pub default_route: Option<usize>,
+    /// TCP listeners: resolved upstream pool index.
+    pub upstream: Option<usize>,
+}
+
+/// What the event loop must do after a session handled an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Continue,
+    /// Remove the session (its sockets are closed on drop).
+    Done,
+    /// HTTP 101: turn the session into a bidirectional tunnel.
+    Upgrade,
+}
+
+/// Readiness flags of one mio event, folded so an error or hang-up makes the next syscall run
+/// (and report it) instead of being missed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ready {
+    pub readable: bool,
+    pub writable: bool,
+}
+
+impl Ready {
+    pub fn from_event(e: &mio::event::Event) -> Self {
+        Ready {
+            readable: e.is_readable() || e.is_read_closed() || e.is_error(),
+            writable: e.is_writable() || e.is_write_closed() || e.is_error(),
+        }
+    }
+}

@@ -1,0 +1,614 @@
+//! The worker's event loop: one mio `Poll` for the master channel, the listener set, every
+//! client and upstream socket; deadlines from [`Timers`]; sessions in a slab.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll};
+use slab::Slab;
+use tracing::{debug, error, info, warn};
+use zentinel_protocol::config::{Limits, ListenerProtocol};
+use zentinel_protocol::messages::{MasterMessage, WorkerMessage};
+use zentinel_protocol::{Channel, ProtocolError};
+
+use crate::accept::{Accepted, ListenerSet};
+use crate::counters::Counters;
+use crate::ctx::{Ctx, ListenerCtx, Outcome, Ready};
+use crate::http::session::{HttpSession, LINGER};
+use crate::routing::Router;
+use crate::tcp::TcpSession;
+use crate::timers::{TimerId, TimerKey, Timers};
+use crate::tokens::{self, Decoded, Side};
+use crate::upstream::Upstreams;
+
+/// Pause after EMFILE/ENFILE/ENOBUFS before accepting again: the open connections keep being
+/// served meanwhile, and some of them will have closed.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Connections accepted per loop iteration before other events get their turn.
+const ACCEPT_BUDGET: usize = 128;
+
+enum Entry {
+    Http(HttpSession),
+    Tcp(TcpSession),
+    /// Placeholder while a session is being converted (HTTP upgrade -> tunnel).
+    Converting,
+}
+
+/// Everything sessions may borrow while the slab is borrowed too.
+struct Shared {
+    upstreams: Upstreams,
+    timers: Timers<TimerKey>,
+    counters: Counters,
+    router: Router,
+    limits: Limits,
+    draining: bool,
+}
+
+impl Shared {
+    fn ctx<'a>(&'a mut self, registry: &'a mio::Registry, now: Instant) -> Ctx<'a> {
+        Ctx {
+            registry,
+            upstreams: &mut self.upstreams,
+            timers: &mut self.timers,
+            counters: &mut self.counters,
+            router: &self.router,
+            limits: &self.limits,
+            now,
+            draining: self.draining,
+        }
+    }
+}
+
+struct DrainState {
+    deadline: Instant,
+    timer: Option<TimerId>,
+    /// Idle keep-alive connections were half-closed ahead of the deadline.
+    idle_closed: bool,
+}
+
+/// Everything the worker needs, validated, before the loop starts.
+pub struct Prepared {
+    pub listeners: ListenerSet,
+    /// Per entry of the listener set.
+    pub lctxs: Vec<ListenerCtx>,
+    pub protocols: Vec<ListenerProtocol>,
+    pub router: Router,
+    pub upstreams: Upstreams,
+    pub limits: Limits,
+    pub max_connections: usize,
+    pub graceful_timeout: Duration,
+}
+
+pub struct Worker {
+    poll: Poll,
+    channel: Channel,
+    channel_open: bool,
+    listeners: Option<ListenerSet>,
+    lctxs: Vec<ListenerCtx>,
+    protocols: Vec<ListenerProtocol>,
+    sessions: Slab<Entry>,
+    shared: Shared,
+    max_connections: usize,
+    graceful_timeout: Duration,
+    accept_pending: bool,
+    accept_backoff: Option<TimerId>,
+    at_capacity_logged: bool,
+    drain: Option<DrainState>,
+}
+
+enum Control {
+    Continue,
+    Exit,
+}
+
+impl Worker {
+    /// Register everything in a new `Poll`. On failure the channel is handed back so the
+    /// caller can still report the error to the master.
+    pub fn new(channel: Channel, p: Prepared) -> Result<Self, Box<(io::Error, Channel)>> {
+        let setup = || -> io::Result<Poll> {
+            let poll = Poll::new()?;
+            p.listeners.register(poll.registry())?;
+            channel.stream().set_nonblocking(true)?;
+            poll.registry().register(
+                &mut SourceFd(&channel.as_raw_fd()),
+                tokens::CHANNEL,
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(poll)
+        };
+        let poll = match setup() {
+            Ok(p) => p,
+            Err(e) => return Err(Box::new((e, channel))),
+        };
+        Ok(Worker {
+            poll,
+            channel,
+            channel_open: true,
+            listeners: Some(p.listeners),
+            lctxs: p.lctxs,
+            protocols: p.protocols,
+            sessions: Slab::new(),
+            shared: Shared {
+                upstreams: p.upstreams,
+                timers: Timers::new(),
+                counters: Counters::default(),
+                router: p.router,
+                limits: p.limits,
+                draining: false,
+            },
+            max_connections: p.max_connections.max(1),
+            graceful_timeout: p.graceful_timeout,
+            // Connections may already be queued: try once right away.
+            accept_pending: true,
+            accept_backoff: None,
+            at_capacity_logged: false,
+            drain: None,
+        })
+    }
+
+    fn send(&mut self, msg: &WorkerMessage) {
+        if !self.channel_open {
+            return;
+        }
+        if let Err(e) = self.channel.send(msg, &[]) {
+            warn!(error = %e, "cannot send to master");
+        }
+    }
+
+    /// Tell the master every listener is polled, then serve.
+    pub fn run_ready(mut self) -> Result<(), Box<dyn std::error::Error>> {
+        self.send(&WorkerMessage::Ready);
+        self.run()
+    }
+
+    fn run(mut self) -> Result<(), Box<dyn std::error::Error>> {
+        let mut events = Events::with_capacity(1024);
+        // Frames that arrived with the handshake may already sit in the channel's buffer.
+        if let Control::Exit = self.on_channel(Instant::now()) {
+            return Ok(());
+        }
+        loop {
+            if self.drain.is_some() && self.sessions.is_empty() && !self.channel_pending() {
+                info!("drained: no session left, exiting");
+                return Ok(());
+            }
+            let now = Instant::now();
+            let timeout = if self.can_accept() && self.accept_pending {
+                Some(Duration::ZERO)
+            } else {
+                self.shared.timers.poll_timeout(now)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                error!(error = %e, "poll failed");
+                return Err(e.into());
+            }
+            let now = Instant::now();
+            for ev in events.iter() {
+                match tokens::decode(ev.token()) {
+                    Decoded::Channel => {
+                        if let Control::Exit = self.on_channel(now) {
+                            return Ok(());
+                        }
+                    }
+                    Decoded::Listeners => self.accept_pending = true,
+                    Decoded::Session(key, side) => {
+                        self.on_session_event(key, side, Ready::from_event(ev), now)
+                    }
+                    Decoded::Idle(key) => {
+                        self.shared.upstreams.on_idle_event(
+                            key,
+                            self.poll.registry(),
+                            &mut self.shared.timers,
+                        );
+                    }
+                    Decoded::Unknown => {}
+                }
+            }
+            if let Control::Exit = self.fire_timers(Instant::now()) {
+                return Ok(());
+            }
+            if self.accept_pending && self.can_accept() {
+                self.accept_loop(Instant::now());
+            }
+        }
+    }
+
+    /// Output for the master still queued (only meaningful while the channel is open).
+    fn channel_pending(&self) -> bool {
+        self.channel_open && self.channel.has_pending_output()
+    }
+
+    fn can_accept(&self) -> bool {
+        self.listeners.is_some() && self.accept_backoff.is_none()
+    }
+
+    fn on_channel(&mut self, now: Instant) -> Control {
+        if !self.channel_open {
+            return Control::Continue;
+        }
+        loop {
+            match self.channel.recv() {
+                Ok(Some(frame)) => match frame.deserialize::<MasterMessage>() {
+                    Ok(msg) => {
+                        if let Control::Exit = self.on_message(msg, now) {
+                            return Control::Exit;
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "ignoring an invalid message from the master"),
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    match e {
+                        ProtocolError::Closed => {
+                            warn!("master channel closed: draining")
+                        }
+                        e => error!(error = %e, "master channel failed: draining"),
+                    }
+                    self.channel_open = false;
+                    let _ = self
+                        .poll
+                        .registry()
+                        .deregister(&mut SourceFd(&self.channel.as_raw_fd()));
+                    self.start_drain(self.graceful_timeout, now);
+                    return Control::Continue;
+                }
+            }
+        }
+        if self.channel_pending() {
+            if let Err(e) = self.channel.flush() {
+                warn!(error = %e, "cannot flush the master channel");
+            }
+        }
+        Control::Continue
+    }
+
+    fn on_message(&mut self, msg: MasterMessage, now: Instant) -> Control {
+        match msg {
+            MasterMessage::StatusRequest => {
+                let mut c = self.shared.counters.snapshot();
+                c.active_connections = self.sessions.len() as u64;
+                self.send(&WorkerMessage::Status(c));
+            }
+            MasterMessage::Drain { timeout_ms } => {
+                self.start_drain(Duration::from_millis(timeout_ms), now);
+            }
+            MasterMessage::Stop => {
+                info!(active = self.sessions.len(), "stop requested: exiting now");
+                return Control::Exit;
+            }
+            MasterMessage::Hello(_) | MasterMessage::Start(_) => {
+                warn!("ignoring a handshake message after startup");
+            }
+        }
+        Control::Continue
+    }
+
+    fn start_drain(&mut self, timeout: Duration, now: Instant) {
+        let deadline = now + timeout;
+        let active = self.sessions.len() as u64;
+        self.send(&WorkerMessage::Draining {
+            active_connections: active,
+        });
+        if let Some(d) = &mut self.drain {
+            if deadline < d.deadline {
+                d.deadline = deadline;
+                let at = drain_timer_at(deadline, d.idle_closed, now);
+                self.shared
+                    .timers
+                    .set(&mut d.timer, Some(at), TimerKey::Drain);
+            }
+            return;
+        }
+        info!(active, timeout_ms = timeout.as_millis() as u64, "draining");
+        if let Some(set) = self.listeners.take() {
+            if let Err(e) = set.deregister(self.poll.registry()) {
+                warn!(error = %e, "cannot deregister the listener set");
+            }
+            // Dropping the set closes only our duplicates: the kernel sockets and their
+            // accept queues stay with the other workers.
+            drop(set);
+        }
+        self.accept_pending = false;
+        if let Some(id) = self.accept_backoff.take() {
+            self.shared.timers.cancel(id);
+        }
+        self.shared
+            .upstreams
+            .close_all_idle(self.poll.registry(), &mut self.shared.timers);
+        self.shared.draining = true;
+        let mut timer = None;
+        self.shared.timers.set(
+            &mut timer,
+            Some(drain_timer_at(deadline, false, now)),
+            TimerKey::Drain,
+        );
+        self.drain = Some(DrainState {
+            deadline,
+            timer,
+            idle_closed: false,
+        });
+    }
+
+    fn fire_timers(&mut self, now: Instant) -> Control {
+        while let Some((id, key)) = self.shared.timers.pop_expired(now) {
+            match key {
+                TimerKey::Session(k) => self.on_session_timer(k, id, now),
+                TimerKey::IdleUpstream(k) => self.shared.upstreams.on_idle_timer(
+                    k,
+                    id,
+                    self.poll.registry(),
+                    &mut self.shared.timers,
+                ),
+                TimerKey::AcceptBackoff => {
+                    if self.accept_backoff == Some(id) {
+                        self.accept_backoff = None;
+                        self.accept_pending = true;
+                    }
+                }
+                TimerKey::Drain => {
+                    let Some(d) = &mut self.drain else { continue };
+                    if d.timer != Some(id) {
+                        continue;
+                    }
+                    d.timer = None;
+                    if now >= d.deadline {
+                        warn!(
+                            active = self.sessions.len(),
+                            "drain deadline reached: closing remaining connections"
+                        );
+                        return Control::Exit;
+                    }
+                    // Shortly before the deadline: half-close idle keep-alive connections so
+                    // a request racing with the close sees EOF, not a reset at exit.
+                    d.idle_closed = true;
+                    let deadline = d.deadline;
+                    let mut t = None;
+                    self.shared
+                        .timers
+                        .set(&mut t, Some(deadline), TimerKey::Drain);
+                    if let Some(d) = &mut self.drain {
+                        d.timer = t;
+                    }
+                    self.close_idle_sessions(now);
+                }
+            }
+        }
+        Control::Continue
+    }
+
+    fn close_idle_sessions(&mut self, now: Instant) {
+        let keys: Vec<usize> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::Http(h) if h.is_idle()))
+            .map(|(k, _)| k)
+            .collect();
+        for key in keys {
+            let registry = self.poll.registry();
+            let mut ctx = self.shared.ctx(registry, now);
+            let out = match self.sessions.get_mut(key) {
+                Some(Entry::Http(h)) => h.close_idle(&mut ctx),
+                _ => continue,
+            };
+            self.handle_outcome(key, out, now);
+        }
+    }
+
+    fn on_session_event(&mut self, key: usize, side: Side, r: Ready, now: Instant) {
+        let registry = self.poll.registry();
+        let mut ctx = self.shared.ctx(registry, now);
+        let out = match self.sessions.get_mut(key) {
+            Some(Entry::Http(h)) => h.on_ready(side, r, &mut ctx),
+            Some(Entry::Tcp(t)) => t.on_ready(side, r, &mut ctx),
+            _ => return,
+        };
+        self.handle_outcome(key, out, now);
+    }
+
+    fn on_session_timer(&mut self, key: usize, id: TimerId, now: Instant) {
+        let registry = self.poll.registry();
+        let mut ctx = self.shared.ctx(registry, now);
+        let out = match self.sessions.get_mut(key) {
+            Some(Entry::Http(h)) => h.on_timer(id, &mut ctx),
+            Some(Entry::Tcp(t)) => t.on_timer(id, &mut ctx),
+            _ => return,
+        };
+        self.handle_outcome(key, out, now);
+    }
+
+    fn handle_outcome(&mut self, key: usize, out: Outcome, now: Instant) {
+        match out {
+            Outcome::Continue => {}
+            Outcome::Done => self.remove_session(key, now),
+            Outcome::Upgrade => {
+                let Some(slot) = self.sessions.get_mut(key) else {
+                    return;
+                };
+                let entry = std::mem::replace(slot, Entry::Converting);
+                let registry = self.poll.registry();
+                let mut ctx = self.shared.ctx(registry, now);
+                let tunnel = match entry {
+                    Entry::Http(h) => h.into_tunnel(&mut ctx),
+                    _ => None,
+                };
+                match tunnel {
+                    Some(mut t) => {
+                        debug!(key, "connection upgraded: tunnelling");
+                        let out = t.on_ready(Side::Client, Ready::default(), &mut ctx);
+                        self.sessions[key] = Entry::Tcp(t);
+                        if out != Outcome::Continue {
+                            self.remove_session(key, now);
+                        }
+                    }
+                    None => self.remove_session(key, now),
+                }
+            }
+        }
+    }
+
+    fn remove_session(&mut self, key: usize, now: Instant) {
+        let Some(entry) = self.sessions.try_remove(key) else {
+            return;
+        };
+        let registry = self.poll.registry();
+        let mut ctx = self.shared.ctx(registry, now);
+        match entry {
+            Entry::Http(h) => h.close(&mut ctx),
+            Entry::Tcp(t) => t.close(&mut ctx),
+            Entry::Converting => {}
+        }
+        self.shared.counters.c.active_connections = self.sessions.len() as u64;
+        if self.sessions.len() + 1 == self.max_connections {
+            // A slot freed up below the cap: queued connections can be taken again.
+            self.accept_pending = true;
+        }
+    }
+
+    fn accept_loop(&mut self, now: Instant) {
+        let ready = match self.listeners.as_mut().map(|s| s.ready()) {
+            None => {
+                self.accept_pending = false;
+                return;
+            }
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                error!(error = %e, "epoll_wait on the listener set failed");
+                self.back_off_accept(now);
+                return;
+            }
+        };
+        let mut budget = ACCEPT_BUDGET;
+        for idx in ready {
+            loop {
+                if self.sessions.len() >= self.max_connections {
+                    if !self.at_capacity_logged {
+                        warn!(
+                            max_connections = self.max_connections,
+                            "connection limit reached: not accepting until a connection closes"
+                        );
+                        self.at_capacity_logged = true;
+                    }
+                    self.accept_pending = false;
+                    return;
+                }
+                self.at_capacity_logged = false;
+                if budget == 0 {
+                    self.accept_pending = true;
+                    return;
+                }
+                budget -= 1;
+                let res = match &self.listeners {
+                    Some(set) => set.accept(idx),
+                    None => return,
+                };
+                match res {
+                    Accepted::Conn {
+                        stream,
+                        peer,
+                        listener,
+                    } => self.new_session(stream, peer, listener, now),
+                    Accepted::Empty => break,
+                    Accepted::Transient(e) => {
+                        self.shared.counters.c.accept_errors += 1;
+                        debug!(error = %e, "accept: transient error");
+                    }
+                    Accepted::Exhausted(e) => {
+                        self.shared.counters.c.accept_errors += 1;
+                        warn!(error = %e, backoff_ms = ACCEPT_BACKOFF.as_millis() as u64, "accept failed: backing off");
+                        self.back_off_accept(now);
+                        return;
+                    }
+                }
+            }
+        }
+        self.accept_pending = false;
+    }
+
+    fn back_off_accept(&mut self, now: Instant) {
+        let mut t = None;
+        self.shared
+            .timers
+            .set(&mut t, Some(now + ACCEPT_BACKOFF), TimerKey::AcceptBackoff);
+        self.accept_backoff = t;
+        self.accept_pending = true;
+    }
+
+    fn new_session(
+        &mut self,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        listener: usize,
+        now: Instant,
+    ) {
+        self.shared.counters.c.accepted_total += 1;
+        if let Err(e) = stream.set_nonblocking(true) {
+            warn!(peer = %peer, error = %e, "cannot make an accepted socket non-blocking");
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let mut stream = mio::net::TcpStream::from_std(stream);
+        let (Some(lctx), Some(proto)) = (
+            self.lctxs.get(listener).copied(),
+            self.protocols.get(listener).copied(),
+        ) else {
+            return;
+        };
+        let entry = self.sessions.vacant_entry();
+        let key = entry.key();
+        let registry = self.poll.registry();
+        if let Err(e) = registry.register(
+            &mut stream,
+            tokens::session(key, Side::Client),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!(peer = %peer, error = %e, "cannot register an accepted socket");
+            return;
+        }
+        let mut ctx = self.shared.ctx(registry, now);
+        match proto {
+            ListenerProtocol::Http => {
+                let mut s = HttpSession::new(key, peer, stream, lctx, now);
+                let out = s.on_ready(Side::Client, Ready::default(), &mut ctx);
+                entry.insert(Entry::Http(s));
+                self.handle_outcome(key, out, now);
+            }
+            ListenerProtocol::Tcp => {
+                let Some(pool) = lctx.upstream else {
+                    let _ = registry.deregister(&mut stream);
+                    return;
+                };
+                match TcpSession::connect(key, peer, stream, pool, &mut ctx) {
+                    Some(mut s) => {
+                        let out = s.on_ready(Side::Client, Ready::default(), &mut ctx);
+                        entry.insert(Entry::Tcp(s));
+                        self.handle_outcome(key, out, now);
+                    }
+                    None => {
+                        // Every target's failure was logged and counted. The client stream
+                        // was moved into the attempt and is closed with it.
+                        warn!(peer = %peer, "tcp: no upstream target could be connected");
+                    }
+                }
+            }
+        }
+        self.shared.counters.c.active_connections = self.sessions.len() as u64;
+    }
+}
+
+/// When the drain timer should fire: a linger before the deadline to half-close idle
+/// connections (unless done already or the drain is shorter than that), then the deadline.
+fn drain_timer_at(deadline: Instant, idle_closed: bool, now: Instant) -> Instant {
+    if idle_closed {
+        return deadline;
+    }
+    match deadline.checked_sub(LINGER) {
+        Some(t) if t > now => t,
+        _ => deadline,
+    }
+}

@@ -1,0 +1,1046 @@
+//! The client side of one HTTP/1.x connection: read a request head, route it, answer locally
+//! or proxy it to an upstream connection, stream both bodies through bounded buffers, then
+//! take the next (possibly already buffered, pipelined) request.
+//!
+//! Backpressure: every buffer is capped at [`BUF_CAP`]; a side is not read while the buffer it
+//! feeds is full, so a slow reader slows the writer down instead of growing memory. A client
+//! that takes no response byte for a whole `request_timeout` is cut off (both connections
+//! closed), and the upstream's read timeout only runs while the proxy has room to read into.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use crate::ctx::{Ctx, ListenerCtx, Outcome, Ready};
+use crate::http::codec::{
+    self, BodyError, BodyFraming, BodyTracker, ForwardContext, HttpVersion, Parsed, RequestHead,
+    ResponseHead,
+};
+use crate::routing::Action;
+use crate::sock::{Buf, Sock, BUF_CAP};
+use crate::tcp::{TcpSession, UpMeta};
+use crate::timers::{TimerId, TimerKey};
+use crate::tokens::{self, Side};
+use crate::upstream::{self, UpConn};
+
+/// How long a closing connection keeps reading (and discarding) after its write shutdown, so
+/// a request racing with the close gets an EOF rather than an RST.
+pub const LINGER: Duration = Duration::from_secs(1);
+/// Largest upstream response head accepted.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Body bytes kept to replay a request on a fresh connection when a pooled one was dead.
+const REPLAY_CAP: usize = 64 * 1024;
+
+enum Phase {
+    /// Waiting for (the rest of) a request head.
+    ReadingHead,
+    /// Writing a response the proxy generated itself; then next request or close.
+    /// `since` bounds how long a client that does not read may hold the connection.
+    Local {
+        close: bool,
+        since: Instant,
+    },
+    Proxy(Box<Exchange>),
+    /// Write side shut down; discarding input until EOF or the linger deadline.
+    Closing {
+        since: Instant,
+    },
+}
+
+struct Exchange {
+    req: RequestHead,
+    /// The serialized upstream head, kept to replay the request after a dead pooled connection.
+    head_bytes: Vec<u8>,
+    up: Option<(Sock, UpMeta)>,
+    connecting: Option<Instant>,
+    uout: Buf,
+    uin: Buf,
+    req_body: BodyTracker,
+    req_done: bool,
+    replay: Option<Vec<u8>>,
+    retried: bool,
+    /// Targets whose connect failed for this exchange: failover skips them.
+    failed: Vec<usize>,
+    resp: Option<ResponseHead>,
+    resp_body: Option<BodyTracker>,
+    /// The response body is chunked and the client speaks HTTP/1.0: send it decoded.
+    dechunk: bool,
+    /// Scratch space for decoded response body bytes.
+    decoded: Vec<u8>,
+    resp_done: bool,
+    /// Some response byte (interim or final head) was queued for the client: an upstream
+    /// failure can no longer become an error response.
+    resp_started: bool,
+    got_upstream_bytes: bool,
+    last_up_activity: Instant,
+    last_client_activity: Instant,
+    /// Since when response bytes have been waiting for a client that takes none of them.
+    cout_stalled_since: Option<Instant>,
+    /// Decided when the final response head is written.
+    close_client: bool,
+}
+
+/// Why an exchange cannot go on.
+enum Fail {
+    /// Upstream problem: an error status if nothing was sent to the client yet.
+    Upstream(u16, &'static str),
+    /// Client problem: error status if nothing was sent yet (e.g. a bad chunked body).
+    Client(u16, &'static str),
+    /// The client connection is unusable (reset, EOF in the middle of a body).
+    ClientGone,
+    /// The client took no response byte for a whole request timeout.
+    ClientStalled,
+    /// A pooled connection was dead before any response byte: try once more on a new one.
+    RetryFresh,
+    /// The upstream connect failed or timed out; no request byte was sent, so another target
+    /// may be tried whatever the method.
+    ConnectFailed(std::io::Error),
+    ConnectTimedOut,
+    /// Every target of the pool failed to connect (each failure already counted): 502.
+    Exhausted,
+}
+
+impl Exchange {
+    /// Use `c` as this exchange's upstream connection. The pending request bytes stay in
+    /// `uout`: they are written once it is connected.
+    fn attach(&mut self, c: UpConn, now: Instant) {
+        let (stream, meta) = UpMeta::split(c);
+        let connected = meta.reused;
+        self.up = Some((Sock::new(stream, connected), meta));
+        self.connecting = (!connected).then_some(now);
+        self.uin.clear();
+        self.last_up_activity = now;
+    }
+}
+
+pub struct HttpSession {
+    key: usize,
+    peer: SocketAddr,
+    lctx: ListenerCtx,
+    client: Sock,
+    cin: Buf,
+    cout: Buf,
+    phase: Phase,
+    timer: Option<TimerId>,
+    /// Start of the current request head (accept time for the first request).
+    head_started: Instant,
+    /// When the connection last became idle between requests.
+    idle_since: Instant,
+    first_request: bool,
+}
+
+fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method.to_ascii_uppercase().as_str(),
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
+}
+
+impl HttpSession {
+    pub fn new(
+        key: usize,
+        peer: SocketAddr,
+        stream: mio::net::TcpStream,
+        lctx: ListenerCtx,
+        now: Instant,
+    ) -> Self {
+        HttpSession {
+            key,
+            peer,
+            lctx,
+            client: Sock::new(stream, true),
+            cin: Buf::new(),
+            cout: Buf::new(),
+            phase: Phase::ReadingHead,
+            timer: None,
+            head_started: now,
+            idle_since: now,
+            first_request: true,
+        }
+    }
+
+    /// Idle between requests (no byte of a next request yet).
+    pub fn is_idle(&self) -> bool {
+        matches!(self.phase, Phase::ReadingHead) && self.cin.is_empty() && !self.first_request
+    }
+
+    pub fn on_ready(&mut self, side: Side, r: Ready, ctx: &mut Ctx<'_>) -> Outcome {
+        match side {
+            Side::Client => {
+                self.client.readable |= r.readable;
+                self.client.writable |= r.writable;
+            }
+            Side::Upstream => {
+                if let Phase::Proxy(ex) = &mut self.phase {
+                    if let Some((up, _)) = ex.up.as_mut() {
+                        up.readable |= r.readable;
+                        up.writable |= r.writable;
+                    }
+                }
+            }
+        }
+        self.run(ctx)
+    }
+
+    /// Drain deadline approaching: close an idle keep-alive connection gracefully (write
+    /// shutdown, then linger) so a racing request gets an EOF instead of a reset.
+    pub fn close_idle(&mut self, ctx: &mut Ctx<'_>) -> Outcome {
+        if self.is_idle() {
+            self.start_closing(ctx.now);
+        }
+        self.run(ctx)
+    }
+
+    fn run(&mut self, ctx: &mut Ctx<'_>) -> Outcome {
+        let out = self.pump(ctx);
+        if out == Outcome::Continue {
+            self.update_timer(ctx);
+        }
+        out
+    }
+
+    pub fn on_timer(&mut self, id: TimerId, ctx: &mut Ctx<'_>) -> Outcome {
+        if self.timer != Some(id) {
+            return Outcome::Continue;
+        }
+        self.timer = None;
+        let now = ctx.now;
+        match &mut self.phase {
+            Phase::ReadingHead => {
+                if self.cin.is_empty() {
+                    debug!(peer = %self.peer, "idle client connection timed out");
+                    self.start_closing(now);
+                } else {
+                    ctx.counters.c.client_errors += 1;
+                    debug!(peer = %self.peer, "request head not received in time");
+                    self.respond_local(ctx, 408, codec::error_response(408, true, false), true);
+                }
+            }
+            Phase::Local { .. } => {
+                debug!(peer = %self.peer, "client did not read its response in time");
+                return Outcome::Done;
+            }
+            Phase::Closing { .. } => return self.finish_close(ctx),
+            Phase::Proxy(_) => {
+                let fail = match &self.phase {
+                    Phase::Proxy(ex) => self
+                        .exchange_deadlines(ex, ctx)
+                        .into_iter()
+                        .flatten()
+                        .find(|(t, _)| now >= *t)
+                        .map(|(_, f)| f),
+                    _ => None,
+                };
+                if let Some(f) = fail {
+                    self.handle_fail(f, ctx);
+                }
+            }
+        }
+        self.run(ctx)
+    }
+
+    fn desired_deadline(&self, ctx: &Ctx<'_>) -> Option<Instant> {
+        match &self.phase {
+            Phase::ReadingHead => {
+                if self.cin.is_empty() && !self.first_request {
+                    Some(self.idle_since + self.lctx.keepalive_timeout)
+                } else {
+                    Some(self.head_started + self.lctx.request_timeout)
+                }
+            }
+            Phase::Local { since, .. } => Some(*since + self.lctx.request_timeout),
+            Phase::Closing { since } => Some(*since + LINGER),
+            Phase::Proxy(ex) => self
+                .exchange_deadlines(ex, ctx)
+                .into_iter()
+                .flatten()
+                .map(|(t, _)| t)
+                .min(),
+        }
+    }
+
+    /// The deadlines a proxied exchange is under, each with the failure it means, in the order
+    /// they are blamed when several have passed. Arming the timer and deciding what fired both
+    /// use this, so they cannot disagree.
+    fn exchange_deadlines(&self, ex: &Exchange, ctx: &Ctx<'_>) -> [Option<(Instant, Fail)>; 4] {
+        let pool = ex.up.as_ref().and_then(|(_, m)| ctx.upstreams.pool(m.pool));
+        let (ct, rt) = pool
+            .map(|p| (p.connect_timeout(), p.read_timeout()))
+            .unwrap_or((Duration::from_secs(5), Duration::from_secs(30)));
+        let request_timeout = self.lctx.request_timeout;
+        let connect = ex.connecting.map(|t| (t + ct, Fail::ConnectTimedOut));
+        // While `uin` is full the proxy is not reading the upstream (the client is slow):
+        // its silence is not the upstream's fault then.
+        let read =
+            (ex.connecting.is_none() && !ex.resp_done && ex.uin.len() < BUF_CAP).then(|| {
+                (
+                    ex.last_up_activity + rt,
+                    Fail::Upstream(504, "upstream read timed out"),
+                )
+            });
+        // A client that stops reading would otherwise hold both connections forever.
+        let send = ex
+            .cout_stalled_since
+            .filter(|_| !self.cout.is_empty())
+            .map(|t| (t + request_timeout, Fail::ClientStalled));
+        // Likewise the request body only times out while the proxy waits for it.
+        let body = (!ex.req_done && self.cin.is_empty() && ex.uout.len() < BUF_CAP).then(|| {
+            (
+                ex.last_client_activity + request_timeout,
+                Fail::Client(408, "request body not received in time"),
+            )
+        });
+        [connect, read, send, body]
+    }
+
+    fn update_timer(&mut self, ctx: &mut Ctx<'_>) {
+        let want = self.desired_deadline(ctx);
+        ctx.timers
+            .set(&mut self.timer, want, TimerKey::Session(self.key));
+    }
+
+    fn start_closing(&mut self, now: Instant) {
+        self.client.shutdown_write();
+        self.phase = Phase::Closing { since: now };
+    }
+
+    fn finish_close(&mut self, _ctx: &mut Ctx<'_>) -> Outcome {
+        Outcome::Done
+    }
+
+    /// Queue a response generated here. `close` ends the connection once it is written.
+    fn respond_local(&mut self, ctx: &mut Ctx<'_>, status: u16, bytes: Vec<u8>, close: bool) {
+        ctx.counters.response(status);
+        self.cout.extend(&bytes);
+        self.phase = Phase::Local {
+            close,
+            since: ctx.now,
+        };
+    }
+
+    fn pump(&mut self, ctx: &mut Ctx<'_>) -> Outcome {
+        loop {
+            let step = match &self.phase {
+                Phase::ReadingHead => self.step_head(ctx),
+                Phase::Local { .. } => self.step_local(ctx),
+                Phase::Closing { .. } => self.step_closing(ctx),
+                Phase::Proxy(_) => self.step_proxy(ctx),
+            };
+            match step {
+                Ok(true) => continue,
+                Ok(false) => return Outcome::Continue,
+                Err(out) => return out,
+            }
+        }
+    }
+
+    /// Read from the client into `cin`. Err: the connection is unusable.
+    fn read_client(&mut self, ctx: &mut Ctx<'_>, cap: usize) -> Result<usize, Outcome> {
+        match self.client.fill(&mut self.cin, cap) {
+            Ok(r) => {
+                ctx.counters.c.bytes_in += r.bytes as u64;
+                Ok(r.bytes + usize::from(r.eof))
+            }
+            Err(e) => {
+                debug!(peer = %self.peer, error = %e, "client read failed");
+                Err(Outcome::Done)
+            }
+        }
+    }
+
+    fn write_client(&mut self, ctx: &mut Ctx<'_>) -> Result<usize, Outcome> {
+        match self.client.flush(&mut self.cout) {
+            Ok(n) => {
+                ctx.counters.c.bytes_out += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                debug!(peer = %self.peer, error = %e, "client write failed");
+                Err(Outcome::Done)
+            }
+        }
+    }
+
+    /// Ok(true): progress made, run again. Ok(false): wait for events. Err: outcome now.
+    fn step_head(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
+        let head_cap = BUF_CAP.max(ctx.limits.max_header_size_bytes as usize + 1024);
+        let was_empty = self.cin.is_empty();
+        let n = self.read_client(ctx, head_cap)?;
+        if self.cin.is_empty() {
+            if self.client.read_eof {
+                // The client closed between requests: a clean end.
+                return Err(Outcome::Done);
+            }
+            return Ok(false);
+        }
+        if was_empty && !self.first_request {
+            // First byte of a new request: its head timer starts now.
+            self.head_started = ctx.now;
+        }
+        match codec::parse_request(self.cin.as_slice(), ctx.limits) {
+            Ok(Parsed::Complete(head)) => {
+                self.first_request = false;
+                self.cin.consume(head.head_len);
+                self.start_request(head, ctx);
+                Ok(true)
+            }
+            Ok(Parsed::Partial) => {
+                if self.client.read_eof {
+                    debug!(peer = %self.peer, "client closed in the middle of a request head");
+                    ctx.counters.c.client_errors += 1;
+                    return Err(Outcome::Done);
+                }
+                if self.cin.len() >= head_cap {
+                    ctx.counters.c.client_errors += 1;
+                    self.respond_local(ctx, 431, codec::error_response(431, true, false), true);
+                    return Ok(true);
+                }
+                Ok(n > 0 && self.client.readable)
+            }
+            Err(e) => {
+                ctx.counters.c.requests_total += 1;
+                ctx.counters.c.client_errors += 1;
+                debug!(peer = %self.peer, error = %e, "bad request");
+                let status = e.status();
+                self.first_request = false;
+                self.respond_local(
+                    ctx,
+                    status,
+                    codec::error_response(status, true, false),
+                    true,
+                );
+                Ok(true)
+            }
+        }
+    }
+
+    fn start_request(&mut self, req: RequestHead, ctx: &mut Ctx<'_>) {
+        ctx.counters.c.requests_total += 1;
+        let has_body = !matches!(req.framing, BodyFraming::Empty);
+        // A request body the proxy does not forward cannot be skipped reliably: close after
+        // answering (the linger discards it).
+        let local_close = ctx.draining || !req.keep_alive || has_body;
+        let route = ctx
+            .router
+            .find(self.lctx.default_route, req.host.as_deref(), req.path());
+        let action = route.and_then(|r| ctx.router.action(r)).cloned();
+        match action {
+            None => {
+                debug!(peer = %self.peer, host = ?req.host, path = req.path(), "no route");
+                let bytes = codec::error_response(404, local_close, req.is_head());
+                self.respond_local(ctx, 404, bytes, local_close);
+            }
+            Some(Action::Static(resp)) => {
+                let bytes = codec::static_response(&resp, local_close, req.is_head());
+                self.respond_local(ctx, resp.status, bytes, local_close);
+            }
+            Some(Action::Upstream(pool)) => self.start_proxy(req, pool, ctx),
+        }
+    }
+
+    fn start_proxy(&mut self, req: RequestHead, pool: usize, ctx: &mut Ctx<'_>) {
+        let mut failed = Vec::new();
+        let token = tokens::session(self.key, Side::Upstream);
+        let Some(conn) = upstream::connect_next(ctx, pool, &mut failed, token, self.peer) else {
+            // Each failed target was counted; an unknown pool (a routing bug) was not.
+            if failed.is_empty() {
+                ctx.counters.c.upstream_errors += 1;
+            }
+            let name = ctx
+                .upstreams
+                .pool(pool)
+                .map(|p| p.name.as_str())
+                .unwrap_or("?");
+            warn!(peer = %self.peer, upstream = name, tried = failed.len(), "no upstream target could be connected");
+            let close =
+                ctx.draining || !req.keep_alive || !matches!(req.framing, BodyFraming::Empty);
+            self.respond_local(
+                ctx,
+                502,
+                codec::error_response(502, close, req.is_head()),
+                close,
+            );
+            return;
+        };
+        let mut head_bytes = Vec::with_capacity(512);
+        let fctx = ForwardContext {
+            client: self.peer,
+            listener: self.lctx.local,
+            scheme: "http",
+        };
+        codec::write_upstream_request(&req, &fctx, &mut head_bytes);
+        let (stream, meta) = UpMeta::split(conn);
+        let connected = meta.reused;
+        let mut uout = Buf::new();
+        uout.extend(&head_bytes);
+        let req_done = matches!(req.framing, BodyFraming::Empty);
+        let ex = Exchange {
+            req_body: BodyTracker::new(req.framing, ctx.limits.max_body_size_bytes),
+            req,
+            head_bytes,
+            up: Some((Sock::new(stream, connected), meta)),
+            connecting: (!connected).then_some(ctx.now),
+            uout,
+            uin: Buf::new(),
+            req_done,
+            replay: Some(Vec::new()),
+            retried: false,
+            failed,
+            resp: None,
+            resp_body: None,
+            dechunk: false,
+            decoded: Vec::new(),
+            resp_done: false,
+            resp_started: false,
+            got_upstream_bytes: false,
+            last_up_activity: ctx.now,
+            last_client_activity: ctx.now,
+            cout_stalled_since: None,
+            close_client: false,
+        };
+        self.phase = Phase::Proxy(Box::new(ex));
+    }
+
+    fn step_local(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
+        self.write_client(ctx)?;
+        if !self.cout.is_empty() {
+            return Ok(false);
+        }
+        let close = matches!(self.phase, Phase::Local { close: true, .. });
+        if close {
+            self.start_closing(ctx.now);
+        } else {
+            self.phase = Phase::ReadingHead;
+            self.idle_since = ctx.now;
+        }
+        Ok(true)
+    }
+
+    fn step_closing(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
+        if !self.cout.is_empty() {
+            self.write_client(ctx)?;
+        }
+        match self.client.discard() {
+            Ok(true) | Err(_) => Err(Outcome::Done),
+            Ok(false) => Ok(false),
+        }
+    }
+
+    fn step_proxy(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
+        if let Phase::Proxy(ex) = &self.phase {
+            if ex.up.is_none() {
+                // The exchange was aborted (already counted and logged).
+                return Err(Outcome::Done);
+            }
+        }
+        match self.exchange_io(ctx) {
+            Ok(progress) => {
+                if let Phase::Proxy(ex) = &self.phase {
+                    if ex.resp.as_ref().is_some_and(|h| h.status == 101) {
+                        return Err(Outcome::Upgrade);
+                    }
+                }
+                Ok(progress)
+            }
+            Err(Fail::RetryFresh) => {
+                self.retry_fresh(ctx);
+                Ok(true)
+            }
+            Err(f) => {
+                self.handle_fail(f, ctx);
+                // A failover attached a new connection (the next round drives it), or the
+                // exchange ended: with an error response, or with no upstream left (then the
+                // next round ends the session).
+                Ok(true)
+            }
+        }
+    }
+
+    /// A connect failure moves on to another target; anything else ends the exchange.
+    fn handle_fail(&mut self, f: Fail, ctx: &mut Ctx<'_>) {
+        let f = match f {
+            Fail::ConnectFailed(e) => self.failover(&e, ctx),
+            Fail::ConnectTimedOut => self.failover(&"connect timed out", ctx),
+            other => Some(other),
+        };
+        if let Some(f) = f {
+            self.fail(f, ctx);
+        }
+    }
+
+    /// The pending connect failed before any request byte was sent: report it and connect to
+    /// the balancer's next choice among the targets not tried yet. Returns the failure to
+    /// answer with when none is left.
+    fn failover(&mut self, error: &dyn std::fmt::Display, ctx: &mut Ctx<'_>) -> Option<Fail> {
+        let peer = self.peer;
+        let token = tokens::session(self.key, Side::Upstream);
+        let Phase::Proxy(ex) = &mut self.phase else {
+            return None;
+        };
+        // No connection: the exchange was already aborted, and the session ends.
+        let (up, meta) = ex.up.take()?;
+        upstream::connect_failed(ctx, meta.join(up.stream), &mut ex.failed, peer, error);
+        match upstream::connect_next(ctx, meta.pool, &mut ex.failed, token, peer) {
+            Some(conn) => {
+                ex.attach(conn, ctx.now);
+                None
+            }
+            None => Some(Fail::Exhausted),
+        }
+    }
+
+    /// Turn a failure into an error response (nothing sent yet) or an abort.
+    fn fail(&mut self, f: Fail, ctx: &mut Ctx<'_>) {
+        let Phase::Proxy(ex) = &mut self.phase else {
+            return;
+        };
+        let (status, reason) = match f {
+            Fail::Upstream(s, r) => {
+                ctx.counters.c.upstream_errors += 1;
+                (s, r)
+            }
+            Fail::Client(s, r) => {
+                ctx.counters.c.client_errors += 1;
+                (s, r)
+            }
+            // Each failed target was counted when it failed.
+            Fail::Exhausted => (502, "no upstream target could be connected"),
+            // Only reached if a connect failure was not failed over; it was not counted yet.
+            Fail::ConnectFailed(_) | Fail::ConnectTimedOut => {
+                ctx.counters.c.upstream_errors += 1;
+                (502, "upstream connect failed")
+            }
+            Fail::ClientGone | Fail::RetryFresh => {
+                ctx.counters.c.client_errors += 1;
+                (0, "client connection lost")
+            }
+            Fail::ClientStalled => {
+                ctx.counters.c.client_errors += 1;
+                (0, "client stopped reading the response")
+            }
+        };
+        let upstream = ex.up.as_ref().map(|(_, m)| m.addr);
+        debug!(peer = %self.peer, upstream = ?upstream, status, reason, "exchange failed");
+        let head_only = ex.req.is_head();
+        let can_answer = status != 0 && !ex.resp_started;
+        let keep = can_answer
+            && ex.req_done
+            && ex.req.keep_alive
+            && !ctx.draining
+            && !self.client.read_eof;
+        if let Some((up, meta)) = ex.up.take() {
+            ctx.upstreams.release(
+                meta.join(up.stream),
+                false,
+                ctx.registry,
+                ctx.timers,
+                ctx.now,
+            );
+        }
+        if can_answer {
+            self.cout.clear();
+            self.respond_local(
+                ctx,
+                status,
+                codec::error_response(status, !keep, head_only),
+                !keep,
+            );
+        }
+        // Otherwise the phase stays Proxy with no upstream: the caller ends the session.
+    }
+
+    fn retry_fresh(&mut self, ctx: &mut Ctx<'_>) {
+        let peer = self.peer;
+        let token = tokens::session(self.key, Side::Upstream);
+        let Phase::Proxy(ex) = &mut self.phase else {
+            return;
+        };
+        let Some((up, meta)) = ex.up.take() else {
+            return;
+        };
+        debug!(peer = %peer, upstream = %meta.addr, "pooled upstream connection was dead, retrying on a new one");
+        ctx.upstreams.release(
+            meta.join(up.stream),
+            false,
+            ctx.registry,
+            ctx.timers,
+            ctx.now,
+        );
+        ex.retried = true;
+        ex.uout.clear();
+        ex.uout.extend(&ex.head_bytes);
+        if let Some(r) = &ex.replay {
+            ex.uout.extend(r);
+        }
+        let conn = match ctx
+            .upstreams
+            .connect(meta.pool, meta.target, ctx.registry, token)
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                upstream::note_failure(ctx, meta.pool, meta.target, &mut ex.failed, peer, &e);
+                upstream::connect_next(ctx, meta.pool, &mut ex.failed, token, peer)
+            }
+        };
+        match conn {
+            Some(c) => ex.attach(c, ctx.now),
+            None => self.fail(Fail::Exhausted, ctx),
+        }
+    }
+
+    /// One round of I/O for a proxied exchange. Ok(progress).
+    fn exchange_io(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Fail> {
+        let now = ctx.now;
+        let draining = ctx.draining;
+        let Phase::Proxy(ex) = &mut self.phase else {
+            return Ok(false);
+        };
+        let mut progress = false;
+        // The upstream's read timeout runs only while there is room to read into.
+        if ex.uin.len() >= BUF_CAP {
+            ex.last_up_activity = now;
+        }
+
+        // Client -> cin (read ahead is bounded; pipelined bytes wait in cin).
+        if !self.client.read_eof && self.cin.len() < BUF_CAP {
+            match self.client.fill(&mut self.cin, BUF_CAP) {
+                Ok(r) => {
+                    ctx.counters.c.bytes_in += r.bytes as u64;
+                    if r.bytes > 0 {
+                        ex.last_client_activity = now;
+                        progress = true;
+                    }
+                    progress |= r.eof;
+                }
+                Err(_) => return Err(Fail::ClientGone),
+            }
+        }
+
+        // cin -> request body -> uout.
+        if !ex.req_done && !self.cin.is_empty() && ex.uout.len() < BUF_CAP {
+            let room = BUF_CAP - ex.uout.len();
+            let take = self.cin.len().min(room);
+            match ex.req_body.feed(&self.cin.as_slice()[..take]) {
+                Ok(p) => {
+                    let bytes = &self.cin.as_slice()[..p.consumed];
+                    ex.uout.extend(bytes);
+                    if let Some(r) = ex.replay.as_mut() {
+                        if r.len() + bytes.len() <= REPLAY_CAP {
+                            r.extend_from_slice(bytes);
+                        } else {
+                            ex.replay = None;
+                        }
+                    }
+                    self.cin.consume(p.consumed);
+                    ex.req_done = p.complete;
+                    progress |= p.consumed > 0 || p.complete;
+                }
+                Err(BodyError::TooLarge(_)) => {
+                    return Err(Fail::Client(413, "request body too large"))
+                }
+                Err(BodyError::InvalidChunk(_)) => {
+                    return Err(Fail::Client(400, "invalid chunked request body"))
+                }
+            }
+        }
+        if !ex.req_done && self.cin.is_empty() && self.client.read_eof {
+            return Err(Fail::ClientGone);
+        }
+
+        // A pooled connection may have been closed by the upstream while idle; if it fails
+        // before any response byte, the request can be sent again on a fresh connection.
+        // Idempotent requests only (RFC 9112 9.3.1.1: a proxy must not retry others): the
+        // upstream may have acted on a request it never answered.
+        let retry_ok = ex.up.as_ref().is_some_and(|(_, m)| m.reused)
+            && !ex.retried
+            && is_idempotent(&ex.req.method)
+            && ex.replay.is_some();
+        let Some((up, _)) = ex.up.as_mut() else {
+            return Err(Fail::ClientGone);
+        };
+
+        if ex.connecting.is_some() {
+            if !(up.writable || up.readable) {
+                return Ok(progress);
+            }
+            match up.check_connected() {
+                Ok(true) => {
+                    ex.connecting = None;
+                    ex.last_up_activity = now;
+                    up.readable = true;
+                    up.writable = true;
+                    progress = true;
+                }
+                Ok(false) => {
+                    up.readable = false;
+                    up.writable = false;
+                    return Ok(progress);
+                }
+                Err(e) => return Err(Fail::ConnectFailed(e)),
+            }
+        }
+
+        // uout -> upstream.
+        if !ex.uout.is_empty() {
+            match up.flush(&mut ex.uout) {
+                Ok(n) => {
+                    if n > 0 {
+                        ex.last_up_activity = now;
+                        progress = true;
+                    }
+                }
+                Err(_) if retry_ok && !ex.got_upstream_bytes => return Err(Fail::RetryFresh),
+                Err(_) => {
+                    if !ex.resp_started {
+                        return Err(Fail::Upstream(502, "upstream write failed"));
+                    }
+                    return Err(Fail::ClientGone);
+                }
+            }
+        }
+
+        // upstream -> uin.
+        if !up.read_eof && ex.uin.len() < BUF_CAP {
+            match up.fill(&mut ex.uin, BUF_CAP) {
+                Ok(r) => {
+                    if r.bytes > 0 {
+                        ex.got_upstream_bytes = true;
+                        ex.last_up_activity = now;
+                        progress = true;
+                    }
+                    progress |= r.eof;
+                }
+                Err(_) if retry_ok && !ex.got_upstream_bytes => return Err(Fail::RetryFresh),
+                Err(_) => {
+                    if !ex.resp_started {
+                        return Err(Fail::Upstream(502, "upstream connection reset"));
+                    }
+                    return Err(Fail::ClientGone);
+                }
+            }
+        }
+
+        // Response head(s).
+        let mut head_out = Vec::new();
+        while ex.resp.is_none() {
+            if ex.uin.is_empty() {
+                if up.read_eof {
+                    if retry_ok && !ex.got_upstream_bytes {
+                        return Err(Fail::RetryFresh);
+                    }
+                    return Err(Fail::Upstream(502, "upstream closed before responding"));
+                }
+                break;
+            }
+            match codec::parse_response(ex.uin.as_slice(), ex.req.is_head(), MAX_RESPONSE_HEAD) {
+                Ok(Parsed::Complete(h)) => {
+                    ex.uin.consume(h.head_len);
+                    progress = true;
+                    if h.is_interim() {
+                        // HTTP/1.0 clients must not receive 1xx responses.
+                        if ex.req.version == HttpVersion::Http11 {
+                            codec::write_client_response(&h, ex.req.version, false, &mut head_out);
+                            ctx.counters.response(h.status);
+                            ex.resp_started = true;
+                        }
+                        continue;
+                    }
+                    if h.status == 101 {
+                        if ex.req.upgrade.is_none() {
+                            return Err(Fail::Upstream(
+                                502,
+                                "101 response to a request without upgrade",
+                            ));
+                        }
+                        codec::write_client_response(&h, ex.req.version, false, &mut head_out);
+                        ctx.counters.response(101);
+                        ex.resp_started = true;
+                        ex.resp = Some(h);
+                        self.cout.extend(&head_out);
+                        return Ok(true);
+                    }
+                    let framing = h.framing;
+                    ex.dechunk = h.dechunks_for(ex.req.version);
+                    // Without its chunked framing the body's end is the connection close.
+                    ex.close_client = draining
+                        || !ex.req.keep_alive
+                        || !ex.req_done
+                        || framing == BodyFraming::UntilClose
+                        || ex.dechunk;
+                    codec::write_client_response(
+                        &h,
+                        ex.req.version,
+                        ex.close_client,
+                        &mut head_out,
+                    );
+                    ctx.counters.response(h.status);
+                    ex.resp_started = true;
+                    ex.resp_done = framing == BodyFraming::Empty;
+                    ex.resp_body = Some(BodyTracker::new(framing, u64::MAX));
+                    ex.resp = Some(h);
+                }
+                Ok(Parsed::Partial) => {
+                    if up.read_eof {
+                        return Err(Fail::Upstream(
+                            502,
+                            "upstream closed inside the response head",
+                        ));
+                    }
+                    if ex.uin.len() >= MAX_RESPONSE_HEAD {
+                        return Err(Fail::Upstream(502, "upstream response head too large"));
+                    }
+                    break;
+                }
+                Err(_) => return Err(Fail::Upstream(502, "invalid upstream response")),
+            }
+        }
+
+        self.cout.extend(&head_out);
+        if ex.resp.as_ref().is_some_and(|h| h.status == 101) {
+            return Ok(progress);
+        }
+
+        // uin -> response body -> cout.
+        if let Some(tracker) = ex.resp_body.as_mut() {
+            if !ex.resp_done && !ex.uin.is_empty() && self.cout.len() < BUF_CAP {
+                let take = ex.uin.len().min(BUF_CAP - self.cout.len());
+                let input = &ex.uin.as_slice()[..take];
+                let fed = if ex.dechunk {
+                    ex.decoded.clear();
+                    tracker.feed_decoded(input, &mut ex.decoded)
+                } else {
+                    tracker.feed(input)
+                };
+                match fed {
+                    Ok(p) => {
+                        if ex.dechunk {
+                            self.cout.extend(&ex.decoded);
+                        } else {
+                            self.cout.extend(&ex.uin.as_slice()[..p.consumed]);
+                        }
+                        ex.uin.consume(p.consumed);
+                        ex.resp_done = p.complete;
+                        progress |= p.consumed > 0 || p.complete;
+                    }
+                    Err(_) => return Err(Fail::ClientGone),
+                }
+            }
+            if !ex.resp_done && ex.uin.is_empty() && up.read_eof {
+                if tracker.framing() == BodyFraming::UntilClose {
+                    ex.resp_done = true;
+                    progress = true;
+                } else {
+                    // Truncated body: the client must see the connection end, not a
+                    // complete-looking response.
+                    return Err(Fail::ClientGone);
+                }
+            }
+        }
+
+        // cout -> client.
+        if !self.cout.is_empty() {
+            match self.client.flush(&mut self.cout) {
+                Ok(n) => {
+                    ctx.counters.c.bytes_out += n as u64;
+                    progress |= n > 0;
+                    ex.cout_stalled_since = if self.cout.is_empty() {
+                        None
+                    } else if n > 0 {
+                        Some(now)
+                    } else {
+                        Some(ex.cout_stalled_since.unwrap_or(now))
+                    };
+                }
+                Err(_) => return Err(Fail::ClientGone),
+            }
+        }
+        if ex.uin.len() >= BUF_CAP {
+            ex.last_up_activity = now;
+        }
+
+        if ex.resp_done && self.cout.is_empty() && (ex.req_done || ex.close_client) {
+            self.finish_exchange(ctx);
+            return Ok(true);
+        }
+        Ok(progress)
+    }
+
+    fn finish_exchange(&mut self, ctx: &mut Ctx<'_>) {
+        let phase = std::mem::replace(&mut self.phase, Phase::ReadingHead);
+        let Phase::Proxy(mut ex) = phase else {
+            self.phase = phase;
+            return;
+        };
+        if let Some((up, meta)) = ex.up.take() {
+            let reusable = ex.req_done
+                && ex.resp_done
+                && ex.uin.is_empty()
+                && ex.uout.is_empty()
+                && !up.read_eof
+                && ex
+                    .resp
+                    .as_ref()
+                    .is_some_and(|h| h.keep_alive && h.framing != BodyFraming::UntilClose)
+                && !ctx.draining;
+            ctx.upstreams.release(
+                meta.join(up.stream),
+                reusable,
+                ctx.registry,
+                ctx.timers,
+                ctx.now,
+            );
+        }
+        if ex.close_client {
+            self.start_closing(ctx.now);
+        } else {
+            self.phase = Phase::ReadingHead;
+            self.idle_since = ctx.now;
+        }
+    }
+
+    /// After a 101 has been queued: hand both sockets and all buffered bytes to a tunnel.
+    pub fn into_tunnel(mut self, ctx: &mut Ctx<'_>) -> Option<TcpSession> {
+        if let Some(id) = self.timer.take() {
+            ctx.timers.cancel(id);
+        }
+        let phase = std::mem::replace(&mut self.phase, Phase::ReadingHead);
+        let Phase::Proxy(mut ex) = phase else {
+            return None;
+        };
+        let (up, meta) = ex.up.take()?;
+        let mut c2u = ex.uout.take();
+        c2u.extend(self.cin.as_slice());
+        let mut u2c = self.cout.take();
+        u2c.extend(ex.uin.as_slice());
+        Some(TcpSession::tunnel(
+            self.key,
+            self.peer,
+            self.client,
+            up,
+            meta,
+            c2u,
+            u2c,
+        ))
+    }
+
+    /// Release the upstream connection (never pooled: the exchange did not finish) and
+    /// deregister the client.
+    pub fn close(mut self, ctx: &mut Ctx<'_>) {
+        if let Some(id) = self.timer.take() {
+            ctx.timers.cancel(id);
+        }
+        let _ = ctx.registry.deregister(&mut self.client.stream);
+        if let Phase::Proxy(ex) = &mut self.phase {
+            if let Some((up, meta)) = ex.up.take() {
+                ctx.upstreams.release(
+                    meta.join(up.stream),
+                    false,
+                    ctx.registry,
+                    ctx.timers,
+                    ctx.now,
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The Zentinel worker: one process, one mio event loop, sessions in a slab.
+//!
+//! Entry point: [`run`] (or [`run_with_args`]), called by
+//! `zentinel worker --channel-fd N --worker-id I --generation G`.
+//!
+//! Startup follows the master/worker protocol: exchange `Hello`s (version checked), receive
+//! `Start` with the listening sockets, validate every fd (stream socket, listening, bound to
+//! the announced address), poll them, send `Ready`. Afterwards the channel is non-blocking and
+//! part of the event loop.
+
+pub mod http;
+
+mod accept;
+mod counters;
+mod ctx;
+mod event_loop;
+mod routing;
+mod sock;
+mod tcp;
+mod timers;
+mod tokens;
+mod upstream;
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use nix::sys::signal::{signal, SigHandler, Signal};
+use tracing::{debug, error, info, warn};
+use zentinel_protocol::channel::check_version;
+use zentinel_protocol::config::ListenerProtocol;
+use zentinel_protocol::messages::{Hello, MasterMessage, WorkerMessage, WorkerStart};
+use zentinel_protocol::{Channel, PROTOCOL_VERSION};
+
+use crate::accept::{adopt_listener, Listener, ListenerSet};
+use crate::ctx::ListenerCtx;
+use crate::event_loop::{Prepared, Worker};
+use crate::routing::Router;
+use crate::upstream::Upstreams;
+
+pub use crate::routing::normalize_host;
+
+/// How long the worker waits for each handshake message from the master.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors that stop a worker before or during startup.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("master channel: {0}")]
+    Channel(#[from] zentinel_protocol::ProtocolError),
+    #[error("unexpected message from the master: expected {expected}, got {got}")]
+    Unexpected { expected: &'static str, got: String },
+    #[error("{0}")]
+    Setup(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Signals a worker ignores: the master coordinates stops over the channel.
+const IGNORED_SIGNALS: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGQUIT,
+    Signal::SIGHUP,
+];
+
+/// Ignore SIGINT, SIGTERM, SIGQUIT and SIGHUP in this process.
+///
+/// They reach workers directly when a whole process group or cgroup is signalled (Ctrl-C in a
+/// terminal, systemd `KillMode=control-group`); dying at once would cut in-flight requests
+/// that the master is about to drain. The master receives the same signal and drives
+/// drain/stop over the channel, and channel EOF covers a master that died. Called by [`run`];
+/// the dispositions are per process, so this affects every thread of the caller.
+pub fn ignore_process_signals() -> nix::Result<()> {
+    for sig in IGNORED_SIGNALS {
+        // SAFETY: SIG_IGN installs no handler code, so no async-signal-safety requirement
+        // applies; `signal` only changes this process's disposition for `sig`.
+        unsafe { signal(sig, SigHandler::SigIgn) }?;
+    }
+    Ok(())
+}
+
+/// Run a worker on the master channel `channel` (one end of a socketpair) until it is told to
+/// stop, it has drained, or the master goes away (channel EOF: drain, then exit).
+pub fn run(channel: OwnedFd) -> Result<(), Box<dyn std::error::Error>> {
+    run_inner(channel, None)
+}
+
+/// Like [`run`], with the identity from the command line: it names the worker in logs before
+/// `Start` arrives, and `Start` must carry the same identity (else the worker fails).
+pub fn run_with_args(
+    channel: OwnedFd,
+    worker_id: u32,
+    generation: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    run_inner(channel, Some((worker_id, generation)))
+}
+
+fn run_inner(
+    channel: OwnedFd,
+    expected: Option<(u32, u64)>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let pid = std::process::id();
+    let (id_arg, gen_arg) = expected.map_or((None, None), |(i, g)| (Some(i), Some(g)));
+    let pre_span = tracing::info_span!("worker", pid, worker_id = id_arg, generation = gen_arg);
+    let pre = pre_span.enter();
+    match ignore_process_signals() {
+        Ok(()) => debug!(
+            "ignoring SIGINT, SIGTERM, SIGQUIT and SIGHUP: the master drives drain and stop over the channel"
+        ),
+        Err(e) => warn!(error = %e, "cannot ignore SIGINT/SIGTERM/SIGQUIT/SIGHUP: a signal sent to the process group will kill this worker"),
+    }
+    let stream = UnixStream::from(channel);
+    stream.set_nonblocking(false)?;
+    let mut ch = Channel::new(stream);
+    let start = match handshake(&mut ch, pid, expected) {
+        Ok(s) => s,
+        Err((e, fatal)) => {
+            error!(error = %e, "startup failed");
+            if fatal {
+                let _ = ch.send(
+                    &WorkerMessage::Fatal {
+                        reason: e.to_string(),
+                    },
+                    &[],
+                );
+            }
+            return Err(e.into());
+        }
+    };
+    drop(pre);
+    let (ws, fds) = start;
+    let span = tracing::info_span!(
+        "worker",
+        worker_id = ws.worker_id,
+        pid,
+        generation = ws.generation
+    );
+    let _g = span.enter();
+    let prepared = match prepare(&ws, fds) {
+        Ok(p) => p,
+        Err(reason) => {
+            error!(%reason, "invalid start");
+            let _ = ch.send(
+                &WorkerMessage::Fatal {
+                    reason: reason.clone(),
+                },
+                &[],
+            );
+            return Err(WorkerError::Setup(reason).into());
+        }
+    };
+    let worker = match Worker::new(ch, prepared) {
+        Ok(w) => w,
+        Err(b) => {
+            let (e, mut ch) = *b;
+            error!(error = %e, "cannot set up the event loop");
+            let _ = ch.stream().set_nonblocking(false);
+            let _ = ch.send(
+                &WorkerMessage::Fatal {
+                    reason: format!("cannot set up the event loop: {e}"),
+                },
+                &[],
+            );
+            return Err(e.into());
+        }
+    };
+    info!(listeners = ws.listeners.len(), "ready");
+    worker.run_ready()
+}
+
+type Handshake = (WorkerStart, Vec<OwnedFd>);
+
+/// Hello both ways, then Start. The bool says whether a `Fatal` is worth sending.
+fn handshake(
+    ch: &mut Channel,
+    pid: u32,
+    expected: Option<(u32, u64)>,
+) -> Result<Handshake, (WorkerError, bool)> {
+    ch.send(
+        &WorkerMessage::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            pid,
+            software_version: env!("CARGO_PKG_VERSION").to_string(),
+        }),
+        &[],
+    )
+    .map_err(|e| (e.into(), false))?;
+    let frame = ch
+        .recv_timeout(HANDSHAKE_TIMEOUT)
+        .map_err(|e| (e.into(), true))?;
+    match frame
+        .deserialize::<MasterMessage>()
+        .map_err(|e| (e.into(), true))?
+    {
+        MasterMessage::Hello(h) => {
+            check_version(h.protocol_version).map_err(|e| (e.into(), true))?;
+        }
+        other => {
+            return Err((
+                WorkerError::Unexpected {
+                    expected: "Hello",
+                    got: message_name(&other).to_string(),
+                },
+                true,
+            ))
+        }
+    }
+    let mut frame = ch
+        .recv_timeout(HANDSHAKE_TIMEOUT)
+        .map_err(|e| (e.into(), true))?;
+    let fds = frame.take_fds();
+    match frame
+        .deserialize::<MasterMessage>()
+        .map_err(|e| (e.into(), true))?
+    {
+        MasterMessage::Start(ws) => {
+            if let Some((id, generation)) = expected {
+                if ws.worker_id != id || ws.generation != generation {
+                    return Err((
+                        WorkerError::Setup(format!(
+                            "Start is for worker {} generation {}, but this worker was started as worker {id} generation {generation}",
+                            ws.worker_id, ws.generation
+                        )),
+                        true,
+                    ));
+                }
+            }
+            Ok((ws, fds))
+        }
+        other => Err((
+            WorkerError::Unexpected {
+                expected: "Start",
+                got: message_name(&other).to_string(),
+            },
+            true,
+        )),
+    }
+}
+
+fn message_name(m: &MasterMessage) -> &'static str {
+    match m {
+        MasterMessage::Hello(_) => "Hello",
+        MasterMessage::Start(_) => "Start",
+        MasterMessage::Drain { .. } => "Drain",
+        MasterMessage::Stop => "Stop",
+        MasterMessage::StatusRequest => "StatusRequest",
+    }
+}
+
+/// Validate the configuration and the received fds; build routing, pools and the listener set.
+fn prepare(ws: &WorkerStart, fds: Vec<OwnedFd>) -> Result<Prepared, String> {
+    let config = &ws.config;
+    if fds.len() != ws.listeners.len() {
+        return Err(format!(
+            "Start announces {} listeners but {} fds arrived",
+            ws.listeners.len(),
+            fds.len()
+        ));
+    }
+    let router = Router::new(config).map_err(|e| e.to_string())?;
+    let upstreams = Upstreams::new(&config.upstreams).map_err(|e| e.to_string())?;
+    let mut listeners = Vec::with_capacity(fds.len());
+    let mut lctxs = Vec::with_capacity(fds.len());
+    let mut protocols = Vec::with_capacity(fds.len());
+    for (handle, fd) in ws.listeners.iter().zip(fds) {
+        let lc = config
+            .listeners
+            .iter()
+            .find(|l| l.name == handle.name)
+            .ok_or_else(|| {
+                format!(
+                    "listener handle `{}` names no configured listener",
+                    handle.name
+                )
+            })?;
+        let (socket, local) = adopt_listener(fd, &handle.name, &handle.address)?;
+        let default_route =
+            match &lc.default_route {
+                Some(r) => Some(router.index_of(r).ok_or_else(|| {
+                    format!("listener `{}`: unknown default route `{r}`", lc.name)
+                })?),
+                None => None,
+            };
+        let upstream = match (&lc.protocol, &lc.upstream) {
+            (ListenerProtocol::Tcp, Some(u)) => Some(
+                config
+                    .upstreams
+                    .iter()
+                    .position(|x| &x.name == u)
+                    .ok_or_else(|| format!("listener `{}`: unknown upstream `{u}`", lc.name))?,
+            ),
+            (ListenerProtocol::Tcp, None) => {
+                return Err(format!("tcp listener `{}` has no upstream", lc.name))
+            }
+            (ListenerProtocol::Http, _) => None,
+        };
+        lctxs.push(ListenerCtx {
+            local,
+            request_timeout: Duration::from_secs(lc.request_timeout_secs.max(1)),
+            keepalive_timeout: Duration::from_secs(lc.keepalive_timeout_secs.max(1)),
+            default_route,
+            upstream,
+        });
+        protocols.push(lc.protocol);
+        listeners.push(Listener {
+            name: handle.name.clone(),
+            socket,
+        });
+    }
+    let listeners = ListenerSet::new(listeners).map_err(|e| e.to_string())?;
+    Ok(Prepared {
+        listeners,
+        lctxs,
+        protocols,
+        router,
+        upstreams,
+        limits: config.limits.clone(),
+        max_connections: config.system.max_connections as usize,
+        graceful_timeout: Duration::from_secs(config.system.graceful_shutdown_timeout_secs),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::signal::raise;
+
+    #[test]
+    fn process_signals_are_ignored() {
+        ignore_process_signals().unwrap();
+        for sig in IGNORED_SIGNALS {
+            // Setting SIG_IGN again returns the disposition that was in place.
+            // SAFETY: as in `ignore_process_signals`: SIG_IGN runs no code.
+            let previous = unsafe { signal(sig, SigHandler::SigIgn) }.unwrap();
+            assert_eq!(previous, SigHandler::SigIgn, "{sig} is not ignored");
+        }
+        // With the default dispositions each of these would end the test process (SIGQUIT
+        // with a core dump); ignored, they are discarded. Left ignored afterwards: nothing in
+        // this test binary relies on them. raise() delivers to this thread before it returns,
+        // so a signal that was not ignored kills the test binary and fails the run.
+        for sig in IGNORED_SIGNALS {
+            raise(sig).unwrap();
+        }
+    }
+}

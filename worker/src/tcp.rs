@@ -1,0 +1,292 @@
+//! TCP proxying (and HTTP tunnels after a 101): bytes both ways through bounded buffers,
+//! half-close carried across (EOF from one side becomes `shutdown(Write)` on the other); the
+//! session ends when both directions are done or either side fails.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use tracing::{debug, warn};
+
+use crate::ctx::{Ctx, Outcome, Ready};
+use crate::sock::{Buf, Sock, BUF_CAP};
+use crate::timers::{TimerId, TimerKey};
+use crate::tokens::{self, Side};
+use crate::upstream::{self, UpConn};
+
+/// Identity of a checked-out upstream connection, kept beside its socket.
+#[derive(Debug, Clone, Copy)]
+pub struct UpMeta {
+    pub pool: usize,
+    pub target: usize,
+    pub addr: SocketAddr,
+    pub reused: bool,
+}
+
+impl UpMeta {
+    pub fn split(c: UpConn) -> (mio::net::TcpStream, UpMeta) {
+        (
+            c.stream,
+            UpMeta {
+                pool: c.pool,
+                target: c.target,
+                addr: c.addr,
+                reused: c.reused,
+            },
+        )
+    }
+    pub fn join(self, stream: mio::net::TcpStream) -> UpConn {
+        UpConn {
+            stream,
+            pool: self.pool,
+            target: self.target,
+            addr: self.addr,
+            reused: self.reused,
+        }
+    }
+}
+
+pub struct TcpSession {
+    key: usize,
+    peer: SocketAddr,
+    client: Sock,
+    upstream: Option<(Sock, UpMeta)>,
+    connecting: Option<Instant>,
+    /// Targets whose connect failed for this connection: failover skips them.
+    failed: Vec<usize>,
+    c2u: Buf,
+    u2c: Buf,
+    timer: Option<TimerId>,
+}
+
+/// Move bytes `src` -> `buf` -> `dst`; carry EOF over as a write shutdown once `buf` is empty.
+/// Returns (bytes read from src, bytes written to dst).
+fn relay(src: &mut Sock, dst: &mut Sock, buf: &mut Buf) -> io::Result<(usize, usize)> {
+    let r = src.fill(buf, BUF_CAP)?;
+    let w = dst.flush(buf)?;
+    if src.read_eof && buf.is_empty() {
+        dst.shutdown_write();
+    }
+    Ok((r.bytes, w))
+}
+
+impl TcpSession {
+    /// A new TCP-listener connection: connect to a target of `pool`, failing over to the
+    /// others. None when every target failed at once (each failure is logged and counted).
+    pub fn connect(
+        key: usize,
+        peer: SocketAddr,
+        client: mio::net::TcpStream,
+        pool: usize,
+        ctx: &mut Ctx<'_>,
+    ) -> Option<Self> {
+        let mut failed = Vec::new();
+        let token = tokens::session(key, Side::Upstream);
+        let conn = upstream::connect_next(ctx, pool, &mut failed, token, peer)?;
+        let mut s = TcpSession {
+            key,
+            peer,
+            client: Sock::new(client, true),
+            upstream: None,
+            connecting: None,
+            failed,
+            c2u: Buf::new(),
+            u2c: Buf::new(),
+            timer: None,
+        };
+        s.attach(conn, ctx.now);
+        s.update_timer(ctx);
+        Some(s)
+    }
+
+    fn attach(&mut self, conn: UpConn, now: Instant) {
+        let (stream, meta) = UpMeta::split(conn);
+        let connected = meta.reused;
+        self.upstream = Some((Sock::new(stream, connected), meta));
+        self.connecting = (!connected).then_some(now);
+    }
+
+    /// The pending connect failed; nothing was sent to it (client bytes wait in `c2u`), so
+    /// the balancer's next untried target may take the connection. False when none is left.
+    fn failover(&mut self, error: &dyn fmt::Display, ctx: &mut Ctx<'_>) -> bool {
+        let Some((up, meta)) = self.upstream.take() else {
+            return false;
+        };
+        self.connecting = None;
+        upstream::connect_failed(
+            ctx,
+            meta.join(up.stream),
+            &mut self.failed,
+            self.peer,
+            error,
+        );
+        let token = tokens::session(self.key, Side::Upstream);
+        match upstream::connect_next(ctx, meta.pool, &mut self.failed, token, self.peer) {
+            Some(conn) => {
+                self.attach(conn, ctx.now);
+                true
+            }
+            None => {
+                warn!(peer = %self.peer, tried = self.failed.len(), "tcp: no upstream target could be connected");
+                false
+            }
+        }
+    }
+
+    /// An HTTP connection after `101 Switching Protocols`: both sockets stay registered under
+    /// the same tokens; bytes already read on either side are carried over.
+    pub fn tunnel(
+        key: usize,
+        peer: SocketAddr,
+        client: Sock,
+        upstream: Sock,
+        meta: UpMeta,
+        c2u: Buf,
+        u2c: Buf,
+    ) -> Self {
+        let mut client = client;
+        let mut upstream = upstream;
+        // Edge-triggered readiness may have been consumed by the HTTP session without
+        // reaching WouldBlock; trying once more is harmless.
+        client.readable = true;
+        client.writable = true;
+        upstream.readable = true;
+        upstream.writable = true;
+        TcpSession {
+            key,
+            peer,
+            client,
+            upstream: Some((upstream, meta)),
+            connecting: None,
+            failed: Vec::new(),
+            c2u,
+            u2c,
+            timer: None,
+        }
+    }
+
+    pub fn on_ready(&mut self, side: Side, r: Ready, ctx: &mut Ctx<'_>) -> Outcome {
+        let sock = match side {
+            Side::Client => Some(&mut self.client),
+            Side::Upstream => self.upstream.as_mut().map(|(s, _)| s),
+        };
+        if let Some(s) = sock {
+            s.readable |= r.readable;
+            s.writable |= r.writable;
+        }
+        let out = self.pump(ctx);
+        self.update_timer(ctx);
+        out
+    }
+
+    pub fn on_timer(&mut self, id: TimerId, ctx: &mut Ctx<'_>) -> Outcome {
+        if self.timer != Some(id) {
+            return Outcome::Continue;
+        }
+        self.timer = None;
+        if self.connecting.is_some() {
+            if !self.failover(&"connect timed out", ctx) {
+                return Outcome::Done;
+            }
+            let out = self.pump(ctx);
+            self.update_timer(ctx);
+            return out;
+        }
+        Outcome::Continue
+    }
+
+    fn update_timer(&mut self, ctx: &mut Ctx<'_>) {
+        let want = match (self.connecting, &self.upstream) {
+            (Some(t), Some((_, m))) => ctx.upstreams.pool(m.pool).map(|p| t + p.connect_timeout()),
+            _ => None,
+        };
+        ctx.timers
+            .set(&mut self.timer, want, TimerKey::Session(self.key));
+    }
+
+    /// Drive a pending connect (failing over on errors). Some(outcome): not relaying yet.
+    fn poll_connect(&mut self, ctx: &mut Ctx<'_>) -> Option<Outcome> {
+        while self.connecting.is_some() {
+            let (up, _) = self.upstream.as_mut()?;
+            if !(up.writable || up.readable) {
+                // Still connecting; buffer what the client already sends.
+                return Some(match self.client.fill(&mut self.c2u, BUF_CAP) {
+                    Ok(r) => {
+                        ctx.counters.c.bytes_in += r.bytes as u64;
+                        Outcome::Continue
+                    }
+                    Err(_) => Outcome::Done,
+                });
+            }
+            match up.check_connected() {
+                Ok(true) => {
+                    self.connecting = None;
+                    up.readable = true;
+                    up.writable = true;
+                }
+                Ok(false) => {
+                    up.writable = false;
+                    up.readable = false;
+                    return Some(Outcome::Continue);
+                }
+                Err(e) => {
+                    if !self.failover(&e, ctx) {
+                        return Some(Outcome::Done);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn pump(&mut self, ctx: &mut Ctx<'_>) -> Outcome {
+        if let Some(out) = self.poll_connect(ctx) {
+            return out;
+        }
+        let Some((up, meta)) = self.upstream.as_mut() else {
+            return Outcome::Done;
+        };
+        loop {
+            let a = relay(&mut self.client, up, &mut self.c2u);
+            let b = relay(up, &mut self.client, &mut self.u2c);
+            match (a, b) {
+                (Ok((ar, aw)), Ok((br, bw))) => {
+                    ctx.counters.c.bytes_in += ar as u64;
+                    ctx.counters.c.bytes_out += bw as u64;
+                    if self.client.read_eof
+                        && up.read_eof
+                        && self.c2u.is_empty()
+                        && self.u2c.is_empty()
+                    {
+                        return Outcome::Done;
+                    }
+                    if ar + aw + br + bw == 0 {
+                        return Outcome::Continue;
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    debug!(peer = %self.peer, upstream = %meta.addr, error = %e, "tcp: connection error, closing both sides");
+                    return Outcome::Done;
+                }
+            }
+        }
+    }
+
+    /// Deregister and release everything (the upstream connection is never pooled).
+    pub fn close(mut self, ctx: &mut Ctx<'_>) {
+        if let Some(id) = self.timer.take() {
+            ctx.timers.cancel(id);
+        }
+        let _ = ctx.registry.deregister(&mut self.client.stream);
+        if let Some((up, meta)) = self.upstream.take() {
+            ctx.upstreams.release(
+                meta.join(up.stream),
+                false,
+                ctx.registry,
+                ctx.timers,
+                ctx.now,
+            );
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! Upstream pools: target selection (smooth weighted round-robin, least connections) and a
+//! per-target pool of idle keep-alive connections.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+use tracing::warn;
+use zentinel_protocol::config::{ConnectionPool, LoadBalancing, UpstreamConfig, UpstreamTimeouts};
+
+use crate::ctx::Ctx;
+use crate::timers::{TimerId, TimerKey, Timers};
+use crate::tokens;
+
+/// Target selection, independent of sockets.
+#[derive(Debug, Clone)]
+pub struct Balancer {
+    lb: LoadBalancing,
+    weights: Vec<i64>,
+    /// Smooth weighted round-robin state (nginx's algorithm): each pick adds every weight to
+    /// its current value, takes the largest and subtracts the total from it. Spreads picks
+    /// evenly (weights 5,1,1 give a a b a c a a, not a a a a a b c).
+    current: Vec<i64>,
+    /// Least-connections tie breaker, so equal targets share load instead of the first one
+    /// taking every request on an idle pool.
+    cursor: usize,
+}
+
+impl Balancer {
+    pub fn new(lb: LoadBalancing, weights: &[u32]) -> Self {
+        let weights: Vec<i64> = weights.iter().map(|&w| i64::from(w.max(1))).collect();
+        Balancer {
+            lb,
+            current: vec![0; weights.len()],
+            weights,
+            cursor: 0,
+        }
+    }
+
+    /// Pick a target not in `excluded` (targets that already failed for this request); None
+    /// when every target is excluded. `active[i]` is the number of connections in use to
+    /// target `i`.
+    pub fn pick(&mut self, active: &[u32], excluded: &[usize]) -> Option<usize> {
+        let n = self.weights.len();
+        let eligible = |i: &usize| !excluded.contains(i);
+        match self.lb {
+            LoadBalancing::RoundRobin => {
+                // nginx skips tried peers the same way: only eligible targets take part in the
+                // round, and the winner gives back the total of those, so the state stays
+                // balanced over the targets that are actually used.
+                let mut best: Option<usize> = None;
+                let mut total = 0;
+                for i in (0..n).filter(eligible) {
+                    self.current[i] += self.weights[i];
+                    total += self.weights[i];
+                    if best.is_none_or(|b| self.current[i] > self.current[b]) {
+                        best = Some(i);
+                    }
+                }
+                let best = best?;
+                self.current[best] -= total;
+                Some(best)
+            }
+            LoadBalancing::LeastConnections => {
+                if n == 0 {
+                    return None;
+                }
+                let mut best: Option<usize> = None;
+                for i in (0..n).map(|off| (self.cursor + off) % n).filter(eligible) {
+                    let a = i64::from(active.get(i).copied().unwrap_or(0));
+                    best = match best {
+                        None => Some(i),
+                        Some(b) => {
+                            let ab = i64::from(active.get(b).copied().unwrap_or(0));
+                            // a/w_i < ab/w_b without division.
+                            if a * self.weights[b] < ab * self.weights[i] {
+                                Some(i)
+                            } else {
+                                Some(b)
+                            }
+                        }
+                    };
+                }
+                self.cursor = (self.cursor + 1) % n;
+                best
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub active: u32,
+    /// Idle connection keys (into `Upstreams::idle`), oldest first.
+    idle: VecDeque<usize>,
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    pub name: String,
+    pub targets: Vec<Target>,
+    balancer: Balancer,
+    pub pool: ConnectionPool,
+    pub timeouts: UpstreamTimeouts,
+}
+
+impl Pool {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.timeouts.connect_secs.max(1))
+    }
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_secs(self.timeouts.read_secs.max(1))
+    }
+}
+
+#[derive(Debug)]
+struct IdleConn {
+    stream: TcpStream,
+    pool: usize,
+    target: usize,
+    timer: Option<TimerId>,
+}
+
+/// A connection checked out of a pool by a session. Must be given back with
+/// [`Upstreams::release`] so the active count stays right.
+#[derive(Debug)]
+pub struct UpConn {
+    pub stream: TcpStream,
+    pub pool: usize,
+    pub target: usize,
+    pub addr: SocketAddr,
+    /// Came from the idle pool: it may have been closed by the upstream meanwhile.
+    pub reused: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamConfigError {
+    #[error("upstream `{pool}`: target address `{address}` is not a socket address: {err}")]
+    BadAddress {
+        pool: String,
+        address: String,
+        err: std::net::AddrParseError,
+    },
+    #[error("upstream `{0}` has no targets")]
+    NoTargets(String),
+}
+
+#[derive(Debug)]
+pub struct Upstreams {
+    pub pools: Vec<Pool>,
+    idle: Slab<IdleConn>,
+    /// Set while draining: connections are closed instead of pooled.
+    no_pooling: bool,
+}
+
+impl Upstreams {
+    pub fn new(configs: &[UpstreamConfig]) -> Result<Self, UpstreamConfigError> {
+        let mut pools = Vec::with_capacity(configs.len());
+        for c in configs {
+            if c.targets.is_empty() {
+                return Err(UpstreamConfigError::NoTargets(c.name.clone()));
+            }
+            let mut targets = Vec::with_capacity(c.targets.len());
+            for t in &c.targets {
+                let addr = t
+                    .address
+                    .parse()
+                    .map_err(|err| UpstreamConfigError::BadAddress {
+                        pool: c.name.clone(),
+                        address: t.address.clone(),
+                        err,
+                    })?;
+                targets.push(Target {
+                    addr,
+                    active: 0,
+                    idle: VecDeque::new(),
+                });
+            }
+            let weights: Vec<u32> = c.targets.iter().map(|t| t.weight).collect();
+            pools.push(Pool {
+                name: c.name.clone(),
+                targets,
+                balancer: Balancer::new(c.load_balancing, &weights),
+                pool: c.pool.clone(),
+                timeouts: c.timeouts.clone(),
+            });
+        }
+        Ok(Upstreams {
+            pools,
+            idle: Slab::new(),
+            no_pooling: false,
+        })
+    }
+
+    pub fn pool(&self, idx: usize) -> Option<&Pool> {
+        self.pools.get(idx)
+    }
+
+    /// Choose a target of `pool` for a new exchange, skipping `failed` (targets whose connect
+    /// already failed for it). None when none is left (or the pool is unknown).
+    pub fn pick(&mut self, pool: usize, failed: &[usize]) -> Option<usize> {
+        let p = self.pools.get_mut(pool)?;
+        let active: Vec<u32> = p.targets.iter().map(|t| t.active).collect();
+        p.balancer.pick(&active, failed)
+    }
+
+    /// Check out a connection to `target` of `pool`: the most recently pooled idle one, or a
+    /// new non-blocking connect (registered under `token`; writable once connected).
+    pub fn checkout(
+        &mut self,
+        pool: usize,
+        target: usize,
+        registry: &Registry,
+        token: Token,
+        timers: &mut Timers<TimerKey>,
+    ) -> io::Result<UpConn> {
+        let p = self
+            .pools
+            .get_mut(pool)
+            .ok_or_else(|| io::Error::other("unknown upstream pool"))?;
+        let t = p
+            .targets
+            .get_mut(target)
+            .ok_or_else(|| io::Error::other("unknown upstream target"))?;
+        while let Some(key) = t.idle.pop_back() {
+            let Some(idle) = self.idle.try_remove(key) else {
+                continue;
+            };
+            if let Some(id) = idle.timer {
+                timers.cancel(id);
+            }
+            let mut stream = idle.stream;
+            if registry
+                .reregister(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                .is_err()
+            {
+                continue;
+            }
+            t.active += 1;
+            return Ok(UpConn {
+                stream,
+                pool,
+                target,
+                addr: t.addr,
+                reused: true,
+            });
+        }
+        self.connect(pool, target, registry, token)
+    }
+
+    /// A fresh connection to a given target (used to retry on a dead pooled connection).
+    pub fn connect(
+        &mut self,
+        pool: usize,
+        target: usize,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<UpConn> {
+        let t = self
+            .pools
+            .get_mut(pool)
+            .and_then(|p| p.targets.get_mut(target))
+            .ok_or_else(|| io::Error::other("unknown upstream target"))?;
+        let mut stream = TcpStream::connect(t.addr)?;
+        let _ = stream.set_nodelay(true);
+        registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
+        t.active += 1;
+        Ok(UpConn {
+            stream,
+            pool,
+            target,
+            addr: t.addr,
+            reused: false,
+        })
+    }
+
+    /// Give a connection back: pooled when `reusable` (a clean, complete exchange with a
+    /// keep-alive upstream), closed otherwise.
+    pub fn release(
+        &mut self,
+        mut conn: UpConn,
+        reusable: bool,
+        registry: &Registry,
+        timers: &mut Timers<TimerKey>,
+        now: Instant,
+    ) {
+        let Some(p) = self.pools.get_mut(conn.pool) else {
+            return;
+        };
+        let Some(t) = p.targets.get_mut(conn.target) else {
+            return;
+        };
+        t.active = t.active.saturating_sub(1);
+        let max_idle = p.pool.max_idle as usize;
+        if !reusable || self.no_pooling || max_idle == 0 {
+            let _ = registry.deregister(&mut conn.stream);
+            return;
+        }
+        while t.idle.len() >= max_idle {
+            if let Some(old) = t.idle.pop_front() {
+                if let Some(mut c) = self.idle.try_remove(old) {
+                    if let Some(id) = c.timer {
+                        timers.cancel(id);
+                    }
+                    let _ = registry.deregister(&mut c.stream);
+                }
+            }
+        }
+        let entry = self.idle.vacant_entry();
+        let key = entry.key();
+        // Readable only: an idle upstream that sends anything (its close, a stray byte) makes
+        // the connection unusable and is dropped on that event.
+        if registry
+            .reregister(&mut conn.stream, tokens::idle(key), Interest::READABLE)
+            .is_err()
+        {
+            return;
+        }
+        let timer = timers.insert(
+            now + Duration::from_secs(p.pool.idle_timeout_secs.max(1)),
+            TimerKey::IdleUpstream(key),
+        );
+        entry.insert(IdleConn {
+            stream: conn.stream,
+            pool: conn.pool,
+            target: conn.target,
+            timer: Some(timer),
+        });
+        t.idle.push_back(key);
+    }
+
+    /// Readiness on an idle connection: the upstream closed it or sent unsolicited bytes.
+    pub fn on_idle_event(
+        &mut self,
+        key: usize,
+        registry: &Registry,
+        timers: &mut Timers<TimerKey>,
+    ) {
+        let Some(c) = self.idle.get_mut(key) else {
+            return;
+        };
+        let mut buf = [0u8; 256];
+        match c.stream.read(&mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            _ => self.remove_idle(key, registry, timers),
+        }
+    }
+
+    pub fn on_idle_timer(
+        &mut self,
+        key: usize,
+        id: TimerId,
+        registry: &Registry,
+        timers: &mut Timers<TimerKey>,
+    ) {
+        if self.idle.get(key).is_some_and(|c| c.timer == Some(id)) {
+            if let Some(c) = self.idle.get_mut(key) {
+                c.timer = None;
+            }
+            self.remove_idle(key, registry, timers);
+        }
+    }
+
+    fn remove_idle(&mut self, key: usize, registry: &Registry, timers: &mut Timers<TimerKey>) {
+        if let Some(mut c) = self.idle.try_remove(key) {
+            if let Some(id) = c.timer {
+                timers.cancel(id);
+            }
+            if let Some(t) = self
+                .pools
+                .get_mut(c.pool)
+                .and_then(|p| p.targets.get_mut(c.target))
+            {
+                t.idle.retain(|&k| k != key);
+            }
+            let _ = registry.deregister(&mut c.stream);
+        }
+    }
+
+    /// Draining: close every idle connection and pool no more.
+    pub fn close_all_idle(&mut self, registry: &Registry, timers: &mut Timers<TimerKey>) {
+        self.no_pooling = true;
+        let keys: Vec<usize> = self.idle.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.remove_idle(k, registry, timers);
+        }
+    }
+}
+
+/// Connect to a target of `pool` for one exchange, failing over: targets in `failed` are
+/// skipped, and a target whose connect fails at once is reported (see [`note_failure`]),
+/// added to `failed`, and the balancer's next choice is tried. None once every target of the
+/// pool has failed for this exchange.
+///
+/// Only for attempts where no request byte has been sent: then any method may go elsewhere.
+pub fn connect_next(
+    ctx: &mut Ctx<'_>,
+    pool: usize,
+    failed: &mut Vec<usize>,
+    token: Token,
+    peer: SocketAddr,
+) -> Option<UpConn> {
+    while let Some(target) = ctx.upstreams.pick(pool, failed) {
+        match ctx
+            .upstreams
+            .checkout(pool, target, ctx.registry, token, ctx.timers)
+        {
+            Ok(c) => return Some(c),
+            Err(e) => note_failure(ctx, pool, target, failed, peer, &e),
+        }
+    }
+    None
+}
+
+/// A connect that had started failed (refused, reset, timed out) before any request byte was
+/// sent: close it and report it (see [`note_failure`]), so [`connect_next`] can go elsewhere.
+pub fn connect_failed(
+    ctx: &mut Ctx<'_>,
+    conn: UpConn,
+    failed: &mut Vec<usize>,
+    peer: SocketAddr,
+    error: &dyn fmt::Display,
+) {
+    let (pool, target) = (conn.pool, conn.target);
+    ctx.upstreams
+        .release(conn, false, ctx.registry, ctx.timers, ctx.now);
+    note_failure(ctx, pool, target, failed, peer, error);
+}
+
+/// One failed connect attempt: its target is excluded for the rest of the exchange, the
+/// failure is logged with the pool and target and counted once.
+pub fn note_failure(
+    ctx: &mut Ctx<'_>,
+    pool: usize,
+    target: usize,
+    failed: &mut Vec<usize>,
+    peer: SocketAddr,
+    error: &dyn fmt::Display,
+) {
+    if !failed.contains(&target) {
+        failed.push(target);
+    }
+    ctx.counters.c.upstream_errors += 1;
+    let p = ctx.upstreams.pool(pool);
+    let name = p.map_or("?", |p| p.name.as_str());
+    match p.and_then(|p| p.targets.get(target)) {
+        Some(t) => {
+            warn!(%peer, upstream = name, target = %t.addr, error = %error, "upstream connect failed")
+        }
+        None => warn!(%peer, upstream = name, target, error = %error, "upstream connect failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn picks(b: &mut Balancer, n: usize) -> Vec<usize> {
+        (0..n).map(|_| b.pick(&[0, 0, 0], &[]).unwrap()).collect()
+    }
+
+    #[test]
+    fn smooth_weighted_round_robin() {
+        let mut b = Balancer::new(LoadBalancing::RoundRobin, &[5, 1, 1]);
+        // nginx's documented sequence for weights 5,1,1.
+        assert_eq!(picks(&mut b, 7), vec![0, 0, 1, 0, 2, 0, 0]);
+        // And it repeats with the same distribution.
+        let next = picks(&mut b, 7);
+        assert_eq!(next.iter().filter(|&&i| i == 0).count(), 5);
+        assert_eq!(next.iter().filter(|&&i| i == 1).count(), 1);
+    }
+
+    #[test]
+    fn equal_weights_alternate() {
+        let mut b = Balancer::new(LoadBalancing::RoundRobin, &[1, 1]);
+        let p: Vec<usize> = (0..4).map(|_| b.pick(&[0, 0], &[]).unwrap()).collect();
+        assert_eq!(p, vec![0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn zero_weight_treated_as_one() {
+        let mut b = Balancer::new(LoadBalancing::RoundRobin, &[0, 1]);
+        let p: Vec<usize> = (0..4).map(|_| b.pick(&[0, 0], &[]).unwrap()).collect();
+        assert_eq!(p.iter().filter(|&&i| i == 0).count(), 2);
+    }
+
+    #[test]
+    fn least_connections_prefers_fewest() {
+        let mut b = Balancer::new(LoadBalancing::LeastConnections, &[1, 1, 1]);
+        assert_eq!(b.pick(&[3, 1, 2], &[]), Some(1));
+        assert_eq!(b.pick(&[0, 5, 5], &[]), Some(0));
+        assert_eq!(b.pick(&[5, 5, 0], &[]), Some(2));
+    }
+
+    #[test]
+    fn least_connections_weighted_and_ties_rotate() {
+        // Target 1 has weight 3: 3 active there equals 1 active on weight-1 target 0.
+        let mut b = Balancer::new(LoadBalancing::LeastConnections, &[1, 3]);
+        assert_eq!(b.pick(&[1, 2], &[]), Some(1));
+        assert_eq!(b.pick(&[1, 4], &[]), Some(0));
+        let mut b = Balancer::new(LoadBalancing::LeastConnections, &[1, 1]);
+        let a = b.pick(&[0, 0], &[]).unwrap();
+        let c = b.pick(&[0, 0], &[]).unwrap();
+        assert_ne!(a, c, "ties must not always go to the same target");
+    }
+
+    #[test]
+    fn excluded_targets_are_skipped_until_none_is_left() {
+        for lb in [LoadBalancing::RoundRobin, LoadBalancing::LeastConnections] {
+            let mut b = Balancer::new(lb, &[1, 1, 1]);
+            let mut failed = Vec::new();
+            while let Some(t) = b.pick(&[0, 0, 0], &failed) {
+                assert!(!failed.contains(&t), "{lb:?} picked {t} again: {failed:?}");
+                failed.push(t);
+            }
+            failed.sort_unstable();
+            assert_eq!(failed, vec![0, 1, 2], "{lb:?} must try every target once");
+        }
+    }
+
+    #[test]
+    fn round_robin_stays_balanced_around_an_excluded_target() {
+        // Target 0 always fails and is excluded after its turn: the others still share the
+        // load evenly (the exclusion does not skew the smooth weighted state).
+        let mut b = Balancer::new(LoadBalancing::RoundRobin, &[1, 1, 1]);
+        let mut served = [0u32; 3];
+        for _ in 0..300 {
+            let mut t = b.pick(&[0, 0, 0], &[]).unwrap();
+            if t == 0 {
+                t = b.pick(&[0, 0, 0], &[0]).unwrap();
+            }
+            served[t] += 1;
+        }
+        assert_eq!(served[0], 0);
+        assert!(served[1].abs_diff(served[2]) <= 1, "{served:?}");
+    }
+
+    #[test]
+    fn empty_pool_picks_none() {
+        let mut b = Balancer::new(LoadBalancing::RoundRobin, &[]);
+        assert_eq!(b.pick(&[], &[]), None);
+    }
+}
