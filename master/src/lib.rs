@@ -4,12 +4,17 @@
 //! - [`listeners`]: binding the listening sockets the workers share.
 //! - [`worker_process`]: spawning a worker from the master's own executable; the worker side's
 //!   adoption of its channel fd.
-//! - [`supervisor`]: the master's event loop (handshakes, restarts, signals, stop).
+//! - [`supervisor`]: the master's event loop (handshakes, restarts, signals, stop, control
+//!   requests).
+//! - [`control`]: the control socket `zentinel-ctl` talks to.
+//! - [`control_socket_path`]: where that socket lives.
 //! - [`backoff`]: restart delays.
 //! - [`logging`]: the tracing subscriber shared by master and workers.
 
 pub mod backoff;
 pub mod config;
+pub mod control;
+pub mod control_socket_path;
 pub mod listeners;
 pub mod logging;
 pub mod supervisor;

@@ -87,6 +87,17 @@ impl BoundListener {
         self.fd.as_fd()
     }
 
+    /// Another fd for the same kernel socket, under the name and protocol of `config` (a
+    /// reload that keeps the address). Closing either fd leaves the socket open for the other.
+    pub fn try_clone_as(&self, config: &ListenerConfig) -> io::Result<BoundListener> {
+        Ok(BoundListener {
+            name: config.name.clone(),
+            local_address: self.local_address,
+            protocol: config.protocol,
+            fd: self.fd.try_clone()?,
+        })
+    }
+
     /// What a worker is told about this socket; it checks the fd's local address against it.
     pub fn handle(&self) -> ListenerHandle {
         ListenerHandle {

@@ -6,13 +6,22 @@
 //!   [`block_signals`] before any child exists, so none is lost or runs a handler);
 //! - each worker's channel (non-blocking), which carries the handshake, status and drain
 //!   messages and whose EOF says the worker is gone;
-//! - deadlines: handshake timeouts, restart backoff, the kill deadline of a stop.
+//! - the control socket and its clients (`crate::control`; requests are carried out in
+//!   [`control`] here, as state machines driven by worker replies and deadlines);
+//! - deadlines: handshake timeouts, restart backoff, the kill deadline of a stop, control
+//!   request timeouts.
+//!
+//! Each worker process has a role: the *current* worker of its slot (restarted with backoff
+//! when it dies), the *successor* a `worker restart` is starting (its failure fails only that
+//! request), or *retired* (replaced or surplus; draining, never restarted).
 //!
 //! The handshake runs inside the loop, as a state machine per worker, so that a slow or stuck
 //! worker never keeps the master from reacting to signals or to other workers.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -25,12 +34,14 @@ use nix::unistd::Pid;
 use tracing::{debug, error, info, warn};
 use zentinel_protocol::channel::check_version;
 use zentinel_protocol::config::ProxyConfig;
+use zentinel_protocol::control::ControlResponse;
 use zentinel_protocol::messages::{
     Hello, MasterMessage, WorkerCounters, WorkerMessage, WorkerStart, PROTOCOL_VERSION,
 };
 use zentinel_protocol::{Channel, ProtocolError};
 
 use crate::backoff::Backoff;
+use crate::control::{ControlServer, ControlSocket};
 use crate::listeners::BoundListener;
 use crate::worker_process::{spawn_worker, Executable, WorkerArgs};
 
@@ -45,7 +56,15 @@ pub const EOF_KILL_GRACE: Duration = Duration::from_secs(2);
 /// How often running workers are asked for their counters.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Longest wait at exit for control clients to take their last responses.
+const EXIT_FLUSH_BUDGET: Duration = Duration::from_millis(500);
+
 const SIGNAL_TOKEN: Token = Token(0);
+const CONTROL_TOKEN: Token = Token(1);
+/// Worker channels and control clients share the tokens from here on; none is ever reused.
+const FIRST_WORKER_TOKEN: usize = 2;
+
+mod control;
 
 /// The signals the master handles through its signalfd.
 pub fn handled_signals() -> SigSet {
@@ -92,8 +111,10 @@ pub enum SupervisorError {
 #[derive(Debug)]
 pub struct SupervisorSetup {
     pub config: ProxyConfig,
-    /// Where the configuration came from, for logs.
+    /// Where the configuration came from, for logs and status.
     pub config_name: String,
+    /// The file to re-read on reload; `None`: the embedded default.
+    pub config_path: Option<PathBuf>,
     /// Bound listeners, in the order of `config.listeners`.
     pub listeners: Vec<BoundListener>,
     pub executable: Executable,
@@ -101,8 +122,11 @@ pub struct SupervisorSetup {
     pub signals: SignalFd,
     /// Passed on to workers as `--log-level`.
     pub log_level: String,
-    /// Configuration generation, starting at 1.
+    /// Master generation, starting at 1 (a future binary upgrade increments it; a reload
+    /// keeps it).
     pub generation: u64,
+    /// The bound control socket; `None` runs without a control plane.
+    pub control: Option<ControlSocket>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,9 +160,39 @@ enum Phase {
     },
 }
 
+/// What a worker process is to its slot.
+#[derive(Debug)]
+enum Role {
+    /// Serves its slot; restarted with backoff when it dies.
+    Current,
+    /// Started by `worker restart` to replace its slot's current worker once ready. Its
+    /// failure only fails the request: the current worker keeps serving.
+    Successor { client: Option<Token> },
+    /// Replaced (or surplus after a reload): draining until it exits, never restarted.
+    Retired,
+}
+
+/// A `worker restart` waiting for the old worker's `Draining` acknowledgement.
+#[derive(Debug)]
+struct PendingDone {
+    client: Option<Token>,
+    message: String,
+    deadline: Instant,
+}
+
+/// Why a `Reconfigure` was sent, so its reply (replies come in order) reaches the right place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReconfigureKind {
+    Reload,
+    Rollback,
+}
+
 /// One live worker process.
 #[derive(Debug)]
 struct WorkerProcess {
+    worker_id: u32,
+    generation: u64,
+    role: Role,
     pid: Pid,
     /// `None` once the channel hit EOF or an error.
     channel: Option<Channel>,
@@ -150,18 +204,42 @@ struct WorkerProcess {
     ready_at: Option<Instant>,
     channel_closed_at: Option<Instant>,
     killed: bool,
-    /// The reason the worker gave in a `Fatal` message.
+    /// The reason the worker gave in a `Fatal` message (or why the master killed it).
     fatal: Option<String>,
+    /// The worker's software version, from its Hello.
+    version: Option<String>,
+    counters: Option<WorkerCounters>,
+    /// Status requests sent / replies received: replies come in order, so a reply numbered
+    /// `n` answers the n-th request.
+    status_sent: u64,
+    status_received: u64,
+    /// A retired worker still running at this instant is killed.
+    drain_kill_at: Option<Instant>,
+    restart_done: Option<PendingDone>,
+    reconfigures: VecDeque<ReconfigureKind>,
 }
 
-/// A worker id and whatever currently runs under it.
+/// A worker id and whatever currently serves under it.
 #[derive(Debug)]
 struct WorkerSlot {
     worker_id: u32,
-    process: Option<WorkerProcess>,
+    current: Option<Token>,
     restart_at: Option<Instant>,
     backoff: Backoff,
-    counters: Option<WorkerCounters>,
+    /// Counters of the last worker that served this slot, kept across its death.
+    last_counters: Option<WorkerCounters>,
+}
+
+impl WorkerSlot {
+    fn new(worker_id: u32) -> Self {
+        WorkerSlot {
+            worker_id,
+            current: None,
+            restart_at: None,
+            backoff: Backoff::default(),
+            last_counters: None,
+        }
+    }
 }
 
 /// The running master.
@@ -169,6 +247,7 @@ struct WorkerSlot {
 pub struct Supervisor {
     config: ProxyConfig,
     config_name: String,
+    config_path: Option<PathBuf>,
     listeners: Vec<BoundListener>,
     executable: Executable,
     signals: SignalFd,
@@ -176,9 +255,16 @@ pub struct Supervisor {
     generation: u64,
     poll: Poll,
     slots: Vec<WorkerSlot>,
+    processes: BTreeMap<Token, WorkerProcess>,
     next_token: usize,
     phase: Phase,
     next_status_at: Instant,
+    started_at: Instant,
+    control: Option<ControlServer>,
+    pending_status: Vec<control::PendingStatus>,
+    reload: Option<control::ReloadOp>,
+    /// Clients of `Stop` requests, told `Done` right before exit.
+    stop_clients: Vec<Token>,
 }
 
 /// The number of workers `worker-processes` asks for (0: one per CPU).
@@ -202,29 +288,32 @@ impl Supervisor {
                 Interest::READABLE,
             )
             .map_err(SupervisorError::Setup)?;
+        let control = setup
+            .control
+            .map(|socket| ControlServer::new(socket, poll.registry(), CONTROL_TOKEN))
+            .transpose()
+            .map_err(SupervisorError::Setup)?;
         let count = worker_count(setup.config.system.worker_processes);
-        let slots = (0..count)
-            .map(|worker_id| WorkerSlot {
-                worker_id,
-                process: None,
-                restart_at: None,
-                backoff: Backoff::default(),
-                counters: None,
-            })
-            .collect();
         Ok(Supervisor {
             config: setup.config,
             config_name: setup.config_name,
+            config_path: setup.config_path,
             listeners: setup.listeners,
             executable: setup.executable,
             signals: setup.signals,
             log_level: setup.log_level,
             generation: setup.generation,
             poll,
-            slots,
-            next_token: 1,
+            slots: (0..count).map(WorkerSlot::new).collect(),
+            processes: BTreeMap::new(),
+            next_token: FIRST_WORKER_TOKEN,
             phase: Phase::Starting,
             next_status_at: Instant::now() + STATUS_INTERVAL,
+            started_at: Instant::now(),
+            control,
+            pending_status: Vec::new(),
+            reload: None,
+            stop_clients: Vec::new(),
         })
     }
 
@@ -232,13 +321,25 @@ impl Supervisor {
     pub fn worker_counters(&self) -> Vec<(u32, Option<&WorkerCounters>)> {
         self.slots
             .iter()
-            .map(|slot| (slot.worker_id, slot.counters.as_ref()))
+            .map(|slot| {
+                let current = slot
+                    .current
+                    .and_then(|token| self.processes.get(&token))
+                    .and_then(|process| process.counters.as_ref());
+                (slot.worker_id, current.or(slot.last_counters.as_ref()))
+            })
             .collect()
     }
 
-    /// Start the workers and supervise them until a stop signal has been handled and every
-    /// worker has exited. Returns an error if the start failed or the loop broke; no worker
-    /// is left running or unreaped either way.
+    fn alloc_token(next_token: &mut usize) -> Token {
+        let token = Token(*next_token);
+        *next_token += 1;
+        token
+    }
+
+    /// Start the workers and supervise them until a stop has been handled and every worker
+    /// has exited. Returns an error if the start failed or the loop broke; no worker is left
+    /// running or unreaped either way.
     pub fn run(mut self) -> Result<(), SupervisorError> {
         info!(
             config = %self.config_name,
@@ -250,6 +351,9 @@ impl Supervisor {
         for listener in &self.listeners {
             info!(listener = listener.name(), address = %listener.local_address(), "listening");
         }
+        if let Some(control) = &self.control {
+            info!(path = %control.path().display(), "control socket ready");
+        }
         for index in 0..self.slots.len() {
             self.start_worker(index);
         }
@@ -257,7 +361,7 @@ impl Supervisor {
         let mut events = Events::with_capacity(64);
         loop {
             if let Phase::Stopping { .. } = self.phase {
-                if self.slots.iter().all(|slot| slot.process.is_none()) {
+                if self.processes.is_empty() {
                     break;
                 }
             }
@@ -271,10 +375,22 @@ impl Supervisor {
                 return Err(SupervisorError::EventLoop(err));
             }
             for event in events.iter() {
-                if event.token() == SIGNAL_TOKEN {
+                let token = event.token();
+                if token == SIGNAL_TOKEN {
                     self.handle_signals();
-                } else {
-                    self.handle_channel_event(event.token(), event.is_writable());
+                } else if token == CONTROL_TOKEN {
+                    if let Some(control) = self.control.as_mut() {
+                        let next_token = &mut self.next_token;
+                        control.accept_all(self.poll.registry(), || Self::alloc_token(next_token));
+                    }
+                } else if self.processes.contains_key(&token) {
+                    self.handle_channel_event(token, event.is_writable());
+                } else if let Some(control) = self.control.as_mut() {
+                    let requests =
+                        control.handle_event(self.poll.registry(), token, event.is_writable());
+                    for request in requests {
+                        self.handle_request(token, request);
+                    }
                 }
             }
             // Reaping on every turn, not only on SIGCHLD, costs one syscall and makes the
@@ -283,6 +399,15 @@ impl Supervisor {
             self.run_timers(Instant::now());
         }
 
+        if let Some(control) = self.control.as_mut() {
+            control.finish_on_exit(
+                &self.stop_clients,
+                &ControlResponse::Done {
+                    message: "master stopped".to_owned(),
+                },
+                EXIT_FLUSH_BUDGET,
+            );
+        }
         match std::mem::replace(&mut self.phase, Phase::Running) {
             Phase::Stopping {
                 failure: Some(failure),
@@ -317,82 +442,71 @@ impl Supervisor {
                         sender_pid = info.ssi_pid,
                         "graceful stop requested"
                     );
-                    self.begin_stop(StopKind::Graceful, None);
+                    self.begin_stop(StopKind::Graceful, None, None);
                 }
                 Some(Signal::SIGINT) => {
                     info!(sender_pid = info.ssi_pid, "fast stop requested (SIGINT)");
-                    self.begin_stop(StopKind::Fast, None);
+                    self.begin_stop(StopKind::Fast, None, None);
                 }
                 Some(Signal::SIGHUP) => {
-                    warn!("SIGHUP received: configuration reload is not implemented yet; ignored");
+                    info!(
+                        sender_pid = info.ssi_pid,
+                        "configuration reload requested (SIGHUP)"
+                    );
+                    self.begin_reload(None, None);
                 }
                 _ => debug!(signo = info.ssi_signo, "ignoring unexpected signal"),
             }
         }
     }
 
-    fn slot_for_token(&self, token: Token) -> Option<usize> {
-        self.slots.iter().position(|slot| {
-            slot.process
-                .as_ref()
-                .is_some_and(|process| process.token == token)
-        })
-    }
-
     fn handle_channel_event(&mut self, token: Token, writable: bool) {
-        // A token is never reused, so an event for a worker replaced in the same batch finds
-        // no slot and is dropped.
-        let Some(index) = self.slot_for_token(token) else {
-            return;
-        };
         if writable {
             let registry = self.poll.registry();
-            let slot = &mut self.slots[index];
-            if let Some(process) = slot.process.as_mut() {
+            if let Some(process) = self.processes.get_mut(&token) {
                 if let Err(err) = flush(registry, process) {
-                    self.channel_failed(index, err);
+                    self.channel_failed(token, err);
                     return;
                 }
             }
         }
         // Edge-triggered: read until the channel has nothing more.
         loop {
-            let Some(channel) = self.slots[index]
-                .process
-                .as_mut()
+            let Some(channel) = self
+                .processes
+                .get_mut(&token)
                 .and_then(|process| process.channel.as_mut())
             else {
                 return;
             };
             match channel.recv() {
                 Ok(Some(frame)) => match frame.deserialize::<WorkerMessage>() {
-                    Ok(message) => self.handle_message(index, message),
+                    Ok(message) => self.handle_message(token, message),
                     Err(err) => {
-                        self.worker_failed(index, format!("sent an invalid message: {err}"));
+                        self.worker_failed(token, format!("sent an invalid message: {err}"));
                         return;
                     }
                 },
                 Ok(None) => return,
                 Err(err) => {
-                    self.channel_failed(index, err);
+                    self.channel_failed(token, err);
                     return;
                 }
             }
         }
     }
 
-    fn handle_message(&mut self, index: usize, message: WorkerMessage) {
-        let generation = self.generation;
-        let slot = &mut self.slots[index];
-        let worker_id = slot.worker_id;
-        let Some(process) = slot.process.as_mut() else {
+    fn handle_message(&mut self, token: Token, message: WorkerMessage) {
+        let Some(process) = self.processes.get_mut(&token) else {
             return;
         };
+        let worker_id = process.worker_id;
+        let generation = process.generation;
         let pid = process.pid.as_raw();
         match (process.state, message) {
             (WorkerState::AwaitingHello, WorkerMessage::Hello(hello)) => {
                 if let Err(err) = check_version(hello.protocol_version) {
-                    self.worker_failed(index, err.to_string());
+                    self.worker_failed(token, err.to_string());
                     return;
                 }
                 debug!(
@@ -402,7 +516,8 @@ impl Supervisor {
                     worker_version = %hello.software_version,
                     "worker hello"
                 );
-                self.send_start(index);
+                process.version = Some(hello.software_version);
+                self.send_start(token);
             }
             (WorkerState::AwaitingReady, WorkerMessage::Ready) => {
                 process.state = WorkerState::Running;
@@ -414,7 +529,13 @@ impl Supervisor {
                     startup_ms = process.spawned_at.elapsed().as_millis() as u64,
                     "worker ready"
                 );
-                self.check_started();
+                match process.role {
+                    Role::Current => self.check_started(),
+                    Role::Successor { .. } => self.promote_successor(token),
+                    // Retired before it was ready (a reload shrank the pool): its Drain is
+                    // already queued behind Start.
+                    Role::Retired => {}
+                }
             }
             (_, WorkerMessage::Status(counters)) => {
                 debug!(
@@ -425,7 +546,9 @@ impl Supervisor {
                     requests_total = counters.requests_total,
                     "worker status"
                 );
-                slot.counters = Some(counters);
+                process.counters = Some(counters);
+                process.status_received += 1;
+                self.status_progress();
             }
             (_, WorkerMessage::Draining { active_connections }) => {
                 process.state = WorkerState::Draining;
@@ -433,10 +556,21 @@ impl Supervisor {
                     worker_id,
                     pid, generation, active_connections, "worker draining"
                 );
+                if let Some(done) = process.restart_done.take() {
+                    let message = format!(
+                        "{}, old draining ({active_connections} connections)",
+                        done.message
+                    );
+                    self.finish(done.client, ControlResponse::Done { message });
+                }
             }
             (_, WorkerMessage::Fatal { reason }) => {
                 error!(worker_id, pid, generation, reason = %reason, "worker reported a fatal error");
                 process.fatal = Some(reason);
+            }
+            (_, WorkerMessage::Reconfigured) => self.reconfigure_reply(token, Ok(())),
+            (_, WorkerMessage::ReconfigureFailed { reason }) => {
+                self.reconfigure_reply(token, Err(reason))
             }
             (state, message) => {
                 let unexpected = format!(
@@ -447,7 +581,7 @@ impl Supervisor {
                     state,
                     WorkerState::AwaitingHello | WorkerState::AwaitingReady
                 ) {
-                    self.worker_failed(index, unexpected);
+                    self.worker_failed(token, unexpected);
                 } else {
                     warn!(worker_id, pid, generation, "worker {unexpected}; ignored");
                 }
@@ -455,24 +589,20 @@ impl Supervisor {
         }
     }
 
-    fn send_start(&mut self, index: usize) {
+    fn send_start(&mut self, token: Token) {
+        let Some(process) = self.processes.get_mut(&token) else {
+            return;
+        };
         let start = MasterMessage::Start(WorkerStart {
-            worker_id: self.slots[index].worker_id,
-            generation: self.generation,
+            worker_id: process.worker_id,
+            generation: process.generation,
             config: self.config.clone(),
             listeners: self.listeners.iter().map(BoundListener::handle).collect(),
         });
         let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.as_fd()).collect();
-        let registry = self.poll.registry();
-        let result = match self.slots[index].process.as_mut() {
-            Some(process) => {
-                process.state = WorkerState::AwaitingReady;
-                send(registry, process, &start, &fds)
-            }
-            None => return,
-        };
-        if let Err(err) = result {
-            self.channel_failed(index, err);
+        process.state = WorkerState::AwaitingReady;
+        if let Err(err) = send(self.poll.registry(), process, &start, &fds) {
+            self.channel_failed(token, err);
         }
     }
 
@@ -482,8 +612,8 @@ impl Supervisor {
             return;
         }
         let all_running = self.slots.iter().all(|slot| {
-            slot.process
-                .as_ref()
+            slot.current
+                .and_then(|token| self.processes.get(&token))
                 .is_some_and(|process| process.state == WorkerState::Running)
         });
         if all_running {
@@ -499,80 +629,72 @@ impl Supervisor {
 
     /// The channel broke: EOF means the worker is exiting (or died); anything else means it
     /// cannot be talked to any more.
-    fn channel_failed(&mut self, index: usize, err: ProtocolError) {
-        let generation = self.generation;
+    fn channel_failed(&mut self, token: Token, err: ProtocolError) {
         let registry = self.poll.registry();
-        let slot = &mut self.slots[index];
-        let worker_id = slot.worker_id;
-        let Some(process) = slot.process.as_mut() else {
+        let Some(process) = self.processes.get_mut(&token) else {
             return;
         };
-        let pid = process.pid.as_raw();
         close_channel(registry, process);
         process.channel_closed_at = Some(Instant::now());
         if err.is_closed() {
             // The worker is exiting or dead: its exit status, reaped shortly, says more than
             // the EOF. One that keeps running is killed after EOF_KILL_GRACE.
-            debug!(worker_id, pid, generation, "worker channel closed");
+            debug!(
+                worker_id = process.worker_id,
+                pid = process.pid.as_raw(),
+                generation = process.generation,
+                "worker channel closed"
+            );
         } else {
-            self.worker_failed(index, format!("channel error: {err}"));
+            self.worker_failed(token, format!("channel error: {err}"));
         }
+        // Nobody waits for a reply on a closed channel.
+        self.status_progress();
+        self.reload_forget(token);
     }
 
-    /// The worker misbehaved: kill it. Its exit is then handled like any other death
-    /// (restart with backoff, or abort during start-up).
-    fn worker_failed(&mut self, index: usize, reason: String) {
-        let generation = self.generation;
+    /// The worker misbehaved: kill it. Its exit is then handled by its role (restart with
+    /// backoff, abort during start-up, fail a `worker restart`).
+    fn worker_failed(&mut self, token: Token, reason: String) {
         let registry = self.poll.registry();
-        let slot = &mut self.slots[index];
-        let worker_id = slot.worker_id;
-        let Some(process) = slot.process.as_mut() else {
+        let Some(process) = self.processes.get_mut(&token) else {
             return;
         };
-        error!(worker_id, pid = process.pid.as_raw(), generation, reason = %reason, "worker failed; killing it");
+        error!(
+            worker_id = process.worker_id,
+            pid = process.pid.as_raw(),
+            generation = process.generation,
+            reason = %reason,
+            "worker failed; killing it"
+        );
         if process.fatal.is_none() {
             process.fatal = Some(reason);
         }
         close_channel(registry, process);
         kill_process(process);
+        self.status_progress();
+        self.reload_forget(token);
     }
 
-    fn start_worker(&mut self, index: usize) {
-        if matches!(self.phase, Phase::Stopping { .. }) {
-            return;
-        }
-        let token = Token(self.next_token);
-        self.next_token += 1;
+    /// Spawn a worker process, register its channel and send our Hello.
+    fn spawn_process(&mut self, worker_id: u32, role: Role) -> Result<Token, String> {
+        let token = Self::alloc_token(&mut self.next_token);
         let generation = self.generation;
-        let worker_id = self.slots[index].worker_id;
         let args = WorkerArgs {
             worker_id,
             generation,
             log_level: &self.log_level,
         };
-        let spawned = match spawn_worker(&self.executable, args) {
-            Ok(spawned) => spawned,
-            Err(err) => {
-                error!(worker_id, generation, error = %err, "cannot spawn worker");
-                if matches!(self.phase, Phase::Starting) {
-                    self.begin_stop(
-                        StopKind::Fast,
-                        Some(SupervisorError::StartupFailed {
-                            worker_id,
-                            reason: err.to_string(),
-                        }),
-                    );
-                } else {
-                    let slot = &mut self.slots[index];
-                    let delay = slot.backoff.on_failure(Duration::ZERO);
-                    slot.restart_at = Some(Instant::now() + delay);
-                }
-                return;
-            }
-        };
+        let spawned = spawn_worker(&self.executable, args).map_err(|err| {
+            error!(worker_id, generation, error = %err, "cannot spawn worker");
+            err.to_string()
+        })?;
         let pid = spawned.pid;
         info!(worker_id, pid = pid.as_raw(), generation, "worker spawned");
         let mut process = WorkerProcess {
+            worker_id,
+            generation,
+            role,
             pid,
             channel: Some(spawned.channel),
             token,
@@ -583,6 +705,13 @@ impl Supervisor {
             channel_closed_at: None,
             killed: false,
             fatal: None,
+            version: None,
+            counters: None,
+            status_sent: 0,
+            status_received: 0,
+            drain_kill_at: None,
+            restart_done: None,
+            reconfigures: VecDeque::new(),
         };
         let registry = self.poll.registry();
         let setup = register_channel(registry, &mut process).and_then(|()| {
@@ -593,12 +722,68 @@ impl Supervisor {
             });
             send(registry, &mut process, &hello, &[])
         });
-        let slot = &mut self.slots[index];
-        slot.process = Some(process);
-        slot.restart_at = None;
+        self.processes.insert(token, process);
         if let Err(err) = setup {
-            self.channel_failed(index, err);
+            self.channel_failed(token, err);
         }
+        Ok(token)
+    }
+
+    fn start_worker(&mut self, index: usize) {
+        if matches!(self.phase, Phase::Stopping { .. }) {
+            return;
+        }
+        let worker_id = self.slots[index].worker_id;
+        match self.spawn_process(worker_id, Role::Current) {
+            Ok(token) => {
+                let slot = &mut self.slots[index];
+                slot.current = Some(token);
+                slot.restart_at = None;
+            }
+            Err(reason) => {
+                if matches!(self.phase, Phase::Starting) {
+                    self.begin_stop(
+                        StopKind::Fast,
+                        Some(SupervisorError::StartupFailed { worker_id, reason }),
+                        None,
+                    );
+                } else {
+                    let slot = &mut self.slots[index];
+                    let delay = slot.backoff.on_failure(Duration::ZERO);
+                    slot.restart_at = Some(Instant::now() + delay);
+                }
+            }
+        }
+    }
+
+    /// Stop serving new connections on `token`'s worker and let it drain; it is never
+    /// restarted. Returns false if it could not be told (it is killed instead).
+    fn retire(&mut self, token: Token, drain: Duration) -> bool {
+        let registry = self.poll.registry();
+        let Some(process) = self.processes.get_mut(&token) else {
+            return false;
+        };
+        process.role = Role::Retired;
+        process.drain_kill_at = Some(Instant::now() + drain + DRAIN_KILL_GRACE);
+        if process.state == WorkerState::AwaitingHello || process.channel.is_none() {
+            kill_process(process);
+            return false;
+        }
+        let drain_message = MasterMessage::Drain {
+            timeout_ms: u64::try_from(drain.as_millis()).unwrap_or(u64::MAX),
+        };
+        info!(
+            worker_id = process.worker_id,
+            pid = process.pid.as_raw(),
+            generation = process.generation,
+            timeout_ms = drain.as_millis() as u64,
+            "retiring worker"
+        );
+        if let Err(err) = send(registry, process, &drain_message, &[]) {
+            self.channel_failed(token, err);
+            return false;
+        }
+        true
     }
 
     fn reap(&mut self) {
@@ -624,29 +809,72 @@ impl Supervisor {
                 _ => continue,
             };
             let clean = matches!(status, WaitStatus::Exited(_, 0));
-            match self.slots.iter().position(|slot| {
-                slot.process
-                    .as_ref()
-                    .is_some_and(|process| process.pid == pid)
-            }) {
-                Some(index) => self.worker_exited(index, &description, clean),
+            let token = self
+                .processes
+                .iter()
+                .find(|(_, process)| process.pid == pid)
+                .map(|(token, _)| *token);
+            match token {
+                Some(token) => self.worker_exited(token, &description, clean),
                 None => debug!(pid = pid.as_raw(), status = %description, "reaped unknown child"),
             }
         }
     }
 
-    fn worker_exited(&mut self, index: usize, status: &str, clean: bool) {
-        let generation = self.generation;
+    fn worker_exited(&mut self, token: Token, status: &str, clean: bool) {
         let registry = self.poll.registry();
         let stopping = matches!(self.phase, Phase::Stopping { .. });
         let starting = matches!(self.phase, Phase::Starting);
-        let slot = &mut self.slots[index];
-        let worker_id = slot.worker_id;
-        let Some(mut process) = slot.process.take() else {
+        let Some(mut process) = self.processes.remove(&token) else {
             return;
         };
         close_channel(registry, &mut process);
+        self.status_progress();
+        self.reload_forget(token);
+        let worker_id = process.worker_id;
+        let generation = process.generation;
         let pid = process.pid.as_raw();
+        match process.role {
+            Role::Retired => {
+                if clean {
+                    info!(worker_id, pid, generation, status, "retired worker exited");
+                } else {
+                    warn!(worker_id, pid, generation, status, "retired worker exited");
+                }
+                if let Some(done) = process.restart_done.take() {
+                    let message = format!("{}, old exited ({status})", done.message);
+                    self.finish(done.client, ControlResponse::Done { message });
+                }
+                return;
+            }
+            Role::Successor { client } => {
+                let reason = process.fatal.as_deref().unwrap_or("exited during start-up");
+                let old_pid = self
+                    .slot_index(worker_id)
+                    .and_then(|index| self.slots[index].current)
+                    .and_then(|old| self.processes.get(&old))
+                    .map_or(0, |old| old.pid.as_raw());
+                let message = format!(
+                    "worker {worker_id}: new worker pid {pid} failed: {reason} ({status}); pid {old_pid} keeps serving"
+                );
+                error!(worker_id, pid, generation, "{message}");
+                self.finish(client, ControlResponse::Failed { message });
+                return;
+            }
+            Role::Current => {}
+        }
+        let Some(index) = self
+            .slots
+            .iter()
+            .position(|slot| slot.current == Some(token))
+        else {
+            return;
+        };
+        let slot = &mut self.slots[index];
+        slot.current = None;
+        if process.counters.is_some() {
+            slot.last_counters = process.counters.take();
+        }
         if stopping {
             if clean {
                 info!(worker_id, pid, generation, status, "worker exited");
@@ -671,6 +899,7 @@ impl Supervisor {
             self.begin_stop(
                 StopKind::Fast,
                 Some(SupervisorError::StartupFailed { worker_id, reason }),
+                None,
             );
             return;
         }
@@ -688,13 +917,24 @@ impl Supervisor {
         );
     }
 
-    fn begin_stop(&mut self, kind: StopKind, failure: Option<SupervisorError>) {
+    fn slot_index(&self, worker_id: u32) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|slot| slot.worker_id == worker_id)
+    }
+
+    fn begin_stop(
+        &mut self,
+        kind: StopKind,
+        failure: Option<SupervisorError>,
+        drain_override: Option<Duration>,
+    ) {
         let now = Instant::now();
+        let drain = drain_override.unwrap_or(Duration::from_secs(
+            self.config.system.graceful_shutdown_timeout_secs,
+        ));
         let grace = match kind {
-            StopKind::Graceful => {
-                Duration::from_secs(self.config.system.graceful_shutdown_timeout_secs)
-                    + DRAIN_KILL_GRACE
-            }
+            StopKind::Graceful => drain + DRAIN_KILL_GRACE,
             StopKind::Fast => FAST_STOP_GRACE,
         };
         match &mut self.phase {
@@ -722,73 +962,96 @@ impl Supervisor {
                 }
             }
         }
+        self.abort_reload("the master is stopping");
 
         let message = match kind {
             StopKind::Graceful => MasterMessage::Drain {
-                timeout_ms: self
-                    .config
-                    .system
-                    .graceful_shutdown_timeout_secs
-                    .saturating_mul(1000),
+                timeout_ms: u64::try_from(drain.as_millis()).unwrap_or(u64::MAX),
             },
             StopKind::Fast => MasterMessage::Stop,
         };
-        let generation = self.generation;
+        for slot in &mut self.slots {
+            slot.restart_at = None;
+        }
         let registry = self.poll.registry();
         let mut broken = Vec::new();
-        for (index, slot) in self.slots.iter_mut().enumerate() {
-            slot.restart_at = None;
-            let Some(process) = slot.process.as_mut() else {
-                continue;
-            };
+        for (&token, process) in self.processes.iter_mut() {
             if process.killed || process.channel.is_none() {
                 continue; // already on its way out
+            }
+            if let Role::Successor { .. } = process.role {
+                process.fatal = Some("the master is stopping".to_owned());
+                kill_process(process);
+                continue;
             }
             if process.state == WorkerState::AwaitingHello {
                 // It has no listeners and no connections: nothing to drain.
                 kill_process(process);
                 continue;
             }
+            if matches!(process.role, Role::Retired) && kind == StopKind::Graceful {
+                continue; // already draining on its own deadline
+            }
             debug!(
-                worker_id = slot.worker_id,
+                worker_id = process.worker_id,
                 pid = process.pid.as_raw(),
-                generation,
+                generation = process.generation,
                 message = message.kind(),
                 "stopping worker"
             );
             if let Err(err) = send(registry, process, &message, &[]) {
-                broken.push((index, err));
+                broken.push((token, err));
             }
         }
-        for (index, err) in broken {
-            self.channel_failed(index, err);
+        for (token, err) in broken {
+            self.channel_failed(token, err);
         }
     }
 
     fn run_timers(&mut self, now: Instant) {
-        let generation = self.generation;
+        if let Some(control) = self.control.as_mut() {
+            control.run_timers(self.poll.registry(), now);
+        }
+        self.status_timeouts(now);
+        self.reload_timeout(now);
+
         let stopping = matches!(self.phase, Phase::Stopping { .. });
         let kill_everyone = matches!(self.phase, Phase::Stopping { kill_at, .. } if kill_at <= now);
+        // A worker restarted while a reload is in flight would get the old configuration.
+        let restarts_allowed = !stopping && self.reload.is_none();
+        let restarts: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| restarts_allowed && slot.restart_at.is_some_and(|at| at <= now))
+            .map(|(index, _)| index)
+            .collect();
         let mut failures = Vec::new();
-        let mut restarts = Vec::new();
-        for (index, slot) in self.slots.iter_mut().enumerate() {
-            if let Some(at) = slot.restart_at {
-                if at <= now && !stopping {
-                    restarts.push(index);
+        let mut done_timeouts = Vec::new();
+        for (&token, process) in self.processes.iter_mut() {
+            if let Some(done) = process.restart_done.as_ref() {
+                if done.deadline <= now {
+                    done_timeouts.push(process.restart_done.take());
                 }
             }
-            let Some(process) = slot.process.as_mut() else {
-                continue;
-            };
             if process.killed {
                 continue;
             }
             let pid = process.pid.as_raw();
-            let worker_id = slot.worker_id;
+            let worker_id = process.worker_id;
+            let generation = process.generation;
             if kill_everyone {
                 warn!(
                     worker_id,
                     pid, generation, "worker still running at the stop deadline; killing it"
+                );
+                kill_process(process);
+            } else if process.drain_kill_at.is_some_and(|at| at <= now) {
+                warn!(
+                    worker_id,
+                    pid,
+                    generation,
+                    "retired worker still running at its drain deadline; killing it"
                 );
                 kill_process(process);
             } else if process
@@ -808,13 +1071,20 @@ impl Supervisor {
                 && process.spawned_at + HANDSHAKE_TIMEOUT <= now
             {
                 failures.push((
-                    index,
+                    token,
                     format!("not ready within {}s", HANDSHAKE_TIMEOUT.as_secs()),
                 ));
             }
         }
-        for (index, reason) in failures {
-            self.worker_failed(index, reason);
+        for done in done_timeouts.into_iter().flatten() {
+            let message = format!(
+                "{}, old draining (connection count not reported)",
+                done.message
+            );
+            self.finish(done.client, ControlResponse::Done { message });
+        }
+        for (token, reason) in failures {
+            self.worker_failed(token, reason);
         }
         for index in restarts {
             self.start_worker(index);
@@ -825,22 +1095,32 @@ impl Supervisor {
         }
     }
 
-    fn request_status(&mut self) {
+    /// Ask one worker for its counters; returns the number its reply will have.
+    fn ask_status(&mut self, token: Token) -> Option<u64> {
         let registry = self.poll.registry();
-        let mut broken = Vec::new();
-        for (index, slot) in self.slots.iter_mut().enumerate() {
-            let Some(process) = slot.process.as_mut() else {
-                continue;
-            };
-            if process.state != WorkerState::Running || process.channel.is_none() {
-                continue;
+        let process = self.processes.get_mut(&token)?;
+        if process.killed
+            || process.channel.is_none()
+            || !matches!(process.state, WorkerState::Running | WorkerState::Draining)
+        {
+            return None;
+        }
+        match send(registry, process, &MasterMessage::StatusRequest, &[]) {
+            Ok(()) => {
+                process.status_sent += 1;
+                Some(process.status_sent)
             }
-            if let Err(err) = send(registry, process, &MasterMessage::StatusRequest, &[]) {
-                broken.push((index, err));
+            Err(err) => {
+                self.channel_failed(token, err);
+                None
             }
         }
-        for (index, err) in broken {
-            self.channel_failed(index, err);
+    }
+
+    fn request_status(&mut self) {
+        let tokens: Vec<Token> = self.processes.keys().copied().collect();
+        for token in tokens {
+            self.ask_status(token);
         }
     }
 
@@ -851,16 +1131,26 @@ impl Supervisor {
             Phase::Running => deadlines.push(self.next_status_at),
             Phase::Starting => {}
         }
+        if let Some(at) = self.control.as_ref().and_then(ControlServer::next_deadline) {
+            deadlines.push(at);
+        }
+        deadlines.extend(self.pending_status.iter().map(|pending| pending.deadline));
+        if let Some(reload) = &self.reload {
+            deadlines.push(reload.deadline);
+        }
         let stopping = matches!(self.phase, Phase::Stopping { .. });
-        for slot in &self.slots {
-            if let Some(at) = slot.restart_at.filter(|_| !stopping) {
-                deadlines.push(at);
+        if !stopping && self.reload.is_none() {
+            deadlines.extend(self.slots.iter().filter_map(|slot| slot.restart_at));
+        }
+        for process in self.processes.values() {
+            if let Some(done) = &process.restart_done {
+                deadlines.push(done.deadline);
             }
-            let Some(process) = &slot.process else {
-                continue;
-            };
             if process.killed {
                 continue;
+            }
+            if let Some(at) = process.drain_kill_at {
+                deadlines.push(at);
             }
             if let Some(at) = process.channel_closed_at {
                 deadlines.push(at + EOF_KILL_GRACE);
@@ -880,11 +1170,9 @@ impl Drop for Supervisor {
     /// Last line of defence (an event-loop error, a panic): never leave a worker running or
     /// a zombie behind. After a normal stop there is nobody left and this does nothing.
     fn drop(&mut self) {
-        for slot in &mut self.slots {
-            if let Some(process) = slot.process.as_mut() {
-                kill_process(process);
-                while let Err(Errno::EINTR) = waitpid(process.pid, None) {}
-            }
+        for process in self.processes.values_mut() {
+            kill_process(process);
+            while let Err(Errno::EINTR) = waitpid(process.pid, None) {}
         }
     }
 }

@@ -24,6 +24,8 @@ pub const WORKER_ARG0: &str = "zentinel";
 #[derive(Debug)]
 pub struct Executable {
     fd: OwnedFd,
+    /// Where the file was at start-up (for status; the path may change later, the fd does not).
+    path: PathBuf,
 }
 
 impl Executable {
@@ -36,7 +38,17 @@ impl Executable {
                 format!("cannot open the master's own executable /proc/self/exe: {err}"),
             )
         })?;
-        Ok(Executable { fd: file.into() })
+        let path = std::fs::read_link("/proc/self/exe")
+            .unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+        Ok(Executable {
+            fd: file.into(),
+            path,
+        })
+    }
+
+    /// The executable's path as it was at start-up (`readlink /proc/self/exe`).
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
     }
 
     /// The path a child execs. It resolves through the fd, which is still open in the child

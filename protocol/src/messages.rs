@@ -53,6 +53,11 @@ pub enum MasterMessage {
     Stop,
     /// Ask for a `Status` reply.
     StatusRequest,
+    /// Reload: switch to this configuration and exactly these listeners (fds attached, in
+    /// order). New connections use the new config; sessions already open finish on the old one.
+    /// Listeners no longer named are deregistered and their fd duplicates closed. The worker
+    /// answers `Reconfigured`, or `ReconfigureFailed` and keeps running on its old config.
+    Reconfigure(WorkerStart),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
@@ -88,6 +93,12 @@ pub enum WorkerMessage {
     Fatal {
         reason: String,
     },
+    /// The worker now runs the configuration of the last `Reconfigure`.
+    Reconfigured,
+    /// The `Reconfigure` was refused; the worker runs its previous configuration unchanged.
+    ReconfigureFailed {
+        reason: String,
+    },
 }
 
 impl MasterMessage {
@@ -99,6 +110,7 @@ impl MasterMessage {
             MasterMessage::Drain { .. } => "Drain",
             MasterMessage::Stop => "Stop",
             MasterMessage::StatusRequest => "StatusRequest",
+            MasterMessage::Reconfigure(_) => "Reconfigure",
         }
     }
 }
@@ -112,6 +124,7 @@ impl ArchivedMasterMessage {
             ArchivedMasterMessage::Drain { .. } => "Drain",
             ArchivedMasterMessage::Stop => "Stop",
             ArchivedMasterMessage::StatusRequest => "StatusRequest",
+            ArchivedMasterMessage::Reconfigure(_) => "Reconfigure",
         }
     }
 }
@@ -125,6 +138,8 @@ impl WorkerMessage {
             WorkerMessage::Status(_) => "Status",
             WorkerMessage::Draining { .. } => "Draining",
             WorkerMessage::Fatal { .. } => "Fatal",
+            WorkerMessage::Reconfigured => "Reconfigured",
+            WorkerMessage::ReconfigureFailed { .. } => "ReconfigureFailed",
         }
     }
 }
@@ -138,6 +153,8 @@ impl ArchivedWorkerMessage {
             ArchivedWorkerMessage::Status(_) => "Status",
             ArchivedWorkerMessage::Draining { .. } => "Draining",
             ArchivedWorkerMessage::Fatal { .. } => "Fatal",
+            ArchivedWorkerMessage::Reconfigured => "Reconfigured",
+            ArchivedWorkerMessage::ReconfigureFailed { .. } => "ReconfigureFailed",
         }
     }
 }

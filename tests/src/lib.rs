@@ -147,6 +147,10 @@ pub fn backend_bin() -> PathBuf {
     find_binary("zentinel-backend", "ZENTINEL_BACKEND_BIN")
 }
 
+pub fn ctl_bin() -> PathBuf {
+    find_binary("zentinel-ctl", "ZENTINEL_CTL_BIN")
+}
+
 /// A loopback port that was free a moment ago (bind 127.0.0.1:0 and release it).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -390,6 +394,11 @@ pub struct Zentinel {
     pub log_path: PathBuf,
     pub listeners: Vec<SocketAddr>,
     pub expected_workers: usize,
+    /// This master's own `XDG_RUNTIME_DIR`, so its default control socket
+    /// (`$XDG_RUNTIME_DIR/zentinel.sock`) never collides with a parallel test's.
+    pub runtime_dir: PathBuf,
+    /// Remove `runtime_dir` on drop (false when the test handed it in and owns it).
+    owns_runtime_dir: bool,
     /// Every worker pid ever seen, so drop can kill stragglers of a failed test too.
     seen_workers: std::sync::Mutex<BTreeSet<u32>>,
 }
@@ -433,26 +442,44 @@ impl Zentinel {
             !listeners.is_empty(),
             "config has no `address` listener:\n{config}"
         );
-        Self::spawn(Some(path), listeners, configured_workers(config))
+        Self::spawn(Some(path), listeners, configured_workers(config), None)
+    }
+
+    /// Like [`Zentinel::start`], with `XDG_RUNTIME_DIR` set to `runtime_dir` (which the caller
+    /// owns and removes), e.g. to start a second master on the same default control socket.
+    pub fn start_in(config: &str, runtime_dir: &Path) -> Zentinel {
+        let path = temp_path("config.kdl");
+        fs::write(&path, config).expect("write temp config");
+        let listeners = configured_listeners(config);
+        assert!(
+            !listeners.is_empty(),
+            "config has no `address` listener:\n{config}"
+        );
+        Self::spawn(
+            Some(path),
+            listeners,
+            configured_workers(config),
+            Some(runtime_dir.to_path_buf()),
+        )
     }
 
     /// Starts `zentinel` without `--config` (the embedded default on 127.0.0.1:8080).
     pub fn start_default() -> Zentinel {
         let workers = thread::available_parallelism().map_or(1, |n| n.get());
-        Self::spawn(None, vec!["127.0.0.1:8080".parse().unwrap()], workers)
+        Self::spawn(None, vec!["127.0.0.1:8080".parse().unwrap()], workers, None)
     }
 
-    fn spawn(config_path: Option<PathBuf>, listeners: Vec<SocketAddr>, workers: usize) -> Zentinel {
+    fn spawn(
+        config_path: Option<PathBuf>,
+        listeners: Vec<SocketAddr>,
+        workers: usize,
+        runtime_dir: Option<PathBuf>,
+    ) -> Zentinel {
         let log_path = temp_path("zentinel.log");
         let log = File::create(&log_path).expect("create log file");
-        let mut cmd = Command::new(zentinel_bin());
-        if let Some(p) = &config_path {
-            cmd.arg("--config").arg(p);
-        }
-        cmd.env_remove("ZENTINEL_CONFIG");
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.args(["--log-level", "info"]);
-        }
+        let owns_runtime_dir = runtime_dir.is_none();
+        let runtime_dir = runtime_dir.unwrap_or_else(new_runtime_dir);
+        let mut cmd = master_command(config_path.as_deref(), &runtime_dir);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
@@ -467,6 +494,8 @@ impl Zentinel {
             log_path,
             listeners,
             expected_workers: workers,
+            runtime_dir,
+            owns_runtime_dir,
             seen_workers: Default::default(),
         };
         z.wait_ready(Duration::from_secs(10));
@@ -527,6 +556,21 @@ impl Zentinel {
         HttpClient::connect(self.addr())
     }
 
+    /// The master's control socket: the default under its private `XDG_RUNTIME_DIR`.
+    pub fn control_socket(&self) -> PathBuf {
+        self.runtime_dir.join("zentinel.sock")
+    }
+
+    /// Runs `zentinel-ctl --socket <this master's socket> ARGS` (with a deadline).
+    pub fn ctl(&self, args: &[&str]) -> CtlOutput {
+        ctl(&self.control_socket(), args)
+    }
+
+    /// Every line the master's log has so far (raw, no banner).
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
     /// Reaps the master if it exited.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         self.child
@@ -582,7 +626,132 @@ impl Drop for Zentinel {
         if let Some(p) = &self.config_path {
             let _ = fs::remove_file(p);
         }
+        if self.owns_runtime_dir {
+            let _ = fs::remove_dir_all(&self.runtime_dir);
+        }
     }
+}
+
+/// What one `zentinel-ctl` run produced.
+#[derive(Debug, Clone)]
+pub struct CtlOutput {
+    /// `None` when killed by a signal (or by the harness's deadline).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtlOutput {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Panics with both streams unless the command exited 0.
+    pub fn assert_success(&self, what: &str) -> &Self {
+        assert!(self.success(), "{what}: zentinel-ctl failed: {self}");
+        self
+    }
+}
+
+impl std::fmt::Display for CtlOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// How long one `zentinel-ctl` run may take before the harness kills it.
+pub const CTL_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs `zentinel-ctl --socket SOCKET ARGS`, killing it after [`CTL_DEADLINE`].
+pub fn ctl(socket: &Path, args: &[&str]) -> CtlOutput {
+    let mut cmd = Command::new(ctl_bin());
+    cmd.arg("--socket").arg(socket).args(args);
+    run_with_deadline(cmd, CTL_DEADLINE)
+}
+
+/// Runs `cmd` (no stdin, both streams captured), killing it if it outlives `deadline`.
+/// `ZENTINEL_SOCKET`/`ZENTINEL_CONFIG` of the test environment are not inherited unless `cmd`
+/// sets them itself.
+pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> CtlOutput {
+    for var in ["ZENTINEL_SOCKET", "ZENTINEL_CONFIG"] {
+        if !cmd.get_envs().any(|(k, _)| k == var) {
+            cmd.env_remove(var);
+        }
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .map(|stream| {
+        thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(mut s) = stream {
+                let _ = s.read_to_end(&mut out);
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    })
+    .collect();
+    let mut status = None;
+    if !wait_until(deadline, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    }) {
+        let _ = child.kill();
+        status = child.wait().ok();
+        eprintln!("{cmd:?} outlived its {deadline:?} deadline and was killed");
+    }
+    let mut outs = readers.into_iter().map(|h| h.join().unwrap_or_default());
+    let stdout = outs.next().unwrap_or_default();
+    let stderr = outs.next().unwrap_or_default();
+    CtlOutput {
+        code: status.and_then(|s| s.code()),
+        stdout,
+        stderr,
+    }
+}
+
+/// A fresh private directory (mode 0700, like a real `XDG_RUNTIME_DIR`) for one master.
+pub fn new_runtime_dir() -> PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = temp_path("xdg-runtime");
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .expect("create runtime dir");
+    dir
+}
+
+/// The `zentinel` command a test master runs with: `--config` when given, no inherited
+/// `ZENTINEL_CONFIG`/`ZENTINEL_SOCKET`, `XDG_RUNTIME_DIR=runtime_dir`, info logging unless
+/// `RUST_LOG` says otherwise.
+pub fn master_command(config_path: Option<&Path>, runtime_dir: &Path) -> Command {
+    let mut cmd = Command::new(zentinel_bin());
+    if let Some(p) = config_path {
+        cmd.arg("--config").arg(p);
+    }
+    cmd.env_remove("ZENTINEL_CONFIG")
+        .env_remove("ZENTINEL_SOCKET")
+        .env("XDG_RUNTIME_DIR", runtime_dir);
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.args(["--log-level", "info"]);
+    }
+    cmd
 }
 
 /// Runs `zentinel --check [--config PATH]`; returns (exit code, stdout, stderr).

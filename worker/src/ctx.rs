@@ -1,14 +1,15 @@
 //! What a session may touch while it handles an event: the registry, the upstream pools, the
-//! timers and counters, the router. Borrowed from the event loop for one call.
+//! timers and counters, the newest configuration generation. Borrowed from the event loop for
+//! one call.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use mio::Registry;
-use zentinel_protocol::config::Limits;
 
 use crate::counters::Counters;
-use crate::routing::Router;
+use crate::generation::Generation;
 use crate::timers::{TimerKey, Timers};
 use crate::upstream::Upstreams;
 
@@ -17,13 +18,14 @@ pub struct Ctx<'a> {
     pub upstreams: &'a mut Upstreams,
     pub timers: &'a mut Timers<TimerKey>,
     pub counters: &'a mut Counters,
-    pub router: &'a Router,
-    pub limits: &'a Limits,
+    /// The generation new sessions (and HTTP sessions between requests) adopt.
+    pub current: &'a Rc<Generation>,
     pub now: Instant,
     pub draining: bool,
 }
 
-/// The per-listener settings a session needs (copied into each session).
+/// The per-listener settings a session needs (copied into each session, together with the
+/// generation they belong to: `default_route` indexes that generation's router).
 #[derive(Debug, Clone, Copy)]
 pub struct ListenerCtx {
     pub local: SocketAddr,
@@ -31,7 +33,7 @@ pub struct ListenerCtx {
     pub keepalive_timeout: Duration,
     /// Resolved index of the default route.
     pub default_route: Option<usize>,
-    /// TCP listeners: resolved upstream pool index.
+    /// TCP listeners: resolved upstream pool key.
     pub upstream: Option<usize>,
 }
 

@@ -1,24 +1,26 @@
 //! The worker's event loop: one mio `Poll` for the master channel, the listener set, every
 //! client and upstream socket; deadlines from [`Timers`]; sessions in a slab.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
 use slab::Slab;
 use tracing::{debug, error, info, warn};
-use zentinel_protocol::config::{Limits, ListenerProtocol};
-use zentinel_protocol::messages::{MasterMessage, WorkerMessage};
+use zentinel_protocol::config::ListenerProtocol;
+use zentinel_protocol::messages::{MasterMessage, WorkerMessage, WorkerStart};
 use zentinel_protocol::{Channel, ProtocolError};
 
 use crate::accept::{Accepted, ListenerSet};
 use crate::counters::Counters;
-use crate::ctx::{Ctx, ListenerCtx, Outcome, Ready};
+use crate::ctx::{Ctx, Outcome, Ready};
+use crate::generation::{Candidate, Generation};
 use crate::http::session::{HttpSession, LINGER};
-use crate::routing::Router;
 use crate::tcp::TcpSession;
 use crate::timers::{TimerId, TimerKey, Timers};
 use crate::tokens::{self, Decoded, Side};
@@ -42,8 +44,8 @@ struct Shared {
     upstreams: Upstreams,
     timers: Timers<TimerKey>,
     counters: Counters,
-    router: Router,
-    limits: Limits,
+    /// The configuration new connections get.
+    current: Rc<Generation>,
     draining: bool,
 }
 
@@ -54,8 +56,7 @@ impl Shared {
             upstreams: &mut self.upstreams,
             timers: &mut self.timers,
             counters: &mut self.counters,
-            router: &self.router,
-            limits: &self.limits,
+            current: &self.current,
             now,
             draining: self.draining,
         }
@@ -69,26 +70,19 @@ struct DrainState {
     idle_closed: bool,
 }
 
-/// Everything the worker needs, validated, before the loop starts.
-pub struct Prepared {
-    pub listeners: ListenerSet,
-    /// Per entry of the listener set.
-    pub lctxs: Vec<ListenerCtx>,
-    pub protocols: Vec<ListenerProtocol>,
-    pub router: Router,
-    pub upstreams: Upstreams,
-    pub limits: Limits,
-    pub max_connections: usize,
-    pub graceful_timeout: Duration,
-}
-
 pub struct Worker {
     poll: Poll,
     channel: Channel,
     channel_open: bool,
+    worker_id: u32,
+    /// Entry `i` of the set is listener `i` of `shared.current`.
     listeners: Option<ListenerSet>,
-    lctxs: Vec<ListenerCtx>,
-    protocols: Vec<ListenerProtocol>,
+    /// Replaced generations some session may still run on: their pools stay until they go.
+    retired: Vec<Weak<Generation>>,
+    /// Some pool may be unreferenced by now (see [`Worker::retire_pools`]).
+    pools_to_check: bool,
+    /// Reloads installed so far (for logs).
+    reloads: u64,
     sessions: Slab<Entry>,
     shared: Shared,
     max_connections: usize,
@@ -105,12 +99,16 @@ enum Control {
 }
 
 impl Worker {
-    /// Register everything in a new `Poll`. On failure the channel is handed back so the
-    /// caller can still report the error to the master.
-    pub fn new(channel: Channel, p: Prepared) -> Result<Self, Box<(io::Error, Channel)>> {
+    /// Register everything in a new `Poll` and install the `Start` configuration. On failure
+    /// the channel is handed back so the caller can still report the error to the master.
+    pub fn new(
+        channel: Channel,
+        worker_id: u32,
+        start: Candidate,
+    ) -> Result<Self, Box<(io::Error, Channel)>> {
         let setup = || -> io::Result<Poll> {
             let poll = Poll::new()?;
-            p.listeners.register(poll.registry())?;
+            start.listeners.register(poll.registry())?;
             channel.stream().set_nonblocking(true)?;
             poll.registry().register(
                 &mut SourceFd(&channel.as_raw_fd()),
@@ -123,24 +121,29 @@ impl Worker {
             Ok(p) => p,
             Err(e) => return Err(Box::new((e, channel))),
         };
+        let mut timers = Timers::new();
+        let mut upstreams = Upstreams::new();
+        let (generation, set, max_connections, graceful_timeout) =
+            build_generation(start, &mut upstreams, &[], poll.registry(), &mut timers);
         Ok(Worker {
             poll,
             channel,
             channel_open: true,
-            listeners: Some(p.listeners),
-            lctxs: p.lctxs,
-            protocols: p.protocols,
+            worker_id,
+            listeners: Some(set),
+            retired: Vec::new(),
+            pools_to_check: false,
+            reloads: 0,
             sessions: Slab::new(),
             shared: Shared {
-                upstreams: p.upstreams,
-                timers: Timers::new(),
+                upstreams,
+                timers,
                 counters: Counters::default(),
-                router: p.router,
-                limits: p.limits,
+                current: Rc::new(generation),
                 draining: false,
             },
-            max_connections: p.max_connections.max(1),
-            graceful_timeout: p.graceful_timeout,
+            max_connections,
+            graceful_timeout,
             // Connections may already be queued: try once right away.
             accept_pending: true,
             accept_backoff: None,
@@ -213,6 +216,9 @@ impl Worker {
             if let Control::Exit = self.fire_timers(Instant::now()) {
                 return Ok(());
             }
+            if self.pools_to_check {
+                self.retire_pools();
+            }
             if self.accept_pending && self.can_accept() {
                 self.accept_loop(Instant::now());
             }
@@ -234,14 +240,21 @@ impl Worker {
         }
         loop {
             match self.channel.recv() {
-                Ok(Some(frame)) => match frame.deserialize::<MasterMessage>() {
-                    Ok(msg) => {
-                        if let Control::Exit = self.on_message(msg, now) {
-                            return Control::Exit;
+                Ok(Some(mut frame)) => {
+                    let fds = frame.take_fds();
+                    match frame.deserialize::<MasterMessage>() {
+                        Ok(msg) => {
+                            if let Control::Exit = self.on_message(msg, fds, now) {
+                                return Control::Exit;
+                            }
                         }
+                        Err(e) => warn!(
+                            error = %e,
+                            fds = fds.len(),
+                            "ignoring an invalid message from the master (closing the fds it carried)"
+                        ),
                     }
-                    Err(e) => warn!(error = %e, "ignoring an invalid message from the master"),
-                },
+                }
                 Ok(None) => break,
                 Err(e) => {
                     match e {
@@ -268,7 +281,20 @@ impl Worker {
         Control::Continue
     }
 
-    fn on_message(&mut self, msg: MasterMessage, now: Instant) -> Control {
+    fn on_message(&mut self, msg: MasterMessage, fds: Vec<OwnedFd>, now: Instant) -> Control {
+        if let MasterMessage::Reconfigure(ws) = msg {
+            self.reconfigure(&ws, fds);
+            return Control::Continue;
+        }
+        if !fds.is_empty() {
+            // Closing them here is all that is needed: they are duplicates.
+            warn!(
+                message = msg.kind(),
+                fds = fds.len(),
+                "closing fds attached to a message that takes none"
+            );
+            drop(fds);
+        }
         match msg {
             MasterMessage::StatusRequest => {
                 let mut c = self.shared.counters.snapshot();
@@ -285,8 +311,106 @@ impl Worker {
             MasterMessage::Hello(_) | MasterMessage::Start(_) => {
                 warn!("ignoring a handshake message after startup");
             }
+            // Handled above (it needs the fds).
+            MasterMessage::Reconfigure(_) => {}
         }
         Control::Continue
+    }
+
+    /// `Reconfigure`: validate everything first (any error changes nothing and closes the
+    /// received fds), then switch listeners and configuration for new connections.
+    fn reconfigure(&mut self, ws: &WorkerStart, fds: Vec<OwnedFd>) {
+        let generation = ws.generation;
+        let refuse = |w: &mut Worker, reason: String| {
+            warn!(
+                config_generation = generation,
+                %reason,
+                "reconfigure refused: keeping the running configuration"
+            );
+            w.send(&WorkerMessage::ReconfigureFailed { reason });
+        };
+        if self.drain.is_some() {
+            return refuse(self, "worker is draining".into());
+        }
+        if ws.worker_id != self.worker_id {
+            return refuse(
+                self,
+                format!(
+                    "Reconfigure is for worker {}, but this is worker {}",
+                    ws.worker_id, self.worker_id
+                ),
+            );
+        }
+        let candidate = match Candidate::validate(ws, fds, "Reconfigure") {
+            Ok(c) => c,
+            Err(reason) => return refuse(self, reason),
+        };
+        // The new set goes into the poll before the old one leaves it, so there is no moment
+        // without a listener polled. (No queued connection could be lost either way: the
+        // master keeps every kernel socket open; ours are duplicates.)
+        if let Err(e) = candidate.listeners.register(self.poll.registry()) {
+            return refuse(self, format!("cannot poll the new listener set: {e}"));
+        }
+        let registry = self.poll.registry();
+        let (generation_new, set, max_connections, graceful_timeout) = build_generation(
+            candidate,
+            &mut self.shared.upstreams,
+            &self.shared.current.pools,
+            registry,
+            &mut self.shared.timers,
+        );
+        if let Some(old) = self.listeners.replace(set) {
+            if let Err(e) = old.deregister(registry) {
+                warn!(error = %e, "cannot deregister the previous listener set");
+            }
+            // Closes our duplicates and the old set's epoll instance (whose registrations go
+            // with it even though the master still holds the sockets).
+            drop(old);
+        }
+        let old = std::mem::replace(&mut self.shared.current, Rc::new(generation_new));
+        self.retired.push(Rc::downgrade(&old));
+        drop(old);
+        self.max_connections = max_connections.max(1);
+        self.graceful_timeout = graceful_timeout;
+        // The new sockets may have connections queued already.
+        self.accept_pending = true;
+        self.at_capacity_logged = false;
+        self.reloads += 1;
+        self.pools_to_check = true;
+        self.retire_pools();
+        let listeners: Vec<&str> = self
+            .shared
+            .current
+            .listeners
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        info!(
+            config_generation = generation,
+            reloads = self.reloads,
+            ?listeners,
+            upstreams = self.shared.current.pools.len(),
+            active = self.sessions.len(),
+            "reconfigured: new connections use the new configuration"
+        );
+        self.send(&WorkerMessage::Reconfigured);
+    }
+
+    /// Drop generations no session runs on any more, then the upstream pools that neither
+    /// the current nor a remaining generation refers to (once no connection to them is
+    /// checked out).
+    fn retire_pools(&mut self) {
+        self.retired.retain(|w| w.strong_count() > 0);
+        let mut keep: HashSet<usize> = self.shared.current.pools.iter().copied().collect();
+        for g in self.retired.iter().filter_map(Weak::upgrade) {
+            keep.extend(g.pools.iter().copied());
+        }
+        let busy = self.shared.upstreams.retire_unused(
+            |k| keep.contains(&k),
+            self.poll.registry(),
+            &mut self.shared.timers,
+        );
+        self.pools_to_check = busy > 0 || !self.retired.is_empty();
     }
 
     fn start_drain(&mut self, timeout: Duration, now: Instant) {
@@ -553,12 +677,11 @@ impl Worker {
         }
         let _ = stream.set_nodelay(true);
         let mut stream = mio::net::TcpStream::from_std(stream);
-        let (Some(lctx), Some(proto)) = (
-            self.lctxs.get(listener).copied(),
-            self.protocols.get(listener).copied(),
-        ) else {
+        let generation = Rc::clone(&self.shared.current);
+        let Some(entry) = generation.listeners.get(listener) else {
             return;
         };
+        let (lctx, proto) = (entry.ctx, entry.protocol);
         let entry = self.sessions.vacant_entry();
         let key = entry.key();
         let registry = self.poll.registry();
@@ -573,7 +696,11 @@ impl Worker {
         let mut ctx = self.shared.ctx(registry, now);
         match proto {
             ListenerProtocol::Http => {
-                let mut s = HttpSession::new(key, peer, stream, lctx, now);
+                let Some(mut s) =
+                    HttpSession::new(key, peer, stream, Rc::clone(&generation), listener, now)
+                else {
+                    return;
+                };
                 let out = s.on_ready(Side::Client, Ready::default(), &mut ctx);
                 entry.insert(Entry::Http(s));
                 self.handle_outcome(key, out, now);
@@ -611,4 +738,35 @@ fn drain_timer_at(deadline: Instant, idle_closed: bool, now: Instant) -> Instant
         Some(t) if t > now => t,
         _ => deadline,
     }
+}
+
+/// Install a validated candidate: its pools (reusing unchanged ones among `current_pools`),
+/// with routes and listeners resolved to pool keys. Returns the generation, the listener set
+/// (registered by the caller), `max_connections` and the graceful shutdown timeout.
+fn build_generation(
+    c: Candidate,
+    upstreams: &mut Upstreams,
+    current_pools: &[usize],
+    registry: &mio::Registry,
+    timers: &mut Timers<TimerKey>,
+) -> (Generation, ListenerSet, usize, Duration) {
+    let keys = upstreams.install(c.pools, current_pools, registry, timers);
+    let mut router = c.router;
+    router.map_upstreams(&keys);
+    let mut listeners = c.entries;
+    for l in &mut listeners {
+        l.ctx.upstream = l.ctx.upstream.and_then(|i| keys.get(i).copied());
+    }
+    let generation = Generation {
+        router,
+        limits: c.limits,
+        listeners,
+        pools: keys,
+    };
+    (
+        generation,
+        c.listeners,
+        c.max_connections.max(1),
+        c.graceful_timeout,
+    )
 }

@@ -7,6 +7,11 @@
 //! `Start` with the listening sockets, validate every fd (stream socket, listening, bound to
 //! the announced address), poll them, send `Ready`. Afterwards the channel is non-blocking and
 //! part of the event loop.
+//!
+//! `Reconfigure` (a reload) is checked exactly like `Start`; if anything is wrong the worker
+//! answers `ReconfigureFailed` and changes nothing. Otherwise new connections use the new
+//! configuration and listeners, sessions in flight finish on the one they started with, and a
+//! keep-alive HTTP connection moves to the new one at its next request (see `generation`).
 
 pub mod http;
 
@@ -14,6 +19,7 @@ mod accept;
 mod counters;
 mod ctx;
 mod event_loop;
+mod generation;
 mod routing;
 mod sock;
 mod tcp;
@@ -28,15 +34,11 @@ use std::time::Duration;
 use nix::sys::signal::{signal, SigHandler, Signal};
 use tracing::{debug, error, info, warn};
 use zentinel_protocol::channel::check_version;
-use zentinel_protocol::config::ListenerProtocol;
 use zentinel_protocol::messages::{Hello, MasterMessage, WorkerMessage, WorkerStart};
 use zentinel_protocol::{Channel, PROTOCOL_VERSION};
 
-use crate::accept::{adopt_listener, Listener, ListenerSet};
-use crate::ctx::ListenerCtx;
-use crate::event_loop::{Prepared, Worker};
-use crate::routing::Router;
-use crate::upstream::Upstreams;
+use crate::event_loop::Worker;
+use crate::generation::Candidate;
 
 pub use crate::routing::normalize_host;
 
@@ -137,7 +139,7 @@ fn run_inner(
         generation = ws.generation
     );
     let _g = span.enter();
-    let prepared = match prepare(&ws, fds) {
+    let prepared = match Candidate::validate(&ws, fds, "Start") {
         Ok(p) => p,
         Err(reason) => {
             error!(%reason, "invalid start");
@@ -150,7 +152,7 @@ fn run_inner(
             return Err(WorkerError::Setup(reason).into());
         }
     };
-    let worker = match Worker::new(ch, prepared) {
+    let worker = match Worker::new(ch, ws.worker_id, prepared) {
         Ok(w) => w,
         Err(b) => {
             let (e, mut ch) = *b;
@@ -200,7 +202,7 @@ fn handshake(
             return Err((
                 WorkerError::Unexpected {
                     expected: "Hello",
-                    got: message_name(&other).to_string(),
+                    got: other.kind().to_string(),
                 },
                 true,
             ))
@@ -231,94 +233,11 @@ fn handshake(
         other => Err((
             WorkerError::Unexpected {
                 expected: "Start",
-                got: message_name(&other).to_string(),
+                got: other.kind().to_string(),
             },
             true,
         )),
     }
-}
-
-fn message_name(m: &MasterMessage) -> &'static str {
-    match m {
-        MasterMessage::Hello(_) => "Hello",
-        MasterMessage::Start(_) => "Start",
-        MasterMessage::Drain { .. } => "Drain",
-        MasterMessage::Stop => "Stop",
-        MasterMessage::StatusRequest => "StatusRequest",
-    }
-}
-
-/// Validate the configuration and the received fds; build routing, pools and the listener set.
-fn prepare(ws: &WorkerStart, fds: Vec<OwnedFd>) -> Result<Prepared, String> {
-    let config = &ws.config;
-    if fds.len() != ws.listeners.len() {
-        return Err(format!(
-            "Start announces {} listeners but {} fds arrived",
-            ws.listeners.len(),
-            fds.len()
-        ));
-    }
-    let router = Router::new(config).map_err(|e| e.to_string())?;
-    let upstreams = Upstreams::new(&config.upstreams).map_err(|e| e.to_string())?;
-    let mut listeners = Vec::with_capacity(fds.len());
-    let mut lctxs = Vec::with_capacity(fds.len());
-    let mut protocols = Vec::with_capacity(fds.len());
-    for (handle, fd) in ws.listeners.iter().zip(fds) {
-        let lc = config
-            .listeners
-            .iter()
-            .find(|l| l.name == handle.name)
-            .ok_or_else(|| {
-                format!(
-                    "listener handle `{}` names no configured listener",
-                    handle.name
-                )
-            })?;
-        let (socket, local) = adopt_listener(fd, &handle.name, &handle.address)?;
-        let default_route =
-            match &lc.default_route {
-                Some(r) => Some(router.index_of(r).ok_or_else(|| {
-                    format!("listener `{}`: unknown default route `{r}`", lc.name)
-                })?),
-                None => None,
-            };
-        let upstream = match (&lc.protocol, &lc.upstream) {
-            (ListenerProtocol::Tcp, Some(u)) => Some(
-                config
-                    .upstreams
-                    .iter()
-                    .position(|x| &x.name == u)
-                    .ok_or_else(|| format!("listener `{}`: unknown upstream `{u}`", lc.name))?,
-            ),
-            (ListenerProtocol::Tcp, None) => {
-                return Err(format!("tcp listener `{}` has no upstream", lc.name))
-            }
-            (ListenerProtocol::Http, _) => None,
-        };
-        lctxs.push(ListenerCtx {
-            local,
-            request_timeout: Duration::from_secs(lc.request_timeout_secs.max(1)),
-            keepalive_timeout: Duration::from_secs(lc.keepalive_timeout_secs.max(1)),
-            default_route,
-            upstream,
-        });
-        protocols.push(lc.protocol);
-        listeners.push(Listener {
-            name: handle.name.clone(),
-            socket,
-        });
-    }
-    let listeners = ListenerSet::new(listeners).map_err(|e| e.to_string())?;
-    Ok(Prepared {
-        listeners,
-        lctxs,
-        protocols,
-        router,
-        upstreams,
-        limits: config.limits.clone(),
-        max_connections: config.system.max_connections as usize,
-        graceful_timeout: Duration::from_secs(config.system.graceful_shutdown_timeout_secs),
-    })
 }
 
 #[cfg(test)]

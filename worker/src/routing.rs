@@ -137,6 +137,18 @@ impl Router {
         Ok(router)
     }
 
+    /// Replace every upstream action's configuration index `i` with `keys[i]` (the pool keys
+    /// the upstreams were installed under). Indices without a key are left as they are.
+    pub fn map_upstreams(&mut self, keys: &[usize]) {
+        for r in &mut self.routes {
+            if let Action::Upstream(i) = &mut r.action {
+                if let Some(&k) = keys.get(*i) {
+                    *i = k;
+                }
+            }
+        }
+    }
+
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.routes.iter().position(|r| r.name == name)
     }
@@ -275,6 +287,10 @@ mod tests {
         assert_eq!(r.find(None, None, "/nope"), None);
         assert_eq!(r.action(0), Some(&Action::Upstream(0)));
         assert_eq!(r.action(1), Some(&Action::Upstream(1)));
+        let mut mapped = r.clone();
+        mapped.map_upstreams(&[7, 3]);
+        assert_eq!(mapped.action(0), Some(&Action::Upstream(7)));
+        assert_eq!(mapped.action(1), Some(&Action::Upstream(3)));
     }
 
     #[test]

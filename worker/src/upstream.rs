@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
-use tracing::warn;
+use tracing::{debug, warn};
 use zentinel_protocol::config::{ConnectionPool, LoadBalancing, UpstreamConfig, UpstreamTimeouts};
 
 use crate::ctx::Ctx;
@@ -108,9 +108,48 @@ pub struct Pool {
     balancer: Balancer,
     pub pool: ConnectionPool,
     pub timeouts: UpstreamTimeouts,
+    /// What the pool was built from: a reload keeps a pool whose configuration is unchanged.
+    config: UpstreamConfig,
 }
 
 impl Pool {
+    /// Parse and check one upstream's configuration (no socket is touched).
+    pub fn from_config(c: &UpstreamConfig) -> Result<Pool, UpstreamConfigError> {
+        if c.targets.is_empty() {
+            return Err(UpstreamConfigError::NoTargets(c.name.clone()));
+        }
+        let mut targets = Vec::with_capacity(c.targets.len());
+        for t in &c.targets {
+            let addr = t
+                .address
+                .parse()
+                .map_err(|err| UpstreamConfigError::BadAddress {
+                    pool: c.name.clone(),
+                    address: t.address.clone(),
+                    err,
+                })?;
+            targets.push(Target {
+                addr,
+                active: 0,
+                idle: VecDeque::new(),
+            });
+        }
+        let weights: Vec<u32> = c.targets.iter().map(|t| t.weight).collect();
+        Ok(Pool {
+            name: c.name.clone(),
+            targets,
+            balancer: Balancer::new(c.load_balancing, &weights),
+            pool: c.pool.clone(),
+            timeouts: c.timeouts.clone(),
+            config: c.clone(),
+        })
+    }
+
+    /// Connections to this pool's targets are checked out right now.
+    fn in_use(&self) -> bool {
+        self.targets.iter().any(|t| t.active > 0)
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.timeouts.connect_secs.max(1))
     }
@@ -151,51 +190,151 @@ pub enum UpstreamConfigError {
     NoTargets(String),
 }
 
-#[derive(Debug)]
+/// Every pool in use, keyed by a slab index that stays valid while any configuration
+/// generation (or checked-out connection) still refers to it: a reload adds and retires pools
+/// without renumbering the others.
+#[derive(Debug, Default)]
 pub struct Upstreams {
-    pub pools: Vec<Pool>,
+    pools: Slab<Pool>,
     idle: Slab<IdleConn>,
     /// Set while draining: connections are closed instead of pooled.
     no_pooling: bool,
 }
 
 impl Upstreams {
-    pub fn new(configs: &[UpstreamConfig]) -> Result<Self, UpstreamConfigError> {
-        let mut pools = Vec::with_capacity(configs.len());
-        for c in configs {
-            if c.targets.is_empty() {
-                return Err(UpstreamConfigError::NoTargets(c.name.clone()));
+    pub fn new() -> Self {
+        Upstreams::default()
+    }
+
+    /// Install the pools of a new configuration, in its order, and return their keys.
+    ///
+    /// A pool among `current` (the keys of the running configuration) with the same
+    /// configuration is kept as it is: its idle connections, balancer state and active counts
+    /// carry over. One with the same name and targets but other settings is replaced by a
+    /// new pool that adopts its idle connections (same peers, so they are still good). Pools
+    /// no longer named are left for [`Upstreams::retire_unused`].
+    pub fn install(
+        &mut self,
+        new: Vec<Pool>,
+        current: &[usize],
+        registry: &Registry,
+        timers: &mut Timers<TimerKey>,
+    ) -> Vec<usize> {
+        let mut keys = Vec::with_capacity(new.len());
+        for pool in new {
+            let same_name = current
+                .iter()
+                .copied()
+                .find(|&k| self.pools.get(k).is_some_and(|p| p.name == pool.name));
+            let Some(old) = same_name else {
+                keys.push(self.pools.insert(pool));
+                continue;
+            };
+            let old_cfg = &self.pools[old].config;
+            if *old_cfg == pool.config {
+                keys.push(old);
+                continue;
             }
-            let mut targets = Vec::with_capacity(c.targets.len());
-            for t in &c.targets {
-                let addr = t
-                    .address
-                    .parse()
-                    .map_err(|err| UpstreamConfigError::BadAddress {
-                        pool: c.name.clone(),
-                        address: t.address.clone(),
-                        err,
-                    })?;
-                targets.push(Target {
-                    addr,
-                    active: 0,
-                    idle: VecDeque::new(),
-                });
+            let same_targets = old_cfg.targets == pool.config.targets;
+            let key = self.pools.insert(pool);
+            if same_targets {
+                self.move_idle(old, key, registry, timers);
             }
-            let weights: Vec<u32> = c.targets.iter().map(|t| t.weight).collect();
-            pools.push(Pool {
-                name: c.name.clone(),
-                targets,
-                balancer: Balancer::new(c.load_balancing, &weights),
-                pool: c.pool.clone(),
-                timeouts: c.timeouts.clone(),
-            });
+            keys.push(key);
         }
-        Ok(Upstreams {
-            pools,
-            idle: Slab::new(),
-            no_pooling: false,
-        })
+        keys
+    }
+
+    /// Hand the idle connections of pool `from` to pool `to` (same targets, in the same
+    /// order), keeping at most `to`'s `max_idle` per target (the most recent ones).
+    fn move_idle(
+        &mut self,
+        from: usize,
+        to: usize,
+        registry: &Registry,
+        timers: &mut Timers<TimerKey>,
+    ) {
+        let Some(old) = self.pools.get_mut(from) else {
+            return;
+        };
+        let moved: Vec<VecDeque<usize>> = old
+            .targets
+            .iter_mut()
+            .map(|t| std::mem::take(&mut t.idle))
+            .collect();
+        let max_idle = self.pools.get(to).map_or(0, |p| p.pool.max_idle as usize);
+        for (target, mut keys) in moved.into_iter().enumerate() {
+            while keys.len() > max_idle {
+                if let Some(k) = keys.pop_front() {
+                    self.drop_idle_conn(k, registry, timers);
+                }
+            }
+            for &k in &keys {
+                if let Some(c) = self.idle.get_mut(k) {
+                    c.pool = to;
+                }
+            }
+            match self
+                .pools
+                .get_mut(to)
+                .and_then(|p| p.targets.get_mut(target))
+            {
+                Some(t) => t.idle = keys,
+                None => {
+                    for k in keys {
+                        self.drop_idle_conn(k, registry, timers);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Remove the pools `keep` says no configuration refers to any more and that have no
+    /// connection checked out, closing their idle connections. Returns how many such pools
+    /// are left because connections to them are still in use.
+    pub fn retire_unused(
+        &mut self,
+        keep: impl Fn(usize) -> bool,
+        registry: &Registry,
+        timers: &mut Timers<TimerKey>,
+    ) -> usize {
+        let unreferenced: Vec<usize> = self
+            .pools
+            .iter()
+            .filter(|(k, _)| !keep(*k))
+            .map(|(k, _)| k)
+            .collect();
+        let mut busy = 0;
+        for k in unreferenced {
+            if self.pools[k].in_use() {
+                busy += 1;
+                continue;
+            }
+            let pool = self.pools.remove(k);
+            for t in pool.targets {
+                for idle in t.idle {
+                    self.drop_idle_conn(idle, registry, timers);
+                }
+            }
+            debug!(upstream = pool.name, "upstream pool removed by a reload");
+        }
+        busy
+    }
+
+    /// Close one idle connection that its pool already forgot.
+    fn drop_idle_conn(&mut self, key: usize, registry: &Registry, timers: &mut Timers<TimerKey>) {
+        if let Some(mut c) = self.idle.try_remove(key) {
+            if let Some(id) = c.timer {
+                timers.cancel(id);
+            }
+            let _ = registry.deregister(&mut c.stream);
+        }
+    }
+
+    /// How many pools exist (current and retired but still in use).
+    #[cfg(test)]
+    pub fn pool_count(&self) -> usize {
+        self.pools.len()
     }
 
     pub fn pool(&self, idx: usize) -> Option<&Pool> {
@@ -540,6 +679,75 @@ mod tests {
         }
         assert_eq!(served[0], 0);
         assert!(served[1].abs_diff(served[2]) <= 1, "{served:?}");
+    }
+
+    fn pool_config(name: &str, addr: &str, max_idle: u32) -> UpstreamConfig {
+        UpstreamConfig {
+            name: name.into(),
+            targets: vec![zentinel_protocol::config::UpstreamTarget {
+                address: addr.into(),
+                weight: 1,
+            }],
+            load_balancing: LoadBalancing::RoundRobin,
+            pool: ConnectionPool {
+                max_idle,
+                ..ConnectionPool::default()
+            },
+            timeouts: UpstreamTimeouts::default(),
+        }
+    }
+
+    fn pools(cfgs: &[UpstreamConfig]) -> Vec<Pool> {
+        cfgs.iter().map(|c| Pool::from_config(c).unwrap()).collect()
+    }
+
+    #[test]
+    fn reload_keeps_unchanged_pools_moves_idle_connections_and_retires_unused_pools() {
+        let poll = mio::Poll::new().unwrap();
+        let reg = poll.registry();
+        let mut timers = Timers::new();
+        let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = backend.local_addr().unwrap().to_string();
+        let (a, b) = (pool_config("a", &addr, 4), pool_config("b", &addr, 4));
+        let mut u = Upstreams::new();
+        let gen1 = u.install(pools(&[a.clone(), b.clone()]), &[], reg, &mut timers);
+        let c = u.connect(gen1[0], 0, reg, Token(99)).unwrap();
+        u.release(c, true, reg, &mut timers, Instant::now());
+        assert_eq!(u.pools[gen1[0]].targets[0].idle.len(), 1);
+
+        // `a` unchanged: same pool, idle connection kept. `b` changed (not its targets): a
+        // new pool. `c` new.
+        let b2 = pool_config("b", &addr, 8);
+        let c = pool_config("c", &addr, 4);
+        let gen2 = u.install(pools(&[a.clone(), b2, c]), &gen1, reg, &mut timers);
+        assert_eq!(gen2[0], gen1[0]);
+        assert_ne!(gen2[1], gen1[1]);
+        assert_eq!(u.pools[gen2[0]].targets[0].idle.len(), 1);
+        assert_eq!(u.retire_unused(|k| gen2.contains(&k), reg, &mut timers), 0);
+        assert_eq!(u.pool_count(), 3, "the old `b` is gone");
+
+        // `a` with other settings, same targets: its idle connection moves to the new pool.
+        let mut a2 = a.clone();
+        a2.timeouts.read_secs += 1;
+        let gen3 = u.install(pools(&[a2]), &gen2, reg, &mut timers);
+        assert_ne!(gen3[0], gen2[0]);
+        assert_eq!(u.pools[gen2[0]].targets[0].idle.len(), 0);
+        assert_eq!(u.pools[gen3[0]].targets[0].idle.len(), 1);
+        let reused = u
+            .checkout(gen3[0], 0, reg, Token(100), &mut timers)
+            .unwrap();
+        assert!(reused.reused, "the moved idle connection is handed out");
+
+        // A pool with a checked-out connection outlives its configuration until released.
+        assert_eq!(u.retire_unused(|_| false, reg, &mut timers), 1);
+        assert_eq!(u.pool_count(), 1);
+        u.release(reused, true, reg, &mut timers, Instant::now());
+        assert_eq!(u.retire_unused(|_| false, reg, &mut timers), 0);
+        assert_eq!(u.pool_count(), 0);
+        assert!(
+            u.idle.is_empty(),
+            "idle connections of removed pools are closed"
+        );
     }
 
     #[test]

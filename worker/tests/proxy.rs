@@ -211,8 +211,10 @@ struct Harness {
     tcp_addr: SocketAddr,
     /// (backend connection number, request head) per request the backend saw.
     backend_seen: mpsc::Receiver<(usize, String)>,
-    // Kept open for the whole test, as the master would.
-    _listeners: [TcpListener; 2],
+    /// The configuration sent with `Start` (a base for `Reconfigure`).
+    config: ProxyConfig,
+    /// `web` and `tcp`, kept open for the whole test, as the master would.
+    listeners: [TcpListener; 2],
 }
 
 impl Harness {
@@ -252,7 +254,7 @@ impl Harness {
         let start = WorkerStart {
             worker_id: 1,
             generation: 7,
-            config: cfg,
+            config: cfg.clone(),
             listeners: vec![
                 ListenerHandle {
                     name: "web".into(),
@@ -281,7 +283,8 @@ impl Harness {
             listen_addr,
             tcp_addr,
             backend_seen,
-            _listeners: [listener, tcp_listener],
+            config: cfg,
+            listeners: [listener, tcp_listener],
         }
     }
 
@@ -1570,5 +1573,300 @@ fn tcp_listener_fails_over_to_another_target() {
     }
     // Round-robin tried the refused target first for connections 0 and 2.
     assert_eq!(status(&mut h).upstream_errors, 2);
+    stop(h);
+}
+
+// ---- Reconfigure (reload) -------------------------------------------------------------------
+
+/// Send `Reconfigure` as the master would (fds attached in the order of `handles`) and return
+/// the worker's answer.
+fn reconfigure_with(
+    h: &mut Harness,
+    worker_id: u32,
+    config: ProxyConfig,
+    handles: Vec<ListenerHandle>,
+    fds: &[&TcpListener],
+) -> WorkerMessage {
+    let fds: Vec<_> = fds.iter().map(|l| l.as_fd()).collect();
+    h.master
+        .send(
+            &MasterMessage::Reconfigure(WorkerStart {
+                worker_id,
+                generation: 8,
+                config,
+                listeners: handles,
+            }),
+            &fds,
+        )
+        .unwrap();
+    h.recv()
+}
+
+/// `Reconfigure` with `config` and exactly `listeners` (named, each announced at its real
+/// address).
+fn reconfigure(
+    h: &mut Harness,
+    config: ProxyConfig,
+    listeners: &[(&str, &TcpListener)],
+) -> WorkerMessage {
+    let handles = listeners
+        .iter()
+        .map(|(name, l)| ListenerHandle {
+            name: (*name).into(),
+            address: l.local_addr().unwrap().to_string(),
+        })
+        .collect();
+    let fds: Vec<&TcpListener> = listeners.iter().map(|(_, l)| *l).collect();
+    let worker_id = 1;
+    reconfigure_with(h, worker_id, config, handles, &fds)
+}
+
+/// The standard config's listeners and fds, unchanged.
+fn same_listeners(h: &Harness) -> (TcpListener, TcpListener) {
+    (
+        h.listeners[0].try_clone().unwrap(),
+        h.listeners[1].try_clone().unwrap(),
+    )
+}
+
+/// A high-priority static route answering `GET /which` with `body`.
+fn which_route(body: &str) -> RouteConfig {
+    RouteConfig {
+        name: "which".into(),
+        priority: RoutePriority::Critical,
+        matches: vec![RouteMatch::Path("/which".into())],
+        action: RouteAction::Static(StaticResponse {
+            status: 200,
+            body: body.into(),
+            content_type: "text/plain".into(),
+        }),
+    }
+}
+
+fn get(c: &mut Conn, host: &str, path: &str) -> Response {
+    c.s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .unwrap();
+    c.response(false)
+}
+
+fn body_text(r: &Response) -> String {
+    String::from_utf8_lossy(&r.body).to_string()
+}
+
+#[test]
+fn reload_switches_routing_while_keep_alive_connections_keep_working() {
+    let mut h = Harness::start_with(|cfg| cfg.routes.insert(0, which_route("A")));
+    let mut kept = Conn::new(h.connect());
+    let r = get(&mut kept, "x.test", "/which");
+    assert_eq!((r.status, body_text(&r)), (200, "A".to_string()));
+
+    let mut cfg = h.config.clone();
+    cfg.routes[0] = which_route("B");
+    let (web, tcp) = same_listeners(&h);
+    let answer = reconfigure(&mut h, cfg, &[("web", &web), ("tcp", &tcp)]);
+    assert_eq!(answer, WorkerMessage::Reconfigured);
+
+    // The open keep-alive connection goes on, with the new routing from its next request.
+    let r = get(&mut kept, "x.test", "/which");
+    assert_eq!((r.status, body_text(&r)), (200, "B".to_string()));
+    assert_eq!(
+        r.header("connection").as_deref(),
+        Some("keep-alive"),
+        "{}",
+        r.head
+    );
+    // New connections get the new configuration, other routes still work.
+    let mut fresh = Conn::new(h.connect());
+    let r = get(&mut fresh, "x.test", "/which");
+    assert_eq!((r.status, body_text(&r)), (200, "B".to_string()));
+    let r = get(&mut fresh, "app.test", "/p");
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(body_text(&r).starts_with("path=/p;"), "{}", body_text(&r));
+    let r = get(&mut kept, "x.test", "/static");
+    assert_eq!((r.status, body_text(&r)), (200, "hello static".to_string()));
+    stop(h);
+}
+
+/// Accept one connection from a non-blocking listener, waiting at most [`WAIT`].
+fn accept_within(l: &TcpListener) -> Option<TcpStream> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match l.accept() {
+            Ok((s, _)) => return Some(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return None;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+#[test]
+fn reload_adds_a_listener_and_stops_polling_a_removed_one() {
+    let mut h = Harness::start();
+    let web2 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let web2_addr = web2.local_addr().unwrap();
+    let mut cfg = h.config.clone();
+    let mut l2 = cfg.listeners[0].clone();
+    l2.name = "web2".into();
+    l2.address = web2_addr.to_string();
+    // `tcp` is gone, `web2` is new; the set's order changes too.
+    cfg.listeners = vec![l2, cfg.listeners[0].clone()];
+    let (web, _) = same_listeners(&h);
+    let before = status(&mut h).accepted_total;
+    let answer = reconfigure(&mut h, cfg, &[("web2", &web2), ("web", &web)]);
+    assert_eq!(answer, WorkerMessage::Reconfigured);
+
+    // The new listener serves.
+    let s = TcpStream::connect(web2_addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let r = get(&mut Conn::new(s), "x.test", "/static");
+    assert_eq!((r.status, body_text(&r)), (200, "hello static".to_string()));
+
+    // A connection to the removed listener is queued by the kernel (the master still holds
+    // the socket) but this worker no longer takes it. It was queued before the request
+    // below was sent, so a worker still polling `tcp` would have accepted it by the time it
+    // answers that request (the accept loop takes every ready listener).
+    let _queued = TcpStream::connect(h.tcp_addr).unwrap();
+    let r = get(&mut Conn::new(h.connect()), "x.test", "/static");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        status(&mut h).accepted_total,
+        before + 2,
+        "only the web2 and web connections are accepted"
+    );
+    // Still in the backlog: the "master" can take it.
+    assert!(
+        accept_within(&h.listeners[1]).is_some(),
+        "the connection to the removed listener should still be queued"
+    );
+    stop(h);
+}
+
+#[test]
+fn bad_reconfigure_is_refused_and_the_old_config_keeps_serving() {
+    let mut h = Harness::start_with(|cfg| cfg.routes.insert(0, which_route("A")));
+    let mut kept = Conn::new(h.connect());
+    let r = get(&mut kept, "x.test", "/which");
+    assert_eq!(body_text(&r), "A");
+
+    let mut cfg = h.config.clone();
+    cfg.routes[0] = which_route("B");
+    // `web` announced at its address, but the fd is another socket.
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_, tcp) = same_listeners(&h);
+    let handles = vec![
+        ListenerHandle {
+            name: "web".into(),
+            address: h.listen_addr.to_string(),
+        },
+        ListenerHandle {
+            name: "tcp".into(),
+            address: h.tcp_addr.to_string(),
+        },
+    ];
+    match reconfigure_with(&mut h, 1, cfg.clone(), handles.clone(), &[&other, &tcp]) {
+        WorkerMessage::ReconfigureFailed { reason } => {
+            assert!(reason.contains("web"), "{reason}");
+            assert!(
+                reason.contains(&other.local_addr().unwrap().to_string()),
+                "{reason}"
+            );
+        }
+        m => panic!("expected ReconfigureFailed, got {m:?}"),
+    }
+    // Another worker's Reconfigure.
+    let (web, _) = same_listeners(&h);
+    match reconfigure_with(&mut h, 2, cfg.clone(), handles.clone(), &[&web, &tcp]) {
+        WorkerMessage::ReconfigureFailed { reason } => {
+            assert!(reason.contains("worker 2"), "{reason}")
+        }
+        m => panic!("expected ReconfigureFailed, got {m:?}"),
+    }
+    // A route to an upstream that does not exist.
+    let mut dangling = cfg.clone();
+    dangling.routes[0].action = RouteAction::Upstream("nowhere".into());
+    match reconfigure_with(&mut h, 1, dangling, handles.clone(), &[&web, &tcp]) {
+        WorkerMessage::ReconfigureFailed { reason } => {
+            assert!(reason.contains("nowhere"), "{reason}")
+        }
+        m => panic!("expected ReconfigureFailed, got {m:?}"),
+    }
+
+    // Nothing changed: same routing on the old and on new connections; both listeners work.
+    let r = get(&mut kept, "x.test", "/which");
+    assert_eq!(body_text(&r), "A");
+    let r = get(&mut Conn::new(h.connect()), "x.test", "/which");
+    assert_eq!(body_text(&r), "A");
+    let mut t = TcpStream::connect(h.tcp_addr).unwrap();
+    t.set_read_timeout(Some(WAIT)).unwrap();
+    t.write_all(b"ping").unwrap();
+    t.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut echoed = Vec::new();
+    t.read_to_end(&mut echoed).unwrap();
+    assert_eq!(echoed, b"ping");
+
+    // While draining, a reload is refused (the idle keep-alive connection keeps the worker
+    // alive until shortly before the drain deadline).
+    h.master
+        .send(&MasterMessage::Drain { timeout_ms: 5_000 }, &[])
+        .unwrap();
+    assert!(matches!(h.recv(), WorkerMessage::Draining { .. }));
+    match reconfigure_with(&mut h, 1, cfg, handles, &[&web, &tcp]) {
+        WorkerMessage::ReconfigureFailed { reason } => {
+            assert_eq!(reason, "worker is draining")
+        }
+        m => panic!("expected ReconfigureFailed, got {m:?}"),
+    }
+    stop(h);
+}
+
+#[test]
+fn request_in_flight_during_reload_completes_on_the_old_config() {
+    // A backend driven by the test itself: it answers when the test says so, and shows when
+    // the proxy closes its pooled connection.
+    let slow = TcpListener::bind("127.0.0.1:0").unwrap();
+    let slow_addr = slow.local_addr().unwrap();
+    slow.set_nonblocking(true).unwrap();
+    let mut h = Harness::start_with(|cfg| add_route(cfg, "slow.test", upstream("slow", slow_addr)));
+    let mut client = Conn::new(h.connect());
+    client
+        .s
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: slow.test\r\n\r\n")
+        .unwrap();
+    let b = accept_within(&slow).expect("the proxy connects to the slow backend");
+    b.set_nonblocking(false).unwrap();
+    b.set_read_timeout(Some(WAIT)).unwrap();
+    let mut b = Conn::new(b);
+    let head = b.head().expect("request head at the backend");
+    assert!(head.starts_with("GET /slow "), "{head}");
+
+    // Reload while the request is in flight: route and upstream `slow` are gone.
+    let base = h.config.clone();
+    let mut cfg = base.clone();
+    cfg.routes.retain(|r| r.name != "to-slow");
+    cfg.upstreams.retain(|u| u.name != "slow");
+    let (web, tcp) = same_listeners(&h);
+    let answer = reconfigure(&mut h, cfg, &[("web", &web), ("tcp", &tcp)]);
+    assert_eq!(answer, WorkerMessage::Reconfigured);
+
+    // The exchange finishes on the configuration it started with.
+    b.s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+        .unwrap();
+    let r = client.response(false);
+    assert_eq!((r.status, body_text(&r)), (200, "slow".to_string()));
+    // Its next request uses the new routing: no route for slow.test any more.
+    let r = get(&mut client, "slow.test", "/again");
+    assert_eq!(r.status, 404, "{}", r.head);
+    // Nothing refers to pool `slow` any more: its pooled connection gets closed.
+    assert!(b.buf.is_empty(), "unexpected bytes at the backend");
+    let mut byte = [0u8; 1];
+    match b.s.read(&mut byte) {
+        Ok(0) => {}
+        other => panic!("the removed pool's idle connection should be closed, got {other:?}"),
+    }
     stop(h);
 }

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use zentinel_master::config::{self, ConfigDiagnostic, DEFAULT_CONFIG_NAME};
+use zentinel_master::control::ControlSocket;
+use zentinel_master::control_socket_path::master_control_socket;
 use zentinel_master::listeners;
 use zentinel_master::logging::{self, DEFAULT_LOG_LEVEL};
 use zentinel_master::supervisor::{self, Supervisor, SupervisorSetup};
@@ -132,6 +134,12 @@ fn run_master(cli: &Cli) -> ExitCode {
         Ok(executable) => executable,
         Err(err) => return fail(EXIT_FAILURE, err),
     };
+    // Before the listeners: a second master must fail here, not on EADDRINUSE.
+    let control_path = master_control_socket(config.system.control_socket.as_deref());
+    let control = match ControlSocket::bind(&control_path) {
+        Ok(control) => control,
+        Err(err) => return fail(EXIT_FAILURE, err),
+    };
     let listeners = match listeners::bind_all(&config.listeners) {
         Ok(listeners) => listeners,
         Err(err) => return fail(EXIT_FAILURE, err),
@@ -139,11 +147,14 @@ fn run_master(cli: &Cli) -> ExitCode {
     let setup = SupervisorSetup {
         config,
         config_name,
+        // Absolute, so a reload finds the file whatever the current directory is then.
+        config_path: path.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())),
         listeners,
         executable,
         signals,
         log_level: cli.log_level.clone(),
         generation: 1,
+        control: Some(control),
     };
     let result = Supervisor::new(setup).and_then(Supervisor::run);
     match result {

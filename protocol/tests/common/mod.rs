@@ -174,27 +174,30 @@ fn hello() -> impl Strategy<Value = Hello> {
     })
 }
 
-pub fn master_message() -> impl Strategy<Value = MasterMessage> {
+fn worker_start() -> impl Strategy<Value = WorkerStart> {
     let handle = (name(), name()).prop_map(|(name, address)| ListenerHandle { name, address });
+    (
+        any::<u32>(),
+        any::<u64>(),
+        proxy_config(),
+        vec(handle, 0..4),
+    )
+        .prop_map(|(worker_id, generation, config, listeners)| WorkerStart {
+            worker_id,
+            generation,
+            config,
+            listeners,
+        })
+}
+
+pub fn master_message() -> impl Strategy<Value = MasterMessage> {
     prop_oneof![
         hello().prop_map(MasterMessage::Hello),
-        (
-            any::<u32>(),
-            any::<u64>(),
-            proxy_config(),
-            vec(handle, 0..4)
-        )
-            .prop_map(
-                |(worker_id, generation, config, listeners)| MasterMessage::Start(WorkerStart {
-                    worker_id,
-                    generation,
-                    config,
-                    listeners,
-                })
-            ),
+        worker_start().prop_map(MasterMessage::Start),
         any::<u64>().prop_map(|timeout_ms| MasterMessage::Drain { timeout_ms }),
         Just(MasterMessage::Stop),
         Just(MasterMessage::StatusRequest),
+        worker_start().prop_map(MasterMessage::Reconfigure),
     ]
 }
 
@@ -220,6 +223,8 @@ pub fn worker_message() -> impl Strategy<Value = WorkerMessage> {
         counters.prop_map(WorkerMessage::Status),
         any::<u64>().prop_map(|active_connections| WorkerMessage::Draining { active_connections }),
         ".{0,200}".prop_map(|reason| WorkerMessage::Fatal { reason }),
+        Just(WorkerMessage::Reconfigured),
+        ".{0,200}".prop_map(|reason| WorkerMessage::ReconfigureFailed { reason }),
     ]
 }
 

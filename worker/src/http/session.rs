@@ -8,11 +8,13 @@
 //! closed), and the upstream's read timeout only runs while the proxy has room to read into.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
 use crate::ctx::{Ctx, ListenerCtx, Outcome, Ready};
+use crate::generation::Generation;
 use crate::http::codec::{
     self, BodyError, BodyFraming, BodyTracker, ForwardContext, HttpVersion, Parsed, RequestHead,
     ResponseHead,
@@ -117,6 +119,12 @@ impl Exchange {
 pub struct HttpSession {
     key: usize,
     peer: SocketAddr,
+    /// The configuration this connection runs on; replaced by a newer one only between
+    /// requests, so an exchange never sees its routing, limits or timeouts change.
+    generation: Rc<Generation>,
+    /// Index of this connection's listener in `generation.listeners`.
+    listener: usize,
+    /// `generation.listeners[listener].ctx`, copied.
     lctx: ListenerCtx,
     client: Sock,
     cin: Buf,
@@ -138,16 +146,21 @@ fn is_idempotent(method: &str) -> bool {
 }
 
 impl HttpSession {
+    /// `listener` indexes `generation.listeners`.
     pub fn new(
         key: usize,
         peer: SocketAddr,
         stream: mio::net::TcpStream,
-        lctx: ListenerCtx,
+        generation: Rc<Generation>,
+        listener: usize,
         now: Instant,
-    ) -> Self {
-        HttpSession {
+    ) -> Option<Self> {
+        let lctx = generation.listeners.get(listener)?.ctx;
+        Some(HttpSession {
             key,
             peer,
+            generation,
+            listener,
             lctx,
             client: Sock::new(stream, true),
             cin: Buf::new(),
@@ -157,6 +170,25 @@ impl HttpSession {
             head_started: now,
             idle_since: now,
             first_request: true,
+        })
+    }
+
+    /// Between requests: move to the newest generation if it still has this connection's
+    /// listener (same name and socket). A connection whose listener was removed finishes on
+    /// the generation it has.
+    fn adopt_current_generation(&mut self, ctx: &Ctx<'_>) {
+        if Rc::ptr_eq(&self.generation, ctx.current) {
+            return;
+        }
+        let Some(mine) = self.generation.listeners.get(self.listener) else {
+            return;
+        };
+        if let Some(idx) = ctx.current.successor_of(mine) {
+            if let Some(entry) = ctx.current.listeners.get(idx) {
+                self.lctx = entry.ctx;
+                self.listener = idx;
+                self.generation = Rc::clone(ctx.current);
+            }
         }
     }
 
@@ -364,7 +396,9 @@ impl HttpSession {
 
     /// Ok(true): progress made, run again. Ok(false): wait for events. Err: outcome now.
     fn step_head(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
-        let head_cap = BUF_CAP.max(ctx.limits.max_header_size_bytes as usize + 1024);
+        // No exchange is in flight while a head is read: the one place a reload may apply.
+        self.adopt_current_generation(ctx);
+        let head_cap = BUF_CAP.max(self.generation.limits.max_header_size_bytes as usize + 1024);
         let was_empty = self.cin.is_empty();
         let n = self.read_client(ctx, head_cap)?;
         if self.cin.is_empty() {
@@ -378,7 +412,7 @@ impl HttpSession {
             // First byte of a new request: its head timer starts now.
             self.head_started = ctx.now;
         }
-        match codec::parse_request(self.cin.as_slice(), ctx.limits) {
+        match codec::parse_request(self.cin.as_slice(), &self.generation.limits) {
             Ok(Parsed::Complete(head)) => {
                 self.first_request = false;
                 self.cin.consume(head.head_len);
@@ -421,10 +455,9 @@ impl HttpSession {
         // A request body the proxy does not forward cannot be skipped reliably: close after
         // answering (the linger discards it).
         let local_close = ctx.draining || !req.keep_alive || has_body;
-        let route = ctx
-            .router
-            .find(self.lctx.default_route, req.host.as_deref(), req.path());
-        let action = route.and_then(|r| ctx.router.action(r)).cloned();
+        let router = &self.generation.router;
+        let route = router.find(self.lctx.default_route, req.host.as_deref(), req.path());
+        let action = route.and_then(|r| router.action(r)).cloned();
         match action {
             None => {
                 debug!(peer = %self.peer, host = ?req.host, path = req.path(), "no route");
@@ -476,7 +509,7 @@ impl HttpSession {
         uout.extend(&head_bytes);
         let req_done = matches!(req.framing, BodyFraming::Empty);
         let ex = Exchange {
-            req_body: BodyTracker::new(req.framing, ctx.limits.max_body_size_bytes),
+            req_body: BodyTracker::new(req.framing, self.generation.limits.max_body_size_bytes),
             req,
             head_bytes,
             up: Some((Sock::new(stream, connected), meta)),

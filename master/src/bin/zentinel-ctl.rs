@@ -1,0 +1,952 @@
+//! `zentinel-ctl`: drive a running Zentinel master over its Unix control socket.
+//!
+//! Speaks the control protocol of `zentinel_protocol::control` with the same framing as
+//! master <-> worker: Hello both ways, then one request and its answers (`Progress` lines, then
+//! a final `Status`, `Done` or `Failed`). Every failure ends the process with exit status 1 and
+//! one line `zentinel-ctl: <reason>` on stderr, so scripts can both test and log it.
+
+use std::fmt::Write as _;
+use std::io::{self, Write as _};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use socket2::{Domain, SockAddr, Socket, Type};
+use zentinel_master::config::load_config;
+use zentinel_master::control_socket_path::{master_control_socket, SOCKET_ENV};
+use zentinel_protocol::control::{
+    ControlRequest, ControlResponse, MasterStatus, StatusReport, WorkerState, WorkerStatus,
+    MAX_CONTROL_REQUEST_FRAME,
+};
+use zentinel_protocol::messages::{Hello, WorkerCounters};
+use zentinel_protocol::{Channel, ProtocolError, PROTOCOL_VERSION};
+
+/// Exit status of every failure after the command line was parsed (clap uses 2 for usage).
+const EXIT_FAILURE: u8 = 1;
+
+/// Time the master gets, beyond a stop's or restart's drain deadline, to finish and answer.
+const LONG_OPERATION_MARGIN: Duration = Duration::from_secs(15);
+
+/// Drain deadline assumed when neither `--drain-timeout` nor a config says otherwise: the
+/// default `graceful-shutdown-timeout-secs`.
+const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+
+/// A reload starts and hands over sockets but drains nothing; this bounds the wait for it.
+const RELOAD_WAIT: Duration = Duration::from_secs(60);
+
+/// Largest answer accepted from the master: a status report of many workers fits easily.
+const MAX_RESPONSE_FRAME: usize = 4 * 1024 * 1024;
+
+const AFTER_HELP: &str = "\
+Socket: --socket PATH, else $ZENTINEL_SOCKET, else `system { control-socket }` of the config
+given with -c/--config (or $ZENTINEL_CONFIG), else $XDG_RUNTIME_DIR/zentinel.sock, else
+/run/zentinel/zentinel.sock.
+
+Examples:
+  zentinel-ctl status                          # master and per-worker table
+  zentinel-ctl status --json | python3 -m json.tool
+  zentinel-ctl status --watch 1                # redraw every second until Ctrl-C
+  zentinel-ctl reload                          # re-read the master's config file
+  zentinel-ctl reload --config ./zentinel.kdl  # switch to another config file
+  zentinel-ctl stop                            # graceful: drain, then exit
+  zentinel-ctl stop --drain-timeout 10s
+  zentinel-ctl stop --fast                     # drop connections, exit now
+  zentinel-ctl worker restart 0                # replace worker 0 gracefully
+  zentinel-ctl --socket /run/zentinel/zentinel.sock status
+  zentinel-ctl -c /etc/zentinel/zentinel.kdl status
+
+Exit status: 0 on success; 1 with one line `zentinel-ctl: <reason>` on stderr on failure;
+2 on a command-line error.";
+
+/// Control a running Zentinel master: status, reload, stop, worker restart.
+#[derive(Debug, Parser)]
+#[command(name = "zentinel-ctl", version, after_help = AFTER_HELP)]
+struct Cli {
+    /// The master's control socket (overrides $ZENTINEL_SOCKET and the config).
+    #[arg(long, value_name = "PATH", env = SOCKET_ENV, global = true)]
+    socket: Option<PathBuf>,
+
+    /// Read the control socket path from this config's `system { control-socket }`.
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "PATH",
+        env = "ZENTINEL_CONFIG"
+    )]
+    config: Option<PathBuf>,
+
+    /// Deadline for connecting and for short requests (status). Like 10s, 500ms, 2m, or
+    /// plain seconds.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration, global = true)]
+    timeout: Duration,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the master and one row per worker (draining ones of earlier generations too).
+    #[command(after_help = "\
+Columns: ERRORS = 5xx responses + upstream errors + client errors + accept errors (one failed
+request can count twice: an upstream failure answered with a 502). `*` after a state: the
+worker did not answer in time; its counters are from its last periodic report.
+
+Examples:
+  zentinel-ctl status
+  zentinel-ctl status --json
+  zentinel-ctl status --watch          # every 2 s until Ctrl-C
+  zentinel-ctl status --watch 0.5 --json   # one JSON object per line")]
+    Status(StatusArgs),
+
+    /// Re-read and validate the config, then switch every worker to it without dropping
+    /// connections. On any error the running config stays.
+    #[command(after_help = "\
+Examples:
+  zentinel-ctl reload                          # the file the master was started with
+  zentinel-ctl reload --config /etc/zentinel/new.kdl")]
+    Reload {
+        /// Config file to load instead of the master's current one (sent as an absolute path).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+
+    /// Stop the master and its workers: graceful by default (stop accepting, finish in-flight
+    /// requests, bounded by the drain timeout).
+    #[command(after_help = "\
+Examples:
+  zentinel-ctl stop
+  zentinel-ctl stop --drain-timeout 10s
+  zentinel-ctl stop --fast")]
+    Stop {
+        /// Exit at once, dropping open connections.
+        #[arg(long, conflicts_with = "drain_timeout")]
+        fast: bool,
+        /// Override `graceful-shutdown-timeout-secs` for this stop: 30s, 500ms, 2m, or plain
+        /// seconds.
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        drain_timeout: Option<Duration>,
+    },
+
+    /// Worker operations.
+    #[command(subcommand)]
+    Worker(WorkerCommand),
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Redraw every SECS seconds (default 2) until interrupted.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2",
+          value_parser = parse_watch_interval)]
+    watch: Option<Duration>,
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkerCommand {
+    /// Replace one worker gracefully: start its successor, wait until it is ready, then drain
+    /// the old one.
+    #[command(after_help = "\
+Examples:
+  zentinel-ctl worker restart 0
+  zentinel-ctl status     # the old worker is listed as draining until it exits")]
+    Restart {
+        /// The worker id (the ID column of `zentinel-ctl status`).
+        id: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            // One line, whatever the master put in its message.
+            let line = reason
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            eprintln!("zentinel-ctl: {line}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Every failure is one human-readable reason.
+type CtlResult<T> = Result<T, String>;
+
+fn run(cli: &Cli) -> CtlResult<()> {
+    let socket = resolve_socket(cli)?;
+    match &cli.command {
+        Command::Status(args) => match args.watch {
+            None => {
+                let mut conn = Connection::open(&socket, cli.timeout)?;
+                let report = conn.status(cli.timeout)?;
+                print_report(&report, args.json)
+            }
+            Some(interval) => watch(&socket, cli.timeout, interval, args.json),
+        },
+        Command::Reload { config } => {
+            let config_path = config.as_deref().map(absolute_config_path).transpose()?;
+            let wait = cli.timeout.max(RELOAD_WAIT);
+            let mut conn = Connection::open(&socket, cli.timeout)?;
+            conn.operation(&ControlRequest::Reload { config_path }, wait, false)
+        }
+        Command::Stop {
+            fast,
+            drain_timeout,
+        } => {
+            let drain_timeout_ms = drain_timeout.map(|d| d.as_millis().min(u64::MAX.into()) as u64);
+            let drain = drain_timeout.unwrap_or_else(|| configured_drain(cli));
+            let wait = cli.timeout.max(drain + LONG_OPERATION_MARGIN);
+            let mut conn = Connection::open(&socket, cli.timeout)?;
+            conn.operation(
+                &ControlRequest::Stop {
+                    fast: *fast,
+                    drain_timeout_ms,
+                },
+                wait,
+                true,
+            )
+        }
+        Command::Worker(WorkerCommand::Restart { id }) => {
+            let wait = cli
+                .timeout
+                .max(configured_drain(cli) + LONG_OPERATION_MARGIN);
+            let mut conn = Connection::open(&socket, cli.timeout)?;
+            conn.operation(
+                &ControlRequest::WorkerRestart { worker_id: *id },
+                wait,
+                false,
+            )
+        }
+    }
+}
+
+/// `--socket` / `$ZENTINEL_SOCKET`, else the config's `control-socket`, else the default.
+fn resolve_socket(cli: &Cli) -> CtlResult<PathBuf> {
+    if let Some(socket) = &cli.socket {
+        return Ok(socket.clone());
+    }
+    let configured = match &cli.config {
+        Some(path) => {
+            load_config(Some(path))
+                .map_err(|diagnostics| {
+                    let first = diagnostics
+                        .first()
+                        .map_or_else(|| "invalid".to_owned(), ToString::to_string);
+                    let more = match diagnostics.len() {
+                        0 | 1 => String::new(),
+                        n => format!(" ({} more errors; see `zentinel --check`)", n - 1),
+                    };
+                    format!("cannot read the control socket path from the config: {first}{more}")
+                })?
+                .0
+                .system
+                .control_socket
+        }
+        None => None,
+    };
+    Ok(master_control_socket(configured.as_deref()))
+}
+
+/// The drain deadline the master will use when the command does not set one: the config's
+/// when one was given, else the built-in default.
+fn configured_drain(cli: &Cli) -> Duration {
+    cli.config
+        .as_deref()
+        .and_then(|path| load_config(Some(path)).ok())
+        .map_or(DEFAULT_DRAIN, |(config, _)| {
+            Duration::from_secs(config.system.graceful_shutdown_timeout_secs)
+        })
+}
+
+/// The master resolves paths against its own working directory, which is not ours.
+fn absolute_config_path(path: &Path) -> CtlResult<String> {
+    let absolute = std::path::absolute(path)
+        .map_err(|e| format!("cannot make config path {} absolute: {e}", path.display()))?;
+    absolute.into_os_string().into_string().map_err(|raw| {
+        format!(
+            "config path {} is not valid UTF-8",
+            Path::new(&raw).display()
+        )
+    })
+}
+
+/// `30s`, `500ms`, `2m`, `1h`, or plain (possibly fractional) seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (like 30s, 500ms, 2m, or seconds)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" | "sec" | "secs" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{text}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
+}
+
+fn parse_watch_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if interval < Duration::from_millis(100) {
+        return Err(format!("watch interval `{text}` is below 100ms"));
+    }
+    Ok(interval)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The connection.
+// ---------------------------------------------------------------------------------------------
+
+struct Connection {
+    channel: Channel,
+    socket: PathBuf,
+}
+
+impl Connection {
+    /// Connect (bounded by `timeout`) and exchange Hellos.
+    fn open(socket: &Path, timeout: Duration) -> CtlResult<Connection> {
+        let stream = connect(socket, timeout)?;
+        let mut conn = Connection {
+            channel: Channel::with_max_frame(
+                stream,
+                MAX_RESPONSE_FRAME.max(MAX_CONTROL_REQUEST_FRAME),
+            ),
+            socket: socket.to_owned(),
+        };
+        conn.send(&ControlRequest::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            software_version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
+        .map_err(|e| conn.handshake_error(e))?;
+        match conn.recv(timeout).map_err(|e| conn.handshake_error(e))? {
+            ControlResponse::Hello(hello) if hello.protocol_version == PROTOCOL_VERSION => Ok(conn),
+            ControlResponse::Hello(hello) => Err(format!(
+                "protocol version mismatch: zentinel-ctl {} speaks control protocol {}, the \
+                 master at {} (zentinel {}) speaks {}; use the zentinel-ctl of the running \
+                 zentinel",
+                env!("CARGO_PKG_VERSION"),
+                PROTOCOL_VERSION,
+                socket.display(),
+                hello.software_version,
+                hello.protocol_version
+            )),
+            ControlResponse::Failed { message } => Err(format!(
+                "the master at {} refused the connection: {message}",
+                socket.display()
+            )),
+            other => Err(format!(
+                "the master at {} answered the hello with {} instead of a Hello",
+                socket.display(),
+                response_kind(&other)
+            )),
+        }
+    }
+
+    fn send(&mut self, request: &ControlRequest) -> Result<(), ProtocolError> {
+        // The socket is blocking with a write timeout: `send` writes everything or fails.
+        self.channel.send(request, &[]).map(|_| ())
+    }
+
+    fn recv(&mut self, timeout: Duration) -> Result<ControlResponse, ProtocolError> {
+        self.channel
+            .recv_timeout(timeout)?
+            .deserialize::<ControlResponse>()
+    }
+
+    /// A connection closed during the handshake means the master refused this client (its
+    /// peer-credential check closes without a word) or is shutting down.
+    fn handshake_error(&self, err: ProtocolError) -> String {
+        if err.is_closed() {
+            format!(
+                "the master at {} closed the connection during the handshake: it refuses \
+                 clients that run as neither its user nor root (see its log), or it is \
+                 shutting down",
+                self.socket.display()
+            )
+        } else {
+            self.io_error("the handshake", &err)
+        }
+    }
+
+    fn io_error(&self, during: &str, err: &ProtocolError) -> String {
+        match err {
+            ProtocolError::Io(e) if e.kind() == io::ErrorKind::TimedOut => format!(
+                "no answer from the master at {} during {during}: {e}",
+                self.socket.display()
+            ),
+            _ => format!(
+                "control connection to {} failed during {during}: {err}",
+                self.socket.display()
+            ),
+        }
+    }
+
+    /// One `Status` request on this connection.
+    fn status(&mut self, timeout: Duration) -> CtlResult<StatusReport> {
+        self.send(&ControlRequest::Status)
+            .map_err(|e| self.io_error("the status request", &e))?;
+        loop {
+            match self.recv(timeout) {
+                Ok(ControlResponse::Status(report)) => return Ok(report),
+                // Not expected for a status, but harmless: keep waiting for the report.
+                Ok(ControlResponse::Progress { .. }) => {}
+                Ok(ControlResponse::Failed { message }) => return Err(message),
+                Ok(other) => {
+                    return Err(format!(
+                        "the master at {} answered status with {}",
+                        self.socket.display(),
+                        response_kind(&other)
+                    ))
+                }
+                Err(e) if e.is_closed() => {
+                    return Err(format!(
+                        "the master at {} closed the connection before answering status",
+                        self.socket.display()
+                    ))
+                }
+                Err(e) => return Err(self.io_error("the status request", &e)),
+            }
+        }
+    }
+
+    /// Send a long-running request and print its `Progress` lines as they come, until `Done`
+    /// (printed, success) or `Failed` (the error). `eof_is_success`: for a stop, the master
+    /// exiting (the connection closing) is the success it was asked for.
+    fn operation(
+        &mut self,
+        request: &ControlRequest,
+        wait: Duration,
+        eof_is_success: bool,
+    ) -> CtlResult<()> {
+        let what = request_name(request);
+        self.send(request)
+            .map_err(|e| self.io_error(&format!("the {what} request"), &e))?;
+        let deadline = Instant::now() + wait;
+        let mut stdout = io::stdout().lock();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "no final answer from the master at {} to {what} within {wait:?}; the \
+                     operation may still be in progress (check `zentinel-ctl status`)",
+                    self.socket.display()
+                ));
+            }
+            match self.recv(left) {
+                Ok(ControlResponse::Progress { message }) => {
+                    let _ = writeln!(stdout, "{message}");
+                    let _ = stdout.flush();
+                }
+                Ok(ControlResponse::Done { message }) => {
+                    let message = if message.is_empty() && eof_is_success {
+                        "stopped"
+                    } else {
+                        &message
+                    };
+                    if !message.is_empty() {
+                        let _ = writeln!(stdout, "{message}");
+                    }
+                    return Ok(());
+                }
+                Ok(ControlResponse::Failed { message }) => {
+                    return Err(format!("{what} failed: {message}"))
+                }
+                Ok(other) => {
+                    return Err(format!(
+                        "the master at {} answered {what} with {}",
+                        self.socket.display(),
+                        response_kind(&other)
+                    ))
+                }
+                Err(e) if e.is_closed() && eof_is_success => {
+                    let _ = writeln!(stdout, "stopped");
+                    return Ok(());
+                }
+                Err(e) if e.is_closed() => {
+                    return Err(format!(
+                        "the master at {} closed the connection before {what} finished (did it \
+                         exit? check its log); the outcome is unknown",
+                        self.socket.display()
+                    ))
+                }
+                Err(ProtocolError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {}
+                Err(e) => return Err(self.io_error(&format!("the {what} request"), &e)),
+            }
+        }
+    }
+}
+
+/// Connect with `timeout` bounding a full listen backlog too (a blocking AF_UNIX connect
+/// waits under SO_SNDTIMEO), then set read/write timeouts on the stream.
+fn connect(socket: &Path, timeout: Duration) -> CtlResult<UnixStream> {
+    let address = SockAddr::unix(socket)
+        .map_err(|e| format!("control socket path {}: {e}", socket.display()))?;
+    let fd = Socket::new(Domain::UNIX, Type::STREAM, None)
+        .map_err(|e| format!("cannot create a Unix socket: {e}"))?;
+    let _ = fd.set_write_timeout(Some(timeout));
+    let _ = fd.set_read_timeout(Some(timeout));
+    if let Err(e) = fd.connect(&address) {
+        return Err(connect_error(socket, &e));
+    }
+    Ok(UnixStream::from(std::os::fd::OwnedFd::from(fd)))
+}
+
+fn connect_error(socket: &Path, err: &io::Error) -> String {
+    let path = socket.display();
+    let hint = "is the master running? Pick its socket with --socket PATH, $ZENTINEL_SOCKET or \
+                -c CONFIG";
+    match err.kind() {
+        io::ErrorKind::NotFound => format!("cannot connect to {path}: no such socket ({hint})"),
+        io::ErrorKind::ConnectionRefused => format!(
+            "cannot connect to {path}: connection refused, nothing listens there (a stale \
+             socket of a master that died?) ({hint})"
+        ),
+        io::ErrorKind::PermissionDenied => format!(
+            "cannot connect to {path}: permission denied (the socket is only for the master's \
+             user and root)"
+        ),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            format!("cannot connect to {path}: the master did not accept the connection in time")
+        }
+        _ => format!("cannot connect to {path}: {err} ({hint})"),
+    }
+}
+
+fn request_name(request: &ControlRequest) -> &'static str {
+    match request {
+        ControlRequest::Hello(_) => "hello",
+        ControlRequest::Status => "status",
+        ControlRequest::Reload { .. } => "reload",
+        ControlRequest::Stop { .. } => "stop",
+        ControlRequest::WorkerRestart { .. } => "worker restart",
+    }
+}
+
+fn response_kind(response: &ControlResponse) -> &'static str {
+    match response {
+        ControlResponse::Hello(_) => "Hello",
+        ControlResponse::Status(_) => "Status",
+        ControlResponse::Progress { .. } => "Progress",
+        ControlResponse::Done { .. } => "Done",
+        ControlResponse::Failed { .. } => "Failed",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status output.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    master: JsonMaster<'a>,
+    workers: Vec<JsonWorker<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonMaster<'a> {
+    pid: u32,
+    version: &'a str,
+    generation: u64,
+    binary: &'a str,
+    uptime_s: u64,
+    config: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonWorker<'a> {
+    id: u32,
+    pid: u32,
+    generation: u64,
+    version: &'a str,
+    binary: &'a str,
+    state: &'static str,
+    uptime_s: u64,
+    active_connections: u64,
+    accepted_total: u64,
+    requests_total: u64,
+    errors_total: u64,
+    responses_1xx: u64,
+    responses_2xx: u64,
+    responses_3xx: u64,
+    responses_4xx: u64,
+    responses_5xx: u64,
+    upstream_errors: u64,
+    client_errors: u64,
+    accept_errors: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// The counters are from the worker's last periodic report.
+    stale: bool,
+}
+
+/// 5xx responses (from upstreams or generated) plus every error the proxy itself counted. An
+/// upstream failure answered with a 502 counts twice: this sums error events, not requests.
+fn errors_total(c: &WorkerCounters) -> u64 {
+    c.responses_5xx
+        .saturating_add(c.upstream_errors)
+        .saturating_add(c.client_errors)
+        .saturating_add(c.accept_errors)
+}
+
+fn json_report(report: &StatusReport) -> JsonReport<'_> {
+    let MasterStatus {
+        pid,
+        version,
+        generation,
+        binary,
+        uptime_s,
+        config,
+    } = &report.master;
+    JsonReport {
+        master: JsonMaster {
+            pid: *pid,
+            version,
+            generation: *generation,
+            binary,
+            uptime_s: *uptime_s,
+            config,
+        },
+        workers: report.workers.iter().map(json_worker).collect(),
+    }
+}
+
+fn json_worker(w: &WorkerStatus) -> JsonWorker<'_> {
+    let c = &w.counters;
+    JsonWorker {
+        id: w.id,
+        pid: w.pid,
+        generation: w.generation,
+        version: &w.version,
+        binary: &w.binary,
+        state: w.state.as_str(),
+        uptime_s: w.uptime_s,
+        active_connections: c.active_connections,
+        accepted_total: c.accepted_total,
+        requests_total: c.requests_total,
+        errors_total: errors_total(c),
+        responses_1xx: c.responses_1xx,
+        responses_2xx: c.responses_2xx,
+        responses_3xx: c.responses_3xx,
+        responses_4xx: c.responses_4xx,
+        responses_5xx: c.responses_5xx,
+        upstream_errors: c.upstream_errors,
+        client_errors: c.client_errors,
+        accept_errors: c.accept_errors,
+        bytes_in: c.bytes_in,
+        bytes_out: c.bytes_out,
+        stale: w.stale,
+    }
+}
+
+fn render_json(report: &StatusReport) -> CtlResult<String> {
+    serde_json::to_string(&json_report(report)).map_err(|e| format!("cannot encode JSON: {e}"))
+}
+
+/// `45s`, `12m03s`, `5h02m`, `3d04h`.
+fn format_uptime(seconds: u64) -> String {
+    let (d, h, m, s) = (
+        seconds / 86_400,
+        seconds / 3600 % 24,
+        seconds / 60 % 60,
+        seconds % 60,
+    );
+    if d > 0 {
+        format!("{d}d{h:02}h")
+    } else if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn render_table(report: &StatusReport) -> String {
+    let m = &report.master;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "master   pid {}  version {}  generation {}  uptime {}",
+        m.pid,
+        m.version,
+        m.generation,
+        format_uptime(m.uptime_s)
+    );
+    let _ = writeln!(out, "config   {}", m.config);
+    let _ = writeln!(out, "binary   {}", m.binary);
+    let _ = writeln!(out);
+
+    let header = [
+        "ID", "PID", "GEN", "VERSION", "STATE", "UPTIME", "ACTIVE", "ACCEPTED", "REQUESTS",
+        "ERRORS",
+    ];
+    let rows: Vec<[String; 10]> = report
+        .workers
+        .iter()
+        .map(|w| {
+            let c = &w.counters;
+            let state = if w.stale {
+                format!("{}*", w.state.as_str())
+            } else {
+                w.state.as_str().to_owned()
+            };
+            [
+                w.id.to_string(),
+                w.pid.to_string(),
+                w.generation.to_string(),
+                w.version.clone(),
+                state,
+                format_uptime(w.uptime_s),
+                c.active_connections.to_string(),
+                c.accepted_total.to_string(),
+                c.requests_total.to_string(),
+                errors_total(c).to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    // Text columns left-aligned, numbers right-aligned.
+    let numeric = [
+        false, true, true, false, false, true, true, true, true, true,
+    ];
+    let mut line = |cells: &[&str]| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            if numeric[i] {
+                let _ = write!(text, "{cell:>width$}", width = widths[i]);
+            } else {
+                let _ = write!(text, "{cell:<width$}", width = widths[i]);
+            }
+        }
+        let _ = writeln!(out, "{}", text.trim_end());
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    if rows.is_empty() {
+        let _ = writeln!(out, "(no workers)");
+    }
+    if report.workers.iter().any(|w| w.stale) {
+        let _ = writeln!(
+            out,
+            "* no fresh answer from this worker: counters from its last periodic report"
+        );
+    }
+    if report
+        .workers
+        .iter()
+        .any(|w| w.state == WorkerState::Draining)
+    {
+        let _ = writeln!(
+            out,
+            "draining workers finish their open connections, then exit"
+        );
+    }
+    out
+}
+
+fn print_report(report: &StatusReport, json: bool) -> CtlResult<()> {
+    let text = if json {
+        let mut text = render_json(report)?;
+        text.push('\n');
+        text
+    } else {
+        render_table(report)
+    };
+    write_stdout(&text)
+}
+
+/// A closed stdout (e.g. `| head`) is a failure to report, not a panic.
+fn write_stdout(text: &str) -> CtlResult<()> {
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("cannot write to stdout: {e}"))
+}
+
+/// Redraw until interrupted, reusing one connection and reconnecting when it breaks. The
+/// first failure ends the command (a wrong socket fails fast); later ones are shown and
+/// retried, so the screen survives a master restart.
+fn watch(socket: &Path, timeout: Duration, interval: Duration, json: bool) -> CtlResult<()> {
+    let mut conn = Some(Connection::open(socket, timeout)?);
+    loop {
+        let started = Instant::now();
+        let result = match conn.as_mut() {
+            Some(c) => c.status(timeout),
+            None => Connection::open(socket, timeout).and_then(|mut c| {
+                let report = c.status(timeout);
+                conn = Some(c);
+                report
+            }),
+        };
+        let now = chrono_free_clock();
+        match result {
+            Ok(report) if json => write_stdout(&(render_json(&report)? + "\n"))?,
+            Ok(report) => write_stdout(&format!(
+                "\x1b[H\x1b[2J{now}  every {interval:?} from {}  (Ctrl-C to stop)\n\n{}",
+                socket.display(),
+                render_table(&report)
+            ))?,
+            Err(reason) => {
+                conn = None;
+                if json {
+                    eprintln!("zentinel-ctl: {reason} (retrying)");
+                } else {
+                    write_stdout(&format!(
+                        "\x1b[H\x1b[2J{now}  every {interval:?} from {}  (Ctrl-C to stop)\n\n\
+                         zentinel-ctl: {reason}\nretrying...\n",
+                        socket.display()
+                    ))?;
+                }
+            }
+        }
+        std::thread::sleep(interval.saturating_sub(started.elapsed()));
+    }
+}
+
+/// Wall-clock time of day (UTC) for the watch header, without a date/time dependency.
+fn chrono_free_clock() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_watch_interval("0").is_err());
+    }
+
+    #[test]
+    fn uptimes() {
+        assert_eq!(format_uptime(0), "0s");
+        assert_eq!(format_uptime(61), "1m01s");
+        assert_eq!(format_uptime(3600 + 120), "1h02m");
+        assert_eq!(format_uptime(2 * 86_400 + 3 * 3600), "2d03h");
+    }
+
+    fn report() -> StatusReport {
+        StatusReport {
+            master: MasterStatus {
+                pid: 10,
+                version: "0.1.0".into(),
+                generation: 1,
+                binary: "/usr/bin/zentinel".into(),
+                uptime_s: 5,
+                config: "/etc/z.kdl".into(),
+            },
+            workers: vec![WorkerStatus {
+                id: 0,
+                pid: 11,
+                generation: 1,
+                version: "0.1.0".into(),
+                binary: "/usr/bin/zentinel".into(),
+                state: WorkerState::Draining,
+                uptime_s: 4,
+                counters: WorkerCounters {
+                    requests_total: 7,
+                    responses_5xx: 1,
+                    upstream_errors: 2,
+                    client_errors: 3,
+                    accept_errors: 4,
+                    ..Default::default()
+                },
+                stale: true,
+            }],
+        }
+    }
+
+    #[test]
+    fn json_has_the_contract_keys() {
+        let value: serde_json::Value =
+            serde_json::from_str(&render_json(&report()).unwrap()).unwrap();
+        for key in [
+            "pid",
+            "version",
+            "generation",
+            "binary",
+            "uptime_s",
+            "config",
+        ] {
+            assert!(value["master"].get(key).is_some(), "master.{key}");
+        }
+        let w = &value["workers"][0];
+        for key in [
+            "id",
+            "pid",
+            "generation",
+            "version",
+            "binary",
+            "state",
+            "uptime_s",
+            "active_connections",
+            "accepted_total",
+            "requests_total",
+            "errors_total",
+        ] {
+            assert!(w.get(key).is_some(), "workers[0].{key}");
+        }
+        assert_eq!(w["errors_total"], 10);
+        assert_eq!(w["state"], "draining");
+        assert_eq!(w["stale"], true);
+    }
+
+    #[test]
+    fn table_lists_every_worker() {
+        let table = render_table(&report());
+        assert!(table.contains("pid 10"), "{table}");
+        assert!(table.contains("draining*"), "{table}");
+        let row = table.lines().find(|l| l.starts_with("0 ")).expect(&table);
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[1], "11");
+        assert_eq!(cells[8], "7");
+        assert_eq!(cells[9], "10");
+    }
+}

@@ -1,0 +1,151 @@
+//! Configuration generations: what `Start` and each `Reconfigure` install.
+//!
+//! A [`Candidate`] is a `WorkerStart` checked in full (every fd, every name) without touching
+//! the running worker, so a bad reload changes nothing. Installed, it becomes a
+//! [`Generation`]: routing, limits and per-listener settings with upstream references resolved
+//! to pool keys. Sessions hold an `Rc` of the generation they run on, so a reload never changes
+//! the settings under an exchange in flight; an HTTP session moves to the newest generation
+//! between requests (see `HttpSession`), and pools only a retired generation refers to live
+//! until that generation is gone (see `Worker::retire_pools`).
+
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use zentinel_protocol::config::{Limits, ListenerProtocol};
+use zentinel_protocol::messages::WorkerStart;
+
+use crate::accept::{adopt_listener, Listener, ListenerSet};
+use crate::ctx::ListenerCtx;
+use crate::routing::Router;
+use crate::upstream::Pool;
+
+/// One listener of a generation, in the order of the listener set it was accepted from.
+#[derive(Debug, Clone)]
+pub struct ListenerEntry {
+    pub name: String,
+    pub protocol: ListenerProtocol,
+    pub ctx: ListenerCtx,
+}
+
+/// An installed configuration. Immutable: a reload builds a new one.
+#[derive(Debug)]
+pub struct Generation {
+    /// Routes whose upstream actions hold pool keys.
+    pub router: Router,
+    pub limits: Limits,
+    /// Same order as the listener set; `ctx.upstream` holds a pool key.
+    pub listeners: Vec<ListenerEntry>,
+    /// Pool keys, in the configuration's upstream order.
+    pub pools: Vec<usize>,
+}
+
+impl Generation {
+    /// The listener of this generation that takes over `entry` (of an older generation): same
+    /// name, protocol and socket address.
+    pub fn successor_of(&self, entry: &ListenerEntry) -> Option<usize> {
+        self.listeners.iter().position(|l| {
+            l.name == entry.name && l.protocol == entry.protocol && l.ctx.local == entry.ctx.local
+        })
+    }
+}
+
+/// A validated `Start`/`Reconfigure`, not yet installed. Dropping it closes the received fds.
+pub struct Candidate {
+    pub listeners: ListenerSet,
+    /// `ctx.upstream` still holds an index into `pools`.
+    pub entries: Vec<ListenerEntry>,
+    /// Upstream actions still hold indices into `pools`.
+    pub router: Router,
+    pub pools: Vec<Pool>,
+    pub limits: Limits,
+    pub max_connections: usize,
+    pub graceful_timeout: Duration,
+}
+
+impl Candidate {
+    /// Check `ws` and the fds that came with it (in the order of `ws.listeners`): each one a
+    /// listening stream socket bound to its handle's address, every name resolvable. `what`
+    /// names the message in errors ("Start", "Reconfigure").
+    pub fn validate(ws: &WorkerStart, fds: Vec<OwnedFd>, what: &str) -> Result<Self, String> {
+        let config = &ws.config;
+        if fds.len() != ws.listeners.len() {
+            return Err(format!(
+                "{what} announces {} listeners but {} fds arrived",
+                ws.listeners.len(),
+                fds.len()
+            ));
+        }
+        let router = Router::new(config).map_err(|e| e.to_string())?;
+        let pools = config
+            .upstreams
+            .iter()
+            .map(Pool::from_config)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let mut listeners = Vec::with_capacity(fds.len());
+        let mut entries = Vec::with_capacity(fds.len());
+        for (handle, fd) in ws.listeners.iter().zip(fds) {
+            if entries
+                .iter()
+                .any(|e: &ListenerEntry| e.name == handle.name)
+            {
+                return Err(format!("{what} names listener `{}` twice", handle.name));
+            }
+            let lc = config
+                .listeners
+                .iter()
+                .find(|l| l.name == handle.name)
+                .ok_or_else(|| {
+                    format!(
+                        "listener handle `{}` names no configured listener",
+                        handle.name
+                    )
+                })?;
+            let (socket, local) = adopt_listener(fd, &handle.name, &handle.address)?;
+            let default_route = match &lc.default_route {
+                Some(r) => Some(router.index_of(r).ok_or_else(|| {
+                    format!("listener `{}`: unknown default route `{r}`", lc.name)
+                })?),
+                None => None,
+            };
+            let upstream = match (&lc.protocol, &lc.upstream) {
+                (ListenerProtocol::Tcp, Some(u)) => Some(
+                    config
+                        .upstreams
+                        .iter()
+                        .position(|x| &x.name == u)
+                        .ok_or_else(|| format!("listener `{}`: unknown upstream `{u}`", lc.name))?,
+                ),
+                (ListenerProtocol::Tcp, None) => {
+                    return Err(format!("tcp listener `{}` has no upstream", lc.name))
+                }
+                (ListenerProtocol::Http, _) => None,
+            };
+            entries.push(ListenerEntry {
+                name: handle.name.clone(),
+                protocol: lc.protocol,
+                ctx: ListenerCtx {
+                    local,
+                    request_timeout: Duration::from_secs(lc.request_timeout_secs.max(1)),
+                    keepalive_timeout: Duration::from_secs(lc.keepalive_timeout_secs.max(1)),
+                    default_route,
+                    upstream,
+                },
+            });
+            listeners.push(Listener {
+                name: handle.name.clone(),
+                socket,
+            });
+        }
+        let listeners = ListenerSet::new(listeners).map_err(|e| e.to_string())?;
+        Ok(Candidate {
+            listeners,
+            entries,
+            router,
+            pools,
+            limits: config.limits.clone(),
+            max_connections: config.system.max_connections as usize,
+            graceful_timeout: Duration::from_secs(config.system.graceful_shutdown_timeout_secs),
+        })
+    }
+}
