@@ -8,6 +8,8 @@
 //!   requests).
 //! - [`control`]: the control socket `zentinel-ctl` talks to.
 //! - [`control_socket_path`]: where that socket lives.
+//! - [`upgrade`]: the low-level pieces of a binary upgrade (state file place, successor
+//!   spawn, readiness pipe, pidfds).
 //! - [`backoff`]: restart delays.
 //! - [`logging`]: the tracing subscriber shared by master and workers.
 
@@ -18,4 +20,5 @@ pub mod control_socket_path;
 pub mod listeners;
 pub mod logging;
 pub mod supervisor;
+pub mod upgrade;
 pub mod worker_process;

@@ -8,7 +8,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use zentinel_protocol::config::{ListenerConfig, ListenerProtocol};
@@ -95,6 +95,49 @@ impl BoundListener {
             local_address: self.local_address,
             protocol: config.protocol,
             fd: self.fd.try_clone()?,
+        })
+    }
+
+    /// Take over a listening socket inherited across a master upgrade, after checking that it
+    /// is what the state file says: a listening TCP stream socket bound to `address`. The fd
+    /// gets close-on-exec again.
+    pub fn adopt(fd: OwnedFd, config: &ListenerConfig, address: &str) -> io::Result<BoundListener> {
+        let raw = fd.as_raw_fd();
+        let bad = |what: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "listener \"{}\": inherited fd {raw} is not the listening socket of {address}: {what}",
+                    config.name
+                ),
+            )
+        };
+        let socket = socket2::SockRef::from(&fd);
+        match socket.r#type() {
+            Ok(ty) if ty == Type::STREAM => {}
+            Ok(ty) => return Err(bad(format!("socket type {ty:?}"))),
+            Err(err) => return Err(bad(err.to_string())),
+        }
+        match socket.is_listener() {
+            Ok(true) => {}
+            Ok(false) => return Err(bad("not listening".to_owned())),
+            Err(err) => return Err(bad(err.to_string())),
+        }
+        let local = socket
+            .local_addr()
+            .map_err(|err| bad(err.to_string()))?
+            .as_socket()
+            .ok_or_else(|| bad("not an IP socket".to_owned()))?;
+        if local.to_string() != address {
+            return Err(bad(format!("it is bound to {local}")));
+        }
+        socket.set_cloexec(true)?;
+        socket.set_nonblocking(true)?;
+        Ok(BoundListener {
+            name: config.name.clone(),
+            local_address: local,
+            protocol: config.protocol,
+            fd,
         })
     }
 

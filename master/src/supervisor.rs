@@ -2,12 +2,14 @@
 //! them all on a signal.
 //!
 //! Everything happens on one thread, in one `mio` loop, over three kinds of sources:
-//! - a signalfd for SIGTERM, SIGQUIT, SIGINT, SIGHUP and SIGCHLD (blocked process-wide by
+//! - a signalfd for SIGTERM, SIGQUIT, SIGINT, SIGHUP, SIGUSR2 and SIGCHLD (blocked process-wide by
 //!   [`block_signals`] before any child exists, so none is lost or runs a handler);
 //! - each worker's channel (non-blocking), which carries the handshake, status and drain
 //!   messages and whose EOF says the worker is gone;
 //! - the control socket and its clients (`crate::control`; requests are carried out in
 //!   [`control`] here, as state machines driven by worker replies and deadlines);
+//! - a binary upgrade's readiness pipe (old master) and adopted workers' pidfds (new master;
+//!   see [`upgrade`]);
 //! - deadlines: handshake timeouts, restart backoff, the kill deadline of a stop, control
 //!   request timeouts.
 //!
@@ -20,7 +22,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -61,10 +63,16 @@ const EXIT_FLUSH_BUDGET: Duration = Duration::from_millis(500);
 
 const SIGNAL_TOKEN: Token = Token(0);
 const CONTROL_TOKEN: Token = Token(1);
-/// Worker channels and control clients share the tokens from here on; none is ever reused.
-const FIRST_WORKER_TOKEN: usize = 2;
+/// The read end of a successor master's readiness pipe (master upgrade).
+const UPGRADE_PIPE_TOKEN: Token = Token(2);
+/// Worker channels, pidfds and control clients share the tokens from here on; none is ever
+/// reused.
+const FIRST_WORKER_TOKEN: usize = 3;
 
 mod control;
+mod upgrade;
+
+pub use upgrade::Inherited;
 
 /// The signals the master handles through its signalfd.
 pub fn handled_signals() -> SigSet {
@@ -75,6 +83,7 @@ pub fn handled_signals() -> SigSet {
         Signal::SIGQUIT,
         Signal::SIGHUP,
         Signal::SIGCHLD,
+        Signal::SIGUSR2,
     ] {
         set.add(signal);
     }
@@ -105,6 +114,8 @@ pub enum SupervisorError {
     EventLoop(#[source] io::Error),
     #[error("worker {worker_id} failed to start: {reason}")]
     StartupFailed { worker_id: u32, reason: String },
+    #[error("cannot take over from the previous master: {0}")]
+    TakeoverFailed(String),
 }
 
 /// What the supervisor needs to run one configuration.
@@ -127,6 +138,9 @@ pub struct SupervisorSetup {
     pub generation: u64,
     /// The bound control socket; `None` runs without a control plane.
     pub control: Option<ControlSocket>,
+    /// What a successor master took over from its predecessor (binary upgrade); `None` for a
+    /// fresh start.
+    pub inherited: Option<Inherited>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +181,11 @@ enum Role {
     Current,
     /// Started by `worker restart` to replace its slot's current worker once ready. Its
     /// failure only fails the request: the current worker keeps serving.
-    Successor { client: Option<Token> },
+    Successor {
+        client: Option<Token>,
+        /// Started by a rolling upgrade (or its rollback): its fate goes to the upgrade.
+        upgrade: bool,
+    },
     /// Replaced (or surplus after a reload): draining until it exits, never restarted.
     Retired,
 }
@@ -217,6 +235,15 @@ struct WorkerProcess {
     drain_kill_at: Option<Instant>,
     restart_done: Option<PendingDone>,
     reconfigures: VecDeque<ReconfigureKind>,
+    /// The executable it was started from (status shows it per worker).
+    binary: String,
+    /// Adopted from a previous master: not our child, so supervised through this pidfd
+    /// (registered under the token) instead of waitpid.
+    pidfd: Option<(OwnedFd, Token)>,
+    /// Longest time from spawn to `Ready`.
+    ready_timeout: Duration,
+    /// A rolling upgrade waits for this retired worker's `Draining` acknowledgement.
+    upgrade_ack: bool,
 }
 
 /// A worker id and whatever currently serves under it.
@@ -265,6 +292,20 @@ pub struct Supervisor {
     reload: Option<control::ReloadOp>,
     /// Clients of `Stop` requests, told `Done` right before exit.
     stop_clients: Vec<Token>,
+    /// The previous master's executable (after a binary upgrade): a failed rolling upgrade
+    /// puts workers back on it.
+    previous_executable: Option<Executable>,
+    /// A binary upgrade in progress (handing over, or replacing workers).
+    upgrade: Option<upgrade::UpgradeOp>,
+    /// Taking over from a previous master until readiness is confirmed.
+    inherited: Option<Inherited>,
+    adoption: Option<upgrade::Adoption>,
+    /// pidfd token -> worker token (adopted workers).
+    pidfds: BTreeMap<Token, Token>,
+    /// The successor master confirmed readiness: leave without touching anything.
+    handed_over: bool,
+    /// Taking over failed: leave without touching the adopted processes.
+    takeover_failed: Option<String>,
 }
 
 /// The number of workers `worker-processes` asks for (0: one per CPU).
@@ -314,6 +355,13 @@ impl Supervisor {
             pending_status: Vec::new(),
             reload: None,
             stop_clients: Vec::new(),
+            previous_executable: None,
+            upgrade: None,
+            inherited: setup.inherited,
+            adoption: None,
+            pidfds: BTreeMap::new(),
+            handed_over: false,
+            takeover_failed: None,
         })
     }
 
@@ -354,12 +402,24 @@ impl Supervisor {
         if let Some(control) = &self.control {
             info!(path = %control.path().display(), "control socket ready");
         }
-        for index in 0..self.slots.len() {
-            self.start_worker(index);
+        if let Some(inherited) = self.inherited.take() {
+            self.adopt(inherited);
+        } else {
+            for index in 0..self.slots.len() {
+                self.start_worker(index);
+            }
         }
 
         let mut events = Events::with_capacity(64);
         loop {
+            if self.handed_over {
+                self.leave_quietly();
+                return Ok(());
+            }
+            if let Some(reason) = self.takeover_failed.take() {
+                self.leave_quietly();
+                return Err(SupervisorError::TakeoverFailed(reason));
+            }
             if let Phase::Stopping { .. } = self.phase {
                 if self.processes.is_empty() {
                     break;
@@ -383,6 +443,10 @@ impl Supervisor {
                         let next_token = &mut self.next_token;
                         control.accept_all(self.poll.registry(), || Self::alloc_token(next_token));
                     }
+                } else if token == UPGRADE_PIPE_TOKEN {
+                    self.handover_readable();
+                } else if let Some(&worker) = self.pidfds.get(&token) {
+                    self.adopted_exited(worker);
                 } else if self.processes.contains_key(&token) {
                     self.handle_channel_event(token, event.is_writable());
                 } else if let Some(control) = self.control.as_mut() {
@@ -392,6 +456,9 @@ impl Supervisor {
                         self.handle_request(token, request);
                     }
                 }
+            }
+            if self.handed_over {
+                continue; // leave before anything else is started or sent
             }
             // Reaping on every turn, not only on SIGCHLD, costs one syscall and makes the
             // loop immune to a coalesced or missed SIGCHLD.
@@ -454,6 +521,13 @@ impl Supervisor {
                         "configuration reload requested (SIGHUP)"
                     );
                     self.begin_reload(None, None);
+                }
+                Some(Signal::SIGUSR2) => {
+                    info!(
+                        sender_pid = info.ssi_pid,
+                        "rolling binary upgrade requested (SIGUSR2)"
+                    );
+                    self.begin_upgrade(None, None, true, None, None);
                 }
                 _ => debug!(signo = info.ssi_signo, "ignoring unexpected signal"),
             }
@@ -556,12 +630,16 @@ impl Supervisor {
                     worker_id,
                     pid, generation, active_connections, "worker draining"
                 );
+                let upgrade_ack = std::mem::take(&mut process.upgrade_ack);
                 if let Some(done) = process.restart_done.take() {
                     let message = format!(
                         "{}, old draining ({active_connections} connections)",
                         done.message
                     );
                     self.finish(done.client, ControlResponse::Done { message });
+                }
+                if upgrade_ack {
+                    self.rolling_old_draining(token, Some(active_connections));
                 }
             }
             (_, WorkerMessage::Fatal { reason }) => {
@@ -678,6 +756,17 @@ impl Supervisor {
 
     /// Spawn a worker process, register its channel and send our Hello.
     fn spawn_process(&mut self, worker_id: u32, role: Role) -> Result<Token, String> {
+        self.spawn_process_from(worker_id, role, false, HANDSHAKE_TIMEOUT)
+    }
+
+    /// Spawn from our own executable, or (`previous`) from the previous master's.
+    fn spawn_process_from(
+        &mut self,
+        worker_id: u32,
+        role: Role,
+        previous: bool,
+        ready_timeout: Duration,
+    ) -> Result<Token, String> {
         let token = Self::alloc_token(&mut self.next_token);
         let generation = self.generation;
         let args = WorkerArgs {
@@ -685,7 +774,12 @@ impl Supervisor {
             generation,
             log_level: &self.log_level,
         };
-        let spawned = spawn_worker(&self.executable, args).map_err(|err| {
+        let executable = match (previous, self.previous_executable.as_ref()) {
+            (true, Some(previous)) => previous,
+            _ => &self.executable,
+        };
+        let binary = executable.path().display().to_string();
+        let spawned = spawn_worker(executable, args).map_err(|err| {
             error!(worker_id, generation, error = %err, "cannot spawn worker");
             err.to_string()
         })?;
@@ -712,6 +806,10 @@ impl Supervisor {
             drain_kill_at: None,
             restart_done: None,
             reconfigures: VecDeque::new(),
+            binary,
+            pidfd: None,
+            ready_timeout,
+            upgrade_ack: false,
         };
         let registry = self.poll.registry();
         let setup = register_channel(registry, &mut process).and_then(|()| {
@@ -808,6 +906,9 @@ impl Supervisor {
                 ),
                 _ => continue,
             };
+            if self.successor_master_reaped(pid, &description) {
+                continue;
+            }
             let clean = matches!(status, WaitStatus::Exited(_, 0));
             let token = self
                 .processes
@@ -847,7 +948,17 @@ impl Supervisor {
                 }
                 return;
             }
-            Role::Successor { client } => {
+            Role::Successor { upgrade: true, .. } => {
+                let reason = process.fatal.as_deref().unwrap_or("exited during start-up");
+                let message = format!(
+                    "worker {worker_id}: new worker pid {pid} from {} failed: {reason} ({status})",
+                    process.binary
+                );
+                error!(worker_id, pid, generation, "{message}");
+                self.rolling_successor_failed(token, message);
+                return;
+            }
+            Role::Successor { client, .. } => {
                 let reason = process.fatal.as_deref().unwrap_or("exited during start-up");
                 let old_pid = self
                     .slot_index(worker_id)
@@ -963,6 +1074,7 @@ impl Supervisor {
             }
         }
         self.abort_reload("the master is stopping");
+        self.abort_upgrade("the master is stopping");
 
         let message = match kind {
             StopKind::Graceful => MasterMessage::Drain {
@@ -1018,7 +1130,7 @@ impl Supervisor {
         let stopping = matches!(self.phase, Phase::Stopping { .. });
         let kill_everyone = matches!(self.phase, Phase::Stopping { kill_at, .. } if kill_at <= now);
         // A worker restarted while a reload is in flight would get the old configuration.
-        let restarts_allowed = !stopping && self.reload.is_none();
+        let restarts_allowed = !stopping && self.reload.is_none() && !self.handing_over();
         let restarts: Vec<usize> = self
             .slots
             .iter()
@@ -1068,11 +1180,11 @@ impl Supervisor {
                     process.state,
                     WorkerState::AwaitingHello | WorkerState::AwaitingReady
                 )
-                && process.spawned_at + HANDSHAKE_TIMEOUT <= now
+                && process.spawned_at + process.ready_timeout <= now
             {
                 failures.push((
                     token,
-                    format!("not ready within {}s", HANDSHAKE_TIMEOUT.as_secs()),
+                    format!("not ready within {} ms", process.ready_timeout.as_millis()),
                 ));
             }
         }
@@ -1089,7 +1201,8 @@ impl Supervisor {
         for index in restarts {
             self.start_worker(index);
         }
-        if !stopping && self.next_status_at <= now {
+        self.upgrade_timers(now);
+        if !stopping && !self.handing_over() && self.next_status_at <= now {
             self.next_status_at = now + STATUS_INTERVAL;
             self.request_status();
         }
@@ -1097,6 +1210,10 @@ impl Supervisor {
 
     /// Ask one worker for its counters; returns the number its reply will have.
     fn ask_status(&mut self, token: Token) -> Option<u64> {
+        if self.handing_over() {
+            // The successor master may be talking to the workers already: one writer only.
+            return None;
+        }
         let registry = self.poll.registry();
         let process = self.processes.get_mut(&token)?;
         if process.killed
@@ -1139,9 +1256,10 @@ impl Supervisor {
             deadlines.push(reload.deadline);
         }
         let stopping = matches!(self.phase, Phase::Stopping { .. });
-        if !stopping && self.reload.is_none() {
+        if !stopping && self.reload.is_none() && !self.handing_over() {
             deadlines.extend(self.slots.iter().filter_map(|slot| slot.restart_at));
         }
+        deadlines.extend(self.upgrade_deadline());
         for process in self.processes.values() {
             if let Some(done) = &process.restart_done {
                 deadlines.push(done.deadline);
@@ -1159,7 +1277,7 @@ impl Supervisor {
                 process.state,
                 WorkerState::AwaitingHello | WorkerState::AwaitingReady
             ) {
-                deadlines.push(process.spawned_at + HANDSHAKE_TIMEOUT);
+                deadlines.push(process.spawned_at + process.ready_timeout);
             }
         }
         deadlines.into_iter().min()
@@ -1172,8 +1290,11 @@ impl Drop for Supervisor {
     fn drop(&mut self) {
         for process in self.processes.values_mut() {
             kill_process(process);
-            while let Err(Errno::EINTR) = waitpid(process.pid, None) {}
+            if process.pidfd.is_none() {
+                while let Err(Errno::EINTR) = waitpid(process.pid, None) {}
+            }
         }
+        self.kill_successor_master();
     }
 }
 
@@ -1236,6 +1357,14 @@ fn update_interest(registry: &Registry, process: &mut WorkerProcess) -> Result<(
 
 fn kill_process(process: &mut WorkerProcess) {
     if process.killed {
+        return;
+    }
+    if let Some((pidfd, _)) = &process.pidfd {
+        // Not our child: only the pidfd is safe against pid reuse.
+        if let Err(err) = crate::upgrade::pidfd_kill(pidfd, libc::SIGKILL) {
+            error!(pid = process.pid.as_raw(), error = %err, "cannot kill adopted worker");
+        }
+        process.killed = true;
         return;
     }
     // The pid is our unreaped child, so it cannot have been reused by another process.

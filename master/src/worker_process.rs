@@ -46,6 +46,54 @@ impl Executable {
         })
     }
 
+    /// Like [`Executable::open_self`], naming the executable by `started_as` (argv[0] made
+    /// absolute) when that path is the same file: status then shows the path the operator
+    /// used, not its symlink-resolved form, and a later upgrade defaults to that path.
+    pub fn open_self_as(started_as: Option<&std::path::Path>) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let mut exe = Self::open_self()?;
+        let Some(hint) = started_as.and_then(|p| std::path::absolute(p).ok()) else {
+            return Ok(exe);
+        };
+        let ours = std::fs::File::from(exe.fd.try_clone()?).metadata()?;
+        if let Ok(named) = std::fs::metadata(&hint) {
+            if named.dev() == ours.dev() && named.ino() == ours.ino() {
+                exe.path = hint;
+            }
+        }
+        Ok(exe)
+    }
+
+    /// Take over the previous master's executable fd (master upgrade: a failed rolling upgrade
+    /// puts workers back on it). It must be an open regular file; it gets close-on-exec again.
+    pub fn adopt(fd: OwnedFd, path: PathBuf) -> io::Result<Self> {
+        let raw = fd.as_raw_fd();
+        let file = std::fs::File::from(fd);
+        let metadata = file.metadata().map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("previous executable fd {raw} ({}): {err}", path.display()),
+            )
+        })?;
+        if !metadata.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "previous executable fd {raw} ({}) is not a regular file",
+                    path.display()
+                ),
+            ));
+        }
+        let fd = OwnedFd::from(file);
+        fcntl(&fd, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
+        Ok(Executable { fd, path })
+    }
+
+    /// The fd number (handed to a successor master).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
     /// The executable's path as it was at start-up (`readlink /proc/self/exe`).
     pub fn path(&self) -> &std::path::Path {
         &self.path
@@ -158,7 +206,8 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
 /// The master's own fds are all CLOEXEC, but whatever started it may have left some open (a
 /// shell's or supervisor's pipes); without this they would leak into every worker and keep
 /// those pipes open for the workers' lifetime. The master itself keeps them open.
-// Later (systemd socket activation, master upgrade): skip the fds this process adopts.
+// A successor master (binary upgrade) calls it too: every fd it adopts from the state file is
+// checked and marked close-on-exec again anyway. Later (systemd socket activation): the same.
 pub fn set_cloexec_on_inherited_fds() -> io::Result<()> {
     let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())

@@ -33,6 +33,16 @@ pub enum ControlRequest {
     WorkerRestart {
         worker_id: u32,
     },
+    /// Replace the master by `binary` (absolute; `None`: the path the master was started
+    /// from), handing over listeners, workers and this connection; with `rolling`, then replace
+    /// the workers one at a time from the new binary. The timeouts override the defaults
+    /// (`graceful-shutdown-timeout-secs`, 10 s).
+    Upgrade {
+        binary: Option<String>,
+        rolling: bool,
+        drain_timeout_ms: Option<u64>,
+        ready_timeout_ms: Option<u64>,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,5 +118,29 @@ pub enum ControlResponse {
     /// The request failed; nothing changed unless `message` says otherwise.
     Failed {
         message: String,
+    },
+    /// Upgrade progress: the new master confirmed readiness and the old one is exiting.
+    MasterReplaced {
+        old_pid: u32,
+        new_pid: u32,
+        ready_ms: u64,
+        generation: u64,
+        binary: String,
+    },
+    /// Upgrade progress: worker `index` of `total` (1-based) was replaced.
+    WorkerReplaced {
+        index: u32,
+        total: u32,
+        worker_id: u32,
+        old_pid: u32,
+        new_pid: u32,
+        ready_ms: u64,
+        old_active_connections: u64,
+    },
+    /// Upgrade progress: a replaced worker was put back on the previous binary.
+    WorkerRolledBack {
+        worker_id: u32,
+        failed_pid: u32,
+        restored_pid: u32,
     },
 }

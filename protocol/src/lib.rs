@@ -15,6 +15,7 @@ pub mod error;
 pub mod fd_passing;
 pub mod frame;
 pub mod messages;
+pub mod state;
 
 pub use channel::{Channel, ReceivedFrame};
 pub use error::ProtocolError;

@@ -4,10 +4,13 @@
 //!
 //! Everything here panics on failure: it only runs inside tests.
 
+pub mod load;
+
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -387,9 +390,21 @@ impl Drop for Backend {
 }
 
 /// A running `zentinel` master (and its workers), all SIGKILLed on drop.
+///
+/// The master is started in its own process group (pgid = [`Zentinel::pid`]). Everything it
+/// forks stays in that group, including a successor master after a binary upgrade (which
+/// the original master forks and which outlives it, re-parented to init) and workers adopted
+/// by that successor. So "every process of this Zentinel" is "every process of the group",
+/// whichever master is current, and drop kills the whole group.
 pub struct Zentinel {
     child: Option<Child>,
+    /// The ORIGINAL master's pid (also the process group id). After an upgrade the current
+    /// master is another process: see [`Zentinel::current_master_pid`].
     pub pid: u32,
+    /// The executable the original master was started from.
+    pub binary: PathBuf,
+    /// The original master's exit status, once reaped.
+    exit_status: Option<ExitStatus>,
     pub config_path: Option<PathBuf>,
     pub log_path: PathBuf,
     pub listeners: Vec<SocketAddr>,
@@ -401,6 +416,8 @@ pub struct Zentinel {
     owns_runtime_dir: bool,
     /// Every worker pid ever seen, so drop can kill stragglers of a failed test too.
     seen_workers: std::sync::Mutex<BTreeSet<u32>>,
+    /// Every master pid ever seen (the original one and its successors).
+    seen_masters: std::sync::Mutex<BTreeSet<u32>>,
 }
 
 /// Number of workers a config asks for: `worker-processes N`, 0 or absent = CPUs.
@@ -442,7 +459,31 @@ impl Zentinel {
             !listeners.is_empty(),
             "config has no `address` listener:\n{config}"
         );
-        Self::spawn(Some(path), listeners, configured_workers(config), None)
+        Self::spawn(
+            &zentinel_bin(),
+            Some(path),
+            listeners,
+            configured_workers(config),
+            None,
+        )
+    }
+
+    /// Like [`Zentinel::start`], running the master from `binary` (e.g. a [`binary_copy`]).
+    pub fn start_with_binary(config: &str, binary: &Path) -> Zentinel {
+        let path = temp_path("config.kdl");
+        fs::write(&path, config).expect("write temp config");
+        let listeners = configured_listeners(config);
+        assert!(
+            !listeners.is_empty(),
+            "config has no `address` listener:\n{config}"
+        );
+        Self::spawn(
+            binary,
+            Some(path),
+            listeners,
+            configured_workers(config),
+            None,
+        )
     }
 
     /// Like [`Zentinel::start`], with `XDG_RUNTIME_DIR` set to `runtime_dir` (which the caller
@@ -456,6 +497,7 @@ impl Zentinel {
             "config has no `address` listener:\n{config}"
         );
         Self::spawn(
+            &zentinel_bin(),
             Some(path),
             listeners,
             configured_workers(config),
@@ -466,10 +508,17 @@ impl Zentinel {
     /// Starts `zentinel` without `--config` (the embedded default on 127.0.0.1:8080).
     pub fn start_default() -> Zentinel {
         let workers = thread::available_parallelism().map_or(1, |n| n.get());
-        Self::spawn(None, vec!["127.0.0.1:8080".parse().unwrap()], workers, None)
+        Self::spawn(
+            &zentinel_bin(),
+            None,
+            vec!["127.0.0.1:8080".parse().unwrap()],
+            workers,
+            None,
+        )
     }
 
     fn spawn(
+        binary: &Path,
         config_path: Option<PathBuf>,
         listeners: Vec<SocketAddr>,
         workers: usize,
@@ -479,8 +528,11 @@ impl Zentinel {
         let log = File::create(&log_path).expect("create log file");
         let owns_runtime_dir = runtime_dir.is_none();
         let runtime_dir = runtime_dir.unwrap_or_else(new_runtime_dir);
-        let mut cmd = master_command(config_path.as_deref(), &runtime_dir);
+        let mut cmd = master_command_with(binary, config_path.as_deref(), &runtime_dir);
+        // Its own process group, so drop can kill every process it ever forked (successor
+        // masters included) with one kill(-pgid).
         let child = cmd
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
@@ -490,6 +542,8 @@ impl Zentinel {
         let mut z = Zentinel {
             child: Some(child),
             pid,
+            binary: binary.to_path_buf(),
+            exit_status: None,
             config_path,
             log_path,
             listeners,
@@ -497,6 +551,7 @@ impl Zentinel {
             runtime_dir,
             owns_runtime_dir,
             seen_workers: Default::default(),
+            seen_masters: std::sync::Mutex::new(BTreeSet::from([pid])),
         };
         z.wait_ready(Duration::from_secs(10));
         z
@@ -529,14 +584,90 @@ impl Zentinel {
         }
     }
 
-    /// Live worker processes (children of the master), sorted.
+    /// Live (non-zombie) processes of this Zentinel's process group, sorted: the current
+    /// master, a predecessor still exiting, and every worker (running or draining, adopted
+    /// or not).
+    pub fn group_pids(&self) -> Vec<u32> {
+        processes_in_group(self.pid)
+    }
+
+    /// Live worker processes, sorted: every `zentinel worker` process of the group. Before an
+    /// upgrade these are exactly the master's children; after one they include the workers
+    /// the new master adopted (no longer anyone's child but init's) and draining ones.
     pub fn worker_pids(&self) -> Vec<u32> {
-        let pids = children_of(self.pid);
-        self.seen_workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(pids.iter().copied());
-        pids
+        let mut workers = Vec::new();
+        let mut masters = Vec::new();
+        for pid in self.group_pids() {
+            match is_worker_process(pid) {
+                Some(true) => workers.push(pid),
+                Some(false) => masters.push(pid),
+                None => {}
+            }
+        }
+        lock(&self.seen_workers).extend(workers.iter().copied());
+        lock(&self.seen_masters).extend(masters.iter().copied());
+        workers
+    }
+
+    /// Live non-worker processes of the group: the master, and during an upgrade its
+    /// predecessor or successor too.
+    pub fn master_pids(&self) -> Vec<u32> {
+        let masters: Vec<u32> = self
+            .group_pids()
+            .into_iter()
+            .filter(|&p| is_worker_process(p) == Some(false))
+            .collect();
+        lock(&self.seen_masters).extend(masters.iter().copied());
+        masters
+    }
+
+    /// `zentinel-ctl status --json`, parsed; `Err` (with the output) when it fails.
+    pub fn try_status(&self) -> Result<serde_json::Value, String> {
+        let out = self.ctl(&["status", "--json"]);
+        if !out.success() {
+            return Err(format!("status --json failed: {out}"));
+        }
+        let v: serde_json::Value = serde_json::from_str(out.stdout.trim())
+            .map_err(|e| format!("status --json is not JSON ({e}): {out}"))?;
+        if let Some(pid) = v["master"]["pid"].as_u64() {
+            lock(&self.seen_masters).insert(pid as u32);
+        }
+        if let Some(ws) = v["workers"].as_array() {
+            let mut seen = lock(&self.seen_workers);
+            seen.extend(
+                ws.iter()
+                    .filter_map(|w| w["pid"].as_u64())
+                    .map(|p| p as u32),
+            );
+        }
+        Ok(v)
+    }
+
+    /// `zentinel-ctl status --json`, parsed; panics with the master's log on failure.
+    pub fn status(&self) -> serde_json::Value {
+        self.try_status()
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()))
+    }
+
+    /// The pid of the master serving the control socket now (it changes with every binary
+    /// upgrade), from `status --json`; `None` if no master answers.
+    pub fn try_current_master_pid(&self) -> Option<u32> {
+        self.try_status()
+            .ok()
+            .and_then(|v| v["master"]["pid"].as_u64())
+            .map(|p| p as u32)
+    }
+
+    /// The pid of the current master (see [`Zentinel::try_current_master_pid`]); panics
+    /// with the log when no master answers.
+    pub fn current_master_pid(&self) -> u32 {
+        match self.try_status() {
+            Ok(v) => v["master"]["pid"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("status has no master.pid: {v}"))
+                as u32,
+            Err(e) => panic!("no current master: {e}\n{}", self.log()),
+        }
     }
 
     /// Every worker pid observed so far.
@@ -571,14 +702,20 @@ impl Zentinel {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// Reaps the master if it exited.
+    /// Reaps the ORIGINAL master if it exited (the status is kept: later calls return it
+    /// too). After a binary upgrade the original master exits 0 while its successor serves:
+    /// use [`Zentinel::master_exited_after_upgrade`] / [`Zentinel::current_master_pid`].
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        if self.exit_status.is_none() {
+            self.exit_status = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+        }
+        self.exit_status
     }
 
-    /// Waits up to `timeout` for the master to exit.
+    /// Waits up to `timeout` for the ORIGINAL master to exit (see [`Zentinel::try_wait`]).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let mut status = None;
         wait_until(timeout, || {
@@ -588,8 +725,35 @@ impl Zentinel {
         status
     }
 
-    pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        send_signal(self.pid, signal);
+    /// The original master's exit status if it has exited (and been reaped).
+    pub fn original_exit_status(&mut self) -> Option<ExitStatus> {
+        self.try_wait()
+    }
+
+    /// Waits up to `timeout` for the original master to exit, and says whether it exited 0
+    /// (what it must do once a successor confirmed readiness).
+    pub fn master_exited_after_upgrade(&mut self, timeout: Duration) -> bool {
+        matches!(self.wait_exit(timeout), Some(s) if s.success())
+    }
+
+    /// Waits up to `timeout` until no process of this Zentinel is left (master, successor
+    /// masters, workers); returns whether that happened.
+    pub fn wait_all_gone(&mut self, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            let _ = self.try_wait();
+            self.group_pids().is_empty()
+        })
+    }
+
+    /// Sends `signal` to the current master: the original one while it runs, else the
+    /// master named by the control socket's status.
+    pub fn signal(&mut self, signal: nix::sys::signal::Signal) {
+        let pid = if self.try_wait().is_none() {
+            self.pid
+        } else {
+            self.try_current_master_pid().unwrap_or(self.pid)
+        };
+        send_signal(pid, signal);
     }
 
     /// The master's and workers' combined stderr/stdout so far.
@@ -604,20 +768,39 @@ impl Zentinel {
 
 impl Drop for Zentinel {
     fn drop(&mut self) {
-        let mut pids = self.seen_workers();
-        pids.extend(children_of(self.pid));
+        // Whatever is in the group now, plus every pid ever seen (in case one left the group).
+        let mut pids: BTreeSet<u32> = self.group_pids().into_iter().collect();
+        pids.extend(lock(&self.seen_workers).iter().copied());
+        pids.extend(lock(&self.seen_masters).iter().copied());
+        // The group first: one syscall, no window in which a master forks a worker we miss.
+        // ESRCH (group empty) is fine. The pgid cannot name another group while any of ours
+        // lives (the kernel never hands out a pid equal to a live pgid).
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
         }
         for pid in pids {
-            // Only processes we saw as our master's children; a recycled pid in that short
-            // window is practically impossible but check it still looks like zentinel.
+            if pid == self.pid {
+                continue;
+            }
+            // Only pids we saw as ours; a recycled pid in this short window is practically
+            // impossible, but check it still looks like zentinel (a worker, or a master whose
+            // executable path we started: copies are named `...zentinel...`).
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains("worker") {
+            if String::from_utf8_lossy(&cmdline).contains("zentinel")
+                || is_worker_process(pid) == Some(true)
+            {
                 send_signal(pid, nix::sys::signal::Signal::SIGKILL);
             }
         }
+        // Let the kernel finish tearing them down (sockets released) before the next test.
+        wait_until(Duration::from_secs(2), || {
+            processes_in_group(self.pid).is_empty()
+        });
         if thread::panicking() {
             eprintln!("{}", self.log());
         } else {
@@ -628,6 +811,113 @@ impl Drop for Zentinel {
         }
         if self.owns_runtime_dir {
             let _ = fs::remove_dir_all(&self.runtime_dir);
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Live (non-zombie) processes whose process group is `pgid`, sorted.
+pub fn processes_in_group(pgid: u32) -> Vec<u32> {
+    let mut out = BTreeSet::new();
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some(close) = stat.rfind(')') else {
+                continue;
+            };
+            // After the command name: state ppid pgrp ...
+            let mut f = stat[close + 1..].split_whitespace();
+            let state = f.next().and_then(|s| s.chars().next());
+            let pgrp = f.nth(1).and_then(|s| s.parse::<u32>().ok());
+            if pgrp == Some(pgid) && !matches!(state, Some('Z') | Some('X') | None) {
+                out.insert(pid);
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The argv of a process (`None` if it is gone or a zombie with no cmdline).
+pub fn process_argv(pid: u32) -> Option<Vec<String>> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    if raw.is_empty() {
+        return None;
+    }
+    Some(
+        raw.split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
+/// Whether `pid` is a `zentinel worker ...` process (argv[1] == "worker"); `None` if gone.
+pub fn is_worker_process(pid: u32) -> Option<bool> {
+    process_argv(pid).map(|argv| argv.get(1).map(String::as_str) == Some("worker"))
+}
+
+/// Where `/proc/<pid>/exe` points (`... (deleted)` once the file was replaced or removed).
+pub fn process_exe(pid: u32) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+/// A second copy of the `zentinel` binary at a fresh temp path (mode 755), for upgrades
+/// "to another binary". The file is not removed automatically: hold a [`TempFiles`].
+pub fn binary_copy(label: &str) -> PathBuf {
+    let dest = temp_path(&format!("{label}-zentinel"));
+    install_binary(&zentinel_bin(), &dest);
+    dest
+}
+
+/// Puts a copy of `src` at `dest` (mode 755) atomically: written to a sibling temp file,
+/// then renamed over `dest`. Writing in place would fail with ETXTBSY while a process runs
+/// `dest`, and a half-written file must never be exec'ed.
+pub fn install_binary(src: &Path, dest: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = dest.with_file_name(format!(
+        ".{}.tmp-{}",
+        dest.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        UNIQUE.fetch_add(1, Ordering::SeqCst)
+    ));
+    fs::copy(src, &tmp)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", src.display(), tmp.display()));
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod 755 {}: {e}", tmp.display()));
+    fs::rename(&tmp, dest).unwrap_or_else(|e| {
+        let _ = fs::remove_file(&tmp);
+        panic!("rename {} to {}: {e}", tmp.display(), dest.display())
+    });
+}
+
+/// Files removed on drop (binary copies, scripts, state files of a test).
+#[derive(Default)]
+pub struct TempFiles(pub Vec<PathBuf>);
+
+impl TempFiles {
+    pub fn add(&mut self, path: PathBuf) -> PathBuf {
+        self.0.push(path.clone());
+        path
+    }
+}
+
+impl Drop for TempFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = fs::remove_file(p);
         }
     }
 }
@@ -668,9 +958,14 @@ pub const CTL_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Runs `zentinel-ctl --socket SOCKET ARGS`, killing it after [`CTL_DEADLINE`].
 pub fn ctl(socket: &Path, args: &[&str]) -> CtlOutput {
+    ctl_within(socket, args, CTL_DEADLINE)
+}
+
+/// Like [`ctl`] with another deadline.
+pub fn ctl_within(socket: &Path, args: &[&str], deadline: Duration) -> CtlOutput {
     let mut cmd = Command::new(ctl_bin());
     cmd.arg("--socket").arg(socket).args(args);
-    run_with_deadline(cmd, CTL_DEADLINE)
+    run_with_deadline(cmd, deadline)
 }
 
 /// Runs `cmd` (no stdin, both streams captured), killing it if it outlives `deadline`.
@@ -741,7 +1036,16 @@ pub fn new_runtime_dir() -> PathBuf {
 /// `ZENTINEL_CONFIG`/`ZENTINEL_SOCKET`, `XDG_RUNTIME_DIR=runtime_dir`, info logging unless
 /// `RUST_LOG` says otherwise.
 pub fn master_command(config_path: Option<&Path>, runtime_dir: &Path) -> Command {
-    let mut cmd = Command::new(zentinel_bin());
+    master_command_with(&zentinel_bin(), config_path, runtime_dir)
+}
+
+/// [`master_command`] running `binary` instead of the built `zentinel`.
+pub fn master_command_with(
+    binary: &Path,
+    config_path: Option<&Path>,
+    runtime_dir: &Path,
+) -> Command {
+    let mut cmd = Command::new(binary);
     if let Some(p) = config_path {
         cmd.arg("--config").arg(p);
     }

@@ -34,6 +34,9 @@ const LONG_OPERATION_MARGIN: Duration = Duration::from_secs(15);
 /// default `graceful-shutdown-timeout-secs`.
 const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 
+/// The master's default for `--ready-timeout`.
+const DEFAULT_READY: Duration = Duration::from_secs(10);
+
 /// A reload starts and hands over sockets but drains nothing; this bounds the wait for it.
 const RELOAD_WAIT: Duration = Duration::from_secs(60);
 
@@ -55,13 +58,16 @@ Examples:
   zentinel-ctl stop --drain-timeout 10s
   zentinel-ctl stop --fast                     # drop connections, exit now
   zentinel-ctl worker restart 0                # replace worker 0 gracefully
+  zentinel-ctl upgrade --rolling               # new master, then every worker, from the
+                                               # binary at the master's path
+  zentinel-ctl upgrade --rolling --binary /opt/zentinel/bin/zentinel --json
   zentinel-ctl --socket /run/zentinel/zentinel.sock status
   zentinel-ctl -c /etc/zentinel/zentinel.kdl status
 
 Exit status: 0 on success; 1 with one line `zentinel-ctl: <reason>` on stderr on failure;
 2 on a command-line error.";
 
-/// Control a running Zentinel master: status, reload, stop, worker restart.
+/// Control a running Zentinel master: status, reload, stop, worker restart, upgrade.
 #[derive(Debug, Parser)]
 #[command(name = "zentinel-ctl", version, after_help = AFTER_HELP)]
 struct Cli {
@@ -134,6 +140,43 @@ Examples:
     /// Worker operations.
     #[command(subcommand)]
     Worker(WorkerCommand),
+
+    /// Replace the running binary without dropping a connection: a new master takes over the
+    /// listeners, the workers and the control socket; with --rolling the workers are then
+    /// replaced one at a time (new worker ready, then the old one drains). A new worker that
+    /// fails rolls the replaced ones back; a new master that fails leaves the old one running.
+    #[command(after_help = "\
+Output: one line per step as it happens:
+  master: pid A -> pid B ready in N ms (generation G, binary PATH)
+  worker 1/4: pid X -> pid Y ready in M ms, old draining (K connections)
+then the final line. --json prints each step as one JSON object per line.
+Exit status 0 only once the upgrade completed.
+
+Examples:
+  zentinel-ctl upgrade --rolling
+  zentinel-ctl upgrade --rolling --binary ./target/release/zentinel --drain-timeout 60s
+  zentinel-ctl upgrade                 # the master only; workers keep running")]
+    Upgrade(UpgradeArgs),
+}
+
+#[derive(Debug, Args)]
+struct UpgradeArgs {
+    /// After the master, replace every worker from the new binary, one at a time.
+    #[arg(long)]
+    rolling: bool,
+    /// The new binary (default: the path the master was started from, which may have been
+    /// replaced on disk). Sent as an absolute path.
+    #[arg(long, value_name = "PATH")]
+    binary: Option<PathBuf>,
+    /// How long each old worker may drain (default: `graceful-shutdown-timeout-secs`).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    drain_timeout: Option<Duration>,
+    /// How long the new master, and each new worker, may take to become ready (default 10s).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    ready_timeout: Option<Duration>,
+    /// One JSON object per progress line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -214,6 +257,28 @@ fn run(cli: &Cli) -> CtlResult<()> {
                 },
                 wait,
                 true,
+            )
+        }
+        Command::Upgrade(args) => {
+            let binary = args
+                .binary
+                .as_deref()
+                .map(|path| {
+                    absolute_config_path(path).map_err(|e| e.replacen("config path", "binary", 1))
+                })
+                .transpose()?;
+            let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            let ready = args.ready_timeout.unwrap_or(DEFAULT_READY);
+            let mut conn = Connection::open(&socket, cli.timeout)?;
+            conn.upgrade(
+                &ControlRequest::Upgrade {
+                    binary,
+                    rolling: args.rolling,
+                    drain_timeout_ms: args.drain_timeout.map(millis),
+                    ready_timeout_ms: args.ready_timeout.map(millis),
+                },
+                cli.timeout.max(ready + LONG_OPERATION_MARGIN),
+                args.json,
             )
         }
         Command::Worker(WorkerCommand::Restart { id }) => {
@@ -496,6 +561,149 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Send an upgrade and print each step as it comes, until `Done` or `Failed`. The
+    /// connection survives the master's replacement (the new master inherits it), so `wait`
+    /// bounds the silence between two steps, not the whole upgrade.
+    fn upgrade(&mut self, request: &ControlRequest, wait: Duration, json: bool) -> CtlResult<()> {
+        self.send(request)
+            .map_err(|e| self.io_error("the upgrade request", &e))?;
+        let mut stdout = io::stdout().lock();
+        let mut deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "no progress from the master at {} for {wait:?}; the upgrade may still be \
+                     in progress (check `zentinel-ctl status`)",
+                    self.socket.display()
+                ));
+            }
+            let response = match self.recv(left) {
+                Ok(response) => response,
+                Err(ProtocolError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => continue,
+                Err(e) if e.is_closed() => {
+                    return Err(format!(
+                        "the master at {} closed the connection before the upgrade finished \
+                         (check its log and `zentinel-ctl status`); the outcome is unknown",
+                        self.socket.display()
+                    ))
+                }
+                Err(e) => return Err(self.io_error("the upgrade request", &e)),
+            };
+            deadline = Instant::now() + wait;
+            let (line, outcome) = upgrade_line(&response, json);
+            if let Some(line) = line {
+                let _ = writeln!(stdout, "{line}");
+                let _ = stdout.flush();
+            }
+            match outcome {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(reason)) => return Err(reason),
+                None => {}
+            }
+        }
+    }
+}
+
+/// The printed line of one upgrade response, and the outcome if it is the last one.
+fn upgrade_line(response: &ControlResponse, json: bool) -> (Option<String>, Option<CtlResult<()>>) {
+    let value = |v: serde_json::Value| Some(v.to_string());
+    match response {
+        ControlResponse::Progress { message } => (
+            if json {
+                value(serde_json::json!({"event": "progress", "message": message}))
+            } else {
+                Some(message.clone())
+            },
+            None,
+        ),
+        ControlResponse::MasterReplaced {
+            old_pid,
+            new_pid,
+            ready_ms,
+            generation,
+            binary,
+        } => (
+            if json {
+                value(serde_json::json!({
+                    "event": "master_replaced", "old_pid": old_pid, "new_pid": new_pid,
+                    "ready_ms": ready_ms, "generation": generation, "binary": binary,
+                }))
+            } else {
+                Some(format!(
+                    "master: pid {old_pid} -> pid {new_pid} ready in {ready_ms} ms (generation \
+                     {generation}, binary {binary})"
+                ))
+            },
+            None,
+        ),
+        ControlResponse::WorkerReplaced {
+            index,
+            total,
+            worker_id,
+            old_pid,
+            new_pid,
+            ready_ms,
+            old_active_connections,
+        } => {
+            (
+                if json {
+                    value(serde_json::json!({
+                        "event": "worker_replaced", "index": index, "total": total,
+                        "worker_id": worker_id, "old_pid": old_pid, "new_pid": new_pid,
+                        "ready_ms": ready_ms, "old_active_connections": old_active_connections,
+                    }))
+                } else {
+                    Some(format!(
+                    "worker {index}/{total}: pid {old_pid} -> pid {new_pid} ready in {ready_ms} \
+                     ms, old draining ({old_active_connections} connection{})",
+                    if *old_active_connections == 1 { "" } else { "s" }
+                ))
+                },
+                None,
+            )
+        }
+        ControlResponse::WorkerRolledBack {
+            worker_id,
+            failed_pid,
+            restored_pid,
+        } => (
+            if json {
+                value(serde_json::json!({
+                    "event": "worker_rolled_back", "worker_id": worker_id,
+                    "failed_pid": failed_pid, "restored_pid": restored_pid,
+                }))
+            } else {
+                Some(format!(
+                    "rollback: worker {worker_id}: pid {failed_pid} (new binary) -> pid \
+                     {restored_pid} (previous binary)"
+                ))
+            },
+            None,
+        ),
+        ControlResponse::Done { message } => (
+            if json {
+                value(serde_json::json!({"event": "done", "message": message}))
+            } else {
+                Some(message.clone())
+            },
+            Some(Ok(())),
+        ),
+        ControlResponse::Failed { message } => (
+            json.then(|| serde_json::json!({"event": "failed", "message": message}).to_string()),
+            Some(Err(format!("upgrade failed: {message}"))),
+        ),
+        other => (
+            None,
+            Some(Err(format!(
+                "the master answered the upgrade with {}",
+                response_kind(other)
+            ))),
+        ),
+    }
+}
+
 /// Connect with `timeout` bounding a full listen backlog too (a blocking AF_UNIX connect
 /// waits under SO_SNDTIMEO), then set read/write timeouts on the stream.
 fn connect(socket: &Path, timeout: Duration) -> CtlResult<UnixStream> {
@@ -539,6 +747,7 @@ fn request_name(request: &ControlRequest) -> &'static str {
         ControlRequest::Reload { .. } => "reload",
         ControlRequest::Stop { .. } => "stop",
         ControlRequest::WorkerRestart { .. } => "worker restart",
+        ControlRequest::Upgrade { .. } => "upgrade",
     }
 }
 
@@ -547,6 +756,9 @@ fn response_kind(response: &ControlResponse) -> &'static str {
         ControlResponse::Hello(_) => "Hello",
         ControlResponse::Status(_) => "Status",
         ControlResponse::Progress { .. } => "Progress",
+        ControlResponse::MasterReplaced { .. } => "MasterReplaced",
+        ControlResponse::WorkerReplaced { .. } => "WorkerReplaced",
+        ControlResponse::WorkerRolledBack { .. } => "WorkerRolledBack",
         ControlResponse::Done { .. } => "Done",
         ControlResponse::Failed { .. } => "Failed",
     }
@@ -862,6 +1074,57 @@ mod tests {
         assert!(parse_duration("10x").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_watch_interval("0").is_err());
+    }
+
+    #[test]
+    fn upgrade_lines() {
+        let (line, outcome) = upgrade_line(
+            &ControlResponse::MasterReplaced {
+                old_pid: 1,
+                new_pid: 2,
+                ready_ms: 30,
+                generation: 2,
+                binary: "/opt/z".into(),
+            },
+            false,
+        );
+        assert_eq!(
+            line.unwrap(),
+            "master: pid 1 -> pid 2 ready in 30 ms (generation 2, binary /opt/z)"
+        );
+        assert!(outcome.is_none());
+        let replaced = ControlResponse::WorkerReplaced {
+            index: 1,
+            total: 4,
+            worker_id: 0,
+            old_pid: 123,
+            new_pid: 456,
+            ready_ms: 38,
+            old_active_connections: 12,
+        };
+        assert_eq!(
+            upgrade_line(&replaced, false).0.unwrap(),
+            "worker 1/4: pid 123 -> pid 456 ready in 38 ms, old draining (12 connections)"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&upgrade_line(&replaced, true).0.unwrap()).unwrap();
+        assert_eq!(json["event"], "worker_replaced");
+        assert_eq!(json["new_pid"], 456);
+        let (line, outcome) = upgrade_line(
+            &ControlResponse::Failed {
+                message: "x".into(),
+            },
+            false,
+        );
+        assert!(line.is_none());
+        assert_eq!(outcome.unwrap().unwrap_err(), "upgrade failed: x");
+        let (_, outcome) = upgrade_line(
+            &ControlResponse::Done {
+                message: "ok".into(),
+            },
+            true,
+        );
+        assert!(outcome.unwrap().is_ok());
     }
 
     #[test]

@@ -9,9 +9,12 @@ use zentinel_master::config::{self, ConfigDiagnostic, DEFAULT_CONFIG_NAME};
 use zentinel_master::control::ControlSocket;
 use zentinel_master::control_socket_path::master_control_socket;
 use zentinel_master::listeners;
+use zentinel_master::listeners::BoundListener;
 use zentinel_master::logging::{self, DEFAULT_LOG_LEVEL};
-use zentinel_master::supervisor::{self, Supervisor, SupervisorSetup};
+use zentinel_master::supervisor::{self, Inherited, Supervisor, SupervisorSetup};
+use zentinel_master::upgrade;
 use zentinel_master::worker_process::{adopt_channel_fd, set_cloexec_on_inherited_fds, Executable};
+use zentinel_protocol::state::read_state_file;
 
 /// Exit code of an invalid configuration or command line (like clap's usage errors).
 const EXIT_CONFIG: u8 = 2;
@@ -33,6 +36,24 @@ struct Cli {
     /// Log filter (`info`, `debug`, or `EnvFilter` directives); RUST_LOG takes precedence.
     #[arg(long, value_name = "LEVEL", default_value = DEFAULT_LOG_LEVEL, global = true)]
     log_level: String,
+
+    /// Take over from a running master (binary upgrade; started by that master, not by hand).
+    #[arg(
+        long = "upgrade-from",
+        value_name = "STATEFILE",
+        hide = true,
+        requires = "upgrade_ready_fd"
+    )]
+    upgrade_from: Option<PathBuf>,
+
+    /// The pipe on which to confirm readiness to the previous master.
+    #[arg(
+        long = "upgrade-ready-fd",
+        value_name = "N",
+        hide = true,
+        requires = "upgrade_from"
+    )]
+    upgrade_ready_fd: Option<i32>,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -62,6 +83,7 @@ fn main() -> ExitCode {
             generation,
         }) => run_worker(&cli.log_level, channel_fd, worker_id, generation),
         None if cli.check => check(cli.config.as_deref()),
+        None if cli.upgrade_from.is_some() => run_upgraded_master(&cli),
         None => run_master(&cli),
     }
 }
@@ -130,7 +152,7 @@ fn run_master(cli: &Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let executable = match Executable::open_self() {
+    let executable = match Executable::open_self_as(started_as().as_deref()) {
         Ok(executable) => executable,
         Err(err) => return fail(EXIT_FAILURE, err),
     };
@@ -155,12 +177,143 @@ fn run_master(cli: &Cli) -> ExitCode {
         log_level: cli.log_level.clone(),
         generation: 1,
         control: Some(control),
+        inherited: None,
     };
     let result = Supervisor::new(setup).and_then(Supervisor::run);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(EXIT_FAILURE, err),
     }
+}
+
+/// argv[0] when it names a path (`./zentinel`, `/usr/bin/zentinel`), for the executable's
+/// name in status and as the default binary of an upgrade.
+fn started_as() -> Option<PathBuf> {
+    let arg0 = PathBuf::from(std::env::args_os().next()?);
+    (arg0.components().count() > 1).then_some(arg0)
+}
+
+/// `--upgrade-from STATE --upgrade-ready-fd N`: the previous master forked and exec'd us with
+/// its listeners, control socket, worker channels and executable inherited. Any failure here
+/// exits non-zero without confirming readiness, so the previous master keeps running.
+fn run_upgraded_master(cli: &Cli) -> ExitCode {
+    let signals = match supervisor::block_signals() {
+        Ok(signals) => signals,
+        Err(err) => {
+            return fail(
+                EXIT_FAILURE,
+                format!("cannot set up signal handling: {err}"),
+            )
+        }
+    };
+    if let Err(err) = logging::init(&cli.log_level) {
+        return fail(EXIT_CONFIG, err);
+    }
+    // Everything inherited gets CLOEXEC; the fds we adopt are checked one by one below.
+    if let Err(err) = set_cloexec_on_inherited_fds() {
+        tracing::warn!(error = %err, "cannot mark inherited fds close-on-exec; workers may inherit them");
+    }
+    let (Some(state_path), Some(ready_fd)) = (cli.upgrade_from.as_deref(), cli.upgrade_ready_fd)
+    else {
+        return fail(
+            EXIT_CONFIG,
+            "--upgrade-from and --upgrade-ready-fd go together",
+        );
+    };
+    match take_over(cli, state_path, ready_fd, signals) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(
+            EXIT_FAILURE,
+            format!("cannot take over from the previous master: {err}"),
+        ),
+    }
+}
+
+fn take_over(
+    cli: &Cli,
+    state_path: &Path,
+    ready_fd: i32,
+    signals: nix::sys::signalfd::SignalFd,
+) -> Result<(), String> {
+    let ready =
+        upgrade::take_inherited_fd(ready_fd, "--upgrade-ready-fd").map_err(|e| e.to_string())?;
+    let state = read_state_file(state_path).map_err(|e| e.to_string())?;
+    if let Err(err) = std::fs::remove_file(state_path) {
+        tracing::warn!(path = %state_path.display(), error = %err, "cannot remove the upgrade state file");
+    }
+    let fd_err = |e: std::io::Error| e.to_string();
+    let control_fd =
+        upgrade::take_inherited_fd(state.control_socket_fd, "control socket").map_err(fd_err)?;
+    let control =
+        ControlSocket::adopt(control_fd, Path::new(&state.control_socket_path)).map_err(fd_err)?;
+    let previous_fd =
+        upgrade::take_inherited_fd(state.previous_executable_fd, "previous executable")
+            .map_err(fd_err)?;
+    let previous_executable =
+        Executable::adopt(previous_fd, PathBuf::from(&state.previous_binary)).map_err(fd_err)?;
+    if state.listeners.len() != state.config.listeners.len() {
+        return Err(format!(
+            "state file {}: {} listener fds for {} configured listeners",
+            state_path.display(),
+            state.listeners.len(),
+            state.config.listeners.len()
+        ));
+    }
+    let mut bound = Vec::with_capacity(state.listeners.len());
+    for (entry, config) in state.listeners.iter().zip(&state.config.listeners) {
+        let what = format!("listener \"{}\"", entry.name);
+        let fd = upgrade::take_inherited_fd(entry.fd, &what).map_err(fd_err)?;
+        bound.push(BoundListener::adopt(fd, config, &entry.address).map_err(fd_err)?);
+    }
+    let mut workers = Vec::with_capacity(state.workers.len());
+    for record in &state.workers {
+        let what = format!("channel of worker {} (pid {})", record.id, record.pid);
+        let fd = upgrade::take_inherited_fd(record.channel_fd, &what).map_err(fd_err)?;
+        upgrade::check_unix_stream(&fd, &what).map_err(fd_err)?;
+        workers.push((record.clone(), fd));
+    }
+    let client = match state.upgrade.as_ref().and_then(|u| u.client_fd) {
+        Some(raw) => {
+            let fd = upgrade::take_inherited_fd(raw, "upgrade control client").map_err(fd_err)?;
+            upgrade::check_unix_stream(&fd, "upgrade control client").map_err(fd_err)?;
+            Some(std::os::unix::net::UnixStream::from(fd))
+        }
+        None => None,
+    };
+    let executable = Executable::open_self_as(started_as().as_deref()).map_err(fd_err)?;
+    let config_name = state
+        .config_path
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CONFIG_NAME.to_owned());
+    tracing::info!(
+        previous_master_pid = state.previous_master_pid,
+        generation = state.generation,
+        binary = %executable.path().display(),
+        workers = workers.len(),
+        "taking over from the previous master"
+    );
+    let setup = SupervisorSetup {
+        config: state.config,
+        config_name,
+        config_path: state.config_path.map(PathBuf::from),
+        listeners: bound,
+        executable,
+        signals,
+        log_level: cli.log_level.clone(),
+        generation: state.generation,
+        control: Some(control),
+        inherited: Some(Inherited {
+            previous_master_pid: state.previous_master_pid,
+            previous_executable,
+            workers,
+            upgrade: state.upgrade,
+            client,
+            ready_fd: ready,
+        }),
+    };
+    Supervisor::new(setup)
+        .and_then(Supervisor::run)
+        .map_err(|e| e.to_string())
 }
 
 fn run_worker(

@@ -23,6 +23,12 @@
 //!   worker has acknowledged its drain, or `Failed` (the old worker keeps serving).
 //! - `Reload`: `Progress`, then `Done` with a summary or `Failed` with every diagnostic
 //!   (nothing changed). SIGHUP runs the same reload, with the outcome only logged.
+//! - `Upgrade`: the master starts the new binary, which inherits this connection with the
+//!   listeners, the workers and the control socket. The *new* master continues the
+//!   conversation: `MasterReplaced`, then (rolling) one `WorkerReplaced` per worker, or
+//!   `WorkerRolledBack` lines and `Failed` after a failed worker; `Done` at the end. If the new
+//!   master never confirms readiness, the old one answers `Failed` itself and keeps running.
+//!   SIGUSR2 runs a rolling upgrade from the on-disk binary, with the outcome only logged.
 
 pub mod server;
 pub mod socket;

@@ -258,6 +258,73 @@ impl ControlServer {
         }
     }
 
+    /// The raw fd of a client's connection (handed to a successor master with its request).
+    pub fn client_fd(&self, token: Token) -> Option<std::os::fd::RawFd> {
+        self.clients.get(&token).map(|c| c.channel.as_raw_fd())
+    }
+
+    /// Flush a client's queued output, waiting at most `budget` (before its fd is handed over).
+    pub fn flush_client(&mut self, token: Token, budget: Duration) {
+        let Some(client) = self.clients.get_mut(&token) else {
+            return;
+        };
+        let deadline = Instant::now() + budget;
+        while client.channel.has_pending_output() && Instant::now() < deadline {
+            match client.channel.flush() {
+                Ok(true) | Err(_) => break,
+                Ok(false) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    }
+
+    /// Take over a client connection inherited from the previous master in the middle of its
+    /// request (master upgrade): already greeted, and busy until the request is finished.
+    pub fn adopt_client(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        stream: UnixStream,
+    ) -> io::Result<()> {
+        stream.set_nonblocking(true)?;
+        let (peer_pid, peer_uid) = peer_credentials(&stream).unwrap_or((0, 0));
+        let channel = Channel::with_max_frame(stream, MAX_CONTROL_REQUEST_FRAME);
+        registry.register(
+            &mut SourceFd(&channel.as_raw_fd()),
+            token,
+            Interest::READABLE,
+        )?;
+        self.clients.insert(
+            token,
+            Client {
+                channel,
+                peer_pid,
+                peer_uid,
+                greeted: true,
+                busy: true,
+                last_activity: Instant::now(),
+                wants_write: false,
+                output_stuck_since: None,
+                queued: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Leave the socket file alone on drop (a successor master owns it now).
+    pub fn keep_socket_file(&mut self) {
+        self.socket.keep_file();
+    }
+
+    /// The listening socket's raw fd (handed to a successor master).
+    pub fn listener_fd(&self) -> std::os::fd::RawFd {
+        self.socket.listener().as_raw_fd()
+    }
+
+    /// Send any response (progress of an upgrade, which has its own response kinds).
+    pub fn respond(&mut self, registry: &Registry, token: Token, response: &ControlResponse) {
+        self.send(registry, token, response);
+    }
+
     /// Queue an intermediate response (the request stays in progress).
     pub fn progress(&mut self, registry: &Registry, token: Token, message: String) {
         self.send(registry, token, &ControlResponse::Progress { message });
@@ -454,6 +521,7 @@ fn request_kind(request: &ControlRequest) -> &'static str {
         ControlRequest::Reload { .. } => "Reload",
         ControlRequest::Stop { .. } => "Stop",
         ControlRequest::WorkerRestart { .. } => "WorkerRestart",
+        ControlRequest::Upgrade { .. } => "Upgrade",
     }
 }
 

@@ -127,6 +127,53 @@ impl ControlSocket {
         })
     }
 
+    /// Take over the control socket a previous master bound (master upgrade): the fd must be a
+    /// listening Unix stream socket. The file at `path` is not touched; it is ours from now on
+    /// (removed on drop while it still names this socket).
+    pub fn adopt(fd: std::os::fd::OwnedFd, path: &Path) -> io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let raw = fd.as_raw_fd();
+        let bad = |what: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "control socket {}: inherited fd {raw} is not its listening socket: {what}",
+                    path.display()
+                ),
+            )
+        };
+        let socket = socket2::SockRef::from(&fd);
+        match socket.domain() {
+            Ok(domain) if domain == socket2::Domain::UNIX => {}
+            Ok(domain) => return Err(bad(format!("domain {domain:?}"))),
+            Err(err) => return Err(bad(err.to_string())),
+        }
+        match socket.r#type() {
+            Ok(ty) if ty == socket2::Type::STREAM => {}
+            Ok(ty) => return Err(bad(format!("type {ty:?}"))),
+            Err(err) => return Err(bad(err.to_string())),
+        }
+        if !socket.is_listener().map_err(|err| bad(err.to_string()))? {
+            return Err(bad("not listening".to_owned()));
+        }
+        socket.set_cloexec(true)?;
+        let listener = UnixListener::from(fd);
+        listener.set_nonblocking(true)?;
+        let identity = std::fs::symlink_metadata(path)
+            .map(|m| (m.dev(), m.ino()))
+            .unwrap_or((0, 0));
+        Ok(ControlSocket {
+            listener,
+            path: path.to_owned(),
+            identity,
+        })
+    }
+
+    /// Leave the socket file in place on drop: a successor master took the socket over.
+    pub fn keep_file(&mut self) {
+        self.identity = (0, 0);
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -138,9 +185,10 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        let ours = std::fs::symlink_metadata(&self.path)
-            .map(|m| (m.dev(), m.ino()) == self.identity)
-            .unwrap_or(false);
+        let ours = self.identity != (0, 0)
+            && std::fs::symlink_metadata(&self.path)
+                .map(|m| (m.dev(), m.ino()) == self.identity)
+                .unwrap_or(false);
         if ours {
             if let Err(err) = std::fs::remove_file(&self.path) {
                 tracing::warn!(path = %self.path.display(), error = %err, "cannot remove the control socket");

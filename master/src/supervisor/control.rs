@@ -82,6 +82,18 @@ impl Supervisor {
             }
             ControlRequest::WorkerRestart { worker_id } => self.start_restart(client, worker_id),
             ControlRequest::Reload { config_path } => self.begin_reload(Some(client), config_path),
+            ControlRequest::Upgrade {
+                binary,
+                rolling,
+                drain_timeout_ms,
+                ready_timeout_ms,
+            } => self.begin_upgrade(
+                Some(client),
+                binary,
+                rolling,
+                drain_timeout_ms,
+                ready_timeout_ms,
+            ),
         }
     }
 
@@ -98,7 +110,7 @@ impl Supervisor {
         }
     }
 
-    fn refuse(&mut self, client: Option<Token>, message: String) {
+    pub(super) fn refuse(&mut self, client: Option<Token>, message: String) {
         warn!(reason = %message, "control request refused");
         self.finish(client, ControlResponse::Failed { message });
     }
@@ -135,6 +147,7 @@ impl Supervisor {
             let report = self.status_report(&[]);
             self.finish(Some(pending.client), ControlResponse::Status(report));
         }
+        self.adoption_progress();
     }
 
     pub(super) fn status_timeouts(&mut self, now: Instant) {
@@ -177,7 +190,7 @@ impl Supervisor {
             pid: process.pid.as_raw().unsigned_abs(),
             generation: process.generation,
             version: process.version.clone().unwrap_or_default(),
-            binary: self.executable.path().display().to_string(),
+            binary: process.binary.clone(),
             state,
             uptime_s: process.spawned_at.elapsed().as_secs(),
             counters: process.counters.clone().unwrap_or_default(),
@@ -231,7 +244,7 @@ impl Supervisor {
 
     // ----- worker restart -----
 
-    fn busy_reason(&self) -> Option<String> {
+    pub(super) fn busy_reason(&self) -> Option<String> {
         match self.phase {
             Phase::Starting => return Some("the master is still starting its workers".into()),
             Phase::Stopping { .. } => return Some("the master is stopping".into()),
@@ -239,6 +252,9 @@ impl Supervisor {
         }
         if self.reload.is_some() {
             return Some("a reload is in progress".into());
+        }
+        if self.upgrade.is_some() || self.adoption.is_some() {
+            return Some("an upgrade is in progress".into());
         }
         None
     }
@@ -276,6 +292,7 @@ impl Supervisor {
             worker_id,
             Role::Successor {
                 client: Some(client),
+                upgrade: false,
             },
         ) {
             Ok(token) => {
@@ -302,8 +319,11 @@ impl Supervisor {
         let Some(process) = self.processes.get_mut(&token) else {
             return;
         };
+        if matches!(process.role, Role::Successor { upgrade: true, .. }) {
+            return self.rolling_promoted(token);
+        }
         let client = match std::mem::replace(&mut process.role, Role::Current) {
-            Role::Successor { client } => client,
+            Role::Successor { client, .. } => client,
             _ => None,
         };
         let worker_id = process.worker_id;

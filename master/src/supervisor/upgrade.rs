@@ -1,0 +1,1034 @@
+//! Binary upgrades, inside the supervision loop (design note, sections 4-6).
+//!
+//! Old master: [`Supervisor::begin_upgrade`] writes the state file, starts the new binary with
+//! the listeners, the control socket, the worker channels and the requesting client's
+//! connection inherited, and waits (in the loop, bounded) for `READY <pid>` on a pipe. Until
+//! then it neither reads nor writes the worker channels (the new master reads the same
+//! sockets) nor restarts workers. Ready: it leaves at once, touching nothing. Not ready (exit,
+//! EOF, timeout): it kills the new master, resumes, and answers `Failed`.
+//!
+//! New master: [`Supervisor::adopt`] takes the workers over (pidfd + channel EOF, no waitpid),
+//! checks that each answers a status request, confirms readiness, tells the client
+//! `MasterReplaced`, and with `--rolling` replaces the workers one at a time from its own
+//! executable, rolling the replaced ones back to the previous executable on failure.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+
+use zentinel_protocol::control::WorkerState as CtlState;
+use zentinel_protocol::state::{
+    write_state_file, ListenerFd, MasterState, PendingUpgrade, WorkerRecord,
+};
+
+use super::*;
+use crate::upgrade::{
+    check_binary, pidfd_open, ready_pipe, spawn_successor, state_file_path, write_ready,
+    DEFAULT_READY_TIMEOUT, READY_PREFIX,
+};
+
+/// Longest wait for a replaced worker's `Draining` acknowledgement before moving on.
+const UPGRADE_ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait to flush queued output to workers and the client before the handover.
+const HANDOVER_FLUSH_BUDGET: Duration = Duration::from_millis(500);
+
+/// What a successor master took over, validated by `main` (every fd checked and CLOEXEC).
+#[derive(Debug)]
+pub struct Inherited {
+    pub previous_master_pid: u32,
+    pub previous_executable: Executable,
+    /// Each worker's record and its channel.
+    pub workers: Vec<(WorkerRecord, OwnedFd)>,
+    pub upgrade: Option<PendingUpgrade>,
+    /// The control client waiting for the upgrade's progress.
+    pub client: Option<UnixStream>,
+    /// Where readiness is confirmed.
+    pub ready_fd: OwnedFd,
+}
+
+#[derive(Debug)]
+pub(super) enum UpgradeOp {
+    Handover(Handover),
+    Rolling(Rolling),
+}
+
+/// Old master: the new one runs and has not confirmed readiness yet.
+#[derive(Debug)]
+pub(super) struct Handover {
+    client: Option<Token>,
+    child: Pid,
+    pipe: OwnedFd,
+    buf: Vec<u8>,
+    state_path: PathBuf,
+    binary: String,
+    deadline: Instant,
+}
+
+/// New master: taking over until the adopted workers answered.
+#[derive(Debug)]
+pub(super) struct Adoption {
+    ready_fd: OwnedFd,
+    waits: Vec<(Token, u64)>,
+    deadline: Instant,
+    previous_master_pid: u32,
+    pending: Option<PendingUpgrade>,
+    client: Option<Token>,
+}
+
+#[derive(Debug)]
+enum Step {
+    /// The successor of `worker_id` is starting.
+    Starting { successor: Token },
+    /// The successor serves; the old worker was told to drain.
+    AwaitingAck {
+        old: Token,
+        old_pid: u32,
+        new_pid: u32,
+        ready_ms: u64,
+        deadline: Instant,
+    },
+}
+
+/// New master: replacing the workers one at a time.
+#[derive(Debug)]
+pub(super) struct Rolling {
+    client: Option<Token>,
+    drain: Duration,
+    ready_timeout: Duration,
+    total: u32,
+    /// Worker ids still to replace (or to roll back).
+    queue: VecDeque<u32>,
+    done: u32,
+    /// Worker ids replaced so far, in order.
+    replaced: Vec<u32>,
+    step: Option<Step>,
+    /// Set once replacing failed: the reason, and the workers put back so far.
+    rollback: Option<(String, u32)>,
+}
+
+impl Supervisor {
+    pub(super) fn handing_over(&self) -> bool {
+        matches!(self.upgrade, Some(UpgradeOp::Handover(_)))
+    }
+
+    /// Tell an upgrade's client something (progress or the final answer).
+    fn upgrade_respond(&mut self, client: Option<Token>, response: ControlResponse, last: bool) {
+        let (Some(client), Some(control)) = (client, self.control.as_mut()) else {
+            return;
+        };
+        if last {
+            control.finish(self.poll.registry(), client, &response);
+        } else {
+            control.respond(self.poll.registry(), client, &response);
+        }
+    }
+
+    // ----- old master -----
+
+    pub(super) fn begin_upgrade(
+        &mut self,
+        client: Option<Token>,
+        binary: Option<String>,
+        rolling: bool,
+        drain_timeout_ms: Option<u64>,
+        ready_timeout_ms: Option<u64>,
+    ) {
+        if self.upgrade.is_some() || self.adoption.is_some() {
+            return self.refuse(client, "an upgrade is already in progress".to_owned());
+        }
+        if let Some(reason) = self.busy_reason() {
+            return self.refuse(client, format!("refused: {reason}"));
+        }
+        if let Some(process) = self.processes.values().find(|p| {
+            matches!(p.role, Role::Successor { .. })
+                || (!p.killed
+                    && p.channel.is_some()
+                    && matches!(
+                        p.state,
+                        WorkerState::AwaitingHello | WorkerState::AwaitingReady
+                    ))
+        }) {
+            let message = format!(
+                "refused: worker {} (pid {}) is starting; retry once it is running",
+                process.worker_id,
+                process.pid.as_raw()
+            );
+            return self.refuse(client, message);
+        }
+        let Some(control) = self.control.as_ref() else {
+            return self.refuse(
+                client,
+                "refused: the master runs without a control socket".to_owned(),
+            );
+        };
+        let binary = binary.unwrap_or_else(|| {
+            let path = self.executable.path().display().to_string();
+            // A file replaced on disk reads back as "PATH (deleted)"; the new file is at PATH.
+            path.strip_suffix(" (deleted)").unwrap_or(&path).to_owned()
+        });
+        let binary_path = PathBuf::from(&binary);
+        if let Err(reason) = check_binary(&binary_path) {
+            return self.refuse(client, format!("refused: {reason}"));
+        }
+        let ready_timeout = ready_timeout_ms.map_or(DEFAULT_READY_TIMEOUT, Duration::from_millis);
+        let drain_timeout_ms = drain_timeout_ms.unwrap_or(
+            self.config
+                .system
+                .graceful_shutdown_timeout_secs
+                .saturating_mul(1000),
+        );
+        let control_path = control.path().to_path_buf();
+        let control_fd = control.listener_fd();
+        let client_fd = client.and_then(|c| control.client_fd(c));
+
+        // Nothing may stay queued in our buffers: the new master takes over the sockets,
+        // not our memory.
+        let registry = self.poll.registry();
+        let deadline = Instant::now() + HANDOVER_FLUSH_BUDGET;
+        for process in self.processes.values_mut() {
+            while process
+                .channel
+                .as_ref()
+                .is_some_and(Channel::has_pending_output)
+                && Instant::now() < deadline
+            {
+                match process.channel.as_mut().map(Channel::flush) {
+                    Some(Ok(false)) => std::thread::sleep(Duration::from_millis(2)),
+                    _ => break,
+                }
+            }
+            let _ = update_interest(registry, process);
+        }
+        if let (Some(c), Some(control)) = (client, self.control.as_mut()) {
+            control.flush_client(c, HANDOVER_FLUSH_BUDGET);
+        }
+
+        let mut inherit = vec![control_fd, self.executable.raw_fd()];
+        inherit.extend(self.listeners.iter().map(|l| l.fd().as_raw_fd()));
+        let mut workers = Vec::new();
+        for process in self.processes.values() {
+            let Some(channel) = process.channel.as_ref() else {
+                continue; // exiting; the new master never hears of it
+            };
+            if process.killed {
+                continue;
+            }
+            inherit.push(channel.as_raw_fd());
+            let state = match (&process.role, process.state) {
+                (Role::Retired, _) | (_, WorkerState::Draining) => CtlState::Draining,
+                _ => CtlState::Running,
+            };
+            workers.push(WorkerRecord {
+                id: process.worker_id,
+                pid: process.pid.as_raw().unsigned_abs(),
+                generation: process.generation,
+                channel_fd: channel.as_raw_fd(),
+                version: process.version.clone().unwrap_or_default(),
+                binary: process.binary.clone(),
+                started_at_unix_ms: unix_ms_ago(process.spawned_at.elapsed()),
+                state,
+                counters: process.counters.clone().unwrap_or_default(),
+            });
+        }
+        inherit.extend(client_fd);
+        let state = MasterState {
+            previous_master_pid: std::process::id(),
+            generation: self.generation + 1,
+            config: self.config.clone(),
+            config_path: self.config_path.as_ref().map(|p| p.display().to_string()),
+            log_level: self.log_level.clone(),
+            control_socket_path: control_path.display().to_string(),
+            control_socket_fd: control_fd,
+            previous_binary: self.executable.path().display().to_string(),
+            previous_executable_fd: self.executable.raw_fd(),
+            listeners: self
+                .config
+                .listeners
+                .iter()
+                .zip(&self.listeners)
+                .map(|(config, bound)| ListenerFd {
+                    name: config.name.clone(),
+                    address: bound.local_address().to_string(),
+                    fd: bound.fd().as_raw_fd(),
+                })
+                .collect(),
+            workers,
+            upgrade: Some(PendingUpgrade {
+                rolling,
+                drain_timeout_ms,
+                ready_timeout_ms: u64::try_from(ready_timeout.as_millis()).unwrap_or(u64::MAX),
+                client_fd,
+            }),
+        };
+        let state_path = state_file_path(&control_path, std::process::id());
+        if let Err(err) = write_state_file(&state_path, &state) {
+            return self.refuse(
+                client,
+                format!("cannot write the upgrade state: {err}; nothing changed"),
+            );
+        }
+        let (pipe_read, pipe_write) = match ready_pipe() {
+            Ok(pipe) => pipe,
+            Err(err) => {
+                let _ = std::fs::remove_file(&state_path);
+                return self.refuse(
+                    client,
+                    format!("cannot create the readiness pipe: {err}; nothing changed"),
+                );
+            }
+        };
+        let child = match spawn_successor(
+            &binary_path,
+            &state_path,
+            &pipe_write,
+            &inherit,
+            &self.log_level,
+        ) {
+            Ok(pid) => pid,
+            Err(err) => {
+                let _ = std::fs::remove_file(&state_path);
+                return self.refuse(client, format!("{err}; nothing changed"));
+            }
+        };
+        // Our copy of the write end must go, or the new master's death would not show as EOF.
+        drop(pipe_write);
+        let registered = nix::fcntl::fcntl(
+            &pipe_read,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(io::Error::from)
+        .and_then(|_| {
+            self.poll.registry().register(
+                &mut SourceFd(&pipe_read.as_raw_fd()),
+                UPGRADE_PIPE_TOKEN,
+                Interest::READABLE,
+            )
+        });
+        info!(
+            new_master_pid = child.as_raw(),
+            binary = %binary,
+            generation = self.generation + 1,
+            rolling,
+            ready_timeout_ms = ready_timeout.as_millis() as u64,
+            state_file = %state_path.display(),
+            "upgrade: new master started; waiting for its readiness"
+        );
+        // The new master reads the worker channels from now on: two readers would split
+        // frames between them.
+        let registry = self.poll.registry();
+        for process in self.processes.values_mut() {
+            if let Some(channel) = process.channel.as_ref() {
+                let _ = registry.deregister(&mut SourceFd(&channel.as_raw_fd()));
+            }
+            process.wants_write = false;
+        }
+        self.upgrade = Some(UpgradeOp::Handover(Handover {
+            client,
+            child,
+            pipe: pipe_read,
+            buf: Vec::new(),
+            state_path,
+            binary,
+            deadline: Instant::now() + ready_timeout,
+        }));
+        if let Err(err) = registered {
+            self.handover_failed(None, format!("cannot watch the readiness pipe: {err}"));
+        }
+    }
+
+    pub(super) fn handover_readable(&mut self) {
+        let Some(UpgradeOp::Handover(handover)) = self.upgrade.as_mut() else {
+            return;
+        };
+        let mut file = std::fs::File::from(match handover.pipe.try_clone() {
+            Ok(fd) => fd,
+            Err(err) => {
+                return self.handover_failed(None, format!("cannot read the readiness pipe: {err}"))
+            }
+        });
+        let mut chunk = [0u8; 64];
+        loop {
+            match file.read(&mut chunk) {
+                Ok(0) => {
+                    return self.handover_failed(
+                        None,
+                        "it closed the readiness pipe without confirming".to_owned(),
+                    )
+                }
+                Ok(n) => {
+                    handover.buf.extend_from_slice(&chunk[..n]);
+                    if handover.buf.len() > 256 {
+                        return self.handover_failed(
+                            None,
+                            "it wrote garbage on the readiness pipe".into(),
+                        );
+                    }
+                    if let Some(end) = handover.buf.iter().position(|&b| b == b'\n') {
+                        let line = String::from_utf8_lossy(&handover.buf[..end]).into_owned();
+                        let confirmed = line
+                            .strip_prefix(READY_PREFIX)
+                            .and_then(|pid| pid.trim().parse::<i32>().ok())
+                            == Some(handover.child.as_raw());
+                        if confirmed {
+                            return self.handover_complete();
+                        }
+                        return self
+                            .handover_failed(None, format!("unexpected readiness line {line:?}"));
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    return self
+                        .handover_failed(None, format!("cannot read the readiness pipe: {err}"))
+                }
+            }
+        }
+    }
+
+    fn handover_complete(&mut self) {
+        let Some(UpgradeOp::Handover(handover)) = self.upgrade.take() else {
+            return;
+        };
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&handover.pipe.as_raw_fd()));
+        info!(
+            new_master_pid = handover.child.as_raw(),
+            binary = %handover.binary,
+            "upgrade: the new master is ready; handing over and exiting"
+        );
+        // The new master deleted the state file, answers the client and owns the socket file.
+        if let Some(control) = self.control.as_mut() {
+            control.keep_socket_file();
+        }
+        self.handed_over = true;
+    }
+
+    /// The new master exited (reaped by the loop): `true` if `pid` was it.
+    pub(super) fn successor_master_reaped(&mut self, pid: Pid, description: &str) -> bool {
+        match &self.upgrade {
+            Some(UpgradeOp::Handover(handover)) if handover.child == pid => {}
+            _ => return false,
+        }
+        self.handover_failed(
+            Some(description.to_owned()),
+            format!("it exited ({description})"),
+        );
+        true
+    }
+
+    /// Kill the new master (unless already reaped), clean up, resume, and answer `Failed`.
+    fn handover_failed(&mut self, reaped: Option<String>, reason: String) {
+        let Some(UpgradeOp::Handover(handover)) = self.upgrade.take() else {
+            return;
+        };
+        let registry = self.poll.registry();
+        let _ = registry.deregister(&mut SourceFd(&handover.pipe.as_raw_fd()));
+        let mut reason = reason;
+        if reaped.is_none() {
+            let _ = kill(handover.child, Signal::SIGKILL);
+            loop {
+                match waitpid(handover.child, None) {
+                    Err(Errno::EINTR) => continue,
+                    Ok(WaitStatus::Exited(_, code)) if !reason.contains("exit") => {
+                        reason.push_str(&format!(" (it exited with code {code})"));
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        match std::fs::remove_file(&handover.state_path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => warn!(
+                path = %handover.state_path.display(),
+                error = %err,
+                "cannot remove the upgrade state file"
+            ),
+        }
+        // Resume reading the workers; anything they sent meanwhile is still queued.
+        let mut broken = Vec::new();
+        for (&token, process) in self.processes.iter_mut() {
+            if process.channel.is_none() {
+                continue; // closed before the handover; its exit is handled as usual
+            }
+            process.wants_write = false;
+            if register_channel(registry, process).is_err() {
+                broken.push(token);
+                continue;
+            }
+            let _ = update_interest(registry, process);
+        }
+        for token in broken {
+            self.channel_failed(token, ProtocolError::Closed);
+        }
+        let tokens: Vec<Token> = self.processes.keys().copied().collect();
+        for token in tokens {
+            self.handle_channel_event(token, true);
+        }
+        let message = format!(
+            "new master {} (pid {}) did not become ready: {reason}; this master (pid {}) keeps \
+             serving, nothing changed",
+            handover.binary,
+            handover.child.as_raw(),
+            std::process::id()
+        );
+        error!("upgrade failed: {message}");
+        self.upgrade_respond(handover.client, ControlResponse::Failed { message }, true);
+    }
+
+    /// Drop (Supervisor's Drop) safety net: never leave a half-started new master behind.
+    pub(super) fn kill_successor_master(&mut self) {
+        if let Some(UpgradeOp::Handover(handover)) = self.upgrade.take() {
+            let _ = kill(handover.child, Signal::SIGKILL);
+            while let Err(Errno::EINTR) = waitpid(handover.child, None) {}
+            let _ = std::fs::remove_file(&handover.state_path);
+        }
+    }
+
+    /// Leave without draining or killing anyone and without removing the control socket
+    /// file: the workers belong to another master now (or still to the old one).
+    pub(super) fn leave_quietly(&mut self) {
+        if let Some(control) = self.control.as_mut() {
+            control.keep_socket_file();
+        }
+        // Closing our channel ends is harmless: the other master holds its own.
+        self.processes.clear();
+        self.pidfds.clear();
+    }
+
+    // ----- new master -----
+
+    /// Take the previous master's workers over and start checking that they answer.
+    pub(super) fn adopt(&mut self, inherited: Inherited) {
+        self.previous_executable = Some(inherited.previous_executable);
+        self.phase = Phase::Running;
+        let drain = Duration::from_secs(self.config.system.graceful_shutdown_timeout_secs);
+        let mut adopted = Vec::new();
+        for (record, channel_fd) in inherited.workers {
+            let pid = Pid::from_raw(i32::try_from(record.pid).unwrap_or(0));
+            let pidfd = match pidfd_open(pid) {
+                Ok(fd) => fd,
+                Err(err) => {
+                    // Gone already (ESRCH): its slot gets a new worker below.
+                    warn!(worker_id = record.id, pid = record.pid, error = %err, "adopted worker is gone");
+                    continue;
+                }
+            };
+            let token = Self::alloc_token(&mut self.next_token);
+            let pidfd_token = Self::alloc_token(&mut self.next_token);
+            let retired = record.state == CtlState::Draining;
+            let mut process = WorkerProcess {
+                worker_id: record.id,
+                generation: record.generation,
+                role: if retired {
+                    Role::Retired
+                } else {
+                    Role::Current
+                },
+                pid,
+                channel: Some(Channel::from_owned_fd(channel_fd)),
+                token,
+                wants_write: false,
+                state: if retired {
+                    WorkerState::Draining
+                } else {
+                    WorkerState::Running
+                },
+                spawned_at: instant_of_unix_ms(record.started_at_unix_ms),
+                ready_at: Some(Instant::now()),
+                channel_closed_at: None,
+                killed: false,
+                fatal: None,
+                version: Some(record.version),
+                counters: Some(record.counters),
+                status_sent: 0,
+                status_received: 0,
+                drain_kill_at: retired.then(|| Instant::now() + drain + DRAIN_KILL_GRACE),
+                restart_done: None,
+                reconfigures: VecDeque::new(),
+                binary: record.binary,
+                pidfd: None,
+                ready_timeout: HANDSHAKE_TIMEOUT,
+                upgrade_ack: false,
+            };
+            let registry = self.poll.registry();
+            let registered = register_channel(registry, &mut process).and_then(|()| {
+                registry
+                    .register(
+                        &mut SourceFd(&pidfd.as_raw_fd()),
+                        pidfd_token,
+                        Interest::READABLE,
+                    )
+                    .map_err(ProtocolError::from)
+            });
+            process.pidfd = Some((pidfd, pidfd_token));
+            self.pidfds.insert(pidfd_token, token);
+            info!(
+                worker_id = process.worker_id,
+                pid = record.pid,
+                generation = process.generation,
+                retired,
+                "adopted worker"
+            );
+            if !retired {
+                if let Some(index) = self.slot_index(process.worker_id) {
+                    if self.slots[index].current.is_none() {
+                        self.slots[index].current = Some(token);
+                    } else {
+                        process.role = Role::Retired;
+                    }
+                } else {
+                    // The configuration has fewer workers than were running: not ours to keep.
+                    process.role = Role::Retired;
+                }
+            }
+            self.processes.insert(token, process);
+            if let Err(err) = registered {
+                self.channel_failed(token, err);
+            } else {
+                adopted.push(token);
+            }
+        }
+        let now = Instant::now();
+        for slot in &mut self.slots {
+            if slot.current.is_none() {
+                slot.restart_at = Some(now);
+            }
+        }
+        let client = inherited.client.and_then(|stream| {
+            let token = Self::alloc_token(&mut self.next_token);
+            let control = self.control.as_mut()?;
+            match control.adopt_client(self.poll.registry(), token, stream) {
+                Ok(()) => Some(token),
+                Err(err) => {
+                    warn!(error = %err, "cannot adopt the upgrade's control client");
+                    None
+                }
+            }
+        });
+        let ready_timeout = inherited
+            .upgrade
+            .as_ref()
+            .map_or(DEFAULT_READY_TIMEOUT, |u| {
+                Duration::from_millis(u.ready_timeout_ms)
+            });
+        let waits = adopted
+            .into_iter()
+            .filter_map(|token| self.ask_status(token).map(|seq| (token, seq)))
+            .collect();
+        self.adoption = Some(Adoption {
+            ready_fd: inherited.ready_fd,
+            waits,
+            deadline: now + ready_timeout,
+            previous_master_pid: inherited.previous_master_pid,
+            pending: inherited.upgrade,
+            client,
+        });
+        self.adoption_progress();
+    }
+
+    /// An adopted worker's pidfd became readable: it exited (status unknown: not our child).
+    pub(super) fn adopted_exited(&mut self, token: Token) {
+        let Some(process) = self.processes.get(&token) else {
+            return;
+        };
+        if let Some((pidfd, pidfd_token)) = process.pidfd.as_ref() {
+            if !crate::upgrade::pidfd_exited(pidfd) {
+                return;
+            }
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&pidfd.as_raw_fd()));
+            self.pidfds.remove(pidfd_token);
+        }
+        let clean = process.channel_closed_at.is_some() || matches!(process.role, Role::Retired);
+        self.worker_exited(token, "exited (adopted: exit status unknown)", clean);
+        self.adoption_progress();
+    }
+
+    /// Confirm readiness once every adopted worker answered (or went away).
+    pub(super) fn adoption_progress(&mut self) {
+        let Some(adoption) = self.adoption.as_ref() else {
+            return;
+        };
+        let processes = &self.processes;
+        let answered = adoption.waits.iter().all(|&(token, seq)| {
+            processes
+                .get(&token)
+                .is_none_or(|p| p.status_received >= seq || p.channel.is_none() || p.killed)
+        });
+        if !answered {
+            return;
+        }
+        let Some(adoption) = self.adoption.take() else {
+            return;
+        };
+        if let Err(err) = write_ready(adoption.ready_fd) {
+            self.takeover_failed = Some(format!("cannot confirm readiness: {err}"));
+            return;
+        }
+        let binary = self.executable.path().display().to_string();
+        // From our exec (the old master's fork is a moment earlier) to readiness.
+        let ready_ms = crate::upgrade::process_age()
+            .unwrap_or_else(|| self.started_at.elapsed())
+            .as_millis();
+        let ready_ms = u64::try_from(ready_ms).unwrap_or(u64::MAX);
+        info!(
+            previous_master_pid = adoption.previous_master_pid,
+            generation = self.generation,
+            binary = %binary,
+            workers = self.processes.len(),
+            ready_ms,
+            "took over from the previous master"
+        );
+        let client = adoption.client;
+        self.upgrade_respond(
+            client,
+            ControlResponse::MasterReplaced {
+                old_pid: adoption.previous_master_pid,
+                new_pid: std::process::id(),
+                ready_ms,
+                generation: self.generation,
+                binary: binary.clone(),
+            },
+            false,
+        );
+        match adoption.pending {
+            Some(pending) if pending.rolling => self.begin_rolling(client, &pending),
+            _ => {
+                let message = format!(
+                    "upgrade complete: master on {binary}, generation {} (workers not replaced)",
+                    self.generation
+                );
+                self.upgrade_respond(client, ControlResponse::Done { message }, true);
+            }
+        }
+    }
+
+    fn begin_rolling(&mut self, client: Option<Token>, pending: &PendingUpgrade) {
+        let queue: VecDeque<u32> = self.slots.iter().map(|slot| slot.worker_id).collect();
+        let total = u32::try_from(queue.len()).unwrap_or(u32::MAX);
+        info!(workers = total, "upgrade: replacing workers one at a time");
+        self.upgrade = Some(UpgradeOp::Rolling(Rolling {
+            client,
+            drain: Duration::from_millis(pending.drain_timeout_ms),
+            ready_timeout: Duration::from_millis(pending.ready_timeout_ms),
+            total,
+            queue,
+            done: 0,
+            replaced: Vec::new(),
+            step: None,
+            rollback: None,
+        }));
+        self.rolling_next();
+    }
+
+    /// Start the next replacement (or rollback), or finish.
+    fn rolling_next(&mut self) {
+        let Some(UpgradeOp::Rolling(op)) = self.upgrade.as_mut() else {
+            return;
+        };
+        if op.step.is_some() {
+            return;
+        }
+        let ready_timeout = op.ready_timeout;
+        let previous = op.rollback.is_some();
+        let Some(worker_id) = op.queue.pop_front() else {
+            return self.rolling_finished();
+        };
+        match self.spawn_process_from(
+            worker_id,
+            Role::Successor {
+                client: None,
+                upgrade: true,
+            },
+            previous,
+            ready_timeout,
+        ) {
+            Ok(successor) => {
+                if let Some(UpgradeOp::Rolling(op)) = self.upgrade.as_mut() {
+                    op.step = Some(Step::Starting { successor });
+                }
+            }
+            Err(reason) => {
+                let message = format!("worker {worker_id}: cannot start a new worker: {reason}");
+                self.rolling_failed(message);
+            }
+        }
+    }
+
+    /// The successor is ready: it takes the slot, the old worker drains.
+    pub(super) fn rolling_promoted(&mut self, token: Token) {
+        let Some(UpgradeOp::Rolling(op)) = self.upgrade.as_mut() else {
+            return;
+        };
+        let drain = op.drain;
+        let Some(Step::Starting { successor, .. }) = op.step else {
+            return;
+        };
+        if successor != token {
+            return;
+        }
+        let Some(process) = self.processes.get_mut(&token) else {
+            return;
+        };
+        process.role = Role::Current;
+        let worker_id = process.worker_id;
+        let new_pid = process.pid.as_raw().unsigned_abs();
+        let ready_ms = u64::try_from(process.spawned_at.elapsed().as_millis()).unwrap_or(0);
+        let old = self.slot_index(worker_id).and_then(|index| {
+            self.slots[index].backoff = Backoff::default();
+            self.slots[index].current.replace(token)
+        });
+        let old = old.filter(|old| *old != token && self.processes.contains_key(old));
+        let Some(old) = old else {
+            if let Some(UpgradeOp::Rolling(op)) = self.upgrade.as_mut() {
+                op.step = None;
+            }
+            return self.rolling_step_done(worker_id, 0, new_pid, ready_ms, 0);
+        };
+        let old_pid = self
+            .processes
+            .get(&old)
+            .map_or(0, |p| p.pid.as_raw().unsigned_abs());
+        info!(
+            worker_id,
+            old_pid, new_pid, ready_ms, "upgrade: worker replaced; draining the old one"
+        );
+        let told = self.retire(old, drain);
+        if let Some(process) = self.processes.get_mut(&old) {
+            process.upgrade_ack = told;
+        }
+        if let Some(UpgradeOp::Rolling(op)) = self.upgrade.as_mut() {
+            op.step = Some(Step::AwaitingAck {
+                old,
+                old_pid,
+                new_pid,
+                ready_ms,
+                deadline: Instant::now() + UPGRADE_ACK_TIMEOUT,
+            });
+        }
+        if !told {
+            self.rolling_old_draining(old, None);
+        }
+    }
+
+    /// The replaced worker acknowledged its drain (or will not): report and move on.
+    pub(super) fn rolling_old_draining(&mut self, old_token: Token, active: Option<u64>) {
+        let Some(UpgradeOp::Rolling(op)) = self.upgrade.as_mut() else {
+            return;
+        };
+        let Some(Step::AwaitingAck {
+            old,
+            old_pid,
+            new_pid,
+            ready_ms,
+            ..
+        }) = op.step
+        else {
+            return;
+        };
+        if old != old_token {
+            return;
+        }
+        op.step = None;
+        let active = active.unwrap_or_else(|| {
+            self.processes
+                .get(&old)
+                .and_then(|p| p.counters.as_ref())
+                .map_or(0, |c| c.active_connections)
+        });
+        let worker_id = self.processes.get(&old).map_or(0, |p| p.worker_id);
+        if let Some(process) = self.processes.get_mut(&old) {
+            process.upgrade_ack = false;
+        }
+        self.rolling_step_done(worker_id, old_pid, new_pid, ready_ms, active);
+    }
+
+    fn rolling_step_done(
+        &mut self,
+        worker_id: u32,
+        old_pid: u32,
+        new_pid: u32,
+        ready_ms: u64,
+        active: u64,
+    ) {
+        let Some(UpgradeOp::Rolling(op)) = self.upgrade.as_mut() else {
+            return;
+        };
+        let client = op.client;
+        let response = match op.rollback.as_mut() {
+            None => {
+                op.done += 1;
+                op.replaced.push(worker_id);
+                ControlResponse::WorkerReplaced {
+                    index: op.done,
+                    total: op.total,
+                    worker_id,
+                    old_pid,
+                    new_pid,
+                    ready_ms,
+                    old_active_connections: active,
+                }
+            }
+            Some((_, restored)) => {
+                *restored += 1;
+                ControlResponse::WorkerRolledBack {
+                    worker_id,
+                    failed_pid: old_pid,
+                    restored_pid: new_pid,
+                }
+            }
+        };
+        self.upgrade_respond(client, response, false);
+        self.rolling_next();
+    }
+
+    /// A new worker of the upgrade failed (it is dead, killed by the usual paths).
+    pub(super) fn rolling_successor_failed(&mut self, token: Token, reason: String) {
+        let Some(UpgradeOp::Rolling(op)) = self.upgrade.as_mut() else {
+            return;
+        };
+        match op.step {
+            Some(Step::Starting { successor, .. }) if successor == token => {}
+            _ => return,
+        }
+        op.step = None;
+        self.rolling_failed(reason);
+    }
+
+    /// Stop replacing; put the already-replaced workers back on the previous executable.
+    fn rolling_failed(&mut self, reason: String) {
+        let Some(UpgradeOp::Rolling(op)) = self.upgrade.as_mut() else {
+            return;
+        };
+        match op.rollback.as_mut() {
+            Some((first, _)) => {
+                // A rollback worker failed too: give up on that slot, keep going.
+                first.push_str(&format!("; rollback: {reason}"));
+            }
+            None => {
+                error!(reason = %reason, replaced = op.replaced.len(), "upgrade failed; rolling back");
+                op.queue = op.replaced.iter().rev().copied().collect();
+                op.rollback = Some((reason, 0));
+            }
+        }
+        op.step = None;
+        self.rolling_next();
+    }
+
+    fn rolling_finished(&mut self) {
+        let Some(UpgradeOp::Rolling(op)) = self.upgrade.take() else {
+            return;
+        };
+        let binary = self.executable.path().display().to_string();
+        match op.rollback {
+            None => {
+                let message = format!(
+                    "upgrade complete: {} workers on {binary}, generation {}",
+                    op.total, self.generation
+                );
+                info!("{message}");
+                self.upgrade_respond(op.client, ControlResponse::Done { message }, true);
+            }
+            Some((reason, restored)) => {
+                let previous = self
+                    .previous_executable
+                    .as_ref()
+                    .map_or_else(|| binary.clone(), |e| e.path().display().to_string());
+                let message = format!(
+                    "rolling upgrade to {binary} failed: {reason}; {restored} replaced worker(s) \
+                     rolled back to {previous}; the other workers kept running"
+                );
+                error!("{message}");
+                self.upgrade_respond(op.client, ControlResponse::Failed { message }, true);
+            }
+        }
+    }
+
+    pub(super) fn abort_upgrade(&mut self, reason: &str) {
+        match self.upgrade.take() {
+            Some(UpgradeOp::Rolling(op)) => {
+                let message = format!("upgrade abandoned: {reason}");
+                warn!("{message}");
+                self.upgrade_respond(op.client, ControlResponse::Failed { message }, true);
+            }
+            Some(handover @ UpgradeOp::Handover(_)) => {
+                self.upgrade = Some(handover);
+                self.handover_failed(None, reason.to_owned());
+            }
+            None => {}
+        }
+    }
+
+    pub(super) fn upgrade_timers(&mut self, now: Instant) {
+        if let Some(adoption) = &self.adoption {
+            if adoption.deadline <= now {
+                let silent: Vec<String> = adoption
+                    .waits
+                    .iter()
+                    .filter_map(|(token, seq)| {
+                        self.processes
+                            .get(token)
+                            .filter(|p| p.status_received < *seq && p.channel.is_some())
+                            .map(|p| format!("worker {} (pid {})", p.worker_id, p.pid))
+                    })
+                    .collect();
+                let reason = format!(
+                    "adopted workers did not answer in time: {}",
+                    silent.join(", ")
+                );
+                error!("{reason}");
+                self.takeover_failed = Some(reason);
+                return;
+            }
+        }
+        match &self.upgrade {
+            Some(UpgradeOp::Handover(handover)) if handover.deadline <= now => {
+                self.handover_failed(None, "no readiness confirmation in time".to_owned());
+            }
+            Some(UpgradeOp::Rolling(Rolling {
+                step: Some(Step::AwaitingAck { old, deadline, .. }),
+                ..
+            })) if *deadline <= now => {
+                let old = *old;
+                self.rolling_old_draining(old, None);
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn upgrade_deadline(&self) -> Option<Instant> {
+        if let Some(adoption) = &self.adoption {
+            return Some(adoption.deadline);
+        }
+        match &self.upgrade {
+            Some(UpgradeOp::Handover(handover)) => Some(handover.deadline),
+            Some(UpgradeOp::Rolling(Rolling {
+                step: Some(Step::AwaitingAck { deadline, .. }),
+                ..
+            })) => Some(*deadline),
+            _ => None,
+        }
+    }
+}
+
+/// Wall-clock milliseconds of the instant `ago` before now (for the state file).
+fn unix_ms_ago(ago: Duration) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(now.saturating_sub(ago).as_millis()).unwrap_or(0)
+}
+
+/// The monotonic instant of a wall-clock time from the state file (uptimes in status).
+fn instant_of_unix_ms(ms: u64) -> Instant {
+    let now_ms = unix_ms_ago(Duration::ZERO);
+    let ago = Duration::from_millis(now_ms.saturating_sub(ms));
+    Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
+}

@@ -1,0 +1,293 @@
+//! Low-level pieces of a master binary upgrade (design note, sections 4-6): where the state
+//! file goes, checking the new binary, starting the successor master with exactly the fds it
+//! inherits, the readiness pipe, and `pidfd` supervision of adopted workers.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::unistd::{access, AccessFlags, Pid};
+use socket2::{Domain, SockRef, Type};
+
+/// Hidden command-line flags of a successor master.
+pub const UPGRADE_FROM_ARG: &str = "--upgrade-from";
+pub const UPGRADE_READY_FD_ARG: &str = "--upgrade-ready-fd";
+
+/// What the successor writes on the readiness pipe: `READY <pid>\n`.
+pub const READY_PREFIX: &str = "READY ";
+
+/// Default bound of the wait for a new master, or a new worker, to be ready.
+pub const DEFAULT_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The state file of an upgrade started by master `pid`: in `$XDG_RUNTIME_DIR`, else next to
+/// the control socket (both private to the master's user).
+pub fn state_file_path(control_socket: &Path, pid: u32) -> PathBuf {
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| control_socket.parent().map(Path::to_path_buf))
+        .unwrap_or_else(std::env::temp_dir);
+    dir.join(format!("zentinel-upgrade-{pid}.state"))
+}
+
+/// The new binary must exist, be a regular file, and be executable by us.
+pub fn check_binary(path: &Path) -> Result<(), String> {
+    let metadata =
+        std::fs::metadata(path).map_err(|err| format!("new binary {}: {err}", path.display()))?;
+    if !metadata.is_file() {
+        return Err(format!(
+            "new binary {} is not a regular file",
+            path.display()
+        ));
+    }
+    if metadata.permissions().mode() & 0o111 == 0 || access(path, AccessFlags::X_OK).is_err() {
+        return Err(format!("new binary {} is not executable", path.display()));
+    }
+    Ok(())
+}
+
+/// A pipe whose both ends are close-on-exec: (read, write).
+pub fn ready_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+/// Start `binary` as the successor master: `BINARY --upgrade-from STATE --upgrade-ready-fd N
+/// --log-level L`, inheriting exactly `inherit` and `ready_write` (CLOEXEC cleared in the
+/// child only, between fork and exec). argv[0] is the binary's path, so the new master names
+/// its executable the way the operator did.
+pub fn spawn_successor(
+    binary: &Path,
+    state_file: &Path,
+    ready_write: &OwnedFd,
+    inherit: &[RawFd],
+    log_level: &str,
+) -> io::Result<Pid> {
+    let ready_raw = ready_write.as_raw_fd();
+    let mut fds: Vec<RawFd> = inherit.to_vec();
+    fds.push(ready_raw);
+    let mut command = Command::new(binary);
+    command
+        .arg0(OsString::from(binary))
+        .arg(UPGRADE_FROM_ARG)
+        .arg(state_file)
+        .arg(UPGRADE_READY_FD_ARG)
+        .arg(ready_raw.to_string())
+        .arg("--log-level")
+        .arg(log_level)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed: fcntl(F_SETFD), sigemptyset and sigprocmask. It allocates nothing
+    // (`fds` was built before the fork and is only read; io::Error::last_os_error does not
+    // allocate), takes no lock and touches no shared state. Every fd in `fds` is open in the
+    // parent for the whole `spawn` call (the supervisor owns them), hence in the child.
+    unsafe {
+        command.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // The master reads its signals from a signalfd with them blocked; a blocked mask
+            // survives exec, and the new master sets up its own.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            if libc::sigemptyset(&mut empty) == -1
+                || libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) == -1
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(|err| {
+        io::Error::new(
+            err.kind(),
+            format!("cannot start the new master {}: {err}", binary.display()),
+        )
+    })?;
+    let pid = i32::try_from(child.id())
+        .map(Pid::from_raw)
+        .map_err(|_| io::Error::other(format!("new master pid {} out of range", child.id())))?;
+    // `Child` neither waits nor kills on drop; the supervisor reaps it.
+    drop(child);
+    Ok(pid)
+}
+
+/// Take ownership of an inherited fd number named in the state file or on the command line,
+/// after checking it is open; it gets close-on-exec again (design note, section 4).
+pub fn take_inherited_fd(raw: RawFd, what: &str) -> io::Result<OwnedFd> {
+    if raw <= 2 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what}: fd {raw} is stdio, not an inherited descriptor"),
+        ));
+    }
+    // SAFETY: F_GETFD only reads the flags of descriptor number `raw`; an unused number fails
+    // with EBADF.
+    if unsafe { libc::fcntl(raw, libc::F_GETFD) } == -1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{what}: fd {raw} is not open: {}",
+                io::Error::last_os_error()
+            ),
+        ));
+    }
+    // SAFETY: `raw` is open (checked above), was inherited across exec, and appears once in
+    // the state (the caller takes each number once), so this is its only owner.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sets the close-on-exec flag of an fd we own.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Check that `fd` is a connected Unix stream socket (a worker channel, a control client).
+pub fn check_unix_stream(fd: &OwnedFd, what: &str) -> io::Result<()> {
+    let socket = SockRef::from(fd);
+    let bad = |why: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{what}: fd {} is not a Unix stream socket: {why}",
+                fd.as_raw_fd()
+            ),
+        )
+    };
+    match socket.domain() {
+        Ok(d) if d == Domain::UNIX => {}
+        Ok(d) => return Err(bad(format!("domain {d:?}"))),
+        Err(err) => return Err(bad(err.to_string())),
+    }
+    match socket.r#type() {
+        Ok(t) if t == Type::STREAM => {}
+        Ok(t) => return Err(bad(format!("type {t:?}"))),
+        Err(err) => return Err(bad(err.to_string())),
+    }
+    Ok(())
+}
+
+/// `pidfd_open(pid)`: an fd that becomes readable when the process exits, for processes that
+/// are not our children (adopted workers). Close-on-exec.
+pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is
+    // passed.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let raw = RawFd::try_from(raw).map_err(|_| io::Error::other("pidfd out of range"))?;
+    // SAFETY: the kernel just returned this new fd (O_CLOEXEC is implied for pidfds).
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Signal the process behind a pidfd (immune to pid reuse).
+pub fn pidfd_kill(pidfd: &OwnedFd, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal with a pidfd we own, a signal number, a null siginfo (the
+    // kernel fills it in as for kill(2)) and no flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Whether the process behind a pidfd has exited (poll, no wait).
+pub fn pidfd_exited(pidfd: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
+/// How long this process has existed (from `/proc/self/stat` start time and `/proc/uptime`;
+/// 10 ms resolution).
+pub fn process_age() -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let after = stat.rsplit_once(')')?.1;
+    let start_ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
+    let uptime_s: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&t| t > 0)?;
+    let start_s = start_ticks as f64 / ticks as f64;
+    std::time::Duration::try_from_secs_f64((uptime_s - start_s).max(0.0)).ok()
+}
+
+/// Successor side: confirm readiness on the inherited pipe, then close it.
+pub fn write_ready(fd: OwnedFd) -> io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(format!("{READY_PREFIX}{}\n", std::process::id()).as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_checks_name_the_path() {
+        let err = check_binary(Path::new("/nonexistent/zentinel")).unwrap_err();
+        assert!(err.contains("/nonexistent/zentinel"), "{err}");
+        let dir = std::env::temp_dir().join(format!("zentinel-upg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("not-exec");
+        std::fs::write(&file, "x").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = check_binary(&file).unwrap_err();
+        assert!(err.contains("not executable"), "{err}");
+        assert!(check_binary(&dir)
+            .unwrap_err()
+            .contains("not a regular file"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(check_binary(Path::new("/bin/sh")).is_ok());
+    }
+
+    #[test]
+    fn pidfd_sees_exit_of_a_process() {
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg("exit 0")
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let fd = pidfd_open(pid).unwrap();
+        child.wait().unwrap();
+        assert!(pidfd_exited(&fd));
+    }
+
+    #[test]
+    fn process_age_is_plausible() {
+        let age = process_age().unwrap();
+        assert!(age < std::time::Duration::from_secs(3600), "{age:?}");
+    }
+
+    #[test]
+    fn state_file_goes_to_the_runtime_dir_or_next_to_the_socket() {
+        let path = state_file_path(Path::new("/run/x/z.sock"), 42);
+        assert!(path
+            .to_string_lossy()
+            .ends_with("zentinel-upgrade-42.state"));
+    }
+}

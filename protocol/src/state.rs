@@ -1,0 +1,380 @@
+//! The state file a master hands to its successor across a binary upgrade (fork + exec).
+//!
+//! Layout: `MAGIC` (8 bytes) | format version (u32 LE) | payload length (u64 LE) |
+//! payload checksum (u64 LE, FNV-1a 64) | payload (rkyv archive of the version's struct).
+//! A newer binary reads every older format version (each old struct is kept frozen here and
+//! converted to the latest); an older binary refuses a newer version with a clear error instead
+//! of guessing. fd numbers in the state are inherited across exec (CLOEXEC cleared only in the
+//! forked child); the new master checks each fd before use.
+//!
+//! Only the magic and the version are common to all versions; the rest of the header belongs to
+//! the version, so the version is dispatched on before anything else is read. The payload is
+//! copied into an aligned buffer and validated (bytecheck) before it is deserialized: a state
+//! file is input like any other, and no byte sequence makes decoding panic.
+//!
+//! # Compatibility is proven by a frozen fixture
+//!
+//! `tests/fixtures/state-v1.bin` (workspace root) was written once by the version 1 encoder from
+//! a fixed value; `protocol/tests/state.rs::frozen_v1_state_file_still_decodes` decodes it with
+//! the current code and compares every field. **Never regenerate the fixture of an existing
+//! version**: that would turn the test into "this build reads its own output" and hide exactly
+//! the break it exists to catch. When the format changes, bump `STATE_FORMAT_VERSION`, freeze
+//! the old struct as `MasterStateV{N}` with a conversion, and add a new `state-v{N+1}.bin`
+//! (the generator only creates fixtures that do not exist yet; see
+//! `ZENTINEL_REGENERATE_FIXTURES` in that test file).
+//!
+//! `MasterStateV1` embeds `ProxyConfig`, `WorkerState` and `WorkerCounters` from the other
+//! modules, so changing any of those changes the version 1 layout too: the fixture test fails,
+//! and the answer is a new format version (with a frozen copy of the old types), not a new
+//! fixture. The same holds for rkyv's format features (endianness, pointer width, alignment).
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::config::ProxyConfig;
+use crate::control::WorkerState;
+use crate::messages::WorkerCounters;
+
+pub const STATE_MAGIC: [u8; 8] = *b"ZNTLSTAT";
+/// The format this build writes. Bump it, and add a frozen `MasterStateV{N}` plus a conversion,
+/// whenever the struct changes.
+pub const STATE_FORMAT_VERSION: u32 = 1;
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ListenerFd {
+    pub name: String,
+    pub address: String,
+    pub fd: i32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct WorkerRecord {
+    pub id: u32,
+    pub pid: u32,
+    pub generation: u64,
+    /// The master's end of the worker's socketpair.
+    pub channel_fd: i32,
+    pub version: String,
+    pub binary: String,
+    pub started_at_unix_ms: u64,
+    pub state: WorkerState,
+    pub counters: WorkerCounters,
+}
+
+/// An upgrade request that the new master carries on (the rolling part, and the answer to the
+/// control client that asked for it).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct PendingUpgrade {
+    pub rolling: bool,
+    pub drain_timeout_ms: u64,
+    pub ready_timeout_ms: u64,
+    /// The control client connection waiting for progress, if any (SIGUSR2 has none).
+    pub client_fd: Option<i32>,
+}
+
+/// Format version 1.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MasterStateV1 {
+    /// The old master's pid (the new master reports readiness to it).
+    pub previous_master_pid: u32,
+    /// The generation the new master runs as (old + 1).
+    pub generation: u64,
+    pub config: ProxyConfig,
+    /// Config file path, or `None` for the embedded default.
+    pub config_path: Option<String>,
+    pub log_level: String,
+    pub control_socket_path: String,
+    pub control_socket_fd: i32,
+    /// The previous binary, kept open so a failed rolling upgrade can put workers back on it.
+    pub previous_binary: String,
+    pub previous_executable_fd: i32,
+    pub listeners: Vec<ListenerFd>,
+    pub workers: Vec<WorkerRecord>,
+    pub upgrade: Option<PendingUpgrade>,
+}
+
+/// The latest state, what the rest of the code uses.
+pub type MasterState = MasterStateV1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("state file {path}: not a Zentinel state file (bad magic number)")]
+    BadMagic { path: String },
+    #[error(
+        "state file {path}: format version {found} is newer than this binary supports \
+         (up to {supported}); upgrade to a binary that reads it instead"
+    )]
+    FutureVersion {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
+    #[error("state file {path}: unknown format version {found}")]
+    UnknownVersion { path: String, found: u32 },
+    #[error("state file {path}: corrupt ({reason})")]
+    Corrupt { path: String, reason: String },
+}
+
+/// Bytes before the payload: magic, version, payload length, checksum.
+pub const STATE_HEADER_LEN: usize = 8 + 4 + 8 + 8;
+
+/// The part of the header every format version shares: magic and version. Everything after it
+/// may change with the version, so the version is dispatched on before the rest is read.
+const STABLE_PREFIX_LEN: usize = 8 + 4;
+
+/// A master state is a few KiB; anything this large is not one of ours, and refusing it before
+/// reading keeps a wrong path (a disk image, /dev/zero) from exhausting memory.
+const MAX_STATE_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// FNV-1a 64: not cryptographic (the file is written by a trusted predecessor into a 0600
+/// file), it only catches truncation and bit rot before rkyv validation sees the bytes.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(PRIME)
+    })
+}
+
+/// Serialize `state` in the current format (magic, version, length, checksum, payload).
+pub fn encode_state(state: &MasterState) -> Vec<u8> {
+    let payload = match rkyv::to_bytes::<rancor::Error>(state) {
+        Ok(payload) => payload,
+        // Serializing into a growable in-memory buffer only fails when the archive outgrows
+        // rkyv's 32-bit relative pointers (2 GiB); a master's state is a few KiB, so reaching
+        // this is a bug in the caller, not a condition to handle.
+        Err(e) => panic!("cannot serialize the master state: {e}"),
+    };
+    let mut out = Vec::with_capacity(STATE_HEADER_LEN + payload.len());
+    out.extend_from_slice(&STATE_MAGIC);
+    out.extend_from_slice(&STATE_FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&fnv1a64(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Parse a state file's bytes, of any supported version, into the latest `MasterState`.
+/// `path` only names the file in errors.
+pub fn decode_state(bytes: &[u8], path: &str) -> Result<MasterState, StateError> {
+    let corrupt = |reason: String| StateError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+
+    // A file that is a prefix of the magic is a truncated state file, anything else is not ours.
+    if bytes.len() < STATE_MAGIC.len() {
+        if STATE_MAGIC.starts_with(bytes) {
+            return Err(corrupt(format!(
+                "truncated: {} bytes, shorter than the {}-byte header",
+                bytes.len(),
+                STATE_HEADER_LEN
+            )));
+        }
+        return Err(StateError::BadMagic {
+            path: path.to_owned(),
+        });
+    }
+    if bytes[..STATE_MAGIC.len()] != STATE_MAGIC {
+        return Err(StateError::BadMagic {
+            path: path.to_owned(),
+        });
+    }
+    let Some(version_bytes) = bytes.get(STATE_MAGIC.len()..STABLE_PREFIX_LEN) else {
+        return Err(corrupt(format!(
+            "truncated: {} bytes, no room for the format version",
+            bytes.len()
+        )));
+    };
+    let version = u32::from_le_bytes(le_array(version_bytes));
+    match version {
+        1 => {
+            let payload = checked_payload(bytes, path)?;
+            let state = decode_payload_v1(payload).map_err(corrupt)?;
+            Ok(state)
+        }
+        0 => Err(StateError::UnknownVersion {
+            path: path.to_owned(),
+            found: version,
+        }),
+        found if found > STATE_FORMAT_VERSION => Err(StateError::FutureVersion {
+            path: path.to_owned(),
+            found,
+            supported: STATE_FORMAT_VERSION,
+        }),
+        // 1..=STATE_FORMAT_VERSION without an arm: a version was bumped without keeping the
+        // decoder of the previous one, which the frozen fixture test is there to catch.
+        found => Err(StateError::UnknownVersion {
+            path: path.to_owned(),
+            found,
+        }),
+    }
+}
+
+fn le_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut array = [0u8; N];
+    array.copy_from_slice(bytes);
+    array
+}
+
+/// Check the length and checksum of the version 1 header and return the payload.
+fn checked_payload<'a>(bytes: &'a [u8], path: &str) -> Result<&'a [u8], StateError> {
+    let corrupt = |reason: String| StateError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    if bytes.len() < STATE_HEADER_LEN {
+        return Err(corrupt(format!(
+            "truncated: {} bytes, shorter than the {STATE_HEADER_LEN}-byte header",
+            bytes.len()
+        )));
+    }
+    let declared = u64::from_le_bytes(le_array(&bytes[12..20]));
+    let expected_checksum = u64::from_le_bytes(le_array(&bytes[20..28]));
+    let payload = &bytes[STATE_HEADER_LEN..];
+    if declared != payload.len() as u64 {
+        return Err(corrupt(format!(
+            "header announces a {declared}-byte payload but {} bytes follow it \
+             (truncated or overwritten file)",
+            payload.len()
+        )));
+    }
+    let actual_checksum = fnv1a64(payload);
+    if actual_checksum != expected_checksum {
+        return Err(corrupt(format!(
+            "payload checksum mismatch: header says {expected_checksum:#018x}, \
+             payload hashes to {actual_checksum:#018x}"
+        )));
+    }
+    Ok(payload)
+}
+
+fn decode_payload_v1(payload: &[u8]) -> Result<MasterStateV1, String> {
+    // rkyv needs the archive aligned; a slice of the file buffer at offset 28 is not.
+    let mut aligned = AlignedVec::<16>::with_capacity(payload.len());
+    aligned.extend_from_slice(payload);
+    rkyv::from_bytes::<MasterStateV1, rancor::Error>(&aligned)
+        .map_err(|e| format!("payload is not a valid version 1 state archive: {e}"))
+}
+
+fn io_error(path: &Path, source: io::Error) -> StateError {
+    StateError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Prefix an error with what was being done, keeping its kind for callers that match on it.
+fn with_context(source: io::Error, context: String) -> io::Error {
+    io::Error::new(source.kind(), format!("{context}: {source}"))
+}
+
+/// Write the state to `path` atomically (temp file in the same directory, fsync, rename), mode
+/// 0600. Errors name the path.
+pub fn write_state_file(path: &std::path::Path, state: &MasterState) -> Result<(), StateError> {
+    static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+    let Some(file_name) = path.file_name() else {
+        return Err(io_error(
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, "path does not name a file"),
+        ));
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut temp_name = OsString::from(".");
+    temp_name.push(file_name);
+    temp_name.push(format!(
+        ".tmp.{}.{}",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let temp_path = dir.join(temp_name);
+
+    let bytes = encode_state(state);
+    // create_new: never follow or reuse whatever sits at the temp name (a stale file, a
+    // symlink planted by someone else); mode 0600 because the state lists fd numbers and paths.
+    let result = (|| -> io::Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp_path)
+            .map_err(|e| {
+                with_context(
+                    e,
+                    format!("cannot create temp file {}", temp_path.display()),
+                )
+            })?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| {
+                with_context(e, format!("cannot write temp file {}", temp_path.display()))
+            })?;
+        drop(file);
+        std::fs::rename(&temp_path, path).map_err(|e| {
+            with_context(
+                e,
+                format!("cannot rename temp file {}", temp_path.display()),
+            )
+        })
+    })();
+    if let Err(e) = result {
+        // Best effort: the temp file may not exist (create failed); the original error is
+        // the one worth reporting.
+        let _ = std::fs::remove_file(&temp_path);
+        return Err(io_error(path, e));
+    }
+    // The rename is only durable once the directory entry is; the successor reads the file
+    // right away, so a failure here is reported but the file itself is complete.
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| {
+        io_error(
+            path,
+            with_context(e, format!("cannot fsync directory {}", dir.display())),
+        )
+    })
+}
+
+pub fn read_state_file(path: &std::path::Path) -> Result<MasterState, StateError> {
+    let file = File::open(path).map_err(|e| io_error(path, e))?;
+    let len = file.metadata().map_err(|e| io_error(path, e))?.len();
+    if len > MAX_STATE_FILE_BYTES {
+        return Err(StateError::Corrupt {
+            path: path.display().to_string(),
+            reason: format!(
+                "{len} bytes, larger than any state file (limit {MAX_STATE_FILE_BYTES})"
+            ),
+        });
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    // take(): the file may grow between metadata and read; never read past the limit.
+    file.take(MAX_STATE_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_error(path, e))?;
+    if bytes.len() as u64 > MAX_STATE_FILE_BYTES {
+        return Err(StateError::Corrupt {
+            path: path.display().to_string(),
+            reason: format!("grew past the {MAX_STATE_FILE_BYTES}-byte limit while being read"),
+        });
+    }
+    decode_state(&bytes, &path.display().to_string())
+}

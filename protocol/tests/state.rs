@@ -1,0 +1,830 @@
+//! The master state file: round trips, every error kind, atomic writes, and the frozen version 1
+//! fixture that proves a newer binary still reads an older binary's state.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use proptest::collection::vec;
+use proptest::option;
+use proptest::prelude::*;
+use zentinel_protocol::config::*;
+use zentinel_protocol::control::WorkerState;
+use zentinel_protocol::messages::WorkerCounters;
+use zentinel_protocol::state::*;
+
+// ---------------------------------------------------------------------------------------------
+// The frozen version 1 value. Together with tests/fixtures/state-v1.bin it is a compatibility
+// contract: never edit it, never regenerate that file (see the module doc of `state.rs`).
+// ---------------------------------------------------------------------------------------------
+
+const FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+
+fn counters(seed: u64) -> WorkerCounters {
+    WorkerCounters {
+        active_connections: seed,
+        accepted_total: seed * 1_000 + 1,
+        requests_total: seed * 10_000 + 2,
+        responses_1xx: 3,
+        responses_2xx: seed * 9_000 + 4,
+        responses_3xx: 5,
+        responses_4xx: 6 + seed,
+        responses_5xx: 7,
+        upstream_errors: 8,
+        client_errors: 9,
+        accept_errors: 10,
+        bytes_in: seed * 1_048_576 + 11,
+        bytes_out: u64::MAX - seed,
+    }
+}
+
+fn frozen_v1_state() -> MasterStateV1 {
+    let config = ProxyConfig {
+        system: SystemConfig {
+            worker_processes: 4,
+            max_connections: 20_000,
+            graceful_shutdown_timeout_secs: 45,
+            control_socket: Some("/run/zentinel/control.sock".to_owned()),
+        },
+        listeners: vec![
+            ListenerConfig {
+                name: "public-http".to_owned(),
+                address: "0.0.0.0:8080".to_owned(),
+                protocol: ListenerProtocol::Http,
+                backlog: 4096,
+                request_timeout_secs: 30,
+                keepalive_timeout_secs: 75,
+                default_route: Some("fallback".to_owned()),
+                upstream: None,
+            },
+            ListenerConfig {
+                name: "public-http-v6".to_owned(),
+                address: "[::1]:8080".to_owned(),
+                protocol: ListenerProtocol::Http,
+                backlog: DEFAULT_BACKLOG,
+                request_timeout_secs: 30,
+                keepalive_timeout_secs: 75,
+                default_route: None,
+                upstream: None,
+            },
+            ListenerConfig {
+                name: "postgres".to_owned(),
+                address: "127.0.0.1:5433".to_owned(),
+                protocol: ListenerProtocol::Tcp,
+                backlog: 128,
+                request_timeout_secs: 10,
+                keepalive_timeout_secs: 0,
+                default_route: None,
+                upstream: Some("db".to_owned()),
+            },
+        ],
+        routes: vec![
+            RouteConfig {
+                name: "health".to_owned(),
+                priority: RoutePriority::Critical,
+                matches: vec![RouteMatch::Path("/healthz".to_owned())],
+                action: RouteAction::Static(StaticResponse {
+                    status: 200,
+                    body: "ok — zentinel ☃\n".to_owned(),
+                    content_type: "text/plain; charset=utf-8".to_owned(),
+                }),
+            },
+            RouteConfig {
+                name: "api".to_owned(),
+                priority: RoutePriority::High,
+                matches: vec![
+                    RouteMatch::Host("api.example.com".to_owned()),
+                    RouteMatch::Host("*.api.example.com".to_owned()),
+                    RouteMatch::PathPrefix("/v2/".to_owned()),
+                ],
+                action: RouteAction::Upstream("api-pool".to_owned()),
+            },
+            RouteConfig {
+                name: "fallback".to_owned(),
+                priority: RoutePriority::Low,
+                matches: vec![],
+                action: RouteAction::Upstream("web".to_owned()),
+            },
+        ],
+        upstreams: vec![
+            UpstreamConfig {
+                name: "api-pool".to_owned(),
+                targets: vec![
+                    UpstreamTarget {
+                        address: "10.0.0.11:9000".to_owned(),
+                        weight: 3,
+                    },
+                    UpstreamTarget {
+                        address: "[fd00::12]:9000".to_owned(),
+                        weight: 1,
+                    },
+                ],
+                load_balancing: LoadBalancing::LeastConnections,
+                pool: ConnectionPool {
+                    max_idle: 64,
+                    idle_timeout_secs: 90,
+                },
+                timeouts: UpstreamTimeouts {
+                    connect_secs: 2,
+                    read_secs: 60,
+                },
+            },
+            UpstreamConfig {
+                name: "web".to_owned(),
+                targets: vec![UpstreamTarget {
+                    address: "127.0.0.1:3000".to_owned(),
+                    weight: 1,
+                }],
+                load_balancing: LoadBalancing::RoundRobin,
+                pool: ConnectionPool::default(),
+                timeouts: UpstreamTimeouts::default(),
+            },
+            UpstreamConfig {
+                name: "db".to_owned(),
+                targets: vec![UpstreamTarget {
+                    address: "10.0.0.20:5432".to_owned(),
+                    weight: 1,
+                }],
+                load_balancing: LoadBalancing::RoundRobin,
+                pool: ConnectionPool {
+                    max_idle: 0,
+                    idle_timeout_secs: 0,
+                },
+                timeouts: UpstreamTimeouts {
+                    connect_secs: 1,
+                    read_secs: 3600,
+                },
+            },
+        ],
+        limits: Limits {
+            max_header_size_bytes: 16_384,
+            max_header_count: 128,
+            max_body_size_bytes: 50 * 1024 * 1024,
+        },
+    };
+    let states = [
+        WorkerState::Running,
+        WorkerState::Running,
+        WorkerState::Draining,
+        WorkerState::Starting,
+        WorkerState::Stopped,
+    ];
+    let workers = states
+        .iter()
+        .enumerate()
+        .map(|(i, &state)| {
+            let i32_i = i as i32;
+            let u_i = i as u64;
+            WorkerRecord {
+                id: i as u32,
+                pid: 41_000 + i as u32 * 7,
+                generation: if state == WorkerState::Draining { 2 } else { 3 },
+                channel_fd: 20 + i32_i,
+                version: "0.1.0".to_owned(),
+                binary: "/usr/local/bin/zentinel".to_owned(),
+                started_at_unix_ms: 1_700_000_000_000 + u_i * 1_234,
+                state,
+                counters: counters(u_i),
+            }
+        })
+        .collect();
+    MasterStateV1 {
+        previous_master_pid: 40_999,
+        generation: 4,
+        config,
+        config_path: Some("/etc/zentinel/zentinel.kdl".to_owned()),
+        log_level: "info,zentinel_worker=debug".to_owned(),
+        control_socket_path: "/run/zentinel/control.sock".to_owned(),
+        control_socket_fd: 7,
+        previous_binary: "/usr/local/bin/zentinel (deleted)".to_owned(),
+        previous_executable_fd: 5,
+        listeners: vec![
+            ListenerFd {
+                name: "public-http".to_owned(),
+                address: "0.0.0.0:8080".to_owned(),
+                fd: 10,
+            },
+            ListenerFd {
+                name: "public-http-v6".to_owned(),
+                address: "[::1]:8080".to_owned(),
+                fd: 11,
+            },
+            ListenerFd {
+                name: "postgres".to_owned(),
+                address: "127.0.0.1:5433".to_owned(),
+                fd: 12,
+            },
+        ],
+        workers,
+        upgrade: Some(PendingUpgrade {
+            rolling: true,
+            drain_timeout_ms: 45_000,
+            ready_timeout_ms: 5_000,
+            client_fd: Some(17),
+        }),
+    }
+}
+
+/// Creates fixtures that do not exist yet, when `ZENTINEL_REGENERATE_FIXTURES=1`. An existing
+/// fixture is never overwritten: it was written by an older binary and must stay that way.
+/// To add version N: add `frozen_vN_state()` and its entry here, run
+/// `ZENTINEL_REGENERATE_FIXTURES=1 cargo test -p zentinel-protocol --test state generate`,
+/// commit the file, then add the `include_bytes!` test for it.
+#[test]
+fn generate_missing_fixtures() {
+    if std::env::var("ZENTINEL_REGENERATE_FIXTURES").as_deref() != Ok("1") {
+        return;
+    }
+    let fixtures: [(&str, Vec<u8>); 1] = [("state-v1.bin", encode_state(&frozen_v1_state()))];
+    fs::create_dir_all(FIXTURE_DIR).unwrap();
+    for (name, bytes) in fixtures {
+        let path = Path::new(FIXTURE_DIR).join(name);
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut file) => {
+                std::io::Write::write_all(&mut file, &bytes).unwrap();
+                file.sync_all().unwrap();
+                eprintln!("wrote {} ({} bytes)", path.display(), bytes.len());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                eprintln!("kept existing frozen fixture {}", path.display());
+            }
+            Err(e) => panic!("cannot create {}: {e}", path.display()),
+        }
+    }
+}
+
+/// Written once by the version 1 encoder and committed; decoding it with today's code proves
+/// that this build reads the state a version 1 master hands over. If this fails, the format
+/// changed: add a format version, do not regenerate the fixture.
+#[test]
+fn frozen_v1_state_file_still_decodes() {
+    static FIXTURE: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/state-v1.bin"
+    ));
+    assert_eq!(&FIXTURE[..8], &STATE_MAGIC, "fixture magic");
+    assert_eq!(
+        &FIXTURE[8..12],
+        &1u32.to_le_bytes(),
+        "the v1 fixture must stay a version 1 file"
+    );
+
+    let decoded = decode_state(FIXTURE, "tests/fixtures/state-v1.bin")
+        .unwrap_or_else(|e| panic!("frozen version 1 state no longer decodes: {e}"));
+    let expected = frozen_v1_state();
+    // Field by field first, so a failure says which part of the state drifted.
+    assert_eq!(decoded.previous_master_pid, expected.previous_master_pid);
+    assert_eq!(decoded.generation, expected.generation);
+    assert_eq!(decoded.config.system, expected.config.system);
+    assert_eq!(decoded.config.listeners, expected.config.listeners);
+    assert_eq!(decoded.config.routes, expected.config.routes);
+    assert_eq!(decoded.config.upstreams, expected.config.upstreams);
+    assert_eq!(decoded.config.limits, expected.config.limits);
+    assert_eq!(decoded.config_path, expected.config_path);
+    assert_eq!(decoded.log_level, expected.log_level);
+    assert_eq!(decoded.control_socket_path, expected.control_socket_path);
+    assert_eq!(decoded.control_socket_fd, expected.control_socket_fd);
+    assert_eq!(decoded.previous_binary, expected.previous_binary);
+    assert_eq!(
+        decoded.previous_executable_fd,
+        expected.previous_executable_fd
+    );
+    assert_eq!(decoded.listeners, expected.listeners);
+    assert_eq!(decoded.workers.len(), expected.workers.len());
+    for (got, want) in decoded.workers.iter().zip(&expected.workers) {
+        assert_eq!(got, want, "worker {}", want.id);
+    }
+    assert_eq!(decoded.upgrade, expected.upgrade);
+    assert_eq!(decoded, expected);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A scratch directory removed on drop (no tempfile dependency for a dozen lines).
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(tag: &str) -> ScratchDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "zentinel-state-test-{}-{tag}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        ScratchDir(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// A file with a correct header (magic, `version`, length, checksum) around any payload, so the
+/// decoder gets past its cheap checks and into rkyv validation.
+fn framed(version: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&STATE_MAGIC);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&fnv1a64(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn expect_corrupt(result: Result<MasterState, StateError>, what: &str) -> String {
+    match result {
+        Err(StateError::Corrupt { path, reason }) => {
+            assert_eq!(path, "state.bin", "{what}");
+            assert!(!reason.is_empty(), "{what}: empty reason");
+            reason
+        }
+        other => panic!("{what}: expected Corrupt, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Round trips
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn realistic_state_round_trips() {
+    let state = frozen_v1_state();
+    let bytes = encode_state(&state);
+    assert_eq!(&bytes[..8], &STATE_MAGIC);
+    assert_eq!(&bytes[8..12], &STATE_FORMAT_VERSION.to_le_bytes());
+    let payload_len = u64::from_le_bytes(bytes[12..20].try_into().unwrap());
+    assert_eq!(payload_len as usize, bytes.len() - STATE_HEADER_LEN);
+    let checksum = u64::from_le_bytes(bytes[20..28].try_into().unwrap());
+    assert_eq!(checksum, fnv1a64(&bytes[STATE_HEADER_LEN..]));
+    assert_eq!(decode_state(&bytes, "state.bin").unwrap(), state);
+}
+
+#[test]
+fn minimal_state_round_trips() {
+    let mut state = frozen_v1_state();
+    state.listeners.clear();
+    state.workers.clear();
+    state.upgrade = None;
+    state.config_path = None;
+    state.config.listeners.clear();
+    state.config.routes.clear();
+    state.config.upstreams.clear();
+    let bytes = encode_state(&state);
+    assert_eq!(decode_state(&bytes, "state.bin").unwrap(), state);
+}
+
+fn name() -> impl Strategy<Value = String> {
+    "[a-z0-9_./\\-é☃]{0,24}"
+}
+
+fn worker_state() -> impl Strategy<Value = WorkerState> {
+    prop_oneof![
+        Just(WorkerState::Starting),
+        Just(WorkerState::Running),
+        Just(WorkerState::Draining),
+        Just(WorkerState::Stopped),
+    ]
+}
+
+fn worker_counters() -> impl Strategy<Value = WorkerCounters> {
+    vec(any::<u64>(), 13).prop_map(|c| WorkerCounters {
+        active_connections: c[0],
+        accepted_total: c[1],
+        requests_total: c[2],
+        responses_1xx: c[3],
+        responses_2xx: c[4],
+        responses_3xx: c[5],
+        responses_4xx: c[6],
+        responses_5xx: c[7],
+        upstream_errors: c[8],
+        client_errors: c[9],
+        accept_errors: c[10],
+        bytes_in: c[11],
+        bytes_out: c[12],
+    })
+}
+
+fn worker_record() -> impl Strategy<Value = WorkerRecord> {
+    (
+        (any::<u32>(), any::<u32>(), any::<u64>(), any::<i32>()),
+        (name(), name(), any::<u64>()),
+        worker_state(),
+        worker_counters(),
+    )
+        .prop_map(
+            |(
+                (id, pid, generation, channel_fd),
+                (version, binary, started_at_unix_ms),
+                state,
+                counters,
+            )| WorkerRecord {
+                id,
+                pid,
+                generation,
+                channel_fd,
+                version,
+                binary,
+                started_at_unix_ms,
+                state,
+                counters,
+            },
+        )
+}
+
+fn master_state() -> impl Strategy<Value = MasterState> {
+    let listener = (name(), name(), any::<i32>()).prop_map(|(name, address, fd)| ListenerFd {
+        name,
+        address,
+        fd,
+    });
+    let upgrade = (
+        any::<bool>(),
+        any::<u64>(),
+        any::<u64>(),
+        option::of(any::<i32>()),
+    )
+        .prop_map(
+            |(rolling, drain_timeout_ms, ready_timeout_ms, client_fd)| PendingUpgrade {
+                rolling,
+                drain_timeout_ms,
+                ready_timeout_ms,
+                client_fd,
+            },
+        );
+    (
+        (any::<u32>(), any::<u64>(), common::proxy_config()),
+        (option::of(name()), name(), name(), any::<i32>()),
+        (name(), any::<i32>()),
+        (
+            vec(listener, 0..5),
+            vec(worker_record(), 0..6),
+            option::of(upgrade),
+        ),
+    )
+        .prop_map(
+            |(
+                (previous_master_pid, generation, config),
+                (config_path, log_level, control_socket_path, control_socket_fd),
+                (previous_binary, previous_executable_fd),
+                (listeners, workers, upgrade),
+            )| MasterStateV1 {
+                previous_master_pid,
+                generation,
+                config,
+                config_path,
+                log_level,
+                control_socket_path,
+                control_socket_fd,
+                previous_binary,
+                previous_executable_fd,
+                listeners,
+                workers,
+                upgrade,
+            },
+        )
+}
+
+proptest! {
+    #[test]
+    fn any_state_round_trips(state in master_state()) {
+        let bytes = encode_state(&state);
+        prop_assert_eq!(decode_state(&bytes, "state.bin").unwrap(), state);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in vec(any::<u8>(), 0..512)) {
+        let _ = decode_state(&bytes, "state.bin");
+    }
+
+    /// Random payloads behind a valid header reach rkyv validation; it must reject them (or, if
+    /// by chance they form a valid archive, return a value) without panicking.
+    #[test]
+    fn random_payload_with_valid_header_never_panics(payload in vec(any::<u8>(), 0..1024)) {
+        let result = decode_state(&framed(1, &payload), "state.bin");
+        if let Err(e) = result {
+            prop_assert!(matches!(e, StateError::Corrupt { .. }), "{e:?}");
+        }
+    }
+
+    /// Mutations of a real archive with the checksum fixed up: the hardest input for the
+    /// validator, since most of the structure is still plausible.
+    #[test]
+    fn mutated_archive_with_fixed_checksum_never_panics(
+        flips in vec((any::<prop::sample::Index>(), 1u8..=255), 1..8),
+    ) {
+        let good = encode_state(&frozen_v1_state());
+        let mut payload = good[STATE_HEADER_LEN..].to_vec();
+        for (index, mask) in flips {
+            let i = index.index(payload.len());
+            payload[i] ^= mask;
+        }
+        if let Err(e) = decode_state(&framed(1, &payload), "state.bin") {
+            prop_assert!(matches!(e, StateError::Corrupt { .. }), "{e:?}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Error kinds
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn every_truncation_is_corrupt() {
+    let bytes = encode_state(&frozen_v1_state());
+    for len in 0..bytes.len() {
+        let reason = expect_corrupt(
+            decode_state(&bytes[..len], "state.bin"),
+            &format!("truncated to {len} of {} bytes", bytes.len()),
+        );
+        if len < STATE_HEADER_LEN {
+            assert!(reason.contains("truncated"), "len {len}: {reason}");
+        }
+    }
+}
+
+#[test]
+fn trailing_garbage_is_corrupt() {
+    let mut bytes = encode_state(&frozen_v1_state());
+    bytes.push(0);
+    let reason = expect_corrupt(decode_state(&bytes, "state.bin"), "one extra byte");
+    assert!(reason.contains("payload"), "{reason}");
+}
+
+#[test]
+fn flipped_bytes_are_detected() {
+    let good = encode_state(&frozen_v1_state());
+    for i in 0..good.len() {
+        let mut bytes = good.clone();
+        bytes[i] ^= 0xFF;
+        let result = decode_state(&bytes, "state.bin");
+        match i {
+            0..=7 => assert!(
+                matches!(result, Err(StateError::BadMagic { .. })),
+                "byte {i}: {result:?}"
+            ),
+            // Flipping a byte of version 1 always yields a larger version.
+            8..=11 => assert!(
+                matches!(result, Err(StateError::FutureVersion { .. })),
+                "byte {i}: {result:?}"
+            ),
+            12..=19 => {
+                let reason = expect_corrupt(result, &format!("length byte {i}"));
+                assert!(reason.contains("announces"), "byte {i}: {reason}");
+            }
+            _ => {
+                let reason = expect_corrupt(result, &format!("checksum/payload byte {i}"));
+                assert!(reason.contains("checksum"), "byte {i}: {reason}");
+            }
+        }
+    }
+}
+
+#[test]
+fn invalid_archive_behind_valid_checksum_is_corrupt() {
+    // Right header, right checksum, but not a MasterStateV1 archive: only bytecheck sees it.
+    for payload in [&[][..], &[0u8; 3][..], &[0xFFu8; 64][..]] {
+        let reason = expect_corrupt(
+            decode_state(&framed(1, payload), "state.bin"),
+            &format!("{}-byte garbage payload", payload.len()),
+        );
+        assert!(reason.contains("not a valid version 1"), "{reason}");
+    }
+}
+
+#[test]
+fn wrong_magic_is_rejected() {
+    let mut bytes = encode_state(&frozen_v1_state());
+    bytes[..8].copy_from_slice(b"ZNTLSTAX");
+    let err = decode_state(&bytes, "/run/zentinel/state.bin").unwrap_err();
+    assert!(matches!(err, StateError::BadMagic { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("/run/zentinel/state.bin"), "{message}");
+    assert!(message.contains("magic"), "{message}");
+
+    // Short files that are not a prefix of the magic are not ours either.
+    for short in [&b"{"[..], &b"ELF"[..], &b"ZNTX"[..]] {
+        let err = decode_state(short, "state.bin").unwrap_err();
+        assert!(
+            matches!(err, StateError::BadMagic { .. }),
+            "{short:?}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn future_version_names_both_versions() {
+    // Version 2 with a payload this binary cannot know the shape of: refused on the version
+    // alone, before the length or checksum, which a future format may lay out differently.
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&STATE_MAGIC);
+    bytes.extend_from_slice(&2u32.to_le_bytes());
+    bytes.extend_from_slice(b"whatever version 2 puts here");
+    let err = decode_state(&bytes, "/run/zentinel/state.bin").unwrap_err();
+    match &err {
+        StateError::FutureVersion {
+            path,
+            found,
+            supported,
+        } => {
+            assert_eq!(path, "/run/zentinel/state.bin");
+            assert_eq!(*found, 2);
+            assert_eq!(*supported, STATE_FORMAT_VERSION);
+        }
+        other => panic!("expected FutureVersion, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(message.contains("format version 2"), "{message}");
+    assert!(message.contains("up to 1"), "{message}");
+    assert!(message.contains("/run/zentinel/state.bin"), "{message}");
+
+    let err = decode_state(&framed(u32::MAX, &[]), "state.bin").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StateError::FutureVersion {
+                found: u32::MAX,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn version_zero_is_unknown() {
+    let good = encode_state(&frozen_v1_state());
+    let err = decode_state(&framed(0, &good[STATE_HEADER_LEN..]), "state.bin").unwrap_err();
+    assert!(
+        matches!(err, StateError::UnknownVersion { found: 0, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("unknown format version 0"),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn write_then_read_file() {
+    let dir = ScratchDir::new("rw");
+    let path = dir.path("state.bin");
+    let state = frozen_v1_state();
+    write_state_file(&path, &state).unwrap();
+
+    let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "state file mode {mode:o}");
+    assert_eq!(fs::read(&path).unwrap(), encode_state(&state));
+    assert_eq!(read_state_file(&path).unwrap(), state);
+    // No temp file left next to it.
+    assert_eq!(dir.entries(), vec!["state.bin".to_owned()]);
+}
+
+#[test]
+fn write_replaces_an_existing_file() {
+    let dir = ScratchDir::new("replace");
+    let path = dir.path("state.bin");
+    fs::write(&path, b"an older, unrelated file").unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+
+    let mut state = frozen_v1_state();
+    state.generation = 99;
+    write_state_file(&path, &state).unwrap();
+    assert_eq!(read_state_file(&path).unwrap(), state);
+    // The replacement is a new inode with the new mode, not the old file rewritten in place.
+    let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(dir.entries(), vec!["state.bin".to_owned()]);
+}
+
+#[test]
+fn write_under_a_regular_file_fails_naming_the_path() {
+    // Permission bits do not stop root, but no one can create a file under a regular file.
+    let dir = ScratchDir::new("notdir");
+    let parent = dir.path("not-a-directory");
+    fs::write(&parent, b"x").unwrap();
+    let path = parent.join("state.bin");
+
+    let err = write_state_file(&path, &frozen_v1_state()).unwrap_err();
+    match &err {
+        StateError::Io { path: p, source } => {
+            assert_eq!(p, &path.display().to_string());
+            assert_eq!(source.raw_os_error(), None, "context was added: {source}");
+            assert_eq!(source.kind(), std::io::ErrorKind::NotADirectory, "{source}");
+        }
+        other => panic!("expected Io, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert_eq!(dir.entries(), vec!["not-a-directory".to_owned()]);
+}
+
+#[test]
+fn failed_rename_leaves_no_temp_file() {
+    // The target is a non-empty directory: the temp file is written, the rename fails, and the
+    // temp file must be cleaned up rather than left to accumulate.
+    let dir = ScratchDir::new("rename");
+    let target = dir.path("state.bin");
+    fs::create_dir(&target).unwrap();
+    fs::write(target.join("occupied"), b"x").unwrap();
+
+    let err = write_state_file(&target, &frozen_v1_state()).unwrap_err();
+    assert!(matches!(err, StateError::Io { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains(&target.display().to_string()), "{message}");
+    assert!(message.contains("rename"), "{message}");
+    assert_eq!(dir.entries(), vec!["state.bin".to_owned()]);
+}
+
+#[test]
+fn write_to_proc_fails_naming_the_path() {
+    let path = Path::new("/proc/zentinel-no-such-dir/state.bin");
+    let err = write_state_file(path, &frozen_v1_state()).unwrap_err();
+    assert!(matches!(err, StateError::Io { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("/proc/zentinel-no-such-dir/state.bin"),
+        "{err}"
+    );
+}
+
+#[test]
+fn read_missing_file_names_the_path() {
+    let dir = ScratchDir::new("missing");
+    let path = dir.path("nope.bin");
+    let err = read_state_file(&path).unwrap_err();
+    match &err {
+        StateError::Io { path: p, source } => {
+            assert_eq!(p, &path.display().to_string());
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("expected Io, got {other:?}"),
+    }
+}
+
+#[test]
+fn read_rejects_huge_file_without_reading_it() {
+    let dir = ScratchDir::new("huge");
+    let path = dir.path("state.bin");
+    let file = fs::File::create(&path).unwrap();
+    // Sparse: no disk used, but far past any plausible state.
+    file.set_len(1 << 40).unwrap();
+    let err = read_state_file(&path).unwrap_err();
+    match &err {
+        StateError::Corrupt { path: p, reason } => {
+            assert_eq!(p, &path.display().to_string());
+            assert!(reason.contains("larger than"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn read_corrupt_file_names_the_path() {
+    let dir = ScratchDir::new("corrupt");
+    let path = dir.path("state.bin");
+    let mut bytes = encode_state(&frozen_v1_state());
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    let err = read_state_file(&path).unwrap_err();
+    assert!(matches!(err, StateError::Corrupt { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+}
