@@ -124,7 +124,7 @@ pub fn take_inherited_fd(raw: RawFd, what: &str) -> io::Result<OwnedFd> {
     if raw <= 2 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{what}: fd {raw} is stdio, not an inherited descriptor"),
+            format!("{what} {raw}: fds 0-2 are stdio, not an inherited descriptor"),
         ));
     }
     // SAFETY: F_GETFD only reads the flags of descriptor number `raw`; an unused number fails
@@ -133,7 +133,7 @@ pub fn take_inherited_fd(raw: RawFd, what: &str) -> io::Result<OwnedFd> {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
-                "{what}: fd {raw} is not open: {}",
+                "{what} {raw} is not an open file descriptor: {}",
                 io::Error::last_os_error()
             ),
         ));

@@ -14,8 +14,9 @@ use std::process::{Command, Stdio};
 
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::unistd::Pid;
-use socket2::{Domain, SockRef, Type};
 use zentinel_protocol::Channel;
+
+use crate::upgrade::{check_unix_stream, take_inherited_fd};
 
 /// The name workers show in `ps` (argv[0]); the exec path itself is `/proc/self/fd/K`.
 pub const WORKER_ARG0: &str = "zentinel";
@@ -232,44 +233,8 @@ pub fn set_cloexec_on_inherited_fds() -> io::Result<()> {
 /// what the master promised (an open `AF_UNIX` stream socket), and make it close-on-exec again
 /// (design note, section 4).
 pub fn adopt_channel_fd(raw: RawFd) -> io::Result<OwnedFd> {
-    if raw <= 2 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("--channel-fd {raw}: fds 0-2 are stdio, not a channel"),
-        ));
-    }
-    // SAFETY: F_GETFD only reads the flags of descriptor number `raw`; an unused number makes
-    // it fail with EBADF, nothing else.
-    if unsafe { libc::fcntl(raw, libc::F_GETFD) } == -1 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "--channel-fd {raw} is not an open file descriptor: {}",
-                io::Error::last_os_error()
-            ),
-        ));
-    }
-    // SAFETY: `raw` is open (checked above) and was inherited across exec; nothing in this
-    // process has wrapped it yet, so this becomes its only owner.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let socket = SockRef::from(&fd);
-    let not_a_channel = |what: String| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("--channel-fd {raw} is not a Unix stream socket: {what}"),
-        )
-    };
-    match socket.domain() {
-        Ok(domain) if domain == Domain::UNIX => {}
-        Ok(domain) => return Err(not_a_channel(format!("domain {domain:?}"))),
-        Err(err) => return Err(not_a_channel(err.to_string())),
-    }
-    match socket.r#type() {
-        Ok(ty) if ty == Type::STREAM => {}
-        Ok(ty) => return Err(not_a_channel(format!("type {ty:?}"))),
-        Err(err) => return Err(not_a_channel(err.to_string())),
-    }
-    socket.set_cloexec(true)?;
+    let fd = take_inherited_fd(raw, "--channel-fd")?;
+    check_unix_stream(&fd, "--channel-fd")?;
     Ok(fd)
 }
 

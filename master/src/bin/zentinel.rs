@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use nix::sys::signalfd::SignalFd;
 use zentinel_master::config::{self, ConfigDiagnostic, DEFAULT_CONFIG_NAME};
 use zentinel_master::control::ControlSocket;
 use zentinel_master::control_socket_path::master_control_socket;
@@ -127,23 +128,28 @@ fn check(path: Option<&Path>) -> ExitCode {
     }
 }
 
-fn run_master(cli: &Cli) -> ExitCode {
-    // Before anything else: the mask must be in place before any thread or child exists.
-    let signals = match supervisor::block_signals() {
-        Ok(signals) => signals,
-        Err(err) => {
-            return fail(
-                EXIT_FAILURE,
-                format!("cannot set up signal handling: {err}"),
-            )
-        }
-    };
-    if let Err(err) = logging::init(&cli.log_level) {
-        return fail(EXIT_CONFIG, err);
-    }
+/// What every master does first, fresh or upgraded: block the signals it reads from a
+/// signalfd (before any thread or child exists), start logging, and mark every inherited fd
+/// close-on-exec (the fds an upgraded master adopts are checked and taken one by one later).
+fn master_prologue(cli: &Cli) -> Result<SignalFd, ExitCode> {
+    let signals = supervisor::block_signals().map_err(|err| {
+        fail(
+            EXIT_FAILURE,
+            format!("cannot set up signal handling: {err}"),
+        )
+    })?;
+    logging::init(&cli.log_level).map_err(|err| fail(EXIT_CONFIG, err))?;
     if let Err(err) = set_cloexec_on_inherited_fds() {
         tracing::warn!(error = %err, "cannot mark inherited fds close-on-exec; workers may inherit them");
     }
+    Ok(signals)
+}
+
+fn run_master(cli: &Cli) -> ExitCode {
+    let signals = match master_prologue(cli) {
+        Ok(signals) => signals,
+        Err(code) => return code,
+    };
     let path = cli.config.as_deref();
     let (config, config_name) = match config::load_config(path) {
         Ok(loaded) => loaded,
@@ -197,22 +203,10 @@ fn started_as() -> Option<PathBuf> {
 /// its listeners, control socket, worker channels and executable inherited. Any failure here
 /// exits non-zero without confirming readiness, so the previous master keeps running.
 fn run_upgraded_master(cli: &Cli) -> ExitCode {
-    let signals = match supervisor::block_signals() {
+    let signals = match master_prologue(cli) {
         Ok(signals) => signals,
-        Err(err) => {
-            return fail(
-                EXIT_FAILURE,
-                format!("cannot set up signal handling: {err}"),
-            )
-        }
+        Err(code) => return code,
     };
-    if let Err(err) = logging::init(&cli.log_level) {
-        return fail(EXIT_CONFIG, err);
-    }
-    // Everything inherited gets CLOEXEC; the fds we adopt are checked one by one below.
-    if let Err(err) = set_cloexec_on_inherited_fds() {
-        tracing::warn!(error = %err, "cannot mark inherited fds close-on-exec; workers may inherit them");
-    }
     let (Some(state_path), Some(ready_fd)) = (cli.upgrade_from.as_deref(), cli.upgrade_ready_fd)
     else {
         return fail(
