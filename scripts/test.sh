@@ -7,4 +7,12 @@ cd "$(dirname "$0")/.."
 # The end-to-end tests start the real `zentinel` and `zentinel-backend` binaries, which
 # `cargo test` does not build for another crate's tests: build every binary first.
 cargo build --workspace --bins
-cargo test --workspace --no-fail-fast "$@"
+status=0
+cargo test --workspace --no-fail-fast "$@" || status=$?
+
+# The harness itself, end to end on the debug binaries just built: a few seconds of keep-alive
+# load through Zentinel with one rolling upgrade in the middle; fails on any failed request.
+# Runs even when a cargo test failed (like --no-fail-fast); the exit status reports both.
+# (CARGO_TARGET_DIR is honoured by the script.)
+scripts/loadtest.sh --debug --duration 6 --upgrades 1 --connections 8 || status=$?
+exit "$status"

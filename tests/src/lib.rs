@@ -4,7 +4,9 @@
 //!
 //! Everything here panics on failure: it only runs inside tests.
 
+pub mod failure;
 pub mod load;
+pub mod loadgen;
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -336,8 +338,14 @@ impl Backend {
     }
 
     pub fn start_mode(name: &str, mode: &str) -> Backend {
+        Self::start_args(name, &["--mode", mode])
+    }
+
+    /// HTTP backend with extra command-line arguments (e.g. `--fault reset --fault-every 10`).
+    pub fn start_args(name: &str, extra: &[&str]) -> Backend {
         let mut child = Command::new(backend_bin())
-            .args(["--listen", "127.0.0.1:0", "--name", name, "--mode", mode])
+            .args(["--listen", "127.0.0.1:0", "--name", name])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -1,6 +1,7 @@
 //! `zentinel-backend`: the HTTP/1.1 (or TCP echo) server the end-to-end tests proxy to.
 //!
-//! `zentinel-backend --listen ADDR [--name NAME] [--mode http|tcp-echo]`
+//! `zentinel-backend --listen ADDR [--name NAME] [--mode http|tcp-echo]
+//!  [--fault reset|truncate|status500|close-after|corrupt --fault-every K]`
 //!
 //! Prints `listening on ADDR` (the real bound address, so `--listen 127.0.0.1:0` works) on
 //! stdout once bound. A thread per connection: this is a test fixture, not a server under test.
@@ -15,24 +16,95 @@
 //! - `Expect: 100-continue` is honoured; `Connection: upgrade` + `Upgrade: websocket` switches
 //!   to a raw echo tunnel after `101 Switching Protocols`.
 //! - anything else: `backend=NAME path=PATH\n`.
+//!
+//! Fault injection (for the load generator's accounting tests): with `--fault KIND
+//! --fault-every K`, every K-th request counted by `/stats` (over the whole backend, so the
+//! count is deterministic whatever the connections) gets, after its body was read:
+//! - `reset`: no response, the connection is closed with SO_LINGER 0 (a TCP reset);
+//! - `truncate`: the head announces the full body, half of it is sent, then a normal close;
+//! - `status500`: `500 Internal Server Error` (keep-alive kept);
+//! - `close-after`: the normal response with `Connection: close`, then a close (not an error);
+//! - `corrupt`: the normal response with one body byte changed (needs a non-empty body).
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use zentinel_tests::{checksum_hex, fill_pattern, pattern_checksum, Fnv64};
+use nix::sys::socket::{setsockopt, sockopt};
+use zentinel_tests::{checksum, checksum_hex, fill_pattern, pattern, pattern_checksum, Fnv64};
 
 const MAX_HEAD: usize = 256 * 1024;
 const MAX_HEADERS: usize = 512;
+/// `/bytes/N` bodies up to this size are built once (per size) and sent with their head in
+/// one write; larger ones are streamed in blocks.
+const CACHED_BODY_MAX: u64 = 1024 * 1024;
+/// At most this many body sizes are cached.
+const CACHED_SIZES_MAX: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FaultKind {
+    Reset,
+    Truncate,
+    Status500,
+    CloseAfter,
+    Corrupt,
+}
+
+impl FaultKind {
+    fn parse(s: &str) -> Option<FaultKind> {
+        Some(match s {
+            "reset" => FaultKind::Reset,
+            "truncate" => FaultKind::Truncate,
+            "status500" => FaultKind::Status500,
+            "close-after" => FaultKind::CloseAfter,
+            "corrupt" => FaultKind::Corrupt,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Fault {
+    kind: FaultKind,
+    every: u64,
+}
+
+/// A `/bytes/N` body and its checksum, shared by every connection.
+struct PatternBody {
+    checksum_hex: String,
+    bytes: Vec<u8>,
+}
 
 struct Shared {
     name: String,
     connections: AtomicU64,
     requests: AtomicU64,
+    fault: Option<Fault>,
+    bodies: Mutex<HashMap<u64, Arc<PatternBody>>>,
+}
+
+impl Shared {
+    /// The body of `/bytes/n` (n <= CACHED_BODY_MAX), built on first use.
+    fn pattern_body(&self, n: u64) -> Arc<PatternBody> {
+        let mut bodies = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = bodies.get(&n) {
+            return Arc::clone(b);
+        }
+        let bytes = pattern(n as usize);
+        let body = Arc::new(PatternBody {
+            checksum_hex: checksum_hex(checksum(&bytes)),
+            bytes,
+        });
+        if bodies.len() < CACHED_SIZES_MAX {
+            bodies.insert(n, Arc::clone(&body));
+        }
+        body
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -45,6 +117,8 @@ fn main() -> ExitCode {
     let mut listen = None;
     let mut name = "backend".to_owned();
     let mut mode = Mode::Http;
+    let mut fault_kind = None;
+    let mut fault_every = 1u64;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -58,9 +132,27 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             },
+            "--fault" => match args.next().as_deref().and_then(FaultKind::parse) {
+                Some(k) => fault_kind = Some(k),
+                None => {
+                    eprintln!(
+                        "zentinel-backend: --fault needs one of reset, truncate, status500, \
+                         close-after, corrupt"
+                    );
+                    return ExitCode::from(2);
+                }
+            },
+            "--fault-every" => match args.next().and_then(|v| v.parse::<u64>().ok()) {
+                Some(k) if k > 0 => fault_every = k,
+                _ => {
+                    eprintln!("zentinel-backend: --fault-every needs a number >= 1");
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
                 println!(
-                    "usage: zentinel-backend --listen ADDR [--name NAME] [--mode http|tcp-echo]"
+                    "usage: zentinel-backend --listen ADDR [--name NAME] [--mode http|tcp-echo] \
+                     [--fault reset|truncate|status500|close-after|corrupt --fault-every K]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -95,6 +187,11 @@ fn main() -> ExitCode {
         name,
         connections: AtomicU64::new(0),
         requests: AtomicU64::new(0),
+        fault: fault_kind.map(|kind| Fault {
+            kind,
+            every: fault_every,
+        }),
+        bodies: Mutex::new(HashMap::new()),
     });
     for stream in listener.incoming() {
         let stream = match stream {
@@ -187,8 +284,18 @@ enum Body {
 struct HttpConn {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// Read scratch space, reused (not a fresh zeroed array per read).
+    tmp: Vec<u8>,
+    /// Response being built, reused: a small response goes out in one write.
+    out: Vec<u8>,
     id: u64,
     shared: Arc<Shared>,
+    /// Fault to apply to the body of the current response (truncate, corrupt).
+    body_fault: Option<FaultKind>,
+    /// Close the connection after the current response whatever its head said.
+    force_close: bool,
+    /// Close at once, without shutdown or drain (the reset fault armed SO_LINGER 0).
+    abort: bool,
 }
 
 impl HttpConn {
@@ -196,17 +303,38 @@ impl HttpConn {
         HttpConn {
             stream,
             buf: Vec::with_capacity(16 * 1024),
+            tmp: vec![0u8; 64 * 1024],
+            out: Vec::with_capacity(16 * 1024),
             id,
             shared,
+            body_fault: None,
+            force_close: false,
+            abort: false,
         }
     }
 
     /// Reads more bytes into the buffer; Ok(false) on EOF.
     fn fill(&mut self) -> io::Result<bool> {
-        let mut tmp = [0u8; 64 * 1024];
-        let n = self.stream.read(&mut tmp)?;
-        self.buf.extend_from_slice(&tmp[..n]);
+        let n = self.stream.read(&mut self.tmp)?;
+        self.buf.extend_from_slice(&self.tmp[..n]);
         Ok(n > 0)
+    }
+
+    /// Writes `self.out[..head_len]` and the body after it, applying the body fault of the
+    /// request (if any), in one write when possible.
+    fn send_out(&mut self, head_len: usize) -> io::Result<()> {
+        let body_len = self.out.len() - head_len;
+        match self.body_fault.take() {
+            Some(FaultKind::Truncate) => {
+                self.out.truncate(head_len + body_len / 2);
+                self.force_close = true;
+            }
+            Some(FaultKind::Corrupt) if body_len > 0 => {
+                self.out[head_len + body_len / 2] ^= 0xff;
+            }
+            _ => {}
+        }
+        self.stream.write_all(&self.out)
     }
 
     fn serve(mut self) -> io::Result<()> {
@@ -214,7 +342,13 @@ impl HttpConn {
             let Some(req) = self.read_head()? else {
                 return Ok(());
             };
-            let keep = self.handle(req)?;
+            self.body_fault = None;
+            self.force_close = false;
+            let keep = self.handle(req)? && !self.force_close;
+            if self.abort {
+                // SO_LINGER 0 is set: dropping the socket sends a reset.
+                return Ok(());
+            }
             if !keep {
                 let _ = self.stream.shutdown(Shutdown::Write);
                 // Drain what the peer still sends so the close is not turned into a reset
@@ -231,7 +365,7 @@ impl HttpConn {
     fn read_head(&mut self) -> io::Result<Option<Request>> {
         loop {
             if !self.buf.is_empty() {
-                let mut headers = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut parsed = httparse::Request::new(&mut headers);
                 match parsed.parse(&self.buf) {
                     Ok(httparse::Status::Complete(len)) => {
@@ -382,16 +516,22 @@ impl HttpConn {
     }
 
     fn common_headers(&self, keep_alive: bool, http10: bool) -> String {
-        let mut h = format!(
-            "X-Backend: {}\r\nX-Connection-Id: {}\r\n",
-            self.shared.name, self.id
-        );
+        let mut h = String::new();
+        self.push_common_headers(&mut h, keep_alive, http10);
+        h
+    }
+
+    fn push_common_headers(&self, h: &mut String, keep_alive: bool, http10: bool) {
+        h.push_str("X-Backend: ");
+        h.push_str(&self.shared.name);
+        h.push_str("\r\nX-Connection-Id: ");
+        h.push_str(&self.id.to_string());
+        h.push_str("\r\n");
         if !keep_alive {
             h.push_str("Connection: close\r\n");
         } else if http10 {
             h.push_str("Connection: keep-alive\r\n");
         }
-        h
     }
 
     fn simple(&mut self, status: u16, reason: &str, body: &[u8], keep: bool) -> io::Result<()> {
@@ -400,9 +540,18 @@ impl HttpConn {
             self.common_headers(keep, false),
             body.len()
         );
-        let mut out = head.into_bytes();
-        out.extend_from_slice(body);
-        self.stream.write_all(&out)
+        self.out.clear();
+        self.out.extend_from_slice(head.as_bytes());
+        self.out.extend_from_slice(body);
+        self.send_out(head.len())
+    }
+
+    /// The fault for this request, if it is one of the every-K-th (`count` is its number).
+    fn fault_for(&self, count: u64) -> Option<FaultKind> {
+        self.shared
+            .fault
+            .filter(|f| count.is_multiple_of(f.every))
+            .map(|f| f.kind)
     }
 
     /// Handles one request; returns whether the connection stays open.
@@ -414,8 +563,10 @@ impl HttpConn {
             !req.connection_has("close")
         };
         let is_stats = req.path == "/stats";
+        let mut fault = None;
         if !is_stats {
-            self.shared.requests.fetch_add(1, Ordering::SeqCst);
+            let count = self.shared.requests.fetch_add(1, Ordering::SeqCst) + 1;
+            fault = self.fault_for(count);
         }
 
         if req.connection_has("upgrade")
@@ -446,6 +597,25 @@ impl HttpConn {
         }
         let (body_len, body_hash) = self.read_body(&kind)?;
 
+        match fault {
+            Some(FaultKind::Reset) => {
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                setsockopt(&self.stream, sockopt::Linger, &linger).map_err(io::Error::from)?;
+                self.abort = true;
+                return Ok(false);
+            }
+            Some(FaultKind::Status500) => {
+                self.simple(500, "Internal Server Error", b"injected fault\n", keep)?;
+                return Ok(keep);
+            }
+            Some(FaultKind::CloseAfter) => keep = false,
+            Some(k @ (FaultKind::Truncate | FaultKind::Corrupt)) => self.body_fault = Some(k),
+            None => {}
+        }
+
         let path = req.path.clone();
         if let Some(n) = path.strip_prefix("/bytes/") {
             let Ok(n) = n.parse::<u64>() else {
@@ -467,11 +637,12 @@ impl HttpConn {
                     format!("Content-Length: {}\r\n", body.len())
                 }
             );
-            let mut out = head.into_bytes();
+            self.out.clear();
+            self.out.extend_from_slice(head.as_bytes());
             if !bodyless && req.method != "HEAD" {
-                out.extend_from_slice(body.as_bytes());
+                self.out.extend_from_slice(body.as_bytes());
             }
-            self.stream.write_all(&out)?;
+            self.send_out(head.len())?;
             return Ok(keep);
         }
         if let Some(ms) = path.strip_prefix("/delay/") {
@@ -527,15 +698,20 @@ impl HttpConn {
             self.common_headers(keep, http10),
             body.len()
         );
-        let mut out = head.into_bytes();
+        self.out.clear();
+        self.out.extend_from_slice(head.as_bytes());
         if req.method != "HEAD" {
-            out.extend_from_slice(body);
+            self.out.extend_from_slice(body);
         }
-        self.stream.write_all(&out)
+        self.send_out(head.len())
     }
 
     fn send_bytes(&mut self, req: &Request, n: u64, keep: bool, http10: bool) -> io::Result<bool> {
-        let checksum = checksum_hex(pattern_checksum(n));
+        let cached = (n <= CACHED_BODY_MAX).then(|| self.shared.pattern_body(n));
+        let checksum = match &cached {
+            Some(body) => body.checksum_hex.clone(),
+            None => checksum_hex(pattern_checksum(n)),
+        };
         let close = req.query_flag("close");
         // HTTP/1.0 clients cannot receive chunked: fall back to read-until-close.
         let chunked = req.query_flag("chunked") && !http10;
@@ -552,38 +728,71 @@ impl HttpConn {
             "HTTP/1.1 200 OK\r\n{}Content-Type: application/octet-stream\r\nX-Body-Checksum: {checksum}\r\nX-Body-Length: {n}\r\n{framing}\r\n",
             self.common_headers(keep, http10),
         );
-        self.stream.write_all(head.as_bytes())?;
         if req.method == "HEAD" {
+            self.stream.write_all(head.as_bytes())?;
             return Ok(keep);
         }
+        if let (Some(body), false) = (&cached, chunked) {
+            // The common case: head and body in one write.
+            self.out.clear();
+            self.out.extend_from_slice(head.as_bytes());
+            self.out.extend_from_slice(&body.bytes);
+            self.send_out(head.len())?;
+            return Ok(keep);
+        }
+        self.stream.write_all(head.as_bytes())?;
+        let fault = self.body_fault.take();
+        let stop_at = if fault == Some(FaultKind::Truncate) {
+            self.force_close = true;
+            n / 2
+        } else {
+            n
+        };
+        let corrupt_at = (fault == Some(FaultKind::Corrupt)).then_some(n / 2);
         // Various chunk sizes, including tiny ones, to exercise chunk parsing in the proxy.
         const SIZES: [usize; 8] = [1, 7, 100, 4096, 65536, 13, 16384, 3];
-        let mut buf = vec![0u8; 65536];
+        let mut buf = std::mem::take(&mut self.tmp);
         let mut offset = 0u64;
         let mut i = 0usize;
-        while offset < n {
-            let want = if chunked {
-                SIZES[i % SIZES.len()]
-            } else {
-                buf.len()
-            };
-            i += 1;
-            let len = (want as u64).min(n - offset) as usize;
-            fill_pattern(offset, &mut buf[..len]);
-            if chunked {
-                let mut out = format!("{len:x}\r\n").into_bytes();
-                out.extend_from_slice(&buf[..len]);
-                out.extend_from_slice(b"\r\n");
-                self.stream.write_all(&out)?;
-            } else {
-                self.stream.write_all(&buf[..len])?;
+        let result = (|| {
+            while offset < stop_at {
+                let want = if chunked {
+                    SIZES[i % SIZES.len()]
+                } else {
+                    buf.len()
+                };
+                i += 1;
+                let len = (want as u64).min(stop_at - offset) as usize;
+                match &cached {
+                    Some(body) => {
+                        let start = offset as usize;
+                        buf[..len].copy_from_slice(&body.bytes[start..start + len]);
+                    }
+                    None => fill_pattern(offset, &mut buf[..len]),
+                }
+                if let Some(at) =
+                    corrupt_at.filter(|&at| (offset..offset + len as u64).contains(&at))
+                {
+                    buf[(at - offset) as usize] ^= 0xff;
+                }
+                if chunked {
+                    self.out.clear();
+                    let _ = write!(self.out, "{len:x}\r\n");
+                    self.out.extend_from_slice(&buf[..len]);
+                    self.out.extend_from_slice(b"\r\n");
+                    self.stream.write_all(&self.out)?;
+                } else {
+                    self.stream.write_all(&buf[..len])?;
+                }
+                offset += len as u64;
             }
-            offset += len as u64;
-        }
-        if chunked {
-            self.stream.write_all(b"0\r\n\r\n")?;
-        }
-        Ok(keep)
+            if chunked && stop_at == n {
+                self.stream.write_all(b"0\r\n\r\n")?;
+            }
+            Ok(())
+        })();
+        self.tmp = buf;
+        result.map(|()| keep)
     }
 
     fn upgrade(&mut self, req: &Request) -> io::Result<()> {

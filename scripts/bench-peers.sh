@@ -1,0 +1,436 @@
+#!/usr/bin/env bash
+# Zentinel against nginx and HAProxy on the same machine, same backend, same workload, same run:
+# throughput and p99 per workload (plus the backend hit directly, the ceiling), then failures
+# under keep-alive load during nginx / HAProxy reloads versus Zentinel rolling upgrades.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+usage() {
+    cat <<'EOF'
+usage: scripts/bench-peers.sh [options]
+
+Installs nginx and HAProxy with apt-get if missing, builds Zentinel (release), and measures with
+zentinel-load, through each target in turn (alternating within every round):
+  ka-1k     keep-alive, 64 connections, GET of a 1 KiB body
+  ka-64k    keep-alive, 64 connections, GET of a 64 KiB body
+  close-1k  a new connection per request, 16 connections, 1 KiB body
+targets: backend (zentinel-backend hit directly: the ceiling), zentinel (2 workers),
+nginx (worker_processes 2), haproxy (nbthread 2). Prints the median over the rounds of rps and
+p99, the ratios Zentinel/nginx and Zentinel/HAProxy, then the reload comparison: failed requests
+under keep-alive load (64 connections) with 2 reloads (nginx: SIGHUP to the master; HAProxy -W:
+SIGUSR2 to the master, plain and with `expose-fd listeners`) or 2 Zentinel rolling upgrades.
+
+options:
+  --duration S      seconds per measurement (default 5)
+  --rounds N        rounds (default 3); the table shows medians
+  --reload-duration S  seconds of load per reload test (default 10)
+  --quick           --duration 2 --rounds 1 --reload-duration 6 (a smoke run)
+  --markdown FILE   also write the tables as markdown to FILE
+  -h, --help        this help
+
+Figures are only comparable within one run: load generator, proxy and backend share the CPU.
+Exit status: 0 when the benchmark ran (whatever it measured); 1 on a harness error; 2 on usage.
+EOF
+}
+bad_usage() {
+    printf 'bench-peers.sh: %s\n(see scripts/bench-peers.sh --help)\n' "$1" >&2
+    exit 2
+}
+positive() {
+    if ! [[ "$2" =~ ^[0-9]+$ ]] || ((10#$2 < 1)); then bad_usage "$1 must be a whole number >= 1 (got '$2')"; fi
+}
+
+duration=5 rounds=3 reload_duration=10 markdown=""
+while (($#)); do
+    case "$1" in
+        -h | --help) usage; exit 0 ;;
+        --quick) duration=2 rounds=1 reload_duration=6; shift; continue ;;
+        --duration | --rounds | --reload-duration | --markdown) (($# >= 2)) || bad_usage "$1 needs a value" ;;
+        *) bad_usage "unknown argument '$1'" ;;
+    esac
+    case "$1" in
+        --duration) duration="$2" ;;
+        --rounds) rounds="$2" ;;
+        --reload-duration) reload_duration="$2" ;;
+        --markdown) markdown="$2" ;;
+    esac
+    shift 2
+done
+positive --duration "$duration"
+positive --rounds "$rounds"
+positive --reload-duration "$reload_duration"
+((reload_duration >= 3)) || bad_usage "--reload-duration must be >= 3"
+if [[ -n "$markdown" ]]; then
+    [[ "$markdown" == /* ]] || markdown="$PWD/$markdown"
+    : >"$markdown" || bad_usage "cannot write --markdown $markdown"
+fi
+
+zt_init
+cd "$ZT_ROOT"
+
+# ---------------------------------------------------------------------------------------------
+# Peers: install when missing
+
+PATH="$PATH:/usr/sbin:/sbin"
+if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
+    zt_log "installing nginx and haproxy (apt-get)"
+    sudo=()
+    if (($(id -u) != 0)); then sudo=(sudo); fi
+    if ! { "${sudo[@]}" apt-get update && "${sudo[@]}" apt-get install -y --no-install-recommends nginx haproxy; }; then
+        zt_warn "apt-get install failed; the missing peers are reported as n/a"
+    fi
+fi
+
+zt_build
+
+# ---------------------------------------------------------------------------------------------
+# Header
+
+nginx_version="$( (nginx -v 2>&1 || echo 'nginx: not installed') | head -n1)"
+haproxy_version="$( (haproxy -v 2>/dev/null || echo 'HAProxy not installed') | head -n1)"
+zentinel_version="$("$(zt_bin zentinel)" --version)"
+cpu_model="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
+header=(
+    "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    "machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}, $(uname -sr)"
+    "versions: $zentinel_version; $nginx_version; $haproxy_version"
+    "load: zentinel-load, 2 threads, ${duration}s per measurement, $rounds round(s), targets alternating"
+)
+zt_log "bench-peers"
+printf '    %s\n' "${header[@]}"
+load_avg="$(cut -d' ' -f1-3 /proc/loadavg)"
+zt_info "load average before the run: $load_avg (anything else running skews the figures)"
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+
+zt_start_backend backend
+backend_addr="$ZT_BACKEND_ADDR"
+declare -A addr=([backend]="$backend_addr")
+
+cp "$(zt_bin zentinel)" "$ZT_TMP/zentinel-a"
+cp "$(zt_bin zentinel)" "$ZT_TMP/zentinel-b"
+zt_write_config "$ZT_TMP/zentinel.kdl" "$backend_addr" "$ZT_TMP/zentinel.sock" 2
+zt_start_zentinel "$ZT_TMP/zentinel.kdl" "$ZT_TMP/zentinel-a"
+addr[zentinel]="$ZT_ADDR"
+zt_info "backend $backend_addr, zentinel $ZT_ADDR"
+
+write_nginx_conf() {
+    local dir="$1" port="$2"
+    mkdir -p "$dir/tmp"
+    cat >"$dir/nginx.conf" <<EOF
+$( (($(id -u) == 0)) && echo 'user root;  # the temp paths are inside a 0700 directory')
+worker_processes 2;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+    upstream backend {
+        server $backend_addr;
+        keepalive 64;
+        keepalive_requests 10000000;
+    }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+}
+
+# start_nginx: sets addr[nginx] and nginx_pid, or returns 1 (reported as n/a).
+start_nginx() {
+    local dir="$ZT_TMP/nginx" port try
+    command -v nginx >/dev/null || { zt_warn "nginx not installed"; return 1; }
+    for try in 1 2 3; do
+        port="$(zt_free_port)"
+        write_nginx_conf "$dir" "$port"
+        if ! nginx -t -q -e "$dir/error.log" -c "$dir/nginx.conf" -p "$dir" 2>"$dir/check.err"; then
+            zt_warn "nginx -t rejected the config: $(cat "$dir/check.err")"
+            return 1
+        fi
+        nginx -e "$dir/error.log" -c "$dir/nginx.conf" -p "$dir" >"$dir/stdout" 2>&1 &
+        nginx_pid=$!
+        zt_register_pid "$nginx_pid" nginx
+        if zt_wait_tcp 127.0.0.1 "$port" 10 "$nginx_pid"; then
+            addr[nginx]="127.0.0.1:$port"
+            return 0
+        fi
+        zt_stop_pid "$nginx_pid" nginx
+        zt_unregister_pid "$nginx_pid"
+        zt_warn "nginx did not start on port $port (try $try): $(tail -n 3 "$dir/error.log" 2>/dev/null)"
+    done
+    return 1
+}
+
+write_haproxy_conf() {
+    local file="$1" port="$2" seamless="$3"
+    cat >"$file" <<EOF
+global
+    nbthread 2
+    maxconn 4096
+$( [[ "$seamless" == 1 ]] && echo "    stats socket $ZT_TMP/haproxy-$port.sock mode 600 level admin expose-fd listeners")
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:$port
+    default_backend be
+backend be
+    server s1 $backend_addr
+EOF
+}
+
+# start_haproxy NAME SEAMLESS: master-worker mode (-W) in the foreground (-db); sets addr[NAME]
+# and haproxy_pid[NAME], or returns 1.
+declare -A haproxy_pid=()
+start_haproxy() {
+    local name="$1" seamless="$2" port try file pid
+    command -v haproxy >/dev/null || { zt_warn "haproxy not installed"; return 1; }
+    for try in 1 2 3; do
+        port="$(zt_free_port)"
+        file="$ZT_TMP/$name.cfg"
+        write_haproxy_conf "$file" "$port" "$seamless"
+        if ! haproxy -c -q -f "$file" >"$ZT_TMP/$name.check" 2>&1; then
+            zt_warn "haproxy -c rejected $file: $(cat "$ZT_TMP/$name.check")"
+            return 1
+        fi
+        haproxy -W -db -f "$file" >"$ZT_TMP/$name.log" 2>&1 &
+        pid=$!
+        zt_register_pid "$pid" "$name"
+        if zt_wait_tcp 127.0.0.1 "$port" 10 "$pid"; then
+            addr[$name]="127.0.0.1:$port"
+            haproxy_pid[$name]="$pid"
+            return 0
+        fi
+        zt_stop_pid "$pid" "$name"
+        zt_unregister_pid "$pid"
+        zt_warn "$name did not start on port $port (try $try): $(tail -n 3 "$ZT_TMP/$name.log")"
+    done
+    return 1
+}
+
+nginx_pid=""
+start_nginx || zt_warn "nginx is reported as n/a"
+start_haproxy haproxy 0 || zt_warn "haproxy is reported as n/a"
+zt_info "nginx ${addr[nginx]:-n/a} (master pid ${nginx_pid:-n/a}), haproxy ${addr[haproxy]:-n/a}"
+
+# ---------------------------------------------------------------------------------------------
+# Throughput and latency
+
+targets=(backend zentinel nginx haproxy)
+workloads=(ka-1k ka-64k close-1k)
+declare -A wl_args=(
+    [ka-1k]="-c 64 --mode keepalive --body 1024"
+    [ka-64k]="-c 64 --mode keepalive --body 65536"
+    [close-1k]="-c 16 --mode close --body 1024"
+)
+declare -A rps_of=() p99_of=() failed_of=()
+mkdir -p "$ZT_TMP/runs"
+
+# measure WORKLOAD TARGET ROUND: one zentinel-load run; appends to rps_of/p99_of/failed_of.
+measure() {
+    local w="$1" t="$2" r="$3" out last rc=0
+    out="$ZT_TMP/runs/$w-$t-$r.out"
+    # shellcheck disable=SC2086  # wl_args holds several words on purpose
+    "$(zt_bin zentinel-load)" --addr "${addr[$t]}" -t 2 -d "${duration}s" ${wl_args[$w]} >"$out" 2>&1 || rc=$?
+    last="$(tail -n1 "$out")"
+    if [[ "$last" != requests=* ]]; then
+        zt_warn "$w via $t (round $r): zentinel-load exit $rc without a summary: $(tail -n 3 "$out")"
+        return 0
+    fi
+    rps_of[$w,$t]+="$(zt_summary_field "$last" rps) "
+    p99_of[$w,$t]+="$(zt_summary_field "$last" p99_ms) "
+    failed_of[$w,$t]=$((${failed_of[$w,$t]:-0} + $(zt_summary_field "$last" failed)))
+    printf '    round %d  %-8s %-9s %s\n' "$r" "$w" "$t" "$last"
+}
+
+zt_log "throughput: ${#workloads[@]} workloads x ${#targets[@]} targets x $rounds round(s), ${duration}s each"
+for ((r = 1; r <= rounds; r++)); do
+    for w in "${workloads[@]}"; do
+        # Rotate the order every round so no target always runs first or last.
+        for ((k = 0; k < ${#targets[@]}; k++)); do
+            t="${targets[$(((k + r - 1) % ${#targets[@]}))]}"
+            [[ -n "${addr[$t]:-}" ]] || continue
+            measure "$w" "$t" "$r"
+        done
+    done
+done
+
+# ---------------------------------------------------------------------------------------------
+# Reload comparison
+
+# Worker pids of a target (sorted, space-separated): a reload must replace them.
+worker_pids() {
+    case "$1" in
+        zentinel) zt_status_workers "$(zt_ctl status --json)" | awk '$5 == "running" {print $2}' | sort -n | tr '\n' ' ' ;;
+        nginx) zt_children "$nginx_pid" | sort -n | tr '\n' ' ' ;;
+        haproxy*) zt_children "${haproxy_pid[$1]}" | sort -n | tr '\n' ' ' ;;
+    esac
+}
+
+# reload_test NAME ACTION: keep-alive load for reload_duration with ACTION run at 1/3 and 2/3.
+declare -A reload_line=() reload_replaced=()
+reload_test() {
+    local name="$1" action="$2" out load_pid start i at t0 t1 rc ev="" before after
+    out="$ZT_TMP/runs/reload-$name.out"
+    before="$(worker_pids "$name")"
+    start=$(zt_now_ms)
+    "$(zt_bin zentinel-load)" --addr "${addr[$name]}" -t 2 -c 64 --mode keepalive --body 1024 \
+        -d "${reload_duration}s" >"$out" 2>&1 &
+    load_pid=$!
+    zt_register_pid "$load_pid" "zentinel-load ($name)"
+    for i in 1 2; do
+        at=$((start + reload_duration * 1000 * i / 3))
+        zt_sleep_until "$at" "$load_pid" || break
+        t0=$(zt_now_ms)
+        rc=0
+        "$action" "$i" >>"$ZT_TMP/runs/reload-$name.actions" 2>&1 || rc=$?
+        t1=$(zt_now_ms)
+        ev+="#$i t=$(zt_secs $((t0 - start)))s $((t1 - t0))ms rc=$rc; "
+    done
+    wait "$load_pid" || true
+    zt_unregister_pid "$load_pid"
+    after="$(worker_pids "$name")"
+    if [[ -n "$before" && -n "$after" && "$before" != "$after" ]]; then
+        ev+="workers [${before% }] -> [${after% }]"
+        reload_replaced[$name]=yes
+    else
+        reload_replaced[$name]=NO
+        ev+="WORKERS NOT REPLACED: [${before% }] -> [${after% }]"
+    fi
+    reload_line[$name]="$(tail -n1 "$out")"
+    printf '    %-16s %s\n' "$name" "${reload_line[$name]}"
+    printf '    %-16s events: %s\n' "" "$ev"
+    # The failure kinds and first details, when there are any.
+    awk '/^failures/ && !/none/ {on = 1} /^latency/ {on = 0} on' "$out" | sed 's/^/                     /'
+}
+
+reload_zentinel() {
+    local bin="$ZT_TMP/zentinel-b"
+    (($1 % 2 == 0)) && bin="$ZT_TMP/zentinel-a"
+    timeout 120 "$(zt_bin zentinel-ctl)" --socket "$ZT_SOCK" upgrade --rolling --binary "$bin"
+}
+reload_nginx() {
+    # `nginx -s reload` sends SIGHUP to the pid in the pid file: the same, without the file.
+    kill -HUP "$nginx_pid"
+}
+reload_haproxy() { kill -USR2 "${haproxy_pid[haproxy]}"; }
+reload_haproxy_seamless() { kill -USR2 "${haproxy_pid[haproxy-seamless]}"; }
+
+zt_log "reload comparison: keep-alive, 64 connections, 1 KiB, ${reload_duration}s with 2 reloads/upgrades at 1/3 and 2/3"
+reload_targets=(zentinel)
+reload_test zentinel reload_zentinel
+if [[ -n "${addr[nginx]:-}" ]]; then
+    reload_targets+=(nginx)
+    reload_test nginx reload_nginx
+fi
+if [[ -n "${addr[haproxy]:-}" ]]; then
+    reload_targets+=(haproxy)
+    reload_test haproxy reload_haproxy
+fi
+if start_haproxy haproxy-seamless 1; then
+    reload_targets+=(haproxy-seamless)
+    reload_test haproxy-seamless reload_haproxy_seamless
+else
+    zt_warn "haproxy with expose-fd listeners is reported as n/a"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "n/a" || b == "n/a" || b + 0 == 0) print "n/a"; else printf "%.2f\n", a / b }'
+}
+
+table=()
+md=("| workload | target | rps (median) | p99 ms (median) | failed (all rounds) |" "|---|---|---:|---:|---:|")
+declare -A med_rps=() med_p99=()
+for w in "${workloads[@]}"; do
+    for t in "${targets[@]}"; do
+        # shellcheck disable=SC2086  # space-separated samples
+        med_rps[$w,$t]="$(zt_median ${rps_of[$w,$t]:-})"
+        # shellcheck disable=SC2086
+        med_p99[$w,$t]="$(zt_median ${p99_of[$w,$t]:-})"
+        f="${failed_of[$w,$t]:-n/a}"
+        table+=("$(printf '%-9s %-10s %12s %14s %10s' "$w" "$t" "${med_rps[$w,$t]}" "${med_p99[$w,$t]}" "$f")")
+        md+=("| $w | $t | ${med_rps[$w,$t]} | ${med_p99[$w,$t]} | $f |")
+    done
+done
+
+ratios=()
+md_ratios=("| workload | rps Zentinel/nginx | rps Zentinel/HAProxy | p99 Zentinel/nginx | p99 Zentinel/HAProxy |" "|---|---:|---:|---:|---:|")
+for w in "${workloads[@]}"; do
+    a="$(ratio "${med_rps[$w,zentinel]}" "${med_rps[$w,nginx]}")"
+    b="$(ratio "${med_rps[$w,zentinel]}" "${med_rps[$w,haproxy]}")"
+    c="$(ratio "${med_p99[$w,zentinel]}" "${med_p99[$w,nginx]}")"
+    d="$(ratio "${med_p99[$w,zentinel]}" "${med_p99[$w,haproxy]}")"
+    ratios+=("$(printf '%-9s %18s %20s %18s %20s' "$w" "$a" "$b" "$c" "$d")")
+    md_ratios+=("| $w | $a | $b | $c | $d |")
+done
+
+reloads=()
+md_reloads=("| target | action (2 during the load) | workers replaced | requests | failed | rps |" "|---|---|---|---:|---:|---:|")
+declare -A reload_action=(
+    [zentinel]="zentinel-ctl upgrade --rolling"
+    [nginx]="SIGHUP to the master (nginx -s reload)"
+    [haproxy]="SIGUSR2 to the -W master"
+    [haproxy-seamless]="SIGUSR2, expose-fd listeners"
+)
+for t in zentinel nginx haproxy haproxy-seamless; do
+    l="${reload_line[$t]:-}"
+    if [[ "$l" == requests=* ]]; then
+        rq="$(zt_summary_field "$l" requests)" fl="$(zt_summary_field "$l" failed)" rp="$(zt_summary_field "$l" rps)"
+    else
+        rq=n/a fl=n/a rp=n/a
+    fi
+    rr="${reload_replaced[$t]:-n/a}"
+    reloads+=("$(printf '%-17s %-40s %9s %10s %8s %8s' "$t" "${reload_action[$t]}" "$rr" "$rq" "$fl" "$rp")")
+    md_reloads+=("| $t | ${reload_action[$t]} | $rr | $rq | $fl | $rp |")
+done
+
+zt_log "results"
+printf '    %s\n' "${header[@]}"
+echo
+printf '%-9s %-10s %12s %14s %10s\n' workload target "rps(median)" "p99ms(median)" failed
+printf '%s\n' "${table[@]}"
+echo
+printf '%-9s %18s %20s %18s %20s\n' workload "rps zentinel/nginx" "rps zentinel/haproxy" "p99 zentinel/nginx" "p99 zentinel/haproxy"
+printf '%s\n' "${ratios[@]}"
+echo
+printf '%-17s %-40s %9s %10s %8s %8s\n' target "reload action" replaced requests failed rps
+printf '%s\n' "${reloads[@]}"
+zt_info "load average after the run: $(cut -d' ' -f1-3 /proc/loadavg) (before: $load_avg)"
+
+if [[ -n "$markdown" ]]; then
+    {
+        printf -- '- %s\n' "${header[@]}"
+        echo
+        printf '%s\n' "${md[@]}"
+        echo
+        printf '%s\n' "${md_ratios[@]}"
+        echo
+        echo "Reload comparison: keep-alive, 64 connections, 1 KiB, ${reload_duration}s with 2 reloads."
+        echo
+        printf '%s\n' "${md_reloads[@]}"
+    } >"$markdown"
+    zt_info "markdown written to $markdown"
+fi

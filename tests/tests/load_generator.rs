@@ -1,0 +1,476 @@
+//! The load generator's own accounting, tested on the real binaries: `zentinel-load` against a
+//! `zentinel-backend` that injects one kind of fault every K-th request must count exactly
+//! those failures, of exactly that kind, and nothing else.
+//!
+//! Build first: `cargo build -p zentinel-tests --bins`.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use zentinel_tests::{find_binary, free_port, send_signal, temp_path, wait_until, Backend};
+
+fn load_bin() -> PathBuf {
+    find_binary("zentinel-load", "ZENTINEL_LOAD_BIN")
+}
+
+/// One finished `zentinel-load` run.
+struct Run {
+    code: i32,
+    stdout: String,
+    /// key=value pairs of the last line.
+    last: BTreeMap<String, String>,
+    json: Value,
+}
+
+impl Run {
+    fn last_u64(&self, key: &str) -> u64 {
+        self.last
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no integer {key}= in the last line:\n{}", self.stdout))
+    }
+
+    fn json_u64(&self, path: &[&str]) -> u64 {
+        let mut v = &self.json;
+        for p in path {
+            v = &v[*p];
+        }
+        v.as_u64()
+            .unwrap_or_else(|| panic!("JSON {path:?} is not an integer: {}", self.json))
+    }
+
+    /// Failures by kind from the JSON, only the non-zero ones.
+    fn failures(&self) -> BTreeMap<String, u64> {
+        self.json["failures"]
+            .as_object()
+            .unwrap_or_else(|| panic!("JSON without failures: {}", self.json))
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_u64().expect("failure count")))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+fn spawn_load(args: &[&str], json: &PathBuf) -> Child {
+    Command::new(load_bin())
+        .args(args)
+        .arg("--json")
+        .arg(json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn zentinel-load")
+}
+
+/// Waits for a `zentinel-load` child with a deadline (killed and failed past it).
+fn finish(mut child: Child, json: PathBuf, timeout: Duration) -> Run {
+    let mut stdout_pipe = child.stdout.take().expect("stdout piped");
+    let reader = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout_pipe.read_to_string(&mut s);
+        s
+    });
+    let mut status = None;
+    let exited = wait_until(timeout, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("zentinel-load did not finish within {timeout:?}");
+    }
+    let stdout = reader.join().expect("stdout reader");
+    let code = status.and_then(|s| s.code()).unwrap_or(-1);
+    let last = stdout
+        .lines()
+        .last()
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let json = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    Run {
+        code,
+        stdout,
+        last,
+        json,
+    }
+}
+
+fn run_load(args: &[&str]) -> Run {
+    let json = temp_path("load.json");
+    let child = spawn_load(args, &json);
+    let run = finish(child, json.clone(), Duration::from_secs(30));
+    let _ = std::fs::remove_file(json);
+    run
+}
+
+/// The final line's shape, and that it agrees with the JSON report.
+fn check_consistent(run: &Run) {
+    let last_line = run.stdout.lines().last().unwrap_or("");
+    let keys: Vec<&str> = run.last.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["failed", "max_ms", "p50_ms", "p99_ms", "requests", "rps"],
+        "last line {last_line:?}"
+    );
+    assert!(
+        last_line.starts_with("requests="),
+        "last line {last_line:?}"
+    );
+    for k in ["p50_ms", "p99_ms", "max_ms"] {
+        let v = &run.last[k];
+        assert!(
+            v.split_once('.').is_some_and(|(_, d)| d.len() == 2),
+            "{k}={v} has not 2 decimals"
+        );
+    }
+    assert_eq!(run.last_u64("requests"), run.json_u64(&["requests"]));
+    assert_eq!(run.last_u64("failed"), run.json_u64(&["failed"]));
+    assert_eq!(
+        run.json_u64(&["requests"]),
+        run.json_u64(&["ok"]) + run.json_u64(&["failed"]),
+        "requests = ok + failed"
+    );
+    let by_kind: u64 = run.failures().values().sum();
+    assert_eq!(
+        by_kind,
+        run.json_u64(&["failed"]),
+        "failures by kind add up"
+    );
+}
+
+const N: u64 = 600;
+const EVERY: u64 = 10;
+
+/// `-n 600 -c 8` against a backend failing every 10th request with `fault`: exactly 60
+/// failures, all of kind `kind`.
+fn fault_run(fault: &str, kind: &str, extra: &[&str]) {
+    let backend = Backend::start_args(
+        &format!("fault-{fault}"),
+        &["--fault", fault, "--fault-every", &EVERY.to_string()],
+    );
+    let addr = backend.target();
+    let n = N.to_string();
+    let mut args = vec!["--addr", &addr, "-n", &n, "-c", "8", "--timeout", "5s"];
+    args.extend_from_slice(extra);
+    let run = run_load(&args);
+    check_consistent(&run);
+    let expected = BTreeMap::from([(kind.to_owned(), N / EVERY)]);
+    assert_eq!(
+        run.failures(),
+        expected,
+        "failures by kind:\n{}",
+        run.stdout
+    );
+    assert_eq!(run.last_u64("requests"), N, "{}", run.stdout);
+    assert_eq!(run.last_u64("failed"), N / EVERY, "{}", run.stdout);
+    assert_eq!(run.json_u64(&["ok"]), N - N / EVERY);
+    assert_eq!(run.code, 1, "exit code with failures:\n{}", run.stdout);
+    // Every request reached the backend exactly once.
+    assert_eq!(backend.stats().0, N, "requests counted by the backend");
+}
+
+#[test]
+fn clean_run_counts_every_request() {
+    let backend = Backend::start("clean");
+    let addr = backend.target();
+    let run = run_load(&["--addr", &addr, "-n", "600", "-c", "8", "-t", "2"]);
+    check_consistent(&run);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(run.last_u64("requests"), 600);
+    assert_eq!(run.last_u64("failed"), 0);
+    assert_eq!(run.json_u64(&["ok"]), 600);
+    assert_eq!(
+        run.json_u64(&["connections"]),
+        8,
+        "keep-alive reuses connections"
+    );
+    // The backend also counts the connection of this /stats request.
+    assert_eq!(backend.stats(), (600, 8 + 1));
+}
+
+#[test]
+fn reset_fault_counts_resets() {
+    fault_run("reset", "reset", &[]);
+}
+
+#[test]
+fn truncate_fault_counts_truncated() {
+    fault_run("truncate", "truncated", &[]);
+}
+
+#[test]
+fn truncate_fault_counts_truncated_chunked_bodies() {
+    // `--path` turns checksum checks off; the framing alone must show the truncation.
+    fault_run(
+        "truncate",
+        "truncated",
+        &["--path", "/bytes/3000?chunked=1"],
+    );
+}
+
+#[test]
+fn status500_fault_counts_non_2xx() {
+    fault_run("status500", "non-2xx", &[]);
+}
+
+#[test]
+fn corrupt_fault_counts_corrupt_downloads() {
+    fault_run("corrupt", "corrupt", &[]);
+}
+
+#[test]
+fn corrupt_fault_counts_corrupt_uploads() {
+    fault_run(
+        "corrupt",
+        "corrupt",
+        &["--method", "POST", "--body", "3000"],
+    );
+}
+
+#[test]
+fn close_after_is_not_a_failure() {
+    let backend = Backend::start_args(
+        "close-after",
+        &[
+            "--fault",
+            "close-after",
+            "--fault-every",
+            &EVERY.to_string(),
+        ],
+    );
+    let addr = backend.target();
+    let run = run_load(&["--addr", &addr, "-n", "600", "-c", "8"]);
+    check_consistent(&run);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(run.last_u64("failed"), 0);
+    assert_eq!(run.last_u64("requests"), 600);
+    assert_eq!(
+        run.json_u64(&["closed_by_server"]),
+        N / EVERY,
+        "keep-alive connections ended with Connection: close"
+    );
+    let connections = run.json_u64(&["connections"]);
+    assert!(
+        connections > 8 && connections <= 8 + N / EVERY,
+        "connections {connections}: the closed ones were replaced"
+    );
+    assert_eq!(
+        backend.stats(),
+        (600, connections + 1),
+        "(+1: the /stats connection)"
+    );
+}
+
+#[test]
+fn close_mode_opens_a_connection_per_request() {
+    let backend = Backend::start("close-mode");
+    let addr = backend.target();
+    let run = run_load(&["--addr", &addr, "-n", "200", "-c", "4", "--mode", "close"]);
+    check_consistent(&run);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(run.last_u64("requests"), 200);
+    assert_eq!(run.json_u64(&["connections"]), 200);
+    assert_eq!(
+        backend.stats(),
+        (200, 200 + 1),
+        "(+1: the /stats connection)"
+    );
+}
+
+#[test]
+fn post_run_verifies_uploads() {
+    let backend = Backend::start("post");
+    let addr = backend.target();
+    let run = run_load(&[
+        "--addr", &addr, "-n", "300", "-c", "4", "--method", "POST", "--body", "70000",
+    ]);
+    check_consistent(&run);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(run.json_u64(&["ok"]), 300);
+    assert_eq!(backend.stats().0, 300);
+}
+
+#[test]
+fn close_delimited_and_chunked_responses_are_complete() {
+    let backend = Backend::start("framing");
+    let addr = backend.target();
+    let run = run_load(&[
+        "--addr",
+        &addr,
+        "-n",
+        "100",
+        "-c",
+        "4",
+        "--path",
+        "/bytes/5000?close=1",
+    ]);
+    check_consistent(&run);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(run.json_u64(&["closed_by_server"]), 100);
+    let run = run_load(&[
+        "--addr",
+        &addr,
+        "-n",
+        "100",
+        "-c",
+        "4",
+        "--path",
+        "/bytes/70000?chunked=1",
+    ]);
+    check_consistent(&run);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(run.json_u64(&["connections"]), 4);
+}
+
+#[test]
+fn slow_responses_count_as_timeouts() {
+    let backend = Backend::start("slow");
+    let addr = backend.target();
+    let started = Instant::now();
+    let run = run_load(&[
+        "--addr",
+        &addr,
+        "-n",
+        "4",
+        "-c",
+        "2",
+        "--path",
+        "/delay/3000",
+        "--timeout",
+        "200ms",
+    ]);
+    check_consistent(&run);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert_eq!(run.failures(), BTreeMap::from([("timeout".to_owned(), 4)]));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "timeouts were not enforced: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn connect_refused_is_counted() {
+    // Nothing listens on a port that was free a moment ago.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let run = run_load(&["--addr", &addr, "-n", "20", "-c", "2"]);
+    check_consistent(&run);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert_eq!(
+        run.failures(),
+        BTreeMap::from([("connect-refused".to_owned(), 20)])
+    );
+    assert_eq!(run.json_u64(&["connections"]), 0);
+}
+
+#[test]
+fn open_loop_delivers_the_rate() {
+    let backend = Backend::start("rate");
+    let addr = backend.target();
+    let started = Instant::now();
+    let run = run_load(&["--addr", &addr, "--rate", "200", "-d", "1s", "-c", "4"]);
+    let took = started.elapsed();
+    check_consistent(&run);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let requests = run.last_u64("requests");
+    let unsent = run.json_u64(&["unsent"]);
+    // Slots are due at k/200 s for k < 200: every one is either made or reported unsent.
+    assert_eq!(requests + unsent, 200, "{}", run.stdout);
+    assert!(requests >= 190, "{requests} requests at 200/s for 1 s");
+    assert!(
+        took >= Duration::from_millis(990),
+        "an open-loop run of 1 s took {took:?}"
+    );
+    assert_eq!(backend.stats().0, requests);
+}
+
+#[test]
+fn sigint_stops_early_and_still_reports() {
+    let backend = Backend::start("sigint");
+    let addr = backend.target();
+    let json = temp_path("sigint.json");
+    let child = spawn_load(&["--addr", &addr, "-d", "60s", "-c", "4"], &json);
+    let pid = child.id();
+    assert!(
+        wait_until(Duration::from_secs(10), || backend.stats().0 >= 200),
+        "the load did not get going"
+    );
+    send_signal(pid, nix::sys::signal::Signal::SIGINT);
+    let started = Instant::now();
+    let run = finish(child, json.clone(), Duration::from_secs(10));
+    let _ = std::fs::remove_file(json);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    check_consistent(&run);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(run.json["interrupted"], Value::Bool(true));
+    assert!(run.last_u64("requests") >= 200);
+    // Every request the backend saw was accounted for (the /stats calls are not counted).
+    assert_eq!(backend.stats().0, run.last_u64("requests"));
+}
+
+#[test]
+fn timeline_csv_matches_the_report() {
+    let backend = Backend::start("csv");
+    let addr = backend.target();
+    let csv = temp_path("timeline.csv");
+    let csv_arg = csv.to_string_lossy().into_owned();
+    let run = run_load(&[
+        "--addr",
+        &addr,
+        "-n",
+        "500",
+        "-c",
+        "4",
+        "--timeline",
+        "--timeline-csv",
+        &csv_arg,
+    ]);
+    let text = std::fs::read_to_string(&csv).expect("timeline CSV written");
+    let _ = std::fs::remove_file(&csv);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("t_ms,epoch_ms,ok,failed"));
+    let mut ok = 0;
+    let start = run.json_u64(&["start_epoch_ms"]);
+    for (i, line) in lines.enumerate() {
+        let f: Vec<u64> = line
+            .split(',')
+            .map(|x| x.parse().expect("number"))
+            .collect();
+        assert_eq!(f.len(), 4, "{line}");
+        assert_eq!(f[0], i as u64 * 100);
+        assert_eq!(f[1], start + f[0]);
+        ok += f[2];
+        assert_eq!(f[3], 0);
+    }
+    assert_eq!(ok, 500);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &[][..],
+        &["--addr", "127.0.0.1:1", "--mode", "sideways"][..],
+        &["--addr", "127.0.0.1:1", "--frobnicate"][..],
+        &["--addr", "127.0.0.1:1", "-d", "ten"][..],
+    ] {
+        let out = Command::new(load_bin())
+            .args(args)
+            .output()
+            .expect("run zentinel-load");
+        assert_eq!(out.status.code(), Some(2), "args {args:?}");
+    }
+}
