@@ -255,6 +255,10 @@ struct WorkerSlot {
     backoff: Backoff,
     /// Counters of the last worker that served this slot, kept across its death.
     last_counters: Option<WorkerCounters>,
+    /// Unexpected exits of this slot's current workers (status shows them).
+    restarts: u32,
+    /// How the last of them ended.
+    last_exit: Option<String>,
 }
 
 impl WorkerSlot {
@@ -265,6 +269,8 @@ impl WorkerSlot {
             restart_at: None,
             backoff: Backoff::default(),
             last_counters: None,
+            restarts: 0,
+            last_exit: None,
         }
     }
 }
@@ -1020,6 +1026,8 @@ impl Supervisor {
             .unwrap_or_default();
         let delay = slot.backoff.on_failure(ran_for);
         slot.restart_at = Some(Instant::now() + delay);
+        slot.restarts = slot.restarts.saturating_add(1);
+        slot.last_exit = Some(status.to_owned());
         info!(
             worker_id,
             generation,

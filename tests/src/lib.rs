@@ -4,6 +4,7 @@
 //!
 //! Everything here panics on failure: it only runs inside tests.
 
+pub mod configs;
 pub mod load;
 
 use std::collections::BTreeSet;

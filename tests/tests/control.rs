@@ -15,9 +15,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
 use zentinel_protocol::control::{ControlRequest, ControlResponse};
 use zentinel_protocol::messages::Hello;
-use zentinel_protocol::{Channel, PROTOCOL_VERSION};
+use zentinel_protocol::Channel;
 use zentinel_tests::*;
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -802,7 +803,7 @@ fn protocol_version_mismatch_is_a_clean_failure() {
         ControlResponse::Failed { message } => {
             assert!(message.contains("999"), "{message}");
             assert!(
-                message.contains(&PROTOCOL_VERSION.to_string()),
+                message.contains(&CONTROL_PROTOCOL_VERSION.to_string()),
                 "the master's version is not named: {message}"
             );
         }
@@ -814,7 +815,7 @@ fn protocol_version_mismatch_is_a_clean_failure() {
         "connection not closed after the mismatch: {end:?}"
     );
     // The right version on a fresh connection works, the master is unharmed.
-    let mut channel = hello_channel(&z.control_socket(), PROTOCOL_VERSION);
+    let mut channel = hello_channel(&z.control_socket(), CONTROL_PROTOCOL_VERSION);
     let frame = channel.recv_timeout(DEADLINE).expect("hello answer");
     assert!(matches!(
         frame.deserialize::<ControlResponse>().unwrap(),
