@@ -1020,14 +1020,19 @@ impl Supervisor {
             );
             return;
         }
+        let slot = &mut self.slots[index];
+        slot.restarts = slot.restarts.saturating_add(1);
+        slot.last_exit = Some(status.to_owned());
+        if self.rolling_replacement_died(worker_id, pid, status) {
+            return;
+        }
+        let slot = &mut self.slots[index];
         let ran_for = process
             .ready_at
             .map(|ready| ready.elapsed())
             .unwrap_or_default();
         let delay = slot.backoff.on_failure(ran_for);
         slot.restart_at = Some(Instant::now() + delay);
-        slot.restarts = slot.restarts.saturating_add(1);
-        slot.last_exit = Some(status.to_owned());
         info!(
             worker_id,
             generation,

@@ -453,24 +453,37 @@ impl Zentinel {
     /// Writes `config` to a temp file, starts `zentinel --config FILE`, and waits until every
     /// listener accepts and the configured number of workers exist.
     pub fn start(config: &str) -> Zentinel {
-        let path = temp_path("config.kdl");
-        fs::write(&path, config).expect("write temp config");
-        let listeners = configured_listeners(config);
-        assert!(
-            !listeners.is_empty(),
-            "config has no `address` listener:\n{config}"
-        );
-        Self::spawn(
-            &zentinel_bin(),
-            Some(path),
-            listeners,
-            configured_workers(config),
-            None,
-        )
+        Self::start_from_config(config, &zentinel_bin(), None, &[])
     }
 
     /// Like [`Zentinel::start`], running the master from `binary` (e.g. a [`binary_copy`]).
     pub fn start_with_binary(config: &str, binary: &Path) -> Zentinel {
+        Self::start_from_config(config, binary, None, &[])
+    }
+
+    /// Like [`Zentinel::start`], with `XDG_RUNTIME_DIR` set to `runtime_dir` (which the caller
+    /// owns and removes), e.g. to start a second master on the same default control socket.
+    pub fn start_in(config: &str, runtime_dir: &Path) -> Zentinel {
+        Self::start_from_config(
+            config,
+            &zentinel_bin(),
+            Some(runtime_dir.to_path_buf()),
+            &[],
+        )
+    }
+
+    /// Like [`Zentinel::start`], with extra environment variables for the master (and so for
+    /// every process it starts), e.g. `ZENTINEL_FAULT_INJECTION`.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Zentinel {
+        Self::start_from_config(config, &zentinel_bin(), None, env)
+    }
+
+    fn start_from_config(
+        config: &str,
+        binary: &Path,
+        runtime_dir: Option<PathBuf>,
+        env: &[(&str, &str)],
+    ) -> Zentinel {
         let path = temp_path("config.kdl");
         fs::write(&path, config).expect("write temp config");
         let listeners = configured_listeners(config);
@@ -483,26 +496,8 @@ impl Zentinel {
             Some(path),
             listeners,
             configured_workers(config),
-            None,
-        )
-    }
-
-    /// Like [`Zentinel::start`], with `XDG_RUNTIME_DIR` set to `runtime_dir` (which the caller
-    /// owns and removes), e.g. to start a second master on the same default control socket.
-    pub fn start_in(config: &str, runtime_dir: &Path) -> Zentinel {
-        let path = temp_path("config.kdl");
-        fs::write(&path, config).expect("write temp config");
-        let listeners = configured_listeners(config);
-        assert!(
-            !listeners.is_empty(),
-            "config has no `address` listener:\n{config}"
-        );
-        Self::spawn(
-            &zentinel_bin(),
-            Some(path),
-            listeners,
-            configured_workers(config),
-            Some(runtime_dir.to_path_buf()),
+            runtime_dir,
+            env,
         )
     }
 
@@ -515,6 +510,7 @@ impl Zentinel {
             vec!["127.0.0.1:8080".parse().unwrap()],
             workers,
             None,
+            &[],
         )
     }
 
@@ -524,12 +520,14 @@ impl Zentinel {
         listeners: Vec<SocketAddr>,
         workers: usize,
         runtime_dir: Option<PathBuf>,
+        env: &[(&str, &str)],
     ) -> Zentinel {
         let log_path = temp_path("zentinel.log");
         let log = File::create(&log_path).expect("create log file");
         let owns_runtime_dir = runtime_dir.is_none();
         let runtime_dir = runtime_dir.unwrap_or_else(new_runtime_dir);
         let mut cmd = master_command_with(binary, config_path.as_deref(), &runtime_dir);
+        cmd.envs(env.iter().copied());
         // Its own process group, so drop can kill every process it ever forked (successor
         // masters included) with one kill(-pgid).
         let child = cmd

@@ -1047,3 +1047,99 @@ fn unwritable_or_full_state_dir_fails_the_upgrade_cleanly() {
     let report = load.stop();
     report.assert_clean(100, "load across failed and successful upgrades");
 }
+
+/// `ZENTINEL_FAULT_INJECTION` making `fault` fire in processes running from `binary` only.
+fn fault_env(fault: &str, binary: &Path) -> (&'static str, String) {
+    (
+        "ZENTINEL_FAULT_INJECTION",
+        format!("{fault}@{}", path_str(binary)),
+    )
+}
+
+#[test]
+fn new_master_dying_before_it_is_ready_leaves_the_old_one_serving() {
+    let be = Backend::start("master-dies");
+    let mut files = TempFiles::default();
+    let copy = files.add(binary_copy("master-dies"));
+    let (key, value) = fault_env("master-exit-before-ready", &copy);
+    let z = Zentinel::start_with_env(&proxy_config(2, free_port(), &be, 5), &[(key, &value)]);
+    let load = start_load(&z);
+    let before = snap(&z);
+
+    let out = ctl_upgrade(&z, &copy, &["--ready-timeout", "5s"]);
+    assert!(
+        !out.success(),
+        "the new master died, the upgrade must fail: {out}"
+    );
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        said.contains("exit status 70") || said.contains("exited"),
+        "the error must say how the new master ended: {out}"
+    );
+    let after = snap(&z);
+    assert_eq!(after.master_pid, before.master_pid, "{:?}", after.raw);
+    assert_eq!(
+        after.running_pids(),
+        before.running_pids(),
+        "{:?}",
+        after.raw
+    );
+    assert_eq!(z.master_pids(), vec![z.pid], "a second master is left");
+    assert!(
+        load.wait_for_more(50, DEADLINE),
+        "no progress after the failed upgrade"
+    );
+    // The old master still owns its workers: it can still replace them.
+    let out = z.ctl(&["worker", "restart", "0"]);
+    assert!(
+        out.success(),
+        "worker restart after the failed upgrade: {out}"
+    );
+    load.stop()
+        .assert_clean(100, "load across a new master dying before ready");
+}
+
+#[test]
+fn new_worker_dying_after_it_is_ready_rolls_the_upgrade_back() {
+    let be = Backend::start("worker-dies");
+    let mut files = TempFiles::default();
+    let copy = files.add(binary_copy("worker-dies"));
+    let (key, value) = fault_env("worker-abort-after-ready", &copy);
+    let z = Zentinel::start_with_env(&proxy_config(2, free_port(), &be, 5), &[(key, &value)]);
+    let original = path_str(&z.binary);
+    let load = start_load(&z);
+    let before = snap(&z);
+
+    let out = ctl_upgrade(&z, &copy, &["--ready-timeout", "5s"]);
+    assert!(
+        !out.success(),
+        "new workers crash, the upgrade must fail: {out}"
+    );
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        said.contains("died after it was ready") && said.contains("rolled back"),
+        "the error must say what happened: {out}"
+    );
+    // Every worker serves from the original binary again (the new master stays: it is
+    // healthy, only its workers were not).
+    let mut now = snap(&z);
+    let settled = wait_until(DEADLINE, || {
+        now = snap(&z);
+        now.running().len() == 2
+            && now
+                .running()
+                .iter()
+                .all(|w| exe_of(w.pid) == original && w.binary == original)
+    });
+    assert!(settled, "workers not all back on {original}: {:?}", now.raw);
+    assert_ne!(now.master_pid, before.master_pid);
+    assert!(
+        load.wait_for_more(50, DEADLINE),
+        "no progress after the rollback"
+    );
+    let report = load.stop();
+    // The crashed worker's own connections may be cut (at most the 6 load clients); nothing
+    // else fails.
+    assert!(report.failed() <= 6, "{report}");
+    assert!(report.ok >= 100, "{report}");
+}
