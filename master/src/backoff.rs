@@ -1,13 +1,14 @@
 //! Restart delays for crashed workers.
 //!
 //! A worker that keeps crashing must not turn the master into a fork bomb, yet a worker that
-//! crashed once after running fine for hours should come back at once. So the delay doubles on
-//! every consecutive failure up to a cap, and starts over once a worker has stayed up for a
-//! while.
+//! crashed once after running fine should come back at once: its share of new connections
+//! waits in the listen backlog meanwhile. So the first crash restarts at once, the next ones
+//! wait 100 ms, doubling up to a cap, and the count starts over once a worker has stayed up
+//! for a while.
 
 use std::time::Duration;
 
-/// Delay before the first restart after a healthy run.
+/// Delay before the second restart in a row (the first one is immediate).
 pub const INITIAL_DELAY: Duration = Duration::from_millis(100);
 /// Longest delay between two restarts.
 pub const MAX_DELAY: Duration = Duration::from_secs(10);
@@ -36,7 +37,7 @@ impl Backoff {
             initial,
             max,
             healthy_after,
-            next: initial,
+            next: Duration::ZERO,
         }
     }
 
@@ -44,10 +45,14 @@ impl Backoff {
     /// ready) and return how long to wait before restarting it.
     pub fn on_failure(&mut self, ran_for: Duration) -> Duration {
         if ran_for >= self.healthy_after {
-            self.next = self.initial;
+            self.next = Duration::ZERO;
         }
         let delay = self.next;
-        self.next = self.next.saturating_mul(2).min(self.max);
+        self.next = if delay.is_zero() {
+            self.initial
+        } else {
+            delay.saturating_mul(2).min(self.max)
+        };
         delay
     }
 
@@ -66,12 +71,13 @@ mod tests {
     }
 
     #[test]
-    fn doubles_from_100ms_and_caps_at_10s() {
+    fn immediate_then_doubles_from_100ms_and_caps_at_10s() {
         let mut backoff = Backoff::default();
-        let delays: Vec<Duration> = (0..10).map(|_| backoff.on_failure(ms(0))).collect();
+        let delays: Vec<Duration> = (0..11).map(|_| backoff.on_failure(ms(0))).collect();
         assert_eq!(
             delays,
             vec![
+                ms(0),
                 ms(100),
                 ms(200),
                 ms(400),
@@ -89,17 +95,18 @@ mod tests {
     #[test]
     fn resets_after_a_healthy_run() {
         let mut backoff = Backoff::default();
-        for _ in 0..6 {
+        for _ in 0..7 {
             backoff.on_failure(ms(50));
         }
         assert_eq!(backoff.peek(), ms(6400));
-        assert_eq!(backoff.on_failure(HEALTHY_AFTER), ms(100));
-        assert_eq!(backoff.on_failure(ms(0)), ms(200));
+        assert_eq!(backoff.on_failure(HEALTHY_AFTER), ms(0));
+        assert_eq!(backoff.on_failure(ms(0)), ms(100));
     }
 
     #[test]
     fn a_run_just_short_of_healthy_does_not_reset() {
         let mut backoff = Backoff::default();
+        backoff.on_failure(ms(0));
         backoff.on_failure(ms(0));
         backoff.on_failure(ms(0));
         assert_eq!(backoff.on_failure(HEALTHY_AFTER - ms(1)), ms(400));
@@ -108,6 +115,7 @@ mod tests {
     #[test]
     fn never_overflows() {
         let mut backoff = Backoff::new(Duration::MAX / 2, Duration::MAX, HEALTHY_AFTER);
+        backoff.on_failure(ms(0));
         backoff.on_failure(ms(0));
         backoff.on_failure(ms(0));
         assert_eq!(backoff.on_failure(ms(0)), Duration::MAX);

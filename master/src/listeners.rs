@@ -162,6 +162,31 @@ pub fn bind_all(listeners: &[ListenerConfig]) -> Result<Vec<BoundListener>, List
     listeners.iter().map(bind_listener).collect()
 }
 
+/// [`bind_all`] for a master starting up: an address in use is retried every 250 ms for up to
+/// `patience`. A master restarted right after a crash (SIGKILL, OOM) finds its orphaned
+/// workers still holding the old listening sockets for the moment they need to notice and
+/// stop accepting; like nginx, wait for them instead of failing the restart.
+pub fn bind_all_at_start(
+    listeners: &[ListenerConfig],
+    patience: std::time::Duration,
+) -> Result<Vec<BoundListener>, ListenerError> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match bind_all(listeners) {
+            Err(err)
+                if err
+                    .io_error()
+                    .is_some_and(|e| e.kind() == io::ErrorKind::AddrInUse)
+                    && std::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(error = %err, "address in use; retrying in 250 ms");
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Create, configure, bind and listen one socket.
 pub fn bind_listener(config: &ListenerConfig) -> Result<BoundListener, ListenerError> {
     let address: SocketAddr =

@@ -255,6 +255,10 @@ struct WorkerSlot {
     backoff: Backoff,
     /// Counters of the last worker that served this slot, kept across its death.
     last_counters: Option<WorkerCounters>,
+    /// Unexpected exits of this slot's current workers (status shows them).
+    restarts: u32,
+    /// How the last of them ended.
+    last_exit: Option<String>,
 }
 
 impl WorkerSlot {
@@ -265,6 +269,8 @@ impl WorkerSlot {
             restart_at: None,
             backoff: Backoff::default(),
             last_counters: None,
+            restarts: 0,
+            last_exit: None,
         }
     }
 }
@@ -1002,7 +1008,9 @@ impl Supervisor {
             reason = process.fatal.as_deref().unwrap_or(""),
             "worker exited unexpectedly"
         );
-        if starting {
+        // A worker that never became ready fails the start-up (a broken binary or config must
+        // not restart in a loop); one that was serving and died is restarted like any other.
+        if starting && process.ready_at.is_none() {
             let reason = match &process.fatal {
                 Some(fatal) => format!("{fatal} ({status})"),
                 None => format!("exited during start-up ({status})"),
@@ -1014,6 +1022,13 @@ impl Supervisor {
             );
             return;
         }
+        let slot = &mut self.slots[index];
+        slot.restarts = slot.restarts.saturating_add(1);
+        slot.last_exit = Some(status.to_owned());
+        if self.rolling_replacement_died(worker_id, pid, status) {
+            return;
+        }
+        let slot = &mut self.slots[index];
         let ran_for = process
             .ready_at
             .map(|ready| ready.elapsed())

@@ -396,14 +396,16 @@ impl AsFd for Channel {
     }
 }
 
-/// Check a peer's hello version against ours.
+/// Check a worker's or master's hello version against ours ([`crate::PROTOCOL_VERSION`]).
 pub fn check_version(theirs: u32) -> Result<(), ProtocolError> {
-    if theirs == crate::PROTOCOL_VERSION {
+    check_version_of(crate::PROTOCOL_VERSION, theirs)
+}
+
+/// Check a peer's hello version against `ours` (each channel kind has its own version).
+pub fn check_version_of(ours: u32, theirs: u32) -> Result<(), ProtocolError> {
+    if theirs == ours {
         Ok(())
     } else {
-        Err(ProtocolError::VersionMismatch {
-            ours: crate::PROTOCOL_VERSION,
-            theirs,
-        })
+        Err(ProtocolError::VersionMismatch { ours, theirs })
     }
 }

@@ -1,8 +1,12 @@
 //! Messages between `zentinel-ctl` and the master, over the master's Unix control socket.
 //!
 //! Same framing as master <-> worker ([`crate::Channel`]); the first message each way is a
-//! [`Hello`] with [`crate::PROTOCOL_VERSION`]. One request per connection is the common case, but
-//! a client may send several requests in sequence on one connection (`status --watch`).
+//! [`Hello`] with [`CONTROL_PROTOCOL_VERSION`]. One request per connection is the common case,
+//! but a client may send several requests in sequence on one connection (`status --watch`).
+//!
+//! The control protocol has its own version, apart from the master <-> worker one: a status
+//! field added for operators must not stop a new master from adopting (or rolling back to)
+//! workers of the previous build, which speak the unchanged worker protocol.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -11,6 +15,9 @@ use crate::messages::{Hello, WorkerCounters};
 /// Largest frame the master accepts from a control client: requests are tiny, and a client
 /// must not make the master buffer much.
 pub const MAX_CONTROL_REQUEST_FRAME: usize = 64 * 1024;
+
+/// Version of the messages in this module. 2: worker status carries restart figures.
+pub const CONTROL_PROTOCOL_VERSION: u32 = 2;
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
@@ -92,6 +99,14 @@ pub struct WorkerStatus {
     /// The counters are from the last periodic report, because the worker did not answer the
     /// fresh status request in time.
     pub stale: bool,
+    /// Unexpected exits of this worker slot's processes since the master started.
+    pub restarts: u32,
+    /// How long the master would wait before restarting this slot's worker if it crashed now
+    /// (grows while a worker keeps crashing).
+    pub next_restart_delay_ms: u64,
+    /// How the slot's last crashed worker ended (`killed by SIGKILL`, `exit status 1`), empty
+    /// if none crashed.
+    pub last_exit: String,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 //!
 //! Everything here panics on failure: it only runs inside tests.
 
+pub mod configs;
 pub mod failure;
 pub mod load;
 pub mod loadgen;
@@ -460,24 +461,37 @@ impl Zentinel {
     /// Writes `config` to a temp file, starts `zentinel --config FILE`, and waits until every
     /// listener accepts and the configured number of workers exist.
     pub fn start(config: &str) -> Zentinel {
-        let path = temp_path("config.kdl");
-        fs::write(&path, config).expect("write temp config");
-        let listeners = configured_listeners(config);
-        assert!(
-            !listeners.is_empty(),
-            "config has no `address` listener:\n{config}"
-        );
-        Self::spawn(
-            &zentinel_bin(),
-            Some(path),
-            listeners,
-            configured_workers(config),
-            None,
-        )
+        Self::start_from_config(config, &zentinel_bin(), None, &[])
     }
 
     /// Like [`Zentinel::start`], running the master from `binary` (e.g. a [`binary_copy`]).
     pub fn start_with_binary(config: &str, binary: &Path) -> Zentinel {
+        Self::start_from_config(config, binary, None, &[])
+    }
+
+    /// Like [`Zentinel::start`], with `XDG_RUNTIME_DIR` set to `runtime_dir` (which the caller
+    /// owns and removes), e.g. to start a second master on the same default control socket.
+    pub fn start_in(config: &str, runtime_dir: &Path) -> Zentinel {
+        Self::start_from_config(
+            config,
+            &zentinel_bin(),
+            Some(runtime_dir.to_path_buf()),
+            &[],
+        )
+    }
+
+    /// Like [`Zentinel::start`], with extra environment variables for the master (and so for
+    /// every process it starts), e.g. `ZENTINEL_FAULT_INJECTION`.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Zentinel {
+        Self::start_from_config(config, &zentinel_bin(), None, env)
+    }
+
+    fn start_from_config(
+        config: &str,
+        binary: &Path,
+        runtime_dir: Option<PathBuf>,
+        env: &[(&str, &str)],
+    ) -> Zentinel {
         let path = temp_path("config.kdl");
         fs::write(&path, config).expect("write temp config");
         let listeners = configured_listeners(config);
@@ -490,26 +504,8 @@ impl Zentinel {
             Some(path),
             listeners,
             configured_workers(config),
-            None,
-        )
-    }
-
-    /// Like [`Zentinel::start`], with `XDG_RUNTIME_DIR` set to `runtime_dir` (which the caller
-    /// owns and removes), e.g. to start a second master on the same default control socket.
-    pub fn start_in(config: &str, runtime_dir: &Path) -> Zentinel {
-        let path = temp_path("config.kdl");
-        fs::write(&path, config).expect("write temp config");
-        let listeners = configured_listeners(config);
-        assert!(
-            !listeners.is_empty(),
-            "config has no `address` listener:\n{config}"
-        );
-        Self::spawn(
-            &zentinel_bin(),
-            Some(path),
-            listeners,
-            configured_workers(config),
-            Some(runtime_dir.to_path_buf()),
+            runtime_dir,
+            env,
         )
     }
 
@@ -522,6 +518,7 @@ impl Zentinel {
             vec!["127.0.0.1:8080".parse().unwrap()],
             workers,
             None,
+            &[],
         )
     }
 
@@ -531,12 +528,14 @@ impl Zentinel {
         listeners: Vec<SocketAddr>,
         workers: usize,
         runtime_dir: Option<PathBuf>,
+        env: &[(&str, &str)],
     ) -> Zentinel {
         let log_path = temp_path("zentinel.log");
         let log = File::create(&log_path).expect("create log file");
         let owns_runtime_dir = runtime_dir.is_none();
         let runtime_dir = runtime_dir.unwrap_or_else(new_runtime_dir);
         let mut cmd = master_command_with(binary, config_path.as_deref(), &runtime_dir);
+        cmd.envs(env.iter().copied());
         // Its own process group, so drop can kill every process it ever forked (successor
         // masters included) with one kill(-pgid).
         let child = cmd
@@ -565,6 +564,16 @@ impl Zentinel {
         z
     }
 
+    /// Every worker in `zentinel-ctl status` is `running` (has reported ready).
+    fn all_workers_running(&self) -> bool {
+        self.try_status().is_ok_and(|status| {
+            status["workers"].as_array().is_some_and(|workers| {
+                workers.len() == self.expected_workers
+                    && workers.iter().all(|w| w["state"] == "running")
+            })
+        })
+    }
+
     fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let mut pending: Vec<SocketAddr> = self.listeners.clone();
@@ -577,7 +586,10 @@ impl Zentinel {
             }
             pending.retain(|a| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_err());
             let workers = self.worker_pids();
-            if pending.is_empty() && workers.len() == self.expected_workers {
+            if pending.is_empty()
+                && workers.len() == self.expected_workers
+                && self.all_workers_running()
+            {
                 return;
             }
             if Instant::now() >= deadline {
@@ -696,8 +708,20 @@ impl Zentinel {
     }
 
     /// The master's control socket: the default under its private `XDG_RUNTIME_DIR`.
+    /// The master's control socket: `system { control-socket }` of its config, else the
+    /// default in its runtime dir.
     pub fn control_socket(&self) -> PathBuf {
-        self.runtime_dir.join("zentinel.sock")
+        self.config_path
+            .as_ref()
+            .and_then(|p| fs::read_to_string(p).ok())
+            .and_then(|config| {
+                config
+                    .lines()
+                    .map(|l| l.split("//").next().unwrap_or("").trim())
+                    .find_map(|l| l.strip_prefix("control-socket"))
+                    .map(|v| PathBuf::from(v.trim().trim_end_matches(';').trim().trim_matches('"')))
+            })
+            .unwrap_or_else(|| self.runtime_dir.join("zentinel.sock"))
     }
 
     /// Runs `zentinel-ctl --socket <this master's socket> ARGS` (with a deadline).

@@ -15,9 +15,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use zentinel_protocol::control::{ControlRequest, ControlResponse};
+use zentinel_protocol::control::{
+    ControlRequest, ControlResponse, CONTROL_PROTOCOL_VERSION, MAX_CONTROL_REQUEST_FRAME,
+};
 use zentinel_protocol::messages::Hello;
-use zentinel_protocol::{Channel, PROTOCOL_VERSION};
+use zentinel_protocol::Channel;
 use zentinel_tests::*;
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -802,7 +804,7 @@ fn protocol_version_mismatch_is_a_clean_failure() {
         ControlResponse::Failed { message } => {
             assert!(message.contains("999"), "{message}");
             assert!(
-                message.contains(&PROTOCOL_VERSION.to_string()),
+                message.contains(&CONTROL_PROTOCOL_VERSION.to_string()),
                 "the master's version is not named: {message}"
             );
         }
@@ -814,7 +816,7 @@ fn protocol_version_mismatch_is_a_clean_failure() {
         "connection not closed after the mismatch: {end:?}"
     );
     // The right version on a fresh connection works, the master is unharmed.
-    let mut channel = hello_channel(&z.control_socket(), PROTOCOL_VERSION);
+    let mut channel = hello_channel(&z.control_socket(), CONTROL_PROTOCOL_VERSION);
     let frame = channel.recv_timeout(DEADLINE).expect("hello answer");
     assert!(matches!(
         frame.deserialize::<ControlResponse>().unwrap(),
@@ -876,6 +878,100 @@ fn garbage_on_the_control_socket_closes_only_that_connection() {
     assert!(is_alive(z.pid), "the master died\n{}", z.log());
     let out = z.ctl(&["status"]);
     assert!(out.success(), "status after garbage: {out}\n{}", z.log());
+    assert_eq!(try_get(z.addr()), Ok("A".to_owned()));
+}
+
+#[test]
+fn oversized_truncated_silent_and_surplus_control_clients_never_hurt_the_master() {
+    let z = Zentinel::start(&static_config(1, free_port(), "A"));
+    let socket = z.control_socket();
+
+    // A well-formed header announcing one byte more than the request limit, payload following.
+    let len = MAX_CONTROL_REQUEST_FRAME + 1;
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&(len as u32).to_le_bytes());
+    frame.extend_from_slice(&0u32.to_le_bytes());
+    frame.extend_from_slice(&vec![0u8; len]);
+    assert!(
+        closed_after(&socket, &frame),
+        "oversized frame: connection not closed"
+    );
+
+    // A frame cut short: the header promises 100 bytes, 40 come, then the client half-closes.
+    let mut s = UnixStream::connect(&socket).expect("connect");
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&100u32.to_le_bytes());
+    frame.extend_from_slice(&0u32.to_le_bytes());
+    frame.extend_from_slice(&[0x11; 40]);
+    s.write_all(&frame).expect("write a truncated frame");
+    s.shutdown(std::net::Shutdown::Write).expect("half-close");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut rest = Vec::new();
+    let read = s.read_to_end(&mut rest);
+    assert!(
+        read.is_ok()
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "truncated frame: connection not closed cleanly: {read:?}"
+    );
+
+    // A client that connects and never writes does not block anyone else...
+    let silent_since = Instant::now();
+    let mut silent = UnixStream::connect(&socket).expect("connect");
+    let out = z.ctl(&["status"]);
+    assert!(out.success(), "status beside a silent client: {out}");
+
+    // ...and clients beyond the limit (128) are turned away at once, the others kept.
+    let surplus_clients: Vec<UnixStream> = (0..140)
+        .map_while(|_| UnixStream::connect(&socket).ok())
+        .collect();
+    for c in &surplus_clients {
+        c.set_nonblocking(true).expect("non-blocking");
+    }
+    let closed = || {
+        surplus_clients
+            .iter()
+            .filter(|c| {
+                let mut c = *c;
+                matches!(c.read(&mut [0u8; 64]), Ok(0))
+            })
+            .count()
+    };
+    // The silent client holds one of the 128 places.
+    let surplus = surplus_clients.len() - (128 - 1);
+    assert!(
+        wait_until(Duration::from_secs(5), || closed() >= surplus),
+        "only {} of {surplus} control clients beyond the limit were turned away",
+        closed()
+    );
+    assert_eq!(
+        closed(),
+        surplus,
+        "clients within the limit were closed too"
+    );
+    drop(surplus_clients);
+    let out = z.ctl(&["status"]);
+    assert!(
+        out.success(),
+        "status after the surplus clients left: {out}"
+    );
+
+    // The silent client is dropped by the idle timeout (10 s), not held forever.
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let end = silent.read(&mut [0u8; 64]);
+    assert!(
+        matches!(end, Ok(0)),
+        "silent client: expected the master to close it, got {end:?}"
+    );
+    let waited = silent_since.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(20),
+        "silent client closed after {waited:?}, the idle timeout is 10 s"
+    );
+    assert!(is_alive(z.pid), "the master died\n{}", z.log());
     assert_eq!(try_get(z.addr()), Ok("A".to_owned()));
 }
 

@@ -1,6 +1,7 @@
 //! Zero-downtime binary upgrades end to end (issue 4): `zentinel-ctl upgrade --rolling` and
 //! SIGUSR2 on real processes under real load, with a second copy of the binary at another
-//! path, a broken binary, and corrupt or future-version state files.
+//! path, a broken binary, corrupt or future-version state files, and a read-only or full
+//! state directory.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -934,4 +935,211 @@ fn a_second_upgrade_is_refused_while_one_runs() {
     // Once the first is over, upgrading works again.
     let out = ctl_upgrade(&z, &copy, &[]);
     check_upgraded(&z, &out, &before, &copy, &before.running_pids());
+}
+
+/// A small tmpfs mounted for one test (the upgrade state file goes beside the control socket,
+/// so a master whose runtime dir is on it writes its state there); unmounted on drop.
+struct ScratchFs {
+    dir: std::path::PathBuf,
+}
+
+impl ScratchFs {
+    fn mount(size: &str) -> ScratchFs {
+        let dir = temp_path("scratch-fs");
+        fs::create_dir_all(&dir).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test needs to mount a tmpfs (root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ScratchFs { dir }
+    }
+
+    fn remount(&self, mode: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&self.dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "remount {mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for ScratchFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn unwritable_or_full_state_dir_fails_the_upgrade_cleanly() {
+    let be = Backend::start("state-dir");
+    let scratch = ScratchFs::mount("1m");
+    let z = Zentinel::start_in(&proxy_config(2, free_port(), &be, 5), &scratch.dir);
+    let mut files = TempFiles::default();
+    let copy = files.add(binary_copy("state-dir"));
+    let load = start_load(&z);
+    let before = snap(&z);
+
+    // Read-only: the state file cannot be created.
+    scratch.remount("ro");
+    let out = ctl_upgrade(&z, &copy, &[]);
+    assert!(!out.success(), "upgrade with a read-only state dir: {out}");
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        said.contains("cannot write the upgrade state") && said.contains("Read-only"),
+        "the error must say what failed and why: {out}"
+    );
+    scratch.remount("rw");
+
+    // Full: the state file cannot be written whole.
+    let filler = scratch.dir.join("filler");
+    let mut f = fs::File::create(&filler).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    while f.write_all(&block).is_ok() {}
+    drop(f);
+    let out = ctl_upgrade(&z, &copy, &[]);
+    assert!(!out.success(), "upgrade with a full state dir: {out}");
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        said.contains("cannot write the upgrade state") && said.contains("space"),
+        "the error must say the disk is full: {out}"
+    );
+    let leftovers: Vec<_> = fs::read_dir(&scratch.dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "filler" && !n.ends_with(".sock"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "partial state files left: {leftovers:?}"
+    );
+
+    // Nothing changed, nothing was lost, and once there is room the upgrade works.
+    let after = snap(&z);
+    assert_eq!(after.master_pid, before.master_pid, "{:?}", after.raw);
+    assert_eq!(
+        after.running_pids(),
+        before.running_pids(),
+        "{:?}",
+        after.raw
+    );
+    fs::remove_file(&filler).unwrap();
+    let out = ctl_upgrade(&z, &copy, &[]);
+    check_upgraded(&z, &out, &before, &copy, &before.running_pids());
+    let report = load.stop();
+    report.assert_clean(100, "load across failed and successful upgrades");
+}
+
+/// `ZENTINEL_FAULT_INJECTION` making `fault` fire in processes running from `binary` only.
+fn fault_env(fault: &str, binary: &Path) -> (&'static str, String) {
+    (
+        "ZENTINEL_FAULT_INJECTION",
+        format!("{fault}@{}", path_str(binary)),
+    )
+}
+
+#[test]
+fn new_master_dying_before_it_is_ready_leaves_the_old_one_serving() {
+    let be = Backend::start("master-dies");
+    let mut files = TempFiles::default();
+    let copy = files.add(binary_copy("master-dies"));
+    let (key, value) = fault_env("master-exit-before-ready", &copy);
+    let z = Zentinel::start_with_env(&proxy_config(2, free_port(), &be, 5), &[(key, &value)]);
+    let load = start_load(&z);
+    let before = snap(&z);
+
+    let out = ctl_upgrade(&z, &copy, &["--ready-timeout", "5s"]);
+    assert!(
+        !out.success(),
+        "the new master died, the upgrade must fail: {out}"
+    );
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        said.contains("exit status 70") || said.contains("exited"),
+        "the error must say how the new master ended: {out}"
+    );
+    let after = snap(&z);
+    assert_eq!(after.master_pid, before.master_pid, "{:?}", after.raw);
+    assert_eq!(
+        after.running_pids(),
+        before.running_pids(),
+        "{:?}",
+        after.raw
+    );
+    assert_eq!(z.master_pids(), vec![z.pid], "a second master is left");
+    assert!(
+        load.wait_for_more(50, DEADLINE),
+        "no progress after the failed upgrade"
+    );
+    // The old master still owns its workers: it can still replace them.
+    let out = z.ctl(&["worker", "restart", "0"]);
+    assert!(
+        out.success(),
+        "worker restart after the failed upgrade: {out}"
+    );
+    load.stop()
+        .assert_clean(100, "load across a new master dying before ready");
+}
+
+#[test]
+fn new_worker_dying_after_it_is_ready_rolls_the_upgrade_back() {
+    let be = Backend::start("worker-dies");
+    let mut files = TempFiles::default();
+    let copy = files.add(binary_copy("worker-dies"));
+    let (key, value) = fault_env("worker-abort-after-ready", &copy);
+    let z = Zentinel::start_with_env(&proxy_config(2, free_port(), &be, 5), &[(key, &value)]);
+    let original = path_str(&z.binary);
+    let load = start_load(&z);
+    let before = snap(&z);
+
+    let out = ctl_upgrade(&z, &copy, &["--ready-timeout", "5s"]);
+    assert!(
+        !out.success(),
+        "new workers crash, the upgrade must fail: {out}"
+    );
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        said.contains("died after it was ready") && said.contains("rolled back"),
+        "the error must say what happened: {out}"
+    );
+    // Every worker serves from the original binary again (the new master stays: it is
+    // healthy, only its workers were not).
+    let mut now = snap(&z);
+    let settled = wait_until(DEADLINE, || {
+        now = snap(&z);
+        now.running().len() == 2
+            && now
+                .running()
+                .iter()
+                .all(|w| exe_of(w.pid) == original && w.binary == original)
+    });
+    assert!(settled, "workers not all back on {original}: {:?}", now.raw);
+    assert_ne!(now.master_pid, before.master_pid);
+    assert!(
+        load.wait_for_more(50, DEADLINE),
+        "no progress after the rollback"
+    );
+    let report = load.stop();
+    // The crashed worker's own connections may be cut (at most the 6 load clients); nothing
+    // else fails.
+    assert!(report.failed() <= 6, "{report}");
+    assert!(report.ok >= 100, "{report}");
 }

@@ -164,6 +164,17 @@ impl Worker {
     /// Tell the master every listener is polled, then serve.
     pub fn run_ready(mut self) -> Result<(), Box<dyn std::error::Error>> {
         self.send(&WorkerMessage::Ready);
+        if crate::fault_injection::armed()
+            == Some(crate::fault_injection::Fault::WorkerAbortAfterReady)
+        {
+            // Let the master see `Ready` and promote this worker, then die mid-service.
+            let _ = self.channel.flush();
+            std::thread::spawn(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                error!("fault injection: worker-abort-after-ready");
+                std::process::abort();
+            });
+        }
         self.run()
     }
 

@@ -13,6 +13,7 @@
 //! configuration and listeners, sessions in flight finish on the one they started with, and a
 //! keep-alive HTTP connection moves to the new one at its next request (see `generation`).
 
+pub mod fault_injection;
 pub mod http;
 
 mod accept;

@@ -17,12 +17,13 @@ use serde::Serialize;
 use socket2::{Domain, SockAddr, Socket, Type};
 use zentinel_master::config::load_config;
 use zentinel_master::control_socket_path::{master_control_socket, SOCKET_ENV};
+use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
 use zentinel_protocol::control::{
     ControlRequest, ControlResponse, MasterStatus, StatusReport, WorkerState, WorkerStatus,
     MAX_CONTROL_REQUEST_FRAME,
 };
 use zentinel_protocol::messages::{Hello, WorkerCounters};
-use zentinel_protocol::{Channel, ProtocolError, PROTOCOL_VERSION};
+use zentinel_protocol::{Channel, ProtocolError};
 
 /// Exit status of every failure after the command line was parsed (clap uses 2 for usage).
 const EXIT_FAILURE: u8 = 1;
@@ -398,19 +399,21 @@ impl Connection {
             socket: socket.to_owned(),
         };
         conn.send(&ControlRequest::Hello(Hello {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: CONTROL_PROTOCOL_VERSION,
             pid: std::process::id(),
             software_version: env!("CARGO_PKG_VERSION").to_owned(),
         }))
         .map_err(|e| conn.handshake_error(e))?;
         match conn.recv(timeout).map_err(|e| conn.handshake_error(e))? {
-            ControlResponse::Hello(hello) if hello.protocol_version == PROTOCOL_VERSION => Ok(conn),
+            ControlResponse::Hello(hello) if hello.protocol_version == CONTROL_PROTOCOL_VERSION => {
+                Ok(conn)
+            }
             ControlResponse::Hello(hello) => Err(format!(
                 "protocol version mismatch: zentinel-ctl {} speaks control protocol {}, the \
                  master at {} (zentinel {}) speaks {}; use the zentinel-ctl of the running \
                  zentinel",
                 env!("CARGO_PKG_VERSION"),
-                PROTOCOL_VERSION,
+                CONTROL_PROTOCOL_VERSION,
                 socket.display(),
                 hello.software_version,
                 hello.protocol_version
@@ -809,6 +812,9 @@ struct JsonWorker<'a> {
     bytes_out: u64,
     /// The counters are from the worker's last periodic report.
     stale: bool,
+    restarts: u32,
+    next_restart_delay_ms: u64,
+    last_exit: &'a str,
 }
 
 /// 5xx responses (from upstreams or generated) plus every error the proxy itself counted. An
@@ -867,6 +873,9 @@ fn json_worker(w: &WorkerStatus) -> JsonWorker<'_> {
         bytes_in: c.bytes_in,
         bytes_out: c.bytes_out,
         stale: w.stale,
+        restarts: w.restarts,
+        next_restart_delay_ms: w.next_restart_delay_ms,
+        last_exit: &w.last_exit,
     }
 }
 
@@ -910,9 +919,9 @@ fn render_table(report: &StatusReport) -> String {
 
     let header = [
         "ID", "PID", "GEN", "VERSION", "STATE", "UPTIME", "ACTIVE", "ACCEPTED", "REQUESTS",
-        "ERRORS",
+        "ERRORS", "RESTARTS",
     ];
-    let rows: Vec<[String; 10]> = report
+    let rows: Vec<[String; 11]> = report
         .workers
         .iter()
         .map(|w| {
@@ -933,6 +942,7 @@ fn render_table(report: &StatusReport) -> String {
                 c.accepted_total.to_string(),
                 c.requests_total.to_string(),
                 errors_total(c).to_string(),
+                w.restarts.to_string(),
             ]
         })
         .collect();
@@ -944,7 +954,7 @@ fn render_table(report: &StatusReport) -> String {
     }
     // Text columns left-aligned, numbers right-aligned.
     let numeric = [
-        false, true, true, false, false, true, true, true, true, true,
+        false, true, true, false, false, true, true, true, true, true, true,
     ];
     let mut line = |cells: &[&str]| {
         let mut text = String::new();
@@ -966,6 +976,13 @@ fn render_table(report: &StatusReport) -> String {
     }
     if rows.is_empty() {
         let _ = writeln!(out, "(no workers)");
+    }
+    for w in report.workers.iter().filter(|w| w.restarts > 0) {
+        let _ = writeln!(
+            out,
+            "worker {}: restarted {} time(s), last exit: {}; another crash restarts it after {} ms",
+            w.id, w.restarts, w.last_exit, w.next_restart_delay_ms
+        );
     }
     if report.workers.iter().any(|w| w.stale) {
         let _ = writeln!(
@@ -1162,6 +1179,9 @@ mod tests {
                     ..Default::default()
                 },
                 stale: true,
+                restarts: 2,
+                next_restart_delay_ms: 200,
+                last_exit: "killed by signal SIGKILL".into(),
             }],
         }
     }
@@ -1193,6 +1213,9 @@ mod tests {
             "accepted_total",
             "requests_total",
             "errors_total",
+            "restarts",
+            "next_restart_delay_ms",
+            "last_exit",
         ] {
             assert!(w.get(key).is_some(), "workers[0].{key}");
         }
@@ -1211,5 +1234,10 @@ mod tests {
         assert_eq!(cells[1], "11");
         assert_eq!(cells[8], "7");
         assert_eq!(cells[9], "10");
+        assert_eq!(cells[10], "2");
+        assert!(
+            table.contains("worker 0: restarted 2 time(s), last exit: killed by signal SIGKILL"),
+            "{table}"
+        );
     }
 }

@@ -21,6 +21,9 @@ use zentinel_protocol::state::read_state_file;
 const EXIT_CONFIG: u8 = 2;
 /// Exit code of any other failure.
 const EXIT_FAILURE: u8 = 1;
+/// How long a starting master waits for a listening address still held by a previous
+/// instance's exiting workers.
+const BIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Zentinel: an HTTP/1.1 and TCP reverse proxy with zero-downtime upgrades.
 #[derive(Debug, Parser)]
@@ -168,7 +171,7 @@ fn run_master(cli: &Cli) -> ExitCode {
         Ok(control) => control,
         Err(err) => return fail(EXIT_FAILURE, err),
     };
-    let listeners = match listeners::bind_all(&config.listeners) {
+    let listeners = match listeners::bind_all_at_start(&config.listeners, BIND_PATIENCE) {
         Ok(listeners) => listeners,
         Err(err) => return fail(EXIT_FAILURE, err),
     };

@@ -11,9 +11,10 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use tracing::{debug, info, warn};
-use zentinel_protocol::channel::check_version;
+use zentinel_protocol::channel::check_version_of;
+use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
 use zentinel_protocol::control::{ControlRequest, ControlResponse, MAX_CONTROL_REQUEST_FRAME};
-use zentinel_protocol::messages::{Hello, PROTOCOL_VERSION};
+use zentinel_protocol::messages::Hello;
 use zentinel_protocol::{Channel, ProtocolError};
 
 use super::socket::ControlSocket;
@@ -199,9 +200,11 @@ impl ControlServer {
             client.last_activity = Instant::now();
             match (client.greeted, request) {
                 (false, ControlRequest::Hello(hello)) => {
-                    if let Err(err) = check_version(hello.protocol_version) {
+                    if let Err(err) =
+                        check_version_of(CONTROL_PROTOCOL_VERSION, hello.protocol_version)
+                    {
                         let message = format!(
-                            "protocol version mismatch: master speaks {PROTOCOL_VERSION}, client (pid {}, version {}) speaks {}",
+                            "protocol version mismatch: master speaks {CONTROL_PROTOCOL_VERSION}, client (pid {}, version {}) speaks {}",
                             hello.pid, hello.software_version, hello.protocol_version
                         );
                         warn!(peer_pid = client.peer_pid, error = %err, "{message}");
@@ -210,7 +213,7 @@ impl ControlServer {
                     }
                     client.greeted = true;
                     let reply = ControlResponse::Hello(Hello {
-                        protocol_version: PROTOCOL_VERSION,
+                        protocol_version: CONTROL_PROTOCOL_VERSION,
                         pid: std::process::id(),
                         software_version: env!("CARGO_PKG_VERSION").to_owned(),
                     });

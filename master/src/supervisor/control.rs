@@ -175,7 +175,13 @@ impl Supervisor {
         }
     }
 
-    fn worker_status(&self, process: &WorkerProcess, stale: bool) -> WorkerStatus {
+    /// `slot`: the slot `process` currently serves (restart figures), if any.
+    fn worker_status(
+        &self,
+        process: &WorkerProcess,
+        slot: Option<&WorkerSlot>,
+        stale: bool,
+    ) -> WorkerStatus {
         let state = if process.killed || process.channel.is_none() {
             CtlState::Stopped
         } else {
@@ -185,6 +191,7 @@ impl Supervisor {
                 (_, WorkerState::Running) => CtlState::Running,
             }
         };
+        let (restarts, next_restart_delay_ms, last_exit) = restart_figures(slot);
         WorkerStatus {
             id: process.worker_id,
             pid: process.pid.as_raw().unsigned_abs(),
@@ -195,6 +202,9 @@ impl Supervisor {
             uptime_s: process.spawned_at.elapsed().as_secs(),
             counters: process.counters.clone().unwrap_or_default(),
             stale,
+            restarts,
+            next_restart_delay_ms,
+            last_exit,
         }
     }
 
@@ -202,21 +212,29 @@ impl Supervisor {
         let mut workers = Vec::new();
         for slot in &self.slots {
             match slot.current.and_then(|token| self.processes.get(&token)) {
-                Some(process) => {
-                    workers.push(self.worker_status(process, stale.contains(&process.token)))
-                }
+                Some(process) => workers.push(self.worker_status(
+                    process,
+                    Some(slot),
+                    stale.contains(&process.token),
+                )),
                 // Between a crash and its restart.
-                None => workers.push(WorkerStatus {
-                    id: slot.worker_id,
-                    pid: 0,
-                    generation: self.generation,
-                    version: String::new(),
-                    binary: self.executable.path().display().to_string(),
-                    state: CtlState::Stopped,
-                    uptime_s: 0,
-                    counters: slot.last_counters.clone().unwrap_or_default(),
-                    stale: true,
-                }),
+                None => {
+                    let (restarts, next_restart_delay_ms, last_exit) = restart_figures(Some(slot));
+                    workers.push(WorkerStatus {
+                        id: slot.worker_id,
+                        pid: 0,
+                        generation: self.generation,
+                        version: String::new(),
+                        binary: self.executable.path().display().to_string(),
+                        state: CtlState::Stopped,
+                        uptime_s: 0,
+                        counters: slot.last_counters.clone().unwrap_or_default(),
+                        stale: true,
+                        restarts,
+                        next_restart_delay_ms,
+                        last_exit,
+                    })
+                }
             }
         }
         // Successors, then retired workers, oldest first.
@@ -225,7 +243,7 @@ impl Supervisor {
                 let retired = matches!(process.role, Role::Retired);
                 let current = matches!(process.role, Role::Current);
                 if !current && retired == want_retired {
-                    workers.push(self.worker_status(process, stale.contains(&process.token)));
+                    workers.push(self.worker_status(process, None, stale.contains(&process.token)));
                 }
             }
         }
@@ -714,5 +732,18 @@ impl Supervisor {
             warn!("{message}");
             self.finish(op.client, ControlResponse::Failed { message });
         }
+    }
+}
+
+/// A worker's restart figures in status: its slot's crash count, next backoff and last exit
+/// (zero and empty for successors and retired workers, whose deaths are never restarts).
+fn restart_figures(slot: Option<&WorkerSlot>) -> (u32, u64, String) {
+    match slot {
+        Some(slot) => (
+            slot.restarts,
+            slot.backoff.peek().as_millis() as u64,
+            slot.last_exit.clone().unwrap_or_default(),
+        ),
+        None => (0, 0, String::new()),
     }
 }

@@ -29,6 +29,10 @@ use crate::upgrade::{
 
 /// Longest wait for a replaced worker's `Draining` acknowledgement before moving on.
 const UPGRADE_ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a new worker must keep running after it took over before the rolling upgrade
+/// moves on: a binary that dies right after readiness is rolled back instead of replacing
+/// every worker with something that crashes.
+const UPGRADE_SETTLE: Duration = Duration::from_secs(1);
 /// Longest wait to flush queued output to workers and the client before the handover.
 const HANDOVER_FLUSH_BUDGET: Duration = Duration::from_millis(500);
 
@@ -85,6 +89,15 @@ enum Step {
         old_pid: u32,
         new_pid: u32,
         ready_ms: u64,
+        deadline: Instant,
+    },
+    /// The old worker drains; the new one must stay up until `deadline`.
+    Settling {
+        worker_id: u32,
+        old_pid: u32,
+        new_pid: u32,
+        ready_ms: u64,
+        old_active: u64,
         deadline: Instant,
     },
 }
@@ -668,6 +681,12 @@ impl Supervisor {
         let Some(adoption) = self.adoption.take() else {
             return;
         };
+        if zentinel_worker::fault_injection::armed()
+            == Some(zentinel_worker::fault_injection::Fault::MasterExitBeforeReady)
+        {
+            error!("fault injection: master-exit-before-ready");
+            std::process::exit(70);
+        }
         if let Err(err) = write_ready(adoption.ready_fd) {
             self.takeover_failed = Some(format!("cannot confirm readiness: {err}"));
             return;
@@ -847,7 +866,20 @@ impl Supervisor {
         if let Some(process) = self.processes.get_mut(&old) {
             process.upgrade_ack = false;
         }
-        self.rolling_step_done(worker_id, old_pid, new_pid, ready_ms, active);
+        let Some(UpgradeOp::Rolling(op)) = self.upgrade.as_mut() else {
+            return;
+        };
+        if op.rollback.is_some() {
+            return self.rolling_step_done(worker_id, old_pid, new_pid, ready_ms, active);
+        }
+        op.step = Some(Step::Settling {
+            worker_id,
+            old_pid,
+            new_pid,
+            ready_ms,
+            old_active: active,
+            deadline: Instant::now() + UPGRADE_SETTLE,
+        });
     }
 
     fn rolling_step_done(
@@ -900,6 +932,41 @@ impl Supervisor {
         }
         op.step = None;
         self.rolling_failed(reason);
+    }
+
+    /// A worker that already took over its slot in this rolling upgrade died: the new binary
+    /// fails after readiness. Fail the upgrade and roll back (that slot included, from the
+    /// previous binary) instead of restarting the new binary. False if the upgrade does not
+    /// own this death (no rolling upgrade, a rollback under way, or a worker not replaced).
+    pub(super) fn rolling_replacement_died(
+        &mut self,
+        worker_id: u32,
+        pid: i32,
+        status: &str,
+    ) -> bool {
+        let Some(UpgradeOp::Rolling(op)) = self.upgrade.as_mut() else {
+            return false;
+        };
+        if op.rollback.is_some() {
+            return false;
+        }
+        let pid = pid.unsigned_abs();
+        let in_current_step = matches!(
+            op.step,
+            Some(Step::AwaitingAck { new_pid, .. } | Step::Settling { new_pid, .. }) if new_pid == pid
+        );
+        if !in_current_step && !op.replaced.contains(&worker_id) {
+            return false;
+        }
+        if in_current_step {
+            // Its old worker drains on; its slot must be restored like the replaced ones.
+            op.step = None;
+            op.replaced.push(worker_id);
+        }
+        self.rolling_failed(format!(
+            "worker {worker_id}: new worker pid {pid} died after it was ready ({status})"
+        ));
+        true
     }
 
     /// Stop replacing; put the already-replaced workers back on the previous executable.
@@ -999,6 +1066,25 @@ impl Supervisor {
                 let old = *old;
                 self.rolling_old_draining(old, None);
             }
+            Some(UpgradeOp::Rolling(Rolling {
+                step:
+                    Some(Step::Settling {
+                        worker_id,
+                        old_pid,
+                        new_pid,
+                        ready_ms,
+                        old_active,
+                        deadline,
+                    }),
+                ..
+            })) if *deadline <= now => {
+                let (worker_id, old_pid, new_pid, ready_ms, old_active) =
+                    (*worker_id, *old_pid, *new_pid, *ready_ms, *old_active);
+                if let Some(UpgradeOp::Rolling(op)) = self.upgrade.as_mut() {
+                    op.step = None;
+                }
+                self.rolling_step_done(worker_id, old_pid, new_pid, ready_ms, old_active);
+            }
             _ => {}
         }
     }
@@ -1010,7 +1096,7 @@ impl Supervisor {
         match &self.upgrade {
             Some(UpgradeOp::Handover(handover)) => Some(handover.deadline),
             Some(UpgradeOp::Rolling(Rolling {
-                step: Some(Step::AwaitingAck { deadline, .. }),
+                step: Some(Step::AwaitingAck { deadline, .. } | Step::Settling { deadline, .. }),
                 ..
             })) => Some(*deadline),
             _ => None,
