@@ -1,6 +1,13 @@
-//! The listener set: the listening sockets handed over by the master, held in a dedicated
-//! epoll instance with `EPOLLEXCLUSIVE` so one new connection wakes one worker, not all of
-//! them (design note "thundering herd"). That epoll fd is registered in the mio `Poll`.
+//! The listener set: the listening sockets handed over by the master (design note
+//! "thundering herd").
+//!
+//! Each listening socket is added to the event loop's own epoll with `EPOLLEXCLUSIVE`, so a
+//! new connection wakes one worker that is waiting in `epoll_wait`, not all of them; a busy
+//! worker is not waiting, so the kernel hands the wakeup to an idle one, which spreads
+//! connections over the workers. (Through a nested epoll fd, as before, the exclusive wakeup
+//! never applied: the inner epoll has no waiter of its own, so the kernel went on to wake
+//! every worker, and the first to run took a whole burst of connections.) A dedicated epoll
+//! holding the same sockets, never waited on, answers which listeners have connections queued.
 //!
 //! The worker never binds a socket and never closes the kernel socket for others: dropping the
 //! set closes only this worker's duplicate fds, so the accept queue lives on for the other
@@ -10,8 +17,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use mio::unix::SourceFd;
-use mio::{Interest, Registry};
+use mio::Registry;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use socket2::{Socket, Type};
 
@@ -97,7 +103,7 @@ impl ListenerSet {
             epoll
                 .add(
                     l.socket.as_fd(),
-                    EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, i as u64),
+                    EpollEvent::new(EpollFlags::EPOLLIN, i as u64),
                 )
                 .map_err(|e| {
                     io::Error::other(format!("epoll_ctl(ADD) listener `{}`: {e}", l.name))
@@ -110,14 +116,85 @@ impl ListenerSet {
         })
     }
 
+    /// Add every listening socket to the event loop's epoll (exclusive wakeup, token
+    /// [`tokens::LISTENERS`]). mio has no `EPOLLEXCLUSIVE`, hence the raw call.
+    ///
+    /// Edge-triggered like everything else in the loop: the loop remembers that accepting is
+    /// pending until `accept` says `WouldBlock`, so a worker that stops accepting (connection
+    /// limit, `EMFILE` back-off) is not woken over and over by a queue it leaves alone.
     pub fn register(&self, registry: &Registry) -> io::Result<()> {
-        let fd = self.epoll.0.as_raw_fd();
-        registry.register(&mut SourceFd(&fd), tokens::LISTENERS, Interest::READABLE)
+        for (i, l) in self.listeners.iter().enumerate() {
+            let mut ev = listener_event();
+            if let Err(e) = epoll_ctl(registry, libc::EPOLL_CTL_ADD, &l.socket, Some(&mut ev)) {
+                for done in &self.listeners[..i] {
+                    let _ = epoll_ctl(registry, libc::EPOLL_CTL_DEL, &done.socket, None);
+                }
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("epoll_ctl(ADD) listener `{}`: {e}", l.name),
+                ));
+            }
+        }
+        Ok(())
     }
 
+    /// After this worker accepted from listener `idx`: take its registration out and put it
+    /// back, which moves it to the back of the kernel's queue of exclusive waiters.
+    ///
+    /// `EPOLLEXCLUSIVE` wakes the first waiting epoll in that queue. Left alone, an idle
+    /// worker at its head gets every connection while the load is light (they arrive one at a
+    /// time and it is always back in `epoll_wait` first), and keep-alive connections then stay
+    /// on that one worker when the load rises. Re-queueing after each accept makes the
+    /// wakeups go round the idle workers. Two `epoll_ctl` calls per accepting round, nothing
+    /// per request.
+    pub fn requeue(&self, registry: &Registry, idx: usize) -> io::Result<()> {
+        let Some(l) = self.listeners.get(idx) else {
+            return Ok(());
+        };
+        epoll_ctl(registry, libc::EPOLL_CTL_DEL, &l.socket, None)?;
+        let mut ev = listener_event();
+        epoll_ctl(registry, libc::EPOLL_CTL_ADD, &l.socket, Some(&mut ev)).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("epoll_ctl(ADD) listener `{}`: {e}", l.name),
+            )
+        })
+    }
+
+    /// Register the listeners that are not registered (after a failed [`Self::requeue`]).
+    pub fn register_missing(&self, registry: &Registry) -> io::Result<()> {
+        for l in &self.listeners {
+            let mut ev = listener_event();
+            match epoll_ctl(registry, libc::EPOLL_CTL_ADD, &l.socket, Some(&mut ev)) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("epoll_ctl(ADD) listener `{}`: {e}", l.name),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove every listening socket from the event loop's epoll. Needed before their fds
+    /// are closed: the master and the other workers hold the same open sockets, so closing
+    /// this worker's duplicates would not remove the registrations.
     pub fn deregister(&self, registry: &Registry) -> io::Result<()> {
-        let fd = self.epoll.0.as_raw_fd();
-        registry.deregister(&mut SourceFd(&fd))
+        let mut result = Ok(());
+        for l in &self.listeners {
+            if let Err(e) = epoll_ctl(registry, libc::EPOLL_CTL_DEL, &l.socket, None) {
+                if result.is_ok() {
+                    result = Err(io::Error::new(
+                        e.kind(),
+                        format!("epoll_ctl(DEL) listener `{}`: {e}", l.name),
+                    ));
+                }
+            }
+        }
+        result
     }
 
     /// Indices of listeners with connections waiting (level-triggered inner epoll, zero wait).
@@ -158,5 +235,30 @@ impl ListenerSet {
                 _ => Accepted::Exhausted(e),
             },
         }
+    }
+}
+
+fn listener_event() -> libc::epoll_event {
+    libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE | libc::EPOLLET) as u32,
+        u64: tokens::LISTENERS.0 as u64,
+    }
+}
+
+fn epoll_ctl(
+    registry: &Registry,
+    op: libc::c_int,
+    socket: &TcpListener,
+    event: Option<&mut libc::epoll_event>,
+) -> io::Result<()> {
+    let ev = event.map_or(std::ptr::null_mut(), |e| e as *mut libc::epoll_event);
+    // SAFETY: both fds are open for the duration of the call (borrowed from the registry and
+    // the listener); `ev` is null (allowed for EPOLL_CTL_DEL) or points to a live
+    // epoll_event that the kernel only reads.
+    let rc = unsafe { libc::epoll_ctl(registry.as_raw_fd(), op, socket.as_raw_fd(), ev) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }

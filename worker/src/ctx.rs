@@ -53,6 +53,8 @@ pub enum Outcome {
 pub struct Ready {
     pub readable: bool,
     pub writable: bool,
+    /// The peer closed its side (or the socket failed): whatever is queued ends in EOF.
+    pub read_closed: bool,
 }
 
 impl Ready {
@@ -60,6 +62,7 @@ impl Ready {
         Ready {
             readable: e.is_readable() || e.is_read_closed() || e.is_error(),
             writable: e.is_writable() || e.is_write_closed() || e.is_error(),
+            read_closed: e.is_read_closed() || e.is_error(),
         }
     }
 }

@@ -24,13 +24,20 @@ use crate::http::session::{HttpSession, LINGER};
 use crate::tcp::TcpSession;
 use crate::timers::{TimerId, TimerKey, Timers};
 use crate::tokens::{self, Decoded, Side};
-use crate::upstream::Upstreams;
+use crate::upstream::{Owner, Upstreams};
 
 /// Pause after EMFILE/ENFILE/ENOBUFS before accepting again: the open connections keep being
 /// served meanwhile, and some of them will have closed.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Connections accepted per loop iteration before other events get their turn.
-const ACCEPT_BUDGET: usize = 128;
+///
+/// Small on purpose: it is also how connections spread over the workers. Every worker polls
+/// the same accept queue, and a burst of connections (a load balancer or a client pool
+/// opening 64 at once) would otherwise all go to the first worker to wake up, leaving the
+/// others idle for the lifetime of those keep-alive connections. Taking a few and going back
+/// to the event loop lets the other workers, woken for the same queue, take their share
+/// (nginx's `multi_accept off` default does the same with one).
+const ACCEPT_BUDGET: usize = 1;
 
 enum Entry {
     Http(HttpSession),
@@ -89,6 +96,8 @@ pub struct Worker {
     graceful_timeout: Duration,
     accept_pending: bool,
     accept_backoff: Option<TimerId>,
+    /// A listener could not be registered again after an accept (see `accept_loop`).
+    listeners_lost: bool,
     at_capacity_logged: bool,
     drain: Option<DrainState>,
 }
@@ -147,6 +156,7 @@ impl Worker {
             // Connections may already be queued: try once right away.
             accept_pending: true,
             accept_backoff: None,
+            listeners_lost: false,
             at_capacity_logged: false,
             drain: None,
         })
@@ -214,13 +224,20 @@ impl Worker {
                     Decoded::Session(key, side) => {
                         self.on_session_event(key, side, Ready::from_event(ev), now)
                     }
-                    Decoded::Idle(key) => {
-                        self.shared.upstreams.on_idle_event(
+                    Decoded::Upstream(id) => match self.shared.upstreams.owner(id) {
+                        Some(Owner::Session(token)) => {
+                            if let Decoded::Session(key, side) = tokens::decode(token) {
+                                self.on_session_event(key, side, Ready::from_event(ev), now)
+                            }
+                        }
+                        Some(Owner::Idle(key)) => self.shared.upstreams.on_idle_event(
                             key,
                             self.poll.registry(),
                             &mut self.shared.timers,
-                        );
-                    }
+                        ),
+                        // Closed earlier in this batch of events.
+                        None => {}
+                    },
                     Decoded::Unknown => {}
                 }
             }
@@ -477,6 +494,7 @@ impl Worker {
                 TimerKey::IdleUpstream(k) => self.shared.upstreams.on_idle_timer(
                     k,
                     id,
+                    now,
                     self.poll.registry(),
                     &mut self.shared.timers,
                 ),
@@ -484,6 +502,9 @@ impl Worker {
                     if self.accept_backoff == Some(id) {
                         self.accept_backoff = None;
                         self.accept_pending = true;
+                        if self.listeners_lost {
+                            self.reregister_listeners(now);
+                        }
                     }
                 }
                 TimerKey::Drain => {
@@ -606,6 +627,28 @@ impl Worker {
     }
 
     fn accept_loop(&mut self, now: Instant) {
+        let mut took_from = Vec::new();
+        self.accept_some(now, &mut took_from);
+        // Step to the back of each listener's queue of exclusive waiters, so the next
+        // connection wakes another idle worker (see `ListenerSet::requeue`).
+        let Some(set) = &self.listeners else {
+            return;
+        };
+        let mut failed = None;
+        for idx in took_from {
+            if let Err(e) = set.requeue(self.poll.registry(), idx) {
+                failed = Some(e);
+            }
+        }
+        if let Some(e) = failed {
+            error!(error = %e, "cannot re-register a listener: retrying after a back-off");
+            self.listeners_lost = true;
+            self.back_off_accept(now);
+        }
+    }
+
+    /// Accept up to [`ACCEPT_BUDGET`] connections; `took_from` gets the listeners that gave one.
+    fn accept_some(&mut self, now: Instant, took_from: &mut Vec<usize>) {
         let ready = match self.listeners.as_mut().map(|s| s.ready()) {
             None => {
                 self.accept_pending = false;
@@ -647,7 +690,12 @@ impl Worker {
                         stream,
                         peer,
                         listener,
-                    } => self.new_session(stream, peer, listener, now),
+                    } => {
+                        if !took_from.contains(&idx) {
+                            took_from.push(idx);
+                        }
+                        self.new_session(stream, peer, listener, now)
+                    }
                     Accepted::Empty => break,
                     Accepted::Transient(e) => {
                         self.shared.counters.c.accept_errors += 1;
@@ -663,6 +711,24 @@ impl Worker {
             }
         }
         self.accept_pending = false;
+    }
+
+    /// A listener's registration was lost (a failed re-register): add back what is missing.
+    fn reregister_listeners(&mut self, now: Instant) {
+        let Some(set) = &self.listeners else {
+            self.listeners_lost = false;
+            return;
+        };
+        match set.register_missing(self.poll.registry()) {
+            Ok(()) => {
+                info!("listeners registered again");
+                self.listeners_lost = false;
+            }
+            Err(e) => {
+                error!(error = %e, "cannot re-register the listeners: retrying after a back-off");
+                self.back_off_accept(now);
+            }
+        }
     }
 
     fn back_off_accept(&mut self, now: Instant) {

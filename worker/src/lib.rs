@@ -83,6 +83,20 @@ pub fn ignore_process_signals() -> nix::Result<()> {
     Ok(())
 }
 
+/// Raise this process's soft limit on open files to the hard limit; returns (before, after).
+///
+/// Every client and upstream connection is an fd, and the common default soft limit (1024)
+/// would cap a worker far below `max-connections`. The hard limit is what the administrator
+/// allows; going past it needs privileges the worker should not use.
+pub fn raise_nofile_limit() -> nix::Result<(u64, u64)> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok((soft, soft.max(hard)))
+}
+
 /// Run a worker on the master channel `channel` (one end of a socketpair) until it is told to
 /// stop, it has drained, or the master goes away (channel EOF: drain, then exit).
 pub fn run(channel: OwnedFd) -> Result<(), Box<dyn std::error::Error>> {
@@ -112,6 +126,18 @@ fn run_inner(
             "ignoring SIGINT, SIGTERM, SIGQUIT and SIGHUP: the master drives drain and stop over the channel"
         ),
         Err(e) => warn!(error = %e, "cannot ignore SIGINT/SIGTERM/SIGQUIT/SIGHUP: a signal sent to the process group will kill this worker"),
+    }
+    match raise_nofile_limit() {
+        Ok((before, after)) if before != after => {
+            debug!(
+                before,
+                after, "raised the open-file limit to its hard limit"
+            )
+        }
+        Ok((limit, _)) => debug!(limit, "open-file limit already at its hard limit"),
+        Err(e) => {
+            warn!(error = %e, "cannot raise the open-file limit: connections beyond it will be refused")
+        }
     }
     let stream = UnixStream::from(channel);
     stream.set_nonblocking(false)?;
@@ -245,6 +271,21 @@ fn handshake(
 mod tests {
     use super::*;
     use nix::sys::signal::raise;
+
+    #[test]
+    fn nofile_limit_is_raised_to_the_hard_limit() {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        // Start below the hard limit (lowering the soft limit needs no privilege), so the
+        // raise has something to do.
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let low = (hard / 2).max(256).min(hard);
+        setrlimit(Resource::RLIMIT_NOFILE, low, hard).unwrap();
+        let (before, after) = raise_nofile_limit().unwrap();
+        assert_eq!(before, low);
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(soft, hard);
+        assert_eq!(after, hard);
+    }
 
     #[test]
     fn process_signals_are_ignored() {

@@ -6,19 +6,80 @@
 //! readable and try again when room frees up. `readable`/`writable` are exactly that memory;
 //! they are cleared only by `WouldBlock`.
 
+use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 
 use mio::net::TcpStream;
 
+use crate::ctx::Ready;
+
 /// Cap of each direction's buffer: a full buffer stops reading from the source.
 pub const BUF_CAP: usize = 64 * 1024;
-const READ_CHUNK: usize = 16 * 1024;
+/// Scratch size for input that is thrown away (a closing connection).
+const DISCARD_CHUNK: usize = 4 * 1024;
+/// Size of a buffer taken from the pool: a request or response head and a small body fit.
+/// Buffers grow beyond it (up to the caller's cap) only while a large body streams.
+const BLOCK: usize = 16 * 1024;
+/// Free buffers the worker keeps for reuse: enough for the connections busy at any one
+/// moment to take theirs without calling the allocator, small next to the 10 MiB idle budget.
+const POOL_MAX_BYTES: usize = 2 * 1024 * 1024;
 
+/// The worker's free buffers. Every buffer is fully initialized (its `len` is its size), so
+/// reads go straight into it without zeroing or unsafe code, and without a copy.
+///
+/// A connection holds buffers only while bytes wait in them: an idle keep-alive connection
+/// owns none, so its cost is the session struct and the kernel socket.
+struct BufPool {
+    free: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+thread_local! {
+    static POOL: RefCell<BufPool> = const {
+        RefCell::new(BufPool { free: Vec::new(), bytes: 0 })
+    };
+}
+
+fn pool_get() -> Vec<u8> {
+    POOL.try_with(|p| {
+        let mut p = p.borrow_mut();
+        let v = p.free.pop()?;
+        p.bytes -= v.len();
+        Some(v)
+    })
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| vec![0; BLOCK])
+}
+
+fn pool_put(v: Vec<u8>) {
+    if v.len() < BLOCK {
+        return;
+    }
+    // Past the budget the buffer is freed: after a burst the pool shrinks back by itself.
+    let _ = POOL.try_with(|p| {
+        let mut p = p.borrow_mut();
+        if p.bytes + v.len() <= POOL_MAX_BYTES {
+            p.bytes += v.len();
+            p.free.push(v);
+        }
+    });
+}
+
+/// Bytes waiting to be written (or parsed): `data[start..end]`. The storage comes from the
+/// worker's pool when the first byte arrives and goes back as soon as the buffer is empty.
 #[derive(Debug, Default)]
 pub struct Buf {
     data: Vec<u8>,
     start: usize,
+    end: usize,
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        pool_put(std::mem::take(&mut self.data));
+    }
 }
 
 impl Buf {
@@ -26,38 +87,71 @@ impl Buf {
         Buf::default()
     }
     pub fn len(&self) -> usize {
-        self.data.len() - self.start
+        self.end - self.start
     }
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.start == self.end
     }
     pub fn as_slice(&self) -> &[u8] {
-        &self.data[self.start..]
+        &self.data[self.start..self.end]
+    }
+    /// Storage held (0 when empty): what this buffer costs its connection.
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.data.len()
     }
     pub fn consume(&mut self, n: usize) {
-        self.start = (self.start + n).min(self.data.len());
-        if self.start == self.data.len() {
-            self.data.clear();
-            self.start = 0;
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.clear();
         }
     }
     pub fn extend(&mut self, bytes: &[u8]) {
-        self.compact_if_useful();
-        self.data.extend_from_slice(bytes);
+        if bytes.is_empty() {
+            return;
+        }
+        self.reserve(bytes.len());
+        self.data[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
     }
+    /// Empty the buffer and give its storage back to the pool.
     pub fn clear(&mut self) {
-        self.data.clear();
         self.start = 0;
+        self.end = 0;
+        pool_put(std::mem::take(&mut self.data));
     }
     /// Move everything into a new buffer, leaving this one empty.
     pub fn take(&mut self) -> Buf {
         std::mem::take(self)
     }
-    fn compact_if_useful(&mut self) {
-        if self.start > 0 && self.start >= self.data.len() / 2 {
-            self.data.drain(..self.start);
+    /// Make room for at least `extra` more bytes after `end`.
+    fn reserve(&mut self, extra: usize) {
+        if self.data.len() - self.end >= extra {
+            return;
+        }
+        if self.data.is_empty() {
+            self.data = pool_get();
+        }
+        // Slide the pending bytes to the front when that makes enough room.
+        if self.start > 0 && self.data.len() - self.len() >= extra {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
+        let need = self.end + extra;
+        if need > self.data.len() {
+            self.data.resize(need.max(self.data.len() * 2), 0);
+        }
+    }
+    /// Spare room at the end, at most `max` bytes (and at least one when `max > 0`).
+    fn spare(&mut self, max: usize) -> &mut [u8] {
+        let room = self.data.len() - self.end;
+        if room == 0 {
+            self.reserve(max.min(BLOCK));
+        }
+        let room = self.data.len() - self.end;
+        let end = self.end;
+        &mut self.data[end..end + room.min(max)]
     }
 }
 
@@ -76,6 +170,9 @@ pub struct Sock {
     pub read_eof: bool,
     /// We sent FIN.
     pub write_shut: bool,
+    /// An event said the peer closed: its EOF (or error) is queued behind any data, and no
+    /// further edge will announce it, so a short read must not end the reading.
+    peer_closed: bool,
 }
 
 impl Sock {
@@ -86,38 +183,65 @@ impl Sock {
             writable: connected,
             read_eof: false,
             write_shut: false,
+            peer_closed: false,
         }
     }
 
-    /// Read into `buf` until `WouldBlock`, EOF, or `buf` holds `cap` bytes.
+    /// Fold in one readiness event.
+    pub fn on_ready(&mut self, r: Ready) {
+        self.readable |= r.readable;
+        self.writable |= r.writable;
+        self.peer_closed |= r.read_closed;
+    }
+
+    /// Read into `buf` until the socket is drained, EOF, or `buf` holds `cap` bytes.
+    ///
+    /// A read that returns less than it was offered has emptied the socket's receive queue:
+    /// the socket is marked not readable without the extra `read` that would only say
+    /// `WouldBlock`. Bytes arriving later raise a new edge-triggered event (nginx relies on
+    /// the same rule).
     pub fn fill(&mut self, buf: &mut Buf, cap: usize) -> io::Result<ReadOutcome> {
         let mut out = ReadOutcome::default();
-        let mut chunk = [0u8; READ_CHUNK];
         while self.readable && !self.read_eof && buf.len() < cap {
-            let want = (cap - buf.len()).min(READ_CHUNK);
-            match self.stream.read(&mut chunk[..want]) {
+            let want = cap - buf.len();
+            let spare = buf.spare(want);
+            let offered = spare.len();
+            match self.stream.read(spare) {
                 Ok(0) => {
                     self.read_eof = true;
                     out.eof = true;
                 }
                 Ok(n) => {
-                    buf.extend(&chunk[..n]);
+                    buf.end += n;
                     out.bytes += n;
+                    if n < offered && !self.peer_closed {
+                        self.readable = false;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    if buf.is_empty() {
+                        buf.clear();
+                    }
+                    return Err(e);
+                }
             }
+        }
+        if buf.is_empty() {
+            // Nothing arrived: do not keep a pooled buffer for an idle connection.
+            buf.clear();
         }
         Ok(out)
     }
 
     /// Read and throw away (a closing connection's late input), until `WouldBlock` or EOF.
     pub fn discard(&mut self) -> io::Result<bool> {
-        let mut chunk = [0u8; READ_CHUNK];
+        let mut chunk = [0u8; DISCARD_CHUNK];
         while self.readable && !self.read_eof {
             match self.stream.read(&mut chunk) {
                 Ok(0) => self.read_eof = true,
+                Ok(n) if n < chunk.len() && !self.peer_closed => self.readable = false,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -134,6 +258,11 @@ impl Sock {
             match self.stream.write(buf.as_slice()) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
+                    // A short write means the send buffer is full: wait for the next edge
+                    // instead of a `write` that would only say `WouldBlock`.
+                    if n < buf.len() {
+                        self.writable = false;
+                    }
                     buf.consume(n);
                     total += n;
                 }
@@ -149,6 +278,21 @@ impl Sock {
         if !self.write_shut {
             self.write_shut = true;
             let _ = self.stream.shutdown(Shutdown::Write);
+        }
+    }
+
+    /// A pooled connection handed to a new exchange: writable at once, but not worth a read
+    /// before the request is sent. Anything the upstream sent while the connection sat in the
+    /// pool either was seen there (and the connection dropped) or raises an event that is
+    /// still to be delivered, now to the new owner: the token stays the same.
+    pub fn reused(stream: TcpStream) -> Self {
+        Sock {
+            stream,
+            readable: false,
+            writable: true,
+            read_eof: false,
+            write_shut: false,
+            peer_closed: false,
         }
     }
 
@@ -179,5 +323,64 @@ mod tests {
         assert_eq!(b.as_slice(), b"world!");
         b.consume(100);
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn empty_buffer_holds_no_storage() {
+        let mut b = Buf::new();
+        assert_eq!(b.capacity(), 0);
+        b.extend(b"request");
+        assert!(b.capacity() >= BLOCK);
+        b.consume(3);
+        assert!(b.capacity() >= BLOCK, "bytes still wait");
+        b.consume(4);
+        assert_eq!(b.capacity(), 0, "an idle connection keeps no buffer");
+    }
+
+    #[test]
+    fn buffer_grows_past_a_block_and_keeps_order() {
+        let mut b = Buf::new();
+        let data: Vec<u8> = (0..(3 * BLOCK)).map(|i| (i % 251) as u8).collect();
+        b.extend(&data[..1000]);
+        b.consume(500);
+        b.extend(&data[1000..]);
+        assert_eq!(b.as_slice(), &data[500..]);
+        assert!(b.capacity() >= data.len() - 500);
+    }
+
+    #[test]
+    fn short_read_marks_the_socket_drained_and_eof_is_still_seen() {
+        use std::io::Write as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut sock = Sock::new(TcpStream::from_std(server), true);
+        client.write_all(b"hello").unwrap();
+        let mut buf = Buf::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while buf.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no data arrived");
+            sock.readable = true;
+            sock.fill(&mut buf, BUF_CAP).unwrap();
+        }
+        assert_eq!(buf.as_slice(), b"hello");
+        assert!(!sock.readable, "a short read means the queue is empty");
+        // The peer closes with data queued: the event says so, and reading goes on to EOF
+        // after the short read instead of waiting for an edge that will not come.
+        client.write_all(b" world").unwrap();
+        drop(client);
+        let mut out = ReadOutcome::default();
+        while !out.eof {
+            assert!(std::time::Instant::now() < deadline, "EOF not seen");
+            sock.on_ready(Ready {
+                readable: true,
+                writable: false,
+                read_closed: true,
+            });
+            out = sock.fill(&mut buf, BUF_CAP).unwrap();
+        }
+        assert_eq!(buf.as_slice(), b"hello world");
+        assert!(sock.read_eof);
     }
 }

@@ -18,6 +18,7 @@ use crate::upstream::{self, UpConn};
 /// Identity of a checked-out upstream connection, kept beside its socket.
 #[derive(Debug, Clone, Copy)]
 pub struct UpMeta {
+    pub id: usize,
     pub pool: usize,
     pub target: usize,
     pub addr: SocketAddr,
@@ -29,6 +30,7 @@ impl UpMeta {
         (
             c.stream,
             UpMeta {
+                id: c.id,
                 pool: c.pool,
                 target: c.target,
                 addr: c.addr,
@@ -38,6 +40,7 @@ impl UpMeta {
     }
     pub fn join(self, stream: mio::net::TcpStream) -> UpConn {
         UpConn {
+            id: self.id,
             stream,
             pool: self.pool,
             target: self.target,
@@ -172,8 +175,7 @@ impl TcpSession {
             Side::Upstream => self.upstream.as_mut().map(|(s, _)| s),
         };
         if let Some(s) = sock {
-            s.readable |= r.readable;
-            s.writable |= r.writable;
+            s.on_ready(r);
         }
         let out = self.pump(ctx);
         self.update_timer(ctx);

@@ -72,6 +72,17 @@ impl<K: Copy> Timers<K> {
         }
     }
 
+    /// Make the owner's single deadline fire no later than `want`: an armed deadline that is
+    /// already earlier is kept as it is. For owners whose deadline moves on every event (a
+    /// busy connection): the map is touched only when the deadline comes closer, and the
+    /// owner, when an early deadline fires, checks its real one and arms again.
+    pub fn set_no_later(&mut self, slot: &mut Option<TimerId>, want: Option<Instant>, key: K) {
+        match (*slot, want) {
+            (Some(cur), Some(at)) if cur.at <= at => {}
+            _ => self.set(slot, want, key),
+        }
+    }
+
     pub fn next_deadline(&self) -> Option<Instant> {
         self.map.keys().next().map(|id| id.at)
     }
@@ -154,6 +165,24 @@ mod tests {
         t.set(&mut slot, None, 7);
         assert!(t.is_empty());
         assert!(slot.is_none());
+    }
+
+    #[test]
+    fn set_no_later_only_moves_earlier() {
+        let mut t = Timers::new();
+        let now = Instant::now();
+        let mut slot = None;
+        t.set_no_later(&mut slot, Some(now + Duration::from_secs(5)), 7);
+        let first = slot;
+        assert!(first.is_some());
+        t.set_no_later(&mut slot, Some(now + Duration::from_secs(9)), 7);
+        assert_eq!(slot, first, "a later deadline keeps the earlier timer");
+        t.set_no_later(&mut slot, Some(now + Duration::from_secs(2)), 7);
+        assert_ne!(slot, first);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.next_deadline(), Some(now + Duration::from_secs(2)));
+        t.set_no_later(&mut slot, None, 7);
+        assert!(t.is_empty() && slot.is_none());
     }
 
     #[test]

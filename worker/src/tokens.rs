@@ -1,13 +1,16 @@
 //! mio token layout: fixed tokens for the master channel and the listener set, two tokens per
-//! session slot (client side, upstream side), and a separate range for idle pooled upstream
-//! connections.
+//! session slot (client side, upstream side), and a separate range for upstream connections.
+//!
+//! An upstream connection keeps one token for its whole life, whether it is pooled or checked
+//! out by a session: the pool records who owns it, so moving it between the pool and a
+//! session costs no `epoll_ctl`.
 
 use mio::Token;
 
 pub const CHANNEL: Token = Token(0);
 pub const LISTENERS: Token = Token(1);
 const SESSION_BASE: usize = 16;
-const IDLE_BIT: usize = 1 << (usize::BITS - 2);
+const UPSTREAM_BIT: usize = 1 << (usize::BITS - 2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -20,7 +23,8 @@ pub enum Decoded {
     Channel,
     Listeners,
     Session(usize, Side),
-    Idle(usize),
+    /// An upstream connection, by its key in the pool's connection table.
+    Upstream(usize),
     Unknown,
 }
 
@@ -28,15 +32,15 @@ pub fn session(key: usize, side: Side) -> Token {
     Token(SESSION_BASE + key * 2 + usize::from(side == Side::Upstream))
 }
 
-pub fn idle(key: usize) -> Token {
-    Token(IDLE_BIT | key)
+pub fn upstream(key: usize) -> Token {
+    Token(UPSTREAM_BIT | key)
 }
 
 pub fn decode(t: Token) -> Decoded {
     match t {
         CHANNEL => Decoded::Channel,
         LISTENERS => Decoded::Listeners,
-        Token(n) if n & IDLE_BIT != 0 => Decoded::Idle(n & !IDLE_BIT),
+        Token(n) if n & UPSTREAM_BIT != 0 => Decoded::Upstream(n & !UPSTREAM_BIT),
         Token(n) if n >= SESSION_BASE => {
             let k = n - SESSION_BASE;
             let side = if k & 1 == 0 {
@@ -65,7 +69,7 @@ mod tests {
                 decode(session(k, Side::Upstream)),
                 Decoded::Session(k, Side::Upstream)
             );
-            assert_eq!(decode(idle(k)), Decoded::Idle(k));
+            assert_eq!(decode(upstream(k)), Decoded::Upstream(k));
         }
         assert_eq!(decode(CHANNEL), Decoded::Channel);
         assert_eq!(decode(LISTENERS), Decoded::Listeners);

@@ -160,16 +160,19 @@ impl Pool {
 
 #[derive(Debug)]
 struct IdleConn {
+    /// Key in `Upstreams::conns` (and of the connection's token).
+    id: usize,
     stream: TcpStream,
     pool: usize,
     target: usize,
-    timer: Option<TimerId>,
 }
 
 /// A connection checked out of a pool by a session. Must be given back with
 /// [`Upstreams::release`] so the active count stays right.
 #[derive(Debug)]
 pub struct UpConn {
+    /// Key in the connection table; the socket is registered as [`tokens::upstream`]`(id)`.
+    pub id: usize,
     pub stream: TcpStream,
     pub pool: usize,
     pub target: usize,
@@ -193,10 +196,36 @@ pub enum UpstreamConfigError {
 /// Every pool in use, keyed by a slab index that stays valid while any configuration
 /// generation (or checked-out connection) still refers to it: a reload adds and retires pools
 /// without renumbering the others.
+/// Who an upstream connection's readiness events go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// Checked out: the session's upstream-side token.
+    Session(Token),
+    /// Pooled: key in `Upstreams::idle`.
+    Idle(usize),
+}
+
+/// One open upstream connection in the table.
+#[derive(Debug)]
+struct ConnEntry {
+    owner: Owner,
+    /// The idle-timeout timer. Armed when the connection is first pooled and left armed while
+    /// a session uses it: on firing, the real deadline (`idle_since` + the pool's idle
+    /// timeout) is checked and the timer armed again if the connection is idle but not for
+    /// long enough. Saves two ordered-map updates per request on a busy connection.
+    timer: Option<TimerId>,
+    /// When it was last pooled.
+    idle_since: Instant,
+}
+
 #[derive(Debug, Default)]
 pub struct Upstreams {
     pools: Slab<Pool>,
     idle: Slab<IdleConn>,
+    /// Every open upstream connection (pooled or checked out), by the key its token carries.
+    /// Registered once at connect, READABLE | WRITABLE edge-triggered: handing a connection
+    /// between the pool and sessions only changes this entry, never the epoll registration.
+    conns: Slab<ConnEntry>,
     /// Set while draining: connections are closed instead of pooled.
     no_pooling: bool,
 }
@@ -324,11 +353,23 @@ impl Upstreams {
     /// Close one idle connection that its pool already forgot.
     fn drop_idle_conn(&mut self, key: usize, registry: &Registry, timers: &mut Timers<TimerKey>) {
         if let Some(mut c) = self.idle.try_remove(key) {
-            if let Some(id) = c.timer {
-                timers.cancel(id);
-            }
+            self.forget_conn(c.id, timers);
             let _ = registry.deregister(&mut c.stream);
         }
+    }
+
+    /// Remove a connection that is being closed from the table, with its timer.
+    fn forget_conn(&mut self, id: usize, timers: &mut Timers<TimerKey>) {
+        if let Some(e) = self.conns.try_remove(id) {
+            if let Some(t) = e.timer {
+                timers.cancel(t);
+            }
+        }
+    }
+
+    /// Where readiness of upstream connection `id` goes (None: closed meanwhile).
+    pub fn owner(&self, id: usize) -> Option<Owner> {
+        self.conns.get(id).map(|e| e.owner)
     }
 
     /// How many pools exist (current and retired but still in use).
@@ -345,19 +386,28 @@ impl Upstreams {
     /// already failed for it). None when none is left (or the pool is unknown).
     pub fn pick(&mut self, pool: usize, failed: &[usize]) -> Option<usize> {
         let p = self.pools.get_mut(pool)?;
-        let active: Vec<u32> = p.targets.iter().map(|t| t.active).collect();
-        p.balancer.pick(&active, failed)
+        // Small pools (the usual case) need no allocation for the active counts.
+        let mut small = [0u32; 16];
+        if p.targets.len() <= small.len() {
+            for (a, t) in small.iter_mut().zip(&p.targets) {
+                *a = t.active;
+            }
+            p.balancer.pick(&small[..p.targets.len()], failed)
+        } else {
+            let active: Vec<u32> = p.targets.iter().map(|t| t.active).collect();
+            p.balancer.pick(&active, failed)
+        }
     }
 
     /// Check out a connection to `target` of `pool`: the most recently pooled idle one, or a
-    /// new non-blocking connect (registered under `token`; writable once connected).
+    /// new non-blocking connect (writable once connected). Its events go to `token` until it
+    /// is released.
     pub fn checkout(
         &mut self,
         pool: usize,
         target: usize,
         registry: &Registry,
         token: Token,
-        timers: &mut Timers<TimerKey>,
     ) -> io::Result<UpConn> {
         let p = self
             .pools
@@ -371,19 +421,15 @@ impl Upstreams {
             let Some(idle) = self.idle.try_remove(key) else {
                 continue;
             };
-            if let Some(id) = idle.timer {
-                timers.cancel(id);
-            }
-            let mut stream = idle.stream;
-            if registry
-                .reregister(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
-                .is_err()
-            {
+            // Its idle timer stays armed (see `ConnEntry::timer`).
+            let Some(entry) = self.conns.get_mut(idle.id) else {
                 continue;
-            }
+            };
+            entry.owner = Owner::Session(token);
             t.active += 1;
             return Ok(UpConn {
-                stream,
+                id: idle.id,
+                stream: idle.stream,
                 pool,
                 target,
                 addr: t.addr,
@@ -408,9 +454,21 @@ impl Upstreams {
             .ok_or_else(|| io::Error::other("unknown upstream target"))?;
         let mut stream = TcpStream::connect(t.addr)?;
         let _ = stream.set_nodelay(true);
-        registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
+        let entry = self.conns.vacant_entry();
+        let id = entry.key();
+        registry.register(
+            &mut stream,
+            tokens::upstream(id),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        entry.insert(ConnEntry {
+            owner: Owner::Session(token),
+            timer: None,
+            idle_since: Instant::now(),
+        });
         t.active += 1;
         Ok(UpConn {
+            id,
             stream,
             pool,
             target,
@@ -437,39 +495,47 @@ impl Upstreams {
         };
         t.active = t.active.saturating_sub(1);
         let max_idle = p.pool.max_idle as usize;
+        let idle_timeout = Duration::from_secs(p.pool.idle_timeout_secs.max(1));
         if !reusable || self.no_pooling || max_idle == 0 {
+            if let Some(e) = self.conns.try_remove(conn.id) {
+                if let Some(t) = e.timer {
+                    timers.cancel(t);
+                }
+            }
             let _ = registry.deregister(&mut conn.stream);
             return;
         }
         while t.idle.len() >= max_idle {
             if let Some(old) = t.idle.pop_front() {
                 if let Some(mut c) = self.idle.try_remove(old) {
-                    if let Some(id) = c.timer {
-                        timers.cancel(id);
+                    if let Some(e) = self.conns.try_remove(c.id) {
+                        if let Some(t) = e.timer {
+                            timers.cancel(t);
+                        }
                     }
                     let _ = registry.deregister(&mut c.stream);
                 }
             }
         }
-        let entry = self.idle.vacant_entry();
-        let key = entry.key();
-        // Readable only: an idle upstream that sends anything (its close, a stray byte) makes
-        // the connection unusable and is dropped on that event.
-        if registry
-            .reregister(&mut conn.stream, tokens::idle(key), Interest::READABLE)
-            .is_err()
-        {
+        let Some(entry) = self.conns.get_mut(conn.id) else {
+            // Not in the table (cannot happen for a connection made here): close it.
+            let _ = registry.deregister(&mut conn.stream);
             return;
+        };
+        let slot = self.idle.vacant_entry();
+        let key = slot.key();
+        // From now on its events reach `on_idle_event`: an idle upstream that sends anything
+        // (its close, a stray byte) makes the connection unusable and is dropped then.
+        entry.owner = Owner::Idle(key);
+        entry.idle_since = now;
+        if entry.timer.is_none() {
+            entry.timer = Some(timers.insert(now + idle_timeout, TimerKey::IdleUpstream(conn.id)));
         }
-        let timer = timers.insert(
-            now + Duration::from_secs(p.pool.idle_timeout_secs.max(1)),
-            TimerKey::IdleUpstream(key),
-        );
-        entry.insert(IdleConn {
+        slot.insert(IdleConn {
+            id: conn.id,
             stream: conn.stream,
             pool: conn.pool,
             target: conn.target,
-            timer: Some(timer),
         });
         t.idle.push_back(key);
     }
@@ -492,26 +558,44 @@ impl Upstreams {
         }
     }
 
+    /// The idle timer of upstream connection `conn` fired: close it if it has been idle for
+    /// its pool's whole idle timeout, else arm the timer for when it will have been.
     pub fn on_idle_timer(
         &mut self,
-        key: usize,
+        conn: usize,
         id: TimerId,
+        now: Instant,
         registry: &Registry,
         timers: &mut Timers<TimerKey>,
     ) {
-        if self.idle.get(key).is_some_and(|c| c.timer == Some(id)) {
-            if let Some(c) = self.idle.get_mut(key) {
-                c.timer = None;
-            }
+        let Some(e) = self.conns.get_mut(conn) else {
+            return;
+        };
+        if e.timer != Some(id) {
+            return;
+        }
+        e.timer = None;
+        // In use by a session: `release` arms the timer again.
+        let Owner::Idle(key) = e.owner else {
+            return;
+        };
+        let timeout = self
+            .idle
+            .get(key)
+            .and_then(|c| self.pools.get(c.pool))
+            .map_or(Duration::from_secs(1), |p| {
+                Duration::from_secs(p.pool.idle_timeout_secs.max(1))
+            });
+        let due = e.idle_since + timeout;
+        if now >= due {
             self.remove_idle(key, registry, timers);
+        } else {
+            e.timer = Some(timers.insert(due, TimerKey::IdleUpstream(conn)));
         }
     }
 
     fn remove_idle(&mut self, key: usize, registry: &Registry, timers: &mut Timers<TimerKey>) {
         if let Some(mut c) = self.idle.try_remove(key) {
-            if let Some(id) = c.timer {
-                timers.cancel(id);
-            }
             if let Some(t) = self
                 .pools
                 .get_mut(c.pool)
@@ -519,6 +603,7 @@ impl Upstreams {
             {
                 t.idle.retain(|&k| k != key);
             }
+            self.forget_conn(c.id, timers);
             let _ = registry.deregister(&mut c.stream);
         }
     }
@@ -547,10 +632,7 @@ pub fn connect_next(
     peer: SocketAddr,
 ) -> Option<UpConn> {
     while let Some(target) = ctx.upstreams.pick(pool, failed) {
-        match ctx
-            .upstreams
-            .checkout(pool, target, ctx.registry, token, ctx.timers)
-        {
+        match ctx.upstreams.checkout(pool, target, ctx.registry, token) {
             Ok(c) => return Some(c),
             Err(e) => note_failure(ctx, pool, target, failed, peer, &e),
         }
@@ -733,9 +815,7 @@ mod tests {
         assert_ne!(gen3[0], gen2[0]);
         assert_eq!(u.pools[gen2[0]].targets[0].idle.len(), 0);
         assert_eq!(u.pools[gen3[0]].targets[0].idle.len(), 1);
-        let reused = u
-            .checkout(gen3[0], 0, reg, Token(100), &mut timers)
-            .unwrap();
+        let reused = u.checkout(gen3[0], 0, reg, Token(100)).unwrap();
         assert!(reused.reused, "the moved idle connection is handed out");
 
         // A pool with a checked-out connection outlives its configuration until released.

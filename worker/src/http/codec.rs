@@ -157,6 +157,30 @@ const HOP_BY_HOP: &[&str] = &[
 /// `Connection: Content-Length`).
 const NEVER_CONNECTION_NAMED: &[&str] = &["host", "content-length", "transfer-encoding"];
 
+/// Header names are compared without allocating a lowercased copy (this runs for every header
+/// of every message).
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Room for this many header fields on the stack; more (rare) take a heap allocation.
+const STACK_HEADERS: usize = 48;
+
+/// Append the decimal form of `n` (no formatting machinery, no allocation).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 /// Parse and validate a request head at the start of `buf`.
 ///
 /// Refused (never forwarded): both Content-Length and Transfer-Encoding; several
@@ -178,8 +202,15 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed<RequestHead>,
     // can be used: no allocation sized by a huge configured count.
     let max_count = usize::try_from(limits.max_header_count).unwrap_or(usize::MAX);
     let slots = max_count.min(head_len / 4 + 1);
-    let mut raw_headers = vec![httparse::EMPTY_HEADER; slots];
-    let mut req = httparse::Request::new(&mut raw_headers);
+    let mut stack_headers = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    let mut heap_headers = Vec::new();
+    let raw_headers = if slots <= STACK_HEADERS {
+        &mut stack_headers[..slots]
+    } else {
+        heap_headers.resize(slots, httparse::EMPTY_HEADER);
+        &mut heap_headers[..]
+    };
+    let mut req = httparse::Request::new(raw_headers);
     match req.parse(head) {
         Ok(httparse::Status::Complete(n)) if n == head_len => {}
         // The scan found the blank line that ends the head; httparse disagreeing means the
@@ -215,7 +246,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed<RequestHead>,
         if h.name.is_empty() || !h.name.bytes().all(is_tchar) {
             return Err(RequestError::BadRequest("invalid header name"));
         }
-        if h.value.iter().any(|&b| is_forbidden_value_byte(b)) {
+        if has_forbidden_value_byte(&h.value) {
             return Err(RequestError::BadRequest(
                 "control character in header value",
             ));
@@ -524,6 +555,13 @@ fn is_forbidden_value_byte(b: u8) -> bool {
     (b < 0x20 && b != b'\t') || b == 0x7f
 }
 
+/// Whether a field value holds a forbidden byte. Runs over every header value of every
+/// message: written without an early exit so the compiler can check 32 bytes at a time.
+fn has_forbidden_value_byte(v: &[u8]) -> bool {
+    v.iter()
+        .fold(false, |acc, &b| acc | is_forbidden_value_byte(b))
+}
+
 /// Strip optional whitespace (SP / HTAB) around a field value or list element.
 fn trim_ows(v: &[u8]) -> &[u8] {
     let start = v
@@ -576,7 +614,8 @@ struct ConnectionTokens {
     close: bool,
     keep_alive: bool,
     upgrade: bool,
-    /// Every option, lowercased: these headers are hop-by-hop too.
+    /// The other options, lowercased: these headers are hop-by-hop too. (The three above
+    /// are options as well; kept as flags, they cost no allocation on the common path.)
     names: Vec<String>,
 }
 
@@ -588,23 +627,32 @@ impl ConnectionTokens {
                 continue;
             }
             for token in list_elements(&h.value) {
-                let token = String::from_utf8_lossy(token).to_ascii_lowercase();
-                match token.as_str() {
-                    "close" => t.close = true,
-                    "keep-alive" => t.keep_alive = true,
-                    "upgrade" => t.upgrade = true,
-                    _ => {}
+                if token.eq_ignore_ascii_case(b"close") {
+                    t.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    t.keep_alive = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    t.upgrade = true;
+                } else {
+                    t.names
+                        .push(String::from_utf8_lossy(token).to_ascii_lowercase());
                 }
-                t.names.push(token);
             }
         }
         t
     }
 
-    /// Whether the header must not be forwarded because a `Connection` field names it.
-    fn strips(&self, lowercase_name: &str) -> bool {
-        !NEVER_CONNECTION_NAMED.contains(&lowercase_name)
-            && self.names.iter().any(|n| n == lowercase_name)
+    /// Whether the header `name` (any case) must not be forwarded because a `Connection`
+    /// field names it.
+    fn strips(&self, name: &str) -> bool {
+        let named = (self.close && name.eq_ignore_ascii_case("close"))
+            || (self.keep_alive && name.eq_ignore_ascii_case("keep-alive"))
+            || (self.upgrade && name.eq_ignore_ascii_case("upgrade"))
+            || self.names.iter().any(|n| n.eq_ignore_ascii_case(name));
+        named
+            && !NEVER_CONNECTION_NAMED
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name))
     }
 }
 
@@ -621,11 +669,20 @@ pub fn parse_response(
     };
     let head = &buf[..head_len];
     // One slot per line is always enough; no fixed header-count cap on upstreams beyond the
-    // head size (responses legitimately carry many Set-Cookie fields).
-    let lines = head.iter().filter(|&&b| b == b'\n').count();
-    let mut raw_headers = vec![httparse::EMPTY_HEADER; lines];
-    let mut resp = httparse::Response::new(&mut raw_headers);
-    match resp.parse(head) {
+    // head size (responses legitimately carry many Set-Cookie fields). The stack array fits
+    // ordinary responses; only a head with more fields pays for counting its lines and a
+    // heap array.
+    let mut stack_headers = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    let mut heap_headers = Vec::new();
+    let mut resp = httparse::Response::new(&mut stack_headers);
+    let mut parsed = resp.parse(head);
+    if matches!(parsed, Err(httparse::Error::TooManyHeaders)) {
+        let lines = head.iter().filter(|&&b| b == b'\n').count();
+        heap_headers.resize(lines, httparse::EMPTY_HEADER);
+        resp = httparse::Response::new(&mut heap_headers);
+        parsed = resp.parse(head);
+    }
+    match parsed {
         Ok(httparse::Status::Complete(n)) if n == head_len => {}
         Ok(_) => return Err(ResponseError("malformed response head")),
         Err(httparse::Error::Version) => return Err(ResponseError("unsupported HTTP version")),
@@ -657,7 +714,7 @@ pub fn parse_response(
     let mut te_codings: Vec<Vec<u8>> = Vec::new();
     let mut has_te = false;
     for h in &headers {
-        if h.value.iter().any(|&b| is_forbidden_value_byte(b)) {
+        if has_forbidden_value_byte(&h.value) {
             return Err(ResponseError("control character in header value"));
         }
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -776,6 +833,7 @@ pub struct ForwardContext {
 /// (RFC 7239) added; HTTP/1.1 always; `Connection: keep-alive`, or `Connection: upgrade` plus
 /// the `Upgrade` header when `head.upgrade` is set. Framing headers are kept as received.
 pub fn write_upstream_request(head: &RequestHead, ctx: &ForwardContext, out: &mut Vec<u8>) {
+    use std::io::Write as _;
     let conn = ConnectionTokens::of(&head.headers);
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
@@ -787,73 +845,76 @@ pub fn write_upstream_request(head: &RequestHead, ctx: &ForwardContext, out: &mu
     let mut host_value: Option<&[u8]> = None;
     let mut wrote_cl = false;
     for h in &head.headers {
-        let lname = h.name.to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&lname.as_str()) || conn.strips(&lname) {
+        let name = h.name.as_str();
+        if is_hop_by_hop(name) || conn.strips(name) {
             continue;
         }
-        match lname.as_str() {
-            "x-forwarded-for" => {
-                xff.extend(list_elements(&h.value));
-                continue;
-            }
-            "forwarded" => {
-                forwarded.extend(list_elements(&h.value));
-                continue;
-            }
-            // Set by this proxy only: a client must not be able to claim another scheme/host.
-            "x-forwarded-proto" | "x-forwarded-host" => continue,
-            "host" => host_value = Some(trim_ows(&h.value)),
-            "content-length" => {
-                // Identical repeats were accepted; the next hop sees a single value.
-                if !wrote_cl {
-                    if let Ok(Some(n)) = merged_content_length(&head.headers) {
-                        push_header(out, h.name.as_bytes(), n.to_string().as_bytes());
-                    }
-                    wrote_cl = true;
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            xff.extend(list_elements(&h.value));
+            continue;
+        }
+        if name.eq_ignore_ascii_case("forwarded") {
+            forwarded.extend(list_elements(&h.value));
+            continue;
+        }
+        // Set by this proxy only: a client must not be able to claim another scheme/host.
+        if name.eq_ignore_ascii_case("x-forwarded-proto")
+            || name.eq_ignore_ascii_case("x-forwarded-host")
+        {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("host") {
+            host_value = Some(trim_ows(&h.value));
+        } else if name.eq_ignore_ascii_case("content-length") {
+            // Identical repeats were accepted; the next hop sees a single value.
+            if !wrote_cl {
+                if let Ok(Some(n)) = merged_content_length(&head.headers) {
+                    out.extend_from_slice(h.name.as_bytes());
+                    out.extend_from_slice(b": ");
+                    push_decimal(out, n);
+                    out.extend_from_slice(b"\r\n");
                 }
-                continue;
+                wrote_cl = true;
             }
-            _ => {}
+            continue;
         }
         push_header(out, h.name.as_bytes(), &h.value);
     }
 
-    let listener = ctx.listener.to_string();
+    // Writing into a Vec cannot fail.
     if host_value.is_none() && head.version == HttpVersion::Http10 {
-        push_header(out, b"Host", listener.as_bytes());
+        let _ = write!(out, "Host: {}\r\n", ctx.listener);
     }
     let client_ip = ctx.client.ip().to_canonical();
-    let mut value = join_list(&xff);
-    if !value.is_empty() {
-        value.extend_from_slice(b", ");
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for e in &xff {
+        out.extend_from_slice(e);
+        out.extend_from_slice(b", ");
     }
-    value.extend_from_slice(client_ip.to_string().as_bytes());
-    push_header(out, b"X-Forwarded-For", &value);
+    let _ = write!(out, "{client_ip}\r\n");
     push_header(out, b"X-Forwarded-Proto", ctx.scheme.as_bytes());
-    if let Some(h) = host_value.filter(|h| !h.is_empty()) {
+    let host_value = host_value.filter(|h| !h.is_empty());
+    if let Some(h) = host_value {
         push_header(out, b"X-Forwarded-Host", h);
     }
 
-    let mut value = join_list(&forwarded);
-    if !value.is_empty() {
-        value.extend_from_slice(b", ");
+    out.extend_from_slice(b"Forwarded: ");
+    for e in &forwarded {
+        out.extend_from_slice(e);
+        out.extend_from_slice(b", ");
     }
-    let node = match client_ip {
-        std::net::IpAddr::V4(ip) => ip.to_string(),
-        std::net::IpAddr::V6(ip) => format!("\"[{ip}]\""),
+    let _ = match client_ip {
+        std::net::IpAddr::V4(ip) => write!(out, "for={ip}"),
+        std::net::IpAddr::V6(ip) => write!(out, "for=\"[{ip}]\""),
     };
-    value.extend_from_slice(b"for=");
-    value.extend_from_slice(node.as_bytes());
-    value.extend_from_slice(b";proto=");
-    value.extend_from_slice(ctx.scheme.as_bytes());
-    value.extend_from_slice(b";host=");
-    push_forwarded_value(
-        &mut value,
-        host_value
-            .filter(|h| !h.is_empty())
-            .unwrap_or(listener.as_bytes()),
-    );
-    push_header(out, b"Forwarded", &value);
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(ctx.scheme.as_bytes());
+    out.extend_from_slice(b";host=");
+    match host_value {
+        Some(h) => push_forwarded_value(out, h),
+        None => push_forwarded_value(out, ctx.listener.to_string().as_bytes()),
+    }
+    out.extend_from_slice(b"\r\n");
 
     match &head.upgrade {
         Some(protocol) => {
@@ -910,41 +971,46 @@ pub fn write_client_response(
     // RFC 9110 8.6 / RFC 9112 6.1: no framing fields in 1xx and 204 responses.
     let no_framing_fields = (100..200).contains(&head.status) || head.status == 204;
     let dechunk = head.dechunks_for(client_version);
-    out.extend_from_slice(format!("HTTP/1.1 {} ", head.status).as_bytes());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(head.status));
+    out.push(b' ');
     out.extend_from_slice(head.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut wrote_cl = false;
     for h in &head.headers {
-        let lname = h.name.to_ascii_lowercase();
-        let keep_for_upgrade = switching && lname == "upgrade";
-        if !keep_for_upgrade && (HOP_BY_HOP.contains(&lname.as_str()) || conn.strips(&lname)) {
+        let name = h.name.as_str();
+        let keep_for_upgrade = switching && name.eq_ignore_ascii_case("upgrade");
+        if !keep_for_upgrade && (is_hop_by_hop(name) || conn.strips(name)) {
             continue;
         }
-        match lname.as_str() {
-            "content-length" => {
-                // With Transfer-Encoding the length is wrong by definition (RFC 9112 6.3:
-                // an intermediary removes it); repeats collapse to one field.
-                if !wrote_cl && !no_framing_fields && head.framing != BodyFraming::Chunked {
-                    if let Ok(Some(n)) = merged_content_length(&head.headers) {
-                        push_header(out, h.name.as_bytes(), n.to_string().as_bytes());
-                    }
+        let is_te = name.eq_ignore_ascii_case("transfer-encoding");
+        if name.eq_ignore_ascii_case("content-length") {
+            // With Transfer-Encoding the length is wrong by definition (RFC 9112 6.3:
+            // an intermediary removes it); repeats collapse to one field.
+            if !wrote_cl && !no_framing_fields && head.framing != BodyFraming::Chunked {
+                if let Ok(Some(n)) = merged_content_length(&head.headers) {
+                    out.extend_from_slice(h.name.as_bytes());
+                    out.extend_from_slice(b": ");
+                    push_decimal(out, n);
+                    out.extend_from_slice(b"\r\n");
                 }
-                wrote_cl = true;
-                continue;
             }
-            "transfer-encoding" if no_framing_fields => continue,
-            "transfer-encoding" if dechunk => {
-                // Only `chunked` is undone here; other codings (rare) still describe the
-                // bytes that follow.
-                let rest: Vec<&[u8]> = list_elements(&h.value)
-                    .filter(|c| !c.eq_ignore_ascii_case(b"chunked"))
-                    .collect();
-                if !rest.is_empty() {
-                    push_header(out, h.name.as_bytes(), &join_list(&rest));
-                }
-                continue;
+            wrote_cl = true;
+            continue;
+        }
+        if is_te && no_framing_fields {
+            continue;
+        }
+        if is_te && dechunk {
+            // Only `chunked` is undone here; other codings (rare) still describe the bytes
+            // that follow.
+            let rest: Vec<&[u8]> = list_elements(&h.value)
+                .filter(|c| !c.eq_ignore_ascii_case(b"chunked"))
+                .collect();
+            if !rest.is_empty() {
+                push_header(out, h.name.as_bytes(), &join_list(&rest));
             }
-            _ => {}
+            continue;
         }
         push_header(out, h.name.as_bytes(), &h.value);
     }

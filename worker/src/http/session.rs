@@ -109,7 +109,12 @@ impl Exchange {
     fn attach(&mut self, c: UpConn, now: Instant) {
         let (stream, meta) = UpMeta::split(c);
         let connected = meta.reused;
-        self.up = Some((Sock::new(stream, connected), meta));
+        let sock = if connected {
+            Sock::reused(stream)
+        } else {
+            Sock::new(stream, false)
+        };
+        self.up = Some((sock, meta));
         self.connecting = (!connected).then_some(now);
         self.uin.clear();
         self.last_up_activity = now;
@@ -139,10 +144,9 @@ pub struct HttpSession {
 }
 
 fn is_idempotent(method: &str) -> bool {
-    matches!(
-        method.to_ascii_uppercase().as_str(),
-        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-    )
+    ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(method))
 }
 
 impl HttpSession {
@@ -200,14 +204,12 @@ impl HttpSession {
     pub fn on_ready(&mut self, side: Side, r: Ready, ctx: &mut Ctx<'_>) -> Outcome {
         match side {
             Side::Client => {
-                self.client.readable |= r.readable;
-                self.client.writable |= r.writable;
+                self.client.on_ready(r);
             }
             Side::Upstream => {
                 if let Phase::Proxy(ex) = &mut self.phase {
                     if let Some((up, _)) = ex.up.as_mut() {
-                        up.readable |= r.readable;
-                        up.writable |= r.writable;
+                        up.on_ready(r);
                     }
                 }
             }
@@ -238,6 +240,12 @@ impl HttpSession {
         }
         self.timer = None;
         let now = ctx.now;
+        // The timer is only moved when a deadline comes closer (see `update_timer`): it may
+        // fire before the deadline that counts now, which then just needs arming.
+        if self.desired_deadline(ctx).is_none_or(|at| now < at) {
+            self.update_timer(ctx);
+            return Outcome::Continue;
+        }
         match &mut self.phase {
             Phase::ReadingHead => {
                 if self.cin.is_empty() {
@@ -326,10 +334,13 @@ impl HttpSession {
         [connect, read, send, body]
     }
 
+    /// Deadlines move on nearly every event of a busy connection (activity pushes them
+    /// later): the armed timer is only moved earlier, and `on_timer` re-arms when it fires
+    /// ahead of the real deadline. Saves two ordered-map updates per request.
     fn update_timer(&mut self, ctx: &mut Ctx<'_>) {
         let want = self.desired_deadline(ctx);
         ctx.timers
-            .set(&mut self.timer, want, TimerKey::Session(self.key));
+            .set_no_later(&mut self.timer, want, TimerKey::Session(self.key));
     }
 
     fn start_closing(&mut self, now: Instant) {
@@ -512,7 +523,14 @@ impl HttpSession {
             req_body: BodyTracker::new(req.framing, self.generation.limits.max_body_size_bytes),
             req,
             head_bytes,
-            up: Some((Sock::new(stream, connected), meta)),
+            up: Some((
+                if connected {
+                    Sock::reused(stream)
+                } else {
+                    Sock::new(stream, false)
+                },
+                meta,
+            )),
             connecting: (!connected).then_some(ctx.now),
             uout,
             uin: Buf::new(),
@@ -855,7 +873,12 @@ impl HttpSession {
         }
 
         // Response head(s).
+        // Sized for a typical head at once, instead of growing through several reallocations
+        // (allocated only when a head is parsed).
         let mut head_out = Vec::new();
+        if ex.resp.is_none() && !ex.uin.is_empty() {
+            head_out.reserve(512);
+        }
         while ex.resp.is_none() {
             if ex.uin.is_empty() {
                 if up.read_eof {
@@ -1011,6 +1034,9 @@ impl HttpSession {
                 && ex.uin.is_empty()
                 && ex.uout.is_empty()
                 && !up.read_eof
+                // Still readable: the last read filled the buffer, so bytes beyond the
+                // response may be waiting, with no event left to reveal them in the pool.
+                && !up.readable
                 && ex
                     .resp
                     .as_ref()
