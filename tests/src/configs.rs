@@ -13,6 +13,18 @@ pub fn proxy(
     system_extra: &str,
     upstream_extra: &str,
 ) -> String {
+    proxy_with_listener(workers, port, backend, system_extra, "", upstream_extra)
+}
+
+/// [`proxy`] with `listener_extra` spliced into the listener block too (timeouts...).
+pub fn proxy_with_listener(
+    workers: u32,
+    port: u16,
+    backend: &Backend,
+    system_extra: &str,
+    listener_extra: &str,
+    upstream_extra: &str,
+) -> String {
     format!(
         r#"
 system {{
@@ -24,6 +36,7 @@ listeners {{
         address "127.0.0.1:{port}"
         protocol "http"
         default-route "all"
+        {listener_extra}
     }}
 }}
 routes {{
