@@ -924,7 +924,15 @@ fn a_second_upgrade_is_refused_while_one_runs() {
         !first.success(),
         "the slow broken binary must fail: {first}"
     );
-    let after = snap(&z);
+    assert_nothing_replaced(&z, &before);
+    // Once the first is over, upgrading works again.
+    let out = ctl_upgrade(&z, &copy, &[]);
+    check_upgraded(&z, &out, &before, &copy, &before.running_pids());
+}
+
+/// After a failed upgrade: the same master and the same running workers as `before`.
+fn assert_nothing_replaced(z: &Zentinel, before: &Snap) {
+    let after = snap(z);
     assert_eq!(after.master_pid, before.master_pid, "{:?}", after.raw);
     assert_eq!(
         after.running_pids(),
@@ -932,9 +940,6 @@ fn a_second_upgrade_is_refused_while_one_runs() {
         "{:?}",
         after.raw
     );
-    // Once the first is over, upgrading works again.
-    let out = ctl_upgrade(&z, &copy, &[]);
-    check_upgraded(&z, &out, &before, &copy, &before.running_pids());
 }
 
 /// A small tmpfs mounted for one test (the upgrade state file goes beside the control socket,
@@ -1033,14 +1038,7 @@ fn unwritable_or_full_state_dir_fails_the_upgrade_cleanly() {
     );
 
     // Nothing changed, nothing was lost, and once there is room the upgrade works.
-    let after = snap(&z);
-    assert_eq!(after.master_pid, before.master_pid, "{:?}", after.raw);
-    assert_eq!(
-        after.running_pids(),
-        before.running_pids(),
-        "{:?}",
-        after.raw
-    );
+    assert_nothing_replaced(&z, &before);
     fs::remove_file(&filler).unwrap();
     let out = ctl_upgrade(&z, &copy, &[]);
     check_upgraded(&z, &out, &before, &copy, &before.running_pids());
@@ -1076,14 +1074,7 @@ fn new_master_dying_before_it_is_ready_leaves_the_old_one_serving() {
         said.contains("exit status 70") || said.contains("exited"),
         "the error must say how the new master ended: {out}"
     );
-    let after = snap(&z);
-    assert_eq!(after.master_pid, before.master_pid, "{:?}", after.raw);
-    assert_eq!(
-        after.running_pids(),
-        before.running_pids(),
-        "{:?}",
-        after.raw
-    );
+    assert_nothing_replaced(&z, &before);
     assert_eq!(z.master_pids(), vec![z.pid], "a second master is left");
     assert!(
         load.wait_for_more(50, DEADLINE),
