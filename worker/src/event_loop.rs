@@ -19,6 +19,7 @@ use zentinel_protocol::{Channel, ProtocolError};
 use crate::accept::{Accepted, ListenerSet};
 use crate::counters::Counters;
 use crate::ctx::{Ctx, Outcome, Ready};
+use crate::fd_budget::FdBudget;
 use crate::generation::{Candidate, Generation};
 use crate::http::session::{HttpSession, LINGER};
 use crate::tcp::TcpSession;
@@ -93,6 +94,8 @@ pub struct Worker {
     sessions: Slab<Entry>,
     shared: Shared,
     max_connections: usize,
+    /// Room the open-file limit leaves for sessions (see [`FdBudget`]).
+    fd_budget: FdBudget,
     graceful_timeout: Duration,
     accept_pending: bool,
     accept_backoff: Option<TimerId>,
@@ -100,6 +103,12 @@ pub struct Worker {
     listeners_lost: bool,
     at_capacity_logged: bool,
     drain: Option<DrainState>,
+}
+
+/// What keeps a worker from accepting more connections.
+enum Capacity {
+    MaxConnections,
+    FileDescriptors,
 }
 
 enum Control {
@@ -134,6 +143,14 @@ impl Worker {
         let mut upstreams = Upstreams::new();
         let (generation, set, max_connections, graceful_timeout) =
             build_generation(start, &mut upstreams, &[], poll.registry(), &mut timers);
+        let fd_budget = FdBudget::measure().unwrap_or_else(|e| {
+            warn!(error = %e, "cannot measure the open-file limit: sessions are not capped by it");
+            FdBudget::unlimited()
+        });
+        debug!(
+            descriptors = fd_budget.available(),
+            "file descriptors available to sessions"
+        );
         Ok(Worker {
             poll,
             channel,
@@ -152,6 +169,7 @@ impl Worker {
                 draining: false,
             },
             max_connections,
+            fd_budget,
             graceful_timeout,
             // Connections may already be queued: try once right away.
             accept_pending: true,
@@ -620,8 +638,8 @@ impl Worker {
             Entry::Converting => {}
         }
         self.shared.counters.c.active_connections = self.sessions.len() as u64;
-        if self.sessions.len() + 1 == self.max_connections {
-            // A slot freed up below the cap: queued connections can be taken again.
+        if self.at_capacity_logged {
+            // A slot freed up: queued connections can be taken again.
             self.accept_pending = true;
         }
     }
@@ -664,12 +682,19 @@ impl Worker {
         let mut budget = ACCEPT_BUDGET;
         for idx in ready {
             loop {
-                if self.sessions.len() >= self.max_connections {
+                if let Some(limit) = self.at_capacity() {
                     if !self.at_capacity_logged {
-                        warn!(
-                            max_connections = self.max_connections,
-                            "connection limit reached: not accepting until a connection closes"
-                        );
+                        match limit {
+                            Capacity::MaxConnections => warn!(
+                                max_connections = self.max_connections,
+                                "connection limit reached: not accepting until a connection closes"
+                            ),
+                            Capacity::FileDescriptors => warn!(
+                                sessions = self.sessions.len(),
+                                descriptors = self.fd_budget.available(),
+                                "open-file limit reached: not accepting until a connection closes"
+                            ),
+                        }
                         self.at_capacity_logged = true;
                     }
                     self.accept_pending = false;
@@ -729,6 +754,28 @@ impl Worker {
                 self.back_off_accept(now);
             }
         }
+    }
+
+    /// Which limit stops another accept, if any. Idle pooled upstream connections are closed
+    /// first when they are all that stands in the way: a client beats a spare connection.
+    fn at_capacity(&mut self) -> Option<Capacity> {
+        if self.sessions.len() >= self.max_connections {
+            return Some(Capacity::MaxConnections);
+        }
+        let registry = self.poll.registry();
+        let shared = &mut self.shared;
+        while !self
+            .fd_budget
+            .allows_one_more(self.sessions.len(), shared.upstreams.idle_count())
+        {
+            if !shared
+                .upstreams
+                .close_oldest_idle(registry, &mut shared.timers)
+            {
+                return Some(Capacity::FileDescriptors);
+            }
+        }
+        None
     }
 
     fn back_off_accept(&mut self, now: Instant) {

@@ -20,6 +20,7 @@ mod accept;
 mod counters;
 mod ctx;
 mod event_loop;
+mod fd_budget;
 mod generation;
 mod routing;
 mod sock;

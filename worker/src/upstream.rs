@@ -350,6 +350,37 @@ impl Upstreams {
         busy
     }
 
+    /// Idle pooled connections: file descriptors held that no session uses.
+    pub fn idle_count(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// Close the idle connection pooled longest ago, to free its file descriptor for a client.
+    /// Returns false when nothing is pooled.
+    pub fn close_oldest_idle(
+        &mut self,
+        registry: &Registry,
+        timers: &mut Timers<TimerKey>,
+    ) -> bool {
+        let oldest = self
+            .idle
+            .iter()
+            .min_by_key(|(_, c)| self.conns.get(c.id).map(|e| e.idle_since))
+            .map(|(key, c)| (key, c.pool, c.target));
+        let Some((key, pool, target)) = oldest else {
+            return false;
+        };
+        if let Some(t) = self
+            .pools
+            .get_mut(pool)
+            .and_then(|p| p.targets.get_mut(target))
+        {
+            t.idle.retain(|k| *k != key);
+        }
+        self.drop_idle_conn(key, registry, timers);
+        true
+    }
+
     /// Close one idle connection that its pool already forgot.
     fn drop_idle_conn(&mut self, key: usize, registry: &Registry, timers: &mut Timers<TimerKey>) {
         if let Some(mut c) = self.idle.try_remove(key) {
