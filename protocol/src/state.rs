@@ -280,9 +280,8 @@ fn checked_payload<'a>(bytes: &'a [u8], path: &str) -> Result<&'a [u8], StateErr
 fn decode_payload<T>(payload: &[u8], version: u32) -> Result<T, String>
 where
     T: Archive,
-    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<
-            rkyv::api::high::HighValidator<'a, rancor::Error>,
-        > + Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
+        + Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
 {
     // rkyv needs the archive aligned; a slice of the file buffer at offset 28 is not.
     let mut aligned = AlignedVec::<16>::with_capacity(payload.len());

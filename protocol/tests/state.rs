@@ -377,7 +377,12 @@ fn frozen_v2_state_file_still_decodes() {
     let decoded = decode_state(FIXTURE, "tests/fixtures/state-v2.bin")
         .unwrap_or_else(|e| panic!("frozen version 2 state no longer decodes: {e}"));
     let expected = frozen_v2_state();
-    for (got, want) in decoded.config.upstreams.iter().zip(&expected.config.upstreams) {
+    for (got, want) in decoded
+        .config
+        .upstreams
+        .iter()
+        .zip(&expected.config.upstreams)
+    {
         assert_eq!(got, want, "upstream {}", want.name);
     }
     assert_eq!(decoded, expected);
@@ -953,7 +958,7 @@ fn archived_proxy_config_keeps_its_version_1_size() {
     // A Drain encodes to the same bytes as the version 1 build's (captured from fd52b27).
     let drain = zentinel_protocol::messages::MasterMessage::Drain { timeout_ms: 1234 };
     let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&drain).unwrap();
-    let mut expected = vec![0u8; 112];
+    let mut expected = [0u8; 112];
     expected[0] = 2; // variant tag
     expected[8..10].copy_from_slice(&1234u16.to_le_bytes());
     assert_eq!(&bytes[..], &expected[..]);

@@ -261,7 +261,9 @@ fn status_of(bytes: &[u8]) -> Option<Result<u16, &'static str>> {
             return None;
         }
         let code = rest.get(1..4)?;
-        if !code.iter().all(u8::is_ascii_digit) || rest.get(4).is_some_and(|&b| b != b' ' && b != b'\r') {
+        if !code.iter().all(u8::is_ascii_digit)
+            || rest.get(4).is_some_and(|&b| b != b' ' && b != b'\r')
+        {
             return None;
         }
         code.iter()
@@ -347,7 +349,11 @@ mod tests {
         let mut h = TargetHealth::default();
         assert_eq!(h.probe_result(false, &c), None);
         assert_eq!(h.probe_result(false, &c), None);
-        assert_eq!(h.probe_result(true, &c), None, "a success resets the streak");
+        assert_eq!(
+            h.probe_result(true, &c),
+            None,
+            "a success resets the streak"
+        );
         assert_eq!(h.probe_result(false, &c), None);
         assert_eq!(h.probe_result(false, &c), None);
         assert_eq!(h.probe_result(false, &c), Some(Transition::Down));
@@ -368,7 +374,10 @@ mod tests {
         let mut h = TargetHealth::default();
         // Earlier successes do not count towards coming back.
         assert_eq!(h.probe_result(true, &c), None);
-        assert_eq!(h.traffic_failure(&passive, true, t0), Some(Transition::Down));
+        assert_eq!(
+            h.traffic_failure(&passive, true, t0),
+            Some(Transition::Down)
+        );
         assert!(h.is_down(t0 + Duration::from_secs(3600)), "no timeout");
         assert_eq!(h.probe_result(true, &c), None);
         assert_eq!(h.probe_result(true, &c), Some(Transition::Up));
@@ -399,13 +408,19 @@ mod tests {
             },
             ..check(1, 1)
         };
-        for (answer, expect_healthy) in [("HTTP/1.1 200 OK\r\n\r\n", true), ("HTTP/1.1 500 Oops\r\n\r\n", false)] {
+        for (answer, expect_healthy) in [
+            ("HTTP/1.1 200 OK\r\n\r\n", true),
+            ("HTTP/1.1 500 Oops\r\n\r\n", false),
+        ] {
             let mut probe = Probe::start(addr, &http, 0, 0, 0).unwrap();
             let (conn, _) = server.accept().unwrap();
             let deadline = Instant::now() + Duration::from_secs(5);
             while probe.written < probe.request.len() {
                 assert_eq!(probe.advance(), ProbeStatus::Pending);
-                assert!(Instant::now() < deadline, "the probe never sent its request");
+                assert!(
+                    Instant::now() < deadline,
+                    "the probe never sent its request"
+                );
                 std::thread::sleep(Duration::from_millis(5));
             }
             let mut reader = BufReader::new(conn.try_clone().unwrap());
@@ -420,7 +435,10 @@ mod tests {
             }
             assert_eq!(head[0], "GET /health HTTP/1.1\r\n");
             assert!(head.contains(&"Host: svc.local\r\n".to_owned()), "{head:?}");
-            assert!(head.contains(&"Connection: close\r\n".to_owned()), "{head:?}");
+            assert!(
+                head.contains(&"Connection: close\r\n".to_owned()),
+                "{head:?}"
+            );
             (&conn).write_all(answer.as_bytes()).unwrap();
             let deadline = Instant::now() + Duration::from_secs(5);
             let status = loop {

@@ -457,7 +457,8 @@ impl Upstreams {
         }
         let mut skip = failed.to_vec();
         skip.extend(
-            (0..p.targets.len()).filter(|&i| !failed.contains(&i) && p.targets[i].health.is_down(now)),
+            (0..p.targets.len())
+                .filter(|&i| !failed.contains(&i) && p.targets[i].health.is_down(now)),
         );
         // Every target left is down: a real attempt (and a real 502) beats refusing outright,
         // and it is how a target nobody probes gets a chance to come back.
@@ -468,7 +469,13 @@ impl Upstreams {
 
     /// A request to `target` failed in a way that blames the target (see
     /// [`TargetHealth::traffic_failure`]): may take it out of rotation.
-    pub fn report_failure(&mut self, pool: usize, target: usize, now: Instant, reason: &dyn fmt::Display) {
+    pub fn report_failure(
+        &mut self,
+        pool: usize,
+        target: usize,
+        now: Instant,
+        reason: &dyn fmt::Display,
+    ) {
         let Some(p) = self.pools.get_mut(pool) else {
             return;
         };
@@ -533,7 +540,13 @@ impl Upstreams {
         t.health.timer = None;
         if let Some(probe) = t.health.probe {
             let timeout = Duration::from_secs(check.timeout_secs.max(1));
-            self.finish_probe(probe, Err(format!("no answer within {}s", timeout.as_secs())), now, registry, timers);
+            self.finish_probe(
+                probe,
+                Err(format!("no answer within {}s", timeout.as_secs())),
+                now,
+                registry,
+                timers,
+            );
             return;
         }
         if self.no_pooling {
@@ -568,7 +581,14 @@ impl Upstreams {
                 t.health.timer = Some(timers.insert(now + timeout, TimerKey::Health(pool, target)));
             }
             Err(e) => {
-                self.probe_done(pool, target, &check, Err(format!("connect: {e}")), now, timers);
+                self.probe_done(
+                    pool,
+                    target,
+                    &check,
+                    Err(format!("connect: {e}")),
+                    now,
+                    timers,
+                );
             }
         }
     }
@@ -954,6 +974,7 @@ pub fn note_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn picks(b: &mut Balancer, n: usize) -> Vec<usize> {
         (0..n).map(|_| b.pick(&[0, 0, 0], &[]).unwrap()).collect()
@@ -1102,6 +1123,48 @@ mod tests {
             u.idle.is_empty(),
             "idle connections of removed pools are closed"
         );
+    }
+
+    #[test]
+    fn down_targets_are_skipped_unless_every_target_is_down() {
+        let poll = mio::Poll::new().unwrap();
+        let mut timers = Timers::new();
+        let mut cfg = pool_config("p", "127.0.0.1:1", 4);
+        cfg.targets.push(zentinel_protocol::config::UpstreamTarget {
+            address: "127.0.0.1:2".into(),
+            weight: 1,
+        });
+        cfg.passive_health = PassiveHealth {
+            max_fails: 2,
+            fail_timeout_secs: 10,
+        };
+        let mut u = Upstreams::new();
+        let key = u.install(pools(&[cfg]), &[], poll.registry(), &mut timers)[0];
+        let t0 = Instant::now();
+        u.report_failure(key, 0, t0, &"refused");
+        assert!(u.is_up(key, 0, t0), "one failure of two allowed");
+        u.report_failure(key, 0, t0, &"refused");
+        assert!(!u.is_up(key, 0, t0));
+        for _ in 0..6 {
+            assert_eq!(u.pick(key, &[], t0), Some(1));
+        }
+        // Every target down: they are still tried (and a real attempt decides).
+        u.report_failure(key, 1, t0, &"refused");
+        u.report_failure(key, 1, t0, &"refused");
+        assert!(!u.is_up(key, 1, t0));
+        let picked: BTreeSet<usize> = (0..4).filter_map(|_| u.pick(key, &[], t0)).collect();
+        assert_eq!(picked, BTreeSet::from([0, 1]));
+        assert_eq!(
+            u.pick(key, &[0], t0),
+            Some(1),
+            "failed targets stay excluded"
+        );
+        assert_eq!(u.pick(key, &[0, 1], t0), None);
+        // The fail timeout over, both are back.
+        let later = t0 + Duration::from_secs(11);
+        assert!(u.is_up(key, 0, later));
+        let picked: BTreeSet<usize> = (0..4).filter_map(|_| u.pick(key, &[], later)).collect();
+        assert_eq!(picked, BTreeSet::from([0, 1]));
     }
 
     #[test]

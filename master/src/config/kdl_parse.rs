@@ -1327,7 +1327,7 @@ fn parse_health_check(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<Hea
             }
         }
     }
-    if seen.first.get("type").is_none() {
+    if !seen.first.contains_key("type") {
         diags.error(
             name_at(node),
             "health-check",
@@ -1354,7 +1354,11 @@ fn parse_check_type(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<Healt
         return None;
     };
     if let Some(extra) = args.next() {
-        diags.error(extra.span().offset(), "type", "expected exactly one check type");
+        diags.error(
+            extra.span().offset(),
+            "type",
+            "expected exactly one check type",
+        );
         return None;
     }
     let kind = string_value(node, first, diags)?;
@@ -1416,7 +1420,7 @@ fn parse_check_type(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<Healt
                     }
                 }
             }
-            if path.is_none() && ok && seen.first.get("path").is_none() {
+            if path.is_none() && ok && !seen.first.contains_key("path") {
                 diags.error(
                     name_at(node),
                     "type",

@@ -850,7 +850,9 @@ fn health_check_errors_name_the_line() {
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_diag(&errs, 7, 50, "interval-secs", "at least 1");
 
-    let errs = errors(&upstream_with(r#"        health-check { interval-secs 5; }"#));
+    let errs = errors(&upstream_with(
+        r#"        health-check { interval-secs 5; }"#,
+    ));
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_diag(&errs, 7, 9, "health-check", "missing `type`");
 

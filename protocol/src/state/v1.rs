@@ -96,11 +96,13 @@ impl From<ProxyConfig> for latest::ProxyConfig {
                         .collect(),
                     action: match r.action {
                         RouteAction::Upstream(u) => latest::RouteAction::Upstream(u),
-                        RouteAction::Static(s) => latest::RouteAction::Static(latest::StaticResponse {
-                            status: s.status,
-                            body: s.body,
-                            content_type: s.content_type,
-                        }),
+                        RouteAction::Static(s) => {
+                            latest::RouteAction::Static(latest::StaticResponse {
+                                status: s.status,
+                                body: s.body,
+                                content_type: s.content_type,
+                            })
+                        }
                     },
                 })
                 .collect(),
@@ -273,4 +275,3 @@ pub struct Limits {
     pub max_header_count: u32,
     pub max_body_size_bytes: u64,
 }
-
