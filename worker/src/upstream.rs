@@ -947,7 +947,7 @@ pub fn connect_failed(
 }
 
 /// One failed connect attempt: its target is excluded for the rest of the exchange, the
-/// failure is logged with the pool and target and counted once.
+/// failure is logged with the pool and target, counted once, and reported to passive health.
 pub fn note_failure(
     ctx: &mut Ctx<'_>,
     pool: usize,
@@ -955,6 +955,27 @@ pub fn note_failure(
     failed: &mut Vec<usize>,
     peer: SocketAddr,
     error: &dyn fmt::Display,
+) {
+    note_target_failure(
+        ctx,
+        pool,
+        target,
+        failed,
+        peer,
+        error,
+        "upstream connect failed",
+    );
+}
+
+/// [`note_failure`] for any failure that blames the target (`what` is the log message).
+pub fn note_target_failure(
+    ctx: &mut Ctx<'_>,
+    pool: usize,
+    target: usize,
+    failed: &mut Vec<usize>,
+    peer: SocketAddr,
+    error: &dyn fmt::Display,
+    what: &'static str,
 ) {
     if !failed.contains(&target) {
         failed.push(target);
@@ -964,10 +985,8 @@ pub fn note_failure(
     let p = ctx.upstreams.pool(pool);
     let name = p.map_or("?", |p| p.name.as_str());
     match p.and_then(|p| p.targets.get(target)) {
-        Some(t) => {
-            warn!(%peer, upstream = name, target = %t.addr, error = %error, "upstream connect failed")
-        }
-        None => warn!(%peer, upstream = name, target, error = %error, "upstream connect failed"),
+        Some(t) => warn!(%peer, upstream = name, target = %t.addr, error = %error, "{what}"),
+        None => warn!(%peer, upstream = name, target, error = %error, "{what}"),
     }
 }
 

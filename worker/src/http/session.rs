@@ -798,7 +798,15 @@ impl HttpSession {
             ctx.timers,
             ctx.now,
         );
-        upstream::note_failure(ctx, pool, target, &mut ex.failed, peer, &reason);
+        upstream::note_target_failure(
+            ctx,
+            pool,
+            target,
+            &mut ex.failed,
+            peer,
+            &reason,
+            "upstream failed before responding; retrying on another target",
+        );
         ex.retried_elsewhere = true;
         ex.uout.clear();
         ex.uout.extend(&ex.head_bytes);
