@@ -175,7 +175,12 @@ fn reset_before_response_retries_idempotent_requests_once_and_502s_the_others() 
         &z.log_text(),
         "upstream failed before responding; retrying on another target",
     );
-    assert_eq!(retries as u64, reset_gets, "each reset GET retried once\n{}", z.log());
+    assert_eq!(
+        retries as u64,
+        reset_gets,
+        "each reset GET retried once\n{}",
+        z.log()
+    );
     assert!(
         reset_gets >= 9,
         "round-robin should have sent about half the GETs to the resetting target first, \

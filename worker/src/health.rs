@@ -126,12 +126,13 @@ impl TargetHealth {
     }
 
     /// Carry the marks (not the probe in flight nor its timer) over to a pool rebuilt by a
-    /// reload with the same targets.
-    pub fn carry_marks_from(&mut self, old: &TargetHealth) {
+    /// reload with the same targets. `checked`: the new pool has active checks; without them
+    /// nothing would ever lift a probe mark, so it is dropped.
+    pub fn carry_marks_from(&mut self, old: &TargetHealth, checked: bool) {
         self.fails = old.fails;
         self.window_start = old.window_start;
         self.down_until = old.down_until;
-        self.probe_down = old.probe_down;
+        self.probe_down = old.probe_down && checked;
         self.ok_streak = old.ok_streak;
         self.fail_streak = old.fail_streak;
     }

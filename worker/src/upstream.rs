@@ -288,8 +288,9 @@ impl Upstreams {
             let same_targets = old_cfg.targets == pool.config.targets;
             if same_targets {
                 // Same peers: what was learnt about them still holds.
+                let checked = pool.health_check.is_some();
                 for (t, o) in pool.targets.iter_mut().zip(&self.pools[old].targets) {
-                    t.health.carry_marks_from(&o.health);
+                    t.health.carry_marks_from(&o.health, checked);
                 }
             }
             let key = self.pools.insert(pool);
@@ -1184,6 +1185,39 @@ mod tests {
         assert!(u.is_up(key, 0, later));
         let picked: BTreeSet<usize> = (0..4).filter_map(|_| u.pick(key, &[], later)).collect();
         assert_eq!(picked, BTreeSet::from([0, 1]));
+    }
+
+    #[test]
+    fn reload_carries_health_marks_but_not_probe_marks_without_checks() {
+        let poll = mio::Poll::new().unwrap();
+        let reg = poll.registry();
+        let mut timers = Timers::new();
+        let mut checked = pool_config("p", "127.0.0.1:1", 4);
+        checked.health_check = Some(HealthCheck {
+            kind: zentinel_protocol::config::HealthCheckKind::Tcp,
+            interval_secs: 5,
+            timeout_secs: 1,
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+        });
+        let mut u = Upstreams::new();
+        let gen1 = u.install(pools(&[checked.clone()]), &[], reg, &mut timers);
+        let now = Instant::now();
+        // A passive mark on a checked pool waits for the probes.
+        u.report_failure(gen1[0], 0, now, &"refused");
+        assert!(!u.is_up(gen1[0], 0, now));
+        // Other settings, same targets, still checked: the mark stays.
+        let mut slower = checked.clone();
+        slower.timeouts.read_secs += 1;
+        let gen2 = u.install(pools(&[slower.clone()]), &gen1, reg, &mut timers);
+        assert_ne!(gen2[0], gen1[0]);
+        assert!(!u.is_up(gen2[0], 0, now));
+        // Checks removed: nothing could lift the mark any more, so it goes.
+        let mut unchecked = slower;
+        unchecked.health_check = None;
+        let gen3 = u.install(pools(&[unchecked]), &gen2, reg, &mut timers);
+        assert!(u.is_up(gen3[0], 0, now));
+        assert_eq!(u.retire_unused(|k| gen3.contains(&k), reg, &mut timers), 0);
     }
 
     #[test]
