@@ -142,6 +142,68 @@ pub struct UpstreamConfig {
     pub load_balancing: LoadBalancing,
     pub pool: ConnectionPool,
     pub timeouts: UpstreamTimeouts,
+    /// Active checks probing every target; `None` means none (passive marking only).
+    pub health_check: Option<HealthCheck>,
+    /// Taking a target out of rotation after failures seen on real traffic.
+    pub passive_health: PassiveHealth,
+}
+
+/// Active health checks, run by every worker against every target of the upstream.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    /// Time between the start of two probes of the same target. At least 1.
+    pub interval_secs: u64,
+    /// A probe not finished within this time failed. At least 1.
+    pub timeout_secs: u64,
+    /// Consecutive successful probes that bring a down target back. At least 1.
+    pub healthy_threshold: u32,
+    /// Consecutive failed probes that take a target out of rotation. At least 1.
+    pub unhealthy_threshold: u32,
+}
+
+pub const DEFAULT_HEALTH_INTERVAL_SECS: u64 = 10;
+pub const DEFAULT_HEALTH_TIMEOUT_SECS: u64 = 2;
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum HealthCheckKind {
+    /// `GET path` over HTTP/1.1 (`Connection: close`); healthy when the status is
+    /// `expected_status`.
+    Http {
+        /// Starts with `/`.
+        path: String,
+        /// 100..=599.
+        expected_status: u16,
+        /// `Host` header; `None` sends the target's address.
+        host: Option<String>,
+    },
+    /// Healthy when a TCP connection is established.
+    Tcp,
+}
+
+/// nginx-style passive marking: `max_fails` failures (connect refused or timed out, reset or
+/// closed before any response byte, response timeout) within `fail_timeout_secs` take the
+/// target out of rotation for `fail_timeout_secs` (or until an active check brings it back).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct PassiveHealth {
+    /// 0 disables passive marking.
+    pub max_fails: u32,
+    pub fail_timeout_secs: u64,
+}
+
+impl Default for PassiveHealth {
+    /// nginx's defaults (`max_fails=1 fail_timeout=10s`).
+    fn default() -> Self {
+        PassiveHealth {
+            max_fails: 1,
+            fail_timeout_secs: 10,
+        }
+    }
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

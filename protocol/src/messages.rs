@@ -8,7 +8,13 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::config::ProxyConfig;
 
 /// Bumped whenever a message layout changes incompatibly.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: `UpstreamConfig` (inside `Start`/`Reconfigure`) gained `health_check` and
+/// `passive_health`. The archived `ProxyConfig` kept its size, so `Drain`, `Stop` and
+/// `StatusRequest` (all an adopted worker gets from a new master: adoption sends no Hello) are
+/// byte-for-byte what version 1 sent; the Hello check only refuses a version 1 binary started
+/// by a version 2 master (a rollback), which could not read its `Start` anyway.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]

@@ -14,19 +14,22 @@
 //!
 //! # Compatibility is proven by a frozen fixture
 //!
-//! `tests/fixtures/state-v1.bin` (workspace root) was written once by the version 1 encoder from
-//! a fixed value; `protocol/tests/state.rs::frozen_v1_state_file_still_decodes` decodes it with
-//! the current code and compares every field. **Never regenerate the fixture of an existing
+//! `tests/fixtures/state-v{N}.bin` (workspace root) was written once by the version N encoder
+//! from a fixed value; `protocol/tests/state.rs::frozen_v{N}_state_file_still_decodes` decodes
+//! it with the current code and compares every field. **Never regenerate the fixture of an existing
 //! version**: that would turn the test into "this build reads its own output" and hide exactly
 //! the break it exists to catch. When the format changes, bump `STATE_FORMAT_VERSION`, freeze
 //! the old struct as `MasterStateV{N}` with a conversion, and add a new `state-v{N+1}.bin`
 //! (the generator only creates fixtures that do not exist yet; see
 //! `ZENTINEL_REGENERATE_FIXTURES` in that test file).
 //!
-//! `MasterStateV1` embeds `ProxyConfig`, `WorkerState` and `WorkerCounters` from the other
-//! modules, so changing any of those changes the version 1 layout too: the fixture test fails,
+//! The latest state embeds `ProxyConfig`, `WorkerState` and `WorkerCounters` from the other
+//! modules, so changing any of those changes the latest layout too: the fixture test fails,
 //! and the answer is a new format version (with a frozen copy of the old types), not a new
 //! fixture. The same holds for rkyv's format features (endianness, pointer width, alignment).
+//!
+//! History: version 1 (frozen in [`v1`]); version 2 added `UpstreamConfig::health_check` and
+//! `UpstreamConfig::passive_health`.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -43,10 +46,13 @@ use crate::config::ProxyConfig;
 use crate::control::WorkerState;
 use crate::messages::WorkerCounters;
 
+pub mod v1;
+pub use v1::MasterStateV1;
+
 pub const STATE_MAGIC: [u8; 8] = *b"ZNTLSTAT";
 /// The format this build writes. Bump it, and add a frozen `MasterStateV{N}` plus a conversion,
 /// whenever the struct changes.
-pub const STATE_FORMAT_VERSION: u32 = 1;
+pub const STATE_FORMAT_VERSION: u32 = 2;
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
@@ -83,10 +89,10 @@ pub struct PendingUpgrade {
     pub client_fd: Option<i32>,
 }
 
-/// Format version 1.
+/// Format version 2 (the latest).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
-pub struct MasterStateV1 {
+pub struct MasterStateV2 {
     /// The old master's pid (the new master reports readiness to it).
     pub previous_master_pid: u32,
     /// The generation the new master runs as (old + 1).
@@ -106,7 +112,7 @@ pub struct MasterStateV1 {
 }
 
 /// The latest state, what the rest of the code uses.
-pub type MasterState = MasterStateV1;
+pub type MasterState = MasterStateV2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -207,8 +213,12 @@ pub fn decode_state(bytes: &[u8], path: &str) -> Result<MasterState, StateError>
     match version {
         1 => {
             let payload = checked_payload(bytes, path)?;
-            let state = decode_payload_v1(payload).map_err(corrupt)?;
-            Ok(state)
+            let state = decode_payload::<MasterStateV1>(payload, 1).map_err(corrupt)?;
+            Ok(state.into())
+        }
+        2 => {
+            let payload = checked_payload(bytes, path)?;
+            decode_payload::<MasterStateV2>(payload, 2).map_err(corrupt)
         }
         0 => Err(StateError::UnknownVersion {
             path: path.to_owned(),
@@ -234,7 +244,8 @@ fn le_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
     array
 }
 
-/// Check the length and checksum of the version 1 header and return the payload.
+/// Check the length and checksum of the header (the same for versions 1 and 2) and return the
+/// payload.
 fn checked_payload<'a>(bytes: &'a [u8], path: &str) -> Result<&'a [u8], StateError> {
     let corrupt = |reason: String| StateError::Corrupt {
         path: path.to_owned(),
@@ -266,12 +277,17 @@ fn checked_payload<'a>(bytes: &'a [u8], path: &str) -> Result<&'a [u8], StateErr
     Ok(payload)
 }
 
-fn decode_payload_v1(payload: &[u8]) -> Result<MasterStateV1, String> {
+fn decode_payload<T>(payload: &[u8], version: u32) -> Result<T, String>
+where
+    T: Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
+        + Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+{
     // rkyv needs the archive aligned; a slice of the file buffer at offset 28 is not.
     let mut aligned = AlignedVec::<16>::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
-    rkyv::from_bytes::<MasterStateV1, rancor::Error>(&aligned)
-        .map_err(|e| format!("payload is not a valid version 1 state archive: {e}"))
+    rkyv::from_bytes::<T, rancor::Error>(&aligned)
+        .map_err(|e| format!("payload is not a valid version {version} state archive: {e}"))
 }
 
 fn io_error(path: &Path, source: io::Error) -> StateError {

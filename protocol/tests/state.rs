@@ -18,7 +18,9 @@ use zentinel_protocol::state::*;
 
 // ---------------------------------------------------------------------------------------------
 // The frozen version 1 value. Together with tests/fixtures/state-v1.bin it is a compatibility
-// contract: never edit it, never regenerate that file (see the module doc of `state.rs`).
+// contract: never edit its values, never regenerate that file (see the module doc of
+// `state.rs`). Since version 2 it is spelled in the latest types, as the version 1 file decodes:
+// the fields version 1 did not have hold what the conversion gives them.
 // ---------------------------------------------------------------------------------------------
 
 const FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
@@ -41,7 +43,7 @@ fn counters(seed: u64) -> WorkerCounters {
     }
 }
 
-fn frozen_v1_state() -> MasterStateV1 {
+fn frozen_v1_state() -> MasterState {
     let config = ProxyConfig {
         system: SystemConfig {
             worker_processes: 4,
@@ -131,6 +133,8 @@ fn frozen_v1_state() -> MasterStateV1 {
                     connect_secs: 2,
                     read_secs: 60,
                 },
+                health_check: None,
+                passive_health: PassiveHealth::default(),
             },
             UpstreamConfig {
                 name: "web".to_owned(),
@@ -141,6 +145,8 @@ fn frozen_v1_state() -> MasterStateV1 {
                 load_balancing: LoadBalancing::RoundRobin,
                 pool: ConnectionPool::default(),
                 timeouts: UpstreamTimeouts::default(),
+                health_check: None,
+                passive_health: PassiveHealth::default(),
             },
             UpstreamConfig {
                 name: "db".to_owned(),
@@ -157,6 +163,8 @@ fn frozen_v1_state() -> MasterStateV1 {
                     connect_secs: 1,
                     read_secs: 3600,
                 },
+                health_check: None,
+                passive_health: PassiveHealth::default(),
             },
         ],
         limits: Limits {
@@ -191,7 +199,7 @@ fn frozen_v1_state() -> MasterStateV1 {
             }
         })
         .collect();
-    MasterStateV1 {
+    MasterState {
         previous_master_pid: 40_999,
         generation: 4,
         config,
@@ -228,6 +236,52 @@ fn frozen_v1_state() -> MasterStateV1 {
     }
 }
 
+/// The frozen version 2 value (with tests/fixtures/state-v2.bin): version 1's, plus health
+/// checks of both kinds and non-default passive settings. Never edit it.
+fn frozen_v2_state() -> MasterState {
+    let mut state = frozen_v1_state();
+    let upstreams = &mut state.config.upstreams;
+    upstreams[0].health_check = Some(HealthCheck {
+        kind: HealthCheckKind::Http {
+            path: "/health?deep=1".to_owned(),
+            expected_status: 204,
+            host: Some("api.internal".to_owned()),
+        },
+        interval_secs: 5,
+        timeout_secs: 1,
+        healthy_threshold: 2,
+        unhealthy_threshold: 3,
+    });
+    upstreams[0].passive_health = PassiveHealth {
+        max_fails: 5,
+        fail_timeout_secs: 30,
+    };
+    upstreams[1].health_check = Some(HealthCheck {
+        kind: HealthCheckKind::Http {
+            path: "/".to_owned(),
+            expected_status: 200,
+            host: None,
+        },
+        interval_secs: 10,
+        timeout_secs: 2,
+        healthy_threshold: 1,
+        unhealthy_threshold: 1,
+    });
+    upstreams[2].health_check = Some(HealthCheck {
+        kind: HealthCheckKind::Tcp,
+        interval_secs: 60,
+        timeout_secs: 10,
+        healthy_threshold: 4,
+        unhealthy_threshold: 7,
+    });
+    upstreams[2].passive_health = PassiveHealth {
+        max_fails: 0,
+        fail_timeout_secs: 0,
+    };
+    state.generation = 5;
+    state
+}
+
 /// Creates fixtures that do not exist yet, when `ZENTINEL_REGENERATE_FIXTURES=1`. An existing
 /// fixture is never overwritten: it was written by an older binary and must stay that way.
 /// To add version N: add `frozen_vN_state()` and its entry here, run
@@ -238,7 +292,9 @@ fn generate_missing_fixtures() {
     if std::env::var("ZENTINEL_REGENERATE_FIXTURES").as_deref() != Ok("1") {
         return;
     }
-    let fixtures: [(&str, Vec<u8>); 1] = [("state-v1.bin", encode_state(&frozen_v1_state()))];
+    // state-v1.bin exists and was written by the version 1 encoder; this build cannot write
+    // version 1 any more, which is why existing fixtures are never rewritten.
+    let fixtures: [(&str, Vec<u8>); 1] = [("state-v2.bin", encode_state(&frozen_v2_state()))];
     fs::create_dir_all(FIXTURE_DIR).unwrap();
     for (name, bytes) in fixtures {
         let path = Path::new(FIXTURE_DIR).join(name);
@@ -303,6 +359,55 @@ fn frozen_v1_state_file_still_decodes() {
     }
     assert_eq!(decoded.upgrade, expected.upgrade);
     assert_eq!(decoded, expected);
+}
+
+/// Written once by the version 2 encoder; same contract as the version 1 fixture.
+#[test]
+fn frozen_v2_state_file_still_decodes() {
+    static FIXTURE: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/state-v2.bin"
+    ));
+    assert_eq!(&FIXTURE[..8], &STATE_MAGIC, "fixture magic");
+    assert_eq!(
+        &FIXTURE[8..12],
+        &2u32.to_le_bytes(),
+        "the v2 fixture must stay a version 2 file"
+    );
+    let decoded = decode_state(FIXTURE, "tests/fixtures/state-v2.bin")
+        .unwrap_or_else(|e| panic!("frozen version 2 state no longer decodes: {e}"));
+    let expected = frozen_v2_state();
+    for (got, want) in decoded
+        .config
+        .upstreams
+        .iter()
+        .zip(&expected.config.upstreams)
+    {
+        assert_eq!(got, want, "upstream {}", want.name);
+    }
+    assert_eq!(decoded, expected);
+}
+
+#[test]
+fn version_1_upstreams_get_no_health_check_and_default_passive_marking() {
+    static FIXTURE: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/state-v1.bin"
+    ));
+    let decoded = decode_state(FIXTURE, "state-v1.bin").unwrap();
+    assert_eq!(decoded.config.upstreams.len(), 3);
+    for upstream in &decoded.config.upstreams {
+        assert_eq!(upstream.health_check, None, "{}", upstream.name);
+        assert_eq!(
+            upstream.passive_health,
+            PassiveHealth {
+                max_fails: 1,
+                fail_timeout_secs: 10
+            },
+            "{}",
+            upstream.name
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -379,7 +484,7 @@ fn expect_corrupt(result: Result<MasterState, StateError>, what: &str) -> String
 
 #[test]
 fn realistic_state_round_trips() {
-    let state = frozen_v1_state();
+    let state = frozen_v2_state();
     let bytes = encode_state(&state);
     assert_eq!(&bytes[..8], &STATE_MAGIC);
     assert_eq!(&bytes[8..12], &STATE_FORMAT_VERSION.to_le_bytes());
@@ -498,7 +603,7 @@ fn master_state() -> impl Strategy<Value = MasterState> {
                 (config_path, log_level, control_socket_path, control_socket_fd),
                 (previous_binary, previous_executable_fd),
                 (listeners, workers, upgrade),
-            )| MasterStateV1 {
+            )| MasterState {
                 previous_master_pid,
                 generation,
                 config,
@@ -593,7 +698,7 @@ fn flipped_bytes_are_detected() {
                 matches!(result, Err(StateError::BadMagic { .. })),
                 "byte {i}: {result:?}"
             ),
-            // Flipping a byte of version 1 always yields a larger version.
+            // Flipping a byte of version 2 always yields a larger version.
             8..=11 => assert!(
                 matches!(result, Err(StateError::FutureVersion { .. })),
                 "byte {i}: {result:?}"
@@ -644,12 +749,12 @@ fn wrong_magic_is_rejected() {
 
 #[test]
 fn future_version_names_both_versions() {
-    // Version 2 with a payload this binary cannot know the shape of: refused on the version
+    // Version 3 with a payload this binary cannot know the shape of: refused on the version
     // alone, before the length or checksum, which a future format may lay out differently.
     let mut bytes = Vec::new();
     bytes.extend_from_slice(&STATE_MAGIC);
-    bytes.extend_from_slice(&2u32.to_le_bytes());
-    bytes.extend_from_slice(b"whatever version 2 puts here");
+    bytes.extend_from_slice(&3u32.to_le_bytes());
+    bytes.extend_from_slice(b"whatever version 3 puts here");
     let err = decode_state(&bytes, "/run/zentinel/state.bin").unwrap_err();
     match &err {
         StateError::FutureVersion {
@@ -658,14 +763,14 @@ fn future_version_names_both_versions() {
             supported,
         } => {
             assert_eq!(path, "/run/zentinel/state.bin");
-            assert_eq!(*found, 2);
+            assert_eq!(*found, 3);
             assert_eq!(*supported, STATE_FORMAT_VERSION);
         }
         other => panic!("expected FutureVersion, got {other:?}"),
     }
     let message = err.to_string();
-    assert!(message.contains("format version 2"), "{message}");
-    assert!(message.contains("up to 1"), "{message}");
+    assert!(message.contains("format version 3"), "{message}");
+    assert!(message.contains("up to 2"), "{message}");
     assert!(message.contains("/run/zentinel/state.bin"), "{message}");
 
     let err = decode_state(&framed(u32::MAX, &[]), "state.bin").unwrap_err();
@@ -827,4 +932,34 @@ fn read_corrupt_file_names_the_path() {
         err.to_string().contains(&path.display().to_string()),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wire compatibility with version 1 binaries
+// ---------------------------------------------------------------------------------------------
+
+/// An old worker adopted by a new master reads `Drain`, `Stop` and `StatusRequest` from it. An
+/// archived enum is as large as its largest variant (`Start(WorkerStart)`, which holds a
+/// `ProxyConfig` inline) and rkyv finds the root at `end - size_of(root)`: if the archived
+/// `ProxyConfig` grew, those messages would be read at the wrong offset by an old worker. The
+/// new upstream fields live inside a `Vec`, so the inline size must not have moved.
+#[test]
+fn archived_proxy_config_keeps_its_version_1_size() {
+    use std::mem::{align_of, size_of};
+    use zentinel_protocol::state::v1;
+    assert_eq!(
+        size_of::<ArchivedProxyConfig>(),
+        size_of::<v1::ArchivedProxyConfig>()
+    );
+    assert_eq!(
+        align_of::<ArchivedProxyConfig>(),
+        align_of::<v1::ArchivedProxyConfig>()
+    );
+    // A Drain encodes to the same bytes as the version 1 build's (captured from fd52b27).
+    let drain = zentinel_protocol::messages::MasterMessage::Drain { timeout_ms: 1234 };
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&drain).unwrap();
+    let mut expected = [0u8; 112];
+    expected[0] = 2; // variant tag
+    expected[8..10].copy_from_slice(&1234u16.to_le_bytes());
+    assert_eq!(&bytes[..], &expected[..]);
 }

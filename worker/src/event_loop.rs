@@ -253,6 +253,12 @@ impl Worker {
                             self.poll.registry(),
                             &mut self.shared.timers,
                         ),
+                        Some(Owner::Probe(key)) => self.shared.upstreams.on_probe_event(
+                            key,
+                            now,
+                            self.poll.registry(),
+                            &mut self.shared.timers,
+                        ),
                         // Closed earlier in this batch of events.
                         None => {}
                     },
@@ -511,6 +517,14 @@ impl Worker {
                 TimerKey::Session(k) => self.on_session_timer(k, id, now),
                 TimerKey::IdleUpstream(k) => self.shared.upstreams.on_idle_timer(
                     k,
+                    id,
+                    now,
+                    self.poll.registry(),
+                    &mut self.shared.timers,
+                ),
+                TimerKey::Health(pool, target) => self.shared.upstreams.on_health_timer(
+                    pool,
+                    target,
                     id,
                     now,
                     self.poll.registry(),

@@ -197,6 +197,8 @@ mod tests {
             load_balancing: LoadBalancing::RoundRobin,
             pool: ConnectionPool::default(),
             timeouts: UpstreamTimeouts::default(),
+            health_check: None,
+            passive_health: Default::default(),
         }
     }
 

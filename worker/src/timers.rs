@@ -20,6 +20,8 @@ pub struct TimerId {
 pub enum TimerKey {
     Session(usize),
     IdleUpstream(usize),
+    /// The health probe schedule of (pool key, target index).
+    Health(usize, usize),
     AcceptBackoff,
     Drain,
 }

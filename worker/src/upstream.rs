@@ -1,5 +1,9 @@
-//! Upstream pools: target selection (smooth weighted round-robin, least connections) and a
-//! per-target pool of idle keep-alive connections.
+//! Upstream pools: target selection (smooth weighted round-robin, least connections), a
+//! per-target pool of idle keep-alive connections, and target health (passive marking and
+//! active probes, see [`health`]): targets out of rotation are skipped while any other is up.
+
+#[path = "health.rs"]
+mod health;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -10,8 +14,12 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
-use tracing::{debug, warn};
-use zentinel_protocol::config::{ConnectionPool, LoadBalancing, UpstreamConfig, UpstreamTimeouts};
+use tracing::{debug, info, warn};
+use zentinel_protocol::config::{
+    ConnectionPool, HealthCheck, LoadBalancing, PassiveHealth, UpstreamConfig, UpstreamTimeouts,
+};
+
+use self::health::{Probe, ProbeStatus, TargetHealth, Transition};
 
 use crate::ctx::Ctx;
 use crate::timers::{TimerId, TimerKey, Timers};
@@ -99,6 +107,7 @@ pub struct Target {
     pub active: u32,
     /// Idle connection keys (into `Upstreams::idle`), oldest first.
     idle: VecDeque<usize>,
+    health: TargetHealth,
 }
 
 #[derive(Debug)]
@@ -108,6 +117,8 @@ pub struct Pool {
     balancer: Balancer,
     pub pool: ConnectionPool,
     pub timeouts: UpstreamTimeouts,
+    health_check: Option<HealthCheck>,
+    passive: PassiveHealth,
     /// What the pool was built from: a reload keeps a pool whose configuration is unchanged.
     config: UpstreamConfig,
 }
@@ -132,6 +143,7 @@ impl Pool {
                 addr,
                 active: 0,
                 idle: VecDeque::new(),
+                health: TargetHealth::default(),
             });
         }
         let weights: Vec<u32> = c.targets.iter().map(|t| t.weight).collect();
@@ -141,6 +153,8 @@ impl Pool {
             balancer: Balancer::new(c.load_balancing, &weights),
             pool: c.pool.clone(),
             timeouts: c.timeouts.clone(),
+            health_check: c.health_check.clone(),
+            passive: c.passive_health.clone(),
             config: c.clone(),
         })
     }
@@ -203,6 +217,8 @@ pub enum Owner {
     Session(Token),
     /// Pooled: key in `Upstreams::idle`.
     Idle(usize),
+    /// An active health probe: key in `Upstreams::probes`.
+    Probe(usize),
 }
 
 /// One open upstream connection in the table.
@@ -226,6 +242,8 @@ pub struct Upstreams {
     /// Registered once at connect, READABLE | WRITABLE edge-triggered: handing a connection
     /// between the pool and sessions only changes this entry, never the epoll registration.
     conns: Slab<ConnEntry>,
+    /// Active health probes in flight (their sockets are in `conns` too, for the token).
+    probes: Slab<Probe>,
     /// Set while draining: connections are closed instead of pooled.
     no_pooling: bool,
 }
@@ -249,14 +267,17 @@ impl Upstreams {
         registry: &Registry,
         timers: &mut Timers<TimerKey>,
     ) -> Vec<usize> {
+        let now = Instant::now();
         let mut keys = Vec::with_capacity(new.len());
-        for pool in new {
+        for mut pool in new {
             let same_name = current
                 .iter()
                 .copied()
                 .find(|&k| self.pools.get(k).is_some_and(|p| p.name == pool.name));
             let Some(old) = same_name else {
-                keys.push(self.pools.insert(pool));
+                let key = self.pools.insert(pool);
+                self.schedule_probes(key, now, timers);
+                keys.push(key);
                 continue;
             };
             let old_cfg = &self.pools[old].config;
@@ -265,13 +286,35 @@ impl Upstreams {
                 continue;
             }
             let same_targets = old_cfg.targets == pool.config.targets;
+            if same_targets {
+                // Same peers: what was learnt about them still holds.
+                let checked = pool.health_check.is_some();
+                for (t, o) in pool.targets.iter_mut().zip(&self.pools[old].targets) {
+                    t.health.carry_marks_from(&o.health, checked);
+                }
+            }
             let key = self.pools.insert(pool);
             if same_targets {
                 self.move_idle(old, key, registry, timers);
             }
+            self.schedule_probes(key, now, timers);
             keys.push(key);
         }
         keys
+    }
+
+    /// Arm the first probe of every target of a new pool that has active checks. Right away:
+    /// a target down at startup should not wait a whole interval to be found out.
+    fn schedule_probes(&mut self, pool: usize, now: Instant, timers: &mut Timers<TimerKey>) {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        if p.health_check.is_none() {
+            return;
+        }
+        for (i, t) in p.targets.iter_mut().enumerate() {
+            t.health.timer = Some(timers.insert(now, TimerKey::Health(pool, i)));
+        }
     }
 
     /// Hand the idle connections of pool `from` to pool `to` (same targets, in the same
@@ -344,6 +387,12 @@ impl Upstreams {
                 for idle in t.idle {
                     self.drop_idle_conn(idle, registry, timers);
                 }
+                if let Some(id) = t.health.timer {
+                    timers.cancel(id);
+                }
+                if let Some(probe) = t.health.probe {
+                    self.drop_probe(probe, registry, timers);
+                }
             }
             debug!(upstream = pool.name, "upstream pool removed by a reload");
         }
@@ -413,20 +462,263 @@ impl Upstreams {
         self.pools.get(idx)
     }
 
-    /// Choose a target of `pool` for a new exchange, skipping `failed` (targets whose connect
-    /// already failed for it). None when none is left (or the pool is unknown).
-    pub fn pick(&mut self, pool: usize, failed: &[usize]) -> Option<usize> {
+    /// Choose a target of `pool` for a new exchange, skipping `failed` (targets that already
+    /// failed for it) and, while any other is left, targets out of rotation. None when none
+    /// is left (or the pool is unknown).
+    pub fn pick(&mut self, pool: usize, failed: &[usize], now: Instant) -> Option<usize> {
         let p = self.pools.get_mut(pool)?;
+        let mut any_down = false;
+        for t in &mut p.targets {
+            if t.health.expire(now) {
+                info!(upstream = p.name, target = %t.addr, reason = "fail timeout elapsed", "upstream target back in rotation");
+            }
+            any_down |= t.health.is_down(now);
+        }
         // Small pools (the usual case) need no allocation for the active counts.
         let mut small = [0u32; 16];
-        if p.targets.len() <= small.len() {
+        let active: std::borrow::Cow<'_, [u32]> = if p.targets.len() <= small.len() {
             for (a, t) in small.iter_mut().zip(&p.targets) {
                 *a = t.active;
             }
-            p.balancer.pick(&small[..p.targets.len()], failed)
+            std::borrow::Cow::Borrowed(&small[..p.targets.len()])
         } else {
-            let active: Vec<u32> = p.targets.iter().map(|t| t.active).collect();
-            p.balancer.pick(&active, failed)
+            std::borrow::Cow::Owned(p.targets.iter().map(|t| t.active).collect())
+        };
+        if !any_down {
+            return p.balancer.pick(&active, failed);
+        }
+        let mut skip = failed.to_vec();
+        skip.extend(
+            (0..p.targets.len())
+                .filter(|&i| !failed.contains(&i) && p.targets[i].health.is_down(now)),
+        );
+        // Every target left is down: a real attempt (and a real 502) beats refusing outright,
+        // and it is how a target nobody probes gets a chance to come back.
+        p.balancer
+            .pick(&active, &skip)
+            .or_else(|| p.balancer.pick(&active, failed))
+    }
+
+    /// A request to `target` failed in a way that blames the target (see
+    /// [`TargetHealth::traffic_failure`]): may take it out of rotation.
+    pub fn report_failure(
+        &mut self,
+        pool: usize,
+        target: usize,
+        now: Instant,
+        reason: &dyn fmt::Display,
+    ) {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        let checked = p.health_check.is_some();
+        let Some(t) = p.targets.get_mut(target) else {
+            return;
+        };
+        if t.health.traffic_failure(&p.passive, checked, now) == Some(Transition::Down) {
+            info!(
+                upstream = p.name,
+                target = %t.addr,
+                reason = %reason,
+                max_fails = p.passive.max_fails,
+                until = if checked { "health checks pass" } else { "fail timeout elapses" },
+                "upstream target out of rotation (passive)"
+            );
+        }
+    }
+
+    /// `target` answered a request.
+    pub fn report_success(&mut self, pool: usize, target: usize) {
+        if let Some(t) = self
+            .pools
+            .get_mut(pool)
+            .and_then(|p| p.targets.get_mut(target))
+        {
+            t.health.traffic_success();
+        }
+    }
+
+    /// Whether `target` of `pool` is in rotation now (for tests and status).
+    #[cfg(test)]
+    pub fn is_up(&self, pool: usize, target: usize, now: Instant) -> bool {
+        self.pools
+            .get(pool)
+            .and_then(|p| p.targets.get(target))
+            .is_some_and(|t| !t.health.is_down(now))
+    }
+
+    /// The health timer of a target fired: start a probe, or time out the running one.
+    pub fn on_health_timer(
+        &mut self,
+        pool: usize,
+        target: usize,
+        id: TimerId,
+        now: Instant,
+        registry: &Registry,
+        timers: &mut Timers<TimerKey>,
+    ) {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        let Some(check) = p.health_check.clone() else {
+            return;
+        };
+        let Some(t) = p.targets.get_mut(target) else {
+            return;
+        };
+        if t.health.timer != Some(id) {
+            return;
+        }
+        t.health.timer = None;
+        if let Some(probe) = t.health.probe {
+            let timeout = Duration::from_secs(check.timeout_secs.max(1));
+            self.finish_probe(
+                probe,
+                Err(format!("no answer within {}s", timeout.as_secs())),
+                now,
+                registry,
+                timers,
+            );
+            return;
+        }
+        if self.no_pooling {
+            // Draining: this worker sends no new traffic, so it needs no fresh health view.
+            return;
+        }
+        let addr = t.addr;
+        t.health.probe_started = Some(now);
+        // Both keys are taken before anything is inserted: the probe knows its connection's
+        // key (its token) and the connection entry names the probe.
+        let conn = self.conns.vacant_key();
+        let probe_key = self.probes.vacant_key();
+        let started = Probe::start(addr, &check, conn, pool, target).and_then(|mut probe| {
+            registry.register(
+                &mut probe.stream,
+                tokens::upstream(conn),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(probe)
+        });
+        match started {
+            Ok(probe) => {
+                self.conns.insert(ConnEntry {
+                    owner: Owner::Probe(probe_key),
+                    timer: None,
+                    idle_since: now,
+                });
+                self.probes.insert(probe);
+                let timeout = Duration::from_secs(check.timeout_secs.max(1));
+                let t = &mut self.pools[pool].targets[target];
+                t.health.probe = Some(probe_key);
+                t.health.timer = Some(timers.insert(now + timeout, TimerKey::Health(pool, target)));
+            }
+            Err(e) => {
+                self.probe_done(
+                    pool,
+                    target,
+                    &check,
+                    Err(format!("connect: {e}")),
+                    now,
+                    timers,
+                );
+            }
+        }
+    }
+
+    /// Readiness on a probe's socket.
+    pub fn on_probe_event(
+        &mut self,
+        key: usize,
+        now: Instant,
+        registry: &Registry,
+        timers: &mut Timers<TimerKey>,
+    ) {
+        let Some(probe) = self.probes.get_mut(key) else {
+            return;
+        };
+        match probe.advance() {
+            ProbeStatus::Pending => {}
+            ProbeStatus::Healthy => self.finish_probe(key, Ok(()), now, registry, timers),
+            ProbeStatus::Unhealthy(why) => self.finish_probe(key, Err(why), now, registry, timers),
+        }
+    }
+
+    /// Close a probe and apply its result.
+    fn finish_probe(
+        &mut self,
+        key: usize,
+        result: Result<(), String>,
+        now: Instant,
+        registry: &Registry,
+        timers: &mut Timers<TimerKey>,
+    ) {
+        let Some(probe) = self.probes.get(key) else {
+            return;
+        };
+        let (pool, target) = (probe.pool, probe.target);
+        self.drop_probe(key, registry, timers);
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        let Some(check) = p.health_check.clone() else {
+            return;
+        };
+        if let Some(t) = p.targets.get_mut(target) {
+            t.health.probe = None;
+            if let Some(id) = t.health.timer.take() {
+                timers.cancel(id);
+            }
+        }
+        self.probe_done(pool, target, &check, result, now, timers);
+    }
+
+    /// Apply a probe result and arm the next probe, one interval after this one started.
+    fn probe_done(
+        &mut self,
+        pool: usize,
+        target: usize,
+        check: &HealthCheck,
+        result: Result<(), String>,
+        now: Instant,
+        timers: &mut Timers<TimerKey>,
+    ) {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        let Some(t) = p.targets.get_mut(target) else {
+            return;
+        };
+        match t.health.probe_result(result.is_ok(), check) {
+            Some(Transition::Down) => info!(
+                upstream = p.name,
+                target = %t.addr,
+                reason = result.as_ref().err().map_or("", String::as_str),
+                failures = check.unhealthy_threshold,
+                "upstream target out of rotation (health check)"
+            ),
+            Some(Transition::Up) => info!(
+                upstream = p.name,
+                target = %t.addr,
+                reason = "health check passed",
+                successes = check.healthy_threshold,
+                "upstream target back in rotation"
+            ),
+            None => {
+                if let Err(why) = &result {
+                    debug!(upstream = p.name, target = %t.addr, reason = why, "health check failed");
+                }
+            }
+        }
+        let started = t.health.probe_started.take().unwrap_or(now);
+        let next = (started + Duration::from_secs(check.interval_secs.max(1))).max(now);
+        t.health.timer = Some(timers.insert(next, TimerKey::Health(pool, target)));
+    }
+
+    /// Close a probe's socket and forget it (its target's state is the caller's business).
+    fn drop_probe(&mut self, key: usize, registry: &Registry, timers: &mut Timers<TimerKey>) {
+        if let Some(mut probe) = self.probes.try_remove(key) {
+            self.forget_conn(probe.conn, timers);
+            let _ = registry.deregister(&mut probe.stream);
         }
     }
 
@@ -662,7 +954,7 @@ pub fn connect_next(
     token: Token,
     peer: SocketAddr,
 ) -> Option<UpConn> {
-    while let Some(target) = ctx.upstreams.pick(pool, failed) {
+    while let Some(target) = ctx.upstreams.pick(pool, failed, ctx.now) {
         match ctx.upstreams.checkout(pool, target, ctx.registry, token) {
             Ok(c) => return Some(c),
             Err(e) => note_failure(ctx, pool, target, failed, peer, &e),
@@ -687,7 +979,7 @@ pub fn connect_failed(
 }
 
 /// One failed connect attempt: its target is excluded for the rest of the exchange, the
-/// failure is logged with the pool and target and counted once.
+/// failure is logged with the pool and target, counted once, and reported to passive health.
 pub fn note_failure(
     ctx: &mut Ctx<'_>,
     pool: usize,
@@ -696,23 +988,44 @@ pub fn note_failure(
     peer: SocketAddr,
     error: &dyn fmt::Display,
 ) {
+    note_target_failure(
+        ctx,
+        pool,
+        target,
+        failed,
+        peer,
+        error,
+        "upstream connect failed",
+    );
+}
+
+/// [`note_failure`] for any failure that blames the target (`what` is the log message).
+pub fn note_target_failure(
+    ctx: &mut Ctx<'_>,
+    pool: usize,
+    target: usize,
+    failed: &mut Vec<usize>,
+    peer: SocketAddr,
+    error: &dyn fmt::Display,
+    what: &'static str,
+) {
     if !failed.contains(&target) {
         failed.push(target);
     }
     ctx.counters.c.upstream_errors += 1;
+    ctx.upstreams.report_failure(pool, target, ctx.now, error);
     let p = ctx.upstreams.pool(pool);
     let name = p.map_or("?", |p| p.name.as_str());
     match p.and_then(|p| p.targets.get(target)) {
-        Some(t) => {
-            warn!(%peer, upstream = name, target = %t.addr, error = %error, "upstream connect failed")
-        }
-        None => warn!(%peer, upstream = name, target, error = %error, "upstream connect failed"),
+        Some(t) => warn!(%peer, upstream = name, target = %t.addr, error = %error, "{what}"),
+        None => warn!(%peer, upstream = name, target, error = %error, "{what}"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn picks(b: &mut Balancer, n: usize) -> Vec<usize> {
         (0..n).map(|_| b.pick(&[0, 0, 0], &[]).unwrap()).collect()
@@ -807,6 +1120,8 @@ mod tests {
                 ..ConnectionPool::default()
             },
             timeouts: UpstreamTimeouts::default(),
+            health_check: None,
+            passive_health: PassiveHealth::default(),
         }
     }
 
@@ -859,6 +1174,81 @@ mod tests {
             u.idle.is_empty(),
             "idle connections of removed pools are closed"
         );
+    }
+
+    #[test]
+    fn down_targets_are_skipped_unless_every_target_is_down() {
+        let poll = mio::Poll::new().unwrap();
+        let mut timers = Timers::new();
+        let mut cfg = pool_config("p", "127.0.0.1:1", 4);
+        cfg.targets.push(zentinel_protocol::config::UpstreamTarget {
+            address: "127.0.0.1:2".into(),
+            weight: 1,
+        });
+        cfg.passive_health = PassiveHealth {
+            max_fails: 2,
+            fail_timeout_secs: 10,
+        };
+        let mut u = Upstreams::new();
+        let key = u.install(pools(&[cfg]), &[], poll.registry(), &mut timers)[0];
+        let t0 = Instant::now();
+        u.report_failure(key, 0, t0, &"refused");
+        assert!(u.is_up(key, 0, t0), "one failure of two allowed");
+        u.report_failure(key, 0, t0, &"refused");
+        assert!(!u.is_up(key, 0, t0));
+        for _ in 0..6 {
+            assert_eq!(u.pick(key, &[], t0), Some(1));
+        }
+        // Every target down: they are still tried (and a real attempt decides).
+        u.report_failure(key, 1, t0, &"refused");
+        u.report_failure(key, 1, t0, &"refused");
+        assert!(!u.is_up(key, 1, t0));
+        let picked: BTreeSet<usize> = (0..4).filter_map(|_| u.pick(key, &[], t0)).collect();
+        assert_eq!(picked, BTreeSet::from([0, 1]));
+        assert_eq!(
+            u.pick(key, &[0], t0),
+            Some(1),
+            "failed targets stay excluded"
+        );
+        assert_eq!(u.pick(key, &[0, 1], t0), None);
+        // The fail timeout over, both are back.
+        let later = t0 + Duration::from_secs(11);
+        assert!(u.is_up(key, 0, later));
+        let picked: BTreeSet<usize> = (0..4).filter_map(|_| u.pick(key, &[], later)).collect();
+        assert_eq!(picked, BTreeSet::from([0, 1]));
+    }
+
+    #[test]
+    fn reload_carries_health_marks_but_not_probe_marks_without_checks() {
+        let poll = mio::Poll::new().unwrap();
+        let reg = poll.registry();
+        let mut timers = Timers::new();
+        let mut checked = pool_config("p", "127.0.0.1:1", 4);
+        checked.health_check = Some(HealthCheck {
+            kind: zentinel_protocol::config::HealthCheckKind::Tcp,
+            interval_secs: 5,
+            timeout_secs: 1,
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+        });
+        let mut u = Upstreams::new();
+        let gen1 = u.install(pools(&[checked.clone()]), &[], reg, &mut timers);
+        let now = Instant::now();
+        // A passive mark on a checked pool waits for the probes.
+        u.report_failure(gen1[0], 0, now, &"refused");
+        assert!(!u.is_up(gen1[0], 0, now));
+        // Other settings, same targets, still checked: the mark stays.
+        let mut slower = checked.clone();
+        slower.timeouts.read_secs += 1;
+        let gen2 = u.install(pools(&[slower.clone()]), &gen1, reg, &mut timers);
+        assert_ne!(gen2[0], gen1[0]);
+        assert!(!u.is_up(gen2[0], 0, now));
+        // Checks removed: nothing could lift the mark any more, so it goes.
+        let mut unchecked = slower;
+        unchecked.health_check = None;
+        let gen3 = u.install(pools(&[unchecked]), &gen2, reg, &mut timers);
+        assert!(u.is_up(gen3[0], 0, now));
+        assert_eq!(u.retire_unused(|k| gen3.contains(&k), reg, &mut timers), 0);
     }
 
     #[test]

@@ -137,6 +137,13 @@ fn upstream(name: &str, addr: SocketAddr) -> UpstreamConfig {
         load_balancing: LoadBalancing::RoundRobin,
         pool: ConnectionPool::default(),
         timeouts: UpstreamTimeouts::default(),
+        health_check: None,
+        // Off: these tests count every failover attempt, which passive marking (on by
+        // default) would cut short after a target's first failure.
+        passive_health: zentinel_protocol::config::PassiveHealth {
+            max_fails: 0,
+            fail_timeout_secs: 10,
+        },
     }
 }
 

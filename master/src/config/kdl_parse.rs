@@ -9,9 +9,11 @@ use std::net::SocketAddr;
 
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use zentinel_protocol::config::{
-    ConnectionPool, Limits, ListenerConfig, ListenerProtocol, LoadBalancing, RouteAction,
-    RouteConfig, RouteMatch, RoutePriority, StaticResponse, SystemConfig, UpstreamConfig,
-    UpstreamTarget, UpstreamTimeouts, DEFAULT_BACKLOG,
+    ConnectionPool, HealthCheck, HealthCheckKind, Limits, ListenerConfig, ListenerProtocol,
+    LoadBalancing, PassiveHealth, RouteAction, RouteConfig, RouteMatch, RoutePriority,
+    StaticResponse, SystemConfig, UpstreamConfig, UpstreamTarget, UpstreamTimeouts,
+    DEFAULT_BACKLOG, DEFAULT_HEALTHY_THRESHOLD, DEFAULT_HEALTH_INTERVAL_SECS,
+    DEFAULT_HEALTH_TIMEOUT_SECS, DEFAULT_UNHEALTHY_THRESHOLD,
 };
 
 use super::ConfigDiagnostic;
@@ -60,8 +62,26 @@ const ROUTE_UNSUPPORTED: &[&str] = &[
     "rate-limit",
 ];
 const MATCH_KEYS: &[&str] = &["host", "path-prefix", "path"];
-const UPSTREAM_KEYS: &[&str] = &["target", "load-balancing", "connection-pool", "timeouts"];
-const UPSTREAM_UNSUPPORTED: &[&str] = &["tls", "health-check"];
+const UPSTREAM_KEYS: &[&str] = &[
+    "target",
+    "load-balancing",
+    "connection-pool",
+    "timeouts",
+    "health-check",
+    "passive-health",
+];
+const UPSTREAM_UNSUPPORTED: &[&str] = &["tls"];
+const HEALTH_CHECK_KEYS: &[&str] = &[
+    "type",
+    "interval-secs",
+    "timeout-secs",
+    "healthy-threshold",
+    "unhealthy-threshold",
+];
+const HTTP_CHECK_KEYS: &[&str] = &["path", "expected-status", "host"];
+const PASSIVE_HEALTH_KEYS: &[&str] = &["max-fails", "fail-timeout-secs"];
+/// More consecutive probes than this before a state change is a typo, not a policy.
+const MAX_THRESHOLD: u32 = 1_000;
 const POOL_KEYS: &[&str] = &["max-idle", "idle-timeout-secs"];
 const TIMEOUT_KEYS: &[&str] = &["connect-secs", "read-secs"];
 const LIMIT_KEYS: &[&str] = &[
@@ -1135,6 +1155,8 @@ fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> ParsedUpstream
         load_balancing: LoadBalancing::RoundRobin,
         pool: ConnectionPool::default(),
         timeouts: UpstreamTimeouts::default(),
+        health_check: None,
+        passive_health: PassiveHealth::default(),
     };
     let mut seen = Seen::default();
     let mut target_seen: HashMap<SocketAddr, usize> = HashMap::new();
@@ -1143,7 +1165,7 @@ fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> ParsedUpstream
     for child in children {
         if matches!(
             name(child),
-            "load-balancing" | "connection-pool" | "timeouts"
+            "load-balancing" | "connection-pool" | "timeouts" | "health-check" | "passive-health"
         ) {
             seen.check(child, diags);
         }
@@ -1216,6 +1238,28 @@ fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> ParsedUpstream
                     }
                 }
             }
+            "health-check" => config.health_check = parse_health_check(child, diags),
+            "passive-health" => {
+                let mut seen = Seen::default();
+                for c in block(child, diags) {
+                    if PASSIVE_HEALTH_KEYS.contains(&name(c)) {
+                        seen.check(c, diags);
+                    }
+                    match name(c) {
+                        "max-fails" => {
+                            if let Some(v) = leaf_u32(c, 0, 1_000_000, diags) {
+                                config.passive_health.max_fails = v;
+                            }
+                        }
+                        "fail-timeout-secs" => {
+                            if let Some(v) = leaf_int(c, 1, MAX_SECS, diags) {
+                                config.passive_health.fail_timeout_secs = v;
+                            }
+                        }
+                        _ => unknown(c, "passive-health", PASSIVE_HEALTH_KEYS, &[], diags),
+                    }
+                }
+            }
             _ => unknown(
                 child,
                 "upstream",
@@ -1240,6 +1284,170 @@ fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> ParsedUpstream
         name_at: named.as_ref().map_or(name_at(node), |(_, at)| *at),
         has_name: named.is_some(),
     }
+}
+
+/// `health-check { type "http" { path "/health"; expected-status 200; }; interval-secs 5; }`
+fn parse_health_check(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<HealthCheck> {
+    let mut ok = true;
+    let mut kind = None;
+    let mut check = HealthCheck {
+        kind: HealthCheckKind::Tcp,
+        interval_secs: DEFAULT_HEALTH_INTERVAL_SECS,
+        timeout_secs: DEFAULT_HEALTH_TIMEOUT_SECS,
+        healthy_threshold: DEFAULT_HEALTHY_THRESHOLD,
+        unhealthy_threshold: DEFAULT_UNHEALTHY_THRESHOLD,
+    };
+    let mut seen = Seen::default();
+    let errors_before = diags.list.len();
+    for c in block(node, diags) {
+        if HEALTH_CHECK_KEYS.contains(&name(c)) {
+            seen.check(c, diags);
+        }
+        match name(c) {
+            "type" => kind = parse_check_type(c, diags),
+            "interval-secs" => match leaf_int(c, 1, MAX_SECS, diags) {
+                Some(v) => check.interval_secs = v,
+                None => ok = false,
+            },
+            "timeout-secs" => match leaf_int(c, 1, MAX_SECS, diags) {
+                Some(v) => check.timeout_secs = v,
+                None => ok = false,
+            },
+            "healthy-threshold" => match leaf_u32(c, 1, MAX_THRESHOLD, diags) {
+                Some(v) => check.healthy_threshold = v,
+                None => ok = false,
+            },
+            "unhealthy-threshold" => match leaf_u32(c, 1, MAX_THRESHOLD, diags) {
+                Some(v) => check.unhealthy_threshold = v,
+                None => ok = false,
+            },
+            _ => {
+                ok = false;
+                unknown(c, "health-check", HEALTH_CHECK_KEYS, &[], diags);
+            }
+        }
+    }
+    if !seen.first.contains_key("type") {
+        diags.error(
+            name_at(node),
+            "health-check",
+            "missing `type`: expected `type \"http\" { path \"/health\"; }` or `type \"tcp\"`",
+        );
+        return None;
+    }
+    check.kind = kind?;
+    (ok && diags.list.len() == errors_before).then_some(check)
+}
+
+/// `type "http" { path "/health"; expected-status 200; host "example.com"; }` or `type "tcp"`.
+fn parse_check_type(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<HealthCheckKind> {
+    for entry in props(node) {
+        unknown_property(node, entry, &[], diags);
+    }
+    let mut args = args(node);
+    let Some(first) = args.next() else {
+        diags.error(
+            name_at(node),
+            "type",
+            "missing check type: expected \"http\" or \"tcp\"",
+        );
+        return None;
+    };
+    if let Some(extra) = args.next() {
+        diags.error(
+            extra.span().offset(),
+            "type",
+            "expected exactly one check type",
+        );
+        return None;
+    }
+    let kind = string_value(node, first, diags)?;
+    match kind.as_str() {
+        "tcp" => {
+            no_children(node, diags);
+            Some(HealthCheckKind::Tcp)
+        }
+        "http" => {
+            let mut path = None;
+            let mut expected_status = 200u16;
+            let mut host = None;
+            let mut ok = true;
+            let mut seen = Seen::default();
+            for c in node.children().map_or(&[][..], |c| c.nodes()) {
+                if HTTP_CHECK_KEYS.contains(&name(c)) {
+                    seen.check(c, diags);
+                }
+                match name(c) {
+                    "path" => match leaf_string(c, diags) {
+                        Some((p, _)) if p.starts_with('/') && is_request_target(&p) => {
+                            path = Some(p)
+                        }
+                        Some((p, at)) => {
+                            ok = false;
+                            diags.error(
+                                at,
+                                "path",
+                                format!(
+                                    "invalid health check path {p:?}: it must start with `/` \
+                                     and contain no spaces or control characters"
+                                ),
+                            );
+                        }
+                        None => ok = false,
+                    },
+                    "expected-status" => match leaf_int(c, 100, 599, diags) {
+                        Some(v) => expected_status = u16::try_from(v).unwrap_or(200),
+                        None => ok = false,
+                    },
+                    "host" => match leaf_string(c, diags) {
+                        Some((h, at)) if h.is_empty() || !is_request_target(&h) => {
+                            ok = false;
+                            diags.error(
+                                at,
+                                "host",
+                                format!(
+                                    "invalid health check host {h:?}: expected a non-empty \
+                                     host name without spaces or control characters"
+                                ),
+                            );
+                        }
+                        Some((h, _)) => host = Some(h),
+                        None => ok = false,
+                    },
+                    _ => {
+                        ok = false;
+                        unknown(c, "type \"http\"", HTTP_CHECK_KEYS, &[], diags);
+                    }
+                }
+            }
+            if path.is_none() && ok && !seen.first.contains_key("path") {
+                diags.error(
+                    name_at(node),
+                    "type",
+                    "an http health check needs a `path`, e.g. `type \"http\" { path \"/health\"; }`",
+                );
+            }
+            let path = path?;
+            ok.then_some(HealthCheckKind::Http {
+                path,
+                expected_status,
+                host,
+            })
+        }
+        other => {
+            diags.error(
+                first.span().offset(),
+                "type",
+                format!("unknown health check type {other:?}: expected \"http\" or \"tcp\""),
+            );
+            None
+        }
+    }
+}
+
+/// What can go on a request line or into a header value verbatim.
+fn is_request_target(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_graphic())
 }
 
 fn parse_target(

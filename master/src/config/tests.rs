@@ -199,6 +199,8 @@ fn full_example_parses_into_the_expected_model() {
                     connect_secs: 2,
                     read_secs: 45,
                 },
+                health_check: None,
+                passive_health: PassiveHealth::default(),
             },
             UpstreamConfig {
                 name: "db".to_owned(),
@@ -209,6 +211,8 @@ fn full_example_parses_into_the_expected_model() {
                 load_balancing: LoadBalancing::LeastConnections,
                 pool: ConnectionPool::default(),
                 timeouts: UpstreamTimeouts::default(),
+                health_check: None,
+                passive_health: PassiveHealth::default(),
             },
         ],
         limits: Limits {
@@ -741,4 +745,143 @@ fn keyword_rewrite_skips_strings_and_comments() {
     );
     assert_eq!(inserted.len(), 3);
     assert!(super::kdl_parse::rewrite_v1_keywords("a #true \"true\"\n").is_none());
+}
+
+/// BASE plus one upstream whose body (after its target) is `body`; the body starts on line 5.
+fn upstream_with(body: &str) -> String {
+    format!("{BASE}upstreams {{\n    upstream \"u\" {{\n        target \"127.0.0.1:9001\"\n{body}\n    }}\n}}\n")
+}
+
+#[test]
+fn health_check_in_the_issue_syntax_parses() {
+    // The exact form of the Zentinel configs (KDL v1 `;` separators inside one line).
+    let config = ok(&upstream_with(
+        r#"        health-check { type "http" { path "/health"; expected-status 200; }; interval-secs 5; }"#,
+    ));
+    let upstream = &config.upstreams[0];
+    assert_eq!(
+        upstream.health_check,
+        Some(HealthCheck {
+            kind: HealthCheckKind::Http {
+                path: "/health".to_owned(),
+                expected_status: 200,
+                host: None,
+            },
+            interval_secs: 5,
+            timeout_secs: 2,
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        })
+    );
+    assert_eq!(
+        upstream.passive_health,
+        PassiveHealth {
+            max_fails: 1,
+            fail_timeout_secs: 10
+        }
+    );
+}
+
+#[test]
+fn health_check_every_key_and_v2_syntax() {
+    let config = ok(&upstream_with(
+        r#"        health-check {
+            type http {
+                path "/ready?deep=1"
+                expected-status 204
+                host "api.internal"
+            }
+            interval-secs 7
+            timeout-secs 3
+            healthy-threshold 1
+            unhealthy-threshold 4
+        }
+        passive-health { max-fails 5; fail-timeout-secs 30; }"#,
+    ));
+    let upstream = &config.upstreams[0];
+    assert_eq!(
+        upstream.health_check,
+        Some(HealthCheck {
+            kind: HealthCheckKind::Http {
+                path: "/ready?deep=1".to_owned(),
+                expected_status: 204,
+                host: Some("api.internal".to_owned()),
+            },
+            interval_secs: 7,
+            timeout_secs: 3,
+            healthy_threshold: 1,
+            unhealthy_threshold: 4,
+        })
+    );
+    assert_eq!(
+        upstream.passive_health,
+        PassiveHealth {
+            max_fails: 5,
+            fail_timeout_secs: 30
+        }
+    );
+
+    let config = ok(&upstream_with(
+        "        health-check { type \"tcp\"; }\n        passive-health { max-fails 0; }",
+    ));
+    let check = config.upstreams[0].health_check.as_ref().unwrap();
+    assert_eq!(check.kind, HealthCheckKind::Tcp);
+    assert_eq!(check.interval_secs, 10);
+    assert_eq!(config.upstreams[0].passive_health.max_fails, 0);
+}
+
+#[test]
+fn health_check_errors_name_the_line() {
+    let errs = errors(&upstream_with(
+        r#"        health-check { type "http" { path "health"; }; }"#,
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_diag(&errs, 7, 43, "path", "must start with `/`");
+
+    let errs = errors(&upstream_with(
+        r#"        health-check { type "http" { path "/h"; expected-status 600; }; }"#,
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_diag(&errs, 7, 65, "expected-status", "at most 599");
+
+    let errs = errors(&upstream_with(
+        r#"        health-check { type "tcp"; interval-secs 0; }"#,
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_diag(&errs, 7, 50, "interval-secs", "at least 1");
+
+    let errs = errors(&upstream_with(
+        r#"        health-check { interval-secs 5; }"#,
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_diag(&errs, 7, 9, "health-check", "missing `type`");
+
+    let errs = errors(&upstream_with(r#"        health-check { type "grpc"; }"#));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_diag(&errs, 7, 29, "type", "unknown health check type \"grpc\"");
+
+    let errs = errors(&upstream_with(r#"        health-check { type "http"; }"#));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_diag(&errs, 7, 24, "type", "needs a `path`");
+
+    let errs = errors(&upstream_with(
+        r#"        health-check { type "http" { path "/x"; expect 200; }; healthy-threshold 0; }"#,
+    ));
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert_diag(&errs, 7, 49, "expect", "unknown node `expect`");
+    assert_diag(&errs, 7, 82, "healthy-threshold", "at least 1");
+
+    let errs = errors(&upstream_with(
+        "        health-check { type \"tcp\"; }\n        health-check { type \"tcp\"; }",
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_diag(&errs, 8, 9, "health-check", "duplicate `health-check`");
+
+    let errs = errors(&upstream_with(
+        "        passive-health { max-fails -1; fail-timeout-secs 0; fails 2; }",
+    ));
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert_diag(&errs, 7, 36, "max-fails", "at least 0");
+    assert_diag(&errs, 7, 58, "fail-timeout-secs", "at least 1");
+    assert_diag(&errs, 7, 61, "fails", "unknown node `fails`");
 }

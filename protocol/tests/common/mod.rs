@@ -107,6 +107,8 @@ fn upstream() -> impl Strategy<Value = UpstreamConfig> {
         ],
         (any::<u32>(), any::<u64>()),
         (any::<u64>(), any::<u64>()),
+        option::of(health_check()),
+        (any::<u32>(), any::<u64>()),
     )
         .prop_map(
             |(
@@ -115,6 +117,8 @@ fn upstream() -> impl Strategy<Value = UpstreamConfig> {
                 load_balancing,
                 (max_idle, idle_timeout_secs),
                 (connect_secs, read_secs),
+                health_check,
+                (max_fails, fail_timeout_secs),
             )| {
                 UpstreamConfig {
                     name,
@@ -128,9 +132,36 @@ fn upstream() -> impl Strategy<Value = UpstreamConfig> {
                         connect_secs,
                         read_secs,
                     },
+                    health_check,
+                    passive_health: PassiveHealth {
+                        max_fails,
+                        fail_timeout_secs,
+                    },
                 }
             },
         )
+}
+
+fn health_check() -> impl Strategy<Value = HealthCheck> {
+    let kind = prop_oneof![
+        Just(HealthCheckKind::Tcp),
+        (name(), any::<u16>(), option::of(name())).prop_map(|(path, expected_status, host)| {
+            HealthCheckKind::Http {
+                path,
+                expected_status,
+                host,
+            }
+        }),
+    ];
+    (kind, any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
+        |(kind, interval_secs, timeout_secs, healthy_threshold, unhealthy_threshold)| HealthCheck {
+            kind,
+            interval_secs,
+            timeout_secs,
+            healthy_threshold,
+            unhealthy_threshold,
+        },
+    )
 }
 
 pub fn proxy_config() -> impl Strategy<Value = ProxyConfig> {

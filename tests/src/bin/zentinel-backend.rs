@@ -1,7 +1,8 @@
 //! `zentinel-backend`: the HTTP/1.1 (or TCP echo) server the end-to-end tests proxy to.
 //!
 //! `zentinel-backend --listen ADDR [--name NAME] [--mode http|tcp-echo]
-//!  [--fault reset|truncate|status500|close-after|corrupt --fault-every K]`
+//!  [--fault reset|truncate|status500|close-after|corrupt --fault-every K]
+//!  [--health-file PATH]`
 //!
 //! Prints `listening on ADDR` (the real bound address, so `--listen 127.0.0.1:0` works) on
 //! stdout once bound. A thread per connection: this is a test fixture, not a server under test.
@@ -15,6 +16,9 @@
 //!   `/stats` (`requests=N connections=M`, not counting `/stats` requests themselves).
 //! - `Expect: 100-continue` is honoured; `Connection: upgrade` + `Upgrade: websocket` switches
 //!   to a raw echo tunnel after `101 Switching Protocols`.
+//! - with `--health-file PATH`: `/health` answers 200 while PATH exists and 500 otherwise
+//!   (a health endpoint a test flips without restarting the backend); these requests are not
+//!   counted by `/stats` nor subject to faults.
 //! - anything else: `backend=NAME path=PATH\n`.
 //!
 //! Fault injection (for the load generator's accounting tests): with `--fault KIND
@@ -85,6 +89,7 @@ struct Shared {
     connections: AtomicU64,
     requests: AtomicU64,
     fault: Option<Fault>,
+    health_file: Option<std::path::PathBuf>,
     bodies: Mutex<HashMap<u64, Arc<PatternBody>>>,
 }
 
@@ -119,6 +124,7 @@ fn main() -> ExitCode {
     let mut mode = Mode::Http;
     let mut fault_kind = None;
     let mut fault_every = 1u64;
+    let mut health_file = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -149,10 +155,18 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             },
+            "--health-file" => match args.next() {
+                Some(p) => health_file = Some(std::path::PathBuf::from(p)),
+                None => {
+                    eprintln!("zentinel-backend: --health-file needs a path");
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
                 println!(
                     "usage: zentinel-backend --listen ADDR [--name NAME] [--mode http|tcp-echo] \
-                     [--fault reset|truncate|status500|close-after|corrupt --fault-every K]"
+                     [--fault reset|truncate|status500|close-after|corrupt --fault-every K] \
+                     [--health-file PATH]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -191,6 +205,7 @@ fn main() -> ExitCode {
             kind,
             every: fault_every,
         }),
+        health_file,
         bodies: Mutex::new(HashMap::new()),
     });
     for stream in listener.incoming() {
@@ -563,6 +578,16 @@ impl HttpConn {
             !req.connection_has("close")
         };
         let is_stats = req.path == "/stats";
+        if req.path == "/health" {
+            if let Some(file) = self.shared.health_file.clone() {
+                if file.exists() {
+                    self.simple(200, "OK", b"healthy\n", keep)?;
+                } else {
+                    self.simple(500, "Internal Server Error", b"unhealthy\n", keep)?;
+                }
+                return Ok(keep);
+            }
+        }
         let mut fault = None;
         if !is_stats {
             let count = self.shared.requests.fetch_add(1, Ordering::SeqCst) + 1;

@@ -62,6 +62,9 @@ struct Exchange {
     req_done: bool,
     replay: Option<Vec<u8>>,
     retried: bool,
+    /// The request was already sent again to another target after a fresh connection failed
+    /// before any response byte (at most once per request).
+    retried_elsewhere: bool,
     /// Targets whose connect failed for this exchange: failover skips them.
     failed: Vec<usize>,
     resp: Option<ResponseHead>,
@@ -95,6 +98,12 @@ enum Fail {
     ClientStalled,
     /// A pooled connection was dead before any response byte: try once more on a new one.
     RetryFresh,
+    /// A fresh connection failed before any response byte (reset, closed): the target is to
+    /// blame, and an idempotent request goes once to another target.
+    RetryElsewhere(&'static str),
+    /// Like `RetryElsewhere`, but the request may not go again (not idempotent, its body no
+    /// longer replayable, or its one retry used up): 502, and the target is blamed.
+    NotRetried(&'static str),
     /// The upstream connect failed or timed out; no request byte was sent, so another target
     /// may be tried whatever the method.
     ConnectFailed(std::io::Error),
@@ -141,6 +150,15 @@ pub struct HttpSession {
     /// When the connection last became idle between requests.
     idle_since: Instant,
     first_request: bool,
+}
+
+/// A failure that may not be retried: `RetryElsewhere` stays one (so `fail` still blames the
+/// target) but is answered with a 502 instead of being sent again.
+fn not_retried(f: Fail) -> Fail {
+    match f {
+        Fail::RetryElsewhere(r) => Fail::NotRetried(r),
+        other => other,
+    }
 }
 
 fn is_idempotent(method: &str) -> bool {
@@ -537,6 +555,7 @@ impl HttpSession {
             req_done,
             replay: Some(Vec::new()),
             retried: false,
+            retried_elsewhere: false,
             failed,
             resp: None,
             resp_body: None,
@@ -598,6 +617,10 @@ impl HttpSession {
                 self.retry_fresh(ctx);
                 Ok(true)
             }
+            Err(Fail::RetryElsewhere(reason)) => {
+                self.retry_elsewhere(reason, ctx);
+                Ok(true)
+            }
             Err(f) => {
                 self.handle_fail(f, ctx);
                 // A failover attached a new connection (the next round drives it), or the
@@ -649,7 +672,23 @@ impl HttpSession {
         let (status, reason) = match f {
             Fail::Upstream(s, r) => {
                 ctx.counters.c.upstream_errors += 1;
+                // Passive health: a fresh connection that failed before any response byte,
+                // or a target that did not answer in time, says something about the target;
+                // a pooled connection closed while idle or a malformed answer does not.
+                if let Some((_, m)) = ex.up.as_ref() {
+                    if s == 504 || (!m.reused && !ex.got_upstream_bytes) {
+                        ctx.upstreams.report_failure(m.pool, m.target, ctx.now, &r);
+                    }
+                }
                 (s, r)
+            }
+            Fail::RetryElsewhere(r) | Fail::NotRetried(r) => {
+                // Only reached when not retried.
+                ctx.counters.c.upstream_errors += 1;
+                if let Some((_, m)) = ex.up.as_ref() {
+                    ctx.upstreams.report_failure(m.pool, m.target, ctx.now, &r);
+                }
+                (502, r)
             }
             Fail::Client(s, r) => {
                 ctx.counters.c.client_errors += 1;
@@ -740,6 +779,49 @@ impl HttpSession {
         }
     }
 
+    /// A fresh connection failed before any response byte: count it against its target and
+    /// send the (idempotent, fully replayable) request once to another target.
+    fn retry_elsewhere(&mut self, reason: &'static str, ctx: &mut Ctx<'_>) {
+        let peer = self.peer;
+        let token = tokens::session(self.key, Side::Upstream);
+        let Phase::Proxy(ex) = &mut self.phase else {
+            return;
+        };
+        let Some((up, meta)) = ex.up.take() else {
+            return;
+        };
+        let (pool, target) = (meta.pool, meta.target);
+        ctx.upstreams.release(
+            meta.join(up.stream),
+            false,
+            ctx.registry,
+            ctx.timers,
+            ctx.now,
+        );
+        upstream::note_target_failure(
+            ctx,
+            pool,
+            target,
+            &mut ex.failed,
+            peer,
+            &reason,
+            "upstream failed before responding; retrying on another target",
+        );
+        ex.retried_elsewhere = true;
+        ex.uout.clear();
+        ex.uout.extend(&ex.head_bytes);
+        if let Some(r) = &ex.replay {
+            ex.uout.extend(r);
+        }
+        match upstream::connect_next(ctx, pool, &mut ex.failed, token, peer) {
+            Some(c) => {
+                debug!(peer = %peer, upstream = %c.addr, reason, "request sent again to another target");
+                ex.attach(c, ctx.now);
+            }
+            None => self.fail(Fail::Exhausted, ctx),
+        }
+    }
+
     /// One round of I/O for a proxied exchange. Ok(progress).
     fn exchange_io(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Fail> {
         let now = ctx.now;
@@ -803,10 +885,20 @@ impl HttpSession {
         // before any response byte, the request can be sent again on a fresh connection.
         // Idempotent requests only (RFC 9112 9.3.1.1: a proxy must not retry others): the
         // upstream may have acted on a request it never answered.
-        let retry_ok = ex.up.as_ref().is_some_and(|(_, m)| m.reused)
-            && !ex.retried
-            && is_idempotent(&ex.req.method)
-            && ex.replay.is_some();
+        let reused = ex.up.as_ref().is_some_and(|(_, m)| m.reused);
+        let replayable = is_idempotent(&ex.req.method) && ex.replay.is_some();
+        let retry_ok = reused && !ex.retried && replayable;
+        // A fresh connection failing before any response byte: the target is to blame. RFC
+        // 9110 9.2.2 lets an idempotent request go again; others get a 502.
+        let elsewhere = |got_upstream_bytes: bool, reason: &'static str| {
+            if !reused && !got_upstream_bytes {
+                Fail::RetryElsewhere(reason)
+            } else {
+                Fail::Upstream(502, reason)
+            }
+        };
+        let elsewhere_ok = !reused && !ex.retried_elsewhere && replayable;
+        let up_ids = ex.up.as_ref().map(|(_, m)| (m.pool, m.target));
         let Some((up, _)) = ex.up.as_mut() else {
             return Err(Fail::ClientGone);
         };
@@ -844,7 +936,8 @@ impl HttpSession {
                 Err(_) if retry_ok && !ex.got_upstream_bytes => return Err(Fail::RetryFresh),
                 Err(_) => {
                     if !ex.resp_started {
-                        return Err(Fail::Upstream(502, "upstream write failed"));
+                        let f = elsewhere(ex.got_upstream_bytes, "upstream write failed");
+                        return Err(if elsewhere_ok { f } else { not_retried(f) });
                     }
                     return Err(Fail::ClientGone);
                 }
@@ -865,7 +958,8 @@ impl HttpSession {
                 Err(_) if retry_ok && !ex.got_upstream_bytes => return Err(Fail::RetryFresh),
                 Err(_) => {
                     if !ex.resp_started {
-                        return Err(Fail::Upstream(502, "upstream connection reset"));
+                        let f = elsewhere(ex.got_upstream_bytes, "upstream connection reset");
+                        return Err(if elsewhere_ok { f } else { not_retried(f) });
                     }
                     return Err(Fail::ClientGone);
                 }
@@ -885,7 +979,8 @@ impl HttpSession {
                     if retry_ok && !ex.got_upstream_bytes {
                         return Err(Fail::RetryFresh);
                     }
-                    return Err(Fail::Upstream(502, "upstream closed before responding"));
+                    let f = elsewhere(ex.got_upstream_bytes, "upstream closed before responding");
+                    return Err(if elsewhere_ok { f } else { not_retried(f) });
                 }
                 break;
             }
@@ -931,6 +1026,9 @@ impl HttpSession {
                         &mut head_out,
                     );
                     ctx.counters.response(h.status);
+                    if let Some((pool, target)) = up_ids {
+                        ctx.upstreams.report_success(pool, target);
+                    }
                     ex.resp_started = true;
                     ex.resp_done = framing == BodyFraming::Empty;
                     ex.resp_body = Some(BodyTracker::new(framing, u64::MAX));
