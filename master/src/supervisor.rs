@@ -226,6 +226,9 @@ struct WorkerProcess {
     fatal: Option<String>,
     /// The worker's software version, from its Hello.
     version: Option<String>,
+    /// The master-worker protocol it speaks: ours for a worker we started (its Hello is
+    /// checked), the previous master's record for an adopted one.
+    protocol_version: u32,
     counters: Option<WorkerCounters>,
     /// Status requests sent / replies received: replies come in order, so a reply numbered
     /// `n` answers the n-th request.
@@ -806,6 +809,7 @@ impl Supervisor {
             killed: false,
             fatal: None,
             version: None,
+            protocol_version: PROTOCOL_VERSION,
             counters: None,
             status_sent: 0,
             status_received: 0,

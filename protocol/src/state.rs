@@ -75,6 +75,9 @@ pub struct WorkerRecord {
     pub started_at_unix_ms: u64,
     pub state: WorkerState,
     pub counters: WorkerCounters,
+    /// The master-worker protocol the worker speaks (its binary's `PROTOCOL_VERSION`): a
+    /// configuration goes to it only in a layout it reads.
+    pub protocol_version: u32,
 }
 
 /// An upgrade request that the new master carries on (the rolling part, and the answer to the

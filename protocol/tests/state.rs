@@ -196,6 +196,8 @@ fn frozen_v1_state() -> MasterState {
                 started_at_unix_ms: 1_700_000_000_000 + u_i * 1_234,
                 state,
                 counters: counters(u_i),
+                // What converting a version 1 record gives.
+                protocol_version: 1,
             }
         })
         .collect();
@@ -278,6 +280,9 @@ fn frozen_v2_state() -> MasterState {
         max_fails: 0,
         fail_timeout_secs: 0,
     };
+    for worker in &mut state.workers {
+        worker.protocol_version = 2;
+    }
     state.generation = 5;
     state
 }
@@ -546,6 +551,7 @@ fn worker_record() -> impl Strategy<Value = WorkerRecord> {
         (name(), name(), any::<u64>()),
         worker_state(),
         worker_counters(),
+        any::<u32>(),
     )
         .prop_map(
             |(
@@ -553,6 +559,7 @@ fn worker_record() -> impl Strategy<Value = WorkerRecord> {
                 (version, binary, started_at_unix_ms),
                 state,
                 counters,
+                protocol_version,
             )| WorkerRecord {
                 id,
                 pid,
@@ -563,6 +570,7 @@ fn worker_record() -> impl Strategy<Value = WorkerRecord> {
                 started_at_unix_ms,
                 state,
                 counters,
+                protocol_version,
             },
         )
 }

@@ -411,6 +411,29 @@ impl Supervisor {
             );
             return self.refuse(client, message);
         }
+        // A worker adopted from an older binary reads configurations only in its own layout.
+        let older: Vec<String> = self
+            .processes
+            .values()
+            .filter(|p| matches!(p.role, Role::Current) && p.protocol_version != PROTOCOL_VERSION)
+            .map(|p| {
+                format!(
+                    "worker {} (pid {}, protocol {})",
+                    p.worker_id,
+                    p.pid.as_raw(),
+                    p.protocol_version
+                )
+            })
+            .collect();
+        if !older.is_empty() {
+            let message = format!(
+                "reload refused: workers still on the previous binary cannot read this \
+                 binary's configuration (protocol {PROTOCOL_VERSION}): {}; replace them first \
+                 with `zentinel-ctl upgrade --rolling`",
+                older.join(", ")
+            );
+            return self.refuse(client, message);
+        }
         let path: Option<PathBuf> = path.map(PathBuf::from).or_else(|| self.config_path.clone());
         let (new_config, name) = match config::load_config(path.as_deref()) {
             Ok(loaded) => loaded,

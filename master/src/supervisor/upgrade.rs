@@ -241,6 +241,7 @@ impl Supervisor {
                 started_at_unix_ms: unix_ms_ago(process.spawned_at.elapsed()),
                 state,
                 counters: process.counters.clone().unwrap_or_default(),
+                protocol_version: process.protocol_version,
             });
         }
         inherit.extend(client_fd);
@@ -557,6 +558,7 @@ impl Supervisor {
                 killed: false,
                 fatal: None,
                 version: Some(record.version),
+                protocol_version: record.protocol_version,
                 counters: Some(record.counters),
                 status_sent: 0,
                 status_received: 0,

@@ -2,14 +2,16 @@
 //! archived them (before `UpstreamConfig` gained `health_check` and `passive_health`), and the
 //! conversion to the latest state.
 //!
-//! Never edit these types: `tests/fixtures/state-v1.bin` was written with them. `ListenerFd`,
-//! `WorkerRecord` and `PendingUpgrade` are still shared with the latest format; the day one of
-//! them changes, copy it here too (the frozen fixture test fails until then).
+//! Never edit these types: `tests/fixtures/state-v1.bin` was written with them. `ListenerFd`
+//! and `PendingUpgrade` are still shared with the latest format; the day one of them changes,
+//! copy it here too (the frozen fixture test fails until then).
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use super::{ListenerFd, MasterStateV2, PendingUpgrade, WorkerRecord};
+use super::{ListenerFd, MasterStateV2, PendingUpgrade};
 use crate::config as latest;
+use crate::control::WorkerState;
+use crate::messages::WorkerCounters;
 
 /// Format version 1.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -29,6 +31,39 @@ pub struct MasterStateV1 {
     pub upgrade: Option<PendingUpgrade>,
 }
 
+/// A worker as a version 1 master recorded it: one that speaks protocol version 1.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct WorkerRecord {
+    pub id: u32,
+    pub pid: u32,
+    pub generation: u64,
+    pub channel_fd: i32,
+    pub version: String,
+    pub binary: String,
+    pub started_at_unix_ms: u64,
+    pub state: WorkerState,
+    pub counters: WorkerCounters,
+}
+
+impl From<WorkerRecord> for super::WorkerRecord {
+    fn from(old: WorkerRecord) -> Self {
+        super::WorkerRecord {
+            id: old.id,
+            pid: old.pid,
+            generation: old.generation,
+            channel_fd: old.channel_fd,
+            version: old.version,
+            binary: old.binary,
+            started_at_unix_ms: old.started_at_unix_ms,
+            state: old.state,
+            counters: old.counters,
+            // Every binary that wrote format 1 spoke protocol 1.
+            protocol_version: 1,
+        }
+    }
+}
+
 impl From<MasterStateV1> for MasterStateV2 {
     fn from(old: MasterStateV1) -> Self {
         MasterStateV2 {
@@ -42,7 +77,7 @@ impl From<MasterStateV1> for MasterStateV2 {
             previous_binary: old.previous_binary,
             previous_executable_fd: old.previous_executable_fd,
             listeners: old.listeners,
-            workers: old.workers,
+            workers: old.workers.into_iter().map(Into::into).collect(),
             upgrade: old.upgrade,
         }
     }
