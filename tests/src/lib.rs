@@ -198,24 +198,64 @@ pub fn temp_path(label: &str) -> PathBuf {
 // /proc helpers.
 // ---------------------------------------------------------------------------------------------
 
+/// The fields of /proc/<pid>/stat the tests look at.
+struct ProcStat {
+    state: char,
+    ppid: u32,
+    pgrp: u32,
+}
+
+impl ProcStat {
+    fn read(pid: u32) -> Option<Self> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name may contain spaces and parentheses: parse after the last ')'.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        // After the command name: state ppid pgrp ...
+        let mut fields = rest.split_whitespace();
+        let state = fields.next()?.chars().next()?;
+        let ppid = fields.next()?.parse().ok()?;
+        let pgrp = fields.next()?.parse().ok()?;
+        Some(ProcStat { state, ppid, pgrp })
+    }
+
+    fn is_live(&self) -> bool {
+        self.state != 'Z' && self.state != 'X'
+    }
+}
+
 /// (state, ppid) of a process from /proc/<pid>/stat, None if it does not exist.
 pub fn proc_state(pid: u32) -> Option<(char, u32)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: parse after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
+    ProcStat::read(pid).map(|s| (s.state, s.ppid))
 }
 
 /// Whether `pid` exists and is not a zombie.
 pub fn is_alive(pid: u32) -> bool {
-    matches!(proc_state(pid), Some((s, _)) if s != 'Z' && s != 'X')
+    ProcStat::read(pid).is_some_and(|s| s.is_live())
 }
 
-/// Live (non-zombie) children of `parent`, sorted.
-pub fn children_of(parent: u32) -> Vec<u32> {
+/// Asserts every pid in `pids` is gone (exited, or a zombie) within `timeout`; a failure names
+/// the ones still running and shows `z`'s log.
+pub fn assert_all_exit<'a>(
+    pids: impl IntoIterator<Item = &'a u32>,
+    timeout: Duration,
+    what: &str,
+    z: &Zentinel,
+) {
+    let pids: Vec<u32> = pids.into_iter().copied().collect();
+    let mut alive = Vec::new();
+    let ok = wait_until(timeout, || {
+        alive = pids.iter().copied().filter(|&p| is_alive(p)).collect();
+        alive.is_empty()
+    });
+    assert!(
+        ok,
+        "{what}: {alive:?} still running after {timeout:?}\n{}",
+        z.log()
+    );
+}
+
+/// Live (non-zombie) processes whose /proc/<pid>/stat satisfies `select`, sorted.
+fn live_processes(select: impl Fn(&ProcStat) -> bool) -> Vec<u32> {
     let mut out = BTreeSet::new();
     if let Ok(dir) = fs::read_dir("/proc") {
         for entry in dir.flatten() {
@@ -226,14 +266,17 @@ pub fn children_of(parent: u32) -> Vec<u32> {
             else {
                 continue;
             };
-            if let Some((state, ppid)) = proc_state(pid) {
-                if ppid == parent && state != 'Z' && state != 'X' {
-                    out.insert(pid);
-                }
+            if ProcStat::read(pid).is_some_and(|s| s.is_live() && select(&s)) {
+                out.insert(pid);
             }
         }
     }
     out.into_iter().collect()
+}
+
+/// Live (non-zombie) children of `parent`, sorted.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    live_processes(|s| s.ppid == parent)
 }
 
 /// Socket inodes open in process `pid` (from /proc/<pid>/fd links `socket:[N]`).
@@ -853,32 +896,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Live (non-zombie) processes whose process group is `pgid`, sorted.
 pub fn processes_in_group(pgid: u32) -> Vec<u32> {
-    let mut out = BTreeSet::new();
-    if let Ok(dir) = fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            let Some(close) = stat.rfind(')') else {
-                continue;
-            };
-            // After the command name: state ppid pgrp ...
-            let mut f = stat[close + 1..].split_whitespace();
-            let state = f.next().and_then(|s| s.chars().next());
-            let pgrp = f.nth(1).and_then(|s| s.parse::<u32>().ok());
-            if pgrp == Some(pgid) && !matches!(state, Some('Z') | Some('X') | None) {
-                out.insert(pid);
-            }
-        }
-    }
-    out.into_iter().collect()
+    live_processes(|s| s.pgrp == pgid)
 }
 
 /// The argv of a process (`None` if it is gone or a zombie with no cmdline).

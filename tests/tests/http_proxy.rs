@@ -7,29 +7,6 @@ use std::time::{Duration, Instant};
 
 use zentinel_tests::*;
 
-/// One HTTP listener (`default-route` optional), the given routes/upstreams/limits blocks.
-fn config(workers: u32, port: u16, default_route: Option<&str>, rest: &str) -> String {
-    let default_route = default_route
-        .map(|r| format!("default-route \"{r}\""))
-        .unwrap_or_default();
-    format!(
-        r#"
-system {{
-    worker-processes {workers}
-    graceful-shutdown-timeout-secs 2
-}}
-listeners {{
-    listener "http" {{
-        address "127.0.0.1:{port}"
-        protocol "http"
-        {default_route}
-    }}
-}}
-{rest}
-"#
-    )
-}
-
 fn upstream(name: &str, targets: &[&Backend], extra: &str) -> String {
     let targets: String = targets
         .iter()
@@ -40,16 +17,13 @@ fn upstream(name: &str, targets: &[&Backend], extra: &str) -> String {
 
 /// A proxy whose default route sends everything to `backend` (upstream "b").
 fn simple_proxy(backend: &Backend, workers: u32, upstream_extra: &str, limits: &str) -> Zentinel {
-    let port = free_port();
-    Zentinel::start(&config(
-        workers,
-        port,
-        Some("all"),
-        &format!(
-            "routes {{\n    route \"all\" {{\n        upstream \"b\"\n    }}\n}}\nupstreams {{\n{}}}\n{limits}\n",
-            upstream("b", &[backend], upstream_extra)
-        ),
-    ))
+    Zentinel::start(
+        &configs::Proxy::new(workers, free_port(), backend)
+            .drain_secs(2)
+            .upstream(upstream_extra)
+            .top_level(limits)
+            .build(),
+    )
 }
 
 fn get(z: &Zentinel, host: &str, path: &str) -> Response {
@@ -628,16 +602,12 @@ fn size_limits_413_414_431() {
 fn upstream_down_gives_502() {
     let dead_port = free_port(); // nothing listens there
     let port = free_port();
-    let z = Zentinel::start(&config(
-        2,
-        port,
-        Some("all"),
-        &format!(
-            "routes {{\n    route \"all\" {{\n        upstream \"dead\"\n    }}\n}}\n\
-             upstreams {{\n    upstream \"dead\" {{\n        target \"127.0.0.1:{dead_port}\"\n        \
-             timeouts {{ connect-secs 1; read-secs 5; }}\n    }}\n}}\n"
-        ),
-    ));
+    let z = Zentinel::start(
+        &configs::Proxy::to_targets(2, port, &[format!("127.0.0.1:{dead_port}")])
+            .drain_secs(2)
+            .upstream("timeouts { connect-secs 1; read-secs 5; }")
+            .build(),
+    );
     let start = Instant::now();
     let r = get(&z, "d", "/");
     assert_eq!(r.status, 502, "{r:?}");
@@ -679,34 +649,12 @@ fn proxy_with_listener_timeouts(
     request_secs: u64,
     keepalive_secs: u64,
 ) -> Zentinel {
-    let port = free_port();
-    Zentinel::start(&format!(
-        r#"
-system {{
-    worker-processes 1
-}}
-listeners {{
-    listener "http" {{
-        address "127.0.0.1:{port}"
-        protocol "http"
-        request-timeout-secs {request_secs}
-        keepalive-timeout-secs {keepalive_secs}
-        default-route "all"
-    }}
-}}
-routes {{
-    route "all" {{
-        upstream "b"
-    }}
-}}
-upstreams {{
-    upstream "b" {{
-        target "{}"
-    }}
-}}
-"#,
-        backend.target()
-    ))
+    Zentinel::start(
+        &configs::Proxy::new(1, free_port(), backend)
+            .listener(&format!("request-timeout-secs {request_secs}"))
+            .listener(&format!("keepalive-timeout-secs {keepalive_secs}"))
+            .build(),
+    )
 }
 
 #[test]
@@ -745,18 +693,13 @@ fn connect_failure_falls_over_to_another_target() {
     let live = Backend::start("live");
     let dead_port = free_port();
     let port = free_port();
-    let z = Zentinel::start(&config(
-        1,
-        port,
-        Some("all"),
-        &format!(
-            "routes {{\n    route \"all\" {{\n        upstream \"mixed\"\n    }}\n}}\n\
-             upstreams {{\n    upstream \"mixed\" {{\n        target \"127.0.0.1:{dead_port}\"\n        \
-             target \"{}\"\n        load-balancing \"round_robin\"\n        \
-             timeouts {{ connect-secs 1; read-secs 5; }}\n    }}\n}}\n",
-            live.target()
-        ),
-    ));
+    let z = Zentinel::start(
+        &configs::Proxy::to_targets(1, port, &[format!("127.0.0.1:{dead_port}"), live.target()])
+            .drain_secs(2)
+            .upstream("load-balancing \"round_robin\"")
+            .upstream("timeouts { connect-secs 1; read-secs 5; }")
+            .build(),
+    );
     // "502 when no upstream can be connected": a refused target is skipped for a live one.
     let statuses: Vec<u16> = (0..6)
         .map(|i| get(&z, "m", &format!("/{i}")).status)
