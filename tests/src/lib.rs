@@ -254,6 +254,23 @@ pub fn assert_all_exit<'a>(
     );
 }
 
+/// Sends `raw` on a new connection to `z`; asserts the proxy itself answers `status` (the
+/// backend never sees the request) and closes the connection.
+pub fn assert_refused(z: &Zentinel, raw: &[u8], status: u16, what: &str) {
+    let mut c = z.client();
+    // The proxy may answer (and close) before everything was sent.
+    let _ = c.try_send(raw);
+    let r = c
+        .try_read_response(true, false)
+        .unwrap_or_else(|e| panic!("{what}: no response: {e}"));
+    assert_eq!(r.status, status, "{what}: {r:?}");
+    assert_eq!(r.backend(), None, "{what}: the backend answered: {r:?}");
+    assert!(
+        c.server_closed_within(Duration::from_secs(3)),
+        "{what}: connection left open after a refused request"
+    );
+}
+
 /// Live (non-zombie) processes whose /proc/<pid>/stat satisfies `select`, sorted.
 fn live_processes(select: impl Fn(&ProcStat) -> bool) -> Vec<u32> {
     let mut out = BTreeSet::new();
