@@ -271,6 +271,14 @@ pub fn assert_refused(z: &Zentinel, raw: &[u8], status: u16, what: &str) {
     );
 }
 
+/// The `workers` array of a `zentinel-ctl status --json` document.
+pub fn workers_of(status: &serde_json::Value) -> Vec<serde_json::Value> {
+    status["workers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("`workers` is not an array: {status}"))
+        .clone()
+}
+
 /// Live (non-zombie) processes whose /proc/<pid>/stat satisfies `select`, sorted.
 fn live_processes(select: impl Fn(&ProcStat) -> bool) -> Vec<u32> {
     let mut out = BTreeSet::new();
@@ -1496,6 +1504,27 @@ impl HttpClient {
             }
         }
         self.buf.drain(..n).collect()
+    }
+
+    /// Sends `data` from another thread (a peer that echoes while it reads cannot deadlock
+    /// us), half-closes (we are done sending but still want every echoed byte), and returns
+    /// everything read until EOF.
+    pub fn echo_round(&mut self, data: Vec<u8>) -> Vec<u8> {
+        let mut writer = self
+            .stream
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cloning the client socket: {e}"));
+        let sender = thread::spawn(move || {
+            writer
+                .write_all(&data)
+                .unwrap_or_else(|e| panic!("sending {} bytes: {e}", data.len()));
+            writer
+                .shutdown(Shutdown::Write)
+                .unwrap_or_else(|e| panic!("half-close: {e}"));
+        });
+        let received = self.read_to_eof();
+        sender.join().expect("sender thread");
+        received
     }
 
     /// Reads raw bytes until EOF.

@@ -62,13 +62,6 @@ fn status_json(z: &Zentinel) -> Value {
         .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {out}"))
 }
 
-fn workers_of(status: &Value) -> Vec<Value> {
-    status["workers"]
-        .as_array()
-        .unwrap_or_else(|| panic!("`workers` is not an array: {status}"))
-        .clone()
-}
-
 fn u64_of(v: &Value, key: &str) -> u64 {
     v[key]
         .as_u64()

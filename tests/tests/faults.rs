@@ -10,13 +10,6 @@ use serde_json::Value;
 use zentinel_tests::load::{Load, LoadConfig};
 use zentinel_tests::*;
 
-fn workers_of(status: &Value) -> Vec<Value> {
-    status["workers"]
-        .as_array()
-        .unwrap_or_else(|| panic!("`workers` is not an array: {status}"))
-        .clone()
-}
-
 fn field(v: &Value, key: &str) -> u64 {
     v[key]
         .as_u64()

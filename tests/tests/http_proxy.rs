@@ -442,14 +442,7 @@ fn websocket_upgrade_tunnel() {
     c.send(b"hello through the tunnel");
     assert_eq!(c.read_raw(24), b"hello through the tunnel");
     let data = pattern(500_000);
-    let mut writer = c.stream.try_clone().unwrap();
-    let to_send = data.clone();
-    let sender = thread::spawn(move || {
-        writer.write_all(&to_send).unwrap();
-        writer.shutdown(std::net::Shutdown::Write).unwrap();
-    });
-    let echoed = c.read_to_eof();
-    sender.join().unwrap();
+    let echoed = c.echo_round(data.clone());
     assert_eq!(echoed.len(), data.len(), "tunnel echoed a different length");
     assert!(echoed == data, "tunnel altered the bytes");
 }

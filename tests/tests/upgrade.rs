@@ -511,14 +511,7 @@ fn long_download_and_tunnel_survive_upgrade() {
     tunnel.send(b"after the upgrade");
     assert_eq!(tunnel.read_raw(17), b"after the upgrade");
     let data = pattern(1_000_000);
-    let mut writer = tunnel.stream.try_clone().unwrap();
-    let to_send = data.clone();
-    let sender = thread::spawn(move || {
-        writer.write_all(&to_send).unwrap();
-        writer.shutdown(std::net::Shutdown::Write).unwrap();
-    });
-    let echoed = tunnel.read_to_eof();
-    sender.join().unwrap();
+    let echoed = tunnel.echo_round(data.clone());
     assert!(
         echoed == data,
         "the tunnel echoed {} bytes, not the 1 MB sent",
