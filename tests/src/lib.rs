@@ -1506,6 +1506,24 @@ impl HttpClient {
         self.buf.drain(..n).collect()
     }
 
+    /// Asks for a WebSocket upgrade (the backend then echoes raw bytes) and asserts the
+    /// proxy passed the backend's `101` and `Upgrade: websocket` on: the connection is a
+    /// tunnel from here on.
+    pub fn upgrade_to_websocket(&mut self) -> Response {
+        self.send(
+            b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        );
+        let r = self.read_response();
+        assert_eq!(r.status, 101, "WebSocket upgrade: {r:?}");
+        assert_eq!(
+            r.header("upgrade").map(str::to_ascii_lowercase).as_deref(),
+            Some("websocket"),
+            "WebSocket upgrade: {r:?}"
+        );
+        r
+    }
+
     /// Sends `data` from another thread (a peer that echoes while it reads cannot deadlock
     /// us), half-closes (we are done sending but still want every echoed byte), and returns
     /// everything read until EOF.

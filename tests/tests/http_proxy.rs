@@ -429,16 +429,7 @@ fn websocket_upgrade_tunnel() {
     let be = Backend::start("ws");
     let z = simple_proxy(&be, 2, "", "");
     let mut c = z.client();
-    c.send(
-        b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    );
-    let r = c.read_response();
-    assert_eq!(r.status, 101, "{r:?}");
-    assert_eq!(
-        r.header("upgrade").map(str::to_ascii_lowercase).as_deref(),
-        Some("websocket")
-    );
+    c.upgrade_to_websocket();
     c.send(b"hello through the tunnel");
     assert_eq!(c.read_raw(24), b"hello through the tunnel");
     let data = pattern(500_000);

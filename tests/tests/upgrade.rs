@@ -467,12 +467,7 @@ impl SlowDownload {
 /// trip.
 fn open_ws_tunnel(z: &Zentinel) -> HttpClient {
     let mut c = z.client();
-    c.send(
-        b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    );
-    let r = c.read_response();
-    assert_eq!(r.status, 101, "tunnel upgrade: {r:?}");
+    c.upgrade_to_websocket();
     c.send(b"before the upgrade");
     assert_eq!(c.read_raw(18), b"before the upgrade");
     c
