@@ -1011,6 +1011,11 @@ impl CtlOutput {
         self.code == Some(0)
     }
 
+    /// Both streams, stdout first: what the command said, wherever it said it.
+    pub fn said(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
     /// Panics with both streams unless the command exited 0.
     pub fn assert_success(&self, what: &str) -> &Self {
         assert!(self.success(), "{what}: zentinel-ctl failed: {self}");

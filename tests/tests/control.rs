@@ -966,7 +966,7 @@ fn a_second_master_on_the_same_socket_refuses_to_start() {
         Some(1),
         "the second master must exit non-zero at once: {out}"
     );
-    let all = format!("{}{}", out.stdout, out.stderr);
+    let all = out.said();
     assert!(
         all.contains(&z.control_socket().display().to_string()),
         "the message must name the socket: {out}"

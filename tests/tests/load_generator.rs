@@ -154,6 +154,14 @@ fn check_consistent(run: &Run) {
 const N: u64 = 600;
 const EVERY: u64 = 10;
 
+/// A backend injecting `fault` into every `EVERY`-th request.
+fn faulty_backend(fault: &str) -> Backend {
+    Backend::start_args(
+        &format!("fault-{fault}"),
+        &["--fault", fault, "--fault-every", &EVERY.to_string()],
+    )
+}
+
 /// One fault the backend injects every 10th request, and how `zentinel-load` must count it.
 struct FaultCase {
     fault: &'static str,
@@ -203,10 +211,7 @@ const FAULT_CASES: &[FaultCase] = &[
 fn fault_run(case: &FaultCase) {
     let FaultCase { fault, kind, extra } = case;
     let what = format!("fault {fault} {extra:?}");
-    let backend = Backend::start_args(
-        &format!("fault-{fault}"),
-        &["--fault", fault, "--fault-every", &EVERY.to_string()],
-    );
+    let backend = faulty_backend(fault);
     let addr = backend.target();
     let n = N.to_string();
     let mut args = vec!["--addr", &addr, "-n", &n, "-c", "8", "--timeout", "5s"];
@@ -264,15 +269,7 @@ fn clean_run_counts_every_request() {
 
 #[test]
 fn close_after_is_not_a_failure() {
-    let backend = Backend::start_args(
-        "close-after",
-        &[
-            "--fault",
-            "close-after",
-            "--fault-every",
-            &EVERY.to_string(),
-        ],
-    );
+    let backend = faulty_backend("close-after");
     let addr = backend.target();
     let run = run_load(&["--addr", &addr, "-n", "600", "-c", "8"]);
     check_consistent(&run);

@@ -580,7 +580,7 @@ fn broken_binary_rolls_back() {
         !out.success() && out.code.is_some(),
         "upgrading to a binary that exits at once must fail: {out}"
     );
-    let said = format!("{}{}", out.stdout, out.stderr);
+    let said = out.said();
     assert!(
         said.contains(&path_str(&script)),
         "the failure must name the binary that failed: {out}"
@@ -848,7 +848,7 @@ fn a_second_upgrade_is_refused_while_one_runs() {
         !second.success() && second.code.is_some(),
         "a second upgrade while one runs must be refused: {second}"
     );
-    let said = format!("{}{}", second.stdout, second.stderr).to_lowercase();
+    let said = second.said().to_lowercase();
     assert!(
         said.contains("in progress") || said.contains("already"),
         "the refusal must say an upgrade is already in progress: {second}"
@@ -943,7 +943,7 @@ fn unwritable_or_full_state_dir_fails_the_upgrade_cleanly() {
     scratch.remount("ro");
     let out = ctl_upgrade(&z, &copy, &[]);
     assert!(!out.success(), "upgrade with a read-only state dir: {out}");
-    let said = format!("{}{}", out.stdout, out.stderr);
+    let said = out.said();
     assert!(
         said.contains("cannot write the upgrade state") && said.contains("Read-only"),
         "the error must say what failed and why: {out}"
@@ -958,7 +958,7 @@ fn unwritable_or_full_state_dir_fails_the_upgrade_cleanly() {
     drop(f);
     let out = ctl_upgrade(&z, &copy, &[]);
     assert!(!out.success(), "upgrade with a full state dir: {out}");
-    let said = format!("{}{}", out.stdout, out.stderr);
+    let said = out.said();
     assert!(
         said.contains("cannot write the upgrade state") && said.contains("space"),
         "the error must say the disk is full: {out}"
@@ -1009,7 +1009,7 @@ fn new_master_dying_before_it_is_ready_leaves_the_old_one_serving() {
         !out.success(),
         "the new master died, the upgrade must fail: {out}"
     );
-    let said = format!("{}{}", out.stdout, out.stderr);
+    let said = out.said();
     assert!(
         said.contains("exit status 70") || said.contains("exited"),
         "the error must say how the new master ended: {out}"
@@ -1049,7 +1049,7 @@ fn new_worker_dying_after_it_is_ready_rolls_the_upgrade_back() {
         !out.success(),
         "new workers crash, the upgrade must fail: {out}"
     );
-    let said = format!("{}{}", out.stdout, out.stderr);
+    let said = out.said();
     assert!(
         said.contains("died after it was ready") && said.contains("rolled back"),
         "the error must say what happened: {out}"
