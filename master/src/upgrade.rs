@@ -81,29 +81,9 @@ pub fn spawn_successor(
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
-    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-    // calls are allowed: fcntl(F_SETFD), sigemptyset and sigprocmask. It allocates nothing
-    // (`fds` was built before the fork and is only read; io::Error::last_os_error does not
-    // allocate), takes no lock and touches no shared state. Every fd in `fds` is open in the
-    // parent for the whole `spawn` call (the supervisor owns them), hence in the child.
-    unsafe {
-        command.pre_exec(move || {
-            for &fd in &fds {
-                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            // The master reads its signals from a signalfd with them blocked; a blocked mask
-            // survives exec, and the new master sets up its own.
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            if libc::sigemptyset(&mut empty) == -1
-                || libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) == -1
-            {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // Every fd in `fds` stays open in the parent for the whole `spawn` call (the supervisor
+    // owns them), hence in the child.
+    inherit_only_on_exec(&mut command, fds);
     let child = command.spawn().map_err(|err| {
         io::Error::new(
             err.kind(),
@@ -116,6 +96,36 @@ pub fn spawn_successor(
     // `Child` neither waits nor kills on drop; the supervisor reaps it.
     drop(child);
     Ok(pid)
+}
+
+/// Set up `command`'s child, between fork and exec, to inherit `fds` (CLOEXEC cleared in the
+/// child only; every other fd of ours is close-on-exec) and to start from an empty signal
+/// mask: the master blocks its signals to read them from a signalfd, a blocked mask survives
+/// exec, and a worker or successor master must choose its own dispositions. Shared by worker
+/// and successor-master spawns. Each fd in `fds` must stay open in the parent until
+/// `command.spawn()` has returned, so that it is open in the child.
+pub(crate) fn inherit_only_on_exec(command: &mut Command, fds: Vec<RawFd>) {
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed: fcntl(F_SETFD), sigemptyset and sigprocmask. It allocates nothing
+    // (`fds` was built before the fork and is only read; io::Error::last_os_error builds an
+    // OS-code variant without allocating), takes no lock and touches no shared state. The
+    // caller keeps every fd in `fds` open until `spawn` has returned (this function's contract).
+    unsafe {
+        command.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            if libc::sigemptyset(&mut empty) == -1
+                || libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) == -1
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Take ownership of an inherited fd number named in the state file or on the command line,

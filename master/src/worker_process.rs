@@ -16,7 +16,7 @@ use nix::fcntl::{fcntl, FcntlArg};
 use nix::unistd::Pid;
 use zentinel_protocol::Channel;
 
-use crate::upgrade::{check_unix_stream, take_inherited_fd};
+use crate::upgrade::{check_unix_stream, inherit_only_on_exec, take_inherited_fd};
 
 /// The name workers show in `ps` (argv[0]); the exec path itself is `/proc/self/fd/K`.
 pub const WORKER_ARG0: &str = "zentinel";
@@ -145,29 +145,9 @@ pub fn spawn_worker(exe: &Executable, args: WorkerArgs<'_>) -> io::Result<Spawne
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
-    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-    // calls are allowed. It calls fcntl(F_SETFD), sigemptyset and sigprocmask, all
-    // async-signal-safe; it allocates nothing (io::Error::last_os_error builds an OS-code
-    // variant without allocating), takes no lock and touches no shared state. `worker_raw` is
-    // open in the child: the parent keeps `worker_end` alive until `spawn` has returned.
-    unsafe {
-        command.pre_exec(move || {
-            // The one fd the worker inherits: its end of the channel.
-            if libc::fcntl(worker_raw, libc::F_SETFD, 0) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            // The master blocks its signals to read them from a signalfd; a blocked mask
-            // survives exec, and the worker must start from a clean mask (it chooses its own
-            // dispositions).
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            if libc::sigemptyset(&mut empty) == -1
-                || libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) == -1
-            {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // The one fd the worker inherits: its end of the channel. `worker_end` stays alive until
+    // `spawn` has returned, so it is open in the child.
+    inherit_only_on_exec(&mut command, vec![worker_raw]);
     let child = command.spawn().map_err(|err| {
         io::Error::new(
             err.kind(),

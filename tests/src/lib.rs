@@ -198,24 +198,89 @@ pub fn temp_path(label: &str) -> PathBuf {
 // /proc helpers.
 // ---------------------------------------------------------------------------------------------
 
+/// The fields of /proc/<pid>/stat the tests look at.
+struct ProcStat {
+    state: char,
+    ppid: u32,
+    pgrp: u32,
+}
+
+impl ProcStat {
+    fn read(pid: u32) -> Option<Self> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name may contain spaces and parentheses: parse after the last ')'.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        // After the command name: state ppid pgrp ...
+        let mut fields = rest.split_whitespace();
+        let state = fields.next()?.chars().next()?;
+        let ppid = fields.next()?.parse().ok()?;
+        let pgrp = fields.next()?.parse().ok()?;
+        Some(ProcStat { state, ppid, pgrp })
+    }
+
+    fn is_live(&self) -> bool {
+        self.state != 'Z' && self.state != 'X'
+    }
+}
+
 /// (state, ppid) of a process from /proc/<pid>/stat, None if it does not exist.
 pub fn proc_state(pid: u32) -> Option<(char, u32)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: parse after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
+    ProcStat::read(pid).map(|s| (s.state, s.ppid))
 }
 
 /// Whether `pid` exists and is not a zombie.
 pub fn is_alive(pid: u32) -> bool {
-    matches!(proc_state(pid), Some((s, _)) if s != 'Z' && s != 'X')
+    ProcStat::read(pid).is_some_and(|s| s.is_live())
 }
 
-/// Live (non-zombie) children of `parent`, sorted.
-pub fn children_of(parent: u32) -> Vec<u32> {
+/// Asserts every pid in `pids` is gone (exited, or a zombie) within `timeout`; a failure names
+/// the ones still running and shows `z`'s log.
+pub fn assert_all_exit<'a>(
+    pids: impl IntoIterator<Item = &'a u32>,
+    timeout: Duration,
+    what: &str,
+    z: &Zentinel,
+) {
+    let pids: Vec<u32> = pids.into_iter().copied().collect();
+    let mut alive = Vec::new();
+    let ok = wait_until(timeout, || {
+        alive = pids.iter().copied().filter(|&p| is_alive(p)).collect();
+        alive.is_empty()
+    });
+    assert!(
+        ok,
+        "{what}: {alive:?} still running after {timeout:?}\n{}",
+        z.log()
+    );
+}
+
+/// Sends `raw` on a new connection to `z`; asserts the proxy itself answers `status` (the
+/// backend never sees the request) and closes the connection.
+pub fn assert_refused(z: &Zentinel, raw: &[u8], status: u16, what: &str) {
+    let mut c = z.client();
+    // The proxy may answer (and close) before everything was sent.
+    let _ = c.try_send(raw);
+    let r = c
+        .try_read_response(true, false)
+        .unwrap_or_else(|e| panic!("{what}: no response: {e}"));
+    assert_eq!(r.status, status, "{what}: {r:?}");
+    assert_eq!(r.backend(), None, "{what}: the backend answered: {r:?}");
+    assert!(
+        c.server_closed_within(Duration::from_secs(3)),
+        "{what}: connection left open after a refused request"
+    );
+}
+
+/// The `workers` array of a `zentinel-ctl status --json` document.
+pub fn workers_of(status: &serde_json::Value) -> Vec<serde_json::Value> {
+    status["workers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("`workers` is not an array: {status}"))
+        .clone()
+}
+
+/// Live (non-zombie) processes whose /proc/<pid>/stat satisfies `select`, sorted.
+fn live_processes(select: impl Fn(&ProcStat) -> bool) -> Vec<u32> {
     let mut out = BTreeSet::new();
     if let Ok(dir) = fs::read_dir("/proc") {
         for entry in dir.flatten() {
@@ -226,14 +291,17 @@ pub fn children_of(parent: u32) -> Vec<u32> {
             else {
                 continue;
             };
-            if let Some((state, ppid)) = proc_state(pid) {
-                if ppid == parent && state != 'Z' && state != 'X' {
-                    out.insert(pid);
-                }
+            if ProcStat::read(pid).is_some_and(|s| s.is_live() && select(&s)) {
+                out.insert(pid);
             }
         }
     }
     out.into_iter().collect()
+}
+
+/// Live (non-zombie) children of `parent`, sorted.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    live_processes(|s| s.ppid == parent)
 }
 
 /// Socket inodes open in process `pid` (from /proc/<pid>/fd links `socket:[N]`).
@@ -853,32 +921,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Live (non-zombie) processes whose process group is `pgid`, sorted.
 pub fn processes_in_group(pgid: u32) -> Vec<u32> {
-    let mut out = BTreeSet::new();
-    if let Ok(dir) = fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            let Some(close) = stat.rfind(')') else {
-                continue;
-            };
-            // After the command name: state ppid pgrp ...
-            let mut f = stat[close + 1..].split_whitespace();
-            let state = f.next().and_then(|s| s.chars().next());
-            let pgrp = f.nth(1).and_then(|s| s.parse::<u32>().ok());
-            if pgrp == Some(pgid) && !matches!(state, Some('Z') | Some('X') | None) {
-                out.insert(pid);
-            }
-        }
-    }
-    out.into_iter().collect()
+    live_processes(|s| s.pgrp == pgid)
 }
 
 /// The argv of a process (`None` if it is gone or a zombie with no cmdline).
@@ -966,6 +1009,11 @@ pub struct CtlOutput {
 impl CtlOutput {
     pub fn success(&self) -> bool {
         self.code == Some(0)
+    }
+
+    /// Both streams, stdout first: what the command said, wherever it said it.
+    pub fn said(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
     }
 
     /// Panics with both streams unless the command exited 0.
@@ -1461,6 +1509,45 @@ impl HttpClient {
             }
         }
         self.buf.drain(..n).collect()
+    }
+
+    /// Asks for a WebSocket upgrade (the backend then echoes raw bytes) and asserts the
+    /// proxy passed the backend's `101` and `Upgrade: websocket` on: the connection is a
+    /// tunnel from here on.
+    pub fn upgrade_to_websocket(&mut self) -> Response {
+        self.send(
+            b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        );
+        let r = self.read_response();
+        assert_eq!(r.status, 101, "WebSocket upgrade: {r:?}");
+        assert_eq!(
+            r.header("upgrade").map(str::to_ascii_lowercase).as_deref(),
+            Some("websocket"),
+            "WebSocket upgrade: {r:?}"
+        );
+        r
+    }
+
+    /// Sends `data` from another thread (a peer that echoes while it reads cannot deadlock
+    /// us), half-closes (we are done sending but still want every echoed byte), and returns
+    /// everything read until EOF.
+    pub fn echo_round(&mut self, data: Vec<u8>) -> Vec<u8> {
+        let mut writer = self
+            .stream
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cloning the client socket: {e}"));
+        let sender = thread::spawn(move || {
+            writer
+                .write_all(&data)
+                .unwrap_or_else(|e| panic!("sending {} bytes: {e}", data.len()));
+            writer
+                .shutdown(Shutdown::Write)
+                .unwrap_or_else(|e| panic!("half-close: {e}"));
+        });
+        let received = self.read_to_eof();
+        sender.join().expect("sender thread");
+        received
     }
 
     /// Reads raw bytes until EOF.

@@ -48,12 +48,19 @@ limits {
 }
 "#;
 
-#[test]
-fn check_accepts_a_valid_config() {
-    let path = temp_path("valid.kdl");
-    fs::write(&path, VALID).unwrap();
+/// `zentinel --check` on `text` written to a temporary `name`: (exit code, stdout, stderr,
+/// the path the messages name).
+fn check_text(name: &str, text: &str) -> (Option<i32>, String, String, String) {
+    let path = temp_path(name);
+    fs::write(&path, text).unwrap();
     let (code, out, err) = zentinel_check(Some(&path));
     let _ = fs::remove_file(&path);
+    (code, out, err, path.display().to_string())
+}
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let (code, out, err, _) = check_text("valid.kdl", VALID);
     assert_eq!(
         code,
         Some(0),
@@ -88,13 +95,9 @@ fn check_names_every_offending_key_with_position() {
         .replace("upstream \"backend\"\n    }", "upstream \"nope\"\n    }")
         .replace("max-header-count 100", "max-header-count \"many\"");
     assert_ne!(bad, VALID);
-    let path = temp_path("invalid.kdl");
-    fs::write(&path, &bad).unwrap();
-    let (code, out, err) = zentinel_check(Some(&path));
-    let _ = fs::remove_file(&path);
+    let (code, out, err, file) = check_text("invalid.kdl", &bad);
     let all = format!("{out}{err}");
     assert_eq!(code, Some(2), "invalid config: exit code\n{all}");
-    let file = path.display().to_string();
 
     let (line, col) = position(&bad, "protocl");
     assert!(
@@ -119,10 +122,7 @@ fn check_rejects_duplicate_listener_address() {
         "listeners {\n",
         "listeners {\n    listener \"dup\" {\n        address \"127.0.0.1:18080\"\n        protocol \"http\"\n    }\n",
     );
-    let path = temp_path("dup.kdl");
-    fs::write(&path, &bad).unwrap();
-    let (code, out, err) = zentinel_check(Some(&path));
-    let _ = fs::remove_file(&path);
+    let (code, out, err, _) = check_text("dup.kdl", &bad);
     let all = format!("{out}{err}");
     assert_eq!(code, Some(2), "duplicate address accepted:\n{all}");
     assert!(

@@ -31,21 +31,7 @@ fn static_config(workers: u32, port: u16, body: &str) -> String {
 
 /// One HTTP listener per port (named `http0`, `http1`...), all answering `body`.
 fn static_config_ports(workers: u32, ports: &[u16], body: &str) -> String {
-    let listeners: String = ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| {
-            format!(
-                "    listener \"http{i}\" {{\n        address \"127.0.0.1:{port}\"\n        \
-                 protocol \"http\"\n        default-route \"r\"\n    }}\n"
-            )
-        })
-        .collect();
-    format!(
-        "system {{\n    worker-processes {workers}\n    graceful-shutdown-timeout-secs 30\n}}\n\
-         listeners {{\n{listeners}}}\n\
-         routes {{\n    route \"r\" {{\n        static-response status=200 body=\"{body}\"\n    }}\n}}\n"
-    )
+    configs::static_response(workers, ports, body, 30)
 }
 
 /// HTTP (static `body`) on `http_port` plus a TCP listener on `tcp_port` to an echo backend.
@@ -74,13 +60,6 @@ fn status_json(z: &Zentinel) -> Value {
     );
     serde_json::from_str(trimmed)
         .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {out}"))
-}
-
-fn workers_of(status: &Value) -> Vec<Value> {
-    status["workers"]
-        .as_array()
-        .unwrap_or_else(|| panic!("`workers` is not an array: {status}"))
-        .clone()
 }
 
 fn u64_of(v: &Value, key: &str) -> u64 {
@@ -987,7 +966,7 @@ fn a_second_master_on_the_same_socket_refuses_to_start() {
         Some(1),
         "the second master must exit non-zero at once: {out}"
     );
-    let all = format!("{}{}", out.stdout, out.stderr);
+    let all = out.said();
     assert!(
         all.contains(&z.control_socket().display().to_string()),
         "the message must name the socket: {out}"

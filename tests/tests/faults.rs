@@ -10,13 +10,6 @@ use serde_json::Value;
 use zentinel_tests::load::{Load, LoadConfig};
 use zentinel_tests::*;
 
-fn workers_of(status: &Value) -> Vec<Value> {
-    status["workers"]
-        .as_array()
-        .unwrap_or_else(|| panic!("`workers` is not an array: {status}"))
-        .clone()
-}
-
 fn field(v: &Value, key: &str) -> u64 {
     v[key]
         .as_u64()
@@ -175,7 +168,7 @@ fn crash_loop_backs_off_exponentially_and_shows_in_status() {
 fn killed_master_leaves_workers_serving_then_exiting_and_restart_works_at_once() {
     let backend = Backend::start("b");
     let port = free_port();
-    let config = configs::proxy(2, port, &backend, "graceful-shutdown-timeout-secs 3", "");
+    let config = configs::proxy_draining(2, port, &backend, 3);
     let dir = new_runtime_dir();
     let z = Zentinel::start_in(&config, &dir);
     let workers = z.worker_pids();
@@ -209,12 +202,7 @@ fn killed_master_leaves_workers_serving_then_exiting_and_restart_works_at_once()
     r.assert_pattern_body(500);
 
     // The orphaned workers exit by their drain deadline: none is left running.
-    assert!(
-        wait_until(Duration::from_secs(8), || workers
-            .iter()
-            .all(|&p| !is_alive(p))),
-        "orphaned workers still running: {workers:?}"
-    );
+    assert_all_exit(&workers, Duration::from_secs(8), "orphaned workers", &again);
     drop(again);
     drop(z);
     let _ = fs::remove_dir_all(dir);

@@ -7,29 +7,6 @@ use std::time::{Duration, Instant};
 
 use zentinel_tests::*;
 
-/// One HTTP listener (`default-route` optional), the given routes/upstreams/limits blocks.
-fn config(workers: u32, port: u16, default_route: Option<&str>, rest: &str) -> String {
-    let default_route = default_route
-        .map(|r| format!("default-route \"{r}\""))
-        .unwrap_or_default();
-    format!(
-        r#"
-system {{
-    worker-processes {workers}
-    graceful-shutdown-timeout-secs 2
-}}
-listeners {{
-    listener "http" {{
-        address "127.0.0.1:{port}"
-        protocol "http"
-        {default_route}
-    }}
-}}
-{rest}
-"#
-    )
-}
-
 fn upstream(name: &str, targets: &[&Backend], extra: &str) -> String {
     let targets: String = targets
         .iter()
@@ -40,16 +17,13 @@ fn upstream(name: &str, targets: &[&Backend], extra: &str) -> String {
 
 /// A proxy whose default route sends everything to `backend` (upstream "b").
 fn simple_proxy(backend: &Backend, workers: u32, upstream_extra: &str, limits: &str) -> Zentinel {
-    let port = free_port();
-    Zentinel::start(&config(
-        workers,
-        port,
-        Some("all"),
-        &format!(
-            "routes {{\n    route \"all\" {{\n        upstream \"b\"\n    }}\n}}\nupstreams {{\n{}}}\n{limits}\n",
-            upstream("b", &[backend], upstream_extra)
-        ),
-    ))
+    Zentinel::start(
+        &configs::Proxy::new(workers, free_port(), backend)
+            .drain_secs(2)
+            .upstream(upstream_extra)
+            .top_level(limits)
+            .build(),
+    )
 }
 
 fn get(z: &Zentinel, host: &str, path: &str) -> Response {
@@ -455,27 +429,11 @@ fn websocket_upgrade_tunnel() {
     let be = Backend::start("ws");
     let z = simple_proxy(&be, 2, "", "");
     let mut c = z.client();
-    c.send(
-        b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    );
-    let r = c.read_response();
-    assert_eq!(r.status, 101, "{r:?}");
-    assert_eq!(
-        r.header("upgrade").map(str::to_ascii_lowercase).as_deref(),
-        Some("websocket")
-    );
+    c.upgrade_to_websocket();
     c.send(b"hello through the tunnel");
     assert_eq!(c.read_raw(24), b"hello through the tunnel");
     let data = pattern(500_000);
-    let mut writer = c.stream.try_clone().unwrap();
-    let to_send = data.clone();
-    let sender = thread::spawn(move || {
-        writer.write_all(&to_send).unwrap();
-        writer.shutdown(std::net::Shutdown::Write).unwrap();
-    });
-    let echoed = c.read_to_eof();
-    sender.join().unwrap();
+    let echoed = c.echo_round(data.clone());
     assert_eq!(echoed.len(), data.len(), "tunnel echoed a different length");
     assert!(echoed == data, "tunnel altered the bytes");
 }
@@ -528,19 +486,6 @@ fn forwarded_headers_added_and_hop_by_hop_removed() {
     }
 }
 
-/// Sends raw bytes; expects `status`, the connection closed by the proxy, and (when
-/// `backend` is given) no request reaching it.
-fn expect_rejected(z: &Zentinel, raw: &[u8], status: u16, what: &str) {
-    let mut c = z.client();
-    // The proxy may answer (and close) before everything was sent.
-    let _ = c.try_send(raw);
-    let r = c
-        .try_read_response(true, false)
-        .unwrap_or_else(|e| panic!("{what}: no response: {e}"));
-    assert_eq!(r.status, status, "{what}: {r:?}");
-    assert_eq!(r.backend(), None, "{what}: the backend answered: {r:?}");
-}
-
 #[test]
 fn request_smuggling_attempts_get_400() {
     let be = Backend::start("smug");
@@ -586,10 +531,10 @@ fn size_limits_413_414_431() {
     );
     let mut body413 = b"POST /upload HTTP/1.1\r\nHost: l\r\nContent-Length: 5000\r\n\r\n".to_vec();
     body413.extend_from_slice(&pattern(5000));
-    expect_rejected(&z, &body413, 413, "body over max-body-size-bytes");
+    assert_refused(&z, &body413, 413, "body over max-body-size-bytes");
 
     let long_uri = format!("GET /{} HTTP/1.1\r\nHost: l\r\n\r\n", "a".repeat(20_000));
-    expect_rejected(
+    assert_refused(
         &z,
         long_uri.as_bytes(),
         414,
@@ -601,7 +546,7 @@ fn size_limits_413_414_431() {
         many.push_str(&format!("X-H-{i}: v\r\n"));
     }
     many.push_str("\r\n");
-    expect_rejected(
+    assert_refused(
         &z,
         many.as_bytes(),
         431,
@@ -612,7 +557,7 @@ fn size_limits_413_414_431() {
         "GET / HTTP/1.1\r\nHost: l\r\nX-Big: {}\r\n\r\n",
         "b".repeat(10_000)
     );
-    expect_rejected(&z, big.as_bytes(), 431, "head over max-header-size-bytes");
+    assert_refused(&z, big.as_bytes(), 431, "head over max-header-size-bytes");
 
     // Within the limits everything still works.
     let mut c = z.client();
@@ -628,16 +573,12 @@ fn size_limits_413_414_431() {
 fn upstream_down_gives_502() {
     let dead_port = free_port(); // nothing listens there
     let port = free_port();
-    let z = Zentinel::start(&config(
-        2,
-        port,
-        Some("all"),
-        &format!(
-            "routes {{\n    route \"all\" {{\n        upstream \"dead\"\n    }}\n}}\n\
-             upstreams {{\n    upstream \"dead\" {{\n        target \"127.0.0.1:{dead_port}\"\n        \
-             timeouts {{ connect-secs 1; read-secs 5; }}\n    }}\n}}\n"
-        ),
-    ));
+    let z = Zentinel::start(
+        &configs::Proxy::to_targets(2, port, &[format!("127.0.0.1:{dead_port}")])
+            .drain_secs(2)
+            .upstream("timeouts { connect-secs 1; read-secs 5; }")
+            .build(),
+    );
     let start = Instant::now();
     let r = get(&z, "d", "/");
     assert_eq!(r.status, 502, "{r:?}");
@@ -679,34 +620,12 @@ fn proxy_with_listener_timeouts(
     request_secs: u64,
     keepalive_secs: u64,
 ) -> Zentinel {
-    let port = free_port();
-    Zentinel::start(&format!(
-        r#"
-system {{
-    worker-processes 1
-}}
-listeners {{
-    listener "http" {{
-        address "127.0.0.1:{port}"
-        protocol "http"
-        request-timeout-secs {request_secs}
-        keepalive-timeout-secs {keepalive_secs}
-        default-route "all"
-    }}
-}}
-routes {{
-    route "all" {{
-        upstream "b"
-    }}
-}}
-upstreams {{
-    upstream "b" {{
-        target "{}"
-    }}
-}}
-"#,
-        backend.target()
-    ))
+    Zentinel::start(
+        &configs::Proxy::new(1, free_port(), backend)
+            .listener(&format!("request-timeout-secs {request_secs}"))
+            .listener(&format!("keepalive-timeout-secs {keepalive_secs}"))
+            .build(),
+    )
 }
 
 #[test]
@@ -745,18 +664,13 @@ fn connect_failure_falls_over_to_another_target() {
     let live = Backend::start("live");
     let dead_port = free_port();
     let port = free_port();
-    let z = Zentinel::start(&config(
-        1,
-        port,
-        Some("all"),
-        &format!(
-            "routes {{\n    route \"all\" {{\n        upstream \"mixed\"\n    }}\n}}\n\
-             upstreams {{\n    upstream \"mixed\" {{\n        target \"127.0.0.1:{dead_port}\"\n        \
-             target \"{}\"\n        load-balancing \"round_robin\"\n        \
-             timeouts {{ connect-secs 1; read-secs 5; }}\n    }}\n}}\n",
-            live.target()
-        ),
-    ));
+    let z = Zentinel::start(
+        &configs::Proxy::to_targets(1, port, &[format!("127.0.0.1:{dead_port}"), live.target()])
+            .drain_secs(2)
+            .upstream("load-balancing \"round_robin\"")
+            .upstream("timeouts { connect-secs 1; read-secs 5; }")
+            .build(),
+    );
     // "502 when no upstream can be connected": a refused target is skipped for a live one.
     let statuses: Vec<u16> = (0..6)
         .map(|i| get(&z, "m", &format!("/{i}")).status)

@@ -154,32 +154,98 @@ fn check_consistent(run: &Run) {
 const N: u64 = 600;
 const EVERY: u64 = 10;
 
-/// `-n 600 -c 8` against a backend failing every 10th request with `fault`: exactly 60
-/// failures, all of kind `kind`.
-fn fault_run(fault: &str, kind: &str, extra: &[&str]) {
-    let backend = Backend::start_args(
+/// A backend injecting `fault` into every `EVERY`-th request.
+fn faulty_backend(fault: &str) -> Backend {
+    Backend::start_args(
         &format!("fault-{fault}"),
         &["--fault", fault, "--fault-every", &EVERY.to_string()],
-    );
+    )
+}
+
+/// One fault the backend injects every 10th request, and how `zentinel-load` must count it.
+struct FaultCase {
+    fault: &'static str,
+    /// The failure kind all of the injected faults must be counted as.
+    kind: &'static str,
+    /// More `zentinel-load` arguments.
+    extra: &'static [&'static str],
+}
+
+const FAULT_CASES: &[FaultCase] = &[
+    FaultCase {
+        fault: "reset",
+        kind: "reset",
+        extra: &[],
+    },
+    FaultCase {
+        fault: "truncate",
+        kind: "truncated",
+        extra: &[],
+    },
+    // `--path` turns checksum checks off; the framing alone must show the truncation.
+    FaultCase {
+        fault: "truncate",
+        kind: "truncated",
+        extra: &["--path", "/bytes/3000?chunked=1"],
+    },
+    FaultCase {
+        fault: "status500",
+        kind: "non-2xx",
+        extra: &[],
+    },
+    FaultCase {
+        fault: "corrupt",
+        kind: "corrupt",
+        extra: &[],
+    },
+    // Uploads (POST) as well as downloads.
+    FaultCase {
+        fault: "corrupt",
+        kind: "corrupt",
+        extra: &["--method", "POST", "--body", "3000"],
+    },
+];
+
+/// `-n 600 -c 8` against a backend failing every 10th request with `case.fault`: exactly 60
+/// failures, all of kind `case.kind`.
+fn fault_run(case: &FaultCase) {
+    let FaultCase { fault, kind, extra } = case;
+    let what = format!("fault {fault} {extra:?}");
+    let backend = faulty_backend(fault);
     let addr = backend.target();
     let n = N.to_string();
     let mut args = vec!["--addr", &addr, "-n", &n, "-c", "8", "--timeout", "5s"];
     args.extend_from_slice(extra);
     let run = run_load(&args);
     check_consistent(&run);
-    let expected = BTreeMap::from([(kind.to_owned(), N / EVERY)]);
+    let expected = BTreeMap::from([(kind.to_string(), N / EVERY)]);
     assert_eq!(
         run.failures(),
         expected,
-        "failures by kind:\n{}",
+        "{what}: failures by kind:\n{}",
         run.stdout
     );
-    assert_eq!(run.last_u64("requests"), N, "{}", run.stdout);
-    assert_eq!(run.last_u64("failed"), N / EVERY, "{}", run.stdout);
-    assert_eq!(run.json_u64(&["ok"]), N - N / EVERY);
-    assert_eq!(run.code, 1, "exit code with failures:\n{}", run.stdout);
+    assert_eq!(run.last_u64("requests"), N, "{what}: {}", run.stdout);
+    assert_eq!(run.last_u64("failed"), N / EVERY, "{what}: {}", run.stdout);
+    assert_eq!(run.json_u64(&["ok"]), N - N / EVERY, "{what}");
+    assert_eq!(
+        run.code, 1,
+        "{what}: exit code with failures:\n{}",
+        run.stdout
+    );
     // Every request reached the backend exactly once.
-    assert_eq!(backend.stats().0, N, "requests counted by the backend");
+    assert_eq!(
+        backend.stats().0,
+        N,
+        "{what}: requests counted by the backend"
+    );
+}
+
+#[test]
+fn each_fault_is_counted_as_its_kind() {
+    for case in FAULT_CASES {
+        fault_run(case);
+    }
 }
 
 #[test]
@@ -202,55 +268,8 @@ fn clean_run_counts_every_request() {
 }
 
 #[test]
-fn reset_fault_counts_resets() {
-    fault_run("reset", "reset", &[]);
-}
-
-#[test]
-fn truncate_fault_counts_truncated() {
-    fault_run("truncate", "truncated", &[]);
-}
-
-#[test]
-fn truncate_fault_counts_truncated_chunked_bodies() {
-    // `--path` turns checksum checks off; the framing alone must show the truncation.
-    fault_run(
-        "truncate",
-        "truncated",
-        &["--path", "/bytes/3000?chunked=1"],
-    );
-}
-
-#[test]
-fn status500_fault_counts_non_2xx() {
-    fault_run("status500", "non-2xx", &[]);
-}
-
-#[test]
-fn corrupt_fault_counts_corrupt_downloads() {
-    fault_run("corrupt", "corrupt", &[]);
-}
-
-#[test]
-fn corrupt_fault_counts_corrupt_uploads() {
-    fault_run(
-        "corrupt",
-        "corrupt",
-        &["--method", "POST", "--body", "3000"],
-    );
-}
-
-#[test]
 fn close_after_is_not_a_failure() {
-    let backend = Backend::start_args(
-        "close-after",
-        &[
-            "--fault",
-            "close-after",
-            "--fault-every",
-            &EVERY.to_string(),
-        ],
-    );
+    let backend = faulty_backend("close-after");
     let addr = backend.target();
     let run = run_load(&["--addr", &addr, "-n", "600", "-c", "8"]);
     check_consistent(&run);
@@ -307,32 +326,17 @@ fn post_run_verifies_uploads() {
 fn close_delimited_and_chunked_responses_are_complete() {
     let backend = Backend::start("framing");
     let addr = backend.target();
-    let run = run_load(&[
-        "--addr",
-        &addr,
-        "-n",
-        "100",
-        "-c",
-        "4",
-        "--path",
-        "/bytes/5000?close=1",
-    ]);
-    check_consistent(&run);
-    assert_eq!(run.code, 0, "{}", run.stdout);
-    assert_eq!(run.json_u64(&["closed_by_server"]), 100);
-    let run = run_load(&[
-        "--addr",
-        &addr,
-        "-n",
-        "100",
-        "-c",
-        "4",
-        "--path",
-        "/bytes/70000?chunked=1",
-    ]);
-    check_consistent(&run);
-    assert_eq!(run.code, 0, "{}", run.stdout);
-    assert_eq!(run.json_u64(&["connections"]), 4);
+    // (path, JSON counter, its value): every close-delimited body ends its connection; chunked
+    // bodies keep the 4 connections alive.
+    for (path, counter, want) in [
+        ("/bytes/5000?close=1", "closed_by_server", 100),
+        ("/bytes/70000?chunked=1", "connections", 4),
+    ] {
+        let run = run_load(&["--addr", &addr, "-n", "100", "-c", "4", "--path", path]);
+        check_consistent(&run);
+        assert_eq!(run.code, 0, "{path}: {}", run.stdout);
+        assert_eq!(run.json_u64(&[counter]), want, "{path}: {counter}");
+    }
 }
 
 #[test]

@@ -9,58 +9,6 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use zentinel_tests::*;
 
-fn static_config(workers: u32, port: u16) -> String {
-    format!(
-        r#"
-system {{
-    worker-processes {workers}
-    graceful-shutdown-timeout-secs 5
-}}
-listeners {{
-    listener "http" {{
-        address "127.0.0.1:{port}"
-        protocol "http"
-        default-route "static"
-    }}
-}}
-routes {{
-    route "static" {{
-        static-response status=200 body="static ok" content-type="text/plain"
-    }}
-}}
-"#
-    )
-}
-
-fn proxy_config(workers: u32, port: u16, backend: &Backend) -> String {
-    format!(
-        r#"
-system {{
-    worker-processes {workers}
-    graceful-shutdown-timeout-secs 5
-}}
-listeners {{
-    listener "http" {{
-        address "127.0.0.1:{port}"
-        protocol "http"
-        default-route "all"
-    }}
-}}
-routes {{
-    route "all" {{
-        upstream "b"
-    }}
-}}
-upstreams {{
-    upstream "b" {{
-        target "{}"
-    }}
-}}
-"#,
-        backend.target()
-    )
-}
-
 fn ok_request(addr: SocketAddr) {
     let mut c = HttpClient::connect(addr);
     let r = c.get("/", "p.test");
@@ -78,7 +26,7 @@ fn connections_per_process(pids: &[u32], port: u16) -> BTreeMap<u32, usize> {
 #[test]
 fn worker_count_and_every_worker_serves_traffic() {
     let port = free_port();
-    let z = Zentinel::start(&static_config(3, port));
+    let z = Zentinel::start(&configs::static_response(3, &[port], "static ok", 5));
     let workers = z.worker_pids();
     assert_eq!(workers.len(), 3, "worker processes: {workers:?}");
     for &pid in &workers {
@@ -126,7 +74,7 @@ fn worker_count_and_every_worker_serves_traffic() {
 #[test]
 fn killed_worker_is_restarted() {
     let port = free_port();
-    let z = Zentinel::start(&static_config(2, port));
+    let z = Zentinel::start(&configs::static_response(2, &[port], "static ok", 5));
     let before = z.worker_pids();
     let victim = before[0];
     send_signal(victim, Signal::SIGKILL);
@@ -154,7 +102,7 @@ fn killed_worker_is_restarted() {
 fn sigterm_stops_everything_after_in_flight_requests() {
     let backend = Backend::start("slow");
     let port = free_port();
-    let mut z = Zentinel::start(&proxy_config(2, port, &backend));
+    let mut z = Zentinel::start(&configs::proxy_draining(2, port, &backend, 5));
     let workers = z.worker_pids();
 
     // An in-flight request must complete during the graceful stop.
@@ -188,15 +136,11 @@ fn sigterm_stops_everything_after_in_flight_requests() {
         "master exit status after SIGTERM: {status}\n{}",
         z.log()
     );
-    let mut alive = Vec::new();
-    let gone = wait_until(Duration::from_secs(5), || {
-        alive = workers.iter().copied().filter(|&p| is_alive(p)).collect();
-        alive.is_empty()
-    });
-    assert!(
-        gone,
-        "workers {alive:?} still running after the master exited\n{}",
-        z.log()
+    assert_all_exit(
+        &workers,
+        Duration::from_secs(5),
+        "workers after the master exited",
+        &z,
     );
     // graceful-shutdown-timeout-secs is 5: the stop must not have waited for it.
     assert!(
@@ -215,7 +159,7 @@ fn sigterm_drain_serves_idle_keep_alive_clients_then_closes_them_cleanly_by_the_
     // idle only at the drain deadline, with a FIN (never an RST).
     let backend = Backend::start("idle");
     let port = free_port();
-    let mut z = Zentinel::start(&proxy_config(1, port, &backend));
+    let mut z = Zentinel::start(&configs::proxy_draining(1, port, &backend, 5));
     let mut returning = z.client();
     let mut silent = z.client();
     assert_eq!(returning.get("/", "t").status, 200);
@@ -268,7 +212,7 @@ fn sigterm_drain_serves_idle_keep_alive_clients_then_closes_them_cleanly_by_the_
 #[test]
 fn sigint_fast_stop_leaves_no_process() {
     let port = free_port();
-    let mut z = Zentinel::start(&static_config(2, port));
+    let mut z = Zentinel::start(&configs::static_response(2, &[port], "static ok", 5));
     let workers = z.worker_pids();
     ok_request(z.addr());
     z.signal(Signal::SIGINT);
@@ -278,14 +222,5 @@ fn sigint_fast_stop_leaves_no_process() {
         "master still running 5 s after SIGINT\n{}",
         z.log()
     );
-    let mut alive = Vec::new();
-    let gone = wait_until(Duration::from_secs(5), || {
-        alive = workers.iter().copied().filter(|&p| is_alive(p)).collect();
-        alive.is_empty()
-    });
-    assert!(
-        gone,
-        "workers {alive:?} still running after SIGINT\n{}",
-        z.log()
-    );
+    assert_all_exit(&workers, Duration::from_secs(5), "workers after SIGINT", &z);
 }

@@ -1,7 +1,7 @@
 //! TCP listeners: raw bytes both ways, half-close honoured.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
@@ -35,26 +35,9 @@ upstreams {{
 
 /// Sends `data`, half-closes, and reads everything echoed until the proxy closes.
 fn echo_round(z: &Zentinel, data: Vec<u8>) -> Vec<u8> {
-    let stream = TcpStream::connect(z.addr()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    stream
-        .set_write_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let sender = thread::spawn(move || {
-        writer.write_all(&data).unwrap();
-        // Half-close: we are done sending but still want every echoed byte.
-        writer.shutdown(Shutdown::Write).unwrap();
-    });
-    let mut received = Vec::new();
-    let mut reader = stream;
-    reader
-        .read_to_end(&mut received)
-        .unwrap_or_else(|e| panic!("reading the echo ({} bytes so far): {e}", received.len()));
-    sender.join().unwrap();
-    received
+    let mut c = HttpClient::connect(z.addr());
+    c.set_timeout(Duration::from_secs(15));
+    c.echo_round(data)
 }
 
 #[test]

@@ -25,36 +25,6 @@ const DEADLINE: Duration = Duration::from_secs(10);
 /// How long one `zentinel-ctl upgrade` may take (each test must stay under a minute).
 const UPGRADE_DEADLINE: Duration = Duration::from_secs(30);
 
-/// An HTTP listener on `port` proxying everything to `backend`, `workers` workers.
-fn proxy_config(workers: u32, port: u16, backend: &Backend, drain_secs: u32) -> String {
-    format!(
-        r#"
-system {{
-    worker-processes {workers}
-    graceful-shutdown-timeout-secs {drain_secs}
-}}
-listeners {{
-    listener "http" {{
-        address "127.0.0.1:{port}"
-        protocol "http"
-        default-route "all"
-    }}
-}}
-routes {{
-    route "all" {{
-        upstream "b"
-    }}
-}}
-upstreams {{
-    upstream "b" {{
-        target "{}"
-    }}
-}}
-"#,
-        backend.target()
-    )
-}
-
 // ---------------------------------------------------------------------------------------------
 // Status snapshots.
 // ---------------------------------------------------------------------------------------------
@@ -144,11 +114,31 @@ fn exe_of(pid: u32) -> String {
         .unwrap_or_else(|| format!("<pid {pid} gone>"))
 }
 
+/// `zentinel-ctl upgrade --rolling --binary BINARY EXTRA...`, within `UPGRADE_DEADLINE`.
 fn ctl_upgrade(z: &Zentinel, binary: &Path, extra: &[&str]) -> CtlOutput {
+    ctl_upgrade_at(&z.control_socket(), binary, extra)
+}
+
+fn ctl_upgrade_at(socket: &Path, binary: &Path, extra: &[&str]) -> CtlOutput {
     let b = path_str(binary);
     let mut args = vec!["upgrade", "--rolling", "--binary", b.as_str()];
     args.extend_from_slice(extra);
-    ctl_within(&z.control_socket(), &args, UPGRADE_DEADLINE)
+    ctl_within(socket, &args, UPGRADE_DEADLINE)
+}
+
+/// [`ctl_upgrade`] on its own thread, for tests that act while the upgrade runs.
+fn ctl_upgrade_in_background(
+    z: &Zentinel,
+    binary: &Path,
+    extra: &[&str],
+) -> thread::JoinHandle<CtlOutput> {
+    let socket = z.control_socket();
+    let binary = binary.to_path_buf();
+    let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+    thread::spawn(move || {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        ctl_upgrade_at(&socket, &binary, &extra)
+    })
 }
 
 /// `master: pid A -> pid B ready in N ms (generation G, binary PATH)`.
@@ -214,17 +204,6 @@ fn start_load(z: &Zentinel) -> Load {
         load.failed()
     );
     load
-}
-
-/// Asserts every pid in `pids` is gone (exited, or a zombie) within `timeout`.
-fn assert_all_exit(pids: &BTreeSet<u32>, timeout: Duration, what: &str, z: &Zentinel) {
-    let ok = wait_until(timeout, || pids.iter().all(|&p| !is_alive(p)));
-    let alive: Vec<u32> = pids.iter().copied().filter(|&p| is_alive(p)).collect();
-    assert!(
-        ok,
-        "{what}: {alive:?} still running after {timeout:?}\n{}",
-        z.log()
-    );
 }
 
 /// Asserts the result of one successful rolling upgrade from `before` to `binary`.
@@ -322,7 +301,7 @@ fn canonical(p: &Path) -> String {
 #[test]
 fn rolling_upgrade_under_load_three_times() {
     let be = Backend::start("up");
-    let mut z = Zentinel::start(&proxy_config(2, free_port(), &be, 10));
+    let mut z = Zentinel::start(&configs::proxy_draining(2, free_port(), &be, 10));
     let mut files = TempFiles::default();
     let copies = [
         files.add(binary_copy("upgrade-a")),
@@ -488,12 +467,7 @@ impl SlowDownload {
 /// trip.
 fn open_ws_tunnel(z: &Zentinel) -> HttpClient {
     let mut c = z.client();
-    c.send(
-        b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    );
-    let r = c.read_response();
-    assert_eq!(r.status, 101, "tunnel upgrade: {r:?}");
+    c.upgrade_to_websocket();
     c.send(b"before the upgrade");
     assert_eq!(c.read_raw(18), b"before the upgrade");
     c
@@ -503,7 +477,7 @@ fn open_ws_tunnel(z: &Zentinel) -> HttpClient {
 fn long_download_and_tunnel_survive_upgrade() {
     const SIZE: u64 = 100 * 1024 * 1024;
     let be = Backend::start("long");
-    let z = Zentinel::start(&proxy_config(2, free_port(), &be, 30));
+    let z = Zentinel::start(&configs::proxy_draining(2, free_port(), &be, 30));
     let mut files = TempFiles::default();
     let copy = files.add(binary_copy("long"));
     let before = snap(&z);
@@ -532,14 +506,7 @@ fn long_download_and_tunnel_survive_upgrade() {
     tunnel.send(b"after the upgrade");
     assert_eq!(tunnel.read_raw(17), b"after the upgrade");
     let data = pattern(1_000_000);
-    let mut writer = tunnel.stream.try_clone().unwrap();
-    let to_send = data.clone();
-    let sender = thread::spawn(move || {
-        writer.write_all(&to_send).unwrap();
-        writer.shutdown(std::net::Shutdown::Write).unwrap();
-    });
-    let echoed = tunnel.read_to_eof();
-    sender.join().unwrap();
+    let echoed = tunnel.echo_round(data.clone());
     assert!(
         echoed == data,
         "the tunnel echoed {} bytes, not the 1 MB sent",
@@ -564,31 +531,14 @@ fn long_download_and_tunnel_survive_upgrade() {
 #[test]
 fn drain_timeout_is_enforced() {
     let be = Backend::start("drain");
-    let z = Zentinel::start(&proxy_config(2, free_port(), &be, 30));
+    let z = Zentinel::start(&configs::proxy_draining(2, free_port(), &be, 30));
     let mut files = TempFiles::default();
     let copy = files.add(binary_copy("drain"));
     let before = snap(&z);
     let mut tunnel = open_ws_tunnel(&z);
 
     let started = Instant::now();
-    let upgrade = {
-        let socket = z.control_socket();
-        let copy = path_str(&copy);
-        thread::spawn(move || {
-            ctl_within(
-                &socket,
-                &[
-                    "upgrade",
-                    "--rolling",
-                    "--binary",
-                    &copy,
-                    "--drain-timeout",
-                    "1s",
-                ],
-                UPGRADE_DEADLINE,
-            )
-        })
-    };
+    let upgrade = ctl_upgrade_in_background(&z, &copy, &["--drain-timeout", "1s"]);
     let closed = tunnel.server_closed_within(Duration::from_secs(20));
     let closed_after = started.elapsed();
     let out = upgrade.join().expect("upgrade thread");
@@ -617,7 +567,7 @@ fn drain_timeout_is_enforced() {
 #[test]
 fn broken_binary_rolls_back() {
     let be = Backend::start("broken");
-    let z = Zentinel::start(&proxy_config(2, free_port(), &be, 10));
+    let z = Zentinel::start(&configs::proxy_draining(2, free_port(), &be, 10));
     let mut files = TempFiles::default();
     let script = files.add(temp_path("broken-zentinel.sh"));
     fs::write(&script, "#!/bin/sh\nexit 1\n").unwrap();
@@ -630,7 +580,7 @@ fn broken_binary_rolls_back() {
         !out.success() && out.code.is_some(),
         "upgrading to a binary that exits at once must fail: {out}"
     );
-    let said = format!("{}{}", out.stdout, out.stderr);
+    let said = out.said();
     assert!(
         said.contains(&path_str(&script)),
         "the failure must name the binary that failed: {out}"
@@ -683,7 +633,7 @@ fn state_file(version: u32, payload: &[u8], claimed_len: u64) -> Vec<u8> {
 #[test]
 fn corrupt_or_future_state_is_refused() {
     let be = Backend::start("state");
-    let z = Zentinel::start(&proxy_config(1, free_port(), &be, 10));
+    let z = Zentinel::start(&configs::proxy_draining(1, free_port(), &be, 10));
     let before = snap(&z);
     let mut files = TempFiles::default();
     let payload = pattern(300);
@@ -765,7 +715,8 @@ fn sigusr2_starts_a_rolling_upgrade() {
     let be = Backend::start("usr2");
     let mut files = TempFiles::default();
     let copy = files.add(binary_copy("usr2"));
-    let mut z = Zentinel::start_with_binary(&proxy_config(2, free_port(), &be, 10), &copy);
+    let mut z =
+        Zentinel::start_with_binary(&configs::proxy_draining(2, free_port(), &be, 10), &copy);
     let load = start_load(&z);
     let before = snap(&z);
     assert_eq!(before.binary, path_str(&copy), "{:?}", before.raw);
@@ -858,7 +809,7 @@ fn load_client_counts_failures_by_kind() {
         .assert_clean(100, "load straight to the backend");
 
     // Through the proxy with no upgrade: the baseline the upgrade tests compare against.
-    let z = Zentinel::start(&proxy_config(2, free_port(), &be, 10));
+    let z = Zentinel::start(&configs::proxy_draining(2, free_port(), &be, 10));
     let load = start_load(&z);
     assert!(
         load.wait_for_more(300, DEADLINE),
@@ -873,7 +824,7 @@ fn load_client_counts_failures_by_kind() {
 #[test]
 fn a_second_upgrade_is_refused_while_one_runs() {
     let be = Backend::start("twice");
-    let z = Zentinel::start(&proxy_config(1, free_port(), &be, 10));
+    let z = Zentinel::start(&configs::proxy_draining(1, free_port(), &be, 10));
     let mut files = TempFiles::default();
     // A "new binary" that takes 3 s to fail: the first upgrade is provably still pending
     // while the second request arrives.
@@ -883,24 +834,7 @@ fn a_second_upgrade_is_refused_while_one_runs() {
     let copy = files.add(binary_copy("twice"));
     let before = snap(&z);
 
-    let first = {
-        let socket = z.control_socket();
-        let slow = path_str(&slow);
-        thread::spawn(move || {
-            ctl_within(
-                &socket,
-                &[
-                    "upgrade",
-                    "--rolling",
-                    "--binary",
-                    &slow,
-                    "--ready-timeout",
-                    "10s",
-                ],
-                UPGRADE_DEADLINE,
-            )
-        })
-    };
+    let first = ctl_upgrade_in_background(&z, &slow, &["--ready-timeout", "10s"]);
     // The first request is in: the master forked the script.
     assert!(
         wait_until(DEADLINE, || z.group_pids().iter().any(
@@ -914,7 +848,7 @@ fn a_second_upgrade_is_refused_while_one_runs() {
         !second.success() && second.code.is_some(),
         "a second upgrade while one runs must be refused: {second}"
     );
-    let said = format!("{}{}", second.stdout, second.stderr).to_lowercase();
+    let said = second.said().to_lowercase();
     assert!(
         said.contains("in progress") || said.contains("already"),
         "the refusal must say an upgrade is already in progress: {second}"
@@ -996,7 +930,10 @@ impl Drop for ScratchFs {
 fn unwritable_or_full_state_dir_fails_the_upgrade_cleanly() {
     let be = Backend::start("state-dir");
     let scratch = ScratchFs::mount("1m");
-    let z = Zentinel::start_in(&proxy_config(2, free_port(), &be, 5), &scratch.dir);
+    let z = Zentinel::start_in(
+        &configs::proxy_draining(2, free_port(), &be, 5),
+        &scratch.dir,
+    );
     let mut files = TempFiles::default();
     let copy = files.add(binary_copy("state-dir"));
     let load = start_load(&z);
@@ -1006,7 +943,7 @@ fn unwritable_or_full_state_dir_fails_the_upgrade_cleanly() {
     scratch.remount("ro");
     let out = ctl_upgrade(&z, &copy, &[]);
     assert!(!out.success(), "upgrade with a read-only state dir: {out}");
-    let said = format!("{}{}", out.stdout, out.stderr);
+    let said = out.said();
     assert!(
         said.contains("cannot write the upgrade state") && said.contains("Read-only"),
         "the error must say what failed and why: {out}"
@@ -1021,7 +958,7 @@ fn unwritable_or_full_state_dir_fails_the_upgrade_cleanly() {
     drop(f);
     let out = ctl_upgrade(&z, &copy, &[]);
     assert!(!out.success(), "upgrade with a full state dir: {out}");
-    let said = format!("{}{}", out.stdout, out.stderr);
+    let said = out.said();
     assert!(
         said.contains("cannot write the upgrade state") && said.contains("space"),
         "the error must say the disk is full: {out}"
@@ -1060,7 +997,10 @@ fn new_master_dying_before_it_is_ready_leaves_the_old_one_serving() {
     let mut files = TempFiles::default();
     let copy = files.add(binary_copy("master-dies"));
     let (key, value) = fault_env("master-exit-before-ready", &copy);
-    let z = Zentinel::start_with_env(&proxy_config(2, free_port(), &be, 5), &[(key, &value)]);
+    let z = Zentinel::start_with_env(
+        &configs::proxy_draining(2, free_port(), &be, 5),
+        &[(key, &value)],
+    );
     let load = start_load(&z);
     let before = snap(&z);
 
@@ -1069,7 +1009,7 @@ fn new_master_dying_before_it_is_ready_leaves_the_old_one_serving() {
         !out.success(),
         "the new master died, the upgrade must fail: {out}"
     );
-    let said = format!("{}{}", out.stdout, out.stderr);
+    let said = out.said();
     assert!(
         said.contains("exit status 70") || said.contains("exited"),
         "the error must say how the new master ended: {out}"
@@ -1096,7 +1036,10 @@ fn new_worker_dying_after_it_is_ready_rolls_the_upgrade_back() {
     let mut files = TempFiles::default();
     let copy = files.add(binary_copy("worker-dies"));
     let (key, value) = fault_env("worker-abort-after-ready", &copy);
-    let z = Zentinel::start_with_env(&proxy_config(2, free_port(), &be, 5), &[(key, &value)]);
+    let z = Zentinel::start_with_env(
+        &configs::proxy_draining(2, free_port(), &be, 5),
+        &[(key, &value)],
+    );
     let original = path_str(&z.binary);
     let load = start_load(&z);
     let before = snap(&z);
@@ -1106,7 +1049,7 @@ fn new_worker_dying_after_it_is_ready_rolls_the_upgrade_back() {
         !out.success(),
         "new workers crash, the upgrade must fail: {out}"
     );
-    let said = format!("{}{}", out.stdout, out.stderr);
+    let said = out.said();
     assert!(
         said.contains("died after it was ready") && said.contains("rolled back"),
         "the error must say what happened: {out}"
