@@ -70,6 +70,9 @@ pub fn spawn_successor(
     let mut fds: Vec<RawFd> = inherit.to_vec();
     fds.push(ready_raw);
     let mut command = Command::new(binary);
+    if let Some(now) = monotonic_ns() {
+        command.env(SPAWNED_AT_ENV, now.to_string());
+    }
     command
         .arg0(OsString::from(binary))
         .arg(UPGRADE_FROM_ARG)
@@ -228,21 +231,28 @@ pub fn pidfd_exited(pidfd: &OwnedFd) -> bool {
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
-/// How long this process has existed (from `/proc/self/stat` start time and `/proc/uptime`;
-/// 10 ms resolution).
-pub fn process_age() -> Option<std::time::Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let after = stat.rsplit_once(')')?.1;
-    let start_ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
-    let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
-    let uptime_s: f64 = uptime.split_whitespace().next()?.parse().ok()?;
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .filter(|&t| t > 0)?;
-    let start_s = start_ticks as f64 / ticks as f64;
-    std::time::Duration::try_from_secs_f64((uptime_s - start_s).max(0.0)).ok()
+/// Carries the CLOCK_MONOTONIC instant (ns) at which the old master started its successor, so
+/// the successor can report its start-up time exactly (the process start time in /proc has
+/// only 10 ms resolution: fast start-ups read as 0 ms).
+const SPAWNED_AT_ENV: &str = "ZENTINEL_UPGRADE_SPAWNED_AT_NS";
+
+fn monotonic_ns() -> Option<u64> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+    let secs = u64::try_from(now.tv_sec()).ok()?;
+    let nanos = u64::try_from(now.tv_nsec()).ok()?;
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
+/// Successor side: how long ago the old master started this process (None when not started
+/// by an upgrade, or from an older binary that did not say).
+pub fn time_since_spawn() -> Option<std::time::Duration> {
+    elapsed_since_stamp(&std::env::var(SPAWNED_AT_ENV).ok()?)
+}
+
+fn elapsed_since_stamp(stamp: &str) -> Option<std::time::Duration> {
+    let spawned: u64 = stamp.parse().ok()?;
+    let now = monotonic_ns()?;
+    Some(std::time::Duration::from_nanos(now.checked_sub(spawned)?))
 }
 
 /// Successor side: confirm readiness on the inherited pipe, then close it.
@@ -288,9 +298,17 @@ mod tests {
     }
 
     #[test]
-    fn process_age_is_plausible() {
-        let age = process_age().unwrap();
-        assert!(age < std::time::Duration::from_secs(3600), "{age:?}");
+    fn time_since_spawn_reads_the_stamp_of_the_old_master() {
+        let before = monotonic_ns().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let elapsed = elapsed_since_stamp(&before.to_string()).unwrap();
+        assert!(
+            elapsed >= std::time::Duration::from_millis(20)
+                && elapsed < std::time::Duration::from_secs(60),
+            "{elapsed:?}"
+        );
+        assert_eq!(elapsed_since_stamp("soon"), None);
+        assert_eq!(elapsed_since_stamp(&u64::MAX.to_string()), None);
     }
 
     #[test]

@@ -22,22 +22,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Sends `raw`, expects `status` and the connection closed, and nothing at the backend.
-fn assert_refused(z: &Zentinel, raw: &[u8], status: u16, what: &str) {
-    let mut c = z.client();
-    // The proxy may answer (and close) before everything was sent.
-    let _ = c.try_send(raw);
-    let r = c
-        .try_read_response(true, false)
-        .unwrap_or_else(|e| panic!("{what}: no response: {e}"));
-    assert_eq!(r.status, status, "{what}: {r:?}");
-    assert_eq!(r.backend(), None, "{what}: the backend answered: {r:?}");
-    assert!(
-        c.server_closed_within(Duration::from_secs(3)),
-        "{what}: connection left open after a refused request"
-    );
-}
-
 #[test]
 fn smuggling_and_invalid_bytes_are_refused_and_never_forwarded() {
     let be = Backend::start("hostile");

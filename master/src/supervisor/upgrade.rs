@@ -694,8 +694,8 @@ impl Supervisor {
             return;
         }
         let binary = self.executable.path().display().to_string();
-        // From our exec (the old master's fork is a moment earlier) to readiness.
-        let ready_ms = crate::upgrade::process_age()
+        // From the old master's fork to readiness.
+        let ready_ms = crate::upgrade::time_since_spawn()
             .unwrap_or_else(|| self.started_at.elapsed())
             .as_millis();
         let ready_ms = u64::try_from(ready_ms).unwrap_or(u64::MAX);
