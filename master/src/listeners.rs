@@ -242,9 +242,11 @@ pub fn adopt_activated(
         };
         match sock.r#type() {
             Ok(ty) if ty == Type::STREAM => {}
-            Ok(_) => return Err(bad(format!(
+            Ok(_) => {
+                return Err(bad(format!(
                 "{address} is not a stream socket (ListenStream= is needed, not ListenDatagram=)"
-            ))),
+            )))
+            }
             Err(err) => {
                 return Err(bad(format!(
                     "{address}: cannot read the socket type: {err}"
