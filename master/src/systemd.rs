@@ -84,6 +84,16 @@ pub fn take_listen_fds() -> Result<ListenFds, ActivationError> {
     )
 }
 
+/// Remove the socket-activation variables without taking anything: a master started by a
+/// binary upgrade inherits its listeners through the state file, and a predecessor that did
+/// not clear the variables must not make them reach our workers.
+pub fn forget_listen_fds() {
+    for variable in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        // Called before any thread exists, like take_listen_fds.
+        std::env::remove_var(variable);
+    }
+}
+
 fn parse_listen_fds(
     pid: Option<&str>,
     fds: Option<&str>,

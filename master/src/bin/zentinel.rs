@@ -228,6 +228,9 @@ fn started_as() -> Option<PathBuf> {
 /// its listeners, control socket, worker channels and executable inherited. Any failure here
 /// exits non-zero without confirming readiness, so the previous master keeps running.
 fn run_upgraded_master(cli: &Cli) -> ExitCode {
+    // Our listeners come from the state file; LISTEN_* (if an older predecessor left them)
+    // named its pid, not ours, and must not reach our workers.
+    systemd::forget_listen_fds();
     let signals = match master_prologue(cli) {
         Ok(signals) => signals,
         Err(code) => return code,
