@@ -369,3 +369,58 @@ fn notify_socket_in_the_abstract_namespace() {
         Some(z.pid.to_string().as_str())
     );
 }
+
+#[test]
+fn failed_upgrade_ends_with_the_old_master_ready_again() {
+    let mut notify = NotifySocket::bind();
+    let mut files = TempFiles::default();
+    let copy = files.add(binary_copy("systemd-master-dies"));
+    // The new master (running from `copy`) exits before it confirms readiness.
+    let fault = format!("master-exit-before-ready@{}", copy.display());
+    let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let z = Zentinel::start_with_env(
+        &config(1, &[("web", address)]),
+        &[
+            ("NOTIFY_SOCKET", &notify.address),
+            ("ZENTINEL_FAULT_INJECTION", &fault),
+        ],
+    );
+    let master = z.pid;
+    let master_s = master.to_string();
+    notify.until("READY=1 at start", DEADLINE, |n| n.has("READY=1"));
+
+    let binary = copy.display().to_string();
+    let out = ctl_within(
+        &z.control_socket(),
+        &[
+            "upgrade",
+            "--rolling",
+            "--binary",
+            &binary,
+            "--ready-timeout",
+            "5s",
+        ],
+        UPGRADE_DEADLINE,
+    );
+    assert!(
+        !out.success(),
+        "the new master died, the upgrade must fail: {out}"
+    );
+    // RELOADING=1, then the old master claims MAINPID back and is READY again; nothing came
+    // from the dead one.
+    let failed = notify.until("READY=1 after the failed upgrade", DEADLINE, |n| {
+        n.has("READY=1")
+    });
+    assert!(failed[0].has("RELOADING=1"), "{failed:#?}");
+    assert!(
+        failed.iter().all(|n| n.sender_pid == Some(master)),
+        "{failed:#?}"
+    );
+    let last = failed.last().unwrap();
+    assert_eq!(last.get("MAINPID"), Some(master_s.as_str()), "{failed:#?}");
+    assert!(
+        last.get("STATUS").is_some_and(|s| s.contains("failed")),
+        "{failed:#?}"
+    );
+    assert_served(address, "after the failed upgrade", &z);
+}
