@@ -424,3 +424,29 @@ fn failed_upgrade_ends_with_the_old_master_ready_again() {
     );
     assert_served(address, "after the failed upgrade", &z);
 }
+
+#[test]
+fn notify_failures_are_logged_never_fatal() {
+    let missing = temp_path("no-such-notify.sock");
+    let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let missing_s = missing.display().to_string();
+    let mut z = Zentinel::start_with_env(
+        &config(1, &[("web", address)]),
+        &[("NOTIFY_SOCKET", &missing_s)],
+    );
+    assert_served(address, "with a dead NOTIFY_SOCKET", &z);
+    z.ctl(&["reload"])
+        .assert_success("reload with a dead NOTIFY_SOCKET");
+    assert_served(address, "after the reload", &z);
+    let log = z.log_text();
+    assert!(
+        log.contains("cannot notify the service manager") && log.contains("READY=1"),
+        "{log}"
+    );
+    z.signal(Signal::SIGTERM);
+    assert!(
+        matches!(z.wait_exit(Duration::from_secs(15)), Some(s) if s.success()),
+        "a failed STOPPING=1 must not change the exit status\n{}",
+        z.log()
+    );
+}
