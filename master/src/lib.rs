@@ -10,6 +10,7 @@
 //! - [`control_socket_path`]: where that socket lives.
 //! - [`upgrade`]: the low-level pieces of a binary upgrade (state file place, successor
 //!   spawn, readiness pipe, pidfds).
+//! - [`systemd`]: socket activation (`LISTEN_FDS`) and `sd_notify`, without libsystemd.
 //! - [`backoff`]: restart delays.
 //! - [`logging`]: the tracing subscriber shared by master and workers.
 
@@ -20,5 +21,6 @@ pub mod control_socket_path;
 pub mod listeners;
 pub mod logging;
 pub mod supervisor;
+pub mod systemd;
 pub mod upgrade;
 pub mod worker_process;

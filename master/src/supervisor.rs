@@ -36,7 +36,7 @@ use nix::unistd::Pid;
 use tracing::{debug, error, info, warn};
 use zentinel_protocol::channel::check_version;
 use zentinel_protocol::config::ProxyConfig;
-use zentinel_protocol::control::ControlResponse;
+use zentinel_protocol::control::{ControlRequest, ControlResponse};
 use zentinel_protocol::messages::{
     Hello, MasterMessage, WorkerCounters, WorkerMessage, WorkerStart, PROTOCOL_VERSION,
 };
@@ -45,6 +45,7 @@ use zentinel_protocol::{Channel, ProtocolError};
 use crate::backoff::Backoff;
 use crate::control::{ControlServer, ControlSocket};
 use crate::listeners::BoundListener;
+use crate::systemd;
 use crate::worker_process::{spawn_worker, Executable, WorkerArgs};
 
 /// Longest time from spawn to `Ready`.
@@ -315,6 +316,8 @@ pub struct Supervisor {
     handed_over: bool,
     /// Taking over failed: leave without touching the adopted processes.
     takeover_failed: Option<String>,
+    /// systemd was told RELOADING=1 for a reload and waits for READY=1.
+    notify_reloading: bool,
 }
 
 /// The number of workers `worker-processes` asks for (0: one per CPU).
@@ -371,6 +374,7 @@ impl Supervisor {
             pidfds: BTreeMap::new(),
             handed_over: false,
             takeover_failed: None,
+            notify_reloading: false,
         })
     }
 
@@ -462,6 +466,9 @@ impl Supervisor {
                     let requests =
                         control.handle_event(self.poll.registry(), token, event.is_writable());
                     for request in requests {
+                        if matches!(request, ControlRequest::Reload { .. }) {
+                            self.reload_announce();
+                        }
                         self.handle_request(token, request);
                     }
                 }
@@ -473,6 +480,7 @@ impl Supervisor {
             // loop immune to a coalesced or missed SIGCHLD.
             self.reap();
             self.run_timers(Instant::now());
+            self.reload_notify_done();
         }
 
         if let Some(control) = self.control.as_mut() {
@@ -529,6 +537,7 @@ impl Supervisor {
                         sender_pid = info.ssi_pid,
                         "configuration reload requested (SIGHUP)"
                     );
+                    self.reload_announce();
                     self.begin_reload(None, None);
                 }
                 Some(Signal::SIGUSR2) => {
@@ -711,6 +720,44 @@ impl Supervisor {
                 master_pid = std::process::id(),
                 "zentinel started"
             );
+            systemd::ready(&self.serving_status());
+        }
+    }
+
+    /// systemd's `STATUS=` while serving.
+    fn serving_status(&self) -> String {
+        format!(
+            "serving: {} worker(s), generation {}, config {}",
+            self.slots.len(),
+            self.generation,
+            self.config_name
+        )
+    }
+
+    /// systemd: a reload is about to begin (RELOADING=1). Not when the master is busy: the
+    /// request is refused then, and an upgrade in progress has its own RELOADING=1/READY=1.
+    fn reload_announce(&mut self) {
+        if self.notify_reloading || self.busy_reason().is_some() {
+            return;
+        }
+        self.notify_reloading = true;
+        let what = self
+            .config_path
+            .as_ref()
+            .map_or_else(|| self.config_name.clone(), |p| p.display().to_string());
+        systemd::reloading(&format!("reloading {what}"));
+    }
+
+    /// systemd: the announced reload is over, committed, rolled back or refused (READY=1;
+    /// `zentinel-ctl reload`'s exit status says which). A stop that abandoned it said
+    /// STOPPING=1 instead.
+    fn reload_notify_done(&mut self) {
+        if !self.notify_reloading || self.reload.is_some() {
+            return;
+        }
+        self.notify_reloading = false;
+        if !matches!(self.phase, Phase::Stopping { .. }) {
+            systemd::ready(&self.serving_status());
         }
     }
 
@@ -1089,7 +1136,11 @@ impl Supervisor {
                     kind,
                     kill_at: now + grace,
                     failure,
-                }
+                };
+                systemd::stopping(match kind {
+                    StopKind::Graceful => "stopping: draining workers",
+                    StopKind::Fast => "stopping",
+                });
             }
         }
         self.abort_reload("the master is stopping");

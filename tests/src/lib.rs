@@ -1590,3 +1590,9 @@ pub fn parse_upload_answer(body: &str) -> (u64, String) {
         _ => panic!("backend upload answer {body:?} is not `len=N checksum=HEX`"),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// systemd: socket activation and sd_notify, as systemd would do them (tests/tests/systemd.rs).
+// ---------------------------------------------------------------------------------------------
+
+pub mod systemd;

@@ -13,6 +13,7 @@ use zentinel_master::listeners;
 use zentinel_master::listeners::BoundListener;
 use zentinel_master::logging::{self, DEFAULT_LOG_LEVEL};
 use zentinel_master::supervisor::{self, Inherited, Supervisor, SupervisorSetup};
+use zentinel_master::systemd;
 use zentinel_master::upgrade;
 use zentinel_master::worker_process::{adopt_channel_fd, set_cloexec_on_inherited_fds, Executable};
 use zentinel_protocol::state::read_state_file;
@@ -149,10 +150,20 @@ fn master_prologue(cli: &Cli) -> Result<SignalFd, ExitCode> {
 }
 
 fn run_master(cli: &Cli) -> ExitCode {
+    // First of all: fds 3.. must still be the ones systemd passed (nothing opened yet), and
+    // no thread may exist while the LISTEN_* variables are removed from the environment.
+    let activation = systemd::take_listen_fds();
     let signals = match master_prologue(cli) {
         Ok(signals) => signals,
         Err(code) => return code,
     };
+    let activation = match activation {
+        Ok(activation) => activation,
+        Err(err) => return fail(EXIT_FAILURE, err),
+    };
+    for warning in &activation.warnings {
+        tracing::warn!("{warning}");
+    }
     let path = cli.config.as_deref();
     let (config, config_name) = match config::load_config(path) {
         Ok(loaded) => loaded,
@@ -161,6 +172,17 @@ fn run_master(cli: &Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if !activation.sockets.is_empty() {
+        // Listeners whose address systemd passed use that socket (bind_listener duplicates
+        // it); the others are bound below as usual.
+        match listeners::adopt_activated(activation.sockets, &config.listeners) {
+            Ok(count) => tracing::info!(
+                sockets = count,
+                "socket activation: using the sockets passed by systemd"
+            ),
+            Err(err) => return fail(EXIT_CONFIG, format!("configuration {config_name}: {err}")),
+        }
+    }
     let executable = match Executable::open_self_as(started_as().as_deref()) {
         Ok(executable) => executable,
         Err(err) => return fail(EXIT_FAILURE, err),
@@ -206,6 +228,9 @@ fn started_as() -> Option<PathBuf> {
 /// its listeners, control socket, worker channels and executable inherited. Any failure here
 /// exits non-zero without confirming readiness, so the previous master keeps running.
 fn run_upgraded_master(cli: &Cli) -> ExitCode {
+    // Our listeners come from the state file; LISTEN_* (if an older predecessor left them)
+    // named its pid, not ours, and must not reach our workers.
+    systemd::forget_listen_fds();
     let signals = match master_prologue(cli) {
         Ok(signals) => signals,
         Err(code) => return code,

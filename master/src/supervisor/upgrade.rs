@@ -327,6 +327,11 @@ impl Supervisor {
             state_file = %state_path.display(),
             "upgrade: new master started; waiting for its readiness"
         );
+        // systemd: like a reload, ended by the new master's READY=1 (or ours if it fails).
+        crate::systemd::reloading(&format!(
+            "upgrading: new master pid {} starting from {binary}",
+            child.as_raw()
+        ));
         // The new master reads the worker channels from now on: two readers would split
         // frames between them.
         let registry = self.poll.registry();
@@ -441,6 +446,11 @@ impl Supervisor {
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut SourceFd(&handover.pipe.as_raw_fd()));
         let mut reason = reason;
+        // systemd: the new master may have claimed MAINPID already (it does so right before
+        // confirming; see adoption_progress). Take it back before it dies, so that systemd
+        // never watches a dead main pid, and again below once it is gone for sure.
+        let reclaim = format!("MAINPID={}", std::process::id());
+        crate::systemd::notify_logged(&reclaim);
         if reaped.is_none() {
             let _ = kill(handover.child, Signal::SIGKILL);
             loop {
@@ -491,6 +501,17 @@ impl Supervisor {
             std::process::id()
         );
         error!("upgrade failed: {message}");
+        // Every datagram the dead new master sent is queued ahead of this one. A stop that
+        // abandoned the upgrade already said STOPPING=1: no READY=1 after it.
+        if matches!(self.phase, Phase::Stopping { .. }) {
+            crate::systemd::notify_logged(&reclaim);
+        } else {
+            crate::systemd::ready(&format!(
+                "upgrade to {} failed; {}",
+                handover.binary,
+                self.serving_status()
+            ));
+        }
         self.upgrade_respond(handover.client, ControlResponse::Failed { message }, true);
     }
 
@@ -689,6 +710,17 @@ impl Supervisor {
             error!("fault injection: master-exit-before-ready");
             std::process::exit(70);
         }
+        // systemd (Type=notify, NotifyAccess=all): we are the main process from here on.
+        // Said BEFORE the previous master learns that we are ready, so the datagram is
+        // queued before that master can exit: systemd reads notifications ahead of SIGCHLD,
+        // and sees the main pid move instead of the main process dying. If confirming fails
+        // after this, the previous master takes MAINPID back (handover_failed).
+        crate::systemd::ready(&format!(
+            "serving: took over from pid {} (generation {}, binary {})",
+            adoption.previous_master_pid,
+            self.generation,
+            self.executable.path().display()
+        ));
         if let Err(err) = write_ready(adoption.ready_fd) {
             self.takeover_failed = Some(format!("cannot confirm readiness: {err}"));
             return;
@@ -1003,6 +1035,7 @@ impl Supervisor {
                     op.total, self.generation
                 );
                 info!("{message}");
+                crate::systemd::status(&message);
                 self.upgrade_respond(op.client, ControlResponse::Done { message }, true);
             }
             Some((reason, restored)) => {
@@ -1015,6 +1048,7 @@ impl Supervisor {
                      rolled back to {previous}; the other workers kept running"
                 );
                 error!("{message}");
+                crate::systemd::status(&message);
                 self.upgrade_respond(op.client, ControlResponse::Failed { message }, true);
             }
         }
