@@ -968,14 +968,35 @@ pub fn install_binary(src: &Path, dest: &Path) {
             .unwrap_or_default(),
         UNIQUE.fetch_add(1, Ordering::SeqCst)
     ));
-    fs::copy(src, &tmp)
-        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", src.display(), tmp.display()));
+    // Copied by a `cp` child, not in this process: a write fd open here would be inherited by
+    // whatever another test thread forks meanwhile, and exec of the copy fails with ETXTBSY
+    // while any process holds it open for writing (until that child execs).
+    let copied = Command::new("cp")
+        .arg(src)
+        .arg(&tmp)
+        .status()
+        .unwrap_or_else(|e| panic!("run cp {} {}: {e}", src.display(), tmp.display()));
+    assert!(
+        copied.success(),
+        "cp {} {}: {copied}",
+        src.display(),
+        tmp.display()
+    );
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))
         .unwrap_or_else(|e| panic!("chmod 755 {}: {e}", tmp.display()));
     fs::rename(&tmp, dest).unwrap_or_else(|e| {
         let _ = fs::remove_file(&tmp);
         panic!("rename {} to {}: {e}", tmp.display(), dest.display())
     });
+}
+
+/// Puts an executable script with `text` at `dest`, the same way as [`install_binary`] (the
+/// text is written to a scratch file first, which is never executed).
+pub fn install_script(dest: &Path, text: &str) {
+    let scratch = temp_path("script-source");
+    fs::write(&scratch, text).unwrap_or_else(|e| panic!("write {}: {e}", scratch.display()));
+    install_binary(&scratch, dest);
+    let _ = fs::remove_file(&scratch);
 }
 
 /// Files removed on drop (binary copies, scripts, state files of a test).

@@ -8,7 +8,6 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -570,8 +569,7 @@ fn broken_binary_rolls_back() {
     let z = Zentinel::start(&configs::proxy_draining(2, free_port(), &be, 10));
     let mut files = TempFiles::default();
     let script = files.add(temp_path("broken-zentinel.sh"));
-    fs::write(&script, "#!/bin/sh\nexit 1\n").unwrap();
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    install_script(&script, "#!/bin/sh\nexit 1\n");
     let load = start_load(&z);
     let before = snap(&z);
 
@@ -829,8 +827,7 @@ fn a_second_upgrade_is_refused_while_one_runs() {
     // A "new binary" that takes 3 s to fail: the first upgrade is provably still pending
     // while the second request arrives.
     let slow = files.add(temp_path("slow-broken-zentinel.sh"));
-    fs::write(&slow, "#!/bin/sh\nsleep 3\nexit 1\n").unwrap();
-    fs::set_permissions(&slow, fs::Permissions::from_mode(0o755)).unwrap();
+    install_script(&slow, "#!/bin/sh\nsleep 3\nexit 1\n");
     let copy = files.add(binary_copy("twice"));
     let before = snap(&z);
 
