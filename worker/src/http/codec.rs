@@ -318,6 +318,9 @@ pub struct RequestHead {
     pub expect_continue: bool,
     /// `Connection: upgrade` with an `Upgrade` header: its value (e.g. `websocket`).
     pub upgrade: Option<String>,
+    /// What parsing learnt and rewriting needs again: saves passes over the fields.
+    content_length: Option<u64>,
+    conn: ConnectionSummary,
 }
 
 impl RequestHead {
@@ -361,6 +364,8 @@ pub struct ResponseHead {
     pub framing: BodyFraming,
     /// The upstream allows reusing its connection after this response.
     pub keep_alive: bool,
+    content_length: Option<u64>,
+    conn: ConnectionSummary,
 }
 
 impl ResponseHead {
@@ -679,6 +684,8 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed<RequestHead>,
         host,
         expect_continue,
         upgrade,
+        content_length,
+        conn: conn.summary(),
     }))
 }
 
@@ -903,6 +910,30 @@ pub fn merged_content_length<'a>(
     Ok(found)
 }
 
+/// [`ConnectionTokens`] without the other option names, kept in a parsed head: most messages
+/// name no other option, and then rewriting the head needs no new pass over its fields.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionSummary {
+    close: bool,
+    keep_alive: bool,
+    upgrade: bool,
+    other_names: bool,
+}
+
+impl ConnectionSummary {
+    fn tokens<'a>(self, headers: Headers<'a>) -> ConnectionTokens<'a> {
+        if self.other_names {
+            return ConnectionTokens::of(headers);
+        }
+        ConnectionTokens {
+            close: self.close,
+            keep_alive: self.keep_alive,
+            upgrade: self.upgrade,
+            names: Vec::new(),
+        }
+    }
+}
+
 /// What the `Connection` fields of a message say.
 #[derive(Debug, Default)]
 struct ConnectionTokens<'a> {
@@ -916,6 +947,15 @@ struct ConnectionTokens<'a> {
 }
 
 impl<'a> ConnectionTokens<'a> {
+    fn summary(&self) -> ConnectionSummary {
+        ConnectionSummary {
+            close: self.close,
+            keep_alive: self.keep_alive,
+            upgrade: self.upgrade,
+            other_names: !self.names.is_empty(),
+        }
+    }
+
     fn of(headers: impl IntoIterator<Item = Header<'a>>) -> Self {
         let mut t = ConnectionTokens::default();
         for h in headers {
@@ -1082,6 +1122,8 @@ pub fn parse_response(
         head_len,
         framing,
         keep_alive,
+        content_length,
+        conn: conn.summary(),
     }))
 }
 
@@ -1138,7 +1180,7 @@ pub struct ForwardContext {
 /// the `Upgrade` header when `head.upgrade` is set. Framing headers are kept as received.
 pub fn write_upstream_request(head: &RequestHead, ctx: &ForwardContext, out: &mut Vec<u8>) {
     use std::io::Write as _;
-    let conn = ConnectionTokens::of(head.headers());
+    let conn = head.conn.tokens(head.headers());
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.store.get(head.target));
@@ -1167,7 +1209,7 @@ pub fn write_upstream_request(head: &RequestHead, ctx: &ForwardContext, out: &mu
         } else if name.eq_ignore_ascii_case(b"content-length") {
             // Identical repeats were accepted; the next hop sees a single value.
             if !wrote_cl {
-                if let Ok(Some(n)) = merged_content_length(head.headers()) {
+                if let Some(n) = head.content_length {
                     out.extend_from_slice(h.name);
                     out.extend_from_slice(b": ");
                     push_decimal(out, n);
@@ -1312,7 +1354,7 @@ pub fn write_client_response(
     close: bool,
     out: &mut Vec<u8>,
 ) {
-    let conn = ConnectionTokens::of(head.headers());
+    let conn = head.conn.tokens(head.headers());
     let switching = head.status == 101;
     // RFC 9110 8.6 / RFC 9112 6.1: no framing fields in 1xx and 204 responses.
     let no_framing_fields = (100..200).contains(&head.status) || head.status == 204;
@@ -1334,7 +1376,7 @@ pub fn write_client_response(
             // With Transfer-Encoding the length is wrong by definition (RFC 9112 6.3:
             // an intermediary removes it); repeats collapse to one field.
             if !wrote_cl && !no_framing_fields && head.framing != BodyFraming::Chunked {
-                if let Ok(Some(n)) = merged_content_length(head.headers()) {
+                if let Some(n) = head.content_length {
                     out.extend_from_slice(h.name);
                     out.extend_from_slice(b": ");
                     push_decimal(out, n);
