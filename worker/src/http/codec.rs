@@ -8,6 +8,7 @@
 //! framing and the response is delimited by the connection close instead
 //! ([`ResponseHead::dechunks_for`]).
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 
 use zentinel_protocol::config::{Limits, StaticResponse};
@@ -29,20 +30,282 @@ pub enum BodyFraming {
     UntilClose,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
-    /// As received (case preserved).
-    pub name: String,
-    pub value: Vec<u8>,
+/// One header field of a parsed head, borrowed from the head's stored bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    /// As received (case preserved). A token (ASCII) in every parsed head.
+    pub name: &'a [u8],
+    pub value: &'a [u8],
+}
+
+impl std::fmt::Debug for Header<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {:?}",
+            String::from_utf8_lossy(self.name),
+            String::from_utf8_lossy(self.value)
+        )
+    }
+}
+
+/// Start and end of a part of a head, as offsets into [`HeadStore::bytes`].
+type Span = (u32, u32);
+
+#[derive(Debug, Clone, Copy)]
+struct FieldSpan {
+    name: Span,
+    value: Span,
+}
+
+/// A parsed head's own copy of its bytes, with where each field sits in them: one copy of
+/// the head instead of a `String` and a `Vec` per field. The storage comes from a per-thread
+/// free list and goes back to it when the head is dropped, so parsing a head does not call
+/// the allocator in steady state.
+pub struct HeadStore {
+    bytes: Vec<u8>,
+    fields: Vec<FieldSpan>,
+}
+
+/// Free head storage kept per thread (the worker is single-threaded): enough for the heads in
+/// flight at once. Storage grown past [`STORE_KEEP_BYTES`] by a large head is freed instead.
+const STORE_POOL_MAX: usize = 256;
+const STORE_KEEP_BYTES: usize = 8 * 1024;
+const STORE_KEEP_FIELDS: usize = 128;
+/// Sized for ordinary heads so that a fresh store rarely grows.
+const STORE_INITIAL_BYTES: usize = 1024;
+const STORE_INITIAL_FIELDS: usize = 16;
+
+type FreeStore = (Vec<u8>, Vec<FieldSpan>);
+
+thread_local! {
+    static FREE_STORES: RefCell<Vec<FreeStore>> = const { RefCell::new(Vec::new()) };
+}
+
+impl HeadStore {
+    /// Storage holding a copy of `head`, no fields yet.
+    fn copy_of(head: &[u8]) -> Self {
+        let (mut bytes, mut fields) = FREE_STORES
+            .try_with(|p| p.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| {
+                (
+                    Vec::with_capacity(STORE_INITIAL_BYTES.max(head.len())),
+                    Vec::with_capacity(STORE_INITIAL_FIELDS),
+                )
+            });
+        bytes.clear();
+        fields.clear();
+        bytes.extend_from_slice(head);
+        HeadStore { bytes, fields }
+    }
+
+    /// Where `part` (a sub-slice of `head`, the slice this store copied) lies. Parts that are
+    /// not inside `head` (httparse's static empty reason) are empty.
+    fn span_of(head: &[u8], part: &[u8]) -> Span {
+        let start = (part.as_ptr() as usize).wrapping_sub(head.as_ptr() as usize);
+        if part.is_empty() || start > head.len() || part.len() > head.len() - start {
+            return (0, 0);
+        }
+        // Heads are checked to fit u32 offsets before a store is made.
+        (start as u32, (start + part.len()) as u32)
+    }
+
+    fn push_field(&mut self, head: &[u8], name: &[u8], value: &[u8]) {
+        self.fields.push(FieldSpan {
+            name: Self::span_of(head, name),
+            value: Self::span_of(head, value),
+        });
+    }
+
+    fn get(&self, (start, end): Span) -> &[u8] {
+        self.bytes.get(start as usize..end as usize).unwrap_or(&[])
+    }
+
+    /// A part known to be UTF-8 (it was a `&str` when the head was parsed).
+    fn get_str(&self, span: Span) -> &str {
+        std::str::from_utf8(self.get(span)).unwrap_or("")
+    }
+
+    fn headers(&self) -> Headers<'_> {
+        Headers {
+            store: self,
+            fields: self.fields.iter(),
+        }
+    }
+}
+
+impl Drop for HeadStore {
+    fn drop(&mut self) {
+        let bytes = std::mem::take(&mut self.bytes);
+        let fields = std::mem::take(&mut self.fields);
+        if bytes.capacity() == 0
+            || bytes.capacity() > STORE_KEEP_BYTES
+            || fields.capacity() > STORE_KEEP_FIELDS
+        {
+            return;
+        }
+        // At thread exit the pool may be gone already: then the storage is simply freed.
+        let _ = FREE_STORES.try_with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < STORE_POOL_MAX {
+                p.push((bytes, fields));
+            }
+        });
+    }
+}
+
+impl Clone for HeadStore {
+    fn clone(&self) -> Self {
+        HeadStore {
+            bytes: self.bytes.clone(),
+            fields: self.fields.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for HeadStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.headers()).finish()
+    }
+}
+
+/// The header fields of a parsed head, in the order received.
+#[derive(Clone)]
+pub struct Headers<'a> {
+    store: &'a HeadStore,
+    fields: std::slice::Iter<'a, FieldSpan>,
+}
+
+impl<'a> Iterator for Headers<'a> {
+    type Item = Header<'a>;
+    fn next(&mut self) -> Option<Header<'a>> {
+        let f = self.fields.next()?;
+        Some(Header {
+            name: self.store.get(f.name),
+            value: self.store.get(f.value),
+        })
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.fields.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Headers<'_> {}
+
+/// Longest string [`SmallStr`] keeps inline; request methods and host names are shorter.
+const SMALL_STR_INLINE: usize = 62;
+
+/// A short string stored inline (request methods, host names), on the heap only when longer
+/// than [`SMALL_STR_INLINE`] bytes. Dereferences to `str`.
+#[derive(Clone)]
+pub struct SmallStr(SmallRepr);
+
+#[derive(Clone)]
+enum SmallRepr {
+    /// The common request methods: no copy, no UTF-8 check when read.
+    Static(&'static str),
+    Inline {
+        len: u8,
+        buf: [u8; SMALL_STR_INLINE],
+    },
+    Heap(Box<str>),
+}
+
+/// Methods [`SmallStr::new`] recognizes (case-sensitive, as methods are).
+const KNOWN_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE",
+];
+
+impl SmallStr {
+    pub fn new(s: &str) -> Self {
+        if let Some(m) = KNOWN_METHODS.iter().find(|m| **m == s) {
+            return SmallStr(SmallRepr::Static(m));
+        }
+        Self::from_bytes_mapped(s, |b| b)
+    }
+
+    /// `s` with ASCII letters lowercased.
+    pub fn lowercase(s: &str) -> Self {
+        Self::from_bytes_mapped(s, |b| b.to_ascii_lowercase())
+    }
+
+    fn from_bytes_mapped(s: &str, map: impl Fn(u8) -> u8) -> Self {
+        if s.len() > SMALL_STR_INLINE {
+            let mut owned = s.to_owned();
+            if map(b'A') != b'A' {
+                owned.make_ascii_lowercase();
+            }
+            return SmallStr(SmallRepr::Heap(owned.into_boxed_str()));
+        }
+        let mut buf = [0u8; SMALL_STR_INLINE];
+        for (d, &b) in buf.iter_mut().zip(s.as_bytes()) {
+            *d = map(b);
+        }
+        SmallStr(SmallRepr::Inline {
+            len: s.len() as u8,
+            buf,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            SmallRepr::Static(s) => s,
+            // Built from a `&str` with only ASCII bytes changed: always UTF-8.
+            SmallRepr::Inline { len, buf } => {
+                std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or("")
+            }
+            SmallRepr::Heap(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for SmallStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for SmallStr {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for SmallStr {}
+
+impl PartialEq<str> for SmallStr {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for SmallStr {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Debug for SmallStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for SmallStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct RequestHead {
-    pub method: String,
+    pub method: SmallStr,
     /// Request target as received (origin-form path and query, or absolute-form).
-    pub target: String,
+    target: Span,
     pub version: HttpVersion,
-    pub headers: Vec<Header>,
+    store: HeadStore,
     /// Bytes of the buffer the head occupied (request line + headers + blank line).
     pub head_len: usize,
     pub framing: BodyFraming,
@@ -50,19 +313,31 @@ pub struct RequestHead {
     /// (HTTP/1.1 without `Connection: close`, or HTTP/1.0 with `Connection: keep-alive`).
     pub keep_alive: bool,
     /// `Host` header (or absolute-form authority), lowercased, port stripped.
-    pub host: Option<String>,
+    pub host: Option<SmallStr>,
     /// `Expect: 100-continue`.
     pub expect_continue: bool,
     /// `Connection: upgrade` with an `Upgrade` header: its value (e.g. `websocket`).
     pub upgrade: Option<String>,
+    /// What parsing learnt and rewriting needs again: saves passes over the fields.
+    content_length: Option<u64>,
+    conn: ConnectionSummary,
 }
 
 impl RequestHead {
+    /// Request target as received (origin-form path and query, or absolute-form).
+    pub fn target(&self) -> &str {
+        self.store.get_str(self.target)
+    }
+    /// Header fields as received (case preserved), in order.
+    pub fn headers(&self) -> Headers<'_> {
+        self.store.headers()
+    }
     /// Path part of the target, without the query string.
     pub fn path(&self) -> &str {
-        let rest = match split_absolute_form(&self.target) {
+        let target = self.target();
+        let rest = match split_absolute_form(target) {
             Some((_, after_authority)) => after_authority,
-            None => self.target.as_str(),
+            None => target,
         };
         let end = rest.find(['?', '#']).unwrap_or(rest.len());
         match &rest[..end] {
@@ -71,23 +346,37 @@ impl RequestHead {
         }
     }
     pub fn is_head(&self) -> bool {
-        self.method.eq_ignore_ascii_case("HEAD")
+        // Asked several times per exchange: the common case skips the UTF-8 check.
+        match &self.method.0 {
+            SmallRepr::Static(m) => *m == "HEAD",
+            _ => self.method.eq_ignore_ascii_case("HEAD"),
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct ResponseHead {
     pub status: u16,
-    pub reason: String,
+    reason: Span,
     pub version: HttpVersion,
-    pub headers: Vec<Header>,
+    store: HeadStore,
     pub head_len: usize,
     pub framing: BodyFraming,
     /// The upstream allows reusing its connection after this response.
     pub keep_alive: bool,
+    content_length: Option<u64>,
+    conn: ConnectionSummary,
 }
 
 impl ResponseHead {
+    /// Reason phrase as received (empty when absent or not plain ASCII).
+    pub fn reason(&self) -> &str {
+        self.store.get_str(self.reason)
+    }
+    /// Header fields as received (case preserved), in order.
+    pub fn headers(&self) -> Headers<'_> {
+        self.store.headers()
+    }
     /// 1xx other than 101: forwarded to the client, then the final response follows.
     pub fn is_interim(&self) -> bool {
         (100..200).contains(&self.status) && self.status != 101
@@ -159,8 +448,10 @@ const NEVER_CONNECTION_NAMED: &[&str] = &["host", "content-length", "transfer-en
 
 /// Header names are compared without allocating a lowercased copy (this runs for every header
 /// of every message).
-fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// Room for this many header fields on the stack; more (rare) take a heap allocation.
@@ -196,6 +487,10 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed<RequestHead>,
         Some(n) => n,
         None => return Ok(Parsed::Partial),
     };
+    // Parts of the head are kept as u32 offsets.
+    if u32::try_from(head_len).is_err() {
+        return Err(RequestError::HeadersTooLarge);
+    }
     let head = &buf[..head_len];
 
     // Every header line takes at least 4 bytes (`a:` CRLF), so the head bounds how many slots
@@ -234,19 +529,18 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed<RequestHead>,
         1 => HttpVersion::Http11,
         _ => return Err(RequestError::VersionNotSupported),
     };
-    let headers: Vec<Header> = req
-        .headers
-        .iter()
-        .map(|h| Header {
-            name: h.name.to_string(),
-            value: h.value.to_vec(),
+    let raw: &[httparse::Header<'_>] = req.headers;
+    let headers = || {
+        raw.iter().map(|h| Header {
+            name: h.name.as_bytes(),
+            value: h.value,
         })
-        .collect();
-    for h in &headers {
-        if h.name.is_empty() || !h.name.bytes().all(is_tchar) {
+    };
+    for h in headers() {
+        if h.name.is_empty() || !h.name.iter().all(|&b| is_tchar(b)) {
             return Err(RequestError::BadRequest("invalid header name"));
         }
-        if has_forbidden_value_byte(&h.value) {
+        if has_forbidden_value_byte(h.value) {
             return Err(RequestError::BadRequest(
                 "control character in header value",
             ));
@@ -282,22 +576,22 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed<RequestHead>,
     let mut has_cl = false;
     let mut upgrade_values: Vec<&[u8]> = Vec::new();
     let mut expect_continue = false;
-    for h in &headers {
-        let name = h.name.as_str();
-        if name.eq_ignore_ascii_case("host") {
+    for h in headers() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case(b"host") {
             if host_header.is_some() {
                 return Err(RequestError::BadRequest("multiple Host headers"));
             }
-            host_header = Some(h.value.as_slice());
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            host_header = Some(h.value);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             te_count += 1;
-            te_value = &h.value;
-        } else if name.eq_ignore_ascii_case("content-length") {
+            te_value = h.value;
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             has_cl = true;
-        } else if name.eq_ignore_ascii_case("upgrade") {
-            upgrade_values.push(h.value.as_slice());
-        } else if name.eq_ignore_ascii_case("expect") {
-            expect_continue |= trim_ows(&h.value).eq_ignore_ascii_case(b"100-continue");
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade_values.push(h.value);
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            expect_continue |= trim_ows(h.value).eq_ignore_ascii_case(b"100-continue");
         }
     }
 
@@ -322,7 +616,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed<RequestHead>,
     // RFC 9112 3.2.2: the absolute-form authority wins over the Host header.
     let host = authority_host.or(host);
 
-    let content_length = merged_content_length(&headers).map_err(RequestError::BadRequest)?;
+    let content_length = merged_content_length(headers()).map_err(RequestError::BadRequest)?;
     let chunked = if te_count > 0 {
         if version == HttpVersion::Http10 {
             return Err(RequestError::BadRequest(
@@ -356,7 +650,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed<RequestHead>,
         }
     };
 
-    let conn = ConnectionTokens::of(&headers);
+    let conn = ConnectionTokens::of(headers());
     let keep_alive = match version {
         HttpVersion::Http11 => !conn.close,
         HttpVersion::Http10 => conn.keep_alive && !conn.close,
@@ -375,17 +669,23 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed<RequestHead>,
     };
     let expect_continue = expect_continue && version == HttpVersion::Http11;
 
+    let mut store = HeadStore::copy_of(head);
+    for h in raw {
+        store.push_field(head, h.name.as_bytes(), h.value);
+    }
     Ok(Parsed::Complete(RequestHead {
-        method: method.to_string(),
-        target: target.to_string(),
+        method: SmallStr::new(method),
+        target: HeadStore::span_of(head, target.as_bytes()),
         version,
-        headers,
+        store,
         head_len,
         framing,
         keep_alive,
         host,
         expect_continue,
         upgrade,
+        content_length,
+        conn: conn.summary(),
     }))
 }
 
@@ -468,7 +768,7 @@ fn split_absolute_form(target: &str) -> Option<(&str, &str)> {
 /// Validate a `Host` value or an authority and return its host part lowercased, the port
 /// stripped, IPv6 literals kept in brackets (as the router expects). `None`: invalid (userinfo,
 /// spaces, non-ASCII, a non-numeric port...). An empty value gives `Some("")`.
-pub fn normalize_authority(value: &[u8]) -> Option<String> {
+pub fn normalize_authority(value: &[u8]) -> Option<SmallStr> {
     let value = trim_ows(value);
     let (host, port): (&[u8], &[u8]) = if value.first() == Some(&b'[') {
         let close = value.iter().position(|&b| b == b']')?;
@@ -502,7 +802,7 @@ pub fn normalize_authority(value: &[u8]) -> Option<String> {
         return None;
     }
     let host = std::str::from_utf8(host).ok()?;
-    Some(host.to_ascii_lowercase())
+    Some(SmallStr::lowercase(host))
 }
 
 /// RFC 3986 reg-name: unreserved / pct-encoded / sub-delims.
@@ -584,10 +884,12 @@ fn list_elements(v: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// The single Content-Length all `Content-Length` fields agree on (several fields and
 /// `5, 5` lists are fine when every value is the same). Digits only; no sign, no spaces inside.
-pub fn merged_content_length(headers: &[Header]) -> Result<Option<u64>, &'static str> {
+pub fn merged_content_length<'a>(
+    headers: impl IntoIterator<Item = Header<'a>>,
+) -> Result<Option<u64>, &'static str> {
     let mut found: Option<u64> = None;
     for h in headers {
-        if !h.name.eq_ignore_ascii_case("content-length") {
+        if !h.name.eq_ignore_ascii_case(b"content-length") {
             continue;
         }
         for element in h.value.split(|&b| b == b',') {
@@ -608,25 +910,59 @@ pub fn merged_content_length(headers: &[Header]) -> Result<Option<u64>, &'static
     Ok(found)
 }
 
-/// What the `Connection` fields of a message say.
-#[derive(Debug, Default)]
-struct ConnectionTokens {
+/// [`ConnectionTokens`] without the other option names, kept in a parsed head: most messages
+/// name no other option, and then rewriting the head needs no new pass over its fields.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionSummary {
     close: bool,
     keep_alive: bool,
     upgrade: bool,
-    /// The other options, lowercased: these headers are hop-by-hop too. (The three above
-    /// are options as well; kept as flags, they cost no allocation on the common path.)
-    names: Vec<String>,
+    other_names: bool,
 }
 
-impl ConnectionTokens {
-    fn of(headers: &[Header]) -> Self {
+impl ConnectionSummary {
+    fn tokens<'a>(self, headers: Headers<'a>) -> ConnectionTokens<'a> {
+        if self.other_names {
+            return ConnectionTokens::of(headers);
+        }
+        ConnectionTokens {
+            close: self.close,
+            keep_alive: self.keep_alive,
+            upgrade: self.upgrade,
+            names: Vec::new(),
+        }
+    }
+}
+
+/// What the `Connection` fields of a message say.
+#[derive(Debug, Default)]
+struct ConnectionTokens<'a> {
+    close: bool,
+    keep_alive: bool,
+    upgrade: bool,
+    /// The other options, as received (compared ignoring case): these headers are hop-by-hop
+    /// too. (The three above are options as well; kept as flags, they cost no allocation on
+    /// the common path.)
+    names: Vec<&'a [u8]>,
+}
+
+impl<'a> ConnectionTokens<'a> {
+    fn summary(&self) -> ConnectionSummary {
+        ConnectionSummary {
+            close: self.close,
+            keep_alive: self.keep_alive,
+            upgrade: self.upgrade,
+            other_names: !self.names.is_empty(),
+        }
+    }
+
+    fn of(headers: impl IntoIterator<Item = Header<'a>>) -> Self {
         let mut t = ConnectionTokens::default();
         for h in headers {
-            if !h.name.eq_ignore_ascii_case("connection") {
+            if !h.name.eq_ignore_ascii_case(b"connection") {
                 continue;
             }
-            for token in list_elements(&h.value) {
+            for token in list_elements(h.value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     t.close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -634,8 +970,7 @@ impl ConnectionTokens {
                 } else if token.eq_ignore_ascii_case(b"upgrade") {
                     t.upgrade = true;
                 } else {
-                    t.names
-                        .push(String::from_utf8_lossy(token).to_ascii_lowercase());
+                    t.names.push(token);
                 }
             }
         }
@@ -644,15 +979,15 @@ impl ConnectionTokens {
 
     /// Whether the header `name` (any case) must not be forwarded because a `Connection`
     /// field names it.
-    fn strips(&self, name: &str) -> bool {
-        let named = (self.close && name.eq_ignore_ascii_case("close"))
-            || (self.keep_alive && name.eq_ignore_ascii_case("keep-alive"))
-            || (self.upgrade && name.eq_ignore_ascii_case("upgrade"))
+    fn strips(&self, name: &[u8]) -> bool {
+        let named = (self.close && name.eq_ignore_ascii_case(b"close"))
+            || (self.keep_alive && name.eq_ignore_ascii_case(b"keep-alive"))
+            || (self.upgrade && name.eq_ignore_ascii_case(b"upgrade"))
             || self.names.iter().any(|n| n.eq_ignore_ascii_case(name));
         named
             && !NEVER_CONNECTION_NAMED
                 .iter()
-                .any(|n| n.eq_ignore_ascii_case(name))
+                .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
     }
 }
 
@@ -667,6 +1002,10 @@ pub fn parse_response(
         Some(n) => n,
         None => return Ok(Parsed::Partial),
     };
+    // Parts of the head are kept as u32 offsets.
+    if u32::try_from(head_len).is_err() {
+        return Err(ResponseError("response head too large"));
+    }
     let head = &buf[..head_len];
     // One slot per line is always enough; no fixed header-count cap on upstreams beyond the
     // head size (responses legitimately carry many Set-Cookie fields). The stack array fits
@@ -702,42 +1041,43 @@ pub fn parse_response(
     if status < 100 {
         return Err(ResponseError("invalid status code"));
     }
-    let reason = resp.reason.unwrap_or("").to_string();
-    let headers: Vec<Header> = resp
-        .headers
-        .iter()
-        .map(|h| Header {
-            name: h.name.to_string(),
-            value: h.value.to_vec(),
+    let reason = resp.reason.unwrap_or("");
+    let raw: &[httparse::Header<'_>] = resp.headers;
+    let headers = || {
+        raw.iter().map(|h| Header {
+            name: h.name.as_bytes(),
+            value: h.value,
         })
-        .collect();
-    let mut te_codings: Vec<Vec<u8>> = Vec::new();
+    };
+    // The transfer codings of all Transfer-Encoding fields, in order: how many there are, how
+    // many are `chunked`, whether the last one is.
+    let mut te_codings = 0usize;
+    let mut chunked_count = 0usize;
+    let mut chunked_last = false;
     let mut has_te = false;
-    for h in &headers {
-        if has_forbidden_value_byte(&h.value) {
+    for h in headers() {
+        if has_forbidden_value_byte(h.value) {
             return Err(ResponseError("control character in header value"));
         }
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+        if h.name.eq_ignore_ascii_case(b"transfer-encoding") {
             has_te = true;
-            te_codings.extend(list_elements(&h.value).map(<[u8]>::to_ascii_lowercase));
+            for coding in list_elements(h.value) {
+                let chunked = coding.eq_ignore_ascii_case(b"chunked");
+                te_codings += 1;
+                chunked_count += usize::from(chunked);
+                chunked_last = chunked;
+            }
         }
     }
-    let content_length = merged_content_length(&headers).map_err(ResponseError)?;
+    let content_length = merged_content_length(headers()).map_err(ResponseError)?;
     if has_te && version == HttpVersion::Http10 {
         // RFC 9112 6.1: such framing is faulty.
         return Err(ResponseError("Transfer-Encoding in an HTTP/1.0 response"));
     }
-    let chunked_count = te_codings
-        .iter()
-        .filter(|c| c.as_slice() == b"chunked")
-        .count();
-    let chunked_last = te_codings
-        .last()
-        .is_some_and(|c| c.as_slice() == b"chunked");
     if chunked_count > 1 || (chunked_count == 1 && !chunked_last) {
         return Err(ResponseError("chunked is not the final transfer coding"));
     }
-    if has_te && te_codings.is_empty() {
+    if has_te && te_codings == 0 {
         return Err(ResponseError("empty Transfer-Encoding"));
     }
 
@@ -760,7 +1100,7 @@ pub fn parse_response(
             None => BodyFraming::UntilClose,
         }
     };
-    let conn = ConnectionTokens::of(&headers);
+    let conn = ConnectionTokens::of(headers());
     let version_keep_alive = match version {
         HttpVersion::Http11 => !conn.close,
         HttpVersion::Http10 => conn.keep_alive && !conn.close,
@@ -770,14 +1110,20 @@ pub fn parse_response(
         && framing != BodyFraming::UntilClose
         && !(has_te && content_length.is_some())
         && status != 101;
+    let mut store = HeadStore::copy_of(head);
+    for h in raw {
+        store.push_field(head, h.name.as_bytes(), h.value);
+    }
     Ok(Parsed::Complete(ResponseHead {
         status,
-        reason,
+        reason: HeadStore::span_of(head, reason.as_bytes()),
         version,
-        headers,
+        store,
         head_len,
         framing,
         keep_alive,
+        content_length,
+        conn: conn.summary(),
     }))
 }
 
@@ -834,42 +1180,37 @@ pub struct ForwardContext {
 /// the `Upgrade` header when `head.upgrade` is set. Framing headers are kept as received.
 pub fn write_upstream_request(head: &RequestHead, ctx: &ForwardContext, out: &mut Vec<u8>) {
     use std::io::Write as _;
-    let conn = ConnectionTokens::of(&head.headers);
+    let conn = head.conn.tokens(head.headers());
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(head.target.as_bytes());
+    out.extend_from_slice(head.store.get(head.target));
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
-    let mut xff: Vec<&[u8]> = Vec::new();
-    let mut forwarded: Vec<&[u8]> = Vec::new();
     let mut host_value: Option<&[u8]> = None;
     let mut wrote_cl = false;
-    for h in &head.headers {
-        let name = h.name.as_str();
+    for h in head.headers() {
+        let name = h.name;
         if is_hop_by_hop(name) || conn.strips(name) {
             continue;
         }
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
-            xff.extend(list_elements(&h.value));
-            continue;
-        }
-        if name.eq_ignore_ascii_case("forwarded") {
-            forwarded.extend(list_elements(&h.value));
-            continue;
-        }
-        // Set by this proxy only: a client must not be able to claim another scheme/host.
-        if name.eq_ignore_ascii_case("x-forwarded-proto")
-            || name.eq_ignore_ascii_case("x-forwarded-host")
+        // Gathered below, into the proxy's own fields.
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") || name.eq_ignore_ascii_case(b"forwarded")
         {
             continue;
         }
-        if name.eq_ignore_ascii_case("host") {
-            host_value = Some(trim_ows(&h.value));
-        } else if name.eq_ignore_ascii_case("content-length") {
+        // Set by this proxy only: a client must not be able to claim another scheme/host.
+        if name.eq_ignore_ascii_case(b"x-forwarded-proto")
+            || name.eq_ignore_ascii_case(b"x-forwarded-host")
+        {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"host") {
+            host_value = Some(trim_ows(h.value));
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             // Identical repeats were accepted; the next hop sees a single value.
             if !wrote_cl {
-                if let Ok(Some(n)) = merged_content_length(&head.headers) {
-                    out.extend_from_slice(h.name.as_bytes());
+                if let Some(n) = head.content_length {
+                    out.extend_from_slice(h.name);
                     out.extend_from_slice(b": ");
                     push_decimal(out, n);
                     out.extend_from_slice(b"\r\n");
@@ -878,8 +1219,20 @@ pub fn write_upstream_request(head: &RequestHead, ctx: &ForwardContext, out: &mu
             }
             continue;
         }
-        push_header(out, h.name.as_bytes(), &h.value);
+        push_header(out, h.name, h.value);
     }
+    // The elements of the client's fields named `name` (X-Forwarded-For, Forwarded), each
+    // followed by ", ": the proxy's own element comes last.
+    let push_previous = |out: &mut Vec<u8>, name: &[u8]| {
+        for h in head.headers() {
+            if h.name.eq_ignore_ascii_case(name) && !conn.strips(h.name) {
+                for e in list_elements(h.value) {
+                    out.extend_from_slice(e);
+                    out.extend_from_slice(b", ");
+                }
+            }
+        }
+    };
 
     // Writing into a Vec cannot fail.
     if host_value.is_none() && head.version == HttpVersion::Http10 {
@@ -887,11 +1240,9 @@ pub fn write_upstream_request(head: &RequestHead, ctx: &ForwardContext, out: &mu
     }
     let client_ip = ctx.client.ip().to_canonical();
     out.extend_from_slice(b"X-Forwarded-For: ");
-    for e in &xff {
-        out.extend_from_slice(e);
-        out.extend_from_slice(b", ");
-    }
-    let _ = write!(out, "{client_ip}\r\n");
+    push_previous(out, b"x-forwarded-for");
+    push_ip(out, client_ip);
+    out.extend_from_slice(b"\r\n");
     push_header(out, b"X-Forwarded-Proto", ctx.scheme.as_bytes());
     let host_value = host_value.filter(|h| !h.is_empty());
     if let Some(h) = host_value {
@@ -899,20 +1250,28 @@ pub fn write_upstream_request(head: &RequestHead, ctx: &ForwardContext, out: &mu
     }
 
     out.extend_from_slice(b"Forwarded: ");
-    for e in &forwarded {
-        out.extend_from_slice(e);
-        out.extend_from_slice(b", ");
+    push_previous(out, b"forwarded");
+    match client_ip {
+        std::net::IpAddr::V4(_) => {
+            out.extend_from_slice(b"for=");
+            push_ip(out, client_ip);
+        }
+        std::net::IpAddr::V6(_) => {
+            out.extend_from_slice(b"for=\"[");
+            push_ip(out, client_ip);
+            out.extend_from_slice(b"]\"");
+        }
     }
-    let _ = match client_ip {
-        std::net::IpAddr::V4(ip) => write!(out, "for={ip}"),
-        std::net::IpAddr::V6(ip) => write!(out, "for=\"[{ip}]\""),
-    };
     out.extend_from_slice(b";proto=");
     out.extend_from_slice(ctx.scheme.as_bytes());
     out.extend_from_slice(b";host=");
     match host_value {
         Some(h) => push_forwarded_value(out, h),
-        None => push_forwarded_value(out, ctx.listener.to_string().as_bytes()),
+        // A socket address always holds a `:`, never a `"` or `\`: the quoted-string form,
+        // with nothing to escape.
+        None => {
+            let _ = write!(out, "\"{}\"", ctx.listener);
+        }
     }
     out.extend_from_slice(b"\r\n");
 
@@ -926,15 +1285,44 @@ pub fn write_upstream_request(head: &RequestHead, ctx: &ForwardContext, out: &mu
     out.extend_from_slice(b"\r\n");
 }
 
+/// An IP address as its `Display` form writes it; IPv4 (the common case) without the
+/// formatting machinery.
+fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut text = [0u8; 15];
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    text[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    text[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                text[len] = b'0' + octet % 10;
+                len += 1;
+            }
+            out.extend_from_slice(&text[..len]);
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-fn join_list(elements: &[&[u8]]) -> Vec<u8> {
-    elements.join(&b", "[..])
 }
 
 /// RFC 7239 value: a token as is, anything else as a quoted-string.
@@ -966,7 +1354,7 @@ pub fn write_client_response(
     close: bool,
     out: &mut Vec<u8>,
 ) {
-    let conn = ConnectionTokens::of(&head.headers);
+    let conn = head.conn.tokens(head.headers());
     let switching = head.status == 101;
     // RFC 9110 8.6 / RFC 9112 6.1: no framing fields in 1xx and 204 responses.
     let no_framing_fields = (100..200).contains(&head.status) || head.status == 204;
@@ -974,22 +1362,22 @@ pub fn write_client_response(
     out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(out, u64::from(head.status));
     out.push(b' ');
-    out.extend_from_slice(head.reason.as_bytes());
+    out.extend_from_slice(head.store.get(head.reason));
     out.extend_from_slice(b"\r\n");
     let mut wrote_cl = false;
-    for h in &head.headers {
-        let name = h.name.as_str();
-        let keep_for_upgrade = switching && name.eq_ignore_ascii_case("upgrade");
+    for h in head.headers() {
+        let name = h.name;
+        let keep_for_upgrade = switching && name.eq_ignore_ascii_case(b"upgrade");
         if !keep_for_upgrade && (is_hop_by_hop(name) || conn.strips(name)) {
             continue;
         }
-        let is_te = name.eq_ignore_ascii_case("transfer-encoding");
-        if name.eq_ignore_ascii_case("content-length") {
+        let is_te = name.eq_ignore_ascii_case(b"transfer-encoding");
+        if name.eq_ignore_ascii_case(b"content-length") {
             // With Transfer-Encoding the length is wrong by definition (RFC 9112 6.3:
             // an intermediary removes it); repeats collapse to one field.
             if !wrote_cl && !no_framing_fields && head.framing != BodyFraming::Chunked {
-                if let Ok(Some(n)) = merged_content_length(&head.headers) {
-                    out.extend_from_slice(h.name.as_bytes());
+                if let Some(n) = head.content_length {
+                    out.extend_from_slice(h.name);
                     out.extend_from_slice(b": ");
                     push_decimal(out, n);
                     out.extend_from_slice(b"\r\n");
@@ -1004,15 +1392,20 @@ pub fn write_client_response(
         if is_te && dechunk {
             // Only `chunked` is undone here; other codings (rare) still describe the bytes
             // that follow.
-            let rest: Vec<&[u8]> = list_elements(&h.value)
-                .filter(|c| !c.eq_ignore_ascii_case(b"chunked"))
-                .collect();
-            if !rest.is_empty() {
-                push_header(out, h.name.as_bytes(), &join_list(&rest));
+            let mut rest = list_elements(h.value).filter(|c| !c.eq_ignore_ascii_case(b"chunked"));
+            if let Some(first) = rest.next() {
+                out.extend_from_slice(h.name);
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(first);
+                for c in rest {
+                    out.extend_from_slice(b", ");
+                    out.extend_from_slice(c);
+                }
+                out.extend_from_slice(b"\r\n");
             }
             continue;
         }
-        push_header(out, h.name.as_bytes(), &h.value);
+        push_header(out, h.name, h.value);
     }
     if switching {
         push_header(out, b"Connection", b"upgrade");
@@ -1100,16 +1493,18 @@ fn local_response(
     };
     let bodyless = (100..200).contains(&status) || status == 204 || status == 304;
     let mut out = Vec::with_capacity(128 + body.len());
-    out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status)).as_bytes());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(&mut out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason_phrase(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
     if !bodyless {
         if let Some(ct) = content_type {
             push_header(&mut out, b"Content-Type", ct.as_bytes());
         }
-        push_header(
-            &mut out,
-            b"Content-Length",
-            body.len().to_string().as_bytes(),
-        );
+        out.extend_from_slice(b"Content-Length: ");
+        push_decimal(&mut out, body.len() as u64);
+        out.extend_from_slice(b"\r\n");
     }
     // Stated either way so that HTTP/1.0 clients (keep-alive only on request) stay in step.
     push_header(

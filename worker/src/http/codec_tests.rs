@@ -77,7 +77,7 @@ fn simple_get() {
     let buf = b"GET /a/b?x=1 HTTP/1.1\r\nHost: Example.COM:8080\r\nUser-Agent: t\r\n\r\n";
     let h = req(buf);
     assert_eq!(h.method, "GET");
-    assert_eq!(h.target, "/a/b?x=1");
+    assert_eq!(h.target(), "/a/b?x=1");
     assert_eq!(h.path(), "/a/b");
     assert_eq!(h.version, HttpVersion::Http11);
     assert_eq!(h.head_len, buf.len());
@@ -86,9 +86,10 @@ fn simple_get() {
     assert_eq!(h.host.as_deref(), Some("example.com"));
     assert!(!h.expect_continue);
     assert_eq!(h.upgrade, None);
-    assert_eq!(h.headers.len(), 2);
-    assert_eq!(h.headers[0].name, "Host");
-    assert_eq!(h.headers[0].value, b"Example.COM:8080");
+    assert_eq!(h.headers().len(), 2);
+    let first = h.headers().next().expect("a header");
+    assert_eq!(first.name, b"Host");
+    assert_eq!(first.value, b"Example.COM:8080");
     assert!(!h.is_head());
 }
 
@@ -188,7 +189,7 @@ fn absolute_form_takes_host_from_target() {
     let h = req(b"GET http://Backend.Example:8080/x?y HTTP/1.1\r\nHost: other.example\r\n\r\n");
     assert_eq!(h.host.as_deref(), Some("backend.example"));
     assert_eq!(h.path(), "/x");
-    assert_eq!(h.target, "http://Backend.Example:8080/x?y");
+    assert_eq!(h.target(), "http://Backend.Example:8080/x?y");
     let h = req(b"GET http://[2001:DB8::1]:8080/ HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(h.host.as_deref(), Some("[2001:db8::1]"));
     // Missing Host on HTTP/1.1 stays an error even with an absolute-form target.
@@ -410,7 +411,7 @@ fn control_bytes_in_values_are_refused() {
     }
     // HTAB and obs-text are allowed.
     let h = req(b"GET / HTTP/1.1\r\nHost: a\r\nX-Test: a\tb \xe9\r\n\r\n");
-    assert_eq!(h.headers[1].value, b"a\tb \xe9");
+    assert_eq!(h.headers().nth(1).map(|x| x.value), Some(&b"a\tb \xe9"[..]));
 }
 
 #[test]
@@ -591,7 +592,7 @@ fn response_with_content_length() {
     let buf = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX: y\r\n\r\nhello";
     let h = resp(buf, false);
     assert_eq!(h.status, 200);
-    assert_eq!(h.reason, "OK");
+    assert_eq!(h.reason(), "OK");
     assert_eq!(h.version, HttpVersion::Http11);
     assert_eq!(h.framing, BodyFraming::ContentLength(5));
     assert_eq!(h.head_len, buf.len() - 5);
@@ -776,7 +777,7 @@ fn response_with_many_headers() {
         buf.extend_from_slice(format!("Set-Cookie: c{i}=v\r\n").as_bytes());
     }
     buf.extend_from_slice(b"Content-Length: 0\r\n\r\n");
-    assert_eq!(resp(&buf, false).headers.len(), 501);
+    assert_eq!(resp(&buf, false).headers().len(), 501);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1125,8 +1126,8 @@ fn error_response_exact_bytes() {
         let r = error_response(status, true, false);
         let h = resp(&r, false);
         assert_eq!(h.status, status);
-        assert_eq!(h.reason, reason_phrase(status));
-        assert!(!h.reason.is_empty());
+        assert_eq!(h.reason(), reason_phrase(status));
+        assert!(!h.reason().is_empty());
         let body = &r[h.head_len..];
         assert_eq!(h.framing, BodyFraming::ContentLength(body.len() as u64));
         assert_eq!(
@@ -1673,7 +1674,7 @@ proptest! {
         prop_assert_eq!(h.head_len, bytes.len());
         prop_assert_eq!(h.host.as_deref(), Some(host.as_str()));
         prop_assert_eq!(h.path(), path.as_str());
-        prop_assert_eq!(h.headers.len(), extra.len() + 2);
+        prop_assert_eq!(h.headers().len(), extra.len() + 2);
         let expected = if body_len == 0 { BodyFraming::Empty } else { BodyFraming::ContentLength(body_len) };
         prop_assert_eq!(h.framing, expected);
     }
@@ -1708,9 +1709,9 @@ proptest! {
         write_upstream_request(&h, &ctx_v4(), &mut out);
         let again = req(&out);
         prop_assert_eq!(again.head_len, out.len());
-        prop_assert_eq!(again.headers.len(), extra.len() + 6);
+        prop_assert_eq!(again.headers().len(), extra.len() + 6);
         for (n, v) in &extra {
-            prop_assert!(again.headers.iter().any(|x| &x.name == n && x.value == v.as_bytes()));
+            prop_assert!(again.headers().any(|x| x.name == n.as_bytes() && x.value == v.as_bytes()));
         }
     }
 }
@@ -1725,18 +1726,18 @@ fn reason_phrases() {
 
 #[test]
 fn merged_content_length_helper() {
-    let h = |v: &str| Header {
-        name: "Content-Length".into(),
-        value: v.as_bytes().to_vec(),
+    let h = |v: &'static str| Header {
+        name: b"Content-Length",
+        value: v.as_bytes(),
     };
-    assert_eq!(merged_content_length(&[]), Ok(None));
-    assert_eq!(merged_content_length(&[h("3"), h("3, 03")]), Ok(Some(3)));
-    assert!(merged_content_length(&[h("3"), h("4")]).is_err());
+    assert_eq!(merged_content_length(Vec::<Header>::new()), Ok(None));
+    assert_eq!(merged_content_length([h("3"), h("3, 03")]), Ok(Some(3)));
+    assert!(merged_content_length([h("3"), h("4")]).is_err());
     assert_eq!(
-        merged_content_length(&[h("18446744073709551615")]),
+        merged_content_length([h("18446744073709551615")]),
         Ok(Some(u64::MAX))
     );
-    assert!(merged_content_length(&[h("18446744073709551616")]).is_err());
+    assert!(merged_content_length([h("18446744073709551616")]).is_err());
 }
 
 #[test]
@@ -1758,4 +1759,144 @@ fn forwarded_host_is_quoted_when_not_a_token() {
     let mut value = Vec::new();
     push_forwarded_value(&mut value, b"a\"b\\c");
     assert_eq!(value, b"\"a\\\"b\\\\c\"");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Head storage: borrowed fields, pooled storage, inline strings
+
+#[test]
+fn head_storage_is_reused_after_a_head_is_dropped() {
+    let buf = b"GET /a HTTP/1.1\r\nHost: example.com\r\nX-A: 1\r\n\r\n";
+    let first = req(buf);
+    let storage = first.store.bytes.as_ptr();
+    drop(first);
+    let second = req(buf);
+    assert_eq!(
+        second.store.bytes.as_ptr(),
+        storage,
+        "the dropped head's storage is taken again"
+    );
+    // A response takes from the same free list.
+    let second_storage = second.store.bytes.as_ptr();
+    drop(second);
+    let r = resp(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false);
+    assert_eq!(r.store.bytes.as_ptr(), second_storage);
+    assert_eq!(r.reason(), "OK");
+    assert_eq!(r.headers().len(), 1);
+}
+
+#[test]
+fn oversized_head_storage_is_freed_not_kept() {
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(STORE_KEEP_BYTES)
+    );
+    let roomy = Limits {
+        max_header_size_bytes: 64 * 1024,
+        ..limits()
+    };
+    let Ok(Parsed::Complete(h)) = parse_request(big.as_bytes(), &roomy) else {
+        panic!("a 9 KiB head within a 64 KiB limit is accepted");
+    };
+    assert_eq!(
+        h.headers().nth(1).map(|x| x.value.len()),
+        Some(STORE_KEEP_BYTES)
+    );
+    let before = FREE_STORES.with(|p| p.borrow().len());
+    drop(h);
+    assert_eq!(FREE_STORES.with(|p| p.borrow().len()), before);
+}
+
+#[test]
+fn head_parts_survive_the_input_buffer() {
+    let mut buf = b"PATCH /x?y HTTP/1.1\r\nHost: Example.COM\r\nX-A: a b\r\n\r\n".to_vec();
+    let h = req(&buf);
+    let r = resp(
+        b"HTTP/1.1 404 Not Here\r\nX-B: c\r\nContent-Length: 0\r\n\r\n",
+        false,
+    );
+    // The session consumes its buffer right after parsing: the head must not depend on it.
+    buf.fill(b'!');
+    assert_eq!(h.method, "PATCH");
+    assert_eq!(h.target(), "/x?y");
+    assert_eq!(h.host.as_deref(), Some("example.com"));
+    let fields: Vec<(&[u8], &[u8])> = h.headers().map(|x| (x.name, x.value)).collect();
+    assert_eq!(
+        fields,
+        vec![
+            (&b"Host"[..], &b"Example.COM"[..]),
+            (&b"X-A"[..], &b"a b"[..])
+        ]
+    );
+    assert_eq!(r.reason(), "Not Here");
+    let cloned = h.clone();
+    drop(h);
+    assert_eq!(cloned.target(), "/x?y");
+    assert_eq!(cloned.headers().len(), 2);
+}
+
+#[test]
+fn methods_and_hosts_of_any_length() {
+    let long_method = "M".repeat(SMALL_STR_INLINE + 5);
+    let long_host = format!("{}.Example", "A".repeat(SMALL_STR_INLINE));
+    let buf = format!("{long_method} / HTTP/1.1\r\nHost: {long_host}:81\r\n\r\n");
+    let h = req(buf.as_bytes());
+    assert_eq!(h.method, long_method.as_str());
+    assert_eq!(
+        h.host.as_deref(),
+        Some(long_host.to_ascii_lowercase().as_str())
+    );
+    assert!(!h.is_head());
+    // Methods are case-sensitive; `is_head` compared ignoring case before, and still does.
+    assert!(req(b"head / HTTP/1.1\r\nHost: a\r\n\r\n").is_head());
+    assert!(req(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n").is_head());
+    assert_eq!(req(b"get / HTTP/1.1\r\nHost: a\r\n\r\n").method, "get");
+    let exact = "h".repeat(SMALL_STR_INLINE);
+    assert_eq!(
+        SmallStr::lowercase(&exact.to_ascii_uppercase()).as_str(),
+        exact
+    );
+    assert_eq!(format!("{:?}", SmallStr::new("GET")), "\"GET\"");
+}
+
+#[test]
+fn obs_text_reason_is_written_empty() {
+    let h = resp(
+        b"HTTP/1.1 200 \xe9t\xe9\r\nContent-Length: 0\r\n\r\n",
+        false,
+    );
+    assert_eq!(h.reason(), "");
+    let mut out = Vec::new();
+    write_client_response(&h, HttpVersion::Http11, false, &mut out);
+    assert_eq!(out, b"HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n");
+}
+
+#[test]
+fn ipv4_addresses_are_written_as_display_writes_them() {
+    for ip in [
+        "0.0.0.0",
+        "255.255.255.255",
+        "10.0.100.9",
+        "1.22.199.200",
+        "100.10.1.0",
+    ] {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        let mut out = Vec::new();
+        push_ip(&mut out, ip);
+        assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+    }
+}
+
+proptest! {
+    #[test]
+    fn any_ip_is_written_as_display_writes_it(v4 in any::<u32>(), v6 in any::<u128>()) {
+        for ip in [
+            std::net::IpAddr::from(std::net::Ipv4Addr::from(v4)),
+            std::net::IpAddr::from(std::net::Ipv6Addr::from(v6)),
+        ] {
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            prop_assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
+    }
 }
