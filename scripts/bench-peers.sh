@@ -163,7 +163,10 @@ start_nginx() {
             zt_warn "nginx -t rejected the config: $(cat "$dir/check.err")"
             return 1
         fi
-        nginx -e "$dir/error.log" -c "$dir/nginx.conf" -p "$dir" >"$dir/stdout" 2>&1 &
+        # setsid, like Zentinel (zt_start_zentinel): each server in its own session, hence its
+        # own scheduler autogroup. Otherwise whichever shares the load generator's group gets a
+        # smaller share of a busy machine, and that alone decides the comparison.
+        setsid nginx -e "$dir/error.log" -c "$dir/nginx.conf" -p "$dir" >"$dir/stdout" 2>&1 &
         nginx_pid=$!
         zt_register_pid "$nginx_pid" nginx
         if zt_wait_tcp 127.0.0.1 "$port" 10 "$nginx_pid"; then
@@ -213,7 +216,8 @@ start_haproxy() {
             zt_warn "haproxy -c rejected $file: $(cat "$ZT_TMP/$name.check")"
             return 1
         fi
-        haproxy -W -db -f "$file" >"$ZT_TMP/$name.log" 2>&1 &
+        # setsid: same scheduling footing as the other servers (see nginx above).
+        setsid haproxy -W -db -f "$file" >"$ZT_TMP/$name.log" 2>&1 &
         pid=$!
         zt_register_pid "$pid" "$name"
         if zt_wait_tcp 127.0.0.1 "$port" 10 "$pid"; then

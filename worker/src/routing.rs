@@ -153,8 +153,9 @@ impl Router {
         self.routes.iter().position(|r| r.name == name)
     }
 
-    /// The matching route index. `host` as the codec reports it (normalized again here so a
-    /// stray port or uppercase cannot defeat a match); `path` without the query string.
+    /// The matching route index for a raw `host` (normalized here); `path` without the query
+    /// string. The proxy path uses [`Router::find_normalized`] with the codec's host.
+    #[cfg(test)]
     pub fn find(
         &self,
         default_route: Option<usize>,
@@ -162,9 +163,20 @@ impl Router {
         path: &str,
     ) -> Option<usize> {
         let host = host.map(normalize_host);
+        self.find_normalized(default_route, host.as_deref(), path)
+    }
+
+    /// [`Router::find`] for a host already normalized (lowercase, port stripped), as the HTTP
+    /// codec hands it over: no copy per request.
+    pub fn find_normalized(
+        &self,
+        default_route: Option<usize>,
+        host: Option<&str>,
+        path: &str,
+    ) -> Option<usize> {
         self.routes
             .iter()
-            .position(|r| r.matches(host.as_deref(), path))
+            .position(|r| r.matches(host, path))
             .or(default_route)
     }
 

@@ -485,7 +485,8 @@ impl HttpSession {
         // answering (the linger discards it).
         let local_close = ctx.draining || !req.keep_alive || has_body;
         let router = &self.generation.router;
-        let route = router.find(self.lctx.default_route, req.host.as_deref(), req.path());
+        let route =
+            router.find_normalized(self.lctx.default_route, req.host.as_deref(), req.path());
         let action = route.and_then(|r| router.action(r)).cloned();
         match action {
             None => {
