@@ -3,8 +3,10 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET (default 60)] [TARGET...]
 # Installs cargo-fuzz if missing. libFuzzer needs nightly-only rustc flags; this machine has one
 # stable toolchain, so RUSTC_BOOTSTRAP=1 unlocks them for the fuzz build only.
-# New inputs found are kept in a scratch corpus (not the checked-in one); a crash leaves its
-# input under fuzz/artifacts/TARGET/ and makes this script exit non-zero.
+# New inputs found are kept in a scratch corpus (not the checked-in one), removed at exit unless
+# FUZZ_SCRATCH=DIR names where to keep it (to pick small, interesting inputs for the seed corpus
+# by hand). A crash leaves its input under fuzz/artifacts/TARGET/ and makes this script exit
+# non-zero. Per target it prints the run count, time and corpus growth from libFuzzer's stats.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
@@ -17,8 +19,13 @@ targets=("$@")
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 
-scratch=$(mktemp -d)
-trap 'rm -rf "$scratch"' EXIT
+if [[ -n "${FUZZ_SCRATCH:-}" ]]; then
+    scratch=$FUZZ_SCRATCH
+    mkdir -p "$scratch"
+else
+    scratch=$(mktemp -d)
+    trap 'rm -rf "$scratch"' EXIT
+fi
 status=0
 for target in "${targets[@]}"; do
     mkdir -p "$scratch/$target"
@@ -26,7 +33,7 @@ for target in "${targets[@]}"; do
     log="$scratch/$target.log"
     if cargo fuzz run "$target" "$scratch/$target" "corpus/$target" -- \
         -max_total_time="$seconds" -max_len=65536 -print_final_stats=1 >"$log" 2>&1; then
-        grep -E 'stat::number_of_executed_units|stat::new_units_added' "$log" || true
+        grep -E '^Done [0-9]+ runs|stat::number_of_executed_units|stat::new_units_added|stat::peak_rss_mb' "$log" || true
     else
         tail -40 "$log" >&2
         echo "!! $target failed: a crashing input is saved under fuzz/artifacts/$target/" >&2

@@ -411,6 +411,20 @@ zt_status_workers() {
     done <<<"${w//\},\{/$'}\n{'}"
 }
 
+# zt_status_worker_field JSON PID KEY: a numeric field (e.g. active_connections) of the worker
+# with that pid, empty if it is not listed.
+zt_status_worker_field() {
+    local w line
+    w="${1#*\"workers\":\[}"
+    while IFS= read -r line; do
+        if [[ "$(zt__json_num "$line" pid)" == "$2" ]]; then
+            zt__json_num "$line" "$3"
+            return 0
+        fi
+    done <<<"${w//\},\{/$'}\n{'}"
+    return 0
+}
+
 # ---------------------------------------------------------------------------------------------
 # /proc sampling
 
