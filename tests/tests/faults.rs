@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -23,11 +23,42 @@ fn worker_with_pid(status: &Value, pid: u32) -> Option<Value> {
         .find(|w| field(w, "pid") == u64::from(pid))
 }
 
-/// Polls (every 1 ms, no /proc scan of the whole system) until the master has a worker child
-/// other than `known`; returns it and how long it took.
-fn wait_for_new_worker(master: u32, known: &[u32], timeout: Duration) -> Option<(u32, Duration)> {
+/// Seconds since midnight UTC of a log line's timestamp (`2026-11-27T04:20:17.784300Z ...`).
+fn log_time_of_day(line: &str) -> Option<f64> {
+    let time = line
+        .split_whitespace()
+        .next()?
+        .split('T')
+        .nth(1)?
+        .strip_suffix('Z')?;
+    let mut parts = time.split(':');
+    let hours: f64 = parts.next()?.parse().ok()?;
+    let minutes: f64 = parts.next()?.parse().ok()?;
+    let seconds: f64 = parts.next()?.parse().ok()?;
+    Some(hours * 3600.0 + minutes * 60.0 + seconds)
+}
+
+fn time_of_day(t: SystemTime) -> f64 {
+    let since_epoch = t.duration_since(UNIX_EPOCH).expect("clock after 1970");
+    (since_epoch.as_secs() % 86_400) as f64 + f64::from(since_epoch.subsec_nanos()) / 1e9
+}
+
+/// Waits for the master to have a worker child other than `known`, and returns it with the
+/// time from `killed_at` to the master's "worker spawned" log line for it. Both are read off
+/// the wall clock, so the delay is the master's reaction, not how late this test's polling
+/// thread got scheduled on a busy machine.
+fn wait_for_new_worker(
+    z: &Zentinel,
+    known: &[u32],
+    killed_at: SystemTime,
+    timeout: Duration,
+) -> Option<(u32, Duration)> {
+    let master = z.pid;
     let start = Instant::now();
-    while start.elapsed() < timeout {
+    let pid = loop {
+        if start.elapsed() >= timeout {
+            return None;
+        }
         let children = fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
             .unwrap_or_default();
         if let Some(pid) = children
@@ -35,11 +66,24 @@ fn wait_for_new_worker(master: u32, known: &[u32], timeout: Duration) -> Option<
             .filter_map(|p| p.parse::<u32>().ok())
             .find(|p| !known.contains(p))
         {
-            return Some((pid, start.elapsed()));
+            break pid;
         }
         thread::sleep(Duration::from_millis(1));
-    }
-    None
+    };
+    let needle = format!(" pid={pid} ");
+    let mut spawned_at = None;
+    wait_until(timeout, || {
+        spawned_at = z
+            .log_text()
+            .lines()
+            .find(|l| l.contains("worker spawned") && l.contains(&needle))
+            .and_then(log_time_of_day);
+        spawned_at.is_some()
+    });
+    let delay = (spawned_at? - time_of_day(killed_at)).rem_euclid(86_400.0);
+    // Log timestamps have microseconds: a spawn logged "before" the kill is clock rounding.
+    let delay = if delay > 43_200.0 { 0.0 } else { delay };
+    Some((pid, Duration::from_secs_f64(delay)))
 }
 
 #[test]
@@ -68,8 +112,9 @@ fn worker_killed_under_load_loses_at_most_its_own_connections() {
         .unwrap_or_else(|| panic!("worker {victim} not in status {status}"));
     let victim_connections = field(&victim_status, "active_connections");
 
+    let killed_at = SystemTime::now();
     send_signal(victim, Signal::SIGKILL);
-    let (replacement, took) = wait_for_new_worker(z.pid, &workers, Duration::from_secs(5))
+    let (replacement, took) = wait_for_new_worker(&z, &workers, killed_at, Duration::from_secs(5))
         .unwrap_or_else(|| panic!("no replacement for worker {victim}\n{}", z.log()));
     assert!(
         took <= Duration::from_millis(100),
@@ -130,8 +175,9 @@ fn crash_loop_backs_off_exponentially_and_shows_in_status() {
     let mut delays = Vec::new();
     for _ in 0..4 {
         let victim = *known.last().expect("a worker");
+        let killed_at = SystemTime::now();
         send_signal(victim, Signal::SIGKILL);
-        let (next, took) = wait_for_new_worker(z.pid, &known, Duration::from_secs(10))
+        let (next, took) = wait_for_new_worker(&z, &known, killed_at, Duration::from_secs(10))
             .unwrap_or_else(|| panic!("no restart after killing {victim}\n{}", z.log()));
         delays.push(took);
         known.push(next);
