@@ -324,6 +324,12 @@ pub fn socket_inodes(pid: u32) -> BTreeSet<u64> {
 
 /// Inodes of ESTABLISHED IPv4/IPv6 TCP sockets whose local port is `port`.
 pub fn established_inodes_on_port(port: u16) -> BTreeSet<u64> {
+    tcp_inodes_on_port(port, "01")
+}
+
+/// Inodes of IPv4/IPv6 TCP sockets on local port `port` in kernel state `state` (the hex code
+/// of /proc/net/tcp: "01" established, "0A" listening), system-wide.
+pub fn tcp_inodes_on_port(port: u16, state: &str) -> BTreeSet<u64> {
     let mut out = BTreeSet::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = fs::read_to_string(file) else {
@@ -338,7 +344,7 @@ pub fn established_inodes_on_port(port: u16) -> BTreeSet<u64> {
                 .rsplit(':')
                 .next()
                 .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if local_port == Some(port) && f[3] == "01" {
+            if local_port == Some(port) && f[3] == state {
                 if let Ok(inode) = f[9].parse() {
                     out.insert(inode);
                 }

@@ -173,28 +173,7 @@ pub fn socket_inode(fd: BorrowedFd<'_>) -> u64 {
 
 /// Inodes of LISTEN-state IPv4/IPv6 TCP sockets on local port `port`, system-wide.
 pub fn listening_inodes_on_port(port: u16) -> BTreeSet<u64> {
-    let mut out = BTreeSet::new();
-    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = fs::read_to_string(file) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 {
-                continue;
-            }
-            let local_port = f[1]
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if local_port == Some(port) && f[3] == "0A" {
-                if let Ok(inode) = f[9].parse() {
-                    out.insert(inode);
-                }
-            }
-        }
-    }
-    out
+    crate::tcp_inodes_on_port(port, "0A")
 }
 
 /// The environment of process `pid` as `KEY=VALUE` strings.
