@@ -245,6 +245,8 @@ impl Supervisor {
             });
         }
         inherit.extend(client_fd);
+        let (metrics_listener, metrics, metrics_fds) = self.metrics_handover();
+        inherit.extend(metrics_fds);
         let state = MasterState {
             previous_master_pid: std::process::id(),
             generation: self.generation + 1,
@@ -273,6 +275,8 @@ impl Supervisor {
                 ready_timeout_ms: u64::try_from(ready_timeout.as_millis()).unwrap_or(u64::MAX),
                 client_fd,
             }),
+            metrics_listener,
+            metrics,
         };
         let state_path = state_file_path(&control_path, std::process::id());
         if let Err(err) = write_state_file(&state_path, &state) {
@@ -443,6 +447,7 @@ impl Supervisor {
         let Some(UpgradeOp::Handover(handover)) = self.upgrade.take() else {
             return;
         };
+        self.metrics_upgrade_finished(false);
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut SourceFd(&handover.pipe.as_raw_fd()));
         let mut reason = reason;
@@ -590,6 +595,8 @@ impl Supervisor {
                 pidfd: None,
                 ready_timeout: HANDSHAKE_TIMEOUT,
                 upgrade_ack: false,
+                // Told to drain by the previous master: its drain time is not ours to measure.
+                drain_started: None,
             };
             let registry = self.poll.registry();
             let registered = register_channel(registry, &mut process).and_then(|()| {
@@ -754,6 +761,7 @@ impl Supervisor {
         match adoption.pending {
             Some(pending) if pending.rolling => self.begin_rolling(client, &pending),
             _ => {
+                self.metrics_upgrade_finished(true);
                 let message = format!(
                     "upgrade complete: master on {binary}, generation {} (workers not replaced)",
                     self.generation
@@ -1028,6 +1036,7 @@ impl Supervisor {
             return;
         };
         let binary = self.executable.path().display().to_string();
+        self.metrics_upgrade_finished(op.rollback.is_none());
         match op.rollback {
             None => {
                 let message = format!(
@@ -1057,6 +1066,7 @@ impl Supervisor {
     pub(super) fn abort_upgrade(&mut self, reason: &str) {
         match self.upgrade.take() {
             Some(UpgradeOp::Rolling(op)) => {
+                self.metrics_upgrade_finished(false);
                 let message = format!("upgrade abandoned: {reason}");
                 warn!("{message}");
                 self.upgrade_respond(op.client, ControlResponse::Failed { message }, true);
