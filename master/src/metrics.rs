@@ -149,6 +149,24 @@ impl MetricsServer {
         self.listener.as_raw_fd()
     }
 
+    /// Binary upgrade: stop accepting (connections wait in the kernel backlog for the new
+    /// master, which polls the same socket) while finishing the ones already accepted, so
+    /// that no scrape is cut when this master leaves.
+    pub fn pause(&mut self, registry: &Registry) {
+        if self.token.is_some() {
+            let _ = registry.deregister(&mut self.listener);
+        }
+    }
+
+    /// The upgrade failed: accept again.
+    pub fn resume(&mut self, registry: &Registry) {
+        if let Some(token) = self.token {
+            if let Err(e) = registry.register(&mut self.listener, token, Interest::READABLE) {
+                warn!(address = %self.local, error = %e, "metrics: cannot poll the endpoint again");
+            }
+        }
+    }
+
     pub fn owns(&self, token: Token) -> bool {
         self.token == Some(token) || self.conns.contains_key(&token)
     }

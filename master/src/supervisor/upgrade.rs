@@ -339,6 +339,9 @@ impl Supervisor {
         // The new master reads the worker channels from now on: two readers would split
         // frames between them.
         let registry = self.poll.registry();
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.pause(registry);
+        }
         for process in self.processes.values_mut() {
             if let Some(channel) = process.channel.as_ref() {
                 let _ = registry.deregister(&mut SourceFd(&channel.as_raw_fd()));
@@ -450,6 +453,9 @@ impl Supervisor {
         self.metrics_upgrade_finished(false);
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut SourceFd(&handover.pipe.as_raw_fd()));
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.resume(registry);
+        }
         let mut reason = reason;
         // systemd: the new master may have claimed MAINPID already (it does so right before
         // confirming; see adoption_progress). Take it back before it dies, so that systemd

@@ -1129,6 +1129,9 @@ impl HttpSession {
             match self.client.flush(&mut self.cout) {
                 Ok(n) => {
                     ctx.counters.c.bytes_out += n as u64;
+                    if let Some(a) = self.access.as_mut() {
+                        a.bytes += n as u64;
+                    }
                     progress |= n > 0;
                     ex.cout_stalled_since = if self.cout.is_empty() {
                         None
