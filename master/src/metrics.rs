@@ -624,7 +624,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         ),
         (
             "zentinel_reloads_failed_total",
-            "Configuration reloads refused or rolled back.",
+            "Configuration reloads that failed (invalid file, bind error, a worker refusing or not answering).",
             m.reloads_failed,
         ),
         (
