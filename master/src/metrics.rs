@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
@@ -261,13 +261,6 @@ impl MetricsServer {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.conns.values().map(|c| c.deadline).min()
     }
-
-    /// Give the listening socket up as an fd (for tests and hand-over).
-    pub fn into_fd(self) -> OwnedFd {
-        let fd = self.listener.into_raw_fd();
-        // SAFETY: `into_raw_fd` transferred ownership of a valid open fd to us.
-        unsafe { OwnedFd::from_raw_fd(fd) }
-    }
 }
 
 /// Read the head, queue the answer, write it. Returns false when the connection is done.
@@ -449,7 +442,7 @@ pub struct Snapshot<'a> {
 
 type Field = fn(&WorkerCounters) -> u64;
 
-/// (name, help, type, value, status class label)
+/// Worker counter families: (name without prefix, help, Prometheus type, value).
 const WORKER_FAMILIES: &[(&str, &str, &str, Field)] = &[
     (
         "accepted_connections_total",

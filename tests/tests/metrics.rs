@@ -443,3 +443,47 @@ fn rolling_upgrade_keeps_the_endpoint_and_counts_the_upgrade() {
         s.get("zentinel_requests_total") == 15.0
     });
 }
+
+#[test]
+fn failed_upgrade_is_counted_and_the_old_master_serves_again() {
+    let backend = Backend::start("m4");
+    let port = free_port();
+    let metrics_port = free_port();
+    let addr = metrics_addr(metrics_port);
+    let mut files = TempFiles(Vec::new());
+    // A "new binary" that fails after a while: the old master has paused its endpoint for
+    // the hand-over meanwhile.
+    let script = files.add(temp_path("broken-metrics-zentinel.sh"));
+    install_script(&script, "#!/bin/sh\nsleep 1\nexit 1\n");
+    let z = Zentinel::start(&config(1, port, metrics_port, &backend));
+    let socket = z.control_socket();
+    let script_arg = script.display().to_string();
+    let upgrade = thread::spawn(move || {
+        ctl_within(
+            &socket,
+            &["upgrade", "--binary", &script_arg, "--ready-timeout", "10s"],
+            Duration::from_secs(30),
+        )
+    });
+    assert!(
+        wait_until(DEADLINE, || z.group_pids().iter().any(|&p| {
+            process_argv(p).is_some_and(|a| a.iter().any(|x| x.contains("broken-metrics")))
+        })),
+        "the upgrade did not start the script\n{}",
+        z.log()
+    );
+    // Paused, not closed: a scrape now waits in the backlog and is answered after the
+    // failure, when the old master accepts again.
+    let s = try_scrape(addr, "/metrics").expect("scrape during the failed hand-over");
+    assert!(s.try_get("zentinel_upgrades_total").is_some());
+    let out = upgrade.join().expect("upgrade thread");
+    assert!(
+        !out.success(),
+        "upgrading to a failing script must fail: {out}"
+    );
+    let s = scrape(addr);
+    assert_eq!(s.get("zentinel_upgrades_total"), 1.0, "{}", s.text);
+    assert_eq!(s.get("zentinel_upgrades_failed_total"), 1.0);
+    assert_eq!(s.get("zentinel_master_generation"), 1.0);
+    assert_eq!(s.get("zentinel_last_upgrade_duration_seconds"), 0.0);
+}

@@ -106,6 +106,15 @@ impl Supervisor {
     pub(super) fn metrics_handover(&self) -> (Option<MetricsListenerFd>, MasterMetrics, Vec<i32>) {
         let mut m = self.master_metrics.clone();
         m.upgrade_started_unix_ms = Some(unix_ms_now());
+        // Processes the successor will never hear of (exiting: the same test as in
+        // `begin_upgrade`) leave their counts in the totals, which must not go down.
+        for process in self.processes.values() {
+            if process.channel.is_none() || process.killed {
+                if let Some(counters) = &process.counters {
+                    metrics::retire_counters(&mut m, counters);
+                }
+            }
+        }
         match &self.metrics {
             Some(server) => (
                 Some(MetricsListenerFd {
