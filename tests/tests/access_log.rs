@@ -121,12 +121,9 @@ fn one_line_per_request_in_the_configured_format() {
     assert_eq!(by_path("/status/404")[4], "404");
     let f = by_path("/ua");
     assert_eq!((f[3], f[10]), ("HTTP/1.0", "evil\\x22agent\\xE9"));
-    // A head that does not parse has no method or path to show.
-    let f = fields
-        .iter()
-        .find(|f| f[4] == "400")
-        .unwrap_or_else(|| panic!("no 400 line: {got:#?}"));
-    assert_eq!((f[1], f[2], f[7]), ("-", "-", "-"));
+    // A refused head shows its request line.
+    let f = by_path("/nohost");
+    assert_eq!((f[1], f[3], f[4], f[7]), ("GET", "HTTP/1.1", "400", "-"));
 }
 
 #[test]

@@ -33,6 +33,8 @@ use zentinel_protocol::config::AccessLogConfig;
 
 /// Lines queued for the writer thread before new ones are dropped.
 const QUEUE_LINES: usize = 16_384;
+/// Longest request line shown for a refused head (the rest is cut).
+const MAX_RAW_LINE: usize = 1024;
 /// Largest batch written with one `write(2)`.
 const BATCH_BYTES: usize = 64 * 1024;
 
@@ -351,6 +353,27 @@ impl Entry {
         }
     }
 
+    /// A request whose head was refused (malformed, too large): what its first line shows.
+    pub fn from_raw_head(now: Instant, head: &[u8]) -> Entry {
+        let mut e = Entry::unparsed(now);
+        let line = &head[..head.len().min(MAX_RAW_LINE)];
+        let line = line.split(|&b| b == b'\n').next().unwrap_or(&[]);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
+        if let Some(method) = parts.next() {
+            e.method = String::from_utf8_lossy(method).into_owned();
+        }
+        if let Some(target) = parts.next() {
+            e.target = String::from_utf8_lossy(target).into_owned();
+        }
+        e.protocol = match parts.next() {
+            Some(b"HTTP/1.1") => "HTTP/1.1",
+            Some(b"HTTP/1.0") => "HTTP/1.0",
+            _ => "-",
+        };
+        e
+    }
+
     pub fn from_request(now: Instant, req: &crate::http::codec::RequestHead) -> Entry {
         let mut e = Entry::unparsed(now);
         e.method = req.method.as_str().to_owned();
@@ -638,6 +661,23 @@ mod tests {
             "{line}"
         );
         assert!(line.ends_with("}\n"), "{line}");
+    }
+
+    #[test]
+    fn refused_heads_show_their_request_line() {
+        let e = Entry::from_raw_head(Instant::now(), b"GET /x\"y HTTP/1.1\r\nHost");
+        assert_eq!(
+            (e.method.as_str(), e.target.as_str(), e.protocol),
+            ("GET", "/x\"y", "HTTP/1.1")
+        );
+        let e = Entry::from_raw_head(Instant::now(), b"\xffgarbage");
+        assert_eq!(
+            (e.method.as_str(), e.target.as_str(), e.protocol),
+            ("\u{fffd}garbage", "-", "-")
+        );
+        let long = vec![b'a'; 5000];
+        let e = Entry::from_raw_head(Instant::now(), &long);
+        assert_eq!(e.method.len(), MAX_RAW_LINE);
     }
 
     #[test]

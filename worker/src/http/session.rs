@@ -379,10 +379,11 @@ impl HttpSession {
     fn respond_local(&mut self, ctx: &mut Ctx<'_>, status: u16, bytes: Vec<u8>, close: bool) {
         ctx.counters.response(status);
         if self.logs_access() {
-            // A head that did not parse has no entry yet.
+            // A head that did not parse has no entry yet; its bytes are still in `cin`.
             let started = self.head_started;
+            let head = self.cin.as_slice();
             self.access
-                .get_or_insert_with(|| Box::new(access_log::Entry::unparsed(started)))
+                .get_or_insert_with(|| Box::new(access_log::Entry::from_raw_head(started, head)))
                 .status = status;
         }
         self.cout.extend(&bytes);
