@@ -264,4 +264,22 @@ fn reload_reopens_the_file_after_a_rename() {
     let old = lines(&rotated);
     assert_eq!(old.len(), 5, "{old:#?}");
     assert!(old.iter().all(|l| !l.starts_with("/after/")), "{old:#?}");
+
+    // A file that cannot be opened fails the reload, naming it; logging goes on as before.
+    let missing = dir.0.join("no-such-dir").join("access.log");
+    let config_path = z.config_path.clone().expect("config path");
+    fs::write(
+        &config_path,
+        config(2, port, &backend, &missing, "$path $status"),
+    )
+    .unwrap();
+    let out = z.ctl(&["reload"]);
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.said().contains(&missing.display().to_string()),
+        "the failure must name the file: {out}"
+    );
+    assert_eq!(z.client().get("/still", "a").status, 200);
+    let after = wait_lines(&file, 5);
+    assert_eq!(after[4], "/still 200");
 }

@@ -416,6 +416,10 @@ impl AccessLog {
         }
         let template = Template::parse(&config.format)
             .map_err(|e| format!("access log {}: {e}", config.file))?;
+        // Like nginx: a log that cannot be opened fails the start or the reload (with the
+        // reason), instead of every line being dropped later. One open per configuration.
+        open(&config.file)
+            .map_err(|e| format!("access log {}: cannot open for appending: {e}", config.file))?;
         Ok(AccessLog {
             template,
             file: Arc::from(config.file.as_str()),
