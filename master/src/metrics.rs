@@ -273,9 +273,14 @@ fn drive(
 ) -> bool {
     if !conn.responding {
         let mut buf = [0u8; 2048];
+        let mut eof = false;
         loop {
             match conn.stream.read(&mut buf) {
-                Ok(0) => return false,
+                // A client may half-close right after its request: answer what arrived.
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
                 Ok(n) => {
                     conn.input.extend_from_slice(&buf[..n]);
                     if conn.input.len() > MAX_REQUEST_BYTES {
@@ -291,7 +296,8 @@ fn drive(
         }
         if !conn.responding {
             let Some(end) = head_end(&conn.input) else {
-                return true; // wait for the rest (bounded by size and deadline)
+                // Wait for the rest (bounded by size and deadline), unless none can come.
+                return !eof;
             };
             conn.output = answer(&conn.input[..end], path, render);
             conn.responding = true;

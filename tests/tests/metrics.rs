@@ -263,6 +263,15 @@ fn scrape_counts_traffic_per_worker_and_in_total() {
     let (status, _, body) =
         http_get(addr, "HEAD /metrics HTTP/1.1\r\nHost: m\r\n\r\n").expect("HEAD");
     assert_eq!((status, body.as_str()), (200, ""));
+    // A client that half-closes right after its request still gets the answer.
+    let mut half = TcpStream::connect(addr).expect("connect");
+    half.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    half.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    half.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    half.read_to_string(&mut answer).expect("read the answer");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:.200}");
+    assert!(answer.contains("zentinel_requests_total "));
     // An oversized head is refused, not buffered without bound.
     let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
     match http_get(addr, &huge) {
