@@ -20,6 +20,7 @@ pub mod control;
 pub mod control_socket_path;
 pub mod listeners;
 pub mod logging;
+pub mod metrics;
 pub mod supervisor;
 pub mod systemd;
 pub mod upgrade;

@@ -45,6 +45,7 @@ use zentinel_protocol::{Channel, ProtocolError};
 use crate::backoff::Backoff;
 use crate::control::{ControlServer, ControlSocket};
 use crate::listeners::BoundListener;
+use crate::metrics::MetricsServer;
 use crate::systemd;
 use crate::worker_process::{spawn_worker, Executable, WorkerArgs};
 
@@ -71,6 +72,7 @@ const UPGRADE_PIPE_TOKEN: Token = Token(2);
 const FIRST_WORKER_TOKEN: usize = 3;
 
 mod control;
+mod metrics;
 mod upgrade;
 
 pub use upgrade::Inherited;
@@ -142,6 +144,10 @@ pub struct SupervisorSetup {
     /// What a successor master took over from its predecessor (binary upgrade); `None` for a
     /// fresh start.
     pub inherited: Option<Inherited>,
+    /// The bound (or inherited) Prometheus endpoint; `None`: metrics are off.
+    pub metrics: Option<MetricsServer>,
+    /// Master-side counters: zero on a fresh start, the predecessor's after an upgrade.
+    pub master_metrics: zentinel_protocol::state::MasterMetrics,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,6 +254,8 @@ struct WorkerProcess {
     ready_timeout: Duration,
     /// A rolling upgrade waits for this retired worker's `Draining` acknowledgement.
     upgrade_ack: bool,
+    /// When this master told it to drain (for the drain-duration histogram).
+    drain_started: Option<Instant>,
 }
 
 /// A worker id and whatever currently serves under it.
@@ -318,6 +326,9 @@ pub struct Supervisor {
     takeover_failed: Option<String>,
     /// systemd was told RELOADING=1 for a reload and waits for READY=1.
     notify_reloading: bool,
+    /// The Prometheus endpoint, if configured.
+    metrics: Option<MetricsServer>,
+    master_metrics: zentinel_protocol::state::MasterMetrics,
 }
 
 /// The number of workers `worker-processes` asks for (0: one per CPU).
@@ -347,6 +358,14 @@ impl Supervisor {
             .transpose()
             .map_err(SupervisorError::Setup)?;
         let count = worker_count(setup.config.system.worker_processes);
+        let mut next_token = FIRST_WORKER_TOKEN;
+        let mut metrics = setup.metrics;
+        if let Some(server) = metrics.as_mut() {
+            let token = Self::alloc_token(&mut next_token);
+            server
+                .register(poll.registry(), token)
+                .map_err(SupervisorError::Setup)?;
+        }
         Ok(Supervisor {
             config: setup.config,
             config_name: setup.config_name,
@@ -359,7 +378,7 @@ impl Supervisor {
             poll,
             slots: (0..count).map(WorkerSlot::new).collect(),
             processes: BTreeMap::new(),
-            next_token: FIRST_WORKER_TOKEN,
+            next_token,
             phase: Phase::Starting,
             next_status_at: Instant::now() + STATUS_INTERVAL,
             started_at: Instant::now(),
@@ -375,6 +394,8 @@ impl Supervisor {
             handed_over: false,
             takeover_failed: None,
             notify_reloading: false,
+            metrics,
+            master_metrics: setup.master_metrics,
         })
     }
 
@@ -414,6 +435,9 @@ impl Supervisor {
         }
         if let Some(control) = &self.control {
             info!(path = %control.path().display(), "control socket ready");
+        }
+        if let Some(metrics) = &self.metrics {
+            info!(address = %metrics.local_address(), path = %metrics.config().path, "metrics endpoint ready");
         }
         if let Some(inherited) = self.inherited.take() {
             self.adopt(inherited);
@@ -460,6 +484,8 @@ impl Supervisor {
                     self.handover_readable();
                 } else if let Some(&worker) = self.pidfds.get(&token) {
                     self.adopted_exited(worker);
+                } else if self.metrics.as_ref().is_some_and(|m| m.owns(token)) {
+                    self.metrics_event(token);
                 } else if self.processes.contains_key(&token) {
                     self.handle_channel_event(token, event.is_writable());
                 } else if let Some(control) = self.control.as_mut() {
@@ -867,6 +893,7 @@ impl Supervisor {
             pidfd: None,
             ready_timeout,
             upgrade_ack: false,
+            drain_started: None,
         };
         let registry = self.poll.registry();
         let setup = register_channel(registry, &mut process).and_then(|()| {
@@ -920,6 +947,7 @@ impl Supervisor {
         };
         process.role = Role::Retired;
         process.drain_kill_at = Some(Instant::now() + drain + DRAIN_KILL_GRACE);
+        process.drain_started.get_or_insert_with(Instant::now);
         if process.state == WorkerState::AwaitingHello || process.channel.is_none() {
             kill_process(process);
             return false;
@@ -987,6 +1015,7 @@ impl Supervisor {
             return;
         };
         close_channel(registry, &mut process);
+        self.metrics_worker_exited(&process);
         self.status_progress();
         self.reload_forget(token);
         let worker_id = process.worker_id;
@@ -1073,6 +1102,7 @@ impl Supervisor {
             );
             return;
         }
+        self.master_metrics.worker_restarts += 1;
         let slot = &mut self.slots[index];
         slot.restarts = slot.restarts.saturating_add(1);
         slot.last_exit = Some(status.to_owned());
@@ -1196,6 +1226,9 @@ impl Supervisor {
         }
         self.status_timeouts(now);
         self.reload_timeout(now);
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.expire(self.poll.registry(), now);
+        }
 
         let stopping = matches!(self.phase, Phase::Stopping { .. });
         let kill_everyone = matches!(self.phase, Phase::Stopping { kill_at, .. } if kill_at <= now);
@@ -1325,6 +1358,7 @@ impl Supervisor {
         if let Some(reload) = &self.reload {
             deadlines.push(reload.deadline);
         }
+        deadlines.extend(self.metrics.as_ref().and_then(MetricsServer::next_deadline));
         let stopping = matches!(self.phase, Phase::Stopping { .. });
         if !stopping && self.reload.is_none() && !self.handing_over() {
             deadlines.extend(self.slots.iter().filter_map(|slot| slot.restart_at));

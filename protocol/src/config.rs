@@ -68,7 +68,38 @@ pub struct ListenerConfig {
     pub default_route: Option<String>,
     /// TCP: the upstream pool to forward to.
     pub upstream: Option<String>,
+    /// HTTP: one line per request (`observability { logging { access-log { ... } } }`, the same
+    /// for every listener). Kept per listener, inside the `listeners` Vec, so the archived
+    /// `ProxyConfig` (inline in `MasterMessage::Start`) keeps the size adopted workers of the
+    /// previous protocol read every message with.
+    pub access_log: Option<AccessLogConfig>,
 }
+
+/// The access log a worker writes (format expanded by the worker; see `zentinel-worker`'s
+/// `access_log` module for the variables).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct AccessLogConfig {
+    /// Absolute path, opened with `O_APPEND` by every worker; reopened on reload.
+    pub file: String,
+    /// A template with `$variables`, or a named format (`combined`, `common`).
+    pub format: String,
+}
+
+/// The Prometheus endpoint (`observability { metrics { ... } }`). Master-only: it never travels
+/// to workers (not part of `ProxyConfig`), it goes to a successor master in the state file.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MetricsConfig {
+    /// A socket address the master binds (the admin listener).
+    pub address: String,
+    /// The only path served; anything else is 404.
+    pub path: String,
+}
+
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9090";
+pub const DEFAULT_METRICS_PATH: &str = "/metrics";
+pub const DEFAULT_ACCESS_LOG_FORMAT: &str = "combined";
 
 pub const DEFAULT_BACKLOG: u32 = 1024;
 

@@ -28,8 +28,9 @@
 //! and the answer is a new format version (with a frozen copy of the old types), not a new
 //! fixture. The same holds for rkyv's format features (endianness, pointer width, alignment).
 //!
-//! History: version 1 (frozen in [`v1`]); version 2 added `UpstreamConfig::health_check` and
-//! `UpstreamConfig::passive_health`.
+//! History: version 1 (frozen in [`v1`]); version 2 added `UpstreamConfig::health_check`,
+//! `UpstreamConfig::passive_health`, `ListenerConfig::access_log`, the metrics listener and the
+//! master's metrics counters.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -42,7 +43,7 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::config::ProxyConfig;
+use crate::config::{MetricsConfig, ProxyConfig};
 use crate::control::WorkerState;
 use crate::messages::WorkerCounters;
 
@@ -92,6 +93,46 @@ pub struct PendingUpgrade {
     pub client_fd: Option<i32>,
 }
 
+/// The admin listener serving `/metrics`, inherited like the proxy listeners so that it never
+/// refuses connections during an upgrade (the kernel socket and its backlog stay open).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MetricsListenerFd {
+    pub config: MetricsConfig,
+    /// The address actually bound (port 0 resolved).
+    pub address: String,
+    pub fd: i32,
+}
+
+/// Master-side counters, carried to the successor master so that the exposed counters stay
+/// monotonic across binary upgrades.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MasterMetrics {
+    /// Sum of the last counters reported by every worker that has exited (its
+    /// `active_connections` is meaningless and kept 0).
+    pub retired: WorkerCounters,
+    pub upgrades_total: u64,
+    pub upgrades_failed: u64,
+    /// Duration of the last finished binary upgrade (start of the handover to the last worker
+    /// replaced), 0 before the first one.
+    pub last_upgrade_duration_ms: u64,
+    /// When the upgrade in progress started (Unix ms), set by the old master.
+    pub upgrade_started_unix_ms: Option<u64>,
+    pub reloads_total: u64,
+    pub reloads_failed: u64,
+    /// Unexpected exits of serving workers (each is restarted).
+    pub worker_restarts: u64,
+    /// Drain-duration histogram of retired workers: cumulative counts per bucket bound of
+    /// `DRAIN_BUCKETS_SECONDS` (the `+Inf` bucket is `drains`).
+    pub drain_buckets: Vec<u64>,
+    pub drains: u64,
+    pub drain_sum_ms: u64,
+}
+
+/// Upper bounds (seconds) of the drain-duration histogram buckets.
+pub const DRAIN_BUCKETS_SECONDS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
 /// Format version 2 (the latest).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
@@ -112,6 +153,9 @@ pub struct MasterStateV2 {
     pub listeners: Vec<ListenerFd>,
     pub workers: Vec<WorkerRecord>,
     pub upgrade: Option<PendingUpgrade>,
+    /// `None`: no metrics endpoint configured.
+    pub metrics_listener: Option<MetricsListenerFd>,
+    pub metrics: MasterMetrics,
 }
 
 /// The latest state, what the rest of the code uses.

@@ -61,6 +61,7 @@ fn frozen_v1_state() -> MasterState {
                 keepalive_timeout_secs: 75,
                 default_route: Some("fallback".to_owned()),
                 upstream: None,
+                access_log: None,
             },
             ListenerConfig {
                 name: "public-http-v6".to_owned(),
@@ -71,6 +72,7 @@ fn frozen_v1_state() -> MasterState {
                 keepalive_timeout_secs: 75,
                 default_route: None,
                 upstream: None,
+                access_log: None,
             },
             ListenerConfig {
                 name: "postgres".to_owned(),
@@ -81,6 +83,7 @@ fn frozen_v1_state() -> MasterState {
                 keepalive_timeout_secs: 0,
                 default_route: None,
                 upstream: Some("db".to_owned()),
+                access_log: None,
             },
         ],
         routes: vec![
@@ -235,6 +238,8 @@ fn frozen_v1_state() -> MasterState {
             ready_timeout_ms: 5_000,
             client_fd: Some(17),
         }),
+        metrics_listener: None,
+        metrics: MasterMetrics::default(),
     }
 }
 
@@ -283,6 +288,35 @@ fn frozen_v2_state() -> MasterState {
     for worker in &mut state.workers {
         worker.protocol_version = 2;
     }
+    state.config.listeners[0].access_log = Some(AccessLogConfig {
+        file: "/var/log/zentinel/access.log".to_owned(),
+        format: "$remote_addr \"$method $path\" $status $bytes $duration_ms".to_owned(),
+    });
+    state.config.listeners[1].access_log = Some(AccessLogConfig {
+        file: "/var/log/zentinel/access.log".to_owned(),
+        format: "combined".to_owned(),
+    });
+    state.metrics_listener = Some(MetricsListenerFd {
+        config: MetricsConfig {
+            address: "127.0.0.1:0".to_owned(),
+            path: "/metrics".to_owned(),
+        },
+        address: "127.0.0.1:9464".to_owned(),
+        fd: 13,
+    });
+    state.metrics = MasterMetrics {
+        retired: counters(7),
+        upgrades_total: 3,
+        upgrades_failed: 1,
+        last_upgrade_duration_ms: 4_321,
+        upgrade_started_unix_ms: Some(1_700_000_123_456),
+        reloads_total: 12,
+        reloads_failed: 2,
+        worker_restarts: 5,
+        drain_buckets: vec![0, 1, 2, 2, 3, 3, 3, 3, 3],
+        drains: 4,
+        drain_sum_ms: 71_000,
+    };
     state.generation = 5;
     state
 }
@@ -595,6 +629,35 @@ fn master_state() -> impl Strategy<Value = MasterState> {
                 client_fd,
             },
         );
+    let metrics_listener =
+        (name(), name(), name(), any::<i32>()).prop_map(|(address, path, bound, fd)| {
+            MetricsListenerFd {
+                config: MetricsConfig { address, path },
+                address: bound,
+                fd,
+            }
+        });
+    let metrics = (
+        worker_counters(),
+        vec(any::<u64>(), 8),
+        option::of(any::<u64>()),
+        vec(any::<u64>(), 0..10),
+    )
+        .prop_map(
+            |(retired, n, upgrade_started_unix_ms, drain_buckets)| MasterMetrics {
+                retired,
+                upgrades_total: n[0],
+                upgrades_failed: n[1],
+                last_upgrade_duration_ms: n[2],
+                upgrade_started_unix_ms,
+                reloads_total: n[3],
+                reloads_failed: n[4],
+                worker_restarts: n[5],
+                drain_buckets,
+                drains: n[6],
+                drain_sum_ms: n[7],
+            },
+        );
     (
         (any::<u32>(), any::<u64>(), common::proxy_config()),
         (option::of(name()), name(), name(), any::<i32>()),
@@ -604,6 +667,7 @@ fn master_state() -> impl Strategy<Value = MasterState> {
             vec(worker_record(), 0..6),
             option::of(upgrade),
         ),
+        (option::of(metrics_listener), metrics),
     )
         .prop_map(
             |(
@@ -611,6 +675,7 @@ fn master_state() -> impl Strategy<Value = MasterState> {
                 (config_path, log_level, control_socket_path, control_socket_fd),
                 (previous_binary, previous_executable_fd),
                 (listeners, workers, upgrade),
+                (metrics_listener, metrics),
             )| MasterState {
                 previous_master_pid,
                 generation,
@@ -624,6 +689,8 @@ fn master_state() -> impl Strategy<Value = MasterState> {
                 listeners,
                 workers,
                 upgrade,
+                metrics_listener,
+                metrics,
             },
         )
 }

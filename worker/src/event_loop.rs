@@ -889,6 +889,8 @@ fn build_generation(
     timers: &mut Timers<TimerKey>,
 ) -> (Generation, ListenerSet, usize, Duration) {
     let keys = upstreams.install(c.pools, current_pools, registry, timers);
+    // Start or reload: access-log files are reopened by path (log rotation).
+    crate::access_log::reopen();
     let mut router = c.router;
     router.map_upstreams(&keys);
     let mut listeners = c.entries;

@@ -9,12 +9,14 @@
 //! until that generation is gone (see `Worker::retire_pools`).
 
 use std::os::fd::OwnedFd;
+use std::rc::Rc;
 use std::time::Duration;
 
 use zentinel_protocol::config::{Limits, ListenerProtocol};
 use zentinel_protocol::messages::WorkerStart;
 
 use crate::accept::{adopt_listener, Listener, ListenerSet};
+use crate::access_log::AccessLog;
 use crate::ctx::ListenerCtx;
 use crate::routing::Router;
 use crate::upstream::Pool;
@@ -25,6 +27,8 @@ pub struct ListenerEntry {
     pub name: String,
     pub protocol: ListenerProtocol,
     pub ctx: ListenerCtx,
+    /// HTTP listeners with an access log configured.
+    pub access_log: Option<Rc<AccessLog>>,
 }
 
 /// An installed configuration. Immutable: a reload builds a new one.
@@ -121,9 +125,16 @@ impl Candidate {
                 }
                 (ListenerProtocol::Http, _) => None,
             };
+            let access_log = match (&lc.protocol, &lc.access_log) {
+                (ListenerProtocol::Http, Some(al)) => Some(Rc::new(
+                    AccessLog::new(al).map_err(|e| format!("listener `{}`: {e}", lc.name))?,
+                )),
+                _ => None,
+            };
             entries.push(ListenerEntry {
                 name: handle.name.clone(),
                 protocol: lc.protocol,
+                access_log,
                 ctx: ListenerCtx {
                     local,
                     request_timeout: Duration::from_secs(lc.request_timeout_secs.max(1)),

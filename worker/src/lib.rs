@@ -13,6 +13,7 @@
 //! configuration and listeners, sessions in flight finish on the one they started with, and a
 //! keep-alive HTTP connection moves to the new one at its next request (see `generation`).
 
+pub mod access_log;
 pub mod fault_injection;
 pub mod http;
 
@@ -167,6 +168,7 @@ fn run_inner(
         generation = ws.generation
     );
     let _g = span.enter();
+    access_log::set_worker_id(ws.worker_id);
     let prepared = match Candidate::validate(&ws, fds, "Start") {
         Ok(p) => p,
         Err(reason) => {
@@ -196,7 +198,10 @@ fn run_inner(
         }
     };
     info!(listeners = ws.listeners.len(), "ready");
-    worker.run_ready()
+    let result = worker.run_ready();
+    // The writer thread dies with the process: let it write the last lines of the drain.
+    access_log::flush(std::time::Duration::from_millis(500));
+    result
 }
 
 type Handshake = (WorkerStart, Vec<OwnedFd>);

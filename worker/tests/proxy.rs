@@ -163,6 +163,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 keepalive_timeout_secs: 30,
                 default_route: None,
                 upstream: None,
+                access_log: None,
             },
             ListenerConfig {
                 name: "tcp".into(),
@@ -173,6 +174,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 keepalive_timeout_secs: 30,
                 default_route: None,
                 upstream: Some("echo".into()),
+                access_log: None,
             },
         ],
         routes: vec![

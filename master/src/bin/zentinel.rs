@@ -165,7 +165,13 @@ fn run_master(cli: &Cli) -> ExitCode {
         tracing::warn!("{warning}");
     }
     let path = cli.config.as_deref();
-    let (config, config_name) = match config::load_config(path) {
+    let (
+        config::FullConfig {
+            proxy: config,
+            metrics,
+        },
+        config_name,
+    ) = match config::load_full_config(path) {
         Ok(loaded) => loaded,
         Err(diagnostics) => {
             print_diagnostics(path, &diagnostics);
@@ -197,6 +203,13 @@ fn run_master(cli: &Cli) -> ExitCode {
         Ok(listeners) => listeners,
         Err(err) => return fail(EXIT_FAILURE, err),
     };
+    let metrics = match metrics
+        .map(zentinel_master::metrics::MetricsServer::bind)
+        .transpose()
+    {
+        Ok(metrics) => metrics,
+        Err(err) => return fail(EXIT_FAILURE, err),
+    };
     let setup = SupervisorSetup {
         config,
         config_name,
@@ -209,6 +222,8 @@ fn run_master(cli: &Cli) -> ExitCode {
         generation: 1,
         control: Some(control),
         inherited: None,
+        metrics,
+        master_metrics: Default::default(),
     };
     let result = Supervisor::new(setup).and_then(Supervisor::run);
     match result {
@@ -302,6 +317,20 @@ fn take_over(
         }
         None => None,
     };
+    let metrics = match &state.metrics_listener {
+        Some(entry) => {
+            let fd = upgrade::take_inherited_fd(entry.fd, "metrics listener").map_err(fd_err)?;
+            Some(
+                zentinel_master::metrics::MetricsServer::from_fd(
+                    fd,
+                    entry.config.clone(),
+                    &entry.address,
+                )
+                .map_err(fd_err)?,
+            )
+        }
+        None => None,
+    };
     let executable = Executable::open_self_as(started_as().as_deref()).map_err(fd_err)?;
     let config_name = state
         .config_path
@@ -332,6 +361,8 @@ fn take_over(
             client,
             ready_fd: ready,
         }),
+        metrics,
+        master_metrics: state.metrics,
     };
     Supervisor::new(setup)
         .and_then(Supervisor::run)

@@ -16,20 +16,27 @@ use zentinel_protocol::config::{
     DEFAULT_HEALTH_TIMEOUT_SECS, DEFAULT_UNHEALTHY_THRESHOLD,
 };
 
+use super::observability::{parse_observability, ParsedObservability};
 use super::ConfigDiagnostic;
 
 /// Longest accepted duration in seconds. Far beyond any sensible timeout, and small enough that
 /// converting to milliseconds or nanoseconds anywhere downstream cannot overflow.
 const MAX_SECS: u64 = 365 * 24 * 3600;
 
-const TOP_LEVEL: &[&str] = &["system", "listeners", "routes", "upstreams", "limits"];
+const TOP_LEVEL: &[&str] = &[
+    "system",
+    "listeners",
+    "routes",
+    "upstreams",
+    "limits",
+    "observability",
+];
 /// Zentinel nodes this build does not implement yet: reported as such, not as typos.
 const TOP_LEVEL_UNSUPPORTED: &[&str] = &[
     "policies",
     "filters",
     "agents",
     "waf",
-    "observability",
     "tls",
     "cache",
     "rate-limit",
@@ -190,6 +197,7 @@ pub(super) struct ParsedConfig {
     pub listeners_at: Option<usize>,
     pub routes: Vec<ParsedRoute>,
     pub upstreams: Vec<ParsedUpstream>,
+    pub observability: ParsedObservability,
 }
 
 /// Parses KDL text and interprets it. Returns `None` when the text is not valid KDL (the syntax
@@ -203,6 +211,7 @@ pub(super) fn parse(source: &str, diags: &mut Diagnostics<'_>) -> Option<ParsedC
         listeners_at: None,
         routes: Vec::new(),
         upstreams: Vec::new(),
+        observability: ParsedObservability::default(),
     };
     let mut seen = Seen::default();
     for node in doc.nodes() {
@@ -214,6 +223,10 @@ pub(super) fn parse(source: &str, diags: &mut Diagnostics<'_>) -> Option<ParsedC
             "limits" => {
                 seen.check(node, diags);
                 parse_limits(node, &mut parsed.limits, diags);
+            }
+            "observability" => {
+                seen.check(node, diags);
+                parse_observability(node, &mut parsed.observability, diags);
             }
             // Collections may be split across several blocks; they simply add up.
             "listeners" => {
@@ -406,11 +419,11 @@ pub(super) fn rewrite_v1_keywords(source: &str) -> Option<(String, Vec<usize>)> 
     Some((out, inserted))
 }
 
-fn name(node: &KdlNode) -> &str {
+pub(super) fn name(node: &KdlNode) -> &str {
     node.name().value()
 }
 
-fn name_at(node: &KdlNode) -> usize {
+pub(super) fn name_at(node: &KdlNode) -> usize {
     node.name().span().offset()
 }
 
@@ -434,13 +447,13 @@ fn describe(value: &KdlValue) -> String {
 
 /// Tracks nodes that may appear once in a block.
 #[derive(Default)]
-struct Seen {
+pub(super) struct Seen {
     first: HashMap<String, usize>,
 }
 
 impl Seen {
     /// Reports a repeated node; returns whether this is the first occurrence.
-    fn check(&mut self, node: &KdlNode, diags: &mut Diagnostics<'_>) -> bool {
+    pub(super) fn check(&mut self, node: &KdlNode, diags: &mut Diagnostics<'_>) -> bool {
         if let Some(&first) = self.first.get(name(node)) {
             let line = diags.line_of(first);
             diags.error(
@@ -495,7 +508,7 @@ fn levenshtein(a: &str, b: &str) -> usize {
 
 /// Reports a node that is not part of the vocabulary at this place. `parent` is empty at the
 /// top level.
-fn unknown(
+pub(super) fn unknown(
     node: &KdlNode,
     parent: &str,
     known: &[&str],
@@ -541,7 +554,7 @@ fn unknown_property(
 }
 
 /// The children of a block node (`system { ... }`), after checking it has no arguments.
-fn block<'n>(node: &'n KdlNode, diags: &mut Diagnostics<'_>) -> &'n [KdlNode] {
+pub(super) fn block<'n>(node: &'n KdlNode, diags: &mut Diagnostics<'_>) -> &'n [KdlNode] {
     for entry in node.entries() {
         diags.error(
             entry.span().offset(),
@@ -566,7 +579,10 @@ fn no_children(node: &KdlNode, diags: &mut Diagnostics<'_>) {
 }
 
 /// The single argument of a leaf node such as `backlog 1024`.
-fn single_arg<'n>(node: &'n KdlNode, diags: &mut Diagnostics<'_>) -> Option<&'n KdlEntry> {
+pub(super) fn single_arg<'n>(
+    node: &'n KdlNode,
+    diags: &mut Diagnostics<'_>,
+) -> Option<&'n KdlEntry> {
     no_children(node, diags);
     for entry in props(node) {
         unknown_property(node, entry, &[], diags);
@@ -661,12 +677,12 @@ fn leaf_u32(node: &KdlNode, min: u32, max: u32, diags: &mut Diagnostics<'_>) -> 
 }
 
 /// A leaf string with its offset.
-fn leaf_string(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<(String, usize)> {
+pub(super) fn leaf_string(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<(String, usize)> {
     let entry = single_arg(node, diags)?;
     string_value(node, entry, diags).map(|s| (s, entry.span().offset()))
 }
 
-fn socket_addr(
+pub(super) fn socket_addr(
     node: &KdlNode,
     text: &str,
     at: usize,
@@ -793,6 +809,8 @@ fn parse_listener(node: &KdlNode, diags: &mut Diagnostics<'_>) -> ParsedListener
             keepalive_timeout_secs: 75,
             default_route: None,
             upstream: None,
+            // Set for every HTTP listener by `validate` from `observability`.
+            access_log: None,
         },
         name_at: named.as_ref().map_or(name_at(node), |(_, at)| *at),
         has_name: named.is_some(),

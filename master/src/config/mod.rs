@@ -5,6 +5,7 @@
 //! column and the KDL node it concerns, so an operator can fix a file in one pass.
 
 mod kdl_parse;
+mod observability;
 mod validate;
 
 #[cfg(test)]
@@ -13,7 +14,7 @@ mod tests;
 use std::fmt;
 use std::path::Path;
 
-use zentinel_protocol::config::ProxyConfig;
+use zentinel_protocol::config::{MetricsConfig, ProxyConfig};
 
 /// The configuration used when no file is given on the command line.
 pub const DEFAULT_CONFIG_KDL: &str = include_str!("default.kdl");
@@ -55,11 +56,27 @@ impl std::error::Error for ConfigDiagnostic {}
 /// `file_name` only labels diagnostics. On success the routes are in evaluation order (priority,
 /// then file order). On failure every diagnostic found is returned, sorted by position.
 pub fn parse_config(source: &str, file_name: &str) -> Result<ProxyConfig, Vec<ConfigDiagnostic>> {
+    parse_full_config(source, file_name).map(|full| full.proxy)
+}
+
+/// A whole configuration: what workers get, and what only the master uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullConfig {
+    pub proxy: ProxyConfig,
+    /// `observability { metrics { ... } }`; `None`: no metrics endpoint.
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// Like [`parse_config`], with the master-only parts.
+pub fn parse_full_config(
+    source: &str,
+    file_name: &str,
+) -> Result<FullConfig, Vec<ConfigDiagnostic>> {
     let mut diags = kdl_parse::Diagnostics::new(source, file_name);
     let parsed = kdl_parse::parse(source, &mut diags);
     let config = parsed.map(|parsed| validate::validate(parsed, &mut diags));
     match (config, diags.is_empty()) {
-        (Some(config), true) => Ok(config),
+        (Some((proxy, metrics)), true) => Ok(FullConfig { proxy, metrics }),
         _ => Err(diags.into_sorted()),
     }
 }
@@ -68,8 +85,15 @@ pub fn parse_config(source: &str, file_name: &str) -> Result<ProxyConfig, Vec<Co
 ///
 /// Returns the configuration and the name of the file it came from (for logs).
 pub fn load_config(path: Option<&Path>) -> Result<(ProxyConfig, String), Vec<ConfigDiagnostic>> {
+    load_full_config(path).map(|(full, name)| (full.proxy, name))
+}
+
+/// Like [`load_config`], with the master-only parts.
+pub fn load_full_config(
+    path: Option<&Path>,
+) -> Result<(FullConfig, String), Vec<ConfigDiagnostic>> {
     let Some(path) = path else {
-        let config = parse_config(DEFAULT_CONFIG_KDL, DEFAULT_CONFIG_NAME)?;
+        let config = parse_full_config(DEFAULT_CONFIG_KDL, DEFAULT_CONFIG_NAME)?;
         return Ok((config, DEFAULT_CONFIG_NAME.to_owned()));
     };
     let file_name = path.display().to_string();
@@ -82,6 +106,6 @@ pub fn load_config(path: Option<&Path>) -> Result<(ProxyConfig, String), Vec<Con
             message: format!("cannot read configuration file: {err}"),
         }]
     })?;
-    let config = parse_config(&source, &file_name)?;
+    let config = parse_full_config(&source, &file_name)?;
     Ok((config, file_name))
 }

@@ -128,6 +128,7 @@ fn full_example_parses_into_the_expected_model() {
                 keepalive_timeout_secs: 75,
                 default_route: Some("fallback".to_owned()),
                 upstream: None,
+                access_log: None,
             },
             ListenerConfig {
                 name: "db".to_owned(),
@@ -138,6 +139,7 @@ fn full_example_parses_into_the_expected_model() {
                 keepalive_timeout_secs: 75,
                 default_route: None,
                 upstream: Some("db".to_owned()),
+                access_log: None,
             },
         ],
         routes: vec![
@@ -358,16 +360,10 @@ routes {
 fn v1_booleans_parse_in_a_v1_file() {
     // The boolean sits in a node we do not support yet: the file must still parse as KDL and
     // yield only that one diagnostic.
-    let source = format!("{BASE}observability {{\n    metrics {{ enabled true; }}\n}}\n");
+    let source = format!("{BASE}waf {{\n    enabled true;\n}}\n");
     let errs = errors(&source);
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert_diag(
-        &errs,
-        4,
-        1,
-        "observability",
-        "`observability` is not supported yet",
-    );
+    assert_diag(&errs, 4, 1, "waf", "`waf` is not supported yet");
 }
 
 #[test]
@@ -884,4 +880,119 @@ fn health_check_errors_name_the_line() {
     assert_diag(&errs, 7, 36, "max-fails", "at least 0");
     assert_diag(&errs, 7, 58, "fail-timeout-secs", "at least 1");
     assert_diag(&errs, 7, 61, "fails", "unknown node `fails`");
+}
+
+// ---------------------------------------------------------------------------------------------
+// observability
+// ---------------------------------------------------------------------------------------------
+
+fn full(source: &str) -> FullConfig {
+    match parse_full_config(source, "test.kdl") {
+        Ok(config) => config,
+        Err(errs) => panic!("expected success, got {errs:#?}"),
+    }
+}
+
+#[test]
+fn observability_is_off_by_default() {
+    let config = full(BASE);
+    assert_eq!(config.metrics, None);
+    assert!(config
+        .proxy
+        .listeners
+        .iter()
+        .all(|l| l.access_log.is_none()));
+}
+
+#[test]
+fn observability_metrics_and_access_log() {
+    // v1 booleans (`true`) and v2 (`#true`) both read.
+    let source = format!(
+        "{BASE}listeners {{ listener \"db\" {{ address \"127.0.0.1:5433\"; protocol \"tcp\"; upstream \"u\"; }} }}\n\
+         upstreams {{ upstream \"u\" {{ target \"127.0.0.1:1\"; }} }}\n\
+         observability {{\n\
+             metrics {{ enabled true; address \"127.0.0.1:9464\"; path \"/prom\"; }}\n\
+             logging {{ access-log {{ enabled #true; file \"/var/log/z/access.log\"; format \"$remote_addr $status\"; }} }}\n\
+         }}\n"
+    );
+    let config = full(&source);
+    assert_eq!(
+        config.metrics,
+        Some(MetricsConfig {
+            address: "127.0.0.1:9464".to_owned(),
+            path: "/prom".to_owned()
+        })
+    );
+    let http = &config.proxy.listeners[0];
+    assert_eq!(
+        http.access_log,
+        Some(AccessLogConfig {
+            file: "/var/log/z/access.log".to_owned(),
+            format: "$remote_addr $status".to_owned()
+        })
+    );
+    // TCP listeners have no requests to log.
+    assert_eq!(config.proxy.listeners[1].access_log, None);
+}
+
+#[test]
+fn observability_defaults_and_disabled() {
+    let source = format!(
+        "{BASE}observability {{ metrics {{ }}; logging {{ access-log {{ file \"/tmp/a.log\"; }} }} }}\n"
+    );
+    let config = full(&source);
+    assert_eq!(
+        config.metrics,
+        Some(MetricsConfig {
+            address: DEFAULT_METRICS_ADDRESS.to_owned(),
+            path: DEFAULT_METRICS_PATH.to_owned()
+        })
+    );
+    assert_eq!(
+        config.proxy.listeners[0]
+            .access_log
+            .as_ref()
+            .map(|a| a.format.as_str()),
+        Some("combined")
+    );
+    let source = format!(
+        "{BASE}observability {{ metrics {{ enabled #false; }}; logging {{ access-log {{ enabled #false; }} }} }}\n"
+    );
+    let config = full(&source);
+    assert_eq!(config.metrics, None);
+    assert_eq!(config.proxy.listeners[0].access_log, None);
+}
+
+#[test]
+fn observability_errors_are_located() {
+    let source = format!(
+        "{BASE}observability {{\n\
+             metrics {{ address \"127.0.0.1:8080\"; path \"metrics\"; high-cardinality #true; }}\n\
+             logging {{ level \"info\"; access-log {{ file \"relative.log\"; format \"$nope\"; }} }}\n\
+             tracing {{ }}\n\
+         }}\n"
+    );
+    let errs = errors(&source);
+    let messages: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    let has = |needle: &str| {
+        assert!(
+            messages.iter().any(|m| m.contains(needle)),
+            "no diagnostic containing {needle:?} in {messages:#?}"
+        )
+    };
+    has("test.kdl:5:");
+    has("metrics address 127.0.0.1:8080 overlaps listener `http`");
+    has("metrics path \"metrics\" must start with `/`");
+    has("`high-cardinality` is not supported yet");
+    has("test.kdl:6:");
+    has("`level` is not supported yet");
+    has("must be an absolute path");
+    has("unknown access-log variable `$nope`");
+    has("test.kdl:7:1: `tracing`");
+    has("`tracing` is not supported yet");
+    let source =
+        format!("{BASE}observability {{ logging {{ access-log {{ format \"common\"; }} }} }}\n");
+    let errs = errors(&source);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].message.contains("missing `file`"), "{errs:?}");
 }

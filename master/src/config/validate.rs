@@ -3,13 +3,17 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use zentinel_protocol::config::{ProxyConfig, RouteAction};
+use zentinel_protocol::config::{ListenerProtocol, MetricsConfig, ProxyConfig, RouteAction};
 
 use super::kdl_parse::{did_you_mean, Diagnostics, ParsedConfig};
 
 /// Checks names and references across sections and builds the final configuration. Problems go
-/// to `diags`; the returned value is only meaningful when no diagnostic was recorded.
-pub(super) fn validate(parsed: ParsedConfig, diags: &mut Diagnostics<'_>) -> ProxyConfig {
+/// to `diags`; the returned value is only meaningful when no diagnostic was recorded. The
+/// metrics endpoint is returned apart: it is the master's, and never travels to workers.
+pub(super) fn validate(
+    parsed: ParsedConfig,
+    diags: &mut Diagnostics<'_>,
+) -> (ProxyConfig, Option<MetricsConfig>) {
     check_unique_names(
         "listener",
         parsed
@@ -76,6 +80,27 @@ pub(super) fn validate(parsed: ParsedConfig, diags: &mut Diagnostics<'_>) -> Pro
             bound.push((addr, at, listener.config.name.as_str()));
         }
     }
+    if let Some((addr, at)) = parsed.observability.metrics_address {
+        let clash = bound.iter().find(|(other, _, _)| {
+            addr.port() != 0
+                && other.port() == addr.port()
+                && other.is_ipv4() == addr.is_ipv4()
+                && (other.ip() == addr.ip()
+                    || other.ip().is_unspecified()
+                    || addr.ip().is_unspecified())
+        });
+        if let Some(&(other, other_at, other_name)) = clash {
+            let line = diags.line_of(other_at);
+            diags.error(
+                at,
+                "address",
+                format!(
+                    "metrics address {addr} overlaps listener `{other_name}` on {other} \
+                     (line {line}): both cannot be bound"
+                ),
+            );
+        }
+    }
 
     let route_names: Vec<&str> = parsed
         .routes
@@ -131,13 +156,26 @@ pub(super) fn validate(parsed: ParsedConfig, diags: &mut Diagnostics<'_>) -> Pro
     let mut routes: Vec<_> = parsed.routes.into_iter().map(|r| r.config).collect();
     // Stable: equal priorities keep file order.
     routes.sort_by_key(|r| r.priority);
-    ProxyConfig {
+    let access_log = parsed.observability.access_log;
+    let listeners = parsed
+        .listeners
+        .into_iter()
+        .map(|l| {
+            let mut config = l.config;
+            if config.protocol == ListenerProtocol::Http {
+                config.access_log = access_log.clone();
+            }
+            config
+        })
+        .collect();
+    let config = ProxyConfig {
         system: parsed.system,
-        listeners: parsed.listeners.into_iter().map(|l| l.config).collect(),
+        listeners,
         routes,
         upstreams: parsed.upstreams.into_iter().map(|u| u.config).collect(),
         limits: parsed.limits,
-    }
+    };
+    (config, parsed.observability.metrics)
 }
 
 fn check_unique_names<'n>(

@@ -36,6 +36,8 @@ pub(super) struct ReloadOp {
     config: ProxyConfig,
     config_name: String,
     config_path: Option<PathBuf>,
+    /// The metrics endpoint after the reload (bound already if its address moved).
+    metrics: super::metrics::MetricsPlan,
     /// The new listener set, in the order of `config.listeners`: duplicates of kept sockets
     /// and freshly bound ones. Dropping it (rollback) leaves the running set untouched.
     listeners: Vec<BoundListener>,
@@ -435,8 +437,8 @@ impl Supervisor {
             return self.refuse(client, message);
         }
         let path: Option<PathBuf> = path.map(PathBuf::from).or_else(|| self.config_path.clone());
-        let (new_config, name) = match config::load_config(path.as_deref()) {
-            Ok(loaded) => loaded,
+        let (new_config, new_metrics, name) = match config::load_full_config(path.as_deref()) {
+            Ok((full, name)) => (full.proxy, full.metrics, name),
             Err(diagnostics) => {
                 let mut message = format!(
                     "configuration {} is invalid ({} error{}); the running configuration is unchanged",
@@ -449,6 +451,18 @@ impl Supervisor {
                     message.push_str(&diagnostic.to_string());
                 }
                 error!("reload failed: {message}");
+                self.metrics_reload_finished(false);
+                return self.finish(client, ControlResponse::Failed { message });
+            }
+        };
+        let metrics_plan = match self.metrics_plan(new_metrics) {
+            Ok(plan) => plan,
+            Err(err) => {
+                let message = format!(
+                    "reload of {name} failed: {err}; the running configuration is unchanged"
+                );
+                error!("{message}");
+                self.metrics_reload_finished(false);
                 return self.finish(client, ControlResponse::Failed { message });
             }
         };
@@ -487,6 +501,7 @@ impl Supervisor {
                         "reload of {name} failed: {err}; the running configuration is unchanged"
                     );
                     error!("{message}");
+                    self.metrics_reload_finished(false);
                     return self.finish(client, ControlResponse::Failed { message });
                 }
             }
@@ -527,6 +542,7 @@ impl Supervisor {
             config: new_config,
             config_name: name,
             config_path: path,
+            metrics: metrics_plan,
             listeners,
             waiting: BTreeSet::new(),
             switched: Vec::new(),
@@ -701,6 +717,7 @@ impl Supervisor {
             }
         );
         error!("{message}");
+        self.metrics_reload_finished(false);
         // Dropping `op.listeners` closes the new sockets and our duplicates of kept ones.
         drop(op.listeners);
         self.finish(op.client, ControlResponse::Failed { message });
@@ -711,6 +728,8 @@ impl Supervisor {
         self.config = op.config;
         self.config_name = op.config_name;
         self.config_path = op.config_path;
+        self.metrics_apply(op.metrics);
+        self.metrics_reload_finished(true);
         // The old set goes: removed addresses close here (workers already dropped theirs),
         // kept ones live on in their duplicates.
         self.listeners = op.listeners;
@@ -751,6 +770,7 @@ impl Supervisor {
 
     pub(super) fn abort_reload(&mut self, reason: &str) {
         if let Some(op) = self.reload.take() {
+            self.metrics_reload_finished(false);
             let message = format!("reload of {} abandoned: {reason}", op.config_name);
             warn!("{message}");
             self.finish(op.client, ControlResponse::Failed { message });

@@ -245,6 +245,8 @@ impl Supervisor {
             });
         }
         inherit.extend(client_fd);
+        let (metrics_listener, metrics, metrics_fds) = self.metrics_handover();
+        inherit.extend(metrics_fds);
         let state = MasterState {
             previous_master_pid: std::process::id(),
             generation: self.generation + 1,
@@ -273,6 +275,8 @@ impl Supervisor {
                 ready_timeout_ms: u64::try_from(ready_timeout.as_millis()).unwrap_or(u64::MAX),
                 client_fd,
             }),
+            metrics_listener,
+            metrics,
         };
         let state_path = state_file_path(&control_path, std::process::id());
         if let Err(err) = write_state_file(&state_path, &state) {
@@ -335,6 +339,9 @@ impl Supervisor {
         // The new master reads the worker channels from now on: two readers would split
         // frames between them.
         let registry = self.poll.registry();
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.pause(registry);
+        }
         for process in self.processes.values_mut() {
             if let Some(channel) = process.channel.as_ref() {
                 let _ = registry.deregister(&mut SourceFd(&channel.as_raw_fd()));
@@ -443,8 +450,12 @@ impl Supervisor {
         let Some(UpgradeOp::Handover(handover)) = self.upgrade.take() else {
             return;
         };
+        self.metrics_upgrade_finished(false);
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut SourceFd(&handover.pipe.as_raw_fd()));
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.resume(registry);
+        }
         let mut reason = reason;
         // systemd: the new master may have claimed MAINPID already (it does so right before
         // confirming; see adoption_progress). Take it back before it dies, so that systemd
@@ -590,6 +601,8 @@ impl Supervisor {
                 pidfd: None,
                 ready_timeout: HANDSHAKE_TIMEOUT,
                 upgrade_ack: false,
+                // Told to drain by the previous master: its drain time is not ours to measure.
+                drain_started: None,
             };
             let registry = self.poll.registry();
             let registered = register_channel(registry, &mut process).and_then(|()| {
@@ -754,6 +767,7 @@ impl Supervisor {
         match adoption.pending {
             Some(pending) if pending.rolling => self.begin_rolling(client, &pending),
             _ => {
+                self.metrics_upgrade_finished(true);
                 let message = format!(
                     "upgrade complete: master on {binary}, generation {} (workers not replaced)",
                     self.generation
@@ -1028,6 +1042,7 @@ impl Supervisor {
             return;
         };
         let binary = self.executable.path().display().to_string();
+        self.metrics_upgrade_finished(op.rollback.is_none());
         match op.rollback {
             None => {
                 let message = format!(
@@ -1057,6 +1072,7 @@ impl Supervisor {
     pub(super) fn abort_upgrade(&mut self, reason: &str) {
         match self.upgrade.take() {
             Some(UpgradeOp::Rolling(op)) => {
+                self.metrics_upgrade_finished(false);
                 let message = format!("upgrade abandoned: {reason}");
                 warn!("{message}");
                 self.upgrade_respond(op.client, ControlResponse::Failed { message }, true);

@@ -79,6 +79,8 @@ impl From<MasterStateV1> for MasterStateV2 {
             listeners: old.listeners,
             workers: old.workers.into_iter().map(Into::into).collect(),
             upgrade: old.upgrade,
+            metrics_listener: None,
+            metrics: super::MasterMetrics::default(),
         }
     }
 }
@@ -107,6 +109,7 @@ impl From<ProxyConfig> for latest::ProxyConfig {
                     keepalive_timeout_secs: l.keepalive_timeout_secs,
                     default_route: l.default_route,
                     upstream: l.upstream,
+                    access_log: None,
                 })
                 .collect(),
             routes: old

@@ -39,6 +39,7 @@ fn listener() -> impl Strategy<Value = ListenerConfig> {
         any::<u64>(),
         option::of(name()),
         option::of(name()),
+        option::of((name(), name()).prop_map(|(file, format)| AccessLogConfig { file, format })),
     )
         .prop_map(
             |(
@@ -50,6 +51,7 @@ fn listener() -> impl Strategy<Value = ListenerConfig> {
                 keepalive_timeout_secs,
                 default_route,
                 upstream,
+                access_log,
             )| ListenerConfig {
                 name,
                 address,
@@ -59,6 +61,7 @@ fn listener() -> impl Strategy<Value = ListenerConfig> {
                 keepalive_timeout_secs,
                 default_route,
                 upstream,
+                access_log,
             },
         )
 }

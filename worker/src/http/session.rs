@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
+use crate::access_log;
 use crate::ctx::{Ctx, ListenerCtx, Outcome, Ready};
 use crate::generation::Generation;
 use crate::http::codec::{
@@ -150,6 +151,9 @@ pub struct HttpSession {
     /// When the connection last became idle between requests.
     idle_since: Instant,
     first_request: bool,
+    /// The current request's access-log entry (only when the listener logs; boxed so that
+    /// sessions without an access log stay small).
+    access: Option<Box<access_log::Entry>>,
 }
 
 /// A failure that may not be retried: `RetryElsewhere` stays one (so `fail` still blames the
@@ -192,6 +196,7 @@ impl HttpSession {
             head_started: now,
             idle_since: now,
             first_request: true,
+            access: None,
         })
     }
 
@@ -373,6 +378,14 @@ impl HttpSession {
     /// Queue a response generated here. `close` ends the connection once it is written.
     fn respond_local(&mut self, ctx: &mut Ctx<'_>, status: u16, bytes: Vec<u8>, close: bool) {
         ctx.counters.response(status);
+        if self.logs_access() {
+            // A head that did not parse has no entry yet; its bytes are still in `cin`.
+            let started = self.head_started;
+            let head = self.cin.as_slice();
+            self.access
+                .get_or_insert_with(|| Box::new(access_log::Entry::from_raw_head(started, head)))
+                .status = status;
+        }
         self.cout.extend(&bytes);
         self.phase = Phase::Local {
             close,
@@ -414,6 +427,9 @@ impl HttpSession {
         match self.client.flush(&mut self.cout) {
             Ok(n) => {
                 ctx.counters.c.bytes_out += n as u64;
+                if let Some(a) = self.access.as_mut() {
+                    a.bytes += n as u64;
+                }
                 Ok(n)
             }
             Err(e) => {
@@ -480,6 +496,12 @@ impl HttpSession {
 
     fn start_request(&mut self, req: RequestHead, ctx: &mut Ctx<'_>) {
         ctx.counters.c.requests_total += 1;
+        if self.logs_access() {
+            self.access = Some(Box::new(access_log::Entry::from_request(
+                self.head_started,
+                &req,
+            )));
+        }
         let has_body = !matches!(req.framing, BodyFraming::Empty);
         // A request body the proxy does not forward cannot be skipped reliably: close after
         // answering (the linger discards it).
@@ -578,6 +600,7 @@ impl HttpSession {
         if !self.cout.is_empty() {
             return Ok(false);
         }
+        self.log_access(ctx);
         let close = matches!(self.phase, Phase::Local { close: true, .. });
         if close {
             self.start_closing(ctx.now);
@@ -900,6 +923,7 @@ impl HttpSession {
         };
         let elsewhere_ok = !reused && !ex.retried_elsewhere && replayable;
         let up_ids = ex.up.as_ref().map(|(_, m)| (m.pool, m.target));
+        let up_addr = ex.up.as_ref().map(|(_, m)| m.addr);
         let Some((up, _)) = ex.up.as_mut() else {
             return Err(Fail::ClientGone);
         };
@@ -1007,6 +1031,10 @@ impl HttpSession {
                         }
                         codec::write_client_response(&h, ex.req.version, false, &mut head_out);
                         ctx.counters.response(101);
+                        if let Some(a) = self.access.as_mut() {
+                            a.status = 101;
+                            a.upstream = up_addr;
+                        }
                         ex.resp_started = true;
                         ex.resp = Some(h);
                         self.cout.extend(&head_out);
@@ -1027,6 +1055,10 @@ impl HttpSession {
                         &mut head_out,
                     );
                     ctx.counters.response(h.status);
+                    if let Some(a) = self.access.as_mut() {
+                        a.status = h.status;
+                        a.upstream = up_addr;
+                    }
                     if let Some((pool, target)) = up_ids {
                         ctx.upstreams.report_success(pool, target);
                     }
@@ -1098,6 +1130,9 @@ impl HttpSession {
             match self.client.flush(&mut self.cout) {
                 Ok(n) => {
                     ctx.counters.c.bytes_out += n as u64;
+                    if let Some(a) = self.access.as_mut() {
+                        a.bytes += n as u64;
+                    }
                     progress |= n > 0;
                     ex.cout_stalled_since = if self.cout.is_empty() {
                         None
@@ -1122,6 +1157,7 @@ impl HttpSession {
     }
 
     fn finish_exchange(&mut self, ctx: &mut Ctx<'_>) {
+        self.log_access(ctx);
         let phase = std::mem::replace(&mut self.phase, Phase::ReadingHead);
         let Phase::Proxy(mut ex) = phase else {
             self.phase = phase;
@@ -1157,11 +1193,34 @@ impl HttpSession {
         }
     }
 
+    fn logs_access(&self) -> bool {
+        self.generation
+            .listeners
+            .get(self.listener)
+            .is_some_and(|l| l.access_log.is_some())
+    }
+
+    /// Write the current request's access-log line (once: the entry is taken).
+    fn log_access(&mut self, ctx: &Ctx<'_>) {
+        let Some(mut entry) = self.access.take() else {
+            return;
+        };
+        if let Some(l) = self.generation.listeners.get(self.listener) {
+            if let Some(log) = &l.access_log {
+                if entry.status == 0 {
+                    entry.status = 499;
+                }
+                log.log(&entry, self.peer, &l.name, ctx.now);
+            }
+        }
+    }
+
     /// After a 101 has been queued: hand both sockets and all buffered bytes to a tunnel.
     pub fn into_tunnel(mut self, ctx: &mut Ctx<'_>) -> Option<TcpSession> {
         if let Some(id) = self.timer.take() {
             ctx.timers.cancel(id);
         }
+        self.log_access(ctx);
         let phase = std::mem::replace(&mut self.phase, Phase::ReadingHead);
         let Phase::Proxy(mut ex) = phase else {
             return None;
@@ -1188,6 +1247,9 @@ impl HttpSession {
         if let Some(id) = self.timer.take() {
             ctx.timers.cancel(id);
         }
+        // A request still open when the session ends was cut short: logged like nginx does,
+        // 499 when no status was sent.
+        self.log_access(ctx);
         let _ = ctx.registry.deregister(&mut self.client.stream);
         if let Phase::Proxy(ex) = &mut self.phase {
             if let Some((up, meta)) = ex.up.take() {
