@@ -458,6 +458,7 @@ mod tests {
             keepalive_timeout_secs: 75,
             default_route: None,
             upstream: None,
+            tls: None,
         }
     }
 

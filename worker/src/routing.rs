@@ -226,6 +226,7 @@ mod tests {
                 keepalive_timeout_secs: 10,
                 default_route: None,
                 upstream: None,
+                tls: None,
             }],
             routes,
             upstreams: vec![upstream("a"), upstream("b")],

@@ -163,6 +163,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 keepalive_timeout_secs: 30,
                 default_route: None,
                 upstream: None,
+                tls: None,
             },
             ListenerConfig {
                 name: "tcp".into(),
@@ -173,6 +174,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 keepalive_timeout_secs: 30,
                 default_route: None,
                 upstream: Some("echo".into()),
+                tls: None,
             },
         ],
         routes: vec![

@@ -107,6 +107,7 @@ impl From<ProxyConfig> for latest::ProxyConfig {
                     keepalive_timeout_secs: l.keepalive_timeout_secs,
                     default_route: l.default_route,
                     upstream: l.upstream,
+                    tls: None,
                 })
                 .collect(),
             routes: old

@@ -29,6 +29,36 @@ fn system() -> impl Strategy<Value = SystemConfig> {
     )
 }
 
+fn tls_version() -> impl Strategy<Value = TlsVersion> {
+    prop_oneof![Just(TlsVersion::Tls12), Just(TlsVersion::Tls13)]
+}
+
+fn tls() -> impl Strategy<Value = TlsConfig> {
+    (
+        name(),
+        name(),
+        vec((vec(name(), 0..3), name(), name()), 0..3),
+        tls_version(),
+        option::of(tls_version()),
+    )
+        .prop_map(
+            |(cert_file, key_file, sni, min_version, max_version)| TlsConfig {
+                cert_file,
+                key_file,
+                additional_certs: sni
+                    .into_iter()
+                    .map(|(hostnames, cert_file, key_file)| SniCertificate {
+                        hostnames,
+                        cert_file,
+                        key_file,
+                    })
+                    .collect(),
+                min_version,
+                max_version,
+            },
+        )
+}
+
 fn listener() -> impl Strategy<Value = ListenerConfig> {
     (
         name(),
@@ -39,6 +69,7 @@ fn listener() -> impl Strategy<Value = ListenerConfig> {
         any::<u64>(),
         option::of(name()),
         option::of(name()),
+        option::of(tls()),
     )
         .prop_map(
             |(
@@ -50,6 +81,7 @@ fn listener() -> impl Strategy<Value = ListenerConfig> {
                 keepalive_timeout_secs,
                 default_route,
                 upstream,
+                tls,
             )| ListenerConfig {
                 name,
                 address,
@@ -59,6 +91,7 @@ fn listener() -> impl Strategy<Value = ListenerConfig> {
                 keepalive_timeout_secs,
                 default_route,
                 upstream,
+                tls,
             },
         )
 }
