@@ -670,3 +670,56 @@ fn rolling_upgrade_drains_tls_keepalive_clients() {
     assert_eq!(fresh.leaf(), f.b);
     assert_eq!(fresh.get("/fresh").status, 200);
 }
+
+#[test]
+fn stalled_handshakes_are_cut_at_the_request_timeout() {
+    let f = Fixture::new("tls-handshake-timeout");
+    let config = f.config(free_port(), 1).replace(
+        "default-route \"app\"",
+        "default-route \"app\"\n        request-timeout-secs 1",
+    );
+    let z = Zentinel::start(&config);
+    // One client sends nothing, the other half a ClientHello record.
+    let mut silent = TcpStream::connect(z.addr()).unwrap();
+    let mut partial = TcpStream::connect(z.addr()).unwrap();
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x00, 0x80, 0x01])
+        .unwrap();
+    let started = Instant::now();
+    for (what, s) in [("silent", &mut silent), ("partial", &mut partial)] {
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut buf = [0u8; 64];
+        // Whatever the server says (nothing, or an alert) ends in EOF, not in our timeout.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("{what}: not closed by the handshake timeout: {e}"),
+            }
+        }
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "handshakes cut after {waited:?}, expected about the 1 s request timeout"
+    );
+    // Meanwhile the listener serves others.
+    let mut c = f.client(&z, "a.test");
+    assert_eq!(c.get("/ok").status, 200);
+}
+
+#[test]
+fn protocol_upgrades_over_tls_are_refused_cleanly() {
+    let f = Fixture::new("tls-ws");
+    let z = f.start(1);
+    let mut c = f.client(&z, "a.test");
+    let req = "GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+               Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    c.io.get_mut().write_all(req.as_bytes()).unwrap();
+    c.io.get_mut().flush().unwrap();
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 501, "{}", r.body_str());
+    assert!(r.closes());
+    c.expect_close_notify();
+}

@@ -512,6 +512,16 @@ impl HttpSession {
                 let bytes = codec::static_response(&resp, local_close, req.is_head());
                 self.respond_local(ctx, resp.status, bytes, local_close);
             }
+            // A tunnel hands the raw client socket over, which a TLS session cannot do yet:
+            // refuse before the upstream switches protocols.
+            Some(Action::Upstream(_))
+                if req.upgrade.is_some() && matches!(self.client, ClientSock::Tls(_)) =>
+            {
+                debug!(peer = %self.peer, "protocol upgrade over TLS is not supported yet");
+                ctx.counters.c.client_errors += 1;
+                let bytes = codec::error_response(501, true, req.is_head());
+                self.respond_local(ctx, 501, bytes, true);
+            }
             Some(Action::Upstream(pool)) => self.start_proxy(req, pool, ctx),
         }
     }
