@@ -348,6 +348,11 @@ fn https_request_is_proxied_with_sni_and_alpn() {
         assert_eq!(r.body_str(), format!("backend=tls-backend path={path}\n"));
         assert_eq!(r.header("x-backend"), Some("tls-backend"));
     }
+    // The upstream learns the client spoke HTTPS.
+    let r = c.get("/headers");
+    let echoed = r.body_str().to_ascii_lowercase();
+    assert!(echoed.contains("x-forwarded-proto: https"), "{echoed}");
+    assert!(echoed.contains("proto=https"), "Forwarded: {echoed}");
     // A body larger than one TLS record and than the proxy's buffers arrives intact.
     let n = 300_000;
     let r = c.get(&format!("/bytes/{n}"));

@@ -365,11 +365,16 @@ impl TlsSock {
                     Err(e) => return Err(e),
                 }
             }
-            if self.sock.read_eof || !self.read_tls()? {
+            // After the client's close_notify rustls reads no more: the raw bytes (nothing
+            // but a FIN, normally) are drained directly.
+            if self.plain_eof || self.sock.read_eof || !self.read_tls()? {
                 break;
             }
         }
         self.push()?;
+        if self.plain_eof && !self.sock.read_eof {
+            return self.sock.discard();
+        }
         Ok(self.sock.read_eof)
     }
 

@@ -554,7 +554,10 @@ impl HttpSession {
         let fctx = ForwardContext {
             client: self.peer,
             listener: self.lctx.local,
-            scheme: "http",
+            scheme: match self.client {
+                ClientSock::Plain(_) => "http",
+                ClientSock::Tls(_) => "https",
+            },
         };
         codec::write_upstream_request(&req, &fctx, &mut head_bytes);
         let (stream, meta) = UpMeta::split(conn);
