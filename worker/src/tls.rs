@@ -406,6 +406,66 @@ mod tests {
         assert!(err.message.contains("/nonexistent/cert.pem"), "{err}");
     }
 
+    fn write_cert(dir: &std::path::Path, stem: &str, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let ck = rcgen::generate_simple_self_signed(names).unwrap();
+        let cert = dir.join(format!("{stem}.crt"));
+        let key = dir.join(format!("{stem}.key"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+        (cert.display().to_string(), key.display().to_string())
+    }
+
+    #[test]
+    fn sni_picks_exact_then_one_label_wildcard_then_default() {
+        let dir = std::env::temp_dir().join(format!("zentinel-tls-sni-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (dc, dk) = write_cert(&dir, "default", &["default.test"]);
+        let (ec, ek) = write_cert(&dir, "exact", &["www.example.com"]);
+        let (wc, wk) = write_cert(&dir, "wild", &["*.example.com"]);
+        let load = |c: &str, k: &str| Arc::new(load_certified_key(c, k).unwrap());
+        let (default, exact, wild) = (load(&dc, &dk), load(&ec, &ek), load(&wc, &wk));
+        let resolver = SniResolver {
+            exact: HashMap::from([("www.example.com".to_owned(), Arc::clone(&exact))]),
+            wildcard: HashMap::from([("example.com".to_owned(), Arc::clone(&wild))]),
+            default: Arc::clone(&default),
+        };
+        let picks = |name: Option<&str>, want: &Arc<CertifiedKey>| {
+            assert!(Arc::ptr_eq(&resolver.pick(name), want), "{name:?}");
+        };
+        picks(Some("www.example.com"), &exact);
+        picks(Some("WWW.Example.COM"), &exact);
+        picks(Some("api.example.com"), &wild);
+        // A wildcard covers exactly one label.
+        picks(Some("example.com"), &default);
+        picks(Some("a.b.example.com"), &default);
+        picks(Some("other.test"), &default);
+        picks(None, &default);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn impossible_version_ranges_are_refused_and_alpn_is_http_1_1() {
+        let dir = std::env::temp_dir().join(format!("zentinel-tls-ver-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert_file, key_file) = write_cert(&dir, "c", &["v.test"]);
+        let config = |min, max| {
+            server_config(&TlsConfig {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                additional_certs: vec![],
+                min_version: min,
+                max_version: max,
+            })
+        };
+        let ok = config(TlsVersion::Tls12, None).unwrap();
+        assert_eq!(ok.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        config(TlsVersion::Tls13, Some(TlsVersion::Tls13)).unwrap();
+        // The master refuses this range; a worker handed it anyway fails cleanly.
+        assert!(config(TlsVersion::Tls13, Some(TlsVersion::Tls12)).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_file_without_pem_is_refused() {
         let dir = std::env::temp_dir().join(format!("zentinel-tls-unit-{}", std::process::id()));
