@@ -459,6 +459,7 @@ mod tests {
             default_route: None,
             upstream: None,
             access_log: None,
+            tls: None,
         }
     }
 

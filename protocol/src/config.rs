@@ -73,6 +73,42 @@ pub struct ListenerConfig {
     /// `ProxyConfig` (inline in `MasterMessage::Start`) keeps the size adopted workers of the
     /// previous protocol read every message with.
     pub access_log: Option<AccessLogConfig>,
+    /// HTTP: terminate TLS on this listener. `None` means plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS termination on a listener. Only paths travel: each worker reads the files itself when
+/// it installs the configuration, so a reload re-reads them and the workers of an upgraded
+/// binary read them again. The master has already loaded every file once to validate it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first) served when no SNI certificate matches. Absolute.
+    pub cert_file: String,
+    /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1). Absolute.
+    pub key_file: String,
+    /// Certificates chosen by the server name the client sends (SNI).
+    pub additional_certs: Vec<SniCertificate>,
+    pub min_version: TlsVersion,
+    /// `None`: the newest this build supports.
+    pub max_version: Option<TlsVersion>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct SniCertificate {
+    /// Lowercase names, exact (`example.com`) or one leading wildcard label (`*.example.com`).
+    pub hostnames: Vec<String>,
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+/// Protocol versions offered. Nothing older than TLS 1.2 exists here on purpose.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
 }
 
 /// The access log a worker writes (format expanded by the worker; see `zentinel-worker`'s

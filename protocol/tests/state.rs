@@ -62,6 +62,7 @@ fn frozen_v1_state() -> MasterState {
                 default_route: Some("fallback".to_owned()),
                 upstream: None,
                 access_log: None,
+                tls: None,
             },
             ListenerConfig {
                 name: "public-http-v6".to_owned(),
@@ -73,6 +74,7 @@ fn frozen_v1_state() -> MasterState {
                 default_route: None,
                 upstream: None,
                 access_log: None,
+                tls: None,
             },
             ListenerConfig {
                 name: "postgres".to_owned(),
@@ -84,6 +86,7 @@ fn frozen_v1_state() -> MasterState {
                 default_route: None,
                 upstream: Some("db".to_owned()),
                 access_log: None,
+                tls: None,
             },
         ],
         routes: vec![
@@ -244,9 +247,28 @@ fn frozen_v1_state() -> MasterState {
 }
 
 /// The frozen version 2 value (with tests/fixtures/state-v2.bin): version 1's, plus health
-/// checks of both kinds and non-default passive settings. Never edit it.
+/// checks of both kinds, non-default passive settings and a TLS listener with SNI
+/// certificates. Never edit it.
 fn frozen_v2_state() -> MasterState {
     let mut state = frozen_v1_state();
+    state.config.listeners[0].tls = Some(TlsConfig {
+        cert_file: "/etc/zentinel/certs/default.crt".to_owned(),
+        key_file: "/etc/zentinel/certs/default.key".to_owned(),
+        additional_certs: vec![
+            SniCertificate {
+                hostnames: vec!["api.example.com".to_owned(), "*.api.example.com".to_owned()],
+                cert_file: "/etc/zentinel/certs/api.crt".to_owned(),
+                key_file: "/etc/zentinel/certs/api.key".to_owned(),
+            },
+            SniCertificate {
+                hostnames: vec!["www.example.com".to_owned()],
+                cert_file: "/etc/zentinel/certs/www ☃.crt".to_owned(),
+                key_file: "/etc/zentinel/certs/www ☃.key".to_owned(),
+            },
+        ],
+        min_version: TlsVersion::Tls12,
+        max_version: Some(TlsVersion::Tls13),
+    });
     let upstreams = &mut state.config.upstreams;
     upstreams[0].health_check = Some(HealthCheck {
         kind: HealthCheckKind::Http {

@@ -10,6 +10,7 @@
 
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use zentinel_protocol::config::{Limits, ListenerProtocol};
@@ -29,6 +30,8 @@ pub struct ListenerEntry {
     pub ctx: ListenerCtx,
     /// HTTP listeners with an access log configured.
     pub access_log: Option<Rc<AccessLog>>,
+    /// TLS termination: the server configuration its sessions share.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// An installed configuration. Immutable: a reload builds a new one.
@@ -131,10 +134,27 @@ impl Candidate {
                 )),
                 _ => None,
             };
+            // Read from disk now, on every Start and Reconfigure: replaced certificates are
+            // picked up by a reload, and a file that became unreadable fails the reload
+            // (the running generation stays) instead of the connections.
+            let tls = match (&lc.protocol, &lc.tls) {
+                (_, None) => None,
+                (ListenerProtocol::Http, Some(tls)) => Some(
+                    crate::tls::server_config(tls)
+                        .map_err(|e| format!("listener `{}`: {e}", lc.name))?,
+                ),
+                (ListenerProtocol::Tcp, Some(_)) => {
+                    return Err(format!(
+                        "tcp listener `{}`: tls is only supported on http listeners",
+                        lc.name
+                    ))
+                }
+            };
             entries.push(ListenerEntry {
                 name: handle.name.clone(),
                 protocol: lc.protocol,
                 access_log,
+                tls,
                 ctx: ListenerCtx {
                     local,
                     request_timeout: Duration::from_secs(lc.request_timeout_secs.max(1)),

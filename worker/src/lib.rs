@@ -27,6 +27,7 @@ mod routing;
 mod sock;
 mod tcp;
 mod timers;
+pub mod tls;
 mod tokens;
 mod upstream;
 

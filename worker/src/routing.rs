@@ -227,6 +227,7 @@ mod tests {
                 default_route: None,
                 upstream: None,
                 access_log: None,
+                tls: None,
             }],
             routes,
             upstreams: vec![upstream("a"), upstream("b")],

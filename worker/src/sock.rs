@@ -13,6 +13,7 @@ use std::net::Shutdown;
 use mio::net::TcpStream;
 
 use crate::ctx::Ready;
+use crate::tls::TlsSock;
 
 /// Cap of each direction's buffer: a full buffer stops reading from the source.
 pub const BUF_CAP: usize = 64 * 1024;
@@ -142,6 +143,14 @@ impl Buf {
         if need > self.data.len() {
             self.data.resize(need.max(self.data.len() * 2), 0);
         }
+    }
+    /// One `read` from `r` into spare room (at most `max` bytes, `max > 0`): what the reader
+    /// returns, with the bytes appended. For readers that are not a socket (TLS plaintext).
+    pub fn read_from<R: Read>(&mut self, r: &mut R, max: usize) -> io::Result<usize> {
+        let spare = self.spare(max);
+        let n = r.read(spare)?;
+        self.end += n;
+        Ok(n)
     }
     /// Spare room at the end, at most `max` bytes (and at least one when `max > 0`).
     fn spare(&mut self, max: usize) -> &mut [u8] {
@@ -305,6 +314,96 @@ impl Sock {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// The client side of an HTTP connection: a plain socket, or TLS over one. Plain connections
+/// go straight to [`Sock`]; only TLS ones pay for the indirection.
+#[derive(Debug)]
+pub enum ClientSock {
+    Plain(Sock),
+    Tls(Box<TlsSock>),
+}
+
+impl ClientSock {
+    #[inline]
+    pub fn on_ready(&mut self, r: Ready) {
+        match self {
+            ClientSock::Plain(s) => s.on_ready(r),
+            ClientSock::Tls(t) => t.on_ready(r),
+        }
+    }
+
+    /// The client will send nothing more.
+    #[inline]
+    pub fn read_eof(&self) -> bool {
+        match self {
+            ClientSock::Plain(s) => s.read_eof,
+            ClientSock::Tls(t) => t.read_eof(),
+        }
+    }
+
+    /// More input may be had without waiting for an event.
+    #[inline]
+    pub fn readable(&self) -> bool {
+        match self {
+            ClientSock::Plain(s) => s.readable,
+            ClientSock::Tls(t) => t.readable(),
+        }
+    }
+
+    #[inline]
+    pub fn fill(&mut self, buf: &mut Buf, cap: usize) -> io::Result<ReadOutcome> {
+        match self {
+            ClientSock::Plain(s) => s.fill(buf, cap),
+            ClientSock::Tls(t) => t.fill(buf, cap),
+        }
+    }
+
+    #[inline]
+    pub fn flush(&mut self, buf: &mut Buf) -> io::Result<usize> {
+        match self {
+            ClientSock::Plain(s) => s.flush(buf),
+            ClientSock::Tls(t) => t.flush(buf),
+        }
+    }
+
+    pub fn discard(&mut self) -> io::Result<bool> {
+        match self {
+            ClientSock::Plain(s) => s.discard(),
+            ClientSock::Tls(t) => t.discard(),
+        }
+    }
+
+    /// Plain: FIN. TLS: close_notify, then FIN once it has left.
+    pub fn shutdown_write(&mut self) {
+        match self {
+            ClientSock::Plain(s) => s.shutdown_write(),
+            ClientSock::Tls(t) => t.shutdown_write(),
+        }
+    }
+
+    /// The session is dropped: TLS gets a last chance to send pending bytes and close_notify.
+    pub fn close(&mut self) {
+        if let ClientSock::Tls(t) = self {
+            t.close();
+        }
+    }
+
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        match self {
+            ClientSock::Plain(s) => &mut s.stream,
+            ClientSock::Tls(t) => &mut t.sock.stream,
+        }
+    }
+
+    /// The plain socket, for a tunnel (an upgraded connection). TLS connections cannot be
+    /// tunnelled yet.
+    pub fn into_plain(self) -> Result<Sock, Self> {
+        match self {
+            ClientSock::Plain(s) => Ok(s),
+            tls => Err(tls),
         }
     }
 }

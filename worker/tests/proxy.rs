@@ -164,6 +164,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 default_route: None,
                 upstream: None,
                 access_log: None,
+                tls: None,
             },
             ListenerConfig {
                 name: "tcp".into(),
@@ -175,6 +176,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 default_route: None,
                 upstream: Some("echo".into()),
                 access_log: None,
+                tls: None,
             },
         ],
         routes: vec![

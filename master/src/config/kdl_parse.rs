@@ -19,6 +19,8 @@ use zentinel_protocol::config::{
 use super::observability::{parse_observability, ParsedObservability};
 use super::ConfigDiagnostic;
 
+mod tls;
+
 /// Longest accepted duration in seconds. Far beyond any sensible timeout, and small enough that
 /// converting to milliseconds or nanoseconds anywhere downstream cannot overflow.
 const MAX_SECS: u64 = 365 * 24 * 3600;
@@ -57,8 +59,9 @@ const LISTENER_KEYS: &[&str] = &[
     "backlog",
     "default-route",
     "upstream",
+    "tls",
 ];
-const LISTENER_UNSUPPORTED: &[&str] = &["tls"];
+const LISTENER_UNSUPPORTED: &[&str] = &[];
 const ROUTE_KEYS: &[&str] = &["priority", "matches", "upstream", "static-response"];
 const ROUTE_UNSUPPORTED: &[&str] = &[
     "policies",
@@ -811,6 +814,7 @@ fn parse_listener(node: &KdlNode, diags: &mut Diagnostics<'_>) -> ParsedListener
             upstream: None,
             // Set for every HTTP listener by `validate` from `observability`.
             access_log: None,
+            tls: None,
         },
         name_at: named.as_ref().map_or(name_at(node), |(_, at)| *at),
         has_name: named.is_some(),
@@ -823,6 +827,8 @@ fn parse_listener(node: &KdlNode, diags: &mut Diagnostics<'_>) -> ParsedListener
     let mut protocol_known = true;
     let mut default_route_node: Option<&KdlNode> = None;
     let mut upstream_node: Option<&KdlNode> = None;
+    let mut tls_node: Option<&KdlNode> = None;
+    let mut https_at: Option<usize> = None;
     let children = node.children().map_or(&[][..], |c| c.nodes());
     for child in children {
         if LISTENER_KEYS.contains(&name(child)) {
@@ -841,12 +847,17 @@ fn parse_listener(node: &KdlNode, diags: &mut Diagnostics<'_>) -> ParsedListener
             "protocol" => match leaf_string(child, diags) {
                 Some((p, _)) if p == "http" => listener.config.protocol = ListenerProtocol::Http,
                 Some((p, _)) if p == "tcp" => listener.config.protocol = ListenerProtocol::Tcp,
+                // Zentinel's spelling of an http listener with TLS: the `tls` block is required.
+                Some((p, at)) if p == "https" => {
+                    listener.config.protocol = ListenerProtocol::Http;
+                    https_at = Some(at);
+                }
                 Some((p, at)) => {
                     protocol_known = false;
                     diags.error(
                         at,
                         "protocol",
-                        format!("unknown protocol {p:?}: expected \"http\" or \"tcp\""),
+                        format!("unknown protocol {p:?}: expected \"http\", \"https\" or \"tcp\""),
                     );
                 }
                 None => protocol_known = false,
@@ -881,6 +892,11 @@ fn parse_listener(node: &KdlNode, diags: &mut Diagnostics<'_>) -> ParsedListener
                     listener.upstream_at = Some(at);
                 }
             }
+            "tls" => {
+                tls_node = Some(child);
+                let label = listener_label(&listener.config.name);
+                listener.config.tls = tls::parse_tls(child, &label, diags);
+            }
             _ => unknown(
                 child,
                 "listener",
@@ -896,6 +912,13 @@ fn parse_listener(node: &KdlNode, diags: &mut Diagnostics<'_>) -> ParsedListener
             name_at(node),
             "listener",
             format!("{label} has no `address` (required, e.g. address \"0.0.0.0:8080\")"),
+        );
+    }
+    if let (Some(at), None) = (https_at, tls_node) {
+        diags.error(
+            at,
+            "protocol",
+            format!("{label} is \"https\" but has no `tls {{ cert-file ... key-file ... }}` block"),
         );
     }
     if protocol_known {
@@ -914,6 +937,13 @@ fn parse_listener(node: &KdlNode, diags: &mut Diagnostics<'_>) -> ParsedListener
                 }
             }
             ListenerProtocol::Tcp => {
+                if let Some(t) = tls_node {
+                    diags.error(
+                        name_at(t),
+                        "tls",
+                        format!("`tls` is only supported on http listeners yet; {label} is tcp"),
+                    );
+                }
                 if let Some(dr) = default_route_node {
                     diags.error(
                         name_at(dr),

@@ -129,6 +129,7 @@ fn full_example_parses_into_the_expected_model() {
                 default_route: Some("fallback".to_owned()),
                 upstream: None,
                 access_log: None,
+                tls: None,
             },
             ListenerConfig {
                 name: "db".to_owned(),
@@ -140,6 +141,7 @@ fn full_example_parses_into_the_expected_model() {
                 default_route: None,
                 upstream: Some("db".to_owned()),
                 access_log: None,
+                tls: None,
             },
         ],
         routes: vec![
@@ -453,9 +455,153 @@ fn unsupported_nodes_are_distinct_from_unknown_ones() {
     );
     assert!(errs.iter().all(|e| !e.message.contains("unknown")));
 
-    let errs = errors("listeners {\n    listener \"https\" {\n        address \"127.0.0.1:8443\"\n        tls { cert \"x\"; }\n    }\n}\n");
-    assert_eq!(errs.len(), 1, "{errs:?}");
-    assert_diag(&errs, 4, 9, "tls", "`tls` is not supported yet");
+    let errs = errors("listeners {\n    listener \"https\" {\n        address \"127.0.0.1:8443\"\n        tls {\n            client-auth #true\n            ocsp-stapling #true\n        }\n    }\n}\n");
+    assert_diag(
+        &errs,
+        5,
+        13,
+        "client-auth",
+        "`client-auth` is not supported yet",
+    );
+    assert_diag(
+        &errs,
+        6,
+        13,
+        "ocsp-stapling",
+        "`ocsp-stapling` is not supported yet",
+    );
+}
+
+/// A certificate and key for `names`, written as PEM into a fresh directory.
+fn write_cert(dir: &std::path::Path, stem: &str, names: &[&str]) {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let ck = rcgen::generate_simple_self_signed(names).unwrap();
+    std::fs::write(dir.join(format!("{stem}.crt")), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{stem}.key")), ck.key_pair.serialize_pem()).unwrap();
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("zentinel-config-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn tls_listener_with_sni_and_relative_paths() {
+    let dir = temp_dir("tls-ok");
+    write_cert(&dir, "default", &["localhost"]);
+    write_cert(&dir, "api", &["api.example.com", "*.api.example.com"]);
+    let file = dir.join("zentinel.kdl");
+    let source = r#"listeners {
+    listener "https" {
+        address "127.0.0.1:8443"
+        protocol "https"
+        tls {
+            cert-file "default.crt"
+            key-file "default.key"
+            min-version "1.3"
+            sni {
+                hostnames "API.example.com" "*.api.example.com"
+                cert-file "api.crt"
+                key-file "api.key"
+            }
+        }
+    }
+}
+"#;
+    let config = parse_config(source, file.to_str().unwrap()).unwrap();
+    let tls = config.listeners[0].tls.clone().unwrap();
+    assert_eq!(config.listeners[0].protocol, ListenerProtocol::Http);
+    assert_eq!(tls.cert_file, dir.join("default.crt").display().to_string());
+    assert_eq!(tls.key_file, dir.join("default.key").display().to_string());
+    assert_eq!(tls.min_version, TlsVersion::Tls13);
+    assert_eq!(tls.max_version, None);
+    assert_eq!(
+        tls.additional_certs,
+        vec![SniCertificate {
+            hostnames: vec!["api.example.com".into(), "*.api.example.com".into()],
+            cert_file: dir.join("api.crt").display().to_string(),
+            key_file: dir.join("api.key").display().to_string(),
+        }]
+    );
+    // The worker side builds a server configuration from exactly this.
+    zentinel_worker::tls::server_config(&tls).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `assert_diag` for a configuration read from a real file (whose name is not `test.kdl`).
+#[track_caller]
+fn assert_tls_diag(
+    errs: &[ConfigDiagnostic],
+    line: usize,
+    column: usize,
+    node: &str,
+    needle: &str,
+) {
+    let found = errs
+        .iter()
+        .filter(|e| {
+            e.line == line && e.column == column && e.node == node && e.message.contains(needle)
+        })
+        .count();
+    assert_eq!(
+        found, 1,
+        "expected {line}:{column} `{node}` {needle:?}; got {errs:#?}"
+    );
+}
+
+#[test]
+fn tls_file_problems_point_at_the_line() {
+    let dir = temp_dir("tls-bad");
+    write_cert(&dir, "a", &["a.test"]);
+    write_cert(&dir, "b", &["b.test"]);
+    std::fs::write(dir.join("garbage.crt"), "hello\n").unwrap();
+    let file = dir.join("zentinel.kdl");
+    let file = file.to_str().unwrap();
+    let listener = |body: &str| {
+        format!("listeners {{\n    listener \"s\" {{\n        address \"127.0.0.1:8443\"\n        tls {{\n{body}        }}\n    }}\n}}\n")
+    };
+    let errs = |source: String| match parse_config(&source, file) {
+        Ok(c) => panic!("expected errors, got {c:#?}"),
+        Err(e) => e,
+    };
+    // Missing certificate file: named, with its line.
+    let e = errs(listener(
+        "            cert-file \"missing.crt\"\n            key-file \"a.key\"\n",
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    let missing = dir.join("missing.crt").display().to_string();
+    assert_tls_diag(
+        &e,
+        5,
+        23,
+        "cert-file",
+        &format!("cannot read certificate file {missing}"),
+    );
+    // Not PEM.
+    let e = errs(listener(
+        "            cert-file \"garbage.crt\"\n            key-file \"a.key\"\n",
+    ));
+    assert_tls_diag(&e, 5, 23, "cert-file", "no certificate");
+    // Key of another certificate.
+    let e = errs(listener(
+        "            cert-file \"a.crt\"\n            key-file \"b.key\"\n",
+    ));
+    assert_tls_diag(&e, 6, 22, "key-file", "does not match the certificate");
+    // A missing key file, and the key file line.
+    let e = errs(listener(
+        "            cert-file \"a.crt\"\n            key-file \"nope.key\"\n",
+    ));
+    assert_tls_diag(&e, 6, 22, "key-file", "cannot read key file");
+    // Missing keys, old versions, https without tls, tls on tcp.
+    let e = errs(listener("            min-version \"1.1\"\n"));
+    assert_tls_diag(&e, 5, 25, "min-version", "TLS 1.1 is not supported");
+    assert_tls_diag(&e, 4, 9, "tls", "has no `cert-file`");
+    assert_tls_diag(&e, 4, 9, "tls", "has no `key-file`");
+    let e = errs("listeners {\n    listener \"s\" {\n        address \"127.0.0.1:8443\"\n        protocol \"https\"\n    }\n}\n".to_owned());
+    assert_tls_diag(&e, 4, 18, "protocol", "has no `tls");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

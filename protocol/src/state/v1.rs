@@ -110,6 +110,7 @@ impl From<ProxyConfig> for latest::ProxyConfig {
                     default_route: l.default_route,
                     upstream: l.upstream,
                     access_log: None,
+                    tls: None,
                 })
                 .collect(),
             routes: old

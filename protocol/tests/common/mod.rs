@@ -29,6 +29,36 @@ fn system() -> impl Strategy<Value = SystemConfig> {
     )
 }
 
+fn tls_version() -> impl Strategy<Value = TlsVersion> {
+    prop_oneof![Just(TlsVersion::Tls12), Just(TlsVersion::Tls13)]
+}
+
+fn tls() -> impl Strategy<Value = TlsConfig> {
+    (
+        name(),
+        name(),
+        vec((vec(name(), 0..3), name(), name()), 0..3),
+        tls_version(),
+        option::of(tls_version()),
+    )
+        .prop_map(
+            |(cert_file, key_file, sni, min_version, max_version)| TlsConfig {
+                cert_file,
+                key_file,
+                additional_certs: sni
+                    .into_iter()
+                    .map(|(hostnames, cert_file, key_file)| SniCertificate {
+                        hostnames,
+                        cert_file,
+                        key_file,
+                    })
+                    .collect(),
+                min_version,
+                max_version,
+            },
+        )
+}
+
 fn listener() -> impl Strategy<Value = ListenerConfig> {
     (
         name(),
@@ -40,6 +70,7 @@ fn listener() -> impl Strategy<Value = ListenerConfig> {
         option::of(name()),
         option::of(name()),
         option::of((name(), name()).prop_map(|(file, format)| AccessLogConfig { file, format })),
+        option::of(tls()),
     )
         .prop_map(
             |(
@@ -52,6 +83,7 @@ fn listener() -> impl Strategy<Value = ListenerConfig> {
                 default_route,
                 upstream,
                 access_log,
+                tls,
             )| ListenerConfig {
                 name,
                 address,
@@ -62,6 +94,7 @@ fn listener() -> impl Strategy<Value = ListenerConfig> {
                 default_route,
                 upstream,
                 access_log,
+                tls,
             },
         )
 }

@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
@@ -21,9 +22,10 @@ use crate::http::codec::{
     ResponseHead,
 };
 use crate::routing::Action;
-use crate::sock::{Buf, Sock, BUF_CAP};
+use crate::sock::{Buf, ClientSock, Sock, BUF_CAP};
 use crate::tcp::{TcpSession, UpMeta};
 use crate::timers::{TimerId, TimerKey};
+use crate::tls::TlsSock;
 use crate::tokens::{self, Side};
 use crate::upstream::{self, UpConn};
 
@@ -141,7 +143,7 @@ pub struct HttpSession {
     listener: usize,
     /// `generation.listeners[listener].ctx`, copied.
     lctx: ListenerCtx,
-    client: Sock,
+    client: ClientSock,
     cin: Buf,
     cout: Buf,
     phase: Phase,
@@ -181,14 +183,26 @@ impl HttpSession {
         listener: usize,
         now: Instant,
     ) -> Option<Self> {
-        let lctx = generation.listeners.get(listener)?.ctx;
+        let entry = generation.listeners.get(listener)?;
+        let lctx = entry.ctx;
+        let sock = Sock::new(stream, true);
+        let client = match &entry.tls {
+            None => ClientSock::Plain(sock),
+            Some(config) => match TlsSock::new(sock, Arc::clone(config)) {
+                Ok(t) => ClientSock::Tls(Box::new(t)),
+                Err(e) => {
+                    warn!(peer = %peer, error = %e, "cannot start a TLS session");
+                    return None;
+                }
+            },
+        };
         Some(HttpSession {
             key,
             peer,
             generation,
             listener,
             lctx,
-            client: Sock::new(stream, true),
+            client,
             cin: Buf::new(),
             cout: Buf::new(),
             phase: Phase::ReadingHead,
@@ -447,7 +461,7 @@ impl HttpSession {
         let was_empty = self.cin.is_empty();
         let n = self.read_client(ctx, head_cap)?;
         if self.cin.is_empty() {
-            if self.client.read_eof {
+            if self.client.read_eof() {
                 // The client closed between requests: a clean end.
                 return Err(Outcome::Done);
             }
@@ -465,7 +479,7 @@ impl HttpSession {
                 Ok(true)
             }
             Ok(Parsed::Partial) => {
-                if self.client.read_eof {
+                if self.client.read_eof() {
                     debug!(peer = %self.peer, "client closed in the middle of a request head");
                     ctx.counters.c.client_errors += 1;
                     return Err(Outcome::Done);
@@ -475,7 +489,7 @@ impl HttpSession {
                     self.respond_local(ctx, 431, codec::error_response(431, true, false), true);
                     return Ok(true);
                 }
-                Ok(n > 0 && self.client.readable)
+                Ok(n > 0 && self.client.readable())
             }
             Err(e) => {
                 ctx.counters.c.requests_total += 1;
@@ -520,6 +534,16 @@ impl HttpSession {
                 let bytes = codec::static_response(&resp, local_close, req.is_head());
                 self.respond_local(ctx, resp.status, bytes, local_close);
             }
+            // A tunnel hands the raw client socket over, which a TLS session cannot do yet:
+            // refuse before the upstream switches protocols.
+            Some(Action::Upstream(_))
+                if req.upgrade.is_some() && matches!(self.client, ClientSock::Tls(_)) =>
+            {
+                debug!(peer = %self.peer, "protocol upgrade over TLS is not supported yet");
+                ctx.counters.c.client_errors += 1;
+                let bytes = codec::error_response(501, true, req.is_head());
+                self.respond_local(ctx, 501, bytes, true);
+            }
             Some(Action::Upstream(pool)) => self.start_proxy(req, pool, ctx),
         }
     }
@@ -552,7 +576,10 @@ impl HttpSession {
         let fctx = ForwardContext {
             client: self.peer,
             listener: self.lctx.local,
-            scheme: "http",
+            scheme: match self.client {
+                ClientSock::Plain(_) => "http",
+                ClientSock::Tls(_) => "https",
+            },
         };
         codec::write_upstream_request(&req, &fctx, &mut head_bytes);
         let (stream, meta) = UpMeta::split(conn);
@@ -742,7 +769,7 @@ impl HttpSession {
             && ex.req_done
             && ex.req.keep_alive
             && !ctx.draining
-            && !self.client.read_eof;
+            && !self.client.read_eof();
         if let Some((up, meta)) = ex.up.take() {
             ctx.upstreams.release(
                 meta.join(up.stream),
@@ -860,7 +887,7 @@ impl HttpSession {
         }
 
         // Client -> cin (read ahead is bounded; pipelined bytes wait in cin).
-        if !self.client.read_eof && self.cin.len() < BUF_CAP {
+        if !self.client.read_eof() && self.cin.len() < BUF_CAP {
             match self.client.fill(&mut self.cin, BUF_CAP) {
                 Ok(r) => {
                     ctx.counters.c.bytes_in += r.bytes as u64;
@@ -901,7 +928,7 @@ impl HttpSession {
                 }
             }
         }
-        if !ex.req_done && self.cin.is_empty() && self.client.read_eof {
+        if !ex.req_done && self.cin.is_empty() && self.client.read_eof() {
             return Err(Fail::ClientGone);
         }
 
@@ -1225,19 +1252,31 @@ impl HttpSession {
         let Phase::Proxy(mut ex) = phase else {
             return None;
         };
+        let client = match self.client.into_plain() {
+            Ok(sock) => sock,
+            Err(mut tls) => {
+                warn!(peer = %self.peer, "protocol upgrade over TLS is not supported yet: closing");
+                tls.close();
+                if let Some((up, meta)) = ex.up.take() {
+                    ctx.upstreams.release(
+                        meta.join(up.stream),
+                        false,
+                        ctx.registry,
+                        ctx.timers,
+                        ctx.now,
+                    );
+                }
+                let _ = ctx.registry.deregister(tls.stream_mut());
+                return None;
+            }
+        };
         let (up, meta) = ex.up.take()?;
         let mut c2u = ex.uout.take();
         c2u.extend(self.cin.as_slice());
         let mut u2c = self.cout.take();
         u2c.extend(ex.uin.as_slice());
         Some(TcpSession::tunnel(
-            self.key,
-            self.peer,
-            self.client,
-            up,
-            meta,
-            c2u,
-            u2c,
+            self.key, self.peer, client, up, meta, c2u, u2c,
         ))
     }
 
@@ -1250,7 +1289,8 @@ impl HttpSession {
         // A request still open when the session ends was cut short: logged like nginx does,
         // 499 when no status was sent.
         self.log_access(ctx);
-        let _ = ctx.registry.deregister(&mut self.client.stream);
+        self.client.close();
+        let _ = ctx.registry.deregister(self.client.stream_mut());
         if let Phase::Proxy(ex) = &mut self.phase {
             if let Some((up, meta)) = ex.up.take() {
                 ctx.upstreams.release(

@@ -1,0 +1,311 @@
+//! The `tls` block of an http listener, in Zentinel's vocabulary:
+//!
+//! ```kdl
+//! tls {
+//!     cert-file "/etc/zentinel/certs/default.crt"
+//!     key-file "/etc/zentinel/certs/default.key"
+//!     min-version "1.2"
+//!     sni {
+//!         hostnames "example.com" "*.example.com"
+//!         cert-file "/etc/zentinel/certs/example.crt"
+//!         key-file "/etc/zentinel/certs/example.key"
+//!     }
+//! }
+//! ```
+//!
+//! Every certificate and key is loaded here, so `--check`, start and reload all fail on a file
+//! that is missing, unreadable, not PEM, or whose key does not match its certificate, with the
+//! line of the offending `cert-file`/`key-file`. Relative paths are taken from the directory of
+//! the configuration file and travel absolute, so workers never depend on a working directory.
+
+use std::path::Path;
+
+use kdl::KdlNode;
+use zentinel_protocol::config::{SniCertificate, TlsConfig, TlsVersion};
+use zentinel_worker::tls::{load_certified_key, TlsFile};
+
+use super::{
+    args, block, did_you_mean, leaf_string, name, name_at, no_children, props, string_value,
+    unknown_property, Diagnostics, Seen,
+};
+
+const TLS_KEYS: &[&str] = &["cert-file", "key-file", "min-version", "max-version", "sni"];
+/// Zentinel's TLS settings this build does not implement yet.
+const TLS_UNSUPPORTED: &[&str] = &[
+    "ca-file",
+    "client-auth",
+    "ocsp-stapling",
+    "session-resumption",
+    "cipher-suite",
+    "cipher-suites",
+    "acme",
+];
+const SNI_KEYS: &[&str] = &["hostnames", "cert-file", "key-file"];
+
+/// A `cert-file`/`key-file` pair as written: absolute paths and where each was written.
+struct FilePair {
+    cert: Option<(String, usize)>,
+    key: Option<(String, usize)>,
+}
+
+impl FilePair {
+    fn new() -> Self {
+        FilePair {
+            cert: None,
+            key: None,
+        }
+    }
+
+    /// Handles `cert-file`/`key-file`; false for any other node.
+    fn take(&mut self, child: &KdlNode, diags: &mut Diagnostics<'_>) -> bool {
+        let slot = match name(child) {
+            "cert-file" => &mut self.cert,
+            "key-file" => &mut self.key,
+            _ => return false,
+        };
+        if let Some((path, at)) = leaf_string(child, diags) {
+            if path.is_empty() {
+                diags.error(at, name(child), "path must not be empty");
+            } else {
+                *slot = Some((resolve(&path, diags.file), at));
+            }
+        }
+        true
+    }
+
+    /// Reports what is missing, then loads the pair. `None` when anything is wrong.
+    fn check(
+        self,
+        node: &KdlNode,
+        what: &str,
+        diags: &mut Diagnostics<'_>,
+    ) -> Option<(String, String)> {
+        for (slot, key) in [(&self.cert, "cert-file"), (&self.key, "key-file")] {
+            if slot.is_none() {
+                diags.error(
+                    name_at(node),
+                    name(node),
+                    format!("{what} has no `{key}` (required)"),
+                );
+            }
+        }
+        let ((cert, cert_at), (key, key_at)) = (self.cert?, self.key?);
+        match load_certified_key(&cert, &key) {
+            Ok(_) => Some((cert, key)),
+            Err(e) => {
+                let (at, node_name) = match e.file {
+                    TlsFile::Cert => (cert_at, "cert-file"),
+                    TlsFile::Key => (key_at, "key-file"),
+                };
+                diags.error(at, node_name, e.message);
+                None
+            }
+        }
+    }
+}
+
+/// Relative to the configuration file's directory, made absolute.
+fn resolve(path: &str, config_file: &str) -> String {
+    let p = Path::new(path);
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        Path::new(config_file)
+            .parent()
+            .map_or_else(|| p.to_path_buf(), |dir| dir.join(p))
+    };
+    std::path::absolute(&joined)
+        .unwrap_or(joined)
+        .display()
+        .to_string()
+}
+
+fn version(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<TlsVersion> {
+    let (text, at) = leaf_string(node, diags)?;
+    let t = text.to_ascii_lowercase();
+    let t = t
+        .strip_prefix("tlsv")
+        .or_else(|| t.strip_prefix("tls"))
+        .unwrap_or(&t);
+    match t {
+        "1.2" => Some(TlsVersion::Tls12),
+        "1.3" => Some(TlsVersion::Tls13),
+        "1.0" | "1" | "1.1" => {
+            diags.error(
+                at,
+                name(node),
+                format!("TLS {t} is not supported (insecure): use \"1.2\" or \"1.3\""),
+            );
+            None
+        }
+        _ => {
+            diags.error(
+                at,
+                name(node),
+                format!("unknown TLS version {text:?}: expected \"1.2\" or \"1.3\""),
+            );
+            None
+        }
+    }
+}
+
+/// Parses a listener's `tls { ... }`. `None` when it has errors (all reported).
+pub(super) fn parse_tls(
+    node: &KdlNode,
+    label: &str,
+    diags: &mut Diagnostics<'_>,
+) -> Option<TlsConfig> {
+    let mut ok = true;
+    let mut files = FilePair::new();
+    let mut min_version = TlsVersion::Tls12;
+    let mut max_version = None;
+    let mut max_at = None;
+    let mut sni = Vec::new();
+    let mut seen = Seen::default();
+    for child in block(node, diags) {
+        if TLS_KEYS.contains(&name(child)) && name(child) != "sni" && !seen.check(child, diags) {
+            ok = false;
+            continue;
+        }
+        if files.take(child, diags) {
+            continue;
+        }
+        match name(child) {
+            "min-version" => match version(child, diags) {
+                Some(v) => min_version = v,
+                None => ok = false,
+            },
+            "max-version" => match version(child, diags) {
+                Some(v) => {
+                    max_version = Some(v);
+                    max_at = Some(name_at(child));
+                }
+                None => ok = false,
+            },
+            "sni" => match parse_sni(child, diags) {
+                Some(s) => sni.push(s),
+                None => ok = false,
+            },
+            n => {
+                ok = false;
+                let message = if TLS_UNSUPPORTED.contains(&n) {
+                    format!("`{n}` is not supported yet")
+                } else {
+                    format!(
+                        "unknown node `{n}` in `tls`{}",
+                        did_you_mean(n, TLS_KEYS.iter().copied())
+                    )
+                };
+                diags.error(name_at(child), n, message);
+            }
+        }
+    }
+    if let (Some(max), Some(at)) = (max_version, max_at) {
+        if max < min_version {
+            ok = false;
+            diags.error(at, "max-version", "max-version is older than min-version");
+        }
+    }
+    let (cert_file, key_file) = files.check(node, &format!("`tls` of {label}"), diags)?;
+    ok.then_some(TlsConfig {
+        cert_file,
+        key_file,
+        additional_certs: sni,
+        min_version,
+        max_version,
+    })
+}
+
+fn parse_sni(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<SniCertificate> {
+    for entry in node.entries() {
+        diags.error(
+            entry.span().offset(),
+            "sni",
+            "`sni` takes no arguments or properties, only a `{ ... }` block",
+        );
+    }
+    let mut ok = true;
+    let mut files = FilePair::new();
+    let mut hostnames: Vec<String> = Vec::new();
+    let mut seen = Seen::default();
+    for child in node.children().map_or(&[][..], |c| c.nodes()) {
+        if SNI_KEYS.contains(&name(child)) && !seen.check(child, diags) {
+            ok = false;
+            continue;
+        }
+        if files.take(child, diags) {
+            continue;
+        }
+        match name(child) {
+            "hostnames" => {
+                no_children(child, diags);
+                for entry in props(child) {
+                    unknown_property(child, entry, &[], diags);
+                }
+                for entry in args(child) {
+                    let Some(host) = string_value(child, entry, diags) else {
+                        ok = false;
+                        continue;
+                    };
+                    match sni_name_problem(&host) {
+                        Some(problem) => {
+                            ok = false;
+                            diags.error(
+                                entry.span().offset(),
+                                "hostnames",
+                                format!("invalid server name {host:?}: {problem}"),
+                            );
+                        }
+                        None => hostnames.push(host.to_ascii_lowercase()),
+                    }
+                }
+            }
+            n => {
+                ok = false;
+                diags.error(
+                    name_at(child),
+                    n,
+                    format!(
+                        "unknown node `{n}` in `sni`{}",
+                        did_you_mean(n, SNI_KEYS.iter().copied())
+                    ),
+                );
+            }
+        }
+    }
+    if hostnames.is_empty() && ok {
+        // Zentinel can take them from the certificate; this build needs them written.
+        ok = false;
+        diags.error(
+            name_at(node),
+            "sni",
+            "`sni` has no `hostnames` (required, e.g. hostnames \"example.com\" \"*.example.com\")",
+        );
+    }
+    let (cert_file, key_file) = files.check(node, "`sni`", diags)?;
+    ok.then_some(SniCertificate {
+        hostnames,
+        cert_file,
+        key_file,
+    })
+}
+
+fn sni_name_problem(host: &str) -> Option<&'static str> {
+    let bare = host.strip_prefix("*.").unwrap_or(host);
+    if bare.is_empty() {
+        return Some("empty name");
+    }
+    if bare.contains('*') {
+        return Some("a wildcard may only be the whole first label (`*.example.com`)");
+    }
+    if bare.ends_with('.') || bare.starts_with('.') || bare.contains("..") {
+        return Some("empty label");
+    }
+    if !bare
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Some("expected letters, digits, `-` and `.` (IDNs in their xn-- form)");
+    }
+    None
+}

@@ -1,0 +1,481 @@
+//! TLS termination: certificates loaded from the paths in the configuration, one rustls
+//! `ServerConfig` per listener (shared by its sessions), and [`TlsSock`], the client side of a
+//! TLS connection driven over the non-blocking socket.
+//!
+//! The master loads every file once to validate a configuration (`--check`, start, reload);
+//! the workers load them again when they install it, so a reload re-reads certificates that
+//! were replaced on disk and the workers of an upgraded binary read them for themselves.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, ServerConnection};
+use rustls::sign::CertifiedKey;
+use zentinel_protocol::config::{TlsConfig, TlsVersion};
+
+use crate::ctx::Ready;
+use crate::sock::{Buf, ReadOutcome, Sock, BUF_CAP};
+
+/// The only application protocol spoken over TLS (no h2 yet).
+pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
+
+/// Which of the two files of a certificate a loading error is about, so the master can point
+/// at the right line of the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFile {
+    Cert,
+    Key,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFileError {
+    pub file: TlsFile,
+    pub message: String,
+}
+
+impl fmt::Display for TlsFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for TlsFileError {}
+
+fn provider() -> Arc<CryptoProvider> {
+    // ring: it builds with the C compiler alone (aws-lc-rs needs cmake and nasm).
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads a PEM certificate chain and its private key, and checks that they belong together.
+pub fn load_certified_key(cert_file: &str, key_file: &str) -> Result<CertifiedKey, TlsFileError> {
+    load_with(cert_file, key_file, &provider())
+}
+
+fn load_with(
+    cert_file: &str,
+    key_file: &str,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsFileError> {
+    let cert_err = |message: String| TlsFileError {
+        file: TlsFile::Cert,
+        message,
+    };
+    let key_err = |message: String| TlsFileError {
+        file: TlsFile::Key,
+        message,
+    };
+    let cert_pem = std::fs::read(cert_file)
+        .map_err(|e| cert_err(format!("cannot read certificate file {cert_file}: {e}")))?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert_err(format!("invalid PEM in certificate file {cert_file}: {e}")))?;
+    if chain.is_empty() {
+        return Err(cert_err(format!(
+            "no certificate (-----BEGIN CERTIFICATE-----) in {cert_file}"
+        )));
+    }
+    let key_pem = std::fs::read(key_file)
+        .map_err(|e| key_err(format!("cannot read key file {key_file}: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        key_err(format!(
+            "no usable private key (PKCS#8, PKCS#1 or SEC1 PEM) in {key_file}: {e}"
+        ))
+    })?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => key_err(format!(
+            "private key {key_file} does not match the certificate in {cert_file}"
+        )),
+        rustls::Error::InvalidCertificate(_) | rustls::Error::InvalidCertRevocationList(_) => {
+            cert_err(format!("invalid certificate in {cert_file}: {e}"))
+        }
+        other => key_err(format!("unusable private key in {key_file}: {other}")),
+    })
+}
+
+/// Loads every certificate of `tls` and builds the listener's server configuration.
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsFileError> {
+    let provider = provider();
+    let default = Arc::new(load_with(&tls.cert_file, &tls.key_file, &provider)?);
+    let mut resolver = SniResolver {
+        exact: HashMap::new(),
+        wildcard: HashMap::new(),
+        default,
+    };
+    for sni in &tls.additional_certs {
+        let key = Arc::new(load_with(&sni.cert_file, &sni.key_file, &provider)?);
+        for name in &sni.hostnames {
+            let name = name.to_ascii_lowercase();
+            match name.strip_prefix("*.") {
+                // The first certificate named for a host wins, as in the file order.
+                Some(suffix) => resolver
+                    .wildcard
+                    .entry(suffix.to_owned())
+                    .or_insert_with(|| Arc::clone(&key)),
+                None => resolver
+                    .exact
+                    .entry(name)
+                    .or_insert_with(|| Arc::clone(&key)),
+            };
+        }
+    }
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
+        (TlsVersion::Tls12, &rustls::version::TLS12),
+        (TlsVersion::Tls13, &rustls::version::TLS13),
+    ]
+    .into_iter()
+    .filter(|(v, _)| *v >= tls.min_version && tls.max_version.is_none_or(|max| *v <= max))
+    .map(|(_, v)| v)
+    .collect();
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions)
+        .map_err(|e| TlsFileError {
+            file: TlsFile::Cert,
+            message: format!("TLS versions: {e}"),
+        })?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Picks a certificate by the server name of the ClientHello: an exact name first, then the
+/// wildcard covering exactly one more label (`*.example.com` for `a.example.com`, as RFC 6125
+/// allows), else the listener's default certificate (also for clients sending no SNI).
+#[derive(Debug)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// Keyed by the suffix after `*.`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    fn pick(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = server_name else {
+            return Arc::clone(&self.default);
+        };
+        let lower;
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = name.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            name
+        };
+        if let Some(key) = self.exact.get(name) {
+            return Arc::clone(key);
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(key) = self.wildcard.get(parent) {
+                return Arc::clone(key);
+            }
+        }
+        Arc::clone(&self.default)
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(client_hello.server_name()))
+    }
+}
+
+/// The client side of a TLS connection: the same operations as [`Sock`], on plaintext.
+///
+/// Ciphertext rustls has produced but the socket did not take yet (a full send buffer) is
+/// pushed again by every later operation, each of which runs on the socket's next event.
+/// The plaintext rustls accepts is bounded ([`BUF_CAP`]) and is taken only once the previous
+/// ciphertext left, so a client that stops reading still backs up into the session's buffer,
+/// where the session's stall timeout sees it.
+pub(crate) struct TlsSock {
+    pub sock: Sock,
+    conn: ServerConnection,
+    /// The client closed the TLS session (close_notify) or the TCP connection.
+    plain_eof: bool,
+    /// Decrypted bytes may wait inside rustls (the caller's buffer was full).
+    plain_pending: bool,
+    /// Our close_notify is queued; the TCP write side is shut once it has left.
+    closing: bool,
+}
+
+impl fmt::Debug for TlsSock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSock")
+            .field("sock", &self.sock)
+            .field("handshaking", &self.conn.is_handshaking())
+            .field("plain_eof", &self.plain_eof)
+            .field("closing", &self.closing)
+            .finish()
+    }
+}
+
+impl TlsSock {
+    pub fn new(sock: Sock, config: Arc<ServerConfig>) -> Result<Self, rustls::Error> {
+        let mut conn = ServerConnection::new(config)?;
+        conn.set_buffer_limit(Some(BUF_CAP));
+        Ok(TlsSock {
+            sock,
+            conn,
+            plain_eof: false,
+            plain_pending: false,
+            closing: false,
+        })
+    }
+
+    pub fn on_ready(&mut self, r: Ready) {
+        self.sock.on_ready(r);
+    }
+
+    pub fn read_eof(&self) -> bool {
+        self.plain_eof
+    }
+
+    /// More plaintext may be had without waiting for an event.
+    pub fn readable(&self) -> bool {
+        !self.plain_eof && (self.sock.readable || self.plain_pending)
+    }
+
+    /// Decrypt into `buf` until the socket is drained, EOF, or `buf` holds `cap` bytes. The
+    /// handshake runs inside: it yields no plaintext until it is done.
+    pub fn fill(&mut self, buf: &mut Buf, cap: usize) -> io::Result<ReadOutcome> {
+        let mut out = ReadOutcome::default();
+        self.push()?;
+        loop {
+            self.plain_pending = false;
+            while !self.plain_eof && buf.len() < cap {
+                match buf.read_from(&mut self.conn.reader(), cap - buf.len()) {
+                    // close_notify: the client will send nothing more.
+                    Ok(0) => {
+                        self.plain_eof = true;
+                        out.eof = true;
+                    }
+                    Ok(n) => out.bytes += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // A TCP EOF without close_notify: what plain HTTP calls an EOF (the HTTP
+                    // framing tells a complete request from a truncated one).
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        self.plain_eof = true;
+                        out.eof = true;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.plain_eof {
+                break;
+            }
+            if buf.len() >= cap {
+                self.plain_pending = true;
+                break;
+            }
+            if !self.read_tls()? {
+                break;
+            }
+        }
+        // Handshake messages, alerts and key updates answer what was just read.
+        self.push()?;
+        if buf.is_empty() {
+            buf.clear();
+        }
+        Ok(out)
+    }
+
+    /// One read of ciphertext, processed. `Ok(false)`: nothing more to read for now.
+    fn read_tls(&mut self) -> io::Result<bool> {
+        if !self.sock.readable || self.sock.read_eof || !self.conn.wants_read() {
+            return Ok(false);
+        }
+        match self.conn.read_tls(&mut self.sock.stream) {
+            Ok(0) => self.sock.read_eof = true,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.sock.readable = false;
+                return Ok(false);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
+            Err(e) => return Err(e),
+        }
+        if let Err(e) = self.conn.process_new_packets() {
+            // rustls queued an alert telling the client why: best effort to send it.
+            let _ = self.push();
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        Ok(true)
+    }
+
+    /// Write pending ciphertext until the socket would block; shut the TCP write side once a
+    /// queued close_notify has left.
+    fn push(&mut self) -> io::Result<()> {
+        while self.sock.writable && self.conn.wants_write() {
+            match self.conn.write_tls(&mut self.sock.stream) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.sock.writable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.closing && !self.conn.wants_write() {
+            self.sock.shutdown_write();
+        }
+        Ok(())
+    }
+
+    /// Encrypt as much of `buf` as the connection takes and write it. Returns the plaintext
+    /// bytes taken.
+    pub fn flush(&mut self, buf: &mut Buf) -> io::Result<usize> {
+        let mut total = 0;
+        loop {
+            self.push()?;
+            // Ciphertext still waiting: keep the rest in `buf` (backpressure).
+            if buf.is_empty() || self.closing || self.conn.wants_write() {
+                break;
+            }
+            let n = self.conn.writer().write(buf.as_slice())?;
+            if n == 0 {
+                break;
+            }
+            buf.consume(n);
+            total += n;
+        }
+        Ok(total)
+    }
+
+    /// Read and throw away a closing connection's late input; pushes out what is pending.
+    /// `Ok(true)` at EOF.
+    pub fn discard(&mut self) -> io::Result<bool> {
+        self.push()?;
+        let mut chunk = [0u8; 4096];
+        loop {
+            loop {
+                match self.conn.reader().read(&mut chunk) {
+                    Ok(0) => {
+                        self.plain_eof = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        self.plain_eof = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            // After the client's close_notify rustls reads no more: the raw bytes (nothing
+            // but a FIN, normally) are drained directly.
+            if self.plain_eof || self.sock.read_eof || !self.read_tls()? {
+                break;
+            }
+        }
+        self.push()?;
+        if self.plain_eof && !self.sock.read_eof {
+            return self.sock.discard();
+        }
+        Ok(self.sock.read_eof)
+    }
+
+    /// Queue close_notify and shut the TCP write side once it is out: the client learns that
+    /// the response ended there, not that the connection broke.
+    pub fn shutdown_write(&mut self) {
+        if !self.closing {
+            self.closing = true;
+            self.conn.send_close_notify();
+        }
+        let _ = self.push();
+    }
+
+    /// The connection is being dropped: a last attempt to send what is pending and a
+    /// close_notify, without waiting.
+    pub fn close(&mut self) {
+        self.shutdown_write();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_files_are_named() {
+        let err = load_certified_key("/nonexistent/cert.pem", "/nonexistent/key.pem").unwrap_err();
+        assert_eq!(err.file, TlsFile::Cert);
+        assert!(err.message.contains("/nonexistent/cert.pem"), "{err}");
+    }
+
+    fn write_cert(dir: &std::path::Path, stem: &str, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let ck = rcgen::generate_simple_self_signed(names).unwrap();
+        let cert = dir.join(format!("{stem}.crt"));
+        let key = dir.join(format!("{stem}.key"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+        (cert.display().to_string(), key.display().to_string())
+    }
+
+    #[test]
+    fn sni_picks_exact_then_one_label_wildcard_then_default() {
+        let dir = std::env::temp_dir().join(format!("zentinel-tls-sni-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (dc, dk) = write_cert(&dir, "default", &["default.test"]);
+        let (ec, ek) = write_cert(&dir, "exact", &["www.example.com"]);
+        let (wc, wk) = write_cert(&dir, "wild", &["*.example.com"]);
+        let load = |c: &str, k: &str| Arc::new(load_certified_key(c, k).unwrap());
+        let (default, exact, wild) = (load(&dc, &dk), load(&ec, &ek), load(&wc, &wk));
+        let resolver = SniResolver {
+            exact: HashMap::from([("www.example.com".to_owned(), Arc::clone(&exact))]),
+            wildcard: HashMap::from([("example.com".to_owned(), Arc::clone(&wild))]),
+            default: Arc::clone(&default),
+        };
+        let picks = |name: Option<&str>, want: &Arc<CertifiedKey>| {
+            assert!(Arc::ptr_eq(&resolver.pick(name), want), "{name:?}");
+        };
+        picks(Some("www.example.com"), &exact);
+        picks(Some("WWW.Example.COM"), &exact);
+        picks(Some("api.example.com"), &wild);
+        // A wildcard covers exactly one label.
+        picks(Some("example.com"), &default);
+        picks(Some("a.b.example.com"), &default);
+        picks(Some("other.test"), &default);
+        picks(None, &default);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn impossible_version_ranges_are_refused_and_alpn_is_http_1_1() {
+        let dir = std::env::temp_dir().join(format!("zentinel-tls-ver-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert_file, key_file) = write_cert(&dir, "c", &["v.test"]);
+        let config = |min, max| {
+            server_config(&TlsConfig {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                additional_certs: vec![],
+                min_version: min,
+                max_version: max,
+            })
+        };
+        let ok = config(TlsVersion::Tls12, None).unwrap();
+        assert_eq!(ok.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        config(TlsVersion::Tls13, Some(TlsVersion::Tls13)).unwrap();
+        // The master refuses this range; a worker handed it anyway fails cleanly.
+        assert!(config(TlsVersion::Tls13, Some(TlsVersion::Tls12)).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_without_pem_is_refused() {
+        let dir = std::env::temp_dir().join(format!("zentinel-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = dir.join("cert.pem");
+        std::fs::write(&cert, "not a certificate\n").unwrap();
+        let cert = cert.to_str().unwrap();
+        let err = load_certified_key(cert, "/nonexistent/key.pem").unwrap_err();
+        assert_eq!(err.file, TlsFile::Cert);
+        assert!(err.message.contains("no certificate"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
