@@ -11,7 +11,7 @@ use mio::Registry;
 use crate::counters::Counters;
 use crate::generation::Generation;
 use crate::timers::{TimerKey, Timers};
-use crate::upstream::Upstreams;
+use crate::upstream::{UpConn, Upstreams};
 
 pub struct Ctx<'a> {
     pub registry: &'a Registry,
@@ -22,6 +22,15 @@ pub struct Ctx<'a> {
     pub current: &'a Rc<Generation>,
     pub now: Instant,
     pub draining: bool,
+}
+
+impl Ctx<'_> {
+    /// Close an upstream connection that must not go back to its pool (it failed, or the
+    /// exchange on it was cut short), keeping the pool's active count right.
+    pub fn discard_upstream(&mut self, conn: UpConn) {
+        self.upstreams
+            .release(conn, false, self.registry, self.timers, self.now);
+    }
 }
 
 /// The per-listener settings a session needs (copied into each session, together with the

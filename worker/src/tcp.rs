@@ -282,13 +282,7 @@ impl TcpSession {
         }
         let _ = ctx.registry.deregister(&mut self.client.stream);
         if let Some((up, meta)) = self.upstream.take() {
-            ctx.upstreams.release(
-                meta.join(up.stream),
-                false,
-                ctx.registry,
-                ctx.timers,
-                ctx.now,
-            );
+            ctx.discard_upstream(meta.join(up.stream));
         }
     }
 }

@@ -557,6 +557,23 @@ fn unknown_property(
 }
 
 /// The children of a block node (`system { ... }`), after checking it has no arguments.
+/// The children of `node`'s block, each of `keys` that is repeated reported as a duplicate (all
+/// diagnostics are sorted by position in the end, so reporting these first is harmless).
+pub(super) fn keyed_block<'n>(
+    node: &'n KdlNode,
+    keys: &[&str],
+    diags: &mut Diagnostics<'_>,
+) -> &'n [KdlNode] {
+    let children = block(node, diags);
+    let mut seen = Seen::default();
+    for child in children {
+        if keys.contains(&name(child)) {
+            seen.check(child, diags);
+        }
+    }
+    children
+}
+
 pub(super) fn block<'n>(node: &'n KdlNode, diags: &mut Diagnostics<'_>) -> &'n [KdlNode] {
     for entry in node.entries() {
         diags.error(
@@ -737,11 +754,7 @@ fn block_name(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<(String, us
 }
 
 fn parse_system(node: &KdlNode, system: &mut SystemConfig, diags: &mut Diagnostics<'_>) {
-    let mut seen = Seen::default();
-    for child in block(node, diags) {
-        if SYSTEM_KEYS.contains(&name(child)) {
-            seen.check(child, diags);
-        }
+    for child in keyed_block(node, SYSTEM_KEYS, diags) {
         match name(child) {
             "worker-processes" => {
                 if let Some(v) = leaf_u32(child, 0, 4096, diags) {
@@ -773,11 +786,7 @@ fn parse_system(node: &KdlNode, system: &mut SystemConfig, diags: &mut Diagnosti
 }
 
 fn parse_limits(node: &KdlNode, limits: &mut Limits, diags: &mut Diagnostics<'_>) {
-    let mut seen = Seen::default();
-    for child in block(node, diags) {
-        if LIMIT_KEYS.contains(&name(child)) {
-            seen.check(child, diags);
-        }
+    for child in keyed_block(node, LIMIT_KEYS, diags) {
         match name(child) {
             "max-header-size-bytes" => {
                 // Below a few hundred bytes no real request line + Host header fits.
@@ -1245,11 +1254,7 @@ fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> ParsedUpstream
                 }
             }
             "connection-pool" => {
-                let mut seen = Seen::default();
-                for c in block(child, diags) {
-                    if POOL_KEYS.contains(&name(c)) {
-                        seen.check(c, diags);
-                    }
+                for c in keyed_block(child, POOL_KEYS, diags) {
                     match name(c) {
                         "max-idle" => {
                             if let Some(v) = leaf_u32(c, 0, 1_000_000, diags) {
@@ -1266,11 +1271,7 @@ fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> ParsedUpstream
                 }
             }
             "timeouts" => {
-                let mut seen = Seen::default();
-                for c in block(child, diags) {
-                    if TIMEOUT_KEYS.contains(&name(c)) {
-                        seen.check(c, diags);
-                    }
+                for c in keyed_block(child, TIMEOUT_KEYS, diags) {
                     match name(c) {
                         "connect-secs" => {
                             if let Some(v) = leaf_int(c, 1, MAX_SECS, diags) {
@@ -1288,11 +1289,7 @@ fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> ParsedUpstream
             }
             "health-check" => config.health_check = parse_health_check(child, diags),
             "passive-health" => {
-                let mut seen = Seen::default();
-                for c in block(child, diags) {
-                    if PASSIVE_HEALTH_KEYS.contains(&name(c)) {
-                        seen.check(c, diags);
-                    }
+                for c in keyed_block(child, PASSIVE_HEALTH_KEYS, diags) {
                     match name(c) {
                         "max-fails" => {
                             if let Some(v) = leaf_u32(c, 0, 1_000_000, diags) {

@@ -116,6 +116,16 @@ enum Fail {
 }
 
 impl Exchange {
+    /// Queue the whole request again (head, and the body kept for replay) for a new upstream
+    /// connection.
+    fn rewind_request(&mut self) {
+        self.uout.clear();
+        self.uout.extend(&self.head_bytes);
+        if let Some(r) = &self.replay {
+            self.uout.extend(r);
+        }
+    }
+
     /// Use `c` as this exchange's upstream connection. The pending request bytes stay in
     /// `uout`: they are written once it is connected.
     fn attach(&mut self, c: UpConn, now: Instant) {
@@ -771,13 +781,7 @@ impl HttpSession {
             && !ctx.draining
             && !self.client.read_eof();
         if let Some((up, meta)) = ex.up.take() {
-            ctx.upstreams.release(
-                meta.join(up.stream),
-                false,
-                ctx.registry,
-                ctx.timers,
-                ctx.now,
-            );
+            ctx.discard_upstream(meta.join(up.stream));
         }
         if can_answer {
             self.cout.clear();
@@ -801,19 +805,9 @@ impl HttpSession {
             return;
         };
         debug!(peer = %peer, upstream = %meta.addr, "pooled upstream connection was dead, retrying on a new one");
-        ctx.upstreams.release(
-            meta.join(up.stream),
-            false,
-            ctx.registry,
-            ctx.timers,
-            ctx.now,
-        );
+        ctx.discard_upstream(meta.join(up.stream));
         ex.retried = true;
-        ex.uout.clear();
-        ex.uout.extend(&ex.head_bytes);
-        if let Some(r) = &ex.replay {
-            ex.uout.extend(r);
-        }
+        ex.rewind_request();
         let conn = match ctx
             .upstreams
             .connect(meta.pool, meta.target, ctx.registry, token)
@@ -842,13 +836,7 @@ impl HttpSession {
             return;
         };
         let (pool, target) = (meta.pool, meta.target);
-        ctx.upstreams.release(
-            meta.join(up.stream),
-            false,
-            ctx.registry,
-            ctx.timers,
-            ctx.now,
-        );
+        ctx.discard_upstream(meta.join(up.stream));
         upstream::note_target_failure(
             ctx,
             pool,
@@ -859,11 +847,7 @@ impl HttpSession {
             "upstream failed before responding; retrying on another target",
         );
         ex.retried_elsewhere = true;
-        ex.uout.clear();
-        ex.uout.extend(&ex.head_bytes);
-        if let Some(r) = &ex.replay {
-            ex.uout.extend(r);
-        }
+        ex.rewind_request();
         match upstream::connect_next(ctx, pool, &mut ex.failed, token, peer) {
             Some(c) => {
                 debug!(peer = %peer, upstream = %c.addr, reason, "request sent again to another target");
@@ -1258,13 +1242,7 @@ impl HttpSession {
                 warn!(peer = %self.peer, "protocol upgrade over TLS is not supported yet: closing");
                 tls.close();
                 if let Some((up, meta)) = ex.up.take() {
-                    ctx.upstreams.release(
-                        meta.join(up.stream),
-                        false,
-                        ctx.registry,
-                        ctx.timers,
-                        ctx.now,
-                    );
+                    ctx.discard_upstream(meta.join(up.stream));
                 }
                 let _ = ctx.registry.deregister(tls.stream_mut());
                 return None;
@@ -1293,13 +1271,7 @@ impl HttpSession {
         let _ = ctx.registry.deregister(self.client.stream_mut());
         if let Phase::Proxy(ex) = &mut self.phase {
             if let Some((up, meta)) = ex.up.take() {
-                ctx.upstreams.release(
-                    meta.join(up.stream),
-                    false,
-                    ctx.registry,
-                    ctx.timers,
-                    ctx.now,
-                );
+                ctx.discard_upstream(meta.join(up.stream));
             }
         }
     }
