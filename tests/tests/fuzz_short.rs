@@ -327,7 +327,7 @@ fn short_fuzz(target: &str, check: fn(&[u8]), fixup: Option<Fixup>) {
     let started = Instant::now();
     let mut mutants = 0u64;
     let mut steps: Vec<&'static str> = Vec::new();
-    while mutants < MAX_MUTANTS && (mutants % 64 != 0 || started.elapsed() < budget) {
+    while mutants < MAX_MUTANTS && (!mutants.is_multiple_of(64) || started.elapsed() < budget) {
         let base = rng.below(corpus.len());
         let mut input = corpus[base].clone();
         steps.clear();
