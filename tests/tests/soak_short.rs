@@ -220,4 +220,6 @@ fn short_soak_with_upgrades_and_worker_kills() {
         "short soak passed in {elapsed:.1?}: {upgrades}; kills: {kills_line}; failed requests: {failures}; \
          {requests} requests"
     );
+    // Kept only when the run failed (the message names it).
+    let _ = std::fs::remove_file(&log);
 }
