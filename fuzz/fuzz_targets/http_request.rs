@@ -1,20 +1,10 @@
-//! The request-head parser must answer every byte string with a head, "need more" or a
-//! classified error: no panic, and a parsed head never claims more bytes than it was given.
+//! cargo-fuzz entry for `http_request`. The property lives in `checks/http_request.rs`, shared with
+//! the short run inside `cargo test` (`tests/tests/fuzz_short.rs`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zentinel_protocol::config::Limits;
-use zentinel_worker::http::codec::{self, Parsed};
 
-fuzz_target!(|data: &[u8]| {
-    let limits = Limits {
-        max_header_size_bytes: 4096,
-        max_header_count: 32,
-        max_body_size_bytes: 1 << 20,
-    };
-    match codec::parse_request(data, &limits) {
-        Ok(Parsed::Complete(head)) => assert!(head.head_len <= data.len()),
-        Ok(Parsed::Partial) => {}
-        Err(e) => assert!(matches!(e.status(), 400 | 413 | 414 | 431 | 505)),
-    }
-});
+#[path = "../checks/http_request.rs"]
+mod check;
+
+fuzz_target!(|data: &[u8]| check::check(data));
