@@ -7,6 +7,8 @@
 # FUZZ_SCRATCH=DIR names where to keep it (to pick small, interesting inputs for the seed corpus
 # by hand). A crash leaves its input under fuzz/artifacts/TARGET/ and makes this script exit
 # non-zero. Per target it prints the run count, time and corpus growth from libFuzzer's stats.
+# What each target checks lives in fuzz/checks/TARGET.rs, which tests/tests/fuzz_short.rs also
+# runs (over the corpus and mutants of it) in every `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
