@@ -63,6 +63,8 @@ Examples:
   zentinel-ctl upgrade --rolling               # new master, then every worker, from the
                                                # binary at the master's path
   zentinel-ctl upgrade --rolling --binary /opt/zentinel/bin/zentinel --json
+  zentinel-ctl upgrade --rolling --binary /opt/zentinel/bin/zentinel --dry-run
+                                               # pre-flight checks and the plan only
   zentinel-ctl --socket /run/zentinel/zentinel.sock status
   zentinel-ctl -c /etc/zentinel/zentinel.kdl status
 
