@@ -21,6 +21,7 @@ pub mod control_socket_path;
 pub mod listeners;
 pub mod logging;
 pub mod metrics;
+pub mod preflight;
 pub mod supervisor;
 pub mod systemd;
 pub mod upgrade;

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use socket2::{Domain, SockAddr, Socket, Type};
-use zentinel_master::config::load_config;
+use zentinel_master::config::{load_config, DEFAULT_CONFIG_NAME};
 use zentinel_master::control_socket_path::{master_control_socket, SOCKET_ENV};
+use zentinel_master::preflight::{self, VersionInfo};
 use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
 use zentinel_protocol::control::{
     ControlRequest, ControlResponse, MasterStatus, StatusReport, WorkerState, WorkerStatus,
@@ -62,6 +63,8 @@ Examples:
   zentinel-ctl upgrade --rolling               # new master, then every worker, from the
                                                # binary at the master's path
   zentinel-ctl upgrade --rolling --binary /opt/zentinel/bin/zentinel --json
+  zentinel-ctl upgrade --rolling --binary /opt/zentinel/bin/zentinel --dry-run
+                                               # pre-flight checks and the plan only
   zentinel-ctl --socket /run/zentinel/zentinel.sock status
   zentinel-ctl -c /etc/zentinel/zentinel.kdl status
 
@@ -156,7 +159,16 @@ Exit status 0 only once the upgrade completed.
 Examples:
   zentinel-ctl upgrade --rolling
   zentinel-ctl upgrade --rolling --binary ./target/release/zentinel --drain-timeout 60s
-  zentinel-ctl upgrade                 # the master only; workers keep running")]
+  zentinel-ctl upgrade                 # the master only; workers keep running
+  zentinel-ctl upgrade --rolling --binary ./zentinel.new --dry-run   # checks and plan only
+
+Pre-flight (before anything changes; skipped with --no-preflight):
+  pre-flight: binary PATH is executable
+  pre-flight: PATH is zentinel V (protocol P, reads state formats 1..=N); running master
+              pid A (zentinel V) writes state format S
+  pre-flight: PATH accepts the running configuration CONFIG
+Any failure stops the command with exit status 1 and the reason (the new binary's own error
+output included); nothing is changed. --dry-run then prints the plan and exits 0.")]
     Upgrade(UpgradeArgs),
 }
 
@@ -178,6 +190,18 @@ struct UpgradeArgs {
     /// One JSON object per progress line.
     #[arg(long)]
     json: bool,
+    /// Run only the pre-flight checks and print what the upgrade would do; change nothing.
+    /// Exit 0 if the upgrade would proceed.
+    #[arg(long)]
+    dry_run: bool,
+    /// Skip the pre-flight checks (the master still checks that the binary is executable and
+    /// rolls back a new master or worker that fails). Only for a new binary that cannot answer
+    /// them, e.g. a wrapper script, or when the running master's binary is unreachable.
+    #[arg(long, conflicts_with = "dry_run")]
+    no_preflight: bool,
+    /// Bound of each pre-flight run of a binary; it is killed on overrun.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    preflight_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -268,6 +292,15 @@ fn run(cli: &Cli) -> CtlResult<()> {
                     absolute_config_path(path).map_err(|e| e.replacen("config path", "binary", 1))
                 })
                 .transpose()?;
+            if !args.no_preflight {
+                // Its own connection: the pre-flight may take a while, and the upgrade request
+                // goes on a fresh one the new master inherits.
+                let report = Connection::open(&socket, cli.timeout)?.status(cli.timeout)?;
+                let outcome = preflight(&report, binary.as_deref(), args)?;
+                if args.dry_run {
+                    return print_plan(&report, &outcome, args);
+                }
+            }
             let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
             let ready = args.ready_timeout.unwrap_or(DEFAULT_READY);
             let mut conn = Connection::open(&socket, cli.timeout)?;
@@ -764,6 +797,284 @@ fn response_kind(response: &ControlResponse) -> &'static str {
         ControlResponse::WorkerRolledBack { .. } => "WorkerRolledBack",
         ControlResponse::Done { .. } => "Done",
         ControlResponse::Failed { .. } => "Failed",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upgrade pre-flight and dry run.
+// ---------------------------------------------------------------------------------------------
+
+/// What the pre-flight learned, for the dry run's plan.
+struct Preflight {
+    binary: PathBuf,
+    new: VersionInfo,
+    running: VersionInfo,
+    /// Where the running master's versions came from (`/proc/PID/exe` or its binary path).
+    running_source: String,
+    config: Option<PathBuf>,
+}
+
+/// One pre-flight line: text, or with `--json` one object.
+fn preflight_line(json: bool, step: &str, ok: bool, message: &str) {
+    let line = if json {
+        serde_json::json!({"event": "preflight", "step": step, "ok": ok, "message": message})
+            .to_string()
+    } else if ok {
+        format!("pre-flight: {message}")
+    } else {
+        format!("pre-flight: FAILED: {message}")
+    };
+    let mut stdout = io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}
+
+/// Checks of the new binary before the upgrade request is sent: it is executable, it reads
+/// the state format the running master writes and speaks at least its worker protocol, and
+/// it accepts the running configuration. Each step prints one line; the first failure is the
+/// command's error, and nothing was changed.
+fn preflight(
+    report: &StatusReport,
+    binary: Option<&str>,
+    args: &UpgradeArgs,
+) -> CtlResult<Preflight> {
+    let timeout = args.preflight_timeout;
+    let json = args.json;
+    let fail = |step: &str, reason: String| {
+        preflight_line(json, step, false, &reason);
+        let hint = if args.dry_run {
+            ""
+        } else {
+            " (--no-preflight skips these checks)"
+        };
+        format!("pre-flight failed, nothing was changed{hint}: {reason}")
+    };
+    let master = &report.master;
+    let binary = PathBuf::from(binary.unwrap_or(&master.binary));
+
+    zentinel_master::upgrade::check_binary(&binary).map_err(|e| fail("binary", e))?;
+    preflight_line(
+        json,
+        "binary",
+        true,
+        &format!("binary {} is executable", binary.display()),
+    );
+
+    let new = preflight::query_version(&binary, timeout).map_err(|e| {
+        fail(
+            "versions",
+            format!("cannot learn the new binary's versions: {e}"),
+        )
+    })?;
+    let (running, running_source) =
+        running_master_versions(master, timeout).map_err(|e| fail("versions", e))?;
+    preflight::check_state_format(&running, &new).map_err(|e| fail("versions", e))?;
+    preflight::check_protocol(&running, &new).map_err(|e| fail("versions", e))?;
+    preflight_line(
+        json,
+        "versions",
+        true,
+        &format!(
+            "{} is zentinel {} ({}); running master pid {} (zentinel {}) writes state format {}{}",
+            binary.display(),
+            new.version,
+            if new.legacy {
+                "predates --version --json, so its state formats are unknown: its master refuses \
+                 an unreadable state file at take-over and the running one keeps serving"
+                    .to_owned()
+            } else {
+                format!(
+                    "protocol {}, reads state formats {}",
+                    new.protocol_version,
+                    new.readable_formats_text()
+                )
+            },
+            master.pid,
+            running.version,
+            running.state_format_version,
+            if running.legacy {
+                " (assumed: its binary predates --version --json)"
+            } else {
+                ""
+            },
+        ),
+    );
+
+    let config = running_config_path(master);
+    let said = preflight::check_config(&binary, config.as_deref(), timeout)
+        .map_err(|e| fail("config", e))?;
+    preflight_line(
+        json,
+        "config",
+        true,
+        &format!(
+            "{} accepts the running configuration ({said})",
+            binary.display()
+        ),
+    );
+    Ok(Preflight {
+        binary,
+        new,
+        running,
+        running_source,
+        config,
+    })
+}
+
+/// The running master's versions, from its own executable: `/proc/PID/exe` still runs the
+/// binary it started from even when the file at its path was replaced (typically by the new
+/// one), so it comes first; the path is the fallback when /proc is not readable to us. An
+/// answer whose version differs from the master's status is from another binary (a replaced
+/// file, or a pid from another pid namespace) and is not trusted.
+fn running_master_versions(
+    master: &MasterStatus,
+    timeout: Duration,
+) -> CtlResult<(VersionInfo, String)> {
+    let candidates = [
+        PathBuf::from(format!("/proc/{}/exe", master.pid)),
+        PathBuf::from(&master.binary),
+    ];
+    let mut tried = Vec::new();
+    for candidate in candidates {
+        match preflight::query_version(&candidate, timeout) {
+            Ok(info) if info.version == master.version => {
+                return Ok((info, candidate.display().to_string()))
+            }
+            Ok(info) => tried.push(format!(
+                "{} is zentinel {}, not the running {}",
+                candidate.display(),
+                info.version,
+                master.version
+            )),
+            Err(e) => tried.push(e),
+        }
+    }
+    Err(format!(
+        "cannot learn which upgrade state format the running master (pid {}, zentinel {}) \
+         writes: {}",
+        master.pid,
+        master.version,
+        tried.join("; ")
+    ))
+}
+
+/// The file the master runs with (`None`: the embedded default). A relative name is relative
+/// to the master's working directory, not ours.
+fn running_config_path(master: &MasterStatus) -> Option<PathBuf> {
+    if master.config == DEFAULT_CONFIG_NAME {
+        return None;
+    }
+    let path = PathBuf::from(&master.config);
+    if path.is_absolute() {
+        return Some(path);
+    }
+    Some(
+        std::fs::read_link(format!("/proc/{}/cwd", master.pid))
+            .map_or(path.clone(), |cwd| cwd.join(&path)),
+    )
+}
+
+/// `--dry-run`: what the upgrade would do, after a successful pre-flight.
+fn print_plan(report: &StatusReport, pre: &Preflight, args: &UpgradeArgs) -> CtlResult<()> {
+    let master = &report.master;
+    let workers: Vec<&WorkerStatus> = report
+        .workers
+        .iter()
+        .filter(|w| w.state == WorkerState::Running && w.generation == master.generation)
+        .collect();
+    // The master's drain default is the running config's graceful-shutdown-timeout-secs.
+    let drain = args.drain_timeout.unwrap_or_else(|| {
+        load_config(pre.config.as_deref()).map_or(DEFAULT_DRAIN, |(config, _)| {
+            Duration::from_secs(config.system.graceful_shutdown_timeout_secs)
+        })
+    });
+    let ready = args.ready_timeout.unwrap_or(DEFAULT_READY);
+    let pids: Vec<u32> = workers.iter().map(|w| w.pid).collect();
+    let config = pre.config.as_ref().map_or_else(
+        || DEFAULT_CONFIG_NAME.to_owned(),
+        |p| p.display().to_string(),
+    );
+    if args.json {
+        let plan = serde_json::json!({
+            "event": "dry_run",
+            "proceed": true,
+            "master": {
+                "pid": master.pid, "version": master.version, "binary": master.binary,
+                "generation": master.generation, "config": config,
+                "state_format_version": pre.running.state_format_version,
+                "protocol_version": pre.running.protocol_version,
+                "versions_from": pre.running_source,
+            },
+            "new": {
+                "binary": pre.binary.display().to_string(), "version": pre.new.version,
+                "protocol_version": pre.new.protocol_version,
+                "readable_state_formats": pre.new.readable_state_formats,
+                "generation": master.generation + 1,
+            },
+            "rolling": args.rolling,
+            "workers_to_replace": if args.rolling { pids.clone() } else { Vec::new() },
+            "drain_timeout_ms": u64::try_from(drain.as_millis()).unwrap_or(u64::MAX),
+            "ready_timeout_ms": u64::try_from(ready.as_millis()).unwrap_or(u64::MAX),
+        });
+        return write_stdout(&format!("{plan}\n"));
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "dry run: the upgrade would proceed; nothing was changed"
+    );
+    let _ = writeln!(
+        out,
+        "  master   pid {} (zentinel {}, generation {}, binary {}) hands over to a new master",
+        master.pid, master.version, master.generation, master.binary
+    );
+    let _ = writeln!(
+        out,
+        "  new      {} (zentinel {}, protocol {}, generation {}), ready within {}",
+        pre.binary.display(),
+        pre.new.version,
+        if pre.new.legacy {
+            "unknown".to_owned()
+        } else {
+            pre.new.protocol_version.to_string()
+        },
+        master.generation + 1,
+        format_duration(ready)
+    );
+    let list = pids
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if args.rolling {
+        let _ = writeln!(
+            out,
+            "  workers  {} replaced one at a time (pids {}), each old one draining up to {}",
+            workers.len(),
+            if list.is_empty() { "none" } else { &list },
+            format_duration(drain)
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  workers  {} keep running the old binary under the new master (pids {}); add \
+             --rolling to replace them",
+            workers.len(),
+            if list.is_empty() { "none" } else { &list }
+        );
+    }
+    let _ = writeln!(out, "  config   {config}");
+    write_stdout(&out)
+}
+
+/// `30s`, `1.5s`, `250ms`.
+fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.as_secs() == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
     }
 }
 

@@ -12,6 +12,7 @@ use zentinel_master::control_socket_path::master_control_socket;
 use zentinel_master::listeners;
 use zentinel_master::listeners::BoundListener;
 use zentinel_master::logging::{self, DEFAULT_LOG_LEVEL};
+use zentinel_master::preflight;
 use zentinel_master::supervisor::{self, Inherited, Supervisor, SupervisorSetup};
 use zentinel_master::systemd;
 use zentinel_master::upgrade;
@@ -28,8 +29,18 @@ const BIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Zentinel: an HTTP/1.1 and TCP reverse proxy with zero-downtime upgrades.
 #[derive(Debug, Parser)]
-#[command(name = "zentinel", version)]
+#[command(name = "zentinel", version, disable_version_flag = true)]
 struct Cli {
+    /// Print version (with --json: the protocol and state-format versions too).
+    #[arg(short = 'V', long = "version")]
+    version: bool,
+
+    /// With --version: one JSON object with the build version, the master-worker protocol,
+    /// the upgrade state format written and the formats read, and the control protocol
+    /// (what `zentinel-ctl upgrade` checks before an upgrade).
+    #[arg(long, requires = "version")]
+    json: bool,
+
     /// Configuration file (KDL). Without one, the embedded default is used.
     #[arg(short = 'c', long, value_name = "PATH", env = "ZENTINEL_CONFIG")]
     config: Option<PathBuf>,
@@ -81,6 +92,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.version {
+        return print_version(cli.json);
+    }
     match cli.command {
         Some(Command::Worker {
             channel_fd,
@@ -90,6 +104,22 @@ fn main() -> ExitCode {
         None if cli.check => check(cli.config.as_deref()),
         None if cli.upgrade_from.is_some() => run_upgraded_master(&cli),
         None => run_master(&cli),
+    }
+}
+
+/// `--version`: clap's usual `zentinel X.Y.Z` line (scripts and older `zentinel-ctl`s parse
+/// it), or with `--json` the versions an upgrade pre-flight compares.
+fn print_version(json: bool) -> ExitCode {
+    use std::io::Write as _;
+    let line = if json {
+        preflight::VersionInfo::current().to_json()
+    } else {
+        format!("zentinel {}", env!("CARGO_PKG_VERSION"))
+    };
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(EXIT_FAILURE, format!("cannot write to stdout: {err}")),
     }
 }
 

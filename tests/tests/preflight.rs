@@ -1,0 +1,527 @@
+//! Upgrade pre-flight end to end (issue 8, first part): `zentinel --version --json`, and
+//! `zentinel-ctl upgrade [--dry-run]` checking a new binary on real processes before anything
+//! is replaced.
+//!
+//! The "new binary that rejects the running config" is a shell script that answers
+//! `--version --json` like a newer zentinel and fails `--check` with a config error: a real
+//! build that rejects a config this build accepts would need two builds with different
+//! parsers. The script logs every invocation, so the tests also prove what the pre-flight ran
+//! and that the master never started it.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
+use zentinel_protocol::state::STATE_FORMAT_VERSION;
+use zentinel_protocol::PROTOCOL_VERSION;
+use zentinel_tests::*;
+
+const UPGRADE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What must not change across a pre-flight: the master, its generation and binary, and the
+/// running workers.
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    master_pid: u64,
+    generation: u64,
+    binary: String,
+    running_workers: BTreeSet<u64>,
+}
+
+fn snapshot(z: &Zentinel) -> Snapshot {
+    let status = z.status();
+    let m = &status["master"];
+    Snapshot {
+        master_pid: m["pid"].as_u64().expect("master.pid"),
+        generation: m["generation"].as_u64().expect("master.generation"),
+        binary: m["binary"].as_str().expect("master.binary").to_owned(),
+        running_workers: workers_of(&status)
+            .iter()
+            .filter(|w| w["state"] == "running")
+            .map(|w| w["pid"].as_u64().expect("worker pid"))
+            .collect(),
+    }
+}
+
+/// Nothing changed: the same snapshot, the original master is the only one, every process of
+/// the group still runs the original binary, and the group holds no other process.
+fn assert_unchanged(z: &Zentinel, before: &Snapshot, what: &str) {
+    let after = snapshot(z);
+    assert_eq!(
+        &after, before,
+        "{what}: the running master or workers changed"
+    );
+    assert_eq!(
+        z.master_pids(),
+        vec![z.pid],
+        "{what}: another master exists"
+    );
+    let workers: BTreeSet<u64> = z.worker_pids().iter().map(|&p| u64::from(p)).collect();
+    assert_eq!(
+        workers, before.running_workers,
+        "{what}: worker processes other than the running ones exist"
+    );
+    for pid in z.group_pids() {
+        assert_eq!(
+            process_exe(pid).as_deref(),
+            Some(z.binary.as_path()),
+            "{what}: pid {pid} runs another binary"
+        );
+    }
+}
+
+fn upgrade(z: &Zentinel, args: &[&str]) -> CtlOutput {
+    let mut all = vec!["upgrade"];
+    all.extend_from_slice(args);
+    ctl_within(&z.control_socket(), &all, UPGRADE_DEADLINE)
+}
+
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// The JSON a newer zentinel would answer: the given version and readable state formats.
+fn version_json(version: &str, readable: &[u32]) -> String {
+    serde_json::json!({
+        "name": "zentinel",
+        "version": version,
+        "protocol_version": PROTOCOL_VERSION,
+        "state_format_version": readable.iter().max().copied().unwrap_or(1),
+        "readable_state_formats": readable,
+        "control_protocol_version": CONTROL_PROTOCOL_VERSION,
+    })
+    .to_string()
+}
+
+/// A "new binary" script at `path`: appends its arguments to `log`, answers `--version` with
+/// `version_json`, fails `--check` with `check_error` on stderr (exit 2) or accepts it when
+/// `None`, and fails anything else (a master start) at once.
+fn fake_zentinel(path: &Path, log: &Path, version_json: &str, check_error: Option<&str>) {
+    let check = match check_error {
+        Some(error) => format!("echo '{error}' >&2; exit 2"),
+        None => "echo 'configuration ok'; exit 0".to_owned(),
+    };
+    install_script(
+        path,
+        &format!(
+            "#!/bin/sh\necho \"$*${{ZENTINEL_CONFIG:+ ZENTINEL_CONFIG=$ZENTINEL_CONFIG}}\" >> '{}'\ncase \"$1\" in\n  --version) echo '{}'; exit 0 ;;\n  \
+             --check) {check} ;;\nesac\necho 'fake zentinel: not a real binary' >&2\nexit 1\n",
+            log.display(),
+            version_json
+        ),
+    );
+}
+
+fn invocations(log: &Path) -> Vec<String> {
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn start() -> (Backend, Zentinel) {
+    let be = Backend::start("preflight");
+    let z = Zentinel::start(&configs::proxy_draining(2, free_port(), &be, 7));
+    (be, z)
+}
+
+#[test]
+fn version_json_matches_the_constants() {
+    let out = Command::new(zentinel_bin())
+        .args(["--version", "--json"])
+        .output()
+        .expect("run zentinel --version --json");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "one line: {text}");
+    let v: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(v["name"], "zentinel");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["protocol_version"], PROTOCOL_VERSION);
+    assert_eq!(v["state_format_version"], STATE_FORMAT_VERSION);
+    assert_eq!(v["control_protocol_version"], CONTROL_PROTOCOL_VERSION);
+    let readable: Vec<u64> = v["readable_state_formats"]
+        .as_array()
+        .expect("readable_state_formats is an array")
+        .iter()
+        .map(|f| f.as_u64().expect("a format number"))
+        .collect();
+    let expected: Vec<u64> = (1..=u64::from(STATE_FORMAT_VERSION)).collect();
+    assert_eq!(readable, expected);
+
+    // Plain --version is unchanged: what scripts (and the pre-flight of an older ctl) parse.
+    let out = Command::new(zentinel_bin())
+        .arg("--version")
+        .output()
+        .expect("run zentinel --version");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("zentinel {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn dry_run_with_a_good_binary_reports_the_plan_and_changes_nothing() {
+    let (_be, z) = start();
+    let mut files = TempFiles::default();
+    let copy = files.add(binary_copy("dry-run"));
+    let before = snapshot(&z);
+
+    let out = upgrade(
+        &z,
+        &["--rolling", "--binary", &path_str(&copy), "--dry-run"],
+    );
+    out.assert_success("dry run with a good binary");
+    let text = &out.stdout;
+    let steps: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("pre-flight: "))
+        .collect();
+    assert_eq!(steps.len(), 3, "one line per pre-flight step: {out}");
+    assert!(
+        steps[0].contains(&path_str(&copy)) && steps[0].contains("executable"),
+        "{out}"
+    );
+    assert!(
+        steps[1].contains(&format!("writes state format {STATE_FORMAT_VERSION}"))
+            && steps[1].contains(&format!("running master pid {}", z.pid)),
+        "{out}"
+    );
+    let config = z.config_path.as_ref().expect("config path");
+    assert!(
+        steps[2].contains("accepts the running configuration")
+            && steps[2].contains(&path_str(config)),
+        "{out}"
+    );
+    assert!(
+        text.contains("dry run: the upgrade would proceed; nothing was changed"),
+        "{out}"
+    );
+    assert!(
+        text.contains(&format!(
+            "master   pid {} (zentinel {}, generation 1, binary {})",
+            z.pid,
+            env!("CARGO_PKG_VERSION"),
+            before.binary
+        )),
+        "{out}"
+    );
+    let pids = before
+        .running_workers
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert!(
+        text.contains(&format!(
+            "workers  2 replaced one at a time (pids {pids}), each old one draining up to 7s"
+        )),
+        "{out}"
+    );
+    assert!(text.contains("generation 2"), "{out}");
+    assert_unchanged(&z, &before, "after a dry run");
+
+    // The same as JSON: three pre-flight events, then the plan.
+    let out = upgrade(
+        &z,
+        &[
+            "--rolling",
+            "--binary",
+            &path_str(&copy),
+            "--dry-run",
+            "--json",
+        ],
+    );
+    out.assert_success("dry run --json");
+    let events: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(events.len(), 4, "{out}");
+    assert!(events[..3]
+        .iter()
+        .all(|e| e["event"] == "preflight" && e["ok"] == true));
+    let plan = &events[3];
+    assert_eq!(plan["event"], "dry_run");
+    assert_eq!(plan["proceed"], true);
+    assert_eq!(plan["master"]["pid"], z.pid);
+    assert_eq!(plan["new"]["binary"], path_str(&copy));
+    assert_eq!(plan["drain_timeout_ms"], 7000);
+    let planned: BTreeSet<u64> = plan["workers_to_replace"]
+        .as_array()
+        .expect("workers_to_replace")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert_eq!(planned, before.running_workers, "{out}");
+    assert_unchanged(&z, &before, "after a JSON dry run");
+
+    // Without --rolling only the master would be replaced.
+    let out = upgrade(&z, &["--dry-run"]);
+    out.assert_success("dry run of a master-only upgrade from the master's own path");
+    assert!(out.stdout.contains("keep running the old binary"), "{out}");
+    assert_unchanged(&z, &before, "after a master-only dry run");
+}
+
+#[test]
+fn dry_run_against_a_binary_that_rejects_the_config_changes_nothing() {
+    let (_be, z) = start();
+    let mut files = TempFiles::default();
+    let script = files.add(temp_path("rejecting-zentinel.sh"));
+    let log = files.add(temp_path("rejecting-zentinel.log"));
+    let newer: Vec<u32> = (1..=STATE_FORMAT_VERSION + 1).collect();
+    let error = "zentinel.kdl:4:5: `graceful-shutdown-timeout-secs`: unknown node in zentinel 99";
+    fake_zentinel(&script, &log, &version_json("99.0.0", &newer), Some(error));
+    let before = snapshot(&z);
+
+    let out = upgrade(
+        &z,
+        &["--rolling", "--binary", &path_str(&script), "--dry-run"],
+    );
+    assert_eq!(
+        out.code,
+        Some(1),
+        "a rejected config fails the dry run: {out}"
+    );
+    assert!(out.stdout.contains("pre-flight: FAILED: "), "{out}");
+    assert!(
+        out.stderr.contains("rejects the running configuration"),
+        "{out}"
+    );
+    assert!(
+        out.stderr.contains(error),
+        "the new binary's own error is shown: {out}"
+    );
+    assert!(!out.stdout.contains("would proceed"), "{out}");
+    // The versions step passed (the script reads the running format) before the check failed.
+    assert!(out.stdout.contains("is zentinel 99.0.0"), "{out}");
+    let config = path_str(z.config_path.as_ref().expect("config path"));
+    assert_eq!(
+        invocations(&log),
+        vec![
+            "--version --json".to_owned(),
+            format!("--check --config {config}")
+        ],
+        "the pre-flight runs exactly the version query and the check of the running config"
+    );
+    assert_unchanged(&z, &before, "after a failed dry run");
+}
+
+#[test]
+fn failed_preflight_stops_a_real_rolling_upgrade() {
+    let (_be, z) = start();
+    let mut files = TempFiles::default();
+    let before = snapshot(&z);
+
+    // 1. Not executable.
+    let copy = files.add(binary_copy("not-executable"));
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o644)).expect("chmod 644");
+    let out = upgrade(&z, &["--rolling", "--binary", &path_str(&copy)]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stderr
+            .contains("pre-flight failed, nothing was changed")
+            && out.stderr.contains("not executable")
+            && out.stderr.contains(&path_str(&copy)),
+        "{out}"
+    );
+    assert_unchanged(&z, &before, "after an upgrade to a non-executable binary");
+
+    // 2. Rejects the running config.
+    let script = files.add(temp_path("rejecting-zentinel.sh"));
+    let log = files.add(temp_path("rejecting-zentinel.log"));
+    let readable: Vec<u32> = (1..=STATE_FORMAT_VERSION).collect();
+    fake_zentinel(
+        &script,
+        &log,
+        &version_json("99.0.0", &readable),
+        Some("zentinel.kdl:1:1: this build rejects everything"),
+    );
+    let out = upgrade(&z, &["--rolling", "--binary", &path_str(&script)]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stderr.contains("this build rejects everything")
+            && out.stderr.contains("--no-preflight"),
+        "{out}"
+    );
+    assert_unchanged(
+        &z,
+        &before,
+        "after an upgrade to a binary rejecting the config",
+    );
+
+    // 3. Cannot read the state format the running master writes.
+    let old = files.add(temp_path("old-format-zentinel.sh"));
+    let old_log = files.add(temp_path("old-format-zentinel.log"));
+    fake_zentinel(
+        &old,
+        &old_log,
+        &version_json("0.0.1", &[STATE_FORMAT_VERSION + 5]),
+        None,
+    );
+    let out = upgrade(&z, &["--rolling", "--binary", &path_str(&old)]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stderr.contains(&format!(
+            "reads upgrade state formats {}",
+            STATE_FORMAT_VERSION + 5
+        )) && out
+            .stderr
+            .contains(&format!("writes format {STATE_FORMAT_VERSION}")),
+        "{out}"
+    );
+    assert_eq!(
+        invocations(&old_log),
+        vec!["--version --json".to_owned()],
+        "a binary that cannot read the state is not even asked to check the config"
+    );
+    assert_unchanged(
+        &z,
+        &before,
+        "after an upgrade to a binary with an older state format",
+    );
+
+    // The master never started any of them.
+    for line in invocations(&log) {
+        assert!(
+            !line.contains("--upgrade-from"),
+            "the master ran the script: {line}"
+        );
+    }
+
+    // --no-preflight really skips it: the master itself starts the script, which fails as a
+    // master, and the old master keeps serving.
+    let out = upgrade(
+        &z,
+        &[
+            "--rolling",
+            "--binary",
+            &path_str(&script),
+            "--no-preflight",
+            "--ready-timeout",
+            "5s",
+        ],
+    );
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(!out.stdout.contains("pre-flight"), "{out}");
+    assert!(
+        invocations(&log)
+            .iter()
+            .any(|l| l.contains("--upgrade-from")),
+        "with --no-preflight the master starts the new binary: {:?}",
+        invocations(&log)
+    );
+    assert_unchanged(&z, &before, "after a failed upgrade without pre-flight");
+
+    // Nothing was left stuck: a good binary passes the pre-flight and replaces everything.
+    let good = files.add(binary_copy("after-preflight"));
+    let out = upgrade(&z, &["--rolling", "--binary", &path_str(&good)]);
+    out.assert_success("upgrade to a good binary after failed pre-flights");
+    assert!(
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with("pre-flight: "))
+            .count()
+            == 3
+            && out.stdout.contains("upgrade complete: 2 workers on"),
+        "{out}"
+    );
+    let after = snapshot(&z);
+    assert_ne!(after.master_pid, before.master_pid);
+    assert_eq!(after.binary, path_str(&good));
+    assert!(after.running_workers.is_disjoint(&before.running_workers));
+}
+
+#[test]
+fn a_hanging_binary_is_killed_at_the_preflight_timeout() {
+    let (_be, z) = start();
+    let mut files = TempFiles::default();
+    let script = files.add(temp_path("hanging-zentinel.sh"));
+    let pid_file = files.add(temp_path("hanging-zentinel.pid"));
+    install_script(
+        &script,
+        &format!(
+            "#!/bin/sh\necho $$ > '{}'\nexec sleep 60\n",
+            pid_file.display()
+        ),
+    );
+    let before = snapshot(&z);
+    let started = Instant::now();
+    let out = upgrade(
+        &z,
+        &[
+            "--rolling",
+            "--binary",
+            &path_str(&script),
+            "--dry-run",
+            "--preflight-timeout",
+            "1s",
+        ],
+    );
+    let took = started.elapsed();
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("did not finish within 1s"), "{out}");
+    assert!(took < Duration::from_secs(10), "took {took:?}: {out}");
+    let pid: u32 = fs::read_to_string(&pid_file)
+        .expect("the script ran")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert!(
+        !is_alive(pid),
+        "the hanging binary (pid {pid}) was not killed"
+    );
+    assert_unchanged(&z, &before, "after a hanging pre-flight");
+}
+
+/// The master runs with the embedded default config: the pre-flight checks it with `--check`
+/// and no config, and a `ZENTINEL_CONFIG` in the caller's environment does not leak into the
+/// new binary's check (it would make it check another file).
+#[test]
+fn embedded_default_config_is_checked_without_a_path() {
+    match std::net::TcpListener::bind("127.0.0.1:8080") {
+        Ok(probe) => drop(probe),
+        Err(e) => {
+            eprintln!(
+                "SKIPPED embedded_default_config_is_checked_without_a_path: 127.0.0.1:8080 is \
+                 busy ({e})"
+            );
+            return;
+        }
+    }
+    let z = Zentinel::start_default();
+    let mut files = TempFiles::default();
+    let script = files.add(temp_path("default-config-zentinel.sh"));
+    let log = files.add(temp_path("default-config-zentinel.log"));
+    let readable: Vec<u32> = (1..=STATE_FORMAT_VERSION).collect();
+    fake_zentinel(&script, &log, &version_json("99.0.0", &readable), None);
+    let before = snapshot(&z);
+
+    let mut cmd = Command::new(ctl_bin());
+    cmd.arg("--socket")
+        .arg(z.control_socket())
+        .args(["upgrade", "--dry-run", "--binary", &path_str(&script)])
+        .env("ZENTINEL_CONFIG", "/nonexistent/leaked.kdl");
+    let out = run_with_deadline(cmd, UPGRADE_DEADLINE);
+    out.assert_success("dry run of a master on the embedded default config");
+    assert!(out.stdout.contains("config   <embedded default>"), "{out}");
+    assert_eq!(
+        invocations(&log),
+        vec!["--version --json".to_owned(), "--check".to_owned()],
+        "the embedded default is checked with a bare --check, without the caller's \
+         ZENTINEL_CONFIG"
+    );
+    assert_unchanged(
+        &z,
+        &before,
+        "after a dry run on the embedded default config",
+    );
+}
