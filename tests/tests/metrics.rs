@@ -470,7 +470,14 @@ fn failed_upgrade_is_counted_and_the_old_master_serves_again() {
     let upgrade = thread::spawn(move || {
         ctl_within(
             &socket,
-            &["upgrade", "--binary", &script_arg, "--ready-timeout", "10s"],
+            &[
+                "upgrade",
+                "--binary",
+                &script_arg,
+                "--ready-timeout",
+                "10s",
+                "--no-preflight",
+            ],
             Duration::from_secs(30),
         )
     });

@@ -573,7 +573,7 @@ fn broken_binary_rolls_back() {
     let load = start_load(&z);
     let before = snap(&z);
 
-    let out = ctl_upgrade(&z, &script, &["--ready-timeout", "5s"]);
+    let out = ctl_upgrade(&z, &script, &["--ready-timeout", "5s", "--no-preflight"]);
     assert!(
         !out.success() && out.code.is_some(),
         "upgrading to a binary that exits at once must fail: {out}"
@@ -831,7 +831,7 @@ fn a_second_upgrade_is_refused_while_one_runs() {
     let copy = files.add(binary_copy("twice"));
     let before = snap(&z);
 
-    let first = ctl_upgrade_in_background(&z, &slow, &["--ready-timeout", "10s"]);
+    let first = ctl_upgrade_in_background(&z, &slow, &["--ready-timeout", "10s", "--no-preflight"]);
     // The first request is in: the master forked the script.
     assert!(
         wait_until(DEADLINE, || z.group_pids().iter().any(
