@@ -612,6 +612,14 @@ impl Upstreams {
                 t.health.probe = Some(probe_key);
                 t.health.timer = Some(timers.insert(now + timeout, TimerKey::Health(pool, target)));
             }
+            Err(e) if !blames_target(&e) => {
+                // Not the target's fault: try again at the next interval, verdict unchanged.
+                warn!(upstream = self.pools[pool].name, target = %addr, error = %e, "cannot start a health check: this worker is out of local resources");
+                let next = now + Duration::from_secs(check.interval_secs.max(1));
+                let t = &mut self.pools[pool].targets[target];
+                t.health.probe_started = None;
+                t.health.timer = Some(timers.insert(next, TimerKey::Health(pool, target)));
+            }
             Err(e) => {
                 self.probe_done(
                     pool,
@@ -973,9 +981,16 @@ pub fn connect_failed(
     error: &dyn fmt::Display,
 ) {
     let (pool, target) = (conn.pool, conn.target);
-    ctx.upstreams
-        .release(conn, false, ctx.registry, ctx.timers, ctx.now);
-    note_failure(ctx, pool, target, failed, peer, error);
+    ctx.discard_upstream(conn);
+    note_target_failure(
+        ctx,
+        pool,
+        target,
+        failed,
+        peer,
+        error,
+        "upstream connect failed",
+    );
 }
 
 /// One failed connect attempt: its target is excluded for the rest of the exchange, the
@@ -986,17 +1001,35 @@ pub fn note_failure(
     target: usize,
     failed: &mut Vec<usize>,
     peer: SocketAddr,
-    error: &dyn fmt::Display,
+    error: &io::Error,
 ) {
-    note_target_failure(
-        ctx,
-        pool,
-        target,
-        failed,
-        peer,
-        error,
-        "upstream connect failed",
-    );
+    if blames_target(error) {
+        note_target_failure(
+            ctx,
+            pool,
+            target,
+            failed,
+            peer,
+            error,
+            "upstream connect failed",
+        );
+        return;
+    }
+    if !failed.contains(&target) {
+        failed.push(target);
+    }
+    ctx.counters.c.upstream_errors += 1;
+    warn!(%peer, pool, target, error = %error, "cannot open an upstream connection: this worker is out of local resources (not held against the target)");
+}
+
+/// Whether a failed connect says something about the target rather than about this worker
+/// running out of descriptors, memory or local ports: only the former count against the
+/// target's health, or a worker short of fds would take every healthy target out of rotation.
+pub fn blames_target(error: &io::Error) -> bool {
+    !matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
 }
 
 /// [`note_failure`] for any failure that blames the target (`what` is the log message).
@@ -1026,6 +1059,23 @@ pub fn note_target_failure(
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
+
+    #[test]
+    fn only_failures_of_the_target_count_against_it() {
+        let os = io::Error::from_raw_os_error;
+        assert!(blames_target(&os(libc::ECONNREFUSED)));
+        assert!(blames_target(&os(libc::ENETUNREACH)));
+        assert!(blames_target(&io::Error::from(io::ErrorKind::TimedOut)));
+        for local in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::EADDRNOTAVAIL,
+        ] {
+            assert!(!blames_target(&os(local)), "errno {local}");
+        }
+    }
 
     fn picks(b: &mut Balancer, n: usize) -> Vec<usize> {
         (0..n).map(|_| b.pick(&[0, 0, 0], &[]).unwrap()).collect()
