@@ -1005,6 +1005,23 @@ pub fn install_script(dest: &Path, text: &str) {
     let _ = fs::remove_file(&scratch);
 }
 
+/// A scratch directory (under the test temp dir), removed with its contents on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        let dir = temp_path(label);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Files removed on drop (binary copies, scripts, state files of a test).
 #[derive(Default)]
 pub struct TempFiles(pub Vec<PathBuf>);

@@ -57,14 +57,9 @@ pub(super) fn validate(
         let Some((addr, at)) = listener.address else {
             continue;
         };
-        let clash = bound.iter().find(|(other, _, _)| {
-            addr.port() != 0
-                && other.port() == addr.port()
-                && other.is_ipv4() == addr.is_ipv4()
-                && (other.ip() == addr.ip()
-                    || other.ip().is_unspecified()
-                    || addr.ip().is_unspecified())
-        });
+        let clash = bound
+            .iter()
+            .find(|(other, _, _)| cannot_both_bind(addr, *other));
         if let Some(&(other, other_at, other_name)) = clash {
             let line = diags.line_of(other_at);
             let message = if other == addr {
@@ -81,14 +76,9 @@ pub(super) fn validate(
         }
     }
     if let Some((addr, at)) = parsed.observability.metrics_address {
-        let clash = bound.iter().find(|(other, _, _)| {
-            addr.port() != 0
-                && other.port() == addr.port()
-                && other.is_ipv4() == addr.is_ipv4()
-                && (other.ip() == addr.ip()
-                    || other.ip().is_unspecified()
-                    || addr.ip().is_unspecified())
-        });
+        let clash = bound
+            .iter()
+            .find(|(other, _, _)| cannot_both_bind(addr, *other));
         if let Some(&(other, other_at, other_name)) = clash {
             let line = diags.line_of(other_at);
             diags.error(
@@ -217,4 +207,13 @@ fn check_upstream_exists(
             ),
         );
     }
+}
+
+/// Whether two listening addresses collide: same port and family, and the same IP or either
+/// one the wildcard (port 0 asks the kernel for a free port, so it never collides).
+fn cannot_both_bind(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
