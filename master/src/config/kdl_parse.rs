@@ -724,27 +724,38 @@ pub(super) fn socket_addr(
     }
 }
 
+/// The first argument of `node`, and whether more followed. A missing one is reported with
+/// `missing`, the first extra one with `extra`; the caller decides whether to go on.
+fn only_arg<'n>(
+    node: &'n KdlNode,
+    missing: &str,
+    extra: &str,
+    diags: &mut Diagnostics<'_>,
+) -> Option<(&'n KdlEntry, bool)> {
+    let mut args = args(node);
+    let Some(first) = args.next() else {
+        diags.error(name_at(node), name(node), missing);
+        return None;
+    };
+    let more = args.next();
+    if let Some(more) = more {
+        diags.error(more.span().offset(), name(node), extra);
+    }
+    Some((first, more.is_some()))
+}
+
 /// The name of `listener "x" { }`, `route "x" { }`, `upstream "x" { }`.
 fn block_name(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<(String, usize)> {
     for entry in props(node) {
         unknown_property(node, entry, &[], diags);
     }
-    let mut args = args(node);
-    let Some(first) = args.next() else {
-        diags.error(
-            name_at(node),
-            name(node),
-            format!("missing name: write `{} \"name\" {{ ... }}`", name(node)),
-        );
-        return None;
-    };
-    if let Some(extra) = args.next() {
-        diags.error(
-            extra.span().offset(),
-            name(node),
-            format!("`{}` takes exactly one name", name(node)),
-        );
-    }
+    // With extra names, the first one still names the block (fewer follow-on errors).
+    let (first, _) = only_arg(
+        node,
+        &format!("missing name: write `{} \"name\" {{ ... }}`", name(node)),
+        &format!("`{}` takes exactly one name", name(node)),
+        diags,
+    )?;
     let text = string_value(node, first, diags)?;
     if text.is_empty() {
         diags.error(first.span().offset(), name(node), "name must not be empty");
@@ -1389,21 +1400,13 @@ fn parse_check_type(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<Healt
     for entry in props(node) {
         unknown_property(node, entry, &[], diags);
     }
-    let mut args = args(node);
-    let Some(first) = args.next() else {
-        diags.error(
-            name_at(node),
-            "type",
-            "missing check type: expected \"http\" or \"tcp\"",
-        );
-        return None;
-    };
-    if let Some(extra) = args.next() {
-        diags.error(
-            extra.span().offset(),
-            "type",
-            "expected exactly one check type",
-        );
+    let (first, extra) = only_arg(
+        node,
+        "missing check type: expected \"http\" or \"tcp\"",
+        "expected exactly one check type",
+        diags,
+    )?;
+    if extra {
         return None;
     }
     let kind = string_value(node, first, diags)?;
@@ -1511,21 +1514,13 @@ fn parse_target(
             _ => unknown_property(node, entry, &["weight"], diags),
         }
     }
-    let mut args = args(node);
-    let Some(first) = args.next() else {
-        diags.error(
-            name_at(node),
-            "target",
-            "missing address: expected e.g. target \"127.0.0.1:9001\"",
-        );
-        return None;
-    };
-    if let Some(extra) = args.next() {
-        diags.error(
-            extra.span().offset(),
-            "target",
-            "`target` takes one address; write one `target` node per backend",
-        );
+    let (first, extra) = only_arg(
+        node,
+        "missing address: expected e.g. target \"127.0.0.1:9001\"",
+        "`target` takes one address; write one `target` node per backend",
+        diags,
+    )?;
+    if extra {
         return None;
     }
     let text = string_value(node, first, diags)?;

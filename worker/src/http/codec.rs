@@ -457,6 +457,14 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
 /// Room for this many header fields on the stack; more (rare) take a heap allocation.
 const STACK_HEADERS: usize = 48;
 
+/// `Name: n\r\n`, keeping the field name as the client or upstream spelled it.
+fn push_length_field(out: &mut Vec<u8>, name: &[u8], n: u64) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    push_decimal(out, n);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Append the decimal form of `n` (no formatting machinery, no allocation).
 fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
@@ -1210,10 +1218,7 @@ pub fn write_upstream_request(head: &RequestHead, ctx: &ForwardContext, out: &mu
             // Identical repeats were accepted; the next hop sees a single value.
             if !wrote_cl {
                 if let Some(n) = head.content_length {
-                    out.extend_from_slice(h.name);
-                    out.extend_from_slice(b": ");
-                    push_decimal(out, n);
-                    out.extend_from_slice(b"\r\n");
+                    push_length_field(out, h.name, n);
                 }
                 wrote_cl = true;
             }
@@ -1377,10 +1382,7 @@ pub fn write_client_response(
             // an intermediary removes it); repeats collapse to one field.
             if !wrote_cl && !no_framing_fields && head.framing != BodyFraming::Chunked {
                 if let Some(n) = head.content_length {
-                    out.extend_from_slice(h.name);
-                    out.extend_from_slice(b": ");
-                    push_decimal(out, n);
-                    out.extend_from_slice(b"\r\n");
+                    push_length_field(out, h.name, n);
                 }
             }
             wrote_cl = true;
