@@ -276,11 +276,17 @@ impl Drop for Load {
     }
 }
 
-/// xorshift64*: deterministic per thread, no dependency.
-struct Rng(u64);
+/// xorshift64*: tiny, deterministic, no dependency; picks requests here and mutations in
+/// tests/tests/fuzz_short.rs.
+pub struct Rng(u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    /// Any seed (xorshift must never hold 0).
+    pub fn new(seed: u64) -> Self {
+        Rng(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -289,8 +295,18 @@ impl Rng {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+    /// Uniform enough in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// A position in `0..=len` (an insertion or cut point).
+    pub fn at(&mut self, len: usize) -> usize {
+        self.below(len + 1)
+    }
+
+    pub fn one_in(&mut self, n: usize) -> bool {
+        self.below(n) == 0
     }
 }
 

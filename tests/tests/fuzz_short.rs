@@ -16,6 +16,8 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use zentinel_tests::load::Rng;
+
 #[path = "../../fuzz/checks/chunked_body.rs"]
 mod chunked_body;
 #[path = "../../fuzz/checks/frame_decoder.rs"]
@@ -31,38 +33,6 @@ const MAX_MUTANTS: u64 = 2_000_000;
 const MIN_MUTANTS: u64 = 200;
 /// As `scripts/fuzz.sh` (`-max_len=65536`).
 const MAX_LEN: usize = 64 * 1024;
-
-/// xorshift64*: tiny, deterministic, good enough to pick mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform enough in `0..n` (`n > 0`).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// A position in `0..=len` (an insertion or cut point).
-    fn at(&mut self, len: usize) -> usize {
-        self.below(len + 1)
-    }
-
-    fn one_in(&mut self, n: usize) -> bool {
-        self.below(n) == 0
-    }
-}
 
 /// Byte strings that matter to the parsers under test: line ends, separators, chunk-size
 /// digits and extensions, framing headers, boundary lengths.
@@ -135,7 +105,7 @@ fn mutate_once(rng: &mut Rng, data: &mut Vec<u8>, corpus: &[Vec<u8>]) -> &'stati
         }
         1 if len > 0 => {
             let i = rng.below(len);
-            data[i] = rng.next() as u8;
+            data[i] = rng.next_u64() as u8;
             "byte-set"
         }
         2 => {
