@@ -604,12 +604,35 @@ impl Zentinel {
         runtime_dir: Option<PathBuf>,
         env: &[(&str, &str)],
     ) -> Zentinel {
-        let log_path = temp_path("zentinel.log");
-        let log = File::create(&log_path).expect("create log file");
         let owns_runtime_dir = runtime_dir.is_none();
         let runtime_dir = runtime_dir.unwrap_or_else(new_runtime_dir);
         let mut cmd = master_command_with(binary, config_path.as_deref(), &runtime_dir);
         cmd.envs(env.iter().copied());
+        Self::launch(
+            cmd,
+            binary.to_path_buf(),
+            config_path,
+            listeners,
+            workers,
+            runtime_dir,
+            owns_runtime_dir,
+        )
+    }
+
+    /// Runs `cmd` (a master, possibly behind a wrapper that execs it) with its output in a
+    /// fresh log file and waits until it serves.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn launch(
+        mut cmd: Command,
+        binary: PathBuf,
+        config_path: Option<PathBuf>,
+        listeners: Vec<SocketAddr>,
+        workers: usize,
+        runtime_dir: PathBuf,
+        owns_runtime_dir: bool,
+    ) -> Zentinel {
+        let log_path = temp_path("zentinel.log");
+        let log = File::create(&log_path).expect("create log file");
         // Its own process group, so drop can kill every process it ever forked (successor
         // masters included) with one kill(-pgid).
         let child = cmd
@@ -618,12 +641,12 @@ impl Zentinel {
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
             .spawn()
-            .expect("spawn zentinel");
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let pid = child.id();
         let mut z = Zentinel {
             child: Some(child),
             pid,
-            binary: binary.to_path_buf(),
+            binary,
             exit_status: None,
             config_path,
             log_path,

@@ -96,34 +96,17 @@ impl Zentinel {
         fs::write(&config_path, config).expect("write temp config");
         let binary = zentinel_bin();
         let runtime_dir = new_runtime_dir();
-        let log_path = temp_path("zentinel.log");
-        let log = File::create(&log_path).expect("create log file");
         let mut cmd = activated_command(&binary, &config_path, &runtime_dir, sockets, names);
         cmd.envs(env.iter().copied());
-        let child = cmd
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn zentinel under /bin/sh");
-        let pid = child.id();
-        let mut z = Zentinel {
-            child: Some(child),
-            pid,
+        Zentinel::launch(
+            cmd,
             binary,
-            exit_status: None,
-            config_path: Some(config_path),
-            log_path,
-            listeners: configured_listeners(config),
-            expected_workers: configured_workers(config),
+            Some(config_path),
+            configured_listeners(config),
+            configured_workers(config),
             runtime_dir,
-            owns_runtime_dir: true,
-            seen_workers: Default::default(),
-            seen_masters: std::sync::Mutex::new(BTreeSet::from([pid])),
-        };
-        z.wait_ready(Duration::from_secs(10));
-        z
+            true,
+        )
     }
 }
 
