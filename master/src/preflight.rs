@@ -39,6 +39,10 @@ pub const OLDEST_READABLE_STATE_FORMAT: u32 = 1;
 /// `zentinel X.Y.Z` line (clap handles `--version` before looking at other arguments).
 pub const LEGACY_FORMAT: u32 = 1;
 
+/// The upgrade option `--canary`: the running master must carry the request to its successor
+/// and the new master must run the canary.
+pub const FEATURE_CANARY: &str = "canary";
+
 /// Output kept from one child stream: an error message fits easily; a binary that floods its
 /// output must not make the client buffer it all.
 const MAX_CAPTURE: usize = 64 * 1024;
@@ -62,6 +66,9 @@ pub struct VersionInfo {
     pub readable_state_formats: Vec<u32>,
     /// The `zentinel-ctl` <-> master protocol.
     pub control_protocol_version: u32,
+    /// Optional upgrade abilities ([`FEATURE_CANARY`]); absent from builds that predate them.
+    #[serde(default)]
+    pub features: Vec<String>,
     /// Not printed: true when the binary predates `--json` and the versions above are the
     /// [`LEGACY_FORMAT`] assumption, not its answer.
     #[serde(skip)]
@@ -78,6 +85,7 @@ impl VersionInfo {
             state_format_version: STATE_FORMAT_VERSION,
             readable_state_formats: (OLDEST_READABLE_STATE_FORMAT..=STATE_FORMAT_VERSION).collect(),
             control_protocol_version: CONTROL_PROTOCOL_VERSION,
+            features: vec![FEATURE_CANARY.to_owned()],
             legacy: false,
         }
     }
@@ -91,6 +99,7 @@ impl VersionInfo {
             state_format_version: LEGACY_FORMAT,
             readable_state_formats: vec![LEGACY_FORMAT],
             control_protocol_version: LEGACY_FORMAT,
+            features: Vec::new(),
             legacy: true,
         }
     }
@@ -367,6 +376,29 @@ pub fn check_protocol(running: &VersionInfo, new: &VersionInfo) -> Result<(), St
     }
 }
 
+/// Both masters of the upgrade support `feature` (an option of the upgrade request).
+pub fn check_feature(
+    running: &VersionInfo,
+    new: &VersionInfo,
+    feature: &str,
+) -> Result<(), String> {
+    let has = |info: &VersionInfo| info.features.iter().any(|f| f == feature);
+    if !has(running) {
+        return Err(format!(
+            "the running master (zentinel {}) predates --{feature}: upgrade without it first, \
+             then use --{feature} from that build on",
+            running.version
+        ));
+    }
+    if !has(new) {
+        return Err(format!(
+            "the new binary (zentinel {}) cannot run a {feature} (it predates --{feature})",
+            new.version
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,6 +452,26 @@ mod tests {
         assert_eq!(gaps.readable_formats_text(), "1, 3");
         gaps.readable_state_formats = vec![1, 2, 3];
         assert_eq!(gaps.readable_formats_text(), "1..=3");
+    }
+
+    #[test]
+    fn canary_needs_both_masters_to_support_it() {
+        let current = VersionInfo::current();
+        assert!(check_feature(&current, &current, FEATURE_CANARY).is_ok());
+        // The JSON of a build from before the field existed has no `features`.
+        let mut json: serde_json::Value = serde_json::from_str(&current.to_json()).unwrap();
+        json.as_object_mut().unwrap().remove("features");
+        let before = parse_version_output(&json.to_string()).unwrap();
+        assert!(before.features.is_empty());
+        let err = check_feature(&before, &current, FEATURE_CANARY).unwrap_err();
+        assert!(
+            err.contains("running master") && err.contains("predates --canary"),
+            "{err}"
+        );
+        let err = check_feature(&current, &before, FEATURE_CANARY).unwrap_err();
+        assert!(err.contains("new binary"), "{err}");
+        let legacy = VersionInfo::legacy("0.0.9");
+        assert!(check_feature(&current, &legacy, FEATURE_CANARY).is_err());
     }
 
     #[test]

@@ -71,6 +71,7 @@ const UPGRADE_PIPE_TOKEN: Token = Token(2);
 /// reused.
 const FIRST_WORKER_TOKEN: usize = 3;
 
+mod canary;
 mod control;
 mod metrics;
 mod upgrade;
@@ -571,7 +572,16 @@ impl Supervisor {
                         sender_pid = info.ssi_pid,
                         "rolling binary upgrade requested (SIGUSR2)"
                     );
-                    self.begin_upgrade(None, None, true, None, None);
+                    self.begin_upgrade(
+                        None,
+                        zentinel_protocol::control::UpgradeRequest {
+                            binary: None,
+                            rolling: true,
+                            drain_timeout_ms: None,
+                            ready_timeout_ms: None,
+                            canary: None,
+                        },
+                    );
                 }
                 _ => debug!(signo = info.ssi_signo, "ignoring unexpected signal"),
             }

@@ -262,6 +262,17 @@ pub fn write_ready(fd: OwnedFd) -> io::Result<()> {
     file.write_all(format!("{READY_PREFIX}{}\n", std::process::id()).as_bytes())
 }
 
+/// A duration as the upgrade flags spell it: `30s`, `1.5s`, `250ms`.
+pub fn format_duration(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.as_secs() == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

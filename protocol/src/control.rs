@@ -50,6 +50,40 @@ pub enum ControlRequest {
         drain_timeout_ms: Option<u64>,
         ready_timeout_ms: Option<u64>,
     },
+    /// `Upgrade` with the options added since control protocol 2 (the canary). Boxed, and
+    /// last, so that the archived `ControlRequest` keeps its size and every earlier variant its
+    /// tag: a master that predates it still reads every other request, and refuses this one as
+    /// malformed. `zentinel-ctl` sends it only when an option needs it.
+    UpgradeWith(Box<UpgradeRequest>),
+}
+
+/// Everything an upgrade request says; see [`ControlRequest::Upgrade`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct UpgradeRequest {
+    pub binary: Option<String>,
+    pub rolling: bool,
+    pub drain_timeout_ms: Option<u64>,
+    pub ready_timeout_ms: Option<u64>,
+    /// Gate the rolling upgrade on the first new worker's error rate (requires `rolling`).
+    pub canary: Option<CanaryPolicy>,
+}
+
+/// Canary gating of a rolling upgrade: once the first new worker took over its slot and the
+/// worker it replaced drained, the new worker's error rate is compared with the old workers'
+/// over `duration_ms` before any other worker is replaced.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct CanaryPolicy {
+    pub duration_ms: u64,
+    /// How far (in hundredths of a percentage point) the canary's error rate may exceed the
+    /// old workers' before it is rolled back: 100 = one percentage point.
+    pub max_excess_basis_points: u32,
+}
+
+impl CanaryPolicy {
+    /// One percentage point, the default tolerance.
+    pub const DEFAULT_MAX_EXCESS_BASIS_POINTS: u32 = 100;
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,7 +30,7 @@
 //!
 //! History: version 1 (frozen in [`v1`]); version 2 added `UpstreamConfig::health_check`,
 //! `UpstreamConfig::passive_health`, `ListenerConfig::access_log`, the metrics listener and the
-//! master's metrics counters.
+//! master's metrics counters (frozen in [`v2`]); version 3 added `PendingUpgrade::canary`.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -44,16 +44,18 @@ use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::config::{MetricsConfig, ProxyConfig};
-use crate::control::WorkerState;
+use crate::control::{CanaryPolicy, WorkerState};
 use crate::messages::WorkerCounters;
 
 pub mod v1;
+pub mod v2;
 pub use v1::MasterStateV1;
+pub use v2::MasterStateV2;
 
 pub const STATE_MAGIC: [u8; 8] = *b"ZNTLSTAT";
 /// The format this build writes. Bump it, and add a frozen `MasterStateV{N}` plus a conversion,
 /// whenever the struct changes.
-pub const STATE_FORMAT_VERSION: u32 = 2;
+pub const STATE_FORMAT_VERSION: u32 = 3;
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
@@ -91,6 +93,8 @@ pub struct PendingUpgrade {
     pub ready_timeout_ms: u64,
     /// The control client connection waiting for progress, if any (SIGUSR2 has none).
     pub client_fd: Option<i32>,
+    /// Gate the rolling replacement on the first new worker's error rate.
+    pub canary: Option<CanaryPolicy>,
 }
 
 /// The admin listener serving `/metrics`, inherited like the proxy listeners so that it never
@@ -133,10 +137,10 @@ pub struct MasterMetrics {
 /// Upper bounds (seconds) of the drain-duration histogram buckets.
 pub const DRAIN_BUCKETS_SECONDS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
-/// Format version 2 (the latest).
+/// Format version 3 (the latest).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
-pub struct MasterStateV2 {
+pub struct MasterStateV3 {
     /// The old master's pid (the new master reports readiness to it).
     pub previous_master_pid: u32,
     /// The generation the new master runs as (old + 1).
@@ -159,7 +163,7 @@ pub struct MasterStateV2 {
 }
 
 /// The latest state, what the rest of the code uses.
-pub type MasterState = MasterStateV2;
+pub type MasterState = MasterStateV3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -261,11 +265,16 @@ pub fn decode_state(bytes: &[u8], path: &str) -> Result<MasterState, StateError>
         1 => {
             let payload = checked_payload(bytes, path)?;
             let state = decode_payload::<MasterStateV1>(payload, 1).map_err(corrupt)?;
-            Ok(state.into())
+            Ok(MasterStateV2::from(state).into())
         }
         2 => {
             let payload = checked_payload(bytes, path)?;
-            decode_payload::<MasterStateV2>(payload, 2).map_err(corrupt)
+            let state = decode_payload::<MasterStateV2>(payload, 2).map_err(corrupt)?;
+            Ok(state.into())
+        }
+        3 => {
+            let payload = checked_payload(bytes, path)?;
+            decode_payload::<MasterStateV3>(payload, 3).map_err(corrupt)
         }
         0 => Err(StateError::UnknownVersion {
             path: path.to_owned(),
@@ -291,7 +300,7 @@ fn le_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
     array
 }
 
-/// Check the length and checksum of the header (the same for versions 1 and 2) and return the
+/// Check the length and checksum of the header (the same for versions 1 to 3) and return the
 /// payload.
 fn checked_payload<'a>(bytes: &'a [u8], path: &str) -> Result<&'a [u8], StateError> {
     let corrupt = |reason: String| StateError::Corrupt {

@@ -102,3 +102,35 @@ fn version_mismatch_names_both_versions() {
     assert!(text.contains(&PROTOCOL_VERSION.to_string()), "{text}");
     assert!(text.contains(&theirs.to_string()), "{text}");
 }
+
+/// A `zentinel-ctl` newer than the master sends it requests of the same control protocol: an
+/// archived enum is as large as its largest variant and rkyv finds the root at
+/// `end - size_of(root)`, so a new variant must leave the archived size (and every earlier
+/// tag) as control protocol 2 had them. 56 and 64 bytes were measured on the protocol 2 build.
+#[test]
+fn control_messages_keep_their_protocol_2_layout() {
+    use std::mem::{align_of, size_of};
+    use zentinel_protocol::control::*;
+    assert_eq!(size_of::<ArchivedControlRequest>(), 56);
+    assert_eq!(align_of::<ArchivedControlRequest>(), 8);
+    assert_eq!(size_of::<ArchivedControlResponse>(), 64);
+    assert_eq!(align_of::<ArchivedControlResponse>(), 8);
+    let status = rkyv::to_bytes::<rkyv::rancor::Error>(&ControlRequest::Status).unwrap();
+    assert_eq!(status.len(), 56);
+    assert_eq!(status[0], 1, "Status keeps tag 1");
+
+    // The variant added since then carries its options behind a pointer.
+    let request = ControlRequest::UpgradeWith(Box::new(UpgradeRequest {
+        binary: Some("/usr/local/bin/zentinel".to_owned()),
+        rolling: true,
+        drain_timeout_ms: Some(30_000),
+        ready_timeout_ms: None,
+        canary: Some(CanaryPolicy {
+            duration_ms: 10_000,
+            max_excess_basis_points: CanaryPolicy::DEFAULT_MAX_EXCESS_BASIS_POINTS,
+        }),
+    }));
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&request).unwrap();
+    let back = rkyv::from_bytes::<ControlRequest, rkyv::rancor::Error>(&bytes).unwrap();
+    assert_eq!(back, request);
+}

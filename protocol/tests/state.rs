@@ -1,5 +1,5 @@
-//! The master state file: round trips, every error kind, atomic writes, and the frozen version 1
-//! fixture that proves a newer binary still reads an older binary's state.
+//! The master state file: round trips, every error kind, atomic writes, and the frozen fixtures
+//! (one per format version) that prove a newer binary still reads an older binary's state.
 
 mod common;
 
@@ -12,7 +12,7 @@ use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
 use zentinel_protocol::config::*;
-use zentinel_protocol::control::WorkerState;
+use zentinel_protocol::control::{CanaryPolicy, WorkerState};
 use zentinel_protocol::messages::WorkerCounters;
 use zentinel_protocol::state::*;
 
@@ -240,6 +240,7 @@ fn frozen_v1_state() -> MasterState {
             drain_timeout_ms: 45_000,
             ready_timeout_ms: 5_000,
             client_fd: Some(17),
+            canary: None,
         }),
         metrics_listener: None,
         metrics: MasterMetrics::default(),
@@ -343,6 +344,20 @@ fn frozen_v2_state() -> MasterState {
     state
 }
 
+/// The frozen version 3 value (with tests/fixtures/state-v3.bin): version 2's, handing on a
+/// rolling upgrade with a canary. Never edit it.
+fn frozen_v3_state() -> MasterState {
+    let mut state = frozen_v2_state();
+    if let Some(upgrade) = state.upgrade.as_mut() {
+        upgrade.canary = Some(CanaryPolicy {
+            duration_ms: 30_000,
+            max_excess_basis_points: 250,
+        });
+    }
+    state.generation = 6;
+    state
+}
+
 /// Creates fixtures that do not exist yet, when `ZENTINEL_REGENERATE_FIXTURES=1`. An existing
 /// fixture is never overwritten: it was written by an older binary and must stay that way.
 /// To add version N: add `frozen_vN_state()` and its entry here, run
@@ -355,7 +370,8 @@ fn generate_missing_fixtures() {
     }
     // state-v1.bin exists and was written by the version 1 encoder; this build cannot write
     // version 1 any more, which is why existing fixtures are never rewritten.
-    let fixtures: [(&str, Vec<u8>); 1] = [("state-v2.bin", encode_state(&frozen_v2_state()))];
+    // Likewise state-v2.bin, written by the version 2 encoder.
+    let fixtures: [(&str, Vec<u8>); 1] = [("state-v3.bin", encode_state(&frozen_v3_state()))];
     fs::create_dir_all(FIXTURE_DIR).unwrap();
     for (name, bytes) in fixtures {
         let path = Path::new(FIXTURE_DIR).join(name);
@@ -446,6 +462,26 @@ fn frozen_v2_state_file_still_decodes() {
     {
         assert_eq!(got, want, "upstream {}", want.name);
     }
+    assert_eq!(decoded, expected);
+}
+
+/// Written once by the version 3 encoder; same contract as the version 1 fixture.
+#[test]
+fn frozen_v3_state_file_still_decodes() {
+    static FIXTURE: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/state-v3.bin"
+    ));
+    assert_eq!(&FIXTURE[..8], &STATE_MAGIC, "fixture magic");
+    assert_eq!(
+        &FIXTURE[8..12],
+        &3u32.to_le_bytes(),
+        "the v3 fixture must stay a version 3 file"
+    );
+    let decoded = decode_state(FIXTURE, "tests/fixtures/state-v3.bin")
+        .unwrap_or_else(|e| panic!("frozen version 3 state no longer decodes: {e}"));
+    let expected = frozen_v3_state();
+    assert_eq!(decoded.upgrade, expected.upgrade);
     assert_eq!(decoded, expected);
 }
 
@@ -637,18 +673,26 @@ fn master_state() -> impl Strategy<Value = MasterState> {
         address,
         fd,
     });
+    let canary = (any::<u64>(), any::<u32>()).prop_map(|(duration_ms, max_excess_basis_points)| {
+        CanaryPolicy {
+            duration_ms,
+            max_excess_basis_points,
+        }
+    });
     let upgrade = (
         any::<bool>(),
         any::<u64>(),
         any::<u64>(),
         option::of(any::<i32>()),
+        option::of(canary),
     )
         .prop_map(
-            |(rolling, drain_timeout_ms, ready_timeout_ms, client_fd)| PendingUpgrade {
+            |(rolling, drain_timeout_ms, ready_timeout_ms, client_fd, canary)| PendingUpgrade {
                 rolling,
                 drain_timeout_ms,
                 ready_timeout_ms,
                 client_fd,
+                canary,
             },
         );
     let metrics_listener =
@@ -846,12 +890,13 @@ fn wrong_magic_is_rejected() {
 
 #[test]
 fn future_version_names_both_versions() {
-    // Version 3 with a payload this binary cannot know the shape of: refused on the version
+    // A next version with a payload this binary cannot know the shape of: refused on the version
     // alone, before the length or checksum, which a future format may lay out differently.
+    let next = STATE_FORMAT_VERSION + 1;
     let mut bytes = Vec::new();
     bytes.extend_from_slice(&STATE_MAGIC);
-    bytes.extend_from_slice(&3u32.to_le_bytes());
-    bytes.extend_from_slice(b"whatever version 3 puts here");
+    bytes.extend_from_slice(&next.to_le_bytes());
+    bytes.extend_from_slice(b"whatever the next version puts here");
     let err = decode_state(&bytes, "/run/zentinel/state.bin").unwrap_err();
     match &err {
         StateError::FutureVersion {
@@ -860,14 +905,20 @@ fn future_version_names_both_versions() {
             supported,
         } => {
             assert_eq!(path, "/run/zentinel/state.bin");
-            assert_eq!(*found, 3);
+            assert_eq!(*found, next);
             assert_eq!(*supported, STATE_FORMAT_VERSION);
         }
         other => panic!("expected FutureVersion, got {other:?}"),
     }
     let message = err.to_string();
-    assert!(message.contains("format version 3"), "{message}");
-    assert!(message.contains("up to 2"), "{message}");
+    assert!(
+        message.contains(&format!("format version {next}")),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("up to {STATE_FORMAT_VERSION}")),
+        "{message}"
+    );
     assert!(message.contains("/run/zentinel/state.bin"), "{message}");
 
     let err = decode_state(&framed(u32::MAX, &[]), "state.bin").unwrap_err();

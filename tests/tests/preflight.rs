@@ -262,7 +262,41 @@ fn dry_run_with_a_good_binary_reports_the_plan_and_changes_nothing() {
         .filter_map(Value::as_u64)
         .collect();
     assert_eq!(planned, before.running_workers, "{out}");
+    assert_eq!(plan["canary"], Value::Null, "{out}");
     assert_unchanged(&z, &before, "after a JSON dry run");
+
+    // With a canary, the plan says how it is judged.
+    let copy_arg = path_str(&copy);
+    let canary = [
+        "--rolling",
+        "--binary",
+        copy_arg.as_str(),
+        "--canary",
+        "30s",
+        "--max-error-rate",
+        "0.5",
+        "--dry-run",
+    ];
+    let out = upgrade(&z, &canary);
+    out.assert_success("dry run with a canary");
+    assert!(
+        out.stdout.contains(
+            "canary   the first new worker serves alone on the new binary for 30s; rolled back \
+             if its error rate exceeds the old workers' by more than 0.50 points"
+        ),
+        "{out}"
+    );
+    let out = upgrade(&z, &[&canary[..], &["--json"]].concat());
+    out.assert_success("dry run --json with a canary");
+    let plan: Value = out
+        .stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON plan: {out}"));
+    assert_eq!(plan["canary"]["duration_ms"], 30_000, "{out}");
+    assert_eq!(plan["canary"]["max_error_rate_points"], 0.5, "{out}");
+    assert_unchanged(&z, &before, "after a canary dry run");
 
     // Without --rolling only the master would be replaced.
     let out = upgrade(&z, &["--dry-run"]);

@@ -1074,3 +1074,132 @@ fn new_worker_dying_after_it_is_ready_rolls_the_upgrade_back() {
     assert!(report.failed() <= 6, "{report}");
     assert!(report.ok >= 100, "{report}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Canary gating.
+// ---------------------------------------------------------------------------------------------
+
+/// The live comparison lines a canary prints: `canary: 1s/3s: new ..., old ...`.
+fn canary_live_lines(out: &CtlOutput) -> Vec<&str> {
+    out.stdout
+        .lines()
+        .filter(|l| l.starts_with("canary: ") && l.contains(": new ") && l.contains(", old "))
+        .collect()
+}
+
+#[test]
+fn canary_passes_a_healthy_build_and_the_upgrade_completes_without_a_failed_request() {
+    let be = Backend::start("canary-ok");
+    let mut files = TempFiles::default();
+    let copy = files.add(binary_copy("canary-ok"));
+    let z = Zentinel::start(&configs::proxy_draining(2, free_port(), &be, 5));
+    let load = start_load(&z);
+    let before = snap(&z);
+    let seen = z.seen_workers();
+
+    let out = ctl_upgrade(&z, &copy, &["--canary", "3s"]);
+    check_upgraded(&z, &out, &before, &copy, &seen);
+    let live = canary_live_lines(&out);
+    assert!(
+        live.len() >= 2,
+        "the canary must report the live comparison each second: {out}"
+    );
+    let passed = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("canary passed after "))
+        .unwrap_or_else(|| panic!("no `canary passed` line: {out}"));
+    assert!(
+        passed.contains("0.00% errors") && passed.contains("old workers "),
+        "the verdict must give both rates: {out}"
+    );
+    // The canary held the second worker back: its line comes after the verdict.
+    let order: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("worker ") || l.starts_with("canary passed"))
+        .collect();
+    assert!(
+        order.len() == 3
+            && order[0].starts_with("worker 1/2")
+            && order[2].starts_with("worker 2/2"),
+        "worker 1, then the canary verdict, then worker 2: {out}"
+    );
+    assert!(
+        load.wait_for_more(50, DEADLINE),
+        "no progress after the upgrade"
+    );
+    load.stop()
+        .assert_clean(100, "load across a canary-gated rolling upgrade");
+}
+
+#[test]
+fn canary_rolls_back_a_build_that_answers_500() {
+    let be = Backend::start("canary-500");
+    let mut files = TempFiles::default();
+    let copy = files.add(binary_copy("canary-500"));
+    let (key, value) = fault_env("respond-500", &copy);
+    let z = Zentinel::start_with_env(
+        &configs::proxy_draining(2, free_port(), &be, 5),
+        &[(key, &value)],
+    );
+    let original = path_str(&z.binary);
+    let load = start_load(&z);
+    let before = snap(&z);
+
+    let out = ctl_upgrade(&z, &copy, &["--canary", "3s", "--max-error-rate", "5"]);
+    assert!(
+        !out.success(),
+        "a canary answering 500 must fail the upgrade: {out}\n{}",
+        z.log()
+    );
+    let said = out.said();
+    assert!(
+        said.contains("canary failed")
+            && said.contains("100.00% errors")
+            && said.contains("more than the 5.00 allowed")
+            && said.contains("rolled back"),
+        "the error must give the figures that triggered the rollback: {out}"
+    );
+    assert!(
+        !canary_live_lines(&out).is_empty(),
+        "the live comparison must be shown: {out}"
+    );
+    assert!(
+        out.stdout.contains("rollback: worker "),
+        "the rollback must be reported: {out}"
+    );
+    assert!(
+        !out.stdout.contains("worker 2/2"),
+        "no other worker may be replaced after a failed canary: {out}"
+    );
+    // Every worker serves from the original binary again.
+    let mut now = snap(&z);
+    let settled = wait_until(DEADLINE, || {
+        now = snap(&z);
+        now.running().len() == 2
+            && now
+                .running()
+                .iter()
+                .all(|w| exe_of(w.pid) == original && w.binary == original)
+    });
+    assert!(settled, "workers not all back on {original}: {:?}", now.raw);
+    assert_ne!(now.master_pid, before.master_pid);
+    // The 500s stop with the rollback: from now on nothing fails.
+    let failed_during_canary = load.failed();
+    assert!(
+        failed_during_canary > 0,
+        "the load never met the canary's 500s; the test proves nothing"
+    );
+    assert!(
+        load.wait_for_more(100, DEADLINE),
+        "no progress after the rollback"
+    );
+    assert_eq!(
+        load.failed(),
+        failed_during_canary,
+        "requests still fail after the rollback"
+    );
+    let report = load.stop();
+    assert!(report.ok >= 100, "{report}");
+}

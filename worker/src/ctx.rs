@@ -22,6 +22,8 @@ pub struct Ctx<'a> {
     pub current: &'a Rc<Generation>,
     pub now: Instant,
     pub draining: bool,
+    /// Test-only: answer every HTTP request with a 500 (`fault_injection::Fault::Respond500`).
+    pub respond_500: bool,
 }
 
 impl Ctx<'_> {

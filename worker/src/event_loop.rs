@@ -55,6 +55,8 @@ struct Shared {
     /// The configuration new connections get.
     current: Rc<Generation>,
     draining: bool,
+    /// Test-only `respond-500` fault (see `fault_injection`), looked up once at start.
+    respond_500: bool,
 }
 
 impl Shared {
@@ -67,6 +69,7 @@ impl Shared {
             current: &self.current,
             now,
             draining: self.draining,
+            respond_500: self.respond_500,
         }
     }
 }
@@ -167,6 +170,8 @@ impl Worker {
                 counters: Counters::default(),
                 current: Rc::new(generation),
                 draining: false,
+                respond_500: crate::fault_injection::armed()
+                    == Some(crate::fault_injection::Fault::Respond500),
             },
             max_connections,
             fd_budget,

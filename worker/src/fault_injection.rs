@@ -1,6 +1,7 @@
 //! Test-only fault injection, so end-to-end tests can make a *real* build fail at one precise
 //! step of an upgrade (the new master dying before it confirms readiness, a new worker dying
-//! after it reported ready) — failures a wrapper script around the binary cannot produce.
+//! after it reported ready) or serve badly (a canary that answers 500) — failures a wrapper
+//! script around the binary cannot produce.
 //!
 //! Armed by `ZENTINEL_FAULT_INJECTION=<fault>@<binary path>`. The fault fires only in
 //! processes running from exactly that binary (canonical path of `/proc/self/exe`): a rolling
@@ -19,6 +20,9 @@ pub enum Fault {
     MasterExitBeforeReady,
     /// A worker aborts shortly after it told the master it is ready.
     WorkerAbortAfterReady,
+    /// A worker answers every HTTP request with a 500 without asking the upstream: a build
+    /// that starts and stays up but serves errors, for the upgrade canary to catch.
+    Respond500,
 }
 
 impl Fault {
@@ -26,6 +30,7 @@ impl Fault {
         match name {
             "master-exit-before-ready" => Some(Fault::MasterExitBeforeReady),
             "worker-abort-after-ready" => Some(Fault::WorkerAbortAfterReady),
+            "respond-500" => Some(Fault::Respond500),
             _ => None,
         }
     }
@@ -70,6 +75,10 @@ mod tests {
         assert_eq!(
             fault_for("master-exit-before-ready@/opt/zentinel/new/zentinel", exe),
             Some(Fault::MasterExitBeforeReady)
+        );
+        assert_eq!(
+            fault_for("respond-500@/opt/zentinel/new/zentinel", exe),
+            Some(Fault::Respond500)
         );
         assert_eq!(
             fault_for("no-such-fault@/opt/zentinel/new/zentinel", exe),

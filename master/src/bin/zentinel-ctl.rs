@@ -18,10 +18,11 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use zentinel_master::config::{load_config, DEFAULT_CONFIG_NAME};
 use zentinel_master::control_socket_path::{master_control_socket, SOCKET_ENV};
 use zentinel_master::preflight::{self, VersionInfo};
+use zentinel_master::upgrade::format_duration;
 use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
 use zentinel_protocol::control::{
-    ControlRequest, ControlResponse, MasterStatus, StatusReport, WorkerState, WorkerStatus,
-    MAX_CONTROL_REQUEST_FRAME,
+    CanaryPolicy, ControlRequest, ControlResponse, MasterStatus, StatusReport, UpgradeRequest,
+    WorkerState, WorkerStatus, MAX_CONTROL_REQUEST_FRAME,
 };
 use zentinel_protocol::messages::{Hello, WorkerCounters};
 use zentinel_protocol::{Channel, ProtocolError};
@@ -161,6 +162,14 @@ Examples:
   zentinel-ctl upgrade --rolling --binary ./target/release/zentinel --drain-timeout 60s
   zentinel-ctl upgrade                 # the master only; workers keep running
   zentinel-ctl upgrade --rolling --binary ./zentinel.new --dry-run   # checks and plan only
+  zentinel-ctl upgrade --rolling --canary 30s --max-error-rate 0.5
+
+Canary (--canary DUR, with --rolling): once the first new worker took over and the worker it
+replaced drained, the others wait DUR while its error rate (5xx answers + upstream failures, per
+request) is compared with the old workers' over the same window, one line per second:
+  canary: 3s/30s: new 0.00% errors (0 of 1530 requests), old 0.00% errors (0 of 1498 requests)
+If it exceeds theirs by more than --max-error-rate percentage points (default 1), or it dies,
+it is rolled back to the previous binary and the command exits 1 with the figures.
 
 Pre-flight (before anything changes; skipped with --no-preflight):
   pre-flight: binary PATH is executable
@@ -187,6 +196,14 @@ struct UpgradeArgs {
     /// How long the new master, and each new worker, may take to become ready (default 10s).
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     ready_timeout: Option<Duration>,
+    /// Put the first new worker on probation for DUR before replacing the others; roll it
+    /// back if its error rate exceeds the old workers'. Needs --rolling.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "rolling")]
+    canary: Option<Duration>,
+    /// How many percentage points the canary's error rate may exceed the old workers' (0 to
+    /// 100; `0.5`, `2%`).
+    #[arg(long, value_name = "PCT", value_parser = parse_percent_points, requires = "canary")]
+    max_error_rate: Option<u32>,
     /// One JSON object per progress line.
     #[arg(long)]
     json: bool,
@@ -301,16 +318,10 @@ fn run(cli: &Cli) -> CtlResult<()> {
                     return print_plan(&report, &outcome, args);
                 }
             }
-            let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
             let ready = args.ready_timeout.unwrap_or(DEFAULT_READY);
             let mut conn = Connection::open(&socket, cli.timeout)?;
             conn.upgrade(
-                &ControlRequest::Upgrade {
-                    binary,
-                    rolling: args.rolling,
-                    drain_timeout_ms: args.drain_timeout.map(millis),
-                    ready_timeout_ms: args.ready_timeout.map(millis),
-                },
+                &upgrade_request(args, binary),
                 cli.timeout.max(ready + LONG_OPERATION_MARGIN),
                 args.json,
             )
@@ -326,6 +337,33 @@ fn run(cli: &Cli) -> CtlResult<()> {
                 false,
             )
         }
+    }
+}
+
+/// The request for `args`: the protocol 2 `Upgrade` unless an option needs `UpgradeWith`,
+/// so that a master predating those options still takes every upgrade it can carry out.
+fn upgrade_request(args: &UpgradeArgs, binary: Option<String>) -> ControlRequest {
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let request = UpgradeRequest {
+        binary,
+        rolling: args.rolling,
+        drain_timeout_ms: args.drain_timeout.map(millis),
+        ready_timeout_ms: args.ready_timeout.map(millis),
+        canary: args.canary.map(|window| CanaryPolicy {
+            duration_ms: millis(window),
+            max_excess_basis_points: args
+                .max_error_rate
+                .unwrap_or(CanaryPolicy::DEFAULT_MAX_EXCESS_BASIS_POINTS),
+        }),
+    };
+    if request.canary.is_some() {
+        return ControlRequest::UpgradeWith(Box::new(request));
+    }
+    ControlRequest::Upgrade {
+        binary: request.binary,
+        rolling: request.rolling,
+        drain_timeout_ms: request.drain_timeout_ms,
+        ready_timeout_ms: request.ready_timeout_ms,
     }
 }
 
@@ -377,6 +415,18 @@ fn absolute_config_path(path: &Path) -> CtlResult<String> {
             Path::new(&raw).display()
         )
     })
+}
+
+/// `1`, `0.5`, `2%`: percentage points, as basis points (hundredths of a point).
+fn parse_percent_points(text: &str) -> Result<u32, String> {
+    let number = text.trim().trim_end_matches('%').trim();
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a percentage (like 1, 0.5 or 2%)"))?;
+    if !(0.0..=100.0).contains(&value) {
+        return Err(format!("`{text}`: a percentage between 0 and 100"));
+    }
+    Ok((value * 100.0).round() as u32)
 }
 
 /// `30s`, `500ms`, `2m`, `1h`, or plain (possibly fractional) seconds.
@@ -783,7 +833,7 @@ fn request_name(request: &ControlRequest) -> &'static str {
         ControlRequest::Reload { .. } => "reload",
         ControlRequest::Stop { .. } => "stop",
         ControlRequest::WorkerRestart { .. } => "worker restart",
-        ControlRequest::Upgrade { .. } => "upgrade",
+        ControlRequest::Upgrade { .. } | ControlRequest::UpgradeWith(_) => "upgrade",
     }
 }
 
@@ -870,6 +920,10 @@ fn preflight(
         running_master_versions(master, timeout).map_err(|e| fail("versions", e))?;
     preflight::check_state_format(&running, &new).map_err(|e| fail("versions", e))?;
     preflight::check_protocol(&running, &new).map_err(|e| fail("versions", e))?;
+    if args.canary.is_some() {
+        preflight::check_feature(&running, &new, preflight::FEATURE_CANARY)
+            .map_err(|e| fail("versions", e))?;
+    }
     preflight_line(
         json,
         "versions",
@@ -990,6 +1044,12 @@ fn print_plan(report: &StatusReport, pre: &Preflight, args: &UpgradeArgs) -> Ctl
     });
     let ready = args.ready_timeout.unwrap_or(DEFAULT_READY);
     let pids: Vec<u32> = workers.iter().map(|w| w.pid).collect();
+    let canary = args.canary.map(|window| {
+        let basis_points = args
+            .max_error_rate
+            .unwrap_or(CanaryPolicy::DEFAULT_MAX_EXCESS_BASIS_POINTS);
+        (window, f64::from(basis_points) / 100.0)
+    });
     let config = pre.config.as_ref().map_or_else(
         || DEFAULT_CONFIG_NAME.to_owned(),
         |p| p.display().to_string(),
@@ -1015,6 +1075,10 @@ fn print_plan(report: &StatusReport, pre: &Preflight, args: &UpgradeArgs) -> Ctl
             "workers_to_replace": if args.rolling { pids.clone() } else { Vec::new() },
             "drain_timeout_ms": u64::try_from(drain.as_millis()).unwrap_or(u64::MAX),
             "ready_timeout_ms": u64::try_from(ready.as_millis()).unwrap_or(u64::MAX),
+            "canary": canary.map(|(window, points)| serde_json::json!({
+                "duration_ms": u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+                "max_error_rate_points": points,
+            })),
         });
         return write_stdout(&format!("{plan}\n"));
     }
@@ -1063,19 +1127,16 @@ fn print_plan(report: &StatusReport, pre: &Preflight, args: &UpgradeArgs) -> Ctl
             if list.is_empty() { "none" } else { &list }
         );
     }
+    if let Some((window, points)) = canary {
+        let _ = writeln!(
+            out,
+            "  canary   the first new worker serves alone on the new binary for {}; rolled back \
+             if its error rate exceeds the old workers' by more than {points:.2} points",
+            format_duration(window)
+        );
+    }
     let _ = writeln!(out, "  config   {config}");
     write_stdout(&out)
-}
-
-/// `30s`, `1.5s`, `250ms`.
-fn format_duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else if d.as_secs() == 0 {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1402,6 +1463,65 @@ mod tests {
         assert!(parse_duration("10x").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_watch_interval("0").is_err());
+    }
+
+    #[test]
+    fn percentages_are_points_in_basis_points() {
+        assert_eq!(parse_percent_points("1"), Ok(100));
+        assert_eq!(parse_percent_points("0.5"), Ok(50));
+        assert_eq!(parse_percent_points("2%"), Ok(200));
+        assert_eq!(parse_percent_points("0"), Ok(0));
+        assert_eq!(parse_percent_points("100"), Ok(10_000));
+        assert!(parse_percent_points("101").is_err());
+        assert!(parse_percent_points("-1").is_err());
+        assert!(parse_percent_points("lots").is_err());
+    }
+
+    #[test]
+    fn canary_goes_in_the_extended_request_only() {
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["zentinel-ctl", "upgrade", "--rolling"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Upgrade(args) => args,
+                other => panic!("{other:?}"),
+            }
+        };
+        // Without a canary, the request an older master understands.
+        assert!(matches!(
+            upgrade_request(&args(&[]), None),
+            ControlRequest::Upgrade { rolling: true, .. }
+        ));
+        match upgrade_request(
+            &args(&["--canary", "30s", "--max-error-rate", "0.25"]),
+            None,
+        ) {
+            ControlRequest::UpgradeWith(request) => assert_eq!(
+                request.canary,
+                Some(CanaryPolicy {
+                    duration_ms: 30_000,
+                    max_excess_basis_points: 25,
+                })
+            ),
+            other => panic!("{other:?}"),
+        }
+        match upgrade_request(&args(&["--canary", "5s"]), None) {
+            ControlRequest::UpgradeWith(request) => assert_eq!(
+                request.canary.map(|c| c.max_excess_basis_points),
+                Some(CanaryPolicy::DEFAULT_MAX_EXCESS_BASIS_POINTS)
+            ),
+            other => panic!("{other:?}"),
+        }
+        // --canary needs --rolling; --max-error-rate needs --canary.
+        assert!(Cli::try_parse_from(["zentinel-ctl", "upgrade", "--canary", "5s"]).is_err());
+        assert!(Cli::try_parse_from([
+            "zentinel-ctl",
+            "upgrade",
+            "--rolling",
+            "--max-error-rate",
+            "1"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -29,6 +29,9 @@
 //!   `WorkerRolledBack` lines and `Failed` after a failed worker; `Done` at the end. If the new
 //!   master never confirms readiness, the old one answers `Failed` itself and keeps running.
 //!   SIGUSR2 runs a rolling upgrade from the on-disk binary, with the outcome only logged.
+//! - `UpgradeWith`: the same, with a canary: after the first `WorkerReplaced`, `Progress` lines
+//!   with the live comparison, then the verdict (`Progress` and on to the other workers, or
+//!   `WorkerRolledBack` and `Failed` with the figures).
 
 pub mod server;
 pub mod socket;

@@ -524,7 +524,7 @@ fn request_kind(request: &ControlRequest) -> &'static str {
         ControlRequest::Reload { .. } => "Reload",
         ControlRequest::Stop { .. } => "Stop",
         ControlRequest::WorkerRestart { .. } => "WorkerRestart",
-        ControlRequest::Upgrade { .. } => "Upgrade",
+        ControlRequest::Upgrade { .. } | ControlRequest::UpgradeWith(_) => "Upgrade",
     }
 }
 

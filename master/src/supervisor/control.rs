@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use zentinel_protocol::control::{
-    ControlRequest, MasterStatus, StatusReport, WorkerState as CtlState, WorkerStatus,
+    ControlRequest, MasterStatus, StatusReport, UpgradeRequest, WorkerState as CtlState,
+    WorkerStatus,
 };
 
 use super::*;
@@ -91,11 +92,15 @@ impl Supervisor {
                 ready_timeout_ms,
             } => self.begin_upgrade(
                 Some(client),
-                binary,
-                rolling,
-                drain_timeout_ms,
-                ready_timeout_ms,
+                UpgradeRequest {
+                    binary,
+                    rolling,
+                    drain_timeout_ms,
+                    ready_timeout_ms,
+                    canary: None,
+                },
             ),
+            ControlRequest::UpgradeWith(request) => self.begin_upgrade(Some(client), *request),
         }
     }
 
@@ -150,6 +155,7 @@ impl Supervisor {
             self.finish(Some(pending.client), ControlResponse::Status(report));
         }
         self.adoption_progress();
+        self.canary_check();
     }
 
     pub(super) fn status_timeouts(&mut self, now: Instant) {

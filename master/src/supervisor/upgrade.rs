@@ -16,11 +16,12 @@ use std::collections::VecDeque;
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 
-use zentinel_protocol::control::WorkerState as CtlState;
+use zentinel_protocol::control::{CanaryPolicy, UpgradeRequest, WorkerState as CtlState};
 use zentinel_protocol::state::{
     write_state_file, ListenerFd, MasterState, PendingUpgrade, WorkerRecord,
 };
 
+use super::canary::{CanaryNext, CanaryWatch};
 use super::*;
 use crate::upgrade::{
     check_binary, pidfd_open, ready_pipe, spawn_successor, state_file_path, write_ready,
@@ -100,6 +101,8 @@ enum Step {
         old_active: u64,
         deadline: Instant,
     },
+    /// The first new worker is on probation before the others are replaced.
+    Canary(Box<CanaryWatch>),
 }
 
 /// New master: replacing the workers one at a time.
@@ -117,6 +120,8 @@ pub(super) struct Rolling {
     step: Option<Step>,
     /// Set once replacing failed: the reason, and the workers put back so far.
     rollback: Option<(String, u32)>,
+    /// Gate the other workers on the first one (cleared once it passed).
+    canary: Option<CanaryPolicy>,
 }
 
 impl Supervisor {
@@ -138,14 +143,20 @@ impl Supervisor {
 
     // ----- old master -----
 
-    pub(super) fn begin_upgrade(
-        &mut self,
-        client: Option<Token>,
-        binary: Option<String>,
-        rolling: bool,
-        drain_timeout_ms: Option<u64>,
-        ready_timeout_ms: Option<u64>,
-    ) {
+    pub(super) fn begin_upgrade(&mut self, client: Option<Token>, request: UpgradeRequest) {
+        let UpgradeRequest {
+            binary,
+            rolling,
+            drain_timeout_ms,
+            ready_timeout_ms,
+            canary,
+        } = request;
+        if canary.is_some() && !rolling {
+            return self.refuse(
+                client,
+                "refused: a canary needs a rolling upgrade (--rolling)".to_owned(),
+            );
+        }
         if self.upgrade.is_some() || self.adoption.is_some() {
             return self.refuse(client, "an upgrade is already in progress".to_owned());
         }
@@ -274,6 +285,7 @@ impl Supervisor {
                 drain_timeout_ms,
                 ready_timeout_ms: u64::try_from(ready_timeout.as_millis()).unwrap_or(u64::MAX),
                 client_fd,
+                canary,
             }),
             metrics_listener,
             metrics,
@@ -791,6 +803,7 @@ impl Supervisor {
             replaced: Vec::new(),
             step: None,
             rollback: None,
+            canary: pending.canary,
         }));
         self.rolling_next();
     }
@@ -966,7 +979,65 @@ impl Supervisor {
             }
         };
         self.upgrade_respond(client, response, false);
+        if let Some(watch) = self.canary_for(worker_id, old_pid, new_pid) {
+            if let Some(UpgradeOp::Rolling(op)) = self.upgrade.as_mut() {
+                op.step = Some(Step::Canary(Box::new(watch)));
+            }
+            return self.canary_check();
+        }
         self.rolling_next();
+    }
+
+    /// Advance the canary step (after a status answer, a worker exit or its deadline).
+    pub(super) fn canary_check(&mut self) {
+        let Some(UpgradeOp::Rolling(op)) = self.upgrade.as_mut() else {
+            return;
+        };
+        if !matches!(op.step, Some(Step::Canary(_))) {
+            return;
+        }
+        let Some(Step::Canary(mut watch)) = op.step.take() else {
+            return;
+        };
+        let client = op.client;
+        let worker_id = watch.worker_id();
+        let next = self.canary_advance(&mut watch, Instant::now());
+        let Some(UpgradeOp::Rolling(op)) = self.upgrade.as_mut() else {
+            return;
+        };
+        match next {
+            CanaryNext::Wait => op.step = Some(Step::Canary(watch)),
+            CanaryNext::Report(message) => {
+                op.step = Some(Step::Canary(watch));
+                info!(worker_id, "{message}");
+                self.upgrade_respond(client, ControlResponse::Progress { message }, false);
+            }
+            CanaryNext::Pass(message) => {
+                info!(worker_id, "{message}");
+                self.upgrade_respond(client, ControlResponse::Progress { message }, false);
+                self.rolling_next();
+            }
+            CanaryNext::Fail(reason) => {
+                error!(worker_id, "{reason}");
+                self.rolling_failed(reason);
+            }
+        }
+    }
+
+    /// The canary watch to start after `worker_id` was replaced, if this upgrade has one and
+    /// that was its first worker.
+    fn canary_for(&mut self, worker_id: u32, old_pid: u32, new_pid: u32) -> Option<CanaryWatch> {
+        let Some(UpgradeOp::Rolling(op)) = self.upgrade.as_mut() else {
+            return None;
+        };
+        if op.rollback.is_some() || op.done != 1 {
+            return None;
+        }
+        let policy = op.canary.take()?;
+        let token = self
+            .slot_index(worker_id)
+            .and_then(|index| self.slots[index].current)?;
+        Some(CanaryWatch::new(policy, worker_id, token, new_pid, old_pid))
     }
 
     /// A new worker of the upgrade failed (it is dead, killed by the usual paths).
@@ -1003,6 +1074,11 @@ impl Supervisor {
             op.step,
             Some(Step::AwaitingAck { new_pid, .. } | Step::Settling { new_pid, .. }) if new_pid == pid
         );
+        let during = if matches!(op.step, Some(Step::Canary(_))) {
+            " during the canary"
+        } else {
+            ""
+        };
         if !in_current_step && !op.replaced.contains(&worker_id) {
             return false;
         }
@@ -1012,7 +1088,7 @@ impl Supervisor {
             op.replaced.push(worker_id);
         }
         self.rolling_failed(format!(
-            "worker {worker_id}: new worker pid {pid} died after it was ready ({status})"
+            "worker {worker_id}: new worker pid {pid} died after it was ready{during} ({status})"
         ));
         true
     }
@@ -1137,6 +1213,10 @@ impl Supervisor {
                 }
                 self.rolling_step_done(worker_id, old_pid, new_pid, ready_ms, old_active);
             }
+            Some(UpgradeOp::Rolling(Rolling {
+                step: Some(Step::Canary(watch)),
+                ..
+            })) if watch.deadline() <= now => self.canary_check(),
             _ => {}
         }
     }
@@ -1151,6 +1231,10 @@ impl Supervisor {
                 step: Some(Step::AwaitingAck { deadline, .. } | Step::Settling { deadline, .. }),
                 ..
             })) => Some(*deadline),
+            Some(UpgradeOp::Rolling(Rolling {
+                step: Some(Step::Canary(watch)),
+                ..
+            })) => Some(watch.deadline()),
             _ => None,
         }
     }

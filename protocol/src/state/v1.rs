@@ -2,13 +2,15 @@
 //! archived them (before `UpstreamConfig` gained `health_check` and `passive_health`), and the
 //! conversion to the latest state.
 //!
-//! Never edit these types: `tests/fixtures/state-v1.bin` was written with them. `ListenerFd`
-//! and `PendingUpgrade` are still shared with the latest format; the day one of them changes,
-//! copy it here too (the frozen fixture test fails until then).
+//! Never edit these types: `tests/fixtures/state-v1.bin` was written with them. `ListenerFd` is
+//! still shared with the latest format, and `PendingUpgrade` with version 2 (frozen in
+//! [`super::v2`]); the day one of them changes, copy it here too (the frozen fixture test fails
+//! until then). A version 1 state converts to version 2, which converts to the latest.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use super::{ListenerFd, MasterStateV2, PendingUpgrade};
+use super::v2::{MasterStateV2, PendingUpgrade};
+use super::ListenerFd;
 use crate::config as latest;
 use crate::control::WorkerState;
 use crate::messages::WorkerCounters;

@@ -530,6 +530,10 @@ impl HttpSession {
         // A request body the proxy does not forward cannot be skipped reliably: close after
         // answering (the linger discards it).
         let local_close = ctx.draining || !req.keep_alive || has_body;
+        if ctx.respond_500 {
+            let bytes = codec::error_response(500, local_close, req.is_head());
+            return self.respond_local(ctx, 500, bytes, local_close);
+        }
         let router = &self.generation.router;
         let route =
             router.find_normalized(self.lctx.default_route, req.host.as_deref(), req.path());
