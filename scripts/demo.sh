@@ -3,7 +3,7 @@
 # Builds Zentinel (release), then runs scripts/loadtest.sh twice: first Zentinel alone on its
 # embedded default config (no file needed) with one rolling upgrade under load, then a backend
 # with Zentinel (2 workers) in front of it, ~20 s of keep-alive load through it, and two
-# `zentinel-ctl upgrade --rolling` during the load. The last line is zentinel-load's summary
+# `zentinel-ctl upgrade --rolling --canary 2s` during the load. The last line is zentinel-load's summary
 # (`requests=N failed=0 ...`). Every process is stopped at exit, also on Ctrl-C.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -18,8 +18,8 @@ Zero-downtime rolling upgrades under load:
   2. zentinel --check, then Zentinel on its embedded default configuration (127.0.0.1:8080,
      built-in response): 6 s of keep-alive load with one rolling upgrade during it
   3. scripts/loadtest.sh: zentinel-backend + Zentinel (2 workers) on loopback, keep-alive load
-     (32 connections, open loop at RPS requests/s) for S seconds, and 2 rolling upgrades to
-     alternate copies of the binary during it; zentinel-ctl status before and after; the
+     (32 connections, open loop at RPS requests/s) for S seconds, and 2 canary-gated rolling
+     upgrades (--canary 2s) to alternate copies of the binary during it; zentinel-ctl status before and after; the
      throughput during the upgrades vs steady state; the load summary, whose last line must
      show failed=0.
 
@@ -62,8 +62,10 @@ Zentinel demo: rolling binary upgrades under load, with zero failed requests.
   - start a test backend and Zentinel (master + 2 workers) on 127.0.0.1, free ports
   - send ${duration}s of keep-alive HTTP load through Zentinel (32 connections, ${rate} req/s),
     every response body checked against its checksum
-  - during the load, upgrade the running binary twice: zentinel-ctl upgrade --rolling
-    (new master takes over the listeners, then each worker is replaced: new one ready, old one drains)
+  - during the load, upgrade the running binary twice: zentinel-ctl upgrade --rolling --canary 2s
+    (pre-flight checks of the new binary; the new master takes over the listeners; the first new
+    worker serves for 2 s as a canary compared with the old one; then the other is replaced:
+    new one ready, old one drains)
   - show status before/after, and the load summary: its last line must say failed=0
 EOF
 
@@ -99,4 +101,5 @@ run_loadtest() {
 
 run_loadtest --embedded-config --duration 6 --upgrades 1 --connections 32 --rate "$rate" \
     --mode keepalive
-run_loadtest --duration "$duration" --upgrades 2 --connections 32 --rate "$rate" --mode keepalive
+run_loadtest --duration "$duration" --upgrades 2 --connections 32 --rate "$rate" --mode keepalive \
+    --canary 2s

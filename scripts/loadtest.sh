@@ -27,6 +27,8 @@ options:
   --body BYTES          response size asked of the backend (GET) or upload size (POST) (default 1024)
   --method GET|POST     default GET
   --rate RPS            open loop at RPS requests/s in total (default: closed loop, as fast as possible)
+  --canary DUR          gate each upgrade on a canary (`upgrade --rolling --canary DUR`): the first
+                        new worker serves alone for DUR and must not fail more than the old ones
   --embedded-config     run Zentinel on its embedded default configuration (127.0.0.1:8080,
                         a built-in static response, one worker per CPU) instead of in front of
                         a zentinel-backend; responses are checked by status and framing only
@@ -50,13 +52,14 @@ positive() {
 }
 
 duration=10 connections=32 threads=2 upgrades=2 mode=keepalive body=1024 method=GET rate=""
+canary=""
 embedded=""
 while (($#)); do
     case "$1" in
         -h | --help) usage; exit 0 ;;
         --debug) zt_use_profile debug; shift; continue ;;
         --embedded-config) embedded=1; shift; continue ;;
-        --duration | --connections | --threads | --upgrades | --mode | --body | --method | --rate)
+        --duration | --connections | --threads | --upgrades | --mode | --body | --method | --rate | --canary)
             (($# >= 2)) || bad_usage "$1 needs a value" ;;
         *) bad_usage "unknown argument '$1'" ;;
     esac
@@ -69,6 +72,7 @@ while (($#)); do
         --body) body="$2" ;;
         --method) method="$2" ;;
         --rate) rate="$2" ;;
+        --canary) canary="$2" ;;
     esac
     shift 2
 done
@@ -80,6 +84,9 @@ is_uint "$body" || bad_usage "--body must be a number of bytes (got '$body')"
 [[ "$mode" == keepalive || "$mode" == close ]] || bad_usage "--mode must be keepalive or close"
 [[ "$method" == GET || "$method" == POST ]] || bad_usage "--method must be GET or POST"
 [[ -z "$rate" ]] || positive --rate "$rate"
+[[ -z "$canary" || "$canary" =~ ^[0-9]+(\.[0-9]+)?(ms|s|m)?$ ]] || bad_usage "--canary must be a duration like 2s (got '$canary')"
+upgrade_args=(--rolling)
+[[ -z "$canary" ]] || upgrade_args+=(--canary "$canary")
 if ((upgrades > 0 && duration * 600 / upgrades < 1000)); then
     bad_usage "$upgrades upgrades do not fit in the middle 60% of ${duration}s (need >= 1 s apart)"
 fi
@@ -174,7 +181,7 @@ for ((i = 1; i <= upgrades; i++)); do
     before="$(zt_ctl status --json)"
     t0=$(zt_now_ms)
     rc=0
-    out="$(timeout 120 "$(zt_bin zentinel-ctl)" --socket "$ZT_SOCK" upgrade --rolling --binary "$bin" 2>&1)" || rc=$?
+    out="$(timeout 120 "$(zt_bin zentinel-ctl)" --socket "$ZT_SOCK" upgrade "${upgrade_args[@]}" --binary "$bin" 2>&1)" || rc=$?
     t1=$(zt_now_ms)
     windows+="$t0:$t1 "
     zt_log "upgrade $i/$upgrades to $bin: t=$(zt_secs $((t0 - load_start)))s .. t=$(zt_secs $((t1 - load_start)))s ($((t1 - t0)) ms), exit $rc"

@@ -314,6 +314,10 @@ pub struct Supervisor {
     /// The previous master's executable (after a binary upgrade): a failed rolling upgrade
     /// puts workers back on it.
     previous_executable: Option<Executable>,
+    /// A rolling upgrade from this master was rolled back: its workers run the previous
+    /// executable again, and so do the ones it starts from now on (a crash restart must not
+    /// bring back the binary that just failed).
+    workers_on_previous: bool,
     /// A binary upgrade in progress (handing over, or replacing workers).
     upgrade: Option<upgrade::UpgradeOp>,
     /// Taking over from a previous master until readiness is confirmed.
@@ -388,6 +392,7 @@ impl Supervisor {
             reload: None,
             stop_clients: Vec::new(),
             previous_executable: None,
+            workers_on_previous: false,
             upgrade: None,
             inherited: setup.inherited,
             adoption: None,
@@ -866,9 +871,12 @@ impl Supervisor {
             generation,
             log_level: &self.log_level,
         };
-        let executable = match (previous, self.previous_executable.as_ref()) {
-            (true, Some(previous)) => previous,
-            _ => &self.executable,
+        let executable = if previous {
+            self.previous_executable
+                .as_ref()
+                .unwrap_or(&self.executable)
+        } else {
+            self.worker_executable()
         };
         let binary = executable.path().display().to_string();
         let spawned = spawn_worker(executable, args).map_err(|err| {
@@ -919,6 +927,15 @@ impl Supervisor {
             self.channel_failed(token, err);
         }
         Ok(token)
+    }
+
+    /// What new workers run: this master's executable, unless a rolling upgrade to it was
+    /// rolled back.
+    fn worker_executable(&self) -> &Executable {
+        match (&self.previous_executable, self.workers_on_previous) {
+            (Some(previous), true) => previous,
+            _ => &self.executable,
+        }
     }
 
     fn start_worker(&mut self, index: usize) {

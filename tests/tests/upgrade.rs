@@ -1202,4 +1202,25 @@ fn canary_rolls_back_a_build_that_answers_500() {
     );
     let report = load.stop();
     assert!(report.ok >= 100, "{report}");
+
+    // A worker that crashes now is restarted from the original binary, not from the build the
+    // canary just rejected (the master itself still runs that build).
+    let victim = now.running()[0].pid;
+    send_signal(victim, nix::sys::signal::Signal::SIGKILL);
+    let mut after = snap(&z);
+    let restarted = wait_until(DEADLINE, || {
+        after = snap(&z);
+        after.running().len() == 2 && !after.running_pids().contains(&victim)
+    });
+    assert!(restarted, "worker {victim} not restarted: {:?}", after.raw);
+    for w in after.running() {
+        assert_eq!(
+            exe_of(w.pid),
+            original,
+            "restarted worker {}: {:?}",
+            w.pid,
+            after.raw
+        );
+        assert_eq!(w.binary, original, "{:?}", after.raw);
+    }
 }

@@ -126,6 +126,8 @@ enum CanaryPhase {
         started: Instant,
         ends: Instant,
         next_report: Instant,
+        /// The fresh counters of the next report, on their way (with a deadline).
+        asked: Option<(Vec<(Token, u64)>, Instant)>,
     },
     /// Fresh counters for the window's end are on their way.
     Concluding {
@@ -169,8 +171,16 @@ impl CanaryWatch {
                 *deadline
             }
             CanaryPhase::Observing {
-                ends, next_report, ..
-            } => (*ends).min(*next_report),
+                ends,
+                next_report,
+                asked,
+                ..
+            } => {
+                let next = (*ends).min(*next_report);
+                asked
+                    .as_ref()
+                    .map_or(next, |(_, deadline)| next.min(*deadline))
+            }
         }
     }
 }
@@ -290,13 +300,12 @@ impl Supervisor {
                 tokens.push(canary);
                 let baseline = self.canary_snapshot(&tokens);
                 let old_workers = baseline.len().saturating_sub(1);
-                // Answered by the first report.
-                self.canary_ask(&tokens);
                 watch.phase = CanaryPhase::Observing {
                     baseline,
                     started: now,
                     ends: now + window,
                     next_report: now + CANARY_REPORT_INTERVAL,
+                    asked: None,
                 };
                 CanaryNext::Report(format!(
                     "canary: worker {worker_id} (pid {canary_pid}) on the new binary for {}, \
@@ -311,6 +320,7 @@ impl Supervisor {
                 started,
                 ends,
                 next_report,
+                asked,
             } => {
                 if now >= *ends {
                     let tokens: Vec<Token> = baseline.iter().map(|(token, _)| *token).collect();
@@ -323,20 +333,27 @@ impl Supervisor {
                     };
                     return self.canary_advance(watch, now);
                 }
+                if let Some((waits, deadline)) = asked {
+                    if !self.canary_answered(waits) && now < *deadline {
+                        return CanaryNext::Wait;
+                    }
+                    *asked = None;
+                    let (canary_rate, old_rate, _) = self.canary_rates(canary, baseline);
+                    return CanaryNext::Report(format!(
+                        "canary: {}/{}: new {canary_rate}, old {old_rate}",
+                        format_duration(now.duration_since(*started)),
+                        format_duration(window)
+                    ));
+                }
                 if now < *next_report {
                     return CanaryNext::Wait;
                 }
                 *next_report = now + CANARY_REPORT_INTERVAL;
-                let (canary_rate, old_rate, _) = self.canary_rates(canary, baseline);
-                let elapsed = now.duration_since(*started);
                 let tokens: Vec<Token> = baseline.iter().map(|(token, _)| *token).collect();
-                // For the next report.
-                self.canary_ask(&tokens);
-                CanaryNext::Report(format!(
-                    "canary: {}/{}: new {canary_rate}, old {old_rate}",
-                    format_duration(elapsed),
-                    format_duration(window)
-                ))
+                let waits = self.canary_ask(&tokens);
+                // Reported once answered, so the figures are this moment's, not a second old.
+                *asked = Some((waits, now + CANARY_REPORT_INTERVAL / 2));
+                CanaryNext::Wait
             }
             CanaryPhase::Concluding {
                 baseline,

@@ -227,7 +227,12 @@ impl Supervisor {
             control.flush_client(c, HANDOVER_FLUSH_BUDGET);
         }
 
-        let mut inherit = vec![control_fd, self.executable.raw_fd()];
+        // The binary the workers run is the one a failed rolling upgrade goes back to.
+        let (workers_binary, workers_binary_fd) = {
+            let executable = self.worker_executable();
+            (executable.path().display().to_string(), executable.raw_fd())
+        };
+        let mut inherit = vec![control_fd, workers_binary_fd];
         inherit.extend(self.listeners.iter().map(|l| l.fd().as_raw_fd()));
         let mut workers = Vec::new();
         for process in self.processes.values() {
@@ -266,8 +271,8 @@ impl Supervisor {
             log_level: self.log_level.clone(),
             control_socket_path: control_path.display().to_string(),
             control_socket_fd: control_fd,
-            previous_binary: self.executable.path().display().to_string(),
-            previous_executable_fd: self.executable.raw_fd(),
+            previous_binary: workers_binary,
+            previous_executable_fd: workers_binary_fd,
             listeners: self
                 .config
                 .listeners
@@ -1130,13 +1135,12 @@ impl Supervisor {
                 self.upgrade_respond(op.client, ControlResponse::Done { message }, true);
             }
             Some((reason, restored)) => {
-                let previous = self
-                    .previous_executable
-                    .as_ref()
-                    .map_or_else(|| binary.clone(), |e| e.path().display().to_string());
+                self.workers_on_previous = self.previous_executable.is_some();
+                let previous = self.worker_executable().path().display().to_string();
                 let message = format!(
                     "rolling upgrade to {binary} failed: {reason}; {restored} replaced worker(s) \
-                     rolled back to {previous}; the other workers kept running"
+                     rolled back to {previous}; the other workers kept running (workers started \
+                     from now on run {previous} too)"
                 );
                 error!("{message}");
                 crate::systemd::status(&message);
