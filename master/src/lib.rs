@@ -12,9 +12,11 @@
 //!   spawn, readiness pipe, pidfds).
 //! - [`systemd`]: socket activation (`LISTEN_FDS`) and `sd_notify`, without libsystemd.
 //! - [`backoff`]: restart delays.
+//! - [`canary`]: error rates and the verdict of an upgrade canary.
 //! - [`logging`]: the tracing subscriber shared by master and workers.
 
 pub mod backoff;
+pub mod canary;
 pub mod config;
 pub mod control;
 pub mod control_socket_path;

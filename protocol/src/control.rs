@@ -192,4 +192,15 @@ pub enum ControlResponse {
         failed_pid: u32,
         restored_pid: u32,
     },
+    /// Canary progress (`UpgradeWith` only, so no older client ever gets it): errors and
+    /// requests of the canary (`new_*`) and of the old workers since the window started.
+    CanaryComparison {
+        worker_id: u32,
+        elapsed_ms: u64,
+        window_ms: u64,
+        new_errors: u64,
+        new_requests: u64,
+        old_errors: u64,
+        old_requests: u64,
+    },
 }

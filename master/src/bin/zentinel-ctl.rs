@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use socket2::{Domain, SockAddr, Socket, Type};
+use zentinel_master::canary::ErrorRate;
 use zentinel_master::config::{load_config, DEFAULT_CONFIG_NAME};
 use zentinel_master::control_socket_path::{master_control_socket, SOCKET_ENV};
 use zentinel_master::preflight::{self, VersionInfo};
@@ -169,7 +170,8 @@ replaced drained, the others wait DUR while its error rate (5xx answers + upstre
 request) is compared with the old workers' over the same window, one line per second:
   canary: 3s/30s: new 0.00% errors (0 of 1530 requests), old 0.00% errors (0 of 1498 requests)
 If it exceeds theirs by more than --max-error-rate percentage points (default 1), or it dies,
-it is rolled back to the previous binary and the command exits 1 with the figures.
+it is rolled back to the previous binary and the command exits 1 with the figures. With --json
+each comparison is {\"event\":\"canary\",\"elapsed_ms\":..,\"new\":{\"errors\":..,\"requests\":..},\"old\":{..}}.
 
 Pre-flight (before anything changes; skipped with --no-preflight):
   pre-flight: binary PATH is executable
@@ -319,12 +321,27 @@ fn run(cli: &Cli) -> CtlResult<()> {
                 }
             }
             let ready = args.ready_timeout.unwrap_or(DEFAULT_READY);
+            let request = upgrade_request(args, binary);
             let mut conn = Connection::open(&socket, cli.timeout)?;
             conn.upgrade(
-                &upgrade_request(args, binary),
+                &request,
                 cli.timeout.max(ready + LONG_OPERATION_MARGIN),
                 args.json,
             )
+            .map_err(|reason| {
+                // Only reachable with --no-preflight: the pre-flight checks the master's
+                // features first.
+                if matches!(request, ControlRequest::UpgradeWith(_))
+                    && reason.contains("invalid request")
+                {
+                    format!(
+                        "{reason} (the running master predates --canary: upgrade without it \
+                         first)"
+                    )
+                } else {
+                    reason
+                }
+            })
         }
         Command::Worker(WorkerCommand::Restart { id }) => {
             let wait = cli
@@ -768,6 +785,34 @@ fn upgrade_line(response: &ControlResponse, json: bool) -> (Option<String>, Opti
             },
             None,
         ),
+        ControlResponse::CanaryComparison {
+            worker_id,
+            elapsed_ms,
+            window_ms,
+            new_errors,
+            new_requests,
+            old_errors,
+            old_requests,
+        } => (
+            if json {
+                value(serde_json::json!({
+                    "event": "canary", "worker_id": worker_id, "elapsed_ms": elapsed_ms,
+                    "window_ms": window_ms,
+                    "new": {"errors": new_errors, "requests": new_requests},
+                    "old": {"errors": old_errors, "requests": old_requests},
+                }))
+            } else {
+                let rate = |errors: u64, requests: u64| ErrorRate { errors, requests };
+                Some(format!(
+                    "canary: {}/{}: new {}, old {}",
+                    format_duration(Duration::from_millis(*elapsed_ms)),
+                    format_duration(Duration::from_millis(*window_ms)),
+                    rate(*new_errors, *new_requests),
+                    rate(*old_errors, *old_requests)
+                ))
+            },
+            None,
+        ),
         ControlResponse::Done { message } => (
             if json {
                 value(serde_json::json!({"event": "done", "message": message}))
@@ -845,6 +890,7 @@ fn response_kind(response: &ControlResponse) -> &'static str {
         ControlResponse::MasterReplaced { .. } => "MasterReplaced",
         ControlResponse::WorkerReplaced { .. } => "WorkerReplaced",
         ControlResponse::WorkerRolledBack { .. } => "WorkerRolledBack",
+        ControlResponse::CanaryComparison { .. } => "CanaryComparison",
         ControlResponse::Done { .. } => "Done",
         ControlResponse::Failed { .. } => "Failed",
     }
@@ -1558,6 +1604,27 @@ mod tests {
             serde_json::from_str(&upgrade_line(&replaced, true).0.unwrap()).unwrap();
         assert_eq!(json["event"], "worker_replaced");
         assert_eq!(json["new_pid"], 456);
+        let comparison = ControlResponse::CanaryComparison {
+            worker_id: 0,
+            elapsed_ms: 2_000,
+            window_ms: 10_000,
+            new_errors: 3,
+            new_requests: 400,
+            old_errors: 1,
+            old_requests: 1_000,
+        };
+        let (line, outcome) = upgrade_line(&comparison, false);
+        assert_eq!(
+            line.unwrap(),
+            "canary: 2s/10s: new 0.75% errors (3 of 400 requests), old 0.10% errors (1 of 1000 \
+             requests)"
+        );
+        assert!(outcome.is_none());
+        let json: serde_json::Value =
+            serde_json::from_str(&upgrade_line(&comparison, true).0.unwrap()).unwrap();
+        assert_eq!(json["event"], "canary");
+        assert_eq!(json["new"]["requests"], 400);
+        assert_eq!(json["old"]["errors"], 1);
         let (line, outcome) = upgrade_line(
             &ControlResponse::Failed {
                 message: "x".into(),

@@ -1017,6 +1017,34 @@ impl Supervisor {
                 info!(worker_id, "{message}");
                 self.upgrade_respond(client, ControlResponse::Progress { message }, false);
             }
+            CanaryNext::Live {
+                elapsed,
+                window,
+                canary,
+                old,
+            } => {
+                op.step = Some(Step::Canary(watch));
+                let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                info!(
+                    worker_id,
+                    elapsed_ms = millis(elapsed),
+                    new_errors = canary.errors,
+                    new_requests = canary.requests,
+                    old_errors = old.errors,
+                    old_requests = old.requests,
+                    "canary comparison"
+                );
+                let comparison = ControlResponse::CanaryComparison {
+                    worker_id,
+                    elapsed_ms: millis(elapsed),
+                    window_ms: millis(window),
+                    new_errors: canary.errors,
+                    new_requests: canary.requests,
+                    old_errors: old.errors,
+                    old_requests: old.requests,
+                };
+                self.upgrade_respond(client, comparison, false);
+            }
             CanaryNext::Pass(message) => {
                 info!(worker_id, "{message}");
                 self.upgrade_respond(client, ControlResponse::Progress { message }, false);
