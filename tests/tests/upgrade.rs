@@ -1224,3 +1224,60 @@ fn canary_rolls_back_a_build_that_answers_500() {
         assert_eq!(w.binary, original, "{:?}", after.raw);
     }
 }
+
+#[test]
+fn canary_that_dies_during_its_window_is_rolled_back() {
+    let be = Backend::start("canary-dies");
+    let mut files = TempFiles::default();
+    let copy = files.add(binary_copy("canary-dies"));
+    let z = Zentinel::start(&configs::proxy_draining(2, free_port(), &be, 5));
+    let original = path_str(&z.binary);
+    let load = start_load(&z);
+
+    let upgrade = ctl_upgrade_in_background(&z, &copy, &["--canary", "20s"]);
+    // The master logs the start of the window; the canary is the running worker on the copy.
+    assert!(
+        wait_until(UPGRADE_DEADLINE, || z
+            .log_text()
+            .contains("on the new binary for 20s")),
+        "the canary window never started:\n{}",
+        z.log()
+    );
+    let canary = snap(&z)
+        .running()
+        .iter()
+        .find(|w| w.binary == path_str(&copy))
+        .map(|w| w.pid)
+        .expect("a running worker on the new binary");
+    send_signal(canary, nix::sys::signal::Signal::SIGKILL);
+    let out = upgrade.join().expect("upgrade thread");
+    assert!(!out.success(), "a dead canary must fail the upgrade: {out}");
+    let said = out.said();
+    assert!(
+        said.contains(&format!(
+            "new worker pid {canary} died after it was ready during the canary"
+        )) && said.contains("rolled back"),
+        "the error must say the canary died: {out}"
+    );
+    assert!(
+        !out.stdout.contains("worker 2/2"),
+        "no other worker may be replaced: {out}"
+    );
+    let mut now = snap(&z);
+    let settled = wait_until(DEADLINE, || {
+        now = snap(&z);
+        now.running().len() == 2
+            && now
+                .running()
+                .iter()
+                .all(|w| exe_of(w.pid) == original && w.binary == original)
+    });
+    assert!(settled, "workers not all back on {original}: {:?}", now.raw);
+    assert!(
+        load.wait_for_more(50, DEADLINE),
+        "no progress after the rollback"
+    );
+    let report = load.stop();
+    // The killed canary's own connections may be cut (at most the 6 load clients).
+    assert!(report.failed() <= 6, "{report}");
+}
