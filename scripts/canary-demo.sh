@@ -140,12 +140,4 @@ zt_info "while the bad canary served (step 3, until it exited): $during; at any 
 ((outside == 0)) || problems+=("$outside requests failed outside the bad canary's window")
 ((during > 0)) || problems+=("no request met the bad canary: the demo proves nothing")
 
-if ((${#problems[@]})); then
-    zt_log "checks FAILED"
-    printf '    %s\n' "${problems[@]}"
-else
-    zt_log "checks passed: the healthy build passed its canary, the 500 build was rolled back, every worker runs the healthy build, and requests failed only while the bad canary served"
-fi
-zt_log "load summary (zentinel-load)"
-cat "$ZT_TMP/load.out"
-((${#problems[@]} == 0))
+zt_report_checks "the healthy build passed its canary, the 500 build was rolled back, every worker runs the healthy build, and requests failed only while the bad canary served"

@@ -285,6 +285,22 @@ zt_free_port() {
     zt_die "no free port found on 127.0.0.1"
 }
 
+# zt_report_checks PASSED_MESSAGE: the end of a harness run. Prints the caller's `problems`
+# array (or PASSED_MESSAGE when it is empty), then the load summary ($ZT_TMP/load.out); fails
+# when there were problems.
+zt_report_checks() {
+    # shellcheck disable=SC2154  # `problems` is the caller's
+    if ((${#problems[@]})); then
+        zt_log "checks FAILED"
+        printf '    %s\n' "${problems[@]}"
+    else
+        zt_log "checks passed: $1"
+    fi
+    zt_log "load summary (zentinel-load)"
+    cat "$ZT_TMP/load.out"
+    ((${#problems[@]} == 0))
+}
+
 # ---------------------------------------------------------------------------------------------
 # Backend
 

@@ -214,13 +214,4 @@ zt_ctl status
 zt_log "throughput during the upgrade windows vs steady state (from --timeline-csv, 100 ms buckets)"
 zt_window_rps "$ZT_TMP/timeline.csv" "$windows" $((duration * 1000))
 
-if ((${#problems[@]})); then
-    zt_log "checks FAILED"
-    printf '    %s\n' "${problems[@]}"
-else
-    zt_log "checks passed: every upgrade exited 0 and replaced the master and every worker (new pids, new binary)"
-fi
-
-zt_log "load summary (zentinel-load)"
-cat "$ZT_TMP/load.out"
-((${#problems[@]} == 0))
+zt_report_checks "every upgrade exited 0 and replaced the master and every worker (new pids, new binary)"

@@ -8,7 +8,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -980,24 +980,42 @@ fn unwritable_or_full_state_dir_fails_the_upgrade_cleanly() {
     report.assert_clean(100, "load across failed and successful upgrades");
 }
 
-/// `ZENTINEL_FAULT_INJECTION` making `fault` fire in processes running from `binary` only.
-fn fault_env(fault: &str, binary: &Path) -> (&'static str, String) {
-    (
-        "ZENTINEL_FAULT_INJECTION",
-        format!("{fault}@{}", path_str(binary)),
-    )
+/// A backend, Zentinel (2 workers, 5 s drain) in front of it, and a copy of the binary to
+/// upgrade to. With `fault`, `ZENTINEL_FAULT_INJECTION` arms it in processes running from that
+/// copy only. Bind the parts to named locals: they stop the processes and delete the copy when
+/// dropped (Zentinel first).
+fn upgrade_rig(label: &str, fault: Option<&str>) -> (Backend, TempFiles, PathBuf, Zentinel) {
+    let be = Backend::start(label);
+    let mut files = TempFiles::default();
+    let copy = files.add(binary_copy(label));
+    let spec = fault.map(|fault| format!("{fault}@{}", path_str(&copy)));
+    let env: Vec<(&str, &str)> = spec
+        .as_deref()
+        .map(|spec| ("ZENTINEL_FAULT_INJECTION", spec))
+        .into_iter()
+        .collect();
+    let z = Zentinel::start_with_env(&configs::proxy_draining(2, free_port(), &be, 5), &env);
+    (be, files, copy, z)
+}
+
+/// Waits until `z` runs two workers, all from `binary` (status and `/proc/PID/exe`).
+fn wait_workers_on(z: &Zentinel, binary: &str) -> Snap {
+    let mut now = snap(z);
+    let settled = wait_until(DEADLINE, || {
+        now = snap(z);
+        now.running().len() == 2
+            && now
+                .running()
+                .iter()
+                .all(|w| exe_of(w.pid) == binary && w.binary == binary)
+    });
+    assert!(settled, "workers not all on {binary}: {:?}", now.raw);
+    now
 }
 
 #[test]
 fn new_master_dying_before_it_is_ready_leaves_the_old_one_serving() {
-    let be = Backend::start("master-dies");
-    let mut files = TempFiles::default();
-    let copy = files.add(binary_copy("master-dies"));
-    let (key, value) = fault_env("master-exit-before-ready", &copy);
-    let z = Zentinel::start_with_env(
-        &configs::proxy_draining(2, free_port(), &be, 5),
-        &[(key, &value)],
-    );
+    let (_be, _files, copy, z) = upgrade_rig("master-dies", Some("master-exit-before-ready"));
     let load = start_load(&z);
     let before = snap(&z);
 
@@ -1029,14 +1047,7 @@ fn new_master_dying_before_it_is_ready_leaves_the_old_one_serving() {
 
 #[test]
 fn new_worker_dying_after_it_is_ready_rolls_the_upgrade_back() {
-    let be = Backend::start("worker-dies");
-    let mut files = TempFiles::default();
-    let copy = files.add(binary_copy("worker-dies"));
-    let (key, value) = fault_env("worker-abort-after-ready", &copy);
-    let z = Zentinel::start_with_env(
-        &configs::proxy_draining(2, free_port(), &be, 5),
-        &[(key, &value)],
-    );
+    let (_be, _files, copy, z) = upgrade_rig("worker-dies", Some("worker-abort-after-ready"));
     let original = path_str(&z.binary);
     let load = start_load(&z);
     let before = snap(&z);
@@ -1053,16 +1064,7 @@ fn new_worker_dying_after_it_is_ready_rolls_the_upgrade_back() {
     );
     // Every worker serves from the original binary again (the new master stays: it is
     // healthy, only its workers were not).
-    let mut now = snap(&z);
-    let settled = wait_until(DEADLINE, || {
-        now = snap(&z);
-        now.running().len() == 2
-            && now
-                .running()
-                .iter()
-                .all(|w| exe_of(w.pid) == original && w.binary == original)
-    });
-    assert!(settled, "workers not all back on {original}: {:?}", now.raw);
+    let now = wait_workers_on(&z, &original);
     assert_ne!(now.master_pid, before.master_pid);
     assert!(
         load.wait_for_more(50, DEADLINE),
@@ -1089,10 +1091,7 @@ fn canary_live_lines(out: &CtlOutput) -> Vec<&str> {
 
 #[test]
 fn canary_passes_a_healthy_build_and_the_upgrade_completes_without_a_failed_request() {
-    let be = Backend::start("canary-ok");
-    let mut files = TempFiles::default();
-    let copy = files.add(binary_copy("canary-ok"));
-    let z = Zentinel::start(&configs::proxy_draining(2, free_port(), &be, 5));
+    let (_be, _files, copy, z) = upgrade_rig("canary-ok", None);
     let load = start_load(&z);
     let before = snap(&z);
     let seen = z.seen_workers();
@@ -1135,14 +1134,7 @@ fn canary_passes_a_healthy_build_and_the_upgrade_completes_without_a_failed_requ
 
 #[test]
 fn canary_rolls_back_a_build_that_answers_500() {
-    let be = Backend::start("canary-500");
-    let mut files = TempFiles::default();
-    let copy = files.add(binary_copy("canary-500"));
-    let (key, value) = fault_env("respond-500", &copy);
-    let z = Zentinel::start_with_env(
-        &configs::proxy_draining(2, free_port(), &be, 5),
-        &[(key, &value)],
-    );
+    let (_be, _files, copy, z) = upgrade_rig("canary-500", Some("respond-500"));
     let original = path_str(&z.binary);
     let load = start_load(&z);
     let before = snap(&z);
@@ -1174,16 +1166,7 @@ fn canary_rolls_back_a_build_that_answers_500() {
         "no other worker may be replaced after a failed canary: {out}"
     );
     // Every worker serves from the original binary again.
-    let mut now = snap(&z);
-    let settled = wait_until(DEADLINE, || {
-        now = snap(&z);
-        now.running().len() == 2
-            && now
-                .running()
-                .iter()
-                .all(|w| exe_of(w.pid) == original && w.binary == original)
-    });
-    assert!(settled, "workers not all back on {original}: {:?}", now.raw);
+    let now = wait_workers_on(&z, &original);
     assert_ne!(now.master_pid, before.master_pid);
     // The 500s stop with the rollback: from now on nothing fails.
     let failed_during_canary = load.failed();
@@ -1227,10 +1210,7 @@ fn canary_rolls_back_a_build_that_answers_500() {
 
 #[test]
 fn canary_that_dies_during_its_window_is_rolled_back() {
-    let be = Backend::start("canary-dies");
-    let mut files = TempFiles::default();
-    let copy = files.add(binary_copy("canary-dies"));
-    let z = Zentinel::start(&configs::proxy_draining(2, free_port(), &be, 5));
+    let (_be, _files, copy, z) = upgrade_rig("canary-dies", None);
     let original = path_str(&z.binary);
     let load = start_load(&z);
 
@@ -1263,16 +1243,7 @@ fn canary_that_dies_during_its_window_is_rolled_back() {
         !out.stdout.contains("worker 2/2"),
         "no other worker may be replaced: {out}"
     );
-    let mut now = snap(&z);
-    let settled = wait_until(DEADLINE, || {
-        now = snap(&z);
-        now.running().len() == 2
-            && now
-                .running()
-                .iter()
-                .all(|w| exe_of(w.pid) == original && w.binary == original)
-    });
-    assert!(settled, "workers not all back on {original}: {:?}", now.raw);
+    wait_workers_on(&z, &original);
     assert!(
         load.wait_for_more(50, DEADLINE),
         "no progress after the rollback"
