@@ -558,6 +558,83 @@ fn rollback_to_a_release_reading_format_2_passes_without_a_canary_only() {
     assert_unchanged(&z, &before, "after a refused canary rollback");
 }
 
+/// The same rollback with the real previous release, when one is given: a `zentinel` built
+/// from the last commit before state format 3 (57be043, which reads formats 1..=2), e.g.
+/// `git archive 57be043 | tar -x -C /tmp/prev && (cd /tmp/prev && cargo build -p
+/// zentinel-master --bins)`, then `ZENTINEL_PREVIOUS_RELEASE_BIN=/tmp/prev/target/debug/zentinel`.
+/// A canary rollback is refused by the pre-flight; a plain rolling one really hands this build's
+/// state (format 2) to the previous release's master, whose workers then serve; and upgrading
+/// back to this build reads the state the previous release wrote. Skipped (with a note) without
+/// the variable: the previous release is a second build this test cannot make itself.
+#[test]
+fn real_rollback_to_the_previous_release() {
+    let Some(previous) = std::env::var_os("ZENTINEL_PREVIOUS_RELEASE_BIN") else {
+        eprintln!(
+            "SKIPPED real_rollback_to_the_previous_release: set ZENTINEL_PREVIOUS_RELEASE_BIN \
+             to a zentinel built from 57be043"
+        );
+        return;
+    };
+    let (_be, z) = start();
+    let mut files = TempFiles::default();
+    let prev = files.add(temp_path("previous-release-zentinel"));
+    install_binary(Path::new(&previous), &prev);
+    let before = snapshot(&z);
+
+    let out = upgrade(
+        &z,
+        &["--rolling", "--binary", &path_str(&prev), "--canary", "5s"],
+    );
+    assert_eq!(out.code, Some(1), "a canary rollback is refused: {out}");
+    assert!(
+        out.stderr.contains("reads upgrade state formats 1..=2")
+            && out.stderr.contains(&format!(
+                "writes format {STATE_FORMAT_VERSION} for an upgrade with --canary"
+            )),
+        "{out}"
+    );
+    assert_unchanged(&z, &before, "after a refused canary rollback");
+
+    let out = upgrade(&z, &["--rolling", "--binary", &path_str(&prev)]);
+    out.assert_success("plain rolling rollback to the previous release");
+    assert!(
+        out.stdout.contains("upgrade complete: 2 workers on"),
+        "{out}"
+    );
+    let rolled_back = snapshot(&z);
+    assert_ne!(rolled_back.master_pid, before.master_pid, "{out}");
+    assert_eq!(rolled_back.binary, path_str(&prev));
+    assert!(rolled_back
+        .running_workers
+        .is_disjoint(&before.running_workers));
+    for pid in rolled_back.running_workers.iter().map(|&p| p as u32) {
+        assert_eq!(
+            process_exe(pid).as_deref(),
+            Some(prev.as_path()),
+            "worker {pid} runs the previous release"
+        );
+    }
+    assert_eq!(
+        process_exe(rolled_back.master_pid as u32).as_deref(),
+        Some(prev.as_path()),
+        "the master runs the previous release"
+    );
+    z.client()
+        .get("/bytes/1000", "rollback.test")
+        .assert_pattern_body(1000);
+
+    // And forward again: this build reads the format 2 state the previous release wrote.
+    let again = files.add(binary_copy("forward-again"));
+    let out = upgrade(&z, &["--rolling", "--binary", &path_str(&again)]);
+    out.assert_success("upgrade from the previous release back to this build");
+    let forward = snapshot(&z);
+    assert_eq!(forward.binary, path_str(&again));
+    assert_ne!(forward.master_pid, rolled_back.master_pid);
+    z.client()
+        .get("/bytes/1000", "rollback.test")
+        .assert_pattern_body(1000);
+}
+
 #[test]
 fn a_hanging_binary_is_killed_at_the_preflight_timeout() {
     let (_be, z) = start();
