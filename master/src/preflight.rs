@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
-use zentinel_protocol::state::STATE_FORMAT_VERSION;
+use zentinel_protocol::state::{PLAIN_UPGRADE_STATE_FORMAT, STATE_FORMAT_VERSION};
 use zentinel_protocol::PROTOCOL_VERSION;
 
 /// Arguments that make a binary print its [`VersionInfo`].
@@ -60,8 +60,15 @@ pub struct VersionInfo {
     pub version: String,
     /// The master <-> worker protocol (`zentinel_protocol::PROTOCOL_VERSION`).
     pub protocol_version: u32,
-    /// The upgrade state format this binary writes.
+    /// The newest upgrade state format this binary writes (for an upgrade with every option it
+    /// supports, e.g. a canary).
     pub state_format_version: u32,
+    /// The state format this binary writes for an upgrade without a canary, when older than
+    /// `state_format_version`: a master writes the oldest format that holds its state, so that
+    /// the previous release can still take over (a downgrade). Absent from builds that always
+    /// wrote `state_format_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plain_upgrade_state_format: Option<u32>,
     /// Every state format this binary reads (as the successor master of an upgrade).
     pub readable_state_formats: Vec<u32>,
     /// The `zentinel-ctl` <-> master protocol.
@@ -83,6 +90,7 @@ impl VersionInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol_version: PROTOCOL_VERSION,
             state_format_version: STATE_FORMAT_VERSION,
+            plain_upgrade_state_format: Some(PLAIN_UPGRADE_STATE_FORMAT),
             readable_state_formats: (OLDEST_READABLE_STATE_FORMAT..=STATE_FORMAT_VERSION).collect(),
             control_protocol_version: CONTROL_PROTOCOL_VERSION,
             features: vec![FEATURE_CANARY.to_owned()],
@@ -97,6 +105,7 @@ impl VersionInfo {
             version: version.to_owned(),
             protocol_version: LEGACY_FORMAT,
             state_format_version: LEGACY_FORMAT,
+            plain_upgrade_state_format: None,
             readable_state_formats: vec![LEGACY_FORMAT],
             control_protocol_version: LEGACY_FORMAT,
             features: Vec::new(),
@@ -108,6 +117,28 @@ impl VersionInfo {
     pub fn to_json(&self) -> String {
         // A struct of strings and integers always serializes.
         serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The state format this binary's master writes to hand over an upgrade, with or without
+    /// a canary.
+    pub fn writes_state_format(&self, canary: bool) -> u32 {
+        if canary {
+            self.state_format_version
+        } else {
+            self.plain_upgrade_state_format
+                .unwrap_or(self.state_format_version)
+        }
+    }
+
+    /// `format 2 (3 with --canary)`, or `format 3` when both are the same.
+    pub fn written_formats_text(&self) -> String {
+        let plain = self.writes_state_format(false);
+        let canary = self.writes_state_format(true);
+        if plain == canary {
+            format!("format {plain}")
+        } else {
+            format!("format {plain} ({canary} with --canary)")
+        }
     }
 
     pub fn reads_state_format(&self, format: u32) -> bool {
@@ -337,26 +368,49 @@ pub fn check_config(
     }
 }
 
-/// The new master reads the state file the running master writes.
+/// The new master reads the state file the running master writes: format
+/// [`VersionInfo::writes_state_format`] for this upgrade (`canary`: `--canary` was asked for).
+/// A running master writes the oldest format that holds its state, so a plain upgrade to the
+/// previous release (a rollback) passes where a canary-gated one, needing a newer format, is
+/// refused.
 ///
 /// A new binary that predates `--version --json` (a downgrade, or a rollback to an older
 /// build) cannot say what it reads; it is let through, because its master refuses a state file
 /// of a format it does not know at take-over (`read_state_file`: "future version") before
 /// confirming readiness, and the running master then keeps serving. Refusing it here would
 /// block every rollback to a build older than this check.
-pub fn check_state_format(running: &VersionInfo, new: &VersionInfo) -> Result<(), String> {
-    if new.legacy || new.reads_state_format(running.state_format_version) {
-        Ok(())
-    } else {
-        Err(format!(
+pub fn check_state_format(
+    running: &VersionInfo,
+    new: &VersionInfo,
+    canary: bool,
+) -> Result<(), String> {
+    let needed = running.writes_state_format(canary);
+    if new.legacy || new.reads_state_format(needed) {
+        return Ok(());
+    }
+    let plain = running.writes_state_format(false);
+    if canary && new.reads_state_format(plain) {
+        return Err(format!(
             "the new binary (zentinel {}) reads upgrade state formats {}, but the running master \
-             (zentinel {}) writes format {}: it could not take over",
+             (zentinel {}) writes format {needed} for an upgrade with --canary: it could not take \
+             over; upgrade to it without --canary (the master then writes format {plain})",
             new.version,
             new.readable_formats_text(),
             running.version,
-            running.state_format_version
-        ))
+        ));
     }
+    Err(format!(
+        "the new binary (zentinel {}) reads upgrade state formats {}, but the running master \
+         (zentinel {}) writes format {needed}{}: it could not take over",
+        new.version,
+        new.readable_formats_text(),
+        running.version,
+        if canary {
+            " for an upgrade with --canary"
+        } else {
+            ""
+        },
+    ))
 }
 
 /// The new master configures the running workers it adopts, so it must speak at least their
@@ -430,10 +484,11 @@ mod tests {
         let current = VersionInfo::current();
         let legacy = VersionInfo::legacy("0.0.9");
         // Any current binary takes over from a legacy master...
-        assert!(check_state_format(&legacy, &current).is_ok());
+        assert!(check_state_format(&legacy, &current, false).is_ok());
         assert!(check_protocol(&legacy, &current).is_ok());
         // ...and a legacy binary cannot say what it reads: its own take-over check decides.
-        assert!(check_state_format(&current, &legacy).is_ok());
+        assert!(check_state_format(&current, &legacy, false).is_ok());
+        assert!(check_state_format(&current, &legacy, true).is_ok());
         assert!(check_protocol(&current, &legacy).is_ok());
         // A binary that says it cannot read the running format, or speaks an older protocol.
         let mut older = current.clone();
@@ -441,7 +496,7 @@ mod tests {
         older.version = "0.0.8".into();
         let mut running = current.clone();
         running.state_format_version = 2;
-        let err = check_state_format(&running, &older).unwrap_err();
+        let err = check_state_format(&running, &older, false).unwrap_err();
         assert!(err.contains("reads upgrade state formats 1,"), "{err}");
         assert!(err.contains("writes format 2"), "{err}");
         running.protocol_version = 2;
@@ -452,6 +507,74 @@ mod tests {
         assert_eq!(gaps.readable_formats_text(), "1, 3");
         gaps.readable_state_formats = vec![1, 2, 3];
         assert_eq!(gaps.readable_formats_text(), "1..=3");
+    }
+
+    /// A rollback: the running master is this build, the new binary is the release before
+    /// canaries, which reads state formats 1 and 2 only.
+    #[test]
+    fn previous_release_takes_over_a_plain_upgrade_but_not_a_canary() {
+        let current = VersionInfo::current();
+        assert_eq!(current.state_format_version, 3);
+        assert_eq!(current.plain_upgrade_state_format, Some(2));
+        assert_eq!(current.writes_state_format(false), 2);
+        assert_eq!(current.writes_state_format(true), 3);
+        assert_eq!(current.written_formats_text(), "format 2 (3 with --canary)");
+        let previous = VersionInfo {
+            version: "0.0.8".into(),
+            state_format_version: 2,
+            plain_upgrade_state_format: None,
+            readable_state_formats: vec![1, 2],
+            features: Vec::new(),
+            ..current.clone()
+        };
+        assert_eq!(previous.written_formats_text(), "format 2");
+        assert_eq!(check_state_format(&current, &previous, false), Ok(()));
+        let err = check_state_format(&current, &previous, true).unwrap_err();
+        assert!(
+            err.contains("zentinel 0.0.8")
+                && err.contains("reads upgrade state formats 1..=2")
+                && err.contains("writes format 3 for an upgrade with --canary")
+                && err.contains("without --canary (the master then writes format 2)"),
+            "{err}"
+        );
+        // This build takes over from the previous release, and from itself either way.
+        assert_eq!(check_state_format(&previous, &current, false), Ok(()));
+        assert_eq!(check_state_format(&current, &current, true), Ok(()));
+        // A binary reading only format 1 is refused both ways, without the --canary hint.
+        let ancient = VersionInfo {
+            readable_state_formats: vec![1],
+            ..previous.clone()
+        };
+        let err = check_state_format(&current, &ancient, false).unwrap_err();
+        assert!(
+            err.contains("writes format 2: it could not take over"),
+            "{err}"
+        );
+        let err = check_state_format(&current, &ancient, true).unwrap_err();
+        assert!(
+            err.contains("writes format 3 for an upgrade with --canary")
+                && !err.contains("without --canary"),
+            "{err}"
+        );
+    }
+
+    /// The JSON of a build that always wrote its latest format has no
+    /// `plain_upgrade_state_format`: it still parses, and that format is needed either way.
+    #[test]
+    fn version_json_without_plain_format_still_parses() {
+        let current = VersionInfo::current();
+        let mut json: serde_json::Value = serde_json::from_str(&current.to_json()).unwrap();
+        assert_eq!(json["plain_upgrade_state_format"], 2);
+        json.as_object_mut()
+            .unwrap()
+            .remove("plain_upgrade_state_format");
+        let before = parse_version_output(&json.to_string()).unwrap();
+        assert_eq!(before.plain_upgrade_state_format, None);
+        assert_eq!(before.writes_state_format(false), 3);
+        assert_eq!(before.writes_state_format(true), 3);
+        let mut reads_two = current.clone();
+        reads_two.readable_state_formats = vec![1, 2];
+        assert!(check_state_format(&before, &reads_two, false).is_err());
     }
 
     #[test]

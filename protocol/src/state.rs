@@ -4,7 +4,19 @@
 //! payload checksum (u64 LE, FNV-1a 64) | payload (rkyv archive of the version's struct).
 //! A newer binary reads every older format version (each old struct is kept frozen here and
 //! converted to the latest); an older binary refuses a newer version with a clear error instead
-//! of guessing. fd numbers in the state are inherited across exec (CLOEXEC cleared only in the
+//! of guessing.
+//!
+//! # Which format is written
+//!
+//! [`encode_state`] writes each state in the oldest format that holds it, so a downgrade to the
+//! previous release stays possible: operators roll a bad release back by "upgrading" to the
+//! previous binary, and that binary only reads the formats it was built with. Today a state
+//! whose upgrade has no canary is written as format 2 ([`PLAIN_UPGRADE_STATE_FORMAT`], what
+//! the release before canaries reads), and only a canary-gated upgrade needs format 3
+//! ([`STATE_FORMAT_VERSION`]); [`format_for`] says which one a state gets. Nothing is lost: a
+//! format 2 file decodes to exactly the state that was encoded (its missing canary is `None`).
+//! The upgrade pre-flight relies on this rule (`VersionInfo::plain_upgrade_state_format` in
+//! the master crate), so change both together. fd numbers in the state are inherited across exec (CLOEXEC cleared only in the
 //! forked child); the new master checks each fd before use.
 //!
 //! Only the magic and the version are common to all versions; the rest of the header belongs to
@@ -53,9 +65,14 @@ pub use v1::MasterStateV1;
 pub use v2::MasterStateV2;
 
 pub const STATE_MAGIC: [u8; 8] = *b"ZNTLSTAT";
-/// The format this build writes. Bump it, and add a frozen `MasterStateV{N}` plus a conversion,
-/// whenever the struct changes.
+/// The latest format, the one this build writes when a state needs everything it holds (and
+/// the newest it reads). Bump it, and add a frozen `MasterStateV{N}` plus a conversion, whenever
+/// the struct changes.
 pub const STATE_FORMAT_VERSION: u32 = 3;
+
+/// The format written for a state whose upgrade (if any) has no canary: the oldest format that
+/// holds it, readable by the release before canaries (see [`format_for`]).
+pub const PLAIN_UPGRADE_STATE_FORMAT: u32 = 2;
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
@@ -210,22 +227,51 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Serialize `state` in the current format (magic, version, length, checksum, payload).
+/// The format [`encode_state`] writes `state` in: the oldest one that holds it losslessly, so
+/// that the previous release can still take over from this one (a downgrade).
+/// [`PLAIN_UPGRADE_STATE_FORMAT`] unless the pending upgrade carries a canary, which only
+/// [`STATE_FORMAT_VERSION`] holds.
+pub fn format_for(state: &MasterState) -> u32 {
+    if v2::holds(state) {
+        PLAIN_UPGRADE_STATE_FORMAT
+    } else {
+        STATE_FORMAT_VERSION
+    }
+}
+
+/// Serialize `state` in the oldest format that holds it ([`format_for`]): magic, version,
+/// length, checksum, payload.
 pub fn encode_state(state: &MasterState) -> Vec<u8> {
-    let payload = match rkyv::to_bytes::<rancor::Error>(state) {
+    let (version, payload) = match MasterStateV2::try_from(state.clone()) {
+        Ok(old) => (PLAIN_UPGRADE_STATE_FORMAT, archive(&old)),
+        Err(v2::NeedsNewerFormat) => (STATE_FORMAT_VERSION, archive(state)),
+    };
+    let mut out = Vec::with_capacity(STATE_HEADER_LEN + payload.len());
+    out.extend_from_slice(&STATE_MAGIC);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&fnv1a64(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn archive<T>(value: &T) -> AlignedVec
+where
+    T: for<'a> Serialize<
+        rkyv::api::high::HighSerializer<
+            AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rancor::Error,
+        >,
+    >,
+{
+    match rkyv::to_bytes::<rancor::Error>(value) {
         Ok(payload) => payload,
         // Serializing into a growable in-memory buffer only fails when the archive outgrows
         // rkyv's 32-bit relative pointers (2 GiB); a master's state is a few KiB, so reaching
         // this is a bug in the caller, not a condition to handle.
         Err(e) => panic!("cannot serialize the master state: {e}"),
-    };
-    let mut out = Vec::with_capacity(STATE_HEADER_LEN + payload.len());
-    out.extend_from_slice(&STATE_MAGIC);
-    out.extend_from_slice(&STATE_FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&fnv1a64(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
-    out
+    }
 }
 
 /// Parse a state file's bytes, of any supported version, into the latest `MasterState`.

@@ -370,7 +370,8 @@ fn generate_missing_fixtures() {
     }
     // state-v1.bin exists and was written by the version 1 encoder; this build cannot write
     // version 1 any more, which is why existing fixtures are never rewritten.
-    // Likewise state-v2.bin, written by the version 2 encoder.
+    // Likewise state-v2.bin, written by the version 2 encoder. (This build writes a canary-less
+    // state as format 2 again, but the fixture must stay the version 2 encoder's own output.)
     let fixtures: [(&str, Vec<u8>); 1] = [("state-v3.bin", encode_state(&frozen_v3_state()))];
     fs::create_dir_all(FIXTURE_DIR).unwrap();
     for (name, bytes) in fixtures {
@@ -581,7 +582,7 @@ fn expect_corrupt(result: Result<MasterState, StateError>, what: &str) -> String
 
 #[test]
 fn realistic_state_round_trips() {
-    let state = frozen_v2_state();
+    let state = frozen_v3_state();
     let bytes = encode_state(&state);
     assert_eq!(&bytes[..8], &STATE_MAGIC);
     assert_eq!(&bytes[8..12], &STATE_FORMAT_VERSION.to_le_bytes());
@@ -604,6 +605,121 @@ fn minimal_state_round_trips() {
     state.config.upstreams.clear();
     let bytes = encode_state(&state);
     assert_eq!(decode_state(&bytes, "state.bin").unwrap(), state);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The format written: the oldest that holds the state, so the previous release can take over
+// (a downgrade). A canary-less state is written as format 2.
+// ---------------------------------------------------------------------------------------------
+
+fn written_version(bytes: &[u8]) -> u32 {
+    u32::from_le_bytes(bytes[8..12].try_into().unwrap())
+}
+
+/// Canary-less states of every shape: no upgrade, a master-only upgrade with and without a
+/// waiting client, a rolling one.
+fn canary_less_states() -> Vec<(&'static str, MasterState)> {
+    let mut no_upgrade = frozen_v2_state();
+    no_upgrade.upgrade = None;
+    let mut master_only = frozen_v2_state();
+    master_only.upgrade = Some(PendingUpgrade {
+        rolling: false,
+        drain_timeout_ms: 1_000,
+        ready_timeout_ms: 2_000,
+        client_fd: None,
+        canary: None,
+    });
+    vec![
+        ("frozen v1 state", frozen_v1_state()),
+        ("frozen v2 state", frozen_v2_state()),
+        ("no upgrade", no_upgrade),
+        ("master-only upgrade from SIGUSR2", master_only),
+    ]
+}
+
+#[test]
+fn canary_less_state_is_written_as_version_2_and_reads_back_equal() {
+    assert_eq!(PLAIN_UPGRADE_STATE_FORMAT, 2);
+    for (what, state) in canary_less_states() {
+        assert!(
+            state.upgrade.as_ref().is_none_or(|u| u.canary.is_none()),
+            "{what}"
+        );
+        assert_eq!(format_for(&state), PLAIN_UPGRADE_STATE_FORMAT, "{what}");
+        let bytes = encode_state(&state);
+        assert_eq!(&bytes[..8], &STATE_MAGIC, "{what}");
+        assert_eq!(written_version(&bytes), 2, "{what}");
+        let payload_len = u64::from_le_bytes(bytes[12..20].try_into().unwrap());
+        assert_eq!(
+            payload_len as usize,
+            bytes.len() - STATE_HEADER_LEN,
+            "{what}"
+        );
+        let checksum = u64::from_le_bytes(bytes[20..28].try_into().unwrap());
+        assert_eq!(checksum, fnv1a64(&bytes[STATE_HEADER_LEN..]), "{what}");
+        assert_eq!(decode_state(&bytes, "state.bin").unwrap(), state, "{what}");
+    }
+}
+
+#[test]
+fn canary_state_is_written_as_version_3() {
+    let state = frozen_v3_state();
+    assert!(state.upgrade.as_ref().unwrap().canary.is_some());
+    assert_eq!(format_for(&state), STATE_FORMAT_VERSION);
+    let bytes = encode_state(&state);
+    assert_eq!(written_version(&bytes), 3);
+    assert_eq!(decode_state(&bytes, "state.bin").unwrap(), state);
+    assert_eq!(
+        MasterStateV2::try_from(state),
+        Err(v2::NeedsNewerFormat),
+        "format 2 must refuse a canary rather than drop it"
+    );
+}
+
+/// The release before canaries reads what this build writes for a plain upgrade, exactly as it
+/// would read its own file: the version 2 frame holds an archive that the frozen version 2 types
+/// (what that release decodes with) validate and deserialize, and its bytes are the very bytes
+/// the version 2 encoder wrote for the same state (the committed state-v2.bin fixture).
+#[test]
+fn version_2_bytes_decode_as_a_version_2_binary_would() {
+    static V2_FIXTURE: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/state-v2.bin"
+    ));
+    for (what, state) in canary_less_states() {
+        let bytes = encode_state(&state);
+        assert_eq!(written_version(&bytes), 2, "{what}");
+        let mut payload = rkyv::util::AlignedVec::<16>::new();
+        payload.extend_from_slice(&bytes[STATE_HEADER_LEN..]);
+        let old = rkyv::from_bytes::<MasterStateV2, rkyv::rancor::Error>(&payload)
+            .unwrap_or_else(|e| panic!("{what}: not a valid version 2 archive: {e}"));
+        assert_eq!(old.generation, state.generation, "{what}");
+        assert_eq!(old.config, state.config, "{what}");
+        assert_eq!(old.workers, state.workers, "{what}");
+        assert_eq!(old.listeners, state.listeners, "{what}");
+        assert_eq!(
+            old.upgrade.as_ref().map(|u| (
+                u.rolling,
+                u.drain_timeout_ms,
+                u.ready_timeout_ms,
+                u.client_fd
+            )),
+            state.upgrade.as_ref().map(|u| (
+                u.rolling,
+                u.drain_timeout_ms,
+                u.ready_timeout_ms,
+                u.client_fd
+            )),
+            "{what}"
+        );
+        assert_eq!(MasterState::from(old), state, "{what}");
+    }
+    // Byte for byte what the version 2 encoder wrote for the frozen version 2 value.
+    assert_eq!(
+        encode_state(&frozen_v2_state()),
+        V2_FIXTURE,
+        "a canary-less state must be written exactly as a version 2 master wrote it"
+    );
 }
 
 fn name() -> impl Strategy<Value = String> {
@@ -766,6 +882,17 @@ proptest! {
     fn any_state_round_trips(state in master_state()) {
         let bytes = encode_state(&state);
         prop_assert_eq!(decode_state(&bytes, "state.bin").unwrap(), state);
+    }
+
+    /// The format written is the oldest that holds the state: 3 exactly when a canary is
+    /// pending, and `format_for` tells the truth about it.
+    #[test]
+    fn written_format_is_the_oldest_that_holds_the_state(state in master_state()) {
+        let has_canary = state.upgrade.as_ref().is_some_and(|u| u.canary.is_some());
+        let bytes = encode_state(&state);
+        prop_assert_eq!(written_version(&bytes), format_for(&state));
+        prop_assert_eq!(format_for(&state), if has_canary { 3 } else { 2 });
+        prop_assert_eq!(MasterStateV2::try_from(state).is_ok(), !has_canary);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
-use zentinel_protocol::state::STATE_FORMAT_VERSION;
+use zentinel_protocol::state::{PLAIN_UPGRADE_STATE_FORMAT, STATE_FORMAT_VERSION};
 use zentinel_protocol::PROTOCOL_VERSION;
 use zentinel_tests::*;
 
@@ -145,6 +145,7 @@ fn version_json_matches_the_constants() {
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(v["protocol_version"], PROTOCOL_VERSION);
     assert_eq!(v["state_format_version"], STATE_FORMAT_VERSION);
+    assert_eq!(v["plain_upgrade_state_format"], PLAIN_UPGRADE_STATE_FORMAT);
     assert_eq!(v["control_protocol_version"], CONTROL_PROTOCOL_VERSION);
     let readable: Vec<u64> = v["readable_state_formats"]
         .as_array()
@@ -190,8 +191,10 @@ fn dry_run_with_a_good_binary_reports_the_plan_and_changes_nothing() {
         "{out}"
     );
     assert!(
-        steps[1].contains(&format!("writes state format {STATE_FORMAT_VERSION}"))
-            && steps[1].contains(&format!("running master pid {}", z.pid)),
+        steps[1].contains(&format!(
+            "writes state format {PLAIN_UPGRADE_STATE_FORMAT} ({STATE_FORMAT_VERSION} with \
+             --canary)"
+        )) && steps[1].contains(&format!("running master pid {}", z.pid)),
         "{out}"
     );
     let config = z.config_path.as_ref().expect("config path");
@@ -392,7 +395,8 @@ fn failed_preflight_stops_a_real_rolling_upgrade() {
         "after an upgrade to a binary rejecting the config",
     );
 
-    // 3. Cannot read the state format the running master writes.
+    // 3. Cannot read the state format the running master writes (for a plain upgrade, the
+    // oldest format that holds its state).
     let old = files.add(temp_path("old-format-zentinel.sh"));
     let old_log = files.add(temp_path("old-format-zentinel.log"));
     fake_zentinel(
@@ -407,9 +411,9 @@ fn failed_preflight_stops_a_real_rolling_upgrade() {
         out.stderr.contains(&format!(
             "reads upgrade state formats {}",
             STATE_FORMAT_VERSION + 5
-        )) && out
-            .stderr
-            .contains(&format!("writes format {STATE_FORMAT_VERSION}")),
+        )) && out.stderr.contains(&format!(
+            "writes format {PLAIN_UPGRADE_STATE_FORMAT}: it could not"
+        )),
         "{out}"
     );
     assert_eq!(
@@ -472,6 +476,163 @@ fn failed_preflight_stops_a_real_rolling_upgrade() {
     assert_ne!(after.master_pid, before.master_pid);
     assert_eq!(after.binary, path_str(&good));
     assert!(after.running_workers.is_disjoint(&before.running_workers));
+}
+
+/// A rollback to the release before canaries, which reads state formats 1 and 2 only: the
+/// running master writes format 2 for a plain upgrade, so the pre-flight lets it through; a
+/// canary-gated upgrade needs format 3 and is refused before anything runs. The "previous
+/// release" is a script answering like one (the real binary would need a second build); the
+/// state it would be handed is proven readable by a version 2 decoder in
+/// protocol/tests/state.rs.
+#[test]
+fn rollback_to_a_release_reading_format_2_passes_without_a_canary_only() {
+    let (_be, z) = start();
+    let mut files = TempFiles::default();
+    let script = files.add(temp_path("previous-release-zentinel.sh"));
+    let log = files.add(temp_path("previous-release-zentinel.log"));
+    fake_zentinel(&script, &log, &version_json("0.0.8", &[1, 2]), None);
+    let before = snapshot(&z);
+    let config = path_str(z.config_path.as_ref().expect("config path"));
+
+    let out = upgrade(
+        &z,
+        &["--rolling", "--binary", &path_str(&script), "--dry-run"],
+    );
+    out.assert_success("dry run of a plain rollback to a release reading formats 1..=2");
+    assert!(
+        out.stdout.contains(&format!(
+            "is zentinel 0.0.8 (protocol {PROTOCOL_VERSION}, reads state formats 1..=2); \
+             running master pid {}",
+            z.pid
+        )),
+        "{out}"
+    );
+    assert!(
+        out.stdout
+            .contains("dry run: the upgrade would proceed; nothing was changed"),
+        "{out}"
+    );
+    assert_eq!(
+        invocations(&log),
+        vec![
+            "--version --json".to_owned(),
+            format!("--check --config {config}")
+        ],
+        "the plain rollback passed the versions step and had its config checked"
+    );
+    assert_unchanged(&z, &before, "after a plain rollback dry run");
+
+    fs::remove_file(&log).expect("reset the invocation log");
+    let out = upgrade(
+        &z,
+        &[
+            "--rolling",
+            "--binary",
+            &path_str(&script),
+            "--canary",
+            "5s",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(out.code, Some(1), "a canary rollback is refused: {out}");
+    assert!(out.stdout.contains("pre-flight: FAILED: "), "{out}");
+    assert!(!out.stdout.contains("would proceed"), "{out}");
+    assert!(
+        out.stderr
+            .contains("pre-flight failed, nothing was changed")
+            && out.stderr.contains("zentinel 0.0.8")
+            && out.stderr.contains("reads upgrade state formats 1..=2")
+            && out.stderr.contains(&format!(
+                "writes format {STATE_FORMAT_VERSION} for an upgrade with --canary"
+            ))
+            && out.stderr.contains(&format!(
+                "without --canary (the master then writes format {PLAIN_UPGRADE_STATE_FORMAT})"
+            )),
+        "{out}"
+    );
+    assert_eq!(
+        invocations(&log),
+        vec!["--version --json".to_owned()],
+        "refused at the versions step, before the config check"
+    );
+    assert_unchanged(&z, &before, "after a refused canary rollback");
+}
+
+/// The same rollback with the real previous release, when one is given: a `zentinel` built
+/// from the last commit before state format 3 (57be043, which reads formats 1..=2), e.g.
+/// `git archive 57be043 | tar -x -C /tmp/prev && (cd /tmp/prev && cargo build -p
+/// zentinel-master --bins)`, then `ZENTINEL_PREVIOUS_RELEASE_BIN=/tmp/prev/target/debug/zentinel`.
+/// A canary rollback is refused by the pre-flight; a plain rolling one really hands this build's
+/// state (format 2) to the previous release's master, whose workers then serve; and upgrading
+/// back to this build reads the state the previous release wrote. Skipped (with a note) without
+/// the variable: the previous release is a second build this test cannot make itself.
+#[test]
+fn real_rollback_to_the_previous_release() {
+    let Some(previous) = std::env::var_os("ZENTINEL_PREVIOUS_RELEASE_BIN") else {
+        eprintln!(
+            "SKIPPED real_rollback_to_the_previous_release: set ZENTINEL_PREVIOUS_RELEASE_BIN \
+             to a zentinel built from 57be043"
+        );
+        return;
+    };
+    let (_be, z) = start();
+    let mut files = TempFiles::default();
+    let prev = files.add(temp_path("previous-release-zentinel"));
+    install_binary(Path::new(&previous), &prev);
+    let before = snapshot(&z);
+
+    let out = upgrade(
+        &z,
+        &["--rolling", "--binary", &path_str(&prev), "--canary", "5s"],
+    );
+    assert_eq!(out.code, Some(1), "a canary rollback is refused: {out}");
+    assert!(
+        out.stderr.contains("reads upgrade state formats 1..=2")
+            && out.stderr.contains(&format!(
+                "writes format {STATE_FORMAT_VERSION} for an upgrade with --canary"
+            )),
+        "{out}"
+    );
+    assert_unchanged(&z, &before, "after a refused canary rollback");
+
+    let out = upgrade(&z, &["--rolling", "--binary", &path_str(&prev)]);
+    out.assert_success("plain rolling rollback to the previous release");
+    assert!(
+        out.stdout.contains("upgrade complete: 2 workers on"),
+        "{out}"
+    );
+    let rolled_back = snapshot(&z);
+    assert_ne!(rolled_back.master_pid, before.master_pid, "{out}");
+    assert_eq!(rolled_back.binary, path_str(&prev));
+    assert!(rolled_back
+        .running_workers
+        .is_disjoint(&before.running_workers));
+    for pid in rolled_back.running_workers.iter().map(|&p| p as u32) {
+        assert_eq!(
+            process_exe(pid).as_deref(),
+            Some(prev.as_path()),
+            "worker {pid} runs the previous release"
+        );
+    }
+    assert_eq!(
+        process_exe(rolled_back.master_pid as u32).as_deref(),
+        Some(prev.as_path()),
+        "the master runs the previous release"
+    );
+    z.client()
+        .get("/bytes/1000", "rollback.test")
+        .assert_pattern_body(1000);
+
+    // And forward again: this build reads the format 2 state the previous release wrote.
+    let again = files.add(binary_copy("forward-again"));
+    let out = upgrade(&z, &["--rolling", "--binary", &path_str(&again)]);
+    out.assert_success("upgrade from the previous release back to this build");
+    let forward = snapshot(&z);
+    assert_eq!(forward.binary, path_str(&again));
+    assert_ne!(forward.master_pid, rolled_back.master_pid);
+    z.client()
+        .get("/bytes/1000", "rollback.test")
+        .assert_pattern_body(1000);
 }
 
 #[test]

@@ -926,7 +926,8 @@ fn preflight_line(json: bool, step: &str, ok: bool, message: &str) {
 }
 
 /// Checks of the new binary before the upgrade request is sent: it is executable, it reads
-/// the state format the running master writes and speaks at least its worker protocol, and
+/// the state format the running master writes for this upgrade (format 2 unless --canary: a
+/// rollback to the release before canaries passes) and speaks at least its worker protocol, and
 /// it accepts the running configuration. Each step prints one line; the first failure is the
 /// command's error, and nothing was changed.
 fn preflight(
@@ -964,9 +965,10 @@ fn preflight(
     })?;
     let (running, running_source) =
         running_master_versions(master, timeout).map_err(|e| fail("versions", e))?;
-    preflight::check_state_format(&running, &new).map_err(|e| fail("versions", e))?;
+    let canary = args.canary.is_some();
+    preflight::check_state_format(&running, &new, canary).map_err(|e| fail("versions", e))?;
     preflight::check_protocol(&running, &new).map_err(|e| fail("versions", e))?;
-    if args.canary.is_some() {
+    if canary {
         preflight::check_feature(&running, &new, preflight::FEATURE_CANARY)
             .map_err(|e| fail("versions", e))?;
     }
@@ -975,7 +977,7 @@ fn preflight(
         "versions",
         true,
         &format!(
-            "{} is zentinel {} ({}); running master pid {} (zentinel {}) writes state format {}{}",
+            "{} is zentinel {} ({}); running master pid {} (zentinel {}) writes state {}{}",
             binary.display(),
             new.version,
             if new.legacy {
@@ -991,7 +993,7 @@ fn preflight(
             },
             master.pid,
             running.version,
-            running.state_format_version,
+            running.written_formats_text(),
             if running.legacy {
                 " (assumed: its binary predates --version --json)"
             } else {
