@@ -266,6 +266,10 @@ fn dry_run_with_a_good_binary_reports_the_plan_and_changes_nothing() {
         .collect();
     assert_eq!(planned, before.running_workers, "{out}");
     assert_eq!(plan["canary"], Value::Null, "{out}");
+    assert_eq!(
+        plan["master"]["state_format_version"], PLAIN_UPGRADE_STATE_FORMAT,
+        "without a canary the state file is written in the older format: {out}"
+    );
     assert_unchanged(&z, &before, "after a JSON dry run");
 
     // With a canary, the plan says how it is judged.
@@ -299,6 +303,10 @@ fn dry_run_with_a_good_binary_reports_the_plan_and_changes_nothing() {
         .unwrap_or_else(|| panic!("no JSON plan: {out}"));
     assert_eq!(plan["canary"]["duration_ms"], 30_000, "{out}");
     assert_eq!(plan["canary"]["max_error_rate_points"], 0.5, "{out}");
+    assert_eq!(
+        plan["master"]["state_format_version"], STATE_FORMAT_VERSION,
+        "{out}"
+    );
     assert_unchanged(&z, &before, "after a canary dry run");
 
     // Without --rolling only the master would be replaced.
@@ -564,17 +572,13 @@ fn rollback_to_a_release_reading_format_2_passes_without_a_canary_only() {
 /// zentinel-master --bins)`, then `ZENTINEL_PREVIOUS_RELEASE_BIN=/tmp/prev/target/debug/zentinel`.
 /// A canary rollback is refused by the pre-flight; a plain rolling one really hands this build's
 /// state (format 2) to the previous release's master, whose workers then serve; and upgrading
-/// back to this build reads the state the previous release wrote. Skipped (with a note) without
-/// the variable: the previous release is a second build this test cannot make itself.
+/// back to this build reads the state the previous release wrote. Ignored by default (run it
+/// with `--ignored`): the previous release is a second build this test cannot make itself.
 #[test]
+#[ignore = "needs ZENTINEL_PREVIOUS_RELEASE_BIN, a zentinel built from 57be043"]
 fn real_rollback_to_the_previous_release() {
-    let Some(previous) = std::env::var_os("ZENTINEL_PREVIOUS_RELEASE_BIN") else {
-        eprintln!(
-            "SKIPPED real_rollback_to_the_previous_release: set ZENTINEL_PREVIOUS_RELEASE_BIN \
-             to a zentinel built from 57be043"
-        );
-        return;
-    };
+    let previous = std::env::var_os("ZENTINEL_PREVIOUS_RELEASE_BIN")
+        .expect("set ZENTINEL_PREVIOUS_RELEASE_BIN to a zentinel built from 57be043");
     let (_be, z) = start();
     let mut files = TempFiles::default();
     let prev = files.add(temp_path("previous-release-zentinel"));

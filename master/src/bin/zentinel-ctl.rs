@@ -168,7 +168,7 @@ Examples:
 Canary (--canary DUR, with --rolling): once the first new worker took over and the worker it
 replaced drained, the others wait DUR while its error rate (5xx answers + upstream failures, per
 request) is compared with the old workers' over the same window, one line per second:
-  canary: 3s/30s: new 0.00% errors (0 of 1530 requests), old 0.00% errors (0 of 1498 requests)
+  canary: 3.0s/30s: new 0.00% errors (0 of 1530 requests), old 0.00% errors (0 of 1498 requests)
 If it exceeds theirs by more than --max-error-rate percentage points (default 1), or it dies,
 it is rolled back to the previous binary and the command exits 1 with the figures. With --json
 each comparison is {\"event\":\"canary\",\"elapsed_ms\":..,\"new\":{\"errors\":..,\"requests\":..},\"old\":{..}}.
@@ -804,8 +804,8 @@ fn upgrade_line(response: &ControlResponse, json: bool) -> (Option<String>, Opti
             } else {
                 let rate = |errors: u64, requests: u64| ErrorRate { errors, requests };
                 Some(format!(
-                    "canary: {}/{}: new {}, old {}",
-                    format_duration(Duration::from_millis(*elapsed_ms)),
+                    "canary: {:.1}s/{}: new {}, old {}",
+                    Duration::from_millis(*elapsed_ms).as_secs_f64(),
                     format_duration(Duration::from_millis(*window_ms)),
                     rate(*new_errors, *new_requests),
                     rate(*old_errors, *old_requests)
@@ -1109,7 +1109,8 @@ fn print_plan(report: &StatusReport, pre: &Preflight, args: &UpgradeArgs) -> Ctl
             "master": {
                 "pid": master.pid, "version": master.version, "binary": master.binary,
                 "generation": master.generation, "config": config,
-                "state_format_version": pre.running.state_format_version,
+                // The format this upgrade's state file will have (2 unless --canary).
+                "state_format_version": pre.running.writes_state_format(args.canary.is_some()),
                 "protocol_version": pre.running.protocol_version,
                 "versions_from": pre.running_source,
             },
@@ -1618,7 +1619,7 @@ mod tests {
         let (line, outcome) = upgrade_line(&comparison, false);
         assert_eq!(
             line.unwrap(),
-            "canary: 2s/10s: new 0.75% errors (3 of 400 requests), old 0.10% errors (1 of 1000 \
+            "canary: 2.0s/10s: new 0.75% errors (3 of 400 requests), old 0.10% errors (1 of 1000 \
              requests)"
         );
         assert!(outcome.is_none());
