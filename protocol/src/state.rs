@@ -16,8 +16,10 @@
 //! ([`STATE_FORMAT_VERSION`]); [`format_for`] says which one a state gets. Nothing is lost: a
 //! format 2 file decodes to exactly the state that was encoded (its missing canary is `None`).
 //! The upgrade pre-flight relies on this rule (`VersionInfo::plain_upgrade_state_format` in
-//! the master crate), so change both together. fd numbers in the state are inherited across exec (CLOEXEC cleared only in the
-//! forked child); the new master checks each fd before use.
+//! the master crate), so change both together.
+//!
+//! fd numbers in the state are inherited across exec (CLOEXEC cleared only in the forked
+//! child); the new master checks each fd before use.
 //!
 //! Only the magic and the version are common to all versions; the rest of the header belongs to
 //! the version, so the version is dispatched on before anything else is read. The payload is
