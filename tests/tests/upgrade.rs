@@ -1252,3 +1252,55 @@ fn canary_that_dies_during_its_window_is_rolled_back() {
     // The killed canary's own connections may be cut (at most the 6 load clients).
     assert!(report.failed() <= 6, "{report}");
 }
+
+#[test]
+fn canary_that_stops_answering_the_master_is_rolled_back() {
+    let (_be, _files, copy, z) = upgrade_rig("canary-silent", None);
+    let original = path_str(&z.binary);
+    let load = start_load(&z);
+
+    let upgrade = ctl_upgrade_in_background(&z, &copy, &["--canary", "3s"]);
+    assert!(
+        wait_until(UPGRADE_DEADLINE, || z
+            .log_text()
+            .contains("on the new binary for 3s")),
+        "the canary window never started:\n{}",
+        z.log()
+    );
+    let canary = snap(&z)
+        .running()
+        .iter()
+        .find(|w| w.binary == path_str(&copy))
+        .map(|w| w.pid)
+        .expect("a running worker on the new binary");
+    // Frozen: alive, its channel open, but it answers nothing (no figures is no verdict).
+    send_signal(canary, nix::sys::signal::Signal::SIGSTOP);
+    let out = upgrade.join().expect("upgrade thread");
+    assert!(
+        !out.success(),
+        "a silent canary must fail the upgrade: {out}"
+    );
+    assert!(
+        out.said()
+            .contains(&format!("(pid {canary}) did not answer"))
+            && out.said().contains("rolled back"),
+        "the error must say the canary went silent: {out}"
+    );
+    assert!(
+        !out.stdout.contains("worker 2/2"),
+        "no other worker may be replaced: {out}"
+    );
+    wait_workers_on(&z, &original);
+    // The frozen canary is killed at its drain deadline like any stuck retired worker.
+    assert!(
+        wait_until(Duration::from_secs(15), || !is_alive(canary)),
+        "the frozen canary {canary} was never killed"
+    );
+    assert!(
+        load.wait_for_more(50, DEADLINE),
+        "no progress after the rollback"
+    );
+    let report = load.stop();
+    // Requests on the frozen canary's connections fail (at most the 6 load clients').
+    assert!(report.ok >= 100, "{report}");
+}

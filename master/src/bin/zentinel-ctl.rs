@@ -169,8 +169,8 @@ Canary (--canary DUR, with --rolling): once the first new worker took over and t
 replaced drained, the others wait DUR while its error rate (5xx answers + upstream failures, per
 request) is compared with the old workers' over the same window, one line per second:
   canary: 3.0s/30s: new 0.00% errors (0 of 1530 requests), old 0.00% errors (0 of 1498 requests)
-If it exceeds theirs by more than --max-error-rate percentage points (default 1), or it dies,
-it is rolled back to the previous binary and the command exits 1 with the figures. With --json
+If it exceeds theirs by more than --max-error-rate percentage points (default 1), dies, or stops
+answering the master, it is rolled back to the previous binary and the command exits 1 with the figures. With --json
 each comparison is {\"event\":\"canary\",\"elapsed_ms\":..,\"new\":{\"errors\":..,\"requests\":..},\"old\":{..}}.
 
 Pre-flight (before anything changes; skipped with --no-preflight):

@@ -19,7 +19,7 @@ use crate::upgrade::format_duration;
 /// How often the live comparison is refreshed and reported.
 const CANARY_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long to wait for the workers' answers at the start and the end of the window.
-const CANARY_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+const CANARY_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the client hears that the canary still waits for the replaced worker's drain.
 const CANARY_DRAIN_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -151,6 +151,18 @@ impl Supervisor {
         })
     }
 
+    /// The canary has not answered its status request of `waits` (it is alive, with a channel):
+    /// a worker that cannot answer the master is not judged healthy for lack of figures.
+    fn canary_silent(&self, waits: &[(Token, u64)], canary: Token) -> bool {
+        waits.iter().any(|&(token, seq)| {
+            token == canary
+                && self
+                    .processes
+                    .get(&token)
+                    .is_some_and(|p| p.status_received < seq && p.channel.is_some() && !p.killed)
+        })
+    }
+
     fn canary_snapshot(&self, tokens: &[Token]) -> Vec<(Token, WorkerCounters)> {
         tokens
             .iter()
@@ -224,6 +236,13 @@ impl Supervisor {
                 if !self.canary_answered(waits) && now < *deadline {
                     return CanaryNext::Wait;
                 }
+                if self.canary_silent(waits, canary) {
+                    return CanaryNext::Fail(format!(
+                        "canary failed: new worker {worker_id} (pid {canary_pid}) did not answer \
+                         the master's status request within {}",
+                        format_duration(CANARY_ANSWER_TIMEOUT)
+                    ));
+                }
                 let mut tokens = self.canary_peers(worker_id);
                 tokens.push(canary);
                 let baseline = self.canary_snapshot(&tokens);
@@ -292,6 +311,13 @@ impl Supervisor {
             } => {
                 if !self.canary_answered(waits) && now < *deadline {
                     return CanaryNext::Wait;
+                }
+                if self.canary_silent(waits, canary) {
+                    return CanaryNext::Fail(format!(
+                        "canary failed: new worker {worker_id} (pid {canary_pid}) did not answer \
+                         the master's status request at the end of the window within {}",
+                        format_duration(CANARY_ANSWER_TIMEOUT)
+                    ));
                 }
                 let (canary_rate, old_rate, old_workers) = self.canary_rates(canary, baseline);
                 let observed = format_duration(now.duration_since(*started));
