@@ -1208,42 +1208,59 @@ fn canary_rolls_back_a_build_that_answers_500() {
     }
 }
 
-#[test]
-fn canary_that_dies_during_its_window_is_rolled_back() {
-    let (_be, _files, copy, z) = upgrade_rig("canary-dies", None);
-    let original = path_str(&z.binary);
-    let load = start_load(&z);
-
-    let upgrade = ctl_upgrade_in_background(&z, &copy, &["--canary", "20s"]);
-    // The master logs the start of the window; the canary is the running worker on the copy.
+/// Starts a canary-gated upgrade to `copy` with a `window`, sends `signal` to the canary once the
+/// master logged the window's start, and checks what any failed canary must give: the command
+/// fails, no second worker is replaced, and every worker runs `z`'s binary again. Returns the
+/// command's output and the canary's pid.
+fn upset_canary(
+    z: &Zentinel,
+    copy: &Path,
+    window: &str,
+    signal: nix::sys::signal::Signal,
+) -> (CtlOutput, u32) {
+    let upgrade = ctl_upgrade_in_background(z, copy, &["--canary", window]);
     assert!(
         wait_until(UPGRADE_DEADLINE, || z
             .log_text()
-            .contains("on the new binary for 20s")),
+            .contains(&format!("on the new binary for {window}"))),
         "the canary window never started:\n{}",
         z.log()
     );
-    let canary = snap(&z)
+    let canary = snap(z)
         .running()
         .iter()
-        .find(|w| w.binary == path_str(&copy))
+        .find(|w| w.binary == path_str(copy))
         .map(|w| w.pid)
         .expect("a running worker on the new binary");
-    send_signal(canary, nix::sys::signal::Signal::SIGKILL);
+    send_signal(canary, signal);
     let out = upgrade.join().expect("upgrade thread");
-    assert!(!out.success(), "a dead canary must fail the upgrade: {out}");
-    let said = out.said();
     assert!(
-        said.contains(&format!(
-            "new worker pid {canary} died after it was ready during the canary"
-        )) && said.contains("rolled back"),
-        "the error must say the canary died: {out}"
+        !out.success(),
+        "the canary got {signal}, the upgrade must fail: {out}"
+    );
+    assert!(
+        out.said().contains("rolled back"),
+        "the error must say the canary was rolled back: {out}"
     );
     assert!(
         !out.stdout.contains("worker 2/2"),
         "no other worker may be replaced: {out}"
     );
-    wait_workers_on(&z, &original);
+    wait_workers_on(z, &path_str(&z.binary));
+    (out, canary)
+}
+
+#[test]
+fn canary_that_dies_during_its_window_is_rolled_back() {
+    let (_be, _files, copy, z) = upgrade_rig("canary-dies", None);
+    let load = start_load(&z);
+    let (out, canary) = upset_canary(&z, &copy, "20s", nix::sys::signal::Signal::SIGKILL);
+    assert!(
+        out.said().contains(&format!(
+            "new worker pid {canary} died after it was ready during the canary"
+        )),
+        "the error must say the canary died: {out}"
+    );
     assert!(
         load.wait_for_more(50, DEADLINE),
         "no progress after the rollback"
@@ -1256,41 +1273,14 @@ fn canary_that_dies_during_its_window_is_rolled_back() {
 #[test]
 fn canary_that_stops_answering_the_master_is_rolled_back() {
     let (_be, _files, copy, z) = upgrade_rig("canary-silent", None);
-    let original = path_str(&z.binary);
     let load = start_load(&z);
-
-    let upgrade = ctl_upgrade_in_background(&z, &copy, &["--canary", "3s"]);
-    assert!(
-        wait_until(UPGRADE_DEADLINE, || z
-            .log_text()
-            .contains("on the new binary for 3s")),
-        "the canary window never started:\n{}",
-        z.log()
-    );
-    let canary = snap(&z)
-        .running()
-        .iter()
-        .find(|w| w.binary == path_str(&copy))
-        .map(|w| w.pid)
-        .expect("a running worker on the new binary");
     // Frozen: alive, its channel open, but it answers nothing (no figures is no verdict).
-    send_signal(canary, nix::sys::signal::Signal::SIGSTOP);
-    let out = upgrade.join().expect("upgrade thread");
-    assert!(
-        !out.success(),
-        "a silent canary must fail the upgrade: {out}"
-    );
+    let (out, canary) = upset_canary(&z, &copy, "3s", nix::sys::signal::Signal::SIGSTOP);
     assert!(
         out.said()
-            .contains(&format!("(pid {canary}) did not answer"))
-            && out.said().contains("rolled back"),
+            .contains(&format!("(pid {canary}) did not answer")),
         "the error must say the canary went silent: {out}"
     );
-    assert!(
-        !out.stdout.contains("worker 2/2"),
-        "no other worker may be replaced: {out}"
-    );
-    wait_workers_on(&z, &original);
     // The frozen canary is killed at its drain deadline like any stuck retired worker.
     assert!(
         wait_until(Duration::from_secs(15), || !is_alive(canary)),
