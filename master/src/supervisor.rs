@@ -1338,6 +1338,16 @@ impl Supervisor {
         }
     }
 
+    /// Every `(worker, reply number)` of `waits` answered, or can no longer answer (gone, its
+    /// channel closed, or killed).
+    fn all_answered(&self, waits: &[(Token, u64)]) -> bool {
+        waits.iter().all(|&(token, seq)| {
+            self.processes
+                .get(&token)
+                .is_none_or(|p| p.status_received >= seq || p.channel.is_none() || p.killed)
+        })
+    }
+
     /// Ask one worker for its counters; returns the number its reply will have.
     fn ask_status(&mut self, token: Token) -> Option<u64> {
         if self.handing_over() {

@@ -143,14 +143,6 @@ impl Supervisor {
             .collect()
     }
 
-    fn canary_answered(&self, waits: &[(Token, u64)]) -> bool {
-        waits.iter().all(|&(token, seq)| {
-            self.processes
-                .get(&token)
-                .is_none_or(|p| p.status_received >= seq || p.channel.is_none() || p.killed)
-        })
-    }
-
     /// The canary has not answered its status request of `waits` (it is alive, with a channel):
     /// a worker that cannot answer the master is not judged healthy for lack of figures.
     fn canary_silent(&self, waits: &[(Token, u64)], canary: Token) -> bool {
@@ -233,7 +225,7 @@ impl Supervisor {
                 self.canary_advance(watch, now)
             }
             CanaryPhase::Baseline { waits, deadline } => {
-                if !self.canary_answered(waits) && now < *deadline {
+                if !self.all_answered(waits) && now < *deadline {
                     return CanaryNext::Wait;
                 }
                 if self.canary_silent(waits, canary) {
@@ -281,7 +273,7 @@ impl Supervisor {
                     return self.canary_advance(watch, now);
                 }
                 if let Some((waits, deadline)) = asked {
-                    if !self.canary_answered(waits) && now < *deadline {
+                    if !self.all_answered(waits) && now < *deadline {
                         return CanaryNext::Wait;
                     }
                     *asked = None;
@@ -309,7 +301,7 @@ impl Supervisor {
                 waits,
                 deadline,
             } => {
-                if !self.canary_answered(waits) && now < *deadline {
+                if !self.all_answered(waits) && now < *deadline {
                     return CanaryNext::Wait;
                 }
                 if self.canary_silent(waits, canary) {

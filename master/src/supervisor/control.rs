@@ -140,15 +140,9 @@ impl Supervisor {
 
     /// Answer every pending `Status` whose workers all replied (or went away).
     pub(super) fn status_progress(&mut self) {
-        let processes = &self.processes;
-        let answered = |&(token, seq): &(Token, u64)| {
-            processes.get(&token).is_none_or(|process| {
-                process.status_received >= seq || process.channel.is_none() || process.killed
-            })
-        };
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_status)
             .into_iter()
-            .partition(|pending| pending.waits.iter().all(answered));
+            .partition(|pending| self.all_answered(&pending.waits));
         self.pending_status = waiting;
         for pending in ready {
             let report = self.status_report(&[]);

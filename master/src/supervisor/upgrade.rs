@@ -722,13 +722,7 @@ impl Supervisor {
         let Some(adoption) = self.adoption.as_ref() else {
             return;
         };
-        let processes = &self.processes;
-        let answered = adoption.waits.iter().all(|&(token, seq)| {
-            processes
-                .get(&token)
-                .is_none_or(|p| p.status_received >= seq || p.channel.is_none() || p.killed)
-        });
-        if !answered {
+        if !self.all_answered(&adoption.waits) {
             return;
         }
         let Some(adoption) = self.adoption.take() else {
