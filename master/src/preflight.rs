@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
-use zentinel_protocol::state::{PLAIN_UPGRADE_STATE_FORMAT, STATE_FORMAT_VERSION};
+use zentinel_protocol::state::STATE_FORMAT_VERSION;
 use zentinel_protocol::PROTOCOL_VERSION;
 
 /// Arguments that make a binary print its [`VersionInfo`].
@@ -39,9 +39,18 @@ pub const OLDEST_READABLE_STATE_FORMAT: u32 = 1;
 /// `zentinel X.Y.Z` line (clap handles `--version` before looking at other arguments).
 pub const LEGACY_FORMAT: u32 = 1;
 
+/// The first state format that carries the configuration as source text: releases that read
+/// only older formats cannot take over from one that writes it.
+pub const TEXT_STATE_FORMAT: u32 = 4;
+
 /// The upgrade option `--canary`: the running master must carry the request to its successor
 /// and the new master must run the canary.
 pub const FEATURE_CANARY: &str = "canary";
+
+/// The running master answers `ControlRequest::RunningConfig` with the source text it runs,
+/// and the binary checks such a text with `--check-source FILE`: the pre-flight checks a new
+/// binary against the very text the new master will be handed, not the file on disk.
+pub const FEATURE_RUNNING_CONFIG: &str = "running-config";
 
 /// Output kept from one child stream: an error message fits easily; a binary that floods its
 /// output must not make the client buffer it all.
@@ -90,10 +99,10 @@ impl VersionInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol_version: PROTOCOL_VERSION,
             state_format_version: STATE_FORMAT_VERSION,
-            plain_upgrade_state_format: Some(PLAIN_UPGRADE_STATE_FORMAT),
+            plain_upgrade_state_format: Some(STATE_FORMAT_VERSION),
             readable_state_formats: (OLDEST_READABLE_STATE_FORMAT..=STATE_FORMAT_VERSION).collect(),
             control_protocol_version: CONTROL_PROTOCOL_VERSION,
-            features: vec![FEATURE_CANARY.to_owned()],
+            features: vec![FEATURE_CANARY.to_owned(), FEATURE_RUNNING_CONFIG.to_owned()],
             legacy: false,
         }
     }
@@ -338,7 +347,8 @@ pub fn query_version(binary: &Path, timeout: Duration) -> Result<VersionInfo, St
 }
 
 /// `BINARY --check [--config PATH]` (no path: the embedded default config), bounded by
-/// `timeout`. Ok: the binary's own `configuration ... is ok` line.
+/// `timeout`. Ok: the binary's own success line. For binaries or masters without
+/// [`FEATURE_RUNNING_CONFIG`]; otherwise [`check_running_source`].
 pub fn check_config(
     binary: &Path,
     config: Option<&Path>,
@@ -362,6 +372,52 @@ pub fn check_config(
                 || "<embedded default>".to_owned(),
                 |p| p.display().to_string()
             ),
+            out.status_text(),
+            out.said()
+        ))
+    }
+}
+
+/// `BINARY --check-source FILE` on the running master's source text (what the new master will
+/// parse at take-over), bounded by `timeout`. Ok: the binary's own success line.
+pub fn check_running_source(
+    binary: &Path,
+    source: &zentinel_protocol::config_source::ConfigSource,
+    timeout: Duration,
+) -> Result<String, String> {
+    let file = std::env::temp_dir().join(format!(
+        "zentinel-preflight-source-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    let written = {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
+            .and_then(|mut f| f.write_all(&source.encode()))
+    };
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&file);
+        return Err(format!("cannot write {}: {e}", file.display()));
+    }
+    let file_arg = file.display().to_string();
+    let out = run_bounded(binary, &["--check-source", &file_arg], timeout);
+    let _ = std::fs::remove_file(&file);
+    let out = out?;
+    let name = source.main().map_or("", |main| main.path.as_str());
+    if out.status.success() {
+        Ok(shown(&out.stdout))
+    } else {
+        Err(format!(
+            "{} rejects the running configuration {name} (the text the running master was \
+             started or reloaded with) ({}): {}",
+            binary.display(),
             out.status_text(),
             out.said()
         ))
@@ -399,9 +455,16 @@ pub fn check_state_format(
             running.version,
         ));
     }
+    let advice = if needed >= TEXT_STATE_FORMAT && !new.reads_state_format(TEXT_STATE_FORMAT) {
+        "; a release from before format 4 (the configuration handed over as text) cannot take \
+         over from this one by an upgrade: to go back to it, restart the service on it \
+         (replace the binary, then `systemctl restart zentinel`), which closes open connections"
+    } else {
+        ""
+    };
     Err(format!(
         "the new binary (zentinel {}) reads upgrade state formats {}, but the running master \
-         (zentinel {}) writes format {needed}{}: it could not take over",
+         (zentinel {}) writes format {needed}{}: it could not take over{advice}",
         new.version,
         new.readable_formats_text(),
         running.version,
@@ -496,6 +559,7 @@ mod tests {
         older.version = "0.0.8".into();
         let mut running = current.clone();
         running.state_format_version = 2;
+        running.plain_upgrade_state_format = None;
         let err = check_state_format(&running, &older, false).unwrap_err();
         assert!(err.contains("reads upgrade state formats 1,"), "{err}");
         assert!(err.contains("writes format 2"), "{err}");
@@ -509,53 +573,37 @@ mod tests {
         assert_eq!(gaps.readable_formats_text(), "1..=3");
     }
 
-    /// A rollback: the running master is this build, the new binary is the release before
-    /// canaries, which reads state formats 1 and 2 only.
+    /// A rollback to the release before format 4 (the configuration as text): it reads formats
+    /// 1 to 3 only, so the pre-flight refuses, saying what the operator does instead.
     #[test]
-    fn previous_release_takes_over_a_plain_upgrade_but_not_a_canary() {
+    fn release_before_the_text_state_cannot_take_over() {
         let current = VersionInfo::current();
-        assert_eq!(current.state_format_version, 3);
-        assert_eq!(current.plain_upgrade_state_format, Some(2));
-        assert_eq!(current.writes_state_format(false), 2);
-        assert_eq!(current.writes_state_format(true), 3);
-        assert_eq!(current.written_formats_text(), "format 2 (3 with --canary)");
+        assert_eq!(current.state_format_version, 4);
+        assert_eq!(current.writes_state_format(false), 4);
+        assert_eq!(current.writes_state_format(true), 4);
+        assert_eq!(current.written_formats_text(), "format 4");
         let previous = VersionInfo {
-            version: "0.0.8".into(),
-            state_format_version: 2,
-            plain_upgrade_state_format: None,
-            readable_state_formats: vec![1, 2],
-            features: Vec::new(),
+            version: "0.0.9".into(),
+            state_format_version: 3,
+            plain_upgrade_state_format: Some(2),
+            readable_state_formats: vec![1, 2, 3],
+            features: vec![FEATURE_CANARY.to_owned()],
             ..current.clone()
         };
-        assert_eq!(previous.written_formats_text(), "format 2");
-        assert_eq!(check_state_format(&current, &previous, false), Ok(()));
-        let err = check_state_format(&current, &previous, true).unwrap_err();
-        assert!(
-            err.contains("zentinel 0.0.8")
-                && err.contains("reads upgrade state formats 1..=2")
-                && err.contains("writes format 3 for an upgrade with --canary")
-                && err.contains("without --canary (the master then writes format 2)"),
-            "{err}"
-        );
-        // This build takes over from the previous release, and from itself either way.
+        for canary in [false, true] {
+            let err = check_state_format(&current, &previous, canary).unwrap_err();
+            assert!(
+                err.contains("zentinel 0.0.9")
+                    && err.contains("reads upgrade state formats 1..=3")
+                    && err.contains("writes format 4")
+                    && err.contains("restart"),
+                "{err}"
+            );
+        }
+        // This build takes over from the previous release (plain or canary), and from itself.
         assert_eq!(check_state_format(&previous, &current, false), Ok(()));
+        assert_eq!(check_state_format(&previous, &current, true), Ok(()));
         assert_eq!(check_state_format(&current, &current, true), Ok(()));
-        // A binary reading only format 1 is refused both ways, without the --canary hint.
-        let ancient = VersionInfo {
-            readable_state_formats: vec![1],
-            ..previous.clone()
-        };
-        let err = check_state_format(&current, &ancient, false).unwrap_err();
-        assert!(
-            err.contains("writes format 2: it could not take over"),
-            "{err}"
-        );
-        let err = check_state_format(&current, &ancient, true).unwrap_err();
-        assert!(
-            err.contains("writes format 3 for an upgrade with --canary")
-                && !err.contains("without --canary"),
-            "{err}"
-        );
     }
 
     /// The JSON of a build that always wrote its latest format has no
@@ -564,17 +612,17 @@ mod tests {
     fn version_json_without_plain_format_still_parses() {
         let current = VersionInfo::current();
         let mut json: serde_json::Value = serde_json::from_str(&current.to_json()).unwrap();
-        assert_eq!(json["plain_upgrade_state_format"], 2);
+        assert_eq!(json["plain_upgrade_state_format"], 4);
         json.as_object_mut()
             .unwrap()
             .remove("plain_upgrade_state_format");
         let before = parse_version_output(&json.to_string()).unwrap();
         assert_eq!(before.plain_upgrade_state_format, None);
-        assert_eq!(before.writes_state_format(false), 3);
-        assert_eq!(before.writes_state_format(true), 3);
-        let mut reads_two = current.clone();
-        reads_two.readable_state_formats = vec![1, 2];
-        assert!(check_state_format(&before, &reads_two, false).is_err());
+        assert_eq!(before.writes_state_format(false), 4);
+        assert_eq!(before.writes_state_format(true), 4);
+        let mut reads_three = current.clone();
+        reads_three.readable_state_formats = vec![1, 2, 3];
+        assert!(check_state_format(&before, &reads_three, false).is_err());
     }
 
     #[test]

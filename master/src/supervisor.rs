@@ -36,7 +36,9 @@ use nix::unistd::Pid;
 use tracing::{debug, error, info, warn};
 use zentinel_protocol::channel::check_version;
 use zentinel_protocol::config::ProxyConfig;
+use zentinel_protocol::config_source::ConfigSource;
 use zentinel_protocol::control::{ControlRequest, ControlResponse};
+use zentinel_protocol::messages::v2::MasterMessageV2;
 use zentinel_protocol::messages::{
     Hello, MasterMessage, WorkerCounters, WorkerMessage, WorkerStart, PROTOCOL_VERSION,
 };
@@ -128,8 +130,9 @@ pub struct SupervisorSetup {
     pub config: ProxyConfig,
     /// Where the configuration came from, for logs and status.
     pub config_name: String,
-    /// The file to re-read on reload; `None`: the embedded default.
-    pub config_path: Option<PathBuf>,
+    /// The text `config` was parsed from (its `main_path` is the file to re-read on reload;
+    /// `None`: the embedded default). A binary upgrade hands it to the next master.
+    pub config_source: ConfigSource,
     /// Bound listeners, in the order of `config.listeners`.
     pub listeners: Vec<BoundListener>,
     pub executable: Executable,
@@ -293,7 +296,7 @@ impl WorkerSlot {
 pub struct Supervisor {
     config: ProxyConfig,
     config_name: String,
-    config_path: Option<PathBuf>,
+    config_source: ConfigSource,
     listeners: Vec<BoundListener>,
     executable: Executable,
     signals: SignalFd,
@@ -374,7 +377,7 @@ impl Supervisor {
         Ok(Supervisor {
             config: setup.config,
             config_name: setup.config_name,
-            config_path: setup.config_path,
+            config_source: setup.config_source,
             listeners: setup.listeners,
             executable: setup.executable,
             signals: setup.signals,
@@ -523,6 +526,9 @@ impl Supervisor {
                 },
                 EXIT_FLUSH_BUDGET,
             );
+        }
+        if let Some(path) = &self.config.system.pid_file {
+            crate::pid_file::remove_if_ours(path, std::process::id());
         }
         match std::mem::replace(&mut self.phase, Phase::Running) {
             Phase::Stopping {
@@ -733,7 +739,7 @@ impl Supervisor {
         let start = MasterMessage::Start(WorkerStart {
             worker_id: process.worker_id,
             generation: process.generation,
-            config: self.config.clone(),
+            config: Box::new(self.config.clone()),
             listeners: self.listeners.iter().map(BoundListener::handle).collect(),
         });
         let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.as_fd()).collect();
@@ -761,7 +767,15 @@ impl Supervisor {
                 master_pid = std::process::id(),
                 "zentinel started"
             );
+            self.write_pid_file();
             systemd::ready(&self.serving_status());
+        }
+    }
+
+    /// `system { pid-file }`: this master serves from now on.
+    pub(super) fn write_pid_file(&self) {
+        if let Some(path) = &self.config.system.pid_file {
+            crate::pid_file::write(path, std::process::id());
         }
     }
 
@@ -783,9 +797,10 @@ impl Supervisor {
         }
         self.notify_reloading = true;
         let what = self
-            .config_path
-            .as_ref()
-            .map_or_else(|| self.config_name.clone(), |p| p.display().to_string());
+            .config_source
+            .main_path
+            .clone()
+            .unwrap_or_else(|| self.config_name.clone());
         systemd::reloading(&format!("reloading {what}"));
     }
 
@@ -1469,7 +1484,14 @@ fn send(
     fds: &[BorrowedFd<'_>],
 ) -> Result<(), ProtocolError> {
     let channel = process.channel.as_mut().ok_or(ProtocolError::Closed)?;
-    channel.send(message, fds)?;
+    if process.protocol_version == 2 {
+        // An adopted worker of the previous protocol reads only its own layout.
+        let legacy = MasterMessageV2::try_from(message)
+            .map_err(|err| ProtocolError::Invalid(err.to_string()))?;
+        channel.send(&legacy, fds)?;
+    } else {
+        channel.send(message, fds)?;
+    }
     update_interest(registry, process)
 }
 

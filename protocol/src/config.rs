@@ -30,6 +30,9 @@ pub struct SystemConfig {
     pub graceful_shutdown_timeout_secs: u64,
     /// `None` means the platform default (resolved by the master).
     pub control_socket: Option<String>,
+    /// The master writes its pid here once it serves (a successor master after an upgrade
+    /// rewrites it) and removes it when it stops. `None`: no pid file.
+    pub pid_file: Option<String>,
 }
 
 impl Default for SystemConfig {
@@ -39,6 +42,7 @@ impl Default for SystemConfig {
             max_connections: 10_000,
             graceful_shutdown_timeout_secs: 30,
             control_socket: None,
+            pid_file: None,
         }
     }
 }

@@ -55,6 +55,11 @@ pub enum ControlRequest {
     /// tag: a master that predates it still reads every other request, and refuses this one as
     /// malformed. `zentinel-ctl` sends it only when an option needs it.
     UpgradeWith(Box<UpgradeRequest>),
+    /// The running configuration's source text (answered with
+    /// [`ControlResponse::RunningConfig`]): what the upgrade pre-flight checks a new binary
+    /// against, since it is what the new master will parse. Added after control protocol 2
+    /// without changing the archived size; older masters refuse it.
+    RunningConfig,
 }
 
 /// Everything an upgrade request says; see [`ControlRequest::Upgrade`].
@@ -203,4 +208,6 @@ pub enum ControlResponse {
         old_errors: u64,
         old_requests: u64,
     },
+    /// The answer to [`ControlRequest::RunningConfig`] (boxed: the archived size stays).
+    RunningConfig(Box<crate::config_source::ConfigSource>),
 }

@@ -1,6 +1,7 @@
 //! The Zentinel master/worker protocol.
 //!
 //! - [`config`]: the configuration model that travels to workers.
+//! - [`config_source`]: a configuration's source text, what crosses a binary upgrade.
 //! - [`messages`]: master <-> worker messages and the protocol version.
 //! - [`frame`]: length-prefixed frames carrying validated rkyv archives.
 //! - [`fd_passing`]: SCM_RIGHTS send/receive of file descriptor batches.
@@ -10,6 +11,7 @@
 
 pub mod channel;
 pub mod config;
+pub mod config_source;
 pub mod control;
 pub mod error;
 pub mod fd_passing;

@@ -9,12 +9,20 @@ use crate::config::ProxyConfig;
 
 /// Bumped whenever a message layout changes incompatibly.
 ///
+/// 3: `WorkerStart::config` is boxed, so the archived `MasterMessage` no longer grows with the
+/// configuration model (the config lives behind a relative pointer). An adopted protocol 2
+/// worker still receives `Drain`, `Stop` and `StatusRequest` in the layout it reads
+/// ([`v2::MasterMessageV2`]); it is never sent a configuration (a reload waits until it is
+/// replaced).
+///
 /// 2: `UpstreamConfig` (inside `Start`/`Reconfigure`) gained `health_check` and
 /// `passive_health`. The archived `ProxyConfig` kept its size, so `Drain`, `Stop` and
 /// `StatusRequest` (all an adopted worker gets from a new master: adoption sends no Hello) are
 /// byte-for-byte what version 1 sent; the Hello check only refuses a version 1 binary started
 /// by a version 2 master (a rollback), which could not read its `Start` anyway.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
+
+pub mod v2;
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
@@ -40,7 +48,8 @@ pub struct ListenerHandle {
 pub struct WorkerStart {
     pub worker_id: u32,
     pub generation: u64,
-    pub config: ProxyConfig,
+    /// Boxed: the message keeps one archived size whatever the configuration model holds.
+    pub config: Box<ProxyConfig>,
     pub listeners: Vec<ListenerHandle>,
 }
 

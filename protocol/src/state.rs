@@ -6,17 +6,20 @@
 //! converted to the latest); an older binary refuses a newer version with a clear error instead
 //! of guessing.
 //!
-//! # Which format is written
+//! # What crosses the exec: the configuration's source, and runtime facts
 //!
-//! [`encode_state`] writes each state in the oldest format that holds it, so a downgrade to the
-//! previous release stays possible: operators roll a bad release back by "upgrading" to the
-//! previous binary, and that binary only reads the formats it was built with. Today a state
-//! whose upgrade has no canary is written as format 2 ([`PLAIN_UPGRADE_STATE_FORMAT`], what
-//! the release before canaries reads), and only a canary-gated upgrade needs format 3
-//! ([`STATE_FORMAT_VERSION`]); [`format_for`] says which one a state gets. Nothing is lost: a
-//! format 2 file decodes to exactly the state that was encoded (its missing canary is `None`).
-//! The upgrade pre-flight relies on this rule (`VersionInfo::plain_upgrade_state_format` in
-//! the master crate), so change both together.
+//! Since format 4 the state carries the running configuration as its **source text**
+//! ([`ConfigSource`]: every file it was read from, with its path) plus the runtime facts
+//! (inherited fds, workers, the pending upgrade, metrics totals). The new master parses that
+//! text with its own parser; a binary that rejects it fails before readiness and the old master
+//! keeps serving. So the configuration model can grow without ever changing this format: only
+//! a change of the runtime facts below needs a new version.
+//!
+//! Formats 1 to 3 archived the parsed model instead. They are still read: the model is decoded
+//! with the frozen types of [`v3_config`] and rendered back to KDL text ([`legacy_kdl`]), so a
+//! master taking over from such a predecessor is given text like any other. Every upgrade
+//! writes the latest format ([`STATE_FORMAT_VERSION`]); a release that reads only formats 1 to
+//! 3 cannot take over from this one (the upgrade pre-flight says so before anything changes).
 //!
 //! fd numbers in the state are inherited across exec (CLOEXEC cleared only in the forked
 //! child); the new master checks each fd before use.
@@ -37,14 +40,10 @@
 //! (the generator only creates fixtures that do not exist yet; see
 //! `ZENTINEL_REGENERATE_FIXTURES` in that test file).
 //!
-//! The latest state embeds `ProxyConfig`, `WorkerState` and `WorkerCounters` from the other
-//! modules, so changing any of those changes the latest layout too: the fixture test fails,
-//! and the answer is a new format version (with a frozen copy of the old types), not a new
-//! fixture. The same holds for rkyv's format features (endianness, pointer width, alignment).
-//!
 //! History: version 1 (frozen in [`v1`]); version 2 added `UpstreamConfig::health_check`,
 //! `UpstreamConfig::passive_health`, `ListenerConfig::access_log`, the metrics listener and the
-//! master's metrics counters (frozen in [`v2`]); version 3 added `PendingUpgrade::canary`.
+//! master's metrics counters (frozen in [`v2`]); version 3 added `PendingUpgrade::canary`
+//! (frozen in [`v3`]); version 4 replaced the parsed configuration by its source text.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -57,24 +56,24 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::config::{MetricsConfig, ProxyConfig};
+pub use crate::config_source::{ConfigSource, ConfigSourceFile};
 use crate::control::{CanaryPolicy, WorkerState};
 use crate::messages::WorkerCounters;
 
+pub mod legacy_kdl;
 pub mod v1;
 pub mod v2;
+pub mod v3;
+pub mod v3_config;
 pub use v1::MasterStateV1;
 pub use v2::MasterStateV2;
+pub use v3::MasterStateV3;
 
 pub const STATE_MAGIC: [u8; 8] = *b"ZNTLSTAT";
-/// The latest format, the one this build writes when a state needs everything it holds (and
-/// the newest it reads). Bump it, and add a frozen `MasterStateV{N}` plus a conversion, whenever
-/// the struct changes.
-pub const STATE_FORMAT_VERSION: u32 = 3;
-
-/// The format written for a state whose upgrade (if any) has no canary: the oldest format that
-/// holds it, readable by the release before canaries (see [`format_for`]).
-pub const PLAIN_UPGRADE_STATE_FORMAT: u32 = 2;
+/// The format this build writes for every upgrade (and the newest it reads). Bump it, and add
+/// a frozen `MasterStateV{N}` plus a conversion, whenever the runtime facts change; a change of
+/// the configuration model never needs it.
+pub const STATE_FORMAT_VERSION: u32 = 4;
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
@@ -116,12 +115,12 @@ pub struct PendingUpgrade {
     pub canary: Option<CanaryPolicy>,
 }
 
-/// The admin listener serving `/metrics`, inherited like the proxy listeners so that it never
-/// refuses connections during an upgrade (the kernel socket and its backlog stay open).
+/// A listening socket inherited without a configuration of its own (the admin listener
+/// serving `/metrics`): the kernel socket and its backlog stay open across the upgrade, and
+/// the new master matches it against its parse of the configuration text.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
-pub struct MetricsListenerFd {
-    pub config: MetricsConfig,
+pub struct InheritedListener {
     /// The address actually bound (port 0 resolved).
     pub address: String,
     pub fd: i32,
@@ -156,33 +155,33 @@ pub struct MasterMetrics {
 /// Upper bounds (seconds) of the drain-duration histogram buckets.
 pub const DRAIN_BUCKETS_SECONDS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
-/// Format version 3 (the latest).
+/// Format version 4 (the latest): runtime facts and the configuration's source text.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
-pub struct MasterStateV3 {
+pub struct MasterStateV4 {
     /// The old master's pid (the new master reports readiness to it).
     pub previous_master_pid: u32,
     /// The generation the new master runs as (old + 1).
     pub generation: u64,
-    pub config: ProxyConfig,
-    /// Config file path, or `None` for the embedded default.
-    pub config_path: Option<String>,
+    /// The running configuration, as the text it was parsed from.
+    pub config_source: ConfigSource,
     pub log_level: String,
     pub control_socket_path: String,
     pub control_socket_fd: i32,
     /// The previous binary, kept open so a failed rolling upgrade can put workers back on it.
     pub previous_binary: String,
     pub previous_executable_fd: i32,
+    /// One per configured listener, by name.
     pub listeners: Vec<ListenerFd>,
     pub workers: Vec<WorkerRecord>,
     pub upgrade: Option<PendingUpgrade>,
     /// `None`: no metrics endpoint configured.
-    pub metrics_listener: Option<MetricsListenerFd>,
+    pub metrics_listener: Option<InheritedListener>,
     pub metrics: MasterMetrics,
 }
 
 /// The latest state, what the rest of the code uses.
-pub type MasterState = MasterStateV3;
+pub type MasterState = MasterStateV4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -229,28 +228,12 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The format [`encode_state`] writes `state` in: the oldest one that holds it losslessly, so
-/// that the previous release can still take over from this one (a downgrade).
-/// [`PLAIN_UPGRADE_STATE_FORMAT`] unless the pending upgrade carries a canary, which only
-/// [`STATE_FORMAT_VERSION`] holds.
-pub fn format_for(state: &MasterState) -> u32 {
-    if v2::holds(state) {
-        PLAIN_UPGRADE_STATE_FORMAT
-    } else {
-        STATE_FORMAT_VERSION
-    }
-}
-
-/// Serialize `state` in the oldest format that holds it ([`format_for`]): magic, version,
-/// length, checksum, payload.
+/// Serialize `state` in the latest format: magic, version, length, checksum, payload.
 pub fn encode_state(state: &MasterState) -> Vec<u8> {
-    let (version, payload) = match MasterStateV2::try_from(state.clone()) {
-        Ok(old) => (PLAIN_UPGRADE_STATE_FORMAT, archive(&old)),
-        Err(v2::NeedsNewerFormat) => (STATE_FORMAT_VERSION, archive(state)),
-    };
+    let payload = archive(state);
     let mut out = Vec::with_capacity(STATE_HEADER_LEN + payload.len());
     out.extend_from_slice(&STATE_MAGIC);
-    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&STATE_FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(&fnv1a64(&payload).to_le_bytes());
     out.extend_from_slice(&payload);
@@ -279,6 +262,30 @@ where
 /// Parse a state file's bytes, of any supported version, into the latest `MasterState`.
 /// `path` only names the file in errors.
 pub fn decode_state(bytes: &[u8], path: &str) -> Result<MasterState, StateError> {
+    Ok(match decode_any(bytes, path)? {
+        Decoded::Model(state) => state.into(),
+        Decoded::Source(state) => state,
+    })
+}
+
+/// A state of format 1 to 3 as it was archived (with the parsed configuration model), before
+/// its conversion to the latest format; `None` for a format 4 file. For tests that compare an
+/// old fixture with the value it was written from.
+pub fn decode_model_state(bytes: &[u8], path: &str) -> Result<Option<MasterStateV3>, StateError> {
+    Ok(match decode_any(bytes, path)? {
+        Decoded::Model(state) => Some(state),
+        Decoded::Source(_) => None,
+    })
+}
+
+/// What a state file decodes to before conversion: formats 1 to 3 carry the parsed model
+/// (converted to format 3), format 4 the source text.
+enum Decoded {
+    Model(MasterStateV3),
+    Source(MasterStateV4),
+}
+
+fn decode_any(bytes: &[u8], path: &str) -> Result<Decoded, StateError> {
     let corrupt = |reason: String| StateError::Corrupt {
         path: path.to_owned(),
         reason,
@@ -313,16 +320,22 @@ pub fn decode_state(bytes: &[u8], path: &str) -> Result<MasterState, StateError>
         1 => {
             let payload = checked_payload(bytes, path)?;
             let state = decode_payload::<MasterStateV1>(payload, 1).map_err(corrupt)?;
-            Ok(MasterStateV2::from(state).into())
+            Ok(Decoded::Model(MasterStateV2::from(state).into()))
         }
         2 => {
             let payload = checked_payload(bytes, path)?;
             let state = decode_payload::<MasterStateV2>(payload, 2).map_err(corrupt)?;
-            Ok(state.into())
+            Ok(Decoded::Model(state.into()))
         }
         3 => {
             let payload = checked_payload(bytes, path)?;
-            decode_payload::<MasterStateV3>(payload, 3).map_err(corrupt)
+            let state = decode_payload::<MasterStateV3>(payload, 3).map_err(corrupt)?;
+            Ok(Decoded::Model(state))
+        }
+        4 => {
+            let payload = checked_payload(bytes, path)?;
+            let state = decode_payload::<MasterStateV4>(payload, 4).map_err(corrupt)?;
+            Ok(Decoded::Source(state))
         }
         0 => Err(StateError::UnknownVersion {
             path: path.to_owned(),
@@ -348,7 +361,7 @@ fn le_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
     array
 }
 
-/// Check the length and checksum of the header (the same for versions 1 to 3) and return the
+/// Check the length and checksum of the header (the same for versions 1 to 4) and return the
 /// payload.
 fn checked_payload<'a>(bytes: &'a [u8], path: &str) -> Result<&'a [u8], StateError> {
     let corrupt = |reason: String| StateError::Corrupt {

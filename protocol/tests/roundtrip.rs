@@ -134,3 +134,19 @@ fn control_messages_keep_their_protocol_2_layout() {
     let back = rkyv::from_bytes::<ControlRequest, rkyv::rancor::Error>(&bytes).unwrap();
     assert_eq!(back, request);
 }
+
+/// Since protocol 3 the configuration travels behind a pointer (`Box<ProxyConfig>`), so the
+/// archived `MasterMessage` keeps one size however the configuration model grows: a worker of
+/// this protocol finds `Drain`, `Stop` and `StatusRequest` from any later master where it
+/// expects them. If this fails, a message layout changed: bump `PROTOCOL_VERSION`.
+#[test]
+fn master_messages_keep_their_protocol_3_size() {
+    use std::mem::{align_of, size_of};
+    use zentinel_protocol::messages::ArchivedMasterMessage;
+    let size = size_of::<ArchivedMasterMessage>();
+    assert_eq!(align_of::<ArchivedMasterMessage>(), 8);
+    let drain =
+        rkyv::to_bytes::<rkyv::rancor::Error>(&MasterMessage::Drain { timeout_ms: 7 }).unwrap();
+    assert_eq!(drain.len(), size);
+    assert_eq!(size, 40, "archived MasterMessage size of protocol 3");
+}

@@ -11,16 +11,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
-use zentinel_protocol::config::*;
 use zentinel_protocol::control::{CanaryPolicy, WorkerState};
 use zentinel_protocol::messages::WorkerCounters;
+use zentinel_protocol::state::v3::MetricsListenerFd;
+use zentinel_protocol::state::v3_config::*;
 use zentinel_protocol::state::*;
 
 // ---------------------------------------------------------------------------------------------
 // The frozen version 1 value. Together with tests/fixtures/state-v1.bin it is a compatibility
 // contract: never edit its values, never regenerate that file (see the module doc of
-// `state.rs`). Since version 2 it is spelled in the latest types, as the version 1 file decodes:
-// the fields version 1 did not have hold what the conversion gives them.
+// `state.rs`). It is spelled in the format 3 types, as the version 1 file decodes before its
+// conversion to format 4: the fields version 1 did not have hold what the conversion gives.
 // ---------------------------------------------------------------------------------------------
 
 const FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
@@ -43,7 +44,7 @@ fn counters(seed: u64) -> WorkerCounters {
     }
 }
 
-fn frozen_v1_state() -> MasterState {
+fn frozen_v1_state() -> MasterStateV3 {
     let config = ProxyConfig {
         system: SystemConfig {
             worker_processes: 4,
@@ -68,7 +69,7 @@ fn frozen_v1_state() -> MasterState {
                 name: "public-http-v6".to_owned(),
                 address: "[::1]:8080".to_owned(),
                 protocol: ListenerProtocol::Http,
-                backlog: DEFAULT_BACKLOG,
+                backlog: 1024,
                 request_timeout_secs: 30,
                 keepalive_timeout_secs: 75,
                 default_route: None,
@@ -149,8 +150,14 @@ fn frozen_v1_state() -> MasterState {
                     weight: 1,
                 }],
                 load_balancing: LoadBalancing::RoundRobin,
-                pool: ConnectionPool::default(),
-                timeouts: UpstreamTimeouts::default(),
+                pool: ConnectionPool {
+                    max_idle: 32,
+                    idle_timeout_secs: 60,
+                },
+                timeouts: UpstreamTimeouts {
+                    connect_secs: 5,
+                    read_secs: 30,
+                },
                 health_check: None,
                 passive_health: PassiveHealth::default(),
             },
@@ -207,7 +214,7 @@ fn frozen_v1_state() -> MasterState {
             }
         })
         .collect();
-    MasterState {
+    MasterStateV3 {
         previous_master_pid: 40_999,
         generation: 4,
         config,
@@ -250,7 +257,7 @@ fn frozen_v1_state() -> MasterState {
 /// The frozen version 2 value (with tests/fixtures/state-v2.bin): version 1's, plus health
 /// checks of both kinds, non-default passive settings and a TLS listener with SNI
 /// certificates. Never edit it.
-fn frozen_v2_state() -> MasterState {
+fn frozen_v2_state() -> MasterStateV3 {
     let mut state = frozen_v1_state();
     state.config.listeners[0].tls = Some(TlsConfig {
         cert_file: "/etc/zentinel/certs/default.crt".to_owned(),
@@ -346,7 +353,7 @@ fn frozen_v2_state() -> MasterState {
 
 /// The frozen version 3 value (with tests/fixtures/state-v3.bin): version 2's, handing on a
 /// rolling upgrade with a canary. Never edit it.
-fn frozen_v3_state() -> MasterState {
+fn frozen_v3_state() -> MasterStateV3 {
     let mut state = frozen_v2_state();
     if let Some(upgrade) = state.upgrade.as_mut() {
         upgrade.canary = Some(CanaryPolicy {
@@ -372,7 +379,8 @@ fn generate_missing_fixtures() {
     // version 1 any more, which is why existing fixtures are never rewritten.
     // Likewise state-v2.bin, written by the version 2 encoder. (This build writes a canary-less
     // state as format 2 again, but the fixture must stay the version 2 encoder's own output.)
-    let fixtures: [(&str, Vec<u8>); 1] = [("state-v3.bin", encode_state(&frozen_v3_state()))];
+    // Likewise state-v3.bin: this build writes format 4 only.
+    let fixtures: [(&str, Vec<u8>); 1] = [("state-v4.bin", encode_state(&frozen_v4_state()))];
     fs::create_dir_all(FIXTURE_DIR).unwrap();
     for (name, bytes) in fixtures {
         let path = Path::new(FIXTURE_DIR).join(name);
@@ -410,8 +418,9 @@ fn frozen_v1_state_file_still_decodes() {
         "the v1 fixture must stay a version 1 file"
     );
 
-    let decoded = decode_state(FIXTURE, "tests/fixtures/state-v1.bin")
-        .unwrap_or_else(|e| panic!("frozen version 1 state no longer decodes: {e}"));
+    let decoded = decode_model_state(FIXTURE, "tests/fixtures/state-v1.bin")
+        .unwrap_or_else(|e| panic!("frozen version 1 state no longer decodes: {e}"))
+        .expect("a format 1 file decodes to the parsed model");
     let expected = frozen_v1_state();
     // Field by field first, so a failure says which part of the state drifted.
     assert_eq!(decoded.previous_master_pid, expected.previous_master_pid);
@@ -452,8 +461,9 @@ fn frozen_v2_state_file_still_decodes() {
         &2u32.to_le_bytes(),
         "the v2 fixture must stay a version 2 file"
     );
-    let decoded = decode_state(FIXTURE, "tests/fixtures/state-v2.bin")
-        .unwrap_or_else(|e| panic!("frozen version 2 state no longer decodes: {e}"));
+    let decoded = decode_model_state(FIXTURE, "tests/fixtures/state-v2.bin")
+        .unwrap_or_else(|e| panic!("frozen version 2 state no longer decodes: {e}"))
+        .expect("a format 2 file decodes to the parsed model");
     let expected = frozen_v2_state();
     for (got, want) in decoded
         .config
@@ -479,8 +489,9 @@ fn frozen_v3_state_file_still_decodes() {
         &3u32.to_le_bytes(),
         "the v3 fixture must stay a version 3 file"
     );
-    let decoded = decode_state(FIXTURE, "tests/fixtures/state-v3.bin")
-        .unwrap_or_else(|e| panic!("frozen version 3 state no longer decodes: {e}"));
+    let decoded = decode_model_state(FIXTURE, "tests/fixtures/state-v3.bin")
+        .unwrap_or_else(|e| panic!("frozen version 3 state no longer decodes: {e}"))
+        .expect("a format 3 file decodes to the parsed model");
     let expected = frozen_v3_state();
     assert_eq!(decoded.upgrade, expected.upgrade);
     assert_eq!(decoded, expected);
@@ -492,7 +503,9 @@ fn version_1_upstreams_get_no_health_check_and_default_passive_marking() {
         env!("CARGO_MANIFEST_DIR"),
         "/../tests/fixtures/state-v1.bin"
     ));
-    let decoded = decode_state(FIXTURE, "state-v1.bin").unwrap();
+    let decoded = decode_model_state(FIXTURE, "state-v1.bin")
+        .unwrap()
+        .unwrap();
     assert_eq!(decoded.config.upstreams.len(), 3);
     for upstream in &decoded.config.upstreams {
         assert_eq!(upstream.health_check, None, "{}", upstream.name);
@@ -565,7 +578,7 @@ fn framed(version: u32, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-fn expect_corrupt(result: Result<MasterState, StateError>, what: &str) -> String {
+fn expect_corrupt<T: std::fmt::Debug>(result: Result<T, StateError>, what: &str) -> String {
     match result {
         Err(StateError::Corrupt { path, reason }) => {
             assert_eq!(path, "state.bin", "{what}");
@@ -582,7 +595,7 @@ fn expect_corrupt(result: Result<MasterState, StateError>, what: &str) -> String
 
 #[test]
 fn realistic_state_round_trips() {
-    let state = frozen_v3_state();
+    let state = frozen_v4_state();
     let bytes = encode_state(&state);
     assert_eq!(&bytes[..8], &STATE_MAGIC);
     assert_eq!(&bytes[8..12], &STATE_FORMAT_VERSION.to_le_bytes());
@@ -595,131 +608,178 @@ fn realistic_state_round_trips() {
 
 #[test]
 fn minimal_state_round_trips() {
-    let mut state = frozen_v1_state();
+    let mut state = frozen_v4_state();
     state.listeners.clear();
     state.workers.clear();
     state.upgrade = None;
-    state.config_path = None;
-    state.config.listeners.clear();
-    state.config.routes.clear();
-    state.config.upstreams.clear();
+    state.metrics_listener = None;
+    state.config_source = ConfigSource {
+        main_path: None,
+        files: vec![ConfigSourceFile {
+            path: "<embedded default>".to_owned(),
+            text: String::new(),
+        }],
+    };
     let bytes = encode_state(&state);
     assert_eq!(decode_state(&bytes, "state.bin").unwrap(), state);
 }
 
 // ---------------------------------------------------------------------------------------------
-// The format written: the oldest that holds the state, so the previous release can take over
-// (a downgrade). A canary-less state is written as format 2.
+// The format written: always the latest, whatever the state holds (format 4 carries the
+// configuration as text, so there is no older format left that holds a state).
 // ---------------------------------------------------------------------------------------------
 
 fn written_version(bytes: &[u8]) -> u32 {
     u32::from_le_bytes(bytes[8..12].try_into().unwrap())
 }
 
-/// Canary-less states of every shape: no upgrade, a master-only upgrade with and without a
-/// waiting client, a rolling one.
-fn canary_less_states() -> Vec<(&'static str, MasterState)> {
-    let mut no_upgrade = frozen_v2_state();
-    no_upgrade.upgrade = None;
-    let mut master_only = frozen_v2_state();
-    master_only.upgrade = Some(PendingUpgrade {
-        rolling: false,
-        drain_timeout_ms: 1_000,
-        ready_timeout_ms: 2_000,
-        client_fd: None,
-        canary: None,
-    });
-    vec![
-        ("frozen v1 state", frozen_v1_state()),
-        ("frozen v2 state", frozen_v2_state()),
-        ("no upgrade", no_upgrade),
-        ("master-only upgrade from SIGUSR2", master_only),
-    ]
-}
-
 #[test]
-fn canary_less_state_is_written_as_version_2_and_reads_back_equal() {
-    assert_eq!(PLAIN_UPGRADE_STATE_FORMAT, 2);
-    for (what, state) in canary_less_states() {
-        assert!(
-            state.upgrade.as_ref().is_none_or(|u| u.canary.is_none()),
-            "{what}"
-        );
-        assert_eq!(format_for(&state), PLAIN_UPGRADE_STATE_FORMAT, "{what}");
+fn every_state_is_written_in_the_latest_format() {
+    assert_eq!(STATE_FORMAT_VERSION, 4);
+    let mut no_upgrade = frozen_v4_state();
+    no_upgrade.upgrade = None;
+    for (what, state) in [
+        ("canary-gated upgrade", frozen_v4_state()),
+        ("no upgrade", no_upgrade),
+        (
+            "converted format 1 state",
+            MasterState::from(frozen_v1_state()),
+        ),
+    ] {
         let bytes = encode_state(&state);
-        assert_eq!(&bytes[..8], &STATE_MAGIC, "{what}");
-        assert_eq!(written_version(&bytes), 2, "{what}");
-        let payload_len = u64::from_le_bytes(bytes[12..20].try_into().unwrap());
-        assert_eq!(
-            payload_len as usize,
-            bytes.len() - STATE_HEADER_LEN,
-            "{what}"
-        );
-        let checksum = u64::from_le_bytes(bytes[20..28].try_into().unwrap());
-        assert_eq!(checksum, fnv1a64(&bytes[STATE_HEADER_LEN..]), "{what}");
+        assert_eq!(written_version(&bytes), 4, "{what}");
         assert_eq!(decode_state(&bytes, "state.bin").unwrap(), state, "{what}");
     }
 }
 
+/// A format 1 to 3 state reaches the new master as text: the model is rendered as KDL, labelled
+/// with the file it came from, and every runtime fact is carried over unchanged.
 #[test]
-fn canary_state_is_written_as_version_3() {
-    let state = frozen_v3_state();
-    assert!(state.upgrade.as_ref().unwrap().canary.is_some());
-    assert_eq!(format_for(&state), STATE_FORMAT_VERSION);
-    let bytes = encode_state(&state);
-    assert_eq!(written_version(&bytes), 3);
-    assert_eq!(decode_state(&bytes, "state.bin").unwrap(), state);
-    assert_eq!(
-        MasterStateV2::try_from(state),
-        Err(v2::NeedsNewerFormat),
-        "format 2 must refuse a canary rather than drop it"
-    );
-}
-
-/// The release before canaries reads what this build writes for a plain upgrade, exactly as it
-/// would read its own file: the version 2 frame holds an archive that the frozen version 2 types
-/// (what that release decodes with) validate and deserialize, and its bytes are the very bytes
-/// the version 2 encoder wrote for the same state (the committed state-v2.bin fixture).
-#[test]
-fn version_2_bytes_decode_as_a_version_2_binary_would() {
-    static V2_FIXTURE: &[u8] = include_bytes!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/state-v2.bin"
-    ));
-    for (what, state) in canary_less_states() {
-        let bytes = encode_state(&state);
-        assert_eq!(written_version(&bytes), 2, "{what}");
-        let mut payload = rkyv::util::AlignedVec::<16>::new();
-        payload.extend_from_slice(&bytes[STATE_HEADER_LEN..]);
-        let old = rkyv::from_bytes::<MasterStateV2, rkyv::rancor::Error>(&payload)
-            .unwrap_or_else(|e| panic!("{what}: not a valid version 2 archive: {e}"));
-        assert_eq!(old.generation, state.generation, "{what}");
-        assert_eq!(old.config, state.config, "{what}");
-        assert_eq!(old.workers, state.workers, "{what}");
-        assert_eq!(old.listeners, state.listeners, "{what}");
+fn model_states_convert_to_source_text_and_keep_their_runtime_facts() {
+    for (what, fixture, expected) in [
+        (
+            "v1",
+            &include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tests/fixtures/state-v1.bin"
+            ))[..],
+            frozen_v1_state(),
+        ),
+        (
+            "v2",
+            &include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tests/fixtures/state-v2.bin"
+            ))[..],
+            frozen_v2_state(),
+        ),
+        (
+            "v3",
+            &include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tests/fixtures/state-v3.bin"
+            ))[..],
+            frozen_v3_state(),
+        ),
+    ] {
+        let decoded = decode_state(fixture, what).unwrap();
+        assert_eq!(decoded, MasterState::from(expected.clone()), "{what}");
+        let source = &decoded.config_source;
         assert_eq!(
-            old.upgrade.as_ref().map(|u| (
-                u.rolling,
-                u.drain_timeout_ms,
-                u.ready_timeout_ms,
-                u.client_fd
-            )),
-            state.upgrade.as_ref().map(|u| (
-                u.rolling,
-                u.drain_timeout_ms,
-                u.ready_timeout_ms,
-                u.client_fd
-            )),
+            source.main_path.as_deref(),
+            Some("/etc/zentinel/zentinel.kdl"),
             "{what}"
         );
-        assert_eq!(MasterState::from(old), state, "{what}");
+        assert_eq!(source.files.len(), 1, "{what}");
+        assert_eq!(source.files[0].path, "/etc/zentinel/zentinel.kdl", "{what}");
+        let text = &source.files[0].text;
+        for needle in [
+            "listener \"public-http\"",
+            "target \"[fd00::12]:9000\" weight=1",
+            "load-balancing \"least_connections\"",
+            "body=\"ok — zentinel ☃\\n\"",
+            "path-prefix \"/v2/\"",
+            "max-body-size-bytes 52428800",
+            "control-socket \"/run/zentinel/control.sock\"",
+        ] {
+            assert!(text.contains(needle), "{what}: no {needle} in\n{text}");
+        }
+        assert_eq!(decoded.listeners, expected.listeners, "{what}");
+        assert_eq!(decoded.workers, expected.workers, "{what}");
+        assert_eq!(decoded.upgrade, expected.upgrade, "{what}");
+        assert_eq!(decoded.metrics, expected.metrics, "{what}");
+        assert_eq!(
+            decoded
+                .metrics_listener
+                .as_ref()
+                .map(|m| (&m.address, m.fd)),
+            expected
+                .metrics_listener
+                .as_ref()
+                .map(|m| (&m.address, m.fd)),
+            "{what}"
+        );
     }
-    // Byte for byte what the version 2 encoder wrote for the frozen version 2 value.
+    let v2 = MasterState::from(frozen_v2_state());
+    let text = &v2.config_source.files[0].text;
+    for needle in [
+        "metrics {\n        address \"127.0.0.1:0\"",
+        "file \"/var/log/zentinel/access.log\"",
+        "hostnames \"api.example.com\" \"*.api.example.com\"",
+        "cert-file \"/etc/zentinel/certs/www ☃.crt\"",
+        "max-version \"1.3\"",
+        "path \"/health?deep=1\"",
+        "host \"api.internal\"",
+        "type \"tcp\"",
+        "max-fails 0",
+    ] {
+        assert!(text.contains(needle), "v2: no {needle} in\n{text}");
+    }
+}
+
+/// The frozen version 4 value (with tests/fixtures/state-v4.bin): the runtime facts of version
+/// 3's, with the configuration as source text of two files. Never edit it.
+fn frozen_v4_state() -> MasterState {
+    let mut state = MasterState::from(frozen_v3_state());
+    state.generation = 7;
+    state.config_source = ConfigSource {
+        main_path: Some("/etc/zentinel/zentinel.kdl".to_owned()),
+        files: vec![
+            ConfigSourceFile {
+                path: "/etc/zentinel/zentinel.kdl".to_owned(),
+                text: "system { worker-threads 2; }\ninclude \"routes.kdl\"\n// ☃\n".to_owned(),
+            },
+            ConfigSourceFile {
+                path: "/etc/zentinel/routes.kdl".to_owned(),
+                text: "routes { route \"r\" { builtin-handler \"health\"; } }\n".to_owned(),
+            },
+        ],
+    };
+    state
+}
+
+/// Written once by the version 4 encoder; same contract as the version 1 fixture. Format 4
+/// holds no configuration model: a field added to the model leaves this file (and this test)
+/// exactly as they are.
+#[test]
+fn frozen_v4_state_file_still_decodes() {
+    static FIXTURE: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/state-v4.bin"
+    ));
+    assert_eq!(&FIXTURE[..8], &STATE_MAGIC, "fixture magic");
     assert_eq!(
-        encode_state(&frozen_v2_state()),
-        V2_FIXTURE,
-        "a canary-less state must be written exactly as a version 2 master wrote it"
+        &FIXTURE[8..12],
+        &4u32.to_le_bytes(),
+        "the v4 fixture must stay a version 4 file"
     );
+    let decoded = decode_state(FIXTURE, "tests/fixtures/state-v4.bin")
+        .unwrap_or_else(|e| panic!("frozen version 4 state no longer decodes: {e}"));
+    let expected = frozen_v4_state();
+    assert_eq!(decoded.config_source, expected.config_source);
+    assert_eq!(decoded, expected);
+    // This build writes the very bytes the version 4 encoder wrote.
+    assert_eq!(encode_state(&expected), FIXTURE);
 }
 
 fn name() -> impl Strategy<Value = String> {
@@ -812,13 +872,10 @@ fn master_state() -> impl Strategy<Value = MasterState> {
             },
         );
     let metrics_listener =
-        (name(), name(), name(), any::<i32>()).prop_map(|(address, path, bound, fd)| {
-            MetricsListenerFd {
-                config: MetricsConfig { address, path },
-                address: bound,
-                fd,
-            }
-        });
+        (name(), any::<i32>()).prop_map(|(address, fd)| InheritedListener { address, fd });
+    let source_file = (name(), ".{0,200}").prop_map(|(path, text)| ConfigSourceFile { path, text });
+    let config_source = (option::of(name()), vec(source_file, 0..4))
+        .prop_map(|(main_path, files)| ConfigSource { main_path, files });
     let metrics = (
         worker_counters(),
         vec(any::<u64>(), 8),
@@ -841,8 +898,8 @@ fn master_state() -> impl Strategy<Value = MasterState> {
             },
         );
     (
-        (any::<u32>(), any::<u64>(), common::proxy_config()),
-        (option::of(name()), name(), name(), any::<i32>()),
+        (any::<u32>(), any::<u64>(), config_source),
+        (name(), name(), any::<i32>()),
         (name(), any::<i32>()),
         (
             vec(listener, 0..5),
@@ -853,16 +910,15 @@ fn master_state() -> impl Strategy<Value = MasterState> {
     )
         .prop_map(
             |(
-                (previous_master_pid, generation, config),
-                (config_path, log_level, control_socket_path, control_socket_fd),
+                (previous_master_pid, generation, config_source),
+                (log_level, control_socket_path, control_socket_fd),
                 (previous_binary, previous_executable_fd),
                 (listeners, workers, upgrade),
                 (metrics_listener, metrics),
             )| MasterState {
                 previous_master_pid,
                 generation,
-                config,
-                config_path,
+                config_source,
                 log_level,
                 control_socket_path,
                 control_socket_fd,
@@ -884,17 +940,6 @@ proptest! {
         prop_assert_eq!(decode_state(&bytes, "state.bin").unwrap(), state);
     }
 
-    /// The format written is the oldest that holds the state: 3 exactly when a canary is
-    /// pending, and `format_for` tells the truth about it.
-    #[test]
-    fn written_format_is_the_oldest_that_holds_the_state(state in master_state()) {
-        let has_canary = state.upgrade.as_ref().is_some_and(|u| u.canary.is_some());
-        let bytes = encode_state(&state);
-        prop_assert_eq!(written_version(&bytes), format_for(&state));
-        prop_assert_eq!(format_for(&state), if has_canary { 3 } else { 2 });
-        prop_assert_eq!(MasterStateV2::try_from(state).is_ok(), !has_canary);
-    }
-
     #[test]
     fn random_bytes_never_panic(bytes in vec(any::<u8>(), 0..512)) {
         let _ = decode_state(&bytes, "state.bin");
@@ -904,9 +949,10 @@ proptest! {
     /// by chance they form a valid archive, return a value) without panicking.
     #[test]
     fn random_payload_with_valid_header_never_panics(payload in vec(any::<u8>(), 0..1024)) {
-        let result = decode_state(&framed(1, &payload), "state.bin");
-        if let Err(e) = result {
-            prop_assert!(matches!(e, StateError::Corrupt { .. }), "{e:?}");
+        for version in 1..=STATE_FORMAT_VERSION {
+            if let Err(e) = decode_state(&framed(version, &payload), "state.bin") {
+                prop_assert!(matches!(e, StateError::Corrupt { .. }), "{e:?}");
+            }
         }
     }
 
@@ -916,13 +962,13 @@ proptest! {
     fn mutated_archive_with_fixed_checksum_never_panics(
         flips in vec((any::<prop::sample::Index>(), 1u8..=255), 1..8),
     ) {
-        let good = encode_state(&frozen_v1_state());
+        let good = encode_state(&frozen_v4_state());
         let mut payload = good[STATE_HEADER_LEN..].to_vec();
         for (index, mask) in flips {
             let i = index.index(payload.len());
             payload[i] ^= mask;
         }
-        if let Err(e) = decode_state(&framed(1, &payload), "state.bin") {
+        if let Err(e) = decode_state(&framed(STATE_FORMAT_VERSION, &payload), "state.bin") {
             prop_assert!(matches!(e, StateError::Corrupt { .. }), "{e:?}");
         }
     }
@@ -934,7 +980,7 @@ proptest! {
 
 #[test]
 fn every_truncation_is_corrupt() {
-    let bytes = encode_state(&frozen_v1_state());
+    let bytes = encode_state(&frozen_v4_state());
     for len in 0..bytes.len() {
         let reason = expect_corrupt(
             decode_state(&bytes[..len], "state.bin"),
@@ -948,7 +994,7 @@ fn every_truncation_is_corrupt() {
 
 #[test]
 fn trailing_garbage_is_corrupt() {
-    let mut bytes = encode_state(&frozen_v1_state());
+    let mut bytes = encode_state(&frozen_v4_state());
     bytes.push(0);
     let reason = expect_corrupt(decode_state(&bytes, "state.bin"), "one extra byte");
     assert!(reason.contains("payload"), "{reason}");
@@ -956,7 +1002,7 @@ fn trailing_garbage_is_corrupt() {
 
 #[test]
 fn flipped_bytes_are_detected() {
-    let good = encode_state(&frozen_v1_state());
+    let good = encode_state(&frozen_v4_state());
     for i in 0..good.len() {
         let mut bytes = good.clone();
         bytes[i] ^= 0xFF;
@@ -997,7 +1043,7 @@ fn invalid_archive_behind_valid_checksum_is_corrupt() {
 
 #[test]
 fn wrong_magic_is_rejected() {
-    let mut bytes = encode_state(&frozen_v1_state());
+    let mut bytes = encode_state(&frozen_v4_state());
     bytes[..8].copy_from_slice(b"ZNTLSTAX");
     let err = decode_state(&bytes, "/run/zentinel/state.bin").unwrap_err();
     assert!(matches!(err, StateError::BadMagic { .. }), "{err:?}");
@@ -1063,7 +1109,7 @@ fn future_version_names_both_versions() {
 
 #[test]
 fn version_zero_is_unknown() {
-    let good = encode_state(&frozen_v1_state());
+    let good = encode_state(&frozen_v4_state());
     let err = decode_state(&framed(0, &good[STATE_HEADER_LEN..]), "state.bin").unwrap_err();
     assert!(
         matches!(err, StateError::UnknownVersion { found: 0, .. }),
@@ -1083,7 +1129,7 @@ fn version_zero_is_unknown() {
 fn write_then_read_file() {
     let dir = ScratchDir::new("rw");
     let path = dir.path("state.bin");
-    let state = frozen_v1_state();
+    let state = frozen_v4_state();
     write_state_file(&path, &state).unwrap();
 
     let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -1101,7 +1147,7 @@ fn write_replaces_an_existing_file() {
     fs::write(&path, b"an older, unrelated file").unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
 
-    let mut state = frozen_v1_state();
+    let mut state = frozen_v4_state();
     state.generation = 99;
     write_state_file(&path, &state).unwrap();
     assert_eq!(read_state_file(&path).unwrap(), state);
@@ -1119,7 +1165,7 @@ fn write_under_a_regular_file_fails_naming_the_path() {
     fs::write(&parent, b"x").unwrap();
     let path = parent.join("state.bin");
 
-    let err = write_state_file(&path, &frozen_v1_state()).unwrap_err();
+    let err = write_state_file(&path, &frozen_v4_state()).unwrap_err();
     match &err {
         StateError::Io { path: p, source } => {
             assert_eq!(p, &path.display().to_string());
@@ -1142,7 +1188,7 @@ fn failed_rename_leaves_no_temp_file() {
     fs::create_dir(&target).unwrap();
     fs::write(target.join("occupied"), b"x").unwrap();
 
-    let err = write_state_file(&target, &frozen_v1_state()).unwrap_err();
+    let err = write_state_file(&target, &frozen_v4_state()).unwrap_err();
     assert!(matches!(err, StateError::Io { .. }), "{err:?}");
     let message = err.to_string();
     assert!(message.contains(&target.display().to_string()), "{message}");
@@ -1153,7 +1199,7 @@ fn failed_rename_leaves_no_temp_file() {
 #[test]
 fn write_to_proc_fails_naming_the_path() {
     let path = Path::new("/proc/zentinel-no-such-dir/state.bin");
-    let err = write_state_file(path, &frozen_v1_state()).unwrap_err();
+    let err = write_state_file(path, &frozen_v4_state()).unwrap_err();
     assert!(matches!(err, StateError::Io { .. }), "{err:?}");
     assert!(
         err.to_string()
@@ -1197,7 +1243,7 @@ fn read_rejects_huge_file_without_reading_it() {
 fn read_corrupt_file_names_the_path() {
     let dir = ScratchDir::new("corrupt");
     let path = dir.path("state.bin");
-    let mut bytes = encode_state(&frozen_v1_state());
+    let mut bytes = encode_state(&frozen_v4_state());
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     fs::write(&path, &bytes).unwrap();
@@ -1214,13 +1260,16 @@ fn read_corrupt_file_names_the_path() {
 // ---------------------------------------------------------------------------------------------
 
 /// An old worker adopted by a new master reads `Drain`, `Stop` and `StatusRequest` from it. An
-/// archived enum is as large as its largest variant (`Start(WorkerStart)`, which holds a
-/// `ProxyConfig` inline) and rkyv finds the root at `end - size_of(root)`: if the archived
-/// `ProxyConfig` grew, those messages would be read at the wrong offset by an old worker. The
-/// new upstream fields live inside a `Vec`, so the inline size must not have moved.
+/// archived enum is as large as its largest variant, and rkyv finds the root at
+/// `end - size_of(root)`: a protocol 2 worker reads its messages at the offset its own layout
+/// gives (112 bytes, from the `ProxyConfig` its `Start` held inline). The frozen model keeps
+/// version 1's size, and `MasterMessageV2` encodes each message exactly as the protocol 2
+/// build did (bytes captured from fd52b27).
 #[test]
-fn archived_proxy_config_keeps_its_version_1_size() {
+fn adopted_protocol_2_workers_get_their_own_layout() {
     use std::mem::{align_of, size_of};
+    use zentinel_protocol::messages::v2::MasterMessageV2;
+    use zentinel_protocol::messages::MasterMessage;
     use zentinel_protocol::state::v1;
     assert_eq!(
         size_of::<ArchivedProxyConfig>(),
@@ -1230,11 +1279,29 @@ fn archived_proxy_config_keeps_its_version_1_size() {
         align_of::<ArchivedProxyConfig>(),
         align_of::<v1::ArchivedProxyConfig>()
     );
-    // A Drain encodes to the same bytes as the version 1 build's (captured from fd52b27).
-    let drain = zentinel_protocol::messages::MasterMessage::Drain { timeout_ms: 1234 };
-    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&drain).unwrap();
-    let mut expected = [0u8; 112];
-    expected[0] = 2; // variant tag
-    expected[8..10].copy_from_slice(&1234u16.to_le_bytes());
-    assert_eq!(&bytes[..], &expected[..]);
+    let encoded = |message: &MasterMessage| {
+        let legacy = MasterMessageV2::try_from(message).unwrap();
+        rkyv::to_bytes::<rkyv::rancor::Error>(&legacy)
+            .unwrap()
+            .to_vec()
+    };
+    let mut drain = [0u8; 112];
+    drain[0] = 2; // variant tag
+    drain[8..10].copy_from_slice(&1234u16.to_le_bytes());
+    assert_eq!(encoded(&MasterMessage::Drain { timeout_ms: 1234 }), drain);
+    let mut stop = [0u8; 112];
+    stop[0] = 3;
+    assert_eq!(encoded(&MasterMessage::Stop), stop);
+    let mut status = [0u8; 112];
+    status[0] = 4;
+    assert_eq!(encoded(&MasterMessage::StatusRequest), status);
+    // Nothing that carries a configuration or a hello is ever sent to such a worker.
+    assert!(
+        MasterMessageV2::try_from(&MasterMessage::Hello(zentinel_protocol::messages::Hello {
+            protocol_version: 3,
+            pid: 1,
+            software_version: String::new(),
+        }))
+        .is_err()
+    );
 }

@@ -60,12 +60,71 @@ fn check_text(name: &str, text: &str) -> (Option<i32>, String, String, String) {
 
 #[test]
 fn check_accepts_a_valid_config() {
-    let (code, out, err, _) = check_text("valid.kdl", VALID);
+    let (code, out, err, file) = check_text("valid.kdl", VALID);
     assert_eq!(
         code,
         Some(0),
         "valid config refused:\nstdout: {out}\nstderr: {err}"
     );
+    // Upstream Zentinel's success line, naming the file as given.
+    assert_eq!(
+        out,
+        format!("zentinel: configuration file {file} test is successful\n")
+    );
+}
+
+/// The subcommands upstream users type: `zentinel test -c FILE` is `-t`; `zentinel validate`
+/// also connects to every upstream target.
+#[test]
+fn test_and_validate_subcommands() {
+    let path = temp_path("subcommands.kdl");
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend2 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend2_addr = backend2.local_addr().unwrap().to_string();
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let backend_addr = backend.local_addr().unwrap().to_string();
+    let reachable = VALID
+        .replace("127.0.0.1:9001", &backend_addr)
+        .replace("127.0.0.1:9002", &backend2_addr);
+    let run = |args: &[&str], text: &str| {
+        fs::write(&path, text).unwrap();
+        let out = Command::new(zentinel_bin())
+            .args(args)
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(&["test", "-c"], VALID);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("test is successful"), "{out}");
+    let (code, out) = run(&["test", "-c"], &VALID.replace("protocol", "protocl"));
+    assert_eq!(code, Some(1), "{out}");
+
+    let (code, out) = run(&["validate", "-c"], &reachable);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("✓ Configuration schema valid")
+            && out.contains("✓ All validation checks passed"),
+        "{out}"
+    );
+    let unreachable = VALID
+        .replace("127.0.0.1:9001", &backend_addr)
+        .replace("127.0.0.1:9002", &closed_addr.to_string());
+    let (code, out) = run(&["validate", "-c"], &unreachable);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("✗ Validation failed") && out.contains(&closed_addr.to_string()),
+        "{out}"
+    );
+    let (code, out) = run(&["validate", "--skip-network", "-c"], &unreachable);
+    assert_eq!(code, Some(0), "{out}");
+    let _ = fs::remove_file(&path);
 }
 
 #[test]
@@ -97,7 +156,8 @@ fn check_names_every_offending_key_with_position() {
     assert_ne!(bad, VALID);
     let (code, out, err, file) = check_text("invalid.kdl", &bad);
     let all = format!("{out}{err}");
-    assert_eq!(code, Some(2), "invalid config: exit code\n{all}");
+    // 1, like upstream Zentinel's `-t` and `nginx -t`.
+    assert_eq!(code, Some(1), "invalid config: exit code\n{all}");
 
     let (line, col) = position(&bad, "protocl");
     assert!(
@@ -124,7 +184,7 @@ fn check_rejects_duplicate_listener_address() {
     );
     let (code, out, err, _) = check_text("dup.kdl", &bad);
     let all = format!("{out}{err}");
-    assert_eq!(code, Some(2), "duplicate address accepted:\n{all}");
+    assert_eq!(code, Some(1), "duplicate address accepted:\n{all}");
     assert!(
         all.contains("127.0.0.1:18080"),
         "duplicate address not named:\n{all}"

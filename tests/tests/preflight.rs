@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
-use zentinel_protocol::state::{PLAIN_UPGRADE_STATE_FORMAT, STATE_FORMAT_VERSION};
+use zentinel_protocol::state::STATE_FORMAT_VERSION;
 use zentinel_protocol::PROTOCOL_VERSION;
 use zentinel_tests::*;
 
@@ -145,7 +145,14 @@ fn version_json_matches_the_constants() {
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(v["protocol_version"], PROTOCOL_VERSION);
     assert_eq!(v["state_format_version"], STATE_FORMAT_VERSION);
-    assert_eq!(v["plain_upgrade_state_format"], PLAIN_UPGRADE_STATE_FORMAT);
+    // Every upgrade writes the latest format (the configuration travels as text).
+    assert_eq!(v["plain_upgrade_state_format"], STATE_FORMAT_VERSION);
+    assert!(
+        v["features"]
+            .as_array()
+            .is_some_and(|f| f.contains(&Value::from("running-config"))),
+        "{v}"
+    );
     assert_eq!(v["control_protocol_version"], CONTROL_PROTOCOL_VERSION);
     let readable: Vec<u64> = v["readable_state_formats"]
         .as_array()
@@ -191,16 +198,19 @@ fn dry_run_with_a_good_binary_reports_the_plan_and_changes_nothing() {
         "{out}"
     );
     assert!(
-        steps[1].contains(&format!(
-            "writes state format {PLAIN_UPGRADE_STATE_FORMAT} ({STATE_FORMAT_VERSION} with \
-             --canary)"
-        )) && steps[1].contains(&format!("running master pid {}", z.pid)),
+        steps[1].contains(&format!("writes state format {STATE_FORMAT_VERSION}"))
+            && !steps[1].contains("with --canary")
+            && steps[1].contains(&format!("running master pid {}", z.pid)),
         "{out}"
     );
     let config = z.config_path.as_ref().expect("config path");
+    // Checked against the text the master runs (what the new master will be handed).
     assert!(
-        steps[2].contains("accepts the running configuration")
-            && steps[2].contains(&path_str(config)),
+        steps[2].contains("accepts the running configuration's text, as the master runs it")
+            && steps[2].contains(&format!(
+                "configuration file {} test is successful (the running text)",
+                path_str(config)
+            )),
         "{out}"
     );
     assert!(
@@ -267,8 +277,8 @@ fn dry_run_with_a_good_binary_reports_the_plan_and_changes_nothing() {
     assert_eq!(planned, before.running_workers, "{out}");
     assert_eq!(plan["canary"], Value::Null, "{out}");
     assert_eq!(
-        plan["master"]["state_format_version"], PLAIN_UPGRADE_STATE_FORMAT,
-        "without a canary the state file is written in the older format: {out}"
+        plan["master"]["state_format_version"], STATE_FORMAT_VERSION,
+        "{out}"
     );
     assert_unchanged(&z, &before, "after a JSON dry run");
 
@@ -420,7 +430,7 @@ fn failed_preflight_stops_a_real_rolling_upgrade() {
             "reads upgrade state formats {}",
             STATE_FORMAT_VERSION + 5
         )) && out.stderr.contains(&format!(
-            "writes format {PLAIN_UPGRADE_STATE_FORMAT}: it could not"
+            "writes format {STATE_FORMAT_VERSION}: it could not"
         )),
         "{out}"
     );
@@ -486,154 +496,112 @@ fn failed_preflight_stops_a_real_rolling_upgrade() {
     assert!(after.running_workers.is_disjoint(&before.running_workers));
 }
 
-/// A rollback to the release before canaries, which reads state formats 1 and 2 only: the
-/// running master writes format 2 for a plain upgrade, so the pre-flight lets it through; a
-/// canary-gated upgrade needs format 3 and is refused before anything runs. The "previous
-/// release" is a script answering like one (the real binary would need a second build); the
-/// state it would be handed is proven readable by a version 2 decoder in
-/// protocol/tests/state.rs.
+/// A rollback to a release from before state format 4 (it reads formats 1 to 3): the running
+/// master writes format 4 for every upgrade, so the pre-flight refuses, with or without a
+/// canary, before anything runs, and says what the operator does instead (a restart). The
+/// "previous release" is a script answering like one; the real one is exercised by
+/// `upgrade_from_the_previous_release_and_refused_rollback` below when it is available.
 #[test]
-fn rollback_to_a_release_reading_format_2_passes_without_a_canary_only() {
+fn rollback_to_a_release_before_format_4_is_refused_with_advice() {
     let (_be, z) = start();
     let mut files = TempFiles::default();
     let script = files.add(temp_path("previous-release-zentinel.sh"));
     let log = files.add(temp_path("previous-release-zentinel.log"));
-    fake_zentinel(&script, &log, &version_json("0.0.8", &[1, 2]), None);
+    fake_zentinel(&script, &log, &version_json("0.0.9", &[1, 2, 3]), None);
     let before = snapshot(&z);
-    let config = path_str(z.config_path.as_ref().expect("config path"));
 
-    let out = upgrade(
-        &z,
-        &["--rolling", "--binary", &path_str(&script), "--dry-run"],
-    );
-    out.assert_success("dry run of a plain rollback to a release reading formats 1..=2");
-    assert!(
-        out.stdout.contains(&format!(
-            "is zentinel 0.0.8 (protocol {PROTOCOL_VERSION}, reads state formats 1..=2); \
-             running master pid {}",
-            z.pid
-        )),
-        "{out}"
-    );
-    assert!(
-        out.stdout
-            .contains("dry run: the upgrade would proceed; nothing was changed"),
-        "{out}"
-    );
-    assert_eq!(
-        invocations(&log),
-        vec![
-            "--version --json".to_owned(),
-            format!("--check --config {config}")
-        ],
-        "the plain rollback passed the versions step and had its config checked"
-    );
-    assert_unchanged(&z, &before, "after a plain rollback dry run");
+    let script_arg = path_str(&script);
+    for canary in [&[][..], &["--canary", "5s"][..]] {
+        let _ = fs::remove_file(&log);
+        let args = [
+            &["--rolling", "--binary", script_arg.as_str(), "--dry-run"][..],
+            canary,
+        ]
+        .concat();
+        let out = upgrade(&z, &args);
+        assert_eq!(out.code, Some(1), "a rollback is refused: {out}");
+        assert!(out.stdout.contains("pre-flight: FAILED: "), "{out}");
+        assert!(!out.stdout.contains("would proceed"), "{out}");
+        assert!(
+            out.stderr
+                .contains("pre-flight failed, nothing was changed")
+                && out.stderr.contains("zentinel 0.0.9")
+                && out.stderr.contains("reads upgrade state formats 1..=3")
+                && out
+                    .stderr
+                    .contains(&format!("writes format {STATE_FORMAT_VERSION}"))
+                && out.stderr.contains("systemctl restart zentinel"),
+            "{out}"
+        );
+        assert_eq!(
+            invocations(&log),
+            vec!["--version --json".to_owned()],
+            "refused at the versions step, before the config check"
+        );
+        assert_unchanged(&z, &before, "after a refused rollback");
+    }
+}
 
-    fs::remove_file(&log).expect("reset the invocation log");
+/// With the real previous release (a `zentinel` built from 6f89551, the last commit writing
+/// state formats 2 and 3), e.g. `git archive 6f89551 | tar -x -C /tmp/prev && (cd /tmp/prev &&
+/// cargo build -p zentinel-master --bins)`, then
+/// `ZENTINEL_PREVIOUS_RELEASE_BIN=/tmp/prev/target/debug/zentinel`: a master of that release
+/// is upgraded to this build under a canary (its format 3 state, with the parsed model, is
+/// rendered to text and parsed by this build), serves, and a rollback to the previous release
+/// is refused by the pre-flight and, forced with `--no-preflight`, fails at take-over while
+/// this build keeps serving. Ignored by default (run it with `--ignored`): the previous release
+/// is a second build this test cannot make itself.
+#[test]
+#[ignore = "needs ZENTINEL_PREVIOUS_RELEASE_BIN, a zentinel built from 6f89551"]
+fn upgrade_from_the_previous_release_and_refused_rollback() {
+    let previous = std::env::var_os("ZENTINEL_PREVIOUS_RELEASE_BIN")
+        .expect("set ZENTINEL_PREVIOUS_RELEASE_BIN to a zentinel built from 6f89551");
+    let mut files = TempFiles::default();
+    let prev = files.add(temp_path("previous-release-zentinel"));
+    install_binary(Path::new(&previous), &prev);
+    let be = Backend::start("previous-release");
+    let z = Zentinel::start_with_binary(&configs::proxy_draining(2, free_port(), &be, 7), &prev);
+    z.client()
+        .get("/bytes/1000", "rollback.test")
+        .assert_pattern_body(1000);
+    let before = snapshot(&z);
+
+    // Forward: the previous release's master hands its state to this build.
+    let current = files.add(binary_copy("from-previous"));
     let out = upgrade(
         &z,
         &[
             "--rolling",
             "--binary",
-            &path_str(&script),
+            &path_str(&current),
             "--canary",
-            "5s",
-            "--dry-run",
+            "2s",
         ],
     );
-    assert_eq!(out.code, Some(1), "a canary rollback is refused: {out}");
-    assert!(out.stdout.contains("pre-flight: FAILED: "), "{out}");
-    assert!(!out.stdout.contains("would proceed"), "{out}");
-    assert!(
-        out.stderr
-            .contains("pre-flight failed, nothing was changed")
-            && out.stderr.contains("zentinel 0.0.8")
-            && out.stderr.contains("reads upgrade state formats 1..=2")
-            && out.stderr.contains(&format!(
-                "writes format {STATE_FORMAT_VERSION} for an upgrade with --canary"
-            ))
-            && out.stderr.contains(&format!(
-                "without --canary (the master then writes format {PLAIN_UPGRADE_STATE_FORMAT})"
-            )),
-        "{out}"
-    );
-    assert_eq!(
-        invocations(&log),
-        vec!["--version --json".to_owned()],
-        "refused at the versions step, before the config check"
-    );
-    assert_unchanged(&z, &before, "after a refused canary rollback");
-}
-
-/// The same rollback with the real previous release, when one is given: a `zentinel` built
-/// from the last commit before state format 3 (57be043, which reads formats 1..=2), e.g.
-/// `git archive 57be043 | tar -x -C /tmp/prev && (cd /tmp/prev && cargo build -p
-/// zentinel-master --bins)`, then `ZENTINEL_PREVIOUS_RELEASE_BIN=/tmp/prev/target/debug/zentinel`.
-/// A canary rollback is refused by the pre-flight; a plain rolling one really hands this build's
-/// state (format 2) to the previous release's master, whose workers then serve; and upgrading
-/// back to this build reads the state the previous release wrote. Ignored by default (run it
-/// with `--ignored`): the previous release is a second build this test cannot make itself.
-#[test]
-#[ignore = "needs ZENTINEL_PREVIOUS_RELEASE_BIN, a zentinel built from 57be043"]
-fn real_rollback_to_the_previous_release() {
-    let previous = std::env::var_os("ZENTINEL_PREVIOUS_RELEASE_BIN")
-        .expect("set ZENTINEL_PREVIOUS_RELEASE_BIN to a zentinel built from 57be043");
-    let (_be, z) = start();
-    let mut files = TempFiles::default();
-    let prev = files.add(temp_path("previous-release-zentinel"));
-    install_binary(Path::new(&previous), &prev);
-    let before = snapshot(&z);
-
-    let out = upgrade(
-        &z,
-        &["--rolling", "--binary", &path_str(&prev), "--canary", "5s"],
-    );
-    assert_eq!(out.code, Some(1), "a canary rollback is refused: {out}");
-    assert!(
-        out.stderr.contains("reads upgrade state formats 1..=2")
-            && out.stderr.contains(&format!(
-                "writes format {STATE_FORMAT_VERSION} for an upgrade with --canary"
-            )),
-        "{out}"
-    );
-    assert_unchanged(&z, &before, "after a refused canary rollback");
-
-    let out = upgrade(&z, &["--rolling", "--binary", &path_str(&prev)]);
-    out.assert_success("plain rolling rollback to the previous release");
-    assert!(
-        out.stdout.contains("upgrade complete: 2 workers on"),
-        "{out}"
-    );
-    let rolled_back = snapshot(&z);
-    assert_ne!(rolled_back.master_pid, before.master_pid, "{out}");
-    assert_eq!(rolled_back.binary, path_str(&prev));
-    assert!(rolled_back
-        .running_workers
-        .is_disjoint(&before.running_workers));
-    for pid in rolled_back.running_workers.iter().map(|&p| p as u32) {
-        assert_eq!(
-            process_exe(pid).as_deref(),
-            Some(prev.as_path()),
-            "worker {pid} runs the previous release"
-        );
-    }
-    assert_eq!(
-        process_exe(rolled_back.master_pid as u32).as_deref(),
-        Some(prev.as_path()),
-        "the master runs the previous release"
-    );
+    out.assert_success("upgrade from the previous release to this build");
+    let forward = snapshot(&z);
+    assert_ne!(forward.master_pid, before.master_pid, "{out}");
+    assert_eq!(forward.binary, path_str(&current));
+    assert!(forward.running_workers.is_disjoint(&before.running_workers));
     z.client()
         .get("/bytes/1000", "rollback.test")
         .assert_pattern_body(1000);
 
-    // And forward again: this build reads the format 2 state the previous release wrote.
-    let again = files.add(binary_copy("forward-again"));
-    let out = upgrade(&z, &["--rolling", "--binary", &path_str(&again)]);
-    out.assert_success("upgrade from the previous release back to this build");
-    let forward = snapshot(&z);
-    assert_eq!(forward.binary, path_str(&again));
-    assert_ne!(forward.master_pid, rolled_back.master_pid);
+    // Back: refused by the pre-flight, and by the previous release itself when forced.
+    let out = upgrade(&z, &["--rolling", "--binary", &path_str(&prev)]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("systemctl restart zentinel"), "{out}");
+    assert_eq!(snapshot(&z), forward, "after a refused rollback");
+    let out = upgrade(
+        &z,
+        &["--rolling", "--binary", &path_str(&prev), "--no-preflight"],
+    );
+    assert_eq!(out.code, Some(1), "{out}");
+    assert_eq!(
+        snapshot(&z),
+        forward,
+        "after a forced rollback failed at take-over"
+    );
     z.client()
         .get("/bytes/1000", "rollback.test")
         .assert_pattern_body(1000);

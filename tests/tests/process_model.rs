@@ -224,3 +224,45 @@ fn sigint_fast_stop_leaves_no_process() {
     );
     assert_all_exit(&workers, Duration::from_secs(5), "workers after SIGINT", &z);
 }
+
+/// `system { pid-file }` (upstream Zentinel's spelling, `worker-threads` with it): the file
+/// names the master that serves, a rolling upgrade's successor rewrites it, and a stop
+/// removes it.
+#[test]
+fn pid_file_follows_the_serving_master_across_an_upgrade() {
+    let be = Backend::start("pid-file");
+    let pid_file = temp_path("zentinel.pid");
+    let config = configs::Proxy::new(2, free_port(), &be)
+        .system(&format!("pid-file \"{}\"", pid_file.display()))
+        .build()
+        .replace("worker-processes", "worker-threads");
+    assert!(config.contains("worker-threads 2"), "{config}");
+    let mut files = TempFiles::default();
+    let copy = files.add(binary_copy("pid-file"));
+    let mut z = Zentinel::start(&config);
+    let names =
+        |pid: u32| std::fs::read_to_string(&pid_file).ok().as_deref() == Some(&format!("{pid}\n"));
+    assert!(
+        wait_until(Duration::from_secs(10), || names(z.pid)),
+        "pid file {} does not name the master {}",
+        pid_file.display(),
+        z.pid
+    );
+    let out = z.ctl(&[
+        "upgrade",
+        "--rolling",
+        "--binary",
+        &copy.display().to_string(),
+    ]);
+    out.assert_success("rolling upgrade with a pid file");
+    let successor = z.current_master_pid();
+    assert_ne!(successor, z.pid);
+    assert!(
+        wait_until(Duration::from_secs(10), || names(successor)),
+        "pid file does not name the successor {successor}"
+    );
+    ok_request(z.addr());
+    z.ctl(&["stop"]).assert_success("stop");
+    assert!(z.wait_all_gone(Duration::from_secs(20)), "processes left");
+    assert!(!pid_file.exists(), "pid file left after a stop");
+}

@@ -265,7 +265,7 @@ impl Harness {
         let start = WorkerStart {
             worker_id: 1,
             generation: 7,
-            config: cfg.clone(),
+            config: Box::new(cfg.clone()),
             listeners: vec![
                 ListenerHandle {
                     name: "web".into(),
@@ -1604,7 +1604,7 @@ fn reconfigure_with(
             &MasterMessage::Reconfigure(WorkerStart {
                 worker_id,
                 generation: 8,
-                config,
+                config: Box::new(config),
                 listeners: handles,
             }),
             &fds,

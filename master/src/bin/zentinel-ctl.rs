@@ -20,6 +20,7 @@ use zentinel_master::config::{load_config, DEFAULT_CONFIG_NAME};
 use zentinel_master::control_socket_path::{master_control_socket, SOCKET_ENV};
 use zentinel_master::preflight::{self, VersionInfo};
 use zentinel_master::upgrade::format_duration;
+use zentinel_protocol::config_source::ConfigSource;
 use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
 use zentinel_protocol::control::{
     CanaryPolicy, ControlRequest, ControlResponse, MasterStatus, StatusReport, UpgradeRequest,
@@ -315,7 +316,9 @@ fn run(cli: &Cli) -> CtlResult<()> {
                 // Its own connection: the pre-flight may take a while, and the upgrade request
                 // goes on a fresh one the new master inherits.
                 let report = Connection::open(&socket, cli.timeout)?.status(cli.timeout)?;
-                let outcome = preflight(&report, binary.as_deref(), args)?;
+                let fetch_source =
+                    || Connection::open(&socket, cli.timeout)?.running_config(cli.timeout);
+                let outcome = preflight(&report, binary.as_deref(), args, &fetch_source)?;
                 if args.dry_run {
                     return print_plan(&report, &outcome, args);
                 }
@@ -571,28 +574,57 @@ impl Connection {
 
     /// One `Status` request on this connection.
     fn status(&mut self, timeout: Duration) -> CtlResult<StatusReport> {
-        self.send(&ControlRequest::Status)
-            .map_err(|e| self.io_error("the status request", &e))?;
+        self.ask(
+            &ControlRequest::Status,
+            timeout,
+            |response| match response {
+                ControlResponse::Status(report) => Ok(report),
+                other => Err(other),
+            },
+        )
+    }
+
+    /// One `RunningConfig` request: the source text the master runs.
+    fn running_config(&mut self, timeout: Duration) -> CtlResult<ConfigSource> {
+        self.ask(
+            &ControlRequest::RunningConfig,
+            timeout,
+            |response| match response {
+                ControlResponse::RunningConfig(source) => Ok(*source),
+                other => Err(other),
+            },
+        )
+    }
+
+    /// Send `request` and wait for the one answer `expected` takes (it hands back any other).
+    fn ask<T>(
+        &mut self,
+        request: &ControlRequest,
+        timeout: Duration,
+        expected: impl Fn(ControlResponse) -> Result<T, ControlResponse>,
+    ) -> CtlResult<T> {
+        let what = format!("the {} request", request_name(request));
+        self.send(request).map_err(|e| self.io_error(&what, &e))?;
         loop {
-            match self.recv(timeout) {
-                Ok(ControlResponse::Status(report)) => return Ok(report),
-                // Not expected for a status, but harmless: keep waiting for the report.
-                Ok(ControlResponse::Progress { .. }) => {}
-                Ok(ControlResponse::Failed { message }) => return Err(message),
-                Ok(other) => {
+            match self.recv(timeout).map(&expected) {
+                Ok(Ok(answer)) => return Ok(answer),
+                // Not expected for a one-answer request, but harmless: keep waiting.
+                Ok(Err(ControlResponse::Progress { .. })) => {}
+                Ok(Err(ControlResponse::Failed { message })) => return Err(message),
+                Ok(Err(other)) => {
                     return Err(format!(
-                        "the master at {} answered status with {}",
+                        "the master at {} answered {what} with {}",
                         self.socket.display(),
                         response_kind(&other)
                     ))
                 }
                 Err(e) if e.is_closed() => {
                     return Err(format!(
-                        "the master at {} closed the connection before answering status",
+                        "the master at {} closed the connection before answering {what}",
                         self.socket.display()
                     ))
                 }
-                Err(e) => return Err(self.io_error("the status request", &e)),
+                Err(e) => return Err(self.io_error(&what, &e)),
             }
         }
     }
@@ -879,6 +911,7 @@ fn request_name(request: &ControlRequest) -> &'static str {
         ControlRequest::Stop { .. } => "stop",
         ControlRequest::WorkerRestart { .. } => "worker restart",
         ControlRequest::Upgrade { .. } | ControlRequest::UpgradeWith(_) => "upgrade",
+        ControlRequest::RunningConfig => "running config",
     }
 }
 
@@ -893,6 +926,7 @@ fn response_kind(response: &ControlResponse) -> &'static str {
         ControlResponse::CanaryComparison { .. } => "CanaryComparison",
         ControlResponse::Done { .. } => "Done",
         ControlResponse::Failed { .. } => "Failed",
+        ControlResponse::RunningConfig(_) => "RunningConfig",
     }
 }
 
@@ -934,6 +968,7 @@ fn preflight(
     report: &StatusReport,
     binary: Option<&str>,
     args: &UpgradeArgs,
+    fetch_source: &dyn Fn() -> CtlResult<ConfigSource>,
 ) -> CtlResult<Preflight> {
     let timeout = args.preflight_timeout;
     let json = args.json;
@@ -1003,16 +1038,37 @@ fn preflight(
     );
 
     let config = running_config_path(master);
-    let said = preflight::check_config(&binary, config.as_deref(), timeout)
-        .map_err(|e| fail("config", e))?;
+    let has_running_config = |info: &VersionInfo| {
+        info.features
+            .iter()
+            .any(|f| f == preflight::FEATURE_RUNNING_CONFIG)
+    };
+    let checked = if has_running_config(&running) && has_running_config(&new) {
+        // The text the new master will be handed, not whatever the file on disk says now.
+        let source = fetch_source().map_err(|e| {
+            fail(
+                "config",
+                format!("cannot get the running configuration from the master: {e}"),
+            )
+        })?;
+        let said = preflight::check_running_source(&binary, &source, timeout)
+            .map_err(|e| fail("config", e))?;
+        format!("the running configuration's text, as the master runs it ({said})")
+    } else {
+        let said = preflight::check_config(&binary, config.as_deref(), timeout)
+            .map_err(|e| fail("config", e))?;
+        let who = if has_running_config(&running) {
+            "the new binary cannot check a running text"
+        } else {
+            "the running master cannot hand out its running text"
+        };
+        format!("the configuration file on disk, since {who} ({said})")
+    };
     preflight_line(
         json,
         "config",
         true,
-        &format!(
-            "{} accepts the running configuration ({said})",
-            binary.display()
-        ),
+        &format!("{} accepts {checked}", binary.display()),
     );
     Ok(Preflight {
         binary,

@@ -16,13 +16,16 @@ use zentinel_master::preflight;
 use zentinel_master::supervisor::{self, Inherited, Supervisor, SupervisorSetup};
 use zentinel_master::systemd;
 use zentinel_master::upgrade;
+use zentinel_master::validate_command as validate;
 use zentinel_master::worker_process::{adopt_channel_fd, set_cloexec_on_inherited_fds, Executable};
-use zentinel_protocol::state::read_state_file;
+use zentinel_protocol::state::{read_state_file, ListenerFd};
 
 /// Exit code of an invalid configuration or command line (like clap's usage errors).
 const EXIT_CONFIG: u8 = 2;
 /// Exit code of any other failure.
 const EXIT_FAILURE: u8 = 1;
+/// Exit code of `-t` on an invalid configuration: 1, like upstream Zentinel and `nginx -t`.
+const EXIT_INVALID_CONFIG: u8 = 1;
 /// How long a starting master waits for a listening address still held by a previous
 /// instance's exiting workers.
 const BIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
@@ -45,13 +48,23 @@ struct Cli {
     #[arg(short = 'c', long, value_name = "PATH", env = "ZENTINEL_CONFIG")]
     config: Option<PathBuf>,
 
-    /// Validate the configuration, print every error, and exit (2 if invalid).
-    #[arg(short = 't', long = "check", visible_alias = "test")]
+    /// Test the configuration, print every error, and exit (1 if invalid), like upstream
+    /// Zentinel's and nginx's `-t`.
+    #[arg(short = 't', long = "test", visible_alias = "check")]
     check: bool,
+
+    /// Check a configuration's source text as a running master hands it to its successor (the
+    /// upgrade pre-flight writes it to a file; see `zentinel-ctl upgrade`).
+    #[arg(long = "check-source", value_name = "FILE", hide = true)]
+    check_source: Option<PathBuf>,
 
     /// Log filter (`info`, `debug`, or `EnvFilter` directives); RUST_LOG takes precedence.
     #[arg(long, value_name = "LEVEL", default_value = DEFAULT_LOG_LEVEL, global = true)]
     log_level: String,
+
+    /// Log at debug level (the same as `--log-level debug`).
+    #[arg(long, global = true)]
+    verbose: bool,
 
     /// Take over from a running master (binary upgrade; started by that master, not by hand).
     #[arg(
@@ -77,6 +90,33 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Test the configuration and exit (the same as `-t`).
+    Test {
+        /// Configuration file; defaults to the top-level `-c` (or `ZENTINEL_CONFIG`).
+        #[arg(short = 'c', long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Run the proxy (what `zentinel` does without a subcommand). A `-c` file that does not
+    /// exist is created with the embedded default configuration first.
+    Run {
+        #[arg(short = 'c', long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Test the configuration, then check what it refers to: every upstream target accepts a
+    /// TCP connection and every TLS certificate file is a readable certificate.
+    Validate {
+        #[arg(short = 'c', long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Do not connect to the upstream targets.
+        #[arg(long)]
+        skip_network: bool,
+        /// Do not check the certificate files.
+        #[arg(long)]
+        skip_certs: bool,
+        /// Accepted for upstream compatibility: there are no agents to check.
+        #[arg(long)]
+        skip_agents: bool,
+    },
     /// Run as a worker process (started by the master, not by hand).
     #[command(hide = true)]
     Worker {
@@ -91,17 +131,50 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     if cli.version {
         return print_version(cli.json);
     }
-    match cli.command {
+    if cli.verbose {
+        cli.log_level = "debug".to_owned();
+    }
+    if let Some(source) = cli.check_source.as_deref() {
+        return check_source(source);
+    }
+    // Like upstream, `-t` wins over a subcommand.
+    if cli.check {
+        return check(cli.config.as_deref());
+    }
+    match cli.command.take() {
         Some(Command::Worker {
             channel_fd,
             worker_id,
             generation,
         }) => run_worker(&cli.log_level, channel_fd, worker_id, generation),
-        None if cli.check => check(cli.config.as_deref()),
+        Some(Command::Test { config }) => check(config.or(cli.config).as_deref()),
+        Some(Command::Validate {
+            config,
+            skip_network,
+            skip_certs,
+            skip_agents: _,
+        }) => validate::run(
+            config.or(cli.config).as_deref(),
+            validate::Checks {
+                network: !skip_network,
+                certificates: !skip_certs,
+            },
+        ),
+        Some(Command::Run { config }) => {
+            if let Some(config) = config {
+                cli.config = Some(config);
+            }
+            if let Some(path) = cli.config.as_deref() {
+                if let Err(err) = config::create_default_if_missing(path) {
+                    return fail(EXIT_FAILURE, err);
+                }
+            }
+            run_master(&cli)
+        }
         None if cli.upgrade_from.is_some() => run_upgraded_master(&cli),
         None => run_master(&cli),
     }
@@ -147,17 +220,46 @@ fn print_diagnostics(path: Option<&Path>, diagnostics: &[ConfigDiagnostic]) {
     );
 }
 
-/// `--check`: like `nginx -t`. Parses and validates only; it does not bind, so it also works
-/// next to a running instance.
+/// `-t`: like upstream Zentinel's and `nginx -t`. Parses and validates only; it does not
+/// bind, so it also works next to a running instance. The success line is upstream's, naming
+/// the file as given (`(embedded)` for the embedded default).
 fn check(path: Option<&Path>) -> ExitCode {
-    match config::load_config(path) {
-        Ok((_, name)) => {
-            println!("configuration {name} is ok");
+    match config::load_full_config(path) {
+        Ok(loaded) => {
+            for warning in &loaded.config.warnings {
+                eprintln!("warning: {warning}");
+            }
+            let name = path.map_or_else(|| "(embedded)".to_owned(), |p| p.display().to_string());
+            println!("zentinel: configuration file {name} test is successful");
             ExitCode::SUCCESS
         }
         Err(diagnostics) => {
             print_diagnostics(path, &diagnostics);
-            ExitCode::from(EXIT_CONFIG)
+            ExitCode::from(EXIT_INVALID_CONFIG)
+        }
+    }
+}
+
+/// `--check-source FILE`: `-t` on the source text a running master would hand over.
+fn check_source(file: &Path) -> ExitCode {
+    let source = match std::fs::read(file)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| config::ConfigSource::decode(&bytes))
+    {
+        Ok(source) => source,
+        Err(err) => return fail(EXIT_FAILURE, format!("{}: {err}", file.display())),
+    };
+    let name = source
+        .main()
+        .map_or_else(String::new, |main| main.path.clone());
+    match config::parse_config_source(source) {
+        Ok(_) => {
+            println!("zentinel: configuration file {name} test is successful (the running text)");
+            ExitCode::SUCCESS
+        }
+        Err(diagnostics) => {
+            print_diagnostics(Some(Path::new(&name)), &diagnostics);
+            ExitCode::from(EXIT_INVALID_CONFIG)
         }
     }
 }
@@ -195,19 +297,23 @@ fn run_master(cli: &Cli) -> ExitCode {
         tracing::warn!("{warning}");
     }
     let path = cli.config.as_deref();
-    let (
-        config::FullConfig {
-            proxy: config,
-            metrics,
-        },
-        config_name,
-    ) = match config::load_full_config(path) {
+    let config::LoadedConfig {
+        config:
+            config::FullConfig {
+                proxy: config,
+                metrics,
+                warnings,
+            },
+        source: config_source,
+        name: config_name,
+    } = match config::load_full_config(path) {
         Ok(loaded) => loaded,
         Err(diagnostics) => {
             print_diagnostics(path, &diagnostics);
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    config::log_warnings(&warnings);
     if !activation.sockets.is_empty() {
         // Listeners whose address systemd passed use that socket (bind_listener duplicates
         // it); the others are bound below as usual.
@@ -243,8 +349,7 @@ fn run_master(cli: &Cli) -> ExitCode {
     let setup = SupervisorSetup {
         config,
         config_name,
-        // Absolute, so a reload finds the file whatever the current directory is then.
-        config_path: path.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())),
+        config_source,
         listeners,
         executable,
         signals,
@@ -308,6 +413,33 @@ fn take_over(
     if let Err(err) = std::fs::remove_file(state_path) {
         tracing::warn!(path = %state_path.display(), error = %err, "cannot remove the upgrade state file");
     }
+    // The running configuration, parsed by this binary's parser from the text the previous
+    // master runs (never re-read from disk), before anything is adopted: a binary that rejects
+    // it fails here and the previous master keeps serving.
+    let config::LoadedConfig {
+        config:
+            config::FullConfig {
+                proxy: config,
+                metrics: metrics_config,
+                warnings,
+            },
+        source: config_source,
+        name: config_name,
+    } = config::parse_config_source(state.config_source.clone()).map_err(|diagnostics| {
+        let mut message = format!(
+            "this binary rejects the running configuration ({} error{})",
+            diagnostics.len(),
+            if diagnostics.len() == 1 { "" } else { "s" }
+        );
+        for diagnostic in &diagnostics {
+            message.push_str("\n  ");
+            message.push_str(&diagnostic.to_string());
+        }
+        message
+    })?;
+    config::log_warnings(&warnings);
+    let listener_fds = inherited_listeners(&state.listeners, &config.listeners)
+        .map_err(|e| format!("state file {}: {e}", state_path.display()))?;
     let fd_err = |e: std::io::Error| e.to_string();
     let control_fd =
         upgrade::take_inherited_fd(state.control_socket_fd, "control socket").map_err(fd_err)?;
@@ -318,16 +450,8 @@ fn take_over(
             .map_err(fd_err)?;
     let previous_executable =
         Executable::adopt(previous_fd, PathBuf::from(&state.previous_binary)).map_err(fd_err)?;
-    if state.listeners.len() != state.config.listeners.len() {
-        return Err(format!(
-            "state file {}: {} listener fds for {} configured listeners",
-            state_path.display(),
-            state.listeners.len(),
-            state.config.listeners.len()
-        ));
-    }
-    let mut bound = Vec::with_capacity(state.listeners.len());
-    for (entry, config) in state.listeners.iter().zip(&state.config.listeners) {
+    let mut bound = Vec::with_capacity(listener_fds.len());
+    for (entry, config) in listener_fds.into_iter().zip(&config.listeners) {
         let what = format!("listener \"{}\"", entry.name);
         let fd = upgrade::take_inherited_fd(entry.fd, &what).map_err(fd_err)?;
         bound.push(BoundListener::adopt(fd, config, &entry.address).map_err(fd_err)?);
@@ -347,25 +471,37 @@ fn take_over(
         }
         None => None,
     };
-    let metrics = match &state.metrics_listener {
-        Some(entry) => {
+    let metrics = match (&state.metrics_listener, metrics_config) {
+        (Some(entry), Some(metrics_config)) => {
             let fd = upgrade::take_inherited_fd(entry.fd, "metrics listener").map_err(fd_err)?;
             Some(
                 zentinel_master::metrics::MetricsServer::from_fd(
                     fd,
-                    entry.config.clone(),
+                    metrics_config,
                     &entry.address,
                 )
                 .map_err(fd_err)?,
             )
         }
-        None => None,
+        (None, None) => None,
+        (Some(entry), None) => {
+            return Err(format!(
+                "state file {}: a metrics listener ({}) was handed over, but the running \
+                 configuration has no metrics endpoint",
+                state_path.display(),
+                entry.address
+            ))
+        }
+        (None, Some(metrics_config)) => {
+            return Err(format!(
+                "state file {}: the running configuration serves metrics on {}, but no \
+                 metrics listener was handed over",
+                state_path.display(),
+                metrics_config.address
+            ))
+        }
     };
     let executable = Executable::open_self_as(started_as().as_deref()).map_err(fd_err)?;
-    let config_name = state
-        .config_path
-        .clone()
-        .unwrap_or_else(|| DEFAULT_CONFIG_NAME.to_owned());
     tracing::info!(
         previous_master_pid = state.previous_master_pid,
         generation = state.generation,
@@ -374,9 +510,9 @@ fn take_over(
         "taking over from the previous master"
     );
     let setup = SupervisorSetup {
-        config: state.config,
+        config,
         config_name,
-        config_path: state.config_path.map(PathBuf::from),
+        config_source,
         listeners: bound,
         executable,
         signals,
@@ -397,6 +533,35 @@ fn take_over(
     Supervisor::new(setup)
         .and_then(Supervisor::run)
         .map_err(|e| e.to_string())
+}
+
+/// The inherited listener fds in the order of the configured listeners, matched by name: every
+/// configured listener needs exactly one, and none may be left over.
+fn inherited_listeners<'s>(
+    inherited: &'s [ListenerFd],
+    configured: &[zentinel_protocol::config::ListenerConfig],
+) -> Result<Vec<&'s ListenerFd>, String> {
+    if inherited.len() != configured.len() {
+        return Err(format!(
+            "{} listener fds for {} configured listeners",
+            inherited.len(),
+            configured.len()
+        ));
+    }
+    configured
+        .iter()
+        .map(|listener| {
+            inherited
+                .iter()
+                .find(|entry| entry.name == listener.name)
+                .ok_or_else(|| {
+                    format!(
+                        "no listener fd for configured listener \"{}\"",
+                        listener.name
+                    )
+                })
+        })
+        .collect()
 }
 
 fn run_worker(

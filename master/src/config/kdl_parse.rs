@@ -19,6 +19,7 @@ use zentinel_protocol::config::{
 use super::observability::{parse_observability, ParsedObservability};
 use super::ConfigDiagnostic;
 
+mod system;
 mod tls;
 
 /// Longest accepted duration in seconds. Far beyond any sensible timeout, and small enough that
@@ -26,6 +27,7 @@ mod tls;
 const MAX_SECS: u64 = 365 * 24 * 3600;
 
 const TOP_LEVEL: &[&str] = &[
+    "schema-version",
     "system",
     "listeners",
     "routes",
@@ -44,12 +46,6 @@ const TOP_LEVEL_UNSUPPORTED: &[&str] = &[
     "rate-limit",
     "namespaces",
     "services",
-];
-const SYSTEM_KEYS: &[&str] = &[
-    "worker-processes",
-    "max-connections",
-    "graceful-shutdown-timeout-secs",
-    "control-socket",
 ];
 const LISTENER_KEYS: &[&str] = &[
     "address",
@@ -109,6 +105,8 @@ pub(super) struct Diagnostics<'a> {
     /// parser's spans are shifted by them relative to the file the operator wrote.
     inserted: Vec<usize>,
     list: Vec<ConfigDiagnostic>,
+    /// Accepted, but worth telling the operator (a setting that has no effect here).
+    warnings: Vec<ConfigDiagnostic>,
 }
 
 impl<'a> Diagnostics<'a> {
@@ -122,6 +120,7 @@ impl<'a> Diagnostics<'a> {
             line_starts,
             inserted: Vec::new(),
             list: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -132,6 +131,13 @@ impl<'a> Diagnostics<'a> {
     pub(super) fn into_sorted(mut self) -> Vec<ConfigDiagnostic> {
         self.list.sort_by_key(|d| (d.line, d.column));
         self.list
+    }
+
+    /// The warnings, in file order.
+    pub(super) fn take_warnings(&mut self) -> Vec<ConfigDiagnostic> {
+        let mut warnings = std::mem::take(&mut self.warnings);
+        warnings.sort_by_key(|d| (d.line, d.column));
+        warnings
     }
 
     /// Maps a parser offset back to an offset in the original source.
@@ -157,14 +163,25 @@ impl<'a> Diagnostics<'a> {
     }
 
     pub(super) fn error(&mut self, parsed_offset: usize, node: &str, message: impl Into<String>) {
+        let diagnostic = self.located(parsed_offset, node, message.into());
+        self.list.push(diagnostic);
+    }
+
+    /// Something accepted that the operator should know about; not an error.
+    pub(super) fn warn(&mut self, parsed_offset: usize, node: &str, message: impl Into<String>) {
+        let diagnostic = self.located(parsed_offset, node, message.into());
+        self.warnings.push(diagnostic);
+    }
+
+    fn located(&self, parsed_offset: usize, node: &str, message: String) -> ConfigDiagnostic {
         let (line, column) = self.position(parsed_offset);
-        self.list.push(ConfigDiagnostic {
+        ConfigDiagnostic {
             file: self.file.to_owned(),
             line,
             column,
             node: node.to_owned(),
-            message: message.into(),
-        });
+            message,
+        }
     }
 }
 
@@ -219,9 +236,13 @@ pub(super) fn parse(source: &str, diags: &mut Diagnostics<'_>) -> Option<ParsedC
     let mut seen = Seen::default();
     for node in doc.nodes() {
         match name(node) {
-            "system" => {
-                seen.check(node, diags);
-                parse_system(node, &mut parsed.system, diags);
+            "system" | "server" => {
+                seen.check_as(node, "system", diags);
+                system::parse_system(node, &mut parsed.system, diags);
+            }
+            "schema-version" | "version" => {
+                seen.check_as(node, "schema-version", diags);
+                system::parse_schema_version(node, diags);
             }
             "limits" => {
                 seen.check(node, diags);
@@ -457,16 +478,26 @@ pub(super) struct Seen {
 impl Seen {
     /// Reports a repeated node; returns whether this is the first occurrence.
     pub(super) fn check(&mut self, node: &KdlNode, diags: &mut Diagnostics<'_>) -> bool {
-        if let Some(&first) = self.first.get(name(node)) {
+        self.check_as(node, name(node), diags)
+    }
+
+    /// Like [`Seen::check`], counting `node` as `key` (a node and its alias are one setting).
+    pub(super) fn check_as(
+        &mut self,
+        node: &KdlNode,
+        key: &str,
+        diags: &mut Diagnostics<'_>,
+    ) -> bool {
+        if let Some(&first) = self.first.get(key) {
             let line = diags.line_of(first);
             diags.error(
                 name_at(node),
                 name(node),
-                format!("duplicate `{}` (first set at line {line})", name(node)),
+                format!("duplicate `{key}` (first set at line {line})"),
             );
             false
         } else {
-            self.first.insert(name(node).to_owned(), name_at(node));
+            self.first.insert(key.to_owned(), name_at(node));
             true
         }
     }
@@ -696,6 +727,22 @@ fn leaf_u32(node: &KdlNode, min: u32, max: u32, diags: &mut Diagnostics<'_>) -> 
     leaf_int(node, u64::from(min), u64::from(max), diags).and_then(|v| u32::try_from(v).ok())
 }
 
+/// A leaf boolean (`#true` / `#false`).
+pub(super) fn leaf_bool(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<bool> {
+    let entry = single_arg(node, diags)?;
+    match entry.value() {
+        KdlValue::Bool(b) => Some(*b),
+        _ => {
+            diags.error(
+                entry.span().offset(),
+                name(node),
+                "expected a boolean (#true or #false)",
+            );
+            None
+        }
+    }
+}
+
 /// A leaf string with its offset.
 pub(super) fn leaf_string(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<(String, usize)> {
     let entry = single_arg(node, diags)?;
@@ -762,38 +809,6 @@ fn block_name(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<(String, us
         return None;
     }
     Some((text, first.span().offset()))
-}
-
-fn parse_system(node: &KdlNode, system: &mut SystemConfig, diags: &mut Diagnostics<'_>) {
-    for child in keyed_block(node, SYSTEM_KEYS, diags) {
-        match name(child) {
-            "worker-processes" => {
-                if let Some(v) = leaf_u32(child, 0, 4096, diags) {
-                    system.worker_processes = v;
-                }
-            }
-            "max-connections" => {
-                if let Some(v) = leaf_u32(child, 1, 10_000_000, diags) {
-                    system.max_connections = v;
-                }
-            }
-            "graceful-shutdown-timeout-secs" => {
-                if let Some(v) = leaf_int(child, 0, MAX_SECS, diags) {
-                    system.graceful_shutdown_timeout_secs = v;
-                }
-            }
-            "control-socket" => {
-                if let Some((path, at)) = leaf_string(child, diags) {
-                    if path.is_empty() {
-                        diags.error(at, "control-socket", "path must not be empty");
-                    } else {
-                        system.control_socket = Some(path);
-                    }
-                }
-            }
-            _ => unknown(child, "system", SYSTEM_KEYS, &[], diags),
-        }
-    }
 }
 
 fn parse_limits(node: &KdlNode, limits: &mut Limits, diags: &mut Diagnostics<'_>) {

@@ -9,12 +9,17 @@ mod observability;
 mod validate;
 
 #[cfg(test)]
+mod legacy_state_tests;
+#[cfg(test)]
+mod system_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
 use std::path::Path;
 
 use zentinel_protocol::config::{MetricsConfig, ProxyConfig};
+pub use zentinel_protocol::config_source::{ConfigSource, ConfigSourceFile};
 
 /// The configuration used when no file is given on the command line.
 pub const DEFAULT_CONFIG_KDL: &str = include_str!("default.kdl");
@@ -65,6 +70,8 @@ pub struct FullConfig {
     pub proxy: ProxyConfig,
     /// `observability { metrics { ... } }`; `None`: no metrics endpoint.
     pub metrics: Option<MetricsConfig>,
+    /// Settings accepted but worth telling the operator about (no effect here), in file order.
+    pub warnings: Vec<ConfigDiagnostic>,
 }
 
 /// Like [`parse_config`], with the master-only parts.
@@ -75,8 +82,13 @@ pub fn parse_full_config(
     let mut diags = kdl_parse::Diagnostics::new(source, file_name);
     let parsed = kdl_parse::parse(source, &mut diags);
     let config = parsed.map(|parsed| validate::validate(parsed, &mut diags));
+    let warnings = diags.take_warnings();
     match (config, diags.is_empty()) {
-        (Some((proxy, metrics)), true) => Ok(FullConfig { proxy, metrics }),
+        (Some((proxy, metrics)), true) => Ok(FullConfig {
+            proxy,
+            metrics,
+            warnings,
+        }),
         _ => Err(diags.into_sorted()),
     }
 }
@@ -85,19 +97,42 @@ pub fn parse_full_config(
 ///
 /// Returns the configuration and the name of the file it came from (for logs).
 pub fn load_config(path: Option<&Path>) -> Result<(ProxyConfig, String), Vec<ConfigDiagnostic>> {
-    load_full_config(path).map(|(full, name)| (full.proxy, name))
+    load_full_config(path).map(|loaded| (loaded.config.proxy, loaded.name))
 }
 
-/// Like [`load_config`], with the master-only parts.
-pub fn load_full_config(
-    path: Option<&Path>,
-) -> Result<(FullConfig, String), Vec<ConfigDiagnostic>> {
+/// A configuration as the master runs it: the parsed result and the text it was parsed from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: FullConfig,
+    /// The source, which a binary upgrade hands to the next master.
+    pub source: ConfigSource,
+    /// The main file's name for logs and status (`<embedded default>` without a file).
+    pub name: String,
+}
+
+/// Like [`load_config`], with the master-only parts and the source text.
+pub fn load_full_config(path: Option<&Path>) -> Result<LoadedConfig, Vec<ConfigDiagnostic>> {
+    let source = read_config_source(path)?;
+    parse_config_source(source)
+}
+
+/// Reads the configuration's text: the file at `path` (made absolute, so a reload finds it
+/// whatever the current directory is then), or the embedded default.
+pub fn read_config_source(path: Option<&Path>) -> Result<ConfigSource, Vec<ConfigDiagnostic>> {
     let Some(path) = path else {
-        let config = parse_full_config(DEFAULT_CONFIG_KDL, DEFAULT_CONFIG_NAME)?;
-        return Ok((config, DEFAULT_CONFIG_NAME.to_owned()));
+        return Ok(ConfigSource {
+            main_path: None,
+            files: vec![ConfigSourceFile {
+                path: DEFAULT_CONFIG_NAME.to_owned(),
+                text: DEFAULT_CONFIG_KDL.to_owned(),
+            }],
+        });
     };
-    let file_name = path.display().to_string();
-    let source = std::fs::read_to_string(path).map_err(|err| {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    // Absolute: relative paths inside (certificates, includes) resolve against it, the same
+    // for the master that read it and for a successor given its text.
+    let file_name = absolute.display().to_string();
+    let text = std::fs::read_to_string(&absolute).map_err(|err| {
         vec![ConfigDiagnostic {
             file: file_name.clone(),
             line: 0,
@@ -106,6 +141,60 @@ pub fn load_full_config(
             message: format!("cannot read configuration file: {err}"),
         }]
     })?;
-    let config = parse_full_config(&source, &file_name)?;
-    Ok((config, file_name))
+    Ok(ConfigSource {
+        main_path: Some(file_name.clone()),
+        files: vec![ConfigSourceFile {
+            path: file_name,
+            text,
+        }],
+    })
+}
+
+/// Parses a configuration from its source text: what a master does with the text it read at
+/// start or reload, and what a new master does with the text its predecessor handed over in
+/// the upgrade state (never re-reading the files from disk).
+pub fn parse_config_source(source: ConfigSource) -> Result<LoadedConfig, Vec<ConfigDiagnostic>> {
+    let Some(main) = source.main() else {
+        return Err(vec![ConfigDiagnostic {
+            file: source.main_path.clone().unwrap_or_default(),
+            line: 0,
+            column: 0,
+            node: String::new(),
+            message: "the configuration source holds no file".to_owned(),
+        }]);
+    };
+    let config = parse_full_config(&main.text, &main.path)?;
+    let name = main.path.clone();
+    Ok(LoadedConfig {
+        config,
+        source,
+        name,
+    })
+}
+
+/// `zentinel run -c PATH` with no file at PATH: like upstream Zentinel, write the embedded
+/// default configuration there first (creating its directory), so a fresh install starts.
+pub fn create_default_if_missing(path: &Path) -> Result<(), String> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, DEFAULT_CONFIG_KDL.trim_start()).map_err(|e| {
+        format!(
+            "cannot write the default configuration to {}: {e}",
+            path.display()
+        )
+    })?;
+    tracing::info!(path = %path.display(), "wrote the embedded default configuration");
+    Ok(())
+}
+
+/// Logs each warning of a configuration the master is about to run (start, reload, take-over).
+pub fn log_warnings(warnings: &[ConfigDiagnostic]) {
+    for warning in warnings {
+        tracing::warn!(file = %warning.file, line = warning.line, "{warning}");
+    }
 }

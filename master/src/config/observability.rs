@@ -5,14 +5,14 @@
 
 use std::net::SocketAddr;
 
-use kdl::{KdlNode, KdlValue};
+use kdl::KdlNode;
 use zentinel_protocol::config::{
     AccessLogConfig, MetricsConfig, DEFAULT_ACCESS_LOG_FORMAT, DEFAULT_METRICS_ADDRESS,
     DEFAULT_METRICS_PATH,
 };
 
 use super::kdl_parse::{
-    block, leaf_string, name, name_at, single_arg, socket_addr, unknown, Diagnostics, Seen,
+    block, leaf_bool, leaf_string, name, name_at, socket_addr, unknown, Diagnostics, Seen,
 };
 
 const OBSERVABILITY_KEYS: &[&str] = &["metrics", "logging"];
@@ -70,21 +70,6 @@ pub(super) fn parse_observability(
 }
 
 /// `enabled #true` / `enabled true` (KDL v1).
-fn leaf_bool(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<bool> {
-    let entry = single_arg(node, diags)?;
-    match entry.value() {
-        KdlValue::Bool(b) => Some(*b),
-        _ => {
-            diags.error(
-                entry.span().offset(),
-                name(node),
-                "expected a boolean (#true or #false)",
-            );
-            None
-        }
-    }
-}
-
 fn parse_metrics(node: &KdlNode, out: &mut ParsedObservability, diags: &mut Diagnostics<'_>) {
     let mut seen = Seen::default();
     let mut enabled = true;

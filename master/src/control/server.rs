@@ -525,6 +525,7 @@ fn request_kind(request: &ControlRequest) -> &'static str {
         ControlRequest::Stop { .. } => "Stop",
         ControlRequest::WorkerRestart { .. } => "WorkerRestart",
         ControlRequest::Upgrade { .. } | ControlRequest::UpgradeWith(_) => "Upgrade",
+        ControlRequest::RunningConfig => "RunningConfig",
     }
 }
 

@@ -36,7 +36,7 @@ pub(super) struct ReloadOp {
     client: Option<Token>,
     config: ProxyConfig,
     config_name: String,
-    config_path: Option<PathBuf>,
+    config_source: ConfigSource,
     /// The metrics endpoint after the reload (bound already if its address moved).
     metrics: super::metrics::MetricsPlan,
     /// The new listener set, in the order of `config.listeners`: duplicates of kept sockets
@@ -56,6 +56,10 @@ impl Supervisor {
             // The server answers Hello itself and never passes it on.
             ControlRequest::Hello(_) => {}
             ControlRequest::Status => self.start_status(client),
+            ControlRequest::RunningConfig => {
+                let source = Box::new(self.config_source.clone());
+                self.finish(Some(client), ControlResponse::RunningConfig(source));
+            }
             ControlRequest::Stop {
                 fast,
                 drain_timeout_ms,
@@ -436,9 +440,21 @@ impl Supervisor {
             );
             return self.refuse(client, message);
         }
-        let path: Option<PathBuf> = path.map(PathBuf::from).or_else(|| self.config_path.clone());
-        let (new_config, new_metrics, name) = match config::load_full_config(path.as_deref()) {
-            Ok((full, name)) => (full.proxy, full.metrics, name),
+        let path: Option<PathBuf> = path
+            .map(PathBuf::from)
+            .or_else(|| self.config_source.main_path.as_ref().map(PathBuf::from));
+        let (new_config, new_metrics, name, source) = match config::load_full_config(
+            path.as_deref(),
+        ) {
+            Ok(loaded) => (
+                {
+                    config::log_warnings(&loaded.config.warnings);
+                    loaded.config.proxy
+                },
+                loaded.config.metrics,
+                loaded.name,
+                loaded.source,
+            ),
             Err(diagnostics) => {
                 let mut message = format!(
                     "configuration {} is invalid ({} error{}); the running configuration is unchanged",
@@ -541,7 +557,7 @@ impl Supervisor {
             client,
             config: new_config,
             config_name: name,
-            config_path: path,
+            config_source: source,
             metrics: metrics_plan,
             listeners,
             waiting: BTreeSet::new(),
@@ -571,7 +587,7 @@ impl Supervisor {
         let message = MasterMessage::Reconfigure(WorkerStart {
             worker_id: process.worker_id,
             generation: process.generation,
-            config: config.clone(),
+            config: Box::new(config.clone()),
             listeners: listeners.iter().map(BoundListener::handle).collect(),
         });
         let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.as_fd()).collect();
@@ -725,9 +741,16 @@ impl Supervisor {
 
     fn reload_commit(&mut self, op: ReloadOp) {
         let old_count = self.slots.len();
+        let old_pid_file = self.config.system.pid_file.clone();
         self.config = op.config;
         self.config_name = op.config_name;
-        self.config_path = op.config_path;
+        self.config_source = op.config_source;
+        if self.config.system.pid_file != old_pid_file {
+            if let Some(old) = &old_pid_file {
+                crate::pid_file::remove_if_ours(old, std::process::id());
+            }
+            self.write_pid_file();
+        }
         self.metrics_apply(op.metrics);
         self.metrics_reload_finished(true);
         // The old set goes: removed addresses close here (workers already dropped theirs),

@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use mio::Token;
 use tracing::{info, warn};
 use zentinel_protocol::config::MetricsConfig;
-use zentinel_protocol::state::{MasterMetrics, MetricsListenerFd};
+use zentinel_protocol::state::{InheritedListener, MasterMetrics};
 
 use super::{Role, Supervisor, WorkerProcess};
 use crate::metrics::{self, MetricsServer, Snapshot, WorkerSample};
@@ -103,7 +103,7 @@ impl Supervisor {
 
     /// What a successor master inherits: the endpoint's socket and the counters (with the
     /// upgrade's start time).
-    pub(super) fn metrics_handover(&self) -> (Option<MetricsListenerFd>, MasterMetrics, Vec<i32>) {
+    pub(super) fn metrics_handover(&self) -> (Option<InheritedListener>, MasterMetrics, Vec<i32>) {
         let mut m = self.master_metrics.clone();
         m.upgrade_started_unix_ms = Some(unix_ms_now());
         // Processes the successor will never hear of (exiting: the same test as in
@@ -117,8 +117,7 @@ impl Supervisor {
         }
         match &self.metrics {
             Some(server) => (
-                Some(MetricsListenerFd {
-                    config: server.config().clone(),
+                Some(InheritedListener {
                     address: server.local_address().to_string(),
                     fd: server.raw_fd(),
                 }),

@@ -266,8 +266,7 @@ impl Supervisor {
         let state = MasterState {
             previous_master_pid: std::process::id(),
             generation: self.generation + 1,
-            config: self.config.clone(),
-            config_path: self.config_path.as_ref().map(|p| p.display().to_string()),
+            config_source: self.config_source.clone(),
             log_level: self.log_level.clone(),
             control_socket_path: control_path.display().to_string(),
             control_socket_fd: control_fd,
@@ -534,6 +533,8 @@ impl Supervisor {
         if matches!(self.phase, Phase::Stopping { .. }) {
             crate::systemd::notify_logged(&reclaim);
         } else {
+            // The failed successor may have written its pid already.
+            self.write_pid_file();
             crate::systemd::ready(&format!(
                 "upgrade to {} failed; {}",
                 handover.binary,
@@ -739,6 +740,7 @@ impl Supervisor {
         // queued before that master can exit: systemd reads notifications ahead of SIGCHLD,
         // and sees the main pid move instead of the main process dying. If confirming fails
         // after this, the previous master takes MAINPID back (handover_failed).
+        self.write_pid_file();
         crate::systemd::ready(&format!(
             "serving: took over from pid {} (generation {}, binary {})",
             adoption.previous_master_pid,

@@ -10,8 +10,8 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::v2::{MasterStateV2, PendingUpgrade};
+use super::v3_config as latest;
 use super::ListenerFd;
-use crate::config as latest;
 use crate::control::WorkerState;
 use crate::messages::WorkerCounters;
 

@@ -1,16 +1,16 @@
 //! State format version 2, frozen: the state exactly as a version 2 master archived it (before
-//! `PendingUpgrade` gained `canary`), the conversion to the latest state, and the conversion
-//! back for writing a state that format 2 holds (what keeps a downgrade possible).
+//! `PendingUpgrade` gained `canary`), and its conversion to format 3.
 //!
 //! Never edit these types: `tests/fixtures/state-v2.bin` was written with them. The types it
-//! embeds from the rest of the crate (`ProxyConfig`, `WorkerRecord`, `ListenerFd`,
-//! `MetricsListenerFd`, `MasterMetrics`) are still shared with the latest format; the day one of
+//! embeds from the rest of the crate (`ProxyConfig`, `MetricsListenerFd` from format 3,
+//! `WorkerRecord`, `ListenerFd`, `MasterMetrics` from the latest) are still shared; the day one of
 //! them changes, copy it here too (the frozen fixture test fails until then).
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use super::{ListenerFd, MasterMetrics, MasterStateV3, MetricsListenerFd, WorkerRecord};
-use crate::config::ProxyConfig;
+use super::v3::{MasterStateV3, MetricsListenerFd};
+use super::v3_config::ProxyConfig;
+use super::{ListenerFd, MasterMetrics, WorkerRecord};
 
 /// Format version 2.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -51,82 +51,6 @@ impl From<PendingUpgrade> for super::PendingUpgrade {
             client_fd: old.client_fd,
             canary: None,
         }
-    }
-}
-
-/// A state that format 2 cannot hold: its pending upgrade has a canary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the pending upgrade has a canary, which state format 2 cannot hold")]
-pub struct NeedsNewerFormat;
-
-/// Whether format 2 holds `state` losslessly: everything but a canary-gated upgrade. What
-/// [`super::format_for`] reports; the conversion below refuses exactly the other states
-/// (`protocol/tests/state.rs` checks that the two agree).
-pub fn holds(state: &MasterStateV3) -> bool {
-    state
-        .upgrade
-        .as_ref()
-        .is_none_or(|upgrade| upgrade.canary.is_none())
-}
-
-/// Down-conversion for writing: the state exactly as a version 2 master would have archived
-/// it, so the previous release can take over (see the module doc of `state`).
-impl TryFrom<MasterStateV3> for MasterStateV2 {
-    type Error = NeedsNewerFormat;
-
-    fn try_from(state: MasterStateV3) -> Result<Self, NeedsNewerFormat> {
-        // Destructured so that a field added to the latest state fails to compile here
-        // instead of being silently dropped from format 2 files.
-        let MasterStateV3 {
-            previous_master_pid,
-            generation,
-            config,
-            config_path,
-            log_level,
-            control_socket_path,
-            control_socket_fd,
-            previous_binary,
-            previous_executable_fd,
-            listeners,
-            workers,
-            upgrade,
-            metrics_listener,
-            metrics,
-        } = state;
-        let upgrade = match upgrade {
-            None => None,
-            Some(super::PendingUpgrade {
-                rolling,
-                drain_timeout_ms,
-                ready_timeout_ms,
-                client_fd,
-                canary: None,
-            }) => Some(PendingUpgrade {
-                rolling,
-                drain_timeout_ms,
-                ready_timeout_ms,
-                client_fd,
-            }),
-            Some(super::PendingUpgrade {
-                canary: Some(_), ..
-            }) => return Err(NeedsNewerFormat),
-        };
-        Ok(MasterStateV2 {
-            previous_master_pid,
-            generation,
-            config,
-            config_path,
-            log_level,
-            control_socket_path,
-            control_socket_fd,
-            previous_binary,
-            previous_executable_fd,
-            listeners,
-            workers,
-            upgrade,
-            metrics_listener,
-            metrics,
-        })
     }
 }
 

@@ -17,16 +17,28 @@ fn name() -> impl Strategy<Value = String> {
 }
 
 fn system() -> impl Strategy<Value = SystemConfig> {
-    (any::<u32>(), any::<u32>(), any::<u64>(), option::of(name())).prop_map(
-        |(worker_processes, max_connections, graceful_shutdown_timeout_secs, control_socket)| {
-            SystemConfig {
+    (
+        any::<u32>(),
+        any::<u32>(),
+        any::<u64>(),
+        option::of(name()),
+        option::of(name()),
+    )
+        .prop_map(
+            |(
                 worker_processes,
                 max_connections,
                 graceful_shutdown_timeout_secs,
                 control_socket,
-            }
-        },
-    )
+                pid_file,
+            )| SystemConfig {
+                worker_processes,
+                max_connections,
+                graceful_shutdown_timeout_secs,
+                control_socket,
+                pid_file,
+            },
+        )
 }
 
 fn tls_version() -> impl Strategy<Value = TlsVersion> {
@@ -252,7 +264,7 @@ fn worker_start() -> impl Strategy<Value = WorkerStart> {
         .prop_map(|(worker_id, generation, config, listeners)| WorkerStart {
             worker_id,
             generation,
-            config,
+            config: Box::new(config),
             listeners,
         })
 }

@@ -1,0 +1,142 @@
+//! The `system` section in upstream Zentinel's vocabulary, `schema-version`, and the warnings
+//! for settings that are accepted without effect.
+
+use super::*;
+
+fn full(source: &str) -> Result<FullConfig, Vec<ConfigDiagnostic>> {
+    parse_full_config(source, "test.kdl")
+}
+
+const LISTENER: &str = "listeners {\n    listener \"http\" { address \"127.0.0.1:8080\"; }\n}\n";
+
+fn messages(diagnostics: &[ConfigDiagnostic]) -> String {
+    diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn upstream_spellings_parse_as_upstream_means_them() {
+    let source = format!(
+        "schema-version \"1.0\"\nsystem {{\n    worker-threads 4\n    max-connections 5000\n    \
+         graceful-shutdown-timeout-secs 12\n    pid-file \"/run/zentinel.pid\"\n    \
+         route-cache-size 500\n    trace-id-format \"uuid\"\n    daemon #false\n}}\n{LISTENER}"
+    );
+    let config = full(&source).unwrap_or_else(|d| panic!("{}", messages(&d)));
+    assert!(config.warnings.is_empty(), "{}", messages(&config.warnings));
+    let system = &config.proxy.system;
+    assert_eq!(system.worker_processes, 4);
+    assert_eq!(system.max_connections, 5000);
+    assert_eq!(system.graceful_shutdown_timeout_secs, 12);
+    assert_eq!(system.pid_file.as_deref(), Some("/run/zentinel.pid"));
+}
+
+#[test]
+fn worker_processes_stays_an_alias_but_not_both() {
+    let config = full(&format!("system {{ worker-processes 3; }}\n{LISTENER}")).unwrap();
+    assert_eq!(config.proxy.system.worker_processes, 3);
+    let errs = full(&format!(
+        "system {{\n    worker-threads 2\n    worker-processes 3\n}}\n{LISTENER}"
+    ))
+    .unwrap_err();
+    assert_eq!(errs.len(), 1, "{}", messages(&errs));
+    assert_eq!((errs[0].line, errs[0].column), (3, 5));
+    assert!(
+        errs[0].message.contains("already set by `worker-threads`"),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn settings_without_effect_warn_instead_of_failing() {
+    let config = full(&format!(
+        "server {{\n    workers 8\n    daemon #true\n}}\n{LISTENER}"
+    ))
+    .unwrap_or_else(|d| panic!("{}", messages(&d)));
+    // `workers` is not the worker count (upstream ignores it too): the default stays.
+    assert_eq!(config.proxy.system.worker_processes, 0);
+    let text = messages(&config.warnings);
+    assert_eq!(config.warnings.len(), 3, "{text}");
+    assert!(
+        text.contains("test.kdl:1:1: `server`: `server` is the deprecated spelling"),
+        "{text}"
+    );
+    assert!(
+        text.contains("test.kdl:2:5: `workers`: `workers` has no effect"),
+        "{text}"
+    );
+    assert!(
+        text.contains("test.kdl:3:5: `daemon`: `daemon #true`: zentinel stays in the foreground"),
+        "{text}"
+    );
+}
+
+#[test]
+fn system_and_server_are_one_block() {
+    let errs = full(&format!("system {{ }}\nserver {{ }}\n{LISTENER}")).unwrap_err();
+    assert!(
+        errs.iter()
+            .any(|e| e.line == 2 && e.message.contains("duplicate `system`")),
+        "{}",
+        messages(&errs)
+    );
+}
+
+#[test]
+fn schema_version_is_checked() {
+    assert!(full(&format!("schema-version \"1.0\"\n{LISTENER}")).is_ok());
+    assert!(full(&format!("version \"1.0\"\n{LISTENER}")).is_ok());
+    let newer = full(&format!("schema-version \"1.3\"\n{LISTENER}")).unwrap();
+    assert!(
+        messages(&newer.warnings).contains("newer than the supported 1.0"),
+        "{}",
+        messages(&newer.warnings)
+    );
+    for (value, needle) in [
+        ("\"0.9\"", "older than the oldest supported"),
+        ("\"one\"", "expected major.minor"),
+        ("1.0", "expected a string"),
+    ] {
+        let errs = full(&format!("schema-version {value}\n{LISTENER}")).unwrap_err();
+        assert!(
+            errs.len() == 1 && errs[0].line == 1 && errs[0].message.contains(needle),
+            "{value}: {}",
+            messages(&errs)
+        );
+    }
+}
+
+#[test]
+fn unimplemented_system_keys_are_reported_as_such() {
+    let errs = full(&format!(
+        "system {{\n    user \"zentinel\"\n    trace-id-format \"snowflake\"\n}}\n{LISTENER}"
+    ))
+    .unwrap_err();
+    let text = messages(&errs);
+    assert!(
+        text.contains("test.kdl:2:5: `user`: `user` is not supported yet"),
+        "{text}"
+    );
+    assert!(
+        text.contains("test.kdl:3:21: `trace-id-format`: unknown trace id format"),
+        "{text}"
+    );
+}
+
+#[test]
+fn run_creates_a_missing_file_with_the_embedded_default() {
+    let dir = std::env::temp_dir().join(format!("zentinel-run-default-{}", std::process::id()));
+    let path = dir.join("etc/zentinel.kdl");
+    let _ = std::fs::remove_dir_all(&dir);
+    create_default_if_missing(&path).unwrap();
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(written, DEFAULT_CONFIG_KDL.trim_start());
+    // An existing file is left alone.
+    std::fs::write(&path, "// mine\n").unwrap();
+    create_default_if_missing(&path).unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "// mine\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}
