@@ -13,6 +13,7 @@ pub fn check(data: &[u8]) {
         max_header_size_bytes: 4096,
         max_header_count: 32,
         max_body_size_bytes: 1 << 20,
+        ..Limits::default()
     };
     match codec::parse_request(data, &limits) {
         Ok(Parsed::Complete(head)) => assert!(

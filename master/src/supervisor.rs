@@ -138,8 +138,11 @@ pub struct SupervisorSetup {
     pub executable: Executable,
     /// From [`block_signals`].
     pub signals: SignalFd,
-    /// Passed on to workers as `--log-level`.
-    pub log_level: String,
+    /// How this master logs; workers get the same settings on their command line.
+    pub log: crate::logging::LogSettings,
+    /// `--log-level`/`--verbose` as given on the command line, handed to a successor master
+    /// (otherwise it takes the level from the configuration text, like this one did).
+    pub explicit_log_level: Option<String>,
     /// Master generation, starting at 1 (a future binary upgrade increments it; a reload
     /// keeps it).
     pub generation: u64,
@@ -300,7 +303,8 @@ pub struct Supervisor {
     listeners: Vec<BoundListener>,
     executable: Executable,
     signals: SignalFd,
-    log_level: String,
+    log: crate::logging::LogSettings,
+    explicit_log_level: Option<String>,
     generation: u64,
     poll: Poll,
     slots: Vec<WorkerSlot>,
@@ -381,7 +385,8 @@ impl Supervisor {
             listeners: setup.listeners,
             executable: setup.executable,
             signals: setup.signals,
-            log_level: setup.log_level,
+            log: setup.log,
+            explicit_log_level: setup.explicit_log_level,
             generation: setup.generation,
             poll,
             slots: (0..count).map(WorkerSlot::new).collect(),
@@ -739,7 +744,7 @@ impl Supervisor {
         let start = MasterMessage::Start(WorkerStart {
             worker_id: process.worker_id,
             generation: process.generation,
-            config: Box::new(self.config.clone()),
+            config: Box::new(worker_config(&self.config, self.slots.len())),
             listeners: self.listeners.iter().map(BoundListener::handle).collect(),
         });
         let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.as_fd()).collect();
@@ -884,7 +889,7 @@ impl Supervisor {
         let args = WorkerArgs {
             worker_id,
             generation,
-            log_level: &self.log_level,
+            log: &self.log,
         };
         let executable = if previous {
             self.previous_executable
@@ -1477,6 +1482,19 @@ fn close_channel(registry: &Registry, process: &mut WorkerProcess) {
 }
 
 /// Queue a message and keep the writable interest in step with the channel's backlog.
+/// The configuration as a worker gets it: `limits { max-total-connections }` becomes each of
+/// the `workers` workers' share of the connection cap (rounded up), since a worker counts only
+/// its own connections.
+pub(super) fn worker_config(config: &ProxyConfig, workers: usize) -> ProxyConfig {
+    let mut config = config.clone();
+    let total = config.limits.max_total_connections;
+    if total > 0 {
+        let workers = u32::try_from(workers.max(1)).unwrap_or(u32::MAX);
+        config.system.max_connections = config.system.max_connections.min(total.div_ceil(workers));
+    }
+    config
+}
+
 fn send(
     registry: &Registry,
     process: &mut WorkerProcess,
@@ -1536,4 +1554,28 @@ fn kill_process(process: &mut WorkerProcess) {
         Err(err) => error!(pid = process.pid.as_raw(), error = %err, "cannot kill worker"),
     }
     process.killed = true;
+}
+
+#[cfg(test)]
+mod worker_config_tests {
+    use super::worker_config;
+    use zentinel_protocol::config::ProxyConfig;
+
+    #[test]
+    fn total_connections_become_each_workers_share() {
+        let mut config = ProxyConfig {
+            system: Default::default(),
+            listeners: Vec::new(),
+            routes: Vec::new(),
+            upstreams: Vec::new(),
+            limits: Default::default(),
+        };
+        config.system.max_connections = 10_000;
+        assert_eq!(worker_config(&config, 4).system.max_connections, 10_000);
+        config.limits.max_total_connections = 1001;
+        assert_eq!(worker_config(&config, 4).system.max_connections, 251);
+        config.system.max_connections = 100;
+        assert_eq!(worker_config(&config, 4).system.max_connections, 100);
+        assert_eq!(worker_config(&config, 0).system.max_connections, 100);
+    }
 }

@@ -56,7 +56,8 @@ pub fn ready_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Start `binary` as the successor master: `BINARY --upgrade-from STATE --upgrade-ready-fd N
-/// --log-level L`, inheriting exactly `inherit` and `ready_write` (CLOEXEC cleared in the
+/// [--log-level L]` (only a level the operator gave explicitly; otherwise the successor takes
+/// it from the configuration text), inheriting exactly `inherit` and `ready_write` (CLOEXEC cleared in the
 /// child only, between fork and exec). argv[0] is the binary's path, so the new master names
 /// its executable the way the operator did.
 pub fn spawn_successor(
@@ -64,7 +65,7 @@ pub fn spawn_successor(
     state_file: &Path,
     ready_write: &OwnedFd,
     inherit: &[RawFd],
-    log_level: &str,
+    log_level: Option<&str>,
 ) -> io::Result<Pid> {
     let ready_raw = ready_write.as_raw_fd();
     let mut fds: Vec<RawFd> = inherit.to_vec();
@@ -79,8 +80,12 @@ pub fn spawn_successor(
         .arg(state_file)
         .arg(UPGRADE_READY_FD_ARG)
         .arg(ready_raw.to_string())
-        .arg("--log-level")
-        .arg(log_level)
+        .args(
+            log_level
+                .map(|level| ["--log-level", level])
+                .into_iter()
+                .flatten(),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());

@@ -112,8 +112,8 @@ impl Executable {
 pub struct WorkerArgs<'a> {
     pub worker_id: u32,
     pub generation: u64,
-    /// Passed on as `--log-level`, so workers log like their master.
-    pub log_level: &'a str,
+    /// Passed on as `--log-level` and friends, so workers log like their master.
+    pub log: &'a crate::logging::LogSettings,
 }
 
 /// A freshly started worker: its pid and the master's end of its channel (blocking mode).
@@ -140,8 +140,7 @@ pub fn spawn_worker(exe: &Executable, args: WorkerArgs<'_>) -> io::Result<Spawne
         .arg(args.worker_id.to_string())
         .arg("--generation")
         .arg(args.generation.to_string())
-        .arg("--log-level")
-        .arg(args.log_level)
+        .args(args.log.worker_args())
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());

@@ -321,6 +321,12 @@ pub struct Limits {
     pub max_header_count: u32,
     /// Request body; beyond it: 413.
     pub max_body_size_bytes: u64,
+    /// Connections one client IP may hold open at once, per worker (0: no limit); beyond it
+    /// a new connection is closed at once.
+    pub max_connections_per_client: u32,
+    /// Client connections across all workers (0: no limit). The master turns it into each
+    /// worker's share of `SystemConfig::max_connections` before sending the configuration.
+    pub max_total_connections: u32,
 }
 
 impl Default for Limits {
@@ -329,6 +335,8 @@ impl Default for Limits {
             max_header_size_bytes: 8192,
             max_header_count: 100,
             max_body_size_bytes: 10 * 1024 * 1024,
+            max_connections_per_client: 0,
+            max_total_connections: 0,
         }
     }
 }

@@ -335,3 +335,41 @@ fn fd_exhaustion_backs_off_keeps_serving_and_recovers() {
     let _ = master.wait();
     let _ = std::fs::remove_dir_all(runtime);
 }
+
+/// `limits { max-connections-per-client 2 }` (upstream Zentinel's key): a client IP holds at
+/// most two connections in a worker; a third is closed at once while the first two keep
+/// working, and a freed slot admits a new one.
+#[test]
+fn max_connections_per_client_closes_the_extra_connection() {
+    let be = Backend::start("per-client");
+    let config = configs::Proxy::new(1, free_port(), &be)
+        .top_level("limits {\n    max-connections-per-client 2\n}\n")
+        .build();
+    let z = Zentinel::start(&config);
+    let mut first = z.client();
+    let mut second = z.client();
+    assert_eq!(first.get("/bytes/10", "limit.test").status, 200);
+    assert_eq!(second.get("/bytes/10", "limit.test").status, 200);
+
+    let mut third = z.client();
+    let _ = third.try_send(b"GET /bytes/10 HTTP/1.1\r\nHost: limit.test\r\n\r\n");
+    assert!(
+        third.server_closed_within(Duration::from_secs(5)),
+        "the third connection of the same client was not closed"
+    );
+    // The first two are unaffected.
+    assert_eq!(first.get("/bytes/10", "limit.test").status, 200);
+    assert_eq!(second.get("/bytes/10", "limit.test").status, 200);
+
+    drop(first);
+    // The slot frees once the worker has seen the close: retry until it has, bounded.
+    let admitted = wait_until(Duration::from_secs(5), || {
+        let mut again = z.client();
+        again.set_timeout(Duration::from_secs(2));
+        again
+            .try_send(b"GET /bytes/10 HTTP/1.1\r\nHost: limit.test\r\n\r\n")
+            .and_then(|()| again.try_read_response(true, false))
+            .is_ok_and(|r| r.status == 200)
+    });
+    assert!(admitted, "a freed slot did not admit a new connection");
+}

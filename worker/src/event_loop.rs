@@ -17,6 +17,7 @@ use zentinel_protocol::messages::{MasterMessage, WorkerMessage, WorkerStart};
 use zentinel_protocol::{Channel, ProtocolError};
 
 use crate::accept::{Accepted, ListenerSet};
+use crate::client_limit::ClientConnections;
 use crate::counters::Counters;
 use crate::ctx::{Ctx, Outcome, Ready};
 use crate::fd_budget::FdBudget;
@@ -95,6 +96,8 @@ pub struct Worker {
     /// Reloads installed so far (for logs).
     reloads: u64,
     sessions: Slab<Entry>,
+    /// `limits { max-connections-per-client }`, counted per client IP.
+    clients: ClientConnections,
     shared: Shared,
     max_connections: usize,
     /// Room the open-file limit leaves for sessions (see [`FdBudget`]).
@@ -164,6 +167,7 @@ impl Worker {
             pools_to_check: false,
             reloads: 0,
             sessions: Slab::new(),
+            clients: ClientConnections::default(),
             shared: Shared {
                 upstreams,
                 timers,
@@ -649,6 +653,7 @@ impl Worker {
         let Some(entry) = self.sessions.try_remove(key) else {
             return;
         };
+        self.clients.release(key);
         let registry = self.poll.registry();
         let mut ctx = self.shared.ctx(registry, now);
         match entry {
@@ -827,6 +832,13 @@ impl Worker {
         let (lctx, proto) = (entry.ctx, entry.protocol);
         let entry = self.sessions.vacant_entry();
         let key = entry.key();
+        let per_client = generation.limits.max_connections_per_client;
+        if !self.clients.admit(key, peer.ip(), per_client) {
+            // Dropping the stream closes it: the client's other connections go on.
+            self.shared.counters.c.client_errors += 1;
+            debug!(peer = %peer, limit = per_client, "max-connections-per-client reached: connection closed");
+            return;
+        }
         let registry = self.poll.registry();
         if let Err(e) = registry.register(
             &mut stream,
@@ -834,6 +846,7 @@ impl Worker {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             warn!(peer = %peer, error = %e, "cannot register an accepted socket");
+            self.clients.release(key);
             return;
         }
         let mut ctx = self.shared.ctx(registry, now);
@@ -842,6 +855,7 @@ impl Worker {
                 let Some(mut s) =
                     HttpSession::new(key, peer, stream, Rc::clone(&generation), listener, now)
                 else {
+                    self.clients.release(key);
                     return;
                 };
                 let out = s.on_ready(Side::Client, Ready::default(), &mut ctx);
@@ -851,6 +865,7 @@ impl Worker {
             ListenerProtocol::Tcp => {
                 let Some(pool) = lctx.upstream else {
                     let _ = registry.deregister(&mut stream);
+                    self.clients.release(key);
                     return;
                 };
                 match TcpSession::connect(key, peer, stream, pool, &mut ctx) {
@@ -863,6 +878,7 @@ impl Worker {
                         // Every target's failure was logged and counted. The client stream
                         // was moved into the attempt and is closed with it.
                         warn!(peer = %peer, "tcp: no upstream target could be connected");
+                        self.clients.release(key);
                     }
                 }
             }

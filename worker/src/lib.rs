@@ -18,6 +18,7 @@ pub mod fault_injection;
 pub mod http;
 
 mod accept;
+mod client_limit;
 mod counters;
 mod ctx;
 mod event_loop;

@@ -11,7 +11,7 @@ use zentinel_master::control::ControlSocket;
 use zentinel_master::control_socket_path::master_control_socket;
 use zentinel_master::listeners;
 use zentinel_master::listeners::BoundListener;
-use zentinel_master::logging::{self, DEFAULT_LOG_LEVEL};
+use zentinel_master::logging::{self, LogSettings, DEFAULT_LOG_LEVEL};
 use zentinel_master::preflight;
 use zentinel_master::supervisor::{self, Inherited, Supervisor, SupervisorSetup};
 use zentinel_master::systemd;
@@ -58,9 +58,10 @@ struct Cli {
     #[arg(long = "check-source", value_name = "FILE", hide = true)]
     check_source: Option<PathBuf>,
 
-    /// Log filter (`info`, `debug`, or `EnvFilter` directives); RUST_LOG takes precedence.
-    #[arg(long, value_name = "LEVEL", default_value = DEFAULT_LOG_LEVEL, global = true)]
-    log_level: String,
+    /// Log filter (`info`, `debug`, or `EnvFilter` directives); RUST_LOG takes precedence, and
+    /// this takes precedence over the configuration's `logging { level }` (default `info`).
+    #[arg(long, value_name = "LEVEL", global = true)]
+    log_level: Option<String>,
 
     /// Log at debug level (the same as `--log-level debug`).
     #[arg(long, global = true)]
@@ -127,6 +128,16 @@ enum Command {
         worker_id: Option<u32>,
         #[arg(long, value_name = "G")]
         generation: Option<u64>,
+        /// `json`: one JSON object per log line (the master's `logging { format }`).
+        #[arg(long, value_name = "FORMAT")]
+        log_format: Option<String>,
+        #[arg(long)]
+        log_no_timestamps: bool,
+        /// Also append warnings and errors to this file (`logging { error-log }`).
+        #[arg(long, value_name = "PATH")]
+        error_log: Option<String>,
+        #[arg(long, requires = "error_log")]
+        error_log_errors_only: bool,
     },
 }
 
@@ -135,8 +146,8 @@ fn main() -> ExitCode {
     if cli.version {
         return print_version(cli.json);
     }
-    if cli.verbose {
-        cli.log_level = "debug".to_owned();
+    if cli.verbose && cli.log_level.is_none() {
+        cli.log_level = Some("debug".to_owned());
     }
     if let Some(source) = cli.check_source.as_deref() {
         return check_source(source);
@@ -150,7 +161,24 @@ fn main() -> ExitCode {
             channel_fd,
             worker_id,
             generation,
-        }) => run_worker(&cli.log_level, channel_fd, worker_id, generation),
+            log_format,
+            log_no_timestamps,
+            error_log,
+            error_log_errors_only,
+        }) => {
+            let settings = LogSettings {
+                level: cli
+                    .log_level
+                    .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned()),
+                json: log_format.as_deref() == Some("json"),
+                timestamps: !log_no_timestamps,
+                error_log: error_log.map(|file| logging::ErrorLog {
+                    file,
+                    errors_only: error_log_errors_only,
+                }),
+            };
+            run_worker(&settings, channel_fd, worker_id, generation)
+        }
         Some(Command::Test { config }) => check(config.or(cli.config).as_deref()),
         Some(Command::Validate {
             config,
@@ -265,27 +293,39 @@ fn check_source(file: &Path) -> ExitCode {
 }
 
 /// What every master does first, fresh or upgraded: block the signals it reads from a
-/// signalfd (before any thread or child exists), start logging, and mark every inherited fd
-/// close-on-exec (the fds an upgraded master adopts are checked and taken one by one later).
-fn master_prologue(cli: &Cli) -> Result<SignalFd, ExitCode> {
+/// signalfd (before any thread or child exists) and mark every inherited fd close-on-exec (the
+/// fds an upgraded master adopts are checked and taken one by one later). Logging starts once
+/// the configuration is known ([`start_logging`]); errors before that go to stderr.
+fn master_prologue() -> Result<SignalFd, ExitCode> {
     let signals = supervisor::block_signals().map_err(|err| {
         fail(
             EXIT_FAILURE,
             format!("cannot set up signal handling: {err}"),
         )
     })?;
-    logging::init(&cli.log_level).map_err(|err| fail(EXIT_CONFIG, err))?;
     if let Err(err) = set_cloexec_on_inherited_fds() {
-        tracing::warn!(error = %err, "cannot mark inherited fds close-on-exec; workers may inherit them");
+        eprintln!(
+            "zentinel: cannot mark inherited fds close-on-exec; workers may inherit them: {err}"
+        );
     }
     Ok(signals)
+}
+
+/// The master's logging, from its command line and the configuration's `logging` block.
+fn start_logging(
+    cli: &Cli,
+    logging_config: &config::LoggingConfig,
+) -> Result<LogSettings, ExitCode> {
+    let settings = LogSettings::resolve(cli.log_level.as_deref(), logging_config);
+    logging::init(&settings).map_err(|err| fail(EXIT_CONFIG, err))?;
+    Ok(settings)
 }
 
 fn run_master(cli: &Cli) -> ExitCode {
     // First of all: fds 3.. must still be the ones systemd passed (nothing opened yet), and
     // no thread may exist while the LISTEN_* variables are removed from the environment.
     let activation = systemd::take_listen_fds();
-    let signals = match master_prologue(cli) {
+    let signals = match master_prologue() {
         Ok(signals) => signals,
         Err(code) => return code,
     };
@@ -293,15 +333,13 @@ fn run_master(cli: &Cli) -> ExitCode {
         Ok(activation) => activation,
         Err(err) => return fail(EXIT_FAILURE, err),
     };
-    for warning in &activation.warnings {
-        tracing::warn!("{warning}");
-    }
     let path = cli.config.as_deref();
     let config::LoadedConfig {
         config:
             config::FullConfig {
                 proxy: config,
                 metrics,
+                logging,
                 warnings,
             },
         source: config_source,
@@ -313,6 +351,13 @@ fn run_master(cli: &Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let log = match start_logging(cli, &logging) {
+        Ok(log) => log,
+        Err(code) => return code,
+    };
+    for warning in &activation.warnings {
+        tracing::warn!("{warning}");
+    }
     config::log_warnings(&warnings);
     if !activation.sockets.is_empty() {
         // Listeners whose address systemd passed use that socket (bind_listener duplicates
@@ -353,7 +398,8 @@ fn run_master(cli: &Cli) -> ExitCode {
         listeners,
         executable,
         signals,
-        log_level: cli.log_level.clone(),
+        log,
+        explicit_log_level: cli.log_level.clone(),
         generation: 1,
         control: Some(control),
         inherited: None,
@@ -381,7 +427,7 @@ fn run_upgraded_master(cli: &Cli) -> ExitCode {
     // Our listeners come from the state file; LISTEN_* (if an older predecessor left them)
     // named its pid, not ours, and must not reach our workers.
     systemd::forget_listen_fds();
-    let signals = match master_prologue(cli) {
+    let signals = match master_prologue() {
         Ok(signals) => signals,
         Err(code) => return code,
     };
@@ -421,6 +467,7 @@ fn take_over(
             config::FullConfig {
                 proxy: config,
                 metrics: metrics_config,
+                logging,
                 warnings,
             },
         source: config_source,
@@ -437,6 +484,8 @@ fn take_over(
         }
         message
     })?;
+    let log = start_logging(cli, &logging)
+        .map_err(|_| "cannot start logging (see the line above)".to_owned())?;
     config::log_warnings(&warnings);
     let listener_fds = inherited_listeners(&state.listeners, &config.listeners)
         .map_err(|e| format!("state file {}: {e}", state_path.display()))?;
@@ -516,7 +565,8 @@ fn take_over(
         listeners: bound,
         executable,
         signals,
-        log_level: cli.log_level.clone(),
+        log,
+        explicit_log_level: cli.log_level.clone(),
         generation: state.generation,
         control: Some(control),
         inherited: Some(Inherited {
@@ -565,7 +615,7 @@ fn inherited_listeners<'s>(
 }
 
 fn run_worker(
-    log_level: &str,
+    log: &LogSettings,
     channel_fd: i32,
     worker_id: Option<u32>,
     generation: Option<u64>,
@@ -575,7 +625,7 @@ fn run_worker(
     if let Some(generation) = generation {
         label.push_str(&format!(" (generation {generation})"));
     }
-    if let Err(err) = logging::init(log_level) {
+    if let Err(err) = logging::init(log) {
         return fail(EXIT_CONFIG, format!("{label}: {err}"));
     }
     // No span here: the worker opens its own, with the identity it learns from Start.

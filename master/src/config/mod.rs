@@ -18,6 +18,7 @@ mod tests;
 use std::fmt;
 use std::path::Path;
 
+pub use observability::LoggingConfig;
 use zentinel_protocol::config::{MetricsConfig, ProxyConfig};
 pub use zentinel_protocol::config_source::{ConfigSource, ConfigSourceFile};
 
@@ -70,6 +71,8 @@ pub struct FullConfig {
     pub proxy: ProxyConfig,
     /// `observability { metrics { ... } }`; `None`: no metrics endpoint.
     pub metrics: Option<MetricsConfig>,
+    /// `observability { logging { ... } }`: how the master and its workers log.
+    pub logging: LoggingConfig,
     /// Settings accepted but worth telling the operator about (no effect here), in file order.
     pub warnings: Vec<ConfigDiagnostic>,
 }
@@ -84,9 +87,10 @@ pub fn parse_full_config(
     let config = parsed.map(|parsed| validate::validate(parsed, &mut diags));
     let warnings = diags.take_warnings();
     match (config, diags.is_empty()) {
-        (Some((proxy, metrics)), true) => Ok(FullConfig {
+        (Some((proxy, metrics, logging)), true) => Ok(FullConfig {
             proxy,
             metrics,
+            logging,
             warnings,
         }),
         _ => Err(diags.into_sorted()),

@@ -1,7 +1,10 @@
-//! `observability { metrics { ... } logging { access-log { ... } } }`, with Zentinel's key
-//! names. Implemented: `metrics` (`enabled`, `address`, `path`) and `logging { access-log
-//! { enabled, file, format } }`; the rest of the vocabulary (`tracing`, `high-cardinality`,
-//! `logging { level, format, ... }`, `buffer-size`) is reported "not supported yet".
+//! `observability { metrics { ... } logging { ... } }`, with Zentinel's key names.
+//! Implemented: `metrics` (`enabled`, `address`, `path`), `logging { level; format;
+//! timestamps; error-log { ... }; access-log { enabled, file, format } }`. Accepted with a
+//! warning (no effect here): `logging { file }` (logs go to stderr and the error log),
+//! `audit-log` (nothing to audit without agents or a WAF), and the access-log keys
+//! `include-trace-id`, `sample-rate`, `sample-errors-always`, `buffer-size`, `fields`.
+//! `tracing` and `high-cardinality` are reported "not supported yet".
 
 use std::net::SocketAddr;
 
@@ -19,10 +22,48 @@ const OBSERVABILITY_KEYS: &[&str] = &["metrics", "logging"];
 const OBSERVABILITY_UNSUPPORTED: &[&str] = &["tracing"];
 const METRICS_KEYS: &[&str] = &["enabled", "address", "path"];
 const METRICS_UNSUPPORTED: &[&str] = &["high-cardinality"];
-const LOGGING_KEYS: &[&str] = &["access-log"];
-const LOGGING_UNSUPPORTED: &[&str] = &["level", "format", "timestamps", "file"];
-const ACCESS_LOG_KEYS: &[&str] = &["enabled", "file", "format"];
-const ACCESS_LOG_UNSUPPORTED: &[&str] = &["buffer-size"];
+const LOGGING_KEYS: &[&str] = &[
+    "access-log",
+    "error-log",
+    "audit-log",
+    "level",
+    "format",
+    "timestamps",
+    "file",
+];
+const ACCESS_LOG_KEYS: &[&str] = &[
+    "enabled",
+    "file",
+    "format",
+    "include-trace-id",
+    "sample-rate",
+    "sample-errors-always",
+    "buffer-size",
+    "fields",
+];
+/// Accepted in `access-log` for upstream compatibility, without effect here (warned).
+const ACCESS_LOG_WITHOUT_EFFECT: &[&str] = &[
+    "include-trace-id",
+    "sample-rate",
+    "sample-errors-always",
+    "buffer-size",
+    "fields",
+];
+/// Where upstream Zentinel writes the access log when `file` is not given.
+const DEFAULT_ACCESS_LOG_FILE: &str = "/var/log/zentinel/access.log";
+const ERROR_LOG_KEYS: &[&str] = &["enabled", "file", "level", "buffer-size"];
+
+/// `observability { logging { level; format; timestamps; error-log } }`: how the master and
+/// its workers log (see `crate::logging`). Master-only: workers get it on their command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoggingConfig {
+    /// `None`: not configured (`info` unless the command line says otherwise).
+    pub level: Option<String>,
+    pub json: bool,
+    /// `None`: not configured (timestamps on).
+    pub timestamps: Option<bool>,
+    pub error_log: Option<crate::logging::ErrorLog>,
+}
 
 /// What `observability` blocks configure, with the places `validate` needs.
 #[derive(Default)]
@@ -32,6 +73,7 @@ pub(super) struct ParsedObservability {
     /// The parsed metrics address and where it was written.
     pub metrics_address: Option<(SocketAddr, usize)>,
     pub access_log: Option<AccessLogConfig>,
+    pub logging: LoggingConfig,
 }
 
 pub(super) fn parse_observability(
@@ -54,7 +96,54 @@ pub(super) fn parse_observability(
                     }
                     match name(leaf) {
                         "access-log" => out.access_log = parse_access_log(leaf, diags),
-                        _ => unknown(leaf, "logging", LOGGING_KEYS, LOGGING_UNSUPPORTED, diags),
+                        "error-log" => out.logging.error_log = parse_error_log(leaf, diags),
+                        "level" => {
+                            if let Some((level, at)) = leaf_string(leaf, diags) {
+                                match crate::logging::check_level(&level) {
+                                    Ok(()) => out.logging.level = Some(level),
+                                    Err(e) => diags.error(
+                                        at,
+                                        "level",
+                                        format!(
+                                            "{e}; expected trace, debug, info, warn, error or off"
+                                        ),
+                                    ),
+                                }
+                            }
+                        }
+                        "format" => match leaf_string(leaf, diags) {
+                            Some((format, _)) if format == "json" => out.logging.json = true,
+                            Some((format, _)) if format == "text" || format == "pretty" => {
+                                out.logging.json = false;
+                            }
+                            Some((format, at)) => diags.error(
+                                at,
+                                "format",
+                                format!(
+                                    "unknown log format {format:?}: expected \"json\" or \"text\""
+                                ),
+                            ),
+                            None => {}
+                        },
+                        "timestamps" => out.logging.timestamps = leaf_bool(leaf, diags),
+                        "file" => {
+                            if leaf_string(leaf, diags).is_some() {
+                                diags.warn(
+                                    name_at(leaf),
+                                    "file",
+                                    "`logging { file }` has no effect (upstream Zentinel ignores \
+                                     it too): logs go to stderr; use `error-log { file }` for a \
+                                     file of warnings and errors",
+                                );
+                            }
+                        }
+                        "audit-log" => diags.warn(
+                            name_at(leaf),
+                            "audit-log",
+                            "`audit-log` has no effect: there are no agent or WAF decisions to \
+                             audit in this build",
+                        ),
+                        _ => unknown(leaf, "logging", LOGGING_KEYS, &[], diags),
                     }
                 }
             }
@@ -170,28 +259,84 @@ fn parse_access_log(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<Acces
                 },
                 None => ok = false,
             },
-            _ => unknown(
-                child,
-                "access-log",
-                ACCESS_LOG_KEYS,
-                ACCESS_LOG_UNSUPPORTED,
-                diags,
+            key if ACCESS_LOG_WITHOUT_EFFECT.contains(&key) => diags.warn(
+                name_at(child),
+                key,
+                format!("`{key}` has no effect on the access log yet; the entry is accepted"),
             ),
+            _ => unknown(child, "access-log", ACCESS_LOG_KEYS, &[], diags),
+        }
+    }
+    if !enabled {
+        return None;
+    }
+    if !ok {
+        return None;
+    }
+    // Upstream Zentinel's default file.
+    let file = file.unwrap_or_else(|| DEFAULT_ACCESS_LOG_FILE.to_owned());
+    Some(AccessLogConfig { file, format })
+}
+
+/// `error-log { enabled; file; level }`: warnings and errors (or errors only, `level
+/// "error"`) appended to `file` by the master and every worker. Unlike upstream, nothing is
+/// written without this block (upstream defaults to /var/log/zentinel/error.log).
+fn parse_error_log(
+    node: &KdlNode,
+    diags: &mut Diagnostics<'_>,
+) -> Option<crate::logging::ErrorLog> {
+    let mut seen = Seen::default();
+    let mut enabled = true;
+    let mut file = None;
+    let mut errors_only = false;
+    for child in block(node, diags) {
+        if ERROR_LOG_KEYS.contains(&name(child)) {
+            seen.check(child, diags);
+        }
+        match name(child) {
+            "enabled" => {
+                if let Some(b) = leaf_bool(child, diags) {
+                    enabled = b;
+                }
+            }
+            "file" => match leaf_string(child, diags) {
+                Some((path, at)) if !path.starts_with('/') => diags.error(
+                    at,
+                    "file",
+                    format!("error-log file {path:?} must be an absolute path"),
+                ),
+                Some((path, _)) => file = Some(path),
+                None => {}
+            },
+            "level" => match leaf_string(child, diags) {
+                Some((level, _)) if level == "error" => errors_only = true,
+                Some((level, _)) if level == "warn" || level == "warning" => errors_only = false,
+                Some((level, at)) => diags.error(
+                    at,
+                    "level",
+                    format!("unknown error-log level {level:?}: expected \"warn\" or \"error\""),
+                ),
+                None => {}
+            },
+            "buffer-size" => diags.warn(
+                name_at(child),
+                "buffer-size",
+                "`buffer-size` has no effect: error-log lines are written as they come",
+            ),
+            _ => unknown(child, "error-log", ERROR_LOG_KEYS, &[], diags),
         }
     }
     if !enabled {
         return None;
     }
     match file {
-        Some(file) => Some(AccessLogConfig { file, format }),
+        Some(file) => Some(crate::logging::ErrorLog { file, errors_only }),
         None => {
-            if ok {
-                diags.error(
-                    name_at(node),
-                    "access-log",
-                    "missing `file`: write `access-log { file \"/var/log/zentinel/access.log\"; }`",
-                );
-            }
+            diags.error(
+                name_at(node),
+                "error-log",
+                "missing `file`: write `error-log { file \"/var/log/zentinel/error.log\"; }`",
+            );
             None
         }
     }

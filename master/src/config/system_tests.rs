@@ -140,3 +140,84 @@ fn run_creates_a_missing_file_with_the_embedded_default() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "// mine\n");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn limits_in_upstream_spelling_with_our_aliases() {
+    let config = full(&format!(
+        "limits {{\n    max-header-size 16384\n    max-header-count 64\n    max-body-size \"2MB\"\n    \
+         max-connections-per-client 20\n    max-total-connections 5000\n}}\n{LISTENER}"
+    ))
+    .unwrap_or_else(|d| panic!("{}", messages(&d)));
+    let limits = &config.proxy.limits;
+    assert_eq!(limits.max_header_size_bytes, 16384);
+    assert_eq!(limits.max_header_count, 64);
+    assert_eq!(limits.max_body_size_bytes, 2 << 20);
+    assert_eq!(limits.max_connections_per_client, 20);
+    assert_eq!(limits.max_total_connections, 5000);
+
+    // This project's names still work; giving both spellings is one key set twice.
+    let config = full(&format!(
+        "limits {{ max-header-size-bytes 4096; max-body-size-bytes 1048576; }}\n{LISTENER}"
+    ))
+    .unwrap();
+    assert_eq!(config.proxy.limits.max_header_size_bytes, 4096);
+    assert_eq!(config.proxy.limits.max_body_size_bytes, 1 << 20);
+    let errs = full(&format!(
+        "limits {{\n    max-body-size 10\n    max-body-size-bytes 20\n}}\n{LISTENER}"
+    ))
+    .unwrap_err();
+    assert!(
+        errs.len() == 1
+            && errs[0].line == 3
+            && errs[0].message.contains("duplicate `max-body-size`"),
+        "{}",
+        messages(&errs)
+    );
+    let errs = full(&format!(
+        "limits {{\n    max-body-size \"ten MB\"\n}}\n{LISTENER}"
+    ))
+    .unwrap_err();
+    assert!(
+        errs.len() == 1 && errs[0].message.contains("invalid size \"ten MB\""),
+        "{}",
+        messages(&errs)
+    );
+    let warned = full(&format!(
+        "limits {{ max-in-flight-requests 100; }}\n{LISTENER}"
+    ))
+    .unwrap();
+    assert!(messages(&warned.warnings).contains("not enforced yet"));
+}
+
+#[test]
+fn logging_settings_parse_and_resolve() {
+    let config = full(&format!(
+        "observability {{\n    logging {{\n        level \"debug\"\n        format \"json\"\n        \
+         timestamps #false\n        error-log {{ file \"/var/log/z/error.log\"; level \"error\"; }}\n        \
+         access-log {{ include-trace-id #true; }}\n    }}\n}}\n{LISTENER}"
+    ))
+    .unwrap_or_else(|d| panic!("{}", messages(&d)));
+    let logging = &config.logging;
+    assert_eq!(logging.level.as_deref(), Some("debug"));
+    assert!(logging.json);
+    assert_eq!(logging.timestamps, Some(false));
+    let settings = crate::logging::LogSettings::resolve(None, logging);
+    assert_eq!(settings.level, "debug");
+    assert!(settings.json && !settings.timestamps);
+    assert_eq!(
+        settings.error_log,
+        Some(crate::logging::ErrorLog {
+            file: "/var/log/z/error.log".to_owned(),
+            errors_only: true
+        })
+    );
+    // An explicit --log-level wins over the file.
+    assert_eq!(
+        crate::logging::LogSettings::resolve(Some("warn"), logging).level,
+        "warn"
+    );
+    // Upstream's default access-log file, and a warning for the key without effect.
+    let access_log = config.proxy.listeners[0].access_log.as_ref().unwrap();
+    assert_eq!(access_log.file, "/var/log/zentinel/access.log");
+    assert!(messages(&config.warnings).contains("`include-trace-id` has no effect"));
+}

@@ -13,7 +13,7 @@ use super::kdl_parse::{did_you_mean, Diagnostics, ParsedConfig};
 pub(super) fn validate(
     parsed: ParsedConfig,
     diags: &mut Diagnostics<'_>,
-) -> (ProxyConfig, Option<MetricsConfig>) {
+) -> (ProxyConfig, Option<MetricsConfig>, super::LoggingConfig) {
     check_unique_names(
         "listener",
         parsed
@@ -165,7 +165,11 @@ pub(super) fn validate(
         upstreams: parsed.upstreams.into_iter().map(|u| u.config).collect(),
         limits: parsed.limits,
     };
-    (config, parsed.observability.metrics)
+    (
+        config,
+        parsed.observability.metrics,
+        parsed.observability.logging,
+    )
 }
 
 fn check_unique_names<'n>(

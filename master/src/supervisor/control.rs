@@ -449,6 +449,16 @@ impl Supervisor {
             Ok(loaded) => (
                 {
                     config::log_warnings(&loaded.config.warnings);
+                    let log = crate::logging::LogSettings::resolve(
+                        self.explicit_log_level.as_deref(),
+                        &loaded.config.logging,
+                    );
+                    if log != self.log {
+                        warn!(
+                            "observability.logging changed: it takes effect at the next start \
+                             or binary upgrade (workers log like the master that started them)"
+                        );
+                    }
                     loaded.config.proxy
                 },
                 loaded.config.metrics,
@@ -587,7 +597,7 @@ impl Supervisor {
         let message = MasterMessage::Reconfigure(WorkerStart {
             worker_id: process.worker_id,
             generation: process.generation,
-            config: Box::new(config.clone()),
+            config: Box::new(worker_config(config, self.slots.len())),
             listeners: listeners.iter().map(BoundListener::handle).collect(),
         });
         let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.as_fd()).collect();

@@ -267,7 +267,7 @@ impl Supervisor {
             previous_master_pid: std::process::id(),
             generation: self.generation + 1,
             config_source: self.config_source.clone(),
-            log_level: self.log_level.clone(),
+            log_level: self.log.level.clone(),
             control_socket_path: control_path.display().to_string(),
             control_socket_fd: control_fd,
             previous_binary: workers_binary,
@@ -316,7 +316,7 @@ impl Supervisor {
             &state_path,
             &pipe_write,
             &inherit,
-            &self.log_level,
+            self.explicit_log_level.as_deref(),
         ) {
             Ok(pid) => pid,
             Err(err) => {

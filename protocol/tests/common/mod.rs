@@ -218,7 +218,13 @@ pub fn proxy_config() -> impl Strategy<Value = ProxyConfig> {
         vec(listener(), 0..4),
         vec(route(), 0..5),
         vec(upstream(), 0..4),
-        (any::<u64>(), any::<u32>(), any::<u64>()),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+        ),
     )
         .prop_map(
             |(
@@ -226,7 +232,13 @@ pub fn proxy_config() -> impl Strategy<Value = ProxyConfig> {
                 listeners,
                 routes,
                 upstreams,
-                (max_header_size_bytes, max_header_count, max_body_size_bytes),
+                (
+                    max_header_size_bytes,
+                    max_header_count,
+                    max_body_size_bytes,
+                    max_connections_per_client,
+                    max_total_connections,
+                ),
             )| {
                 ProxyConfig {
                     system,
@@ -237,6 +249,8 @@ pub fn proxy_config() -> impl Strategy<Value = ProxyConfig> {
                         max_header_size_bytes,
                         max_header_count,
                         max_body_size_bytes,
+                        max_connections_per_client,
+                        max_total_connections,
                     },
                 }
             },

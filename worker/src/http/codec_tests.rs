@@ -10,6 +10,7 @@ fn limits() -> Limits {
         max_header_size_bytes: 8192,
         max_header_count: 100,
         max_body_size_bytes: 1_000_000,
+        ..Limits::default()
     }
 }
 
@@ -438,6 +439,7 @@ fn small_limits() -> Limits {
         max_header_size_bytes: 64,
         max_header_count: 3,
         max_body_size_bytes: 100,
+        ..Limits::default()
     }
 }
 
@@ -1681,7 +1683,12 @@ proptest! {
 
     #[test]
     fn parsers_never_panic(input in proptest::collection::vec(any::<u8>(), 0..300)) {
-        let l = Limits { max_header_size_bytes: 128, max_header_count: 4, max_body_size_bytes: 10 };
+        let l = Limits {
+            max_header_size_bytes: 128,
+            max_header_count: 4,
+            max_body_size_bytes: 10,
+            ..Limits::default()
+        };
         if let Ok(Parsed::Complete(h)) = parse_request(&input, &l) {
             prop_assert!(h.head_len <= input.len() && h.head_len <= 128);
             let _ = h.path();

@@ -1,0 +1,91 @@
+//! `observability { logging { format; error-log } }` in upstream Zentinel's spelling, wired
+//! into what the master and its workers write: JSON lines on stderr, and warnings and errors
+//! appended to the error log by every process.
+
+use std::time::Duration;
+
+use zentinel_tests::*;
+
+#[test]
+fn json_format_and_error_log_reach_master_and_workers() {
+    let be = Backend::start("logging");
+    let error_log = temp_path("error.log");
+    let mut files = TempFiles::default();
+    files.add(error_log.clone());
+    let config = configs::Proxy::new(2, free_port(), &be)
+        // Accepted without effect: a warning, which must land in the error log.
+        .system("workers 4")
+        .top_level(&format!(
+            "observability {{\n    logging {{\n        level \"info\"\n        format \"json\"\n        \
+             error-log {{\n            file \"{}\"\n            level \"warn\"\n        }}\n    }}\n}}\n",
+            error_log.display()
+        ))
+        .build();
+    let z = Zentinel::start(&config);
+    let mut c = z.client();
+    assert_eq!(c.get("/bytes/10", "logging.test").status, 200);
+
+    // Every line on stderr is one JSON object, from the master and from the workers.
+    let log = z.log_text();
+    let mut objects = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}\nwhole log:\n{log}"));
+        assert!(value["level"].is_string(), "{line}");
+        assert!(value["timestamp"].is_string(), "{line}");
+        objects += 1;
+    }
+    assert!(objects > 0, "no log lines:\n{log}");
+    assert!(
+        log.contains("\"zentinel started\""),
+        "the master's start line is missing:\n{log}"
+    );
+    assert!(
+        log.contains("zentinel_worker"),
+        "no worker line in the JSON log:\n{log}"
+    );
+
+    // The config warning (a WARN line) is in the error log, as JSON too.
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_to_string(
+            &error_log
+        )
+        .is_ok_and(|text| text.contains("`workers` has no effect"))),
+        "no warning in the error log {}",
+        error_log.display()
+    );
+    let text = std::fs::read_to_string(&error_log).unwrap_or_default();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            value["level"] == "WARN" || value["level"] == "ERROR",
+            "only warnings and errors belong in the error log: {line}"
+        );
+    }
+}
+
+#[test]
+fn invalid_logging_settings_are_located() {
+    let path = temp_path("logging-invalid.kdl");
+    let mut files = TempFiles::default();
+    files.add(path.clone());
+    std::fs::write(
+        &path,
+        "listeners {\n    listener \"h\" { address \"127.0.0.1:1\"; }\n}\nobservability {\n    \
+         logging {\n        level \"loud\"\n        format \"xml\"\n        error-log { level \"info\"; }\n    }\n}\n",
+    )
+    .unwrap();
+    let (code, out, err) = zentinel_check(Some(&path));
+    let all = format!("{out}{err}");
+    assert_eq!(code, Some(1), "{all}");
+    let file = path.display().to_string();
+    for needle in [
+        format!("{file}:6:15: `level`: invalid log level \"loud\""),
+        format!("{file}:7:16: `format`: unknown log format \"xml\""),
+        format!("{file}:8:27: `level`: unknown error-log level \"info\""),
+        format!("{file}:8:9: `error-log`: missing `file`"),
+    ] {
+        assert!(all.contains(&needle), "missing {needle:?} in:\n{all}");
+    }
+}
