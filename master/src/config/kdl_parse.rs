@@ -29,14 +29,15 @@ mod system;
 mod tls;
 mod upstreams;
 
-pub(super) use diagnostics::Diagnostics;
+pub(super) use diagnostics::{Diagnostics, MappedFile, Segment, SourceMap};
 use limits::parse_limits;
 use listeners::parse_listener;
 pub(super) use node::*;
 use routes::parse_route;
+use syntax::parse_document;
+pub(super) use syntax::parse_document as parse_document_for_includes;
 #[cfg(test)]
 pub(super) use syntax::rewrite_v1_keywords;
-use syntax::parse_document;
 use upstreams::parse_upstream;
 
 /// Longest accepted duration in seconds. Far beyond any sensible timeout, and small enough that
@@ -44,6 +45,7 @@ use upstreams::parse_upstream;
 const MAX_SECS: u64 = 365 * 24 * 3600;
 
 const TOP_LEVEL: &[&str] = &[
+    "include",
     "schema-version",
     "system",
     "listeners",
@@ -116,6 +118,9 @@ pub(super) fn parse(source: &str, diags: &mut Diagnostics<'_>) -> Option<ParsedC
     let mut seen = Seen::default();
     for node in doc.nodes() {
         match name(node) {
+            // Spliced in by `config::include` before this parse; one left here could not be
+            // expanded, and that was reported there.
+            "include" => {}
             "system" | "server" => {
                 seen.check_as(node, "system", diags);
                 system::parse_system(node, &mut parsed.system, diags);

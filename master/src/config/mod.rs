@@ -4,10 +4,13 @@
 //! never stops at the first problem: every error found is returned, each located by file, line,
 //! column and the KDL node it concerns, so an operator can fix a file in one pass.
 
+mod include;
 mod kdl_parse;
 mod observability;
 mod validate;
 
+#[cfg(test)]
+mod include_tests;
 #[cfg(test)]
 mod legacy_state_tests;
 #[cfg(test)]
@@ -78,14 +81,35 @@ pub struct FullConfig {
 }
 
 /// Like [`parse_config`], with the master-only parts.
+/// `include` nodes resolve only against the text itself (nothing else is read): use
+/// [`load_full_config`] for a file on disk.
 pub fn parse_full_config(
     source: &str,
     file_name: &str,
 ) -> Result<FullConfig, Vec<ConfigDiagnostic>> {
-    let mut diags = kdl_parse::Diagnostics::new(source, file_name);
+    let only = ConfigSource {
+        main_path: None,
+        files: Vec::new(),
+    };
+    parse_with_includes(file_name, source, &mut include::Snapshot(&only))
+}
+
+/// Splices the includes of `main_text` (read from `store`), then parses and validates.
+fn parse_with_includes(
+    main_label: &str,
+    main_text: &str,
+    store: &mut dyn include::FileStore,
+) -> Result<FullConfig, Vec<ConfigDiagnostic>> {
+    let expanded = include::expand(main_label, main_text.to_owned(), store);
+    if !expanded.errors.is_empty() {
+        return Err(expanded.errors);
+    }
+    let source = expanded.text.as_str();
+    let mut diags = kdl_parse::Diagnostics::with_map(source.len(), expanded.source_map());
     let parsed = kdl_parse::parse(source, &mut diags);
     let config = parsed.map(|parsed| validate::validate(parsed, &mut diags));
-    let warnings = diags.take_warnings();
+    let mut warnings = expanded.warnings.clone();
+    warnings.extend(diags.take_warnings());
     match (config, diags.is_empty()) {
         (Some((proxy, metrics, logging)), true) => Ok(FullConfig {
             proxy,
@@ -145,12 +169,20 @@ pub fn read_config_source(path: Option<&Path>) -> Result<ConfigSource, Vec<Confi
             message: format!("cannot read configuration file: {err}"),
         }]
     })?;
+    // Every included file, as read now: the source the master runs and hands on.
+    let mut disk = include::Disk::default();
+    let expanded = include::expand(&file_name, text.clone(), &mut disk);
+    if !expanded.errors.is_empty() {
+        return Err(expanded.errors);
+    }
+    let mut files = vec![ConfigSourceFile {
+        path: file_name.clone(),
+        text,
+    }];
+    files.append(&mut disk.read);
     Ok(ConfigSource {
-        main_path: Some(file_name.clone()),
-        files: vec![ConfigSourceFile {
-            path: file_name,
-            text,
-        }],
+        main_path: Some(file_name),
+        files,
     })
 }
 
@@ -167,7 +199,7 @@ pub fn parse_config_source(source: ConfigSource) -> Result<LoadedConfig, Vec<Con
             message: "the configuration source holds no file".to_owned(),
         }]);
     };
-    let config = parse_full_config(&main.text, &main.path)?;
+    let config = parse_with_includes(&main.path, &main.text, &mut include::Snapshot(&source))?;
     let name = main.path.clone();
     Ok(LoadedConfig {
         config,

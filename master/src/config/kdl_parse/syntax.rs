@@ -4,7 +4,10 @@ use super::*;
 
 /// Parses KDL v2, falling back to v1, and finally to a file mixing both (v1 bare `true`
 /// alongside v2 `#true`), which neither parser accepts alone.
-pub(super) fn parse_document(source: &str, diags: &mut Diagnostics<'_>) -> Option<KdlDocument> {
+pub(in crate::config) fn parse_document(
+    source: &str,
+    diags: &mut Diagnostics<'_>,
+) -> Option<KdlDocument> {
     let err = match KdlDocument::parse(source) {
         Ok(doc) => return Some(doc),
         Err(err) => err,

@@ -67,7 +67,7 @@ impl FilePair {
             if path.is_empty() {
                 diags.error(at, name(child), "path must not be empty");
             } else {
-                *slot = Some((resolve(&path, diags.file()), at));
+                *slot = Some((resolve(&path, diags.file_at(at)), at));
             }
         }
         true
