@@ -886,10 +886,18 @@ impl Supervisor {
     ) -> Result<Token, String> {
         let token = Self::alloc_token(&mut self.next_token);
         let generation = self.generation;
+        let system = &self.config.system;
+        let identity =
+            crate::worker_process::worker_identity(system.user.as_deref(), system.group.as_deref())
+                .map_err(|err| {
+                    error!(worker_id, generation, error = %err, "cannot spawn worker");
+                    err
+                })?;
         let args = WorkerArgs {
             worker_id,
             generation,
             log: &self.log,
+            identity,
         };
         let executable = if previous {
             self.previous_executable

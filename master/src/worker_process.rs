@@ -114,6 +114,32 @@ pub struct WorkerArgs<'a> {
     pub generation: u64,
     /// Passed on as `--log-level` and friends, so workers log like their master.
     pub log: &'a crate::logging::LogSettings,
+    /// `system { user; group }`: the uid and gid the worker runs as (the master stays as it
+    /// is, holding the listeners it bound). `None`: as the master.
+    pub identity: Option<(u32, u32)>,
+}
+
+/// The uid and gid of `system { user; group }` (the group defaults to the user's primary one).
+pub fn worker_identity(
+    user: Option<&str>,
+    group: Option<&str>,
+) -> Result<Option<(u32, u32)>, String> {
+    let Some(user) = user else {
+        return Ok(None);
+    };
+    let found = nix::unistd::User::from_name(user)
+        .map_err(|e| format!("cannot look up user {user:?}: {e}"))?
+        .ok_or_else(|| format!("no user {user:?} on this system"))?;
+    let gid = match group {
+        Some(group) => {
+            nix::unistd::Group::from_name(group)
+                .map_err(|e| format!("cannot look up group {group:?}: {e}"))?
+                .ok_or_else(|| format!("no group {group:?} on this system"))?
+                .gid
+        }
+        None => found.gid,
+    };
+    Ok(Some((found.uid.as_raw(), gid.as_raw())))
 }
 
 /// A freshly started worker: its pid and the master's end of its channel (blocking mode).
@@ -144,6 +170,11 @@ pub fn spawn_worker(exe: &Executable, args: WorkerArgs<'_>) -> io::Result<Spawne
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
+    if let Some((uid, gid)) = args.identity {
+        // std sets the group, drops supplementary groups (when root) and then the user,
+        // between fork and exec.
+        command.uid(uid).gid(gid);
+    }
     // The one fd the worker inherits: its end of the channel. `worker_end` stays alive until
     // `spawn` has returned, so it is open in the child.
     inherit_only_on_exec(&mut command, vec![worker_raw]);

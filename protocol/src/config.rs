@@ -33,6 +33,11 @@ pub struct SystemConfig {
     /// The master writes its pid here once it serves (a successor master after an upgrade
     /// rewrites it) and removes it when it stops. `None`: no pid file.
     pub pid_file: Option<String>,
+    /// Workers run as this user (the master, which binds the listeners, stays as it was
+    /// started). `None`: as the master.
+    pub user: Option<String>,
+    /// Workers run with this group; `None`: the user's primary group.
+    pub group: Option<String>,
 }
 
 impl Default for SystemConfig {
@@ -43,6 +48,8 @@ impl Default for SystemConfig {
             graceful_shutdown_timeout_secs: 30,
             control_socket: None,
             pid_file: None,
+            user: None,
+            group: None,
         }
     }
 }

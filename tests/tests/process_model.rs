@@ -266,3 +266,40 @@ fn pid_file_follows_the_serving_master_across_an_upgrade() {
     assert!(z.wait_all_gone(Duration::from_secs(20)), "processes left");
     assert!(!pid_file.exists(), "pid file left after a stop");
 }
+
+/// `system { user "nobody" }` (upstream Zentinel's key): workers run as that user while the
+/// master keeps the listeners it bound as root, and they still serve and upgrade. Needs root
+/// (CI runs as root); elsewhere it says so and checks nothing.
+#[test]
+fn workers_drop_privileges_to_the_configured_user() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED workers_drop_privileges_to_the_configured_user: needs root");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .expect("a `nobody` user");
+    let be = Backend::start("privileges");
+    let config = configs::Proxy::new(2, free_port(), &be)
+        .system("user \"nobody\"")
+        .build();
+    let z = Zentinel::start(&config);
+    ok_request(z.addr());
+    let uid_of = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+            })
+            .and_then(|effective| effective.parse::<u32>().ok())
+    };
+    let workers = z.worker_pids();
+    assert_eq!(workers.len(), 2);
+    for pid in &workers {
+        assert_eq!(uid_of(*pid), Some(nobody.uid.as_raw()), "worker {pid}");
+    }
+    assert_eq!(uid_of(z.pid), Some(0), "the master stays root");
+}

@@ -112,12 +112,12 @@ fn schema_version_is_checked() {
 #[test]
 fn unimplemented_system_keys_are_reported_as_such() {
     let errs = full(&format!(
-        "system {{\n    user \"zentinel\"\n    trace-id-format \"snowflake\"\n}}\n{LISTENER}"
+        "system {{\n    auto-reload #true\n    trace-id-format \"snowflake\"\n}}\n{LISTENER}"
     ))
     .unwrap_err();
     let text = messages(&errs);
     assert!(
-        text.contains("test.kdl:2:5: `user`: `user` is not supported yet"),
+        text.contains("test.kdl:2:5: `auto-reload`: `auto-reload` is not supported yet"),
         "{text}"
     );
     assert!(
@@ -220,4 +220,27 @@ fn logging_settings_parse_and_resolve() {
     let access_log = config.proxy.listeners[0].access_log.as_ref().unwrap();
     assert_eq!(access_log.file, "/var/log/zentinel/access.log");
     assert!(messages(&config.warnings).contains("`include-trace-id` has no effect"));
+}
+
+#[test]
+fn user_and_group_must_exist() {
+    let config = full(&format!(
+        "system {{\n    user \"root\"\n    group \"root\"\n}}\n{LISTENER}"
+    ))
+    .unwrap_or_else(|d| panic!("{}", messages(&d)));
+    assert_eq!(config.proxy.system.user.as_deref(), Some("root"));
+    assert_eq!(config.proxy.system.group.as_deref(), Some("root"));
+    let errs = full(&format!(
+        "system {{\n    user \"no-such-user-zt\"\n    group \"no-such-group-zt\"\n}}\n{LISTENER}"
+    ))
+    .unwrap_err();
+    let text = messages(&errs);
+    assert!(
+        text.contains("test.kdl:2:10: `user`: no user \"no-such-user-zt\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("test.kdl:3:11: `group`: no group \"no-such-group-zt\""),
+        "{text}"
+    );
 }

@@ -117,7 +117,7 @@ fn full_example_parses_into_the_expected_model() {
             max_connections: 10_000,
             graceful_shutdown_timeout_secs: 30,
             control_socket: Some("/run/zentinel/zentinel.sock".to_owned()),
-            pid_file: None,
+            ..SystemConfig::default()
         },
         listeners: vec![
             ListenerConfig {

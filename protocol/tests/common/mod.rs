@@ -37,6 +37,8 @@ fn system() -> impl Strategy<Value = SystemConfig> {
                 graceful_shutdown_timeout_secs,
                 control_socket,
                 pid_file,
+                user: None,
+                group: None,
             },
         )
 }

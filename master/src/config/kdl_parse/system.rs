@@ -26,8 +26,10 @@ const SYSTEM_KEYS: &[&str] = &[
     "daemon",
     "route-cache-size",
     "trace-id-format",
+    "user",
+    "group",
 ];
-const SYSTEM_UNSUPPORTED: &[&str] = &["user", "group", "working-directory", "auto-reload"];
+const SYSTEM_UNSUPPORTED: &[&str] = &["working-directory", "auto-reload"];
 
 /// The schema version upstream Zentinel reads (and the newest it knows).
 const SCHEMA_VERSION: (u32, u32) = (1, 0);
@@ -93,6 +95,32 @@ pub(super) fn parse_system(node: &KdlNode, system: &mut SystemConfig, diags: &mu
                         system.control_socket = Some(path);
                     } else {
                         system.pid_file = Some(path);
+                    }
+                }
+            }
+            "user" => {
+                if let Some((user, at)) = leaf_string(child, diags) {
+                    match nix::unistd::User::from_name(&user) {
+                        Ok(Some(_)) => system.user = Some(user),
+                        Ok(None) => {
+                            diags.error(at, "user", format!("no user {user:?} on this system"))
+                        }
+                        Err(e) => {
+                            diags.error(at, "user", format!("cannot look up user {user:?}: {e}"))
+                        }
+                    }
+                }
+            }
+            "group" => {
+                if let Some((group, at)) = leaf_string(child, diags) {
+                    match nix::unistd::Group::from_name(&group) {
+                        Ok(Some(_)) => system.group = Some(group),
+                        Ok(None) => {
+                            diags.error(at, "group", format!("no group {group:?} on this system"))
+                        }
+                        Err(e) => {
+                            diags.error(at, "group", format!("cannot look up group {group:?}: {e}"))
+                        }
                     }
                 }
             }
