@@ -11,6 +11,8 @@ mod validate;
 #[cfg(test)]
 mod legacy_state_tests;
 #[cfg(test)]
+mod routes_tests;
+#[cfg(test)]
 mod system_tests;
 #[cfg(test)]
 mod tests;
