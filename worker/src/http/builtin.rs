@@ -58,8 +58,8 @@ pub fn answer(
     let id = request_id(req);
     let head_only = req.is_head();
     let id_header = ("X-Request-Id", id.as_str());
-    let json_body = |status: u16, value: &Value, cache: bool| {
-        let body = serde_json::to_vec_pretty(value).unwrap_or_else(|e| {
+    let json_body = |status: u16, value: &dyn erased::Body, cache: bool| {
+        let body = value.pretty().unwrap_or_else(|e| {
             // Values built here always serialize; say so loudly if that ever changes.
             warn!(error = %e, "builtin handler body did not serialize");
             b"{}".to_vec()
@@ -235,6 +235,20 @@ fn human_uptime(secs: u64) -> String {
     }
 }
 
+/// Serializing through a trait object: the status body is a struct (its field order is kept),
+/// the others are `Value`s.
+mod erased {
+    pub trait Body {
+        fn pretty(&self) -> serde_json::Result<Vec<u8>>;
+    }
+
+    impl<T: serde::Serialize> Body for T {
+        fn pretty(&self) -> serde_json::Result<Vec<u8>> {
+            serde_json::to_vec_pretty(self)
+        }
+    }
+}
+
 /// Upstream's status body, in its field order.
 #[derive(Serialize)]
 struct Status {
@@ -249,9 +263,9 @@ struct Status {
     pid: u32,
 }
 
-fn status_body() -> Value {
+fn status_body() -> Status {
     let secs = started().0.elapsed().as_secs();
-    let status = Status {
+    Status {
         status: "ok",
         version: VERSION,
         uptime: human_uptime(secs),
@@ -260,8 +274,7 @@ fn status_body() -> Value {
         timestamp: timestamp(),
         worker_id: WORKER_ID.load(Ordering::Relaxed),
         pid: std::process::id(),
-    };
-    serde_json::to_value(status).unwrap_or(Value::Null)
+    }
 }
 
 /// This worker's own counters (the master's metrics endpoint sums all workers), under the
