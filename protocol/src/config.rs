@@ -13,7 +13,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 pub struct ProxyConfig {
     pub system: SystemConfig,
     pub listeners: Vec<ListenerConfig>,
-    /// Routes in evaluation order: sorted by priority (critical first), then file order.
+    /// Routes in evaluation order: sorted by priority (highest first), then file order.
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub limits: Limits,
@@ -150,34 +150,50 @@ pub const DEFAULT_ACCESS_LOG_FORMAT: &str = "combined";
 
 pub const DEFAULT_BACKLOG: u32 = 1024;
 
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
-pub enum RoutePriority {
-    Critical,
-    High,
-    Normal,
-    Low,
-}
+/// Route priorities by name, with upstream Zentinel's numbers (`priority "high"` is
+/// `priority 100`). Higher is tried first.
+pub const PRIORITY_CRITICAL: i32 = 1000;
+pub const PRIORITY_HIGH: i32 = 100;
+pub const PRIORITY_NORMAL: i32 = 50;
+pub const PRIORITY_LOW: i32 = 10;
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct RouteConfig {
     pub name: String,
-    pub priority: RoutePriority,
-    /// All conditions must hold (AND across kinds); several conditions of the same kind are
-    /// alternatives (OR within a kind). No condition at all matches every request.
+    /// Higher first; equal priorities keep file order. See the `PRIORITY_*` names.
+    pub priority: i32,
+    /// All `Host` conditions together are one condition (any of the hosts); every other
+    /// condition must hold as well (AND), as in upstream Zentinel. No condition at all matches
+    /// every request.
     pub matches: Vec<RouteMatch>,
     pub action: RouteAction,
+    /// What kind of service the route fronts; decides the format of the proxy's own error
+    /// responses (JSON for `Api`, `Builtin` and `Inference`, plain text otherwise).
+    pub service_type: ServiceType,
 }
 
+/// One condition of a route. A `Vec` holds the values written on one node: any of them
+/// satisfies the condition (`method "GET" "HEAD"`).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum RouteMatch {
-    /// Exact host (case-insensitive, port ignored) or `*.example.com` wildcard suffix.
+    /// Exact host (case-insensitive, port ignored) or `*.example.com` wildcard suffix. All
+    /// the host conditions of a route are alternatives.
     Host(String),
-    PathPrefix(String),
+    /// A prefix on a segment boundary: `/api` matches `/api`, `/api/x`, not `/apix`.
+    PathPrefix(Vec<String>),
     /// Exact path (query string ignored).
-    Path(String),
+    Path(Vec<String>),
+    /// Unanchored regular expressions (Rust `regex` syntax) on the path, checked by the master.
+    PathRegex(Vec<String>),
+    /// Request methods, uppercase; the request's method is compared exactly.
+    Method(Vec<String>),
+    /// A request header (name compared case-insensitively): present, or with exactly `value`.
+    Header { name: String, value: Option<String> },
+    /// A query-string parameter (name and value compared after percent-decoding): present,
+    /// or with exactly `value`.
+    QueryParam { name: String, value: Option<String> },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -186,6 +202,66 @@ pub enum RouteAction {
     /// Name of an upstream pool.
     Upstream(String),
     Static(StaticResponse),
+    /// Answered by the worker itself.
+    Builtin(BuiltinHandler),
+}
+
+/// Upstream Zentinel's `builtin-handler` names this build answers.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+pub enum BuiltinHandler {
+    Status,
+    Health,
+    Metrics,
+    NotFound,
+    Upstreams,
+    Config,
+}
+
+impl BuiltinHandler {
+    /// The canonical spelling (the `config` dump uses upstream's snake_case form).
+    pub fn name(self) -> &'static str {
+        match self {
+            BuiltinHandler::Status => "status",
+            BuiltinHandler::Health => "health",
+            BuiltinHandler::Metrics => "metrics",
+            BuiltinHandler::NotFound => "not_found",
+            BuiltinHandler::Upstreams => "upstreams",
+            BuiltinHandler::Config => "config",
+        }
+    }
+}
+
+/// Upstream Zentinel's service types.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+pub enum ServiceType {
+    #[default]
+    Web,
+    Api,
+    Static,
+    Builtin,
+    Inference,
+}
+
+impl ServiceType {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceType::Web => "web",
+            ServiceType::Api => "api",
+            ServiceType::Static => "static",
+            ServiceType::Builtin => "builtin",
+            ServiceType::Inference => "inference",
+        }
+    }
+
+    /// Whether the proxy's own error responses on this route are JSON (as upstream).
+    pub fn json_errors(self) -> bool {
+        matches!(
+            self,
+            ServiceType::Api | ServiceType::Builtin | ServiceType::Inference
+        )
+    }
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -288,7 +288,7 @@ fn escape(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 /// `27/Nov/2026:03:58:35 +0000` (nginx `$time_local`, always UTC) or `2026-11-27T03:58:35+00:00`.
-fn write_time(out: &mut Vec<u8>, t: SystemTime, iso: bool) {
+pub(crate) fn write_time(out: &mut Vec<u8>, t: SystemTime, iso: bool) {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];

@@ -923,6 +923,7 @@ fn build_generation(
         limits: c.limits,
         listeners,
         pools: keys,
+        config_view: c.config_view,
     };
     (
         generation,

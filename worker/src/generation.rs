@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use zentinel_protocol::config::{Limits, ListenerProtocol};
+use zentinel_protocol::config::{BuiltinHandler, Limits, ListenerProtocol, RouteAction};
 use zentinel_protocol::messages::WorkerStart;
 
 use crate::accept::{adopt_listener, Listener, ListenerSet};
@@ -44,6 +44,8 @@ pub struct Generation {
     pub listeners: Vec<ListenerEntry>,
     /// Pool keys, in the configuration's upstream order.
     pub pools: Vec<usize>,
+    /// What a `builtin-handler "config"` route shows; only built when one exists.
+    pub config_view: Option<serde_json::Value>,
 }
 
 impl Generation {
@@ -67,6 +69,7 @@ pub struct Candidate {
     pub limits: Limits,
     pub max_connections: usize,
     pub graceful_timeout: Duration,
+    pub config_view: Option<serde_json::Value>,
 }
 
 impl Candidate {
@@ -177,6 +180,11 @@ impl Candidate {
             limits: config.limits.clone(),
             max_connections: config.system.max_connections as usize,
             graceful_timeout: Duration::from_secs(config.system.graceful_shutdown_timeout_secs),
+            config_view: config
+                .routes
+                .iter()
+                .any(|r| r.action == RouteAction::Builtin(BuiltinHandler::Config))
+                .then(|| crate::http::builtin::config_view(config)),
         })
     }
 }

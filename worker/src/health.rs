@@ -51,6 +51,18 @@ impl TargetHealth {
         self.probe_down || self.down_until.is_some_and(|t| now < t)
     }
 
+    /// Why the target is out of rotation now, if it is: active checks failed, or failures on
+    /// real traffic (until the fail timeout ends).
+    pub fn down_reason(&self, now: Instant) -> Option<&'static str> {
+        if self.probe_down {
+            Some("health-check")
+        } else if self.down_until.is_some_and(|t| now < t) {
+            Some("passive")
+        } else {
+            None
+        }
+    }
+
     /// Forget a passive mark whose time is over. True when that brought the target back.
     pub fn expire(&mut self, now: Instant) -> bool {
         match self.down_until {

@@ -171,6 +171,7 @@ fn run_inner(
     );
     let _g = span.enter();
     access_log::set_worker_id(ws.worker_id);
+    http::builtin::mark_started(ws.worker_id);
     let prepared = match Candidate::validate(&ws, fds, "Start") {
         Ok(p) => p,
         Err(reason) => {

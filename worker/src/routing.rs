@@ -1,10 +1,18 @@
 //! Route selection: the first route (in the config's evaluation order) whose conditions all
 //! hold wins; otherwise the listener's default route; otherwise no route (404).
 //!
-//! Within one route, conditions of different kinds are ANDed and conditions of the same kind
-//! are ORed: `host a, host b, path-prefix /x` means `(host a OR host b) AND path-prefix /x`.
+//! As upstream Zentinel: the `host` conditions of a route are alternatives, and every other
+//! condition must hold as well. The values written on one node are alternatives (see
+//! [`RouteMatch`]): `host a, host b, path-prefix /x, method GET HEAD` means
+//! `(host a OR host b) AND path-prefix /x AND (GET OR HEAD)`.
 
-use zentinel_protocol::config::{ProxyConfig, RouteAction, RouteMatch, StaticResponse};
+use regex::Regex;
+use zentinel_protocol::config::{
+    BuiltinHandler, ProxyConfig, RouteAction, RouteMatch, ServiceType, StaticResponse,
+};
+
+/// Same bound as the master applies when it checks the patterns.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// What a matched route does, with names already resolved to indices.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +20,19 @@ pub enum Action {
     /// Index into the upstream pools (same order as `ProxyConfig.upstreams`).
     Upstream(usize),
     Static(StaticResponse),
+    Builtin(BuiltinHandler),
+}
+
+/// What routing looks at in a request. The host is already normalized (lowercase, no port).
+pub trait RouteRequest {
+    fn host(&self) -> Option<&str>;
+    /// Without the query string.
+    fn path(&self) -> &str;
+    fn method(&self) -> &str;
+    /// The raw query string (after `?`, before any `#`), if any.
+    fn query(&self) -> Option<&str>;
+    /// Whether a field named `name` (lowercase) is present with a value accepted by `want`.
+    fn has_header(&self, name: &str, want: &dyn Fn(&[u8]) -> bool) -> bool;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +43,7 @@ enum HostPattern {
 }
 
 impl HostPattern {
+    /// Hosts are compared case-insensitively (RFC 9110); upstream compares them as sent.
     fn parse(p: &str) -> Self {
         let p = p.trim().to_ascii_lowercase();
         match p.strip_prefix('*') {
@@ -38,23 +60,94 @@ impl HostPattern {
     }
 }
 
+/// One non-host condition; the values inside are alternatives.
+#[derive(Debug, Clone)]
+enum Condition {
+    Path(Vec<String>),
+    Prefix(Vec<String>),
+    Regex(Vec<Regex>),
+    Method(Vec<String>),
+    Header { name: String, value: Option<String> },
+    Query { name: String, value: Option<String> },
+}
+
+impl Condition {
+    fn holds(&self, req: &dyn RouteRequest) -> bool {
+        match self {
+            Condition::Path(paths) => paths.iter().any(|p| p == req.path()),
+            Condition::Prefix(prefixes) => prefixes.iter().any(|p| prefix_matches(p, req.path())),
+            Condition::Regex(res) => res.iter().any(|r| r.is_match(req.path())),
+            Condition::Method(methods) => methods.iter().any(|m| m == req.method()),
+            Condition::Header { name, value } => req.has_header(name, &|v| {
+                value.as_ref().is_none_or(|want| want.as_bytes() == v)
+            }),
+            Condition::Query { name, value } => req
+                .query()
+                .is_some_and(|q| query_has(q, name, value.as_deref())),
+        }
+    }
+}
+
+/// Upstream's segment rule: `/api` matches `/api` and `/api/x`, not `/apix`; a prefix ending
+/// in `/` (or `/` itself) is a plain prefix.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix)
+        && (prefix.ends_with('/')
+            || path.len() == prefix.len()
+            || path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+/// Whether the query string has parameter `name` (with exactly `value`, if given), both
+/// compared after form decoding (`%XX`, `+` as space).
+fn query_has(query: &str, name: &str, value: Option<&str>) -> bool {
+    query.split('&').filter(|p| !p.is_empty()).any(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        form_decode(k) == name.as_bytes()
+            && value.is_none_or(|want| form_decode(v) == want.as_bytes())
+    })
+}
+
+fn form_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    out
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
+}
+
 #[derive(Debug, Clone)]
 struct CompiledRoute {
     name: String,
     hosts: Vec<HostPattern>,
-    prefixes: Vec<String>,
-    paths: Vec<String>,
+    conditions: Vec<Condition>,
     action: Action,
+    service_type: ServiceType,
 }
 
 impl CompiledRoute {
-    fn matches(&self, host: Option<&str>, path: &str) -> bool {
-        let host_ok =
-            self.hosts.is_empty() || host.is_some_and(|h| self.hosts.iter().any(|p| p.matches(h)));
-        let prefix_ok =
-            self.prefixes.is_empty() || self.prefixes.iter().any(|p| path.starts_with(p.as_str()));
-        let path_ok = self.paths.is_empty() || self.paths.iter().any(|p| p == path);
-        host_ok && prefix_ok && path_ok
+    fn matches(&self, req: &dyn RouteRequest) -> bool {
+        let host_ok = self.hosts.is_empty()
+            || req
+                .host()
+                .is_some_and(|h| self.hosts.iter().any(|p| p.matches(h)));
+        host_ok && self.conditions.iter().all(|c| c.holds(req))
     }
 }
 
@@ -69,6 +162,12 @@ pub enum RoutingError {
     UnknownUpstream { route: String, upstream: String },
     #[error("listener `{listener}` names unknown default route `{route}`")]
     UnknownDefaultRoute { listener: String, route: String },
+    #[error("route `{route}`: invalid path-regex {pattern:?}: {reason}")]
+    InvalidRegex {
+        route: String,
+        pattern: String,
+        reason: String,
+    },
 }
 
 /// Lowercase and strip a `:port` (keeping `[v6]` brackets) so lookups ignore the port.
@@ -106,20 +205,40 @@ impl Router {
                         })?,
                 ),
                 RouteAction::Static(s) => Action::Static(s.clone()),
+                RouteAction::Builtin(b) => Action::Builtin(*b),
             };
             let mut c = CompiledRoute {
                 name: r.name.clone(),
                 hosts: Vec::new(),
-                prefixes: Vec::new(),
-                paths: Vec::new(),
+                conditions: Vec::new(),
                 action,
+                service_type: r.service_type,
             };
             for m in &r.matches {
-                match m {
-                    RouteMatch::Host(h) => c.hosts.push(HostPattern::parse(h)),
-                    RouteMatch::PathPrefix(p) => c.prefixes.push(p.clone()),
-                    RouteMatch::Path(p) => c.paths.push(p.clone()),
-                }
+                let condition = match m {
+                    RouteMatch::Host(h) => {
+                        c.hosts.push(HostPattern::parse(h));
+                        continue;
+                    }
+                    RouteMatch::PathPrefix(p) => Condition::Prefix(p.clone()),
+                    RouteMatch::Path(p) => Condition::Path(p.clone()),
+                    RouteMatch::PathRegex(patterns) => Condition::Regex(
+                        patterns
+                            .iter()
+                            .map(|p| compile(&r.name, p))
+                            .collect::<Result<_, _>>()?,
+                    ),
+                    RouteMatch::Method(m) => Condition::Method(m.clone()),
+                    RouteMatch::Header { name, value } => Condition::Header {
+                        name: name.to_ascii_lowercase(),
+                        value: value.clone(),
+                    },
+                    RouteMatch::QueryParam { name, value } => Condition::Query {
+                        name: name.clone(),
+                        value: value.clone(),
+                    },
+                };
+                c.conditions.push(condition);
             }
             routes.push(c);
         }
@@ -153,36 +272,34 @@ impl Router {
         self.routes.iter().position(|r| r.name == name)
     }
 
-    /// The matching route index for a raw `host` (normalized here); `path` without the query
-    /// string. The proxy path uses [`Router::find_normalized`] with the codec's host.
-    #[cfg(test)]
-    pub fn find(
-        &self,
-        default_route: Option<usize>,
-        host: Option<&str>,
-        path: &str,
-    ) -> Option<usize> {
-        let host = host.map(normalize_host);
-        self.find_normalized(default_route, host.as_deref(), path)
-    }
-
-    /// [`Router::find`] for a host already normalized (lowercase, port stripped), as the HTTP
-    /// codec hands it over: no copy per request.
-    pub fn find_normalized(
-        &self,
-        default_route: Option<usize>,
-        host: Option<&str>,
-        path: &str,
-    ) -> Option<usize> {
+    /// The matching route index, else `default_route`.
+    pub fn find(&self, default_route: Option<usize>, req: &dyn RouteRequest) -> Option<usize> {
         self.routes
             .iter()
-            .position(|r| r.matches(host, path))
+            .position(|r| r.matches(req))
             .or(default_route)
     }
 
     pub fn action(&self, idx: usize) -> Option<&Action> {
         self.routes.get(idx).map(|r| &r.action)
     }
+
+    pub fn service_type(&self, idx: usize) -> ServiceType {
+        self.routes
+            .get(idx)
+            .map_or(ServiceType::Web, |r| r.service_type)
+    }
+}
+
+fn compile(route: &str, pattern: &str) -> Result<Regex, RoutingError> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| RoutingError::InvalidRegex {
+            route: route.to_owned(),
+            pattern: pattern.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -193,9 +310,65 @@ mod tests {
     fn route(name: &str, matches: Vec<RouteMatch>, upstream: &str) -> RouteConfig {
         RouteConfig {
             name: name.into(),
-            priority: RoutePriority::Normal,
+            priority: PRIORITY_NORMAL,
             matches,
             action: RouteAction::Upstream(upstream.into()),
+            service_type: ServiceType::Web,
+        }
+    }
+
+    #[derive(Default)]
+    struct Req {
+        host: Option<String>,
+        path: String,
+        method: String,
+        query: Option<String>,
+        headers: Vec<(String, String)>,
+    }
+
+    impl RouteRequest for Req {
+        fn host(&self) -> Option<&str> {
+            self.host.as_deref()
+        }
+        fn path(&self) -> &str {
+            &self.path
+        }
+        fn method(&self) -> &str {
+            &self.method
+        }
+        fn query(&self) -> Option<&str> {
+            self.query.as_deref()
+        }
+        fn has_header(&self, name: &str, want: &dyn Fn(&[u8]) -> bool) -> bool {
+            self.headers
+                .iter()
+                .any(|(n, v)| n.eq_ignore_ascii_case(name) && want(v.as_bytes()))
+        }
+    }
+
+    /// A GET of `target` (path and query) with a raw Host header.
+    fn req(host: Option<&str>, target: &str) -> Req {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q.to_owned())),
+            None => (target, None),
+        };
+        Req {
+            host: host.map(normalize_host),
+            path: path.to_owned(),
+            method: "GET".to_owned(),
+            query,
+            headers: Vec::new(),
+        }
+    }
+
+    impl Router {
+        fn find_at(
+            &self,
+            default_route: Option<usize>,
+            host: Option<&str>,
+            target: &str,
+        ) -> Option<usize> {
+            self.find(default_route, &req(host, target))
         }
     }
 
@@ -243,10 +416,10 @@ mod tests {
             "a",
         )]))
         .unwrap();
-        assert_eq!(r.find(None, Some("example.com"), "/"), Some(0));
-        assert_eq!(r.find(None, Some("EXAMPLE.com:8080"), "/"), Some(0));
-        assert_eq!(r.find(None, Some("www.example.com"), "/"), None);
-        assert_eq!(r.find(None, None, "/"), None);
+        assert_eq!(r.find_at(None, Some("example.com"), "/"), Some(0));
+        assert_eq!(r.find_at(None, Some("EXAMPLE.com:8080"), "/"), Some(0));
+        assert_eq!(r.find_at(None, Some("www.example.com"), "/"), None);
+        assert_eq!(r.find_at(None, None, "/"), None);
     }
 
     #[test]
@@ -257,50 +430,53 @@ mod tests {
             "a",
         )]))
         .unwrap();
-        assert_eq!(r.find(None, Some("a.example.com"), "/"), Some(0));
-        assert_eq!(r.find(None, Some("a.b.example.com"), "/"), Some(0));
-        assert_eq!(r.find(None, Some("example.com"), "/"), None);
-        assert_eq!(r.find(None, Some("badexample.com"), "/"), None);
+        assert_eq!(r.find_at(None, Some("a.example.com"), "/"), Some(0));
+        assert_eq!(r.find_at(None, Some("a.b.example.com"), "/"), Some(0));
+        assert_eq!(r.find_at(None, Some("example.com"), "/"), None);
+        assert_eq!(r.find_at(None, Some("badexample.com"), "/"), None);
     }
 
     #[test]
-    fn and_across_kinds_or_within_kind() {
+    fn hosts_or_values_on_one_node_or_conditions_and() {
         let r = Router::new(&config(vec![route(
             "r",
             vec![
                 RouteMatch::Host("a.test".into()),
                 RouteMatch::Host("b.test".into()),
-                RouteMatch::PathPrefix("/api".into()),
-                RouteMatch::PathPrefix("/v2".into()),
+                RouteMatch::PathPrefix(vec!["/api".into(), "/v2".into()]),
             ],
             "a",
         )]))
         .unwrap();
-        assert_eq!(r.find(None, Some("a.test"), "/api/x"), Some(0));
-        assert_eq!(r.find(None, Some("b.test"), "/v2"), Some(0));
-        assert_eq!(r.find(None, Some("c.test"), "/api"), None);
-        assert_eq!(r.find(None, Some("a.test"), "/other"), None);
+        assert_eq!(r.find_at(None, Some("a.test"), "/api/x"), Some(0));
+        assert_eq!(r.find_at(None, Some("b.test"), "/v2"), Some(0));
+        assert_eq!(r.find_at(None, Some("c.test"), "/api"), None);
+        assert_eq!(r.find_at(None, Some("a.test"), "/other"), None);
     }
 
     #[test]
     fn exact_path_first_match_and_default() {
         let r = Router::new(&config(vec![
-            route("exact", vec![RouteMatch::Path("/health".into())], "a"),
-            route("prefix", vec![RouteMatch::PathPrefix("/".into())], "b"),
+            route("exact", vec![RouteMatch::Path(vec!["/health".into()])], "a"),
+            route(
+                "prefix",
+                vec![RouteMatch::PathPrefix(vec!["/".into()])],
+                "b",
+            ),
             route("never", vec![], "a"),
         ]))
         .unwrap();
-        assert_eq!(r.find(None, None, "/health"), Some(0));
-        assert_eq!(r.find(None, None, "/health/x"), Some(1));
-        assert_eq!(r.find(None, None, "/x"), Some(1));
+        assert_eq!(r.find_at(None, None, "/health"), Some(0));
+        assert_eq!(r.find_at(None, None, "/health/x"), Some(1));
+        assert_eq!(r.find_at(None, None, "/x"), Some(1));
         let r = Router::new(&config(vec![
-            route("exact", vec![RouteMatch::Path("/health".into())], "a"),
+            route("exact", vec![RouteMatch::Path(vec!["/health".into()])], "a"),
             route("fallback", vec![RouteMatch::Host("zzz".into())], "b"),
         ]))
         .unwrap();
         let d = r.index_of("fallback");
-        assert_eq!(r.find(d, None, "/nope"), Some(1));
-        assert_eq!(r.find(None, None, "/nope"), None);
+        assert_eq!(r.find_at(d, None, "/nope"), Some(1));
+        assert_eq!(r.find_at(None, None, "/nope"), None);
         assert_eq!(r.action(0), Some(&Action::Upstream(0)));
         assert_eq!(r.action(1), Some(&Action::Upstream(1)));
         let mut mapped = r.clone();
@@ -310,9 +486,91 @@ mod tests {
     }
 
     #[test]
+    fn prefix_on_segment_boundary() {
+        let r = Router::new(&config(vec![
+            route(
+                "api",
+                vec![RouteMatch::PathPrefix(vec!["/api".into()])],
+                "a",
+            ),
+            route(
+                "slash",
+                vec![RouteMatch::PathPrefix(vec!["/s/".into()])],
+                "a",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(r.find_at(None, None, "/api"), Some(0));
+        assert_eq!(r.find_at(None, None, "/api/x"), Some(0));
+        assert_eq!(r.find_at(None, None, "/api?x=1"), Some(0));
+        assert_eq!(r.find_at(None, None, "/apix"), None);
+        assert_eq!(r.find_at(None, None, "/s/x"), Some(1));
+        assert_eq!(r.find_at(None, None, "/s"), None);
+    }
+
+    #[test]
+    fn method_header_query_regex_conditions() {
+        let r = Router::new(&config(vec![route(
+            "all",
+            vec![
+                RouteMatch::Method(vec!["GET".into(), "HEAD".into()]),
+                RouteMatch::Header {
+                    name: "x-a".into(),
+                    value: None,
+                },
+                RouteMatch::Header {
+                    name: "X-B".into(),
+                    value: Some("v".into()),
+                },
+                RouteMatch::QueryParam {
+                    name: "q".into(),
+                    value: None,
+                },
+                RouteMatch::QueryParam {
+                    name: "a b".into(),
+                    value: Some("c&d".into()),
+                },
+                RouteMatch::PathRegex(vec!["^/v[0-9]+/".into()]),
+            ],
+            "a",
+        )]))
+        .unwrap();
+        let mut ok = req(None, "/v2/x?q&a+b=c%26d");
+        ok.headers = vec![("X-A".into(), "".into()), ("x-b".into(), "v".into())];
+        assert_eq!(r.find(None, &ok), Some(0));
+        ok.method = "HEAD".into();
+        assert_eq!(r.find(None, &ok), Some(0));
+        let m = |f: &dyn Fn(&mut Req)| {
+            let mut q = req(None, "/v2/x?q&a+b=c%26d");
+            q.headers = vec![("X-A".into(), "".into()), ("x-b".into(), "v".into())];
+            f(&mut q);
+            r.find(None, &q)
+        };
+        assert_eq!(m(&|q| q.method = "POST".into()), None);
+        assert_eq!(m(&|q| q.method = "get".into()), None); // methods are case-sensitive
+        assert_eq!(m(&|q| drop(q.headers.remove(0))), None);
+        assert_eq!(m(&|q| q.headers[1].1 = "V".into()), None); // values exact
+        assert_eq!(m(&|q| q.query = Some("a+b=c%26d".into())), None);
+        assert_eq!(m(&|q| q.query = None), None);
+        assert_eq!(m(&|q| q.query = Some("q=1&a%20b=c%26d".into())), Some(0));
+        assert_eq!(m(&|q| q.path = "/x/v2/".into()), None);
+    }
+
+    #[test]
+    fn invalid_regex_is_an_error() {
+        let err = Router::new(&config(vec![route(
+            "r",
+            vec![RouteMatch::PathRegex(vec!["(".into()])],
+            "a",
+        )]))
+        .unwrap_err();
+        assert!(matches!(err, RoutingError::InvalidRegex { .. }), "{err}");
+    }
+
+    #[test]
     fn no_condition_matches_everything() {
         let r = Router::new(&config(vec![route("all", vec![], "b")])).unwrap();
-        assert_eq!(r.find(None, None, "/anything"), Some(0));
+        assert_eq!(r.find_at(None, None, "/anything"), Some(0));
     }
 
     #[test]

@@ -110,6 +110,13 @@ pub struct Target {
     health: TargetHealth,
 }
 
+impl Target {
+    /// This worker's health marks for the target (read-only: for status endpoints).
+    pub fn health(&self) -> &TargetHealth {
+        &self.health
+    }
+}
+
 #[derive(Debug)]
 pub struct Pool {
     pub name: String,
@@ -124,6 +131,11 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// The configuration the pool was built from.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
     /// Parse and check one upstream's configuration (no socket is touched).
     pub fn from_config(c: &UpstreamConfig) -> Result<Pool, UpstreamConfigError> {
         if c.targets.is_empty() {

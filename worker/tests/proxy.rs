@@ -182,8 +182,9 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
         routes: vec![
             RouteConfig {
                 name: "static".into(),
-                priority: RoutePriority::High,
-                matches: vec![RouteMatch::Path("/static".into())],
+                priority: PRIORITY_HIGH,
+                service_type: ServiceType::Web,
+                matches: vec![RouteMatch::Path(vec!["/static".into()])],
                 action: RouteAction::Static(StaticResponse {
                     status: 200,
                     body: "hello static".into(),
@@ -192,13 +193,15 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
             },
             RouteConfig {
                 name: "dead".into(),
-                priority: RoutePriority::High,
+                priority: PRIORITY_HIGH,
+                service_type: ServiceType::Web,
                 matches: vec![RouteMatch::Host("dead.test".into())],
                 action: RouteAction::Upstream("dead".into()),
             },
             RouteConfig {
                 name: "app".into(),
-                priority: RoutePriority::Normal,
+                priority: PRIORITY_NORMAL,
+                service_type: ServiceType::Web,
                 matches: vec![
                     RouteMatch::Host("app.test".into()),
                     RouteMatch::Host("*.app.test".into()),
@@ -915,7 +918,8 @@ fn serve_app(mut c: Conn, conn_id: usize, opts: &BackendOpts, seen: &mpsc::Sende
 fn add_route(cfg: &mut ProxyConfig, host: &str, up: UpstreamConfig) {
     cfg.routes.push(RouteConfig {
         name: format!("to-{}", up.name),
-        priority: RoutePriority::High,
+        priority: PRIORITY_HIGH,
+        service_type: ServiceType::Web,
         matches: vec![RouteMatch::Host(host.into())],
         action: RouteAction::Upstream(up.name.clone()),
     });
@@ -1644,8 +1648,9 @@ fn same_listeners(h: &Harness) -> (TcpListener, TcpListener) {
 fn which_route(body: &str) -> RouteConfig {
     RouteConfig {
         name: "which".into(),
-        priority: RoutePriority::Critical,
-        matches: vec![RouteMatch::Path("/which".into())],
+        priority: PRIORITY_CRITICAL,
+        service_type: ServiceType::Web,
+        matches: vec![RouteMatch::Path(vec!["/which".into()])],
         action: RouteAction::Static(StaticResponse {
             status: 200,
             body: body.into(),

@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use zentinel_protocol::config::{
     ConnectionPool, HealthCheck, HealthCheckKind, Limits, ListenerConfig, ListenerProtocol,
-    LoadBalancing, PassiveHealth, RouteAction, RouteConfig, RouteMatch, RoutePriority,
-    StaticResponse, SystemConfig, UpstreamConfig, UpstreamTarget, UpstreamTimeouts,
-    DEFAULT_BACKLOG, DEFAULT_HEALTHY_THRESHOLD, DEFAULT_HEALTH_INTERVAL_SECS,
-    DEFAULT_HEALTH_TIMEOUT_SECS, DEFAULT_UNHEALTHY_THRESHOLD,
+    LoadBalancing, PassiveHealth, RouteAction, RouteConfig, RouteMatch, StaticResponse,
+    SystemConfig, UpstreamConfig, UpstreamTarget, UpstreamTimeouts, DEFAULT_BACKLOG,
+    DEFAULT_HEALTHY_THRESHOLD, DEFAULT_HEALTH_INTERVAL_SECS, DEFAULT_HEALTH_TIMEOUT_SECS,
+    DEFAULT_UNHEALTHY_THRESHOLD,
 };
 
 use super::observability::{parse_observability, ParsedObservability};
@@ -23,6 +23,7 @@ mod diagnostics;
 mod limits;
 mod listeners;
 mod node;
+mod route_matches;
 mod routes;
 mod syntax;
 mod system;

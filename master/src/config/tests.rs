@@ -148,34 +148,37 @@ fn full_example_parses_into_the_expected_model() {
         routes: vec![
             RouteConfig {
                 name: "api".to_owned(),
-                priority: RoutePriority::High,
+                priority: PRIORITY_HIGH,
                 matches: vec![
                     RouteMatch::Host("api.example.com".to_owned()),
                     RouteMatch::Host("*.example.com".to_owned()),
-                    RouteMatch::PathPrefix("/api/".to_owned()),
-                    RouteMatch::Path("/exact".to_owned()),
+                    RouteMatch::PathPrefix(vec!["/api/".to_owned()]),
+                    RouteMatch::Path(vec!["/exact".to_owned()]),
                 ],
                 action: RouteAction::Upstream("backend".to_owned()),
+                service_type: ServiceType::Web,
             },
             RouteConfig {
                 name: "health".to_owned(),
-                priority: RoutePriority::Normal,
-                matches: vec![RouteMatch::Path("/health".to_owned())],
+                priority: PRIORITY_NORMAL,
+                matches: vec![RouteMatch::Path(vec!["/health".to_owned()])],
                 action: RouteAction::Static(StaticResponse {
                     status: 200,
                     body: "ok".to_owned(),
                     content_type: "text/plain".to_owned(),
                 }),
+                service_type: ServiceType::Web,
             },
             RouteConfig {
                 name: "fallback".to_owned(),
-                priority: RoutePriority::Low,
+                priority: PRIORITY_LOW,
                 matches: vec![],
                 action: RouteAction::Static(StaticResponse {
                     status: 404,
                     body: String::new(),
                     content_type: "text/plain".to_owned(),
                 }),
+                service_type: ServiceType::Web,
             },
         ],
         upstreams: vec![
@@ -349,7 +352,7 @@ routes {
 "##;
     let config = ok(source);
     assert_eq!(config.listeners[0].name, "http");
-    assert_eq!(config.routes[0].priority, RoutePriority::Critical);
+    assert_eq!(config.routes[0].priority, PRIORITY_CRITICAL);
     assert_eq!(
         config.routes[0].action,
         RouteAction::Static(StaticResponse {

@@ -144,8 +144,8 @@ pub(super) fn validate(
     }
 
     let mut routes: Vec<_> = parsed.routes.into_iter().map(|r| r.config).collect();
-    // Stable: equal priorities keep file order.
-    routes.sort_by_key(|r| r.priority);
+    // Highest first; stable, so equal priorities keep file order.
+    routes.sort_by_key(|r| std::cmp::Reverse(r.priority));
     let access_log = parsed.observability.access_log;
     let listeners = parsed
         .listeners

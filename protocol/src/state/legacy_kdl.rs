@@ -165,14 +165,26 @@ fn render_route(out: &mut String, route: &RouteConfig) {
     let _ = writeln!(out, "    route {} {{", quote(&route.name));
     let _ = writeln!(out, "        priority {}", quote(priority));
     if !route.matches.is_empty() {
+        // These formats made conditions of one kind alternatives. Hosts still are; other
+        // conditions are now ANDed, and the values of one node are alternatives, so each
+        // kind's values go on one node.
         out.push_str("        matches {\n");
-        for condition in &route.matches {
-            let (kind, value) = match condition {
-                RouteMatch::Host(host) => ("host", host),
-                RouteMatch::PathPrefix(prefix) => ("path-prefix", prefix),
-                RouteMatch::Path(path) => ("path", path),
-            };
-            let _ = writeln!(out, "            {kind} {}", quote(value));
+        for (kind, values) in [
+            ("host", hosts_of(route)),
+            ("path-prefix", prefixes_of(route)),
+            ("path", paths_of(route)),
+        ] {
+            if kind == "host" {
+                for host in values {
+                    let _ = writeln!(out, "            host {}", quote(host));
+                }
+            } else if !values.is_empty() {
+                let _ = write!(out, "            {kind}");
+                for value in values {
+                    let _ = write!(out, " {}", quote(value));
+                }
+                out.push('\n');
+            }
         }
         out.push_str("        }\n");
     }
@@ -191,6 +203,39 @@ fn render_route(out: &mut String, route: &RouteConfig) {
         }
     }
     out.push_str("    }\n");
+}
+
+fn hosts_of(route: &RouteConfig) -> Vec<&String> {
+    route
+        .matches
+        .iter()
+        .filter_map(|m| match m {
+            RouteMatch::Host(h) => Some(h),
+            _ => None,
+        })
+        .collect()
+}
+
+fn prefixes_of(route: &RouteConfig) -> Vec<&String> {
+    route
+        .matches
+        .iter()
+        .filter_map(|m| match m {
+            RouteMatch::PathPrefix(p) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+fn paths_of(route: &RouteConfig) -> Vec<&String> {
+    route
+        .matches
+        .iter()
+        .filter_map(|m| match m {
+            RouteMatch::Path(p) => Some(p),
+            _ => None,
+        })
+        .collect()
 }
 
 fn render_upstream(out: &mut String, upstream: &UpstreamConfig) {

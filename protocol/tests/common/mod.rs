@@ -114,16 +114,15 @@ fn listener() -> impl Strategy<Value = ListenerConfig> {
 }
 
 fn route() -> impl Strategy<Value = RouteConfig> {
-    let priority = prop_oneof![
-        Just(RoutePriority::Critical),
-        Just(RoutePriority::High),
-        Just(RoutePriority::Normal),
-        Just(RoutePriority::Low),
-    ];
     let matcher = prop_oneof![
         name().prop_map(RouteMatch::Host),
-        name().prop_map(RouteMatch::PathPrefix),
-        name().prop_map(RouteMatch::Path),
+        vec(name(), 1..3).prop_map(RouteMatch::PathPrefix),
+        vec(name(), 1..3).prop_map(RouteMatch::Path),
+        vec(name(), 1..3).prop_map(RouteMatch::PathRegex),
+        vec(name(), 1..3).prop_map(RouteMatch::Method),
+        (name(), option::of(name())).prop_map(|(name, value)| RouteMatch::Header { name, value }),
+        (name(), option::of(name()))
+            .prop_map(|(name, value)| RouteMatch::QueryParam { name, value }),
     ];
     let action = prop_oneof![
         name().prop_map(RouteAction::Upstream),
@@ -134,15 +133,39 @@ fn route() -> impl Strategy<Value = RouteConfig> {
                 content_type,
             })
         }),
+        prop_oneof![
+            Just(BuiltinHandler::Status),
+            Just(BuiltinHandler::Health),
+            Just(BuiltinHandler::Metrics),
+            Just(BuiltinHandler::NotFound),
+            Just(BuiltinHandler::Upstreams),
+            Just(BuiltinHandler::Config),
+        ]
+        .prop_map(RouteAction::Builtin),
     ];
-    (name(), priority, vec(matcher, 0..4), action).prop_map(|(name, priority, matches, action)| {
-        RouteConfig {
-            name,
-            priority,
-            matches,
-            action,
-        }
-    })
+    let service_type = prop_oneof![
+        Just(ServiceType::Web),
+        Just(ServiceType::Api),
+        Just(ServiceType::Static),
+        Just(ServiceType::Builtin),
+        Just(ServiceType::Inference),
+    ];
+    (
+        name(),
+        any::<i32>(),
+        vec(matcher, 0..4),
+        action,
+        service_type,
+    )
+        .prop_map(
+            |(name, priority, matches, action, service_type)| RouteConfig {
+                name,
+                priority,
+                matches,
+                action,
+                service_type,
+            },
+        )
 }
 
 fn upstream() -> impl Strategy<Value = UpstreamConfig> {

@@ -1486,6 +1486,19 @@ fn local_response(
     close: bool,
     head_only: bool,
 ) -> Vec<u8> {
+    local_response_with(status, content_type, &[], body, close, head_only)
+}
+
+/// A response generated here, with `extra` header fields. They come from this crate, never
+/// from a request or the config, so they are written as they are.
+pub fn local_response_with(
+    status: u16,
+    content_type: Option<&str>,
+    extra: &[(&str, &str)],
+    body: &[u8],
+    close: bool,
+    head_only: bool,
+) -> Vec<u8> {
     // A status line needs three digits; config validation keeps statuses in range, this keeps
     // the output well-formed regardless.
     let status = if (100..=999).contains(&status) {
@@ -1507,6 +1520,9 @@ fn local_response(
         out.extend_from_slice(b"Content-Length: ");
         push_decimal(&mut out, body.len() as u64);
         out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in extra {
+        push_header(&mut out, name.as_bytes(), value.as_bytes());
     }
     // Stated either way so that HTTP/1.0 clients (keep-alive only on request) stay in step.
     push_header(

@@ -1,4 +1,34 @@
 //! HTTP/1.x: the codec (message heads, body framing) and the client session state machine.
 
+pub(crate) mod builtin;
 pub mod codec;
 pub(crate) mod session;
+
+use crate::routing::RouteRequest;
+
+/// Routing reads the parsed head directly: no copy of the request per route decision.
+impl RouteRequest for codec::RequestHead {
+    fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+
+    fn path(&self) -> &str {
+        codec::RequestHead::path(self)
+    }
+
+    fn method(&self) -> &str {
+        &self.method
+    }
+
+    fn query(&self) -> Option<&str> {
+        let target = self.target();
+        let start = target.find('?')? + 1;
+        let rest = &target[start..];
+        Some(&rest[..rest.find('#').unwrap_or(rest.len())])
+    }
+
+    fn has_header(&self, name: &str, want: &dyn Fn(&[u8]) -> bool) -> bool {
+        self.headers()
+            .any(|h| h.name.eq_ignore_ascii_case(name.as_bytes()) && want(h.value.trim_ascii()))
+    }
+}

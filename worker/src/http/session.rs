@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 use crate::access_log;
 use crate::ctx::{Ctx, ListenerCtx, Outcome, Ready};
 use crate::generation::Generation;
+use crate::http::builtin;
 use crate::http::codec::{
     self, BodyError, BodyFraming, BodyTracker, ForwardContext, HttpVersion, Parsed, RequestHead,
     ResponseHead,
@@ -55,6 +56,8 @@ enum Phase {
 
 struct Exchange {
     req: RequestHead,
+    /// The route's service type wants the proxy's own errors as JSON.
+    json_errors: bool,
     /// The serialized upstream head, kept to replay the request after a dead pooled connection.
     head_bytes: Vec<u8>,
     up: Option<(Sock, UpMeta)>,
@@ -535,9 +538,9 @@ impl HttpSession {
             return self.respond_local(ctx, 500, bytes, local_close);
         }
         let router = &self.generation.router;
-        let route =
-            router.find_normalized(self.lctx.default_route, req.host.as_deref(), req.path());
+        let route = router.find(self.lctx.default_route, &req);
         let action = route.and_then(|r| router.action(r)).cloned();
+        let json_errors = route.is_some_and(|r| router.service_type(r).json_errors());
         match action {
             None => {
                 debug!(peer = %self.peer, host = ?req.host, path = req.path(), "no route");
@@ -548,6 +551,18 @@ impl HttpSession {
                 let bytes = codec::static_response(&resp, local_close, req.is_head());
                 self.respond_local(ctx, resp.status, bytes, local_close);
             }
+            Some(Action::Builtin(handler)) => {
+                let counters = ctx.counters.snapshot();
+                let view = builtin::View {
+                    counters: &counters,
+                    upstreams: ctx.upstreams,
+                    generation: &self.generation,
+                    now: ctx.now,
+                };
+                let (status, bytes) = builtin::answer(handler, &req, &view, local_close);
+                debug!(peer = %self.peer, handler = handler.name(), status, "builtin handler");
+                self.respond_local(ctx, status, bytes, local_close);
+            }
             // A tunnel hands the raw client socket over, which a TLS session cannot do yet:
             // refuse before the upstream switches protocols.
             Some(Action::Upstream(_))
@@ -555,14 +570,15 @@ impl HttpSession {
             {
                 debug!(peer = %self.peer, "protocol upgrade over TLS is not supported yet");
                 ctx.counters.c.client_errors += 1;
-                let bytes = codec::error_response(501, true, req.is_head());
+                let bytes =
+                    builtin::error_response(501, true, req.is_head(), json_errors, Some(&req));
                 self.respond_local(ctx, 501, bytes, true);
             }
-            Some(Action::Upstream(pool)) => self.start_proxy(req, pool, ctx),
+            Some(Action::Upstream(pool)) => self.start_proxy(req, pool, json_errors, ctx),
         }
     }
 
-    fn start_proxy(&mut self, req: RequestHead, pool: usize, ctx: &mut Ctx<'_>) {
+    fn start_proxy(&mut self, req: RequestHead, pool: usize, json_errors: bool, ctx: &mut Ctx<'_>) {
         let mut failed = Vec::new();
         let token = tokens::session(self.key, Side::Upstream);
         let Some(conn) = upstream::connect_next(ctx, pool, &mut failed, token, self.peer) else {
@@ -578,12 +594,8 @@ impl HttpSession {
             warn!(peer = %self.peer, upstream = name, tried = failed.len(), "no upstream target could be connected");
             let close =
                 ctx.draining || !req.keep_alive || !matches!(req.framing, BodyFraming::Empty);
-            self.respond_local(
-                ctx,
-                502,
-                codec::error_response(502, close, req.is_head()),
-                close,
-            );
+            let bytes = builtin::error_response(502, close, req.is_head(), json_errors, Some(&req));
+            self.respond_local(ctx, 502, bytes, close);
             return;
         };
         let mut head_bytes = Vec::with_capacity(512);
@@ -604,6 +616,7 @@ impl HttpSession {
         let ex = Exchange {
             req_body: BodyTracker::new(req.framing, self.generation.limits.max_body_size_bytes),
             req,
+            json_errors,
             head_bytes,
             up: Some((
                 if connected {
@@ -789,12 +802,9 @@ impl HttpSession {
         }
         if can_answer {
             self.cout.clear();
-            self.respond_local(
-                ctx,
-                status,
-                codec::error_response(status, !keep, head_only),
-                !keep,
-            );
+            let bytes =
+                builtin::error_response(status, !keep, head_only, ex.json_errors, Some(&ex.req));
+            self.respond_local(ctx, status, bytes, !keep);
         }
         // Otherwise the phase stays Proxy with no upstream: the caller ends the session.
     }

@@ -1,8 +1,21 @@
-//! The `routes` section: `route "name" { ... }`, its matches and actions.
+//! The `routes` section: `route "name" { ... }`, its priority, service type and action. The
+//! `matches` block is in `route_matches`.
 
+use zentinel_protocol::config::{
+    BuiltinHandler, ServiceType, PRIORITY_CRITICAL, PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_NORMAL,
+};
+
+use super::route_matches::parse_matches;
 use super::*;
 
-const ROUTE_KEYS: &[&str] = &["priority", "matches", "upstream", "static-response"];
+const ROUTE_KEYS: &[&str] = &[
+    "priority",
+    "matches",
+    "upstream",
+    "static-response",
+    "builtin-handler",
+    "service-type",
+];
 const ROUTE_UNSUPPORTED: &[&str] = &[
     "policies",
     "filters",
@@ -10,14 +23,58 @@ const ROUTE_UNSUPPORTED: &[&str] = &[
     "waf",
     "cache",
     "rate-limit",
+    "static-files",
+    "api-schema",
+    "inference",
+    "shadow",
+    "fallback",
+    "retry-policy",
+    "circuit-breaker",
+    "websocket",
+    "websocket-inspection",
+    "waf-enabled",
 ];
-const MATCH_KEYS: &[&str] = &["host", "path-prefix", "path"];
+const ACTIONS: &str =
+    "`upstream \"name\"`, `static-response status=200` or `builtin-handler \"health\"`";
+
+/// Upstream's priority names and numbers.
+const PRIORITY_NAMES: &[(&str, i32)] = &[
+    ("critical", PRIORITY_CRITICAL),
+    ("high", PRIORITY_HIGH),
+    ("normal", PRIORITY_NORMAL),
+    ("low", PRIORITY_LOW),
+];
+
+/// Upstream's `builtin-handler` spellings, and what this build does with them.
+const BUILTIN_NAMES: &[(&str, Option<BuiltinHandler>)] = &[
+    ("status", Some(BuiltinHandler::Status)),
+    ("health", Some(BuiltinHandler::Health)),
+    ("metrics", Some(BuiltinHandler::Metrics)),
+    ("not-found", Some(BuiltinHandler::NotFound)),
+    ("not_found", Some(BuiltinHandler::NotFound)),
+    ("upstreams", Some(BuiltinHandler::Upstreams)),
+    ("config", Some(BuiltinHandler::Config)),
+    // This build has no response cache, so there is nothing to purge or count.
+    ("cache-purge", None),
+    ("cache_purge", None),
+    ("cache-stats", None),
+    ("cache_stats", None),
+];
+
+const SERVICE_TYPES: &[(&str, ServiceType)] = &[
+    ("web", ServiceType::Web),
+    ("api", ServiceType::Api),
+    ("static", ServiceType::Static),
+    ("builtin", ServiceType::Builtin),
+    ("inference", ServiceType::Inference),
+];
 
 pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> ParsedRoute {
     let named = block_name(node, diags);
     let route_name = named.as_ref().map(|(n, _)| n.clone()).unwrap_or_default();
-    let mut priority = RoutePriority::Normal;
+    let mut priority = PRIORITY_NORMAL;
     let mut matches = Vec::new();
+    let mut service_type: Option<(ServiceType, usize)> = None;
     let mut action: Option<RouteAction> = None;
     let mut action_node: Option<&KdlNode> = None;
     let mut action_missing_value = false;
@@ -25,57 +82,46 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
     let mut seen = Seen::default();
     let children = node.children().map_or(&[][..], |c| c.nodes());
     for child in children {
-        if name(child) == "priority" {
-            seen.check(child, diags);
+        let kind = name(child);
+        if matches!(kind, "priority" | "matches" | "service-type") && !seen.check(child, diags) {
+            continue;
         }
-        match name(child) {
+        match kind {
             "priority" => {
-                if let Some((p, at)) = leaf_string(child, diags) {
-                    match p.as_str() {
-                        "critical" => priority = RoutePriority::Critical,
-                        "high" => priority = RoutePriority::High,
-                        "normal" => priority = RoutePriority::Normal,
-                        "low" => priority = RoutePriority::Low,
-                        _ => diags.error(
-                            at,
-                            "priority",
-                            format!(
-                                "unknown priority {p:?}: expected \"critical\", \"high\", \
-                             \"normal\" or \"low\""
-                            ),
-                        ),
-                    }
+                if let Some(p) = parse_priority(child, diags) {
+                    priority = p;
                 }
             }
             "matches" => parse_matches(child, &mut matches, diags),
-            "upstream" | "static-response" => {
+            "service-type" => service_type = parse_service_type(child, diags),
+            "upstream" | "static-response" | "builtin-handler" => {
                 if let Some(first) = action_node {
                     let line = diags.line_of(name_at(first));
                     diags.error(
                         name_at(child),
-                        name(child),
+                        kind,
                         format!(
                             "route `{route_name}` already has an action (`{}` at line {line}): \
-                             a route takes exactly one of `upstream` or `static-response`",
+                             a route takes exactly one of {ACTIONS}",
                             name(first)
                         ),
                     );
                     continue;
                 }
                 action_node = Some(child);
-                if name(child) == "upstream" {
-                    match leaf_string(child, diags) {
-                        Some((up, at)) => {
-                            action = Some(RouteAction::Upstream(up));
-                            upstream_at = Some(at);
-                        }
-                        None => action_missing_value = true,
+                let parsed = match kind {
+                    "upstream" => leaf_string(child, diags).map(|(up, at)| {
+                        upstream_at = Some(at);
+                        RouteAction::Upstream(up)
+                    }),
+                    "static-response" => {
+                        parse_static_response(child, diags).map(RouteAction::Static)
                     }
-                } else {
-                    match parse_static_response(child, diags) {
-                        Some(resp) => action = Some(RouteAction::Static(resp)),
-                        None => action_missing_value = true,
-                    }
+                    _ => parse_builtin(child, diags).map(RouteAction::Builtin),
+                };
+                match parsed {
+                    Some(a) => action = Some(a),
+                    None => action_missing_value = true,
                 }
             }
             _ => unknown(child, "route", ROUTE_KEYS, ROUTE_UNSUPPORTED, diags),
@@ -85,12 +131,10 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
         diags.error(
             name_at(node),
             "route",
-            format!(
-                "route `{route_name}` has no action: add `upstream \"name\"` or \
-                 `static-response status=200`"
-            ),
+            format!("route `{route_name}` has no action: add {ACTIONS}"),
         );
     }
+    let service_type = resolve_service_type(&route_name, service_type, action.as_ref(), diags);
     ParsedRoute {
         config: RouteConfig {
             name: route_name,
@@ -98,6 +142,7 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
             matches,
             // Only reached through an error already reported, so the config is never used.
             action: action.unwrap_or_else(|| RouteAction::Upstream(String::new())),
+            service_type,
         },
         name_at: named.as_ref().map_or(name_at(node), |(_, at)| *at),
         has_name: named.is_some(),
@@ -105,69 +150,157 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
     }
 }
 
-fn parse_matches(node: &KdlNode, matches: &mut Vec<RouteMatch>, diags: &mut Diagnostics<'_>) {
-    for child in block(node, diags) {
-        let kind = name(child);
-        if !MATCH_KEYS.contains(&kind) {
-            unknown(child, "matches", MATCH_KEYS, &[], diags);
-            continue;
-        }
-        no_children(child, diags);
-        for entry in props(child) {
-            unknown_property(child, entry, &[], diags);
-        }
-        // Several values on one node are alternatives, like several nodes of the same kind.
-        let mut any = false;
-        for entry in args(child) {
-            any = true;
-            let Some(value) = string_value(child, entry, diags) else {
-                continue;
-            };
-            let at = entry.span().offset();
-            match kind {
-                "host" => {
-                    if let Some(problem) = host_problem(&value) {
-                        diags.error(at, kind, format!("invalid host {value:?}: {problem}"));
-                    } else {
-                        matches.push(RouteMatch::Host(value));
-                    }
-                }
-                _ => {
-                    if !value.starts_with('/') {
-                        diags.error(at, kind, format!("{kind} {value:?} must start with '/'"));
-                    } else if kind == "path" {
-                        matches.push(RouteMatch::Path(value));
-                    } else {
-                        matches.push(RouteMatch::PathPrefix(value));
-                    }
-                }
+/// `priority 100` or `priority "high"` (names case-insensitive, as upstream). Upstream turns
+/// anything else into "normal" without a word; here it is an error.
+fn parse_priority(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<i32> {
+    let entry = single_arg(node, diags)?;
+    let at = entry.span().offset();
+    let accepted = "an integer (higher first) or \"critical\" (1000), \"high\" (100), \
+                    \"normal\" (50), \"low\" (10)";
+    match entry.value() {
+        KdlValue::Integer(i) => match i32::try_from(*i) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                diags.error(
+                    at,
+                    "priority",
+                    format!("priority {i} is out of range ({}..={})", i32::MIN, i32::MAX),
+                );
+                None
             }
-        }
-        if !any {
+        },
+        KdlValue::String(s) => {
+            let lower = s.to_ascii_lowercase();
+            if let Some(&(_, p)) = PRIORITY_NAMES.iter().find(|(n, _)| *n == lower) {
+                return Some(p);
+            }
+            let hint = if s.trim().parse::<i64>().is_ok() {
+                format!(
+                    " (write the number without quotes: `priority {}`)",
+                    s.trim()
+                )
+            } else {
+                did_you_mean(&lower, PRIORITY_NAMES.iter().map(|(n, _)| *n))
+            };
             diags.error(
-                name_at(child),
-                kind,
-                "missing value: expected at least one argument",
+                at,
+                "priority",
+                format!("unknown priority {s:?}: expected {accepted}{hint}"),
             );
+            None
+        }
+        other => {
+            diags.error(
+                at,
+                "priority",
+                format!("expected {accepted}, found {}", describe(other)),
+            );
+            None
         }
     }
 }
 
-fn host_problem(host: &str) -> Option<&'static str> {
-    let rest = host.strip_prefix("*.").unwrap_or(host);
-    if rest.is_empty() {
-        return Some("empty host name");
+fn parse_builtin(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<BuiltinHandler> {
+    let (text, at) = leaf_string(node, diags)?;
+    match BUILTIN_NAMES.iter().find(|(n, _)| *n == text) {
+        Some((_, Some(handler))) => Some(*handler),
+        Some((_, None)) => {
+            diags.error(
+                at,
+                "builtin-handler",
+                format!(
+                    "builtin-handler {text:?} is not supported yet (this build has no response \
+                     cache); supported: {}",
+                    supported_builtins()
+                ),
+            );
+            None
+        }
+        None => {
+            diags.error(
+                at,
+                "builtin-handler",
+                format!(
+                    "unknown builtin-handler {text:?}{}: expected one of {}",
+                    did_you_mean(&text, BUILTIN_NAMES.iter().map(|(n, _)| *n)),
+                    supported_builtins()
+                ),
+            );
+            None
+        }
     }
-    if rest.contains('*') {
-        return Some("a wildcard is only allowed as a leading `*.`, e.g. \"*.example.com\"");
+}
+
+fn supported_builtins() -> String {
+    BUILTIN_NAMES
+        .iter()
+        .filter(|(_, h)| h.is_some())
+        .map(|(n, _)| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn parse_service_type(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<(ServiceType, usize)> {
+    let (text, at) = leaf_string(node, diags)?;
+    match SERVICE_TYPES.iter().find(|(n, _)| *n == text) {
+        Some(&(_, t)) => Some((t, at)),
+        None => {
+            let names: Vec<String> = SERVICE_TYPES
+                .iter()
+                .map(|(n, _)| format!("\"{n}\""))
+                .collect();
+            diags.error(
+                at,
+                "service-type",
+                format!(
+                    "unknown service-type {text:?}{}: expected one of {}",
+                    did_you_mean(&text, SERVICE_TYPES.iter().map(|(n, _)| *n)),
+                    names.join(", ")
+                ),
+            );
+            None
+        }
     }
-    if rest
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || "/?#@".contains(c))
-    {
-        return Some("not a host name (no scheme, path or spaces)");
+}
+
+/// Upstream derives the type (a `builtin-handler` makes the route "builtin", otherwise
+/// "web") and never reads `service-type`. Here an explicit type is honoured, except that a
+/// builtin route stays builtin and a builtin type needs a handler.
+fn resolve_service_type(
+    route: &str,
+    written: Option<(ServiceType, usize)>,
+    action: Option<&RouteAction>,
+    diags: &mut Diagnostics<'_>,
+) -> ServiceType {
+    let is_builtin = matches!(action, Some(RouteAction::Builtin(_)));
+    match written {
+        Some((t, at)) if is_builtin && t != ServiceType::Builtin => {
+            diags.warn(
+                at,
+                "service-type",
+                format!(
+                    "route `{route}` has a `builtin-handler`, so its service-type is \"builtin\" \
+                     (\"{}\" ignored, as upstream)",
+                    t.name()
+                ),
+            );
+            ServiceType::Builtin
+        }
+        Some((ServiceType::Builtin, at)) if !is_builtin && action.is_some() => {
+            diags.error(
+                at,
+                "service-type",
+                format!(
+                    "route `{route}` is service-type \"builtin\" but has no `builtin-handler`: \
+                     add one, e.g. `builtin-handler \"health\"`, or use another service-type"
+                ),
+            );
+            ServiceType::Web
+        }
+        Some((t, _)) => t,
+        None if is_builtin => ServiceType::Builtin,
+        None => ServiceType::Web,
     }
-    None
 }
 
 fn parse_static_response(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<StaticResponse> {
