@@ -19,7 +19,9 @@ use zentinel_protocol::config::{
 use super::observability::{parse_observability, ParsedObservability};
 use super::ConfigDiagnostic;
 
+mod balancing;
 mod diagnostics;
+mod health_check;
 mod limits;
 mod listeners;
 mod node;
@@ -34,9 +36,9 @@ use limits::parse_limits;
 use listeners::parse_listener;
 pub(super) use node::*;
 use routes::parse_route;
+use syntax::parse_document;
 #[cfg(test)]
 pub(super) use syntax::rewrite_v1_keywords;
-use syntax::parse_document;
 use upstreams::parse_upstream;
 
 /// Longest accepted duration in seconds. Far beyond any sensible timeout, and small enough that

@@ -14,6 +14,8 @@ mod legacy_state_tests;
 mod system_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upstreams_tests;
 
 use std::fmt;
 use std::path::Path;

@@ -2,3 +2,4 @@
 
 pub mod codec;
 pub(crate) mod session;
+mod sticky;

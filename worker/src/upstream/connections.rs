@@ -74,14 +74,24 @@ impl Upstreams {
             .targets
             .get_mut(target)
             .ok_or_else(|| io::Error::other("unknown upstream target"))?;
+        let max_lifetime = p.pool.max_lifetime_secs.map(Duration::from_secs);
+        let addr = t
+            .addr
+            .ok_or_else(|| io::Error::other("upstream target has no address"))?;
         while let Some(key) = t.idle.pop_back() {
-            let Some(idle) = self.idle.try_remove(key) else {
+            let Some(mut idle) = self.idle.try_remove(key) else {
                 continue;
             };
-            // Its idle timer stays armed (see `ConnEntry::timer`).
+            // Its idle timer stays armed (see `ConnEntry::timer`); if the connection is
+            // closed here, the timer finds no entry (or another timer id) and does nothing.
             let Some(entry) = self.conns.get_mut(idle.id) else {
                 continue;
             };
+            if max_lifetime.is_some_and(|l| entry.created.elapsed() >= l) {
+                self.conns.remove(idle.id);
+                let _ = registry.deregister(&mut idle.stream);
+                continue;
+            }
             entry.owner = Owner::Session(token);
             t.active += 1;
             return Ok(UpConn {
@@ -89,7 +99,7 @@ impl Upstreams {
                 stream: idle.stream,
                 pool,
                 target,
-                addr: t.addr,
+                addr,
                 reused: true,
             });
         }
@@ -109,7 +119,10 @@ impl Upstreams {
             .get_mut(pool)
             .and_then(|p| p.targets.get_mut(target))
             .ok_or_else(|| io::Error::other("unknown upstream target"))?;
-        let mut stream = TcpStream::connect(t.addr)?;
+        let addr = t
+            .addr
+            .ok_or_else(|| io::Error::other("upstream target has no address"))?;
+        let mut stream = TcpStream::connect(addr)?;
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let id = entry.key();
@@ -122,6 +135,7 @@ impl Upstreams {
             owner: Owner::Session(token),
             timer: None,
             idle_since: Instant::now(),
+            created: Instant::now(),
         });
         t.active += 1;
         Ok(UpConn {
@@ -129,7 +143,7 @@ impl Upstreams {
             stream,
             pool,
             target,
-            addr: t.addr,
+            addr,
             reused: false,
         })
     }
@@ -151,9 +165,18 @@ impl Upstreams {
             return;
         };
         t.active = t.active.saturating_sub(1);
+        // A slot under the pool's connection cap may have opened.
+        if !p.waiters.is_empty() {
+            self.wakeups.append(&mut p.waiters);
+        }
         let max_idle = p.pool.max_idle as usize;
         let idle_timeout = Duration::from_secs(p.pool.idle_timeout_secs.max(1));
-        if !reusable || self.no_pooling || max_idle == 0 {
+        let too_old = p.pool.max_lifetime_secs.is_some_and(|l| {
+            self.conns
+                .get(conn.id)
+                .is_some_and(|e| now.saturating_duration_since(e.created) >= Duration::from_secs(l))
+        });
+        if !reusable || self.no_pooling || max_idle == 0 || too_old {
             if let Some(e) = self.conns.try_remove(conn.id) {
                 if let Some(t) = e.timer {
                     timers.cancel(t);

@@ -2,10 +2,19 @@
 
 use super::*;
 
+/// Why [`connect_next`] found no connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoConn {
+    /// Every target failed for this exchange or cannot be connected at all.
+    Exhausted,
+    /// Every target left is at its connection cap or still being resolved: one may free up
+    /// (see [`Upstreams::wait_for`]).
+    Wait,
+}
+
 /// Connect to a target of `pool` for one exchange, failing over: targets in `failed` are
 /// skipped, and a target whose connect fails at once is reported (see [`note_failure`]),
-/// added to `failed`, and the balancer's next choice is tried. None once every target of the
-/// pool has failed for this exchange.
+/// added to `failed`, and the balancer's next choice is tried.
 ///
 /// Only for attempts where no request byte has been sent: then any method may go elsewhere.
 pub fn connect_next(
@@ -14,14 +23,20 @@ pub fn connect_next(
     failed: &mut Vec<usize>,
     token: Token,
     peer: SocketAddr,
-) -> Option<UpConn> {
-    while let Some(target) = ctx.upstreams.pick(pool, failed, ctx.now) {
-        match ctx.upstreams.checkout(pool, target, ctx.registry, token) {
-            Ok(c) => return Some(c),
-            Err(e) => note_failure(ctx, pool, target, failed, peer, &e),
+    req: &PickRequest<'_>,
+) -> Result<UpConn, NoConn> {
+    loop {
+        match ctx.upstreams.pick(pool, failed, ctx.now, req) {
+            Pick::Target(target) => {
+                match ctx.upstreams.checkout(pool, target, ctx.registry, token) {
+                    Ok(c) => return Ok(c),
+                    Err(e) => note_failure(ctx, pool, target, failed, peer, &e),
+                }
+            }
+            Pick::Wait => return Err(NoConn::Wait),
+            Pick::None => return Err(NoConn::Exhausted),
         }
     }
-    None
 }
 
 /// A connect that had started failed (refused, reset, timed out) before any request byte was
@@ -103,7 +118,7 @@ pub fn note_target_failure(
     let p = ctx.upstreams.pool(pool);
     let name = p.map_or("?", |p| p.name.as_str());
     match p.and_then(|p| p.targets.get(target)) {
-        Some(t) => warn!(%peer, upstream = name, target = %t.addr, error = %error, "{what}"),
+        Some(t) => warn!(%peer, upstream = name, target = %t.label, error = %error, "{what}"),
         None => warn!(%peer, upstream = name, target, error = %error, "{what}"),
     }
 }

@@ -6,7 +6,9 @@ mod balancer;
 mod connections;
 mod failover;
 mod health;
+mod pool;
 mod probes;
+mod resolution;
 #[cfg(test)]
 mod tests;
 
@@ -32,79 +34,10 @@ use crate::tokens;
 
 pub use self::balancer::Balancer;
 pub use self::failover::{
-    blames_target, connect_failed, connect_next, note_failure, note_target_failure,
+    blames_target, connect_failed, connect_next, note_failure, note_target_failure, NoConn,
 };
-
-#[derive(Debug)]
-pub struct Target {
-    pub addr: SocketAddr,
-    pub active: u32,
-    /// Idle connection keys (into `Upstreams::idle`), oldest first.
-    idle: VecDeque<usize>,
-    health: TargetHealth,
-}
-
-#[derive(Debug)]
-pub struct Pool {
-    pub name: String,
-    pub targets: Vec<Target>,
-    balancer: Balancer,
-    pub pool: ConnectionPool,
-    pub timeouts: UpstreamTimeouts,
-    health_check: Option<HealthCheck>,
-    passive: PassiveHealth,
-    /// What the pool was built from: a reload keeps a pool whose configuration is unchanged.
-    config: UpstreamConfig,
-}
-
-impl Pool {
-    /// Parse and check one upstream's configuration (no socket is touched).
-    pub fn from_config(c: &UpstreamConfig) -> Result<Pool, UpstreamConfigError> {
-        if c.targets.is_empty() {
-            return Err(UpstreamConfigError::NoTargets(c.name.clone()));
-        }
-        let mut targets = Vec::with_capacity(c.targets.len());
-        for t in &c.targets {
-            let addr = t
-                .address
-                .parse()
-                .map_err(|err| UpstreamConfigError::BadAddress {
-                    pool: c.name.clone(),
-                    address: t.address.clone(),
-                    err,
-                })?;
-            targets.push(Target {
-                addr,
-                active: 0,
-                idle: VecDeque::new(),
-                health: TargetHealth::default(),
-            });
-        }
-        let weights: Vec<u32> = c.targets.iter().map(|t| t.weight).collect();
-        Ok(Pool {
-            name: c.name.clone(),
-            targets,
-            balancer: Balancer::new(c.load_balancing, &weights),
-            pool: c.pool.clone(),
-            timeouts: c.timeouts.clone(),
-            health_check: c.health_check.clone(),
-            passive: c.passive_health.clone(),
-            config: c.clone(),
-        })
-    }
-
-    /// Connections to this pool's targets are checked out right now.
-    fn in_use(&self) -> bool {
-        self.targets.iter().any(|t| t.active > 0)
-    }
-
-    pub fn connect_timeout(&self) -> Duration {
-        Duration::from_secs(self.timeouts.connect_secs.max(1))
-    }
-    pub fn read_timeout(&self) -> Duration {
-        Duration::from_secs(self.timeouts.read_secs.max(1))
-    }
-}
+pub use self::pool::{Pick, PickRequest, Pool};
+pub use self::resolution::{Resolver, RESOLVE_AT_START};
 
 #[derive(Debug)]
 struct IdleConn {
@@ -131,11 +64,11 @@ pub struct UpConn {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamConfigError {
-    #[error("upstream `{pool}`: target address `{address}` is not a socket address: {err}")]
+    #[error("upstream `{pool}`: invalid target address `{address}`: {why}")]
     BadAddress {
         pool: String,
         address: String,
-        err: std::net::AddrParseError,
+        why: &'static str,
     },
     #[error("upstream `{0}` has no targets")]
     NoTargets(String),
@@ -166,6 +99,8 @@ struct ConnEntry {
     timer: Option<TimerId>,
     /// When it was last pooled.
     idle_since: Instant,
+    /// When it was opened (`max-lifetime`).
+    created: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -180,6 +115,10 @@ pub struct Upstreams {
     probes: Slab<Probe>,
     /// Set while draining: connections are closed instead of pooled.
     no_pooling: bool,
+    /// Looks host names up off the event loop; `None` in unit tests (names stay unresolved).
+    resolver: Option<Resolver>,
+    /// Sessions to give an event to: a pool they wait on has news.
+    wakeups: Vec<Token>,
 }
 
 impl Upstreams {
@@ -208,6 +147,15 @@ impl Upstreams {
                 .iter()
                 .copied()
                 .find(|&k| self.pools.get(k).is_some_and(|p| p.name == pool.name));
+            if let Some(old) = same_name.and_then(|k| self.pools.get(k)) {
+                // Names the running pool already resolved need no wait.
+                for t in pool.targets.iter_mut().filter(|t| t.addr.is_none()) {
+                    if let Some(o) = old.targets.iter().find(|o| o.label == t.label) {
+                        t.addr = o.addr;
+                        t.resolving = o.resolving;
+                    }
+                }
+            }
             let Some(old) = same_name else {
                 let key = self.pools.insert(pool);
                 self.schedule_probes(key, now, timers);
@@ -338,7 +286,6 @@ impl Upstreams {
         busy
     }
 
-    /// Idle pooled connections: file descriptors held that no session uses.
     /// Where readiness of upstream connection `id` goes (None: closed meanwhile).
     pub fn owner(&self, id: usize) -> Option<Owner> {
         self.conns.get(id).map(|e| e.owner)
@@ -352,82 +299,6 @@ impl Upstreams {
 
     pub fn pool(&self, idx: usize) -> Option<&Pool> {
         self.pools.get(idx)
-    }
-
-    /// Choose a target of `pool` for a new exchange, skipping `failed` (targets that already
-    /// failed for it) and, while any other is left, targets out of rotation. None when none
-    /// is left (or the pool is unknown).
-    pub fn pick(&mut self, pool: usize, failed: &[usize], now: Instant) -> Option<usize> {
-        let p = self.pools.get_mut(pool)?;
-        let mut any_down = false;
-        for t in &mut p.targets {
-            if t.health.expire(now) {
-                info!(upstream = p.name, target = %t.addr, reason = "fail timeout elapsed", "upstream target back in rotation");
-            }
-            any_down |= t.health.is_down(now);
-        }
-        // Small pools (the usual case) need no allocation for the active counts.
-        let mut small = [0u32; 16];
-        let active: std::borrow::Cow<'_, [u32]> = if p.targets.len() <= small.len() {
-            for (a, t) in small.iter_mut().zip(&p.targets) {
-                *a = t.active;
-            }
-            std::borrow::Cow::Borrowed(&small[..p.targets.len()])
-        } else {
-            std::borrow::Cow::Owned(p.targets.iter().map(|t| t.active).collect())
-        };
-        if !any_down {
-            return p.balancer.pick(&active, failed);
-        }
-        let mut skip = failed.to_vec();
-        skip.extend(
-            (0..p.targets.len())
-                .filter(|&i| !failed.contains(&i) && p.targets[i].health.is_down(now)),
-        );
-        // Every target left is down: a real attempt (and a real 502) beats refusing outright,
-        // and it is how a target nobody probes gets a chance to come back.
-        p.balancer
-            .pick(&active, &skip)
-            .or_else(|| p.balancer.pick(&active, failed))
-    }
-
-    /// A request to `target` failed in a way that blames the target (see
-    /// [`TargetHealth::traffic_failure`]): may take it out of rotation.
-    pub fn report_failure(
-        &mut self,
-        pool: usize,
-        target: usize,
-        now: Instant,
-        reason: &dyn fmt::Display,
-    ) {
-        let Some(p) = self.pools.get_mut(pool) else {
-            return;
-        };
-        let checked = p.health_check.is_some();
-        let Some(t) = p.targets.get_mut(target) else {
-            return;
-        };
-        if t.health.traffic_failure(&p.passive, checked, now) == Some(Transition::Down) {
-            info!(
-                upstream = p.name,
-                target = %t.addr,
-                reason = %reason,
-                max_fails = p.passive.max_fails,
-                until = if checked { "health checks pass" } else { "fail timeout elapses" },
-                "upstream target out of rotation (passive)"
-            );
-        }
-    }
-
-    /// `target` answered a request.
-    pub fn report_success(&mut self, pool: usize, target: usize) {
-        if let Some(t) = self
-            .pools
-            .get_mut(pool)
-            .and_then(|p| p.targets.get_mut(target))
-        {
-            t.health.traffic_success();
-        }
     }
 
     /// Whether `target` of `pool` is in rotation now (for tests and status).

@@ -41,7 +41,12 @@ impl Upstreams {
             // Draining: this worker sends no new traffic, so it needs no fresh health view.
             return;
         }
-        let addr = t.addr;
+        let Some(addr) = t.addr else {
+            // No address yet: nothing to probe; the name's resolution decides for now.
+            let next = now + Duration::from_secs(check.interval_secs.max(1));
+            t.health.timer = Some(timers.insert(next, TimerKey::Health(pool, target)));
+            return;
+        };
         t.health.probe_started = Some(now);
         // Both keys are taken before anything is inserted: the probe knows its connection's
         // key (its token) and the connection entry names the probe.
@@ -61,6 +66,7 @@ impl Upstreams {
                     owner: Owner::Probe(probe_key),
                     timer: None,
                     idle_since: now,
+                    created: now,
                 });
                 self.probes.insert(probe);
                 let timeout = Duration::from_secs(check.timeout_secs.max(1));
@@ -70,7 +76,7 @@ impl Upstreams {
             }
             Err(e) if !blames_target(&e) => {
                 // Not the target's fault: try again at the next interval, verdict unchanged.
-                warn!(upstream = self.pools[pool].name, target = %addr, error = %e, "cannot start a health check: this worker is out of local resources");
+                warn!(upstream = self.pools[pool].name, target = %self.pools[pool].targets[target].label, error = %e, "cannot start a health check: this worker is out of local resources");
                 let next = now + Duration::from_secs(check.interval_secs.max(1));
                 let t = &mut self.pools[pool].targets[target];
                 t.health.probe_started = None;
@@ -155,21 +161,21 @@ impl Upstreams {
         match t.health.probe_result(result.is_ok(), check) {
             Some(Transition::Down) => info!(
                 upstream = p.name,
-                target = %t.addr,
+                target = %t.label,
                 reason = result.as_ref().err().map_or("", String::as_str),
                 failures = check.unhealthy_threshold,
                 "upstream target out of rotation (health check)"
             ),
             Some(Transition::Up) => info!(
                 upstream = p.name,
-                target = %t.addr,
+                target = %t.label,
                 reason = "health check passed",
                 successes = check.healthy_threshold,
                 "upstream target back in rotation"
             ),
             None => {
                 if let Err(why) = &result {
-                    debug!(upstream = p.name, target = %t.addr, reason = why, "health check failed");
+                    debug!(upstream = p.name, target = %t.label, reason = why, "health check failed");
                 }
             }
         }

@@ -19,86 +19,6 @@ fn only_failures_of_the_target_count_against_it() {
     }
 }
 
-fn picks(b: &mut Balancer, n: usize) -> Vec<usize> {
-    (0..n).map(|_| b.pick(&[0, 0, 0], &[]).unwrap()).collect()
-}
-
-#[test]
-fn smooth_weighted_round_robin() {
-    let mut b = Balancer::new(LoadBalancing::RoundRobin, &[5, 1, 1]);
-    // nginx's documented sequence for weights 5,1,1.
-    assert_eq!(picks(&mut b, 7), vec![0, 0, 1, 0, 2, 0, 0]);
-    // And it repeats with the same distribution.
-    let next = picks(&mut b, 7);
-    assert_eq!(next.iter().filter(|&&i| i == 0).count(), 5);
-    assert_eq!(next.iter().filter(|&&i| i == 1).count(), 1);
-}
-
-#[test]
-fn equal_weights_alternate() {
-    let mut b = Balancer::new(LoadBalancing::RoundRobin, &[1, 1]);
-    let p: Vec<usize> = (0..4).map(|_| b.pick(&[0, 0], &[]).unwrap()).collect();
-    assert_eq!(p, vec![0, 1, 0, 1]);
-}
-
-#[test]
-fn zero_weight_treated_as_one() {
-    let mut b = Balancer::new(LoadBalancing::RoundRobin, &[0, 1]);
-    let p: Vec<usize> = (0..4).map(|_| b.pick(&[0, 0], &[]).unwrap()).collect();
-    assert_eq!(p.iter().filter(|&&i| i == 0).count(), 2);
-}
-
-#[test]
-fn least_connections_prefers_fewest() {
-    let mut b = Balancer::new(LoadBalancing::LeastConnections, &[1, 1, 1]);
-    assert_eq!(b.pick(&[3, 1, 2], &[]), Some(1));
-    assert_eq!(b.pick(&[0, 5, 5], &[]), Some(0));
-    assert_eq!(b.pick(&[5, 5, 0], &[]), Some(2));
-}
-
-#[test]
-fn least_connections_weighted_and_ties_rotate() {
-    // Target 1 has weight 3: 3 active there equals 1 active on weight-1 target 0.
-    let mut b = Balancer::new(LoadBalancing::LeastConnections, &[1, 3]);
-    assert_eq!(b.pick(&[1, 2], &[]), Some(1));
-    assert_eq!(b.pick(&[1, 4], &[]), Some(0));
-    let mut b = Balancer::new(LoadBalancing::LeastConnections, &[1, 1]);
-    let a = b.pick(&[0, 0], &[]).unwrap();
-    let c = b.pick(&[0, 0], &[]).unwrap();
-    assert_ne!(a, c, "ties must not always go to the same target");
-}
-
-#[test]
-fn excluded_targets_are_skipped_until_none_is_left() {
-    for lb in [LoadBalancing::RoundRobin, LoadBalancing::LeastConnections] {
-        let mut b = Balancer::new(lb, &[1, 1, 1]);
-        let mut failed = Vec::new();
-        while let Some(t) = b.pick(&[0, 0, 0], &failed) {
-            assert!(!failed.contains(&t), "{lb:?} picked {t} again: {failed:?}");
-            failed.push(t);
-        }
-        failed.sort_unstable();
-        assert_eq!(failed, vec![0, 1, 2], "{lb:?} must try every target once");
-    }
-}
-
-#[test]
-fn round_robin_stays_balanced_around_an_excluded_target() {
-    // Target 0 always fails and is excluded after its turn: the others still share the
-    // load evenly (the exclusion does not skew the smooth weighted state).
-    let mut b = Balancer::new(LoadBalancing::RoundRobin, &[1, 1, 1]);
-    let mut served = [0u32; 3];
-    for _ in 0..300 {
-        let mut t = b.pick(&[0, 0, 0], &[]).unwrap();
-        if t == 0 {
-            t = b.pick(&[0, 0, 0], &[0]).unwrap();
-        }
-        served[t] += 1;
-    }
-    assert_eq!(served[0], 0);
-    assert!(served[1].abs_diff(served[2]) <= 1, "{served:?}");
-}
-
 fn pool_config(name: &str, addr: &str, max_idle: u32) -> UpstreamConfig {
     UpstreamConfig {
         name: name.into(),
@@ -107,6 +27,7 @@ fn pool_config(name: &str, addr: &str, max_idle: u32) -> UpstreamConfig {
             weight: 1,
         }],
         load_balancing: LoadBalancing::RoundRobin,
+        sticky: None,
         pool: ConnectionPool {
             max_idle,
             ..ConnectionPool::default()
@@ -114,6 +35,18 @@ fn pool_config(name: &str, addr: &str, max_idle: u32) -> UpstreamConfig {
         timeouts: UpstreamTimeouts::default(),
         health_check: None,
         passive_health: PassiveHealth::default(),
+    }
+}
+
+/// The target picked for a plain request, if any.
+fn pick(u: &mut Upstreams, pool: usize, failed: &[usize], now: Instant) -> Option<usize> {
+    let req = PickRequest {
+        client_ip: None,
+        cookie: None,
+    };
+    match u.pick(pool, failed, now, &req) {
+        Pick::Target(t) => Some(t),
+        Pick::Wait | Pick::None => None,
     }
 }
 
@@ -189,24 +122,26 @@ fn down_targets_are_skipped_unless_every_target_is_down() {
     u.report_failure(key, 0, t0, &"refused");
     assert!(!u.is_up(key, 0, t0));
     for _ in 0..6 {
-        assert_eq!(u.pick(key, &[], t0), Some(1));
+        assert_eq!(pick(&mut u, key, &[], t0), Some(1));
     }
     // Every target down: they are still tried (and a real attempt decides).
     u.report_failure(key, 1, t0, &"refused");
     u.report_failure(key, 1, t0, &"refused");
     assert!(!u.is_up(key, 1, t0));
-    let picked: BTreeSet<usize> = (0..4).filter_map(|_| u.pick(key, &[], t0)).collect();
+    let picked: BTreeSet<usize> = (0..4).filter_map(|_| pick(&mut u, key, &[], t0)).collect();
     assert_eq!(picked, BTreeSet::from([0, 1]));
     assert_eq!(
-        u.pick(key, &[0], t0),
+        pick(&mut u, key, &[0], t0),
         Some(1),
         "failed targets stay excluded"
     );
-    assert_eq!(u.pick(key, &[0, 1], t0), None);
+    assert_eq!(pick(&mut u, key, &[0, 1], t0), None);
     // The fail timeout over, both are back.
     let later = t0 + Duration::from_secs(11);
     assert!(u.is_up(key, 0, later));
-    let picked: BTreeSet<usize> = (0..4).filter_map(|_| u.pick(key, &[], later)).collect();
+    let picked: BTreeSet<usize> = (0..4)
+        .filter_map(|_| pick(&mut u, key, &[], later))
+        .collect();
     assert_eq!(picked, BTreeSet::from([0, 1]));
 }
 
@@ -243,8 +178,141 @@ fn reload_carries_health_marks_but_not_probe_marks_without_checks() {
     assert_eq!(u.retire_unused(|k| gen3.contains(&k), reg, &mut timers), 0);
 }
 
+fn two_targets(lb: LoadBalancing) -> UpstreamConfig {
+    let mut cfg = pool_config("p", "127.0.0.1:1", 4);
+    cfg.targets.push(zentinel_protocol::config::UpstreamTarget {
+        address: "127.0.0.1:2".into(),
+        weight: 1,
+    });
+    cfg.load_balancing = lb;
+    cfg
+}
+
 #[test]
-fn empty_pool_picks_none() {
-    let mut b = Balancer::new(LoadBalancing::RoundRobin, &[]);
-    assert_eq!(b.pick(&[], &[]), None);
+fn sticky_cookie_round_trip() {
+    let mut cfg = two_targets(LoadBalancing::Sticky);
+    cfg.sticky = Some(zentinel_protocol::config::StickySession {
+        cookie_name: "ZID".into(),
+        cookie_ttl_secs: 60,
+        ..Default::default()
+    });
+    let pool = Pool::from_config(&cfg).unwrap();
+    let poll = mio::Poll::new().unwrap();
+    let mut timers = Timers::new();
+    let mut u = Upstreams::new();
+    let key = u.install(vec![pool], &[], poll.registry(), &mut timers)[0];
+    let now = Instant::now();
+    let ask = |u: &mut Upstreams, cookie: Option<&str>| {
+        let req = PickRequest {
+            client_ip: None,
+            cookie,
+        };
+        match u.pick(key, &[], now, &req) {
+            Pick::Target(t) => t,
+            other => panic!("{other:?}"),
+        }
+    };
+    // No cookie: the fallback (round robin) chooses and a cookie naming its choice is set.
+    let first = ask(&mut u, None);
+    let header = u.pool(key).unwrap().set_cookie(first, None).unwrap();
+    assert!(
+        header.starts_with("ZID=")
+            && header.contains("; Path=/; Max-Age=60; HttpOnly; Secure; SameSite=Lax"),
+        "{header}"
+    );
+    let value = header["ZID=".len()..header.find(';').unwrap()].to_owned();
+    // Sent back, it routes to the same target every time (round robin would alternate) and
+    // is not set again.
+    for _ in 0..5 {
+        assert_eq!(ask(&mut u, Some(&value)), first);
+    }
+    assert_eq!(u.pool(key).unwrap().set_cookie(first, Some(&value)), None);
+    // The same value names the same target in another worker and after a reload.
+    let again = Pool::from_config(&cfg).unwrap();
+    assert_eq!(again.set_cookie(first, None), Some(header.clone()));
+    // A forged or stale value is not an index: it matches no target and the fallback chooses.
+    for forged in ["999", "-1", "1.deadbeef", "", "ffffffffffffffff", "0"] {
+        let t = ask(&mut u, Some(forged));
+        assert!(t < 2);
+        assert!(u.pool(key).unwrap().set_cookie(t, Some(forged)).is_some());
+    }
+    // A failed pinned target is skipped, and the client gets a new cookie.
+    let req = PickRequest {
+        client_ip: None,
+        cookie: Some(&value),
+    };
+    assert_eq!(u.pick(key, &[first], now, &req), Pick::Target(1 - first));
+}
+
+#[test]
+fn connection_cap_makes_picks_wait_and_a_release_wakes_the_waiters() {
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = backend.local_addr().unwrap().to_string();
+    let mut cfg = pool_config("p", &addr, 4);
+    cfg.pool.max_connections = Some(1);
+    let poll = mio::Poll::new().unwrap();
+    let reg = poll.registry();
+    let mut timers = Timers::new();
+    let mut u = Upstreams::new();
+    let key = u.install(pools(&[cfg]), &[], reg, &mut timers)[0];
+    let now = Instant::now();
+    let req = PickRequest {
+        client_ip: None,
+        cookie: None,
+    };
+    assert_eq!(u.pick(key, &[], now, &req), Pick::Target(0));
+    let c = u.checkout(key, 0, reg, Token(7)).unwrap();
+    assert_eq!(u.pick(key, &[], now, &req), Pick::Wait, "at the cap");
+    u.wait_for(key, Token(8));
+    assert!(u.take_wakeups().is_empty());
+    u.release(c, true, reg, &mut timers, now);
+    assert_eq!(u.take_wakeups(), vec![Token(8)]);
+    assert_eq!(u.pick(key, &[], now, &req), Pick::Target(0));
+}
+
+#[test]
+fn max_lifetime_closes_old_connections_instead_of_reusing_them() {
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = backend.local_addr().unwrap().to_string();
+    let mut cfg = pool_config("p", &addr, 4);
+    cfg.pool.max_lifetime_secs = Some(1);
+    let poll = mio::Poll::new().unwrap();
+    let reg = poll.registry();
+    let mut timers = Timers::new();
+    let mut u = Upstreams::new();
+    let key = u.install(pools(&[cfg]), &[], reg, &mut timers)[0];
+    let c = u.checkout(key, 0, reg, Token(7)).unwrap();
+    let young = Instant::now();
+    u.release(c, true, reg, &mut timers, young);
+    assert_eq!(u.idle_count(), 1, "young: pooled");
+    let c = u.checkout(key, 0, reg, Token(7)).unwrap();
+    assert!(c.reused);
+    u.release(c, true, reg, &mut timers, young + Duration::from_secs(2));
+    assert_eq!(u.idle_count(), 0, "older than max-lifetime: closed");
+}
+
+#[test]
+fn host_name_targets_wait_for_their_first_answer_then_count_as_down() {
+    let mut cfg = pool_config("p", "backend.invalid:80", 4);
+    cfg.targets.push(zentinel_protocol::config::UpstreamTarget {
+        address: "127.0.0.1:2".into(),
+        weight: 1,
+    });
+    let pool = Pool::from_config(&cfg).unwrap();
+    assert_eq!(pool.targets[0].addr, None);
+    assert!(pool.targets[0].resolving);
+    let poll = mio::Poll::new().unwrap();
+    let mut timers = Timers::new();
+    let mut u = Upstreams::new();
+    let key = u.install(vec![pool], &[], poll.registry(), &mut timers)[0];
+    let now = Instant::now();
+    // Only the IP target is usable; with it failed, the request may wait for the name.
+    for _ in 0..4 {
+        assert_eq!(pick(&mut u, key, &[], now), Some(1));
+    }
+    let req = PickRequest {
+        client_ip: None,
+        cookie: None,
+    };
+    assert_eq!(u.pick(key, &[1], now, &req), Pick::Wait);
 }

@@ -1,79 +1,146 @@
 //! Target selection, independent of sockets: which target of a pool the next exchange goes to.
+//!
+//! One file per family: smooth weighted round robin, connection counting (least connections,
+//! power of two choices), random, hashing (IP hash, consistent hash ring, Maglev) and peak
+//! EWMA. Every algorithm gets the targets to avoid (failed for this exchange, out of rotation,
+//! unresolved, at their connection cap) and never returns one of them.
+//!
+//! Hash-based algorithms hash target *addresses*, not indices, so every worker (each a process
+//! with its own balancer) sends a client to the same target, and a target taken out of rotation
+//! moves only the clients it had.
+
+mod ewma;
+mod hashing;
+mod least_conn;
+mod random;
+mod round_robin;
+#[cfg(test)]
+mod tests;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use zentinel_protocol::config::LoadBalancing;
 
-/// Target selection, independent of sockets.
+use self::ewma::PeakEwma;
+use self::hashing::{HashRing, MaglevTable};
+use self::random::Rng;
+use self::round_robin::SmoothWeighted;
+
+/// What a request offers to choose by.
+#[derive(Debug, Clone, Copy)]
+pub struct PickKey {
+    /// The client's address (port excluded: a client opens many connections).
+    pub client_ip: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    RoundRobin(SmoothWeighted),
+    LeastConnections { cursor: usize },
+    Random(Rng),
+    PowerOfTwo(Rng),
+    IpHash,
+    Ring(HashRing),
+    Maglev(MaglevTable),
+    PeakEwma(PeakEwma),
+}
+
+/// A pool's selection state. `Sticky` pools build theirs from the sticky fallback: the cookie
+/// is looked at before the balancer is asked.
 #[derive(Debug, Clone)]
 pub struct Balancer {
-    lb: LoadBalancing,
-    weights: Vec<i64>,
-    /// Smooth weighted round-robin state (nginx's algorithm): each pick adds every weight to
-    /// its current value, takes the largest and subtracts the total from it. Spreads picks
-    /// evenly (weights 5,1,1 give a a b a c a a, not a a a a a b c).
-    current: Vec<i64>,
-    /// Least-connections tie breaker, so equal targets share load instead of the first one
-    /// taking every request on an idle pool.
-    cursor: usize,
+    kind: Kind,
+    /// At least 1 each.
+    weights: Vec<u32>,
 }
 
 impl Balancer {
-    pub fn new(lb: LoadBalancing, weights: &[u32]) -> Self {
-        let weights: Vec<i64> = weights.iter().map(|&w| i64::from(w.max(1))).collect();
-        Balancer {
-            lb,
-            current: vec![0; weights.len()],
-            weights,
-            cursor: 0,
+    /// `targets`: (address as configured, weight), in configuration order.
+    pub fn new(lb: LoadBalancing, targets: &[(&str, u32)]) -> Self {
+        let weights: Vec<u32> = targets.iter().map(|(_, w)| (*w).max(1)).collect();
+        let kind = match lb {
+            LoadBalancing::RoundRobin | LoadBalancing::Weighted | LoadBalancing::Sticky => {
+                Kind::RoundRobin(SmoothWeighted::new(weights.len()))
+            }
+            LoadBalancing::LeastConnections | LoadBalancing::WeightedLeastConnections => {
+                Kind::LeastConnections { cursor: 0 }
+            }
+            LoadBalancing::Random => Kind::Random(Rng::seeded()),
+            LoadBalancing::PowerOfTwoChoices => Kind::PowerOfTwo(Rng::seeded()),
+            LoadBalancing::IpHash => Kind::IpHash,
+            LoadBalancing::ConsistentHash => Kind::Ring(HashRing::new(targets)),
+            LoadBalancing::Maglev => Kind::Maglev(MaglevTable::new(targets)),
+            LoadBalancing::PeakEwma => Kind::PeakEwma(PeakEwma::new(weights.len())),
+        };
+        Balancer { kind, weights }
+    }
+
+    /// Pick a target not in `excluded`; None when every target is excluded. `active[i]` is
+    /// the number of connections in use to target `i`.
+    pub fn pick(&mut self, active: &[u32], excluded: &[usize], key: &PickKey) -> Option<usize> {
+        let n = self.weights.len();
+        if excluded.len() >= n && (0..n).all(|i| excluded.contains(&i)) {
+            return None;
+        }
+        let eligible = |i: usize| !excluded.contains(&i);
+        let weights = &self.weights;
+        match &mut self.kind {
+            Kind::RoundRobin(rr) => rr.pick(weights, eligible),
+            Kind::LeastConnections { cursor } => {
+                least_conn::least_loaded(weights, active, cursor, eligible)
+            }
+            Kind::Random(rng) => random::weighted(rng, weights, eligible),
+            Kind::PowerOfTwo(rng) => least_conn::power_of_two(rng, weights, active, eligible),
+            Kind::IpHash => hashing::ip_hash(n, key_hash(key), eligible),
+            Kind::Ring(ring) => ring.pick(key_hash(key), eligible),
+            Kind::Maglev(table) => table.pick(key_hash(key), eligible),
+            Kind::PeakEwma(e) => e.pick(weights, active, eligible),
         }
     }
 
-    /// Pick a target not in `excluded` (targets that already failed for this request); None
-    /// when every target is excluded. `active[i]` is the number of connections in use to
-    /// target `i`.
-    pub fn pick(&mut self, active: &[u32], excluded: &[usize]) -> Option<usize> {
-        let n = self.weights.len();
-        let eligible = |i: &usize| !excluded.contains(i);
-        match self.lb {
-            LoadBalancing::RoundRobin => {
-                // nginx skips tried peers the same way: only eligible targets take part in the
-                // round, and the winner gives back the total of those, so the state stays
-                // balanced over the targets that are actually used.
-                let mut best: Option<usize> = None;
-                let mut total = 0;
-                for i in (0..n).filter(eligible) {
-                    self.current[i] += self.weights[i];
-                    total += self.weights[i];
-                    if best.is_none_or(|b| self.current[i] > self.current[b]) {
-                        best = Some(i);
-                    }
-                }
-                let best = best?;
-                self.current[best] -= total;
-                Some(best)
-            }
-            LoadBalancing::LeastConnections => {
-                if n == 0 {
-                    return None;
-                }
-                let mut best: Option<usize> = None;
-                for i in (0..n).map(|off| (self.cursor + off) % n).filter(eligible) {
-                    let a = i64::from(active.get(i).copied().unwrap_or(0));
-                    best = match best {
-                        None => Some(i),
-                        Some(b) => {
-                            let ab = i64::from(active.get(b).copied().unwrap_or(0));
-                            // a/w_i < ab/w_b without division.
-                            if a * self.weights[b] < ab * self.weights[i] {
-                                Some(i)
-                            } else {
-                                Some(b)
-                            }
-                        }
-                    };
-                }
-                self.cursor = (self.cursor + 1) % n;
-                best
-            }
+    /// Target `i` answered (response head received) `rtt` after the exchange started.
+    pub fn observe_latency(&mut self, target: usize, rtt: Duration, now: Instant) {
+        if let Kind::PeakEwma(e) = &mut self.kind {
+            e.observe(target, rtt, now);
         }
     }
+}
+
+/// The request's hash key: its client IP. Without one (cannot happen for TCP clients) every
+/// request hashes alike, which at least keeps them together.
+fn key_hash(key: &PickKey) -> u64 {
+    match key.client_ip {
+        Some(IpAddr::V4(v4)) => hash64(&v4.octets()),
+        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => hash64(&v4.octets()),
+            None => hash64(&v6.octets()),
+        },
+        None => hash64(b""),
+    }
+}
+
+/// A fixed, well-mixed 64-bit hash (FNV-1a, then murmur3's finaliser for avalanche): the same
+/// in every worker and every build, unlike `DefaultHasher`, so placements agree across
+/// processes and upgrades.
+pub fn hash64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// `hash64` of `h` and a small salt: the next probe position for a key whose target is
+/// excluded.
+fn rehash(h: u64, salt: u64) -> u64 {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&h.to_le_bytes());
+    bytes[8..].copy_from_slice(&salt.to_le_bytes());
+    hash64(&bytes)
 }
