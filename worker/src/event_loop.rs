@@ -12,7 +12,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
 use slab::Slab;
 use tracing::{debug, error, info, warn};
-use zentinel_protocol::config::ListenerProtocol;
+use zentinel_protocol::config::{ListenerProtocol, DNS_REFRESH_SECS};
 use zentinel_protocol::messages::{MasterMessage, WorkerMessage, WorkerStart};
 use zentinel_protocol::{Channel, ProtocolError};
 
@@ -26,7 +26,7 @@ use crate::http::session::{HttpSession, LINGER};
 use crate::tcp::TcpSession;
 use crate::timers::{TimerId, TimerKey, Timers};
 use crate::tokens::{self, Decoded, Side};
-use crate::upstream::{Owner, Upstreams};
+use crate::upstream::{Owner, Resolver, Upstreams, RESOLVE_AT_START};
 
 /// Pause after EMFILE/ENFILE/ENOBUFS before accepting again: the open connections keep being
 /// served meanwhile, and some of them will have closed.
@@ -109,6 +109,8 @@ pub struct Worker {
     listeners_lost: bool,
     at_capacity_logged: bool,
     drain: Option<DrainState>,
+    /// Next look-up of the upstream host names (only while some target has one).
+    dns_timer: Option<TimerId>,
 }
 
 /// What keeps a worker from accepting more connections.
@@ -149,6 +151,11 @@ impl Worker {
         let mut upstreams = Upstreams::new();
         let (generation, set, max_connections, graceful_timeout) =
             build_generation(start, &mut upstreams, &[], poll.registry(), &mut timers);
+        // Not serving yet: the first requests should find the names resolved.
+        if upstreams.has_names() {
+            start_resolver(&mut upstreams, poll.registry());
+            upstreams.resolve_at_start(RESOLVE_AT_START, poll.registry(), &mut timers);
+        }
         let fd_budget = FdBudget::measure().unwrap_or_else(|e| {
             warn!(error = %e, "cannot measure the open-file limit: sessions are not capped by it");
             FdBudget::unlimited()
@@ -186,6 +193,11 @@ impl Worker {
             listeners_lost: false,
             at_capacity_logged: false,
             drain: None,
+            dns_timer: None,
+        })
+        .map(|mut w| {
+            w.arm_dns_refresh(Instant::now());
+            w
         })
     }
 
@@ -248,6 +260,10 @@ impl Worker {
                         }
                     }
                     Decoded::Listeners => self.accept_pending = true,
+                    Decoded::Resolver => self
+                        .shared
+                        .upstreams
+                        .on_resolved(self.poll.registry(), &mut self.shared.timers),
                     Decoded::Session(key, side) => {
                         self.on_session_event(key, side, Ready::from_event(ev), now)
                     }
@@ -277,6 +293,7 @@ impl Worker {
             if let Control::Exit = self.fire_timers(Instant::now()) {
                 return Ok(());
             }
+            self.wake_waiting_sessions(Instant::now());
             if self.pools_to_check {
                 self.retire_pools();
             }
@@ -439,6 +456,12 @@ impl Worker {
         self.reloads += 1;
         self.pools_to_check = true;
         self.retire_pools();
+        // New names are looked up off the loop; exchanges wait for them (see `Pick::Wait`).
+        if self.shared.upstreams.has_names() {
+            start_resolver(&mut self.shared.upstreams, self.poll.registry());
+            self.shared.upstreams.request_lookups(false);
+        }
+        self.arm_dns_refresh(Instant::now());
         let listeners: Vec<&str> = self
             .shared
             .current
@@ -520,6 +543,34 @@ impl Worker {
         });
     }
 
+    /// Give an event to every session a pool woke (a connection under its cap was released,
+    /// or a host name resolved): each tries to connect again.
+    fn wake_waiting_sessions(&mut self, now: Instant) {
+        // A woken session may release a connection and wake others: bounded rounds, in case.
+        for _ in 0..64 {
+            let woken = self.shared.upstreams.take_wakeups();
+            if woken.is_empty() {
+                return;
+            }
+            for token in woken {
+                if let Decoded::Session(key, side) = tokens::decode(token) {
+                    self.on_session_event(key, side, Ready::default(), now);
+                }
+            }
+        }
+    }
+
+    /// Keep the host-name refresh timer armed while any pool has a host-name target.
+    fn arm_dns_refresh(&mut self, now: Instant) {
+        let want = self.shared.upstreams.has_names().then(|| {
+            self.dns_timer
+                .map_or(now + Duration::from_secs(DNS_REFRESH_SECS), |t| t.at())
+        });
+        self.shared
+            .timers
+            .set(&mut self.dns_timer, want, TimerKey::DnsRefresh);
+    }
+
     fn fire_timers(&mut self, now: Instant) -> Control {
         while let Some((id, key)) = self.shared.timers.pop_expired(now) {
             match key {
@@ -539,6 +590,13 @@ impl Worker {
                     self.poll.registry(),
                     &mut self.shared.timers,
                 ),
+                TimerKey::DnsRefresh => {
+                    if self.dns_timer == Some(id) {
+                        self.dns_timer = None;
+                        self.shared.upstreams.request_lookups(true);
+                        self.arm_dns_refresh(now);
+                    }
+                }
                 TimerKey::AcceptBackoff => {
                     if self.accept_backoff == Some(id) {
                         self.accept_backoff = None;
@@ -884,6 +942,20 @@ impl Worker {
             }
         }
         self.shared.counters.c.active_connections = self.sessions.len() as u64;
+    }
+}
+
+/// Start the worker's DNS lookup threads unless they run already. Without them host-name
+/// targets stay out of rotation, which is logged; the worker still serves the others.
+fn start_resolver(upstreams: &mut Upstreams, registry: &mio::Registry) {
+    if upstreams.has_resolver() {
+        return;
+    }
+    match Resolver::start(registry, tokens::RESOLVER) {
+        Ok(r) => upstreams.set_resolver(r),
+        Err(e) => {
+            error!(error = %e, "cannot start the DNS lookup threads: host-name targets stay unresolved")
+        }
     }
 }
 

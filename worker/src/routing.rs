@@ -380,6 +380,7 @@ mod tests {
                 weight: 1,
             }],
             load_balancing: LoadBalancing::RoundRobin,
+            sticky: None,
             pool: ConnectionPool::default(),
             timeouts: UpstreamTimeouts::default(),
             health_check: None,

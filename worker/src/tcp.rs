@@ -13,7 +13,7 @@ use crate::ctx::{Ctx, Outcome, Ready};
 use crate::sock::{Buf, Sock, BUF_CAP};
 use crate::timers::{TimerId, TimerKey};
 use crate::tokens::{self, Side};
-use crate::upstream::{self, UpConn};
+use crate::upstream::{self, PickRequest, UpConn};
 
 /// Identity of a checked-out upstream connection, kept beside its socket.
 #[derive(Debug, Clone, Copy)]
@@ -86,7 +86,12 @@ impl TcpSession {
     ) -> Option<Self> {
         let mut failed = Vec::new();
         let token = tokens::session(key, Side::Upstream);
-        let conn = upstream::connect_next(ctx, pool, &mut failed, token, peer)?;
+        // TCP has no request to hold: a pool at its connection cap refuses the connection.
+        let pick = PickRequest {
+            client_ip: Some(peer.ip()),
+            cookie: None,
+        };
+        let conn = upstream::connect_next(ctx, pool, &mut failed, token, peer, &pick).ok()?;
         let mut s = TcpSession {
             key,
             peer,
@@ -125,12 +130,16 @@ impl TcpSession {
             error,
         );
         let token = tokens::session(self.key, Side::Upstream);
-        match upstream::connect_next(ctx, meta.pool, &mut self.failed, token, self.peer) {
-            Some(conn) => {
+        let pick = PickRequest {
+            client_ip: Some(self.peer.ip()),
+            cookie: None,
+        };
+        match upstream::connect_next(ctx, meta.pool, &mut self.failed, token, self.peer, &pick) {
+            Ok(conn) => {
                 self.attach(conn, ctx.now);
                 true
             }
-            None => {
+            Err(_) => {
                 warn!(peer = %self.peer, tried = self.failed.len(), "tcp: no upstream target could be connected");
                 false
             }

@@ -24,12 +24,21 @@ pub enum TimerKey {
     Health(usize, usize),
     AcceptBackoff,
     Drain,
+    /// Time to look the upstream host names up again.
+    DnsRefresh,
 }
 
 #[derive(Debug)]
 pub struct Timers<K> {
     map: BTreeMap<TimerId, K>,
     next_seq: u64,
+}
+
+impl TimerId {
+    /// When it fires.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
 }
 
 impl<K: Copy> Default for Timers<K> {

@@ -9,6 +9,8 @@ use mio::Token;
 
 pub const CHANNEL: Token = Token(0);
 pub const LISTENERS: Token = Token(1);
+/// The DNS lookup threads' waker (see `upstream::resolution`).
+pub const RESOLVER: Token = Token(2);
 const SESSION_BASE: usize = 16;
 const UPSTREAM_BIT: usize = 1 << (usize::BITS - 2);
 
@@ -22,6 +24,7 @@ pub enum Side {
 pub enum Decoded {
     Channel,
     Listeners,
+    Resolver,
     Session(usize, Side),
     /// An upstream connection, by its key in the pool's connection table.
     Upstream(usize),
@@ -40,6 +43,7 @@ pub fn decode(t: Token) -> Decoded {
     match t {
         CHANNEL => Decoded::Channel,
         LISTENERS => Decoded::Listeners,
+        RESOLVER => Decoded::Resolver,
         Token(n) if n & UPSTREAM_BIT != 0 => Decoded::Upstream(n & !UPSTREAM_BIT),
         Token(n) if n >= SESSION_BASE => {
             let k = n - SESSION_BASE;
@@ -73,5 +77,6 @@ mod tests {
         }
         assert_eq!(decode(CHANNEL), Decoded::Channel);
         assert_eq!(decode(LISTENERS), Decoded::Listeners);
+        assert_eq!(decode(RESOLVER), Decoded::Resolver);
     }
 }

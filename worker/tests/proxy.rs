@@ -135,6 +135,7 @@ fn upstream(name: &str, addr: SocketAddr) -> UpstreamConfig {
             weight: 1,
         }],
         load_balancing: LoadBalancing::RoundRobin,
+        sticky: None,
         pool: ConnectionPool::default(),
         timeouts: UpstreamTimeouts::default(),
         health_check: None,

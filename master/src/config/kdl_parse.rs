@@ -19,7 +19,9 @@ use zentinel_protocol::config::{
 use super::observability::{parse_observability, ParsedObservability};
 use super::ConfigDiagnostic;
 
+mod balancing;
 mod diagnostics;
+mod health_check;
 mod limits;
 mod listeners;
 mod node;

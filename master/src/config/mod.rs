@@ -19,6 +19,8 @@ mod routes_tests;
 mod system_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upstreams_tests;
 
 use std::fmt;
 use std::path::Path;

@@ -199,13 +199,16 @@ fn full_example_parses_into_the_expected_model() {
                     },
                 ],
                 load_balancing: LoadBalancing::RoundRobin,
+                sticky: None,
                 pool: ConnectionPool {
                     max_idle: 16,
                     idle_timeout_secs: 90,
+                    ..ConnectionPool::default()
                 },
                 timeouts: UpstreamTimeouts {
                     connect_secs: 2,
                     read_secs: 45,
+                    ..UpstreamTimeouts::default()
                 },
                 health_check: None,
                 passive_health: PassiveHealth::default(),
@@ -217,6 +220,7 @@ fn full_example_parses_into_the_expected_model() {
                     weight: 1,
                 }],
                 load_balancing: LoadBalancing::LeastConnections,
+                sticky: None,
                 pool: ConnectionPool::default(),
                 timeouts: UpstreamTimeouts::default(),
                 health_check: None,

@@ -174,42 +174,99 @@ fn upstream() -> impl Strategy<Value = UpstreamConfig> {
     (
         name(),
         vec(target, 0..4),
-        prop_oneof![
-            Just(LoadBalancing::RoundRobin),
-            Just(LoadBalancing::LeastConnections)
-        ],
-        (any::<u32>(), any::<u64>()),
-        (any::<u64>(), any::<u64>()),
+        load_balancing(),
+        (
+            option::of(any::<u32>()),
+            any::<u32>(),
+            any::<u64>(),
+            option::of(any::<u64>()),
+        ),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            option::of(any::<u64>()),
+            option::of(any::<u64>()),
+        ),
         option::of(health_check()),
         (any::<u32>(), any::<u64>()),
+        option::of(sticky()),
     )
         .prop_map(
             |(
                 name,
                 targets,
                 load_balancing,
-                (max_idle, idle_timeout_secs),
-                (connect_secs, read_secs),
+                (max_connections, max_idle, idle_timeout_secs, max_lifetime_secs),
+                (connect_secs, read_secs, write_secs, request_secs),
                 health_check,
                 (max_fails, fail_timeout_secs),
+                sticky,
             )| {
                 UpstreamConfig {
                     name,
                     targets,
                     load_balancing,
+                    sticky,
                     pool: ConnectionPool {
+                        max_connections,
                         max_idle,
                         idle_timeout_secs,
+                        max_lifetime_secs,
                     },
                     timeouts: UpstreamTimeouts {
                         connect_secs,
                         read_secs,
+                        write_secs,
+                        request_secs,
                     },
                     health_check,
                     passive_health: PassiveHealth {
                         max_fails,
                         fail_timeout_secs,
                     },
+                }
+            },
+        )
+}
+
+fn load_balancing() -> impl Strategy<Value = LoadBalancing> {
+    prop_oneof![
+        Just(LoadBalancing::RoundRobin),
+        Just(LoadBalancing::Weighted),
+        Just(LoadBalancing::LeastConnections),
+        Just(LoadBalancing::WeightedLeastConnections),
+        Just(LoadBalancing::Random),
+        Just(LoadBalancing::PowerOfTwoChoices),
+        Just(LoadBalancing::IpHash),
+        Just(LoadBalancing::ConsistentHash),
+        Just(LoadBalancing::Maglev),
+        Just(LoadBalancing::PeakEwma),
+        Just(LoadBalancing::Sticky),
+    ]
+}
+
+fn sticky() -> impl Strategy<Value = StickySession> {
+    (
+        name(),
+        any::<u64>(),
+        name(),
+        any::<bool>(),
+        prop_oneof![
+            Just(SameSite::Lax),
+            Just(SameSite::Strict),
+            Just(SameSite::None)
+        ],
+        load_balancing(),
+    )
+        .prop_map(
+            |(cookie_name, cookie_ttl_secs, cookie_path, cookie_secure, same_site, fallback)| {
+                StickySession {
+                    cookie_name,
+                    cookie_ttl_secs,
+                    cookie_path,
+                    cookie_secure,
+                    same_site,
+                    fallback,
                 }
             },
         )

@@ -376,7 +376,16 @@ fn metrics_text(c: &WorkerCounters) -> String {
 fn lb_name(lb: LoadBalancing) -> &'static str {
     match lb {
         LoadBalancing::RoundRobin => "RoundRobin",
+        LoadBalancing::Weighted => "Weighted",
         LoadBalancing::LeastConnections => "LeastConnections",
+        LoadBalancing::WeightedLeastConnections => "WeightedLeastConnections",
+        LoadBalancing::Random => "Random",
+        LoadBalancing::PowerOfTwoChoices => "PowerOfTwoChoices",
+        LoadBalancing::IpHash => "IpHash",
+        LoadBalancing::ConsistentHash => "ConsistentHash",
+        LoadBalancing::Maglev => "Maglev",
+        LoadBalancing::PeakEwma => "PeakEwma",
+        LoadBalancing::Sticky => "Sticky",
     }
 }
 

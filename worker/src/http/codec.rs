@@ -1359,6 +1359,18 @@ pub fn write_client_response(
     close: bool,
     out: &mut Vec<u8>,
 ) {
+    write_client_response_with(head, client_version, close, &[], out);
+}
+
+/// [`write_client_response`] with fields the proxy adds (`extra`: name, value; values must
+/// be valid field values, e.g. a `Set-Cookie` built here).
+pub fn write_client_response_with(
+    head: &ResponseHead,
+    client_version: HttpVersion,
+    close: bool,
+    extra: &[(&[u8], &[u8])],
+    out: &mut Vec<u8>,
+) {
     let conn = head.conn.tokens(head.headers());
     let switching = head.status == 101;
     // RFC 9110 8.6 / RFC 9112 6.1: no framing fields in 1xx and 204 responses.
@@ -1408,6 +1420,9 @@ pub fn write_client_response(
             continue;
         }
         push_header(out, h.name, h.value);
+    }
+    for (name, value) in extra {
+        push_header(out, name, value);
     }
     if switching {
         push_header(out, b"Connection", b"upgrade");

@@ -3,6 +3,7 @@
 pub(crate) mod builtin;
 pub mod codec;
 pub(crate) mod session;
+mod sticky;
 
 use crate::routing::RouteRequest;
 

@@ -22,13 +22,14 @@ use crate::http::codec::{
     self, BodyError, BodyFraming, BodyTracker, ForwardContext, HttpVersion, Parsed, RequestHead,
     ResponseHead,
 };
+use crate::http::sticky;
 use crate::routing::Action;
 use crate::sock::{Buf, ClientSock, Sock, BUF_CAP};
 use crate::tcp::{TcpSession, UpMeta};
 use crate::timers::{TimerId, TimerKey};
 use crate::tls::TlsSock;
 use crate::tokens::{self, Side};
-use crate::upstream::{self, UpConn};
+use crate::upstream::{self, NoConn, PickRequest, UpConn};
 
 /// How long a closing connection keeps reading (and discarding) after its write shutdown, so
 /// a request racing with the close gets an EOF rather than an RST.
@@ -48,16 +49,38 @@ enum Phase {
         since: Instant,
     },
     Proxy(Box<Exchange>),
+    /// Every target the request may go to is at its connection cap (or still being
+    /// resolved): waiting for the pool to wake this session, up to the connect timeout.
+    Queued(Box<Queued>),
     /// Write side shut down; discarding input until EOF or the linger deadline.
     Closing {
         since: Instant,
     },
 }
 
+/// A request waiting for a connection (see [`Phase::Queued`]).
+struct Queued {
+    req: RequestHead,
+    pool: usize,
+    since: Instant,
+    /// The route's service type wants the proxy's own errors as JSON.
+    json_errors: bool,
+}
+
 struct Exchange {
     req: RequestHead,
     /// The route's service type wants the proxy's own errors as JSON.
     json_errors: bool,
+    /// When the exchange started (the request head was routed): the request timeout and the
+    /// latency peak EWMA learns from run from here.
+    started: Instant,
+    /// When the current attempt's connection was attached: the response latency is measured
+    /// from here (queueing and failed attempts left out).
+    sent_at: Instant,
+    /// The pool's sticky cookie as the request carried it.
+    cookie: Option<String>,
+    /// Since when request bytes have been waiting for an upstream that takes none of them.
+    uout_stalled_since: Option<Instant>,
     /// The serialized upstream head, kept to replay the request after a dead pooled connection.
     head_bytes: Vec<u8>,
     up: Option<(Sock, UpMeta)>,
@@ -143,6 +166,8 @@ impl Exchange {
         self.connecting = (!connected).then_some(now);
         self.uin.clear();
         self.last_up_activity = now;
+        self.sent_at = now;
+        self.uout_stalled_since = None;
     }
 }
 
@@ -177,6 +202,14 @@ fn not_retried(f: Fail) -> Fail {
     match f {
         Fail::RetryElsewhere(r) => Fail::NotRetried(r),
         other => other,
+    }
+}
+
+/// What the balancer may choose by: the client's address and the pool's sticky cookie.
+fn pick_request(peer: SocketAddr, cookie: &Option<String>) -> PickRequest<'_> {
+    PickRequest {
+        client_ip: Some(peer.ip()),
+        cookie: cookie.as_deref(),
     }
 }
 
@@ -312,6 +345,12 @@ impl HttpSession {
                 return Outcome::Done;
             }
             Phase::Closing { .. } => return self.finish_close(ctx),
+            Phase::Queued(_) => {
+                let phase = std::mem::replace(&mut self.phase, Phase::ReadingHead);
+                if let Phase::Queued(q) = phase {
+                    self.queue_timed_out(*q, ctx);
+                }
+            }
             Phase::Proxy(_) => {
                 let fail = match &self.phase {
                     Phase::Proxy(ex) => self
@@ -341,6 +380,13 @@ impl HttpSession {
             }
             Phase::Local { since, .. } => Some(*since + self.lctx.request_timeout),
             Phase::Closing { since } => Some(*since + LINGER),
+            Phase::Queued(q) => Some(
+                q.since
+                    + ctx
+                        .upstreams
+                        .pool(q.pool)
+                        .map_or(Duration::from_secs(5), |p| p.connect_timeout()),
+            ),
             Phase::Proxy(ex) => self
                 .exchange_deadlines(ex, ctx)
                 .into_iter()
@@ -353,11 +399,25 @@ impl HttpSession {
     /// The deadlines a proxied exchange is under, each with the failure it means, in the order
     /// they are blamed when several have passed. Arming the timer and deciding what fired both
     /// use this, so they cannot disagree.
-    fn exchange_deadlines(&self, ex: &Exchange, ctx: &Ctx<'_>) -> [Option<(Instant, Fail)>; 4] {
+    fn exchange_deadlines(&self, ex: &Exchange, ctx: &Ctx<'_>) -> [Option<(Instant, Fail)>; 6] {
         let pool = ex.up.as_ref().and_then(|(_, m)| ctx.upstreams.pool(m.pool));
         let (ct, rt) = pool
             .map(|p| (p.connect_timeout(), p.read_timeout()))
             .unwrap_or((Duration::from_secs(5), Duration::from_secs(30)));
+        // Both only until the response head: a long download is not a slow upstream.
+        let whole = pool.and_then(|p| p.request_timeout()).and_then(|t| {
+            ex.resp.is_none().then(|| {
+                (
+                    ex.started + t,
+                    Fail::Upstream(504, "upstream request timed out"),
+                )
+            })
+        });
+        let write = pool.and_then(|p| p.write_timeout()).and_then(|t| {
+            ex.uout_stalled_since
+                .filter(|_| ex.connecting.is_none() && ex.resp.is_none() && !ex.uout.is_empty())
+                .map(|s| (s + t, Fail::Upstream(504, "upstream write timed out")))
+        });
         let request_timeout = self.lctx.request_timeout;
         let connect = ex.connecting.map(|t| (t + ct, Fail::ConnectTimedOut));
         // While `uin` is full the proxy is not reading the upstream (the client is slow):
@@ -381,7 +441,7 @@ impl HttpSession {
                 Fail::Client(408, "request body not received in time"),
             )
         });
-        [connect, read, send, body]
+        [connect, whole, write, read, send, body]
     }
 
     /// Deadlines move on nearly every event of a busy connection (activity pushes them
@@ -427,6 +487,7 @@ impl HttpSession {
                 Phase::Local { .. } => self.step_local(ctx),
                 Phase::Closing { .. } => self.step_closing(ctx),
                 Phase::Proxy(_) => self.step_proxy(ctx),
+                Phase::Queued(_) => self.step_queued(ctx),
             };
             match step {
                 Ok(true) => continue,
@@ -579,24 +640,75 @@ impl HttpSession {
     }
 
     fn start_proxy(&mut self, req: RequestHead, pool: usize, json_errors: bool, ctx: &mut Ctx<'_>) {
+        let since = ctx.now;
+        self.try_proxy(
+            Queued {
+                req,
+                pool,
+                since,
+                json_errors,
+            },
+            ctx,
+        );
+    }
+
+    /// Connect for the request (routed at `since`) and start the exchange; or wait in the
+    /// pool's queue while every target is at its connection cap; or answer with an error.
+    fn try_proxy(&mut self, q: Queued, ctx: &mut Ctx<'_>) {
+        let Queued {
+            req,
+            pool,
+            since,
+            json_errors,
+        } = q;
         let mut failed = Vec::new();
         let token = tokens::session(self.key, Side::Upstream);
-        let Some(conn) = upstream::connect_next(ctx, pool, &mut failed, token, self.peer) else {
-            // Each failed target was counted; an unknown pool (a routing bug) was not.
-            if failed.is_empty() {
-                ctx.counters.c.upstream_errors += 1;
+        let cookie = ctx
+            .upstreams
+            .pool(pool)
+            .and_then(|p| p.sticky.as_ref())
+            .and_then(|s| sticky::request_cookie(&req, &s.cookie_name));
+        let pick = pick_request(self.peer, &cookie);
+        let conn = match upstream::connect_next(ctx, pool, &mut failed, token, self.peer, &pick) {
+            Ok(conn) => conn,
+            Err(NoConn::Wait) => {
+                let q = Queued {
+                    req,
+                    pool,
+                    since,
+                    json_errors,
+                };
+                let waited = ctx.now.saturating_duration_since(since);
+                let limit = ctx
+                    .upstreams
+                    .pool(pool)
+                    .map_or(Duration::ZERO, |p| p.connect_timeout());
+                if waited >= limit {
+                    return self.queue_timed_out(q, ctx);
+                }
+                ctx.upstreams
+                    .wait_for(pool, tokens::session(self.key, Side::Client));
+                self.phase = Phase::Queued(Box::new(q));
+                return;
             }
-            let name = ctx
-                .upstreams
-                .pool(pool)
-                .map(|p| p.name.as_str())
-                .unwrap_or("?");
-            warn!(peer = %self.peer, upstream = name, tried = failed.len(), "no upstream target could be connected");
-            let close =
-                ctx.draining || !req.keep_alive || !matches!(req.framing, BodyFraming::Empty);
-            let bytes = builtin::error_response(502, close, req.is_head(), json_errors, Some(&req));
-            self.respond_local(ctx, 502, bytes, close);
-            return;
+            Err(NoConn::Exhausted) => {
+                // Each failed target was counted; an unknown pool (a routing bug) was not.
+                if failed.is_empty() {
+                    ctx.counters.c.upstream_errors += 1;
+                }
+                let name = ctx
+                    .upstreams
+                    .pool(pool)
+                    .map(|p| p.name.as_str())
+                    .unwrap_or("?");
+                warn!(peer = %self.peer, upstream = name, tried = failed.len(), "no upstream target could be connected");
+                let close =
+                    ctx.draining || !req.keep_alive || !matches!(req.framing, BodyFraming::Empty);
+                let bytes =
+                    builtin::error_response(502, close, req.is_head(), json_errors, Some(&req));
+                self.respond_local(ctx, 502, bytes, close);
+                return;
+            }
         };
         let mut head_bytes = Vec::with_capacity(512);
         let fctx = ForwardContext {
@@ -617,6 +729,10 @@ impl HttpSession {
             req_body: BodyTracker::new(req.framing, self.generation.limits.max_body_size_bytes),
             req,
             json_errors,
+            started: since,
+            sent_at: ctx.now,
+            cookie,
+            uout_stalled_since: None,
             head_bytes,
             up: Some((
                 if connected {
@@ -647,6 +763,32 @@ impl HttpSession {
             close_client: false,
         };
         self.phase = Phase::Proxy(Box::new(ex));
+    }
+
+    /// Woken (or any event) while queued: try again.
+    fn step_queued(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
+        let phase = std::mem::replace(&mut self.phase, Phase::ReadingHead);
+        let Phase::Queued(q) = phase else {
+            self.phase = phase;
+            return Ok(false);
+        };
+        self.try_proxy(*q, ctx);
+        Ok(!matches!(self.phase, Phase::Queued(_)))
+    }
+
+    /// Waited a whole connect timeout for a connection under the pool's cap: 503.
+    fn queue_timed_out(&mut self, q: Queued, ctx: &mut Ctx<'_>) {
+        ctx.counters.c.upstream_errors += 1;
+        let name = ctx
+            .upstreams
+            .pool(q.pool)
+            .map(|p| p.name.as_str())
+            .unwrap_or("?");
+        warn!(peer = %self.peer, upstream = name, waited_ms = ctx.now.saturating_duration_since(q.since).as_millis() as u64, "no upstream connection became free within the connect timeout (max-connections)");
+        let req = q.req;
+        let close = ctx.draining || !req.keep_alive || !matches!(req.framing, BodyFraming::Empty);
+        let bytes = builtin::error_response(503, close, req.is_head(), q.json_errors, Some(&req));
+        self.respond_local(ctx, 503, bytes, close);
     }
 
     fn step_local(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
@@ -733,12 +875,13 @@ impl HttpSession {
         // No connection: the exchange was already aborted, and the session ends.
         let (up, meta) = ex.up.take()?;
         upstream::connect_failed(ctx, meta.join(up.stream), &mut ex.failed, peer, error);
-        match upstream::connect_next(ctx, meta.pool, &mut ex.failed, token, peer) {
-            Some(conn) => {
+        let pick = pick_request(peer, &ex.cookie);
+        match upstream::connect_next(ctx, meta.pool, &mut ex.failed, token, peer, &pick) {
+            Ok(conn) => {
                 ex.attach(conn, ctx.now);
                 None
             }
-            None => Some(Fail::Exhausted),
+            Err(_) => Some(Fail::Exhausted),
         }
     }
 
@@ -829,7 +972,8 @@ impl HttpSession {
             Ok(c) => Some(c),
             Err(e) => {
                 upstream::note_failure(ctx, meta.pool, meta.target, &mut ex.failed, peer, &e);
-                upstream::connect_next(ctx, meta.pool, &mut ex.failed, token, peer)
+                let pick = pick_request(peer, &ex.cookie);
+                upstream::connect_next(ctx, meta.pool, &mut ex.failed, token, peer, &pick).ok()
             }
         };
         match conn {
@@ -862,12 +1006,13 @@ impl HttpSession {
         );
         ex.retried_elsewhere = true;
         ex.rewind_request();
-        match upstream::connect_next(ctx, pool, &mut ex.failed, token, peer) {
-            Some(c) => {
+        let pick = pick_request(peer, &ex.cookie);
+        match upstream::connect_next(ctx, pool, &mut ex.failed, token, peer, &pick) {
+            Ok(c) => {
                 debug!(peer = %peer, upstream = %c.addr, reason, "request sent again to another target");
                 ex.attach(c, ctx.now);
             }
-            None => self.fail(Fail::Exhausted, ctx),
+            Err(_) => self.fail(Fail::Exhausted, ctx),
         }
     }
 
@@ -982,6 +1127,11 @@ impl HttpSession {
                         ex.last_up_activity = now;
                         progress = true;
                     }
+                    ex.uout_stalled_since = match (ex.uout.is_empty(), n > 0) {
+                        (true, _) => None,
+                        (false, true) => Some(now),
+                        (false, false) => Some(ex.uout_stalled_since.unwrap_or(now)),
+                    };
                 }
                 Err(_) if retry_ok && !ex.got_upstream_bytes => return Err(Fail::RetryFresh),
                 Err(_) => {
@@ -1073,10 +1223,20 @@ impl HttpSession {
                         || !ex.req_done
                         || framing == BodyFraming::UntilClose
                         || ex.dechunk;
-                    codec::write_client_response(
+                    let set_cookie = up_ids.and_then(|(pool, target)| {
+                        ctx.upstreams
+                            .pool(pool)
+                            .and_then(|p| p.set_cookie(target, ex.cookie.as_deref()))
+                    });
+                    let extra: &[(&[u8], &[u8])] = match &set_cookie {
+                        Some(v) => &[(b"Set-Cookie", v.as_bytes())],
+                        None => &[],
+                    };
+                    codec::write_client_response_with(
                         &h,
                         ex.req.version,
                         ex.close_client,
+                        extra,
                         &mut head_out,
                     );
                     ctx.counters.response(h.status);
@@ -1085,7 +1245,8 @@ impl HttpSession {
                         a.upstream = up_addr;
                     }
                     if let Some((pool, target)) = up_ids {
-                        ctx.upstreams.report_success(pool, target);
+                        let rtt = now.saturating_duration_since(ex.sent_at);
+                        ctx.upstreams.report_success(pool, target, rtt, now);
                     }
                     ex.resp_started = true;
                     ex.resp_done = framing == BodyFraming::Empty;

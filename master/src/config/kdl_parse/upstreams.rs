@@ -1,30 +1,48 @@
-//! The `upstreams` section: `upstream "name" { ... }`, targets, balancing, pool, timeouts and
-//! health checks.
+//! The `upstreams` section: `upstream "name" { ... }`, its targets, connection pool and
+//! timeouts. Balancing is in `balancing.rs`, health checks in `health_check.rs`.
+//!
+//! Upstream Zentinel's spellings are accepted (`target address=...`, `targets { }`, the
+//! `address` shorthand, `idle-timeout`, `connect`, ...) next to ours. Where upstream silently
+//! ignores a key or a value of the wrong type, this parser reports it with its position.
 
+use super::balancing::parse_load_balancing;
+use super::health_check::parse_health_check;
 use super::*;
+use zentinel_protocol::config::{parse_target_address, TargetAddress};
 
 const UPSTREAM_KEYS: &[&str] = &[
     "target",
+    "targets",
+    "address",
     "load-balancing",
     "connection-pool",
     "timeouts",
     "health-check",
     "passive-health",
 ];
-const UPSTREAM_UNSUPPORTED: &[&str] = &["tls"];
-const HEALTH_CHECK_KEYS: &[&str] = &[
-    "type",
-    "interval-secs",
-    "timeout-secs",
-    "healthy-threshold",
-    "unhealthy-threshold",
-];
-const HTTP_CHECK_KEYS: &[&str] = &["path", "expected-status", "host"];
+/// Upstream Zentinel keys not implemented here.
+const UPSTREAM_UNSUPPORTED: &[&str] = &["tls", "circuit-breaker", "http-version"];
 const PASSIVE_HEALTH_KEYS: &[&str] = &["max-fails", "fail-timeout-secs"];
-/// More consecutive probes than this before a state change is a typo, not a policy.
-const MAX_THRESHOLD: u32 = 1_000;
-const POOL_KEYS: &[&str] = &["max-idle", "idle-timeout-secs"];
-const TIMEOUT_KEYS: &[&str] = &["connect-secs", "read-secs"];
+/// (spelling, the setting it sets): upstream's names and ours are one setting each.
+const POOL_KEYS: &[(&str, &str)] = &[
+    ("max-connections", "max-connections"),
+    ("max-idle", "max-idle"),
+    ("idle-timeout-secs", "idle-timeout"),
+    ("idle-timeout", "idle-timeout"),
+    ("max-lifetime-secs", "max-lifetime"),
+    ("max-lifetime", "max-lifetime"),
+];
+const TIMEOUT_KEYS: &[(&str, &str)] = &[
+    ("connect-secs", "connect"),
+    ("connect", "connect"),
+    ("read-secs", "read"),
+    ("read", "read"),
+    ("write-secs", "write"),
+    ("write", "write"),
+    ("request-secs", "request"),
+    ("request", "request"),
+];
+const TARGET_BLOCK_KEYS: &[&str] = &["address", "weight"];
 
 pub(super) fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> ParsedUpstream {
     let named = block_name(node, diags);
@@ -33,83 +51,57 @@ pub(super) fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Par
         name: upstream_name.clone(),
         targets: Vec::new(),
         load_balancing: LoadBalancing::RoundRobin,
+        sticky: None,
         pool: ConnectionPool::default(),
         timeouts: UpstreamTimeouts::default(),
         health_check: None,
         passive_health: PassiveHealth::default(),
     };
     let mut seen = Seen::default();
-    let mut target_seen: HashMap<SocketAddr, usize> = HashMap::new();
-    let mut target_written = false;
+    let mut targets = Targets::default();
+    let mut shorthand: Option<&KdlNode> = None;
     let children = node.children().map_or(&[][..], |c| c.nodes());
     for child in children {
         if matches!(
             name(child),
-            "load-balancing" | "connection-pool" | "timeouts" | "health-check" | "passive-health"
+            "load-balancing"
+                | "connection-pool"
+                | "timeouts"
+                | "health-check"
+                | "passive-health"
+                | "address"
         ) {
             seen.check(child, diags);
         }
         match name(child) {
             "target" => {
-                target_written = true;
-                if let Some(target) = parse_target(child, &mut target_seen, diags) {
-                    config.targets.push(target);
+                targets.written = true;
+                if let Some(t) = parse_target(child, &mut targets, diags) {
+                    config.targets.push(t);
                 }
             }
+            "targets" => {
+                targets.written = true;
+                for c in block(child, diags) {
+                    match name(c) {
+                        "target" => {
+                            if let Some(t) = parse_target(c, &mut targets, diags) {
+                                config.targets.push(t);
+                            }
+                        }
+                        _ => unknown(c, "targets", &["target"], &[], diags),
+                    }
+                }
+            }
+            "address" => shorthand = Some(child),
             "load-balancing" => {
-                if let Some((lb, at)) = leaf_string(child, diags) {
-                    match lb.as_str() {
-                        "round_robin" | "round-robin" => {
-                            config.load_balancing = LoadBalancing::RoundRobin
-                        }
-                        "least_connections" | "least-connections" => {
-                            config.load_balancing = LoadBalancing::LeastConnections
-                        }
-                        _ => diags.error(
-                            at,
-                            "load-balancing",
-                            format!(
-                                "unknown load-balancing {lb:?}: expected \"round_robin\" or \
-                             \"least_connections\""
-                            ),
-                        ),
-                    }
+                if let Some((lb, sticky)) = parse_load_balancing(child, diags) {
+                    config.load_balancing = lb;
+                    config.sticky = sticky;
                 }
             }
-            "connection-pool" => {
-                for c in keyed_block(child, POOL_KEYS, diags) {
-                    match name(c) {
-                        "max-idle" => {
-                            if let Some(v) = leaf_u32(c, 0, 1_000_000, diags) {
-                                config.pool.max_idle = v;
-                            }
-                        }
-                        "idle-timeout-secs" => {
-                            if let Some(v) = leaf_int(c, 1, MAX_SECS, diags) {
-                                config.pool.idle_timeout_secs = v;
-                            }
-                        }
-                        _ => unknown(c, "connection-pool", POOL_KEYS, &[], diags),
-                    }
-                }
-            }
-            "timeouts" => {
-                for c in keyed_block(child, TIMEOUT_KEYS, diags) {
-                    match name(c) {
-                        "connect-secs" => {
-                            if let Some(v) = leaf_int(c, 1, MAX_SECS, diags) {
-                                config.timeouts.connect_secs = v;
-                            }
-                        }
-                        "read-secs" => {
-                            if let Some(v) = leaf_int(c, 1, MAX_SECS, diags) {
-                                config.timeouts.read_secs = v;
-                            }
-                        }
-                        _ => unknown(c, "timeouts", TIMEOUT_KEYS, &[], diags),
-                    }
-                }
-            }
+            "connection-pool" => parse_pool(child, &mut config.pool, diags),
+            "timeouts" => parse_timeouts(child, &mut config.timeouts, diags),
             "health-check" => config.health_check = parse_health_check(child, diags),
             "passive-health" => {
                 for c in keyed_block(child, PASSIVE_HEALTH_KEYS, diags) {
@@ -137,7 +129,25 @@ pub(super) fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Par
             ),
         }
     }
-    if !target_written {
+    if let Some(short) = shorthand {
+        if targets.written {
+            // Upstream silently drops the shorthand when a target exists.
+            diags.error(
+                name_at(short),
+                "address",
+                "`address` is the shorthand for an upstream with a single target: use it \
+                 instead of `target`, not next to it",
+            );
+        } else {
+            targets.written = true;
+            if let Some((text, at)) = leaf_string(short, diags) {
+                if let Some(address) = check_address(short, &text, at, &mut targets, diags) {
+                    config.targets.push(UpstreamTarget { address, weight: 1 });
+                }
+            }
+        }
+    }
+    if !targets.written {
         diags.error(
             name_at(node),
             "upstream",
@@ -154,202 +164,204 @@ pub(super) fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Par
     }
 }
 
-/// `health-check { type "http" { path "/health"; expected-status 200; }; interval-secs 5; }`
-fn parse_health_check(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<HealthCheck> {
-    let mut ok = true;
-    let mut kind = None;
-    let mut check = HealthCheck {
-        kind: HealthCheckKind::Tcp,
-        interval_secs: DEFAULT_HEALTH_INTERVAL_SECS,
-        timeout_secs: DEFAULT_HEALTH_TIMEOUT_SECS,
-        healthy_threshold: DEFAULT_HEALTHY_THRESHOLD,
-        unhealthy_threshold: DEFAULT_UNHEALTHY_THRESHOLD,
-    };
+/// The targets of one upstream so far.
+#[derive(Default)]
+struct Targets {
+    /// Some target form was written (even an invalid one: no second "no target" error).
+    written: bool,
+    /// Normalised address -> offset, to report duplicates.
+    seen: HashMap<String, usize>,
+}
+
+/// `connection-pool { max-connections 100; max-idle 20; idle-timeout 60; max-lifetime 3600 }`.
+fn parse_pool(node: &KdlNode, pool: &mut ConnectionPool, diags: &mut Diagnostics<'_>) {
     let mut seen = Seen::default();
-    let errors_before = diags.error_count();
     for c in block(node, diags) {
-        if HEALTH_CHECK_KEYS.contains(&name(c)) {
-            seen.check(c, diags);
+        let Some(&(_, setting)) = POOL_KEYS.iter().find(|(k, _)| *k == name(c)) else {
+            let known = POOL_KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>();
+            unknown(c, "connection-pool", &known, &[], diags);
+            continue;
+        };
+        if !seen.check_as(c, setting, diags) {
+            continue;
         }
-        match name(c) {
-            "type" => kind = parse_check_type(c, diags),
-            "interval-secs" => match leaf_int(c, 1, MAX_SECS, diags) {
-                Some(v) => check.interval_secs = v,
-                None => ok = false,
-            },
-            "timeout-secs" => match leaf_int(c, 1, MAX_SECS, diags) {
-                Some(v) => check.timeout_secs = v,
-                None => ok = false,
-            },
-            "healthy-threshold" => match leaf_u32(c, 1, MAX_THRESHOLD, diags) {
-                Some(v) => check.healthy_threshold = v,
-                None => ok = false,
-            },
-            "unhealthy-threshold" => match leaf_u32(c, 1, MAX_THRESHOLD, diags) {
-                Some(v) => check.unhealthy_threshold = v,
+        match setting {
+            "max-connections" => {
+                if let Some(v) = leaf_u32(c, 1, 1_000_000, diags) {
+                    pool.max_connections = Some(v);
+                }
+            }
+            "max-idle" => {
+                if let Some(v) = leaf_u32(c, 0, 1_000_000, diags) {
+                    pool.max_idle = v;
+                }
+            }
+            "idle-timeout" => {
+                if let Some(v) = leaf_int(c, 1, MAX_SECS, diags) {
+                    pool.idle_timeout_secs = v;
+                }
+            }
+            _ => {
+                if let Some(v) = leaf_int(c, 1, MAX_SECS, diags) {
+                    pool.max_lifetime_secs = Some(v);
+                }
+            }
+        }
+    }
+}
+
+/// `timeouts { connect 5; read 30; write 30; request 60 }` (or the `-secs` spellings).
+fn parse_timeouts(node: &KdlNode, timeouts: &mut UpstreamTimeouts, diags: &mut Diagnostics<'_>) {
+    let mut seen = Seen::default();
+    for c in block(node, diags) {
+        let Some(&(_, setting)) = TIMEOUT_KEYS.iter().find(|(k, _)| *k == name(c)) else {
+            let known = TIMEOUT_KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>();
+            unknown(c, "timeouts", &known, &[], diags);
+            continue;
+        };
+        if !seen.check_as(c, setting, diags) {
+            continue;
+        }
+        let Some(v) = leaf_int(c, 1, MAX_SECS, diags) else {
+            continue;
+        };
+        match setting {
+            "connect" => timeouts.connect_secs = v,
+            "read" => timeouts.read_secs = v,
+            "write" => timeouts.write_secs = Some(v),
+            _ => timeouts.request_secs = Some(v),
+        }
+    }
+}
+
+/// `target "host:port" weight=2`, `target address="host:port" weight=2`, or
+/// `target { address "host:port"; weight 2; }` (a `weight=` property allowed on the node).
+fn parse_target(
+    node: &KdlNode,
+    targets: &mut Targets,
+    diags: &mut Diagnostics<'_>,
+) -> Option<UpstreamTarget> {
+    let mut weight = Some(1u32);
+    let mut address: Option<(String, usize)> = None;
+    let mut ok = true;
+    for entry in props(node) {
+        match entry.name().map_or("", |k| k.value()) {
+            "weight" => weight = target_weight(node, entry, diags),
+            "address" => match string_value(node, entry, diags) {
+                Some(a) => address = Some((a, entry.span().offset())),
                 None => ok = false,
             },
             _ => {
                 ok = false;
-                unknown(c, "health-check", HEALTH_CHECK_KEYS, &[], diags);
+                unknown_property(node, entry, &["weight", "address"], diags);
             }
         }
     }
-    if !seen.contains("type") {
+    let mut args = args(node);
+    if let Some(first) = args.next() {
+        if address.is_some() {
+            diags.error(
+                first.span().offset(),
+                "target",
+                "the address is given twice (argument and `address=`): keep one",
+            );
+            return None;
+        }
+        match string_value(node, first, diags) {
+            Some(a) => address = Some((a, first.span().offset())),
+            None => ok = false,
+        }
+    }
+    if let Some(extra) = args.next() {
         diags.error(
-            name_at(node),
-            "health-check",
-            "missing `type`: expected `type \"http\" { path \"/health\"; }` or `type \"tcp\"`",
+            extra.span().offset(),
+            "target",
+            "`target` takes one address; write one `target` node per backend",
         );
         return None;
     }
-    check.kind = kind?;
-    (ok && diags.error_count() == errors_before).then_some(check)
-}
-
-/// `type "http" { path "/health"; expected-status 200; host "example.com"; }` or `type "tcp"`.
-fn parse_check_type(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<HealthCheckKind> {
-    for entry in props(node) {
-        unknown_property(node, entry, &[], diags);
-    }
-    let (first, extra) = only_arg(
-        node,
-        "missing check type: expected \"http\" or \"tcp\"",
-        "expected exactly one check type",
-        diags,
-    )?;
-    if extra {
-        return None;
-    }
-    let kind = string_value(node, first, diags)?;
-    match kind.as_str() {
-        "tcp" => {
-            no_children(node, diags);
-            Some(HealthCheckKind::Tcp)
+    let mut seen = Seen::default();
+    for c in node.children().map_or(&[][..], |c| c.nodes()) {
+        if TARGET_BLOCK_KEYS.contains(&name(c)) && !seen.check(c, diags) {
+            continue;
         }
-        "http" => {
-            let mut path = None;
-            let mut expected_status = 200u16;
-            let mut host = None;
-            let mut ok = true;
-            let mut seen = Seen::default();
-            for c in node.children().map_or(&[][..], |c| c.nodes()) {
-                if HTTP_CHECK_KEYS.contains(&name(c)) {
-                    seen.check(c, diags);
-                }
-                match name(c) {
-                    "path" => match leaf_string(c, diags) {
-                        Some((p, _)) if p.starts_with('/') && is_request_target(&p) => {
-                            path = Some(p)
-                        }
-                        Some((p, at)) => {
-                            ok = false;
-                            diags.error(
-                                at,
-                                "path",
-                                format!(
-                                    "invalid health check path {p:?}: it must start with `/` \
-                                     and contain no spaces or control characters"
-                                ),
-                            );
-                        }
-                        None => ok = false,
-                    },
-                    "expected-status" => match leaf_int(c, 100, 599, diags) {
-                        Some(v) => expected_status = u16::try_from(v).unwrap_or(200),
-                        None => ok = false,
-                    },
-                    "host" => match leaf_string(c, diags) {
-                        Some((h, at)) if h.is_empty() || !is_request_target(&h) => {
-                            ok = false;
-                            diags.error(
-                                at,
-                                "host",
-                                format!(
-                                    "invalid health check host {h:?}: expected a non-empty \
-                                     host name without spaces or control characters"
-                                ),
-                            );
-                        }
-                        Some((h, _)) => host = Some(h),
-                        None => ok = false,
-                    },
-                    _ => {
-                        ok = false;
-                        unknown(c, "type \"http\"", HTTP_CHECK_KEYS, &[], diags);
-                    }
-                }
+        match name(c) {
+            "address" if address.is_some() => diags.error(
+                name_at(c),
+                "address",
+                "the address is given twice: keep one of the argument, `address=` and `address`",
+            ),
+            "address" => match leaf_string(c, diags) {
+                Some(a) => address = Some(a),
+                None => ok = false,
+            },
+            "weight" => match single_arg(c, diags) {
+                Some(entry) => weight = target_weight(c, entry, diags),
+                None => ok = false,
+            },
+            _ => {
+                ok = false;
+                unknown(c, "target", TARGET_BLOCK_KEYS, &[], diags);
             }
-            if path.is_none() && ok && !seen.contains("path") {
-                diags.error(
-                    name_at(node),
-                    "type",
-                    "an http health check needs a `path`, e.g. `type \"http\" { path \"/health\"; }`",
-                );
-            }
-            let path = path?;
-            ok.then_some(HealthCheckKind::Http {
-                path,
-                expected_status,
-                host,
-            })
         }
-        other => {
+    }
+    let Some((text, at)) = address else {
+        if ok {
             diags.error(
-                first.span().offset(),
-                "type",
-                format!("unknown health check type {other:?}: expected \"http\" or \"tcp\""),
+                name_at(node),
+                "target",
+                "missing address: expected e.g. target \"127.0.0.1:9001\"",
             );
-            None
         }
-    }
-}
-
-/// What can go on a request line or into a header value verbatim.
-fn is_request_target(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_graphic())
-}
-
-fn parse_target(
-    node: &KdlNode,
-    seen: &mut HashMap<SocketAddr, usize>,
-    diags: &mut Diagnostics<'_>,
-) -> Option<UpstreamTarget> {
-    no_children(node, diags);
-    let mut weight = Some(1u32);
-    for entry in props(node) {
-        match entry.name().map_or("", |k| k.value()) {
-            "weight" => {
-                weight = int_value(node, entry, 1, u64::from(u16::MAX), diags)
-                    .and_then(|w| u32::try_from(w).ok());
-            }
-            _ => unknown_property(node, entry, &["weight"], diags),
-        }
-    }
-    let (first, extra) = only_arg(
-        node,
-        "missing address: expected e.g. target \"127.0.0.1:9001\"",
-        "`target` takes one address; write one `target` node per backend",
-        diags,
-    )?;
-    if extra {
         return None;
-    }
-    let text = string_value(node, first, diags)?;
-    let at = first.span().offset();
-    let addr = socket_addr(node, &text, at, diags)?;
-    if let Some(&prev) = seen.get(&addr) {
+    };
+    let address = check_address(node, &text, at, targets, diags)?;
+    Some(UpstreamTarget {
+        address,
+        weight: weight?,
+    })
+}
+
+fn target_weight(node: &KdlNode, entry: &KdlEntry, diags: &mut Diagnostics<'_>) -> Option<u32> {
+    int_value(node, entry, 1, u64::from(u16::MAX), diags).and_then(|w| u32::try_from(w).ok())
+}
+
+/// Check a target address's form (no DNS lookup: `-t` works offline) and that it is not a
+/// duplicate. Returns the address as the workers get it.
+fn check_address(
+    node: &KdlNode,
+    text: &str,
+    at: usize,
+    targets: &mut Targets,
+    diags: &mut Diagnostics<'_>,
+) -> Option<String> {
+    let key = match parse_target_address(text) {
+        Ok(TargetAddress::Ip(addr)) => addr.to_string(),
+        Ok(TargetAddress::Name(host, port)) => {
+            format!("{}:{port}", host.trim_end_matches('.').to_ascii_lowercase())
+        }
+        Err(why) => {
+            diags.error(
+                at,
+                name(node),
+                format!(
+                    "invalid target address {text:?}: {why}; expected IP:port, [IPv6]:port or \
+                     hostname:port, e.g. \"127.0.0.1:8080\", \"[::1]:8080\", \
+                     \"backend.internal:80\""
+                ),
+            );
+            return None;
+        }
+    };
+    if let Some(&prev) = targets.seen.get(&key) {
         let line = diags.line_of(prev);
         diags.error(
             at,
-            "target",
+            name(node),
             format!("duplicate target {text:?} (first at line {line}); use `weight` instead"),
         );
         return None;
     }
-    seen.insert(addr, at);
-    Some(UpstreamTarget {
-        address: text,
-        weight: weight?,
-    })
+    targets.seen.insert(key, at);
+    Some(text.to_owned())
 }

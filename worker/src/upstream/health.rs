@@ -6,7 +6,7 @@
 //! worker, and a failed connect moves on to another target anyway.
 //!
 //! The state machine ([`TargetHealth`]) is separate from the probe I/O ([`Probe`]) so it can be
-//! tested with made-up instants; `upstream.rs` ties both to pools, tokens and timers.
+//! tested with made-up instants; the parent module ties both to pools, tokens and timers.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;

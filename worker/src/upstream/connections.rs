@@ -1,0 +1,304 @@
+//! The upstream connection table: checking connections out of a pool, giving them back, idle
+//! keep-alive connections and their timers.
+
+use super::*;
+
+impl Upstreams {
+    pub fn idle_count(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// Close the idle connection pooled longest ago, to free its file descriptor for a client.
+    /// Returns false when nothing is pooled.
+    pub fn close_oldest_idle(
+        &mut self,
+        registry: &Registry,
+        timers: &mut Timers<TimerKey>,
+    ) -> bool {
+        let oldest = self
+            .idle
+            .iter()
+            .min_by_key(|(_, c)| self.conns.get(c.id).map(|e| e.idle_since))
+            .map(|(key, c)| (key, c.pool, c.target));
+        let Some((key, pool, target)) = oldest else {
+            return false;
+        };
+        if let Some(t) = self
+            .pools
+            .get_mut(pool)
+            .and_then(|p| p.targets.get_mut(target))
+        {
+            t.idle.retain(|k| *k != key);
+        }
+        self.drop_idle_conn(key, registry, timers);
+        true
+    }
+
+    /// Close one idle connection that its pool already forgot.
+    pub(super) fn drop_idle_conn(
+        &mut self,
+        key: usize,
+        registry: &Registry,
+        timers: &mut Timers<TimerKey>,
+    ) {
+        if let Some(mut c) = self.idle.try_remove(key) {
+            self.forget_conn(c.id, timers);
+            let _ = registry.deregister(&mut c.stream);
+        }
+    }
+
+    /// Remove a connection that is being closed from the table, with its timer.
+    pub(super) fn forget_conn(&mut self, id: usize, timers: &mut Timers<TimerKey>) {
+        if let Some(e) = self.conns.try_remove(id) {
+            if let Some(t) = e.timer {
+                timers.cancel(t);
+            }
+        }
+    }
+
+    /// Check out a connection to `target` of `pool`: the most recently pooled idle one, or a
+    /// new non-blocking connect (writable once connected). Its events go to `token` until it
+    /// is released.
+    pub fn checkout(
+        &mut self,
+        pool: usize,
+        target: usize,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<UpConn> {
+        let p = self
+            .pools
+            .get_mut(pool)
+            .ok_or_else(|| io::Error::other("unknown upstream pool"))?;
+        let t = p
+            .targets
+            .get_mut(target)
+            .ok_or_else(|| io::Error::other("unknown upstream target"))?;
+        let max_lifetime = p.pool.max_lifetime_secs.map(Duration::from_secs);
+        let addr = t
+            .addr
+            .ok_or_else(|| io::Error::other("upstream target has no address"))?;
+        while let Some(key) = t.idle.pop_back() {
+            let Some(mut idle) = self.idle.try_remove(key) else {
+                continue;
+            };
+            // Its idle timer stays armed (see `ConnEntry::timer`); if the connection is
+            // closed here, the timer finds no entry (or another timer id) and does nothing.
+            let Some(entry) = self.conns.get_mut(idle.id) else {
+                continue;
+            };
+            if max_lifetime.is_some_and(|l| entry.created.elapsed() >= l) {
+                self.conns.remove(idle.id);
+                let _ = registry.deregister(&mut idle.stream);
+                continue;
+            }
+            entry.owner = Owner::Session(token);
+            t.active += 1;
+            return Ok(UpConn {
+                id: idle.id,
+                stream: idle.stream,
+                pool,
+                target,
+                addr,
+                reused: true,
+            });
+        }
+        self.connect(pool, target, registry, token)
+    }
+
+    /// A fresh connection to a given target (used to retry on a dead pooled connection).
+    pub fn connect(
+        &mut self,
+        pool: usize,
+        target: usize,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<UpConn> {
+        let t = self
+            .pools
+            .get_mut(pool)
+            .and_then(|p| p.targets.get_mut(target))
+            .ok_or_else(|| io::Error::other("unknown upstream target"))?;
+        let addr = t
+            .addr
+            .ok_or_else(|| io::Error::other("upstream target has no address"))?;
+        let mut stream = TcpStream::connect(addr)?;
+        let _ = stream.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let id = entry.key();
+        registry.register(
+            &mut stream,
+            tokens::upstream(id),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        entry.insert(ConnEntry {
+            owner: Owner::Session(token),
+            timer: None,
+            idle_since: Instant::now(),
+            created: Instant::now(),
+        });
+        t.active += 1;
+        Ok(UpConn {
+            id,
+            stream,
+            pool,
+            target,
+            addr,
+            reused: false,
+        })
+    }
+
+    /// Give a connection back: pooled when `reusable` (a clean, complete exchange with a
+    /// keep-alive upstream), closed otherwise.
+    pub fn release(
+        &mut self,
+        mut conn: UpConn,
+        reusable: bool,
+        registry: &Registry,
+        timers: &mut Timers<TimerKey>,
+        now: Instant,
+    ) {
+        let Some(p) = self.pools.get_mut(conn.pool) else {
+            return;
+        };
+        let Some(t) = p.targets.get_mut(conn.target) else {
+            return;
+        };
+        t.active = t.active.saturating_sub(1);
+        // A slot under the pool's connection cap may have opened.
+        if !p.waiters.is_empty() {
+            self.wakeups.append(&mut p.waiters);
+        }
+        let max_idle = p.pool.max_idle as usize;
+        let idle_timeout = Duration::from_secs(p.pool.idle_timeout_secs.max(1));
+        let too_old = p.pool.max_lifetime_secs.is_some_and(|l| {
+            self.conns
+                .get(conn.id)
+                .is_some_and(|e| now.saturating_duration_since(e.created) >= Duration::from_secs(l))
+        });
+        if !reusable || self.no_pooling || max_idle == 0 || too_old {
+            if let Some(e) = self.conns.try_remove(conn.id) {
+                if let Some(t) = e.timer {
+                    timers.cancel(t);
+                }
+            }
+            let _ = registry.deregister(&mut conn.stream);
+            return;
+        }
+        while t.idle.len() >= max_idle {
+            if let Some(old) = t.idle.pop_front() {
+                if let Some(mut c) = self.idle.try_remove(old) {
+                    if let Some(e) = self.conns.try_remove(c.id) {
+                        if let Some(t) = e.timer {
+                            timers.cancel(t);
+                        }
+                    }
+                    let _ = registry.deregister(&mut c.stream);
+                }
+            }
+        }
+        let Some(entry) = self.conns.get_mut(conn.id) else {
+            // Not in the table (cannot happen for a connection made here): close it.
+            let _ = registry.deregister(&mut conn.stream);
+            return;
+        };
+        let slot = self.idle.vacant_entry();
+        let key = slot.key();
+        // From now on its events reach `on_idle_event`: an idle upstream that sends anything
+        // (its close, a stray byte) makes the connection unusable and is dropped then.
+        entry.owner = Owner::Idle(key);
+        entry.idle_since = now;
+        if entry.timer.is_none() {
+            entry.timer = Some(timers.insert(now + idle_timeout, TimerKey::IdleUpstream(conn.id)));
+        }
+        slot.insert(IdleConn {
+            id: conn.id,
+            stream: conn.stream,
+            pool: conn.pool,
+            target: conn.target,
+        });
+        t.idle.push_back(key);
+    }
+
+    /// Readiness on an idle connection: the upstream closed it or sent unsolicited bytes.
+    pub fn on_idle_event(
+        &mut self,
+        key: usize,
+        registry: &Registry,
+        timers: &mut Timers<TimerKey>,
+    ) {
+        let Some(c) = self.idle.get_mut(key) else {
+            return;
+        };
+        let mut buf = [0u8; 256];
+        match c.stream.read(&mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            _ => self.remove_idle(key, registry, timers),
+        }
+    }
+
+    /// The idle timer of upstream connection `conn` fired: close it if it has been idle for
+    /// its pool's whole idle timeout, else arm the timer for when it will have been.
+    pub fn on_idle_timer(
+        &mut self,
+        conn: usize,
+        id: TimerId,
+        now: Instant,
+        registry: &Registry,
+        timers: &mut Timers<TimerKey>,
+    ) {
+        let Some(e) = self.conns.get_mut(conn) else {
+            return;
+        };
+        if e.timer != Some(id) {
+            return;
+        }
+        e.timer = None;
+        // In use by a session: `release` arms the timer again.
+        let Owner::Idle(key) = e.owner else {
+            return;
+        };
+        let timeout = self
+            .idle
+            .get(key)
+            .and_then(|c| self.pools.get(c.pool))
+            .map_or(Duration::from_secs(1), |p| {
+                Duration::from_secs(p.pool.idle_timeout_secs.max(1))
+            });
+        let due = e.idle_since + timeout;
+        if now >= due {
+            self.remove_idle(key, registry, timers);
+        } else {
+            e.timer = Some(timers.insert(due, TimerKey::IdleUpstream(conn)));
+        }
+    }
+
+    pub(super) fn remove_idle(
+        &mut self,
+        key: usize,
+        registry: &Registry,
+        timers: &mut Timers<TimerKey>,
+    ) {
+        if let Some(mut c) = self.idle.try_remove(key) {
+            if let Some(t) = self
+                .pools
+                .get_mut(c.pool)
+                .and_then(|p| p.targets.get_mut(c.target))
+            {
+                t.idle.retain(|&k| k != key);
+            }
+            self.forget_conn(c.id, timers);
+            let _ = registry.deregister(&mut c.stream);
+        }
+    }
+
+    /// Draining: close every idle connection and pool no more.
+    pub fn close_all_idle(&mut self, registry: &Registry, timers: &mut Timers<TimerKey>) {
+        self.no_pooling = true;
+        let keys: Vec<usize> = self.idle.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.remove_idle(k, registry, timers);
+        }
+    }
+}
