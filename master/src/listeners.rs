@@ -450,6 +450,8 @@ mod tests {
 
     fn listener_config(name: &str, address: &str) -> ListenerConfig {
         ListenerConfig {
+            route_scope: None,
+            max_concurrent_streams: 100,
             name: name.to_owned(),
             address: address.to_owned(),
             protocol: ListenerProtocol::Http,

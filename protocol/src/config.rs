@@ -65,6 +65,12 @@ pub enum ListenerProtocol {
 #[rkyv(derive(Debug))]
 pub struct ListenerConfig {
     pub name: String,
+    /// The routes this listener serves: `None` the top-level ones, `Some("ns")` those of
+    /// `namespace "ns"` (a listener defined there, or one with `namespace "ns"`), `Some("ns:svc")`
+    /// those of a service.
+    pub route_scope: Option<String>,
+    /// HTTP/2 streams per connection (stored for HTTP/2; HTTP/1 has one at a time).
+    pub max_concurrent_streams: u32,
     /// A socket address as `std::net::SocketAddr` parses it: `127.0.0.1:8080` or `[::1]:8080`.
     pub address: String,
     pub protocol: ListenerProtocol,
@@ -149,6 +155,8 @@ pub const DEFAULT_METRICS_PATH: &str = "/metrics";
 pub const DEFAULT_ACCESS_LOG_FORMAT: &str = "combined";
 
 pub const DEFAULT_BACKLOG: u32 = 1024;
+/// Upstream Zentinel's default `max-concurrent-streams`.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// Route priorities by name, with upstream Zentinel's numbers (`priority "high"` is
 /// `priority 100`). Higher is tried first.
@@ -171,6 +179,10 @@ pub struct RouteConfig {
     /// What kind of service the route fronts; decides the format of the proxy's own error
     /// responses (JSON for `Api`, `Builtin` and `Inference`, plain text otherwise).
     pub service_type: ServiceType,
+    /// Where the route was defined: `None` at the top level, `Some("ns")` in `namespace "ns"`,
+    /// `Some("ns:svc")` in its `service "svc"`. A listener serves only the routes of its own
+    /// scope (`ListenerConfig::route_scope`). The route's name is qualified the same way.
+    pub scope: Option<String>,
 }
 
 /// One condition of a route. A `Vec` holds the values written on one node: any of them

@@ -503,12 +503,16 @@ pub struct Zentinel {
     seen_masters: std::sync::Mutex<BTreeSet<u32>>,
 }
 
-/// Number of workers a config asks for: `worker-processes N`, 0 or absent = CPUs.
+/// Number of workers a config asks for: `worker-threads N` (or its alias `worker-processes`),
+/// on a line of its own; 0 or absent = CPUs.
 pub fn configured_workers(config: &str) -> usize {
     let n = config
         .lines()
         .map(|l| l.split("//").next().unwrap_or("").trim())
-        .find_map(|l| l.strip_prefix("worker-processes"))
+        .find_map(|l| {
+            l.strip_prefix("worker-threads")
+                .or_else(|| l.strip_prefix("worker-processes"))
+        })
         .and_then(|v| v.trim().trim_end_matches(';').trim().parse::<usize>().ok())
         .unwrap_or(0);
     if n == 0 {

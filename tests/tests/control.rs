@@ -340,15 +340,25 @@ fn active_connections_follow_open_connections() {
 #[test]
 fn status_watch_redraws_until_interrupted() {
     let z = Zentinel::start(&static_config(1, free_port(), "A"));
-    let mut child = Command::new(ctl_bin())
+    let mut command = Command::new(ctl_bin());
+    command
         .arg("--socket")
         .arg(z.control_socket())
         .args(["status", "--json", "--watch", "0.2"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn zentinel-ctl");
+        .stderr(Stdio::inherit());
+    // Ctrl-C at a terminal: SIGINT with its default action. A test run started in the
+    // background by a non-interactive shell inherits SIGINT ignored, which would make the
+    // watch (rightly) survive it.
+    // SAFETY: between fork and exec only signal(2), which is async-signal-safe, is called.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().expect("spawn zentinel-ctl");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {

@@ -44,6 +44,8 @@ pub struct ListenerCtx {
     pub keepalive_timeout: Duration,
     /// Resolved index of the default route.
     pub default_route: Option<usize>,
+    /// The routes it serves (`Router::scope_id` of `ListenerConfig::route_scope`).
+    pub route_scope: u16,
     /// TCP listeners: resolved upstream pool key.
     pub upstream: Option<usize>,
 }

@@ -163,6 +163,7 @@ impl Candidate {
                     request_timeout: Duration::from_secs(lc.request_timeout_secs.max(1)),
                     keepalive_timeout: Duration::from_secs(lc.keepalive_timeout_secs.max(1)),
                     default_route,
+                    route_scope: router.scope_id(lc.route_scope.as_deref()),
                     upstream,
                 },
             });

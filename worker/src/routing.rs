@@ -135,6 +135,8 @@ fn hex(c: u8) -> Option<u8> {
 #[derive(Debug, Clone)]
 struct CompiledRoute {
     name: String,
+    /// Index into `Router::scopes`: the namespace or service the route belongs to.
+    scope: u16,
     hosts: Vec<HostPattern>,
     conditions: Vec<Condition>,
     action: Action,
@@ -154,7 +156,13 @@ impl CompiledRoute {
 #[derive(Debug, Clone)]
 pub struct Router {
     routes: Vec<CompiledRoute>,
+    /// Route scopes (`RouteConfig::scope`), the top level (`None`) first.
+    scopes: Vec<Option<String>>,
 }
+
+/// The scope id of a scope no route has: a listener with it matches nothing but its default
+/// route.
+const NO_SCOPE: u16 = u16::MAX;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RoutingError {
@@ -192,7 +200,16 @@ fn strip_port(h: &str) -> &str {
 impl Router {
     pub fn new(config: &ProxyConfig) -> Result<Self, RoutingError> {
         let mut routes = Vec::with_capacity(config.routes.len());
+        let mut scopes: Vec<Option<String>> = vec![None];
         for r in &config.routes {
+            let scope = match scopes.iter().position(|s| *s == r.scope) {
+                Some(i) => i,
+                None => {
+                    scopes.push(r.scope.clone());
+                    scopes.len() - 1
+                }
+            };
+            let scope = u16::try_from(scope).unwrap_or(NO_SCOPE);
             let action = match &r.action {
                 RouteAction::Upstream(name) => Action::Upstream(
                     config
@@ -209,6 +226,7 @@ impl Router {
             };
             let mut c = CompiledRoute {
                 name: r.name.clone(),
+                scope,
                 hosts: Vec::new(),
                 conditions: Vec::new(),
                 action,
@@ -242,7 +260,7 @@ impl Router {
             }
             routes.push(c);
         }
-        let router = Router { routes };
+        let router = Router { routes, scopes };
         for l in &config.listeners {
             if let Some(d) = &l.default_route {
                 if router.index_of(d).is_none() {
@@ -272,11 +290,25 @@ impl Router {
         self.routes.iter().position(|r| r.name == name)
     }
 
-    /// The matching route index, else `default_route`.
-    pub fn find(&self, default_route: Option<usize>, req: &dyn RouteRequest) -> Option<usize> {
+    /// The id of a listener's route scope (`ListenerConfig::route_scope`) for [`Router::find`].
+    pub fn scope_id(&self, scope: Option<&str>) -> u16 {
+        self.scopes
+            .iter()
+            .position(|s| s.as_deref() == scope)
+            .and_then(|i| u16::try_from(i).ok())
+            .unwrap_or(NO_SCOPE)
+    }
+
+    /// The first route of `scope` matching `req`, else `default_route`.
+    pub fn find(
+        &self,
+        scope: u16,
+        default_route: Option<usize>,
+        req: &dyn RouteRequest,
+    ) -> Option<usize> {
         self.routes
             .iter()
-            .position(|r| r.matches(req))
+            .position(|r| r.scope == scope && r.matches(req))
             .or(default_route)
     }
 
@@ -309,6 +341,7 @@ mod tests {
 
     fn route(name: &str, matches: Vec<RouteMatch>, upstream: &str) -> RouteConfig {
         RouteConfig {
+            scope: None,
             name: name.into(),
             priority: PRIORITY_NORMAL,
             matches,
@@ -368,7 +401,7 @@ mod tests {
             host: Option<&str>,
             target: &str,
         ) -> Option<usize> {
-            self.find(default_route, &req(host, target))
+            self.find(0, default_route, &req(host, target))
         }
     }
 
@@ -392,6 +425,8 @@ mod tests {
         ProxyConfig {
             system: SystemConfig::default(),
             listeners: vec![ListenerConfig {
+                route_scope: None,
+                max_concurrent_streams: 100,
                 name: "l".into(),
                 address: "127.0.0.1:0".into(),
                 protocol: ListenerProtocol::Http,
@@ -538,14 +573,14 @@ mod tests {
         .unwrap();
         let mut ok = req(None, "/v2/x?q&a+b=c%26d");
         ok.headers = vec![("X-A".into(), "".into()), ("x-b".into(), "v".into())];
-        assert_eq!(r.find(None, &ok), Some(0));
+        assert_eq!(r.find(0, None, &ok), Some(0));
         ok.method = "HEAD".into();
-        assert_eq!(r.find(None, &ok), Some(0));
+        assert_eq!(r.find(0, None, &ok), Some(0));
         let m = |f: &dyn Fn(&mut Req)| {
             let mut q = req(None, "/v2/x?q&a+b=c%26d");
             q.headers = vec![("X-A".into(), "".into()), ("x-b".into(), "v".into())];
             f(&mut q);
-            r.find(None, &q)
+            r.find(0, None, &q)
         };
         assert_eq!(m(&|q| q.method = "POST".into()), None);
         assert_eq!(m(&|q| q.method = "get".into()), None); // methods are case-sensitive

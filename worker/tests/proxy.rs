@@ -156,6 +156,8 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
         },
         listeners: vec![
             ListenerConfig {
+                route_scope: None,
+                max_concurrent_streams: 100,
                 name: "web".into(),
                 address: listener.to_string(),
                 protocol: ListenerProtocol::Http,
@@ -168,6 +170,8 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 tls: None,
             },
             ListenerConfig {
+                route_scope: None,
+                max_concurrent_streams: 100,
                 name: "tcp".into(),
                 address: tcp.to_string(),
                 protocol: ListenerProtocol::Tcp,
@@ -182,6 +186,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
         ],
         routes: vec![
             RouteConfig {
+                scope: None,
                 name: "static".into(),
                 priority: PRIORITY_HIGH,
                 service_type: ServiceType::Web,
@@ -193,6 +198,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 }),
             },
             RouteConfig {
+                scope: None,
                 name: "dead".into(),
                 priority: PRIORITY_HIGH,
                 service_type: ServiceType::Web,
@@ -200,6 +206,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 action: RouteAction::Upstream("dead".into()),
             },
             RouteConfig {
+                scope: None,
                 name: "app".into(),
                 priority: PRIORITY_NORMAL,
                 service_type: ServiceType::Web,
@@ -918,6 +925,7 @@ fn serve_app(mut c: Conn, conn_id: usize, opts: &BackendOpts, seen: &mpsc::Sende
 /// Route `host` to `up` (added to the config).
 fn add_route(cfg: &mut ProxyConfig, host: &str, up: UpstreamConfig) {
     cfg.routes.push(RouteConfig {
+        scope: None,
         name: format!("to-{}", up.name),
         priority: PRIORITY_HIGH,
         service_type: ServiceType::Web,
@@ -1648,6 +1656,7 @@ fn same_listeners(h: &Harness) -> (TcpListener, TcpListener) {
 /// A high-priority static route answering `GET /which` with `body`.
 fn which_route(body: &str) -> RouteConfig {
     RouteConfig {
+        scope: None,
         name: "which".into(),
         priority: PRIORITY_CRITICAL,
         service_type: ServiceType::Web,

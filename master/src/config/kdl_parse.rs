@@ -13,7 +13,7 @@ use zentinel_protocol::config::{
     LoadBalancing, PassiveHealth, RouteAction, RouteConfig, RouteMatch, StaticResponse,
     SystemConfig, UpstreamConfig, UpstreamTarget, UpstreamTimeouts, DEFAULT_BACKLOG,
     DEFAULT_HEALTHY_THRESHOLD, DEFAULT_HEALTH_INTERVAL_SECS, DEFAULT_HEALTH_TIMEOUT_SECS,
-    DEFAULT_UNHEALTHY_THRESHOLD,
+    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_UNHEALTHY_THRESHOLD,
 };
 
 use super::observability::{parse_observability, ParsedObservability};
@@ -24,6 +24,7 @@ mod diagnostics;
 mod health_check;
 mod limits;
 mod listeners;
+mod namespace;
 mod node;
 mod route_matches;
 mod routes;
@@ -49,6 +50,7 @@ const MAX_SECS: u64 = 365 * 24 * 3600;
 
 const TOP_LEVEL: &[&str] = &[
     "include",
+    "namespace",
     "schema-version",
     "system",
     "listeners",
@@ -66,8 +68,6 @@ const TOP_LEVEL_UNSUPPORTED: &[&str] = &[
     "tls",
     "cache",
     "rate-limit",
-    "namespaces",
-    "services",
 ];
 
 /// A listener as written, with the places its references were written.
@@ -79,6 +79,8 @@ pub(super) struct ParsedListener {
     pub address: Option<(SocketAddr, usize)>,
     pub default_route_at: Option<usize>,
     pub upstream_at: Option<usize>,
+    /// Where `namespace "ns"` was written (a top-level listener serving a namespace's routes).
+    pub route_scope_at: Option<usize>,
 }
 
 pub(super) struct ParsedRoute {
@@ -103,6 +105,9 @@ pub(super) struct ParsedConfig {
     pub routes: Vec<ParsedRoute>,
     pub upstreams: Vec<ParsedUpstream>,
     pub observability: ParsedObservability,
+    /// Namespaces and services (`ns:svc`) defined, with where.
+    pub namespaces: Vec<(String, usize)>,
+    pub exports: Vec<namespace::Export>,
 }
 
 /// Parses KDL text and interprets it. Returns `None` when the text is not valid KDL (the syntax
@@ -117,6 +122,8 @@ pub(super) fn parse(source: &str, diags: &mut Diagnostics<'_>) -> Option<ParsedC
         routes: Vec::new(),
         upstreams: Vec::new(),
         observability: ParsedObservability::default(),
+        namespaces: Vec::new(),
+        exports: Vec::new(),
     };
     let mut seen = Seen::default();
     for node in doc.nodes() {
@@ -166,8 +173,10 @@ pub(super) fn parse(source: &str, diags: &mut Diagnostics<'_>) -> Option<ParsedC
                     }
                 }
             }
+            "namespace" => namespace::parse_namespace(node, &mut parsed, diags),
             _ => unknown(node, "", TOP_LEVEL, TOP_LEVEL_UNSUPPORTED, diags),
         }
     }
+    namespace::resolve_references(&mut parsed, diags);
     Some(parsed)
 }

@@ -121,6 +121,8 @@ fn full_example_parses_into_the_expected_model() {
         },
         listeners: vec![
             ListenerConfig {
+                route_scope: None,
+                max_concurrent_streams: 100,
                 name: "http".to_owned(),
                 address: "127.0.0.1:8080".to_owned(),
                 protocol: ListenerProtocol::Http,
@@ -133,6 +135,8 @@ fn full_example_parses_into_the_expected_model() {
                 tls: None,
             },
             ListenerConfig {
+                route_scope: None,
+                max_concurrent_streams: 100,
                 name: "db".to_owned(),
                 address: "[::1]:5433".to_owned(),
                 protocol: ListenerProtocol::Tcp,
@@ -147,6 +151,7 @@ fn full_example_parses_into_the_expected_model() {
         ],
         routes: vec![
             RouteConfig {
+                scope: None,
                 name: "api".to_owned(),
                 priority: PRIORITY_HIGH,
                 matches: vec![
@@ -159,6 +164,7 @@ fn full_example_parses_into_the_expected_model() {
                 service_type: ServiceType::Web,
             },
             RouteConfig {
+                scope: None,
                 name: "health".to_owned(),
                 priority: PRIORITY_NORMAL,
                 matches: vec![RouteMatch::Path(vec!["/health".to_owned()])],
@@ -170,6 +176,7 @@ fn full_example_parses_into_the_expected_model() {
                 service_type: ServiceType::Web,
             },
             RouteConfig {
+                scope: None,
                 name: "fallback".to_owned(),
                 priority: PRIORITY_LOW,
                 matches: vec![],

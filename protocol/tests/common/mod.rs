@@ -99,6 +99,8 @@ fn listener() -> impl Strategy<Value = ListenerConfig> {
                 access_log,
                 tls,
             )| ListenerConfig {
+                route_scope: None,
+                max_concurrent_streams: 100,
                 name,
                 address,
                 protocol,
@@ -159,6 +161,7 @@ fn route() -> impl Strategy<Value = RouteConfig> {
     )
         .prop_map(
             |(name, priority, matches, action, service_type)| RouteConfig {
+                scope: None,
                 name,
                 priority,
                 matches,

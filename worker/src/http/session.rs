@@ -599,7 +599,7 @@ impl HttpSession {
             return self.respond_local(ctx, 500, bytes, local_close);
         }
         let router = &self.generation.router;
-        let route = router.find(self.lctx.default_route, &req);
+        let route = router.find(self.lctx.route_scope, self.lctx.default_route, &req);
         let action = route.and_then(|r| router.action(r)).cloned();
         let json_errors = route.is_some_and(|r| router.service_type(r).json_errors());
         match action {

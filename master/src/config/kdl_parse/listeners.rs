@@ -11,14 +11,32 @@ const LISTENER_KEYS: &[&str] = &[
     "default-route",
     "upstream",
     "tls",
+    "namespace",
+    "max-concurrent-streams",
+    "keepalive-max-requests",
 ];
 const LISTENER_UNSUPPORTED: &[&str] = &[];
 
 pub(super) fn parse_listener(node: &KdlNode, diags: &mut Diagnostics<'_>) -> ParsedListener {
-    let named = block_name(node, diags);
+    parse_listener_named(node, None, diags)
+}
+
+/// A listener whose name may be left out (`service { listener { ... } }`), then `default`.
+pub(super) fn parse_listener_named(
+    node: &KdlNode,
+    default: Option<&str>,
+    diags: &mut Diagnostics<'_>,
+) -> ParsedListener {
+    let unnamed = node.entries().iter().all(|e| e.name().is_some());
+    let named = match default {
+        Some(default) if unnamed => Some((default.to_owned(), name_at(node))),
+        _ => block_name(node, diags),
+    };
     let mut listener = ParsedListener {
         config: ListenerConfig {
             name: named.as_ref().map(|(n, _)| n.clone()).unwrap_or_default(),
+            route_scope: None,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             address: String::new(),
             protocol: ListenerProtocol::Http,
             backlog: DEFAULT_BACKLOG,
@@ -35,6 +53,7 @@ pub(super) fn parse_listener(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Par
         address: None,
         default_route_at: None,
         upstream_at: None,
+        route_scope_at: None,
     };
     let mut seen = Seen::default();
     let mut address_written = false;
@@ -58,8 +77,20 @@ pub(super) fn parse_listener(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Par
                     listener.config.address = text;
                 }
             }
-            "protocol" => match leaf_string(child, diags) {
+            "protocol" => match leaf_string(child, diags)
+                .map(|(p, at)| (p.to_ascii_lowercase(), at))
+            {
                 Some((p, _)) if p == "http" => listener.config.protocol = ListenerProtocol::Http,
+                // Upstream parses these but binds nothing for them; HTTP/2 comes with ALPN on
+                // `https` listeners later.
+                Some((p, at)) if p == "h2" || p == "h3" => {
+                    protocol_known = false;
+                    diags.error(
+                        at,
+                        "protocol",
+                        format!("protocol {p:?} is not supported yet (use \"http\" or \"https\")"),
+                    );
+                }
                 Some((p, _)) if p == "tcp" => listener.config.protocol = ListenerProtocol::Tcp,
                 // Zentinel's spelling of an http listener with TLS: the `tls` block is required.
                 Some((p, at)) if p == "https" => {
@@ -97,6 +128,29 @@ pub(super) fn parse_listener(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Par
                 if let Some((route, at)) = leaf_string(child, diags) {
                     listener.config.default_route = Some(route);
                     listener.default_route_at = Some(at);
+                }
+            }
+            "namespace" => {
+                // Upstream: the listener serves only that namespace's routes.
+                if let Some((namespace, at)) = leaf_string(child, diags) {
+                    listener.config.route_scope = Some(namespace);
+                    listener.route_scope_at = Some(at);
+                }
+            }
+            "max-concurrent-streams" => {
+                // Stored for HTTP/2; HTTP/1 serves one request at a time per connection.
+                if let Some(v) = leaf_u32(child, 1, u32::MAX, diags) {
+                    listener.config.max_concurrent_streams = v;
+                }
+            }
+            "keepalive-max-requests" => {
+                if leaf_u32(child, 1, u32::MAX, diags).is_some() {
+                    diags.warn(
+                        name_at(child),
+                        "keepalive-max-requests",
+                        "`keepalive-max-requests` is not enforced yet: keep-alive connections \
+                         end on `keepalive-timeout-secs` and on drain",
+                    );
                 }
             }
             "upstream" => {

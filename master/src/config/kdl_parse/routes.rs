@@ -143,6 +143,8 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
             // Only reached through an error already reported, so the config is never used.
             action: action.unwrap_or_else(|| RouteAction::Upstream(String::new())),
             service_type,
+            // Set by `namespace` for routes defined in a namespace or service.
+            scope: None,
         },
         name_at: named.as_ref().map_or(name_at(node), |(_, at)| *at),
         has_name: named.is_some(),
