@@ -31,14 +31,14 @@ use super::{
 
 const TLS_KEYS: &[&str] = &["cert-file", "key-file", "min-version", "max-version", "sni"];
 /// Zentinel's TLS settings this build does not implement yet.
-const TLS_UNSUPPORTED: &[&str] = &[
-    "ca-file",
-    "client-auth",
+const TLS_UNSUPPORTED: &[&str] = &["ca-file", "client-auth", "acme"];
+/// Upstream accepts these without applying them (its TLS layer ignores them); accepted here
+/// with a warning saying what happens instead.
+const TLS_WITHOUT_EFFECT: &[&str] = &[
     "ocsp-stapling",
     "session-resumption",
     "cipher-suite",
     "cipher-suites",
-    "acme",
 ];
 const SNI_KEYS: &[&str] = &["hostnames", "cert-file", "key-file"];
 
@@ -120,6 +120,32 @@ fn resolve(path: &str, config_file: &str) -> String {
         .to_string()
 }
 
+/// `ocsp-stapling`, `session-resumption`, `cipher-suite(s)`: what this build does instead.
+fn without_effect(node: &KdlNode, diags: &mut Diagnostics<'_>) {
+    let n = name(node);
+    let message = match n {
+        "ocsp-stapling" => {
+            "`ocsp-stapling` has no effect: no OCSP response is stapled (upstream does not \
+             staple either)"
+        }
+        "session-resumption" => {
+            if matches!(
+                node.entries().first().map(|e| e.value()),
+                Some(kdl::KdlValue::Bool(true))
+            ) {
+                return; // What happens anyway: rustls resumes sessions (tickets and a cache).
+            }
+            "`session-resumption #false` has no effect: sessions are resumable (upstream \
+             ignores the setting too)"
+        }
+        _ => {
+            "cipher suites are not restricted: the TLS library's default suites (all AEAD, \
+             forward-secret) are offered (upstream does not apply them either)"
+        }
+    };
+    diags.warn(name_at(node), n, message);
+}
+
 fn version(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<TlsVersion> {
     let (text, at) = leaf_string(node, diags)?;
     let t = text.to_ascii_lowercase();
@@ -186,6 +212,7 @@ pub(super) fn parse_tls(
                 Some(s) => sni.push(s),
                 None => ok = false,
             },
+            n if TLS_WITHOUT_EFFECT.contains(&n) => without_effect(child, diags),
             n => {
                 ok = false;
                 let message = if TLS_UNSUPPORTED.contains(&n) {
