@@ -142,6 +142,7 @@ fn frozen_v1_state() -> MasterStateV3 {
                 },
                 health_check: None,
                 passive_health: PassiveHealth::default(),
+                circuit_breaker: None,
             },
             UpstreamConfig {
                 name: "web".to_owned(),
@@ -160,6 +161,7 @@ fn frozen_v1_state() -> MasterStateV3 {
                 },
                 health_check: None,
                 passive_health: PassiveHealth::default(),
+                circuit_breaker: None,
             },
             UpstreamConfig {
                 name: "db".to_owned(),
@@ -178,6 +180,7 @@ fn frozen_v1_state() -> MasterStateV3 {
                 },
                 health_check: None,
                 passive_health: PassiveHealth::default(),
+                circuit_breaker: None,
             },
         ],
         limits: Limits {

@@ -314,6 +314,7 @@ mod tests {
             matches,
             action: RouteAction::Upstream(upstream.into()),
             service_type: ServiceType::Web,
+            retry_policy: None,
         }
     }
 
@@ -385,6 +386,7 @@ mod tests {
             timeouts: UpstreamTimeouts::default(),
             health_check: None,
             passive_health: Default::default(),
+            circuit_breaker: None,
         }
     }
 

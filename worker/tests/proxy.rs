@@ -145,6 +145,7 @@ fn upstream(name: &str, addr: SocketAddr) -> UpstreamConfig {
             max_fails: 0,
             fail_timeout_secs: 10,
         },
+        circuit_breaker: None,
     }
 }
 
@@ -185,6 +186,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 name: "static".into(),
                 priority: PRIORITY_HIGH,
                 service_type: ServiceType::Web,
+                retry_policy: None,
                 matches: vec![RouteMatch::Path(vec!["/static".into()])],
                 action: RouteAction::Static(StaticResponse {
                     status: 200,
@@ -196,6 +198,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 name: "dead".into(),
                 priority: PRIORITY_HIGH,
                 service_type: ServiceType::Web,
+                retry_policy: None,
                 matches: vec![RouteMatch::Host("dead.test".into())],
                 action: RouteAction::Upstream("dead".into()),
             },
@@ -203,6 +206,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 name: "app".into(),
                 priority: PRIORITY_NORMAL,
                 service_type: ServiceType::Web,
+                retry_policy: None,
                 matches: vec![
                     RouteMatch::Host("app.test".into()),
                     RouteMatch::Host("*.app.test".into()),
@@ -921,6 +925,7 @@ fn add_route(cfg: &mut ProxyConfig, host: &str, up: UpstreamConfig) {
         name: format!("to-{}", up.name),
         priority: PRIORITY_HIGH,
         service_type: ServiceType::Web,
+        retry_policy: None,
         matches: vec![RouteMatch::Host(host.into())],
         action: RouteAction::Upstream(up.name.clone()),
     });
@@ -1651,6 +1656,7 @@ fn which_route(body: &str) -> RouteConfig {
         name: "which".into(),
         priority: PRIORITY_CRITICAL,
         service_type: ServiceType::Web,
+        retry_policy: None,
         matches: vec![RouteMatch::Path(vec!["/which".into()])],
         action: RouteAction::Static(StaticResponse {
             status: 200,

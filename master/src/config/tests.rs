@@ -157,6 +157,7 @@ fn full_example_parses_into_the_expected_model() {
                 ],
                 action: RouteAction::Upstream("backend".to_owned()),
                 service_type: ServiceType::Web,
+                retry_policy: None,
             },
             RouteConfig {
                 name: "health".to_owned(),
@@ -168,6 +169,7 @@ fn full_example_parses_into_the_expected_model() {
                     content_type: "text/plain".to_owned(),
                 }),
                 service_type: ServiceType::Web,
+                retry_policy: None,
             },
             RouteConfig {
                 name: "fallback".to_owned(),
@@ -179,6 +181,7 @@ fn full_example_parses_into_the_expected_model() {
                     content_type: "text/plain".to_owned(),
                 }),
                 service_type: ServiceType::Web,
+                retry_policy: None,
             },
         ],
         upstreams: vec![
@@ -212,6 +215,7 @@ fn full_example_parses_into_the_expected_model() {
                 },
                 health_check: None,
                 passive_health: PassiveHealth::default(),
+                circuit_breaker: None,
             },
             UpstreamConfig {
                 name: "db".to_owned(),
@@ -225,6 +229,7 @@ fn full_example_parses_into_the_expected_model() {
                 timeouts: UpstreamTimeouts::default(),
                 health_check: None,
                 passive_health: PassiveHealth::default(),
+                circuit_breaker: None,
             },
         ],
         limits: Limits {

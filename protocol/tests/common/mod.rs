@@ -164,6 +164,7 @@ fn route() -> impl Strategy<Value = RouteConfig> {
                 matches,
                 action,
                 service_type,
+                retry_policy: None,
             },
         )
 }
@@ -224,6 +225,7 @@ fn upstream() -> impl Strategy<Value = UpstreamConfig> {
                         max_fails,
                         fail_timeout_secs,
                     },
+                    circuit_breaker: None,
                 }
             },
         )

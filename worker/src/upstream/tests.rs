@@ -35,6 +35,7 @@ fn pool_config(name: &str, addr: &str, max_idle: u32) -> UpstreamConfig {
         timeouts: UpstreamTimeouts::default(),
         health_check: None,
         passive_health: PassiveHealth::default(),
+        circuit_breaker: None,
     }
 }
 
