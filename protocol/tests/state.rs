@@ -142,7 +142,6 @@ fn frozen_v1_state() -> MasterStateV3 {
                 },
                 health_check: None,
                 passive_health: PassiveHealth::default(),
-                circuit_breaker: None,
             },
             UpstreamConfig {
                 name: "web".to_owned(),
@@ -161,7 +160,6 @@ fn frozen_v1_state() -> MasterStateV3 {
                 },
                 health_check: None,
                 passive_health: PassiveHealth::default(),
-                circuit_breaker: None,
             },
             UpstreamConfig {
                 name: "db".to_owned(),
@@ -180,7 +178,6 @@ fn frozen_v1_state() -> MasterStateV3 {
                 },
                 health_check: None,
                 passive_health: PassiveHealth::default(),
-                circuit_breaker: None,
             },
         ],
         limits: Limits {
