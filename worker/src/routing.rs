@@ -6,7 +6,11 @@
 //! [`RouteMatch`]): `host a, host b, path-prefix /x, method GET HEAD` means
 //! `(host a OR host b) AND path-prefix /x AND (GET OR HEAD)`.
 
+use std::sync::Arc;
+
 use regex::Regex;
+
+use crate::http::RetryRule;
 use zentinel_protocol::config::{
     BuiltinHandler, ProxyConfig, RouteAction, RouteMatch, ServiceType, StaticResponse,
 };
@@ -139,6 +143,8 @@ struct CompiledRoute {
     conditions: Vec<Condition>,
     action: Action,
     service_type: ServiceType,
+    /// Shared with the exchanges of the route (one allocation per route, not per request).
+    retry: Option<Arc<RetryRule>>,
 }
 
 impl CompiledRoute {
@@ -213,6 +219,7 @@ impl Router {
                 conditions: Vec::new(),
                 action,
                 service_type: r.service_type,
+                retry: r.retry_policy.as_ref().map(|p| Arc::new(RetryRule::new(p))),
             };
             for m in &r.matches {
                 let condition = match m {
@@ -282,6 +289,10 @@ impl Router {
 
     pub fn action(&self, idx: usize) -> Option<&Action> {
         self.routes.get(idx).map(|r| &r.action)
+    }
+
+    pub fn retry_rule(&self, idx: usize) -> Option<Arc<RetryRule>> {
+        self.routes.get(idx).and_then(|r| r.retry.clone())
     }
 
     pub fn service_type(&self, idx: usize) -> ServiceType {

@@ -47,7 +47,7 @@ fn pick(u: &mut Upstreams, pool: usize, failed: &[usize], now: Instant) -> Optio
     };
     match u.pick(pool, failed, now, &req) {
         Pick::Target(t) => Some(t),
-        Pick::Wait | Pick::None => None,
+        Pick::Wait | Pick::None | Pick::CircuitOpen => None,
     }
 }
 
