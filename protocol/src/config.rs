@@ -183,6 +183,73 @@ pub struct RouteConfig {
     /// `Some("ns:svc")` in its `service "svc"`. A listener serves only the routes of its own
     /// scope (`ListenerConfig::route_scope`). The route's name is qualified the same way.
     pub scope: Option<String>,
+    /// `retry-policy { ... }`. `None`: an idempotent request whose fresh connection fails
+    /// before any response byte goes once to another target, nothing more.
+    pub retry_policy: Option<RetryPolicy>,
+}
+
+/// How a route's requests are attempted again on another target (see the README, "Retries").
+/// Only idempotent requests whose whole body is still held for replay are retried.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RetryPolicy {
+    /// Attempts in total, the first one included. At least 1.
+    pub max_attempts: u32,
+    /// Each attempt must produce its response head within this time (504 otherwise, which is
+    /// retried while attempts remain). `None`: only the upstream's own timeouts apply.
+    pub timeout_ms: Option<u64>,
+    /// Wait before retry n (n = 0 for the first): `backoff_base_ms * 2^n`, at most
+    /// `backoff_max_ms`. 0: retry at once.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Response statuses that are not passed on while attempts remain: the request goes to
+    /// another target instead. Empty: only connection failures and timeouts are retried.
+    pub retryable_status_codes: Vec<u16>,
+}
+
+/// Upstream Zentinel's `max-attempts` when the block is written without it.
+pub const DEFAULT_RETRY_MAX_ATTEMPTS: u32 = 3;
+/// Upstream Zentinel's fixed backoff base (100 ms, doubled at each attempt).
+pub const DEFAULT_RETRY_BACKOFF_BASE_MS: u64 = 100;
+pub const DEFAULT_RETRY_BACKOFF_MAX_MS: u64 = 10_000;
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: DEFAULT_RETRY_MAX_ATTEMPTS,
+            timeout_ms: None,
+            backoff_base_ms: DEFAULT_RETRY_BACKOFF_BASE_MS,
+            backoff_max_ms: DEFAULT_RETRY_BACKOFF_MAX_MS,
+            retryable_status_codes: Vec::new(),
+        }
+    }
+}
+
+/// `circuit-breaker { ... }`: one breaker per target, per worker (see
+/// docs/design/circuit-breaker.md for the state machine).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct CircuitBreakerConfig {
+    /// Consecutive failures that open a closed breaker. At least 1.
+    pub failure_threshold: u32,
+    /// Consecutive successful trials that close a half-open breaker. At least 1.
+    pub success_threshold: u32,
+    /// How long an open breaker keeps its target out before trial requests. At least 1.
+    pub timeout_seconds: u64,
+    /// Trial requests in flight at once while half-open. At least 1.
+    pub half_open_max_requests: u32,
+}
+
+impl Default for CircuitBreakerConfig {
+    /// Upstream Zentinel's defaults.
+    fn default() -> Self {
+        CircuitBreakerConfig {
+            failure_threshold: 5,
+            success_threshold: 2,
+            timeout_seconds: 30,
+            half_open_max_requests: 1,
+        }
+    }
 }
 
 /// One condition of a route. A `Vec` holds the values written on one node: any of them
@@ -376,6 +443,9 @@ pub struct UpstreamConfig {
     pub health_check: Option<HealthCheck>,
     /// Taking a target out of rotation after failures seen on real traffic.
     pub passive_health: PassiveHealth,
+    /// A breaker per target; `None`: none (unlike upstream Zentinel, where every target has
+    /// one with the defaults).
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
 }
 
 /// Active health checks, run by every worker against every target of the upstream.

@@ -6,7 +6,11 @@
 //! [`RouteMatch`]): `host a, host b, path-prefix /x, method GET HEAD` means
 //! `(host a OR host b) AND path-prefix /x AND (GET OR HEAD)`.
 
+use std::sync::Arc;
+
 use regex::Regex;
+
+use crate::http::RetryRule;
 use zentinel_protocol::config::{
     BuiltinHandler, ProxyConfig, RouteAction, RouteMatch, ServiceType, StaticResponse,
 };
@@ -141,6 +145,8 @@ struct CompiledRoute {
     conditions: Vec<Condition>,
     action: Action,
     service_type: ServiceType,
+    /// Shared with the exchanges of the route (one allocation per route, not per request).
+    retry: Option<Arc<RetryRule>>,
 }
 
 impl CompiledRoute {
@@ -231,6 +237,7 @@ impl Router {
                 conditions: Vec::new(),
                 action,
                 service_type: r.service_type,
+                retry: r.retry_policy.as_ref().map(|p| Arc::new(RetryRule::new(p))),
             };
             for m in &r.matches {
                 let condition = match m {
@@ -316,6 +323,10 @@ impl Router {
         self.routes.get(idx).map(|r| &r.action)
     }
 
+    pub fn retry_rule(&self, idx: usize) -> Option<Arc<RetryRule>> {
+        self.routes.get(idx).and_then(|r| r.retry.clone())
+    }
+
     pub fn service_type(&self, idx: usize) -> ServiceType {
         self.routes
             .get(idx)
@@ -347,6 +358,7 @@ mod tests {
             matches,
             action: RouteAction::Upstream(upstream.into()),
             service_type: ServiceType::Web,
+            retry_policy: None,
         }
     }
 
@@ -418,6 +430,7 @@ mod tests {
             timeouts: UpstreamTimeouts::default(),
             health_check: None,
             passive_health: Default::default(),
+            circuit_breaker: None,
         }
     }
 

@@ -145,6 +145,7 @@ fn upstream(name: &str, addr: SocketAddr) -> UpstreamConfig {
             max_fails: 0,
             fail_timeout_secs: 10,
         },
+        circuit_breaker: None,
     }
 }
 
@@ -190,6 +191,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 name: "static".into(),
                 priority: PRIORITY_HIGH,
                 service_type: ServiceType::Web,
+                retry_policy: None,
                 matches: vec![RouteMatch::Path(vec!["/static".into()])],
                 action: RouteAction::Static(StaticResponse {
                     status: 200,
@@ -202,6 +204,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 name: "dead".into(),
                 priority: PRIORITY_HIGH,
                 service_type: ServiceType::Web,
+                retry_policy: None,
                 matches: vec![RouteMatch::Host("dead.test".into())],
                 action: RouteAction::Upstream("dead".into()),
             },
@@ -210,6 +213,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 name: "app".into(),
                 priority: PRIORITY_NORMAL,
                 service_type: ServiceType::Web,
+                retry_policy: None,
                 matches: vec![
                     RouteMatch::Host("app.test".into()),
                     RouteMatch::Host("*.app.test".into()),
@@ -929,6 +933,7 @@ fn add_route(cfg: &mut ProxyConfig, host: &str, up: UpstreamConfig) {
         name: format!("to-{}", up.name),
         priority: PRIORITY_HIGH,
         service_type: ServiceType::Web,
+        retry_policy: None,
         matches: vec![RouteMatch::Host(host.into())],
         action: RouteAction::Upstream(up.name.clone()),
     });
@@ -1660,6 +1665,7 @@ fn which_route(body: &str) -> RouteConfig {
         name: "which".into(),
         priority: PRIORITY_CRITICAL,
         service_type: ServiceType::Web,
+        retry_policy: None,
         matches: vec![RouteMatch::Path(vec!["/which".into()])],
         action: RouteAction::Static(StaticResponse {
             status: 200,

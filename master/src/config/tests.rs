@@ -162,6 +162,7 @@ fn full_example_parses_into_the_expected_model() {
                 ],
                 action: RouteAction::Upstream("backend".to_owned()),
                 service_type: ServiceType::Web,
+                retry_policy: None,
             },
             RouteConfig {
                 scope: None,
@@ -174,6 +175,7 @@ fn full_example_parses_into_the_expected_model() {
                     content_type: "text/plain".to_owned(),
                 }),
                 service_type: ServiceType::Web,
+                retry_policy: None,
             },
             RouteConfig {
                 scope: None,
@@ -186,6 +188,7 @@ fn full_example_parses_into_the_expected_model() {
                     content_type: "text/plain".to_owned(),
                 }),
                 service_type: ServiceType::Web,
+                retry_policy: None,
             },
         ],
         upstreams: vec![
@@ -219,6 +222,7 @@ fn full_example_parses_into_the_expected_model() {
                 },
                 health_check: None,
                 passive_health: PassiveHealth::default(),
+                circuit_breaker: None,
             },
             UpstreamConfig {
                 name: "db".to_owned(),
@@ -232,6 +236,7 @@ fn full_example_parses_into_the_expected_model() {
                 timeouts: UpstreamTimeouts::default(),
                 health_check: None,
                 passive_health: PassiveHealth::default(),
+                circuit_breaker: None,
             },
         ],
         limits: Limits {

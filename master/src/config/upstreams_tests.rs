@@ -414,11 +414,7 @@ fn timeout_spellings() {
 
 #[test]
 fn upstream_keys_not_implemented_say_so() {
-    for key in [
-        "tls { sni \"x\"; }",
-        "circuit-breaker { failure-threshold 5; }",
-        "http-version { max-version 2; }",
-    ] {
+    for key in ["tls { sni \"x\"; }", "http-version { max-version 2; }"] {
         let e = error(&format!("{T}        {key}"));
         assert!(
             e.starts_with("7:9 ") && e.contains("is not supported yet"),

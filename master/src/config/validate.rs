@@ -11,7 +11,7 @@ use super::kdl_parse::{did_you_mean, Diagnostics, ParsedConfig};
 /// to `diags`; the returned value is only meaningful when no diagnostic was recorded. The
 /// metrics endpoint is returned apart: it is the master's, and never travels to workers.
 pub(super) fn validate(
-    parsed: ParsedConfig,
+    mut parsed: ParsedConfig,
     diags: &mut Diagnostics<'_>,
 ) -> (ProxyConfig, Option<MetricsConfig>, super::LoggingConfig) {
     check_unique_names(
@@ -143,6 +143,8 @@ pub(super) fn validate(
         }
     }
 
+    apply_route_circuit_breakers(&mut parsed, diags);
+
     let mut routes: Vec<_> = parsed.routes.into_iter().map(|r| r.config).collect();
     // Highest first; stable, so equal priorities keep file order.
     routes.sort_by_key(|r| std::cmp::Reverse(r.priority));
@@ -170,6 +172,62 @@ pub(super) fn validate(
         parsed.observability.metrics,
         parsed.observability.logging,
     )
+}
+
+/// Upstream Zentinel ignores a `circuit-breaker` written in a route (with a warning), yet its
+/// examples write it there. Here it becomes the breaker of the route's upstream, unless the
+/// upstream has its own block or another route already gave it one (first one wins, warned).
+fn apply_route_circuit_breakers(parsed: &mut ParsedConfig, diags: &mut Diagnostics<'_>) {
+    // Upstream index -> (route name, offset) whose breaker it took.
+    let mut given: HashMap<usize, (String, usize)> = HashMap::new();
+    for route in &parsed.routes {
+        let Some((cb, at)) = &route.circuit_breaker else {
+            continue;
+        };
+        let RouteAction::Upstream(name) = &route.config.action else {
+            diags.warn(
+                *at,
+                "circuit-breaker",
+                format!(
+                    "route `{}` has no upstream, so its circuit-breaker has nothing to guard                      (ignored)",
+                    route.config.name
+                ),
+            );
+            continue;
+        };
+        // An unknown upstream was reported by `check_upstream_exists`.
+        let Some(idx) = parsed.upstreams.iter().position(|u| &u.config.name == name) else {
+            continue;
+        };
+        let upstream = &mut parsed.upstreams[idx];
+        if upstream.has_circuit_breaker {
+            let line = diags.line_of(upstream.name_at);
+            diags.warn(
+                *at,
+                "circuit-breaker",
+                format!(
+                    "upstream `{name}` (line {line}) has its own circuit-breaker: the one of                      route `{}` is ignored",
+                    route.config.name
+                ),
+            );
+            continue;
+        }
+        if let Some((first, first_at)) = given.get(&idx) {
+            if upstream.config.circuit_breaker != *cb {
+                let line = diags.line_of(*first_at);
+                diags.warn(
+                    *at,
+                    "circuit-breaker",
+                    format!(
+                        "upstream `{name}` already takes the circuit-breaker of route `{first}`                          (line {line}): this different one is ignored (write one                          circuit-breaker in the upstream instead)"
+                    ),
+                );
+            }
+            continue;
+        }
+        upstream.config.circuit_breaker = cb.clone();
+        given.insert(idx, (route.config.name.clone(), *at));
+    }
 }
 
 fn check_unique_names<'n>(

@@ -167,6 +167,7 @@ fn route() -> impl Strategy<Value = RouteConfig> {
                 matches,
                 action,
                 service_type,
+                retry_policy: None,
             },
         )
 }
@@ -227,6 +228,7 @@ fn upstream() -> impl Strategy<Value = UpstreamConfig> {
                         max_fails,
                         fail_timeout_secs,
                     },
+                    circuit_breaker: None,
                 }
             },
         )

@@ -2,7 +2,7 @@
 //!
 //! `zentinel-backend --listen ADDR [--name NAME] [--mode http|tcp-echo]
 //!  [--fault reset|truncate|status500|close-after|corrupt --fault-every K]
-//!  [--health-file PATH]`
+//!  [--health-file PATH] [--fail-status NNN [--fail-file PATH]]`
 //!
 //! Prints `listening on ADDR` (the real bound address, so `--listen 127.0.0.1:0` works) on
 //! stdout once bound. A thread per connection: this is a test fixture, not a server under test.
@@ -20,6 +20,10 @@
 //!   (a health endpoint a test flips without restarting the backend); these requests are not
 //!   counted by `/stats` nor subject to faults.
 //! - anything else: `backend=NAME path=PATH\n`.
+//! - with `--fail-status NNN`: every request counted by `/stats` is answered `NNN` (body
+//!   `backend=NAME failing\n`, keep-alive kept) after its body was read, whatever its path;
+//!   with `--fail-file PATH` as well, only while PATH exists (a test flips a backend between
+//!   failing and healthy without restarting it).
 //!
 //! Fault injection (for the load generator's accounting tests): with `--fault KIND
 //! --fault-every K`, every K-th request counted by `/stats` (over the whole backend, so the
@@ -90,6 +94,8 @@ struct Shared {
     requests: AtomicU64,
     fault: Option<Fault>,
     health_file: Option<std::path::PathBuf>,
+    fail_status: Option<u16>,
+    fail_file: Option<std::path::PathBuf>,
     bodies: Mutex<HashMap<u64, Arc<PatternBody>>>,
 }
 
@@ -125,6 +131,8 @@ fn main() -> ExitCode {
     let mut fault_kind = None;
     let mut fault_every = 1u64;
     let mut health_file = None;
+    let mut fail_status = None;
+    let mut fail_file = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -162,11 +170,25 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             },
+            "--fail-status" => match args.next().and_then(|v| v.parse::<u16>().ok()) {
+                Some(code) if (100..=599).contains(&code) => fail_status = Some(code),
+                _ => {
+                    eprintln!("zentinel-backend: --fail-status needs a status (100-599)");
+                    return ExitCode::from(2);
+                }
+            },
+            "--fail-file" => match args.next() {
+                Some(p) => fail_file = Some(std::path::PathBuf::from(p)),
+                None => {
+                    eprintln!("zentinel-backend: --fail-file needs a path");
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
                 println!(
                     "usage: zentinel-backend --listen ADDR [--name NAME] [--mode http|tcp-echo] \
                      [--fault reset|truncate|status500|close-after|corrupt --fault-every K] \
-                     [--health-file PATH]"
+                     [--health-file PATH] [--fail-status NNN [--fail-file PATH]]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -206,6 +228,8 @@ fn main() -> ExitCode {
             every: fault_every,
         }),
         health_file,
+        fail_status,
+        fail_file,
         bodies: Mutex::new(HashMap::new()),
     });
     for stream in listener.incoming() {
@@ -621,6 +645,13 @@ impl HttpConn {
             self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
         let (body_len, body_hash) = self.read_body(&kind)?;
+        if let Some(code) = self.shared.fail_status.filter(|_| !is_stats) {
+            if self.shared.fail_file.as_ref().is_none_or(|f| f.exists()) {
+                let body = format!("backend={} failing\n", self.shared.name);
+                self.simple(code, "Failing", body.as_bytes(), keep)?;
+                return Ok(keep);
+            }
+        }
 
         match fault {
             Some(FaultKind::Reset) => {

@@ -419,6 +419,11 @@ fn upstreams_body(view: &View<'_>, id: &str) -> Value {
                     "failure_rate": Value::Null,
                     "last_error": Value::Null,
                     "down_reason": down,
+                    // This worker's breaker; null when the upstream has none.
+                    "circuit_breaker": config
+                        .circuit_breaker
+                        .as_ref()
+                        .map(|_| t.breaker().state().name()),
                     "active_connections": t.active,
                 })
             })

@@ -2,7 +2,9 @@
 
 pub(crate) mod builtin;
 pub mod codec;
+mod retry;
 pub(crate) mod session;
+pub use retry::RetryRule;
 mod sticky;
 
 use crate::routing::RouteRequest;

@@ -22,6 +22,7 @@ use crate::http::codec::{
     self, BodyError, BodyFraming, BodyTracker, ForwardContext, HttpVersion, Parsed, RequestHead,
     ResponseHead,
 };
+use crate::http::retry::{self, RetryRule};
 use crate::http::sticky;
 use crate::routing::Action;
 use crate::sock::{Buf, ClientSock, Sock, BUF_CAP};
@@ -31,12 +32,15 @@ use crate::tls::TlsSock;
 use crate::tokens::{self, Side};
 use crate::upstream::{self, NoConn, PickRequest, UpConn};
 
+mod retries;
+
 /// How long a closing connection keeps reading (and discarding) after its write shutdown, so
 /// a request racing with the close gets an EOF rather than an RST.
 pub const LINGER: Duration = Duration::from_secs(1);
 /// Largest upstream response head accepted.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Body bytes kept to replay a request on a fresh connection when a pooled one was dead.
+/// Body bytes kept to replay a request (on a fresh connection when a pooled one was dead, or
+/// on another target: see `retry`). A larger body is not replayed.
 const REPLAY_CAP: usize = 64 * 1024;
 
 enum Phase {
@@ -65,10 +69,22 @@ struct Queued {
     since: Instant,
     /// The route's service type wants the proxy's own errors as JSON.
     json_errors: bool,
+    /// The route's `retry-policy`.
+    retry: Option<Arc<RetryRule>>,
 }
 
 struct Exchange {
     req: RequestHead,
+    /// The pool the request goes to (kept for retries, when no connection is attached).
+    pool: usize,
+    /// The route's `retry-policy`.
+    retry: Option<Arc<RetryRule>>,
+    /// Attempts made so far (the one in flight included).
+    attempts: u32,
+    /// Targets that answered with a retryable status: a retry prefers the others.
+    tried: Vec<usize>,
+    /// Waiting to retry (no connection attached) until then: the backoff.
+    retry_at: Option<Instant>,
     /// The route's service type wants the proxy's own errors as JSON.
     json_errors: bool,
     /// When the exchange started (the request head was routed): the request timeout and the
@@ -91,9 +107,6 @@ struct Exchange {
     req_done: bool,
     replay: Option<Vec<u8>>,
     retried: bool,
-    /// The request was already sent again to another target after a fresh connection failed
-    /// before any response byte (at most once per request).
-    retried_elsewhere: bool,
     /// Targets whose connect failed for this exchange: failover skips them.
     failed: Vec<usize>,
     resp: Option<ResponseHead>,
@@ -128,11 +141,16 @@ enum Fail {
     /// A pooled connection was dead before any response byte: try once more on a new one.
     RetryFresh,
     /// A fresh connection failed before any response byte (reset, closed): the target is to
-    /// blame, and an idempotent request goes once to another target.
+    /// blame, and an idempotent request goes to another target (see `retry`).
     RetryElsewhere(&'static str),
     /// Like `RetryElsewhere`, but the request may not go again (not idempotent, its body no
-    /// longer replayable, or its one retry used up): 502, and the target is blamed.
+    /// longer replayable, or its attempts used up): 502, and the target is blamed.
     NotRetried(&'static str),
+    /// The response head had a status the route's retry policy retries, and the request may
+    /// go again: the response is discarded (see `retry`).
+    RetryStatus(u16),
+    /// The attempt did not produce a response head within the policy's `timeout-ms`.
+    AttemptTimedOut,
     /// The upstream connect failed or timed out; no request byte was sent, so another target
     /// may be tried whatever the method.
     ConnectFailed(std::io::Error),
@@ -165,9 +183,15 @@ impl Exchange {
         self.up = Some((sock, meta));
         self.connecting = (!connected).then_some(now);
         self.uin.clear();
+        self.got_upstream_bytes = false;
         self.last_up_activity = now;
         self.sent_at = now;
         self.uout_stalled_since = None;
+    }
+
+    /// The request may be sent again: idempotent, and its body so far is all held for replay.
+    fn replayable(&self) -> bool {
+        retry::is_idempotent(&self.req.method) && self.replay.is_some()
     }
 }
 
@@ -211,12 +235,6 @@ fn pick_request(peer: SocketAddr, cookie: &Option<String>) -> PickRequest<'_> {
         client_ip: Some(peer.ip()),
         cookie: cookie.as_deref(),
     }
-}
-
-fn is_idempotent(method: &str) -> bool {
-    ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]
-        .iter()
-        .any(|m| m.eq_ignore_ascii_case(method))
 }
 
 impl HttpSession {
@@ -351,6 +369,7 @@ impl HttpSession {
                     self.queue_timed_out(*q, ctx);
                 }
             }
+            Phase::Proxy(ex) if ex.retry_at.is_some() => self.resume_retry(ctx),
             Phase::Proxy(_) => {
                 let fail = match &self.phase {
                     Phase::Proxy(ex) => self
@@ -399,7 +418,19 @@ impl HttpSession {
     /// The deadlines a proxied exchange is under, each with the failure it means, in the order
     /// they are blamed when several have passed. Arming the timer and deciding what fired both
     /// use this, so they cannot disagree.
-    fn exchange_deadlines(&self, ex: &Exchange, ctx: &Ctx<'_>) -> [Option<(Instant, Fail)>; 6] {
+    fn exchange_deadlines(&self, ex: &Exchange, ctx: &Ctx<'_>) -> [Option<(Instant, Fail)>; 7] {
+        if let Some(at) = ex.retry_at {
+            // Backing off: no connection, nothing else runs.
+            return [
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                Some((at, Fail::AttemptTimedOut)),
+            ];
+        }
         let pool = ex.up.as_ref().and_then(|(_, m)| ctx.upstreams.pool(m.pool));
         let (ct, rt) = pool
             .map(|p| (p.connect_timeout(), p.read_timeout()))
@@ -441,7 +472,14 @@ impl HttpSession {
                 Fail::Client(408, "request body not received in time"),
             )
         });
-        [connect, whole, write, read, send, body]
+        // `retry-policy { timeout-ms }`: each attempt, until its response head.
+        let attempt = ex
+            .retry
+            .as_ref()
+            .and_then(|r| r.attempt_timeout)
+            .filter(|_| ex.resp.is_none())
+            .map(|t| (ex.sent_at + t, Fail::AttemptTimedOut));
+        [connect, whole, write, read, send, body, attempt]
     }
 
     /// Deadlines move on nearly every event of a busy connection (activity pushes them
@@ -602,6 +640,7 @@ impl HttpSession {
         let route = router.find(self.lctx.route_scope, self.lctx.default_route, &req);
         let action = route.and_then(|r| router.action(r)).cloned();
         let json_errors = route.is_some_and(|r| router.service_type(r).json_errors());
+        let retry = route.and_then(|r| router.retry_rule(r));
         match action {
             None => {
                 debug!(peer = %self.peer, host = ?req.host, path = req.path(), "no route");
@@ -635,11 +674,18 @@ impl HttpSession {
                     builtin::error_response(501, true, req.is_head(), json_errors, Some(&req));
                 self.respond_local(ctx, 501, bytes, true);
             }
-            Some(Action::Upstream(pool)) => self.start_proxy(req, pool, json_errors, ctx),
+            Some(Action::Upstream(pool)) => self.start_proxy(req, pool, json_errors, retry, ctx),
         }
     }
 
-    fn start_proxy(&mut self, req: RequestHead, pool: usize, json_errors: bool, ctx: &mut Ctx<'_>) {
+    fn start_proxy(
+        &mut self,
+        req: RequestHead,
+        pool: usize,
+        json_errors: bool,
+        retry: Option<Arc<RetryRule>>,
+        ctx: &mut Ctx<'_>,
+    ) {
         let since = ctx.now;
         self.try_proxy(
             Queued {
@@ -647,6 +693,7 @@ impl HttpSession {
                 pool,
                 since,
                 json_errors,
+                retry,
             },
             ctx,
         );
@@ -660,6 +707,7 @@ impl HttpSession {
             pool,
             since,
             json_errors,
+            retry,
         } = q;
         let mut failed = Vec::new();
         let token = tokens::session(self.key, Side::Upstream);
@@ -677,6 +725,7 @@ impl HttpSession {
                     pool,
                     since,
                     json_errors,
+                    retry,
                 };
                 let waited = ctx.now.saturating_duration_since(since);
                 let limit = ctx
@@ -689,6 +738,22 @@ impl HttpSession {
                 ctx.upstreams
                     .wait_for(pool, tokens::session(self.key, Side::Client));
                 self.phase = Phase::Queued(Box::new(q));
+                return;
+            }
+            Err(NoConn::CircuitOpen) => {
+                // Fail fast: the breakers exist so that a failing upstream is not waited on.
+                ctx.counters.c.upstream_errors += 1;
+                let name = ctx
+                    .upstreams
+                    .pool(pool)
+                    .map(|p| p.name.as_str())
+                    .unwrap_or("?");
+                warn!(peer = %self.peer, upstream = name, "every upstream target's circuit breaker is open: 503");
+                let close =
+                    ctx.draining || !req.keep_alive || !matches!(req.framing, BodyFraming::Empty);
+                let bytes =
+                    builtin::error_response(503, close, req.is_head(), json_errors, Some(&req));
+                self.respond_local(ctx, 503, bytes, close);
                 return;
             }
             Err(NoConn::Exhausted) => {
@@ -728,6 +793,11 @@ impl HttpSession {
         let ex = Exchange {
             req_body: BodyTracker::new(req.framing, self.generation.limits.max_body_size_bytes),
             req,
+            pool,
+            retry,
+            attempts: 1,
+            tried: Vec::new(),
+            retry_at: None,
             json_errors,
             started: since,
             sent_at: ctx.now,
@@ -748,7 +818,6 @@ impl HttpSession {
             req_done,
             replay: Some(Vec::new()),
             retried: false,
-            retried_elsewhere: false,
             failed,
             resp: None,
             resp_body: None,
@@ -819,6 +888,10 @@ impl HttpSession {
 
     fn step_proxy(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
         if let Phase::Proxy(ex) = &self.phase {
+            if ex.retry_at.is_some() {
+                // Backing off before a retry: the timer resumes the exchange.
+                return Ok(false);
+            }
             if ex.up.is_none() {
                 // The exchange was aborted (already counted and logged).
                 return Err(Outcome::Done);
@@ -841,6 +914,10 @@ impl HttpSession {
                 self.retry_elsewhere(reason, ctx);
                 Ok(true)
             }
+            Err(Fail::RetryStatus(status)) => {
+                self.retry_status(status, ctx);
+                Ok(true)
+            }
             Err(f) => {
                 self.handle_fail(f, ctx);
                 // A failover attached a new connection (the next round drives it), or the
@@ -856,6 +933,7 @@ impl HttpSession {
         let f = match f {
             Fail::ConnectFailed(e) => self.failover(&e, ctx),
             Fail::ConnectTimedOut => self.failover(&"connect timed out", ctx),
+            Fail::AttemptTimedOut => self.attempt_timed_out(ctx),
             other => Some(other),
         };
         if let Some(f) = f {
@@ -922,6 +1000,15 @@ impl HttpSession {
                 ctx.counters.c.upstream_errors += 1;
                 (502, "upstream connect failed")
             }
+            // Only reached if not retried: the status went to the client instead.
+            Fail::RetryStatus(s) => {
+                ctx.counters.c.upstream_errors += 1;
+                (s, "retryable status")
+            }
+            Fail::AttemptTimedOut => {
+                ctx.counters.c.upstream_errors += 1;
+                (504, "upstream attempt timed out")
+            }
             Fail::ClientGone | Fail::RetryFresh => {
                 ctx.counters.c.client_errors += 1;
                 (0, "client connection lost")
@@ -979,40 +1066,6 @@ impl HttpSession {
         match conn {
             Some(c) => ex.attach(c, ctx.now),
             None => self.fail(Fail::Exhausted, ctx),
-        }
-    }
-
-    /// A fresh connection failed before any response byte: count it against its target and
-    /// send the (idempotent, fully replayable) request once to another target.
-    fn retry_elsewhere(&mut self, reason: &'static str, ctx: &mut Ctx<'_>) {
-        let peer = self.peer;
-        let token = tokens::session(self.key, Side::Upstream);
-        let Phase::Proxy(ex) = &mut self.phase else {
-            return;
-        };
-        let Some((up, meta)) = ex.up.take() else {
-            return;
-        };
-        let (pool, target) = (meta.pool, meta.target);
-        ctx.discard_upstream(meta.join(up.stream));
-        upstream::note_target_failure(
-            ctx,
-            pool,
-            target,
-            &mut ex.failed,
-            peer,
-            &reason,
-            "upstream failed before responding; retrying on another target",
-        );
-        ex.retried_elsewhere = true;
-        ex.rewind_request();
-        let pick = pick_request(peer, &ex.cookie);
-        match upstream::connect_next(ctx, pool, &mut ex.failed, token, peer, &pick) {
-            Ok(c) => {
-                debug!(peer = %peer, upstream = %c.addr, reason, "request sent again to another target");
-                ex.attach(c, ctx.now);
-            }
-            Err(_) => self.fail(Fail::Exhausted, ctx),
         }
     }
 
@@ -1080,7 +1133,7 @@ impl HttpSession {
         // Idempotent requests only (RFC 9112 9.3.1.1: a proxy must not retry others): the
         // upstream may have acted on a request it never answered.
         let reused = ex.up.as_ref().is_some_and(|(_, m)| m.reused);
-        let replayable = is_idempotent(&ex.req.method) && ex.replay.is_some();
+        let replayable = ex.replayable();
         let retry_ok = reused && !ex.retried && replayable;
         // A fresh connection failing before any response byte: the target is to blame. RFC
         // 9110 9.2.2 lets an idempotent request go again; others get a 502.
@@ -1091,7 +1144,8 @@ impl HttpSession {
                 Fail::Upstream(502, reason)
             }
         };
-        let elsewhere_ok = !reused && !ex.retried_elsewhere && replayable;
+        let elsewhere_ok =
+            !reused && replayable && retry::attempts_left(ex.retry.as_deref(), ex.attempts);
         let up_ids = ex.up.as_ref().map(|(_, m)| (m.pool, m.target));
         let up_addr = ex.up.as_ref().map(|(_, m)| m.addr);
         let Some((up, _)) = ex.up.as_mut() else {
@@ -1215,6 +1269,20 @@ impl HttpSession {
                         self.cout.extend(&head_out);
                         return Ok(true);
                     }
+                    if let Some((pool, target)) = up_ids {
+                        let rtt = now.saturating_duration_since(ex.sent_at);
+                        ctx.upstreams
+                            .report_response(pool, target, h.status, rtt, now);
+                    }
+                    if retry::retry_on_status(
+                        ex.retry.as_deref(),
+                        h.status,
+                        ex.attempts,
+                        replayable,
+                        ex.resp_started,
+                    ) {
+                        return Err(Fail::RetryStatus(h.status));
+                    }
                     let framing = h.framing;
                     ex.dechunk = h.dechunks_for(ex.req.version);
                     // Without its chunked framing the body's end is the connection close.
@@ -1243,10 +1311,6 @@ impl HttpSession {
                     if let Some(a) = self.access.as_mut() {
                         a.status = h.status;
                         a.upstream = up_addr;
-                    }
-                    if let Some((pool, target)) = up_ids {
-                        let rtt = now.saturating_duration_since(ex.sent_at);
-                        ctx.upstreams.report_success(pool, target, rtt, now);
                     }
                     ex.resp_started = true;
                     ex.resp_done = framing == BodyFraming::Empty;

@@ -10,6 +10,8 @@ pub enum NoConn {
     /// Every target left is at its connection cap or still being resolved: one may free up
     /// (see [`Upstreams::wait_for`]).
     Wait,
+    /// Every target left has an open circuit breaker.
+    CircuitOpen,
 }
 
 /// Connect to a target of `pool` for one exchange, failing over: targets in `failed` are
@@ -34,6 +36,7 @@ pub fn connect_next(
                 }
             }
             Pick::Wait => return Err(NoConn::Wait),
+            Pick::CircuitOpen => return Err(NoConn::CircuitOpen),
             Pick::None => return Err(NoConn::Exhausted),
         }
     }

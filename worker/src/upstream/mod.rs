@@ -3,6 +3,7 @@
 //! active probes, see [`health`]): targets out of rotation are skipped while any other is up.
 
 mod balancer;
+mod circuit_breaker;
 mod connections;
 mod failover;
 mod health;
@@ -23,7 +24,8 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 use tracing::{debug, info, warn};
 use zentinel_protocol::config::{
-    ConnectionPool, HealthCheck, PassiveHealth, UpstreamConfig, UpstreamTimeouts,
+    CircuitBreakerConfig, ConnectionPool, HealthCheck, PassiveHealth, UpstreamConfig,
+    UpstreamTimeouts,
 };
 
 use self::health::{Probe, ProbeStatus, TargetHealth, Transition};
@@ -33,6 +35,7 @@ use crate::timers::{TimerId, TimerKey, Timers};
 use crate::tokens;
 
 pub use self::balancer::Balancer;
+pub use self::circuit_breaker::CircuitBreaker;
 pub use self::failover::{
     blames_target, connect_failed, connect_next, note_failure, note_target_failure, NoConn,
 };

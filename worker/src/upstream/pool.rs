@@ -29,6 +29,8 @@ pub struct Target {
     /// Idle connection keys (into `Upstreams::idle`), oldest first.
     pub(super) idle: VecDeque<usize>,
     pub(super) health: TargetHealth,
+    /// Used only when the pool has a `circuit-breaker`.
+    pub(super) breaker: CircuitBreaker,
     /// The sticky cookie value naming this target (see [`cookie_id`]).
     cookie: String,
 }
@@ -37,6 +39,11 @@ impl Target {
     /// This worker's health marks for the target (read-only: for status endpoints).
     pub fn health(&self) -> &TargetHealth {
         &self.health
+    }
+
+    /// The target's circuit breaker (meaningful when the pool has one).
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
     }
 }
 
@@ -49,6 +56,8 @@ pub struct Pool {
     pub timeouts: UpstreamTimeouts,
     pub(super) health_check: Option<HealthCheck>,
     pub(super) passive: PassiveHealth,
+    /// One breaker per target (in `Target::breaker`) when set.
+    pub(super) breaker: Option<CircuitBreakerConfig>,
     pub sticky: Option<StickySession>,
     /// Sessions waiting for a connection (every eligible target at its cap or still being
     /// resolved): woken when one is released or a name resolves.
@@ -66,6 +75,8 @@ pub enum Pick {
     Wait,
     /// Every target failed for this exchange, or cannot be connected (unresolvable).
     None,
+    /// Every target not excluded otherwise has an open circuit breaker.
+    CircuitOpen,
 }
 
 /// What a request offers for choosing a target.
@@ -123,6 +134,7 @@ impl Pool {
                 active: 0,
                 idle: VecDeque::new(),
                 health: TargetHealth::default(),
+                breaker: CircuitBreaker::default(),
                 cookie: cookie_id(&c.name, &t.address),
             });
         }
@@ -143,6 +155,7 @@ impl Pool {
             timeouts: c.timeouts.clone(),
             health_check: c.health_check.clone(),
             passive: c.passive_health.clone(),
+            breaker: c.circuit_breaker.clone(),
             sticky: (c.load_balancing == LoadBalancing::Sticky)
                 .then(|| c.sticky.clone().unwrap_or_default()),
             waiters: Vec::new(),
@@ -213,6 +226,7 @@ impl Pool {
         // Never usable for this exchange: failed already, no address, at the cap.
         let mut hard: Vec<usize> = failed.to_vec();
         let mut waitable = false;
+        let mut open = false;
         for i in 0..n {
             if hard.contains(&i) {
                 continue;
@@ -220,6 +234,15 @@ impl Pool {
             let t = &self.targets[i];
             if t.addr.is_none() || self.at_cap(i) {
                 waitable |= t.resolving || t.addr.is_some();
+                hard.push(i);
+            } else if self
+                .breaker
+                .as_ref()
+                .is_some_and(|c| !t.breaker.allows(c, now))
+            {
+                // Unlike a target out of rotation, an open breaker is never tried as a last
+                // resort: refusing fast is its whole point.
+                open = true;
                 hard.push(i);
             }
         }
@@ -229,6 +252,7 @@ impl Pool {
         if let (true, Some(cookie)) = (self.sticky.is_some(), req.cookie) {
             if let Some(i) = self.targets.iter().position(|t| t.cookie == cookie) {
                 if !hard.contains(&i) && !down.contains(&i) {
+                    self.admit(i, now);
                     return Pick::Target(i);
                 }
             }
@@ -249,9 +273,45 @@ impl Pool {
                 .or_else(|| self.balancer.pick(&active, &hard, &key))
         };
         match picked {
-            Some(i) => Pick::Target(i),
+            Some(i) => {
+                self.admit(i, now);
+                Pick::Target(i)
+            }
             None if waitable => Pick::Wait,
+            None if open => Pick::CircuitOpen,
             None => Pick::None,
+        }
+    }
+
+    /// Target `i` was chosen: its breaker (if any) counts the attempt.
+    fn admit(&mut self, i: usize, now: Instant) {
+        let (Some(cfg), Some(t)) = (self.breaker.as_ref(), self.targets.get_mut(i)) else {
+            return;
+        };
+        if let Some(change) = t.breaker.admit(cfg, now) {
+            info!(upstream = self.name, target = %t.label, from = change.from, to = change.to, "circuit breaker: trial request");
+        }
+    }
+
+    /// Feed an attempt's outcome to target `i`'s breaker (if the pool has breakers).
+    fn breaker_outcome(&mut self, i: usize, success: bool, why: &dyn fmt::Display, now: Instant) {
+        let (Some(cfg), Some(t)) = (self.breaker.as_ref(), self.targets.get_mut(i)) else {
+            return;
+        };
+        let change = if success {
+            t.breaker.on_success(cfg)
+        } else {
+            t.breaker.on_failure(cfg, now)
+        };
+        if let Some(change) = change {
+            match change.to {
+                "open" => {
+                    warn!(upstream = self.name, target = %t.label, from = change.from, to = change.to, reason = %why, timeout_secs = cfg.timeout_seconds, "circuit breaker opened: target skipped")
+                }
+                _ => {
+                    info!(upstream = self.name, target = %t.label, from = change.from, to = change.to, "circuit breaker state changed")
+                }
+            }
         }
     }
 }
@@ -307,6 +367,7 @@ impl Upstreams {
         let Some(p) = self.pools.get_mut(pool) else {
             return;
         };
+        p.breaker_outcome(target, false, reason, now);
         let checked = p.health_check.is_some();
         let Some(t) = p.targets.get_mut(target) else {
             return;
@@ -323,11 +384,22 @@ impl Upstreams {
         }
     }
 
-    /// `target` answered a request: its response head came `rtt` after the exchange started.
-    pub fn report_success(&mut self, pool: usize, target: usize, rtt: Duration, now: Instant) {
+    /// `target` answered a request with `status`: its response head came `rtt` after the
+    /// attempt started. Any answer clears passive-health failures (a 5xx is the application's
+    /// word, not a dead target); for the circuit breaker, as upstream Zentinel, 500 and above
+    /// is a failure.
+    pub fn report_response(
+        &mut self,
+        pool: usize,
+        target: usize,
+        status: u16,
+        rtt: Duration,
+        now: Instant,
+    ) {
         let Some(p) = self.pools.get_mut(pool) else {
             return;
         };
+        p.breaker_outcome(target, status < 500, &format_args!("status {status}"), now);
         if let Some(t) = p.targets.get_mut(target) {
             t.health.traffic_success();
             p.balancer.observe_latency(target, rtt, now);

@@ -35,6 +35,7 @@ fn pool_config(name: &str, addr: &str, max_idle: u32) -> UpstreamConfig {
         timeouts: UpstreamTimeouts::default(),
         health_check: None,
         passive_health: PassiveHealth::default(),
+        circuit_breaker: None,
     }
 }
 
@@ -46,7 +47,7 @@ fn pick(u: &mut Upstreams, pool: usize, failed: &[usize], now: Instant) -> Optio
     };
     match u.pick(pool, failed, now, &req) {
         Pick::Target(t) => Some(t),
-        Pick::Wait | Pick::None => None,
+        Pick::Wait | Pick::None | Pick::CircuitOpen => None,
     }
 }
 

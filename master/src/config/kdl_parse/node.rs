@@ -398,3 +398,27 @@ pub(in crate::config) fn block_name(
     }
     Some((text, first.span().offset()))
 }
+
+/// Reports a node unknown in a strict block (`retry-policy`, `circuit-breaker`), listing every
+/// key the block accepts: those blocks are short, so the whole list is the best hint.
+pub(in crate::config) fn unknown_listing(
+    node: &KdlNode,
+    parent: &str,
+    known: &[&str],
+    diags: &mut Diagnostics<'_>,
+) {
+    let n = name(node);
+    let list = known
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    diags.error(
+        name_at(node),
+        n,
+        format!(
+            "unknown node `{n}` in `{parent}`{}: accepted keys are {list}",
+            did_you_mean(n, known.iter().copied())
+        ),
+    );
+}

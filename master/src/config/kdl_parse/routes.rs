@@ -5,6 +5,8 @@ use zentinel_protocol::config::{
     BuiltinHandler, ServiceType, PRIORITY_CRITICAL, PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_NORMAL,
 };
 
+use super::circuit_breaker::parse_circuit_breaker;
+use super::retry_policy::parse_retry_policy;
 use super::route_matches::parse_matches;
 use super::*;
 
@@ -15,6 +17,8 @@ const ROUTE_KEYS: &[&str] = &[
     "static-response",
     "builtin-handler",
     "service-type",
+    "retry-policy",
+    "circuit-breaker",
 ];
 const ROUTE_UNSUPPORTED: &[&str] = &[
     "policies",
@@ -28,8 +32,6 @@ const ROUTE_UNSUPPORTED: &[&str] = &[
     "inference",
     "shadow",
     "fallback",
-    "retry-policy",
-    "circuit-breaker",
     "websocket",
     "websocket-inspection",
     "waf-enabled",
@@ -79,11 +81,17 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
     let mut action_node: Option<&KdlNode> = None;
     let mut action_missing_value = false;
     let mut upstream_at = None;
+    let mut retry_policy = None;
+    let mut circuit_breaker = None;
     let mut seen = Seen::default();
     let children = node.children().map_or(&[][..], |c| c.nodes());
     for child in children {
         let kind = name(child);
-        if matches!(kind, "priority" | "matches" | "service-type") && !seen.check(child, diags) {
+        if matches!(
+            kind,
+            "priority" | "matches" | "service-type" | "retry-policy" | "circuit-breaker"
+        ) && !seen.check(child, diags)
+        {
             continue;
         }
         match kind {
@@ -94,6 +102,10 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
             }
             "matches" => parse_matches(child, &mut matches, diags),
             "service-type" => service_type = parse_service_type(child, diags),
+            "retry-policy" => retry_policy = parse_retry_policy(child, diags),
+            "circuit-breaker" => {
+                circuit_breaker = parse_circuit_breaker(child, diags).map(|cb| (cb, name_at(child)))
+            }
             "upstream" | "static-response" | "builtin-handler" => {
                 if let Some(first) = action_node {
                     let line = diags.line_of(name_at(first));
@@ -145,10 +157,12 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
             service_type,
             // Set by `namespace` for routes defined in a namespace or service.
             scope: None,
+            retry_policy,
         },
         name_at: named.as_ref().map_or(name_at(node), |(_, at)| *at),
         has_name: named.is_some(),
         upstream_at,
+        circuit_breaker,
     }
 }
 

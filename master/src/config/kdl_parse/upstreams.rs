@@ -6,6 +6,7 @@
 //! ignores a key or a value of the wrong type, this parser reports it with its position.
 
 use super::balancing::parse_load_balancing;
+use super::circuit_breaker::parse_circuit_breaker;
 use super::health_check::parse_health_check;
 use super::*;
 use zentinel_protocol::config::{parse_target_address, TargetAddress};
@@ -19,9 +20,10 @@ const UPSTREAM_KEYS: &[&str] = &[
     "timeouts",
     "health-check",
     "passive-health",
+    "circuit-breaker",
 ];
 /// Upstream Zentinel keys not implemented here.
-const UPSTREAM_UNSUPPORTED: &[&str] = &["tls", "circuit-breaker", "http-version"];
+const UPSTREAM_UNSUPPORTED: &[&str] = &["tls", "http-version"];
 const PASSIVE_HEALTH_KEYS: &[&str] = &["max-fails", "fail-timeout-secs"];
 /// (spelling, the setting it sets): upstream's names and ours are one setting each.
 const POOL_KEYS: &[(&str, &str)] = &[
@@ -56,7 +58,9 @@ pub(super) fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Par
         timeouts: UpstreamTimeouts::default(),
         health_check: None,
         passive_health: PassiveHealth::default(),
+        circuit_breaker: None,
     };
+    let mut has_circuit_breaker = false;
     let mut seen = Seen::default();
     let mut targets = Targets::default();
     let mut shorthand: Option<&KdlNode> = None;
@@ -69,6 +73,7 @@ pub(super) fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Par
                 | "timeouts"
                 | "health-check"
                 | "passive-health"
+                | "circuit-breaker"
                 | "address"
         ) {
             seen.check(child, diags);
@@ -103,6 +108,10 @@ pub(super) fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Par
             "connection-pool" => parse_pool(child, &mut config.pool, diags),
             "timeouts" => parse_timeouts(child, &mut config.timeouts, diags),
             "health-check" => config.health_check = parse_health_check(child, diags),
+            "circuit-breaker" => {
+                has_circuit_breaker = true;
+                config.circuit_breaker = parse_circuit_breaker(child, diags).flatten();
+            }
             "passive-health" => {
                 for c in keyed_block(child, PASSIVE_HEALTH_KEYS, diags) {
                     match name(c) {
@@ -161,6 +170,7 @@ pub(super) fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Par
         config,
         name_at: named.as_ref().map_or(name_at(node), |(_, at)| *at),
         has_name: named.is_some(),
+        has_circuit_breaker,
     }
 }
 
