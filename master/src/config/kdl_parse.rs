@@ -25,6 +25,7 @@ mod health_check;
 mod limits;
 mod listeners;
 mod node;
+mod policies;
 mod route_matches;
 mod routes;
 mod syntax;

@@ -14,6 +14,8 @@ mod include_tests;
 #[cfg(test)]
 mod legacy_state_tests;
 #[cfg(test)]
+mod policies_tests;
+#[cfg(test)]
 mod routes_tests;
 #[cfg(test)]
 mod system_tests;

@@ -157,6 +157,7 @@ fn full_example_parses_into_the_expected_model() {
                 ],
                 action: RouteAction::Upstream("backend".to_owned()),
                 service_type: ServiceType::Web,
+                policies: Default::default(),
             },
             RouteConfig {
                 name: "health".to_owned(),
@@ -168,6 +169,7 @@ fn full_example_parses_into_the_expected_model() {
                     content_type: "text/plain".to_owned(),
                 }),
                 service_type: ServiceType::Web,
+                policies: Default::default(),
             },
             RouteConfig {
                 name: "fallback".to_owned(),
@@ -179,6 +181,7 @@ fn full_example_parses_into_the_expected_model() {
                     content_type: "text/plain".to_owned(),
                 }),
                 service_type: ServiceType::Web,
+                policies: Default::default(),
             },
         ],
         upstreams: vec![

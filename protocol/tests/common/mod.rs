@@ -164,6 +164,7 @@ fn route() -> impl Strategy<Value = RouteConfig> {
                 matches,
                 action,
                 service_type,
+                policies: Default::default(),
             },
         )
 }

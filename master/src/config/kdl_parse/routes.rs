@@ -5,6 +5,7 @@ use zentinel_protocol::config::{
     BuiltinHandler, ServiceType, PRIORITY_CRITICAL, PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_NORMAL,
 };
 
+use super::policies::parse_policies;
 use super::route_matches::parse_matches;
 use super::*;
 
@@ -15,9 +16,9 @@ const ROUTE_KEYS: &[&str] = &[
     "static-response",
     "builtin-handler",
     "service-type",
+    "policies",
 ];
 const ROUTE_UNSUPPORTED: &[&str] = &[
-    "policies",
     "filters",
     "agents",
     "waf",
@@ -79,11 +80,14 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
     let mut action_node: Option<&KdlNode> = None;
     let mut action_missing_value = false;
     let mut upstream_at = None;
+    let mut policies = Default::default();
     let mut seen = Seen::default();
     let children = node.children().map_or(&[][..], |c| c.nodes());
     for child in children {
         let kind = name(child);
-        if matches!(kind, "priority" | "matches" | "service-type") && !seen.check(child, diags) {
+        if matches!(kind, "priority" | "matches" | "service-type" | "policies")
+            && !seen.check(child, diags)
+        {
             continue;
         }
         match kind {
@@ -94,6 +98,7 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
             }
             "matches" => parse_matches(child, &mut matches, diags),
             "service-type" => service_type = parse_service_type(child, diags),
+            "policies" => policies = parse_policies(child, diags),
             "upstream" | "static-response" | "builtin-handler" => {
                 if let Some(first) = action_node {
                     let line = diags.line_of(name_at(first));
@@ -143,6 +148,7 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
             // Only reached through an error already reported, so the config is never used.
             action: action.unwrap_or_else(|| RouteAction::Upstream(String::new())),
             service_type,
+            policies,
         },
         name_at: named.as_ref().map_or(name_at(node), |(_, at)| *at),
         has_name: named.is_some(),
