@@ -6,10 +6,15 @@
 //! [`RouteMatch`]): `host a, host b, path-prefix /x, method GET HEAD` means
 //! `(host a OR host b) AND path-prefix /x AND (GET OR HEAD)`.
 
+use std::cell::RefCell;
+
 use regex::Regex;
 use zentinel_protocol::config::{
-    BuiltinHandler, ProxyConfig, RouteAction, RouteMatch, ServiceType, StaticResponse,
+    BuiltinHandler, ProxyConfig, RouteAction, RouteMatch, RoutePolicies, ServiceType,
+    StaticResponse,
 };
+
+use crate::rate_limit::Limiter;
 
 /// Same bound as the master applies when it checks the patterns.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -139,6 +144,10 @@ struct CompiledRoute {
     conditions: Vec<Condition>,
     action: Action,
     service_type: ServiceType,
+    policies: RoutePolicies,
+    /// The route's buckets. A generation is immutable except for these: the worker is single
+    /// threaded and sessions only borrow them for one check. A reload starts with new buckets.
+    limiter: Option<RefCell<Limiter>>,
 }
 
 impl CompiledRoute {
@@ -213,6 +222,12 @@ impl Router {
                 conditions: Vec::new(),
                 action,
                 service_type: r.service_type,
+                policies: r.policies.clone(),
+                limiter: r
+                    .policies
+                    .rate_limit
+                    .as_ref()
+                    .map(|l| RefCell::new(Limiter::new(l))),
             };
             for m in &r.matches {
                 let condition = match m {
@@ -284,6 +299,25 @@ impl Router {
         self.routes.get(idx).map(|r| &r.action)
     }
 
+    /// The route's `policies` (defaults for an unknown index).
+    pub fn policies(&self, idx: usize) -> Option<&RoutePolicies> {
+        self.routes.get(idx).map(|r| &r.policies)
+    }
+
+    /// The route's rate limiter, if it has one.
+    pub fn limiter(&self, idx: usize) -> Option<&RefCell<Limiter>> {
+        self.routes.get(idx).and_then(|r| r.limiter.as_ref())
+    }
+
+    /// The largest request body any route admits: request heads are parsed against it, and
+    /// each route's own limit is applied once the request is routed.
+    pub fn max_body_override(&self) -> Option<u64> {
+        self.routes
+            .iter()
+            .filter_map(|r| r.policies.max_body_size_bytes)
+            .max()
+    }
+
     pub fn service_type(&self, idx: usize) -> ServiceType {
         self.routes
             .get(idx)
@@ -314,6 +348,7 @@ mod tests {
             matches,
             action: RouteAction::Upstream(upstream.into()),
             service_type: ServiceType::Web,
+            policies: Default::default(),
         }
     }
 

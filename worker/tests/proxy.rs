@@ -185,6 +185,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 name: "static".into(),
                 priority: PRIORITY_HIGH,
                 service_type: ServiceType::Web,
+                policies: Default::default(),
                 matches: vec![RouteMatch::Path(vec!["/static".into()])],
                 action: RouteAction::Static(StaticResponse {
                     status: 200,
@@ -196,6 +197,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 name: "dead".into(),
                 priority: PRIORITY_HIGH,
                 service_type: ServiceType::Web,
+                policies: Default::default(),
                 matches: vec![RouteMatch::Host("dead.test".into())],
                 action: RouteAction::Upstream("dead".into()),
             },
@@ -203,6 +205,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 name: "app".into(),
                 priority: PRIORITY_NORMAL,
                 service_type: ServiceType::Web,
+                policies: Default::default(),
                 matches: vec![
                     RouteMatch::Host("app.test".into()),
                     RouteMatch::Host("*.app.test".into()),
@@ -921,6 +924,7 @@ fn add_route(cfg: &mut ProxyConfig, host: &str, up: UpstreamConfig) {
         name: format!("to-{}", up.name),
         priority: PRIORITY_HIGH,
         service_type: ServiceType::Web,
+        policies: Default::default(),
         matches: vec![RouteMatch::Host(host.into())],
         action: RouteAction::Upstream(up.name.clone()),
     });
@@ -1651,6 +1655,7 @@ fn which_route(body: &str) -> RouteConfig {
         name: "which".into(),
         priority: PRIORITY_CRITICAL,
         service_type: ServiceType::Web,
+        policies: Default::default(),
         matches: vec![RouteMatch::Path(vec!["/which".into()])],
         action: RouteAction::Static(StaticResponse {
             status: 200,

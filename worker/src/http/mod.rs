@@ -2,6 +2,7 @@
 
 pub(crate) mod builtin;
 pub mod codec;
+mod header_policy;
 pub(crate) mod session;
 mod sticky;
 
