@@ -186,6 +186,8 @@ pub struct RouteConfig {
     /// `retry-policy { ... }`. `None`: an idempotent request whose fresh connection fails
     /// before any response byte goes once to another target, nothing more.
     pub retry_policy: Option<RetryPolicy>,
+    /// `policies { ... }`: header changes, per-route timeout and body limit, rate limit.
+    pub policies: RoutePolicies,
 }
 
 /// How a route's requests are attempted again on another target (see the README, "Retries").
@@ -250,6 +252,71 @@ impl Default for CircuitBreakerConfig {
             half_open_max_requests: 1,
         }
     }
+}
+
+/// Upstream Zentinel's per-route `policies` block, as far as this build acts on it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct RoutePolicies {
+    /// Applied to the request head sent upstream.
+    pub request_headers: HeaderModifications,
+    /// Applied to the head of responses that come from the upstream (not to the proxy's own
+    /// error, static or builtin responses, as upstream).
+    pub response_headers: HeaderModifications,
+    /// Overrides the upstream's read timeout (`UpstreamTimeouts::read_secs`) on this route.
+    pub timeout_secs: Option<u64>,
+    /// Overrides `Limits::max_body_size_bytes` on this route (413 beyond it).
+    pub max_body_size_bytes: Option<u64>,
+    /// Token bucket per key, per worker process.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Header changes, applied in upstream's order: every rename, then every set, every add,
+/// every remove (each list in file order). Names are matched case-insensitively. The master
+/// refuses names that would change a message's framing or connection handling.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct HeaderModifications {
+    /// (old name, new name): every field named `old` is renamed, its value kept.
+    pub rename: Vec<(String, String)>,
+    /// (name, value): replaces every field of that name by one, or appends it.
+    pub set: Vec<(String, String)>,
+    /// (name, value): appends one more field.
+    pub add: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+impl HeaderModifications {
+    pub fn is_empty(&self) -> bool {
+        self.rename.is_empty()
+            && self.set.is_empty()
+            && self.add.is_empty()
+            && self.remove.is_empty()
+    }
+}
+
+/// `rate-limit { requests-per-second N; burst N; key "..." }`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RateLimit {
+    /// Tokens added per second. At least 1.
+    pub requests_per_second: u32,
+    /// Bucket capacity (requests admitted at once after a quiet period). At least 1.
+    pub burst: u32,
+    pub key: RateLimitKey,
+}
+
+/// What one bucket counts.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum RateLimitKey {
+    ClientIp,
+    Path,
+    /// One bucket for the whole route.
+    Route,
+    ClientIpAndPath,
+    /// The value of this request header (lowercase name); requests without it share a bucket.
+    Header(String),
 }
 
 /// One condition of a route. A `Vec` holds the values written on one node: any of them

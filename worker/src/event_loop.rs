@@ -990,8 +990,13 @@ fn build_generation(
     for l in &mut listeners {
         l.ctx.upstream = l.ctx.upstream.and_then(|i| keys.get(i).copied());
     }
+    let mut head_limits = c.limits.clone();
+    if let Some(max) = router.max_body_override() {
+        head_limits.max_body_size_bytes = head_limits.max_body_size_bytes.max(max);
+    }
     let generation = Generation {
         router,
+        head_limits,
         limits: c.limits,
         listeners,
         pools: keys,

@@ -40,6 +40,9 @@ pub struct Generation {
     /// Routes whose upstream actions hold pool keys.
     pub router: Router,
     pub limits: Limits,
+    /// `limits` with the body limit raised to the largest any route's `policies` allows:
+    /// request heads are parsed against it before the route (and its own limit) is known.
+    pub head_limits: Limits,
     /// Same order as the listener set; `ctx.upstream` holds a pool key.
     pub listeners: Vec<ListenerEntry>,
     /// Pool keys, in the configuration's upstream order.

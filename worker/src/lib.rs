@@ -24,6 +24,7 @@ mod ctx;
 mod event_loop;
 mod fd_budget;
 mod generation;
+mod rate_limit;
 mod routing;
 mod sock;
 mod tcp;

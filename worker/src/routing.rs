@@ -6,14 +6,18 @@
 //! [`RouteMatch`]): `host a, host b, path-prefix /x, method GET HEAD` means
 //! `(host a OR host b) AND path-prefix /x AND (GET OR HEAD)`.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use regex::Regex;
 
 use crate::http::RetryRule;
 use zentinel_protocol::config::{
-    BuiltinHandler, ProxyConfig, RouteAction, RouteMatch, ServiceType, StaticResponse,
+    BuiltinHandler, ProxyConfig, RouteAction, RouteMatch, RoutePolicies, ServiceType,
+    StaticResponse,
 };
+
+use crate::rate_limit::Limiter;
 
 /// Same bound as the master applies when it checks the patterns.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -147,6 +151,10 @@ struct CompiledRoute {
     service_type: ServiceType,
     /// Shared with the exchanges of the route (one allocation per route, not per request).
     retry: Option<Arc<RetryRule>>,
+    policies: RoutePolicies,
+    /// The route's buckets. A generation is immutable except for these: the worker is single
+    /// threaded and sessions only borrow them for one check. A reload starts with new buckets.
+    limiter: Option<RefCell<Limiter>>,
 }
 
 impl CompiledRoute {
@@ -238,6 +246,12 @@ impl Router {
                 action,
                 service_type: r.service_type,
                 retry: r.retry_policy.as_ref().map(|p| Arc::new(RetryRule::new(p))),
+                policies: r.policies.clone(),
+                limiter: r
+                    .policies
+                    .rate_limit
+                    .as_ref()
+                    .map(|l| RefCell::new(Limiter::new(l))),
             };
             for m in &r.matches {
                 let condition = match m {
@@ -327,6 +341,25 @@ impl Router {
         self.routes.get(idx).and_then(|r| r.retry.clone())
     }
 
+    /// The route's `policies` (defaults for an unknown index).
+    pub fn policies(&self, idx: usize) -> Option<&RoutePolicies> {
+        self.routes.get(idx).map(|r| &r.policies)
+    }
+
+    /// The route's rate limiter, if it has one.
+    pub fn limiter(&self, idx: usize) -> Option<&RefCell<Limiter>> {
+        self.routes.get(idx).and_then(|r| r.limiter.as_ref())
+    }
+
+    /// The largest request body any route admits: request heads are parsed against it, and
+    /// each route's own limit is applied once the request is routed.
+    pub fn max_body_override(&self) -> Option<u64> {
+        self.routes
+            .iter()
+            .filter_map(|r| r.policies.max_body_size_bytes)
+            .max()
+    }
+
     pub fn service_type(&self, idx: usize) -> ServiceType {
         self.routes
             .get(idx)
@@ -359,6 +392,7 @@ mod tests {
             action: RouteAction::Upstream(upstream.into()),
             service_type: ServiceType::Web,
             retry_policy: None,
+            policies: Default::default(),
         }
     }
 

@@ -192,6 +192,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 priority: PRIORITY_HIGH,
                 service_type: ServiceType::Web,
                 retry_policy: None,
+                policies: Default::default(),
                 matches: vec![RouteMatch::Path(vec!["/static".into()])],
                 action: RouteAction::Static(StaticResponse {
                     status: 200,
@@ -205,6 +206,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 priority: PRIORITY_HIGH,
                 service_type: ServiceType::Web,
                 retry_policy: None,
+                policies: Default::default(),
                 matches: vec![RouteMatch::Host("dead.test".into())],
                 action: RouteAction::Upstream("dead".into()),
             },
@@ -214,6 +216,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
                 priority: PRIORITY_NORMAL,
                 service_type: ServiceType::Web,
                 retry_policy: None,
+                policies: Default::default(),
                 matches: vec![
                     RouteMatch::Host("app.test".into()),
                     RouteMatch::Host("*.app.test".into()),
@@ -934,6 +937,7 @@ fn add_route(cfg: &mut ProxyConfig, host: &str, up: UpstreamConfig) {
         priority: PRIORITY_HIGH,
         service_type: ServiceType::Web,
         retry_policy: None,
+        policies: Default::default(),
         matches: vec![RouteMatch::Host(host.into())],
         action: RouteAction::Upstream(up.name.clone()),
     });
@@ -1666,6 +1670,7 @@ fn which_route(body: &str) -> RouteConfig {
         priority: PRIORITY_CRITICAL,
         service_type: ServiceType::Web,
         retry_policy: None,
+        policies: Default::default(),
         matches: vec![RouteMatch::Path(vec!["/which".into()])],
         action: RouteAction::Static(StaticResponse {
             status: 200,

@@ -27,6 +27,7 @@ mod limits;
 mod listeners;
 mod namespace;
 mod node;
+mod policies;
 mod retry_policy;
 mod route_matches;
 mod routes;

@@ -16,6 +16,8 @@ mod legacy_state_tests;
 #[cfg(test)]
 mod namespace_tests;
 #[cfg(test)]
+mod policies_tests;
+#[cfg(test)]
 mod retry_breaker_tests;
 #[cfg(test)]
 mod routes_tests;

@@ -445,10 +445,10 @@ fn builtin_and_service_type_errors() {
         "duplicate `matches` (first set at line 9)",
     );
     assert_error(
-        &["policies { timeout-secs 30; }", "upstream \"u\""],
+        &["shadow { upstream \"u\"; }", "upstream \"u\""],
         0,
-        "policies",
-        "policies",
-        "`policies` is not supported yet",
+        "shadow",
+        "shadow",
+        "`shadow` is not supported yet",
     );
 }

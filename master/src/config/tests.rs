@@ -163,6 +163,7 @@ fn full_example_parses_into_the_expected_model() {
                 action: RouteAction::Upstream("backend".to_owned()),
                 service_type: ServiceType::Web,
                 retry_policy: None,
+                policies: Default::default(),
             },
             RouteConfig {
                 scope: None,
@@ -176,6 +177,7 @@ fn full_example_parses_into_the_expected_model() {
                 }),
                 service_type: ServiceType::Web,
                 retry_policy: None,
+                policies: Default::default(),
             },
             RouteConfig {
                 scope: None,
@@ -189,6 +191,7 @@ fn full_example_parses_into_the_expected_model() {
                 }),
                 service_type: ServiceType::Web,
                 retry_policy: None,
+                policies: Default::default(),
             },
         ],
         upstreams: vec![

@@ -168,6 +168,7 @@ fn route() -> impl Strategy<Value = RouteConfig> {
                 action,
                 service_type,
                 retry_policy: None,
+                policies: Default::default(),
             },
         )
 }

@@ -2,6 +2,7 @@
 
 pub(crate) mod builtin;
 pub mod codec;
+mod header_policy;
 mod retry;
 pub(crate) mod session;
 pub use retry::RetryRule;

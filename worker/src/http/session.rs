@@ -22,8 +22,10 @@ use crate::http::codec::{
     self, BodyError, BodyFraming, BodyTracker, ForwardContext, HttpVersion, Parsed, RequestHead,
     ResponseHead,
 };
+use crate::http::header_policy;
 use crate::http::retry::{self, RetryRule};
 use crate::http::sticky;
+use crate::rate_limit::Decision;
 use crate::routing::Action;
 use crate::sock::{Buf, ClientSock, Sock, BUF_CAP};
 use crate::tcp::{TcpSession, UpMeta};
@@ -71,6 +73,10 @@ struct Queued {
     json_errors: bool,
     /// The route's `retry-policy`.
     retry: Option<Arc<RetryRule>>,
+    /// The matched route (its `policies` apply to the exchange).
+    route: Option<usize>,
+    /// The route's rate-limit check, reported on the proxied response.
+    rate: Option<Decision>,
 }
 
 struct Exchange {
@@ -85,6 +91,10 @@ struct Exchange {
     tried: Vec<usize>,
     /// Waiting to retry (no connection attached) until then: the backoff.
     retry_at: Option<Instant>,
+    /// The matched route (its `policies` apply to the exchange).
+    route: Option<usize>,
+    /// The route's rate-limit check, reported on the proxied response.
+    rate: Option<Decision>,
     /// The route's service type wants the proxy's own errors as JSON.
     json_errors: bool,
     /// When the exchange started (the request head was routed): the request timeout and the
@@ -435,6 +445,12 @@ impl HttpSession {
         let (ct, rt) = pool
             .map(|p| (p.connect_timeout(), p.read_timeout()))
             .unwrap_or((Duration::from_secs(5), Duration::from_secs(30)));
+        // `policies { timeout-secs }` replaces the upstream's read timeout on this route.
+        let rt = ex
+            .route
+            .and_then(|r| self.generation.router.policies(r))
+            .and_then(|p| p.timeout_secs)
+            .map_or(rt, Duration::from_secs);
         // Both only until the response head: a long download is not a slow upstream.
         let whole = pool.and_then(|p| p.request_timeout()).and_then(|t| {
             ex.resp.is_none().then(|| {
@@ -583,7 +599,7 @@ impl HttpSession {
             // First byte of a new request: its head timer starts now.
             self.head_started = ctx.now;
         }
-        match codec::parse_request(self.cin.as_slice(), &self.generation.limits) {
+        match codec::parse_request(self.cin.as_slice(), &self.generation.head_limits) {
             Ok(Parsed::Complete(head)) => {
                 self.first_request = false;
                 self.cin.consume(head.head_len);
@@ -640,6 +656,26 @@ impl HttpSession {
         let route = router.find(self.lctx.route_scope, self.lctx.default_route, &req);
         let action = route.and_then(|r| router.action(r)).cloned();
         let json_errors = route.is_some_and(|r| router.service_type(r).json_errors());
+        let mut rate = None;
+        if let Some(limiter) = route.and_then(|r| router.limiter(r)) {
+            let d =
+                header_policy::rate_check(&mut limiter.borrow_mut(), self.peer.ip(), &req, ctx.now);
+            if !d.allowed {
+                debug!(peer = %self.peer, path = req.path(), limit = d.limit, "rate limit exceeded");
+                let bytes = header_policy::too_many_requests(&d, req.is_head());
+                return self.respond_local(ctx, 429, bytes, true);
+            }
+            rate = Some(d);
+        }
+        // The head was parsed against the largest body limit of any route: this route's own.
+        let body_limit = self.body_limit(route);
+        if let BodyFraming::ContentLength(n) = req.framing {
+            if n > body_limit {
+                ctx.counters.c.client_errors += 1;
+                let bytes = codec::error_response(413, true, req.is_head());
+                return self.respond_local(ctx, 413, bytes, true);
+            }
+        }
         let retry = route.and_then(|r| router.retry_rule(r));
         match action {
             None => {
@@ -674,29 +710,27 @@ impl HttpSession {
                     builtin::error_response(501, true, req.is_head(), json_errors, Some(&req));
                 self.respond_local(ctx, 501, bytes, true);
             }
-            Some(Action::Upstream(pool)) => self.start_proxy(req, pool, json_errors, retry, ctx),
+            Some(Action::Upstream(pool)) => self.try_proxy(
+                Queued {
+                    req,
+                    pool,
+                    since: ctx.now,
+                    json_errors,
+                    retry,
+                    route,
+                    rate,
+                },
+                ctx,
+            ),
         }
     }
 
-    fn start_proxy(
-        &mut self,
-        req: RequestHead,
-        pool: usize,
-        json_errors: bool,
-        retry: Option<Arc<RetryRule>>,
-        ctx: &mut Ctx<'_>,
-    ) {
-        let since = ctx.now;
-        self.try_proxy(
-            Queued {
-                req,
-                pool,
-                since,
-                json_errors,
-                retry,
-            },
-            ctx,
-        );
+    /// The request body limit on `route`: its `policies { max-body-size }`, else the global one.
+    fn body_limit(&self, route: Option<usize>) -> u64 {
+        route
+            .and_then(|r| self.generation.router.policies(r))
+            .and_then(|p| p.max_body_size_bytes)
+            .unwrap_or(self.generation.limits.max_body_size_bytes)
     }
 
     /// Connect for the request (routed at `since`) and start the exchange; or wait in the
@@ -708,6 +742,8 @@ impl HttpSession {
             since,
             json_errors,
             retry,
+            route,
+            rate,
         } = q;
         let mut failed = Vec::new();
         let token = tokens::session(self.key, Side::Upstream);
@@ -726,6 +762,8 @@ impl HttpSession {
                     since,
                     json_errors,
                     retry,
+                    route,
+                    rate,
                 };
                 let waited = ctx.now.saturating_duration_since(since);
                 let limit = ctx
@@ -785,19 +823,24 @@ impl HttpSession {
             },
         };
         codec::write_upstream_request(&req, &fctx, &mut head_bytes);
+        if let Some(p) = route.and_then(|r| self.generation.router.policies(r)) {
+            header_policy::apply(&p.request_headers, &mut head_bytes, 0);
+        }
         let (stream, meta) = UpMeta::split(conn);
         let connected = meta.reused;
         let mut uout = Buf::new();
         uout.extend(&head_bytes);
         let req_done = matches!(req.framing, BodyFraming::Empty);
         let ex = Exchange {
-            req_body: BodyTracker::new(req.framing, self.generation.limits.max_body_size_bytes),
+            req_body: BodyTracker::new(req.framing, self.body_limit(route)),
             req,
             pool,
             retry,
             attempts: 1,
             tried: Vec::new(),
             retry_at: None,
+            route,
+            rate,
             json_errors,
             started: since,
             sent_at: ctx.now,
@@ -1296,17 +1339,25 @@ impl HttpSession {
                             .pool(pool)
                             .and_then(|p| p.set_cookie(target, ex.cookie.as_deref()))
                     });
-                    let extra: &[(&[u8], &[u8])] = match &set_cookie {
-                        Some(v) => &[(b"Set-Cookie", v.as_bytes())],
-                        None => &[],
-                    };
+                    let rate = ex.rate.as_ref().map(header_policy::rate_headers);
+                    let mut extra: Vec<(&[u8], &[u8])> = Vec::new();
+                    if let Some(v) = &set_cookie {
+                        extra.push((b"Set-Cookie", v.as_bytes()));
+                    }
+                    for (name, value) in rate.iter().flatten() {
+                        extra.push((name.as_bytes(), value.as_bytes()));
+                    }
+                    let head_start = head_out.len();
                     codec::write_client_response_with(
                         &h,
                         ex.req.version,
                         ex.close_client,
-                        extra,
+                        &extra,
                         &mut head_out,
                     );
+                    if let Some(p) = ex.route.and_then(|r| self.generation.router.policies(r)) {
+                        header_policy::apply(&p.response_headers, &mut head_out, head_start);
+                    }
                     ctx.counters.response(h.status);
                     if let Some(a) = self.access.as_mut() {
                         a.status = h.status;

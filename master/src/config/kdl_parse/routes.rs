@@ -6,6 +6,7 @@ use zentinel_protocol::config::{
 };
 
 use super::circuit_breaker::parse_circuit_breaker;
+use super::policies::parse_policies;
 use super::retry_policy::parse_retry_policy;
 use super::route_matches::parse_matches;
 use super::*;
@@ -19,9 +20,9 @@ const ROUTE_KEYS: &[&str] = &[
     "service-type",
     "retry-policy",
     "circuit-breaker",
+    "policies",
 ];
 const ROUTE_UNSUPPORTED: &[&str] = &[
-    "policies",
     "filters",
     "agents",
     "waf",
@@ -83,13 +84,19 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
     let mut upstream_at = None;
     let mut retry_policy = None;
     let mut circuit_breaker = None;
+    let mut policies = Default::default();
     let mut seen = Seen::default();
     let children = node.children().map_or(&[][..], |c| c.nodes());
     for child in children {
         let kind = name(child);
         if matches!(
             kind,
-            "priority" | "matches" | "service-type" | "retry-policy" | "circuit-breaker"
+            "priority"
+                | "matches"
+                | "service-type"
+                | "retry-policy"
+                | "circuit-breaker"
+                | "policies"
         ) && !seen.check(child, diags)
         {
             continue;
@@ -106,6 +113,7 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
             "circuit-breaker" => {
                 circuit_breaker = parse_circuit_breaker(child, diags).map(|cb| (cb, name_at(child)))
             }
+            "policies" => policies = parse_policies(child, diags),
             "upstream" | "static-response" | "builtin-handler" => {
                 if let Some(first) = action_node {
                     let line = diags.line_of(name_at(first));
@@ -158,6 +166,7 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
             // Set by `namespace` for routes defined in a namespace or service.
             scope: None,
             retry_policy,
+            policies,
         },
         name_at: named.as_ref().map_or(name_at(node), |(_, at)| *at),
         has_name: named.is_some(),
