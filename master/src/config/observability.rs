@@ -4,7 +4,8 @@
 //! warning (no effect here): `logging { file }` (logs go to stderr and the error log),
 //! `audit-log` (nothing to audit without agents or a WAF), and the access-log keys
 //! `include-trace-id`, `sample-rate`, `sample-errors-always`, `buffer-size`, `fields`.
-//! `tracing` and `high-cardinality` are reported "not supported yet".
+//! `metrics { high-cardinality }` is accepted with a warning (the series are per worker and
+//! listener only). `tracing` is reported "not supported yet".
 
 use std::net::SocketAddr;
 
@@ -20,8 +21,8 @@ use super::kdl_parse::{
 
 const OBSERVABILITY_KEYS: &[&str] = &["metrics", "logging"];
 const OBSERVABILITY_UNSUPPORTED: &[&str] = &["tracing"];
-const METRICS_KEYS: &[&str] = &["enabled", "address", "path"];
-const METRICS_UNSUPPORTED: &[&str] = &["high-cardinality"];
+const METRICS_KEYS: &[&str] = &["enabled", "address", "path", "high-cardinality"];
+const METRICS_WITHOUT_EFFECT: &str = "high-cardinality";
 const LOGGING_KEYS: &[&str] = &[
     "access-log",
     "error-log",
@@ -198,7 +199,17 @@ fn parse_metrics(node: &KdlNode, out: &mut ParsedObservability, diags: &mut Diag
                     }
                 }
             }
-            _ => unknown(child, "metrics", METRICS_KEYS, METRICS_UNSUPPORTED, diags),
+            METRICS_WITHOUT_EFFECT => {
+                if leaf_bool(child, diags) == Some(true) {
+                    diags.warn(
+                        name_at(child),
+                        METRICS_WITHOUT_EFFECT,
+                        "`high-cardinality #true` has no effect: series carry no per-route or \
+                         per-upstream labels",
+                    );
+                }
+            }
+            _ => unknown(child, "metrics", METRICS_KEYS, &[], diags),
         }
     }
     if enabled {

@@ -244,3 +244,33 @@ fn user_and_group_must_exist() {
         "{text}"
     );
 }
+
+#[test]
+fn upstream_fields_its_kdl_parser_never_reads_are_warned_about() {
+    let config = full(&format!(
+        "limits {{\n    max-body-buffer-bytes 1048576\n    max-decompression-ratio 50.0\n}}\n\
+         observability {{\n    metrics {{ high-cardinality #true; }}\n}}\n{LISTENER}"
+    ))
+    .unwrap_or_else(|d| panic!("{}", messages(&d)));
+    let text = messages(&config.warnings);
+    assert!(
+        text.contains(
+            "test.kdl:2:5: `max-body-buffer-bytes`: `max-body-buffer-bytes` has no effect"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("test.kdl:3:5: `max-decompression-ratio`"),
+        "{text}"
+    );
+    assert!(text.contains("test.kdl:6:15: `high-cardinality`"), "{text}");
+    let errs = full(&format!(
+        "limits {{\n    max-body-buffer-bytes \"big\"\n}}\n{LISTENER}"
+    ))
+    .unwrap_err();
+    assert!(
+        messages(&errs).contains("expected a number"),
+        "{}",
+        messages(&errs)
+    );
+}

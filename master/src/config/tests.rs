@@ -1148,7 +1148,6 @@ fn observability_errors_are_located() {
     has("test.kdl:5:");
     has("metrics address 127.0.0.1:8080 overlaps listener `http`");
     has("metrics path \"metrics\" must start with `/`");
-    has("`high-cardinality` is not supported yet");
     has("test.kdl:6:");
     has("invalid log level \"loud\"");
     has("must be an absolute path");

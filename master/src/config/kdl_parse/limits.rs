@@ -18,6 +18,29 @@ const LIMIT_KEYS: &[&str] = &[
     "max-in-flight-requests",
 ];
 
+/// Fields of upstream's limits struct that its KDL parser never reads (a file that sets them
+/// changes nothing there): accepted here with a warning saying so, instead of an error.
+const UPSTREAM_UNREAD: &[&str] = &[
+    "max-header-name-bytes",
+    "max-header-value-bytes",
+    "max-body-buffer-bytes",
+    "max-body-inspection-bytes",
+    "max-decompression-ratio",
+    "max-decompressed-size-bytes",
+    "max-connections-per-route",
+    "max-idle-connections-per-upstream",
+    "max-in-flight-requests-per-worker",
+    "max-queued-requests",
+    "max-agent-queue-depth",
+    "max-agent-body-bytes",
+    "max-agent-response-bytes",
+    "max-requests-per-second-global",
+    "max-requests-per-second-per-client",
+    "max-requests-per-second-per-route",
+    "max-memory-bytes",
+    "max-memory-percent",
+];
+
 pub(super) fn parse_limits(node: &KdlNode, limits: &mut Limits, diags: &mut Diagnostics<'_>) {
     let mut seen = Seen::default();
     for child in block(node, diags) {
@@ -66,7 +89,29 @@ pub(super) fn parse_limits(node: &KdlNode, limits: &mut Limits, diags: &mut Diag
                     );
                 }
             }
-            _ => unknown(child, "limits", LIMIT_KEYS, &[], diags),
+            key if UPSTREAM_UNREAD.contains(&key) => {
+                if let Some(entry) = single_arg(child, diags) {
+                    if matches!(entry.value(), KdlValue::Integer(_) | KdlValue::Float(_)) {
+                        diags.warn(
+                            name_at(child),
+                            key,
+                            format!(
+                                "`{key}` has no effect (upstream Zentinel does not read it from \
+                                 KDL either)"
+                            ),
+                        );
+                    } else {
+                        diags.error(entry.span().offset(), key, "expected a number");
+                    }
+                }
+            }
+            _ => unknown(
+                child,
+                "limits",
+                &[LIMIT_KEYS, UPSTREAM_UNREAD].concat(),
+                &[],
+                diags,
+            ),
         }
     }
 }

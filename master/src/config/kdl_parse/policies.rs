@@ -17,6 +17,7 @@ const POLICY_KEYS: &[&str] = &[
     "buffer-responses",
     "rate-limit",
     "cache",
+    "rewrite-path",
 ];
 const HEADER_OPS: &[&str] = &["rename", "set", "add", "remove"];
 const RATE_LIMIT_KEYS: &[&str] = &["requests-per-second", "burst", "key"];
@@ -79,6 +80,12 @@ pub(super) fn parse_policies(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Rou
                 "cache",
                 "`cache` inside `policies` is ignored (as upstream, whose parser never reads \
                  it); this build has no response cache",
+            ),
+            "rewrite-path" => diags.warn(
+                name_at(child),
+                "rewrite-path",
+                "`rewrite-path` inside `policies` is not applied (upstream's parser never reads \
+                 it either): the path is forwarded as received",
             ),
             _ => unknown_listing(child, "policies", POLICY_KEYS, diags),
         }
