@@ -38,6 +38,19 @@ pub struct SystemConfig {
     pub user: Option<String>,
     /// Workers run with this group; `None`: the user's primary group.
     pub group: Option<String>,
+    /// How a request's trace id is made when it brings none (`trace-id-format`).
+    pub trace_id_format: TraceIdFormat,
+}
+
+/// `system { trace-id-format }`: upstream Zentinel's two formats.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+pub enum TraceIdFormat {
+    /// 11 Base58 characters: 3 of time, 8 random.
+    #[default]
+    TinyFlake,
+    /// A random (version 4) UUID.
+    Uuid,
 }
 
 impl Default for SystemConfig {
@@ -50,6 +63,7 @@ impl Default for SystemConfig {
             pid_file: None,
             user: None,
             group: None,
+            trace_id_format: TraceIdFormat::TinyFlake,
         }
     }
 }
@@ -135,8 +149,11 @@ pub enum TlsVersion {
 pub struct AccessLogConfig {
     /// Absolute path, opened with `O_APPEND` by every worker; reopened on reload.
     pub file: String,
-    /// A template with `$variables`, or a named format (`combined`, `common`).
+    /// A template with `$variables`, or a named format (`combined`, `common`, `json`).
     pub format: String,
+    /// `include-trace-id`: the `json` format carries each request's trace id (other formats
+    /// write it with `$trace_id`). Upstream's default: on.
+    pub include_trace_id: bool,
 }
 
 /// The Prometheus endpoint (`observability { metrics { ... } }`). Master-only: it never travels

@@ -89,3 +89,52 @@ fn invalid_logging_settings_are_located() {
         assert!(all.contains(&needle), "missing {needle:?} in:\n{all}");
     }
 }
+
+/// Trace ids as upstream Zentinel makes them: the one a request brings (`X-Request-Id` here),
+/// or a new TinyFlake; sent upstream as `X-Trace-Id`, returned as `X-Correlation-Id`, and in
+/// the JSON access log (`include-trace-id`, on by default).
+#[test]
+fn trace_ids_reach_the_backend_the_client_and_the_access_log() {
+    let be = Backend::start("trace");
+    let access_log = temp_path("trace-access.log");
+    let mut files = TempFiles::default();
+    files.add(access_log.clone());
+    let config = configs::Proxy::new(1, free_port(), &be)
+        .top_level(&format!(
+            "observability {{\n    logging {{\n        access-log {{\n            file \"{}\"\n            format \"json\"\n        }}\n    }}\n}}\n",
+            access_log.display()
+        ))
+        .build();
+    let z = Zentinel::start(&config);
+
+    // Brought by the client: kept.
+    let mut c = z.client();
+    c.send(b"GET /headers HTTP/1.1\r\nHost: trace.test\r\nX-Request-Id: req-42\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.header("x-correlation-id"), Some("req-42"), "{r:?}");
+    let (_, seen) = parse_echoed_head(&r.body_str());
+    assert!(
+        seen.iter().any(|(n, v)| n == "x-trace-id" && v == "req-42"),
+        "{seen:?}"
+    );
+
+    // Made by the proxy: an 11-character TinyFlake, the same on both sides.
+    let r = c.get("/headers", "trace.test");
+    let id = r.header("x-correlation-id").expect("a trace id").to_owned();
+    assert_eq!(id.len(), 11, "{id}");
+    let (_, seen) = parse_echoed_head(&r.body_str());
+    assert!(
+        seen.iter().any(|(n, v)| n == "x-trace-id" && *v == id),
+        "{seen:?}"
+    );
+
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_to_string(
+            &access_log
+        )
+        .is_ok_and(|t| t.contains(&format!("\"trace_id\":\"{id}\""))
+            && t.contains("\"trace_id\":\"req-42\""))),
+        "access log without the trace ids: {:?}",
+        std::fs::read_to_string(&access_log)
+    );
+}

@@ -44,6 +44,8 @@ pub const COMBINED: &str = "$remote_addr - - [$time_local] \"$method $path $prot
 pub const COMMON: &str =
     "$remote_addr - - [$time_local] \"$method $path $protocol\" $status $bytes";
 /// One JSON object per line; every value is a string or a number.
+/// `json` with `include-trace-id` (upstream's default): the same, with the trace id.
+pub const JSON_WITH_TRACE_ID: &str = "{\"time\":\"$time_iso8601\",\"trace_id\":\"$trace_id\",\"remote_addr\":\"$remote_addr\",\"method\":\"$method\",\"path\":\"$path\",\"protocol\":\"$protocol\",\"status\":$status,\"bytes\":$bytes,\"duration_ms\":$duration_ms,\"upstream\":\"$upstream\",\"host\":\"$host\",\"user_agent\":\"$user_agent\",\"listener\":\"$listener\",\"worker_id\":$worker_id}";
 pub const JSON: &str = "{\"time\":\"$time_iso8601\",\"remote_addr\":\"$remote_addr\",\"method\":\"$method\",\"path\":\"$path\",\"protocol\":\"$protocol\",\"status\":$status,\"bytes\":$bytes,\"duration_ms\":$duration_ms,\"upstream\":\"$upstream\",\"host\":\"$host\",\"user_agent\":\"$user_agent\",\"listener\":\"$listener\",\"worker_id\":$worker_id}";
 
 /// Every variable a template may use.
@@ -67,6 +69,7 @@ pub const VARIABLES: &[&str] = &[
     "listener",
     "worker_id",
     "pid",
+    "trace_id",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +93,7 @@ enum Var {
     Listener,
     WorkerId,
     Pid,
+    TraceId,
 }
 
 impl Var {
@@ -114,6 +118,7 @@ impl Var {
             "listener" => Var::Listener,
             "worker_id" => Var::WorkerId,
             "pid" => Var::Pid,
+            "trace_id" => Var::TraceId,
             _ => return None,
         })
     }
@@ -255,6 +260,10 @@ impl Template {
                     }
                     Var::WorkerId => write!(out, "{}", ctx.worker_id),
                     Var::Pid => write!(out, "{}", std::process::id()),
+                    Var::TraceId => {
+                        escape_or_dash(out, e.trace_id.as_bytes());
+                        Ok(())
+                    }
                 },
             };
         }
@@ -333,6 +342,8 @@ pub struct Entry {
     /// Bytes written to the client for this request (head and body).
     pub bytes: u64,
     pub upstream: Option<SocketAddr>,
+    /// The request's trace id (empty: none, e.g. a local answer).
+    pub trace_id: String,
 }
 
 impl Entry {
@@ -350,6 +361,7 @@ impl Entry {
             status: 0,
             bytes: 0,
             upstream: None,
+            trace_id: String::new(),
         }
     }
 
@@ -414,8 +426,12 @@ impl AccessLog {
         if config.file.is_empty() {
             return Err("access log: empty file path".to_owned());
         }
-        let template = Template::parse(&config.format)
-            .map_err(|e| format!("access log {}: {e}", config.file))?;
+        let format = match config.format.as_str() {
+            "json" if config.include_trace_id => JSON_WITH_TRACE_ID,
+            other => other,
+        };
+        let template =
+            Template::parse(format).map_err(|e| format!("access log {}: {e}", config.file))?;
         // Like nginx: a log that cannot be opened fails the start or the reload (with the
         // reason), instead of every line being dropped later. One open per configuration.
         open(&config.file)

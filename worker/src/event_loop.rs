@@ -998,6 +998,7 @@ fn build_generation(
         router,
         head_limits,
         limits: c.limits,
+        trace_id_format: c.trace_id_format,
         listeners,
         pools: keys,
         config_view: c.config_view,

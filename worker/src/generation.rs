@@ -13,7 +13,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use zentinel_protocol::config::{BuiltinHandler, Limits, ListenerProtocol, RouteAction};
+use zentinel_protocol::config::{
+    BuiltinHandler, Limits, ListenerProtocol, RouteAction, TraceIdFormat,
+};
 use zentinel_protocol::messages::WorkerStart;
 
 use crate::accept::{adopt_listener, Listener, ListenerSet};
@@ -40,6 +42,8 @@ pub struct Generation {
     /// Routes whose upstream actions hold pool keys.
     pub router: Router,
     pub limits: Limits,
+    /// `system { trace-id-format }`.
+    pub trace_id_format: TraceIdFormat,
     /// `limits` with the body limit raised to the largest any route's `policies` allows:
     /// request heads are parsed against it before the route (and its own limit) is known.
     pub head_limits: Limits,
@@ -70,6 +74,7 @@ pub struct Candidate {
     pub router: Router,
     pub pools: Vec<Pool>,
     pub limits: Limits,
+    pub trace_id_format: TraceIdFormat,
     pub max_connections: usize,
     pub graceful_timeout: Duration,
     pub config_view: Option<serde_json::Value>,
@@ -182,6 +187,7 @@ impl Candidate {
             router,
             pools,
             limits: config.limits.clone(),
+            trace_id_format: config.system.trace_id_format,
             max_connections: config.system.max_connections as usize,
             graceful_timeout: Duration::from_secs(config.system.graceful_shutdown_timeout_secs),
             config_view: config

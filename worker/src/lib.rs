@@ -31,6 +31,7 @@ mod tcp;
 mod timers;
 pub mod tls;
 mod tokens;
+mod trace_id;
 mod upstream;
 
 use std::os::fd::OwnedFd;

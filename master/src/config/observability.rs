@@ -3,7 +3,8 @@
 //! timestamps; error-log { ... }; access-log { enabled, file, format } }`. Accepted with a
 //! warning (no effect here): `logging { file }` (logs go to stderr and the error log),
 //! `audit-log` (nothing to audit without agents or a WAF), and the access-log keys
-//! `include-trace-id`, `sample-rate`, `sample-errors-always`, `buffer-size`, `fields`.
+//! `sample-rate`, `sample-errors-always`, `buffer-size`, `fields`. `include-trace-id` puts
+//! each request's trace id in the `json` format.
 //! `metrics { high-cardinality }` is accepted with a warning (the series are per worker and
 //! listener only). `tracing` is reported "not supported yet".
 
@@ -44,7 +45,6 @@ const ACCESS_LOG_KEYS: &[&str] = &[
 ];
 /// Accepted in `access-log` for upstream compatibility, without effect here (warned).
 const ACCESS_LOG_WITHOUT_EFFECT: &[&str] = &[
-    "include-trace-id",
     "sample-rate",
     "sample-errors-always",
     "buffer-size",
@@ -234,6 +234,8 @@ fn parse_access_log(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<Acces
     let mut enabled = true;
     let mut file = None;
     let mut format = DEFAULT_ACCESS_LOG_FORMAT.to_owned();
+    // Upstream's default.
+    let mut include_trace_id = true;
     let mut ok = true;
     for child in block(node, diags) {
         if ACCESS_LOG_KEYS.contains(&name(child)) {
@@ -270,6 +272,11 @@ fn parse_access_log(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<Acces
                 },
                 None => ok = false,
             },
+            "include-trace-id" => {
+                if let Some(b) = leaf_bool(child, diags) {
+                    include_trace_id = b;
+                }
+            }
             key if ACCESS_LOG_WITHOUT_EFFECT.contains(&key) => diags.warn(
                 name_at(child),
                 key,
@@ -286,7 +293,11 @@ fn parse_access_log(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<Acces
     }
     // Upstream Zentinel's default file.
     let file = file.unwrap_or_else(|| DEFAULT_ACCESS_LOG_FILE.to_owned());
-    Some(AccessLogConfig { file, format })
+    Some(AccessLogConfig {
+        file,
+        format,
+        include_trace_id,
+    })
 }
 
 /// `error-log { enabled; file; level }`: warnings and errors (or errors only, `level

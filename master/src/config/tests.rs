@@ -1093,7 +1093,8 @@ fn observability_metrics_and_access_log() {
         http.access_log,
         Some(AccessLogConfig {
             file: "/var/log/z/access.log".to_owned(),
-            format: "$remote_addr $status".to_owned()
+            format: "$remote_addr $status".to_owned(),
+            include_trace_id: true,
         })
     );
     // TCP listeners have no requests to log.

@@ -39,6 +39,7 @@ fn system() -> impl Strategy<Value = SystemConfig> {
                 pid_file,
                 user: None,
                 group: None,
+                trace_id_format: TraceIdFormat::TinyFlake,
             },
         )
 }
@@ -83,7 +84,15 @@ fn listener() -> impl Strategy<Value = ListenerConfig> {
         any::<u64>(),
         option::of(name()),
         option::of(name()),
-        option::of((name(), name()).prop_map(|(file, format)| AccessLogConfig { file, format })),
+        option::of(
+            (name(), name(), any::<bool>()).prop_map(|(file, format, include_trace_id)| {
+                AccessLogConfig {
+                    file,
+                    format,
+                    include_trace_id,
+                }
+            }),
+        ),
         option::of(tls()),
     )
         .prop_map(

@@ -1172,13 +1172,15 @@ fn scan_response_head(buf: &[u8], max_head: usize) -> Result<Option<usize>, Resp
 }
 
 /// Where a request came from, for the forwarding headers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ForwardContext {
     pub client: SocketAddr,
     /// The listener's local address (for `Forwarded: by=` / `host=` fallbacks).
     pub listener: SocketAddr,
     /// `"http"` (or `"https"` once TLS exists).
     pub scheme: &'static str,
+    /// The request's trace id, sent as `X-Trace-Id` (replacing the client's). `None`: none.
+    pub trace_id: Option<String>,
 }
 
 /// Serialize the request head to send upstream: hop-by-hop headers removed (Connection, the
@@ -1210,6 +1212,10 @@ pub fn write_upstream_request(head: &RequestHead, ctx: &ForwardContext, out: &mu
         if name.eq_ignore_ascii_case(b"x-forwarded-proto")
             || name.eq_ignore_ascii_case(b"x-forwarded-host")
         {
+            continue;
+        }
+        // The proxy's own trace id replaces the client's (the same value when it sent one).
+        if ctx.trace_id.is_some() && name.eq_ignore_ascii_case(b"x-trace-id") {
             continue;
         }
         if name.eq_ignore_ascii_case(b"host") {
@@ -1279,6 +1285,9 @@ pub fn write_upstream_request(head: &RequestHead, ctx: &ForwardContext, out: &mu
         }
     }
     out.extend_from_slice(b"\r\n");
+    if let Some(id) = &ctx.trace_id {
+        push_header(out, b"X-Trace-Id", id.as_bytes());
+    }
 
     match &head.upgrade {
         Some(protocol) => {

@@ -790,6 +790,7 @@ fn ctx_v4() -> ForwardContext {
         client: "192.0.2.7:51000".parse().unwrap(),
         listener: "10.0.0.1:8080".parse().unwrap(),
         scheme: "http",
+        trace_id: None,
     }
 }
 
@@ -887,6 +888,7 @@ fn upstream_request_ipv6_client() {
         client: "[2001:db8::9]:4000".parse().unwrap(),
         listener: "[::1]:8080".parse().unwrap(),
         scheme: "http",
+        trace_id: None,
     };
     let out = upstream_bytes(b"GET / HTTP/1.0\r\n\r\n", &ctx);
     assert!(out.contains("\r\nHost: [::1]:8080\r\n"), "{out}");
@@ -901,7 +903,7 @@ fn upstream_request_ipv6_client() {
     // IPv4-mapped addresses from dual-stack listeners are reported as IPv4.
     let mapped = ForwardContext {
         client: "[::ffff:192.0.2.9]:4000".parse().unwrap(),
-        ..ctx
+        ..ctx.clone()
     };
     let out = upstream_bytes(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", &mapped);
     assert!(out.contains("\r\nX-Forwarded-For: 192.0.2.9\r\n"), "{out}");
@@ -1906,4 +1908,18 @@ proptest! {
             prop_assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
         }
     }
+}
+
+#[test]
+fn upstream_request_carries_the_trace_id_instead_of_the_clients() {
+    let ctx = ForwardContext {
+        trace_id: Some("3Ab9xYz12Kq".to_owned()),
+        ..ctx_v4()
+    };
+    let out = upstream_bytes(
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Trace-Id: from-client\r\n\r\n",
+        &ctx,
+    );
+    assert!(out.contains("\r\nX-Trace-Id: 3Ab9xYz12Kq\r\n"), "{out}");
+    assert!(!out.contains("from-client"), "{out}");
 }

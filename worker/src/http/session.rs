@@ -32,6 +32,7 @@ use crate::tcp::{TcpSession, UpMeta};
 use crate::timers::{TimerId, TimerKey};
 use crate::tls::TlsSock;
 use crate::tokens::{self, Side};
+use crate::trace_id;
 use crate::upstream::{self, NoConn, PickRequest, UpConn};
 
 mod retries;
@@ -215,6 +216,8 @@ pub struct HttpSession {
     listener: usize,
     /// `generation.listeners[listener].ctx`, copied.
     lctx: ListenerCtx,
+    /// The current request's trace id (see `crate::trace_id`).
+    trace_id: String,
     client: ClientSock,
     cin: Buf,
     cout: Buf,
@@ -276,6 +279,7 @@ impl HttpSession {
             generation,
             listener,
             lctx,
+            trace_id: String::new(),
             client,
             cin: Buf::new(),
             cout: Buf::new(),
@@ -638,11 +642,11 @@ impl HttpSession {
 
     fn start_request(&mut self, req: RequestHead, ctx: &mut Ctx<'_>) {
         ctx.counters.c.requests_total += 1;
+        self.trace_id = trace_id::for_request(&req, self.generation.trace_id_format);
         if self.logs_access() {
-            self.access = Some(Box::new(access_log::Entry::from_request(
-                self.head_started,
-                &req,
-            )));
+            let mut entry = access_log::Entry::from_request(self.head_started, &req);
+            entry.trace_id = self.trace_id.clone();
+            self.access = Some(Box::new(entry));
         }
         let has_body = !matches!(req.framing, BodyFraming::Empty);
         // A request body the proxy does not forward cannot be skipped reliably: close after
@@ -821,6 +825,7 @@ impl HttpSession {
                 ClientSock::Plain(_) => "http",
                 ClientSock::Tls(_) => "https",
             },
+            trace_id: Some(self.trace_id.clone()),
         };
         codec::write_upstream_request(&req, &fctx, &mut head_bytes);
         if let Some(p) = route.and_then(|r| self.generation.router.policies(r)) {
@@ -1341,6 +1346,14 @@ impl HttpSession {
                     });
                     let rate = ex.rate.as_ref().map(header_policy::rate_headers);
                     let mut extra: Vec<(&[u8], &[u8])> = Vec::new();
+                    // As upstream: the client learns the request's trace id (unless the
+                    // upstream named one itself).
+                    if !h
+                        .headers()
+                        .any(|f| f.name.eq_ignore_ascii_case(b"x-correlation-id"))
+                    {
+                        extra.push((b"X-Correlation-Id", self.trace_id.as_bytes()));
+                    }
                     if let Some(v) = &set_cookie {
                         extra.push((b"Set-Cookie", v.as_bytes()));
                     }

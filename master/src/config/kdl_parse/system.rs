@@ -8,7 +8,7 @@
 //! its operator learns why nothing changed.
 
 use kdl::{KdlNode, KdlValue};
-use zentinel_protocol::config::SystemConfig;
+use zentinel_protocol::config::{SystemConfig, TraceIdFormat};
 
 use super::{
     keyed_block, leaf_bool, leaf_int, leaf_string, leaf_u32, name, name_at, single_arg, unknown,
@@ -141,8 +141,12 @@ pub(super) fn parse_system(node: &KdlNode, system: &mut SystemConfig, diags: &mu
             }
             "trace-id-format" => {
                 if let Some((format, at)) = leaf_string(child, diags) {
-                    let known = ["tinyflake", "uuid", "uuid4", "uuidv4"];
-                    if !known.contains(&format.to_ascii_lowercase().as_str()) {
+                    let lower = format.to_ascii_lowercase();
+                    if lower == "tinyflake" {
+                        system.trace_id_format = TraceIdFormat::TinyFlake;
+                    } else if ["uuid", "uuid4", "uuidv4"].contains(&lower.as_str()) {
+                        system.trace_id_format = TraceIdFormat::Uuid;
+                    } else {
                         diags.error(
                             at,
                             "trace-id-format",

@@ -1,0 +1,127 @@
+//! Each proxied request's trace id, as upstream Zentinel makes it: the one the request brings
+//! (`X-Trace-Id`, else `X-Correlation-Id`, else `X-Request-Id`), or a new one in the
+//! configured format (`system { trace-id-format }`): TinyFlake, 11 Base58 characters (3 from the
+//! time, 8 random), or a random UUID. It goes upstream as `X-Trace-Id`, back to the client as
+//! `X-Correlation-Id`, and into the access log (`$trace_id`).
+//!
+//! The random part needs no cryptographic quality (it tells requests apart in logs): a
+//! per-thread xorshift seeded from the clock and the pid.
+
+use std::cell::Cell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use zentinel_protocol::config::TraceIdFormat;
+
+use crate::http::codec::RequestHead;
+
+const BASE58: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+/// Upstream's time component: seconds modulo 58^3 (about 2.3 days), 3 characters.
+const TIME_MODULO: u64 = 195_112;
+/// An incoming id longer than this, or with bytes outside visible ASCII, is not reused.
+const MAX_INCOMING: usize = 128;
+const INCOMING: [&[u8]; 3] = [b"x-trace-id", b"x-correlation-id", b"x-request-id"];
+
+thread_local! {
+    static STATE: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (nanos ^ (u64::from(std::process::id()) << 32)) | 1
+}
+
+fn next_random() -> u64 {
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    })
+}
+
+/// The request's own trace id, else a new one.
+pub fn for_request(req: &RequestHead, format: TraceIdFormat) -> String {
+    for name in INCOMING {
+        let found = req
+            .headers()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.trim_ascii())
+            .filter(|v| {
+                !v.is_empty() && v.len() <= MAX_INCOMING && v.iter().all(|b| b.is_ascii_graphic())
+            });
+        if let Some(value) = found {
+            return String::from_utf8_lossy(value).into_owned();
+        }
+    }
+    generate(format)
+}
+
+/// A new id in `format`.
+pub fn generate(format: TraceIdFormat) -> String {
+    match format {
+        TraceIdFormat::TinyFlake => tinyflake(),
+        TraceIdFormat::Uuid => uuid4(),
+    }
+}
+
+fn tinyflake() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut out = String::with_capacity(11);
+    push_base58(secs % TIME_MODULO, 3, &mut out);
+    // 48 random bits, as upstream.
+    push_base58(next_random() & 0xffff_ffff_ffff, 8, &mut out);
+    out
+}
+
+fn push_base58(mut value: u64, width: usize, out: &mut String) {
+    let mut digits = [0u8; 16];
+    for d in digits.iter_mut().take(width) {
+        *d = BASE58[(value % 58) as usize];
+        value /= 58;
+    }
+    for &d in digits[..width].iter().rev() {
+        out.push(char::from(d));
+    }
+}
+
+fn uuid4() -> String {
+    let (a, b) = (next_random(), next_random());
+    let bytes: Vec<u8> = a.to_be_bytes().into_iter().chain(b.to_be_bytes()).collect();
+    let mut b16 = [0u8; 16];
+    b16.copy_from_slice(&bytes);
+    b16[6] = (b16[6] & 0x0f) | 0x40; // version 4
+    b16[8] = (b16[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let hex: String = b16.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        let t = generate(TraceIdFormat::TinyFlake);
+        assert_eq!(t.len(), 11);
+        assert!(t.bytes().all(|b| BASE58.contains(&b)), "{t}");
+        assert_ne!(t, generate(TraceIdFormat::TinyFlake));
+        let u = generate(TraceIdFormat::Uuid);
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4", "{u}");
+        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"), "{u}");
+        assert_eq!(u.matches('-').count(), 4);
+    }
+}
