@@ -170,3 +170,41 @@ fn push_line(to: &mut String, line: &str) {
     }
     to.push_str(line);
 }
+
+/// `workers` workers and one HTTP listener on 127.0.0.1:`port` whose route "all" (with
+/// `route_extra` lines) sends everything to upstream "pool", whose block holds `upstream_body`.
+pub fn pool(workers: u32, port: u16, route_extra: &str, upstream_body: &str) -> String {
+    format!(
+        r#"
+system {{
+    worker-processes {workers}
+}}
+listeners {{
+    listener "http" {{
+        address "127.0.0.1:{port}"
+        protocol "http"
+        default-route "all"
+    }}
+}}
+routes {{
+    route "all" {{
+        upstream "pool"
+{route_extra}
+    }}
+}}
+upstreams {{
+    upstream "pool" {{
+{upstream_body}
+    }}
+}}
+"#
+    )
+}
+
+/// The `target "host:port"` lines of `backends`, for an upstream block.
+pub fn target_lines(backends: &[&Backend]) -> String {
+    backends
+        .iter()
+        .map(|b| format!("        target \"{}\"\n", b.target()))
+        .collect()
+}

@@ -11,39 +11,11 @@ const HOST: &str = "retry.test";
 /// One worker (one balancer, one set of breakers: counts are exact), round robin over
 /// `targets`; `route` and `upstream` are extra lines of the route and upstream blocks.
 fn config(port: u16, targets: &[&Backend], route: &str, upstream: &str) -> String {
-    let targets: String = targets
-        .iter()
-        .map(|b| format!("        target \"{}\"\n", b.target()))
-        .collect();
-    format!(
-        r#"
-system {{
-    worker-processes 1
-}}
-listeners {{
-    listener "http" {{
-        address "127.0.0.1:{port}"
-        protocol "http"
-        default-route "all"
-    }}
-}}
-routes {{
-    route "all" {{
-        upstream "pool"
-{route}
-    }}
-}}
-upstreams {{
-    upstream "pool" {{
-{targets}        load-balancing "round_robin"
-        passive-health {{
-            max-fails 0
-        }}
-{upstream}
-    }}
-}}
-"#
-    )
+    let body = format!(
+        "{}        load-balancing \"round_robin\"\n        passive-health {{\n            max-fails 0\n        }}\n{upstream}",
+        configs::target_lines(targets)
+    );
+    configs::pool(1, port, route, &body)
 }
 
 fn hits(b: &Backend) -> u64 {

@@ -16,35 +16,11 @@ const HOST: &str = "health.test";
 /// `workers` workers, one HTTP listener proxying everything to upstream "pool" made of
 /// `backends`; `upstream_extra` is spliced into the upstream block.
 fn pool_config(workers: u32, port: u16, backends: &[&Backend], upstream_extra: &str) -> String {
-    let targets: String = backends
-        .iter()
-        .map(|b| format!("        target \"{}\"\n", b.target()))
-        .collect();
-    format!(
-        r#"
-system {{
-    worker-processes {workers}
-}}
-listeners {{
-    listener "http" {{
-        address "127.0.0.1:{port}"
-        protocol "http"
-        default-route "all"
-    }}
-}}
-routes {{
-    route "all" {{
-        upstream "pool"
-    }}
-}}
-upstreams {{
-    upstream "pool" {{
-{targets}        load-balancing "round_robin"
-        {upstream_extra}
-    }}
-}}
-"#
-    )
+    let body = format!(
+        "{}        load-balancing \"round_robin\"\n        {upstream_extra}",
+        configs::target_lines(backends)
+    );
+    configs::pool(workers, port, "", &body)
 }
 
 fn post(client: &mut HttpClient, path: &str) -> Response {

@@ -12,30 +12,7 @@ const HOST: &str = "vocab.test";
 
 /// One listener routing everything to upstream "pool"; `upstream` is its block's body.
 fn config(workers: u32, port: u16, upstream: &str) -> String {
-    format!(
-        r#"
-system {{
-    worker-processes {workers}
-}}
-listeners {{
-    listener "http" {{
-        address "127.0.0.1:{port}"
-        protocol "http"
-        default-route "all"
-    }}
-}}
-routes {{
-    route "all" {{
-        upstream "pool"
-    }}
-}}
-upstreams {{
-    upstream "pool" {{
-{upstream}
-    }}
-}}
-"#
-    )
+    configs::pool(workers, port, "", upstream)
 }
 
 /// Which backend answered each of `n` requests, each on a fresh connection.

@@ -247,19 +247,8 @@ fn parse_access_log(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<Acces
                     enabled = b;
                 }
             }
-            "file" => match leaf_string(child, diags) {
-                Some((path, at)) if !path.starts_with('/') => {
-                    diags.error(
-                        at,
-                        "file",
-                        format!(
-                            "access-log file {path:?} must be an absolute path (workers may \
-                             not share the master's working directory)"
-                        ),
-                    );
-                    ok = false;
-                }
-                Some((path, _)) => file = Some(path),
+            "file" => match log_file(child, "access-log", diags) {
+                Some(path) => file = Some(path),
                 None => ok = false,
             },
             "format" => match leaf_string(child, diags) {
@@ -321,15 +310,11 @@ fn parse_error_log(
                     enabled = b;
                 }
             }
-            "file" => match leaf_string(child, diags) {
-                Some((path, at)) if !path.starts_with('/') => diags.error(
-                    at,
-                    "file",
-                    format!("error-log file {path:?} must be an absolute path"),
-                ),
-                Some((path, _)) => file = Some(path),
-                None => {}
-            },
+            "file" => {
+                if let Some(path) = log_file(child, "error-log", diags) {
+                    file = Some(path);
+                }
+            }
             "level" => match leaf_string(child, diags) {
                 Some((level, _)) if level == "error" => errors_only = true,
                 Some((level, _)) if level == "warn" || level == "warning" => errors_only = false,
@@ -362,4 +347,22 @@ fn parse_error_log(
             None
         }
     }
+}
+
+/// The `file` of an access or error log: an absolute path (workers open it themselves and may
+/// not share the master's working directory).
+fn log_file(node: &KdlNode, log: &str, diags: &mut Diagnostics<'_>) -> Option<String> {
+    let (path, at) = leaf_string(node, diags)?;
+    if path.starts_with('/') {
+        return Some(path);
+    }
+    diags.error(
+        at,
+        "file",
+        format!(
+            "{log} file {path:?} must be an absolute path (workers may not share the master's \
+             working directory)"
+        ),
+    );
+    None
 }

@@ -194,7 +194,7 @@ fn logging_settings_parse_and_resolve() {
     let config = full(&format!(
         "observability {{\n    logging {{\n        level \"debug\"\n        format \"json\"\n        \
          timestamps #false\n        error-log {{ file \"/var/log/z/error.log\"; level \"error\"; }}\n        \
-         access-log {{ include-trace-id #true; }}\n    }}\n}}\n{LISTENER}"
+         access-log {{ include-trace-id #false; sample-rate 0.5; }}\n    }}\n}}\n{LISTENER}"
     ))
     .unwrap_or_else(|d| panic!("{}", messages(&d)));
     let logging = &config.logging;
@@ -219,7 +219,8 @@ fn logging_settings_parse_and_resolve() {
     // Upstream's default access-log file, and a warning for the key without effect.
     let access_log = config.proxy.listeners[0].access_log.as_ref().unwrap();
     assert_eq!(access_log.file, "/var/log/zentinel/access.log");
-    assert!(messages(&config.warnings).contains("`include-trace-id` has no effect"));
+    assert!(!access_log.include_trace_id);
+    assert!(messages(&config.warnings).contains("`sample-rate` has no effect"));
 }
 
 #[test]
