@@ -216,6 +216,26 @@ pub enum RouteAction {
     Static(StaticResponse),
     /// Answered by the worker itself.
     Builtin(BuiltinHandler),
+    /// Files served by the worker from a directory (`static-files { ... }`).
+    Files(Box<StaticFiles>),
+}
+
+/// `static-files { root ...; index ...; ... }`: what a route serves from disk.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct StaticFiles {
+    /// Absolute directory; the master checked that it exists. The path served is the request
+    /// path with the route's matched `path-prefix` removed, relative to this directory.
+    pub root: String,
+    /// File names tried, in order, when the request names a directory.
+    pub index: Vec<String>,
+    /// Answer a directory without an index with an HTML listing (otherwise 403).
+    pub directory_listing: bool,
+    /// `Cache-Control` on 200 and 206 answers (upstream's default "public, max-age=3600").
+    pub cache_control: String,
+    /// File (relative to `root`) answered with 200 when the requested file does not exist:
+    /// single-page applications.
+    pub fallback: Option<String>,
 }
 
 /// Upstream Zentinel's `builtin-handler` names this build answers.

@@ -6,9 +6,11 @@
 //! [`RouteMatch`]): `host a, host b, path-prefix /x, method GET HEAD` means
 //! `(host a OR host b) AND path-prefix /x AND (GET OR HEAD)`.
 
+use std::sync::Arc;
+
 use regex::Regex;
 use zentinel_protocol::config::{
-    BuiltinHandler, ProxyConfig, RouteAction, RouteMatch, ServiceType, StaticResponse,
+    BuiltinHandler, ProxyConfig, RouteAction, RouteMatch, ServiceType, StaticFiles, StaticResponse,
 };
 
 /// Same bound as the master applies when it checks the patterns.
@@ -21,6 +23,30 @@ pub enum Action {
     Upstream(usize),
     Static(StaticResponse),
     Builtin(BuiltinHandler),
+    /// Files from a directory (shared: the route's config is not copied per request).
+    Files(Arc<FilesRoute>),
+}
+
+/// A `static-files` route: its config and the `path-prefix` values removed from the request
+/// path before it is looked up under the root.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FilesRoute {
+    pub files: StaticFiles,
+    pub prefixes: Vec<String>,
+}
+
+impl FilesRoute {
+    /// The request path relative to the root: the longest matching `path-prefix` removed
+    /// (`/assets` serves `/assets/app.js` as `<root>/app.js`). Routes matched another way
+    /// (`path`, `path-regex`, host only) serve the full path.
+    pub fn relative<'p>(&self, path: &'p str) -> &'p str {
+        self.prefixes
+            .iter()
+            .map(|p| p.trim_end_matches('/'))
+            .filter(|p| !p.is_empty() && prefix_matches(p, path))
+            .max_by_key(|p| p.len())
+            .map_or(path, |p| &path[p.len()..])
+    }
 }
 
 /// What routing looks at in a request. The host is already normalized (lowercase, no port).
@@ -223,6 +249,18 @@ impl Router {
                 ),
                 RouteAction::Static(s) => Action::Static(s.clone()),
                 RouteAction::Builtin(b) => Action::Builtin(*b),
+                RouteAction::Files(f) => Action::Files(Arc::new(FilesRoute {
+                    files: (**f).clone(),
+                    prefixes: r
+                        .matches
+                        .iter()
+                        .filter_map(|m| match m {
+                            RouteMatch::PathPrefix(p) => Some(p.iter().cloned()),
+                            _ => None,
+                        })
+                        .flatten()
+                        .collect(),
+                })),
             };
             let mut c = CompiledRoute {
                 name: r.name.clone(),
@@ -519,6 +557,31 @@ mod tests {
         mapped.map_upstreams(&[7, 3]);
         assert_eq!(mapped.action(0), Some(&Action::Upstream(7)));
         assert_eq!(mapped.action(1), Some(&Action::Upstream(3)));
+    }
+
+    #[test]
+    fn files_path_relative_to_longest_prefix() {
+        let files = StaticFiles {
+            root: "/srv".into(),
+            index: vec!["index.html".into()],
+            directory_listing: false,
+            cache_control: String::new(),
+            fallback: None,
+        };
+        let r = FilesRoute {
+            files,
+            prefixes: vec!["/".into(), "/assets".into(), "/assets/img/".into()],
+        };
+        assert_eq!(r.relative("/assets/app.js"), "/app.js");
+        assert_eq!(r.relative("/assets"), "");
+        assert_eq!(r.relative("/assets/img/a.png"), "/a.png");
+        assert_eq!(r.relative("/assetsx/a"), "/assetsx/a");
+        assert_eq!(r.relative("/other"), "/other");
+        let plain = FilesRoute {
+            prefixes: Vec::new(),
+            ..r
+        };
+        assert_eq!(plain.relative("/assets/app.js"), "/assets/app.js");
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod namespace;
 mod node;
 mod route_matches;
 mod routes;
+mod static_files;
 mod syntax;
 mod system;
 mod tls;

@@ -22,6 +22,7 @@ use crate::http::codec::{
     self, BodyError, BodyFraming, BodyTracker, ForwardContext, HttpVersion, Parsed, RequestHead,
     ResponseHead,
 };
+use crate::http::files::{self, FileBody};
 use crate::http::sticky;
 use crate::routing::Action;
 use crate::sock::{Buf, ClientSock, Sock, BUF_CAP};
@@ -194,6 +195,8 @@ pub struct HttpSession {
     /// The current request's access-log entry (only when the listener logs; boxed so that
     /// sessions without an access log stay small).
     access: Option<Box<access_log::Entry>>,
+    /// The rest of a static file being sent after a local head (`Phase::Local`).
+    file_body: Option<FileBody>,
 }
 
 /// A failure that may not be retried: `RetryElsewhere` stays one (so `fail` still blames the
@@ -257,6 +260,7 @@ impl HttpSession {
             idle_since: now,
             first_request: true,
             access: None,
+            file_body: None,
         })
     }
 
@@ -474,6 +478,7 @@ impl HttpSession {
                 .status = status;
         }
         self.cout.extend(&bytes);
+        self.file_body = None;
         self.phase = Phase::Local {
             close,
             since: ctx.now,
@@ -611,6 +616,12 @@ impl HttpSession {
             Some(Action::Static(resp)) => {
                 let bytes = codec::static_response(&resp, local_close, req.is_head());
                 self.respond_local(ctx, resp.status, bytes, local_close);
+            }
+            Some(Action::Files(route)) => {
+                let answer = files::answer(&route, &req, local_close);
+                debug!(peer = %self.peer, path = req.path(), status = answer.status, "static file");
+                self.respond_local(ctx, answer.status, answer.bytes, local_close);
+                self.file_body = answer.body;
             }
             Some(Action::Builtin(handler)) => {
                 let counters = ctx.counters.snapshot();
@@ -792,9 +803,29 @@ impl HttpSession {
     }
 
     fn step_local(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
-        self.write_client(ctx)?;
-        if !self.cout.is_empty() {
-            return Ok(false);
+        // A file body is read one buffer at a time, only when what was read before has gone.
+        if let Some(body) = self.file_body.as_mut() {
+            if self.cout.is_empty() {
+                match body.fill(&mut self.cout, BUF_CAP) {
+                    Ok(true) => self.file_body = None,
+                    Ok(false) => {}
+                    Err(e) => {
+                        // The head promised a length: the connection cannot be reused.
+                        warn!(peer = %self.peer, error = %e, "static file read failed mid-body");
+                        return Err(Outcome::Done);
+                    }
+                }
+            }
+        }
+        let n = self.write_client(ctx)?;
+        if !self.cout.is_empty() || self.file_body.is_some() {
+            if n > 0 {
+                // Progress: the client is reading, so its stall clock starts again.
+                if let Phase::Local { since, .. } = &mut self.phase {
+                    *since = ctx.now;
+                }
+            }
+            return Ok(n > 0 && self.cout.is_empty());
         }
         self.log_access(ctx);
         let close = matches!(self.phase, Phase::Local { close: true, .. });

@@ -6,6 +6,7 @@ use zentinel_protocol::config::{
 };
 
 use super::route_matches::parse_matches;
+use super::static_files::parse_static_files;
 use super::*;
 
 const ROUTE_KEYS: &[&str] = &[
@@ -14,6 +15,7 @@ const ROUTE_KEYS: &[&str] = &[
     "upstream",
     "static-response",
     "builtin-handler",
+    "static-files",
     "service-type",
 ];
 const ROUTE_UNSUPPORTED: &[&str] = &[
@@ -23,7 +25,6 @@ const ROUTE_UNSUPPORTED: &[&str] = &[
     "waf",
     "cache",
     "rate-limit",
-    "static-files",
     "api-schema",
     "inference",
     "shadow",
@@ -34,8 +35,8 @@ const ROUTE_UNSUPPORTED: &[&str] = &[
     "websocket-inspection",
     "waf-enabled",
 ];
-const ACTIONS: &str =
-    "`upstream \"name\"`, `static-response status=200` or `builtin-handler \"health\"`";
+const ACTIONS: &str = "`upstream \"name\"`, `static-response status=200`, \
+                       `builtin-handler \"health\"` or `static-files { root \"/dir\" }`";
 
 /// Upstream's priority names and numbers.
 const PRIORITY_NAMES: &[(&str, i32)] = &[
@@ -94,7 +95,7 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
             }
             "matches" => parse_matches(child, &mut matches, diags),
             "service-type" => service_type = parse_service_type(child, diags),
-            "upstream" | "static-response" | "builtin-handler" => {
+            "upstream" | "static-response" | "builtin-handler" | "static-files" => {
                 if let Some(first) = action_node {
                     let line = diags.line_of(name_at(first));
                     diags.error(
@@ -116,6 +117,9 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
                     }),
                     "static-response" => {
                         parse_static_response(child, diags).map(RouteAction::Static)
+                    }
+                    "static-files" => {
+                        parse_static_files(child, diags).map(|f| RouteAction::Files(Box::new(f)))
                     }
                     _ => parse_builtin(child, diags).map(RouteAction::Builtin),
                 };
@@ -301,6 +305,7 @@ fn resolve_service_type(
         }
         Some((t, _)) => t,
         None if is_builtin => ServiceType::Builtin,
+        None if matches!(action, Some(RouteAction::Files(_))) => ServiceType::Static,
         None => ServiceType::Web,
     }
 }
