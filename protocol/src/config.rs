@@ -183,6 +183,24 @@ pub struct RouteConfig {
     /// `Some("ns:svc")` in its `service "svc"`. A listener serves only the routes of its own
     /// scope (`ListenerConfig::route_scope`). The route's name is qualified the same way.
     pub scope: Option<String>,
+    /// Settings most routes leave alone (`websocket`, ...); `None` is every default. Boxed so
+    /// that a plain route stays small.
+    pub extras: Option<Box<RouteExtras>>,
+}
+
+/// The less common settings of a route.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RouteExtras {
+    /// WebSocket upgrades are tunnelled to the upstream; `websocket #false` (or a block with
+    /// `enabled #false`) answers them 403 instead, as upstream does for routes without it.
+    pub websocket: bool,
+}
+
+impl Default for RouteExtras {
+    fn default() -> Self {
+        RouteExtras { websocket: true }
+    }
 }
 
 /// One condition of a route. A `Vec` holds the values written on one node: any of them

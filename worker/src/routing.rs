@@ -167,6 +167,8 @@ struct CompiledRoute {
     conditions: Vec<Condition>,
     action: Action,
     service_type: ServiceType,
+    /// WebSocket upgrades may be tunnelled (see `RouteExtras::websocket`).
+    websocket: bool,
 }
 
 impl CompiledRoute {
@@ -269,6 +271,7 @@ impl Router {
                 conditions: Vec::new(),
                 action,
                 service_type: r.service_type,
+                websocket: r.extras.as_ref().is_none_or(|e| e.websocket),
             };
             for m in &r.matches {
                 let condition = match m {
@@ -354,6 +357,11 @@ impl Router {
         self.routes.get(idx).map(|r| &r.action)
     }
 
+    /// Whether route `idx` lets WebSocket upgrades through.
+    pub fn websocket_allowed(&self, idx: usize) -> bool {
+        self.routes.get(idx).is_none_or(|r| r.websocket)
+    }
+
     pub fn service_type(&self, idx: usize) -> ServiceType {
         self.routes
             .get(idx)
@@ -380,6 +388,7 @@ mod tests {
     fn route(name: &str, matches: Vec<RouteMatch>, upstream: &str) -> RouteConfig {
         RouteConfig {
             scope: None,
+            extras: None,
             name: name.into(),
             priority: PRIORITY_NORMAL,
             matches,

@@ -187,6 +187,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
         routes: vec![
             RouteConfig {
                 scope: None,
+                extras: None,
                 name: "static".into(),
                 priority: PRIORITY_HIGH,
                 service_type: ServiceType::Web,
@@ -199,6 +200,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
             },
             RouteConfig {
                 scope: None,
+                extras: None,
                 name: "dead".into(),
                 priority: PRIORITY_HIGH,
                 service_type: ServiceType::Web,
@@ -207,6 +209,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
             },
             RouteConfig {
                 scope: None,
+                extras: None,
                 name: "app".into(),
                 priority: PRIORITY_NORMAL,
                 service_type: ServiceType::Web,
@@ -926,6 +929,7 @@ fn serve_app(mut c: Conn, conn_id: usize, opts: &BackendOpts, seen: &mpsc::Sende
 fn add_route(cfg: &mut ProxyConfig, host: &str, up: UpstreamConfig) {
     cfg.routes.push(RouteConfig {
         scope: None,
+        extras: None,
         name: format!("to-{}", up.name),
         priority: PRIORITY_HIGH,
         service_type: ServiceType::Web,
@@ -1657,6 +1661,7 @@ fn same_listeners(h: &Harness) -> (TcpListener, TcpListener) {
 fn which_route(body: &str) -> RouteConfig {
     RouteConfig {
         scope: None,
+        extras: None,
         name: "which".into(),
         priority: PRIORITY_CRITICAL,
         service_type: ServiceType::Web,

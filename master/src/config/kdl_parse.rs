@@ -33,6 +33,7 @@ mod syntax;
 mod system;
 mod tls;
 mod upstreams;
+mod websocket;
 
 pub(super) use diagnostics::{Diagnostics, MappedFile, Segment, SourceMap};
 use limits::parse_limits;

@@ -25,6 +25,8 @@ mod system_tests;
 mod tests;
 #[cfg(test)]
 mod upstreams_tests;
+#[cfg(test)]
+mod websocket_tests;
 
 use std::fmt;
 use std::path::Path;

@@ -607,6 +607,23 @@ impl HttpSession {
         let route = router.find(self.lctx.route_scope, self.lctx.default_route, &req);
         let action = route.and_then(|r| router.action(r)).cloned();
         let json_errors = route.is_some_and(|r| router.service_type(r).json_errors());
+        let websocket_refused = route.is_some_and(|r| !router.websocket_allowed(r))
+            && req
+                .upgrade
+                .as_deref()
+                .is_some_and(|u| u.trim().eq_ignore_ascii_case("websocket"));
+        if websocket_refused {
+            // `websocket #false` on the route: upstream's answer for routes without WebSocket.
+            debug!(peer = %self.peer, path = req.path(), "websocket upgrade refused by the route");
+            let bytes = codec::local_response(
+                403,
+                Some("text/plain; charset=utf-8"),
+                b"WebSocket not enabled for this route",
+                true,
+                req.is_head(),
+            );
+            return self.respond_local(ctx, 403, bytes, true);
+        }
         match action {
             None => {
                 debug!(peer = %self.peer, host = ?req.host, path = req.path(), "no route");

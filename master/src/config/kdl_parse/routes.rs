@@ -2,11 +2,13 @@
 //! `matches` block is in `route_matches`.
 
 use zentinel_protocol::config::{
-    BuiltinHandler, ServiceType, PRIORITY_CRITICAL, PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_NORMAL,
+    BuiltinHandler, RouteExtras, ServiceType, PRIORITY_CRITICAL, PRIORITY_HIGH, PRIORITY_LOW,
+    PRIORITY_NORMAL,
 };
 
 use super::route_matches::parse_matches;
 use super::static_files::parse_static_files;
+use super::websocket::{parse_inspection, parse_websocket};
 use super::*;
 
 const ROUTE_KEYS: &[&str] = &[
@@ -17,6 +19,8 @@ const ROUTE_KEYS: &[&str] = &[
     "builtin-handler",
     "static-files",
     "service-type",
+    "websocket",
+    "websocket-inspection",
 ];
 const ROUTE_UNSUPPORTED: &[&str] = &[
     "policies",
@@ -31,9 +35,8 @@ const ROUTE_UNSUPPORTED: &[&str] = &[
     "fallback",
     "retry-policy",
     "circuit-breaker",
-    "websocket",
-    "websocket-inspection",
     "waf-enabled",
+    "error-pages",
 ];
 const ACTIONS: &str = "`upstream \"name\"`, `static-response status=200`, \
                        `builtin-handler \"health\"` or `static-files { root \"/dir\" }`";
@@ -81,10 +84,15 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
     let mut action_missing_value = false;
     let mut upstream_at = None;
     let mut seen = Seen::default();
+    let mut extras: Option<Box<RouteExtras>> = None;
     let children = node.children().map_or(&[][..], |c| c.nodes());
     for child in children {
         let kind = name(child);
-        if matches!(kind, "priority" | "matches" | "service-type") && !seen.check(child, diags) {
+        if matches!(
+            kind,
+            "priority" | "matches" | "service-type" | "websocket" | "websocket-inspection"
+        ) && !seen.check(child, diags)
+        {
             continue;
         }
         match kind {
@@ -95,6 +103,12 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
             }
             "matches" => parse_matches(child, &mut matches, diags),
             "service-type" => service_type = parse_service_type(child, diags),
+            "websocket" => {
+                if let Some(on) = parse_websocket(child, diags) {
+                    extras.get_or_insert_with(Box::default).websocket = on;
+                }
+            }
+            "websocket-inspection" => parse_inspection(child, diags),
             "upstream" | "static-response" | "builtin-handler" | "static-files" => {
                 if let Some(first) = action_node {
                     let line = diags.line_of(name_at(first));
@@ -149,6 +163,7 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
             service_type,
             // Set by `namespace` for routes defined in a namespace or service.
             scope: None,
+            extras,
         },
         name_at: named.as_ref().map_or(name_at(node), |(_, at)| *at),
         has_name: named.is_some(),
