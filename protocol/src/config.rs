@@ -195,12 +195,40 @@ pub struct RouteExtras {
     /// WebSocket upgrades are tunnelled to the upstream; `websocket #false` (or a block with
     /// `enabled #false`) answers them 403 instead, as upstream does for routes without it.
     pub websocket: bool,
+    /// Other upstreams to use when the route's own cannot serve the request.
+    pub fallback: Option<RouteFallback>,
 }
 
 impl Default for RouteExtras {
     fn default() -> Self {
-        RouteExtras { websocket: true }
+        RouteExtras {
+            websocket: true,
+            fallback: None,
+        }
     }
+}
+
+/// `fallback { fallback-upstream "b"; triggers { ... }; max-attempts N }`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RouteFallback {
+    /// Tried in order.
+    pub upstreams: Vec<FallbackUpstream>,
+    /// How many fallback upstreams one request may go to.
+    pub max_attempts: u32,
+    /// Go to a fallback upstream first when the route's upstream has no target in rotation.
+    pub on_health_failure: bool,
+    /// Go to the next fallback upstream when every target of the current one failed to
+    /// connect (no request byte was sent, so any method may go).
+    pub on_connection_error: bool,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct FallbackUpstream {
+    pub name: String,
+    /// Pass over this upstream while it has no target in rotation.
+    pub skip_if_unhealthy: bool,
 }
 
 /// One condition of a route. A `Vec` holds the values written on one node: any of them

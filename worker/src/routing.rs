@@ -169,6 +169,17 @@ struct CompiledRoute {
     service_type: ServiceType,
     /// WebSocket upgrades may be tunnelled (see `RouteExtras::websocket`).
     websocket: bool,
+    fallback: Option<Arc<Fallback>>,
+}
+
+/// A route's `fallback`, with upstream names resolved to pool indices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    /// Pool index and `skip-if-unhealthy`, in the configured order.
+    pub pools: Vec<(usize, bool)>,
+    pub max_attempts: u32,
+    pub on_health_failure: bool,
+    pub on_connection_error: bool,
 }
 
 impl CompiledRoute {
@@ -272,6 +283,29 @@ impl Router {
                 action,
                 service_type: r.service_type,
                 websocket: r.extras.as_ref().is_none_or(|e| e.websocket),
+                fallback: match r.extras.as_ref().and_then(|e| e.fallback.as_ref()) {
+                    None => None,
+                    Some(f) => Some(Arc::new(Fallback {
+                        pools: f
+                            .upstreams
+                            .iter()
+                            .map(|u| {
+                                let idx = config
+                                    .upstreams
+                                    .iter()
+                                    .position(|c| c.name == u.name)
+                                    .ok_or_else(|| RoutingError::UnknownUpstream {
+                                        route: r.name.clone(),
+                                        upstream: u.name.clone(),
+                                    })?;
+                                Ok((idx, u.skip_if_unhealthy))
+                            })
+                            .collect::<Result<_, RoutingError>>()?,
+                        max_attempts: f.max_attempts,
+                        on_health_failure: f.on_health_failure,
+                        on_connection_error: f.on_connection_error,
+                    })),
+                },
             };
             for m in &r.matches {
                 let condition = match m {
@@ -324,6 +358,13 @@ impl Router {
                     *i = k;
                 }
             }
+            if let Some(f) = r.fallback.as_mut() {
+                for (i, _) in &mut Arc::make_mut(f).pools {
+                    if let Some(&k) = keys.get(*i) {
+                        *i = k;
+                    }
+                }
+            }
         }
     }
 
@@ -355,6 +396,11 @@ impl Router {
 
     pub fn action(&self, idx: usize) -> Option<&Action> {
         self.routes.get(idx).map(|r| &r.action)
+    }
+
+    /// Route `idx`'s fallback upstreams, if it has some.
+    pub fn fallback(&self, idx: usize) -> Option<&Arc<Fallback>> {
+        self.routes.get(idx).and_then(|r| r.fallback.as_ref())
     }
 
     /// Whether route `idx` lets WebSocket upgrades through.

@@ -21,6 +21,7 @@ use super::ConfigDiagnostic;
 
 mod balancing;
 mod diagnostics;
+mod fallback;
 mod health_check;
 mod limits;
 mod listeners;
@@ -90,6 +91,8 @@ pub(super) struct ParsedRoute {
     pub name_at: usize,
     pub has_name: bool,
     pub upstream_at: Option<usize>,
+    /// Where each `fallback` upstream name was written, in `extras.fallback` order.
+    pub fallback_at: Vec<usize>,
 }
 
 pub(super) struct ParsedUpstream {

@@ -10,6 +10,8 @@ mod observability;
 mod validate;
 
 #[cfg(test)]
+mod fallback_tests;
+#[cfg(test)]
 mod include_tests;
 #[cfg(test)]
 mod legacy_state_tests;

@@ -2,6 +2,7 @@
 
 pub(crate) mod builtin;
 pub mod codec;
+mod fallback;
 mod files;
 pub(crate) mod session;
 mod sticky;

@@ -22,6 +22,7 @@ use crate::http::codec::{
     self, BodyError, BodyFraming, BodyTracker, ForwardContext, HttpVersion, Parsed, RequestHead,
     ResponseHead,
 };
+use crate::http::fallback::FallbackState;
 use crate::http::files::{self, FileBody};
 use crate::http::sticky;
 use crate::routing::Action;
@@ -66,6 +67,7 @@ struct Queued {
     since: Instant,
     /// The route's service type wants the proxy's own errors as JSON.
     json_errors: bool,
+    fallback: Option<FallbackState>,
 }
 
 struct Exchange {
@@ -114,6 +116,8 @@ struct Exchange {
     cout_stalled_since: Option<Instant>,
     /// Decided when the final response head is written.
     close_client: bool,
+    /// The route's fallback upstreams (see `http::fallback`).
+    fallback: Option<FallbackState>,
 }
 
 /// Why an exchange cannot go on.
@@ -663,18 +667,34 @@ impl HttpSession {
                     builtin::error_response(501, true, req.is_head(), json_errors, Some(&req));
                 self.respond_local(ctx, 501, bytes, true);
             }
-            Some(Action::Upstream(pool)) => self.start_proxy(req, pool, json_errors, ctx),
+            Some(Action::Upstream(pool)) => {
+                let fallback = route
+                    .and_then(|r| router.fallback(r))
+                    .map(|f| FallbackState::new(Arc::clone(f)));
+                self.start_proxy(req, pool, json_errors, fallback, ctx)
+            }
         }
     }
 
-    fn start_proxy(&mut self, req: RequestHead, pool: usize, json_errors: bool, ctx: &mut Ctx<'_>) {
+    fn start_proxy(
+        &mut self,
+        req: RequestHead,
+        pool: usize,
+        json_errors: bool,
+        mut fallback: Option<FallbackState>,
+        ctx: &mut Ctx<'_>,
+    ) {
         let since = ctx.now;
+        let pool = fallback
+            .as_mut()
+            .map_or(pool, |f| f.initial(pool, ctx.upstreams, ctx.now));
         self.try_proxy(
             Queued {
                 req,
                 pool,
                 since,
                 json_errors,
+                fallback,
             },
             ctx,
         );
@@ -688,6 +708,7 @@ impl HttpSession {
             pool,
             since,
             json_errors,
+            mut fallback,
         } = q;
         let mut failed = Vec::new();
         let token = tokens::session(self.key, Side::Upstream);
@@ -705,6 +726,7 @@ impl HttpSession {
                     pool,
                     since,
                     json_errors,
+                    fallback,
                 };
                 let waited = ctx.now.saturating_duration_since(since);
                 let limit = ctx
@@ -720,6 +742,19 @@ impl HttpSession {
                 return;
             }
             Err(NoConn::Exhausted) => {
+                let next = fallback
+                    .as_mut()
+                    .and_then(|f| f.after_connect_failure(pool, ctx.upstreams, ctx.now));
+                if let Some(pool) = next {
+                    let q = Queued {
+                        req,
+                        pool,
+                        since,
+                        json_errors,
+                        fallback,
+                    };
+                    return self.try_proxy(q, ctx);
+                }
                 // Each failed target was counted; an unknown pool (a routing bug) was not.
                 if failed.is_empty() {
                     ctx.counters.c.upstream_errors += 1;
@@ -789,6 +824,7 @@ impl HttpSession {
             last_client_activity: ctx.now,
             cout_stalled_since: None,
             close_client: false,
+            fallback,
         };
         self.phase = Phase::Proxy(Box::new(ex));
     }
@@ -924,12 +960,27 @@ impl HttpSession {
         let (up, meta) = ex.up.take()?;
         upstream::connect_failed(ctx, meta.join(up.stream), &mut ex.failed, peer, error);
         let pick = pick_request(peer, &ex.cookie);
-        match upstream::connect_next(ctx, meta.pool, &mut ex.failed, token, peer, &pick) {
-            Ok(conn) => {
-                ex.attach(conn, ctx.now);
-                None
+        let mut pool = meta.pool;
+        loop {
+            match upstream::connect_next(ctx, pool, &mut ex.failed, token, peer, &pick) {
+                Ok(conn) => {
+                    ex.attach(conn, ctx.now);
+                    return None;
+                }
+                Err(_) => {
+                    // Nothing was sent yet: a fallback upstream may take the request.
+                    let next = ex
+                        .fallback
+                        .as_mut()
+                        .and_then(|f| f.after_connect_failure(pool, ctx.upstreams, ctx.now));
+                    let Some(next) = next else {
+                        return Some(Fail::Exhausted);
+                    };
+                    pool = next;
+                    // Target indices of the failed list belong to the previous pool.
+                    ex.failed.clear();
+                }
             }
-            Err(_) => Some(Fail::Exhausted),
         }
     }
 

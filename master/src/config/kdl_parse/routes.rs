@@ -6,6 +6,7 @@ use zentinel_protocol::config::{
     PRIORITY_NORMAL,
 };
 
+use super::fallback::parse_fallback;
 use super::route_matches::parse_matches;
 use super::static_files::parse_static_files;
 use super::websocket::{parse_inspection, parse_websocket};
@@ -21,6 +22,7 @@ const ROUTE_KEYS: &[&str] = &[
     "service-type",
     "websocket",
     "websocket-inspection",
+    "fallback",
 ];
 const ROUTE_UNSUPPORTED: &[&str] = &[
     "policies",
@@ -32,7 +34,6 @@ const ROUTE_UNSUPPORTED: &[&str] = &[
     "api-schema",
     "inference",
     "shadow",
-    "fallback",
     "retry-policy",
     "circuit-breaker",
     "waf-enabled",
@@ -85,12 +86,18 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
     let mut upstream_at = None;
     let mut seen = Seen::default();
     let mut extras: Option<Box<RouteExtras>> = None;
+    let mut fallback_at = Vec::new();
     let children = node.children().map_or(&[][..], |c| c.nodes());
     for child in children {
         let kind = name(child);
         if matches!(
             kind,
-            "priority" | "matches" | "service-type" | "websocket" | "websocket-inspection"
+            "priority"
+                | "matches"
+                | "service-type"
+                | "websocket"
+                | "websocket-inspection"
+                | "fallback"
         ) && !seen.check(child, diags)
         {
             continue;
@@ -109,6 +116,12 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
                 }
             }
             "websocket-inspection" => parse_inspection(child, diags),
+            "fallback" => {
+                if let Some((fb, at)) = parse_fallback(child, diags) {
+                    extras.get_or_insert_with(Box::default).fallback = Some(fb);
+                    fallback_at = at;
+                }
+            }
             "upstream" | "static-response" | "builtin-handler" | "static-files" => {
                 if let Some(first) = action_node {
                     let line = diags.line_of(name_at(first));
@@ -168,6 +181,7 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
         name_at: named.as_ref().map_or(name_at(node), |(_, at)| *at),
         has_name: named.is_some(),
         upstream_at,
+        fallback_at,
     }
 }
 
