@@ -197,6 +197,8 @@ pub struct RouteExtras {
     pub websocket: bool,
     /// Other upstreams to use when the route's own cannot serve the request.
     pub fallback: Option<RouteFallback>,
+    /// A copy of a share of the requests sent to another upstream, answers discarded.
+    pub shadow: Option<RouteShadow>,
 }
 
 impl Default for RouteExtras {
@@ -204,8 +206,22 @@ impl Default for RouteExtras {
         RouteExtras {
             websocket: true,
             fallback: None,
+            shadow: None,
         }
     }
+}
+
+/// `shadow { upstream "id"; percentage N; sample-header "Name" "value"; timeout-ms N }`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RouteShadow {
+    pub upstream: String,
+    /// Share of the eligible requests mirrored, in hundredths of a percent (0..=10000).
+    pub per_10000: u32,
+    /// Only requests carrying this header (name, exact value) are mirrored.
+    pub sample_header: Option<(String, String)>,
+    /// A mirrored exchange still open after this long is dropped.
+    pub timeout_ms: u64,
 }
 
 /// `fallback { fallback-upstream "b"; triggers { ... }; max-attempts N }`.

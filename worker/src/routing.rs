@@ -6,6 +6,7 @@
 //! [`RouteMatch`]): `host a, host b, path-prefix /x, method GET HEAD` means
 //! `(host a OR host b) AND path-prefix /x AND (GET OR HEAD)`.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use regex::Regex;
@@ -170,6 +171,31 @@ struct CompiledRoute {
     /// WebSocket upgrades may be tunnelled (see `RouteExtras::websocket`).
     websocket: bool,
     fallback: Option<Arc<Fallback>>,
+    /// `Rc`: its counter is a `Cell`, and a router never leaves its worker's thread.
+    shadow: Option<Rc<Shadow>>,
+}
+
+/// A route's `shadow`, with the upstream resolved to a pool index.
+#[derive(Debug, Clone)]
+pub struct Shadow {
+    pub pool: usize,
+    pub per_10000: u32,
+    /// Lowercase name, exact value.
+    pub sample_header: Option<(String, String)>,
+    pub timeout: std::time::Duration,
+    /// Eligible requests seen by this worker: the share is taken by counting, so 10% is
+    /// exactly every tenth request rather than a coin toss.
+    pub seen: std::cell::Cell<u64>,
+}
+
+impl Shadow {
+    /// Count one eligible request; whether it is one to mirror.
+    pub fn sample(&self) -> bool {
+        let n = self.seen.get();
+        self.seen.set(n.wrapping_add(1));
+        let p = u64::from(self.per_10000.min(10_000));
+        (n + 1) * p / 10_000 > n * p / 10_000
+    }
 }
 
 /// A route's `fallback`, with upstream names resolved to pool indices.
@@ -283,6 +309,23 @@ impl Router {
                 action,
                 service_type: r.service_type,
                 websocket: r.extras.as_ref().is_none_or(|e| e.websocket),
+                shadow: match r.extras.as_ref().and_then(|e| e.shadow.as_ref()) {
+                    None => None,
+                    Some(sh) => Some(Rc::new(Shadow {
+                        pool: config
+                            .upstreams
+                            .iter()
+                            .position(|c| c.name == sh.upstream)
+                            .ok_or_else(|| RoutingError::UnknownUpstream {
+                                route: r.name.clone(),
+                                upstream: sh.upstream.clone(),
+                            })?,
+                        per_10000: sh.per_10000,
+                        sample_header: sh.sample_header.clone(),
+                        timeout: std::time::Duration::from_millis(sh.timeout_ms),
+                        seen: std::cell::Cell::new(0),
+                    })),
+                },
                 fallback: match r.extras.as_ref().and_then(|e| e.fallback.as_ref()) {
                     None => None,
                     Some(f) => Some(Arc::new(Fallback {
@@ -358,6 +401,12 @@ impl Router {
                     *i = k;
                 }
             }
+            if let Some(sh) = r.shadow.as_mut() {
+                let sh = Rc::make_mut(sh);
+                if let Some(&k) = keys.get(sh.pool) {
+                    sh.pool = k;
+                }
+            }
             if let Some(f) = r.fallback.as_mut() {
                 for (i, _) in &mut Arc::make_mut(f).pools {
                     if let Some(&k) = keys.get(*i) {
@@ -396,6 +445,11 @@ impl Router {
 
     pub fn action(&self, idx: usize) -> Option<&Action> {
         self.routes.get(idx).map(|r| &r.action)
+    }
+
+    /// Route `idx`'s shadow, if it has one.
+    pub fn shadow(&self, idx: usize) -> Option<&Rc<Shadow>> {
+        self.routes.get(idx).and_then(|r| r.shadow.as_ref())
     }
 
     /// Route `idx`'s fallback upstreams, if it has some.
@@ -612,6 +666,25 @@ mod tests {
         mapped.map_upstreams(&[7, 3]);
         assert_eq!(mapped.action(0), Some(&Action::Upstream(7)));
         assert_eq!(mapped.action(1), Some(&Action::Upstream(3)));
+    }
+
+    #[test]
+    fn shadow_share_is_counted() {
+        let share = |per_10000| {
+            let sh = Shadow {
+                pool: 0,
+                per_10000,
+                sample_header: None,
+                timeout: std::time::Duration::from_secs(1),
+                seen: std::cell::Cell::new(0),
+            };
+            (0..1000).filter(|_| sh.sample()).count()
+        };
+        assert_eq!(share(10_000), 1000);
+        assert_eq!(share(1000), 100);
+        assert_eq!(share(1250), 125);
+        assert_eq!(share(5), 0);
+        assert_eq!(share(0), 0);
     }
 
     #[test]

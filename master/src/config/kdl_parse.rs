@@ -29,6 +29,7 @@ mod namespace;
 mod node;
 mod route_matches;
 mod routes;
+mod shadow;
 mod static_files;
 mod syntax;
 mod system;
@@ -93,6 +94,8 @@ pub(super) struct ParsedRoute {
     pub upstream_at: Option<usize>,
     /// Where each `fallback` upstream name was written, in `extras.fallback` order.
     pub fallback_at: Vec<usize>,
+    /// Where the `shadow` upstream name was written.
+    pub shadow_at: Option<usize>,
 }
 
 pub(super) struct ParsedUpstream {

@@ -20,6 +20,8 @@ mod namespace_tests;
 #[cfg(test)]
 mod routes_tests;
 #[cfg(test)]
+mod shadow_tests;
+#[cfg(test)]
 mod static_files_tests;
 #[cfg(test)]
 mod system_tests;

@@ -107,7 +107,7 @@ fn mistakes_are_located() {
         2,
         "indexes",
         "indexes",
-        "did you mean `index`",
+        "(did you mean `index`?); accepted: `root`, `index`",
     );
     assert_error(
         &["static-files {", &root_line, "    mime-types { }", "}"],

@@ -148,6 +148,17 @@ pub(super) fn validate(
                 diags,
             );
         }
+        let shadow = route.config.extras.as_ref().and_then(|e| e.shadow.as_ref());
+        if let (Some(shadow), Some(at)) = (shadow, route.shadow_at) {
+            check_upstream_exists(
+                "route",
+                &route.config.name,
+                &shadow.upstream,
+                at,
+                &upstream_names,
+                diags,
+            );
+        }
         if let (RouteAction::Upstream(upstream), Some(at)) =
             (&route.config.action, route.upstream_at)
         {

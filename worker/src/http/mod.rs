@@ -5,6 +5,7 @@ pub mod codec;
 mod fallback;
 mod files;
 pub(crate) mod session;
+mod shadow;
 mod sticky;
 
 use crate::routing::RouteRequest;

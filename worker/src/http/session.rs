@@ -24,6 +24,7 @@ use crate::http::codec::{
 };
 use crate::http::fallback::FallbackState;
 use crate::http::files::{self, FileBody};
+use crate::http::shadow;
 use crate::http::sticky;
 use crate::routing::Action;
 use crate::sock::{Buf, ClientSock, Sock, BUF_CAP};
@@ -668,6 +669,18 @@ impl HttpSession {
                 self.respond_local(ctx, 501, bytes, true);
             }
             Some(Action::Upstream(pool)) => {
+                if let Some(sh) = route.and_then(|r| router.shadow(r)).cloned() {
+                    let fctx = ForwardContext {
+                        client: self.peer,
+                        listener: self.lctx.local,
+                        scheme: match self.client {
+                            ClientSock::Plain(_) => "http",
+                            ClientSock::Tls(_) => "https",
+                        },
+                    };
+                    shadow::mirror(&sh, &req, &fctx, ctx);
+                }
+                let router = &self.generation.router;
                 let fallback = route
                     .and_then(|r| router.fallback(r))
                     .map(|f| FallbackState::new(Arc::clone(f)));

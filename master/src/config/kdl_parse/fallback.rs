@@ -76,7 +76,7 @@ pub(super) fn parse_fallback(
                 }
             }
             "model-mapping" => no_effect(child, "model mapping rewrites inference requests", diags),
-            _ => unknown(child, "fallback", KEYS, &[], diags),
+            _ => unknown_listing(child, "fallback", KEYS, &[], diags),
         }
     }
     if fb.upstreams.is_empty() && diags.error_count() == errors_before {
@@ -128,7 +128,7 @@ fn parse_triggers(node: &KdlNode, fb: &mut RouteFallback, diags: &mut Diagnostic
                     );
                 }
             }
-            _ => unknown(child, "triggers", TRIGGER_KEYS, &[], diags),
+            _ => unknown_listing(child, "triggers", TRIGGER_KEYS, &[], diags),
         }
     }
 }
@@ -167,7 +167,7 @@ fn parse_fallback_upstream(
                 }
             }
             "model-mapping" => no_effect(child, "model mapping rewrites inference requests", diags),
-            _ => unknown(child, "fallback-upstream", UPSTREAM_KEYS, &[], diags),
+            _ => unknown_listing(child, "fallback-upstream", UPSTREAM_KEYS, &[], diags),
         }
     }
     Some((

@@ -8,6 +8,7 @@ use zentinel_protocol::config::{
 
 use super::fallback::parse_fallback;
 use super::route_matches::parse_matches;
+use super::shadow::parse_shadow;
 use super::static_files::parse_static_files;
 use super::websocket::{parse_inspection, parse_websocket};
 use super::*;
@@ -23,6 +24,7 @@ const ROUTE_KEYS: &[&str] = &[
     "websocket",
     "websocket-inspection",
     "fallback",
+    "shadow",
 ];
 const ROUTE_UNSUPPORTED: &[&str] = &[
     "policies",
@@ -33,7 +35,6 @@ const ROUTE_UNSUPPORTED: &[&str] = &[
     "rate-limit",
     "api-schema",
     "inference",
-    "shadow",
     "retry-policy",
     "circuit-breaker",
     "waf-enabled",
@@ -87,6 +88,7 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
     let mut seen = Seen::default();
     let mut extras: Option<Box<RouteExtras>> = None;
     let mut fallback_at = Vec::new();
+    let mut shadow_at = None;
     let children = node.children().map_or(&[][..], |c| c.nodes());
     for child in children {
         let kind = name(child);
@@ -98,6 +100,7 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
                 | "websocket"
                 | "websocket-inspection"
                 | "fallback"
+                | "shadow"
         ) && !seen.check(child, diags)
         {
             continue;
@@ -116,6 +119,12 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
                 }
             }
             "websocket-inspection" => parse_inspection(child, diags),
+            "shadow" => {
+                if let Some((sh, at)) = parse_shadow(child, diags) {
+                    extras.get_or_insert_with(Box::default).shadow = Some(sh);
+                    shadow_at = Some(at);
+                }
+            }
             "fallback" => {
                 if let Some((fb, at)) = parse_fallback(child, diags) {
                     extras.get_or_insert_with(Box::default).fallback = Some(fb);
@@ -182,6 +191,7 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
         has_name: named.is_some(),
         upstream_at,
         fallback_at,
+        shadow_at,
     }
 }
 

@@ -90,7 +90,7 @@ pub(super) fn parse_static_files(
                     }
                 }
             }
-            _ => unknown(child, "static-files", KEYS, UNSUPPORTED, diags),
+            _ => unknown_listing(child, "static-files", KEYS, UNSUPPORTED, diags),
         }
     }
     if root.is_none() && !children.iter().any(|c| name(c) == "root") {

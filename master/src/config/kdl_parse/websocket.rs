@@ -45,7 +45,7 @@ pub(super) fn parse_websocket(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Op
                     );
                 }
             }
-            _ => unknown(child, "websocket", BLOCK_KEYS, &[], diags),
+            _ => unknown_listing(child, "websocket", BLOCK_KEYS, &[], diags),
         }
     }
     enabled
