@@ -7,6 +7,7 @@ mod files;
 pub(crate) mod session;
 mod shadow;
 mod sticky;
+mod websocket;
 
 use crate::routing::RouteRequest;
 

@@ -24,8 +24,8 @@ use crate::http::codec::{
 };
 use crate::http::fallback::FallbackState;
 use crate::http::files::{self, FileBody};
-use crate::http::shadow;
 use crate::http::sticky;
+use crate::http::{shadow, websocket};
 use crate::routing::Action;
 use crate::sock::{Buf, ClientSock, Sock, BUF_CAP};
 use crate::tcp::{TcpSession, UpMeta};
@@ -612,22 +612,11 @@ impl HttpSession {
         let route = router.find(self.lctx.route_scope, self.lctx.default_route, &req);
         let action = route.and_then(|r| router.action(r)).cloned();
         let json_errors = route.is_some_and(|r| router.service_type(r).json_errors());
-        let websocket_refused = route.is_some_and(|r| !router.websocket_allowed(r))
-            && req
-                .upgrade
-                .as_deref()
-                .is_some_and(|u| u.trim().eq_ignore_ascii_case("websocket"));
-        if websocket_refused {
-            // `websocket #false` on the route: upstream's answer for routes without WebSocket.
-            debug!(peer = %self.peer, path = req.path(), "websocket upgrade refused by the route");
-            let bytes = codec::local_response(
-                403,
-                Some("text/plain; charset=utf-8"),
-                b"WebSocket not enabled for this route",
-                true,
-                req.is_head(),
-            );
-            return self.respond_local(ctx, 403, bytes, true);
+        if route.is_some_and(|r| !router.websocket_allowed(r)) {
+            if let Some(bytes) = websocket::refused(&req) {
+                debug!(peer = %self.peer, path = req.path(), "websocket upgrade refused by the route");
+                return self.respond_local(ctx, 403, bytes, true);
+            }
         }
         match action {
             None => {
@@ -670,15 +659,7 @@ impl HttpSession {
             }
             Some(Action::Upstream(pool)) => {
                 if let Some(sh) = route.and_then(|r| router.shadow(r)).cloned() {
-                    let fctx = ForwardContext {
-                        client: self.peer,
-                        listener: self.lctx.local,
-                        scheme: match self.client {
-                            ClientSock::Plain(_) => "http",
-                            ClientSock::Tls(_) => "https",
-                        },
-                    };
-                    shadow::mirror(&sh, &req, &fctx, ctx);
+                    shadow::mirror(&sh, &req, &self.forward_context(), ctx);
                 }
                 let router = &self.generation.router;
                 let fallback = route
@@ -686,6 +667,17 @@ impl HttpSession {
                     .map(|f| FallbackState::new(Arc::clone(f)));
                 self.start_proxy(req, pool, json_errors, fallback, ctx)
             }
+        }
+    }
+
+    fn forward_context(&self) -> ForwardContext {
+        ForwardContext {
+            client: self.peer,
+            listener: self.lctx.local,
+            scheme: match self.client {
+                ClientSock::Plain(_) => "http",
+                ClientSock::Tls(_) => "https",
+            },
         }
     }
 
@@ -787,15 +779,7 @@ impl HttpSession {
             }
         };
         let mut head_bytes = Vec::with_capacity(512);
-        let fctx = ForwardContext {
-            client: self.peer,
-            listener: self.lctx.local,
-            scheme: match self.client {
-                ClientSock::Plain(_) => "http",
-                ClientSock::Tls(_) => "https",
-            },
-        };
-        codec::write_upstream_request(&req, &fctx, &mut head_bytes);
+        codec::write_upstream_request(&req, &self.forward_context(), &mut head_bytes);
         let (stream, meta) = UpMeta::split(conn);
         let connected = meta.reused;
         let mut uout = Buf::new();
