@@ -61,6 +61,13 @@ routes {{
             cache-control "no-cache"
         }}
     }}
+    route "list" {{
+        matches {{ path-prefix "/list"; }}
+        static-files {{
+            root "{www}"
+            directory-listing #true
+        }}
+    }}
     route "site" {{
         priority "low"
         matches {{ path-prefix "/"; }}
@@ -113,6 +120,25 @@ fn files_index_types_and_prefix() {
     assert!(r.body.is_empty());
     let r = request(z, "DELETE /style.css HTTP/1.1");
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
+}
+
+#[test]
+fn directory_listing() {
+    let Site { z, .. } = &site();
+    let r = get(z, "/list/bare/");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    let body = r.body_str();
+    assert!(body.contains("Index of /list/bare/"), "{body}");
+    assert!(
+        body.contains("<a href=\"readme.txt\">readme.txt</a>"),
+        "{body}"
+    );
+    // An index still wins over the listing.
+    let body = get(z, "/list/docs/").body_str();
+    assert_eq!(body, "<h1>docs</h1>");
+    let body = request(z, "GET /list/?x HTTP/1.1").body_str();
+    assert_eq!(body, "<h1>home</h1>");
 }
 
 #[test]
