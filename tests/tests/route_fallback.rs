@@ -70,3 +70,57 @@ routes {{
     let r = c.read_response();
     assert_eq!((r.status, r.backend()), (200, Some("backup")), "{r:?}");
 }
+
+/// The health trigger: once the route's upstream has no target in rotation (here its active
+/// check fails), requests start on the fallback even with the connection trigger off.
+#[test]
+fn unhealthy_primary_starts_on_the_fallback() {
+    let backup = Backend::start("backup");
+    let dead = format!("127.0.0.1:{}", free_port());
+    let port = free_port();
+    let cfg = format!(
+        r#"
+system {{
+    worker-threads 1
+}}
+listeners {{
+    listener "http" {{
+        address "127.0.0.1:{port}"
+    }}
+}}
+upstreams {{
+    upstream "primary" {{
+        target "{dead}"
+        health-check {{ type "tcp"; interval-secs 1; timeout-secs 1; healthy-threshold 1; unhealthy-threshold 1; }}
+        passive-health {{ max-fails 0; }}
+    }}
+    upstream "backup" {{
+        target "{backup}"
+    }}
+}}
+routes {{
+    route "r" {{
+        upstream "primary"
+        fallback {{
+            fallback-upstream "backup" {{ skip-if-unhealthy #true; }}
+            triggers {{ on-connection-error #false; }}
+        }}
+    }}
+}}
+"#,
+        backup = backup.target()
+    );
+    let z = Zentinel::start(&cfg);
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || z
+            .log_text()
+            .contains("upstream target out of rotation (health check)")),
+        "{}",
+        z.log_text()
+    );
+    for _ in 0..3 {
+        let r = z.client().get("/", "fb.test");
+        assert_eq!((r.status, r.backend()), (200, Some("backup")), "{r:?}");
+    }
+    assert!(z.log_text().contains("request sent to a fallback upstream"));
+}
