@@ -205,6 +205,9 @@ pub struct RouteConfig {
     pub retry_policy: Option<RetryPolicy>,
     /// `policies { ... }`: header changes, per-route timeout and body limit, rate limit.
     pub policies: RoutePolicies,
+    /// Settings most routes leave alone (`websocket`, ...); `None` is every default. Boxed so
+    /// that a plain route stays small.
+    pub extras: Option<Box<RouteExtras>>,
 }
 
 /// How a route's requests are attempted again on another target (see the README, "Retries").
@@ -336,6 +339,65 @@ pub enum RateLimitKey {
     Header(String),
 }
 
+/// The less common settings of a route.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RouteExtras {
+    /// WebSocket upgrades are tunnelled to the upstream; `websocket #false` (or a block with
+    /// `enabled #false`) answers them 403 instead, as upstream does for routes without it.
+    pub websocket: bool,
+    /// Other upstreams to use when the route's own cannot serve the request.
+    pub fallback: Option<RouteFallback>,
+    /// A copy of a share of the requests sent to another upstream, answers discarded.
+    pub shadow: Option<RouteShadow>,
+}
+
+impl Default for RouteExtras {
+    fn default() -> Self {
+        RouteExtras {
+            websocket: true,
+            fallback: None,
+            shadow: None,
+        }
+    }
+}
+
+/// `shadow { upstream "id"; percentage N; sample-header "Name" "value"; timeout-ms N }`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RouteShadow {
+    pub upstream: String,
+    /// Share of the eligible requests mirrored, in hundredths of a percent (0..=10000).
+    pub per_10000: u32,
+    /// Only requests carrying this header (name, exact value) are mirrored.
+    pub sample_header: Option<(String, String)>,
+    /// A mirrored exchange still open after this long is dropped.
+    pub timeout_ms: u64,
+}
+
+/// `fallback { fallback-upstream "b"; triggers { ... }; max-attempts N }`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RouteFallback {
+    /// Tried in order.
+    pub upstreams: Vec<FallbackUpstream>,
+    /// How many fallback upstreams one request may go to.
+    pub max_attempts: u32,
+    /// Go to a fallback upstream first when the route's upstream has no target in rotation.
+    pub on_health_failure: bool,
+    /// Go to the next fallback upstream when every target of the current one failed to
+    /// connect (no request byte was sent, so any method may go).
+    pub on_connection_error: bool,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct FallbackUpstream {
+    pub name: String,
+    /// Pass over this upstream while it has no target in rotation.
+    pub skip_if_unhealthy: bool,
+}
+
 /// One condition of a route. A `Vec` holds the values written on one node: any of them
 /// satisfies the condition (`method "GET" "HEAD"`).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -367,6 +429,26 @@ pub enum RouteAction {
     Static(StaticResponse),
     /// Answered by the worker itself.
     Builtin(BuiltinHandler),
+    /// Files served by the worker from a directory (`static-files { ... }`).
+    Files(Box<StaticFiles>),
+}
+
+/// `static-files { root ...; index ...; ... }`: what a route serves from disk.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct StaticFiles {
+    /// Absolute directory; the master checked that it exists. The path served is the request
+    /// path with the route's matched `path-prefix` removed, relative to this directory.
+    pub root: String,
+    /// File names tried, in order, when the request names a directory.
+    pub index: Vec<String>,
+    /// Answer a directory without an index with an HTML listing (otherwise 403).
+    pub directory_listing: bool,
+    /// `Cache-Control` on 200 and 206 answers (upstream's default "public, max-age=3600").
+    pub cache_control: String,
+    /// File (relative to `root`) answered with 200 when the requested file does not exist:
+    /// single-page applications.
+    pub fallback: Option<String>,
 }
 
 /// Upstream Zentinel's `builtin-handler` names this build answers.

@@ -712,3 +712,53 @@ fn protocol_upgrades_over_tls_are_refused_cleanly() {
     assert!(r.closes());
     c.expect_close_notify();
 }
+
+/// A `static-files` body crosses the TLS layer whole, streamed (several buffers), and a Range
+/// works the same as on plain HTTP.
+#[test]
+fn static_files_stream_over_https() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("curl not installed: skipping");
+        return;
+    }
+    let f = Fixture::new("tls-static");
+    let www = f.dir.0.join("www");
+    fs::create_dir_all(&www).unwrap();
+    let size = 3 * 1024 * 1024 + 7;
+    fs::write(www.join("big.bin"), pattern(size)).unwrap();
+    let port = free_port();
+    let cfg = f.config(port, 1).replace(
+        "route \"app\" {\n        upstream \"app\"\n    }",
+        &format!(
+            "route \"app\" {{\n        static-files {{ root \"{}\"; }}\n    }}",
+            www.display()
+        ),
+    );
+    assert!(cfg.contains("static-files"), "{cfg}");
+    let z = Zentinel::start(&cfg);
+    let curl = |extra: &[&str]| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                "--http1.1",
+                "-o",
+                "/dev/null",
+                "--cacert",
+            ])
+            .arg(f.path("ca.pem"))
+            .args([
+                "--resolve",
+                &format!("a.test:{}:127.0.0.1", z.addr().port()),
+            ])
+            .args(["-w", "%{http_code} %{size_download}"])
+            .args(extra)
+            .arg(format!("https://a.test:{}/big.bin", z.addr().port()))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl(&[]), format!("200 {size}"));
+    assert_eq!(curl(&["-r", "100-199"]), "206 100");
+}

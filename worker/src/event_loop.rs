@@ -284,6 +284,11 @@ impl Worker {
                             self.poll.registry(),
                             &mut self.shared.timers,
                         ),
+                        Some(Owner::Shadow(key)) => self.shared.upstreams.on_shadow_event(
+                            key,
+                            self.poll.registry(),
+                            &mut self.shared.timers,
+                        ),
                         // Closed earlier in this batch of events.
                         None => {}
                     },
@@ -579,6 +584,11 @@ impl Worker {
                     k,
                     id,
                     now,
+                    self.poll.registry(),
+                    &mut self.shared.timers,
+                ),
+                TimerKey::Shadow(key) => self.shared.upstreams.on_shadow_timer(
+                    key,
                     self.poll.registry(),
                     &mut self.shared.timers,
                 ),

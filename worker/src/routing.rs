@@ -7,13 +7,14 @@
 //! `(host a OR host b) AND path-prefix /x AND (GET OR HEAD)`.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use regex::Regex;
 
 use crate::http::RetryRule;
 use zentinel_protocol::config::{
-    BuiltinHandler, ProxyConfig, RouteAction, RouteMatch, RoutePolicies, ServiceType,
+    BuiltinHandler, ProxyConfig, RouteAction, RouteMatch, RoutePolicies, ServiceType, StaticFiles,
     StaticResponse,
 };
 
@@ -29,6 +30,30 @@ pub enum Action {
     Upstream(usize),
     Static(StaticResponse),
     Builtin(BuiltinHandler),
+    /// Files from a directory (shared: the route's config is not copied per request).
+    Files(Arc<FilesRoute>),
+}
+
+/// A `static-files` route: its config and the `path-prefix` values removed from the request
+/// path before it is looked up under the root.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FilesRoute {
+    pub files: StaticFiles,
+    pub prefixes: Vec<String>,
+}
+
+impl FilesRoute {
+    /// The request path relative to the root: the longest matching `path-prefix` removed
+    /// (`/assets` serves `/assets/app.js` as `<root>/app.js`). Routes matched another way
+    /// (`path`, `path-regex`, host only) serve the full path.
+    pub fn relative<'p>(&self, path: &'p str) -> &'p str {
+        self.prefixes
+            .iter()
+            .map(|p| p.trim_end_matches('/'))
+            .filter(|p| !p.is_empty() && prefix_matches(p, path))
+            .max_by_key(|p| p.len())
+            .map_or(path, |p| &path[p.len()..])
+    }
 }
 
 /// What routing looks at in a request. The host is already normalized (lowercase, no port).
@@ -155,6 +180,44 @@ struct CompiledRoute {
     /// The route's buckets. A generation is immutable except for these: the worker is single
     /// threaded and sessions only borrow them for one check. A reload starts with new buckets.
     limiter: Option<RefCell<Limiter>>,
+    /// WebSocket upgrades may be tunnelled (see `RouteExtras::websocket`).
+    websocket: bool,
+    fallback: Option<Arc<Fallback>>,
+    /// `Rc`: its counter is a `Cell`, and a router never leaves its worker's thread.
+    shadow: Option<Rc<Shadow>>,
+}
+
+/// A route's `shadow`, with the upstream resolved to a pool index.
+#[derive(Debug, Clone)]
+pub struct Shadow {
+    pub pool: usize,
+    pub per_10000: u32,
+    /// Lowercase name, exact value.
+    pub sample_header: Option<(String, String)>,
+    pub timeout: std::time::Duration,
+    /// Eligible requests seen by this worker: the share is taken by counting, so 10% is
+    /// exactly every tenth request rather than a coin toss.
+    pub seen: std::cell::Cell<u64>,
+}
+
+impl Shadow {
+    /// Count one eligible request; whether it is one to mirror.
+    pub fn sample(&self) -> bool {
+        let n = self.seen.get();
+        self.seen.set(n.wrapping_add(1));
+        let p = u64::from(self.per_10000.min(10_000));
+        (n + 1) * p / 10_000 > n * p / 10_000
+    }
+}
+
+/// A route's `fallback`, with upstream names resolved to pool indices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    /// Pool index and `skip-if-unhealthy`, in the configured order.
+    pub pools: Vec<(usize, bool)>,
+    pub max_attempts: u32,
+    pub on_health_failure: bool,
+    pub on_connection_error: bool,
 }
 
 impl CompiledRoute {
@@ -237,6 +300,18 @@ impl Router {
                 ),
                 RouteAction::Static(s) => Action::Static(s.clone()),
                 RouteAction::Builtin(b) => Action::Builtin(*b),
+                RouteAction::Files(f) => Action::Files(Arc::new(FilesRoute {
+                    files: (**f).clone(),
+                    prefixes: r
+                        .matches
+                        .iter()
+                        .filter_map(|m| match m {
+                            RouteMatch::PathPrefix(p) => Some(p.iter().cloned()),
+                            _ => None,
+                        })
+                        .flatten()
+                        .collect(),
+                })),
             };
             let mut c = CompiledRoute {
                 name: r.name.clone(),
@@ -252,6 +327,47 @@ impl Router {
                     .rate_limit
                     .as_ref()
                     .map(|l| RefCell::new(Limiter::new(l))),
+                websocket: r.extras.as_ref().is_none_or(|e| e.websocket),
+                shadow: match r.extras.as_ref().and_then(|e| e.shadow.as_ref()) {
+                    None => None,
+                    Some(sh) => Some(Rc::new(Shadow {
+                        pool: config
+                            .upstreams
+                            .iter()
+                            .position(|c| c.name == sh.upstream)
+                            .ok_or_else(|| RoutingError::UnknownUpstream {
+                                route: r.name.clone(),
+                                upstream: sh.upstream.clone(),
+                            })?,
+                        per_10000: sh.per_10000,
+                        sample_header: sh.sample_header.clone(),
+                        timeout: std::time::Duration::from_millis(sh.timeout_ms),
+                        seen: std::cell::Cell::new(0),
+                    })),
+                },
+                fallback: match r.extras.as_ref().and_then(|e| e.fallback.as_ref()) {
+                    None => None,
+                    Some(f) => Some(Arc::new(Fallback {
+                        pools: f
+                            .upstreams
+                            .iter()
+                            .map(|u| {
+                                let idx = config
+                                    .upstreams
+                                    .iter()
+                                    .position(|c| c.name == u.name)
+                                    .ok_or_else(|| RoutingError::UnknownUpstream {
+                                        route: r.name.clone(),
+                                        upstream: u.name.clone(),
+                                    })?;
+                                Ok((idx, u.skip_if_unhealthy))
+                            })
+                            .collect::<Result<_, RoutingError>>()?,
+                        max_attempts: f.max_attempts,
+                        on_health_failure: f.on_health_failure,
+                        on_connection_error: f.on_connection_error,
+                    })),
+                },
             };
             for m in &r.matches {
                 let condition = match m {
@@ -302,6 +418,19 @@ impl Router {
             if let Action::Upstream(i) = &mut r.action {
                 if let Some(&k) = keys.get(*i) {
                     *i = k;
+                }
+            }
+            if let Some(sh) = r.shadow.as_mut() {
+                let sh = Rc::make_mut(sh);
+                if let Some(&k) = keys.get(sh.pool) {
+                    sh.pool = k;
+                }
+            }
+            if let Some(f) = r.fallback.as_mut() {
+                for (i, _) in &mut Arc::make_mut(f).pools {
+                    if let Some(&k) = keys.get(*i) {
+                        *i = k;
+                    }
                 }
             }
         }
@@ -360,6 +489,21 @@ impl Router {
             .max()
     }
 
+    /// Route `idx`'s shadow, if it has one.
+    pub fn shadow(&self, idx: usize) -> Option<&Rc<Shadow>> {
+        self.routes.get(idx).and_then(|r| r.shadow.as_ref())
+    }
+
+    /// Route `idx`'s fallback upstreams, if it has some.
+    pub fn fallback(&self, idx: usize) -> Option<&Arc<Fallback>> {
+        self.routes.get(idx).and_then(|r| r.fallback.as_ref())
+    }
+
+    /// Whether route `idx` lets WebSocket upgrades through.
+    pub fn websocket_allowed(&self, idx: usize) -> bool {
+        self.routes.get(idx).is_none_or(|r| r.websocket)
+    }
+
     pub fn service_type(&self, idx: usize) -> ServiceType {
         self.routes
             .get(idx)
@@ -386,6 +530,7 @@ mod tests {
     fn route(name: &str, matches: Vec<RouteMatch>, upstream: &str) -> RouteConfig {
         RouteConfig {
             scope: None,
+            extras: None,
             name: name.into(),
             priority: PRIORITY_NORMAL,
             matches,
@@ -566,6 +711,50 @@ mod tests {
         mapped.map_upstreams(&[7, 3]);
         assert_eq!(mapped.action(0), Some(&Action::Upstream(7)));
         assert_eq!(mapped.action(1), Some(&Action::Upstream(3)));
+    }
+
+    #[test]
+    fn shadow_share_is_counted() {
+        let share = |per_10000| {
+            let sh = Shadow {
+                pool: 0,
+                per_10000,
+                sample_header: None,
+                timeout: std::time::Duration::from_secs(1),
+                seen: std::cell::Cell::new(0),
+            };
+            (0..1000).filter(|_| sh.sample()).count()
+        };
+        assert_eq!(share(10_000), 1000);
+        assert_eq!(share(1000), 100);
+        assert_eq!(share(1250), 125);
+        assert_eq!(share(5), 0);
+        assert_eq!(share(0), 0);
+    }
+
+    #[test]
+    fn files_path_relative_to_longest_prefix() {
+        let files = StaticFiles {
+            root: "/srv".into(),
+            index: vec!["index.html".into()],
+            directory_listing: false,
+            cache_control: String::new(),
+            fallback: None,
+        };
+        let r = FilesRoute {
+            files,
+            prefixes: vec!["/".into(), "/assets".into(), "/assets/img/".into()],
+        };
+        assert_eq!(r.relative("/assets/app.js"), "/app.js");
+        assert_eq!(r.relative("/assets"), "");
+        assert_eq!(r.relative("/assets/img/a.png"), "/a.png");
+        assert_eq!(r.relative("/assetsx/a"), "/assetsx/a");
+        assert_eq!(r.relative("/other"), "/other");
+        let plain = FilesRoute {
+            prefixes: Vec::new(),
+            ..r
+        };
+        assert_eq!(plain.relative("/assets/app.js"), "/assets/app.js");
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub enum TimerKey {
     IdleUpstream(usize),
     /// The health probe schedule of (pool key, target index).
     Health(usize, usize),
+    /// A mirrored request's timeout (key in the shadow table).
+    Shadow(usize),
     AcceptBackoff,
     Drain,
     /// Time to look the upstream host names up again.

@@ -188,6 +188,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
         routes: vec![
             RouteConfig {
                 scope: None,
+                extras: None,
                 name: "static".into(),
                 priority: PRIORITY_HIGH,
                 service_type: ServiceType::Web,
@@ -202,6 +203,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
             },
             RouteConfig {
                 scope: None,
+                extras: None,
                 name: "dead".into(),
                 priority: PRIORITY_HIGH,
                 service_type: ServiceType::Web,
@@ -212,6 +214,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
             },
             RouteConfig {
                 scope: None,
+                extras: None,
                 name: "app".into(),
                 priority: PRIORITY_NORMAL,
                 service_type: ServiceType::Web,
@@ -933,6 +936,7 @@ fn serve_app(mut c: Conn, conn_id: usize, opts: &BackendOpts, seen: &mpsc::Sende
 fn add_route(cfg: &mut ProxyConfig, host: &str, up: UpstreamConfig) {
     cfg.routes.push(RouteConfig {
         scope: None,
+        extras: None,
         name: format!("to-{}", up.name),
         priority: PRIORITY_HIGH,
         service_type: ServiceType::Web,
@@ -1666,6 +1670,7 @@ fn same_listeners(h: &Harness) -> (TcpListener, TcpListener) {
 fn which_route(body: &str) -> RouteConfig {
     RouteConfig {
         scope: None,
+        extras: None,
         name: "which".into(),
         priority: PRIORITY_CRITICAL,
         service_type: ServiceType::Web,

@@ -22,6 +22,7 @@ use super::ConfigDiagnostic;
 mod balancing;
 mod circuit_breaker;
 mod diagnostics;
+mod fallback;
 mod health_check;
 mod limits;
 mod listeners;
@@ -31,10 +32,13 @@ mod policies;
 mod retry_policy;
 mod route_matches;
 mod routes;
+mod shadow;
+mod static_files;
 mod syntax;
 mod system;
 mod tls;
 mod upstreams;
+mod websocket;
 
 pub(super) use diagnostics::{Diagnostics, MappedFile, Segment, SourceMap};
 use limits::parse_limits;
@@ -95,6 +99,10 @@ pub(super) struct ParsedRoute {
     /// to the route's upstream by `validate`, with the offset of its name. The inner `None`
     /// is `enabled #false`.
     pub circuit_breaker: Option<(Option<CircuitBreakerConfig>, usize)>,
+    /// Where each `fallback` upstream name was written, in `extras.fallback` order.
+    pub fallback_at: Vec<usize>,
+    /// Where the `shadow` upstream name was written.
+    pub shadow_at: Option<usize>,
 }
 
 pub(super) struct ParsedUpstream {

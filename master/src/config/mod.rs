@@ -10,6 +10,8 @@ mod observability;
 mod validate;
 
 #[cfg(test)]
+mod fallback_tests;
+#[cfg(test)]
 mod include_tests;
 #[cfg(test)]
 mod legacy_state_tests;
@@ -22,11 +24,17 @@ mod retry_breaker_tests;
 #[cfg(test)]
 mod routes_tests;
 #[cfg(test)]
+mod shadow_tests;
+#[cfg(test)]
+mod static_files_tests;
+#[cfg(test)]
 mod system_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod upstreams_tests;
+#[cfg(test)]
+mod websocket_tests;
 
 use std::fmt;
 use std::path::Path;

@@ -161,8 +161,8 @@ fn retry_policy_errors_are_located() {
         &["retry-policy {", bad, "}"],
         1,
         "max-attempt",
-        "unknown node `max-attempt` in `retry-policy` (did you mean `max-attempts`?): accepted \
-         keys are `max-attempts`, `timeout-ms`, `backoff-base-ms`, `backoff-max-ms`, \
+        "unknown node `max-attempt` in `retry-policy` (did you mean `max-attempts`?); accepted: \
+         `max-attempts`, `timeout-ms`, `backoff-base-ms`, `backoff-max-ms`, \
          `retryable-status-codes`",
     );
     let l = "    max-attempts 0";
@@ -327,7 +327,7 @@ fn circuit_breaker_errors_are_located() {
         &["circuit-breaker {", l, "}"],
         1,
         "failure-treshold",
-        "(did you mean `failure-threshold`?): accepted keys are `failure-threshold`, \
+        "(did you mean `failure-threshold`?); accepted: `failure-threshold`, \
          `success-threshold`, `timeout-seconds`, `timeout`, `half-open-max-requests`, `enabled`",
     );
     for key in [
@@ -393,7 +393,7 @@ fn circuit_breaker_errors_are_located() {
         &["circuit-breaker {", l, "}"],
         1,
         "failure-conditions",
-        "accepted keys are",
+        "; accepted: `",
     );
     let lines = ["circuit-breaker { }", "circuit-breaker { }"];
     up_error(&lines, 1, "circuit-breaker", "duplicate `circuit-breaker`");
@@ -403,7 +403,7 @@ fn circuit_breaker_errors_are_located() {
         &["circuit-breaker {", l, "}"],
         1,
         "half-open",
-        "accepted keys are",
+        "; accepted: `",
     );
 }
 

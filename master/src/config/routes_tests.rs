@@ -9,15 +9,15 @@ const BASE: &str = "listeners {\n    listener \"http\" { address \"127.0.0.1:808
                     upstreams {\n    upstream \"u\" { target \"127.0.0.1:1\"; }\n}\n";
 
 /// `routes` starts on line 7, so the first route's name is on line 8.
-fn doc(routes: &str) -> String {
+pub(super) fn doc(routes: &str) -> String {
     format!("{BASE}routes {{\n{routes}}}\n")
 }
 
-fn full(source: &str) -> Result<FullConfig, Vec<ConfigDiagnostic>> {
+pub(super) fn full(source: &str) -> Result<FullConfig, Vec<ConfigDiagnostic>> {
     parse_full_config(source, "test.kdl")
 }
 
-fn messages(diagnostics: &[ConfigDiagnostic]) -> String {
+pub(super) fn messages(diagnostics: &[ConfigDiagnostic]) -> String {
     diagnostics
         .iter()
         .map(ToString::to_string)
@@ -25,12 +25,12 @@ fn messages(diagnostics: &[ConfigDiagnostic]) -> String {
         .join("\n")
 }
 
-fn ok(routes: &str) -> FullConfig {
+pub(super) fn ok(routes: &str) -> FullConfig {
     full(&doc(routes)).unwrap_or_else(|d| panic!("{}", messages(&d)))
 }
 
 /// One route `r` whose body lines start on line 9, indented by 8 spaces.
-fn route(lines: &[&str]) -> String {
+pub(super) fn route(lines: &[&str]) -> String {
     let mut out = String::from("    route \"r\" {\n");
     for line in lines {
         out.push_str("        ");
@@ -44,7 +44,7 @@ fn route(lines: &[&str]) -> String {
 /// The route of `lines` must fail with one error: on body line `index`, at the column where
 /// `marker` starts, about `node`, containing `needle`.
 #[track_caller]
-fn assert_error(lines: &[&str], index: usize, marker: &str, node: &str, needle: &str) {
+pub(super) fn assert_error(lines: &[&str], index: usize, marker: &str, node: &str, needle: &str) {
     let errs = match full(&doc(&route(lines))) {
         Ok(_) => panic!("expected an error for {lines:?}"),
         Err(errs) => errs,
@@ -445,10 +445,10 @@ fn builtin_and_service_type_errors() {
         "duplicate `matches` (first set at line 9)",
     );
     assert_error(
-        &["shadow { upstream \"u\"; }", "upstream \"u\""],
+        &["inference { }", "upstream \"u\""],
         0,
-        "shadow",
-        "shadow",
-        "`shadow` is not supported yet",
+        "inference",
+        "inference",
+        "`inference` is not supported yet",
     );
 }

@@ -152,6 +152,7 @@ fn full_example_parses_into_the_expected_model() {
         routes: vec![
             RouteConfig {
                 scope: None,
+                extras: None,
                 name: "api".to_owned(),
                 priority: PRIORITY_HIGH,
                 matches: vec![
@@ -167,6 +168,7 @@ fn full_example_parses_into_the_expected_model() {
             },
             RouteConfig {
                 scope: None,
+                extras: None,
                 name: "health".to_owned(),
                 priority: PRIORITY_NORMAL,
                 matches: vec![RouteMatch::Path(vec!["/health".to_owned()])],
@@ -181,6 +183,7 @@ fn full_example_parses_into_the_expected_model() {
             },
             RouteConfig {
                 scope: None,
+                extras: None,
                 name: "fallback".to_owned(),
                 priority: PRIORITY_LOW,
                 matches: vec![],

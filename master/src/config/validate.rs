@@ -129,6 +129,36 @@ pub(super) fn validate(
         }
     }
     for route in &parsed.routes {
+        let fallback = route
+            .config
+            .extras
+            .as_ref()
+            .and_then(|e| e.fallback.as_ref());
+        for (up, &at) in fallback
+            .map_or(&[][..], |f| &f.upstreams[..])
+            .iter()
+            .zip(&route.fallback_at)
+        {
+            check_upstream_exists(
+                "route",
+                &route.config.name,
+                &up.name,
+                at,
+                &upstream_names,
+                diags,
+            );
+        }
+        let shadow = route.config.extras.as_ref().and_then(|e| e.shadow.as_ref());
+        if let (Some(shadow), Some(at)) = (shadow, route.shadow_at) {
+            check_upstream_exists(
+                "route",
+                &route.config.name,
+                &shadow.upstream,
+                at,
+                &upstream_names,
+                diags,
+            );
+        }
         if let (RouteAction::Upstream(upstream), Some(at)) =
             (&route.config.action, route.upstream_at)
         {

@@ -171,6 +171,7 @@ fn route() -> impl Strategy<Value = RouteConfig> {
         .prop_map(
             |(name, priority, matches, action, service_type)| RouteConfig {
                 scope: None,
+                extras: None,
                 name,
                 priority,
                 matches,

@@ -492,7 +492,7 @@ pub fn config_view(config: &ProxyConfig) -> Value {
             let (upstream, builtin) = match &r.action {
                 RouteAction::Upstream(u) => (Some(u.as_str()), None),
                 RouteAction::Builtin(b) => (None, Some(b.name())),
-                RouteAction::Static(_) => (None, None),
+                RouteAction::Static(_) | RouteAction::Files(_) => (None, None),
             };
             json!({
                 "id": r.name,
@@ -505,6 +505,16 @@ pub fn config_view(config: &ProxyConfig) -> Value {
                     RouteAction::Static(s) => json!({
                         "status": s.status,
                         "content_type": s.content_type,
+                    }),
+                    _ => Value::Null,
+                },
+                "static_files": match &r.action {
+                    RouteAction::Files(f) => json!({
+                        "root": f.root,
+                        "index": f.index,
+                        "directory_listing": f.directory_listing,
+                        "cache_control": f.cache_control,
+                        "fallback": f.fallback,
                     }),
                     _ => Value::Null,
                 },

@@ -1503,7 +1503,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
 
 /// A response head and body produced by the proxy. Bodyless statuses (1xx, 204, 304) get
 /// neither body nor Content-Length.
-fn local_response(
+pub fn local_response(
     status: u16,
     content_type: Option<&str>,
     body: &[u8],

@@ -2,11 +2,15 @@
 
 pub(crate) mod builtin;
 pub mod codec;
+mod fallback;
+mod files;
 mod header_policy;
 mod retry;
 pub(crate) mod session;
+mod shadow;
 pub use retry::RetryRule;
 mod sticky;
+mod websocket;
 
 use crate::routing::RouteRequest;
 

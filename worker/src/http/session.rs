@@ -22,9 +22,12 @@ use crate::http::codec::{
     self, BodyError, BodyFraming, BodyTracker, ForwardContext, HttpVersion, Parsed, RequestHead,
     ResponseHead,
 };
+use crate::http::fallback::FallbackState;
+use crate::http::files::{self, FileBody};
 use crate::http::header_policy;
 use crate::http::retry::{self, RetryRule};
 use crate::http::sticky;
+use crate::http::{shadow, websocket};
 use crate::rate_limit::Decision;
 use crate::routing::Action;
 use crate::sock::{Buf, ClientSock, Sock, BUF_CAP};
@@ -78,6 +81,7 @@ struct Queued {
     route: Option<usize>,
     /// The route's rate-limit check, reported on the proxied response.
     rate: Option<Decision>,
+    fallback: Option<FallbackState>,
 }
 
 struct Exchange {
@@ -137,6 +141,8 @@ struct Exchange {
     cout_stalled_since: Option<Instant>,
     /// Decided when the final response head is written.
     close_client: bool,
+    /// The route's fallback upstreams (see `http::fallback`).
+    fallback: Option<FallbackState>,
 }
 
 /// Why an exchange cannot go on.
@@ -231,6 +237,8 @@ pub struct HttpSession {
     /// The current request's access-log entry (only when the listener logs; boxed so that
     /// sessions without an access log stay small).
     access: Option<Box<access_log::Entry>>,
+    /// The rest of a static file being sent after a local head (`Phase::Local`).
+    file_body: Option<FileBody>,
 }
 
 /// A failure that may not be retried: `RetryElsewhere` stays one (so `fail` still blames the
@@ -289,6 +297,7 @@ impl HttpSession {
             idle_since: now,
             first_request: true,
             access: None,
+            file_body: None,
         })
     }
 
@@ -532,6 +541,7 @@ impl HttpSession {
                 .status = status;
         }
         self.cout.extend(&bytes);
+        self.file_body = None;
         self.phase = Phase::Local {
             close,
             since: ctx.now,
@@ -681,6 +691,12 @@ impl HttpSession {
             }
         }
         let retry = route.and_then(|r| router.retry_rule(r));
+        if route.is_some_and(|r| !router.websocket_allowed(r)) {
+            if let Some(bytes) = websocket::refused(&req) {
+                debug!(peer = %self.peer, path = req.path(), "websocket upgrade refused by the route");
+                return self.respond_local(ctx, 403, bytes, true);
+            }
+        }
         match action {
             None => {
                 debug!(peer = %self.peer, host = ?req.host, path = req.path(), "no route");
@@ -690,6 +706,12 @@ impl HttpSession {
             Some(Action::Static(resp)) => {
                 let bytes = codec::static_response(&resp, local_close, req.is_head());
                 self.respond_local(ctx, resp.status, bytes, local_close);
+            }
+            Some(Action::Files(route)) => {
+                let answer = files::answer(&route, &req, local_close);
+                debug!(peer = %self.peer, path = req.path(), status = answer.status, "static file");
+                self.respond_local(ctx, answer.status, answer.bytes, local_close);
+                self.file_body = answer.body;
             }
             Some(Action::Builtin(handler)) => {
                 let counters = ctx.counters.snapshot();
@@ -714,18 +736,31 @@ impl HttpSession {
                     builtin::error_response(501, true, req.is_head(), json_errors, Some(&req));
                 self.respond_local(ctx, 501, bytes, true);
             }
-            Some(Action::Upstream(pool)) => self.try_proxy(
-                Queued {
-                    req,
-                    pool,
-                    since: ctx.now,
-                    json_errors,
-                    retry,
-                    route,
-                    rate,
-                },
-                ctx,
-            ),
+            Some(Action::Upstream(pool)) => {
+                if let Some(sh) = route.and_then(|r| router.shadow(r)).cloned() {
+                    shadow::mirror(&sh, &req, &self.forward_context(), ctx);
+                }
+                let router = &self.generation.router;
+                let mut fallback = route
+                    .and_then(|r| router.fallback(r))
+                    .map(|f| FallbackState::new(Arc::clone(f)));
+                let pool = fallback
+                    .as_mut()
+                    .map_or(pool, |f| f.initial(pool, ctx.upstreams, ctx.now));
+                self.try_proxy(
+                    Queued {
+                        req,
+                        pool,
+                        since: ctx.now,
+                        json_errors,
+                        retry,
+                        route,
+                        rate,
+                        fallback,
+                    },
+                    ctx,
+                )
+            }
         }
     }
 
@@ -735,6 +770,19 @@ impl HttpSession {
             .and_then(|r| self.generation.router.policies(r))
             .and_then(|p| p.max_body_size_bytes)
             .unwrap_or(self.generation.limits.max_body_size_bytes)
+    }
+
+    /// The forwarding fields of the current request (the proxied one and its shadow copy).
+    fn forward_context(&self) -> ForwardContext {
+        ForwardContext {
+            client: self.peer,
+            listener: self.lctx.local,
+            scheme: match self.client {
+                ClientSock::Plain(_) => "http",
+                ClientSock::Tls(_) => "https",
+            },
+            trace_id: Some(self.trace_id.clone()),
+        }
     }
 
     /// Connect for the request (routed at `since`) and start the exchange; or wait in the
@@ -748,6 +796,7 @@ impl HttpSession {
             retry,
             route,
             rate,
+            mut fallback,
         } = q;
         let mut failed = Vec::new();
         let token = tokens::session(self.key, Side::Upstream);
@@ -768,6 +817,7 @@ impl HttpSession {
                     retry,
                     route,
                     rate,
+                    fallback,
                 };
                 let waited = ctx.now.saturating_duration_since(since);
                 let limit = ctx
@@ -799,6 +849,22 @@ impl HttpSession {
                 return;
             }
             Err(NoConn::Exhausted) => {
+                let next = fallback
+                    .as_mut()
+                    .and_then(|f| f.after_connect_failure(pool, ctx.upstreams, ctx.now));
+                if let Some(pool) = next {
+                    let q = Queued {
+                        req,
+                        pool,
+                        since,
+                        json_errors,
+                        retry,
+                        route,
+                        rate,
+                        fallback,
+                    };
+                    return self.try_proxy(q, ctx);
+                }
                 // Each failed target was counted; an unknown pool (a routing bug) was not.
                 if failed.is_empty() {
                     ctx.counters.c.upstream_errors += 1;
@@ -818,16 +884,7 @@ impl HttpSession {
             }
         };
         let mut head_bytes = Vec::with_capacity(512);
-        let fctx = ForwardContext {
-            client: self.peer,
-            listener: self.lctx.local,
-            scheme: match self.client {
-                ClientSock::Plain(_) => "http",
-                ClientSock::Tls(_) => "https",
-            },
-            trace_id: Some(self.trace_id.clone()),
-        };
-        codec::write_upstream_request(&req, &fctx, &mut head_bytes);
+        codec::write_upstream_request(&req, &self.forward_context(), &mut head_bytes);
         if let Some(p) = route.and_then(|r| self.generation.router.policies(r)) {
             header_policy::apply(&p.request_headers, &mut head_bytes, 0);
         }
@@ -878,6 +935,7 @@ impl HttpSession {
             last_client_activity: ctx.now,
             cout_stalled_since: None,
             close_client: false,
+            fallback,
         };
         self.phase = Phase::Proxy(Box::new(ex));
     }
@@ -909,9 +967,29 @@ impl HttpSession {
     }
 
     fn step_local(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
-        self.write_client(ctx)?;
-        if !self.cout.is_empty() {
-            return Ok(false);
+        // A file body is read one buffer at a time, only when what was read before has gone.
+        if let Some(body) = self.file_body.as_mut() {
+            if self.cout.is_empty() {
+                match body.fill(&mut self.cout, BUF_CAP) {
+                    Ok(true) => self.file_body = None,
+                    Ok(false) => {}
+                    Err(e) => {
+                        // The head promised a length: the connection cannot be reused.
+                        warn!(peer = %self.peer, error = %e, "static file read failed mid-body");
+                        return Err(Outcome::Done);
+                    }
+                }
+            }
+        }
+        let n = self.write_client(ctx)?;
+        if !self.cout.is_empty() || self.file_body.is_some() {
+            if n > 0 {
+                // Progress: the client is reading, so its stall clock starts again.
+                if let Phase::Local { since, .. } = &mut self.phase {
+                    *since = ctx.now;
+                }
+            }
+            return Ok(n > 0 && self.cout.is_empty());
         }
         self.log_access(ctx);
         let close = matches!(self.phase, Phase::Local { close: true, .. });
@@ -1002,12 +1080,27 @@ impl HttpSession {
         let (up, meta) = ex.up.take()?;
         upstream::connect_failed(ctx, meta.join(up.stream), &mut ex.failed, peer, error);
         let pick = pick_request(peer, &ex.cookie);
-        match upstream::connect_next(ctx, meta.pool, &mut ex.failed, token, peer, &pick) {
-            Ok(conn) => {
-                ex.attach(conn, ctx.now);
-                None
+        let mut pool = meta.pool;
+        loop {
+            match upstream::connect_next(ctx, pool, &mut ex.failed, token, peer, &pick) {
+                Ok(conn) => {
+                    ex.attach(conn, ctx.now);
+                    return None;
+                }
+                Err(_) => {
+                    // Nothing was sent yet: a fallback upstream may take the request.
+                    let next = ex
+                        .fallback
+                        .as_mut()
+                        .and_then(|f| f.after_connect_failure(pool, ctx.upstreams, ctx.now));
+                    let Some(next) = next else {
+                        return Some(Fail::Exhausted);
+                    };
+                    pool = next;
+                    // Target indices of the failed list belong to the previous pool.
+                    ex.failed.clear();
+                }
             }
-            Err(_) => Some(Fail::Exhausted),
         }
     }
 

@@ -10,6 +10,7 @@ mod health;
 mod pool;
 mod probes;
 mod resolution;
+mod shadow;
 #[cfg(test)]
 mod tests;
 
@@ -41,6 +42,7 @@ pub use self::failover::{
 };
 pub use self::pool::{Pick, PickRequest, Pool};
 pub use self::resolution::{Resolver, RESOLVE_AT_START};
+pub use self::shadow::start_shadow;
 
 #[derive(Debug)]
 struct IdleConn {
@@ -89,6 +91,8 @@ pub enum Owner {
     Idle(usize),
     /// An active health probe: key in `Upstreams::probes`.
     Probe(usize),
+    /// A mirrored request: key in `Upstreams::shadows`.
+    Shadow(usize),
 }
 
 /// One open upstream connection in the table.
@@ -116,6 +120,8 @@ pub struct Upstreams {
     conns: Slab<ConnEntry>,
     /// Active health probes in flight (their sockets are in `conns` too, for the token).
     probes: Slab<Probe>,
+    /// Mirrored requests in flight (their sockets are in `conns` too, for the token).
+    shadows: Slab<shadow::Shadow>,
     /// Set while draining: connections are closed instead of pooled.
     no_pooling: bool,
     /// Looks host names up off the event loop; `None` in unit tests (names stay unresolved).

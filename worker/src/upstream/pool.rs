@@ -168,6 +168,13 @@ impl Pool {
         self.targets.iter().any(|t| t.active > 0)
     }
 
+    /// Whether some target is in rotation (resolved and not marked down) at `now`.
+    pub fn any_up(&self, now: Instant) -> bool {
+        self.targets
+            .iter()
+            .any(|t| t.addr.is_some() && !t.health.is_down(now))
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.timeouts.connect_secs.max(1))
     }

@@ -68,7 +68,7 @@ pub(super) fn parse_circuit_breaker(
                     enabled = b;
                 }
             }
-            _ => unknown_listing(c, "circuit-breaker", CIRCUIT_BREAKER_KEYS, diags),
+            _ => unknown_listing(c, "circuit-breaker", CIRCUIT_BREAKER_KEYS, &[], diags),
         }
     }
     (diags.error_count() == errors_before).then_some(enabled.then_some(config))

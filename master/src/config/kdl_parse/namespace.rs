@@ -224,10 +224,20 @@ pub(super) fn resolve_references(parsed: &mut ParsedConfig, diags: &mut Diagnost
         .map(|e| format!("{}:{}", e.namespace, e.upstream))
         .collect();
     for route in &mut parsed.routes {
+        let scope = route.config.scope.clone();
         if let RouteAction::Upstream(name) = &mut route.config.action {
-            if let Some(found) = resolve(name, route.config.scope.as_deref(), &upstreams, &exported)
-            {
+            if let Some(found) = resolve(name, scope.as_deref(), &upstreams, &exported) {
                 *name = found;
+            }
+        }
+        let fallback = route
+            .config
+            .extras
+            .as_mut()
+            .and_then(|e| e.fallback.as_mut());
+        for up in fallback.map_or(&mut [][..], |f| &mut f.upstreams[..]) {
+            if let Some(found) = resolve(&up.name, scope.as_deref(), &upstreams, &exported) {
+                up.name = found;
             }
         }
     }

@@ -131,6 +131,32 @@ pub(in crate::config) fn unknown(
     diags.error(name_at(node), n, message);
 }
 
+/// Like [`unknown`] for a block whose vocabulary is small: the message lists every accepted
+/// key.
+pub(in crate::config) fn unknown_listing(
+    node: &KdlNode,
+    parent: &str,
+    known: &[&str],
+    unsupported: &[&str],
+    diags: &mut Diagnostics<'_>,
+) {
+    let n = name(node);
+    let accepted = known
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let message = if unsupported.contains(&n) {
+        format!("`{n}` is not supported yet (`{parent}` accepts {accepted})")
+    } else {
+        format!(
+            "unknown node `{n}` in `{parent}`{}; accepted: {accepted}",
+            did_you_mean(n, known.iter().copied())
+        )
+    };
+    diags.error(name_at(node), n, message);
+}
+
 pub(in crate::config) fn unknown_property(
     node: &KdlNode,
     entry: &KdlEntry,
@@ -397,28 +423,4 @@ pub(in crate::config) fn block_name(
         return None;
     }
     Some((text, first.span().offset()))
-}
-
-/// Reports a node unknown in a strict block (`retry-policy`, `circuit-breaker`), listing every
-/// key the block accepts: those blocks are short, so the whole list is the best hint.
-pub(in crate::config) fn unknown_listing(
-    node: &KdlNode,
-    parent: &str,
-    known: &[&str],
-    diags: &mut Diagnostics<'_>,
-) {
-    let n = name(node);
-    let list = known
-        .iter()
-        .map(|k| format!("`{k}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    diags.error(
-        name_at(node),
-        n,
-        format!(
-            "unknown node `{n}` in `{parent}`{}: accepted keys are {list}",
-            did_you_mean(n, known.iter().copied())
-        ),
-    );
 }

@@ -87,25 +87,10 @@ pub(super) fn parse_policies(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Rou
                 "`rewrite-path` inside `policies` is not applied (upstream's parser never reads \
                  it either): the path is forwarded as received",
             ),
-            _ => unknown_listing(child, "policies", POLICY_KEYS, diags),
+            _ => unknown_listing(child, "policies", POLICY_KEYS, &[], diags),
         }
     }
     policies
-}
-
-/// An unknown node, with the whole list of accepted ones.
-fn unknown_listing(node: &KdlNode, parent: &str, known: &[&str], diags: &mut Diagnostics<'_>) {
-    let n = name(node);
-    let list: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
-    diags.error(
-        name_at(node),
-        n,
-        format!(
-            "unknown node `{n}` in `{parent}`{}; accepted: {}",
-            did_you_mean(n, known.iter().copied()),
-            list.join(", ")
-        ),
-    );
 }
 
 fn parse_failure_mode(node: &KdlNode, diags: &mut Diagnostics<'_>) {
@@ -186,7 +171,7 @@ fn parse_header_block(node: &KdlNode, mods: &mut HeaderModifications, diags: &mu
                     list.push((field, value));
                 }
             }
-            _ => unknown_listing(op, &block_name, HEADER_OPS, diags),
+            _ => unknown_listing(op, &block_name, HEADER_OPS, &[], diags),
         }
     }
 }
@@ -254,7 +239,7 @@ fn parse_rate_limit(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<RateL
             "requests-per-second" => rps = leaf_u32(child, 1, 1_000_000, diags),
             "burst" => burst = leaf_u32(child, 1, 10_000_000, diags),
             "key" => key = parse_rate_key(child, diags),
-            _ => unknown_listing(child, "rate-limit", RATE_LIMIT_KEYS, diags),
+            _ => unknown_listing(child, "rate-limit", RATE_LIMIT_KEYS, &[], diags),
         }
     }
     let Some(rps) = rps else {

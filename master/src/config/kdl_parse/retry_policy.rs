@@ -55,7 +55,7 @@ pub(super) fn parse_retry_policy(
                     policy.retryable_status_codes = codes;
                 }
             }
-            _ => unknown_listing(c, "retry-policy", RETRY_POLICY_KEYS, diags),
+            _ => unknown_listing(c, "retry-policy", RETRY_POLICY_KEYS, &[], diags),
         }
     }
     if let Some(at) = max_at {

@@ -2,13 +2,18 @@
 //! `matches` block is in `route_matches`.
 
 use zentinel_protocol::config::{
-    BuiltinHandler, ServiceType, PRIORITY_CRITICAL, PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_NORMAL,
+    BuiltinHandler, RouteExtras, ServiceType, PRIORITY_CRITICAL, PRIORITY_HIGH, PRIORITY_LOW,
+    PRIORITY_NORMAL,
 };
 
 use super::circuit_breaker::parse_circuit_breaker;
+use super::fallback::parse_fallback;
 use super::policies::parse_policies;
 use super::retry_policy::parse_retry_policy;
 use super::route_matches::parse_matches;
+use super::shadow::parse_shadow;
+use super::static_files::parse_static_files;
+use super::websocket::{parse_inspection, parse_websocket};
 use super::*;
 
 const ROUTE_KEYS: &[&str] = &[
@@ -17,10 +22,15 @@ const ROUTE_KEYS: &[&str] = &[
     "upstream",
     "static-response",
     "builtin-handler",
+    "static-files",
     "service-type",
     "retry-policy",
     "circuit-breaker",
     "policies",
+    "websocket",
+    "websocket-inspection",
+    "fallback",
+    "shadow",
 ];
 const ROUTE_UNSUPPORTED: &[&str] = &[
     "filters",
@@ -28,17 +38,13 @@ const ROUTE_UNSUPPORTED: &[&str] = &[
     "waf",
     "cache",
     "rate-limit",
-    "static-files",
     "api-schema",
     "inference",
-    "shadow",
-    "fallback",
-    "websocket",
-    "websocket-inspection",
     "waf-enabled",
+    "error-pages",
 ];
-const ACTIONS: &str =
-    "`upstream \"name\"`, `static-response status=200` or `builtin-handler \"health\"`";
+const ACTIONS: &str = "`upstream \"name\"`, `static-response status=200`, \
+                       `builtin-handler \"health\"` or `static-files { root \"/dir\" }`";
 
 /// Upstream's priority names and numbers.
 const PRIORITY_NAMES: &[(&str, i32)] = &[
@@ -86,6 +92,9 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
     let mut circuit_breaker = None;
     let mut policies = Default::default();
     let mut seen = Seen::default();
+    let mut extras: Option<Box<RouteExtras>> = None;
+    let mut fallback_at = Vec::new();
+    let mut shadow_at = None;
     let children = node.children().map_or(&[][..], |c| c.nodes());
     for child in children {
         let kind = name(child);
@@ -97,6 +106,10 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
                 | "retry-policy"
                 | "circuit-breaker"
                 | "policies"
+                | "websocket"
+                | "websocket-inspection"
+                | "fallback"
+                | "shadow"
         ) && !seen.check(child, diags)
         {
             continue;
@@ -114,7 +127,25 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
                 circuit_breaker = parse_circuit_breaker(child, diags).map(|cb| (cb, name_at(child)))
             }
             "policies" => policies = parse_policies(child, diags),
-            "upstream" | "static-response" | "builtin-handler" => {
+            "websocket" => {
+                if let Some(on) = parse_websocket(child, diags) {
+                    extras.get_or_insert_with(Box::default).websocket = on;
+                }
+            }
+            "websocket-inspection" => parse_inspection(child, diags),
+            "shadow" => {
+                if let Some((sh, at)) = parse_shadow(child, diags) {
+                    extras.get_or_insert_with(Box::default).shadow = Some(sh);
+                    shadow_at = Some(at);
+                }
+            }
+            "fallback" => {
+                if let Some((fb, at)) = parse_fallback(child, diags) {
+                    extras.get_or_insert_with(Box::default).fallback = Some(fb);
+                    fallback_at = at;
+                }
+            }
+            "upstream" | "static-response" | "builtin-handler" | "static-files" => {
                 if let Some(first) = action_node {
                     let line = diags.line_of(name_at(first));
                     diags.error(
@@ -136,6 +167,9 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
                     }),
                     "static-response" => {
                         parse_static_response(child, diags).map(RouteAction::Static)
+                    }
+                    "static-files" => {
+                        parse_static_files(child, diags).map(|f| RouteAction::Files(Box::new(f)))
                     }
                     _ => parse_builtin(child, diags).map(RouteAction::Builtin),
                 };
@@ -167,11 +201,14 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
             scope: None,
             retry_policy,
             policies,
+            extras,
         },
         name_at: named.as_ref().map_or(name_at(node), |(_, at)| *at),
         has_name: named.is_some(),
         upstream_at,
         circuit_breaker,
+        fallback_at,
+        shadow_at,
     }
 }
 
@@ -324,6 +361,7 @@ fn resolve_service_type(
         }
         Some((t, _)) => t,
         None if is_builtin => ServiceType::Builtin,
+        None if matches!(action, Some(RouteAction::Files(_))) => ServiceType::Static,
         None => ServiceType::Web,
     }
 }

@@ -1,0 +1,327 @@
+//! `static-files` routes: answer a request from a directory.
+//!
+//! The head is built here; the body is streamed by the session from a [`FileBody`], one
+//! buffer-full at a time when the client can take more, so a large file never blocks the event
+//! loop nor sits in memory. (Regular-file reads do not block on readiness; each one is bounded
+//! to a buffer.) The same path works for TLS clients, whose bytes must pass through the TLS
+//! layer anyway, so sendfile(2) is not used.
+//!
+//! Path mapping: the route's matched `path-prefix` is removed and the rest is looked up under
+//! `root` (`/assets/app.js` on `path-prefix "/assets"` is `<root>/app.js`). Upstream
+//! Zentinel appends the full request path to the root instead.
+
+mod cond;
+mod mime;
+mod path;
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::path::Path;
+
+use tracing::debug;
+
+use crate::http::codec::{self, RequestHead};
+use crate::routing::FilesRoute;
+use crate::sock::Buf;
+
+use cond::RangeAsk;
+
+/// Most entries a directory listing shows.
+const LISTING_CAP: usize = 10_000;
+
+/// A response head (and small body) to queue, and maybe a file body to stream after it.
+pub struct Answer {
+    pub status: u16,
+    pub bytes: Vec<u8>,
+    pub body: Option<FileBody>,
+}
+
+/// The rest of a file body still to send.
+pub struct FileBody {
+    file: File,
+    remaining: u64,
+}
+
+impl FileBody {
+    /// Append up to `max` more bytes to `out`. Ok(true) when the body is complete. A file that
+    /// got shorter than announced is an error: the `Content-Length` cannot be kept.
+    pub fn fill(&mut self, out: &mut Buf, max: usize) -> io::Result<bool> {
+        if self.remaining > 0 {
+            let max = usize::try_from(self.remaining).map_or(max, |r| r.min(max));
+            let n = out.read_from(&mut self.file, max)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shrank while it was being sent",
+                ));
+            }
+            self.remaining -= n as u64;
+        }
+        Ok(self.remaining == 0)
+    }
+}
+
+fn header(req: &RequestHead, name: &str) -> Option<String> {
+    req.headers()
+        .find(|h| h.name.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+}
+
+fn small(status: u16, extra: &[(&str, &str)], close: bool, head_only: bool) -> Answer {
+    let reason = codec::reason_phrase(status);
+    let body = format!("{status} {reason}\n");
+    Answer {
+        status,
+        bytes: codec::local_response_with(
+            status,
+            Some("text/plain; charset=utf-8"),
+            extra,
+            body.as_bytes(),
+            close,
+            head_only,
+        ),
+        body: None,
+    }
+}
+
+pub fn answer(route: &FilesRoute, req: &RequestHead, close: bool) -> Answer {
+    let head_only = req.is_head();
+    if !matches!(req.method.as_str(), "GET" | "HEAD") {
+        return small(405, &[("Allow", "GET, HEAD")], close, head_only);
+    }
+    let cfg = &route.files;
+    // Canonical each time: an operator may swap the root (a symlink to a release directory)
+    // without a reload.
+    let Ok(root) = std::fs::canonicalize(&cfg.root) else {
+        debug!(root = %cfg.root, "static-files root is gone");
+        return small(404, &[], close, head_only);
+    };
+    let request_path = req.path();
+    let rel = route.relative(request_path);
+    let Ok(wanted) = path::join(&root, rel) else {
+        debug!(path = request_path, "static-files path refused");
+        return small(404, &[], close, head_only);
+    };
+    let found = match path::contained(&root, &wanted) {
+        Ok(found) => found,
+        Err(_) => {
+            debug!(path = request_path, "static-files path leaves the root");
+            return small(404, &[], close, head_only);
+        }
+    };
+    let file = match found {
+        Some(p) if p.is_dir() => {
+            if !request_path.ends_with('/') {
+                // Relative links in an index page resolve against the directory only with
+                // the trailing slash.
+                let location = format!("{request_path}/");
+                return redirect(&location, close, head_only);
+            }
+            match cfg
+                .index
+                .iter()
+                .map(|name| p.join(name))
+                .find_map(|f| path::contained(&root, &f).ok().flatten())
+                .filter(|f| f.is_file())
+            {
+                Some(f) => f,
+                None if cfg.directory_listing => {
+                    return listing(&p, request_path, close, head_only)
+                }
+                None => return small(403, &[], close, head_only),
+            }
+        }
+        Some(p) => p,
+        None => match cfg.fallback.as_deref().and_then(|f| {
+            path::join(&root, f)
+                .ok()
+                .and_then(|p| path::contained(&root, &p).ok().flatten())
+        }) {
+            Some(f) => f,
+            None => return small(404, &[], close, head_only),
+        },
+    };
+    serve(&file, cfg.cache_control.as_str(), req, close)
+}
+
+fn redirect(location: &str, close: bool, head_only: bool) -> Answer {
+    let mut a = small(301, &[("Location", location)], close, head_only);
+    if location.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        a = small(404, &[], close, head_only);
+    }
+    a
+}
+
+fn serve(file: &Path, cache_control: &str, req: &RequestHead, close: bool) -> Answer {
+    let head_only = req.is_head();
+    let opened = File::open(file).and_then(|f| f.metadata().map(|m| (f, m)));
+    let (mut f, meta) = match opened {
+        Ok((f, m)) if m.is_file() => (f, m),
+        Ok(_) => return small(403, &[], close, head_only),
+        Err(e) => {
+            debug!(file = %file.display(), error = %e, "static file cannot be opened");
+            let status = if e.kind() == io::ErrorKind::PermissionDenied {
+                403
+            } else {
+                404
+            };
+            return small(status, &[], close, head_only);
+        }
+    };
+    let size = meta.len();
+    let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+    let tag = cond::etag(size, mtime);
+    let last_modified = cond::http_date(mtime);
+    let not_modified = match header(req, "if-none-match") {
+        Some(inm) => cond::none_match(&inm, &tag),
+        None => {
+            header(req, "if-modified-since").is_some_and(|s| cond::not_modified_since(&s, mtime))
+        }
+    };
+    let validators = [
+        ("ETag", tag.as_str()),
+        ("Last-Modified", last_modified.as_str()),
+    ];
+    if not_modified {
+        return Answer {
+            status: 304,
+            bytes: codec::local_response_with(304, None, &validators, b"", close, true),
+            body: None,
+        };
+    }
+    // `If-Range` naming another version: the whole (new) file rather than a piece of it.
+    let range_header = header(req, "range").filter(|_| {
+        header(req, "if-range").is_none_or(|ir| ir.trim() == tag || ir.trim() == last_modified)
+    });
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let ctype = mime::content_type(&name);
+    let (status, start, len, content_range) = match cond::range(range_header.as_deref(), size) {
+        RangeAsk::Whole => (200, 0, size, None),
+        RangeAsk::Part { start, end } => (
+            206,
+            start,
+            end - start + 1,
+            Some(format!("bytes {start}-{end}/{size}")),
+        ),
+        RangeAsk::Unsatisfiable => {
+            let cr = format!("bytes */{size}");
+            return small(416, &[("Content-Range", &cr)], close, head_only);
+        }
+    };
+    let mut bytes = Vec::with_capacity(256);
+    head(&mut bytes, status, ctype, len, close);
+    for (n, v) in validators {
+        push(&mut bytes, n, v);
+    }
+    push(&mut bytes, "Accept-Ranges", "bytes");
+    push(&mut bytes, "Cache-Control", cache_control);
+    if let Some(cr) = &content_range {
+        push(&mut bytes, "Content-Range", cr);
+    }
+    bytes.extend_from_slice(b"\r\n");
+    let body = if head_only || len == 0 {
+        None
+    } else {
+        if start > 0 {
+            if let Err(e) = f.seek(SeekFrom::Start(start)) {
+                debug!(file = %file.display(), error = %e, "static file seek failed");
+                return small(500, &[], true, head_only);
+            }
+        }
+        Some(FileBody {
+            file: f,
+            remaining: len,
+        })
+    };
+    Answer {
+        status,
+        bytes,
+        body,
+    }
+}
+
+fn head(out: &mut Vec<u8>, status: u16, ctype: &str, len: u64, close: bool) {
+    out.extend_from_slice(
+        format!("HTTP/1.1 {status} {}\r\n", codec::reason_phrase(status)).as_bytes(),
+    );
+    push(out, "Content-Type", ctype);
+    push(out, "Content-Length", &len.to_string());
+    push(
+        out,
+        "Connection",
+        if close { "close" } else { "keep-alive" },
+    );
+}
+
+/// One header line. Values come from this module (dates, numbers, the table) or from the
+/// config's `cache-control`, which the master checked is a single line.
+fn push(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// An HTML "Index of" page: directories first, then files, each by name.
+fn listing(dir: &Path, request_path: &str, close: bool, head_only: bool) -> Answer {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return small(403, &[], close, head_only);
+    };
+    let mut items: Vec<(bool, String)> = entries
+        .filter_map(Result::ok)
+        .take(LISTING_CAP)
+        .map(|e| {
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            (!is_dir, e.file_name().to_string_lossy().into_owned())
+        })
+        .collect();
+    items.sort();
+    let title = escape(request_path);
+    let mut html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of {title}</title>\
+         </head>\n<body><h1>Index of {title}</h1>\n<ul>\n<li><a href=\"../\">../</a></li>\n"
+    );
+    for (is_file, name) in &items {
+        let slash = if *is_file { "" } else { "/" };
+        html.push_str(&format!(
+            "<li><a href=\"{}{slash}\">{}{slash}</a></li>\n",
+            href(name),
+            escape(name)
+        ));
+    }
+    html.push_str("</ul></body></html>\n");
+    Answer {
+        status: 200,
+        bytes: codec::local_response(
+            200,
+            Some("text/html; charset=utf-8"),
+            html.as_bytes(),
+            close,
+            head_only,
+        ),
+        body: None,
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A file name as a relative URL path segment.
+fn href(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
