@@ -1022,7 +1022,13 @@ fn health_check_errors_name_the_line() {
 
     let errs = errors(&upstream_with(r#"        health-check { type "grpc"; }"#));
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert_diag(&errs, 7, 29, "type", "unknown health check type \"grpc\"");
+    assert_diag(
+        &errs,
+        7,
+        29,
+        "type",
+        "health check type \"grpc\" is not supported yet",
+    );
 
     let errs = errors(&upstream_with(r#"        health-check { type "http"; }"#));
     assert_eq!(errs.len(), 1, "{errs:?}");

@@ -156,11 +156,27 @@ fn parse_check_type(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<Healt
                 host,
             })
         }
+        // Upstream's other two: gRPC health checking needs HTTP/2 to the target, and the
+        // inference probe belongs to the inference routing this build does not have.
+        other @ ("grpc" | "inference") => {
+            diags.error(
+                first.span().offset(),
+                "type",
+                format!(
+                    "health check type {other:?} is not supported yet (\"http\" and \"tcp\" \
+                     are)"
+                ),
+            );
+            None
+        }
         other => {
             diags.error(
                 first.span().offset(),
                 "type",
-                format!("unknown health check type {other:?}: expected \"http\" or \"tcp\""),
+                format!(
+                    "unknown health check type {other:?}: expected \"http\" or \"tcp\" \
+                     (\"grpc\" and \"inference\" are not supported yet)"
+                ),
             );
             None
         }
