@@ -452,6 +452,7 @@ mod tests {
         ListenerConfig {
             route_scope: None,
             max_concurrent_streams: 100,
+            keepalive_max_requests: 0,
             name: name.to_owned(),
             address: address.to_owned(),
             protocol: ListenerProtocol::Http,

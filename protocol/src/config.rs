@@ -85,6 +85,9 @@ pub struct ListenerConfig {
     pub route_scope: Option<String>,
     /// HTTP/2 streams per connection (stored for HTTP/2; HTTP/1 has one at a time).
     pub max_concurrent_streams: u32,
+    /// `keepalive-max-requests`: a client connection is closed (`Connection: close` on the
+    /// response) after this many requests. 0: no limit.
+    pub keepalive_max_requests: u32,
     /// A socket address as `std::net::SocketAddr` parses it: `127.0.0.1:8080` or `[::1]:8080`.
     pub address: String,
     pub protocol: ListenerProtocol,

@@ -680,3 +680,25 @@ fn connect_failure_falls_over_to_another_target() {
         "requests to a pool with one refused and one live target: {statuses:?}"
     );
 }
+
+/// `listener { keepalive-max-requests 2 }` (upstream Zentinel's key): the second response on
+/// a connection says `Connection: close` and the connection ends there.
+#[test]
+fn keepalive_max_requests_closes_after_the_last_one() {
+    let be = Backend::start("max-requests");
+    let config = configs::Proxy::new(1, free_port(), &be)
+        .listener("keepalive-max-requests 2")
+        .build();
+    let z = Zentinel::start(&config);
+    let mut c = z.client();
+    let first = c.get("/bytes/10", "max.test");
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_ne!(first.header("connection"), Some("close"), "{first:?}");
+    let second = c.get("/bytes/10", "max.test");
+    assert_eq!(second.status, 200, "{second:?}");
+    assert_eq!(second.header("connection"), Some("close"), "{second:?}");
+    assert!(
+        c.server_closed_within(Duration::from_secs(5)),
+        "the connection outlived its last request"
+    );
+}

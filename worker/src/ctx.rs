@@ -46,6 +46,8 @@ pub struct ListenerCtx {
     pub default_route: Option<usize>,
     /// The routes it serves (`Router::scope_id` of `ListenerConfig::route_scope`).
     pub route_scope: u16,
+    /// Requests a client connection may carry (0: no limit).
+    pub keepalive_max_requests: u32,
     /// TCP listeners: resolved upstream pool key.
     pub upstream: Option<usize>,
 }

@@ -172,6 +172,7 @@ impl Candidate {
                     keepalive_timeout: Duration::from_secs(lc.keepalive_timeout_secs.max(1)),
                     default_route,
                     route_scope: router.scope_id(lc.route_scope.as_deref()),
+                    keepalive_max_requests: lc.keepalive_max_requests,
                     upstream,
                 },
             });

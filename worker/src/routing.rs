@@ -619,6 +619,7 @@ mod tests {
             listeners: vec![ListenerConfig {
                 route_scope: None,
                 max_concurrent_streams: 100,
+                keepalive_max_requests: 0,
                 name: "l".into(),
                 address: "127.0.0.1:0".into(),
                 protocol: ListenerProtocol::Http,

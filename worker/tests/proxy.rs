@@ -159,6 +159,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
             ListenerConfig {
                 route_scope: None,
                 max_concurrent_streams: 100,
+                keepalive_max_requests: 0,
                 name: "web".into(),
                 address: listener.to_string(),
                 protocol: ListenerProtocol::Http,
@@ -173,6 +174,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
             ListenerConfig {
                 route_scope: None,
                 max_concurrent_streams: 100,
+                keepalive_max_requests: 0,
                 name: "tcp".into(),
                 address: tcp.to_string(),
                 protocol: ListenerProtocol::Tcp,

@@ -123,6 +123,7 @@ fn full_example_parses_into_the_expected_model() {
             ListenerConfig {
                 route_scope: None,
                 max_concurrent_streams: 100,
+                keepalive_max_requests: 0,
                 name: "http".to_owned(),
                 address: "127.0.0.1:8080".to_owned(),
                 protocol: ListenerProtocol::Http,
@@ -137,6 +138,7 @@ fn full_example_parses_into_the_expected_model() {
             ListenerConfig {
                 route_scope: None,
                 max_concurrent_streams: 100,
+                keepalive_max_requests: 0,
                 name: "db".to_owned(),
                 address: "[::1]:5433".to_owned(),
                 protocol: ListenerProtocol::Tcp,

@@ -110,6 +110,7 @@ fn listener() -> impl Strategy<Value = ListenerConfig> {
             )| ListenerConfig {
                 route_scope: None,
                 max_concurrent_streams: 100,
+                keepalive_max_requests: 0,
                 name,
                 address,
                 protocol,

@@ -224,6 +224,8 @@ pub struct HttpSession {
     lctx: ListenerCtx,
     /// The current request's trace id (see `crate::trace_id`).
     trace_id: String,
+    /// Requests started on this connection (for `keepalive-max-requests`).
+    requests_served: u32,
     client: ClientSock,
     cin: Buf,
     cout: Buf,
@@ -288,6 +290,7 @@ impl HttpSession {
             listener,
             lctx,
             trace_id: String::new(),
+            requests_served: 0,
             client,
             cin: Buf::new(),
             cout: Buf::new(),
@@ -650,8 +653,14 @@ impl HttpSession {
         }
     }
 
-    fn start_request(&mut self, req: RequestHead, ctx: &mut Ctx<'_>) {
+    fn start_request(&mut self, mut req: RequestHead, ctx: &mut Ctx<'_>) {
         ctx.counters.c.requests_total += 1;
+        self.requests_served = self.requests_served.saturating_add(1);
+        let max = self.lctx.keepalive_max_requests;
+        if max > 0 && self.requests_served >= max {
+            // `keepalive-max-requests`: this answer is the connection's last.
+            req.keep_alive = false;
+        }
         self.trace_id = trace_id::for_request(&req, self.generation.trace_id_format);
         if self.logs_access() {
             let mut entry = access_log::Entry::from_request(self.head_started, &req);

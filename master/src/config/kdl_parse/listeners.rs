@@ -37,6 +37,7 @@ pub(super) fn parse_listener_named(
             name: named.as_ref().map(|(n, _)| n.clone()).unwrap_or_default(),
             route_scope: None,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            keepalive_max_requests: 0,
             address: String::new(),
             protocol: ListenerProtocol::Http,
             backlog: DEFAULT_BACKLOG,
@@ -144,13 +145,8 @@ pub(super) fn parse_listener_named(
                 }
             }
             "keepalive-max-requests" => {
-                if leaf_u32(child, 1, u32::MAX, diags).is_some() {
-                    diags.warn(
-                        name_at(child),
-                        "keepalive-max-requests",
-                        "`keepalive-max-requests` is not enforced yet: keep-alive connections \
-                         end on `keepalive-timeout-secs` and on drain",
-                    );
+                if let Some(v) = leaf_u32(child, 1, u32::MAX, diags) {
+                    listener.config.keepalive_max_requests = v;
                 }
             }
             "upstream" => {
