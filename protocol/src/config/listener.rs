@@ -1,0 +1,113 @@
+//! Listeners: addresses, protocols, TLS termination, the access log and the metrics endpoint.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+pub enum ListenerProtocol {
+    Http,
+    Tcp,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ListenerConfig {
+    pub name: String,
+    /// The routes this listener serves: `None` the top-level ones, `Some("ns")` those of
+    /// `namespace "ns"` (a listener defined there, or one with `namespace "ns"`), `Some("ns:svc")`
+    /// those of a service.
+    pub route_scope: Option<String>,
+    /// HTTP/2 streams per connection (stored for HTTP/2; HTTP/1 has one at a time).
+    pub max_concurrent_streams: u32,
+    /// `keepalive-max-requests`: a client connection is closed (`Connection: close` on the
+    /// response) after this many requests. 0: no limit.
+    pub keepalive_max_requests: u32,
+    /// A socket address as `std::net::SocketAddr` parses it: `127.0.0.1:8080` or `[::1]:8080`.
+    pub address: String,
+    pub protocol: ListenerProtocol,
+    /// Listen backlog passed to `listen(2)`.
+    pub backlog: u32,
+    /// Time allowed to receive a whole request head (slow clients are cut off), and the idle
+    /// time allowed while a request body is being received.
+    pub request_timeout_secs: u64,
+    /// How long an idle keep-alive client connection is kept open.
+    pub keepalive_timeout_secs: u64,
+    /// HTTP: the route used when none matches. `None` means 404.
+    pub default_route: Option<String>,
+    /// TCP: the upstream pool to forward to.
+    pub upstream: Option<String>,
+    /// HTTP: one line per request (`observability { logging { access-log { ... } } }`, the same
+    /// for every listener). Kept per listener, inside the `listeners` Vec, so the archived
+    /// `ProxyConfig` (inline in `MasterMessage::Start`) keeps the size adopted workers of the
+    /// previous protocol read every message with.
+    pub access_log: Option<AccessLogConfig>,
+    /// HTTP: terminate TLS on this listener. `None` means plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS termination on a listener. Only paths travel: each worker reads the files itself when
+/// it installs the configuration, so a reload re-reads them and the workers of an upgraded
+/// binary read them again. The master has already loaded every file once to validate it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first) served when no SNI certificate matches. Absolute.
+    pub cert_file: String,
+    /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1). Absolute.
+    pub key_file: String,
+    /// Certificates chosen by the server name the client sends (SNI).
+    pub additional_certs: Vec<SniCertificate>,
+    pub min_version: TlsVersion,
+    /// `None`: the newest this build supports.
+    pub max_version: Option<TlsVersion>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct SniCertificate {
+    /// Lowercase names, exact (`example.com`) or one leading wildcard label (`*.example.com`).
+    pub hostnames: Vec<String>,
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+/// Protocol versions offered. Nothing older than TLS 1.2 exists here on purpose.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// The access log a worker writes (format expanded by the worker; see `zentinel-worker`'s
+/// `access_log` module for the variables).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct AccessLogConfig {
+    /// Absolute path, opened with `O_APPEND` by every worker; reopened on reload.
+    pub file: String,
+    /// A template with `$variables`, or a named format (`combined`, `common`, `json`).
+    pub format: String,
+    /// `include-trace-id`: the `json` format carries each request's trace id (other formats
+    /// write it with `$trace_id`). Upstream's default: on.
+    pub include_trace_id: bool,
+}
+
+/// The Prometheus endpoint (`observability { metrics { ... } }`). Master-only: it never travels
+/// to workers (not part of `ProxyConfig`), it goes to a successor master in the state file.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MetricsConfig {
+    /// A socket address the master binds (the admin listener).
+    pub address: String,
+    /// The only path served; anything else is 404.
+    pub path: String,
+}
+
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9090";
+pub const DEFAULT_METRICS_PATH: &str = "/metrics";
+pub const DEFAULT_ACCESS_LOG_FORMAT: &str = "combined";
+
+pub const DEFAULT_BACKLOG: u32 = 1024;
+/// Upstream Zentinel's default `max-concurrent-streams`.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
