@@ -4,15 +4,16 @@
 //! time, 8 random), or a random UUID. It goes upstream as `X-Trace-Id`, back to the client as
 //! `X-Correlation-Id`, and into the access log (`$trace_id`).
 //!
-//! The random part needs no cryptographic quality (it tells requests apart in logs): a
-//! per-thread xorshift seeded from the clock and the pid.
+//! The random part needs no cryptographic quality (it tells requests apart in logs): the
+//! balancers' generator, one per thread, seeded from the clock and the pid.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use zentinel_protocol::config::TraceIdFormat;
 
 use crate::http::codec::RequestHead;
+use crate::upstream::Rng;
 
 const BASE58: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
 /// Upstream's time component: seconds modulo 58^3 (about 2.3 days), 3 characters.
@@ -22,25 +23,11 @@ const MAX_INCOMING: usize = 128;
 const INCOMING: [&[u8]; 3] = [b"x-trace-id", b"x-correlation-id", b"x-request-id"];
 
 thread_local! {
-    static STATE: Cell<u64> = Cell::new(seed());
-}
-
-fn seed() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    (nanos ^ (u64::from(std::process::id()) << 32)) | 1
+    static RNG: RefCell<Rng> = RefCell::new(Rng::seeded());
 }
 
 fn next_random() -> u64 {
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        x
-    })
+    RNG.with(|rng| rng.borrow_mut().next_u64())
 }
 
 /// The request's own trace id, else a new one.

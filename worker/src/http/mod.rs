@@ -3,7 +3,7 @@
 pub(crate) mod builtin;
 pub mod codec;
 mod fallback;
-mod files;
+pub(crate) mod files;
 mod header_policy;
 mod retry;
 pub(crate) mod session;

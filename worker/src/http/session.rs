@@ -253,6 +253,14 @@ fn not_retried(f: Fail) -> Fail {
 }
 
 /// What the balancer may choose by: the client's address and the pool's sticky cookie.
+/// The upstream pool's name for logs (`?` for an unknown key, a routing bug).
+fn pool_name<'c>(ctx: &'c Ctx<'_>, pool: usize) -> &'c str {
+    ctx.upstreams
+        .pool(pool)
+        .map(|p| p.name.as_str())
+        .unwrap_or("?")
+}
+
 fn pick_request(peer: SocketAddr, cookie: &Option<String>) -> PickRequest<'_> {
     PickRequest {
         client_ip: Some(peer.ip()),
@@ -796,7 +804,56 @@ impl HttpSession {
 
     /// Connect for the request (routed at `since`) and start the exchange; or wait in the
     /// pool's queue while every target is at its connection cap; or answer with an error.
-    fn try_proxy(&mut self, q: Queued, ctx: &mut Ctx<'_>) {
+    fn try_proxy(&mut self, mut q: Queued, ctx: &mut Ctx<'_>) {
+        let mut failed = Vec::new();
+        let token = tokens::session(self.key, Side::Upstream);
+        let cookie = ctx
+            .upstreams
+            .pool(q.pool)
+            .and_then(|p| p.sticky.as_ref())
+            .and_then(|s| sticky::request_cookie(&q.req, &s.cookie_name));
+        let pick = pick_request(self.peer, &cookie);
+        let conn = match upstream::connect_next(ctx, q.pool, &mut failed, token, self.peer, &pick) {
+            Ok(conn) => conn,
+            Err(NoConn::Wait) => {
+                let waited = ctx.now.saturating_duration_since(q.since);
+                let limit = ctx
+                    .upstreams
+                    .pool(q.pool)
+                    .map_or(Duration::ZERO, |p| p.connect_timeout());
+                if waited >= limit {
+                    return self.queue_timed_out(q, ctx);
+                }
+                ctx.upstreams
+                    .wait_for(q.pool, tokens::session(self.key, Side::Client));
+                self.phase = Phase::Queued(Box::new(q));
+                return;
+            }
+            Err(NoConn::CircuitOpen) => {
+                // Fail fast: the breakers exist so that a failing upstream is not waited on.
+                ctx.counters.c.upstream_errors += 1;
+                let upstream = pool_name(ctx, q.pool);
+                warn!(peer = %self.peer, upstream, "every upstream target's circuit breaker is open: 503");
+                return self.refuse_queued(ctx, 503, &q);
+            }
+            Err(NoConn::Exhausted) => {
+                let next = q
+                    .fallback
+                    .as_mut()
+                    .and_then(|f| f.after_connect_failure(q.pool, ctx.upstreams, ctx.now));
+                if let Some(pool) = next {
+                    q.pool = pool;
+                    return self.try_proxy(q, ctx);
+                }
+                // Each failed target was counted; an unknown pool (a routing bug) was not.
+                if failed.is_empty() {
+                    ctx.counters.c.upstream_errors += 1;
+                }
+                let upstream = pool_name(ctx, q.pool);
+                warn!(peer = %self.peer, upstream, tried = failed.len(), "no upstream target could be connected");
+                return self.refuse_queued(ctx, 502, &q);
+            }
+        };
         let Queued {
             req,
             pool,
@@ -805,93 +862,8 @@ impl HttpSession {
             retry,
             route,
             rate,
-            mut fallback,
+            fallback,
         } = q;
-        let mut failed = Vec::new();
-        let token = tokens::session(self.key, Side::Upstream);
-        let cookie = ctx
-            .upstreams
-            .pool(pool)
-            .and_then(|p| p.sticky.as_ref())
-            .and_then(|s| sticky::request_cookie(&req, &s.cookie_name));
-        let pick = pick_request(self.peer, &cookie);
-        let conn = match upstream::connect_next(ctx, pool, &mut failed, token, self.peer, &pick) {
-            Ok(conn) => conn,
-            Err(NoConn::Wait) => {
-                let q = Queued {
-                    req,
-                    pool,
-                    since,
-                    json_errors,
-                    retry,
-                    route,
-                    rate,
-                    fallback,
-                };
-                let waited = ctx.now.saturating_duration_since(since);
-                let limit = ctx
-                    .upstreams
-                    .pool(pool)
-                    .map_or(Duration::ZERO, |p| p.connect_timeout());
-                if waited >= limit {
-                    return self.queue_timed_out(q, ctx);
-                }
-                ctx.upstreams
-                    .wait_for(pool, tokens::session(self.key, Side::Client));
-                self.phase = Phase::Queued(Box::new(q));
-                return;
-            }
-            Err(NoConn::CircuitOpen) => {
-                // Fail fast: the breakers exist so that a failing upstream is not waited on.
-                ctx.counters.c.upstream_errors += 1;
-                let name = ctx
-                    .upstreams
-                    .pool(pool)
-                    .map(|p| p.name.as_str())
-                    .unwrap_or("?");
-                warn!(peer = %self.peer, upstream = name, "every upstream target's circuit breaker is open: 503");
-                let close =
-                    ctx.draining || !req.keep_alive || !matches!(req.framing, BodyFraming::Empty);
-                let bytes =
-                    builtin::error_response(503, close, req.is_head(), json_errors, Some(&req));
-                self.respond_local(ctx, 503, bytes, close);
-                return;
-            }
-            Err(NoConn::Exhausted) => {
-                let next = fallback
-                    .as_mut()
-                    .and_then(|f| f.after_connect_failure(pool, ctx.upstreams, ctx.now));
-                if let Some(pool) = next {
-                    let q = Queued {
-                        req,
-                        pool,
-                        since,
-                        json_errors,
-                        retry,
-                        route,
-                        rate,
-                        fallback,
-                    };
-                    return self.try_proxy(q, ctx);
-                }
-                // Each failed target was counted; an unknown pool (a routing bug) was not.
-                if failed.is_empty() {
-                    ctx.counters.c.upstream_errors += 1;
-                }
-                let name = ctx
-                    .upstreams
-                    .pool(pool)
-                    .map(|p| p.name.as_str())
-                    .unwrap_or("?");
-                warn!(peer = %self.peer, upstream = name, tried = failed.len(), "no upstream target could be connected");
-                let close =
-                    ctx.draining || !req.keep_alive || !matches!(req.framing, BodyFraming::Empty);
-                let bytes =
-                    builtin::error_response(502, close, req.is_head(), json_errors, Some(&req));
-                self.respond_local(ctx, 502, bytes, close);
-                return;
-            }
-        };
         let mut head_bytes = Vec::with_capacity(512);
         codec::write_upstream_request(&req, &self.forward_context(), &mut head_bytes);
         if let Some(p) = route.and_then(|r| self.generation.router.policies(r)) {
@@ -963,16 +935,18 @@ impl HttpSession {
     /// Waited a whole connect timeout for a connection under the pool's cap: 503.
     fn queue_timed_out(&mut self, q: Queued, ctx: &mut Ctx<'_>) {
         ctx.counters.c.upstream_errors += 1;
-        let name = ctx
-            .upstreams
-            .pool(q.pool)
-            .map(|p| p.name.as_str())
-            .unwrap_or("?");
-        warn!(peer = %self.peer, upstream = name, waited_ms = ctx.now.saturating_duration_since(q.since).as_millis() as u64, "no upstream connection became free within the connect timeout (max-connections)");
-        let req = q.req;
+        let upstream = pool_name(ctx, q.pool);
+        warn!(peer = %self.peer, upstream, waited_ms = ctx.now.saturating_duration_since(q.since).as_millis() as u64, "no upstream connection became free within the connect timeout (max-connections)");
+        self.refuse_queued(ctx, 503, &q);
+    }
+
+    /// Answers a request that never reached an upstream with the proxy's own `status`, in the
+    /// route's error format; the connection closes when its body was not read.
+    fn refuse_queued(&mut self, ctx: &mut Ctx<'_>, status: u16, q: &Queued) {
+        let req = &q.req;
         let close = ctx.draining || !req.keep_alive || !matches!(req.framing, BodyFraming::Empty);
-        let bytes = builtin::error_response(503, close, req.is_head(), q.json_errors, Some(&req));
-        self.respond_local(ctx, 503, bytes, close);
+        let bytes = builtin::error_response(status, close, req.is_head(), q.json_errors, Some(req));
+        self.respond_local(ctx, status, bytes, close);
     }
 
     fn step_local(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {

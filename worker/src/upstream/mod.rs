@@ -3,6 +3,7 @@
 //! active probes, see [`health`]): targets out of rotation are skipped while any other is up.
 
 mod balancer;
+pub(crate) use balancer::Rng;
 mod circuit_breaker;
 mod connections;
 mod failover;

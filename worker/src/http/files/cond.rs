@@ -123,8 +123,9 @@ pub fn range(header: Option<&str>, size: u64) -> RangeAsk {
     }
 }
 
-// Howard Hinnant's civil calendar algorithms.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
+// Howard Hinnant's civil calendar algorithms (also the access log's dates).
+/// (year, month, day) of a count of days since 1970-01-01.
+pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -11,6 +11,8 @@
 //! Zentinel appends the full request path to the root instead.
 
 mod cond;
+
+pub(crate) use cond::civil_from_days;
 mod mime;
 mod path;
 

@@ -24,7 +24,7 @@ use zentinel_protocol::config::LoadBalancing;
 
 use self::ewma::PeakEwma;
 use self::hashing::{HashRing, MaglevTable};
-use self::random::Rng;
+pub(crate) use self::random::Rng;
 use self::round_robin::SmoothWeighted;
 
 /// What a request offers to choose by.
