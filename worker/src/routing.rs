@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use regex::Regex;
 
+use crate::http::error_pages::ErrorStyle;
 use crate::http::RetryRule;
 use zentinel_protocol::config::{
-    BuiltinHandler, ProxyConfig, RouteAction, RouteMatch, RoutePolicies, ServiceType, StaticFiles,
+    BuiltinHandler, ProxyConfig, RouteAction, RouteMatch, RoutePolicies, StaticFiles,
     StaticResponse,
 };
 
@@ -173,7 +174,6 @@ struct CompiledRoute {
     hosts: Vec<HostPattern>,
     conditions: Vec<Condition>,
     action: Action,
-    service_type: ServiceType,
     /// Shared with the exchanges of the route (one allocation per route, not per request).
     retry: Option<Arc<RetryRule>>,
     policies: RoutePolicies,
@@ -185,6 +185,7 @@ struct CompiledRoute {
     fallback: Option<Arc<Fallback>>,
     /// `Rc`: its counter is a `Cell`, and a router never leaves its worker's thread.
     shadow: Option<Rc<Shadow>>,
+    errors: ErrorStyle,
 }
 
 /// A route's `shadow`, with the upstream resolved to a pool index.
@@ -319,7 +320,14 @@ impl Router {
                 hosts: Vec::new(),
                 conditions: Vec::new(),
                 action,
-                service_type: r.service_type,
+                errors: ErrorStyle {
+                    service: r.service_type,
+                    pages: r
+                        .extras
+                        .as_ref()
+                        .and_then(|e| e.error_pages.clone())
+                        .map(Arc::new),
+                },
                 retry: r.retry_policy.as_ref().map(|p| Arc::new(RetryRule::new(p))),
                 policies: r.policies.clone(),
                 limiter: r
@@ -504,10 +512,11 @@ impl Router {
         self.routes.get(idx).is_none_or(|r| r.websocket)
     }
 
-    pub fn service_type(&self, idx: usize) -> ServiceType {
-        self.routes
-            .get(idx)
-            .map_or(ServiceType::Web, |r| r.service_type)
+    /// How the proxy's own errors look on route `idx` (no route: plain).
+    pub fn error_style(&self, idx: Option<usize>) -> ErrorStyle {
+        idx.and_then(|i| self.routes.get(i))
+            .map(|r| r.errors.clone())
+            .unwrap_or_default()
     }
 }
 

@@ -22,6 +22,7 @@ use super::ConfigDiagnostic;
 mod balancing;
 mod circuit_breaker;
 mod diagnostics;
+mod error_pages;
 mod fallback;
 mod health_check;
 mod limits;

@@ -10,6 +10,8 @@ mod observability;
 mod validate;
 
 #[cfg(test)]
+mod error_pages_tests;
+#[cfg(test)]
 mod fallback_tests;
 #[cfg(test)]
 mod include_tests;

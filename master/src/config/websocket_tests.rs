@@ -85,10 +85,10 @@ fn mistakes_are_located() {
         "duplicate `websocket`",
     );
     assert_error(
-        &["upstream \"u\"", "error-pages { }"],
+        &["upstream \"u\"", "api-schema { }"],
         1,
-        "error-pages",
-        "error-pages",
+        "api-schema",
+        "api-schema",
         "not supported yet",
     );
 }

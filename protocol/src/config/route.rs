@@ -178,6 +178,9 @@ pub struct RouteExtras {
     pub fallback: Option<RouteFallback>,
     /// A copy of a share of the requests sent to another upstream, answers discarded.
     pub shadow: Option<RouteShadow>,
+    /// How the proxy's own error responses on this route look, and which upstream error
+    /// statuses it replaces with its own page.
+    pub error_pages: Option<ErrorPages>,
 }
 
 impl Default for RouteExtras {
@@ -186,6 +189,54 @@ impl Default for RouteExtras {
             websocket: true,
             fallback: None,
             shadow: None,
+            error_pages: None,
+        }
+    }
+}
+
+/// A route's `error-pages { default-format "json"; pages { 404 { … } } }`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct ErrorPages {
+    /// The format of statuses without a page of their own; `None` keeps the service type's.
+    pub default_format: Option<ErrorFormat>,
+    /// Sorted by status, one page per status.
+    pub pages: Vec<ErrorPage>,
+}
+
+/// One status's page. A page also replaces an upstream response with that status.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ErrorPage {
+    pub status: u16,
+    /// `None`: the block's default format (then the service type's).
+    pub format: Option<ErrorFormat>,
+    /// Replaces the status's standard message.
+    pub message: Option<String>,
+    /// The template file's text, read when the configuration is loaded; `{{status}}`,
+    /// `{{title}}`, `{{message}}`, `{{request_id}}` and `{{timestamp}}` are filled in.
+    pub template: Option<String>,
+    /// Extra response headers, in file order.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Upstream Zentinel's error formats.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+pub enum ErrorFormat {
+    Html,
+    Json,
+    Text,
+    Xml,
+}
+
+impl ErrorFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorFormat::Html => "html",
+            ErrorFormat::Json => "json",
+            ErrorFormat::Text => "text",
+            ErrorFormat::Xml => "xml",
         }
     }
 }

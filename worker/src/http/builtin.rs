@@ -1,6 +1,5 @@
 //! Answers the worker gives itself: `builtin-handler` routes (upstream Zentinel's status,
-//! health, metrics, not-found, upstreams and config endpoints), and the JSON form of the
-//! proxy's own error responses on routes whose service type asks for JSON.
+//! health, metrics, not-found, upstreams and config endpoints).
 //!
 //! Bodies follow upstream's keys. Objects built with `json!` come out with sorted keys, as
 //! upstream's do; the status body keeps upstream's field order.
@@ -14,7 +13,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tracing::warn;
 use zentinel_protocol::config::{
-    BuiltinHandler, LoadBalancing, ProxyConfig, RouteAction, RouteMatch,
+    BuiltinHandler, ErrorFormat, LoadBalancing, ProxyConfig, RouteAction, RouteMatch,
 };
 use zentinel_protocol::messages::WorkerCounters;
 
@@ -124,58 +123,8 @@ pub fn answer(
     }
 }
 
-/// The proxy's own error response (no route, upstream unreachable, timeout, ...). With
-/// `json` (api, builtin and inference routes) it has upstream's JSON error shape; otherwise
-/// the plain-text form.
-pub fn error_response(
-    status: u16,
-    close: bool,
-    head_only: bool,
-    json: bool,
-    req: Option<&RequestHead>,
-) -> Vec<u8> {
-    if !json {
-        return codec::error_response(status, close, head_only);
-    }
-    let id = req.map_or_else(new_request_id, request_id);
-    let title = codec::reason_phrase(status);
-    let body = json!({
-        "status": status,
-        "title": title,
-        "message": error_message(status),
-        "request_id": id,
-        "timestamp": unix_secs(),
-    });
-    let body = serde_json::to_vec_pretty(&body).unwrap_or_default();
-    codec::local_response_with(
-        status,
-        Some(JSON),
-        &[("X-Request-Id", &id)],
-        &body,
-        close,
-        head_only,
-    )
-}
-
-fn error_message(status: u16) -> &'static str {
-    match status {
-        400 => "The request could not be understood.",
-        404 => "The requested resource could not be found.",
-        408 => "The request took too long to arrive.",
-        413 => "The request body is too large.",
-        414 => "The request target is too long.",
-        431 => "The request headers are too large.",
-        500 => "The server encountered an internal error.",
-        501 => "The request uses a feature this server does not support.",
-        502 => "The upstream server could not be reached or sent an invalid response.",
-        503 => "The service is temporarily unavailable.",
-        504 => "The upstream server did not respond in time.",
-        _ => "The request could not be completed.",
-    }
-}
-
 /// Upstream's request id: the first non-empty of these request headers, else a new one.
-fn request_id(req: &RequestHead) -> String {
+pub(super) fn request_id(req: &RequestHead) -> String {
     for wanted in ["x-trace-id", "x-correlation-id", "x-request-id"] {
         let found = req
             .headers()
@@ -191,7 +140,7 @@ fn request_id(req: &RequestHead) -> String {
     new_request_id()
 }
 
-fn new_request_id() -> String {
+pub(super) fn new_request_id() -> String {
     let seq = REQUEST_SEQ.fetch_add(1, Ordering::Relaxed);
     format!("{:x}-{:x}-{seq:x}", std::process::id(), start_wall_secs())
 }
@@ -207,7 +156,7 @@ fn start_wall_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn unix_secs() -> u64 {
+pub(super) fn unix_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -518,6 +467,15 @@ pub fn config_view(config: &ProxyConfig) -> Value {
                     }),
                     _ => Value::Null,
                 },
+                "error_pages": r.extras.as_ref().and_then(|e| e.error_pages.as_ref()).map(|p| json!({
+                    "default_format": p.default_format.map(ErrorFormat::name),
+                    "pages": p.pages.iter().map(|page| (page.status.to_string(), json!({
+                        "format": page.format.map(ErrorFormat::name),
+                        "message": page.message,
+                        "template": page.template.is_some(),
+                        "headers": page.headers.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                    }))).collect::<serde_json::Map<_, _>>(),
+                })),
                 "filters": [],
                 "waf_enabled": false,
             })
@@ -597,22 +555,6 @@ mod tests {
         assert_eq!(human_uptime(185), "3m 5s");
         assert_eq!(human_uptime(3600), "1h 0m 0s");
         assert_eq!(human_uptime(86_407), "1d 0h 0m 7s");
-    }
-
-    #[test]
-    fn json_error_shape() {
-        let bytes = error_response(502, true, false, true, None);
-        let text = String::from_utf8(bytes).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{head}");
-        assert!(head.contains("Content-Type: application/json; charset=utf-8"));
-        let v: Value = serde_json::from_str(body).unwrap();
-        assert_eq!(v["status"], 502);
-        assert_eq!(v["title"], "Bad Gateway");
-        assert!(
-            v["request_id"].is_string() && v["timestamp"].is_u64(),
-            "{v}"
-        );
     }
 
     #[test]

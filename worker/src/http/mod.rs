@@ -2,6 +2,7 @@
 
 pub(crate) mod builtin;
 pub mod codec;
+pub(crate) mod error_pages;
 mod fallback;
 pub(crate) mod files;
 mod header_policy;

@@ -22,6 +22,7 @@ use crate::http::codec::{
     self, BodyError, BodyFraming, BodyTracker, ForwardContext, HttpVersion, Parsed, RequestHead,
     ResponseHead,
 };
+use crate::http::error_pages::ErrorStyle;
 use crate::http::fallback::FallbackState;
 use crate::http::files::{self, FileBody};
 use crate::http::header_policy;
@@ -73,8 +74,8 @@ struct Queued {
     req: RequestHead,
     pool: usize,
     since: Instant,
-    /// The route's service type wants the proxy's own errors as JSON.
-    json_errors: bool,
+    /// How the proxy's own errors look on the route.
+    errors: ErrorStyle,
     /// The route's `retry-policy`.
     retry: Option<Arc<RetryRule>>,
     /// The matched route (its `policies` apply to the exchange).
@@ -100,8 +101,8 @@ struct Exchange {
     route: Option<usize>,
     /// The route's rate-limit check, reported on the proxied response.
     rate: Option<Decision>,
-    /// The route's service type wants the proxy's own errors as JSON.
-    json_errors: bool,
+    /// How the proxy's own errors look on the route.
+    errors: ErrorStyle,
     /// When the exchange started (the request head was routed): the request timeout and the
     /// latency peak EWMA learns from run from here.
     started: Instant,
@@ -174,6 +175,9 @@ enum Fail {
     ConnectTimedOut,
     /// Every target of the pool failed to connect (each failure already counted): 502.
     Exhausted,
+    /// The upstream answered with a status the route's `error-pages` replace: its response
+    /// is dropped with its connection (the body is never read) and the page goes out instead.
+    ErrorPage(u16),
 }
 
 impl Exchange {
@@ -686,7 +690,7 @@ impl HttpSession {
         let router = &self.generation.router;
         let route = router.find(self.lctx.route_scope, self.lctx.default_route, &req);
         let action = route.and_then(|r| router.action(r)).cloned();
-        let json_errors = route.is_some_and(|r| router.service_type(r).json_errors());
+        let errors = router.error_style(route);
         let mut rate = None;
         if let Some(limiter) = route.and_then(|r| router.limiter(r)) {
             let d =
@@ -703,7 +707,7 @@ impl HttpSession {
         if let BodyFraming::ContentLength(n) = req.framing {
             if n > body_limit {
                 ctx.counters.c.client_errors += 1;
-                let bytes = codec::error_response(413, true, req.is_head());
+                let bytes = errors.response(413, true, req.is_head(), Some(&req));
                 return self.respond_local(ctx, 413, bytes, true);
             }
         }
@@ -749,8 +753,7 @@ impl HttpSession {
             {
                 debug!(peer = %self.peer, "protocol upgrade over TLS is not supported yet");
                 ctx.counters.c.client_errors += 1;
-                let bytes =
-                    builtin::error_response(501, true, req.is_head(), json_errors, Some(&req));
+                let bytes = errors.response(501, true, req.is_head(), Some(&req));
                 self.respond_local(ctx, 501, bytes, true);
             }
             Some(Action::Upstream(pool)) => {
@@ -769,7 +772,7 @@ impl HttpSession {
                         req,
                         pool,
                         since: ctx.now,
-                        json_errors,
+                        errors,
                         retry,
                         route,
                         rate,
@@ -858,7 +861,7 @@ impl HttpSession {
             req,
             pool,
             since,
-            json_errors,
+            errors,
             retry,
             route,
             rate,
@@ -884,7 +887,7 @@ impl HttpSession {
             retry_at: None,
             route,
             rate,
-            json_errors,
+            errors,
             started: since,
             sent_at: ctx.now,
             cookie,
@@ -945,7 +948,7 @@ impl HttpSession {
     fn refuse_queued(&mut self, ctx: &mut Ctx<'_>, status: u16, q: &Queued) {
         let req = &q.req;
         let close = ctx.draining || !req.keep_alive || !matches!(req.framing, BodyFraming::Empty);
-        let bytes = builtin::error_response(status, close, req.is_head(), q.json_errors, Some(req));
+        let bytes = q.errors.response(status, close, req.is_head(), Some(req));
         self.respond_local(ctx, status, bytes, close);
     }
 
@@ -1133,6 +1136,8 @@ impl HttpSession {
                 ctx.counters.c.upstream_errors += 1;
                 (504, "upstream attempt timed out")
             }
+            // The upstream's answer was valid: counted as a response, not an error.
+            Fail::ErrorPage(s) => (s, "upstream error replaced by the route's error page"),
             Fail::ClientGone | Fail::RetryFresh => {
                 ctx.counters.c.client_errors += 1;
                 (0, "client connection lost")
@@ -1156,8 +1161,7 @@ impl HttpSession {
         }
         if can_answer {
             self.cout.clear();
-            let bytes =
-                builtin::error_response(status, !keep, head_only, ex.json_errors, Some(&ex.req));
+            let bytes = ex.errors.response(status, !keep, head_only, Some(&ex.req));
             self.respond_local(ctx, status, bytes, !keep);
         }
         // Otherwise the phase stays Proxy with no upstream: the caller ends the session.
@@ -1406,6 +1410,12 @@ impl HttpSession {
                         ex.resp_started,
                     ) {
                         return Err(Fail::RetryStatus(h.status));
+                    }
+                    if !ex.resp_started && ex.errors.replaces(h.status) {
+                        if let Some(a) = self.access.as_mut() {
+                            a.upstream = up_addr;
+                        }
+                        return Err(Fail::ErrorPage(h.status));
                     }
                     let framing = h.framing;
                     ex.dechunk = h.dechunks_for(ex.req.version);

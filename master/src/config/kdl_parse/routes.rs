@@ -7,6 +7,7 @@ use zentinel_protocol::config::{
 };
 
 use super::circuit_breaker::parse_circuit_breaker;
+use super::error_pages::parse_error_pages;
 use super::fallback::parse_fallback;
 use super::policies::parse_policies;
 use super::retry_policy::parse_retry_policy;
@@ -31,6 +32,7 @@ const ROUTE_KEYS: &[&str] = &[
     "websocket-inspection",
     "fallback",
     "shadow",
+    "error-pages",
 ];
 const ROUTE_UNSUPPORTED: &[&str] = &[
     "filters",
@@ -41,7 +43,6 @@ const ROUTE_UNSUPPORTED: &[&str] = &[
     "api-schema",
     "inference",
     "waf-enabled",
-    "error-pages",
 ];
 const ACTIONS: &str = "`upstream \"name\"`, `static-response status=200`, \
                        `builtin-handler \"health\"` or `static-files { root \"/dir\" }`";
@@ -110,6 +111,7 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
                 | "websocket-inspection"
                 | "fallback"
                 | "shadow"
+                | "error-pages"
         ) && !seen.check(child, diags)
         {
             continue;
@@ -133,6 +135,11 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
                 }
             }
             "websocket-inspection" => parse_inspection(child, diags),
+            "error-pages" => {
+                if let Some(pages) = parse_error_pages(child, diags) {
+                    extras.get_or_insert_with(Box::default).error_pages = Some(pages);
+                }
+            }
             "shadow" => {
                 if let Some((sh, at)) = parse_shadow(child, diags) {
                     extras.get_or_insert_with(Box::default).shadow = Some(sh);

@@ -67,7 +67,7 @@ impl FilePair {
             if path.is_empty() {
                 diags.error(at, name(child), "path must not be empty");
             } else {
-                *slot = Some((resolve(&path, diags.file_at(at)), at));
+                *slot = Some((resolve_config_path(&path, diags.file_at(at)), at));
             }
         }
         true
@@ -105,7 +105,7 @@ impl FilePair {
 }
 
 /// Relative to the configuration file's directory, made absolute.
-fn resolve(path: &str, config_file: &str) -> String {
+pub(super) fn resolve_config_path(path: &str, config_file: &str) -> String {
     let p = Path::new(path);
     let joined = if p.is_absolute() {
         p.to_path_buf()
