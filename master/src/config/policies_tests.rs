@@ -166,11 +166,18 @@ fn timeout_body_size_and_rate_limit() {
 fn accepted_with_a_warning() {
     assert_warning(&["failure-mode \"open\""], 0, "failure-mode", "no agents");
     assert_warning(&["failure-mode \"closed\""], 0, "failure-mode", "no agents");
-    assert_warning(&["buffer-requests #true"], 0, "buffer", "streamed");
-    assert_warning(&["buffer-responses #true"], 0, "buffer", "streamed");
     assert_warning(&["cache { enabled #true; }"], 0, "cache", "ignored");
-    // Turning buffering off is what happens anyway: nothing to say.
-    assert!(ok(&["buffer-requests #false"]).warnings.is_empty());
+}
+
+#[test]
+fn buffering_switches() {
+    let config = ok(&["buffer-requests #true", "buffer-responses #true"]);
+    assert!(config.warnings.is_empty());
+    let p = &config.proxy.routes[0].policies;
+    assert!(p.buffer_requests && p.buffer_responses);
+    let config = ok(&["buffer-requests #false"]);
+    let p = &config.proxy.routes[0].policies;
+    assert!(!p.buffer_requests && !p.buffer_responses);
 }
 
 #[test]

@@ -117,6 +117,12 @@ pub struct RoutePolicies {
     pub max_body_size_bytes: Option<u64>,
     /// Token bucket per key, per worker process.
     pub rate_limit: Option<RateLimit>,
+    /// The whole request body is read before an upstream connection is taken (slow clients
+    /// never hold an upstream connection; a body held whole can be replayed on a retry).
+    pub buffer_requests: bool,
+    /// The response is read ahead of the client (up to a bound), so the upstream connection
+    /// goes back to the pool while a slow client is still reading.
+    pub buffer_responses: bool,
 }
 
 /// Header changes, applied in upstream's order: every rename, then every set, every add,

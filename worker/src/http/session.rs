@@ -38,6 +38,7 @@ use crate::tls::TlsSock;
 use crate::tokens::{self, Side};
 use crate::trace_id;
 use crate::upstream::{self, NoConn, PickRequest, UpConn};
+use buffering::{Buffering, Prebuffered, ReadAhead, RESPONSE_BUFFER_CAP};
 
 mod retries;
 
@@ -60,6 +61,8 @@ enum Phase {
         since: Instant,
     },
     Proxy(Box<Exchange>),
+    /// Reading a `buffer-requests` route's body whole before proxying it.
+    Buffering(Box<Buffering>),
     /// Every target the request may go to is at its connection cap (or still being
     /// resolved): waiting for the pool to wake this session, up to the connect timeout.
     Queued(Box<Queued>),
@@ -83,6 +86,8 @@ struct Queued {
     /// The route's rate-limit check, reported on the proxied response.
     rate: Option<Decision>,
     fallback: Option<FallbackState>,
+    /// The body, already read whole (`buffer-requests`).
+    prebuffered: Option<Box<Prebuffered>>,
 }
 
 struct Exchange {
@@ -144,6 +149,8 @@ struct Exchange {
     close_client: bool,
     /// The route's fallback upstreams (see `http::fallback`).
     fallback: Option<FallbackState>,
+    /// `buffer-responses`: read the response ahead of the client (see `buffering`).
+    read_ahead: Option<ReadAhead>,
 }
 
 /// Why an exchange cannot go on.
@@ -215,6 +222,8 @@ impl Exchange {
         retry::is_idempotent(&self.req.method) && self.replay.is_some()
     }
 }
+
+mod buffering;
 
 pub struct HttpSession {
     key: usize,
@@ -407,6 +416,7 @@ impl HttpSession {
                     self.queue_timed_out(*q, ctx);
                 }
             }
+            Phase::Buffering(_) => self.buffering_timed_out(ctx),
             Phase::Proxy(ex) if ex.retry_at.is_some() => self.resume_retry(ctx),
             Phase::Proxy(_) => {
                 let fail = match &self.phase {
@@ -437,6 +447,7 @@ impl HttpSession {
             }
             Phase::Local { since, .. } => Some(*since + self.lctx.request_timeout),
             Phase::Closing { since } => Some(*since + LINGER),
+            Phase::Buffering(b) => Some(b.since + self.lctx.request_timeout),
             Phase::Queued(q) => Some(
                 q.since
                     + ctx
@@ -571,6 +582,7 @@ impl HttpSession {
                 Phase::Closing { .. } => self.step_closing(ctx),
                 Phase::Proxy(_) => self.step_proxy(ctx),
                 Phase::Queued(_) => self.step_queued(ctx),
+                Phase::Buffering(_) => self.step_buffering(ctx),
             };
             match step {
                 Ok(true) => continue,
@@ -767,19 +779,27 @@ impl HttpSession {
                 let pool = fallback
                     .as_mut()
                     .map_or(pool, |f| f.initial(pool, ctx.upstreams, ctx.now));
-                self.try_proxy(
-                    Queued {
-                        req,
-                        pool,
-                        since: ctx.now,
-                        errors,
-                        retry,
-                        route,
-                        rate,
-                        fallback,
-                    },
-                    ctx,
-                )
+                let buffer = has_body
+                    && req.upgrade.is_none()
+                    && route
+                        .and_then(|r| router.policies(r))
+                        .is_some_and(|p| p.buffer_requests);
+                let q = Queued {
+                    req,
+                    pool,
+                    since: ctx.now,
+                    errors,
+                    retry,
+                    route,
+                    rate,
+                    fallback,
+                    prebuffered: None,
+                };
+                if buffer {
+                    self.start_buffering(q, ctx.now);
+                } else {
+                    self.try_proxy(q, ctx);
+                }
             }
         }
     }
@@ -866,19 +886,37 @@ impl HttpSession {
             route,
             rate,
             fallback,
+            prebuffered,
         } = q;
         let mut head_bytes = Vec::with_capacity(512);
         codec::write_upstream_request(&req, &self.forward_context(), &mut head_bytes);
-        if let Some(p) = route.and_then(|r| self.generation.router.policies(r)) {
+        let policies = route.and_then(|r| self.generation.router.policies(r));
+        if let Some(p) = policies {
             header_policy::apply(&p.request_headers, &mut head_bytes, 0);
         }
+        if prebuffered.is_some() && req.expect_continue {
+            Prebuffered::strip_expect(&mut head_bytes);
+        }
+        let read_ahead = policies
+            .filter(|p| p.buffer_responses)
+            .and_then(|_| ReadAhead::take());
         let (stream, meta) = UpMeta::split(conn);
         let connected = meta.reused;
         let mut uout = Buf::new();
         uout.extend(&head_bytes);
-        let req_done = matches!(req.framing, BodyFraming::Empty);
+        let (req_body, replay, req_done) = match prebuffered {
+            Some(p) => {
+                uout.extend(&p.body);
+                (p.tracker, Some(p.body), true)
+            }
+            None => (
+                BodyTracker::new(req.framing, self.body_limit(route)),
+                Some(Vec::new()),
+                matches!(req.framing, BodyFraming::Empty),
+            ),
+        };
         let ex = Exchange {
-            req_body: BodyTracker::new(req.framing, self.body_limit(route)),
+            req_body,
             req,
             pool,
             retry,
@@ -905,7 +943,7 @@ impl HttpSession {
             uout,
             uin: Buf::new(),
             req_done,
-            replay: Some(Vec::new()),
+            replay,
             retried: false,
             failed,
             resp: None,
@@ -920,6 +958,7 @@ impl HttpSession {
             cout_stalled_since: None,
             close_client: false,
             fallback,
+            read_ahead,
         };
         self.phase = Phase::Proxy(Box::new(ex));
     }
@@ -1326,9 +1365,14 @@ impl HttpSession {
             }
         }
 
-        // upstream -> uin.
-        if !up.read_eof && ex.uin.len() < BUF_CAP {
-            match up.fill(&mut ex.uin, BUF_CAP) {
+        // upstream -> uin (-> cout): read ahead of the client up to this.
+        let read_cap = if ex.read_ahead.is_some() {
+            RESPONSE_BUFFER_CAP
+        } else {
+            BUF_CAP
+        };
+        if !up.read_eof && ex.uin.len() < read_cap {
+            match up.fill(&mut ex.uin, read_cap) {
                 Ok(r) => {
                     if r.bytes > 0 {
                         ex.got_upstream_bytes = true;
@@ -1490,8 +1534,8 @@ impl HttpSession {
 
         // uin -> response body -> cout.
         if let Some(tracker) = ex.resp_body.as_mut() {
-            if !ex.resp_done && !ex.uin.is_empty() && self.cout.len() < BUF_CAP {
-                let take = ex.uin.len().min(BUF_CAP - self.cout.len());
+            if !ex.resp_done && !ex.uin.is_empty() && self.cout.len() < read_cap {
+                let take = ex.uin.len().min(read_cap - self.cout.len());
                 let input = &ex.uin.as_slice()[..take];
                 let fed = if ex.dechunk {
                     ex.decoded.clear();
@@ -1545,7 +1589,7 @@ impl HttpSession {
                 Err(_) => return Err(Fail::ClientGone),
             }
         }
-        if ex.uin.len() >= BUF_CAP {
+        if ex.uin.len() >= read_cap {
             ex.last_up_activity = now;
         }
 
@@ -1553,11 +1597,24 @@ impl HttpSession {
             self.finish_exchange(ctx);
             return Ok(true);
         }
+        if ex.read_ahead.is_some() && ex.resp_done && ex.req_done && ex.uin.is_empty() {
+            // The whole response is in memory: the upstream connection is free, the client
+            // gets the rest like a local answer.
+            self.end_exchange(ctx, true);
+            return Ok(true);
+        }
         Ok(progress)
     }
 
     fn finish_exchange(&mut self, ctx: &mut Ctx<'_>) {
         self.log_access(ctx);
+        self.end_exchange(ctx, false);
+    }
+
+    /// Release the exchange's upstream connection (to the pool when it is reusable). With
+    /// `rest_pending`, response bytes are still in `cout`: they go out in `Phase::Local`, which
+    /// writes the access-log line when they are gone.
+    fn end_exchange(&mut self, ctx: &mut Ctx<'_>, rest_pending: bool) {
         let phase = std::mem::replace(&mut self.phase, Phase::ReadingHead);
         let Phase::Proxy(mut ex) = phase else {
             self.phase = phase;
@@ -1585,7 +1642,12 @@ impl HttpSession {
                 ctx.now,
             );
         }
-        if ex.close_client {
+        if rest_pending {
+            self.phase = Phase::Local {
+                close: ex.close_client,
+                since: ctx.now,
+            };
+        } else if ex.close_client {
             self.start_closing(ctx.now);
         } else {
             self.phase = Phase::ReadingHead;

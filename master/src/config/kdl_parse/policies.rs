@@ -60,19 +60,11 @@ pub(super) fn parse_policies(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Rou
                 policies.max_body_size_bytes = leaf_size(child, 0, u64::MAX >> 1, diags)
             }
             "failure-mode" => parse_failure_mode(child, diags),
-            "buffer-requests" | "buffer-responses" => {
-                if leaf_bool(child, diags) == Some(true) {
-                    diags.warn(
-                        name_at(child),
-                        name(child),
-                        format!(
-                            "`{} #true` accepted: bodies are streamed through bounded buffers \
-                             (upstream buffers them for agent inspection; this build has no \
-                             agents). `max-body-size` still limits the request body",
-                            name(child)
-                        ),
-                    );
-                }
+            "buffer-requests" => {
+                policies.buffer_requests = leaf_bool(child, diags).unwrap_or(false)
+            }
+            "buffer-responses" => {
+                policies.buffer_responses = leaf_bool(child, diags).unwrap_or(false)
             }
             "rate-limit" => policies.rate_limit = parse_rate_limit(child, diags),
             "cache" => diags.warn(
