@@ -18,6 +18,7 @@ pub mod fault_injection;
 pub mod http;
 
 mod accept;
+pub mod client_cert;
 mod client_limit;
 mod counters;
 mod ctx;

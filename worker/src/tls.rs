@@ -18,6 +18,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, ServerConnec
 use rustls::sign::CertifiedKey;
 use zentinel_protocol::config::{TlsConfig, TlsVersion};
 
+use crate::client_cert;
 use crate::ctx::Ready;
 use crate::sock::{Buf, ReadOutcome, Sock, BUF_CAP};
 
@@ -30,6 +31,8 @@ pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
 pub enum TlsFile {
     Cert,
     Key,
+    /// The `ca-file` client certificates are verified against.
+    Ca,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,14 +134,26 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsFileError>
     .filter(|(v, _)| *v >= tls.min_version && tls.max_version.is_none_or(|max| *v <= max))
     .map(|(_, v)| v)
     .collect();
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let client_verifier = client_cert::verifier(
+        tls.client_auth,
+        tls.ca_file.as_deref(),
+        Arc::clone(&provider),
+    )
+    .map_err(|message| TlsFileError {
+        file: TlsFile::Ca,
+        message,
+    })?;
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&versions)
         .map_err(|e| TlsFileError {
             file: TlsFile::Cert,
             message: format!("TLS versions: {e}"),
-        })?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        })?;
+    let builder = match client_verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
     Ok(Arc::new(config))
 }
@@ -228,6 +243,13 @@ impl TlsSock {
 
     pub fn on_ready(&mut self, r: Ready) {
         self.sock.on_ready(r);
+    }
+
+    /// The subject of the certificate the client presented (verified during the handshake),
+    /// once the handshake is done.
+    pub fn client_subject(&self) -> Option<String> {
+        let leaf = self.conn.peer_certificates()?.first()?;
+        client_cert::subject(leaf)
     }
 
     pub fn read_eof(&self) -> bool {
@@ -456,6 +478,8 @@ mod tests {
                 additional_certs: vec![],
                 min_version: min,
                 max_version: max,
+                client_auth: zentinel_protocol::config::ClientAuth::Off,
+                ca_file: None,
             })
         };
         let ok = config(TlsVersion::Tls12, None).unwrap();

@@ -60,6 +60,22 @@ pub struct TlsConfig {
     pub min_version: TlsVersion,
     /// `None`: the newest this build supports.
     pub max_version: Option<TlsVersion>,
+    /// Client certificates (mutual TLS), verified against `ca_file`.
+    pub client_auth: ClientAuth,
+    /// PEM CA certificates that client certificates must chain to. Absolute.
+    pub ca_file: Option<String>,
+}
+
+/// Whether a TLS listener asks clients for a certificate (upstream's `client-auth`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+pub enum ClientAuth {
+    #[default]
+    Off,
+    /// Asked for; a client without one is served, one with an invalid one is refused.
+    Optional,
+    /// Without a certificate that verifies, the handshake fails.
+    Required,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -55,21 +55,33 @@ fn tls() -> impl Strategy<Value = TlsConfig> {
         vec((vec(name(), 0..3), name(), name()), 0..3),
         tls_version(),
         option::of(tls_version()),
+        (
+            prop_oneof![
+                Just(ClientAuth::Off),
+                Just(ClientAuth::Optional),
+                Just(ClientAuth::Required)
+            ],
+            option::of(name()),
+        ),
     )
         .prop_map(
-            |(cert_file, key_file, sni, min_version, max_version)| TlsConfig {
-                cert_file,
-                key_file,
-                additional_certs: sni
-                    .into_iter()
-                    .map(|(hostnames, cert_file, key_file)| SniCertificate {
-                        hostnames,
-                        cert_file,
-                        key_file,
-                    })
-                    .collect(),
-                min_version,
-                max_version,
+            |(cert_file, key_file, sni, min_version, max_version, (client_auth, ca_file))| {
+                TlsConfig {
+                    cert_file,
+                    key_file,
+                    additional_certs: sni
+                        .into_iter()
+                        .map(|(hostnames, cert_file, key_file)| SniCertificate {
+                            hostnames,
+                            cert_file,
+                            key_file,
+                        })
+                        .collect(),
+                    min_version,
+                    max_version,
+                    client_auth,
+                    ca_file,
+                }
             },
         )
 }

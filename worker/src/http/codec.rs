@@ -1181,6 +1181,9 @@ pub struct ForwardContext {
     pub scheme: &'static str,
     /// The request's trace id, sent as `X-Trace-Id` (replacing the client's). `None`: none.
     pub trace_id: Option<String>,
+    /// The verified client certificate's subject (mutual TLS), sent as
+    /// `X-Client-Cert-Subject`. The client's own field of that name is always dropped.
+    pub client_cert_subject: Option<std::rc::Rc<str>>,
 }
 
 /// Serialize the request head to send upstream: hop-by-hop headers removed (Connection, the
@@ -1216,6 +1219,10 @@ pub fn write_upstream_request(head: &RequestHead, ctx: &ForwardContext, out: &mu
         }
         // The proxy's own trace id replaces the client's (the same value when it sent one).
         if ctx.trace_id.is_some() && name.eq_ignore_ascii_case(b"x-trace-id") {
+            continue;
+        }
+        // Only the proxy vouches for a client certificate.
+        if name.eq_ignore_ascii_case(b"x-client-cert-subject") {
             continue;
         }
         if name.eq_ignore_ascii_case(b"host") {
@@ -1287,6 +1294,9 @@ pub fn write_upstream_request(head: &RequestHead, ctx: &ForwardContext, out: &mu
     out.extend_from_slice(b"\r\n");
     if let Some(id) = &ctx.trace_id {
         push_header(out, b"X-Trace-Id", id.as_bytes());
+    }
+    if let Some(subject) = &ctx.client_cert_subject {
+        push_header(out, b"X-Client-Cert-Subject", subject.as_bytes());
     }
 
     match &head.upgrade {

@@ -791,6 +791,7 @@ fn ctx_v4() -> ForwardContext {
         listener: "10.0.0.1:8080".parse().unwrap(),
         scheme: "http",
         trace_id: None,
+        client_cert_subject: None,
     }
 }
 
@@ -889,6 +890,7 @@ fn upstream_request_ipv6_client() {
         listener: "[::1]:8080".parse().unwrap(),
         scheme: "http",
         trace_id: None,
+        client_cert_subject: None,
     };
     let out = upstream_bytes(b"GET / HTTP/1.0\r\n\r\n", &ctx);
     assert!(out.contains("\r\nHost: [::1]:8080\r\n"), "{out}");
@@ -1921,5 +1923,18 @@ fn upstream_request_carries_the_trace_id_instead_of_the_clients() {
         &ctx,
     );
     assert!(out.contains("\r\nX-Trace-Id: 3Ab9xYz12Kq\r\n"), "{out}");
+    // Only the proxy vouches for a client certificate.
+    let spoofed = upstream_bytes(
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Client-Cert-Subject: CN=admin\r\n\r\n",
+        &ForwardContext {
+            client_cert_subject: Some("CN=client".into()),
+            ..ctx_v4()
+        },
+    );
+    assert!(!spoofed.contains("CN=admin"), "{spoofed}");
+    assert!(
+        spoofed.contains("\r\nX-Client-Cert-Subject: CN=client\r\n"),
+        "{spoofed}"
+    );
     assert!(!out.contains("from-client"), "{out}");
 }

@@ -15,6 +15,38 @@ mod websocket;
 
 use crate::routing::RouteRequest;
 
+/// A request as routing sees it: the client's head, with `X-Client-Cert-Subject` being the
+/// proxy's (the verified client certificate's subject, or absent), never the client's.
+pub(crate) struct Routed<'a> {
+    pub head: &'a codec::RequestHead,
+    pub client_cert_subject: Option<&'a str>,
+}
+
+impl RouteRequest for Routed<'_> {
+    fn host(&self) -> Option<&str> {
+        self.head.host()
+    }
+
+    fn path(&self) -> &str {
+        RouteRequest::path(self.head)
+    }
+
+    fn method(&self) -> &str {
+        RouteRequest::method(self.head)
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.head.query()
+    }
+
+    fn has_header(&self, name: &str, want: &dyn Fn(&[u8]) -> bool) -> bool {
+        if name.eq_ignore_ascii_case(crate::client_cert::SUBJECT_HEADER) {
+            return self.client_cert_subject.is_some_and(|s| want(s.as_bytes()));
+        }
+        self.head.has_header(name, want)
+    }
+}
+
 /// Routing reads the parsed head directly: no copy of the request per route decision.
 impl RouteRequest for codec::RequestHead {
     fn host(&self) -> Option<&str> {

@@ -28,6 +28,7 @@ use crate::http::files::{self, FileBody};
 use crate::http::header_policy;
 use crate::http::retry::{self, RetryRule};
 use crate::http::sticky;
+use crate::http::Routed;
 use crate::http::{shadow, websocket};
 use crate::rate_limit::Decision;
 use crate::routing::Action;
@@ -254,6 +255,9 @@ pub struct HttpSession {
     access: Option<Box<access_log::Entry>>,
     /// The rest of a static file being sent after a local head (`Phase::Local`).
     file_body: Option<FileBody>,
+    /// The verified client certificate's subject (mutual TLS); looked up at the first
+    /// request, once the handshake is done.
+    client_subject: Option<Option<Rc<str>>>,
 }
 
 /// A failure that may not be retried: `RetryElsewhere` stays one (so `fail` still blames the
@@ -322,6 +326,7 @@ impl HttpSession {
             first_request: true,
             access: None,
             file_body: None,
+            client_subject: None,
         })
     }
 
@@ -699,8 +704,13 @@ impl HttpSession {
             let bytes = codec::error_response(500, local_close, req.is_head());
             return self.respond_local(ctx, 500, bytes, local_close);
         }
+        let subject = self.client_subject().clone();
         let router = &self.generation.router;
-        let route = router.find(self.lctx.route_scope, self.lctx.default_route, &req);
+        let routed = Routed {
+            head: &req,
+            client_cert_subject: subject.as_deref(),
+        };
+        let route = router.find(self.lctx.route_scope, self.lctx.default_route, &routed);
         let action = route.and_then(|r| router.action(r)).cloned();
         let errors = router.error_style(route);
         let mut rate = None;
@@ -822,7 +832,17 @@ impl HttpSession {
                 ClientSock::Tls(_) => "https",
             },
             trace_id: Some(self.trace_id.clone()),
+            client_cert_subject: self.client_subject.clone().flatten(),
         }
+    }
+
+    /// The client certificate's subject, read from the TLS session once.
+    fn client_subject(&mut self) -> &Option<Rc<str>> {
+        let client = &self.client;
+        self.client_subject.get_or_insert_with(|| match client {
+            ClientSock::Tls(t) => t.client_subject().map(Rc::from),
+            ClientSock::Plain(_) => None,
+        })
     }
 
     /// Connect for the request (routed at `since`) and start the exchange; or wait in the

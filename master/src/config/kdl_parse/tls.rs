@@ -21,17 +21,27 @@
 use std::path::Path;
 
 use kdl::KdlNode;
-use zentinel_protocol::config::{SniCertificate, TlsConfig, TlsVersion};
+use kdl::KdlValue;
+use zentinel_protocol::config::{ClientAuth, SniCertificate, TlsConfig, TlsVersion};
+use zentinel_worker::client_cert;
 use zentinel_worker::tls::{load_certified_key, TlsFile};
 
 use super::{
-    args, block, did_you_mean, leaf_string, name, name_at, no_children, props, string_value,
-    unknown_property, Diagnostics, Seen,
+    args, block, describe, did_you_mean, leaf_string, name, name_at, no_children, props,
+    single_arg, string_value, unknown_property, Diagnostics, Seen,
 };
 
-const TLS_KEYS: &[&str] = &["cert-file", "key-file", "min-version", "max-version", "sni"];
+const TLS_KEYS: &[&str] = &[
+    "cert-file",
+    "key-file",
+    "min-version",
+    "max-version",
+    "sni",
+    "ca-file",
+    "client-auth",
+];
 /// Zentinel's TLS settings this build does not implement yet.
-const TLS_UNSUPPORTED: &[&str] = &["ca-file", "client-auth", "acme"];
+const TLS_UNSUPPORTED: &[&str] = &["acme"];
 /// Upstream accepts these without applying them (its TLS layer ignores them); accepted here
 /// with a warning saying what happens instead.
 const TLS_WITHOUT_EFFECT: &[&str] = &[
@@ -94,7 +104,7 @@ impl FilePair {
             Ok(_) => Some((cert, key)),
             Err(e) => {
                 let (at, node_name) = match e.file {
-                    TlsFile::Cert => (cert_at, "cert-file"),
+                    TlsFile::Cert | TlsFile::Ca => (cert_at, "cert-file"),
                     TlsFile::Key => (key_at, "key-file"),
                 };
                 diags.error(at, node_name, e.message);
@@ -187,6 +197,8 @@ pub(super) fn parse_tls(
     let mut max_version = None;
     let mut max_at = None;
     let mut sni = Vec::new();
+    let mut ca_file: Option<String> = None;
+    let mut client_auth: Option<(ClientAuth, usize)> = None;
     let mut seen = Seen::default();
     for child in block(node, diags) {
         if TLS_KEYS.contains(&name(child)) && name(child) != "sni" && !seen.check(child, diags) {
@@ -212,6 +224,14 @@ pub(super) fn parse_tls(
                 Some(s) => sni.push(s),
                 None => ok = false,
             },
+            "ca-file" => match parse_ca_file(child, diags) {
+                Some(path) => ca_file = Some(path),
+                None => ok = false,
+            },
+            "client-auth" => match parse_client_auth(child, diags) {
+                Some(mode) => client_auth = Some((mode, name_at(child))),
+                None => ok = false,
+            },
             n if TLS_WITHOUT_EFFECT.contains(&n) => without_effect(child, diags),
             n => {
                 ok = false;
@@ -233,6 +253,33 @@ pub(super) fn parse_tls(
             diags.error(at, "max-version", "max-version is older than min-version");
         }
     }
+    let client_auth = match (client_auth, &ca_file) {
+        (Some((ClientAuth::Off, _)) | None, Some(_)) => {
+            let at = node
+                .children()
+                .and_then(|c| c.nodes().iter().find(|n| name(n) == "ca-file"))
+                .map_or(name_at(node), name_at);
+            diags.warn(
+                at,
+                "ca-file",
+                "`ca-file` has no effect without `client-auth #true`: clients are not asked \
+                 for a certificate (as upstream)",
+            );
+            ClientAuth::Off
+        }
+        (Some((mode, at)), None) if mode != ClientAuth::Off => {
+            ok = false;
+            diags.error(
+                at,
+                "client-auth",
+                "`client-auth` needs `ca-file`, the CA certificates client certificates must \
+                 chain to (upstream turns client authentication off instead)",
+            );
+            ClientAuth::Off
+        }
+        (Some((mode, _)), _) => mode,
+        (None, None) => ClientAuth::Off,
+    };
     let (cert_file, key_file) = files.check(node, &format!("`tls` of {label}"), diags)?;
     ok.then_some(TlsConfig {
         cert_file,
@@ -240,7 +287,51 @@ pub(super) fn parse_tls(
         additional_certs: sni,
         min_version,
         max_version,
+        client_auth,
+        ca_file,
     })
+}
+
+/// `ca-file "/etc/zentinel/clients-ca.pem"`: loaded now, so a bad file fails `-t` at its line.
+fn parse_ca_file(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<String> {
+    let (path, at) = leaf_string(node, diags)?;
+    let path = resolve_config_path(&path, diags.file_at(at));
+    match client_cert::load_roots(&path) {
+        Ok(_) => Some(path),
+        Err(message) => {
+            diags.error(at, "ca-file", message);
+            None
+        }
+    }
+}
+
+/// Upstream's `client-auth #true` (certificates required) / `#false`; also `"required"`,
+/// `"optional"` (asked for, not required) and `"off"`.
+fn parse_client_auth(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<ClientAuth> {
+    let entry = single_arg(node, diags)?;
+    let mode = match entry.value() {
+        KdlValue::Bool(true) => Some(ClientAuth::Required),
+        KdlValue::Bool(false) => Some(ClientAuth::Off),
+        KdlValue::String(s) => match s.to_ascii_lowercase().as_str() {
+            "required" | "require" | "on" => Some(ClientAuth::Required),
+            "optional" | "request" => Some(ClientAuth::Optional),
+            "off" | "none" => Some(ClientAuth::Off),
+            _ => None,
+        },
+        _ => None,
+    };
+    if mode.is_none() {
+        diags.error(
+            entry.span().offset(),
+            "client-auth",
+            format!(
+                "`client-auth` takes #true (certificates required), #false, \"required\", \
+                 \"optional\" or \"off\", found {}",
+                describe(entry.value())
+            ),
+        );
+    }
+    mode
 }
 
 fn parse_sni(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<SniCertificate> {

@@ -1,0 +1,263 @@
+//! TLS for the end-to-end tests: a test CA issuing certificates (rcgen), and a blocking rustls
+//! client speaking HTTP/1.1, optionally presenting a client certificate.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Certificates.
+// ---------------------------------------------------------------------------------------------
+
+pub struct Ca {
+    pub cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    #[allow(clippy::new_without_default)] // Each call makes a new CA: not a default value.
+    pub fn new() -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Zentinel test CA");
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    pub fn der(&self) -> CertificateDer<'static> {
+        self.cert.der().clone()
+    }
+
+    /// A leaf for `names` written to `dir/stem.crt` and `dir/stem.key`; returns its DER.
+    pub fn issue(&self, dir: &Path, stem: &str, names: &[&str]) -> CertificateDer<'static> {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = CertificateParams::new(names).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        // Written next to the final name, then renamed: a reload never reads half a file.
+        for (ext, text) in [("crt", cert.pem()), ("key", key.serialize_pem())] {
+            let tmp = dir.join(format!(".{stem}.{ext}.tmp"));
+            fs::write(&tmp, text).unwrap();
+            fs::rename(&tmp, dir.join(format!("{stem}.{ext}"))).unwrap();
+        }
+        cert.der().clone()
+    }
+
+    /// A client certificate whose subject is `CN=common_name,O=org`, for mutual TLS.
+    pub fn issue_client(
+        &self,
+        common_name: &str,
+        org: &str,
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, org);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        (vec![cert.der().clone()], key)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A blocking rustls client speaking HTTP/1.1.
+// ---------------------------------------------------------------------------------------------
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn client_config(
+    ca: &CertificateDer<'static>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// A client trusting `ca` that presents `chain` (mutual TLS).
+pub fn client_with_cert(
+    ca: &CertificateDer<'static>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+pub fn default_client(ca: &CertificateDer<'static>) -> Arc<ClientConfig> {
+    client_config(ca, rustls::DEFAULT_VERSIONS)
+}
+
+pub struct TlsResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl TlsResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+
+    pub fn body_str(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub struct TlsClient {
+    host: String,
+    pub io: BufReader<StreamOwned<ClientConnection, TcpStream>>,
+}
+
+impl TlsClient {
+    /// Connects and completes the handshake, sending `server_name` as SNI.
+    pub fn try_connect(
+        addr: SocketAddr,
+        server_name: &str,
+        config: Arc<ClientConfig>,
+    ) -> Result<TlsClient, String> {
+        let sock = TcpStream::connect_timeout(&addr, DEADLINE).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(DEADLINE)).unwrap();
+        sock.set_write_timeout(Some(DEADLINE)).unwrap();
+        let name = ServerName::try_from(server_name.to_owned()).unwrap();
+        let conn = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+        let mut stream = StreamOwned::new(conn, sock);
+        while stream.conn.is_handshaking() {
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .map_err(|e| format!("handshake: {e}"))?;
+        }
+        Ok(TlsClient {
+            host: server_name.to_owned(),
+            io: BufReader::new(stream),
+        })
+    }
+
+    pub fn connect(addr: SocketAddr, server_name: &str, config: Arc<ClientConfig>) -> TlsClient {
+        Self::try_connect(addr, server_name, config)
+            .unwrap_or_else(|e| panic!("TLS connect to {addr} as {server_name}: {e}"))
+    }
+
+    pub fn conn(&self) -> &ClientConnection {
+        &self.io.get_ref().conn
+    }
+
+    pub fn leaf(&self) -> CertificateDer<'static> {
+        self.conn()
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .expect("server sent no certificate")
+            .clone()
+            .into_owned()
+    }
+
+    pub fn try_get(&mut self, path: &str) -> Result<TlsResponse, String> {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
+        let s = self.io.get_mut();
+        s.write_all(req.as_bytes())
+            .and_then(|()| s.flush())
+            .map_err(|e| format!("send {path}: {e}"))?;
+        self.read_response().map_err(|e| format!("GET {path}: {e}"))
+    }
+
+    pub fn get(&mut self, path: &str) -> TlsResponse {
+        self.try_get(path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn read_response(&mut self) -> Result<TlsResponse, String> {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = self
+                .io
+                .read_until(b'\n', &mut head)
+                .map_err(|e| format!("head: {e}"))?;
+            if n == 0 {
+                return Err(format!(
+                    "EOF in the response head after {:?}",
+                    String::from_utf8_lossy(&head)
+                ));
+            }
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Response::new(&mut headers);
+        parsed.parse(&head).map_err(|e| format!("bad head: {e}"))?;
+        let status = parsed.code.ok_or("no status")?;
+        let headers: Vec<(String, String)> = parsed
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_owned(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .ok_or_else(|| format!("no Content-Length in {headers:?}"))?;
+        let mut body = vec![0; len];
+        self.io
+            .read_exact(&mut body)
+            .map_err(|e| format!("body of {len} bytes: {e}"))?;
+        Ok(TlsResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// After a `Connection: close` response: the server must end the TLS session with
+    /// close_notify (rustls reports that as a clean EOF, `Ok(0)`; a bare TCP FIN would be
+    /// `UnexpectedEof`).
+    pub fn expect_close_notify(&mut self) {
+        let mut rest = Vec::new();
+        match self.io.read_to_end(&mut rest) {
+            Ok(_) => assert!(rest.is_empty(), "bytes after the last response: {rest:?}"),
+            Err(e) => panic!("no clean close_notify at the end: {e} ({:?})", e.kind()),
+        }
+    }
+}
