@@ -216,11 +216,12 @@ fn logging_settings_parse_and_resolve() {
         crate::logging::LogSettings::resolve(Some("warn"), logging).level,
         "warn"
     );
-    // Upstream's default access-log file, and a warning for the key without effect.
+    // Upstream's default access-log file; the rate in millionths.
     let access_log = config.proxy.listeners[0].access_log.as_ref().unwrap();
     assert_eq!(access_log.file, "/var/log/zentinel/access.log");
     assert!(!access_log.include_trace_id);
-    assert!(messages(&config.warnings).contains("`sample-rate` has no effect"));
+    assert_eq!(access_log.sample_per_million, 500_000);
+    assert!(config.warnings.is_empty(), "{}", messages(&config.warnings));
 }
 
 #[test]

@@ -1103,9 +1103,8 @@ fn observability_metrics_and_access_log() {
     assert_eq!(
         http.access_log,
         Some(AccessLogConfig {
-            file: "/var/log/z/access.log".to_owned(),
             format: "$remote_addr $status".to_owned(),
-            include_trace_id: true,
+            ..AccessLogConfig::with_file("/var/log/z/access.log".to_owned())
         })
     );
     // TCP listeners have no requests to log.
@@ -1130,7 +1129,7 @@ fn observability_defaults_and_disabled() {
             .access_log
             .as_ref()
             .map(|a| a.format.as_str()),
-        Some("combined")
+        Some("json")
     );
     let source = format!(
         "{BASE}observability {{ metrics {{ enabled #false; }}; logging {{ access-log {{ enabled #false; }} }} }}\n"
