@@ -1,10 +1,12 @@
-//! `logging { access-log { ... } }`: every key upstream Zentinel reads, and the
+//! `logging { access-log { ... } error-log { ... } }`: every key upstream Zentinel reads, and the
 //! access-log keys its documentation gives (`include-trace-id`, `sample-rate`,
 //! `sample-errors-always`, `fields`), which its KDL reader leaves at their defaults but its
 //! logger applies.
 
 use kdl::{KdlNode, KdlValue};
-use zentinel_protocol::config::{AccessLogConfig, AccessLogFields, SAMPLE_ALL};
+use zentinel_protocol::config::{
+    AccessLogConfig, AccessLogFields, DEFAULT_LOG_BUFFER_SIZE, SAMPLE_ALL,
+};
 use zentinel_worker::access_log::Format;
 
 use super::kdl_parse::{
@@ -40,8 +42,10 @@ const FIELD_KEYS: &[&str] = &[
     "referer",
     "client-ip",
 ];
-/// Where upstream Zentinel writes the access log when `file` is not given.
+const ERROR_LOG_KEYS: &[&str] = &["enabled", "file", "level", "buffer-size"];
+/// Where upstream Zentinel writes the logs when `file` is not given.
 const DEFAULT_ACCESS_LOG_FILE: &str = "/var/log/zentinel/access.log";
+const DEFAULT_ERROR_LOG_FILE: &str = "/var/log/zentinel/error.log";
 /// The largest `buffer-size`: each worker holds one such buffer per log file.
 const MAX_BUFFER_SIZE: u64 = 64 * 1024 * 1024;
 
@@ -197,9 +201,69 @@ fn buffer_size(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<u32> {
     leaf_int(node, 0, MAX_BUFFER_SIZE, diags).and_then(|v| u32::try_from(v).ok())
 }
 
+/// `error-log { enabled; file; level; buffer-size }`: warnings and errors (or errors only,
+/// `level "error"`) appended to `file` by the master and every worker. Unlike upstream, nothing is
+/// written without this block (upstream defaults to /var/log/zentinel/error.log even then).
+pub(super) fn parse_error_log(
+    node: &KdlNode,
+    diags: &mut Diagnostics<'_>,
+) -> Option<crate::logging::ErrorLog> {
+    let errors_before = diags.error_count();
+    let mut seen = Seen::default();
+    let mut enabled = true;
+    let mut log = crate::logging::ErrorLog {
+        file: DEFAULT_ERROR_LOG_FILE.to_owned(),
+        errors_only: false,
+        buffer_size: DEFAULT_LOG_BUFFER_SIZE as usize,
+    };
+    for child in block(node, diags) {
+        if ERROR_LOG_KEYS.contains(&name(child)) && !seen.check(child, diags) {
+            continue;
+        }
+        match name(child) {
+            "enabled" => {
+                if let Some(b) = leaf_bool(child, diags) {
+                    enabled = b;
+                }
+            }
+            "file" => {
+                if let Some(path) = log_file(child, "error-log", diags) {
+                    log.file = path;
+                }
+            }
+            "level" => match leaf_string(child, diags) {
+                Some((level, _)) if level == "error" => log.errors_only = true,
+                Some((level, _)) if level == "warn" || level == "warning" => {
+                    log.errors_only = false;
+                }
+                // Upstream takes any other level as "warn".
+                Some((level, at)) => {
+                    log.errors_only = false;
+                    diags.warn(
+                        at,
+                        "level",
+                        format!(
+                            "error-log level {level:?} logs warnings and errors, like \"warn\" \
+                             (as upstream Zentinel); the levels are \"warn\" and \"error\""
+                        ),
+                    );
+                }
+                None => {}
+            },
+            "buffer-size" => {
+                if let Some(size) = buffer_size(child, diags) {
+                    log.buffer_size = size as usize;
+                }
+            }
+            _ => unknown(child, "error-log", ERROR_LOG_KEYS, &[], diags),
+        }
+    }
+    (enabled && diags.error_count() == errors_before).then_some(log)
+}
+
 /// The `file` of an access or error log: an absolute path (workers open it themselves and may
 /// not share the master's working directory).
-pub(super) fn log_file(node: &KdlNode, log: &str, diags: &mut Diagnostics<'_>) -> Option<String> {
+fn log_file(node: &KdlNode, log: &str, diags: &mut Diagnostics<'_>) -> Option<String> {
     let (path, at) = leaf_string(node, diags)?;
     if path.starts_with('/') {
         return Some(path);

@@ -123,3 +123,32 @@ fn unknown_format_names_are_json_with_a_warning() {
     let (_, warnings) = access_log("access-log { format \"CLF\"; }");
     assert_eq!(warnings, "");
 }
+
+#[test]
+fn error_log_keys_and_upstreams_defaults() {
+    let config = full("error-log { }").unwrap_or_else(|d| panic!("{}", messages(&d)));
+    assert_eq!(
+        config.logging.error_log,
+        Some(crate::logging::ErrorLog {
+            file: "/var/log/zentinel/error.log".to_owned(),
+            errors_only: false,
+            buffer_size: 8192,
+        })
+    );
+    let config =
+        full("error-log {\n    file \"/tmp/e.log\"\n    level \"info\"\n    buffer-size 0\n}")
+            .unwrap_or_else(|d| panic!("{}", messages(&d)));
+    let log = config.logging.error_log.clone().unwrap();
+    assert_eq!(
+        (log.file.as_str(), log.errors_only, log.buffer_size),
+        ("/tmp/e.log", false, 0)
+    );
+    // Upstream takes any level but "error" as "warn"; so does this build, saying so.
+    assert!(
+        messages(&config.warnings).contains("test.kdl:8:11: `level`: error-log level \"info\""),
+        "{}",
+        messages(&config.warnings)
+    );
+    let config = full("error-log { enabled #false; }").unwrap();
+    assert_eq!(config.logging.error_log, None);
+}

@@ -16,9 +16,8 @@ use zentinel_protocol::config::{
 use super::kdl_parse::{
     block, leaf_bool, leaf_string, name, name_at, socket_addr, unknown, Diagnostics, Seen,
 };
-use super::log_blocks::{log_file, parse_access_log};
+use super::log_blocks::{parse_access_log, parse_error_log};
 
-const ERROR_LOG_KEYS: &[&str] = &["enabled", "file", "level", "buffer-size"];
 const OBSERVABILITY_KEYS: &[&str] = &["metrics", "logging"];
 const OBSERVABILITY_UNSUPPORTED: &[&str] = &["tracing"];
 const METRICS_KEYS: &[&str] = &["enabled", "address", "path", "high-cardinality"];
@@ -204,65 +203,5 @@ fn parse_metrics(node: &KdlNode, out: &mut ParsedObservability, diags: &mut Diag
     } else {
         out.metrics = None;
         out.metrics_address = None;
-    }
-}
-
-/// `error-log { enabled; file; level }`: warnings and errors (or errors only, `level
-/// "error"`) appended to `file` by the master and every worker. Unlike upstream, nothing is
-/// written without this block (upstream defaults to /var/log/zentinel/error.log).
-fn parse_error_log(
-    node: &KdlNode,
-    diags: &mut Diagnostics<'_>,
-) -> Option<crate::logging::ErrorLog> {
-    let mut seen = Seen::default();
-    let mut enabled = true;
-    let mut file = None;
-    let mut errors_only = false;
-    for child in block(node, diags) {
-        if ERROR_LOG_KEYS.contains(&name(child)) {
-            seen.check(child, diags);
-        }
-        match name(child) {
-            "enabled" => {
-                if let Some(b) = leaf_bool(child, diags) {
-                    enabled = b;
-                }
-            }
-            "file" => {
-                if let Some(path) = log_file(child, "error-log", diags) {
-                    file = Some(path);
-                }
-            }
-            "level" => match leaf_string(child, diags) {
-                Some((level, _)) if level == "error" => errors_only = true,
-                Some((level, _)) if level == "warn" || level == "warning" => errors_only = false,
-                Some((level, at)) => diags.error(
-                    at,
-                    "level",
-                    format!("unknown error-log level {level:?}: expected \"warn\" or \"error\""),
-                ),
-                None => {}
-            },
-            "buffer-size" => diags.warn(
-                name_at(child),
-                "buffer-size",
-                "`buffer-size` has no effect: error-log lines are written as they come",
-            ),
-            _ => unknown(child, "error-log", ERROR_LOG_KEYS, &[], diags),
-        }
-    }
-    if !enabled {
-        return None;
-    }
-    match file {
-        Some(file) => Some(crate::logging::ErrorLog { file, errors_only }),
-        None => {
-            diags.error(
-                name_at(node),
-                "error-log",
-                "missing `file`: write `error-log { file \"/var/log/zentinel/error.log\"; }`",
-            );
-            None
-        }
     }
 }

@@ -208,7 +208,8 @@ fn logging_settings_parse_and_resolve() {
         settings.error_log,
         Some(crate::logging::ErrorLog {
             file: "/var/log/z/error.log".to_owned(),
-            errors_only: true
+            errors_only: true,
+            buffer_size: 8192,
         })
     );
     // An explicit --log-level wins over the file.
