@@ -230,7 +230,7 @@ fn full_example_parses_into_the_expected_model() {
                 },
                 health_check: None,
                 passive_health: PassiveHealth::default(),
-                circuit_breaker: None,
+                circuit_breaker: Some(CircuitBreakerConfig::default()),
             },
             UpstreamConfig {
                 name: "db".to_owned(),
@@ -244,7 +244,7 @@ fn full_example_parses_into_the_expected_model() {
                 timeouts: UpstreamTimeouts::default(),
                 health_check: None,
                 passive_health: PassiveHealth::default(),
-                circuit_breaker: None,
+                circuit_breaker: Some(CircuitBreakerConfig::default()),
             },
         ],
         limits: Limits {
