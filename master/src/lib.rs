@@ -20,6 +20,7 @@ pub mod canary;
 pub mod config;
 pub mod control;
 pub mod control_socket_path;
+pub mod error_log_file;
 pub mod listeners;
 pub mod logging;
 pub mod metrics;

@@ -2,7 +2,7 @@
 //!
 //! Logs go to stderr (workers inherit the master's stderr, so one stream carries both), as text
 //! or as one JSON object per line, and optionally also to an error log file (warnings and
-//! errors, or errors only). The level comes from `RUST_LOG` when it is set, else from an
+//! errors, or errors only; buffered, see [`crate::error_log_file`]). The level comes from `RUST_LOG` when it is set, else from an
 //! explicit `--log-level`/`--verbose`, else from the configuration's `observability { logging
 //! { level } }`, else `info`.
 //!
@@ -11,13 +11,12 @@
 //! processes of one master always log alike. A reload that changes them takes effect at the
 //! next start or binary upgrade (the reload says so).
 
-use std::fs::OpenOptions;
-use std::sync::Arc;
-
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::error_log_file::ErrorLogFile;
 
 /// Default for `--log-level`.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
@@ -36,13 +35,15 @@ pub struct LogSettings {
     pub error_log: Option<ErrorLog>,
 }
 
-/// `observability { logging { error-log { file; level } } }`.
+/// `observability { logging { error-log { file; level; buffer-size } } }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorLog {
     /// Absolute path, opened in append mode by the master and by every worker.
     pub file: String,
     /// Only errors (`level "error"`); otherwise warnings too.
     pub errors_only: bool,
+    /// Bytes each process holds before writing (0: every line at once).
+    pub buffer_size: usize,
 }
 
 impl Default for LogSettings {
@@ -85,8 +86,22 @@ impl LogSettings {
             if error_log.errors_only {
                 args.push("--error-log-errors-only".to_owned());
             }
+            args.extend([
+                "--error-log-buffer-size".to_owned(),
+                error_log.buffer_size.to_string(),
+            ]);
         }
         args
+    }
+}
+
+/// Writes the buffered error log when dropped: held by `main` so that every way out of the
+/// process (but a crash) writes the last warnings.
+pub struct FlushOnExit;
+
+impl Drop for FlushOnExit {
+    fn drop(&mut self) {
+        crate::error_log_file::flush();
     }
 }
 
@@ -102,17 +117,15 @@ pub fn init(settings: &LogSettings) -> Result<(), String> {
     let stderr = output_layer(settings, std::io::stderr, ansi);
     let error_log = match &settings.error_log {
         Some(error_log) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&error_log.file)
+            let file = ErrorLogFile::open(&error_log.file, error_log.buffer_size)
                 .map_err(|err| format!("cannot open the error log {}: {err}", error_log.file))?;
+            file.install(&error_log.file);
             let level = if error_log.errors_only {
                 LevelFilter::ERROR
             } else {
                 LevelFilter::WARN
             };
-            Some(output_layer(settings, Arc::new(file), false).with_filter(level))
+            Some(output_layer(settings, file, false).with_filter(level))
         }
         None => None,
     };
@@ -190,6 +203,7 @@ mod tests {
             error_log: Some(ErrorLog {
                 file: "/var/log/zentinel/error.log".to_owned(),
                 errors_only: true,
+                buffer_size: 0,
             }),
         };
         assert_eq!(
@@ -202,7 +216,9 @@ mod tests {
                 "--log-no-timestamps",
                 "--error-log",
                 "/var/log/zentinel/error.log",
-                "--error-log-errors-only"
+                "--error-log-errors-only",
+                "--error-log-buffer-size",
+                "0"
             ]
         );
         assert_eq!(

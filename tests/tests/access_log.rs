@@ -111,10 +111,11 @@ fn one_line_per_request_in_the_configured_format() {
 }
 
 #[test]
-fn combined_is_the_default_format() {
+fn json_is_the_default_format_and_combined_is_upstreams_line() {
     let backend = Backend::start("al2");
-    let dir = TempDir::new("access-log-combined");
+    let dir = TempDir::new("access-log-default");
     let file = dir.0.join("access.log");
+    let combined = dir.0.join("combined.log");
     let port = free_port();
     let cfg = Proxy::new(1, port, &backend)
         .top_level(&format!(
@@ -123,16 +124,59 @@ fn combined_is_the_default_format() {
         ))
         .build();
     let z = Zentinel::start(&cfg);
+    let request =
+        b"GET /c?q=1 HTTP/1.1\r\nHost: a\r\nReferer: http://r/\r\nUser-Agent: ua/1\r\n\r\n";
     let mut c = z.client();
-    c.send(b"GET /c HTTP/1.1\r\nHost: a\r\nReferer: http://r/\r\nUser-Agent: ua/1\r\n\r\n");
-    assert_eq!(c.read_response().status, 200);
+    c.send(request);
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    let trace_id = r.header("x-correlation-id").expect("a trace id").to_owned();
     let got = wait_lines(&file, 1);
-    let line = &got[0];
-    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
-    assert!(
-        line.contains("] \"GET /c HTTP/1.1\" 200 ") && line.ends_with(" \"http://r/\" \"ua/1\""),
+    // Upstream's JSON object.
+    let line: serde_json::Value = serde_json::from_str(&got[0]).expect("a JSON line");
+    assert_eq!(line["trace_id"], trace_id.as_str(), "{line}");
+    assert_eq!(
+        (
+            &line["method"],
+            &line["path"],
+            &line["query"],
+            &line["status"]
+        ),
+        (
+            &serde_json::json!("GET"),
+            &serde_json::json!("/c"),
+            &serde_json::json!("q=1"),
+            &serde_json::json!(200)
+        ),
         "{line}"
     );
+    assert_eq!(line["user_agent"], "ua/1", "{line}");
+
+    // `combined`: nginx's line, then upstream's trace id and duration.
+    let config_path = z.config_path.clone().expect("config path");
+    fs::write(
+        &config_path,
+        cfg.replace(
+            &format!("file \"{}\";", file.display()),
+            &format!("file \"{}\"; format \"combined\";", combined.display()),
+        ),
+    )
+    .unwrap();
+    z.ctl(&["reload"]).assert_success("reload");
+    let mut c = z.client();
+    c.send(request);
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    let trace_id = r.header("x-correlation-id").expect("a trace id").to_owned();
+    let got = wait_lines(&combined, 1);
+    let line = &got[0];
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    let tail = format!(
+        "] \"GET /c?q=1 HTTP/1.1\" 200 {} \"http://r/\" \"ua/1\" {trace_id} ",
+        r.body.len()
+    );
+    assert!(line.contains(&tail), "{line} lacks {tail}");
+    assert!(line.ends_with("ms"), "{line}");
 }
 
 #[test]

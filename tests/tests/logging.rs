@@ -73,7 +73,7 @@ fn invalid_logging_settings_are_located() {
     std::fs::write(
         &path,
         "listeners {\n    listener \"h\" { address \"127.0.0.1:1\"; }\n}\nobservability {\n    \
-         logging {\n        level \"loud\"\n        format \"xml\"\n        error-log { level \"info\"; }\n    }\n}\n",
+         logging {\n        level \"loud\"\n        format \"xml\"\n        error-log { buffer-size -1; }\n    }\n}\n",
     )
     .unwrap();
     let (code, out, err) = zentinel_check(Some(&path));
@@ -83,8 +83,7 @@ fn invalid_logging_settings_are_located() {
     for needle in [
         format!("{file}:6:15: `level`: invalid log level \"loud\""),
         format!("{file}:7:16: `format`: unknown log format \"xml\""),
-        format!("{file}:8:27: `level`: unknown error-log level \"info\""),
-        format!("{file}:8:9: `error-log`: missing `file`"),
+        format!("{file}:8:33: `buffer-size`: must be at least 0, found -1"),
     ] {
         assert!(all.contains(&needle), "missing {needle:?} in:\n{all}");
     }
@@ -137,4 +136,47 @@ fn trace_ids_reach_the_backend_the_client_and_the_access_log() {
         "access log without the trace ids: {:?}",
         std::fs::read_to_string(&access_log)
     );
+}
+
+/// `error-log { buffer-size }`: a worker's warning waits in the buffer, reaches the file within
+/// about a second, and one still buffered when the proxy stops is written before the exit.
+#[test]
+fn buffered_error_log_lines_arrive_within_a_second_and_survive_a_stop() {
+    let error_log = temp_path("buffered-error.log");
+    let mut files = TempFiles::default();
+    files.add(error_log.clone());
+    // Nothing listens on the target: every request is a 502 and a worker warning.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let config = configs::Proxy::to_targets(1, free_port(), &[dead])
+        .top_level(&format!(
+            "observability {{\n    logging {{\n        error-log {{\n            file \"{}\"\n            \
+             buffer-size 1048576\n        }}\n    }}\n}}\n",
+            error_log.display()
+        ))
+        .build();
+    let mut z = Zentinel::start(&config);
+    const WARNING: &str = "upstream connect failed";
+    let count = || {
+        std::fs::read_to_string(&error_log)
+            .unwrap_or_default()
+            .matches(WARNING)
+            .count()
+    };
+    assert_eq!(z.client().get("/a", "x").status, 502);
+    let answered = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || count() == 1),
+        "{}",
+        z.log()
+    );
+    let waited = answered.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(5),
+        "the warning took {waited:?}: buffered, then written by the one-second timer"
+    );
+    assert_eq!(z.client().get("/b", "x").status, 502);
+    assert_eq!(count(), 1, "the second warning should still be buffered");
+    z.ctl(&["stop"]).assert_success("stop");
+    assert!(z.wait_all_gone(Duration::from_secs(15)), "{}", z.log());
+    assert_eq!(count(), 2, "{}", z.log());
 }

@@ -224,3 +224,27 @@ fn every_breaker_open_answers_503_at_once() {
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(hits(&a), 1);
 }
+
+/// As upstream Zentinel: an upstream without a `circuit-breaker` block still has one breaker
+/// per target, with upstream's defaults (5 consecutive failures open it for 30 s).
+#[test]
+fn without_a_block_every_target_has_upstreams_default_breaker() {
+    let a = failing("a", 500);
+    let b = Backend::start("b");
+    let z = Zentinel::start(&config(free_port(), &[&a, &b], "", ""));
+    // Round robin: every other request meets a, which fails each time.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            z.client().get("/warm", HOST);
+            hits(&a) >= 5
+        }),
+        "a never got five requests"
+    );
+    assert_eq!(hits(&a), 5);
+    for i in 0..10 {
+        let r = z.client().get(&format!("/open/{i}"), HOST);
+        assert_eq!((r.status, r.backend()), (200, Some("b")), "{r:?}");
+    }
+    assert_eq!(hits(&a), 5, "no traffic to a target whose breaker opened");
+    assert!(z.log().contains("circuit breaker opened"), "{}", z.log());
+}

@@ -131,13 +131,14 @@ fn reset_before_response_retries_idempotent_requests_once_and_502s_the_others() 
     let a = Backend::start("a");
     // Resets every connection after reading the request, without answering.
     let r = Backend::start_args("r", &["--fault", "reset", "--fault-every", "1"]);
-    // Passive marking off: the resetting target stays in rotation, so every other request
+    // Passive marking off and a circuit breaker too patient to open (every upstream has one,
+    // as in upstream Zentinel): the resetting target stays in rotation, so every other request
     // meets it (one worker: round-robin alternates deterministically).
     let z = Zentinel::start(&pool_config(
         1,
         free_port(),
         &[&a, &r],
-        "passive-health { max-fails 0; }",
+        "passive-health { max-fails 0; }\ncircuit-breaker { failure-threshold 1000; }",
     ));
 
     let mut client = z.client();

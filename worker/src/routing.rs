@@ -470,6 +470,11 @@ impl Router {
             .or(default_route)
     }
 
+    /// The route's name (`""` for an unknown index, a bug).
+    pub fn name(&self, idx: usize) -> &str {
+        self.routes.get(idx).map_or("", |r| r.name.as_str())
+    }
+
     pub fn action(&self, idx: usize) -> Option<&Action> {
         self.routes.get(idx).map(|r| &r.action)
     }

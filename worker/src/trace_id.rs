@@ -26,7 +26,8 @@ thread_local! {
     static RNG: RefCell<Rng> = RefCell::new(Rng::seeded());
 }
 
-fn next_random() -> u64 {
+/// The worker thread's generator (also behind access-log sampling).
+pub(crate) fn next_random() -> u64 {
     RNG.with(|rng| rng.borrow_mut().next_u64())
 }
 

@@ -138,10 +138,14 @@ enum Command {
         error_log: Option<String>,
         #[arg(long, requires = "error_log")]
         error_log_errors_only: bool,
+        /// Bytes of the error log held before a write (`error-log { buffer-size }`).
+        #[arg(long, value_name = "BYTES", default_value_t = 0)]
+        error_log_buffer_size: usize,
     },
 }
 
 fn main() -> ExitCode {
+    let _flush = logging::FlushOnExit;
     let mut cli = Cli::parse();
     if cli.version {
         return print_version(cli.json);
@@ -165,6 +169,7 @@ fn main() -> ExitCode {
             log_no_timestamps,
             error_log,
             error_log_errors_only,
+            error_log_buffer_size,
         }) => {
             let settings = LogSettings {
                 level: cli
@@ -175,6 +180,7 @@ fn main() -> ExitCode {
                 error_log: error_log.map(|file| logging::ErrorLog {
                     file,
                     errors_only: error_log_errors_only,
+                    buffer_size: error_log_buffer_size,
                 }),
             };
             run_worker(&settings, channel_fd, worker_id, generation)

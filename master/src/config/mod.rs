@@ -6,6 +6,7 @@
 
 mod include;
 mod kdl_parse;
+mod log_blocks;
 mod observability;
 mod validate;
 
@@ -17,6 +18,8 @@ mod fallback_tests;
 mod include_tests;
 #[cfg(test)]
 mod legacy_state_tests;
+#[cfg(test)]
+mod log_blocks_tests;
 #[cfg(test)]
 mod namespace_tests;
 #[cfg(test)]

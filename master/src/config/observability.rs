@@ -1,10 +1,8 @@
 //! `observability { metrics { ... } logging { ... } }`, with Zentinel's key names.
 //! Implemented: `metrics` (`enabled`, `address`, `path`), `logging { level; format;
-//! timestamps; error-log { ... }; access-log { enabled, file, format } }`. Accepted with a
-//! warning (no effect here): `logging { file }` (logs go to stderr and the error log),
-//! `audit-log` (nothing to audit without agents or a WAF), and the access-log keys
-//! `sample-rate`, `sample-errors-always`, `buffer-size`, `fields`. `include-trace-id` puts
-//! each request's trace id in the `json` format.
+//! timestamps; error-log { ... }; access-log { ... } }` (the log blocks: [`super::log_blocks`]).
+//! Accepted with a warning (no effect here): `logging { file }` (logs go to stderr and the error
+//! log), `audit-log` (nothing to audit without agents or a WAF).
 //! `metrics { high-cardinality }` is accepted with a warning (the series are per worker and
 //! listener only). `tracing` is reported "not supported yet".
 
@@ -12,13 +10,13 @@ use std::net::SocketAddr;
 
 use kdl::KdlNode;
 use zentinel_protocol::config::{
-    AccessLogConfig, MetricsConfig, DEFAULT_ACCESS_LOG_FORMAT, DEFAULT_METRICS_ADDRESS,
-    DEFAULT_METRICS_PATH,
+    AccessLogConfig, MetricsConfig, DEFAULT_METRICS_ADDRESS, DEFAULT_METRICS_PATH,
 };
 
 use super::kdl_parse::{
     block, leaf_bool, leaf_string, name, name_at, socket_addr, unknown, Diagnostics, Seen,
 };
+use super::log_blocks::{parse_access_log, parse_error_log};
 
 const OBSERVABILITY_KEYS: &[&str] = &["metrics", "logging"];
 const OBSERVABILITY_UNSUPPORTED: &[&str] = &["tracing"];
@@ -33,27 +31,6 @@ const LOGGING_KEYS: &[&str] = &[
     "timestamps",
     "file",
 ];
-const ACCESS_LOG_KEYS: &[&str] = &[
-    "enabled",
-    "file",
-    "format",
-    "include-trace-id",
-    "sample-rate",
-    "sample-errors-always",
-    "buffer-size",
-    "fields",
-];
-/// Accepted in `access-log` for upstream compatibility, without effect here (warned).
-const ACCESS_LOG_WITHOUT_EFFECT: &[&str] = &[
-    "sample-rate",
-    "sample-errors-always",
-    "buffer-size",
-    "fields",
-];
-/// Where upstream Zentinel writes the access log when `file` is not given.
-const DEFAULT_ACCESS_LOG_FILE: &str = "/var/log/zentinel/access.log";
-const ERROR_LOG_KEYS: &[&str] = &["enabled", "file", "level", "buffer-size"];
-
 /// `observability { logging { level; format; timestamps; error-log } }`: how the master and
 /// its workers log (see `crate::logging`). Master-only: workers get it on their command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -227,142 +204,4 @@ fn parse_metrics(node: &KdlNode, out: &mut ParsedObservability, diags: &mut Diag
         out.metrics = None;
         out.metrics_address = None;
     }
-}
-
-fn parse_access_log(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<AccessLogConfig> {
-    let mut seen = Seen::default();
-    let mut enabled = true;
-    let mut file = None;
-    let mut format = DEFAULT_ACCESS_LOG_FORMAT.to_owned();
-    // Upstream's default.
-    let mut include_trace_id = true;
-    let mut ok = true;
-    for child in block(node, diags) {
-        if ACCESS_LOG_KEYS.contains(&name(child)) {
-            seen.check(child, diags);
-        }
-        match name(child) {
-            "enabled" => {
-                if let Some(b) = leaf_bool(child, diags) {
-                    enabled = b;
-                }
-            }
-            "file" => match log_file(child, "access-log", diags) {
-                Some(path) => file = Some(path),
-                None => ok = false,
-            },
-            "format" => match leaf_string(child, diags) {
-                Some((text, at)) => match zentinel_worker::access_log::Template::parse(&text) {
-                    Ok(_) => format = text,
-                    Err(e) => {
-                        diags.error(at, "format", e);
-                        ok = false;
-                    }
-                },
-                None => ok = false,
-            },
-            "include-trace-id" => {
-                if let Some(b) = leaf_bool(child, diags) {
-                    include_trace_id = b;
-                }
-            }
-            key if ACCESS_LOG_WITHOUT_EFFECT.contains(&key) => diags.warn(
-                name_at(child),
-                key,
-                format!("`{key}` has no effect on the access log yet; the entry is accepted"),
-            ),
-            _ => unknown(child, "access-log", ACCESS_LOG_KEYS, &[], diags),
-        }
-    }
-    if !enabled {
-        return None;
-    }
-    if !ok {
-        return None;
-    }
-    // Upstream Zentinel's default file.
-    let file = file.unwrap_or_else(|| DEFAULT_ACCESS_LOG_FILE.to_owned());
-    Some(AccessLogConfig {
-        file,
-        format,
-        include_trace_id,
-    })
-}
-
-/// `error-log { enabled; file; level }`: warnings and errors (or errors only, `level
-/// "error"`) appended to `file` by the master and every worker. Unlike upstream, nothing is
-/// written without this block (upstream defaults to /var/log/zentinel/error.log).
-fn parse_error_log(
-    node: &KdlNode,
-    diags: &mut Diagnostics<'_>,
-) -> Option<crate::logging::ErrorLog> {
-    let mut seen = Seen::default();
-    let mut enabled = true;
-    let mut file = None;
-    let mut errors_only = false;
-    for child in block(node, diags) {
-        if ERROR_LOG_KEYS.contains(&name(child)) {
-            seen.check(child, diags);
-        }
-        match name(child) {
-            "enabled" => {
-                if let Some(b) = leaf_bool(child, diags) {
-                    enabled = b;
-                }
-            }
-            "file" => {
-                if let Some(path) = log_file(child, "error-log", diags) {
-                    file = Some(path);
-                }
-            }
-            "level" => match leaf_string(child, diags) {
-                Some((level, _)) if level == "error" => errors_only = true,
-                Some((level, _)) if level == "warn" || level == "warning" => errors_only = false,
-                Some((level, at)) => diags.error(
-                    at,
-                    "level",
-                    format!("unknown error-log level {level:?}: expected \"warn\" or \"error\""),
-                ),
-                None => {}
-            },
-            "buffer-size" => diags.warn(
-                name_at(child),
-                "buffer-size",
-                "`buffer-size` has no effect: error-log lines are written as they come",
-            ),
-            _ => unknown(child, "error-log", ERROR_LOG_KEYS, &[], diags),
-        }
-    }
-    if !enabled {
-        return None;
-    }
-    match file {
-        Some(file) => Some(crate::logging::ErrorLog { file, errors_only }),
-        None => {
-            diags.error(
-                name_at(node),
-                "error-log",
-                "missing `file`: write `error-log { file \"/var/log/zentinel/error.log\"; }`",
-            );
-            None
-        }
-    }
-}
-
-/// The `file` of an access or error log: an absolute path (workers open it themselves and may
-/// not share the master's working directory).
-fn log_file(node: &KdlNode, log: &str, diags: &mut Diagnostics<'_>) -> Option<String> {
-    let (path, at) = leaf_string(node, diags)?;
-    if path.starts_with('/') {
-        return Some(path);
-    }
-    diags.error(
-        at,
-        "file",
-        format!(
-            "{log} file {path:?} must be an absolute path (workers may not share the master's \
-             working directory)"
-        ),
-    );
-    None
 }

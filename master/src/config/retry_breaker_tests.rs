@@ -293,7 +293,11 @@ fn circuit_breaker_every_key_and_defaults() {
         (5, 2, 30, 1),
         "upstream's defaults"
     );
-    assert_eq!(breaker(&ok(&[], &[])), None, "no block, no breaker");
+    assert_eq!(
+        breaker(&ok(&[], &[])),
+        Some(CircuitBreakerConfig::default()),
+        "no block: upstream's default breaker"
+    );
 }
 
 #[test]

@@ -208,7 +208,8 @@ fn logging_settings_parse_and_resolve() {
         settings.error_log,
         Some(crate::logging::ErrorLog {
             file: "/var/log/z/error.log".to_owned(),
-            errors_only: true
+            errors_only: true,
+            buffer_size: 8192,
         })
     );
     // An explicit --log-level wins over the file.
@@ -216,11 +217,12 @@ fn logging_settings_parse_and_resolve() {
         crate::logging::LogSettings::resolve(Some("warn"), logging).level,
         "warn"
     );
-    // Upstream's default access-log file, and a warning for the key without effect.
+    // Upstream's default access-log file; the rate in millionths.
     let access_log = config.proxy.listeners[0].access_log.as_ref().unwrap();
     assert_eq!(access_log.file, "/var/log/zentinel/access.log");
     assert!(!access_log.include_trace_id);
-    assert!(messages(&config.warnings).contains("`sample-rate` has no effect"));
+    assert_eq!(access_log.sample_per_million, 500_000);
+    assert!(config.warnings.is_empty(), "{}", messages(&config.warnings));
 }
 
 #[test]

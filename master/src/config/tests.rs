@@ -230,7 +230,7 @@ fn full_example_parses_into_the_expected_model() {
                 },
                 health_check: None,
                 passive_health: PassiveHealth::default(),
-                circuit_breaker: None,
+                circuit_breaker: Some(CircuitBreakerConfig::default()),
             },
             UpstreamConfig {
                 name: "db".to_owned(),
@@ -244,7 +244,7 @@ fn full_example_parses_into_the_expected_model() {
                 timeouts: UpstreamTimeouts::default(),
                 health_check: None,
                 passive_health: PassiveHealth::default(),
-                circuit_breaker: None,
+                circuit_breaker: Some(CircuitBreakerConfig::default()),
             },
         ],
         limits: Limits {
@@ -1097,9 +1097,8 @@ fn observability_metrics_and_access_log() {
     assert_eq!(
         http.access_log,
         Some(AccessLogConfig {
-            file: "/var/log/z/access.log".to_owned(),
             format: "$remote_addr $status".to_owned(),
-            include_trace_id: true,
+            ..AccessLogConfig::with_file("/var/log/z/access.log".to_owned())
         })
     );
     // TCP listeners have no requests to log.
@@ -1124,7 +1123,7 @@ fn observability_defaults_and_disabled() {
             .access_log
             .as_ref()
             .map(|a| a.format.as_str()),
-        Some("combined")
+        Some("json")
     );
     let source = format!(
         "{BASE}observability {{ metrics {{ enabled #false; }}; logging {{ access-log {{ enabled #false; }} }} }}\n"

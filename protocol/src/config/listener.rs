@@ -96,17 +96,89 @@ pub enum TlsVersion {
 }
 
 /// The access log a worker writes (format expanded by the worker; see `zentinel-worker`'s
-/// `access_log` module for the variables).
+/// `access_log` module for the formats and variables).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct AccessLogConfig {
     /// Absolute path, opened with `O_APPEND` by every worker; reopened on reload.
     pub file: String,
-    /// A template with `$variables`, or a named format (`combined`, `common`, `json`).
+    /// `json` (upstream's default), `combined` (also `common`, `clf`: upstream's one line with
+    /// the trace id and duration appended), or a template with `$variables`. Any other name is
+    /// written as `json`, as upstream does.
     pub format: String,
-    /// `include-trace-id`: the `json` format carries each request's trace id (other formats
-    /// write it with `$trace_id`). Upstream's default: on.
+    /// `include-trace-id`: the trace id in `json` and `combined` lines (templates write it with
+    /// `$trace_id`). Upstream's default: on.
     pub include_trace_id: bool,
+    /// `buffer-size`: bytes each worker holds per file before writing them (also written after
+    /// at most a second, and on reload, drain and stop). 0: every batch written at once.
+    pub buffer_size: u32,
+    /// `sample-rate` in millionths: 1_000_000 logs every request, 0 none (but see
+    /// `sample_errors_always`).
+    pub sample_per_million: u32,
+    /// `sample-errors-always`: a request answered 4xx or 5xx is logged whatever the rate.
+    pub sample_errors_always: bool,
+    /// `fields { ... }`: which keys the `json` format writes.
+    pub fields: AccessLogFields,
+}
+
+/// `access-log { fields { ... } }`, upstream's selection of `json` keys (all on by default).
+/// `timestamp`, `trace-id`, ... in KDL; the JSON keys are upstream's (`latency-ms` writes
+/// `duration_ms`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct AccessLogFields {
+    pub timestamp: bool,
+    pub trace_id: bool,
+    pub method: bool,
+    pub path: bool,
+    pub query: bool,
+    pub status: bool,
+    pub latency_ms: bool,
+    pub body_bytes_sent: bool,
+    pub upstream_addr: bool,
+    pub connection_reused: bool,
+    pub rate_limit_hit: bool,
+    pub geo_country: bool,
+    pub user_agent: bool,
+    pub referer: bool,
+    pub client_ip: bool,
+}
+
+impl Default for AccessLogFields {
+    fn default() -> Self {
+        AccessLogFields {
+            timestamp: true,
+            trace_id: true,
+            method: true,
+            path: true,
+            query: true,
+            status: true,
+            latency_ms: true,
+            body_bytes_sent: true,
+            upstream_addr: true,
+            connection_reused: true,
+            rate_limit_hit: true,
+            geo_country: true,
+            user_agent: true,
+            referer: true,
+            client_ip: true,
+        }
+    }
+}
+
+impl AccessLogConfig {
+    /// Upstream Zentinel's defaults for a log written to `file`.
+    pub fn with_file(file: String) -> Self {
+        AccessLogConfig {
+            file,
+            format: DEFAULT_ACCESS_LOG_FORMAT.to_owned(),
+            include_trace_id: true,
+            buffer_size: DEFAULT_LOG_BUFFER_SIZE,
+            sample_per_million: SAMPLE_ALL,
+            sample_errors_always: true,
+            fields: AccessLogFields::default(),
+        }
+    }
 }
 
 /// The Prometheus endpoint (`observability { metrics { ... } }`). Master-only: it never travels
@@ -122,7 +194,12 @@ pub struct MetricsConfig {
 
 pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9090";
 pub const DEFAULT_METRICS_PATH: &str = "/metrics";
-pub const DEFAULT_ACCESS_LOG_FORMAT: &str = "combined";
+/// Upstream Zentinel's default access-log format.
+pub const DEFAULT_ACCESS_LOG_FORMAT: &str = "json";
+/// Upstream Zentinel's default `buffer-size` of the access and error logs.
+pub const DEFAULT_LOG_BUFFER_SIZE: u32 = 8192;
+/// `sample_per_million` of `sample-rate 1.0`.
+pub const SAMPLE_ALL: u32 = 1_000_000;
 
 pub const DEFAULT_BACKLOG: u32 = 1024;
 /// Upstream Zentinel's default `max-concurrent-streams`.

@@ -97,8 +97,8 @@ pub struct UpstreamConfig {
     pub health_check: Option<HealthCheck>,
     /// Taking a target out of rotation after failures seen on real traffic.
     pub passive_health: PassiveHealth,
-    /// A breaker per target; `None`: none (unlike upstream Zentinel, where every target has
-    /// one with the defaults).
+    /// A breaker per target; `None`: none (`circuit-breaker { enabled #false }`). The parser
+    /// gives every upstream the defaults unless told otherwise, as upstream Zentinel.
     pub circuit_breaker: Option<CircuitBreakerConfig>,
 }
 

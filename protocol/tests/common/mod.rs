@@ -97,13 +97,45 @@ fn listener() -> impl Strategy<Value = ListenerConfig> {
         option::of(name()),
         option::of(name()),
         option::of(
-            (name(), name(), any::<bool>()).prop_map(|(file, format, include_trace_id)| {
-                AccessLogConfig {
-                    file,
-                    format,
-                    include_trace_id,
-                }
-            }),
+            (
+                name(),
+                name(),
+                any::<bool>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<bool>(),
+                any::<u16>(),
+            )
+                .prop_map(
+                    |(file, format, include_trace_id, buffer_size, sample, errors, bits)| {
+                        let on = |i: u32| bits & (1 << i) != 0;
+                        AccessLogConfig {
+                            file,
+                            format,
+                            include_trace_id,
+                            buffer_size,
+                            sample_per_million: sample,
+                            sample_errors_always: errors,
+                            fields: AccessLogFields {
+                                timestamp: on(0),
+                                trace_id: on(1),
+                                method: on(2),
+                                path: on(3),
+                                query: on(4),
+                                status: on(5),
+                                latency_ms: on(6),
+                                body_bytes_sent: on(7),
+                                upstream_addr: on(8),
+                                connection_reused: on(9),
+                                rate_limit_hit: on(10),
+                                geo_country: on(11),
+                                user_agent: on(12),
+                                referer: on(13),
+                                client_ip: on(14),
+                            },
+                        }
+                    },
+                ),
         ),
         option::of(tls()),
     )

@@ -156,6 +156,12 @@ fn start_wall_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// This process's instance id (upstream reports a UUID per process): the pid and start time,
+/// in hex. Shown by the status endpoint and in `json` access-log lines.
+pub(crate) fn instance_id() -> String {
+    format!("{:x}-{:x}", std::process::id(), start_wall_secs())
+}
+
 pub(super) fn unix_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -219,7 +225,7 @@ fn status_body() -> Status {
         version: VERSION,
         uptime: human_uptime(secs),
         uptime_secs: secs,
-        instance_id: format!("{:x}-{:x}", std::process::id(), start_wall_secs()),
+        instance_id: instance_id(),
         timestamp: timestamp(),
         worker_id: WORKER_ID.load(Ordering::Relaxed),
         pid: std::process::id(),

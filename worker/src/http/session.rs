@@ -278,6 +278,21 @@ fn pool_name<'c>(ctx: &'c Ctx<'_>, pool: usize) -> &'c str {
         .unwrap_or("?")
 }
 
+/// The access log's view of the upstream that answered.
+fn note_upstream(
+    a: &mut access_log::Entry,
+    ctx: &Ctx<'_>,
+    ids: Option<(usize, usize)>,
+    addr: Option<SocketAddr>,
+    reused: bool,
+) {
+    a.upstream = addr;
+    a.connection_reused = reused;
+    if let Some((pool, _)) = ids {
+        pool_name(ctx, pool).clone_into(&mut a.upstream_name);
+    }
+}
+
 fn pick_request(peer: SocketAddr, cookie: &Option<String>) -> PickRequest<'_> {
     PickRequest {
         client_ip: Some(peer.ip()),
@@ -567,9 +582,15 @@ impl HttpSession {
             // A head that did not parse has no entry yet; its bytes are still in `cin`.
             let started = self.head_started;
             let head = self.cin.as_slice();
-            self.access
-                .get_or_insert_with(|| Box::new(access_log::Entry::from_raw_head(started, head)))
-                .status = status;
+            let entry = self
+                .access
+                .get_or_insert_with(|| Box::new(access_log::Entry::from_raw_head(started, head)));
+            entry.status = status;
+            // The head ends at the blank line; what follows is body (a file body comes later).
+            entry.head_bytes = bytes
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(bytes.len(), |p| p + 4) as u64;
         }
         self.cout.extend(&bytes);
         self.file_body = None;
@@ -711,6 +732,9 @@ impl HttpSession {
             client_cert_subject: subject.as_deref(),
         };
         let route = router.find(self.lctx.route_scope, self.lctx.default_route, &routed);
+        if let (Some(a), Some(r)) = (self.access.as_mut(), route) {
+            a.route = router.name(r).to_owned();
+        }
         let action = route.and_then(|r| router.action(r)).cloned();
         let errors = router.error_style(route);
         let mut rate = None;
@@ -1454,7 +1478,8 @@ impl HttpSession {
                         ctx.counters.response(101);
                         if let Some(a) = self.access.as_mut() {
                             a.status = 101;
-                            a.upstream = up_addr;
+                            note_upstream(a, ctx, up_ids, up_addr, reused);
+                            a.head_bytes += head_out.len() as u64;
                         }
                         ex.resp_started = true;
                         ex.resp = Some(h);
@@ -1524,7 +1549,7 @@ impl HttpSession {
                     ctx.counters.response(h.status);
                     if let Some(a) = self.access.as_mut() {
                         a.status = h.status;
-                        a.upstream = up_addr;
+                        note_upstream(a, ctx, up_ids, up_addr, reused);
                     }
                     ex.resp_started = true;
                     ex.resp_done = framing == BodyFraming::Empty;
@@ -1548,6 +1573,9 @@ impl HttpSession {
         }
 
         self.cout.extend(&head_out);
+        if let Some(a) = self.access.as_mut() {
+            a.head_bytes += head_out.len() as u64;
+        }
         if ex.resp.as_ref().is_some_and(|h| h.status == 101) {
             return Ok(progress);
         }

@@ -2,9 +2,10 @@
 //! half-open-max-requests 1; }` inside an upstream (one breaker per target), or inside a
 //! route, where it applies to the route's upstream (see `validate`).
 //!
-//! Upstream Zentinel's keys and defaults. Also accepted, as written in its multi-file
-//! examples: `timeout` (seconds, or a string such as "30s" or "2m") for `timeout-seconds`,
-//! and `enabled #false` to turn the breaker off.
+//! Upstream Zentinel's keys and defaults. Without a block, an upstream's targets have breakers
+//! with the defaults, as upstream. Also accepted, as written in its multi-file examples:
+//! `timeout` (seconds, or a string such as "30s" or "2m") for `timeout-seconds`, and
+//! `enabled #false` to turn the breakers off (upstream refuses that key).
 
 use super::*;
 use zentinel_protocol::config::CircuitBreakerConfig;

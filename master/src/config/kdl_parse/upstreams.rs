@@ -58,7 +58,9 @@ pub(super) fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Par
         timeouts: UpstreamTimeouts::default(),
         health_check: None,
         passive_health: PassiveHealth::default(),
-        circuit_breaker: None,
+        // As upstream Zentinel: every target has a breaker with the defaults unless the
+        // upstream (or a route to it) says otherwise.
+        circuit_breaker: Some(CircuitBreakerConfig::default()),
     };
     let mut has_circuit_breaker = false;
     let mut seen = Seen::default();
