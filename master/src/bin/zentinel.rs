@@ -355,6 +355,7 @@ fn run_master(cli: &Cli) -> ExitCode {
         Ok(log) => log,
         Err(code) => return code,
     };
+    zentinel_worker::fault_injection::report_unavailable();
     for warning in &activation.warnings {
         tracing::warn!("{warning}");
     }
@@ -486,6 +487,7 @@ fn take_over(
     })?;
     let log = start_logging(cli, &logging)
         .map_err(|_| "cannot start logging (see the line above)".to_owned())?;
+    zentinel_worker::fault_injection::report_unavailable();
     config::log_warnings(&warnings);
     let listener_fds = inherited_listeners(&state.listeners, &config.listeners)
         .map_err(|e| format!("state file {}: {e}", state_path.display()))?;
