@@ -60,11 +60,13 @@ pub use crate::config_source::{ConfigSource, ConfigSourceFile};
 use crate::control::{CanaryPolicy, WorkerState};
 use crate::messages::WorkerCounters;
 
+pub mod inherited_fds;
 pub mod legacy_kdl;
 pub mod v1;
 pub mod v2;
 pub mod v3;
 pub mod v3_config;
+pub use inherited_fds::InheritedFd;
 pub use v1::MasterStateV1;
 pub use v2::MasterStateV2;
 pub use v3::MasterStateV3;
