@@ -11,6 +11,7 @@
 //! - [`upgrade`]: the low-level pieces of a binary upgrade (state file place, successor
 //!   spawn, readiness pipe, pidfds).
 //! - [`systemd`]: socket activation (`LISTEN_FDS`) and `sd_notify`, without libsystemd.
+//! - [`ownership`]: tentative, then confirmed ownership of what a successor master adopts.
 //! - [`backoff`]: restart delays.
 //! - [`canary`]: error rates and the verdict of an upgrade canary.
 //! - [`logging`]: the tracing subscriber shared by master and workers.
@@ -23,6 +24,7 @@ pub mod control_socket_path;
 pub mod listeners;
 pub mod logging;
 pub mod metrics;
+pub mod ownership;
 pub mod pid_file;
 pub mod preflight;
 pub mod supervisor;

@@ -66,17 +66,30 @@ pub struct ControlServer {
 impl ControlServer {
     /// Register the socket for accepts under `token`.
     pub fn new(socket: ControlSocket, registry: &Registry, token: Token) -> io::Result<Self> {
-        registry.register(
-            &mut SourceFd(&socket.listener().as_raw_fd()),
-            token,
-            Interest::READABLE,
-        )?;
-        Ok(ControlServer {
+        let server = Self::not_accepting(socket, token);
+        server.start_accepting(registry)?;
+        Ok(server)
+    }
+
+    /// The server of an adopted socket, not yet accepting: until a successor master has
+    /// confirmed readiness, connections on the shared socket are the previous master's (one
+    /// accepted here would die with a new master that fails). See [`Self::start_accepting`].
+    pub fn not_accepting(socket: ControlSocket, token: Token) -> Self {
+        ControlServer {
             socket,
             token,
             clients: HashMap::new(),
             master_euid: nix::unistd::geteuid().as_raw(),
-        })
+        }
+    }
+
+    /// Register the socket for accepts under the server's token.
+    pub fn start_accepting(&self, registry: &Registry) -> io::Result<()> {
+        registry.register(
+            &mut SourceFd(&self.socket.listener().as_raw_fd()),
+            self.token,
+            Interest::READABLE,
+        )
     }
 
     pub fn path(&self) -> &std::path::Path {
