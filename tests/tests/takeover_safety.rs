@@ -94,6 +94,18 @@ fn assert_old_master_intact(z: &Zentinel, before: &Before, what: &str) {
         before.identity,
         "{what}: the control socket file was replaced or removed"
     );
+    let leftovers: Vec<String> = std::fs::read_dir(&z.runtime_dir)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.contains(".state"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "{what}: upgrade state files left behind: {leftovers:?}"
+    );
     let status = z
         .try_status()
         .unwrap_or_else(|e| panic!("{what}: status after the failed upgrade: {e}\n{}", z.log()));

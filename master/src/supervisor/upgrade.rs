@@ -17,12 +17,11 @@ use std::io::Read;
 use std::os::unix::net::UnixStream;
 
 use zentinel_protocol::control::{CanaryPolicy, UpgradeRequest, WorkerState as CtlState};
-use zentinel_protocol::state::{
-    write_state_file, ListenerFd, MasterState, PendingUpgrade, WorkerRecord,
-};
+use zentinel_protocol::state::{ListenerFd, MasterState, PendingUpgrade, WorkerRecord};
 
 use super::canary::{CanaryNext, CanaryWatch};
 use super::*;
+use crate::handover_state_file::HandoverStateFile;
 use crate::upgrade::{
     check_binary, pidfd_open, ready_pipe, spawn_successor, state_file_path, write_ready,
     DEFAULT_READY_TIMEOUT, READY_PREFIX,
@@ -67,7 +66,8 @@ pub(super) struct Handover {
     child: Pid,
     pipe: OwnedFd,
     buf: Vec<u8>,
-    state_path: PathBuf,
+    /// Removed when dropped: when the handover fails or this master goes away.
+    state_file: HandoverStateFile,
     binary: String,
     deadline: Instant,
 }
@@ -299,16 +299,20 @@ impl Supervisor {
             metrics,
         };
         let state_path = state_file_path(&control_path, std::process::id());
-        if let Err(err) = write_state_file(&state_path, &state) {
-            return self.refuse(
-                client,
-                format!("cannot write the upgrade state: {err}; nothing changed"),
-            );
-        }
+        // From here on every way out of the upgrade (an early return below, the handover
+        // failing, a stop, a panic) drops this and with it the file.
+        let state_file = match HandoverStateFile::write(&state_path, &state) {
+            Ok(file) => file,
+            Err(err) => {
+                return self.refuse(
+                    client,
+                    format!("cannot write the upgrade state: {err}; nothing changed"),
+                );
+            }
+        };
         let (pipe_read, pipe_write) = match ready_pipe() {
             Ok(pipe) => pipe,
             Err(err) => {
-                let _ = std::fs::remove_file(&state_path);
                 return self.refuse(
                     client,
                     format!("cannot create the readiness pipe: {err}; nothing changed"),
@@ -324,7 +328,6 @@ impl Supervisor {
         ) {
             Ok(pid) => pid,
             Err(err) => {
-                let _ = std::fs::remove_file(&state_path);
                 return self.refuse(client, format!("{err}; nothing changed"));
             }
         };
@@ -373,7 +376,7 @@ impl Supervisor {
             child,
             pipe: pipe_read,
             buf: Vec::new(),
-            state_path,
+            state_file,
             binary,
             deadline: Instant::now() + ready_timeout,
         }));
@@ -495,16 +498,8 @@ impl Supervisor {
                 }
             }
         }
-        match std::fs::remove_file(&handover.state_path) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => warn!(
-                path = %handover.state_path.display(),
-                error = %err,
-                "cannot remove the upgrade state file"
-            ),
-        }
-        // Resume reading the workers; anything they sent meanwhile is still queued.
+        drop(handover.state_file); // the new master is gone: nobody will read it
+                                   // Resume reading the workers; anything they sent meanwhile is still queued.
         let mut broken = Vec::new();
         for (&token, process) in self.processes.iter_mut() {
             if process.channel.is_none() {
@@ -553,7 +548,7 @@ impl Supervisor {
         if let Some(UpgradeOp::Handover(handover)) = self.upgrade.take() {
             let _ = kill(handover.child, Signal::SIGKILL);
             while let Err(Errno::EINTR) = waitpid(handover.child, None) {}
-            let _ = std::fs::remove_file(&handover.state_path);
+            // Dropping `handover` removes the state file.
         }
     }
 
