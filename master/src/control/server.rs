@@ -13,7 +13,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use tracing::{debug, info, warn};
 use zentinel_protocol::channel::check_version_of;
 use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
-use zentinel_protocol::control::{ControlRequest, ControlResponse, MAX_CONTROL_REQUEST_FRAME};
+use zentinel_protocol::control::{ControlRequest, ControlResponse, CONTROL_SERVER_LIMITS};
 use zentinel_protocol::messages::Hello;
 use zentinel_protocol::{Channel, ProtocolError};
 
@@ -148,7 +148,7 @@ impl ControlServer {
                 continue;
             }
             let token = next_token();
-            let channel = Channel::with_max_frame(stream, MAX_CONTROL_REQUEST_FRAME);
+            let channel = Channel::with_limits(stream, CONTROL_SERVER_LIMITS);
             if let Err(err) = registry.register(
                 &mut SourceFd(&channel.as_raw_fd()),
                 token,
@@ -303,7 +303,7 @@ impl ControlServer {
     ) -> io::Result<()> {
         stream.set_nonblocking(true)?;
         let (peer_pid, peer_uid) = peer_credentials(&stream).unwrap_or((0, 0));
-        let channel = Channel::with_max_frame(stream, MAX_CONTROL_REQUEST_FRAME);
+        let channel = Channel::with_limits(stream, CONTROL_SERVER_LIMITS);
         registry.register(
             &mut SourceFd(&channel.as_raw_fd()),
             token,
