@@ -5,8 +5,9 @@
 //!
 //! Compiled in only with the `fault-injection` cargo feature (`cargo build --features
 //! zentinel-master/fault-injection`, as `scripts/test.sh` builds the binaries the end-to-end
-//! tests run). Without it [`armed`] is a constant `None`, so every fault site folds away, and a
-//! set `ZENTINEL_FAULT_INJECTION` is only reported ([`report_unavailable`]).
+//! tests run). Without it there is no `Fault` and no `armed`, every fault site is compiled out
+//! (`#[cfg(feature = "fault-injection")]`), [`respond_500`] is a constant `false`, and a set
+//! `ZENTINEL_FAULT_INJECTION` is only reported ([`report_unavailable`]).
 //!
 //! Armed by `ZENTINEL_FAULT_INJECTION=<fault>@<binary path>`. The fault fires only in
 //! processes running from exactly that binary (canonical path of `/proc/self/exe`): a rolling
@@ -20,6 +21,7 @@ pub const ENV_VAR: &str = "ZENTINEL_FAULT_INJECTION";
 /// Whether this build carries the faults (the `fault-injection` feature).
 pub const AVAILABLE: bool = cfg!(feature = "fault-injection");
 
+#[cfg(feature = "fault-injection")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// A new master (upgrade successor) exits (`process::exit`, no destructors) after adopting
@@ -37,7 +39,7 @@ pub enum Fault {
     Respond500,
 }
 
-/// The fault armed for this process's binary, if any (always `None` without the feature).
+/// The fault armed for this process's binary, if any.
 #[cfg(feature = "fault-injection")]
 pub fn armed() -> Option<Fault> {
     let spec = std::env::var(ENV_VAR).ok()?;
@@ -45,11 +47,17 @@ pub fn armed() -> Option<Fault> {
     armed_impl::fault_for(&spec, &exe)
 }
 
-/// The fault armed for this process's binary: none, this build has no faults.
-#[cfg(not(feature = "fault-injection"))]
-#[inline]
-pub fn armed() -> Option<Fault> {
-    None
+/// The `respond-500` fault is armed (a worker's flag, read once at start): always `false`
+/// without the feature.
+pub fn respond_500() -> bool {
+    #[cfg(feature = "fault-injection")]
+    {
+        armed() == Some(Fault::Respond500)
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        false
+    }
 }
 
 /// Without the feature, say once (at start-up, after logging is set up) that a set

@@ -27,8 +27,8 @@ impl Supervisor {
     }
 
     /// Test-only faults at the last step before confirming, with every fd adopted and
-    /// registered (`zentinel_worker::fault_injection`; none without the feature). `true`: the
-    /// takeover was abandoned.
+    /// registered (`zentinel_worker::fault_injection`). `true`: the takeover was abandoned.
+    #[cfg(feature = "fault-injection")]
     pub(super) fn takeover_fault(&mut self) -> bool {
         use zentinel_worker::fault_injection::{armed, Fault};
         match armed() {
@@ -43,6 +43,12 @@ impl Supervisor {
             Some(Fault::TakeoverPanic) => panic!("fault injection: takeover-panic"),
             _ => false,
         }
+    }
+
+    /// No faults in this build.
+    #[cfg(not(feature = "fault-injection"))]
+    pub(super) fn takeover_fault(&mut self) -> bool {
+        false
     }
 
     /// Everything confirming needs that can fail, done before `READY` is written so that a
