@@ -22,7 +22,9 @@ step 3 (until the rolled-back canary exited), and prints the load summary.
 options:
   --canary DUR   canary window (default 5s)
   --rate RPS     request rate (default 2000)
-  --debug        use target/debug binaries without building; default: cargo build --release
+  --debug        use target/debug binaries without building (built with
+                 --features zentinel-master/fault-injection, as scripts/test.sh does);
+                 default: cargo build --release --features zentinel-master/fault-injection
   -h, --help     this help
 
 Exit status: 0 when every step did what it must; 1 otherwise; 2 on a usage error.
@@ -52,7 +54,10 @@ done
 
 zt_init
 cd "$ZT_ROOT"
-zt_build
+# Step 3's bad build is armed through the test-only fault switch, compiled in by this feature.
+zt_build zentinel-master/fault-injection
+"$(zt_bin zentinel)" --version --json | grep -q '"fault-injection"' ||
+    zt_die "$(zt_bin zentinel) has no fault injection; build it with --features zentinel-master/fault-injection"
 
 zt_log "starting zentinel-backend"
 zt_start_backend backend

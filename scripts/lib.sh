@@ -195,13 +195,17 @@ zt_bin_dir() {
 
 zt_bin() { echo "$(zt_bin_dir)/$1"; }
 
-# Release: `cargo build --release --bins`, once per run (a script started by another one
-# inherits ZT_BUILT). Debug: no build (CI builds first); the binaries must already exist.
+# zt_build [FEATURES]: release: `cargo build --release --bins [--features FEATURES]`, once per
+# run and set of features (a script started by another one inherits ZT_BUILT). Debug: no build
+# (CI builds first, with the test-only faults); the binaries must already exist. FEATURES:
+# e.g. zentinel-master/fault-injection for a script that arms ZENTINEL_FAULT_INJECTION.
 zt_build() {
-    if [[ "$ZT_PROFILE" == release && "${ZT_BUILT:-}" != release ]]; then
-        zt_log "building (release): cargo build --release --bins"
-        (cd "$ZT_ROOT" && cargo build --release --bins)
-        export ZT_BUILT=release
+    local features="${1:-}" args=(--release --bins)
+    [[ -z "$features" ]] || args+=(--features "$features")
+    if [[ "$ZT_PROFILE" == release && "${ZT_BUILT:-}" != "release $features" ]]; then
+        zt_log "building (release): cargo build ${args[*]}"
+        (cd "$ZT_ROOT" && cargo build "${args[@]}")
+        export ZT_BUILT="release $features"
     fi
     zt_require_bins zentinel zentinel-ctl zentinel-backend zentinel-load
 }

@@ -5,10 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The end-to-end tests start the real `zentinel` and `zentinel-backend` binaries, which
-# `cargo test` does not build for another crate's tests: build every binary first.
-cargo build --workspace --bins
+# `cargo test` does not build for another crate's tests: build every binary first. With the
+# test-only faults (ZENTINEL_FAULT_INJECTION) compiled in: the upgrade tests arm them; the
+# default build (no features) has none. `cargo test` gets the same features, so the crates
+# are not built twice.
+features=(--features zentinel-master/fault-injection)
+cargo build --workspace --bins "${features[@]}"
 status=0
-cargo test --workspace --no-fail-fast "$@" || status=$?
+cargo test --workspace --no-fail-fast "${features[@]}" "$@" || status=$?
 
 # The harness itself, end to end on the debug binaries just built: a few seconds of keep-alive
 # load through Zentinel with one rolling upgrade in the middle; fails on any failed request.

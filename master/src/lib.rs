@@ -10,7 +10,10 @@
 //! - [`control_socket_path`]: where that socket lives.
 //! - [`upgrade`]: the low-level pieces of a binary upgrade (state file place, successor
 //!   spawn, readiness pipe, pidfds).
+//! - [`handover_state_file`]: the state file an old master hands over, removed when it gives
+//!   the upgrade up.
 //! - [`systemd`]: socket activation (`LISTEN_FDS`) and `sd_notify`, without libsystemd.
+//! - [`ownership`]: tentative, then confirmed ownership of what a successor master adopts.
 //! - [`backoff`]: restart delays.
 //! - [`canary`]: error rates and the verdict of an upgrade canary.
 //! - [`logging`]: the tracing subscriber shared by master and workers.
@@ -21,9 +24,11 @@ pub mod config;
 pub mod control;
 pub mod control_socket_path;
 pub mod error_log_file;
+pub mod handover_state_file;
 pub mod listeners;
 pub mod logging;
 pub mod metrics;
+pub mod ownership;
 pub mod pid_file;
 pub mod preflight;
 pub mod supervisor;

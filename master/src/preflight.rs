@@ -51,6 +51,10 @@ pub const FEATURE_CANARY: &str = "canary";
 /// and the binary checks such a text with `--check-source FILE`: the pre-flight checks a new
 /// binary against the very text the new master will be handed, not the file on disk.
 pub const FEATURE_RUNNING_CONFIG: &str = "running-config";
+/// The build carries the test-only faults of `ZENTINEL_FAULT_INJECTION` (built with the
+/// `fault-injection` cargo feature): the end-to-end tests check it before relying on a fault.
+/// Never listed by a default build.
+pub const FEATURE_FAULT_INJECTION: &str = "fault-injection";
 
 /// Output kept from one child stream: an error message fits easily; a binary that floods its
 /// output must not make the client buffer it all.
@@ -102,7 +106,13 @@ impl VersionInfo {
             plain_upgrade_state_format: Some(STATE_FORMAT_VERSION),
             readable_state_formats: (OLDEST_READABLE_STATE_FORMAT..=STATE_FORMAT_VERSION).collect(),
             control_protocol_version: CONTROL_PROTOCOL_VERSION,
-            features: vec![FEATURE_CANARY.to_owned(), FEATURE_RUNNING_CONFIG.to_owned()],
+            features: [FEATURE_CANARY, FEATURE_RUNNING_CONFIG]
+                .into_iter()
+                .chain(
+                    zentinel_worker::fault_injection::AVAILABLE.then_some(FEATURE_FAULT_INJECTION),
+                )
+                .map(str::to_owned)
+                .collect(),
             legacy: false,
         }
     }

@@ -48,6 +48,7 @@ use crate::backoff::Backoff;
 use crate::control::{ControlServer, ControlSocket};
 use crate::listeners::BoundListener;
 use crate::metrics::MetricsServer;
+use crate::ownership::Ownership;
 use crate::systemd;
 use crate::worker_process::{spawn_worker, Executable, WorkerArgs};
 
@@ -76,6 +77,7 @@ const FIRST_WORKER_TOKEN: usize = 3;
 mod canary;
 mod control;
 mod metrics;
+mod takeover;
 mod upgrade;
 
 pub use upgrade::Inherited;
@@ -120,7 +122,9 @@ pub enum SupervisorError {
     EventLoop(#[source] io::Error),
     #[error("worker {worker_id} failed to start: {reason}")]
     StartupFailed { worker_id: u32, reason: String },
-    #[error("cannot take over from the previous master: {0}")]
+    /// A successor master gave up before confirming readiness (the previous one keeps
+    /// running; `main` says "cannot take over from the previous master").
+    #[error("abandoned before confirming readiness: {0}")]
     TakeoverFailed(String),
 }
 
@@ -263,6 +267,12 @@ struct WorkerProcess {
     upgrade_ack: bool,
     /// When this master told it to drain (for the drain-duration histogram).
     drain_started: Option<Instant>,
+    /// Adopted workers stay the previous master's until the takeover is confirmed: no signal
+    /// reaches them before (see `crate::ownership`). Spawned ones are ours from the start.
+    ownership: Ownership,
+    /// A kill this master decided while the worker was still tentatively owned; carried out
+    /// once the takeover is confirmed (dropped if it never is).
+    kill_deferred: bool,
 }
 
 /// A worker id and whatever currently serves under it.
@@ -334,13 +344,21 @@ pub struct Supervisor {
     pidfds: BTreeMap<Token, Token>,
     /// The successor master confirmed readiness: leave without touching anything.
     handed_over: bool,
-    /// Taking over failed: leave without touching the adopted processes.
+    /// Taking over failed: return the error; every adopted resource is still tentatively
+    /// owned, so dropping it touches nothing of the previous master's.
     takeover_failed: Option<String>,
+    /// A successor master's claim on what it adopted (`None` for a fresh start): tentative
+    /// until readiness is confirmed to the previous master.
+    takeover: Option<Ownership>,
     /// systemd was told RELOADING=1 for a reload and waits for READY=1.
     notify_reloading: bool,
     /// The Prometheus endpoint, if configured.
     metrics: Option<MetricsServer>,
     master_metrics: zentinel_protocol::state::MasterMetrics,
+    /// A successor master's readiness pipe until it confirms. Declared last: fields drop
+    /// after `Drop::drop`, in order, so a failing successor closes it (the previous master
+    /// takes that EOF for failure and kills it) only once everything else is dropped.
+    ready_pipe: Option<OwnedFd>,
 }
 
 /// The number of workers `worker-processes` asks for (0: one per CPU).
@@ -364,15 +382,23 @@ impl Supervisor {
                 Interest::READABLE,
             )
             .map_err(SupervisorError::Setup)?;
-        let control = setup
-            .control
-            .map(|socket| ControlServer::new(socket, poll.registry(), CONTROL_TOKEN))
-            .transpose()
-            .map_err(SupervisorError::Setup)?;
+        let takeover = setup.inherited.as_ref().map(|i| i.ownership.clone());
+        // A successor master accepts on the inherited control and metrics sockets only once
+        // it has confirmed readiness (`confirm_takeover`): until then connections are the
+        // previous master's.
+        let accepting = takeover.is_none();
+        let control = match setup.control {
+            Some(socket) if accepting => Some(
+                ControlServer::new(socket, poll.registry(), CONTROL_TOKEN)
+                    .map_err(SupervisorError::Setup)?,
+            ),
+            Some(socket) => Some(ControlServer::not_accepting(socket, CONTROL_TOKEN)),
+            None => None,
+        };
         let count = worker_count(setup.config.system.worker_processes);
         let mut next_token = FIRST_WORKER_TOKEN;
         let mut metrics = setup.metrics;
-        if let Some(server) = metrics.as_mut() {
+        if let Some(server) = metrics.as_mut().filter(|_| accepting) {
             let token = Self::alloc_token(&mut next_token);
             server
                 .register(poll.registry(), token)
@@ -407,9 +433,11 @@ impl Supervisor {
             pidfds: BTreeMap::new(),
             handed_over: false,
             takeover_failed: None,
+            takeover,
             notify_reloading: false,
             metrics,
             master_metrics: setup.master_metrics,
+            ready_pipe: None,
         })
     }
 
@@ -468,7 +496,9 @@ impl Supervisor {
                 return Ok(());
             }
             if let Some(reason) = self.takeover_failed.take() {
-                self.leave_quietly();
+                // No leave_quietly: what was adopted is still tentatively owned, and dropping
+                // it (here, or unwinding from a panic) must leave the previous master intact
+                // on its own (`crate::ownership`).
                 return Err(SupervisorError::TakeoverFailed(reason));
             }
             if let Phase::Stopping { .. } = self.phase {
@@ -563,6 +593,15 @@ impl Supervisor {
                 .and_then(|n| Signal::try_from(n).ok());
             match signal {
                 Some(Signal::SIGCHLD) => {} // reaped after the event batch
+                Some(signal @ (Signal::SIGTERM | Signal::SIGQUIT | Signal::SIGINT))
+                    if self.tentative() =>
+                {
+                    self.abandon_takeover(format!(
+                        "{} (from pid {}) before the takeover was confirmed",
+                        signal.as_str(),
+                        info.ssi_pid
+                    ));
+                }
                 Some(signal @ (Signal::SIGTERM | Signal::SIGQUIT)) => {
                     info!(
                         signal = signal.as_str(),
@@ -940,6 +979,8 @@ impl Supervisor {
             ready_timeout,
             upgrade_ack: false,
             drain_started: None,
+            ownership: Ownership::confirmed(),
+            kill_deferred: false,
         };
         let registry = self.poll.registry();
         let setup = register_channel(registry, &mut process).and_then(|()| {
@@ -1287,8 +1328,11 @@ impl Supervisor {
 
         let stopping = matches!(self.phase, Phase::Stopping { .. });
         let kill_everyone = matches!(self.phase, Phase::Stopping { kill_at, .. } if kill_at <= now);
-        // A worker restarted while a reload is in flight would get the old configuration.
-        let restarts_allowed = !stopping && self.reload.is_none() && !self.handing_over();
+        // A worker restarted while a reload is in flight would get the old configuration; one
+        // started by a successor master before it confirmed would serve next to the previous
+        // master's worker of the same slot (and die with a failing successor).
+        let restarts_allowed =
+            !stopping && self.reload.is_none() && !self.handing_over() && !self.tentative();
         let restarts: Vec<usize> = self
             .slots
             .iter()
@@ -1304,8 +1348,8 @@ impl Supervisor {
                     done_timeouts.push(process.restart_done.take());
                 }
             }
-            if process.killed {
-                continue;
+            if process.killed || !process.ownership.is_confirmed() {
+                continue; // a tentative worker's deadlines count from the confirmation
             }
             let pid = process.pid.as_raw();
             let worker_id = process.worker_id;
@@ -1360,7 +1404,7 @@ impl Supervisor {
             self.start_worker(index);
         }
         self.upgrade_timers(now);
-        if !stopping && !self.handing_over() && self.next_status_at <= now {
+        if !stopping && !self.handing_over() && !self.tentative() && self.next_status_at <= now {
             self.next_status_at = now + STATUS_INTERVAL;
             self.request_status();
         }
@@ -1413,7 +1457,8 @@ impl Supervisor {
         let mut deadlines: Vec<Instant> = Vec::new();
         match &self.phase {
             Phase::Stopping { kill_at, .. } => deadlines.push(*kill_at),
-            Phase::Running => deadlines.push(self.next_status_at),
+            Phase::Running if !self.tentative() => deadlines.push(self.next_status_at),
+            Phase::Running => {}
             Phase::Starting => {}
         }
         if let Some(at) = self.control.as_ref().and_then(ControlServer::next_deadline) {
@@ -1425,7 +1470,7 @@ impl Supervisor {
         }
         deadlines.extend(self.metrics.as_ref().and_then(MetricsServer::next_deadline));
         let stopping = matches!(self.phase, Phase::Stopping { .. });
-        if !stopping && self.reload.is_none() && !self.handing_over() {
+        if !stopping && self.reload.is_none() && !self.handing_over() && !self.tentative() {
             deadlines.extend(self.slots.iter().filter_map(|slot| slot.restart_at));
         }
         deadlines.extend(self.upgrade_deadline());
@@ -1433,7 +1478,7 @@ impl Supervisor {
             if let Some(done) = &process.restart_done {
                 deadlines.push(done.deadline);
             }
-            if process.killed {
+            if process.killed || !process.ownership.is_confirmed() {
                 continue;
             }
             if let Some(at) = process.drain_kill_at {
@@ -1546,6 +1591,19 @@ fn update_interest(registry: &Registry, process: &mut WorkerProcess) -> Result<(
 
 fn kill_process(process: &mut WorkerProcess) {
     if process.killed {
+        return;
+    }
+    if !process.ownership.is_confirmed() {
+        // Still the previous master's worker: a failing successor (this very Drop, say) must
+        // not take it down. Carried out after the confirmation, if that ever comes.
+        if !process.kill_deferred {
+            warn!(
+                worker_id = process.worker_id,
+                pid = process.pid.as_raw(),
+                "adopted worker not ours until the takeover is confirmed; not killing it"
+            );
+        }
+        process.kill_deferred = true;
         return;
     }
     if let Some((pidfd, _)) = &process.pidfd {

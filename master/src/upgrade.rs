@@ -166,6 +166,19 @@ pub fn take_inherited_fd(raw: RawFd, what: &str) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A close-on-exec duplicate of fd number `raw` if it is open (`None` otherwise): a second
+/// reference that keeps the file open while the first is taken, checked or closed.
+pub fn hold_open(raw: RawFd) -> Option<OwnedFd> {
+    if raw <= 2 {
+        return None;
+    }
+    // SAFETY: F_DUPFD_CLOEXEC only creates a new descriptor (>= 3) for the file behind `raw`;
+    // an unused number fails with EBADF and nothing is created.
+    let dup = unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 3) };
+    // SAFETY: on success the kernel just returned this new fd, owned by nobody else.
+    (dup >= 0).then(|| unsafe { OwnedFd::from_raw_fd(dup) })
+}
+
 /// Check that `fd` is a connected Unix stream socket (a worker channel, a control client).
 pub fn check_unix_stream(fd: &OwnedFd, what: &str) -> io::Result<()> {
     let socket = SockRef::from(fd);

@@ -32,6 +32,36 @@ use crate::ProtocolError;
 /// Default upper bound of one frame's payload.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
+/// Largest payloads one end of a channel sends and accepts. The two directions differ where
+/// the peers do: a control client's requests are tiny and the master must not buffer much of
+/// one, while the master's answers (a `status` of hundreds of workers, the running
+/// configuration's text) are large.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    /// Largest payload this end sends (a larger message fails to send).
+    pub send: usize,
+    /// Largest payload this end accepts (a larger frame breaks the channel).
+    pub recv: usize,
+}
+
+impl FrameLimits {
+    /// The same limit both ways.
+    pub const fn both(max: usize) -> Self {
+        FrameLimits {
+            send: max,
+            recv: max,
+        }
+    }
+
+    /// The limits of the peer: what this end sends, it receives.
+    pub const fn reversed(self) -> Self {
+        FrameLimits {
+            send: self.recv,
+            recv: self.send,
+        }
+    }
+}
+
 /// Size of each read from the socket.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -96,7 +126,9 @@ struct Outgoing {
 #[derive(Debug)]
 pub struct Channel {
     stream: UnixStream,
+    /// Bounded by the receive limit.
     decoder: FrameDecoder,
+    max_send: usize,
     read_buf: Box<[u8]>,
     fd_batches: VecDeque<FdBatch>,
     outgoing: VecDeque<Outgoing>,
@@ -113,9 +145,15 @@ impl Channel {
 
     /// Wrap a connected stream; payloads above `max_frame` bytes are refused both ways.
     pub fn with_max_frame(stream: UnixStream, max_frame: usize) -> Self {
+        Self::with_limits(stream, FrameLimits::both(max_frame))
+    }
+
+    /// Wrap a connected stream with separate limits for what it sends and what it accepts.
+    pub fn with_limits(stream: UnixStream, limits: FrameLimits) -> Self {
         Channel {
             stream,
-            decoder: FrameDecoder::new(max_frame),
+            decoder: FrameDecoder::new(limits.recv),
+            max_send: limits.send,
             read_buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
             fd_batches: VecDeque::new(),
             outgoing: VecDeque::new(),
@@ -134,9 +172,12 @@ impl Channel {
         &self.stream
     }
 
-    /// Largest payload accepted in either direction.
-    pub fn max_frame(&self) -> usize {
-        self.decoder.max_payload()
+    /// Largest payloads sent and accepted.
+    pub fn limits(&self) -> FrameLimits {
+        FrameLimits {
+            send: self.max_send,
+            recv: self.decoder.max_payload(),
+        }
     }
 
     /// Serialize `msg`, queue it with `fds` (sent with SCM_RIGHTS on the frame's first byte),
@@ -154,7 +195,7 @@ impl Channel {
                 fds.len()
             )));
         }
-        let bytes = frame::encode(msg, fds.len(), self.max_frame())?;
+        let bytes = frame::encode(msg, fds.len(), self.max_send)?;
         let owned = fds
             .iter()
             .map(|fd| fd.try_clone_to_owned())

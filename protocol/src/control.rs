@@ -10,11 +10,25 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::channel::FrameLimits;
 use crate::messages::{Hello, WorkerCounters};
 
 /// Largest frame the master accepts from a control client: requests are tiny, and a client
 /// must not make the master buffer much.
 pub const MAX_CONTROL_REQUEST_FRAME: usize = 64 * 1024;
+
+/// Largest frame the master sends a control client: a `status` answer carries one entry per
+/// worker (a few hundred bytes each; thousands fit), `RunningConfig` a configuration's text.
+pub const MAX_CONTROL_RESPONSE_FRAME: usize = 4 * 1024 * 1024;
+
+/// The master's end of a control connection: small requests in, large answers out.
+pub const CONTROL_SERVER_LIMITS: FrameLimits = FrameLimits {
+    send: MAX_CONTROL_RESPONSE_FRAME,
+    recv: MAX_CONTROL_REQUEST_FRAME,
+};
+
+/// The client's end (`zentinel-ctl`): the master's limits reversed.
+pub const CONTROL_CLIENT_LIMITS: FrameLimits = CONTROL_SERVER_LIMITS.reversed();
 
 /// Version of the messages in this module. 2: worker status carries restart figures.
 pub const CONTROL_PROTOCOL_VERSION: u32 = 2;

@@ -19,6 +19,6 @@ pub mod frame;
 pub mod messages;
 pub mod state;
 
-pub use channel::{Channel, ReceivedFrame};
+pub use channel::{Channel, FrameLimits, ReceivedFrame};
 pub use error::ProtocolError;
 pub use messages::PROTOCOL_VERSION;

@@ -60,11 +60,13 @@ pub use crate::config_source::{ConfigSource, ConfigSourceFile};
 use crate::control::{CanaryPolicy, WorkerState};
 use crate::messages::WorkerCounters;
 
+pub mod inherited_fds;
 pub mod legacy_kdl;
 pub mod v1;
 pub mod v2;
 pub mod v3;
 pub mod v3_config;
+pub use inherited_fds::InheritedFd;
 pub use v1::MasterStateV1;
 pub use v2::MasterStateV2;
 pub use v3::MasterStateV3;
@@ -419,9 +421,21 @@ fn with_context(source: io::Error, context: String) -> io::Error {
     io::Error::new(source.kind(), format!("{context}: {source}"))
 }
 
-/// Write the state to `path` atomically (temp file in the same directory, fsync, rename), mode
-/// 0600. Errors name the path.
+/// Write the state to `path` atomically (temp file in the same directory, fsync, rename, fsync
+/// of the directory), mode 0600. Errors name the path. On any error nothing is left behind:
+/// neither the temp file nor, when a step after the rename fails, the file at `path`.
 pub fn write_state_file(path: &std::path::Path, state: &MasterState) -> Result<(), StateError> {
+    write_state_file_syncing(path, state, |dir| {
+        File::open(dir).and_then(|d| d.sync_all())
+    })
+}
+
+/// [`write_state_file`] with the directory fsync as a parameter (a test makes it fail).
+fn write_state_file_syncing(
+    path: &std::path::Path,
+    state: &MasterState,
+    sync_dir: impl FnOnce(&Path) -> io::Result<()>,
+) -> Result<(), StateError> {
     static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
     let Some(file_name) = path.file_name() else {
@@ -477,13 +491,16 @@ pub fn write_state_file(path: &std::path::Path, state: &MasterState) -> Result<(
         let _ = std::fs::remove_file(&temp_path);
         return Err(io_error(path, e));
     }
-    // The rename is only durable once the directory entry is; the successor reads the file
-    // right away, so a failure here is reported but the file itself is complete.
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| {
-        io_error(
-            path,
-            with_context(e, format!("cannot fsync directory {}", dir.display())),
-        )
+    // The rename is only durable once the directory entry is. A failure fails the write, so
+    // the caller gives up the upgrade: the file it would never hand over must go too.
+    sync_dir(dir).map_err(|e| {
+        let mut context = format!("cannot fsync directory {}", dir.display());
+        match std::fs::remove_file(path) {
+            Ok(()) => context.push_str(" (the state file was removed)"),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => context.push_str(&format!(" (and cannot remove the state file: {err})")),
+        }
+        io_error(path, with_context(e, context))
     })
 }
 
@@ -510,4 +527,65 @@ pub fn read_state_file(path: &std::path::Path) -> Result<MasterState, StateError
         });
     }
     decode_state(&bytes, &path.display().to_string())
+}
+
+#[cfg(test)]
+mod write_tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_directory_fsync_leaves_no_state_file_behind() {
+        let dir = std::env::temp_dir().join(format!(
+            "zentinel-state-dirsync-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("zentinel-upgrade-1.state");
+        let state = MasterState {
+            previous_master_pid: 1,
+            generation: 2,
+            config_source: ConfigSource {
+                main_path: None,
+                files: Vec::new(),
+            },
+            log_level: "info".to_owned(),
+            control_socket_path: "/run/z.sock".to_owned(),
+            control_socket_fd: 3,
+            previous_binary: "/usr/bin/zentinel".to_owned(),
+            previous_executable_fd: 4,
+            listeners: Vec::new(),
+            workers: Vec::new(),
+            upgrade: None,
+            metrics_listener: None,
+            metrics: MasterMetrics::default(),
+        };
+        let mut synced = None;
+        let err = write_state_file_syncing(&path, &state, |d| {
+            // The file is complete and in place when the directory is synced.
+            synced = Some((d.to_owned(), path.exists()));
+            Err(io::Error::other("input/output error (injected)"))
+        })
+        .unwrap_err();
+        assert_eq!(synced, Some((dir.clone(), true)));
+        let message = err.to_string();
+        assert!(
+            message.contains("cannot fsync directory")
+                && message.contains("the state file was removed")
+                && message.contains(&path.display().to_string()),
+            "{message}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // The same write with a working sync keeps the file.
+        std::fs::create_dir_all(&dir).unwrap();
+        write_state_file(&path, &state).unwrap();
+        assert_eq!(read_state_file(&path).unwrap(), state);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

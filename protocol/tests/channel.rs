@@ -439,3 +439,103 @@ fn from_owned_fd_wraps_an_inherited_socket() {
         WorkerMessage::Ready
     );
 }
+
+/// A `status` answer for `n` workers, with realistic strings and non-zero counters.
+fn status_report(n: u32) -> zentinel_protocol::control::ControlResponse {
+    use zentinel_protocol::control::*;
+    let workers = (0..n)
+        .map(|id| WorkerStatus {
+            id,
+            pid: 100_000 + id,
+            generation: 3,
+            version: "0.1.0".to_owned(),
+            binary: "/usr/local/lib/zentinel/releases/2026-12-01/bin/zentinel".to_owned(),
+            state: if id % 7 == 0 {
+                WorkerState::Draining
+            } else {
+                WorkerState::Running
+            },
+            uptime_s: 86_400 + u64::from(id),
+            counters: WorkerCounters {
+                active_connections: u64::from(id),
+                requests_total: 1_000_000 + u64::from(id),
+                ..WorkerCounters::default()
+            },
+            stale: id % 11 == 0,
+            restarts: id % 3,
+            next_restart_delay_ms: 100,
+            last_exit: if id % 3 == 0 {
+                String::new()
+            } else {
+                "killed by signal SIGKILL".to_owned()
+            },
+        })
+        .collect();
+    ControlResponse::Status(StatusReport {
+        master: MasterStatus {
+            pid: 99_999,
+            version: "0.1.0".to_owned(),
+            generation: 3,
+            binary: "/usr/local/lib/zentinel/releases/2026-12-01/bin/zentinel".to_owned(),
+            uptime_s: 86_400,
+            config: "/etc/zentinel/zentinel.kdl".to_owned(),
+        },
+        workers,
+    })
+}
+
+/// The control channel limits differ by direction: a `status` answer for 512 workers (well
+/// over the 64 KiB a request may have) goes from the master to the client, while the master
+/// still refuses a request that large.
+#[test]
+fn control_limits_carry_a_status_answer_for_512_workers_but_refuse_a_large_request() {
+    use zentinel_protocol::control::*;
+    let answer = status_report(512);
+    let size = frame::encode(&answer, 0, usize::MAX).unwrap().len();
+    assert!(
+        size > MAX_CONTROL_REQUEST_FRAME,
+        "a 512-worker status is only {size} bytes: the test would not need the larger limit"
+    );
+    assert!(size < MAX_CONTROL_RESPONSE_FRAME, "{size} bytes");
+
+    let (master_end, client_end) = UnixStream::pair().unwrap();
+    let mut master = Channel::with_limits(master_end, CONTROL_SERVER_LIMITS);
+    let mut client = Channel::with_limits(client_end, CONTROL_CLIENT_LIMITS);
+    assert_eq!(master.limits().recv, MAX_CONTROL_REQUEST_FRAME);
+    assert_eq!(client.limits().recv, MAX_CONTROL_RESPONSE_FRAME);
+    // Blocking sockets: the answer is larger than the socket buffer, so the client reads on
+    // its own thread while the master writes.
+    let expected = answer.clone();
+    let reader = std::thread::spawn(move || {
+        let frame = client.recv_timeout(Duration::from_secs(10)).unwrap();
+        let got = frame.deserialize::<ControlResponse>().unwrap();
+        (client, got)
+    });
+    master.send(&answer, &[]).unwrap();
+    let (mut client, got) = reader.join().unwrap();
+    assert_eq!(got, expected);
+    if let ControlResponse::Status(report) = &got {
+        assert_eq!(report.workers.len(), 512);
+    }
+
+    // The other way the small limit holds: the client cannot send a request that large, and
+    // the master refuses one from the frame header alone.
+    let huge = ControlRequest::Reload {
+        config_path: Some("x".repeat(MAX_CONTROL_REQUEST_FRAME)),
+    };
+    let err = client.send(&huge, &[]).unwrap_err();
+    assert!(
+        matches!(err, ProtocolError::FrameTooLarge { max, .. } if max == MAX_CONTROL_REQUEST_FRAME),
+        "{err}"
+    );
+    let header = FrameHeader {
+        payload_len: (MAX_CONTROL_REQUEST_FRAME + 1) as u32,
+        fd_count: 0,
+    };
+    let mut raw: &UnixStream = client.stream();
+    raw.write_all(&header.to_bytes()).unwrap();
+    assert!(matches!(
+        master.recv_timeout(Duration::from_secs(10)),
+        Err(ProtocolError::FrameTooLarge { .. })
+    ));
+}

@@ -1305,3 +1305,60 @@ fn adopted_protocol_2_workers_get_their_own_layout() {
         .is_err()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Inherited fd numbers: checked as a set before the new master takes any.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn distinct_fds_pass_and_every_handed_over_fd_is_listed() {
+    let state = frozen_v4_state();
+    let fds = state.inherited_fds();
+    let expected = 2
+        + state.listeners.len()
+        + state.workers.len()
+        + usize::from(state.upgrade.as_ref().and_then(|u| u.client_fd).is_some())
+        + usize::from(state.metrics_listener.is_some());
+    assert_eq!(fds.len(), expected, "{fds:?}");
+    let ready = InheritedFd::new(999, "readiness pipe");
+    state
+        .check_inherited_fds("state.bin", std::slice::from_ref(&ready))
+        .unwrap();
+}
+
+#[test]
+fn an_fd_named_twice_or_stdio_is_refused_naming_both_holders() {
+    let mut state = frozen_v4_state();
+    assert!(!state.workers.is_empty() && !state.listeners.is_empty());
+    state.workers[0].channel_fd = state.listeners[0].fd;
+    let reason = expect_corrupt(
+        state.check_inherited_fds("state.bin", &[]),
+        "worker channel = listener fd",
+    );
+    let listener = format!("listener \"{}\"", state.listeners[0].name);
+    let worker = format!("channel of worker {}", state.workers[0].id);
+    assert!(
+        reason.contains(&format!("fd {} is named twice", state.listeners[0].fd))
+            && reason.contains(&listener)
+            && reason.contains(&worker)
+            && reason.contains("no fd was taken"),
+        "{reason}"
+    );
+
+    // The readiness pipe given on the command line counts too.
+    let state = frozen_v4_state();
+    let ready = InheritedFd::new(state.control_socket_fd, "readiness pipe");
+    let reason = expect_corrupt(
+        state.check_inherited_fds("state.bin", &[ready]),
+        "readiness pipe = control socket fd",
+    );
+    assert!(
+        reason.contains("control socket") && reason.contains("readiness pipe"),
+        "{reason}"
+    );
+
+    let mut state = frozen_v4_state();
+    state.previous_executable_fd = 1;
+    let reason = expect_corrupt(state.check_inherited_fds("state.bin", &[]), "fd 1");
+    assert!(reason.contains("previous executable is fd 1"), "{reason}");
+}

@@ -149,6 +149,23 @@ pub fn zentinel_bin() -> PathBuf {
     find_binary("zentinel", "ZENTINEL_BIN")
 }
 
+/// Panics, saying how to build it, unless the `zentinel` binary carries the test-only faults
+/// (`ZENTINEL_FAULT_INJECTION`; the `fault-injection` feature in its `--version --json`). A
+/// test that arms a fault calls this first: against a build without faults the fault would
+/// silently not fire.
+pub fn require_fault_injection() {
+    let mut cmd = Command::new(zentinel_bin());
+    cmd.args(["--version", "--json"]);
+    let out = run_with_deadline(cmd, Duration::from_secs(10));
+    assert!(out.success(), "zentinel --version --json: {out}");
+    assert!(
+        out.stdout.contains("\"fault-injection\""),
+        "{} has no fault injection; build the binaries with `cargo build --workspace --bins \
+         --features zentinel-master/fault-injection` (scripts/test.sh does): {out}",
+        zentinel_bin().display()
+    );
+}
+
 pub fn backend_bin() -> PathBuf {
     find_binary("zentinel-backend", "ZENTINEL_BACKEND_BIN")
 }

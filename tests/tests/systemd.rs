@@ -372,6 +372,7 @@ fn notify_socket_in_the_abstract_namespace() {
 
 #[test]
 fn failed_upgrade_ends_with_the_old_master_ready_again() {
+    require_fault_injection();
     let mut notify = NotifySocket::bind();
     let mut files = TempFiles::default();
     let copy = files.add(binary_copy("systemd-master-dies"));

@@ -985,6 +985,9 @@ fn unwritable_or_full_state_dir_fails_the_upgrade_cleanly() {
 /// copy only. Bind the parts to named locals: they stop the processes and delete the copy when
 /// dropped (Zentinel first).
 fn upgrade_rig(label: &str, fault: Option<&str>) -> (Backend, TempFiles, PathBuf, Zentinel) {
+    if fault.is_some() {
+        require_fault_injection();
+    }
     let be = Backend::start(label);
     let mut files = TempFiles::default();
     let copy = files.add(binary_copy(label));

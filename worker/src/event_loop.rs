@@ -181,8 +181,7 @@ impl Worker {
                 counters: Counters::default(),
                 current: Rc::new(generation),
                 draining: false,
-                respond_500: crate::fault_injection::armed()
-                    == Some(crate::fault_injection::Fault::Respond500),
+                respond_500: crate::fault_injection::respond_500(),
             },
             max_connections,
             fd_budget,
@@ -213,6 +212,7 @@ impl Worker {
     /// Tell the master every listener is polled, then serve.
     pub fn run_ready(mut self) -> Result<(), Box<dyn std::error::Error>> {
         self.send(&WorkerMessage::Ready);
+        #[cfg(feature = "fault-injection")]
         if crate::fault_injection::armed()
             == Some(crate::fault_injection::Fault::WorkerAbortAfterReady)
         {

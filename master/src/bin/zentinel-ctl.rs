@@ -24,7 +24,7 @@ use zentinel_protocol::config_source::ConfigSource;
 use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
 use zentinel_protocol::control::{
     CanaryPolicy, ControlRequest, ControlResponse, MasterStatus, StatusReport, UpgradeRequest,
-    WorkerState, WorkerStatus, MAX_CONTROL_REQUEST_FRAME,
+    WorkerState, WorkerStatus, CONTROL_CLIENT_LIMITS,
 };
 use zentinel_protocol::messages::{Hello, WorkerCounters};
 use zentinel_protocol::{Channel, ProtocolError};
@@ -44,9 +44,6 @@ const DEFAULT_READY: Duration = Duration::from_secs(10);
 
 /// A reload starts and hands over sockets but drains nothing; this bounds the wait for it.
 const RELOAD_WAIT: Duration = Duration::from_secs(60);
-
-/// Largest answer accepted from the master: a status report of many workers fits easily.
-const MAX_RESPONSE_FRAME: usize = 4 * 1024 * 1024;
 
 const AFTER_HELP: &str = "\
 Socket: --socket PATH, else $ZENTINEL_SOCKET, else `system { control-socket }` of the config
@@ -495,10 +492,7 @@ impl Connection {
     fn open(socket: &Path, timeout: Duration) -> CtlResult<Connection> {
         let stream = connect(socket, timeout)?;
         let mut conn = Connection {
-            channel: Channel::with_max_frame(
-                stream,
-                MAX_RESPONSE_FRAME.max(MAX_CONTROL_REQUEST_FRAME),
-            ),
+            channel: Channel::with_limits(stream, CONTROL_CLIENT_LIMITS),
             socket: socket.to_owned(),
         };
         conn.send(&ControlRequest::Hello(Hello {
@@ -1552,6 +1546,11 @@ fn chrono_free_clock() -> String {
         secs % 60
     )
 }
+
+/// Kept apart: this file is long enough.
+#[cfg(test)]
+#[path = "ctl_tests/large_status.rs"]
+mod large_status_tests;
 
 #[cfg(test)]
 mod tests {

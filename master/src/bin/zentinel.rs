@@ -12,13 +12,14 @@ use zentinel_master::control_socket_path::master_control_socket;
 use zentinel_master::listeners;
 use zentinel_master::listeners::BoundListener;
 use zentinel_master::logging::{self, LogSettings, DEFAULT_LOG_LEVEL};
+use zentinel_master::ownership::Ownership;
 use zentinel_master::preflight;
 use zentinel_master::supervisor::{self, Inherited, Supervisor, SupervisorSetup};
 use zentinel_master::systemd;
 use zentinel_master::upgrade;
 use zentinel_master::validate_command as validate;
 use zentinel_master::worker_process::{adopt_channel_fd, set_cloexec_on_inherited_fds, Executable};
-use zentinel_protocol::state::{read_state_file, ListenerFd};
+use zentinel_protocol::state::{read_state_file, InheritedFd, ListenerFd};
 
 /// Exit code of an invalid configuration or command line (like clap's usage errors).
 const EXIT_CONFIG: u8 = 2;
@@ -361,6 +362,7 @@ fn run_master(cli: &Cli) -> ExitCode {
         Ok(log) => log,
         Err(code) => return code,
     };
+    zentinel_worker::fault_injection::report_unavailable();
     for warning in &activation.warnings {
         tracing::warn!("{warning}");
     }
@@ -444,13 +446,20 @@ fn run_upgraded_master(cli: &Cli) -> ExitCode {
             "--upgrade-from and --upgrade-ready-fd go together",
         );
     };
-    match take_over(cli, state_path, ready_fd, signals) {
+    // The previous master takes EOF on the readiness pipe for failure and kills us at once: a
+    // second write end, held until our reason is printed, keeps it from dying unsaid. (Once
+    // the supervisor runs, it logs its own reasons before dropping the pipe.)
+    let mut hold = upgrade::hold_open(ready_fd);
+    let result = take_over(cli, state_path, ready_fd, signals, &mut hold);
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(
             EXIT_FAILURE,
             format!("cannot take over from the previous master: {err}"),
         ),
-    }
+    };
+    drop(hold);
+    code
 }
 
 fn take_over(
@@ -458,13 +467,26 @@ fn take_over(
     state_path: &Path,
     ready_fd: i32,
     signals: nix::sys::signalfd::SignalFd,
+    hold: &mut Option<std::os::fd::OwnedFd>,
 ) -> Result<(), String> {
-    let ready =
-        upgrade::take_inherited_fd(ready_fd, "--upgrade-ready-fd").map_err(|e| e.to_string())?;
     let state = read_state_file(state_path).map_err(|e| e.to_string())?;
     if let Err(err) = std::fs::remove_file(state_path) {
         tracing::warn!(path = %state_path.display(), error = %err, "cannot remove the upgrade state file");
     }
+    // Every fd number is taken into exactly one owner below: a number named twice would be
+    // closed twice. Checked as a set before the first one is taken.
+    state
+        .check_inherited_fds(
+            &state_path.display().to_string(),
+            &[InheritedFd::new(ready_fd, "--upgrade-ready-fd")],
+        )
+        .map_err(|e| e.to_string())?;
+    let ready =
+        upgrade::take_inherited_fd(ready_fd, "--upgrade-ready-fd").map_err(|e| e.to_string())?;
+    // Everything adopted below stays the previous master's until readiness is confirmed: a
+    // failure (an error returned here or in the supervisor, a panic) drops it all without
+    // touching the socket file or the workers (`zentinel_master::ownership`).
+    let ownership = Ownership::tentative();
     // The running configuration, parsed by this binary's parser from the text the previous
     // master runs (never re-read from disk), before anything is adopted: a binary that rejects
     // it fails here and the previous master keeps serving.
@@ -492,14 +514,19 @@ fn take_over(
     })?;
     let log = start_logging(cli, &logging)
         .map_err(|_| "cannot start logging (see the line above)".to_owned())?;
+    zentinel_worker::fault_injection::report_unavailable();
     config::log_warnings(&warnings);
     let listener_fds = inherited_listeners(&state.listeners, &config.listeners)
         .map_err(|e| format!("state file {}: {e}", state_path.display()))?;
     let fd_err = |e: std::io::Error| e.to_string();
     let control_fd =
         upgrade::take_inherited_fd(state.control_socket_fd, "control socket").map_err(fd_err)?;
-    let control =
-        ControlSocket::adopt(control_fd, Path::new(&state.control_socket_path)).map_err(fd_err)?;
+    let control = ControlSocket::adopt(
+        control_fd,
+        Path::new(&state.control_socket_path),
+        ownership.clone(),
+    )
+    .map_err(fd_err)?;
     let previous_fd =
         upgrade::take_inherited_fd(state.previous_executable_fd, "previous executable")
             .map_err(fd_err)?;
@@ -556,7 +583,8 @@ fn take_over(
             ))
         }
     };
-    let executable = Executable::open_self_as(started_as().as_deref()).map_err(fd_err)?;
+    let executable = Executable::open_self_as(started_as().as_deref())
+        .map_err(|e| format!("cannot open this binary's executable (/proc/self/exe): {e}"))?;
     tracing::info!(
         previous_master_pid = state.previous_master_pid,
         generation = state.generation,
@@ -582,13 +610,16 @@ fn take_over(
             upgrade: state.upgrade,
             client,
             ready_fd: ready,
+            ownership,
         }),
         metrics,
         master_metrics: state.metrics,
     };
-    Supervisor::new(setup)
-        .and_then(Supervisor::run)
-        .map_err(|e| e.to_string())
+    let supervisor = Supervisor::new(setup).map_err(|e| e.to_string())?;
+    // From here on failures are logged before the pipe closes: the supervisor's own copy is
+    // the only one that must keep the previous master waiting.
+    *hold = None;
+    supervisor.run().map_err(|e| e.to_string())
 }
 
 /// The inherited listener fds in the order of the configured listeners, matched by name: every

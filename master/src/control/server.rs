@@ -13,7 +13,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use tracing::{debug, info, warn};
 use zentinel_protocol::channel::check_version_of;
 use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
-use zentinel_protocol::control::{ControlRequest, ControlResponse, MAX_CONTROL_REQUEST_FRAME};
+use zentinel_protocol::control::{ControlRequest, ControlResponse, CONTROL_SERVER_LIMITS};
 use zentinel_protocol::messages::Hello;
 use zentinel_protocol::{Channel, ProtocolError};
 
@@ -66,17 +66,30 @@ pub struct ControlServer {
 impl ControlServer {
     /// Register the socket for accepts under `token`.
     pub fn new(socket: ControlSocket, registry: &Registry, token: Token) -> io::Result<Self> {
-        registry.register(
-            &mut SourceFd(&socket.listener().as_raw_fd()),
-            token,
-            Interest::READABLE,
-        )?;
-        Ok(ControlServer {
+        let server = Self::not_accepting(socket, token);
+        server.start_accepting(registry)?;
+        Ok(server)
+    }
+
+    /// The server of an adopted socket, not yet accepting: until a successor master has
+    /// confirmed readiness, connections on the shared socket are the previous master's (one
+    /// accepted here would die with a new master that fails). See [`Self::start_accepting`].
+    pub fn not_accepting(socket: ControlSocket, token: Token) -> Self {
+        ControlServer {
             socket,
             token,
             clients: HashMap::new(),
             master_euid: nix::unistd::geteuid().as_raw(),
-        })
+        }
+    }
+
+    /// Register the socket for accepts under the server's token.
+    pub fn start_accepting(&self, registry: &Registry) -> io::Result<()> {
+        registry.register(
+            &mut SourceFd(&self.socket.listener().as_raw_fd()),
+            self.token,
+            Interest::READABLE,
+        )
     }
 
     pub fn path(&self) -> &std::path::Path {
@@ -135,7 +148,7 @@ impl ControlServer {
                 continue;
             }
             let token = next_token();
-            let channel = Channel::with_max_frame(stream, MAX_CONTROL_REQUEST_FRAME);
+            let channel = Channel::with_limits(stream, CONTROL_SERVER_LIMITS);
             if let Err(err) = registry.register(
                 &mut SourceFd(&channel.as_raw_fd()),
                 token,
@@ -290,7 +303,7 @@ impl ControlServer {
     ) -> io::Result<()> {
         stream.set_nonblocking(true)?;
         let (peer_pid, peer_uid) = peer_credentials(&stream).unwrap_or((0, 0));
-        let channel = Channel::with_max_frame(stream, MAX_CONTROL_REQUEST_FRAME);
+        let channel = Channel::with_limits(stream, CONTROL_SERVER_LIMITS);
         registry.register(
             &mut SourceFd(&channel.as_raw_fd()),
             token,

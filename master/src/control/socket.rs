@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::stat::{umask, Mode};
 
+use crate::ownership::Ownership;
+
 /// Why the control socket could not be set up. Every variant names the path.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlSocketError {
@@ -65,13 +67,17 @@ pub fn probe(path: &Path) -> Result<ExistingSocket, ControlSocketError> {
 }
 
 /// The master's bound control socket. Dropping it removes the file, but only while the path
-/// still names this socket (a later master may have replaced it).
+/// still names this socket (a later master may have replaced it) and only once it is ours: an
+/// adopted socket stays the previous master's until the takeover is confirmed.
 #[derive(Debug)]
 pub struct ControlSocket {
     listener: UnixListener,
     path: PathBuf,
     /// (device, inode) of the socket file we created.
     identity: (u64, u64),
+    /// Tentative while a successor master has not confirmed readiness: the previous master
+    /// still answers on this file, so dropping must leave it alone.
+    ownership: Ownership,
 }
 
 impl ControlSocket {
@@ -124,13 +130,15 @@ impl ControlSocket {
             listener,
             path: path.to_owned(),
             identity: (metadata.dev(), metadata.ino()),
+            ownership: Ownership::confirmed(),
         })
     }
 
     /// Take over the control socket a previous master bound (master upgrade): the fd must be a
-    /// listening Unix stream socket. The file at `path` is not touched; it is ours from now on
-    /// (removed on drop while it still names this socket).
-    pub fn adopt(fd: std::os::fd::OwnedFd, path: &Path) -> io::Result<Self> {
+    /// listening Unix stream socket. The file at `path` is not touched; once `ownership` is
+    /// confirmed it is ours (removed on drop while it still names this socket), before that
+    /// dropping leaves it to the previous master.
+    pub fn adopt(fd: std::os::fd::OwnedFd, path: &Path, ownership: Ownership) -> io::Result<Self> {
         use std::os::fd::AsRawFd;
         let raw = fd.as_raw_fd();
         let bad = |what: String| {
@@ -166,6 +174,7 @@ impl ControlSocket {
             listener,
             path: path.to_owned(),
             identity,
+            ownership,
         })
     }
 
@@ -185,6 +194,10 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
+        if !self.ownership.is_confirmed() {
+            tracing::debug!(path = %self.path.display(), "takeover not confirmed: the control socket file stays the previous master's");
+            return;
+        }
         let ours = self.identity != (0, 0)
             && std::fs::symlink_metadata(&self.path)
                 .map(|m| (m.dev(), m.ino()) == self.identity)
@@ -277,6 +290,33 @@ mod tests {
         drop(socket);
         assert!(path.exists(), "dropped a socket file that was not ours");
         drop(other);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn adopted_socket_is_unlinked_only_once_the_takeover_is_confirmed() {
+        use std::os::fd::OwnedFd;
+        let dir = temp_dir("adopted");
+        let path = dir.join("z.sock");
+        // The previous master's socket, as it would hand it over.
+        let previous = ControlSocket::bind(&path).unwrap();
+        let dup = || OwnedFd::from(previous.listener().try_clone().unwrap());
+
+        // Tentative (the new master fails before confirming): the file stays, and the previous
+        // master still answers on it.
+        let adopted = ControlSocket::adopt(dup(), &path, Ownership::tentative()).unwrap();
+        drop(adopted);
+        assert_eq!(probe(&path).unwrap(), ExistingSocket::Live);
+
+        // Confirmed: the file is the new master's, removed when it stops.
+        let claim = Ownership::tentative();
+        let adopted = ControlSocket::adopt(dup(), &path, claim.clone()).unwrap();
+        let mut previous = previous;
+        previous.keep_file(); // what the previous master does once the new one is ready
+        drop(previous);
+        claim.confirm();
+        drop(adopted);
+        assert!(!path.exists(), "confirmed socket file left behind");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

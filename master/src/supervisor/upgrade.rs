@@ -17,12 +17,11 @@ use std::io::Read;
 use std::os::unix::net::UnixStream;
 
 use zentinel_protocol::control::{CanaryPolicy, UpgradeRequest, WorkerState as CtlState};
-use zentinel_protocol::state::{
-    write_state_file, ListenerFd, MasterState, PendingUpgrade, WorkerRecord,
-};
+use zentinel_protocol::state::{ListenerFd, MasterState, PendingUpgrade, WorkerRecord};
 
 use super::canary::{CanaryNext, CanaryWatch};
 use super::*;
+use crate::handover_state_file::HandoverStateFile;
 use crate::upgrade::{
     check_binary, pidfd_open, ready_pipe, spawn_successor, state_file_path, write_ready,
     DEFAULT_READY_TIMEOUT, READY_PREFIX,
@@ -49,6 +48,9 @@ pub struct Inherited {
     pub client: Option<UnixStream>,
     /// Where readiness is confirmed.
     pub ready_fd: OwnedFd,
+    /// The claim every adopted resource carries (the control socket too): tentative until
+    /// readiness is confirmed.
+    pub ownership: crate::ownership::Ownership,
 }
 
 #[derive(Debug)]
@@ -64,7 +66,8 @@ pub(super) struct Handover {
     child: Pid,
     pipe: OwnedFd,
     buf: Vec<u8>,
-    state_path: PathBuf,
+    /// Removed when dropped: when the handover fails or this master goes away.
+    state_file: HandoverStateFile,
     binary: String,
     deadline: Instant,
 }
@@ -72,12 +75,13 @@ pub(super) struct Handover {
 /// New master: taking over until the adopted workers answered.
 #[derive(Debug)]
 pub(super) struct Adoption {
-    ready_fd: OwnedFd,
     waits: Vec<(Token, u64)>,
     deadline: Instant,
     previous_master_pid: u32,
     pending: Option<PendingUpgrade>,
-    client: Option<Token>,
+    /// The upgrade's client, registered only on confirmation (until then the connection is
+    /// the previous master's).
+    client: Option<UnixStream>,
 }
 
 #[derive(Debug)]
@@ -295,16 +299,20 @@ impl Supervisor {
             metrics,
         };
         let state_path = state_file_path(&control_path, std::process::id());
-        if let Err(err) = write_state_file(&state_path, &state) {
-            return self.refuse(
-                client,
-                format!("cannot write the upgrade state: {err}; nothing changed"),
-            );
-        }
+        // From here on every way out of the upgrade (an early return below, the handover
+        // failing, a stop, a panic) drops this and with it the file.
+        let state_file = match HandoverStateFile::write(&state_path, &state) {
+            Ok(file) => file,
+            Err(err) => {
+                return self.refuse(
+                    client,
+                    format!("cannot write the upgrade state: {err}; nothing changed"),
+                );
+            }
+        };
         let (pipe_read, pipe_write) = match ready_pipe() {
             Ok(pipe) => pipe,
             Err(err) => {
-                let _ = std::fs::remove_file(&state_path);
                 return self.refuse(
                     client,
                     format!("cannot create the readiness pipe: {err}; nothing changed"),
@@ -320,7 +328,6 @@ impl Supervisor {
         ) {
             Ok(pid) => pid,
             Err(err) => {
-                let _ = std::fs::remove_file(&state_path);
                 return self.refuse(client, format!("{err}; nothing changed"));
             }
         };
@@ -369,7 +376,7 @@ impl Supervisor {
             child,
             pipe: pipe_read,
             buf: Vec::new(),
-            state_path,
+            state_file,
             binary,
             deadline: Instant::now() + ready_timeout,
         }));
@@ -491,16 +498,8 @@ impl Supervisor {
                 }
             }
         }
-        match std::fs::remove_file(&handover.state_path) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => warn!(
-                path = %handover.state_path.display(),
-                error = %err,
-                "cannot remove the upgrade state file"
-            ),
-        }
-        // Resume reading the workers; anything they sent meanwhile is still queued.
+        drop(handover.state_file); // the new master is gone: nobody will read it
+                                   // Resume reading the workers; anything they sent meanwhile is still queued.
         let mut broken = Vec::new();
         for (&token, process) in self.processes.iter_mut() {
             if process.channel.is_none() {
@@ -549,7 +548,7 @@ impl Supervisor {
         if let Some(UpgradeOp::Handover(handover)) = self.upgrade.take() {
             let _ = kill(handover.child, Signal::SIGKILL);
             while let Err(Errno::EINTR) = waitpid(handover.child, None) {}
-            let _ = std::fs::remove_file(&handover.state_path);
+            // Dropping `handover` removes the state file.
         }
     }
 
@@ -568,6 +567,8 @@ impl Supervisor {
 
     /// Take the previous master's workers over and start checking that they answer.
     pub(super) fn adopt(&mut self, inherited: Inherited) {
+        // First: whatever fails below, the pipe closes only with the supervisor.
+        self.ready_pipe = Some(inherited.ready_fd);
         self.previous_executable = Some(inherited.previous_executable);
         self.phase = Phase::Running;
         let drain = Duration::from_secs(self.config.system.graceful_shutdown_timeout_secs);
@@ -576,10 +577,18 @@ impl Supervisor {
             let pid = Pid::from_raw(i32::try_from(record.pid).unwrap_or(0));
             let pidfd = match pidfd_open(pid) {
                 Ok(fd) => fd,
-                Err(err) => {
-                    // Gone already (ESRCH): its slot gets a new worker below.
+                Err(err) if err.raw_os_error() == Some(libc::ESRCH) => {
+                    // Gone already: its slot gets a new worker once the takeover is confirmed.
                     warn!(worker_id = record.id, pid = record.pid, error = %err, "adopted worker is gone");
                     continue;
+                }
+                Err(err) => {
+                    // Alive but unwatchable (EMFILE under a low open-file limit, say): this
+                    // master could not supervise it, so the previous one must stay.
+                    return self.abandon_takeover(format!(
+                        "cannot watch adopted worker {} (pid {}): pidfd_open: {err}",
+                        record.id, record.pid
+                    ));
                 }
             };
             let token = Self::alloc_token(&mut self.next_token);
@@ -621,6 +630,8 @@ impl Supervisor {
                 upgrade_ack: false,
                 // Told to drain by the previous master: its drain time is not ours to measure.
                 drain_started: None,
+                ownership: inherited.ownership.clone(),
+                kill_deferred: false,
             };
             let registry = self.poll.registry();
             let registered = register_channel(registry, &mut process).and_then(|()| {
@@ -655,10 +666,12 @@ impl Supervisor {
             }
             self.processes.insert(token, process);
             if let Err(err) = registered {
-                self.channel_failed(token, err);
-            } else {
-                adopted.push(token);
+                return self.abandon_takeover(format!(
+                    "cannot poll adopted worker {} (pid {}): {err}",
+                    record.id, record.pid
+                ));
             }
+            adopted.push(token);
         }
         let now = Instant::now();
         for slot in &mut self.slots {
@@ -666,17 +679,6 @@ impl Supervisor {
                 slot.restart_at = Some(now);
             }
         }
-        let client = inherited.client.and_then(|stream| {
-            let token = Self::alloc_token(&mut self.next_token);
-            let control = self.control.as_mut()?;
-            match control.adopt_client(self.poll.registry(), token, stream) {
-                Ok(()) => Some(token),
-                Err(err) => {
-                    warn!(error = %err, "cannot adopt the upgrade's control client");
-                    None
-                }
-            }
-        });
         let ready_timeout = inherited
             .upgrade
             .as_ref()
@@ -688,12 +690,11 @@ impl Supervisor {
             .filter_map(|token| self.ask_status(token).map(|seq| (token, seq)))
             .collect();
         self.adoption = Some(Adoption {
-            ready_fd: inherited.ready_fd,
             waits,
             deadline: now + ready_timeout,
             previous_master_pid: inherited.previous_master_pid,
             pending: inherited.upgrade,
-            client,
+            client: inherited.client,
         });
         self.adoption_progress();
     }
@@ -729,11 +730,12 @@ impl Supervisor {
         let Some(adoption) = self.adoption.take() else {
             return;
         };
-        if zentinel_worker::fault_injection::armed()
-            == Some(zentinel_worker::fault_injection::Fault::MasterExitBeforeReady)
-        {
-            error!("fault injection: master-exit-before-ready");
-            std::process::exit(70);
+        let client = match self.prepare_confirmation(adoption.client) {
+            Ok(client) => client,
+            Err(reason) => return self.abandon_takeover(reason),
+        };
+        if self.takeover_fault() {
+            return;
         }
         // systemd (Type=notify, NotifyAccess=all): we are the main process from here on.
         // Said BEFORE the previous master learns that we are ready, so the datagram is
@@ -747,10 +749,13 @@ impl Supervisor {
             self.generation,
             self.executable.path().display()
         ));
-        if let Err(err) = write_ready(adoption.ready_fd) {
-            self.takeover_failed = Some(format!("cannot confirm readiness: {err}"));
-            return;
+        let Some(ready_pipe) = self.ready_pipe.take() else {
+            return self.abandon_takeover("the readiness pipe is gone".to_owned());
+        };
+        if let Err(err) = write_ready(ready_pipe) {
+            return self.abandon_takeover(format!("cannot confirm readiness: {err}"));
         }
+        self.confirm_takeover();
         let binary = self.executable.path().display().to_string();
         // From the old master's fork to readiness.
         let ready_ms = crate::upgrade::time_since_spawn()
@@ -765,7 +770,6 @@ impl Supervisor {
             ready_ms,
             "took over from the previous master"
         );
-        let client = adoption.client;
         self.upgrade_respond(
             client,
             ControlResponse::MasterReplaced {
