@@ -593,16 +593,21 @@ impl HttpSession {
     fn write_client(&mut self, ctx: &mut Ctx<'_>) -> Result<usize, Outcome> {
         match self.client.flush(&mut self.cout) {
             Ok(n) => {
-                ctx.counters.c.bytes_out += n as u64;
-                if let Some(a) = self.access.as_mut() {
-                    a.bytes += n as u64;
-                }
+                self.count_out(n, ctx);
                 Ok(n)
             }
             Err(e) => {
                 debug!(peer = %self.peer, error = %e, "client write failed");
                 Err(Outcome::Done)
             }
+        }
+    }
+
+    /// `n` bytes went to the client: counters and access log.
+    fn count_out(&mut self, n: usize, ctx: &mut Ctx<'_>) {
+        ctx.counters.c.bytes_out += n as u64;
+        if let Some(a) = self.access.as_mut() {
+            a.bytes += n as u64;
         }
     }
 
@@ -950,29 +955,13 @@ impl HttpSession {
     }
 
     fn step_local(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
-        // A file body is read one buffer at a time, only when what was read before has gone.
-        if let Some(body) = self.file_body.as_mut() {
-            if self.cout.is_empty() {
-                match body.fill(&mut self.cout, BUF_CAP) {
-                    Ok(true) => self.file_body = None,
-                    Ok(false) => {}
-                    Err(e) => {
-                        // The head promised a length: the connection cannot be reused.
-                        warn!(peer = %self.peer, error = %e, "static file read failed mid-body");
-                        return Err(Outcome::Done);
-                    }
-                }
-            }
-        }
         let n = self.write_client(ctx)?;
-        if !self.cout.is_empty() || self.file_body.is_some() {
-            if n > 0 {
-                // Progress: the client is reading, so its stall clock starts again.
-                if let Phase::Local { since, .. } = &mut self.phase {
-                    *since = ctx.now;
-                }
-            }
-            return Ok(n > 0 && self.cout.is_empty());
+        self.local_progress(n, ctx);
+        if !self.cout.is_empty() {
+            return Ok(false);
+        }
+        if self.file_body.is_some() && !self.send_file_body(ctx)? {
+            return Ok(false);
         }
         self.log_access(ctx);
         let close = matches!(self.phase, Phase::Local { close: true, .. });
@@ -983,6 +972,69 @@ impl HttpSession {
             self.idle_since = ctx.now;
         }
         Ok(true)
+    }
+
+    /// The client took `n` response bytes: its stall clock starts again.
+    fn local_progress(&mut self, n: usize, ctx: &mut Ctx<'_>) {
+        if n > 0 {
+            if let Phase::Local { since, .. } = &mut self.phase {
+                *since = ctx.now;
+            }
+        }
+    }
+
+    /// Send the file body after its head (already written): sendfile on a plain socket, else
+    /// a buffer at a time. At most one turn's budget of file bytes, then the session yields so
+    /// that one fast download cannot hold the worker. Ok(true) once the whole body is out.
+    fn send_file_body(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
+        let Some(mut body) = self.file_body.take() else {
+            return Ok(true);
+        };
+        let r = self.send_file_turn(&mut body, ctx);
+        if matches!(r, Ok(false)) {
+            self.file_body = Some(body);
+        }
+        r
+    }
+
+    fn send_file_turn(&mut self, body: &mut FileBody, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
+        let plain = matches!(self.client, ClientSock::Plain(_));
+        let mut budget = body.turn_budget(plain);
+        loop {
+            if body.is_done() {
+                return Ok(true);
+            }
+            if budget == 0 {
+                ctx.yield_turn(self.key);
+                return Ok(false);
+            }
+            let used = match &mut self.client {
+                ClientSock::Plain(sock) if plain => body.send_to(sock, budget),
+                _ => body.fill(&mut self.cout, budget.min(BUF_CAP)),
+            };
+            let used = used.map_err(|e| {
+                // The head promised a length: the connection cannot be reused, and the client
+                // must see the body cut short.
+                warn!(peer = %self.peer, file = %body.path().display(), error = %e,
+                    "static file body could not be sent whole: closing the connection");
+                Outcome::Done
+            })?;
+            budget = budget.saturating_sub(used);
+            if plain {
+                self.count_out(used, ctx);
+                self.local_progress(used, ctx);
+                if used == 0 {
+                    // The socket is full: its writable event resumes the body.
+                    return Ok(false);
+                }
+                continue;
+            }
+            let n = self.write_client(ctx)?;
+            self.local_progress(n, ctx);
+            if !self.cout.is_empty() {
+                return Ok(false);
+            }
+        }
     }
 
     fn step_closing(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {

@@ -1,30 +1,31 @@
 //! `static-files` routes: answer a request from a directory.
 //!
-//! The head is built here; the body is streamed by the session from a [`FileBody`], one
-//! buffer-full at a time when the client can take more, so a large file never blocks the event
-//! loop nor sits in memory. (Regular-file reads do not block on readiness; each one is bounded
-//! to a buffer.) The same path works for TLS clients, whose bytes must pass through the TLS
-//! layer anyway, so sendfile(2) is not used.
+//! The head is built here, from the file opened once; the body is sent by the session from a
+//! [`FileBody`] (see `body`): sendfile(2) on plain connections, bounded buffered reads over
+//! TLS, a bounded piece per turn of the event loop, so a large file neither blocks the worker
+//! nor sits in memory.
 //!
 //! Path mapping: the route's matched `path-prefix` is removed and the rest is looked up under
 //! `root` (`/assets/app.js` on `path-prefix "/assets"` is `<root>/app.js`). Upstream
 //! Zentinel appends the full request path to the root instead.
 
+mod body;
 mod cond;
 
 pub(crate) use cond::civil_from_days;
 mod mime;
 mod path;
 
+pub use body::FileBody;
+
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
+use std::io;
 use std::path::Path;
 
 use tracing::debug;
 
 use crate::http::codec::{self, RequestHead};
 use crate::routing::FilesRoute;
-use crate::sock::Buf;
 
 use cond::RangeAsk;
 
@@ -36,31 +37,6 @@ pub struct Answer {
     pub status: u16,
     pub bytes: Vec<u8>,
     pub body: Option<FileBody>,
-}
-
-/// The rest of a file body still to send.
-pub struct FileBody {
-    file: File,
-    remaining: u64,
-}
-
-impl FileBody {
-    /// Append up to `max` more bytes to `out`. Ok(true) when the body is complete. A file that
-    /// got shorter than announced is an error: the `Content-Length` cannot be kept.
-    pub fn fill(&mut self, out: &mut Buf, max: usize) -> io::Result<bool> {
-        if self.remaining > 0 {
-            let max = usize::try_from(self.remaining).map_or(max, |r| r.min(max));
-            let n = out.read_from(&mut self.file, max)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "file shrank while it was being sent",
-                ));
-            }
-            self.remaining -= n as u64;
-        }
-        Ok(self.remaining == 0)
-    }
 }
 
 fn header(req: &RequestHead, name: &str) -> Option<String> {
@@ -156,8 +132,9 @@ fn redirect(location: &str, close: bool, head_only: bool) -> Answer {
 
 fn serve(file: &Path, cache_control: &str, req: &RequestHead, close: bool) -> Answer {
     let head_only = req.is_head();
+    // Opened now and kept: the body sent is the version whose size and dates the head gives.
     let opened = File::open(file).and_then(|f| f.metadata().map(|m| (f, m)));
-    let (mut f, meta) = match opened {
+    let (f, meta) = match opened {
         Ok((f, m)) if m.is_file() => (f, m),
         Ok(_) => return small(403, &[], close, head_only),
         Err(e) => {
@@ -224,20 +201,7 @@ fn serve(file: &Path, cache_control: &str, req: &RequestHead, close: bool) -> An
         push(&mut bytes, "Content-Range", cr);
     }
     bytes.extend_from_slice(b"\r\n");
-    let body = if head_only || len == 0 {
-        None
-    } else {
-        if start > 0 {
-            if let Err(e) = f.seek(SeekFrom::Start(start)) {
-                debug!(file = %file.display(), error = %e, "static file seek failed");
-                return small(500, &[], true, head_only);
-            }
-        }
-        Some(FileBody {
-            file: f,
-            remaining: len,
-        })
-    };
+    let body = (!head_only && len > 0).then(|| FileBody::identity(f, file, start, len));
     Answer {
         status,
         bytes,
