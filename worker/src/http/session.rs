@@ -998,7 +998,7 @@ impl HttpSession {
     }
 
     fn send_file_turn(&mut self, body: &mut FileBody, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
-        let plain = matches!(self.client, ClientSock::Plain(_));
+        let plain = matches!(self.client, ClientSock::Plain(_)) && body.zero_copy();
         let mut budget = body.turn_budget(plain);
         loop {
             if body.is_done() {
@@ -1013,8 +1013,8 @@ impl HttpSession {
                 _ => body.fill(&mut self.cout, budget.min(BUF_CAP)),
             };
             let used = used.map_err(|e| {
-                // The head promised a length: the connection cannot be reused, and the client
-                // must see the body cut short.
+                // The head promised a length (or a complete chunked body): the connection
+                // cannot be reused, and the client must see the body cut short.
                 warn!(peer = %self.peer, file = %body.path().display(), error = %e,
                     "static file body could not be sent whole: closing the connection");
                 Outcome::Done
