@@ -162,10 +162,25 @@ fn serve(file: &Path, cfg: &StaticFiles, req: &RequestHead, close: bool) -> Answ
         && (encoding::MIN_SIZE..=encoding::MAX_SIZE).contains(&size);
     // Never for a Range (its offsets are the file's), nor for HTTP/1.0, which has no chunked
     // framing for a body whose length is known only at its end.
-    let coding = if varies && header(req, "range").is_none() && req.version == HttpVersion::Http11 {
-        encoding::negotiate(&all_headers(req, "accept-encoding"))
-    } else {
-        None
+    let mut coding =
+        if varies && header(req, "range").is_none() && req.version == HttpVersion::Http11 {
+            encoding::negotiate(&all_headers(req, "accept-encoding"))
+        } else {
+            None
+        };
+    // A compressed body holds one of the worker's stream places; with none free the file goes
+    // out as it is (a HEAD sends no body and takes none).
+    let slot = match coding {
+        Some(_) if !head_only => {
+            let slot = encoding::StreamSlot::take();
+            if slot.is_none() {
+                debug!(file = %file.display(), max = encoding::MAX_STREAMS,
+                    "every compressed stream place is taken: sending the file as it is");
+                coding = None;
+            }
+            slot
+        }
+        _ => None,
     };
     let file_tag = cond::etag(size, mtime);
     let tag = match coding {
@@ -230,11 +245,11 @@ fn serve(file: &Path, cfg: &StaticFiles, req: &RequestHead, close: bool) -> Answ
         push(&mut bytes, "Content-Range", cr);
     }
     bytes.extend_from_slice(b"\r\n");
-    let body = match coding {
+    let body = match (coding, slot) {
         _ if head_only => None,
-        Some(c) => Some(FileBody::compressed(f, file, size, c)),
-        None if len == 0 => None,
-        None => Some(FileBody::identity(f, file, start, len)),
+        (Some(c), Some(slot)) => Some(FileBody::compressed(f, file, size, c, slot)),
+        _ if len == 0 => None,
+        _ => Some(FileBody::identity(f, file, start, len)),
     };
     Answer {
         status,
