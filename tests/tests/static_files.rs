@@ -25,7 +25,7 @@ fn get(z: &Zentinel, path: &str) -> Response {
 }
 
 struct Site {
-    _dir: TempDir,
+    dir: TempDir,
     www: PathBuf,
     z: Zentinel,
 }
@@ -92,7 +92,7 @@ routes {{
         www = www.display(),
     );
     let z = Zentinel::start(&cfg);
-    Site { _dir: dir, www, z }
+    Site { dir, www, z }
 }
 
 #[test]
@@ -327,7 +327,7 @@ fn huge_file_downloads_intact_with_curl() {
     }
     let data = pattern(HUGE);
     fs::write(site.www.join("huge.bin"), &data).expect("write");
-    let out = site._dir.0.join("download.bin");
+    let out = site.dir.0.join("download.bin");
     let said = curl_to(&site.z, "/huge.bin", &out, &[]);
     let fields: Vec<&str> = said.split(' ').collect();
     assert_eq!(&fields[..2], ["200", HUGE.to_string().as_str()], "{said}");
@@ -353,7 +353,7 @@ fn huge_file_downloads_intact_with_curl() {
 
 #[test]
 fn a_paused_download_does_not_stall_the_worker() {
-    let Site { z, www, _dir } = &site();
+    let Site { z, www, .. } = &site();
     fs::write(www.join("huge.bin"), pattern(HUGE)).expect("write");
     let a = Paused::start(z, "/huge.bin", 1 << 20);
     // One worker, mid-transfer to a client that reads nothing: others are answered at once.
@@ -375,7 +375,7 @@ fn a_paused_download_does_not_stall_the_worker() {
 
 #[test]
 fn a_file_replaced_mid_transfer_goes_out_as_the_version_begun() {
-    let Site { z, www, _dir } = &site();
+    let Site { z, www, .. } = &site();
     let path = www.join("huge.bin");
     fs::write(&path, pattern(HUGE)).expect("write");
     let a = Paused::start(z, "/huge.bin", 1 << 20);
@@ -391,7 +391,7 @@ fn a_file_replaced_mid_transfer_goes_out_as_the_version_begun() {
 
 #[test]
 fn a_file_cut_short_mid_transfer_closes_the_connection() {
-    let Site { z, www, _dir } = &site();
+    let Site { z, www, .. } = &site();
     let path = www.join("huge.bin");
     fs::write(&path, pattern(HUGE)).expect("write");
     let a = Paused::start(z, "/huge.bin", 1 << 20);
