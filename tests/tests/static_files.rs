@@ -1,8 +1,14 @@
 //! `static-files` routes on real processes: index files, MIME types, the route prefix removed
-//! from the path, ranges, conditional requests, traversal refused, SPA fallback and a large
-//! file streamed whole.
+//! from the path, ranges, conditional requests, traversal refused, SPA fallback, and large
+//! files sent by sendfile: whole, in part, to a paused reader without stalling the worker,
+//! replaced or cut short under the transfer.
 
 use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use zentinel_tests::*;
 
@@ -19,7 +25,8 @@ fn get(z: &Zentinel, path: &str) -> Response {
 }
 
 struct Site {
-    _dir: TempDir,
+    dir: TempDir,
+    www: PathBuf,
     z: Zentinel,
 }
 
@@ -44,8 +51,12 @@ fn site() -> Site {
     fs::write(app.join("app.html"), "<h1>spa</h1>").expect("write");
     fs::write(app.join("main.js"), "run()").expect("write");
     let port = free_port();
+    // One worker: every connection of a test shares its event loop.
     let cfg = format!(
         r#"
+system {{
+    worker-threads 1
+}}
 listeners {{
     listener "http" {{
         address "127.0.0.1:{port}"
@@ -81,7 +92,7 @@ routes {{
         www = www.display(),
     );
     let z = Zentinel::start(&cfg);
-    Site { _dir: dir, z }
+    Site { dir, www, z }
 }
 
 #[test]
@@ -213,4 +224,189 @@ fn large_file_streams_whole_and_in_part() {
     assert_eq!(r.status, 206);
     assert_eq!(r.body.len(), BIG - 5_000_000);
     assert_eq!(&r.body[..], &pattern(BIG)[5_000_000..]);
+}
+
+/// 20 MB: several times what the kernel buffers of one loopback connection hold, so a client
+/// that stops reading leaves the proxy in the middle of the transfer.
+const HUGE: usize = 20 * 1000 * 1000;
+
+/// A download whose reader stops after the head and `first` body bytes. Its receive buffer
+/// is kept small so that little of the body waits in the kernel while it is paused.
+struct Paused {
+    stream: TcpStream,
+    content_length: usize,
+    body: Vec<u8>,
+}
+
+impl Paused {
+    fn start(z: &Zentinel, path: &str, first: usize) -> Paused {
+        let mut stream = TcpStream::connect(z.addr()).expect("connect");
+        nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::RcvBuf, &65536)
+            .expect("SO_RCVBUF");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: files.test\r\n\r\n").as_bytes())
+            .expect("send");
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let head_end = loop {
+            if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = stream.read(&mut chunk).expect("read head");
+            assert!(n > 0, "closed before the head");
+            got.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        let content_length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no Content-Length: {head}"));
+        let mut body = got.split_off(head_end);
+        while body.len() < first {
+            let n = stream.read(&mut chunk).expect("read body");
+            assert!(n > 0, "closed after {} body bytes", body.len());
+            body.extend_from_slice(&chunk[..n]);
+        }
+        Paused {
+            stream,
+            content_length,
+            body,
+        }
+    }
+
+    /// Reads on until the announced length or the connection's end: the body received.
+    fn finish(mut self) -> Vec<u8> {
+        let mut chunk = vec![0u8; 256 * 1024];
+        while self.body.len() < self.content_length {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => self.body.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("reading the rest ({} bytes so far): {e}", self.body.len()),
+            }
+        }
+        self.body
+    }
+}
+
+fn curl_available() -> bool {
+    let ok = Command::new("curl").arg("--version").output().is_ok();
+    if !ok {
+        eprintln!("curl not installed: skipping");
+    }
+    ok
+}
+
+/// curl downloads `path` into `out`: "status size seconds".
+fn curl_to(z: &Zentinel, path: &str, out: &std::path::Path, extra: &[&str]) -> String {
+    let o = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-o"])
+        .arg(out)
+        .args(["-w", "%{http_code} %{size_download} %{time_total}"])
+        .args(extra)
+        .arg(format!("http://{}{path}", z.addr()))
+        .output()
+        .expect("run curl");
+    assert!(
+        o.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn huge_file_downloads_intact_with_curl() {
+    let site = site();
+    if !curl_available() {
+        return;
+    }
+    let data = pattern(HUGE);
+    fs::write(site.www.join("huge.bin"), &data).expect("write");
+    let out = site.dir.0.join("download.bin");
+    let said = curl_to(&site.z, "/huge.bin", &out, &[]);
+    let fields: Vec<&str> = said.split(' ').collect();
+    assert_eq!(&fields[..2], ["200", HUGE.to_string().as_str()], "{said}");
+    let got = fs::read(&out).expect("read download");
+    assert!(got == data, "20 MB body differs from the file");
+    eprintln!("20 MB served by sendfile to curl in {} s", fields[2]);
+    let said = curl_to(&site.z, "/huge.bin", &out, &["-r", "10000000-10999999"]);
+    assert!(said.starts_with("206 1000000 "), "{said}");
+    let got = fs::read(&out).expect("read range");
+    assert!(
+        got[..] == data[10_000_000..11_000_000],
+        "range bytes differ"
+    );
+    // HEAD on a keep-alive connection: no body byte may follow, or the next answer would
+    // start inside it.
+    let mut c = site.z.client();
+    c.send(b"HEAD /huge.bin HTTP/1.1\r\nHost: files.test\r\n\r\n");
+    let r = c.try_read_response(true, true).expect("HEAD");
+    assert_eq!(r.header("content-length"), Some(HUGE.to_string().as_str()));
+    let r = c.get("/style.css", "files.test");
+    assert_eq!((r.status, r.body_str().as_str()), (200, "body{}"));
+}
+
+#[test]
+fn a_paused_download_does_not_stall_the_worker() {
+    let Site { z, www, .. } = &site();
+    fs::write(www.join("huge.bin"), pattern(HUGE)).expect("write");
+    let a = Paused::start(z, "/huge.bin", 1 << 20);
+    // One worker, mid-transfer to a client that reads nothing: others are answered at once.
+    let t = Instant::now();
+    for _ in 0..5 {
+        let r = get(z, "/style.css");
+        assert_eq!((r.status, r.body_str().as_str()), (200, "body{}"));
+    }
+    let mut c = z.client();
+    c.send(b"GET /huge.bin HTTP/1.1\r\nHost: files.test\r\nRange: bytes=-100\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!((r.status, &r.body[..]), (206, &pattern(HUGE)[HUGE - 100..]));
+    let waited = t.elapsed();
+    assert!(waited < Duration::from_secs(3), "answers took {waited:?}");
+    let body = a.finish();
+    assert_eq!(body.len(), HUGE);
+    assert!(body == pattern(HUGE), "the paused download's bytes differ");
+}
+
+#[test]
+fn a_file_replaced_mid_transfer_goes_out_as_the_version_begun() {
+    let Site { z, www, .. } = &site();
+    let path = www.join("huge.bin");
+    fs::write(&path, pattern(HUGE)).expect("write");
+    let a = Paused::start(z, "/huge.bin", 1 << 20);
+    // A deploy renames the new version over the old one.
+    let next = www.join("huge.bin.new");
+    fs::write(&next, vec![b'n'; HUGE / 2]).expect("write");
+    fs::rename(&next, &path).expect("rename");
+    let body = a.finish();
+    assert!(body == pattern(HUGE), "the download mixed versions");
+    let r = get(z, "/huge.bin");
+    assert_eq!(r.body.len(), HUGE / 2, "a new request gets the new version");
+}
+
+#[test]
+fn a_file_cut_short_mid_transfer_closes_the_connection() {
+    let Site { z, www, .. } = &site();
+    let path = www.join("huge.bin");
+    fs::write(&path, pattern(HUGE)).expect("write");
+    let a = Paused::start(z, "/huge.bin", 1 << 20);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_len(2_000_000))
+        .expect("truncate");
+    let body = a.finish();
+    assert!(body.len() < HUGE, "the announced length cannot be kept");
+    assert!(
+        wait_until(Duration::from_secs(5), || z
+            .log_text()
+            .contains("could not be sent whole")),
+        "{}",
+        z.log()
+    );
 }

@@ -550,4 +550,34 @@ fn static_files_stream_over_https() {
     };
     assert_eq!(curl(&[]), format!("200 {size}"));
     assert_eq!(curl(&["-r", "100-199"]), "206 100");
+    // `compress` (on by default) over TLS: compressed chunks through the TLS layer.
+    let js = "let answer = compute(42);\n".repeat(20_000);
+    fs::write(www.join("app.js"), &js).unwrap();
+    let out_file = f.path("app.js.out");
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "--http1.1",
+            "--compressed",
+            "--cacert",
+        ])
+        .arg(f.path("ca.pem"))
+        .args([
+            "--resolve",
+            &format!("a.test:{}:127.0.0.1", z.addr().port()),
+        ])
+        .args(["-w", "%{http_code} %{size_download}", "-o"])
+        .arg(&out_file)
+        .arg(format!("https://a.test:{}/app.js", z.addr().port()))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let wire: usize = said
+        .strip_prefix("200 ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(wire < js.len() / 10, "{said}: not compressed");
+    assert_eq!(fs::read_to_string(&out_file).unwrap(), js);
 }

@@ -24,9 +24,20 @@ pub struct Ctx<'a> {
     pub draining: bool,
     /// Test-only: answer every HTTP request with a 500 (`fault_injection::Fault::Respond500`).
     pub respond_500: bool,
+    /// Sessions that stopped with work left (their turn's budget used up, see
+    /// [`Ctx::yield_turn`]): the event loop runs them again after the next poll.
+    pub yielded: &'a mut Vec<usize>,
 }
 
 impl Ctx<'_> {
+    /// Session `key` could go on (its socket still takes bytes) but has had its share of this
+    /// turn: it runs again once the other ready sockets had theirs. With edge-triggered
+    /// readiness no new event would come for a socket that was not written until it was full,
+    /// so this is what brings the session back.
+    pub fn yield_turn(&mut self, key: usize) {
+        self.yielded.push(key);
+    }
+
     /// Close an upstream connection that must not go back to its pool (it failed, or the
     /// exchange on it was cut short), keeping the pool's active count right.
     pub fn discard_upstream(&mut self, conn: UpConn) {

@@ -58,6 +58,8 @@ struct Shared {
     draining: bool,
     /// Test-only `respond-500` fault (see `fault_injection`), looked up once at start.
     respond_500: bool,
+    /// Sessions to run again after the next poll (see [`Ctx::yield_turn`]).
+    yielded: Vec<usize>,
 }
 
 impl Shared {
@@ -71,6 +73,7 @@ impl Shared {
             now,
             draining: self.draining,
             respond_500: self.respond_500,
+            yielded: &mut self.yielded,
         }
     }
 }
@@ -182,6 +185,7 @@ impl Worker {
                 current: Rc::new(generation),
                 draining: false,
                 respond_500: crate::fault_injection::respond_500(),
+                yielded: Vec::new(),
             },
             max_connections,
             fd_budget,
@@ -239,11 +243,13 @@ impl Worker {
                 return Ok(());
             }
             let now = Instant::now();
-            let timeout = if self.can_accept() && self.accept_pending {
-                Some(Duration::ZERO)
-            } else {
-                self.shared.timers.poll_timeout(now)
-            };
+            // A session that yielded has work left: only look at what else is ready.
+            let timeout =
+                if (self.can_accept() && self.accept_pending) || !self.shared.yielded.is_empty() {
+                    Some(Duration::ZERO)
+                } else {
+                    self.shared.timers.poll_timeout(now)
+                };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -252,6 +258,8 @@ impl Worker {
                 return Err(e.into());
             }
             let now = Instant::now();
+            // Those that yielded before this poll run after its events: the others' turn.
+            let mut resumed = std::mem::take(&mut self.shared.yielded);
             for ev in events.iter() {
                 match tokens::decode(ev.token()) {
                     Decoded::Channel => {
@@ -299,6 +307,7 @@ impl Worker {
                 return Ok(());
             }
             self.wake_waiting_sessions(Instant::now());
+            self.resume_yielded(&mut resumed, Instant::now());
             if self.pools_to_check {
                 self.retire_pools();
             }
@@ -562,6 +571,16 @@ impl Worker {
                     self.on_session_event(key, side, Ready::default(), now);
                 }
             }
+        }
+    }
+
+    /// Run again the sessions that yielded their turn (see [`Ctx::yield_turn`]). A key whose
+    /// session ended meanwhile is skipped, or gets a harmless spurious run if reused.
+    fn resume_yielded(&mut self, keys: &mut Vec<usize>, now: Instant) {
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys.drain(..) {
+            self.on_session_event(key, Side::Client, Ready::default(), now);
         }
     }
 

@@ -754,6 +754,7 @@ mod tests {
             index: vec!["index.html".into()],
             directory_listing: false,
             cache_control: String::new(),
+            compress: false,
             fallback: None,
         };
         let r = FilesRoute {

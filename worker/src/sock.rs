@@ -7,10 +7,13 @@
 //! they are cleared only by `WouldBlock`.
 
 use std::cell::RefCell;
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 
 use mio::net::TcpStream;
+use nix::errno::Errno;
+use nix::sys::sendfile::sendfile;
 
 use crate::ctx::Ready;
 use crate::tls::TlsSock;
@@ -283,6 +286,38 @@ impl Sock {
         Ok(total)
     }
 
+    /// sendfile(2): up to `count` bytes of `file` from `*offset` straight to the socket,
+    /// without passing through user space; `*offset` moves past what was sent. Returns the
+    /// bytes sent: 0 while the socket is not writable (wait for its event). A file that ends
+    /// before `offset + count` is `UnexpectedEof`: it shrank after its length was announced.
+    pub fn send_file(&mut self, file: &File, offset: &mut u64, count: usize) -> io::Result<usize> {
+        let mut total = 0;
+        while self.writable && total < count {
+            let mut off = libc::off_t::try_from(*offset).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "file offset too large")
+            })?;
+            match sendfile(&self.stream, file, Some(&mut off), count - total) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file shrank while it was being sent",
+                    ))
+                }
+                // Unlike `flush`, a short send is not taken to mean a full socket: it may be
+                // the end of a shrunk file, and then no writable edge would ever come. The
+                // next call tells (EAGAIN: full; 0: the file ended).
+                Ok(n) => {
+                    *offset += n as u64;
+                    total += n;
+                }
+                Err(Errno::EAGAIN) => self.writable = false,
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(total)
+    }
+
     pub fn shutdown_write(&mut self) {
         if !self.write_shut {
             self.write_shut = true;
@@ -445,6 +480,40 @@ mod tests {
         b.extend(&data[1000..]);
         assert_eq!(b.as_slice(), &data[500..]);
         assert!(b.capacity() >= data.len() - 500);
+    }
+
+    #[test]
+    fn send_file_sends_the_range_and_notices_a_shrunk_file() {
+        use std::io::Read as _;
+        let path = std::env::temp_dir().join(format!("zentinel-sendfile-{}", std::process::id()));
+        std::fs::write(&path, b"0123456789").unwrap();
+        let file = File::open(&path).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut sock = Sock::new(TcpStream::from_std(server), true);
+        let mut offset = 2;
+        assert_eq!(sock.send_file(&file, &mut offset, 4).unwrap(), 4);
+        assert_eq!(offset, 6);
+        let mut got = [0u8; 4];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"2345");
+        // Cut to 8 bytes under an open descriptor: asking for bytes 6..10 sends 6..8, then
+        // says the file ended early instead of spinning on zero-byte sends.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(8)
+            .unwrap();
+        let err = sock.send_file(&file, &mut offset, 4).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(offset, 8);
+        let mut got = [0u8; 2];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"67");
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

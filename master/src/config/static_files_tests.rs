@@ -42,6 +42,7 @@ fn every_key_parses() {
             index: vec!["index.html".into(), "index.htm".into()],
             directory_listing: true,
             cache_control: "no-cache".into(),
+            compress: false,
             fallback: Some("app.html".into()),
         }
     );
@@ -55,17 +56,17 @@ fn defaults_as_upstream() {
     assert_eq!(f.index, vec!["index.html".to_owned()]);
     assert!(!f.directory_listing);
     assert_eq!(f.cache_control, "public, max-age=3600");
+    assert!(f.compress, "upstream compresses by default");
     assert_eq!(f.fallback, None);
 }
 
 #[test]
-fn compress_true_warns() {
+fn compress_is_implemented_without_a_warning() {
     let root = root();
     let config = ok(&route(&[&format!(
         "static-files {{ root \"{root}\"; compress #true; }}"
     )]));
-    let w = messages(&config.warnings);
-    assert!(w.contains("uncompressed"), "{w}");
+    assert!(config.warnings.is_empty(), "{}", messages(&config.warnings));
 }
 
 #[test]

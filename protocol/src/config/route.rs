@@ -331,6 +331,8 @@ pub struct StaticFiles {
     pub directory_listing: bool,
     /// `Cache-Control` on 200 and 206 answers (upstream's default "public, max-age=3600").
     pub cache_control: String,
+    /// Compress text types with gzip or br as the client accepts (upstream's default: on).
+    pub compress: bool,
     /// File (relative to `root`) answered with 200 when the requested file does not exist:
     /// single-page applications.
     pub fallback: Option<String>,

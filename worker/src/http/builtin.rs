@@ -469,6 +469,7 @@ pub fn config_view(config: &ProxyConfig) -> Value {
                         "index": f.index,
                         "directory_listing": f.directory_listing,
                         "cache_control": f.cache_control,
+                        "compress": f.compress,
                         "fallback": f.fallback,
                     }),
                     _ => Value::Null,

@@ -41,6 +41,7 @@ use crate::trace_id;
 use crate::upstream::{self, NoConn, PickRequest, UpConn};
 use buffering::{Buffering, Prebuffered, ReadAhead, RESPONSE_BUFFER_CAP};
 
+mod file_body;
 mod retries;
 
 /// How long a closing connection keeps reading (and discarding) after its write shutdown, so
@@ -635,16 +636,21 @@ impl HttpSession {
     fn write_client(&mut self, ctx: &mut Ctx<'_>) -> Result<usize, Outcome> {
         match self.client.flush(&mut self.cout) {
             Ok(n) => {
-                ctx.counters.c.bytes_out += n as u64;
-                if let Some(a) = self.access.as_mut() {
-                    a.bytes += n as u64;
-                }
+                self.count_out(n, ctx);
                 Ok(n)
             }
             Err(e) => {
                 debug!(peer = %self.peer, error = %e, "client write failed");
                 Err(Outcome::Done)
             }
+        }
+    }
+
+    /// `n` bytes went to the client: counters and access log.
+    fn count_out(&mut self, n: usize, ctx: &mut Ctx<'_>) {
+        ctx.counters.c.bytes_out += n as u64;
+        if let Some(a) = self.access.as_mut() {
+            a.bytes += n as u64;
         }
     }
 
@@ -1036,29 +1042,13 @@ impl HttpSession {
     }
 
     fn step_local(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
-        // A file body is read one buffer at a time, only when what was read before has gone.
-        if let Some(body) = self.file_body.as_mut() {
-            if self.cout.is_empty() {
-                match body.fill(&mut self.cout, BUF_CAP) {
-                    Ok(true) => self.file_body = None,
-                    Ok(false) => {}
-                    Err(e) => {
-                        // The head promised a length: the connection cannot be reused.
-                        warn!(peer = %self.peer, error = %e, "static file read failed mid-body");
-                        return Err(Outcome::Done);
-                    }
-                }
-            }
-        }
         let n = self.write_client(ctx)?;
-        if !self.cout.is_empty() || self.file_body.is_some() {
-            if n > 0 {
-                // Progress: the client is reading, so its stall clock starts again.
-                if let Phase::Local { since, .. } = &mut self.phase {
-                    *since = ctx.now;
-                }
-            }
-            return Ok(n > 0 && self.cout.is_empty());
+        self.local_progress(n, ctx);
+        if !self.cout.is_empty() {
+            return Ok(false);
+        }
+        if self.file_body.is_some() && !self.send_file_body(ctx)? {
+            return Ok(false);
         }
         self.log_access(ctx);
         let close = matches!(self.phase, Phase::Local { close: true, .. });

@@ -5,8 +5,8 @@
 //! - `index` is honoured (upstream always tries index.html then index.htm); several names may
 //!   be given and are tried in order.
 //! - unknown keys and wrongly typed values are errors (upstream ignores them silently).
-//! - `compress` is accepted, but this build serves files as they are on disk; `compress #true`
-//!   says so in a warning.
+//! - `compress` (default on, as upstream) compresses as the file is sent, so it also applies
+//!   to files upstream would have read whole into memory (see the worker's `http::files`).
 //! - `mime-types` is refused: upstream cannot parse it either (it is always empty there).
 
 use std::path::Path;
@@ -38,6 +38,7 @@ pub(super) fn parse_static_files(
     let mut directory_listing = false;
     let mut cache_control = DEFAULT_CACHE_CONTROL.to_owned();
     let mut fallback = None;
+    let mut compress = true;
     for child in children {
         match name(child) {
             "root" => {
@@ -65,13 +66,8 @@ pub(super) fn parse_static_files(
                 }
             }
             "compress" => {
-                if let Some(true) = leaf_bool(child, diags) {
-                    diags.warn(
-                        name_at(child),
-                        "compress",
-                        "`compress` is accepted, but this build serves files uncompressed \
-                         (upstream compresses text types with gzip or br)",
-                    );
+                if let Some(b) = leaf_bool(child, diags) {
+                    compress = b;
                 }
             }
             "fallback" => {
@@ -111,6 +107,7 @@ pub(super) fn parse_static_files(
         index,
         directory_listing,
         cache_control,
+        compress,
         fallback,
     })
 }

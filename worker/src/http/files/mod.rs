@@ -1,30 +1,33 @@
 //! `static-files` routes: answer a request from a directory.
 //!
-//! The head is built here; the body is streamed by the session from a [`FileBody`], one
-//! buffer-full at a time when the client can take more, so a large file never blocks the event
-//! loop nor sits in memory. (Regular-file reads do not block on readiness; each one is bounded
-//! to a buffer.) The same path works for TLS clients, whose bytes must pass through the TLS
-//! layer anyway, so sendfile(2) is not used.
+//! The head is built here, from the file opened once; the body is sent by the session from a
+//! [`FileBody`] (see `body`): sendfile(2) on plain connections, bounded buffered reads over
+//! TLS, or compressed on the fly (see `encoding`), a bounded piece per turn of the event loop,
+//! so a large file neither blocks the worker nor sits in memory.
 //!
 //! Path mapping: the route's matched `path-prefix` is removed and the rest is looked up under
 //! `root` (`/assets/app.js` on `path-prefix "/assets"` is `<root>/app.js`). Upstream
 //! Zentinel appends the full request path to the root instead.
 
+mod body;
 mod cond;
+mod encoding;
 
 pub(crate) use cond::civil_from_days;
 mod mime;
 mod path;
 
+pub use body::FileBody;
+
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
+use std::io;
 use std::path::Path;
 
 use tracing::debug;
+use zentinel_protocol::config::StaticFiles;
 
-use crate::http::codec::{self, RequestHead};
+use crate::http::codec::{self, HttpVersion, RequestHead};
 use crate::routing::FilesRoute;
-use crate::sock::Buf;
 
 use cond::RangeAsk;
 
@@ -36,31 +39,6 @@ pub struct Answer {
     pub status: u16,
     pub bytes: Vec<u8>,
     pub body: Option<FileBody>,
-}
-
-/// The rest of a file body still to send.
-pub struct FileBody {
-    file: File,
-    remaining: u64,
-}
-
-impl FileBody {
-    /// Append up to `max` more bytes to `out`. Ok(true) when the body is complete. A file that
-    /// got shorter than announced is an error: the `Content-Length` cannot be kept.
-    pub fn fill(&mut self, out: &mut Buf, max: usize) -> io::Result<bool> {
-        if self.remaining > 0 {
-            let max = usize::try_from(self.remaining).map_or(max, |r| r.min(max));
-            let n = out.read_from(&mut self.file, max)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "file shrank while it was being sent",
-                ));
-            }
-            self.remaining -= n as u64;
-        }
-        Ok(self.remaining == 0)
-    }
 }
 
 fn header(req: &RequestHead, name: &str) -> Option<String> {
@@ -143,7 +121,7 @@ pub fn answer(route: &FilesRoute, req: &RequestHead, close: bool) -> Answer {
             None => return small(404, &[], close, head_only),
         },
     };
-    serve(&file, cfg.cache_control.as_str(), req, close)
+    serve(&file, cfg, req, close)
 }
 
 fn redirect(location: &str, close: bool, head_only: bool) -> Answer {
@@ -154,10 +132,11 @@ fn redirect(location: &str, close: bool, head_only: bool) -> Answer {
     a
 }
 
-fn serve(file: &Path, cache_control: &str, req: &RequestHead, close: bool) -> Answer {
+fn serve(file: &Path, cfg: &StaticFiles, req: &RequestHead, close: bool) -> Answer {
     let head_only = req.is_head();
+    // Opened now and kept: the body sent is the version whose size and dates the head gives.
     let opened = File::open(file).and_then(|f| f.metadata().map(|m| (f, m)));
-    let (mut f, meta) = match opened {
+    let (f, meta) = match opened {
         Ok((f, m)) if m.is_file() => (f, m),
         Ok(_) => return small(403, &[], close, head_only),
         Err(e) => {
@@ -172,7 +151,42 @@ fn serve(file: &Path, cache_control: &str, req: &RequestHead, close: bool) -> An
     };
     let size = meta.len();
     let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-    let tag = cond::etag(size, mtime);
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let ctype = mime::content_type(&name);
+    // Whether the answer depends on Accept-Encoding (then caches are told so with `Vary`).
+    let varies = cfg.compress
+        && encoding::compressible(ctype)
+        && (encoding::MIN_SIZE..=encoding::MAX_SIZE).contains(&size);
+    // Never for a Range (its offsets are the file's), nor for HTTP/1.0, which has no chunked
+    // framing for a body whose length is known only at its end.
+    let mut coding =
+        if varies && header(req, "range").is_none() && req.version == HttpVersion::Http11 {
+            encoding::negotiate(&all_headers(req, "accept-encoding"))
+        } else {
+            None
+        };
+    // A compressed body holds one of the worker's stream places; with none free the file goes
+    // out as it is (a HEAD sends no body and takes none).
+    let slot = match coding {
+        Some(_) if !head_only => {
+            let slot = encoding::StreamSlot::take();
+            if slot.is_none() {
+                debug!(file = %file.display(), max = encoding::MAX_STREAMS,
+                    "every compressed stream place is taken: sending the file as it is");
+                coding = None;
+            }
+            slot
+        }
+        _ => None,
+    };
+    let file_tag = cond::etag(size, mtime);
+    let tag = match coding {
+        Some(c) => format!("{}{}\"", file_tag.trim_end_matches('"'), c.etag_suffix()),
+        None => file_tag.clone(),
+    };
     let last_modified = cond::http_date(mtime);
     let not_modified = match header(req, "if-none-match") {
         Some(inm) => cond::none_match(&inm, &tag),
@@ -180,10 +194,13 @@ fn serve(file: &Path, cache_control: &str, req: &RequestHead, close: bool) -> An
             header(req, "if-modified-since").is_some_and(|s| cond::not_modified_since(&s, mtime))
         }
     };
-    let validators = [
+    let mut validators = vec![
         ("ETag", tag.as_str()),
         ("Last-Modified", last_modified.as_str()),
     ];
+    if varies {
+        validators.push(("Vary", "Accept-Encoding"));
+    }
     if not_modified {
         return Answer {
             status: 304,
@@ -195,11 +212,6 @@ fn serve(file: &Path, cache_control: &str, req: &RequestHead, close: bool) -> An
     let range_header = header(req, "range").filter(|_| {
         header(req, "if-range").is_none_or(|ir| ir.trim() == tag || ir.trim() == last_modified)
     });
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let ctype = mime::content_type(&name);
     let (status, start, len, content_range) = match cond::range(range_header.as_deref(), size) {
         RangeAsk::Whole => (200, 0, size, None),
         RangeAsk::Part { start, end } => (
@@ -213,30 +225,31 @@ fn serve(file: &Path, cache_control: &str, req: &RequestHead, close: bool) -> An
             return small(416, &[("Content-Range", &cr)], close, head_only);
         }
     };
-    let mut bytes = Vec::with_capacity(256);
-    head(&mut bytes, status, ctype, len, close);
+    let mut bytes = Vec::with_capacity(320);
+    head(
+        &mut bytes,
+        status,
+        ctype,
+        coding.is_none().then_some(len),
+        close,
+    );
     for (n, v) in validators {
         push(&mut bytes, n, v);
     }
+    if let Some(c) = coding {
+        push(&mut bytes, "Content-Encoding", c.token());
+    }
     push(&mut bytes, "Accept-Ranges", "bytes");
-    push(&mut bytes, "Cache-Control", cache_control);
+    push(&mut bytes, "Cache-Control", &cfg.cache_control);
     if let Some(cr) = &content_range {
         push(&mut bytes, "Content-Range", cr);
     }
     bytes.extend_from_slice(b"\r\n");
-    let body = if head_only || len == 0 {
-        None
-    } else {
-        if start > 0 {
-            if let Err(e) = f.seek(SeekFrom::Start(start)) {
-                debug!(file = %file.display(), error = %e, "static file seek failed");
-                return small(500, &[], true, head_only);
-            }
-        }
-        Some(FileBody {
-            file: f,
-            remaining: len,
-        })
+    let body = match (coding, slot) {
+        _ if head_only => None,
+        (Some(c), Some(slot)) => Some(FileBody::compressed(f, file, size, c, slot)),
+        _ if len == 0 => None,
+        _ => Some(FileBody::identity(f, file, start, len)),
     };
     Answer {
         status,
@@ -245,12 +258,31 @@ fn serve(file: &Path, cache_control: &str, req: &RequestHead, close: bool) -> An
     }
 }
 
-fn head(out: &mut Vec<u8>, status: u16, ctype: &str, len: u64, close: bool) {
+/// Every line of a header, joined as one list.
+fn all_headers(req: &RequestHead, name: &str) -> String {
+    let mut joined = String::new();
+    for h in req
+        .headers()
+        .filter(|h| h.name.eq_ignore_ascii_case(name.as_bytes()))
+    {
+        if !joined.is_empty() {
+            joined.push(',');
+        }
+        joined.push_str(&String::from_utf8_lossy(h.value));
+    }
+    joined
+}
+
+/// Status line and framing: `Content-Length` when `len` is known, else chunked.
+fn head(out: &mut Vec<u8>, status: u16, ctype: &str, len: Option<u64>, close: bool) {
     out.extend_from_slice(
         format!("HTTP/1.1 {status} {}\r\n", codec::reason_phrase(status)).as_bytes(),
     );
     push(out, "Content-Type", ctype);
-    push(out, "Content-Length", &len.to_string());
+    match len {
+        Some(len) => push(out, "Content-Length", &len.to_string()),
+        None => push(out, "Transfer-Encoding", "chunked"),
+    }
     push(
         out,
         "Connection",
