@@ -4,6 +4,7 @@
 //!
 //! Everything here panics on failure: it only runs inside tests.
 
+pub mod backend_tls;
 pub mod configs;
 pub mod failure;
 pub mod load;

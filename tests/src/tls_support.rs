@@ -5,6 +5,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 const DEADLINE: Duration = Duration::from_secs(10);
+/// Each CA gets its own name: a certificate from another CA then fails as UnknownIssuer, not
+/// as a bad signature under a CA of the same name.
+static CA_SEQ: AtomicU64 = AtomicU64::new(0);
 
 // ---------------------------------------------------------------------------------------------
 // Certificates.
@@ -28,9 +32,13 @@ impl Ca {
     pub fn new() -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Zentinel test CA");
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!(
+                "Zentinel test CA {}",
+                CA_SEQ.fetch_add(1, Ordering::Relaxed)
+            ),
+        );
         let key = KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         Ca { cert, key }

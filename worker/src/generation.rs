@@ -94,10 +94,13 @@ impl Candidate {
             ));
         }
         let router = Router::new(config).map_err(|e| e.to_string())?;
+        // TLS files are read now, like listener certificates below; the system trust store
+        // at most once for every upstream that uses it.
+        let mut roots = crate::upstream::tls::SystemRoots::default();
         let pools = config
             .upstreams
             .iter()
-            .map(Pool::from_config)
+            .map(|u| Pool::from_config_with(u, &mut roots))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
         let mut listeners = Vec::with_capacity(fds.len());

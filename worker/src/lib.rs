@@ -34,6 +34,8 @@ pub mod tls;
 mod tokens;
 mod trace_id;
 mod upstream;
+/// For the master: `tls` blocks of upstreams checked as the workers load them.
+pub use upstream::tls as upstream_tls;
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;

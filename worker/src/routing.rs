@@ -624,6 +624,7 @@ mod tests {
             health_check: None,
             passive_health: Default::default(),
             circuit_breaker: None,
+            tls: None,
         }
     }
 

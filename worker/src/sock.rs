@@ -329,15 +329,25 @@ impl Sock {
     /// before the request is sent. Anything the upstream sent while the connection sat in the
     /// pool either was seen there (and the connection dropped) or raises an event that is
     /// still to be delivered, now to the new owner: the token stays the same.
-    pub fn reused(stream: TcpStream) -> Self {
-        Sock {
-            stream,
-            readable: false,
-            writable: true,
-            read_eof: false,
-            write_shut: false,
-            peer_closed: false,
+    pub fn reuse(&mut self) {
+        self.readable = false;
+        self.writable = true;
+        self.read_eof = false;
+        self.write_shut = false;
+        self.peer_closed = false;
+    }
+
+    /// Drive a non-blocking connect after an event: `Ok(true)` once established (readable and
+    /// writable from then on, until `WouldBlock` says otherwise), `Ok(false)` still in
+    /// progress (waiting for the next event).
+    pub fn poll_connect(&mut self) -> io::Result<bool> {
+        if !(self.writable || self.readable) {
+            return Ok(false);
         }
+        let connected = self.check_connected()?;
+        self.readable = connected;
+        self.writable = connected;
+        Ok(connected)
     }
 
     /// For a non-blocking connect: `Ok(true)` once established, `Ok(false)` still in progress.
@@ -354,14 +364,67 @@ impl Sock {
 }
 
 /// The client side of an HTTP connection: a plain socket, or TLS over one. Plain connections
-/// go straight to [`Sock`]; only TLS ones pay for the indirection.
+/// go straight to [`Sock`]; only TLS ones pay for the indirection. The proxy's end of an
+/// upstream connection is the same thing (see [`UpSock`]).
 #[derive(Debug)]
 pub enum ClientSock {
     Plain(Sock),
     Tls(Box<TlsSock>),
 }
 
+/// The proxy's end of an upstream connection: plain, or TLS where the proxy is the client
+/// (`upstream { tls { ... } }`). It travels with the connection between the idle pool and the
+/// sessions, so a pooled TLS connection keeps its session.
+pub type UpSock = ClientSock;
+
 impl ClientSock {
+    /// A new upstream connection whose non-blocking connect was just started, with the TLS
+    /// session to run over it once connected.
+    pub fn connecting(stream: TcpStream, tls: Option<rustls::ClientConnection>) -> Self {
+        let sock = Sock::new(stream, false);
+        match tls {
+            None => ClientSock::Plain(sock),
+            Some(conn) => ClientSock::Tls(Box::new(TlsSock::client(sock, conn))),
+        }
+    }
+
+    /// Upstream connections: drive the connect, then the TLS handshake (see
+    /// [`TlsSock::poll_connect`]). `Ok(true)`: ready for the request.
+    pub fn poll_connect(&mut self) -> io::Result<bool> {
+        match self {
+            ClientSock::Plain(s) => s.poll_connect(),
+            ClientSock::Tls(t) => t.poll_connect(),
+        }
+    }
+
+    /// A pooled upstream connection handed to a new exchange (see [`Sock::reuse`]).
+    pub fn reuse(&mut self) {
+        match self {
+            ClientSock::Plain(s) => s.reuse(),
+            ClientSock::Tls(t) => t.reuse(),
+        }
+    }
+
+    /// Readiness on a pooled upstream connection: whether it is still good for a request (the
+    /// upstream sent nothing but, over TLS, handshake messages such as session tickets).
+    pub fn idle_ok(&mut self) -> bool {
+        match self {
+            ClientSock::Plain(s) => {
+                let mut byte = [0u8; 1];
+                matches!(
+                    s.stream.read(&mut byte),
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
+                )
+            }
+            ClientSock::Tls(t) => t.idle_ok(),
+        }
+    }
+
+    /// Over TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ClientSock::Tls(_))
+    }
+
     #[inline]
     pub fn on_ready(&mut self, r: Ready) {
         match self {

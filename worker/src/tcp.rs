@@ -10,7 +10,7 @@ use std::time::Instant;
 use tracing::{debug, warn};
 
 use crate::ctx::{Ctx, Outcome, Ready};
-use crate::sock::{Buf, Sock, BUF_CAP};
+use crate::sock::{Buf, ClientSock, Sock, UpSock, BUF_CAP};
 use crate::timers::{TimerId, TimerKey};
 use crate::tokens::{self, Side};
 use crate::upstream::{self, PickRequest, UpConn};
@@ -26,9 +26,9 @@ pub struct UpMeta {
 }
 
 impl UpMeta {
-    pub fn split(c: UpConn) -> (mio::net::TcpStream, UpMeta) {
+    pub fn split(c: UpConn) -> (UpSock, UpMeta) {
         (
-            c.stream,
+            c.sock,
             UpMeta {
                 id: c.id,
                 pool: c.pool,
@@ -38,10 +38,10 @@ impl UpMeta {
             },
         )
     }
-    pub fn join(self, stream: mio::net::TcpStream) -> UpConn {
+    pub fn join(self, sock: UpSock) -> UpConn {
         UpConn {
             id: self.id,
-            stream,
+            sock,
             pool: self.pool,
             target: self.target,
             addr: self.addr,
@@ -53,8 +53,9 @@ impl UpMeta {
 pub struct TcpSession {
     key: usize,
     peer: SocketAddr,
-    client: Sock,
-    upstream: Option<(Sock, UpMeta)>,
+    client: ClientSock,
+    /// Plain, or TLS when the pool speaks TLS to its targets.
+    upstream: Option<(UpSock, UpMeta)>,
     connecting: Option<Instant>,
     /// Targets whose connect failed for this connection: failover skips them.
     failed: Vec<usize>,
@@ -65,10 +66,10 @@ pub struct TcpSession {
 
 /// Move bytes `src` -> `buf` -> `dst`; carry EOF over as a write shutdown once `buf` is empty.
 /// Returns (bytes read from src, bytes written to dst).
-fn relay(src: &mut Sock, dst: &mut Sock, buf: &mut Buf) -> io::Result<(usize, usize)> {
+fn relay(src: &mut ClientSock, dst: &mut ClientSock, buf: &mut Buf) -> io::Result<(usize, usize)> {
     let r = src.fill(buf, BUF_CAP)?;
     let w = dst.flush(buf)?;
-    if src.read_eof && buf.is_empty() {
+    if src.read_eof() && buf.is_empty() {
         dst.shutdown_write();
     }
     Ok((r.bytes, w))
@@ -95,7 +96,7 @@ impl TcpSession {
         let mut s = TcpSession {
             key,
             peer,
-            client: Sock::new(client, true),
+            client: ClientSock::Plain(Sock::new(client, true)),
             upstream: None,
             connecting: None,
             failed,
@@ -109,10 +110,9 @@ impl TcpSession {
     }
 
     fn attach(&mut self, conn: UpConn, now: Instant) {
-        let (stream, meta) = UpMeta::split(conn);
-        let connected = meta.reused;
-        self.upstream = Some((Sock::new(stream, connected), meta));
-        self.connecting = (!connected).then_some(now);
+        let (sock, meta) = UpMeta::split(conn);
+        self.connecting = (!meta.reused).then_some(now);
+        self.upstream = Some((sock, meta));
     }
 
     /// The pending connect failed; nothing was sent to it (client bytes wait in `c2u`), so
@@ -122,13 +122,7 @@ impl TcpSession {
             return false;
         };
         self.connecting = None;
-        upstream::connect_failed(
-            ctx,
-            meta.join(up.stream),
-            &mut self.failed,
-            self.peer,
-            error,
-        );
+        upstream::connect_failed(ctx, meta.join(up), &mut self.failed, self.peer, error);
         let token = tokens::session(self.key, Side::Upstream);
         let pick = PickRequest {
             client_ip: Some(self.peer.ip()),
@@ -152,19 +146,22 @@ impl TcpSession {
         key: usize,
         peer: SocketAddr,
         client: Sock,
-        upstream: Sock,
+        upstream: UpSock,
         meta: UpMeta,
         c2u: Buf,
         u2c: Buf,
     ) -> Self {
-        let mut client = client;
+        let mut client = ClientSock::Plain(client);
         let mut upstream = upstream;
         // Edge-triggered readiness may have been consumed by the HTTP session without
         // reaching WouldBlock; trying once more is harmless.
-        client.readable = true;
-        client.writable = true;
-        upstream.readable = true;
-        upstream.writable = true;
+        let both = Ready {
+            readable: true,
+            writable: true,
+            read_closed: false,
+        };
+        client.on_ready(both);
+        upstream.on_ready(both);
         TcpSession {
             key,
             peer,
@@ -220,26 +217,18 @@ impl TcpSession {
     fn poll_connect(&mut self, ctx: &mut Ctx<'_>) -> Option<Outcome> {
         while self.connecting.is_some() {
             let (up, _) = self.upstream.as_mut()?;
-            if !(up.writable || up.readable) {
-                // Still connecting; buffer what the client already sends.
-                return Some(match self.client.fill(&mut self.c2u, BUF_CAP) {
-                    Ok(r) => {
-                        ctx.counters.c.bytes_in += r.bytes as u64;
-                        Outcome::Continue
-                    }
-                    Err(_) => Outcome::Done,
-                });
-            }
-            match up.check_connected() {
-                Ok(true) => {
-                    self.connecting = None;
-                    up.readable = true;
-                    up.writable = true;
-                }
+            match up.poll_connect() {
+                Ok(true) => self.connecting = None,
                 Ok(false) => {
-                    up.writable = false;
-                    up.readable = false;
-                    return Some(Outcome::Continue);
+                    // Still connecting (or in the TLS handshake); buffer what the client
+                    // already sends.
+                    return Some(match self.client.fill(&mut self.c2u, BUF_CAP) {
+                        Ok(r) => {
+                            ctx.counters.c.bytes_in += r.bytes as u64;
+                            Outcome::Continue
+                        }
+                        Err(_) => Outcome::Done,
+                    });
                 }
                 Err(e) => {
                     if !self.failover(&e, ctx) {
@@ -265,8 +254,8 @@ impl TcpSession {
                 (Ok((ar, aw)), Ok((br, bw))) => {
                     ctx.counters.c.bytes_in += ar as u64;
                     ctx.counters.c.bytes_out += bw as u64;
-                    if self.client.read_eof
-                        && up.read_eof
+                    if self.client.read_eof()
+                        && up.read_eof()
                         && self.c2u.is_empty()
                         && self.u2c.is_empty()
                     {
@@ -289,9 +278,9 @@ impl TcpSession {
         if let Some(id) = self.timer.take() {
             ctx.timers.cancel(id);
         }
-        let _ = ctx.registry.deregister(&mut self.client.stream);
+        let _ = ctx.registry.deregister(self.client.stream_mut());
         if let Some((up, meta)) = self.upstream.take() {
-            ctx.discard_upstream(meta.join(up.stream));
+            ctx.discard_upstream(meta.join(up));
         }
     }
 }

@@ -1,6 +1,7 @@
 //! TLS termination: certificates loaded from the paths in the configuration, one rustls
-//! `ServerConfig` per listener (shared by its sessions), and [`TlsSock`], the client side of a
-//! TLS connection driven over the non-blocking socket.
+//! `ServerConfig` per listener (shared by its sessions), and [`TlsSock`], a TLS connection
+//! driven over the non-blocking socket: a client's session (the proxy is the server), or a TLS
+//! upstream's (the proxy is the client, see `upstream::tls`).
 //!
 //! The master loads every file once to validate a configuration (`--check`, start, reload);
 //! the workers load them again when they install it, so a reload re-reads certificates that
@@ -16,6 +17,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, ServerConnection};
 use rustls::sign::CertifiedKey;
+use rustls::{ClientConnection, Connection};
 use zentinel_protocol::config::{TlsConfig, TlsVersion};
 
 use crate::client_cert;
@@ -199,7 +201,7 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The client side of a TLS connection: the same operations as [`Sock`], on plaintext.
+/// A TLS connection: the same operations as [`Sock`], on plaintext.
 ///
 /// Ciphertext rustls has produced but the socket did not take yet (a full send buffer) is
 /// pushed again by every later operation, each of which runs on the socket's next event.
@@ -208,7 +210,9 @@ impl ResolvesServerCert for SniResolver {
 /// where the session's stall timeout sees it.
 pub(crate) struct TlsSock {
     pub sock: Sock,
-    conn: ServerConnection,
+    conn: Connection,
+    /// An upstream connection whose TCP connect is not confirmed yet (see `poll_connect`).
+    tcp_pending: bool,
     /// The client closed the TLS session (close_notify) or the TCP connection.
     plain_eof: bool,
     /// Decrypted bytes may wait inside rustls (the caller's buffer was full).
@@ -230,15 +234,74 @@ impl fmt::Debug for TlsSock {
 
 impl TlsSock {
     pub fn new(sock: Sock, config: Arc<ServerConfig>) -> Result<Self, rustls::Error> {
-        let mut conn = ServerConnection::new(config)?;
+        Ok(Self::over(
+            sock,
+            ServerConnection::new(config)?.into(),
+            false,
+        ))
+    }
+
+    /// The proxy's side of a TLS upstream connection whose TCP connect was just started.
+    pub fn client(sock: Sock, conn: ClientConnection) -> Self {
+        Self::over(sock, conn.into(), true)
+    }
+
+    fn over(sock: Sock, mut conn: Connection, tcp_pending: bool) -> Self {
         conn.set_buffer_limit(Some(BUF_CAP));
-        Ok(TlsSock {
+        TlsSock {
             sock,
             conn,
+            tcp_pending,
             plain_eof: false,
             plain_pending: false,
             closing: false,
-        })
+        }
+    }
+
+    /// Drive an upstream connection's connect, then its handshake. `Ok(true)` once the
+    /// handshake is complete: the request may go. A handshake failure (a certificate that does
+    /// not verify, an alert from the server) is an error saying why.
+    pub fn poll_connect(&mut self) -> io::Result<bool> {
+        if self.tcp_pending {
+            if !self.sock.poll_connect()? {
+                return Ok(false);
+            }
+            self.tcp_pending = false;
+        }
+        let failed = |e: io::Error| io::Error::new(e.kind(), format!("TLS handshake failed: {e}"));
+        loop {
+            self.push().map_err(failed)?;
+            if !self.conn.is_handshaking() {
+                return Ok(true);
+            }
+            if !self.read_tls().map_err(failed)? {
+                if self.sock.read_eof {
+                    return Err(failed(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed by the server",
+                    )));
+                }
+                return Ok(false);
+            }
+        }
+    }
+
+    /// A pooled upstream connection handed to a new exchange (see [`Sock::reuse`]).
+    pub fn reuse(&mut self) {
+        self.sock.reuse();
+        self.plain_pending = false;
+    }
+
+    /// Readiness on a pooled upstream connection: `true` while it is still good for a request.
+    /// Handshake messages that arrive late (TLS 1.3 session tickets, key updates) are taken in;
+    /// application bytes, a close_notify, an EOF or an error make it unusable.
+    pub fn idle_ok(&mut self) -> bool {
+        self.sock.readable = true;
+        let mut scratch = Buf::new();
+        match self.fill(&mut scratch, 1) {
+            Ok(r) => scratch.is_empty() && !r.eof && !self.sock.read_eof,
+            Err(_) => false,
+        }
     }
 
     pub fn on_ready(&mut self, r: Ready) {

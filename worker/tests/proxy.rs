@@ -146,6 +146,7 @@ fn upstream(name: &str, addr: SocketAddr) -> UpstreamConfig {
             fail_timeout_secs: 10,
         },
         circuit_breaker: None,
+        tls: None,
     }
 }
 

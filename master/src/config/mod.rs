@@ -37,6 +37,8 @@ mod system_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod upstream_tls_tests;
+#[cfg(test)]
 mod upstreams_tests;
 #[cfg(test)]
 mod websocket_tests;

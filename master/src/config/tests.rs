@@ -231,6 +231,7 @@ fn full_example_parses_into_the_expected_model() {
                 health_check: None,
                 passive_health: PassiveHealth::default(),
                 circuit_breaker: Some(CircuitBreakerConfig::default()),
+                tls: None,
             },
             UpstreamConfig {
                 name: "db".to_owned(),
@@ -245,6 +246,7 @@ fn full_example_parses_into_the_expected_model() {
                 health_check: None,
                 passive_health: PassiveHealth::default(),
                 circuit_breaker: Some(CircuitBreakerConfig::default()),
+                tls: None,
             },
         ],
         limits: Limits {

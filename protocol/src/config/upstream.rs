@@ -100,6 +100,28 @@ pub struct UpstreamConfig {
     /// A breaker per target; `None`: none (`circuit-breaker { enabled #false }`). The parser
     /// gives every upstream the defaults unless told otherwise, as upstream Zentinel.
     pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// Speak TLS to every target (`tls { ... }`); `None`: plain TCP.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS to an upstream's targets. Like a listener's certificates, only paths travel: each
+/// worker loads the files when it installs the configuration (the master loaded them once to
+/// validate it), so a reload re-reads them.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct UpstreamTls {
+    /// The server name sent (SNI) and verified. `None`: the target's host name, or no SNI and
+    /// the IP address verified for an IP target.
+    pub sni: Option<String>,
+    /// PEM CA certificates the targets' certificates must chain to. Absolute. `None`: the
+    /// system's trust store.
+    pub ca_cert: Option<String>,
+    /// PEM client certificate chain and its key, presented to targets that ask (mTLS).
+    /// Absolute; both or neither.
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    /// Accept any certificate (the handshake signature is still checked). Testing only.
+    pub insecure_skip_verify: bool,
 }
 
 /// Active health checks, run by every worker against every target of the upstream.

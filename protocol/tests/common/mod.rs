@@ -285,6 +285,7 @@ fn upstream() -> impl Strategy<Value = UpstreamConfig> {
                         fail_timeout_secs,
                     },
                     circuit_breaker: None,
+                    tls: None,
                 }
             },
         )

@@ -2,7 +2,11 @@
 //!
 //! `zentinel-backend --listen ADDR [--name NAME] [--mode http|tcp-echo]
 //!  [--fault reset|truncate|status500|close-after|corrupt --fault-every K]
-//!  [--health-file PATH] [--fail-status NNN [--fail-file PATH]]`
+//!  [--health-file PATH] [--fail-status NNN [--fail-file PATH]]
+//!  [--tls CERT KEY [--client-ca CA]]`
+//!
+//! With `--tls`, every connection is TLS (the certificate and key in PEM; ALPN `http/1.1`);
+//! with `--client-ca` as well, clients must present a certificate issued by CA (mTLS).
 //!
 //! Prints `listening on ADDR` (the real bound address, so `--listen 127.0.0.1:0` works) on
 //! stdout once bound. A thread per connection: this is a test fixture, not a server under test.
@@ -19,6 +23,8 @@
 //! - with `--health-file PATH`: `/health` answers 200 while PATH exists and 500 otherwise
 //!   (a health endpoint a test flips without restarting the backend); these requests are not
 //!   counted by `/stats` nor subject to faults.
+//! - `/tls`: `sni=NAME resumed=BOOL client-cert=BOOL alpn=PROTO` of this connection's TLS
+//!   session (`plain` without TLS).
 //! - anything else: `backend=NAME path=PATH\n`.
 //! - with `--fail-status NNN`: every request counted by `/stats` is answered `NNN` (body
 //!   `backend=NAME failing\n`, keep-alive kept) after its body was read, whatever its path;
@@ -36,7 +42,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +50,7 @@ use std::thread;
 use std::time::Duration;
 
 use nix::sys::socket::{setsockopt, sockopt};
+use zentinel_tests::backend_tls::{self, BackendStream};
 use zentinel_tests::{checksum, checksum_hex, fill_pattern, pattern, pattern_checksum, Fnv64};
 
 const MAX_HEAD: usize = 256 * 1024;
@@ -133,6 +140,8 @@ fn main() -> ExitCode {
     let mut health_file = None;
     let mut fail_status = None;
     let mut fail_file = None;
+    let mut tls_files = None;
+    let mut client_ca = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -184,11 +193,26 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             },
+            "--tls" => match (args.next(), args.next()) {
+                (Some(cert), Some(key)) => tls_files = Some((cert, key)),
+                _ => {
+                    eprintln!("zentinel-backend: --tls needs a certificate and a key file");
+                    return ExitCode::from(2);
+                }
+            },
+            "--client-ca" => match args.next() {
+                Some(p) => client_ca = Some(p),
+                None => {
+                    eprintln!("zentinel-backend: --client-ca needs a path");
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
                 println!(
                     "usage: zentinel-backend --listen ADDR [--name NAME] [--mode http|tcp-echo] \
                      [--fault reset|truncate|status500|close-after|corrupt --fault-every K] \
-                     [--health-file PATH] [--fail-status NNN [--fail-file PATH]]"
+                     [--health-file PATH] [--fail-status NNN [--fail-file PATH]] \
+                     [--tls CERT KEY [--client-ca CA]]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -201,6 +225,20 @@ fn main() -> ExitCode {
     let Some(listen) = listen else {
         eprintln!("zentinel-backend: --listen ADDR is required");
         return ExitCode::from(2);
+    };
+    let tls = match (&tls_files, &client_ca) {
+        (None, Some(_)) => {
+            eprintln!("zentinel-backend: --client-ca needs --tls");
+            return ExitCode::from(2);
+        }
+        (None, None) => None,
+        (Some((cert, key)), ca) => match backend_tls::server_config(cert, key, ca.as_deref()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("zentinel-backend: --tls: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let listener = match TcpListener::bind(&listen) {
         Ok(l) => l,
@@ -243,12 +281,14 @@ fn main() -> ExitCode {
         };
         let id = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
         let shared = Arc::clone(&shared);
+        let tls = tls.clone();
         thread::spawn(move || {
             let _ = stream.set_nodelay(true);
-            let result = match mode {
-                Mode::Http => HttpConn::new(stream, id, shared).serve(),
-                Mode::TcpEcho => echo(stream),
-            };
+            let result =
+                BackendStream::new(stream, tls.as_ref()).and_then(|mut stream| match mode {
+                    Mode::Http => HttpConn::new(stream, id, shared).serve(),
+                    Mode::TcpEcho => echo(&mut stream),
+                });
             if let Err(err) = result {
                 if !matches!(
                     err.kind(),
@@ -265,7 +305,7 @@ fn main() -> ExitCode {
 }
 
 /// Echoes until the peer half-closes, then half-closes our side: proves half-close handling.
-fn echo(mut stream: TcpStream) -> io::Result<()> {
+fn echo(stream: &mut BackendStream) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = stream.read(&mut buf)?;
@@ -274,7 +314,7 @@ fn echo(mut stream: TcpStream) -> io::Result<()> {
         }
         stream.write_all(&buf[..n])?;
     }
-    stream.shutdown(Shutdown::Write)
+    stream.shutdown_write()
 }
 
 struct Request {
@@ -321,7 +361,7 @@ enum Body {
 }
 
 struct HttpConn {
-    stream: TcpStream,
+    stream: BackendStream,
     buf: Vec<u8>,
     /// Read scratch space, reused (not a fresh zeroed array per read).
     tmp: Vec<u8>,
@@ -338,7 +378,7 @@ struct HttpConn {
 }
 
 impl HttpConn {
-    fn new(stream: TcpStream, id: u64, shared: Arc<Shared>) -> Self {
+    fn new(stream: BackendStream, id: u64, shared: Arc<Shared>) -> Self {
         HttpConn {
             stream,
             buf: Vec::with_capacity(16 * 1024),
@@ -389,10 +429,13 @@ impl HttpConn {
                 return Ok(());
             }
             if !keep {
-                let _ = self.stream.shutdown(Shutdown::Write);
+                let _ = self.stream.shutdown_write();
                 // Drain what the peer still sends so the close is not turned into a reset
                 // that could destroy the response in flight.
-                let _ = self.stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = self
+                    .stream
+                    .tcp()
+                    .set_read_timeout(Some(Duration::from_secs(2)));
                 let mut sink = [0u8; 4096];
                 while matches!(self.stream.read(&mut sink), Ok(n) if n > 0) {}
                 return Ok(());
@@ -659,7 +702,7 @@ impl HttpConn {
                     l_onoff: 1,
                     l_linger: 0,
                 };
-                setsockopt(&self.stream, sockopt::Linger, &linger).map_err(io::Error::from)?;
+                setsockopt(self.stream.tcp(), sockopt::Linger, &linger).map_err(io::Error::from)?;
                 self.abort = true;
                 return Ok(false);
             }
@@ -712,6 +755,10 @@ impl HttpConn {
             "/headers" => {
                 let raw = req.raw_head.clone();
                 self.respond_ok(&req, &raw, keep, http10)?;
+            }
+            "/tls" => {
+                let body = self.stream.describe();
+                self.respond_ok(&req, body.as_bytes(), keep, http10)?;
             }
             "/conn-id" => {
                 let body = self.id.to_string();
@@ -863,6 +910,6 @@ impl HttpConn {
             let pending = std::mem::take(&mut self.buf);
             self.stream.write_all(&pending)?;
         }
-        echo(self.stream.try_clone()?)
+        echo(&mut self.stream)
     }
 }

@@ -32,7 +32,7 @@ use crate::http::Routed;
 use crate::http::{shadow, websocket};
 use crate::rate_limit::Decision;
 use crate::routing::Action;
-use crate::sock::{Buf, ClientSock, Sock, BUF_CAP};
+use crate::sock::{Buf, ClientSock, Sock, UpSock, BUF_CAP};
 use crate::tcp::{TcpSession, UpMeta};
 use crate::timers::{TimerId, TimerKey};
 use crate::tls::TlsSock;
@@ -122,7 +122,7 @@ struct Exchange {
     uout_stalled_since: Option<Instant>,
     /// The serialized upstream head, kept to replay the request after a dead pooled connection.
     head_bytes: Vec<u8>,
-    up: Option<(Sock, UpMeta)>,
+    up: Option<(UpSock, UpMeta)>,
     connecting: Option<Instant>,
     uout: Buf,
     uin: Buf,
@@ -203,15 +203,9 @@ impl Exchange {
     /// Use `c` as this exchange's upstream connection. The pending request bytes stay in
     /// `uout`: they are written once it is connected.
     fn attach(&mut self, c: UpConn, now: Instant) {
-        let (stream, meta) = UpMeta::split(c);
-        let connected = meta.reused;
-        let sock = if connected {
-            Sock::reused(stream)
-        } else {
-            Sock::new(stream, false)
-        };
+        let (sock, meta) = UpMeta::split(c);
+        self.connecting = (!meta.reused).then_some(now);
         self.up = Some((sock, meta));
-        self.connecting = (!connected).then_some(now);
         self.uin.clear();
         self.got_upstream_bytes = false;
         self.last_up_activity = now;
@@ -291,6 +285,24 @@ fn note_upstream(
     a.connection_reused = reused;
     if let Some((pool, _)) = ids {
         pool_name(ctx, pool).clone_into(&mut a.upstream_name);
+    }
+}
+
+/// An established TLS upstream connection failed at the TLS layer (an alert such as a
+/// refused client certificate, a bad record): the exchange's failure names no more than
+/// "reset", so the TLS reason is logged here with the target.
+fn log_tls_failure(
+    up: &UpSock,
+    target: Option<SocketAddr>,
+    peer: SocketAddr,
+    error: &std::io::Error,
+) {
+    if !up.is_tls() || error.kind() != std::io::ErrorKind::InvalidData {
+        return;
+    }
+    match target {
+        Some(t) => warn!(%peer, target = %t, error = %error, "upstream TLS connection failed"),
+        None => warn!(%peer, error = %error, "upstream TLS connection failed"),
     }
 }
 
@@ -950,7 +962,7 @@ impl HttpSession {
         let read_ahead = policies
             .filter(|p| p.buffer_responses)
             .and_then(|_| ReadAhead::take());
-        let (stream, meta) = UpMeta::split(conn);
+        let (sock, meta) = UpMeta::split(conn);
         let connected = meta.reused;
         let mut uout = Buf::new();
         uout.extend(&head_bytes);
@@ -981,14 +993,7 @@ impl HttpSession {
             cookie,
             uout_stalled_since: None,
             head_bytes,
-            up: Some((
-                if connected {
-                    Sock::reused(stream)
-                } else {
-                    Sock::new(stream, false)
-                },
-                meta,
-            )),
+            up: Some((sock, meta)),
             connecting: (!connected).then_some(ctx.now),
             uout,
             uin: Buf::new(),
@@ -1137,7 +1142,7 @@ impl HttpSession {
         };
         // No connection: the exchange was already aborted, and the session ends.
         let (up, meta) = ex.up.take()?;
-        upstream::connect_failed(ctx, meta.join(up.stream), &mut ex.failed, peer, error);
+        upstream::connect_failed(ctx, meta.join(up), &mut ex.failed, peer, error);
         let pick = pick_request(peer, &ex.cookie);
         let mut pool = meta.pool;
         loop {
@@ -1230,7 +1235,7 @@ impl HttpSession {
             && !ctx.draining
             && !self.client.read_eof();
         if let Some((up, meta)) = ex.up.take() {
-            ctx.discard_upstream(meta.join(up.stream));
+            ctx.discard_upstream(meta.join(up));
         }
         if can_answer {
             self.cout.clear();
@@ -1250,7 +1255,7 @@ impl HttpSession {
             return;
         };
         debug!(peer = %peer, upstream = %meta.addr, "pooled upstream connection was dead, retrying on a new one");
-        ctx.discard_upstream(meta.join(up.stream));
+        ctx.discard_upstream(meta.join(up));
         ex.retried = true;
         ex.rewind_request();
         let conn = match ctx
@@ -1353,23 +1358,16 @@ impl HttpSession {
             return Err(Fail::ClientGone);
         };
 
+        // The TCP connect, then for a TLS upstream the handshake: a certificate that does not
+        // verify fails like a refused connect (failover, counted against the target).
         if ex.connecting.is_some() {
-            if !(up.writable || up.readable) {
-                return Ok(progress);
-            }
-            match up.check_connected() {
+            match up.poll_connect() {
                 Ok(true) => {
                     ex.connecting = None;
                     ex.last_up_activity = now;
-                    up.readable = true;
-                    up.writable = true;
                     progress = true;
                 }
-                Ok(false) => {
-                    up.readable = false;
-                    up.writable = false;
-                    return Ok(progress);
-                }
+                Ok(false) => return Ok(progress),
                 Err(e) => return Err(Fail::ConnectFailed(e)),
             }
         }
@@ -1389,7 +1387,8 @@ impl HttpSession {
                     };
                 }
                 Err(_) if retry_ok && !ex.got_upstream_bytes => return Err(Fail::RetryFresh),
-                Err(_) => {
+                Err(e) => {
+                    log_tls_failure(up, up_addr, self.peer, &e);
                     if !ex.resp_started {
                         let f = elsewhere(ex.got_upstream_bytes, "upstream write failed");
                         return Err(if elsewhere_ok { f } else { not_retried(f) });
@@ -1405,7 +1404,7 @@ impl HttpSession {
         } else {
             BUF_CAP
         };
-        if !up.read_eof && ex.uin.len() < read_cap {
+        if !up.read_eof() && ex.uin.len() < read_cap {
             match up.fill(&mut ex.uin, read_cap) {
                 Ok(r) => {
                     if r.bytes > 0 {
@@ -1416,7 +1415,8 @@ impl HttpSession {
                     progress |= r.eof;
                 }
                 Err(_) if retry_ok && !ex.got_upstream_bytes => return Err(Fail::RetryFresh),
-                Err(_) => {
+                Err(e) => {
+                    log_tls_failure(up, up_addr, self.peer, &e);
                     if !ex.resp_started {
                         let f = elsewhere(ex.got_upstream_bytes, "upstream connection reset");
                         return Err(if elsewhere_ok { f } else { not_retried(f) });
@@ -1435,7 +1435,7 @@ impl HttpSession {
         }
         while ex.resp.is_none() {
             if ex.uin.is_empty() {
-                if up.read_eof {
+                if up.read_eof() {
                     if retry_ok && !ex.got_upstream_bytes {
                         return Err(Fail::RetryFresh);
                     }
@@ -1547,7 +1547,7 @@ impl HttpSession {
                     ex.resp = Some(h);
                 }
                 Ok(Parsed::Partial) => {
-                    if up.read_eof {
+                    if up.read_eof() {
                         return Err(Fail::Upstream(
                             502,
                             "upstream closed inside the response head",
@@ -1595,7 +1595,7 @@ impl HttpSession {
                     Err(_) => return Err(Fail::ClientGone),
                 }
             }
-            if !ex.resp_done && ex.uin.is_empty() && up.read_eof {
+            if !ex.resp_done && ex.uin.is_empty() && up.read_eof() {
                 if tracker.framing() == BodyFraming::UntilClose {
                     ex.resp_done = true;
                     progress = true;
@@ -1663,22 +1663,17 @@ impl HttpSession {
                 && ex.resp_done
                 && ex.uin.is_empty()
                 && ex.uout.is_empty()
-                && !up.read_eof
+                && !up.read_eof()
                 // Still readable: the last read filled the buffer, so bytes beyond the
                 // response may be waiting, with no event left to reveal them in the pool.
-                && !up.readable
+                && !up.readable()
                 && ex
                     .resp
                     .as_ref()
                     .is_some_and(|h| h.keep_alive && h.framing != BodyFraming::UntilClose)
                 && !ctx.draining;
-            ctx.upstreams.release(
-                meta.join(up.stream),
-                reusable,
-                ctx.registry,
-                ctx.timers,
-                ctx.now,
-            );
+            ctx.upstreams
+                .release(meta.join(up), reusable, ctx.registry, ctx.timers, ctx.now);
         }
         if rest_pending {
             self.phase = Phase::Local {
@@ -1731,7 +1726,7 @@ impl HttpSession {
                 warn!(peer = %self.peer, "protocol upgrade over TLS is not supported yet: closing");
                 tls.close();
                 if let Some((up, meta)) = ex.up.take() {
-                    ctx.discard_upstream(meta.join(up.stream));
+                    ctx.discard_upstream(meta.join(up));
                 }
                 let _ = ctx.registry.deregister(tls.stream_mut());
                 return None;
@@ -1760,7 +1755,7 @@ impl HttpSession {
         let _ = ctx.registry.deregister(self.client.stream_mut());
         if let Phase::Proxy(ex) = &mut self.phase {
             if let Some((up, meta)) = ex.up.take() {
-                ctx.discard_upstream(meta.join(up.stream));
+                ctx.discard_upstream(meta.join(up));
             }
         }
     }

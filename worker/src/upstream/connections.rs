@@ -43,7 +43,7 @@ impl Upstreams {
     ) {
         if let Some(mut c) = self.idle.try_remove(key) {
             self.forget_conn(c.id, timers);
-            let _ = registry.deregister(&mut c.stream);
+            close_sock(&mut c.sock, registry);
         }
     }
 
@@ -89,14 +89,15 @@ impl Upstreams {
             };
             if max_lifetime.is_some_and(|l| entry.created.elapsed() >= l) {
                 self.conns.remove(idle.id);
-                let _ = registry.deregister(&mut idle.stream);
+                close_sock(&mut idle.sock, registry);
                 continue;
             }
             entry.owner = Owner::Session(token);
             t.active += 1;
+            idle.sock.reuse();
             return Ok(UpConn {
                 id: idle.id,
-                stream: idle.stream,
+                sock: idle.sock,
                 pool,
                 target,
                 addr,
@@ -114,23 +115,14 @@ impl Upstreams {
         registry: &Registry,
         token: Token,
     ) -> io::Result<UpConn> {
+        let entry = self.conns.vacant_entry();
+        let id = entry.key();
+        let (sock, addr) = open(&self.pools, pool, target, id, registry)?;
         let t = self
             .pools
             .get_mut(pool)
             .and_then(|p| p.targets.get_mut(target))
             .ok_or_else(|| io::Error::other("unknown upstream target"))?;
-        let addr = t
-            .addr
-            .ok_or_else(|| io::Error::other("upstream target has no address"))?;
-        let mut stream = TcpStream::connect(addr)?;
-        let _ = stream.set_nodelay(true);
-        let entry = self.conns.vacant_entry();
-        let id = entry.key();
-        registry.register(
-            &mut stream,
-            tokens::upstream(id),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
         entry.insert(ConnEntry {
             owner: Owner::Session(token),
             timer: None,
@@ -140,7 +132,7 @@ impl Upstreams {
         t.active += 1;
         Ok(UpConn {
             id,
-            stream,
+            sock,
             pool,
             target,
             addr,
@@ -182,7 +174,7 @@ impl Upstreams {
                     timers.cancel(t);
                 }
             }
-            let _ = registry.deregister(&mut conn.stream);
+            close_sock(&mut conn.sock, registry);
             return;
         }
         while t.idle.len() >= max_idle {
@@ -193,13 +185,13 @@ impl Upstreams {
                             timers.cancel(t);
                         }
                     }
-                    let _ = registry.deregister(&mut c.stream);
+                    close_sock(&mut c.sock, registry);
                 }
             }
         }
         let Some(entry) = self.conns.get_mut(conn.id) else {
             // Not in the table (cannot happen for a connection made here): close it.
-            let _ = registry.deregister(&mut conn.stream);
+            close_sock(&mut conn.sock, registry);
             return;
         };
         let slot = self.idle.vacant_entry();
@@ -213,7 +205,7 @@ impl Upstreams {
         }
         slot.insert(IdleConn {
             id: conn.id,
-            stream: conn.stream,
+            sock: conn.sock,
             pool: conn.pool,
             target: conn.target,
         });
@@ -230,11 +222,8 @@ impl Upstreams {
         let Some(c) = self.idle.get_mut(key) else {
             return;
         };
-        let mut buf = [0u8; 256];
-        match c.stream.read(&mut buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            _ => self.remove_idle(key, registry, timers),
+        if !c.sock.idle_ok() {
+            self.remove_idle(key, registry, timers);
         }
     }
 
@@ -289,7 +278,7 @@ impl Upstreams {
                 t.idle.retain(|&k| k != key);
             }
             self.forget_conn(c.id, timers);
-            let _ = registry.deregister(&mut c.stream);
+            close_sock(&mut c.sock, registry);
         }
     }
 
@@ -301,4 +290,41 @@ impl Upstreams {
             self.remove_idle(k, registry, timers);
         }
     }
+}
+
+/// Start a connection to `target` of `pool`, registered under the token of connection table
+/// key `id`: plain, or with the pool's TLS session ready to run once connected. Returns it
+/// with the address it goes to.
+pub(super) fn open(
+    pools: &Slab<Pool>,
+    pool: usize,
+    target: usize,
+    id: usize,
+    registry: &Registry,
+) -> io::Result<(UpSock, SocketAddr)> {
+    let p = pools
+        .get(pool)
+        .ok_or_else(|| io::Error::other("unknown upstream pool"))?;
+    let addr = p
+        .targets
+        .get(target)
+        .ok_or_else(|| io::Error::other("unknown upstream target"))?
+        .addr
+        .ok_or_else(|| io::Error::other("upstream target has no address"))?;
+    let tls = p.tls_session(target)?;
+    let mut stream = TcpStream::connect(addr)?;
+    let _ = stream.set_nodelay(true);
+    registry.register(
+        &mut stream,
+        tokens::upstream(id),
+        Interest::READABLE | Interest::WRITABLE,
+    )?;
+    Ok((UpSock::connecting(stream, tls), addr))
+}
+
+/// An upstream connection being closed: a TLS one gets a last chance to say so (close_notify,
+/// without waiting), then it leaves the poll set.
+pub(super) fn close_sock(sock: &mut UpSock, registry: &Registry) {
+    sock.close();
+    let _ = registry.deregister(sock.stream_mut());
 }

@@ -8,13 +8,13 @@
 //! The state machine ([`TargetHealth`]) is separate from the probe I/O ([`Probe`]) so it can be
 //! tested with made-up instants; the parent module ties both to pools, tokens and timers.
 
-use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use mio::net::TcpStream;
 use zentinel_protocol::config::{HealthCheck, HealthCheckKind, PassiveHealth};
 
+use crate::ctx::Ready;
+use crate::sock::{Buf, UpSock};
 use crate::timers::TimerId;
 
 /// Longest status line accepted from a probed target; a health endpoint that sends more
@@ -158,32 +158,32 @@ pub enum ProbeStatus {
     Unhealthy(String),
 }
 
-/// One active health probe: a non-blocking connect, then for HTTP a `GET` with
+/// One active health probe: a non-blocking connect (and, for a TLS upstream, the handshake:
+/// a certificate that does not verify is a failed probe), then for HTTP a `GET` with
 /// `Connection: close` and the status line of the answer.
 #[derive(Debug)]
 pub struct Probe {
     /// Key in the upstream connection table (its token).
     pub conn: usize,
-    pub stream: TcpStream,
+    pub sock: UpSock,
     pub pool: usize,
     pub target: usize,
     connected: bool,
-    request: Vec<u8>,
-    written: usize,
-    response: Vec<u8>,
+    request: Buf,
+    response: Buf,
     expected_status: Option<u16>,
 }
 
 impl Probe {
-    /// Start connecting to `addr` (register the stream before the first event can be missed).
-    pub fn start(
+    /// A probe over `sock`, a connection to `addr` just started (and registered).
+    pub fn new(
+        sock: UpSock,
         addr: SocketAddr,
         check: &HealthCheck,
         conn: usize,
         pool: usize,
         target: usize,
-    ) -> io::Result<Probe> {
-        let stream = TcpStream::connect(addr)?;
+    ) -> Probe {
         let (request, expected_status) = match &check.kind {
             HealthCheckKind::Tcp => (Vec::new(), None),
             HealthCheckKind::Http {
@@ -199,47 +199,48 @@ impl Probe {
                 (request.into_bytes(), Some(*expected_status))
             }
         };
-        Ok(Probe {
+        let mut out = Buf::new();
+        out.extend(&request);
+        Probe {
             conn,
-            stream,
+            sock,
             pool,
             target,
             connected: false,
-            request,
-            written: 0,
-            response: Vec::new(),
+            request: out,
+            response: Buf::new(),
             expected_status,
-        })
+        }
     }
 
     /// Drive the probe after a readiness event (edge-triggered: go until it would block).
     pub fn advance(&mut self) -> ProbeStatus {
+        // Events are not told apart here: trying both directions is harmless.
+        self.sock.on_ready(Ready {
+            readable: true,
+            writable: true,
+            read_closed: false,
+        });
         if !self.connected {
-            match self.stream.take_error() {
-                Ok(Some(e)) | Err(e) => return ProbeStatus::Unhealthy(format!("connect: {e}")),
-                Ok(None) => {}
-            }
-            match self.stream.peer_addr() {
-                Ok(_) => self.connected = true,
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return ProbeStatus::Pending,
+            match self.sock.poll_connect() {
+                Ok(true) => self.connected = true,
+                Ok(false) => return ProbeStatus::Pending,
                 Err(e) => return ProbeStatus::Unhealthy(format!("connect: {e}")),
             }
         }
         let Some(expected) = self.expected_status else {
             return ProbeStatus::Healthy;
         };
-        while self.written < self.request.len() {
-            match self.stream.write(&self.request[self.written..]) {
-                Ok(0) => return ProbeStatus::Unhealthy("connection closed by target".into()),
-                Ok(n) => self.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ProbeStatus::Pending,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return ProbeStatus::Unhealthy(format!("send: {e}")),
+        if !self.request.is_empty() {
+            if let Err(e) = self.sock.flush(&mut self.request) {
+                return ProbeStatus::Unhealthy(format!("send: {e}"));
+            }
+            if !self.request.is_empty() {
+                return ProbeStatus::Pending;
             }
         }
-        let mut buf = [0u8; 1024];
         loop {
-            if let Some(status) = status_of(&self.response) {
+            if let Some(status) = status_of(self.response.as_slice()) {
                 return match status {
                     Ok(s) if s == expected => ProbeStatus::Healthy,
                     Ok(s) => ProbeStatus::Unhealthy(format!("status {s}, expected {expected}")),
@@ -249,13 +250,12 @@ impl Probe {
             if self.response.len() > MAX_STATUS_LINE {
                 return ProbeStatus::Unhealthy("no HTTP status line".into());
             }
-            match self.stream.read(&mut buf) {
-                Ok(0) => {
+            match self.sock.fill(&mut self.response, MAX_STATUS_LINE + 1) {
+                Ok(r) if r.bytes > 0 => {}
+                Ok(r) if r.eof || self.sock.read_eof() => {
                     return ProbeStatus::Unhealthy("connection closed before a response".into())
                 }
-                Ok(n) => self.response.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ProbeStatus::Pending,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(_) => return ProbeStatus::Pending,
                 Err(e) => return ProbeStatus::Unhealthy(format!("receive: {e}")),
             }
         }
@@ -408,9 +408,22 @@ mod tests {
         assert!(matches!(status_of(b"HTTP/1.1 2000 OK\r\n"), Some(Err(_))));
     }
 
+    /// A plain probe to `addr`, unregistered (the tests drive it by polling).
+    fn start(addr: SocketAddr, check: &HealthCheck) -> std::io::Result<Probe> {
+        let stream = mio::net::TcpStream::connect(addr)?;
+        Ok(Probe::new(
+            UpSock::connecting(stream, None),
+            addr,
+            check,
+            0,
+            0,
+            0,
+        ))
+    }
+
     #[test]
     fn http_probe_against_a_real_listener() {
-        use std::io::{BufRead, BufReader};
+        use std::io::{BufRead, BufReader, Write};
         let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = server.local_addr().unwrap();
         let http = HealthCheck {
@@ -425,10 +438,10 @@ mod tests {
             ("HTTP/1.1 200 OK\r\n\r\n", true),
             ("HTTP/1.1 500 Oops\r\n\r\n", false),
         ] {
-            let mut probe = Probe::start(addr, &http, 0, 0, 0).unwrap();
+            let mut probe = start(addr, &http).unwrap();
             let (conn, _) = server.accept().unwrap();
             let deadline = Instant::now() + Duration::from_secs(5);
-            while probe.written < probe.request.len() {
+            while !probe.request.is_empty() {
                 assert_eq!(probe.advance(), ProbeStatus::Pending);
                 assert!(
                     Instant::now() < deadline,
@@ -473,7 +486,7 @@ mod tests {
             l.local_addr().unwrap()
         };
         let deadline = Instant::now() + Duration::from_secs(5);
-        match Probe::start(addr, &check(1, 1), 0, 0, 0) {
+        match start(addr, &check(1, 1)) {
             Err(_) => {}
             Ok(mut probe) => loop {
                 match probe.advance() {

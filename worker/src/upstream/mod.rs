@@ -14,10 +14,11 @@ mod resolution;
 mod shadow;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,7 @@ use zentinel_protocol::config::{
 use self::health::{Probe, ProbeStatus, TargetHealth, Transition};
 
 use crate::ctx::Ctx;
+use crate::sock::UpSock;
 use crate::timers::{TimerId, TimerKey, Timers};
 use crate::tokens;
 
@@ -49,7 +51,7 @@ pub use self::shadow::start_shadow;
 struct IdleConn {
     /// Key in `Upstreams::conns` (and of the connection's token).
     id: usize,
-    stream: TcpStream,
+    sock: UpSock,
     pool: usize,
     target: usize,
 }
@@ -60,7 +62,9 @@ struct IdleConn {
 pub struct UpConn {
     /// Key in the connection table; the socket is registered as [`tokens::upstream`]`(id)`.
     pub id: usize,
-    pub stream: TcpStream,
+    /// Plain or TLS; a new connection's connect (and handshake) is still to be driven with
+    /// `poll_connect`, a reused one is ready.
+    pub sock: UpSock,
     pub pool: usize,
     pub target: usize,
     pub addr: SocketAddr,
@@ -78,6 +82,11 @@ pub enum UpstreamConfigError {
     },
     #[error("upstream `{0}` has no targets")]
     NoTargets(String),
+    #[error("upstream `{pool}`: {error}")]
+    Tls {
+        pool: String,
+        error: tls::UpstreamTlsError,
+    },
 }
 
 /// Every pool in use, keyed by a slab index that stays valid while any configuration
@@ -174,10 +183,15 @@ impl Upstreams {
             };
             let old_cfg = &self.pools[old].config;
             if *old_cfg == pool.config {
+                // The files were just read again: a reload picks up a replaced CA or client
+                // certificate (connections already open keep the session they have).
+                self.pools[old].tls = pool.tls.take();
                 keys.push(old);
                 continue;
             }
             let same_targets = old_cfg.targets == pool.config.targets;
+            // Idle connections carry the TLS session (or its absence) of the old settings.
+            let same_peers = same_targets && old_cfg.tls == pool.config.tls;
             if same_targets {
                 // Same peers: what was learnt about them still holds.
                 let checked = pool.health_check.is_some();
@@ -186,7 +200,7 @@ impl Upstreams {
                 }
             }
             let key = self.pools.insert(pool);
-            if same_targets {
+            if same_peers {
                 self.move_idle(old, key, registry, timers);
             }
             self.schedule_probes(key, now, timers);

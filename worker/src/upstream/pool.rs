@@ -8,7 +8,27 @@ use zentinel_protocol::config::{
 };
 
 use super::balancer::{hash64, PickKey};
+use super::tls::{client_config, server_name, PoolTls, SystemRoots, UpstreamTlsError};
 use super::*;
+
+/// The TLS configuration of a pool and the server name of each of its targets.
+fn pool_tls(
+    t: &zentinel_protocol::config::UpstreamTls,
+    targets: &[Target],
+    roots: &mut SystemRoots,
+) -> Result<PoolTls, UpstreamTlsError> {
+    let names = targets
+        .iter()
+        .map(|target| {
+            server_name(
+                t.sni.as_deref(),
+                target.host.as_ref().map(|(h, _)| h.as_str()),
+                target.addr.map(|a| a.ip()),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PoolTls::new(client_config(t, roots)?, names))
+}
 
 #[derive(Debug)]
 pub struct Target {
@@ -64,6 +84,8 @@ pub struct Pool {
     pub(super) waiters: Vec<Token>,
     /// What the pool was built from: a reload keeps a pool whose configuration is unchanged.
     pub(super) config: UpstreamConfig,
+    /// `tls { ... }`: connections speak TLS to every target.
+    pub(super) tls: Option<PoolTls>,
 }
 
 /// The outcome of choosing a target.
@@ -106,8 +128,18 @@ impl Pool {
     }
 
     /// Check one upstream's configuration and build its pool (no socket is touched, no name
-    /// resolved: see `resolution`).
+    /// resolved: see `resolution`). TLS files are read here.
+    #[cfg(test)]
     pub fn from_config(c: &UpstreamConfig) -> Result<Pool, UpstreamConfigError> {
+        Self::from_config_with(c, &mut SystemRoots::default())
+    }
+
+    /// [`Pool::from_config`], the system trust store read at most once for all the pools built
+    /// with the same `roots`.
+    pub fn from_config_with(
+        c: &UpstreamConfig,
+        roots: &mut SystemRoots,
+    ) -> Result<Pool, UpstreamConfigError> {
         if c.targets.is_empty() {
             return Err(UpstreamConfigError::NoTargets(c.name.clone()));
         }
@@ -143,6 +175,16 @@ impl Pool {
             .iter()
             .map(|t| (t.address.as_str(), t.weight))
             .collect();
+        let tls =
+            match &c.tls {
+                None => None,
+                Some(t) => Some(pool_tls(t, &targets, roots).map_err(|error| {
+                    UpstreamConfigError::Tls {
+                        pool: c.name.clone(),
+                        error,
+                    }
+                })?),
+            };
         let lb = match (&c.sticky, c.load_balancing) {
             (Some(s), LoadBalancing::Sticky) => s.fallback,
             (_, lb) => lb,
@@ -160,7 +202,20 @@ impl Pool {
                 .then(|| c.sticky.clone().unwrap_or_default()),
             waiters: Vec::new(),
             config: c.clone(),
+            tls,
         })
+    }
+
+    /// A TLS session to target `target` when the pool speaks TLS.
+    pub(super) fn tls_session(
+        &self,
+        target: usize,
+    ) -> io::Result<Option<rustls::ClientConnection>> {
+        self.tls
+            .as_ref()
+            .map(|t| t.session(target))
+            .transpose()
+            .map_err(io::Error::other)
     }
 
     /// Connections to this pool's targets are checked out right now.

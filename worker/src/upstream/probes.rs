@@ -1,5 +1,6 @@
 //! Active health probes of a pool's targets: scheduling, running and applying their results.
 
+use super::connections::{close_sock, open};
 use super::*;
 
 impl Upstreams {
@@ -52,14 +53,8 @@ impl Upstreams {
         // key (its token) and the connection entry names the probe.
         let conn = self.conns.vacant_key();
         let probe_key = self.probes.vacant_key();
-        let started = Probe::start(addr, &check, conn, pool, target).and_then(|mut probe| {
-            registry.register(
-                &mut probe.stream,
-                tokens::upstream(conn),
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-            Ok(probe)
-        });
+        let started = open(&self.pools, pool, target, conn, registry)
+            .map(|(sock, _)| Probe::new(sock, addr, &check, conn, pool, target));
         match started {
             Ok(probe) => {
                 self.conns.insert(ConnEntry {
@@ -193,7 +188,7 @@ impl Upstreams {
     ) {
         if let Some(mut probe) = self.probes.try_remove(key) {
             self.forget_conn(probe.conn, timers);
-            let _ = registry.deregister(&mut probe.stream);
+            close_sock(&mut probe.sock, registry);
         }
     }
 }

@@ -3,57 +3,49 @@
 //! failure is only logged at debug level and counts against no target's health, and when
 //! [`MAX_SHADOWS`] are open in this worker a new one is dropped rather than queued.
 
-use std::io::Write;
-
+use super::connections::{close_sock, open};
 use super::*;
+use crate::ctx::Ready;
+use crate::sock::Buf;
 
 /// Mirrored exchanges one worker keeps open at once.
 pub const MAX_SHADOWS: usize = 64;
 
 #[derive(Debug)]
 pub(super) struct Shadow {
-    stream: TcpStream,
+    /// Plain or TLS, like the pool's other connections.
+    sock: UpSock,
     /// Key in `Upstreams::conns` (its token).
     conn: usize,
-    out: Vec<u8>,
-    written: usize,
+    out: Buf,
     connected: bool,
     timer: Option<TimerId>,
 }
 
 impl Shadow {
-    /// Write what is left, then read and discard. Ok(true): the exchange is over.
+    /// Connect (and handshake), write what is left, then read and discard. Ok(true): the
+    /// exchange is over.
     fn advance(&mut self) -> io::Result<bool> {
+        // Events are not told apart here: trying both directions is harmless.
+        self.sock.on_ready(Ready {
+            readable: true,
+            writable: true,
+            read_closed: false,
+        });
         if !self.connected {
-            if let Some(e) = self.stream.take_error()? {
-                return Err(e);
+            if !self.sock.poll_connect()? {
+                return Ok(false);
             }
-            match self.stream.peer_addr() {
-                Ok(_) => self.connected = true,
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
-                Err(e) => return Err(e),
+            self.connected = true;
+        }
+        if !self.out.is_empty() {
+            self.sock.flush(&mut self.out)?;
+            if !self.out.is_empty() {
+                return Ok(false);
             }
         }
-        while self.written < self.out.len() {
-            match self.stream.write(&self.out[self.written..]) {
-                Ok(0) => return Ok(true),
-                Ok(n) => self.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let mut sink = [0u8; 4096];
-        loop {
-            match self.stream.read(&mut sink) {
-                // The request asked for `Connection: close`: EOF ends the answer.
-                Ok(0) => return Ok(true),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        // The request asked for `Connection: close`: EOF ends the answer.
+        self.sock.discard()
     }
 }
 
@@ -74,21 +66,10 @@ pub fn start_shadow(
     let Pick::Target(target) = ups.pick(pool, &[], ctx.now, req) else {
         return false;
     };
-    let Some(addr) = ups.pools[pool].targets[target].addr else {
-        return false;
-    };
     let conn = ups.conns.vacant_key();
     let key = ups.shadows.vacant_key();
-    let started = TcpStream::connect(addr).and_then(|mut stream| {
-        ctx.registry.register(
-            &mut stream,
-            tokens::upstream(conn),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-        Ok(stream)
-    });
-    let stream = match started {
-        Ok(s) => s,
+    let sock = match open(&ups.pools, pool, target, conn, ctx.registry) {
+        Ok((s, _)) => s,
         Err(e) => {
             debug!(upstream = ups.pools[pool].name, error = %e, "shadow request not sent");
             return false;
@@ -101,11 +82,12 @@ pub fn start_shadow(
         created: ctx.now,
     });
     let timer = Some(ctx.timers.insert(ctx.now + timeout, TimerKey::Shadow(key)));
+    let mut out = Buf::new();
+    out.extend(&request);
     ups.shadows.insert(Shadow {
-        stream,
+        sock,
         conn,
-        out: request,
-        written: 0,
+        out,
         connected: false,
         timer,
     });
@@ -154,7 +136,7 @@ impl Upstreams {
                 timers.cancel(t);
             }
             self.forget_conn(s.conn, timers);
-            let _ = registry.deregister(&mut s.stream);
+            close_sock(&mut s.sock, registry);
         }
     }
 }

@@ -36,6 +36,7 @@ fn pool_config(name: &str, addr: &str, max_idle: u32) -> UpstreamConfig {
         health_check: None,
         passive_health: PassiveHealth::default(),
         circuit_breaker: None,
+        tls: None,
     }
 }
 
@@ -100,6 +101,38 @@ fn reload_keeps_unchanged_pools_moves_idle_connections_and_retires_unused_pools(
         u.idle.is_empty(),
         "idle connections of removed pools are closed"
     );
+}
+
+#[test]
+fn a_reload_that_changes_tls_does_not_move_idle_connections() {
+    let poll = mio::Poll::new().unwrap();
+    let reg = poll.registry();
+    let mut timers = Timers::new();
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let plain = pool_config("a", &backend.local_addr().unwrap().to_string(), 4);
+    let mut u = Upstreams::new();
+    let gen1 = u.install(pools(std::slice::from_ref(&plain)), &[], reg, &mut timers);
+    let c = u.connect(gen1[0], 0, reg, Token(99)).unwrap();
+    assert!(!c.sock.is_tls());
+    u.release(c, true, reg, &mut timers, Instant::now());
+
+    // Same target, now over TLS: the plain idle connection is not the new pool's to use.
+    let mut tls = plain;
+    tls.tls = Some(zentinel_protocol::config::UpstreamTls {
+        insecure_skip_verify: true,
+        ..Default::default()
+    });
+    let gen2 = u.install(pools(std::slice::from_ref(&tls)), &gen1, reg, &mut timers);
+    assert_ne!(gen2[0], gen1[0]);
+    assert!(u.pools[gen2[0]].targets[0].idle.is_empty());
+    let fresh = u.checkout(gen2[0], 0, reg, Token(100)).unwrap();
+    assert!(!fresh.reused && fresh.sock.is_tls(), "a new TLS connection");
+    u.release(fresh, false, reg, &mut timers, Instant::now());
+
+    // Unchanged on the next reload: the pool is kept, with the TLS files read again.
+    let gen3 = u.install(pools(&[tls]), &gen2, reg, &mut timers);
+    assert_eq!(gen3[0], gen2[0]);
+    assert!(u.pools[gen3[0]].tls.is_some());
 }
 
 #[test]

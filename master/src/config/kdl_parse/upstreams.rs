@@ -8,6 +8,7 @@
 use super::balancing::parse_load_balancing;
 use super::circuit_breaker::parse_circuit_breaker;
 use super::health_check::parse_health_check;
+use super::upstream_tls::parse_upstream_tls;
 use super::*;
 use zentinel_protocol::config::{parse_target_address, TargetAddress};
 
@@ -21,9 +22,10 @@ const UPSTREAM_KEYS: &[&str] = &[
     "health-check",
     "passive-health",
     "circuit-breaker",
+    "tls",
 ];
 /// Upstream Zentinel keys not implemented here.
-const UPSTREAM_UNSUPPORTED: &[&str] = &["tls", "http-version"];
+const UPSTREAM_UNSUPPORTED: &[&str] = &["http-version"];
 const PASSIVE_HEALTH_KEYS: &[&str] = &["max-fails", "fail-timeout-secs"];
 /// (spelling, the setting it sets): upstream's names and ours are one setting each.
 const POOL_KEYS: &[(&str, &str)] = &[
@@ -61,11 +63,14 @@ pub(super) fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Par
         // As upstream Zentinel: every target has a breaker with the defaults unless the
         // upstream (or a route to it) says otherwise.
         circuit_breaker: Some(CircuitBreakerConfig::default()),
+        tls: None,
     };
     let mut has_circuit_breaker = false;
     let mut seen = Seen::default();
     let mut targets = Targets::default();
     let mut shorthand: Option<&KdlNode> = None;
+    // Parsed once the targets are known (it checks their names).
+    let mut tls: Option<&KdlNode> = None;
     let children = node.children().map_or(&[][..], |c| c.nodes());
     for child in children {
         if matches!(
@@ -77,6 +82,7 @@ pub(super) fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Par
                 | "passive-health"
                 | "circuit-breaker"
                 | "address"
+                | "tls"
         ) {
             seen.check(child, diags);
         }
@@ -101,6 +107,7 @@ pub(super) fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Par
                 }
             }
             "address" => shorthand = Some(child),
+            "tls" => tls = Some(child),
             "load-balancing" => {
                 if let Some((lb, sticky)) = parse_load_balancing(child, diags) {
                     config.load_balancing = lb;
@@ -157,6 +164,9 @@ pub(super) fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Par
                 }
             }
         }
+    }
+    if let Some(node) = tls {
+        config.tls = parse_upstream_tls(node, &upstream_name, &config.targets, diags);
     }
     if !targets.written {
         diags.error(

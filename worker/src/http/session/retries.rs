@@ -19,7 +19,7 @@ impl HttpSession {
             return;
         };
         let (pool, target) = (meta.pool, meta.target);
-        ctx.discard_upstream(meta.join(up.stream));
+        ctx.discard_upstream(meta.join(up));
         upstream::note_target_failure(
             ctx,
             pool,
@@ -44,7 +44,7 @@ impl HttpSession {
         if !ex.tried.contains(&meta.target) {
             ex.tried.push(meta.target);
         }
-        ctx.discard_upstream(meta.join(up.stream));
+        ctx.discard_upstream(meta.join(up));
         self.schedule_retry(Some(status), "retryable status", ctx);
     }
 
@@ -63,7 +63,7 @@ impl HttpSession {
         }
         let (up, meta) = ex.up.take()?;
         let (pool, target) = (meta.pool, meta.target);
-        ctx.discard_upstream(meta.join(up.stream));
+        ctx.discard_upstream(meta.join(up));
         upstream::note_target_failure(
             ctx,
             pool,
