@@ -10,7 +10,7 @@ use zentinel_tests::tls_support::*;
 use zentinel_tests::*;
 
 struct Fixture {
-    _dir: TempDir,
+    dir: TempDir,
     server_ca: Ca,
     client_ca: Ca,
     _backend: Backend,
@@ -37,6 +37,15 @@ fn start() -> Fixture {
         r#"
 system {{
     worker-threads 1
+}}
+observability {{
+    logging {{
+        access-log {{
+            file "{access_log}"
+            format "json"
+            buffer-size 0
+        }}
+    }}
 }}
 listeners {{
     listener "required" {{
@@ -74,10 +83,11 @@ upstreams {{
         required_tls = tls("#true"),
         optional_tls = tls("\"optional\""),
         target = backend.target(),
+        access_log = path("access.log"),
     );
     let z = Zentinel::start(&config);
     Fixture {
-        _dir: dir,
+        dir,
         server_ca,
         client_ca,
         _backend: backend,
@@ -147,6 +157,17 @@ fn required_client_certificates() {
     let mut admin = f.with_cert(0, &f.client_ca, "admin").expect("the admin");
     let r = admin.get("/admin");
     assert_eq!(r.body_str(), "admin area");
+
+    // The access log names the certificate of each request.
+    let log = f.dir.0.join("access.log");
+    let logged = wait_until(std::time::Duration::from_secs(10), || {
+        fs::read_to_string(&log).is_ok_and(|t| {
+            t.lines().any(|l| {
+                l.contains("\"client_cert_subject\":\"CN=admin,O=Acme\"") && l.contains("/admin")
+            })
+        })
+    });
+    assert!(logged, "{}", fs::read_to_string(&log).unwrap_or_default());
 }
 
 #[test]

@@ -105,6 +105,7 @@ enum Var {
     WorkerId,
     Pid,
     TraceId,
+    ClientCertSubject,
 }
 
 impl Var {
@@ -131,6 +132,7 @@ impl Var {
             "worker_id" => Var::WorkerId,
             "pid" => Var::Pid,
             "trace_id" => Var::TraceId,
+            "client_cert_subject" => Var::ClientCertSubject,
             _ => return None,
         })
     }
@@ -271,6 +273,10 @@ fn render_var(v: Var, e: &Entry, ctx: &LineContext<'_>, out: &mut Vec<u8>) {
         Var::Pid => write!(out, "{}", std::process::id()),
         Var::TraceId => {
             escape_or_dash(out, e.trace_id.as_bytes());
+            Ok(())
+        }
+        Var::ClientCertSubject => {
+            escape_or_dash(out, e.client_cert_subject.as_bytes());
             Ok(())
         }
     };

@@ -115,6 +115,9 @@ pub(super) fn render(
     if !e.upstream_name.is_empty() {
         o.string("upstream", e.upstream_name.as_bytes());
     }
+    if !e.client_cert_subject.is_empty() {
+        o.string("client_cert_subject", e.client_cert_subject.as_bytes());
+    }
     o.string("instance_id", ctx.instance_id.as_bytes());
     out.extend_from_slice(b"}\n");
 }

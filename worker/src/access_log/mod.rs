@@ -67,6 +67,8 @@ pub struct Entry {
     pub route: String,
     /// The upstream (pool) that answered (empty: none).
     pub upstream_name: String,
+    /// The verified client certificate's subject (mutual TLS; empty: none).
+    pub client_cert_subject: String,
 }
 
 impl Entry {
@@ -89,6 +91,7 @@ impl Entry {
             connection_reused: false,
             route: String::new(),
             upstream_name: String::new(),
+            client_cert_subject: String::new(),
         }
     }
 

@@ -750,8 +750,13 @@ impl HttpSession {
             client_cert_subject: subject.as_deref(),
         };
         let route = router.find(self.lctx.route_scope, self.lctx.default_route, &routed);
-        if let (Some(a), Some(r)) = (self.access.as_mut(), route) {
-            a.route = router.name(r).to_owned();
+        if let Some(a) = self.access.as_mut() {
+            if let Some(r) = route {
+                a.route = router.name(r).to_owned();
+            }
+            if let Some(s) = &subject {
+                s.as_ref().clone_into(&mut a.client_cert_subject);
+            }
         }
         let action = route.and_then(|r| router.action(r)).cloned();
         let errors = router.error_style(route);
