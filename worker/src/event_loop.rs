@@ -512,6 +512,9 @@ impl Worker {
     }
 
     fn start_drain(&mut self, timeout: Duration, now: Instant) {
+        if self.drain.is_none() {
+            self.accept_queued(now);
+        }
         let deadline = now + timeout;
         let active = self.sessions.len() as u64;
         self.send(&WorkerMessage::Draining {
@@ -773,6 +776,23 @@ impl Worker {
             error!(error = %e, "cannot re-register a listener: retrying after a back-off");
             self.listeners_lost = true;
             self.back_off_accept(now);
+        }
+    }
+
+    /// Before the listeners are deregistered for a drain: accept every connection already
+    /// queued. `EPOLLEXCLUSIVE` (edge-triggered) woke one worker per arrival; when that worker
+    /// is this one and it drains instead of accepting, nothing wakes another worker for the
+    /// queued connection until the next one arrives, and a lone client waits for nothing.
+    /// Taken here, each is served (its first request answered with `Connection: close`) like
+    /// the drain's other sessions. A connection arriving after this wakes a worker still in
+    /// `epoll_wait`: this one is busy until it has deregistered.
+    fn accept_queued(&mut self, now: Instant) {
+        loop {
+            let mut took_from = Vec::new();
+            self.accept_some(now, &mut took_from);
+            if took_from.is_empty() {
+                return;
+            }
         }
     }
 
