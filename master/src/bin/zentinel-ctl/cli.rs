@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use zentinel_master::config::load_config;
 use zentinel_master::control_socket_path::{master_control_socket, SOCKET_ENV};
 
-use crate::{CtlResult, DEFAULT_DRAIN};
+use crate::CtlResult;
+
+/// Drain deadline assumed when neither `--drain-timeout` nor a config says otherwise: the
+/// default `graceful-shutdown-timeout-secs`.
+const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 
 const AFTER_HELP: &str = "\
 Socket: --socket PATH, else $ZENTINEL_SOCKET, else `system { control-socket }` of the config
@@ -243,10 +247,15 @@ pub(crate) fn resolve_socket(cli: &Cli) -> CtlResult<PathBuf> {
 pub(crate) fn configured_drain(cli: &Cli) -> Duration {
     cli.config
         .as_deref()
-        .and_then(|path| load_config(Some(path)).ok())
-        .map_or(DEFAULT_DRAIN, |(config, _)| {
-            Duration::from_secs(config.system.graceful_shutdown_timeout_secs)
-        })
+        .map_or(DEFAULT_DRAIN, |path| drain_of_config(Some(path)))
+}
+
+/// The drain deadline of a master running `config` (`None`: the embedded default): its
+/// `graceful-shutdown-timeout-secs`, or the built-in default when it cannot be read.
+pub(crate) fn drain_of_config(config: Option<&Path>) -> Duration {
+    load_config(config).map_or(DEFAULT_DRAIN, |(config, _)| {
+        Duration::from_secs(config.system.graceful_shutdown_timeout_secs)
+    })
 }
 
 /// The master resolves paths against its own working directory, which is not ours.

@@ -2,7 +2,7 @@
 //! (`status`, the running config) and long operations whose `Progress` lines are printed
 //! (reload, stop, worker restart). Every failure says which socket and which step.
 
-use std::io::{self, Write as _};
+use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use zentinel_protocol::control::{
 use zentinel_protocol::messages::Hello;
 use zentinel_protocol::{Channel, ProtocolError};
 
-use crate::CtlResult;
+use crate::{print_line, CtlResult};
 
 pub(crate) struct Connection {
     channel: Channel,
@@ -58,12 +58,12 @@ impl Connection {
             other => Err(format!(
                 "the master at {} answered the hello with {} instead of a Hello",
                 socket.display(),
-                response_kind(&other)
+                other.kind()
             )),
         }
     }
 
-    pub(crate) fn send(&mut self, request: &ControlRequest) -> Result<(), ProtocolError> {
+    fn send(&mut self, request: &ControlRequest) -> Result<(), ProtocolError> {
         // The socket is blocking with a write timeout: `send` writes everything or fails.
         self.channel.send(request, &[]).map(|_| ())
     }
@@ -126,6 +126,39 @@ impl Connection {
         )
     }
 
+    /// Send `request`; a failure names it.
+    pub(crate) fn submit(&mut self, request: &ControlRequest) -> CtlResult<()> {
+        self.send(request)
+            .map_err(|e| self.io_error(&format!("the {} request", request_name(request)), &e))
+    }
+
+    /// The next answer before `deadline`, `None` once it passed. A read that times out
+    /// earlier (the socket's own timeout) is not an error: long operations outlast it.
+    pub(crate) fn recv_before(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<Option<ControlResponse>, ProtocolError> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            match self.recv(left) {
+                Err(ProtocolError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {}
+                answer => return answer.map(Some),
+            }
+        }
+    }
+
+    /// An answer that does not fit `what` was asked.
+    fn unexpected(&self, what: &str, answer: &ControlResponse) -> String {
+        format!(
+            "the master at {} answered {what} with {}",
+            self.socket.display(),
+            answer.kind()
+        )
+    }
+
     /// Send `request` and wait for the one answer `expected` takes (it hands back any other).
     fn ask<T>(
         &mut self,
@@ -134,20 +167,14 @@ impl Connection {
         expected: impl Fn(ControlResponse) -> Result<T, ControlResponse>,
     ) -> CtlResult<T> {
         let what = format!("the {} request", request_name(request));
-        self.send(request).map_err(|e| self.io_error(&what, &e))?;
+        self.submit(request)?;
         loop {
             match self.recv(timeout).map(&expected) {
                 Ok(Ok(answer)) => return Ok(answer),
                 // Not expected for a one-answer request, but harmless: keep waiting.
                 Ok(Err(ControlResponse::Progress { .. })) => {}
                 Ok(Err(ControlResponse::Failed { message })) => return Err(message),
-                Ok(Err(other)) => {
-                    return Err(format!(
-                        "the master at {} answered {what} with {}",
-                        self.socket.display(),
-                        response_kind(&other)
-                    ))
-                }
+                Ok(Err(other)) => return Err(self.unexpected(&what, &other)),
                 Err(e) if e.is_closed() => {
                     return Err(format!(
                         "the master at {} closed the connection before answering {what}",
@@ -169,47 +196,35 @@ impl Connection {
         eof_is_success: bool,
     ) -> CtlResult<()> {
         let what = request_name(request);
-        self.send(request)
-            .map_err(|e| self.io_error(&format!("the {what} request"), &e))?;
+        self.submit(request)?;
         let deadline = Instant::now() + wait;
-        let mut stdout = io::stdout().lock();
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!(
-                    "no final answer from the master at {} to {what} within {wait:?}; the \
-                     operation may still be in progress (check `zentinel-ctl status`)",
-                    self.socket.display()
-                ));
-            }
-            match self.recv(left) {
-                Ok(ControlResponse::Progress { message }) => {
-                    let _ = writeln!(stdout, "{message}");
-                    let _ = stdout.flush();
-                }
-                Ok(ControlResponse::Done { message }) => {
+            match self.recv_before(deadline) {
+                Ok(Some(ControlResponse::Progress { message })) => print_line(&message),
+                Ok(Some(ControlResponse::Done { message })) => {
                     let message = if message.is_empty() && eof_is_success {
                         "stopped"
                     } else {
                         &message
                     };
                     if !message.is_empty() {
-                        let _ = writeln!(stdout, "{message}");
+                        print_line(message);
                     }
                     return Ok(());
                 }
-                Ok(ControlResponse::Failed { message }) => {
+                Ok(Some(ControlResponse::Failed { message })) => {
                     return Err(format!("{what} failed: {message}"))
                 }
-                Ok(other) => {
+                Ok(Some(other)) => return Err(self.unexpected(what, &other)),
+                Ok(None) => {
                     return Err(format!(
-                        "the master at {} answered {what} with {}",
-                        self.socket.display(),
-                        response_kind(&other)
+                        "no final answer from the master at {} to {what} within {wait:?}; the \
+                         operation may still be in progress (check `zentinel-ctl status`)",
+                        self.socket.display()
                     ))
                 }
                 Err(e) if e.is_closed() && eof_is_success => {
-                    let _ = writeln!(stdout, "stopped");
+                    print_line("stopped");
                     return Ok(());
                 }
                 Err(e) if e.is_closed() => {
@@ -219,7 +234,6 @@ impl Connection {
                         self.socket.display()
                     ))
                 }
-                Err(ProtocolError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {}
                 Err(e) => return Err(self.io_error(&format!("the {what} request"), &e)),
             }
         }
@@ -262,6 +276,8 @@ fn connect_error(socket: &Path, err: &io::Error) -> String {
     }
 }
 
+/// The request as the operator named it on the command line, for messages (not
+/// [`ControlRequest::kind`], the protocol's name).
 fn request_name(request: &ControlRequest) -> &'static str {
     match request {
         ControlRequest::Hello(_) => "hello",
@@ -271,21 +287,6 @@ fn request_name(request: &ControlRequest) -> &'static str {
         ControlRequest::WorkerRestart { .. } => "worker restart",
         ControlRequest::Upgrade { .. } | ControlRequest::UpgradeWith(_) => "upgrade",
         ControlRequest::RunningConfig => "running config",
-    }
-}
-
-pub(crate) fn response_kind(response: &ControlResponse) -> &'static str {
-    match response {
-        ControlResponse::Hello(_) => "Hello",
-        ControlResponse::Status(_) => "Status",
-        ControlResponse::Progress { .. } => "Progress",
-        ControlResponse::MasterReplaced { .. } => "MasterReplaced",
-        ControlResponse::WorkerReplaced { .. } => "WorkerReplaced",
-        ControlResponse::WorkerRolledBack { .. } => "WorkerRolledBack",
-        ControlResponse::CanaryComparison { .. } => "CanaryComparison",
-        ControlResponse::Done { .. } => "Done",
-        ControlResponse::Failed { .. } => "Failed",
-        ControlResponse::RunningConfig(_) => "RunningConfig",
     }
 }
 

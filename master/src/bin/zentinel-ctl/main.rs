@@ -28,10 +28,6 @@ const EXIT_FAILURE: u8 = 1;
 /// Time the master gets, beyond a stop's or restart's drain deadline, to finish and answer.
 const LONG_OPERATION_MARGIN: Duration = Duration::from_secs(15);
 
-/// Drain deadline assumed when neither `--drain-timeout` nor a config says otherwise: the
-/// default `graceful-shutdown-timeout-secs`.
-const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
-
 /// The master's default for `--ready-timeout`.
 const DEFAULT_READY: Duration = Duration::from_secs(10);
 
@@ -73,7 +69,7 @@ fn run(cli: &Cli) -> CtlResult<()> {
             fast,
             drain_timeout,
         } => {
-            let drain_timeout_ms = drain_timeout.map(|d| d.as_millis().min(u64::MAX.into()) as u64);
+            let drain_timeout_ms = drain_timeout.map(millis);
             let drain = drain_timeout.unwrap_or_else(|| configured_drain(cli));
             let wait = cli.timeout.max(drain + LONG_OPERATION_MARGIN);
             let mut conn = Connection::open(&socket, cli.timeout)?;
@@ -108,4 +104,17 @@ fn write_stdout(text: &str) -> CtlResult<()> {
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
         .map_err(|e| format!("cannot write to stdout: {e}"))
+}
+
+/// A duration as the protocol and the JSON output carry it, saturating.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One line on stdout as it happens (a step of a long operation). A closed stdout does not
+/// stop the operation it reports on: its outcome is the exit status.
+fn print_line(line: &str) {
+    let mut stdout = io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
 }

@@ -283,24 +283,21 @@ fn watch(socket: &Path, timeout: Duration, interval: Duration, json: bool) -> Ct
                 report
             }),
         };
-        let now = chrono_free_clock();
+        // Clear the screen, then the header.
+        let header = format!(
+            "\x1b[H\x1b[2J{}  every {interval:?} from {}  (Ctrl-C to stop)\n\n",
+            chrono_free_clock(),
+            socket.display()
+        );
         match result {
             Ok(report) if json => write_stdout(&(render_json(&report)? + "\n"))?,
-            Ok(report) => write_stdout(&format!(
-                "\x1b[H\x1b[2J{now}  every {interval:?} from {}  (Ctrl-C to stop)\n\n{}",
-                socket.display(),
-                render_table(&report)
-            ))?,
+            Ok(report) => write_stdout(&(header + &render_table(&report)))?,
             Err(reason) => {
                 conn = None;
                 if json {
                     eprintln!("zentinel-ctl: {reason} (retrying)");
                 } else {
-                    write_stdout(&format!(
-                        "\x1b[H\x1b[2J{now}  every {interval:?} from {}  (Ctrl-C to stop)\n\n\
-                         zentinel-ctl: {reason}\nretrying...\n",
-                        socket.display()
-                    ))?;
+                    write_stdout(&format!("{header}zentinel-ctl: {reason}\nretrying...\n"))?;
                 }
             }
         }

@@ -6,13 +6,12 @@ mod preflight;
 mod progress;
 
 use std::path::Path;
-use std::time::Duration;
 
 use zentinel_protocol::control::{CanaryPolicy, ControlRequest, UpgradeRequest};
 
 use crate::cli::{absolute_config_path, Cli, UpgradeArgs};
 use crate::client::Connection;
-use crate::{CtlResult, DEFAULT_READY, LONG_OPERATION_MARGIN};
+use crate::{millis, CtlResult, DEFAULT_READY, LONG_OPERATION_MARGIN};
 
 /// `upgrade`: pre-flight (unless `--no-preflight`), the plan with `--dry-run`, else the
 /// upgrade itself.
@@ -57,7 +56,6 @@ pub(crate) fn run(socket: &Path, cli: &Cli, args: &UpgradeArgs) -> CtlResult<()>
 /// The request for `args`: the protocol 2 `Upgrade` unless an option needs `UpgradeWith`,
 /// so that a master predating those options still takes every upgrade it can carry out.
 fn upgrade_request(args: &UpgradeArgs, binary: Option<String>) -> ControlRequest {
-    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let request = UpgradeRequest {
         binary,
         rolling: args.rolling,

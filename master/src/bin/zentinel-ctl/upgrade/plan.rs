@@ -1,15 +1,14 @@
 //! `upgrade --dry-run`: what the upgrade would do, once the pre-flight passed.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
-use zentinel_master::config::{load_config, DEFAULT_CONFIG_NAME};
+use zentinel_master::config::DEFAULT_CONFIG_NAME;
 use zentinel_master::upgrade::format_duration;
 use zentinel_protocol::control::{CanaryPolicy, StatusReport, WorkerState, WorkerStatus};
 
 use super::preflight::Preflight;
-use crate::cli::UpgradeArgs;
-use crate::{write_stdout, CtlResult, DEFAULT_DRAIN, DEFAULT_READY};
+use crate::cli::{drain_of_config, UpgradeArgs};
+use crate::{millis, write_stdout, CtlResult, DEFAULT_READY};
 
 /// `--dry-run`: what the upgrade would do, after a successful pre-flight.
 pub(super) fn print(report: &StatusReport, pre: &Preflight, args: &UpgradeArgs) -> CtlResult<()> {
@@ -20,11 +19,9 @@ pub(super) fn print(report: &StatusReport, pre: &Preflight, args: &UpgradeArgs) 
         .filter(|w| w.state == WorkerState::Running && w.generation == master.generation)
         .collect();
     // The master's drain default is the running config's graceful-shutdown-timeout-secs.
-    let drain = args.drain_timeout.unwrap_or_else(|| {
-        load_config(pre.config.as_deref()).map_or(DEFAULT_DRAIN, |(config, _)| {
-            Duration::from_secs(config.system.graceful_shutdown_timeout_secs)
-        })
-    });
+    let drain = args
+        .drain_timeout
+        .unwrap_or_else(|| drain_of_config(pre.config.as_deref()));
     let ready = args.ready_timeout.unwrap_or(DEFAULT_READY);
     let pids: Vec<u32> = workers.iter().map(|w| w.pid).collect();
     let canary = args.canary.map(|window| {
@@ -57,10 +54,10 @@ pub(super) fn print(report: &StatusReport, pre: &Preflight, args: &UpgradeArgs) 
             },
             "rolling": args.rolling,
             "workers_to_replace": if args.rolling { pids.clone() } else { Vec::new() },
-            "drain_timeout_ms": u64::try_from(drain.as_millis()).unwrap_or(u64::MAX),
-            "ready_timeout_ms": u64::try_from(ready.as_millis()).unwrap_or(u64::MAX),
+            "drain_timeout_ms": millis(drain),
+            "ready_timeout_ms": millis(ready),
             "canary": canary.map(|(window, points)| serde_json::json!({
-                "duration_ms": u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+                "duration_ms": millis(window),
                 "max_error_rate_points": points,
             })),
         });

@@ -1,7 +1,6 @@
 //! The upgrade pre-flight: checks of the new binary against the running master before the
 //! request is sent, each printed as one line.
 
-use std::io::{self, Write as _};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use zentinel_protocol::config_source::ConfigSource;
 use zentinel_protocol::control::{MasterStatus, StatusReport};
 
 use crate::cli::UpgradeArgs;
-use crate::CtlResult;
+use crate::{print_line, CtlResult};
 
 /// What the pre-flight learned, for the dry run's plan.
 pub(super) struct Preflight {
@@ -33,9 +32,7 @@ fn preflight_line(json: bool, step: &str, ok: bool, message: &str) {
     } else {
         format!("pre-flight: FAILED: {message}")
     };
-    let mut stdout = io::stdout().lock();
-    let _ = writeln!(stdout, "{line}");
-    let _ = stdout.flush();
+    print_line(&line);
 }
 
 /// Checks of the new binary before the upgrade request is sent: it is executable, it reads

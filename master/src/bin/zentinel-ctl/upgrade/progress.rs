@@ -1,38 +1,37 @@
 //! The upgrade's progress: one line (or JSON object) per step as the master reports it,
 //! until the final answer.
 
-use std::io::{self, Write as _};
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use zentinel_master::canary::ErrorRate;
 use zentinel_master::upgrade::format_duration;
 use zentinel_protocol::control::{ControlRequest, ControlResponse};
-use zentinel_protocol::ProtocolError;
 
-use crate::client::{response_kind, Connection};
-use crate::CtlResult;
+use crate::client::Connection;
+use crate::{print_line, CtlResult};
 
 impl Connection {
     /// Send an upgrade and print each step as it comes, until `Done` or `Failed`. The
     /// connection survives the master's replacement (the new master inherits it), so `wait`
     /// bounds the silence between two steps, not the whole upgrade.
-    pub(super) fn upgrade(&mut self, request: &ControlRequest, wait: Duration, json: bool) -> CtlResult<()> {
-        self.send(request)
-            .map_err(|e| self.io_error("the upgrade request", &e))?;
-        let mut stdout = io::stdout().lock();
-        let mut deadline = Instant::now() + wait;
+    pub(super) fn upgrade(
+        &mut self,
+        request: &ControlRequest,
+        wait: Duration,
+        json: bool,
+    ) -> CtlResult<()> {
+        self.submit(request)?;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!(
-                    "no progress from the master at {} for {wait:?}; the upgrade may still be \
-                     in progress (check `zentinel-ctl status`)",
-                    self.socket.display()
-                ));
-            }
-            let response = match self.recv(left) {
-                Ok(response) => response,
-                Err(ProtocolError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => continue,
+            let response = match self.recv_before(Instant::now() + wait) {
+                Ok(Some(response)) => response,
+                Ok(None) => {
+                    return Err(format!(
+                        "no progress from the master at {} for {wait:?}; the upgrade may still \
+                         be in progress (check `zentinel-ctl status`)",
+                        self.socket.display()
+                    ))
+                }
                 Err(e) if e.is_closed() => {
                     return Err(format!(
                         "the master at {} closed the connection before the upgrade finished \
@@ -42,16 +41,12 @@ impl Connection {
                 }
                 Err(e) => return Err(self.io_error("the upgrade request", &e)),
             };
-            deadline = Instant::now() + wait;
             let (line, outcome) = upgrade_line(&response, json);
             if let Some(line) = line {
-                let _ = writeln!(stdout, "{line}");
-                let _ = stdout.flush();
+                print_line(&line);
             }
-            match outcome {
-                Some(Ok(())) => return Ok(()),
-                Some(Err(reason)) => return Err(reason),
-                None => {}
+            if let Some(outcome) = outcome {
+                return outcome;
             }
         }
     }
@@ -59,15 +54,37 @@ impl Connection {
 
 /// The printed line of one upgrade response, and the outcome if it is the last one.
 fn upgrade_line(response: &ControlResponse, json: bool) -> (Option<String>, Option<CtlResult<()>>) {
-    let value = |v: serde_json::Value| Some(v.to_string());
-    match response {
-        ControlResponse::Progress { message } => (
-            if json {
-                value(serde_json::json!({"event": "progress", "message": message}))
-            } else {
-                Some(message.clone())
-            },
-            None,
+    let Some(step) = step(response) else {
+        let reason = format!("the master answered the upgrade with {}", response.kind());
+        return (None, Some(Err(reason)));
+    };
+    let line = if json {
+        Some(step.object.to_string())
+    } else {
+        step.text
+    };
+    (line, step.outcome)
+}
+
+/// One upgrade response in both forms: the `--json` object and the text line (`None`: it
+/// prints none, the error says it all), with the outcome if it is the last one.
+struct Step {
+    object: serde_json::Value,
+    text: Option<String>,
+    outcome: Option<CtlResult<()>>,
+}
+
+/// `None`: not an answer to an upgrade.
+fn step(response: &ControlResponse) -> Option<Step> {
+    let progress = |object, text| Step {
+        object,
+        text: Some(text),
+        outcome: None,
+    };
+    Some(match response {
+        ControlResponse::Progress { message } => progress(
+            json!({"event": "progress", "message": message}),
+            message.clone(),
         ),
         ControlResponse::MasterReplaced {
             old_pid,
@@ -75,19 +92,15 @@ fn upgrade_line(response: &ControlResponse, json: bool) -> (Option<String>, Opti
             ready_ms,
             generation,
             binary,
-        } => (
-            if json {
-                value(serde_json::json!({
-                    "event": "master_replaced", "old_pid": old_pid, "new_pid": new_pid,
-                    "ready_ms": ready_ms, "generation": generation, "binary": binary,
-                }))
-            } else {
-                Some(format!(
-                    "master: pid {old_pid} -> pid {new_pid} ready in {ready_ms} ms (generation \
-                     {generation}, binary {binary})"
-                ))
-            },
-            None,
+        } => progress(
+            json!({
+                "event": "master_replaced", "old_pid": old_pid, "new_pid": new_pid,
+                "ready_ms": ready_ms, "generation": generation, "binary": binary,
+            }),
+            format!(
+                "master: pid {old_pid} -> pid {new_pid} ready in {ready_ms} ms (generation \
+                 {generation}, binary {binary})"
+            ),
         ),
         ControlResponse::WorkerReplaced {
             index,
@@ -98,40 +111,32 @@ fn upgrade_line(response: &ControlResponse, json: bool) -> (Option<String>, Opti
             ready_ms,
             old_active_connections,
         } => {
-            (
-                if json {
-                    value(serde_json::json!({
-                        "event": "worker_replaced", "index": index, "total": total,
-                        "worker_id": worker_id, "old_pid": old_pid, "new_pid": new_pid,
-                        "ready_ms": ready_ms, "old_active_connections": old_active_connections,
-                    }))
-                } else {
-                    Some(format!(
-                    "worker {index}/{total}: pid {old_pid} -> pid {new_pid} ready in {ready_ms} \
-                     ms, old draining ({old_active_connections} connection{})",
-                    if *old_active_connections == 1 { "" } else { "s" }
-                ))
-                },
-                None,
+            progress(
+                json!({
+                    "event": "worker_replaced", "index": index, "total": total,
+                    "worker_id": worker_id, "old_pid": old_pid, "new_pid": new_pid,
+                    "ready_ms": ready_ms, "old_active_connections": old_active_connections,
+                }),
+                format!(
+                "worker {index}/{total}: pid {old_pid} -> pid {new_pid} ready in {ready_ms} ms, \
+                 old draining ({old_active_connections} connection{})",
+                if *old_active_connections == 1 { "" } else { "s" }
+            ),
             )
         }
         ControlResponse::WorkerRolledBack {
             worker_id,
             failed_pid,
             restored_pid,
-        } => (
-            if json {
-                value(serde_json::json!({
-                    "event": "worker_rolled_back", "worker_id": worker_id,
-                    "failed_pid": failed_pid, "restored_pid": restored_pid,
-                }))
-            } else {
-                Some(format!(
-                    "rollback: worker {worker_id}: pid {failed_pid} (new binary) -> pid \
-                     {restored_pid} (previous binary)"
-                ))
-            },
-            None,
+        } => progress(
+            json!({
+                "event": "worker_rolled_back", "worker_id": worker_id,
+                "failed_pid": failed_pid, "restored_pid": restored_pid,
+            }),
+            format!(
+                "rollback: worker {worker_id}: pid {failed_pid} (new binary) -> pid \
+                 {restored_pid} (previous binary)"
+            ),
         ),
         ControlResponse::CanaryComparison {
             worker_id,
@@ -141,46 +146,36 @@ fn upgrade_line(response: &ControlResponse, json: bool) -> (Option<String>, Opti
             new_requests,
             old_errors,
             old_requests,
-        } => (
-            if json {
-                value(serde_json::json!({
+        } => {
+            let rate = |errors: u64, requests: u64| ErrorRate { errors, requests };
+            progress(
+                json!({
                     "event": "canary", "worker_id": worker_id, "elapsed_ms": elapsed_ms,
                     "window_ms": window_ms,
                     "new": {"errors": new_errors, "requests": new_requests},
                     "old": {"errors": old_errors, "requests": old_requests},
-                }))
-            } else {
-                let rate = |errors: u64, requests: u64| ErrorRate { errors, requests };
-                Some(format!(
+                }),
+                format!(
                     "canary: {:.1}s/{}: new {}, old {}",
                     Duration::from_millis(*elapsed_ms).as_secs_f64(),
                     format_duration(Duration::from_millis(*window_ms)),
                     rate(*new_errors, *new_requests),
                     rate(*old_errors, *old_requests)
-                ))
-            },
-            None,
-        ),
-        ControlResponse::Done { message } => (
-            if json {
-                value(serde_json::json!({"event": "done", "message": message}))
-            } else {
-                Some(message.clone())
-            },
-            Some(Ok(())),
-        ),
-        ControlResponse::Failed { message } => (
-            json.then(|| serde_json::json!({"event": "failed", "message": message}).to_string()),
-            Some(Err(format!("upgrade failed: {message}"))),
-        ),
-        other => (
-            None,
-            Some(Err(format!(
-                "the master answered the upgrade with {}",
-                response_kind(other)
-            ))),
-        ),
-    }
+                ),
+            )
+        }
+        ControlResponse::Done { message } => Step {
+            object: json!({"event": "done", "message": message}),
+            text: Some(message.clone()),
+            outcome: Some(Ok(())),
+        },
+        ControlResponse::Failed { message } => Step {
+            object: json!({"event": "failed", "message": message}),
+            text: None,
+            outcome: Some(Err(format!("upgrade failed: {message}"))),
+        },
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
