@@ -4,6 +4,11 @@
 //! master <-> worker: Hello both ways, then one request and its answers (`Progress` lines, then
 //! a final `Status`, `Done` or `Failed`). Every failure ends the process with exit status 1 and
 //! one line `zentinel-ctl: <reason>` on stderr, so scripts can both test and log it.
+//!
+//! - [`cli`]: flags, help, value parsers; which socket and drain deadline they resolve to.
+//! - [`client`]: the control connection; reload, stop and worker restart are its operations.
+//! - [`status`]: the table, the JSON object and `--watch`.
+//! - [`upgrade`]: pre-flight, `--dry-run` plan, the request and its progress lines.
 
 mod cli;
 mod client;

@@ -144,7 +144,7 @@ pub(crate) fn run_master(cli: &Cli) -> ExitCode {
     }
 }
 
-/// argv[0] when it names a path (`./zentinel`, `/usr/bin/zentinel`), for the executable's
+/// `argv[0]` when it names a path (`./zentinel`, `/usr/bin/zentinel`), for the executable's
 /// name in status and as the default binary of an upgrade.
 pub(crate) fn started_as() -> Option<PathBuf> {
     let arg0 = PathBuf::from(std::env::args_os().next()?);

@@ -1,5 +1,9 @@
 //! The `zentinel` binary: the master by default, a worker when the master re-executes it as
 //! `zentinel worker --channel-fd N`.
+//!
+//! - [`check`](mod@check): `-t` and `--check-source`.
+//! - [`fresh_master`]: a master started by hand or by systemd.
+//! - [`take_over`]: a master started by the previous one in a binary upgrade.
 
 mod check;
 mod fresh_master;
