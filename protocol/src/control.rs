@@ -76,6 +76,22 @@ pub enum ControlRequest {
     RunningConfig,
 }
 
+impl ControlRequest {
+    /// The request's name, for logs and refusals. `UpgradeWith` is named `Upgrade`: it is
+    /// the same request with more options, and an operator reads it as one.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ControlRequest::Hello(_) => "Hello",
+            ControlRequest::Status => "Status",
+            ControlRequest::Reload { .. } => "Reload",
+            ControlRequest::Stop { .. } => "Stop",
+            ControlRequest::WorkerRestart { .. } => "WorkerRestart",
+            ControlRequest::Upgrade { .. } | ControlRequest::UpgradeWith(_) => "Upgrade",
+            ControlRequest::RunningConfig => "RunningConfig",
+        }
+    }
+}
+
 /// Everything an upgrade request says; see [`ControlRequest::Upgrade`].
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
@@ -224,4 +240,22 @@ pub enum ControlResponse {
     },
     /// The answer to [`ControlRequest::RunningConfig`] (boxed: the archived size stays).
     RunningConfig(Box<crate::config_source::ConfigSource>),
+}
+
+impl ControlResponse {
+    /// The variant's name, for errors about an answer that was not the expected one.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ControlResponse::Hello(_) => "Hello",
+            ControlResponse::Status(_) => "Status",
+            ControlResponse::Progress { .. } => "Progress",
+            ControlResponse::MasterReplaced { .. } => "MasterReplaced",
+            ControlResponse::WorkerReplaced { .. } => "WorkerReplaced",
+            ControlResponse::WorkerRolledBack { .. } => "WorkerRolledBack",
+            ControlResponse::CanaryComparison { .. } => "CanaryComparison",
+            ControlResponse::Done { .. } => "Done",
+            ControlResponse::Failed { .. } => "Failed",
+            ControlResponse::RunningConfig(_) => "RunningConfig",
+        }
+    }
 }

@@ -233,7 +233,7 @@ impl ControlServer {
                     self.send(registry, token, &reply);
                 }
                 (false, other) => {
-                    let message = format!("expected Hello first, got {}", request_kind(&other));
+                    let message = format!("expected Hello first, got {}", other.kind());
                     warn!(peer_pid = client.peer_pid, "control client {message}");
                     self.fail_and_close(registry, token, message);
                     return requests;
@@ -255,7 +255,7 @@ impl ControlServer {
                             &ControlResponse::Failed {
                                 message: format!(
                                     "{} refused: the previous request on this connection is still in progress",
-                                    request_kind(&request)
+                                    request.kind()
                                 ),
                             },
                         );
@@ -265,7 +265,7 @@ impl ControlServer {
                     info!(
                         peer_pid = client.peer_pid,
                         peer_uid = client.peer_uid,
-                        request = request_kind(&request),
+                        request = request.kind(),
                         "control request"
                     );
                     requests.push(request);
@@ -527,18 +527,6 @@ impl ControlServer {
                 }
             }
         }
-    }
-}
-
-fn request_kind(request: &ControlRequest) -> &'static str {
-    match request {
-        ControlRequest::Hello(_) => "Hello",
-        ControlRequest::Status => "Status",
-        ControlRequest::Reload { .. } => "Reload",
-        ControlRequest::Stop { .. } => "Stop",
-        ControlRequest::WorkerRestart { .. } => "WorkerRestart",
-        ControlRequest::Upgrade { .. } | ControlRequest::UpgradeWith(_) => "Upgrade",
-        ControlRequest::RunningConfig => "RunningConfig",
     }
 }
 
