@@ -953,9 +953,20 @@ fn preflight_line(json: bool, step: &str, ok: bool, message: &str) {
     let _ = stdout.flush();
 }
 
+/// Retired workers the status lists as draining: while there are any, the master hands their
+/// drain deadlines over in a newer state format.
+fn draining_workers(report: &StatusReport) -> usize {
+    report
+        .workers
+        .iter()
+        .filter(|w| w.state == WorkerState::Draining)
+        .count()
+}
+
 /// Checks of the new binary before the upgrade request is sent: it is executable, it reads
-/// the state format the running master writes for this upgrade (format 2 unless --canary: a
-/// rollback to the release before canaries passes) and speaks at least its worker protocol, and
+/// the state format the running master writes for this upgrade (format 4 unless retired
+/// workers drain: a rollback to the release before format 5 passes once they have exited) and
+/// speaks at least its worker protocol, and
 /// it accepts the running configuration. Each step prints one line; the first failure is the
 /// command's error, and nothing was changed.
 fn preflight(
@@ -995,7 +1006,8 @@ fn preflight(
     let (running, running_source) =
         running_master_versions(master, timeout).map_err(|e| fail("versions", e))?;
     let canary = args.canary.is_some();
-    preflight::check_state_format(&running, &new, canary).map_err(|e| fail("versions", e))?;
+    preflight::check_state_format(&running, &new, canary, draining_workers(report))
+        .map_err(|e| fail("versions", e))?;
     preflight::check_protocol(&running, &new).map_err(|e| fail("versions", e))?;
     if canary {
         preflight::check_feature(&running, &new, preflight::FEATURE_CANARY)
@@ -1159,8 +1171,12 @@ fn print_plan(report: &StatusReport, pre: &Preflight, args: &UpgradeArgs) -> Ctl
             "master": {
                 "pid": master.pid, "version": master.version, "binary": master.binary,
                 "generation": master.generation, "config": config,
-                // The format this upgrade's state file will have (2 unless --canary).
-                "state_format_version": pre.running.writes_state_format(args.canary.is_some()),
+                // The format this upgrade's state file will have (from format 5 on: 4 unless
+                // retired workers drain; before: 2 unless --canary).
+                "state_format_version": pre.running.writes_state_format(
+                    args.canary.is_some(),
+                    draining_workers(report) > 0,
+                ),
                 "protocol_version": pre.running.protocol_version,
                 "versions_from": pre.running_source,
             },

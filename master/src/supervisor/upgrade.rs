@@ -262,6 +262,8 @@ impl Supervisor {
                 state,
                 counters: process.counters.clone().unwrap_or_default(),
                 protocol_version: process.protocol_version,
+                // Not handed over yet: every state is written as format 4.
+                drain_deadline_monotonic_ms: None,
             });
         }
         inherit.extend(client_fd);
