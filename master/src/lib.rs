@@ -23,6 +23,7 @@ pub mod canary;
 pub mod config;
 pub mod control;
 pub mod control_socket_path;
+pub mod drain_deadline;
 pub mod error_log_file;
 pub mod handover_state_file;
 pub mod listeners;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
-use zentinel_protocol::state::STATE_FORMAT_VERSION;
+use zentinel_protocol::state::{NO_DRAIN_DEADLINE_STATE_FORMAT, STATE_FORMAT_VERSION};
 use zentinel_protocol::PROTOCOL_VERSION;
 
 /// Arguments that make a binary print its [`VersionInfo`].
@@ -82,6 +82,12 @@ pub struct VersionInfo {
     /// wrote `state_format_version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plain_upgrade_state_format: Option<u32>,
+    /// The state format this binary writes while retired workers are draining: their drain
+    /// deadlines travel in it. Every other upgrade, with or without a canary, writes
+    /// `plain_upgrade_state_format`. Absent from builds from before format 5, whose formats
+    /// depend on the canary only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_state_format: Option<u32>,
     /// Every state format this binary reads (as the successor master of an upgrade).
     pub readable_state_formats: Vec<u32>,
     /// The `zentinel-ctl` <-> master protocol.
@@ -103,7 +109,8 @@ impl VersionInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol_version: PROTOCOL_VERSION,
             state_format_version: STATE_FORMAT_VERSION,
-            plain_upgrade_state_format: Some(STATE_FORMAT_VERSION),
+            plain_upgrade_state_format: Some(NO_DRAIN_DEADLINE_STATE_FORMAT),
+            draining_state_format: Some(STATE_FORMAT_VERSION),
             readable_state_formats: (OLDEST_READABLE_STATE_FORMAT..=STATE_FORMAT_VERSION).collect(),
             control_protocol_version: CONTROL_PROTOCOL_VERSION,
             features: [FEATURE_CANARY, FEATURE_RUNNING_CONFIG]
@@ -125,6 +132,7 @@ impl VersionInfo {
             protocol_version: LEGACY_FORMAT,
             state_format_version: LEGACY_FORMAT,
             plain_upgrade_state_format: None,
+            draining_state_format: None,
             readable_state_formats: vec![LEGACY_FORMAT],
             control_protocol_version: LEGACY_FORMAT,
             features: Vec::new(),
@@ -138,25 +146,36 @@ impl VersionInfo {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// The state format this binary's master writes to hand over an upgrade, with or without
-    /// a canary.
-    pub fn writes_state_format(&self, canary: bool) -> u32 {
-        if canary {
-            self.state_format_version
-        } else {
-            self.plain_upgrade_state_format
-                .unwrap_or(self.state_format_version)
+    /// The state format this binary's master writes to hand over an upgrade: with or without
+    /// a canary, while retired workers drain (`draining`) or not.
+    pub fn writes_state_format(&self, canary: bool, draining: bool) -> u32 {
+        let plain = self
+            .plain_upgrade_state_format
+            .unwrap_or(self.state_format_version);
+        match self.draining_state_format {
+            // From format 5 on, only drain deadlines need the newer format.
+            Some(format) if draining => format,
+            Some(_) => plain,
+            None if canary => self.state_format_version,
+            None => plain,
         }
     }
 
-    /// `format 2 (3 with --canary)`, or `format 3` when both are the same.
+    /// `format 4 (5 while retired workers drain)`, `format 2 (3 with --canary)`, or
+    /// `format 3` when there is one.
     pub fn written_formats_text(&self) -> String {
-        let plain = self.writes_state_format(false);
-        let canary = self.writes_state_format(true);
-        if plain == canary {
+        let plain = self.writes_state_format(false, false);
+        let (other, when) = match self.draining_state_format {
+            Some(_) => (
+                self.writes_state_format(false, true),
+                "while retired workers drain",
+            ),
+            None => (self.writes_state_format(true, false), "with --canary"),
+        };
+        if plain == other {
             format!("format {plain}")
         } else {
-            format!("format {plain} ({canary} with --canary)")
+            format!("format {plain} ({other} {when})")
         }
     }
 
@@ -435,10 +454,15 @@ pub fn check_running_source(
 }
 
 /// The new master reads the state file the running master writes: format
-/// [`VersionInfo::writes_state_format`] for this upgrade (`canary`: `--canary` was asked for).
-/// A running master writes the oldest format that holds its state, so a plain upgrade to the
-/// previous release (a rollback) passes where a canary-gated one, needing a newer format, is
-/// refused.
+/// [`VersionInfo::writes_state_format`] for this upgrade (`canary`: `--canary` was asked for;
+/// `draining`: how many retired workers the running master's status lists as draining). A
+/// running master writes the oldest format that holds its state, so an upgrade to the previous
+/// release (a rollback) passes where one needing a newer format (drain deadlines to carry, or
+/// a canary for masters from before format 5) is refused, saying what to do instead.
+///
+/// A worker retired between this check and the upgrade request makes the running master write
+/// the newer format after all: a new binary that cannot read it refuses the state file at
+/// take-over, and the running master keeps serving.
 ///
 /// A new binary that predates `--version --json` (a downgrade, or a rollback to an older
 /// build) cannot say what it reads; it is let through, because its master refuses a state file
@@ -449,12 +473,26 @@ pub fn check_state_format(
     running: &VersionInfo,
     new: &VersionInfo,
     canary: bool,
+    draining: usize,
 ) -> Result<(), String> {
-    let needed = running.writes_state_format(canary);
+    let needed = running.writes_state_format(canary, draining > 0);
     if new.legacy || new.reads_state_format(needed) {
         return Ok(());
     }
-    let plain = running.writes_state_format(false);
+    let calm = running.writes_state_format(canary, false);
+    if draining > 0 && new.reads_state_format(calm) {
+        return Err(format!(
+            "the new binary (zentinel {}) reads upgrade state formats {}, but the running master \
+             (zentinel {}) has {draining} retired worker(s) draining and writes format {needed} \
+             while they do (it carries their drain deadlines): it could not take over; wait \
+             until they have exited (`zentinel-ctl status` lists them as draining), then retry \
+             (the master then writes format {calm})",
+            new.version,
+            new.readable_formats_text(),
+            running.version,
+        ));
+    }
+    let plain = running.writes_state_format(false, draining > 0);
     if canary && new.reads_state_format(plain) {
         return Err(format!(
             "the new binary (zentinel {}) reads upgrade state formats {}, but the running master \
@@ -557,11 +595,11 @@ mod tests {
         let current = VersionInfo::current();
         let legacy = VersionInfo::legacy("0.0.9");
         // Any current binary takes over from a legacy master...
-        assert!(check_state_format(&legacy, &current, false).is_ok());
+        assert!(check_state_format(&legacy, &current, false, 0).is_ok());
         assert!(check_protocol(&legacy, &current).is_ok());
         // ...and a legacy binary cannot say what it reads: its own take-over check decides.
-        assert!(check_state_format(&current, &legacy, false).is_ok());
-        assert!(check_state_format(&current, &legacy, true).is_ok());
+        assert!(check_state_format(&current, &legacy, false, 0).is_ok());
+        assert!(check_state_format(&current, &legacy, true, 3).is_ok());
         assert!(check_protocol(&current, &legacy).is_ok());
         // A binary that says it cannot read the running format, or speaks an older protocol.
         let mut older = current.clone();
@@ -570,7 +608,8 @@ mod tests {
         let mut running = current.clone();
         running.state_format_version = 2;
         running.plain_upgrade_state_format = None;
-        let err = check_state_format(&running, &older, false).unwrap_err();
+        running.draining_state_format = None;
+        let err = check_state_format(&running, &older, false, 0).unwrap_err();
         assert!(err.contains("reads upgrade state formats 1,"), "{err}");
         assert!(err.contains("writes format 2"), "{err}");
         running.protocol_version = 2;
@@ -588,20 +627,17 @@ mod tests {
     #[test]
     fn release_before_the_text_state_cannot_take_over() {
         let current = VersionInfo::current();
-        assert_eq!(current.state_format_version, 4);
-        assert_eq!(current.writes_state_format(false), 4);
-        assert_eq!(current.writes_state_format(true), 4);
-        assert_eq!(current.written_formats_text(), "format 4");
         let previous = VersionInfo {
             version: "0.0.9".into(),
             state_format_version: 3,
             plain_upgrade_state_format: Some(2),
+            draining_state_format: None,
             readable_state_formats: vec![1, 2, 3],
             features: vec![FEATURE_CANARY.to_owned()],
             ..current.clone()
         };
         for canary in [false, true] {
-            let err = check_state_format(&current, &previous, canary).unwrap_err();
+            let err = check_state_format(&current, &previous, canary, 0).unwrap_err();
             assert!(
                 err.contains("zentinel 0.0.9")
                     && err.contains("reads upgrade state formats 1..=3")
@@ -611,28 +647,70 @@ mod tests {
             );
         }
         // This build takes over from the previous release (plain or canary), and from itself.
-        assert_eq!(check_state_format(&previous, &current, false), Ok(()));
-        assert_eq!(check_state_format(&previous, &current, true), Ok(()));
-        assert_eq!(check_state_format(&current, &current, true), Ok(()));
+        assert_eq!(check_state_format(&previous, &current, false, 0), Ok(()));
+        assert_eq!(check_state_format(&previous, &current, true, 0), Ok(()));
+        assert_eq!(check_state_format(&current, &current, true, 2), Ok(()));
+    }
+
+    /// This build writes format 4 (the previous release's) unless retired workers drain: then
+    /// format 5 carries their deadlines, and a rollback to the release that reads up to 4
+    /// waits for them, whatever the canary.
+    #[test]
+    fn the_format_4_release_takes_over_unless_workers_drain() {
+        let current = VersionInfo::current();
+        assert_eq!(current.state_format_version, 5);
+        assert_eq!(current.writes_state_format(false, false), 4);
+        assert_eq!(current.writes_state_format(true, false), 4);
+        assert_eq!(current.writes_state_format(false, true), 5);
+        assert_eq!(current.writes_state_format(true, true), 5);
+        assert_eq!(
+            current.written_formats_text(),
+            "format 4 (5 while retired workers drain)"
+        );
+        // What the format 4 release prints: no `draining_state_format`.
+        let json = r#"{"name":"zentinel","version":"0.1.0","protocol_version":3,"state_format_version":4,"plain_upgrade_state_format":4,"readable_state_formats":[1,2,3,4],"control_protocol_version":2,"features":["canary","running-config"]}"#;
+        let previous = parse_version_output(json).unwrap();
+        assert_eq!(previous.draining_state_format, None);
+        assert_eq!(previous.writes_state_format(true, true), 4);
+        assert_eq!(previous.written_formats_text(), "format 4");
+        for canary in [false, true] {
+            assert_eq!(check_state_format(&current, &previous, canary, 0), Ok(()));
+            let err = check_state_format(&current, &previous, canary, 2).unwrap_err();
+            assert!(
+                err.contains("reads upgrade state formats 1..=4")
+                    && err.contains("2 retired worker(s) draining")
+                    && err.contains("writes format 5")
+                    && err.contains("wait until they have exited")
+                    && err.contains("then writes format 4"),
+                "{err}"
+            );
+            // The other way round: this build reads everything the release writes.
+            assert_eq!(check_state_format(&previous, &current, canary, 2), Ok(()));
+        }
     }
 
     /// The JSON of a build that always wrote its latest format has no
-    /// `plain_upgrade_state_format`: it still parses, and that format is needed either way.
+    /// `plain_upgrade_state_format` (nor `draining_state_format`): it still parses, and that
+    /// format is needed either way.
     #[test]
     fn version_json_without_plain_format_still_parses() {
         let current = VersionInfo::current();
         let mut json: serde_json::Value = serde_json::from_str(&current.to_json()).unwrap();
         assert_eq!(json["plain_upgrade_state_format"], 4);
-        json.as_object_mut()
-            .unwrap()
-            .remove("plain_upgrade_state_format");
+        assert_eq!(json["draining_state_format"], 5);
+        let object = json.as_object_mut().unwrap();
+        object.remove("plain_upgrade_state_format");
+        object.remove("draining_state_format");
+        object.insert("state_format_version".into(), 4.into());
         let before = parse_version_output(&json.to_string()).unwrap();
         assert_eq!(before.plain_upgrade_state_format, None);
-        assert_eq!(before.writes_state_format(false), 4);
-        assert_eq!(before.writes_state_format(true), 4);
+        assert_eq!(before.draining_state_format, None);
+        for (canary, draining) in [(false, false), (true, false), (true, true)] {
+            assert_eq!(before.writes_state_format(canary, draining), 4);
+        }
         let mut reads_three = current.clone();
         reads_three.readable_state_formats = vec![1, 2, 3];
-        assert!(check_state_format(&before, &reads_three, false).is_err());
+        assert!(check_state_format(&before, &reads_three, false, 0).is_err());
     }
 
     #[test]

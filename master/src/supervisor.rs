@@ -252,8 +252,9 @@ struct WorkerProcess {
     /// `n` answers the n-th request.
     status_sent: u64,
     status_received: u64,
-    /// A retired worker still running at this instant is killed.
-    drain_kill_at: Option<Instant>,
+    /// A retired worker's drain deadline (what it was told when retired, kept across master
+    /// hand-overs); still running `DRAIN_KILL_GRACE` after it, it is killed.
+    drain_deadline: Option<Instant>,
     restart_done: Option<PendingDone>,
     reconfigures: VecDeque<ReconfigureKind>,
     /// The executable it was started from (status shows it per worker).
@@ -273,6 +274,15 @@ struct WorkerProcess {
     /// A kill this master decided while the worker was still tentatively owned; carried out
     /// once the takeover is confirmed (dropped if it never is).
     kill_deferred: bool,
+}
+
+impl WorkerProcess {
+    /// When a retired worker still running is killed: its drain deadline plus the grace it
+    /// gets to exit after closing what was left.
+    fn drain_kill_at(&self) -> Option<Instant> {
+        self.drain_deadline
+            .map(|deadline| deadline + DRAIN_KILL_GRACE)
+    }
 }
 
 /// A worker id and whatever currently serves under it.
@@ -971,7 +981,7 @@ impl Supervisor {
             counters: None,
             status_sent: 0,
             status_received: 0,
-            drain_kill_at: None,
+            drain_deadline: None,
             restart_done: None,
             reconfigures: VecDeque::new(),
             binary,
@@ -1042,7 +1052,7 @@ impl Supervisor {
             return false;
         };
         process.role = Role::Retired;
-        process.drain_kill_at = Some(Instant::now() + drain + DRAIN_KILL_GRACE);
+        process.drain_deadline = Some(Instant::now() + drain);
         process.drain_started.get_or_insert_with(Instant::now);
         if process.state == WorkerState::AwaitingHello || process.channel.is_none() {
             kill_process(process);
@@ -1360,7 +1370,7 @@ impl Supervisor {
                     pid, generation, "worker still running at the stop deadline; killing it"
                 );
                 kill_process(process);
-            } else if process.drain_kill_at.is_some_and(|at| at <= now) {
+            } else if process.drain_kill_at().is_some_and(|at| at <= now) {
                 warn!(
                     worker_id,
                     pid,
@@ -1481,7 +1491,7 @@ impl Supervisor {
             if process.killed || !process.ownership.is_confirmed() {
                 continue;
             }
-            if let Some(at) = process.drain_kill_at {
+            if let Some(at) = process.drain_kill_at() {
                 deadlines.push(at);
             }
             if let Some(at) = process.channel_closed_at {

@@ -18,8 +18,8 @@
 //! Formats 1 to 3 archived the parsed model instead. They are still read: the model is decoded
 //! with the frozen types of [`v3_config`] and rendered back to KDL text ([`legacy_kdl`]), so a
 //! master taking over from such a predecessor is given text like any other. Every upgrade
-//! writes the latest format ([`STATE_FORMAT_VERSION`]); a release that reads only formats 1 to
-//! 3 cannot take over from this one (the upgrade pre-flight says so before anything changes).
+//! writes format 4 or later (see below); a release that reads only formats 1 to 3 cannot take
+//! over from this one (the upgrade pre-flight says so before anything changes).
 //!
 //! fd numbers in the state are inherited across exec (CLOEXEC cleared only in the forked
 //! child); the new master checks each fd before use.
@@ -40,10 +40,19 @@
 //! (the generator only creates fixtures that do not exist yet; see
 //! `ZENTINEL_REGENERATE_FIXTURES` in that test file).
 //!
+//! # The oldest format that holds the state is the one written
+//!
+//! [`encode_state`] writes format 4 when no worker carries a drain deadline (the usual case:
+//! no retired worker is draining), byte for byte what the previous release writes, so that
+//! release can still take over from this one (a rollback is an upgrade too); format 5 only
+//! when a deadline must travel. [`written_format`] says which.
+//!
 //! History: version 1 (frozen in [`v1`]); version 2 added `UpstreamConfig::health_check`,
 //! `UpstreamConfig::passive_health`, `ListenerConfig::access_log`, the metrics listener and the
 //! master's metrics counters (frozen in [`v2`]); version 3 added `PendingUpgrade::canary`
-//! (frozen in [`v3`]); version 4 replaced the parsed configuration by its source text.
+//! (frozen in [`v3`]); version 4 replaced the parsed configuration by its source text (frozen
+//! in [`v4`]); version 5 added `WorkerRecord::drain_deadline_monotonic_ms`, so that a worker
+//! retired with its own drain timeout keeps it across later hand-overs.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -66,16 +75,21 @@ pub mod v1;
 pub mod v2;
 pub mod v3;
 pub mod v3_config;
+pub mod v4;
 pub use inherited_fds::InheritedFd;
 pub use v1::MasterStateV1;
 pub use v2::MasterStateV2;
 pub use v3::MasterStateV3;
+pub use v4::MasterStateV4;
 
 pub const STATE_MAGIC: [u8; 8] = *b"ZNTLSTAT";
-/// The format this build writes for every upgrade (and the newest it reads). Bump it, and add
-/// a frozen `MasterStateV{N}` plus a conversion, whenever the runtime facts change; a change of
-/// the configuration model never needs it.
-pub const STATE_FORMAT_VERSION: u32 = 4;
+/// The newest format this build writes (and reads). Bump it, and add a frozen
+/// `MasterStateV{N}` plus a conversion, whenever the runtime facts change; a change of the
+/// configuration model never needs it.
+pub const STATE_FORMAT_VERSION: u32 = 5;
+
+/// The format a state without drain deadlines is written in ([`v4`]): the previous release's.
+pub const NO_DRAIN_DEADLINE_STATE_FORMAT: u32 = 4;
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
@@ -101,6 +115,11 @@ pub struct WorkerRecord {
     /// The master-worker protocol the worker speaks (its binary's `PROTOCOL_VERSION`): a
     /// configuration goes to it only in a layout it reads.
     pub protocol_version: u32,
+    /// A retired worker's drain deadline: the `CLOCK_MONOTONIC` time (ms) at which it closes
+    /// what is left, as it was told when retired. Every later master keeps it (that clock is
+    /// system-wide and survives exec; see `master/src/drain_deadline.rs`). `None`: not
+    /// retired, or recorded by a master from before format 5.
+    pub drain_deadline_monotonic_ms: Option<u64>,
 }
 
 /// An upgrade request that the new master carries on (the rolling part, and the answer to the
@@ -157,10 +176,10 @@ pub struct MasterMetrics {
 /// Upper bounds (seconds) of the drain-duration histogram buckets.
 pub const DRAIN_BUCKETS_SECONDS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
-/// Format version 4 (the latest): runtime facts and the configuration's source text.
+/// Format version 5 (the latest): runtime facts and the configuration's source text.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
-pub struct MasterStateV4 {
+pub struct MasterStateV5 {
     /// The old master's pid (the new master reports readiness to it).
     pub previous_master_pid: u32,
     /// The generation the new master runs as (old + 1).
@@ -183,7 +202,7 @@ pub struct MasterStateV4 {
 }
 
 /// The latest state, what the rest of the code uses.
-pub type MasterState = MasterStateV4;
+pub type MasterState = MasterStateV5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -230,15 +249,35 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Serialize `state` in the latest format: magic, version, length, checksum, payload.
+/// Serialize `state` in the oldest format that holds it ([`written_format`]): magic, version,
+/// length, checksum, payload.
 pub fn encode_state(state: &MasterState) -> Vec<u8> {
-    let payload = archive(state);
+    match MasterStateV4::holding(state) {
+        Some(v4) => framed(NO_DRAIN_DEADLINE_STATE_FORMAT, &archive(&v4)),
+        None => framed(STATE_FORMAT_VERSION, &archive(state)),
+    }
+}
+
+/// The format [`encode_state`] writes `state` in: 4 unless a worker carries a drain deadline.
+pub fn written_format(state: &MasterState) -> u32 {
+    if state
+        .workers
+        .iter()
+        .any(|w| w.drain_deadline_monotonic_ms.is_some())
+    {
+        STATE_FORMAT_VERSION
+    } else {
+        NO_DRAIN_DEADLINE_STATE_FORMAT
+    }
+}
+
+fn framed(version: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(STATE_HEADER_LEN + payload.len());
     out.extend_from_slice(&STATE_MAGIC);
-    out.extend_from_slice(&STATE_FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&fnv1a64(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(&fnv1a64(payload).to_le_bytes());
+    out.extend_from_slice(payload);
     out
 }
 
@@ -271,7 +310,7 @@ pub fn decode_state(bytes: &[u8], path: &str) -> Result<MasterState, StateError>
 }
 
 /// A state of format 1 to 3 as it was archived (with the parsed configuration model), before
-/// its conversion to the latest format; `None` for a format 4 file. For tests that compare an
+/// its conversion to the latest format; `None` for a format 4 or 5 file. For tests that compare an
 /// old fixture with the value it was written from.
 pub fn decode_model_state(bytes: &[u8], path: &str) -> Result<Option<MasterStateV3>, StateError> {
     Ok(match decode_any(bytes, path)? {
@@ -281,10 +320,10 @@ pub fn decode_model_state(bytes: &[u8], path: &str) -> Result<Option<MasterState
 }
 
 /// What a state file decodes to before conversion: formats 1 to 3 carry the parsed model
-/// (converted to format 3), format 4 the source text.
+/// (converted to format 3), formats 4 and 5 the source text (converted to format 5).
 enum Decoded {
     Model(MasterStateV3),
-    Source(MasterStateV4),
+    Source(MasterStateV5),
 }
 
 fn decode_any(bytes: &[u8], path: &str) -> Result<Decoded, StateError> {
@@ -337,6 +376,11 @@ fn decode_any(bytes: &[u8], path: &str) -> Result<Decoded, StateError> {
         4 => {
             let payload = checked_payload(bytes, path)?;
             let state = decode_payload::<MasterStateV4>(payload, 4).map_err(corrupt)?;
+            Ok(Decoded::Source(state.into()))
+        }
+        5 => {
+            let payload = checked_payload(bytes, path)?;
+            let state = decode_payload::<MasterStateV5>(payload, 5).map_err(corrupt)?;
             Ok(Decoded::Source(state))
         }
         0 => Err(StateError::UnknownVersion {
@@ -363,7 +407,7 @@ fn le_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
     array
 }
 
-/// Check the length and checksum of the header (the same for versions 1 to 4) and return the
+/// Check the length and checksum of the header (the same for versions 1 to 5) and return the
 /// payload.
 fn checked_payload<'a>(bytes: &'a [u8], path: &str) -> Result<&'a [u8], StateError> {
     let corrupt = |reason: String| StateError::Corrupt {

@@ -199,7 +199,7 @@ fn frozen_v1_state() -> MasterStateV3 {
         .map(|(i, &state)| {
             let i32_i = i as i32;
             let u_i = i as u64;
-            WorkerRecord {
+            v4::WorkerRecord {
                 id: i as u32,
                 pid: 41_000 + i as u32 * 7,
                 generation: if state == WorkerState::Draining { 2 } else { 3 },
@@ -379,8 +379,10 @@ fn generate_missing_fixtures() {
     // version 1 any more, which is why existing fixtures are never rewritten.
     // Likewise state-v2.bin, written by the version 2 encoder. (This build writes a canary-less
     // state as format 2 again, but the fixture must stay the version 2 encoder's own output.)
-    // Likewise state-v3.bin: this build writes format 4 only.
-    let fixtures: [(&str, Vec<u8>); 1] = [("state-v4.bin", encode_state(&frozen_v4_state()))];
+    // Likewise state-v3.bin. And state-v4.bin, written by the version 4 encoder (this build
+    // writes a state without drain deadlines as format 4 again, but the fixture must stay that
+    // encoder's own output).
+    let fixtures: [(&str, Vec<u8>); 1] = [("state-v5.bin", encode_state(&frozen_v5_state()))];
     fs::create_dir_all(FIXTURE_DIR).unwrap();
     for (name, bytes) in fixtures {
         let path = Path::new(FIXTURE_DIR).join(name);
@@ -595,7 +597,7 @@ fn expect_corrupt<T: std::fmt::Debug>(result: Result<T, StateError>, what: &str)
 
 #[test]
 fn realistic_state_round_trips() {
-    let state = frozen_v4_state();
+    let state = frozen_v5_state();
     let bytes = encode_state(&state);
     assert_eq!(&bytes[..8], &STATE_MAGIC);
     assert_eq!(&bytes[8..12], &STATE_FORMAT_VERSION.to_le_bytes());
@@ -608,7 +610,7 @@ fn realistic_state_round_trips() {
 
 #[test]
 fn minimal_state_round_trips() {
-    let mut state = frozen_v4_state();
+    let mut state = frozen_v5_state();
     state.listeners.clear();
     state.workers.clear();
     state.upgrade = None;
@@ -625,8 +627,8 @@ fn minimal_state_round_trips() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The format written: always the latest, whatever the state holds (format 4 carries the
-// configuration as text, so there is no older format left that holds a state).
+// The format written: the oldest that holds the state. Format 4 (the previous release's) unless
+// a worker carries a drain deadline, which only format 5 holds.
 // ---------------------------------------------------------------------------------------------
 
 fn written_version(bytes: &[u8]) -> u32 {
@@ -634,20 +636,31 @@ fn written_version(bytes: &[u8]) -> u32 {
 }
 
 #[test]
-fn every_state_is_written_in_the_latest_format() {
-    assert_eq!(STATE_FORMAT_VERSION, 4);
-    let mut no_upgrade = frozen_v4_state();
+fn every_state_is_written_in_the_oldest_format_that_holds_it() {
+    assert_eq!(STATE_FORMAT_VERSION, 5);
+    assert_eq!(NO_DRAIN_DEADLINE_STATE_FORMAT, 4);
+    let mut no_upgrade = MasterState::from(frozen_v4_state());
     no_upgrade.upgrade = None;
-    for (what, state) in [
-        ("canary-gated upgrade", frozen_v4_state()),
-        ("no upgrade", no_upgrade),
+    let mut one_deadline = MasterState::from(frozen_v4_state());
+    one_deadline.workers[3].drain_deadline_monotonic_ms = Some(0);
+    for (what, state, format) in [
+        (
+            "canary-gated upgrade, no deadline",
+            MasterState::from(frozen_v4_state()),
+            4,
+        ),
+        ("no upgrade, no deadline", no_upgrade, 4),
         (
             "converted format 1 state",
             MasterState::from(frozen_v1_state()),
+            4,
         ),
+        ("a draining worker with its deadline", frozen_v5_state(), 5),
+        ("one deadline", one_deadline, 5),
     ] {
         let bytes = encode_state(&state);
-        assert_eq!(written_version(&bytes), 4, "{what}");
+        assert_eq!(written_version(&bytes), format, "{what}");
+        assert_eq!(written_format(&state), format, "{what}");
         assert_eq!(decode_state(&bytes, "state.bin").unwrap(), state, "{what}");
     }
 }
@@ -705,7 +718,8 @@ fn model_states_convert_to_source_text_and_keep_their_runtime_facts() {
             assert!(text.contains(needle), "{what}: no {needle} in\n{text}");
         }
         assert_eq!(decoded.listeners, expected.listeners, "{what}");
-        assert_eq!(decoded.workers, expected.workers, "{what}");
+        let workers: Vec<WorkerRecord> = expected.workers.iter().cloned().map(Into::into).collect();
+        assert_eq!(decoded.workers, workers, "{what}");
         assert_eq!(decoded.upgrade, expected.upgrade, "{what}");
         assert_eq!(decoded.metrics, expected.metrics, "{what}");
         assert_eq!(
@@ -739,8 +753,8 @@ fn model_states_convert_to_source_text_and_keep_their_runtime_facts() {
 
 /// The frozen version 4 value (with tests/fixtures/state-v4.bin): the runtime facts of version
 /// 3's, with the configuration as source text of two files. Never edit it.
-fn frozen_v4_state() -> MasterState {
-    let mut state = MasterState::from(frozen_v3_state());
+fn frozen_v4_state() -> MasterStateV4 {
+    let mut state = MasterStateV4::from(frozen_v3_state());
     state.generation = 7;
     state.config_source = ConfigSource {
         main_path: Some("/etc/zentinel/zentinel.kdl".to_owned()),
@@ -775,11 +789,60 @@ fn frozen_v4_state_file_still_decodes() {
     );
     let decoded = decode_state(FIXTURE, "tests/fixtures/state-v4.bin")
         .unwrap_or_else(|e| panic!("frozen version 4 state no longer decodes: {e}"));
-    let expected = frozen_v4_state();
+    let expected = MasterState::from(frozen_v4_state());
     assert_eq!(decoded.config_source, expected.config_source);
+    assert!(
+        decoded
+            .workers
+            .iter()
+            .all(|w| w.drain_deadline_monotonic_ms.is_none()),
+        "format 4 records no drain deadline"
+    );
     assert_eq!(decoded, expected);
-    // This build writes the very bytes the version 4 encoder wrote.
+    // A state without drain deadlines is written as the very bytes the version 4 encoder
+    // wrote: the previous release can still take over from this one.
+    assert_eq!(written_format(&expected), 4);
     assert_eq!(encode_state(&expected), FIXTURE);
+}
+
+/// The frozen version 5 value (with tests/fixtures/state-v5.bin): version 4's, with the drain
+/// deadline of its draining worker (retired with `--drain-timeout 230s` at an uptime of one
+/// day). Never edit it.
+fn frozen_v5_state() -> MasterState {
+    let mut state = MasterState::from(frozen_v4_state());
+    state.generation = 8;
+    let draining: Vec<_> = state
+        .workers
+        .iter_mut()
+        .filter(|w| w.state == WorkerState::Draining)
+        .collect();
+    assert_eq!(draining.len(), 1, "one draining worker");
+    for worker in draining {
+        worker.drain_deadline_monotonic_ms = Some(86_400_000 + 230_000);
+    }
+    state
+}
+
+/// Written once by the version 5 encoder; same contract as the version 1 fixture.
+#[test]
+fn frozen_v5_state_file_still_decodes() {
+    static FIXTURE: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/state-v5.bin"
+    ));
+    assert_eq!(&FIXTURE[..8], &STATE_MAGIC, "fixture magic");
+    assert_eq!(
+        &FIXTURE[8..12],
+        &5u32.to_le_bytes(),
+        "the v5 fixture must stay a version 5 file"
+    );
+    let decoded = decode_state(FIXTURE, "tests/fixtures/state-v5.bin")
+        .unwrap_or_else(|e| panic!("frozen version 5 state no longer decodes: {e}"));
+    let expected = frozen_v5_state();
+    for (got, want) in decoded.workers.iter().zip(&expected.workers) {
+        assert_eq!(got, want, "worker {}", want.id);
+    }
+    assert_eq!(decoded, expected);
 }
 
 fn name() -> impl Strategy<Value = String> {
@@ -819,7 +882,7 @@ fn worker_record() -> impl Strategy<Value = WorkerRecord> {
         (name(), name(), any::<u64>()),
         worker_state(),
         worker_counters(),
-        any::<u32>(),
+        (any::<u32>(), option::of(any::<u64>())),
     )
         .prop_map(
             |(
@@ -827,7 +890,7 @@ fn worker_record() -> impl Strategy<Value = WorkerRecord> {
                 (version, binary, started_at_unix_ms),
                 state,
                 counters,
-                protocol_version,
+                (protocol_version, drain_deadline_monotonic_ms),
             )| WorkerRecord {
                 id,
                 pid,
@@ -839,6 +902,7 @@ fn worker_record() -> impl Strategy<Value = WorkerRecord> {
                 state,
                 counters,
                 protocol_version,
+                drain_deadline_monotonic_ms,
             },
         )
 }
@@ -962,7 +1026,7 @@ proptest! {
     fn mutated_archive_with_fixed_checksum_never_panics(
         flips in vec((any::<prop::sample::Index>(), 1u8..=255), 1..8),
     ) {
-        let good = encode_state(&frozen_v4_state());
+        let good = encode_state(&frozen_v5_state());
         let mut payload = good[STATE_HEADER_LEN..].to_vec();
         for (index, mask) in flips {
             let i = index.index(payload.len());
@@ -980,7 +1044,7 @@ proptest! {
 
 #[test]
 fn every_truncation_is_corrupt() {
-    let bytes = encode_state(&frozen_v4_state());
+    let bytes = encode_state(&frozen_v5_state());
     for len in 0..bytes.len() {
         let reason = expect_corrupt(
             decode_state(&bytes[..len], "state.bin"),
@@ -994,7 +1058,7 @@ fn every_truncation_is_corrupt() {
 
 #[test]
 fn trailing_garbage_is_corrupt() {
-    let mut bytes = encode_state(&frozen_v4_state());
+    let mut bytes = encode_state(&frozen_v5_state());
     bytes.push(0);
     let reason = expect_corrupt(decode_state(&bytes, "state.bin"), "one extra byte");
     assert!(reason.contains("payload"), "{reason}");
@@ -1002,7 +1066,7 @@ fn trailing_garbage_is_corrupt() {
 
 #[test]
 fn flipped_bytes_are_detected() {
-    let good = encode_state(&frozen_v4_state());
+    let good = encode_state(&frozen_v5_state());
     for i in 0..good.len() {
         let mut bytes = good.clone();
         bytes[i] ^= 0xFF;
@@ -1043,7 +1107,7 @@ fn invalid_archive_behind_valid_checksum_is_corrupt() {
 
 #[test]
 fn wrong_magic_is_rejected() {
-    let mut bytes = encode_state(&frozen_v4_state());
+    let mut bytes = encode_state(&frozen_v5_state());
     bytes[..8].copy_from_slice(b"ZNTLSTAX");
     let err = decode_state(&bytes, "/run/zentinel/state.bin").unwrap_err();
     assert!(matches!(err, StateError::BadMagic { .. }), "{err:?}");
@@ -1109,7 +1173,7 @@ fn future_version_names_both_versions() {
 
 #[test]
 fn version_zero_is_unknown() {
-    let good = encode_state(&frozen_v4_state());
+    let good = encode_state(&frozen_v5_state());
     let err = decode_state(&framed(0, &good[STATE_HEADER_LEN..]), "state.bin").unwrap_err();
     assert!(
         matches!(err, StateError::UnknownVersion { found: 0, .. }),
@@ -1129,7 +1193,7 @@ fn version_zero_is_unknown() {
 fn write_then_read_file() {
     let dir = ScratchDir::new("rw");
     let path = dir.path("state.bin");
-    let state = frozen_v4_state();
+    let state = frozen_v5_state();
     write_state_file(&path, &state).unwrap();
 
     let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -1147,7 +1211,7 @@ fn write_replaces_an_existing_file() {
     fs::write(&path, b"an older, unrelated file").unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
 
-    let mut state = frozen_v4_state();
+    let mut state = frozen_v5_state();
     state.generation = 99;
     write_state_file(&path, &state).unwrap();
     assert_eq!(read_state_file(&path).unwrap(), state);
@@ -1165,7 +1229,7 @@ fn write_under_a_regular_file_fails_naming_the_path() {
     fs::write(&parent, b"x").unwrap();
     let path = parent.join("state.bin");
 
-    let err = write_state_file(&path, &frozen_v4_state()).unwrap_err();
+    let err = write_state_file(&path, &frozen_v5_state()).unwrap_err();
     match &err {
         StateError::Io { path: p, source } => {
             assert_eq!(p, &path.display().to_string());
@@ -1188,7 +1252,7 @@ fn failed_rename_leaves_no_temp_file() {
     fs::create_dir(&target).unwrap();
     fs::write(target.join("occupied"), b"x").unwrap();
 
-    let err = write_state_file(&target, &frozen_v4_state()).unwrap_err();
+    let err = write_state_file(&target, &frozen_v5_state()).unwrap_err();
     assert!(matches!(err, StateError::Io { .. }), "{err:?}");
     let message = err.to_string();
     assert!(message.contains(&target.display().to_string()), "{message}");
@@ -1199,7 +1263,7 @@ fn failed_rename_leaves_no_temp_file() {
 #[test]
 fn write_to_proc_fails_naming_the_path() {
     let path = Path::new("/proc/zentinel-no-such-dir/state.bin");
-    let err = write_state_file(path, &frozen_v4_state()).unwrap_err();
+    let err = write_state_file(path, &frozen_v5_state()).unwrap_err();
     assert!(matches!(err, StateError::Io { .. }), "{err:?}");
     assert!(
         err.to_string()
@@ -1243,7 +1307,7 @@ fn read_rejects_huge_file_without_reading_it() {
 fn read_corrupt_file_names_the_path() {
     let dir = ScratchDir::new("corrupt");
     let path = dir.path("state.bin");
-    let mut bytes = encode_state(&frozen_v4_state());
+    let mut bytes = encode_state(&frozen_v5_state());
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     fs::write(&path, &bytes).unwrap();
@@ -1312,7 +1376,7 @@ fn adopted_protocol_2_workers_get_their_own_layout() {
 
 #[test]
 fn distinct_fds_pass_and_every_handed_over_fd_is_listed() {
-    let state = frozen_v4_state();
+    let state = frozen_v5_state();
     let fds = state.inherited_fds();
     let expected = 2
         + state.listeners.len()
@@ -1328,7 +1392,7 @@ fn distinct_fds_pass_and_every_handed_over_fd_is_listed() {
 
 #[test]
 fn an_fd_named_twice_or_stdio_is_refused_naming_both_holders() {
-    let mut state = frozen_v4_state();
+    let mut state = frozen_v5_state();
     assert!(!state.workers.is_empty() && !state.listeners.is_empty());
     state.workers[0].channel_fd = state.listeners[0].fd;
     let reason = expect_corrupt(
@@ -1346,7 +1410,7 @@ fn an_fd_named_twice_or_stdio_is_refused_naming_both_holders() {
     );
 
     // The readiness pipe given on the command line counts too.
-    let state = frozen_v4_state();
+    let state = frozen_v5_state();
     let ready = InheritedFd::new(state.control_socket_fd, "readiness pipe");
     let reason = expect_corrupt(
         state.check_inherited_fds("state.bin", &[ready]),
@@ -1357,7 +1421,7 @@ fn an_fd_named_twice_or_stdio_is_refused_naming_both_holders() {
         "{reason}"
     );
 
-    let mut state = frozen_v4_state();
+    let mut state = frozen_v5_state();
     state.previous_executable_fd = 1;
     let reason = expect_corrupt(state.check_inherited_fds("state.bin", &[]), "fd 1");
     assert!(reason.contains("previous executable is fd 1"), "{reason}");

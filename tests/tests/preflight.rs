@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
-use zentinel_protocol::state::STATE_FORMAT_VERSION;
+use zentinel_protocol::state::{NO_DRAIN_DEADLINE_STATE_FORMAT, STATE_FORMAT_VERSION};
 use zentinel_protocol::PROTOCOL_VERSION;
 use zentinel_tests::*;
 
@@ -145,8 +145,13 @@ fn version_json_matches_the_constants() {
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(v["protocol_version"], PROTOCOL_VERSION);
     assert_eq!(v["state_format_version"], STATE_FORMAT_VERSION);
-    // Every upgrade writes the latest format (the configuration travels as text).
-    assert_eq!(v["plain_upgrade_state_format"], STATE_FORMAT_VERSION);
+    // The oldest format that holds the state: format 4 (the previous release's) unless
+    // retired workers drain, whose deadlines need the latest.
+    assert_eq!(
+        v["plain_upgrade_state_format"],
+        NO_DRAIN_DEADLINE_STATE_FORMAT
+    );
+    assert_eq!(v["draining_state_format"], STATE_FORMAT_VERSION);
     assert!(
         v["features"]
             .as_array()
@@ -198,8 +203,10 @@ fn dry_run_with_a_good_binary_reports_the_plan_and_changes_nothing() {
         "{out}"
     );
     assert!(
-        steps[1].contains(&format!("writes state format {STATE_FORMAT_VERSION}"))
-            && !steps[1].contains("with --canary")
+        steps[1].contains(&format!(
+            "writes state format {NO_DRAIN_DEADLINE_STATE_FORMAT} ({STATE_FORMAT_VERSION} while \
+             retired workers drain)"
+        )) && !steps[1].contains("with --canary")
             && steps[1].contains(&format!("running master pid {}", z.pid)),
         "{out}"
     );
@@ -277,7 +284,7 @@ fn dry_run_with_a_good_binary_reports_the_plan_and_changes_nothing() {
     assert_eq!(planned, before.running_workers, "{out}");
     assert_eq!(plan["canary"], Value::Null, "{out}");
     assert_eq!(
-        plan["master"]["state_format_version"], STATE_FORMAT_VERSION,
+        plan["master"]["state_format_version"], NO_DRAIN_DEADLINE_STATE_FORMAT,
         "{out}"
     );
     assert_unchanged(&z, &before, "after a JSON dry run");
@@ -314,7 +321,7 @@ fn dry_run_with_a_good_binary_reports_the_plan_and_changes_nothing() {
     assert_eq!(plan["canary"]["duration_ms"], 30_000, "{out}");
     assert_eq!(plan["canary"]["max_error_rate_points"], 0.5, "{out}");
     assert_eq!(
-        plan["master"]["state_format_version"], STATE_FORMAT_VERSION,
+        plan["master"]["state_format_version"], NO_DRAIN_DEADLINE_STATE_FORMAT,
         "{out}"
     );
     assert_unchanged(&z, &before, "after a canary dry run");
@@ -430,7 +437,7 @@ fn failed_preflight_stops_a_real_rolling_upgrade() {
             "reads upgrade state formats {}",
             STATE_FORMAT_VERSION + 5
         )) && out.stderr.contains(&format!(
-            "writes format {STATE_FORMAT_VERSION}: it could not"
+            "writes format {NO_DRAIN_DEADLINE_STATE_FORMAT}: it could not"
         )),
         "{out}"
     );
@@ -497,7 +504,7 @@ fn failed_preflight_stops_a_real_rolling_upgrade() {
 }
 
 /// A rollback to a release from before state format 4 (it reads formats 1 to 3): the running
-/// master writes format 4 for every upgrade, so the pre-flight refuses, with or without a
+/// master writes format 4 at least, so the pre-flight refuses, with or without a
 /// canary, before anything runs, and says what the operator does instead (a restart). The
 /// "previous release" is a script answering like one; the real one is exercised by
 /// `upgrade_from_the_previous_release_and_refused_rollback` below when it is available.
@@ -529,7 +536,7 @@ fn rollback_to_a_release_before_format_4_is_refused_with_advice() {
                 && out.stderr.contains("reads upgrade state formats 1..=3")
                 && out
                     .stderr
-                    .contains(&format!("writes format {STATE_FORMAT_VERSION}"))
+                    .contains(&format!("writes format {NO_DRAIN_DEADLINE_STATE_FORMAT}"))
                 && out.stderr.contains("systemctl restart zentinel"),
             "{out}"
         );
@@ -540,6 +547,77 @@ fn rollback_to_a_release_before_format_4_is_refused_with_advice() {
         );
         assert_unchanged(&z, &before, "after a refused rollback");
     }
+}
+
+/// While retired workers drain, the running master hands their drain deadlines over in format
+/// 5 (issue 14): a rollback to the release that reads formats 1 to 4 is refused until they
+/// have exited, saying so, and passes once they have (the master writes format 4 again). The
+/// release is a script answering like one.
+#[test]
+fn rollback_to_the_format_4_release_waits_for_draining_workers() {
+    let (_be, z) = start();
+    let mut files = TempFiles::default();
+    let copy = files.add(binary_copy("draining-preflight"));
+    let script = files.add(temp_path("format-4-release-zentinel.sh"));
+    let log = files.add(temp_path("format-4-release-zentinel.log"));
+    fake_zentinel(&script, &log, &version_json("0.0.9", &[1, 2, 3, 4]), None);
+
+    // A tunnel keeps its old worker draining after the upgrade.
+    let mut tunnel = z.client();
+    tunnel.upgrade_to_websocket();
+    tunnel.send(b"hold");
+    assert_eq!(tunnel.read_raw(4), b"hold");
+    upgrade(
+        &z,
+        &[
+            "--rolling",
+            "--binary",
+            &path_str(&copy),
+            "--drain-timeout",
+            "60s",
+        ],
+    )
+    .assert_success("upgrade that leaves a worker draining");
+    let draining = |z: &Zentinel| {
+        workers_of(&z.status())
+            .iter()
+            .filter(|w| w["state"] == "draining")
+            .count()
+    };
+    assert!(draining(&z) >= 1, "no draining worker: {}", z.status());
+
+    let script_arg = path_str(&script);
+    let dry_run = ["--rolling", "--binary", script_arg.as_str(), "--dry-run"];
+    let out = upgrade(&z, &dry_run);
+    assert_eq!(out.code, Some(1), "refused while a worker drains: {out}");
+    assert!(
+        out.stderr
+            .contains("pre-flight failed, nothing was changed")
+            && out.stderr.contains("reads upgrade state formats 1..=4")
+            && out.stderr.contains("retired worker(s) draining")
+            && out
+                .stderr
+                .contains(&format!("writes format {STATE_FORMAT_VERSION}"))
+            && out.stderr.contains("wait until they have exited"),
+        "{out}"
+    );
+
+    // The tunnel ends: its worker has nothing left to drain and exits.
+    drop(tunnel);
+    assert!(
+        wait_until(Duration::from_secs(10), || draining(&z) == 0),
+        "the draining worker did not exit once idle: {}",
+        z.status()
+    );
+    let out = upgrade(&z, &dry_run);
+    out.assert_success("dry run of the rollback once nothing drains");
+    assert!(
+        out.stdout.contains(&format!(
+            "writes state format {NO_DRAIN_DEADLINE_STATE_FORMAT} ({STATE_FORMAT_VERSION} while \
+             retired workers drain)"
+        )) && out.stdout.contains("would proceed"),
+        "{out}"
+    );
 }
 
 /// With the real previous release (a `zentinel` built from 6f89551, the last commit writing

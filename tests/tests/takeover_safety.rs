@@ -289,6 +289,7 @@ fn record(id: u32, channel_fd: i32) -> WorkerRecord {
         state: WorkerState::Running,
         counters: WorkerCounters::default(),
         protocol_version: 1,
+        drain_deadline_monotonic_ms: None,
     }
 }
 

@@ -21,6 +21,7 @@ use zentinel_protocol::state::{ListenerFd, MasterState, PendingUpgrade, WorkerRe
 
 use super::canary::{CanaryNext, CanaryWatch};
 use super::*;
+use crate::drain_deadline::{adopted_drain_deadline, ClockPair};
 use crate::handover_state_file::HandoverStateFile;
 use crate::upgrade::{
     check_binary, pidfd_open, ready_pipe, spawn_successor, state_file_path, write_ready,
@@ -238,6 +239,8 @@ impl Supervisor {
         };
         let mut inherit = vec![control_fd, workers_binary_fd];
         inherit.extend(self.listeners.iter().map(|l| l.fd().as_raw_fd()));
+        // Retired workers' drain deadlines travel as CLOCK_MONOTONIC times (crate::drain_deadline).
+        let clocks = ClockPair::now();
         let mut workers = Vec::new();
         for process in self.processes.values() {
             let Some(channel) = process.channel.as_ref() else {
@@ -262,6 +265,10 @@ impl Supervisor {
                 state,
                 counters: process.counters.clone().unwrap_or_default(),
                 protocol_version: process.protocol_version,
+                drain_deadline_monotonic_ms: process
+                    .drain_deadline
+                    .zip(clocks)
+                    .map(|(deadline, clocks)| clocks.monotonic_ms(deadline)),
             });
         }
         inherit.extend(client_fd);
@@ -572,6 +579,7 @@ impl Supervisor {
         self.previous_executable = Some(inherited.previous_executable);
         self.phase = Phase::Running;
         let drain = Duration::from_secs(self.config.system.graceful_shutdown_timeout_secs);
+        let clocks = ClockPair::now();
         let mut adopted = Vec::new();
         for (record, channel_fd) in inherited.workers {
             let pid = Pid::from_raw(i32::try_from(record.pid).unwrap_or(0));
@@ -594,6 +602,13 @@ impl Supervisor {
             let token = Self::alloc_token(&mut self.next_token);
             let pidfd_token = Self::alloc_token(&mut self.next_token);
             let retired = record.state == CtlState::Draining;
+            // The deadline it was retired with, whatever our configuration says (issue 14).
+            let drain_deadline = retired
+                .then(|| adopted_drain_deadline(record.drain_deadline_monotonic_ms, clocks, drain));
+            let drain_left_ms = drain_deadline.map(|deadline| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
+            });
             let mut process = WorkerProcess {
                 worker_id: record.id,
                 generation: record.generation,
@@ -621,7 +636,7 @@ impl Supervisor {
                 counters: Some(record.counters),
                 status_sent: 0,
                 status_received: 0,
-                drain_kill_at: retired.then(|| Instant::now() + drain + DRAIN_KILL_GRACE),
+                drain_deadline,
                 restart_done: None,
                 reconfigures: VecDeque::new(),
                 binary: record.binary,
@@ -650,6 +665,8 @@ impl Supervisor {
                 pid = record.pid,
                 generation = process.generation,
                 retired,
+                drain_left_ms,
+                drain_deadline_recorded = record.drain_deadline_monotonic_ms.is_some(),
                 "adopted worker"
             );
             if !retired {

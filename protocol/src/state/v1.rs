@@ -48,9 +48,9 @@ pub struct WorkerRecord {
     pub counters: WorkerCounters,
 }
 
-impl From<WorkerRecord> for super::WorkerRecord {
+impl From<WorkerRecord> for super::v4::WorkerRecord {
     fn from(old: WorkerRecord) -> Self {
-        super::WorkerRecord {
+        super::v4::WorkerRecord {
             id: old.id,
             pid: old.pid,
             generation: old.generation,

@@ -3,14 +3,15 @@
 //!
 //! Never edit these types: `tests/fixtures/state-v2.bin` was written with them. The types it
 //! embeds from the rest of the crate (`ProxyConfig`, `MetricsListenerFd` from format 3,
-//! `WorkerRecord`, `ListenerFd`, `MasterMetrics` from the latest) are still shared; the day one of
-//! them changes, copy it here too (the frozen fixture test fails until then).
+//! `WorkerRecord` from format 4, `ListenerFd`, `MasterMetrics` from the latest) are still shared;
+//! the day one of them changes, copy it here too (the frozen fixture test fails until then).
 
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::v3::{MasterStateV3, MetricsListenerFd};
 use super::v3_config::ProxyConfig;
-use super::{ListenerFd, MasterMetrics, WorkerRecord};
+use super::v4::WorkerRecord;
+use super::{ListenerFd, MasterMetrics};
 
 /// Format version 2.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -3,16 +3,18 @@
 //! the latest state (the model is rendered back to KDL text by [`super::legacy_kdl`]).
 //!
 //! Never edit these types: `tests/fixtures/state-v3.bin` was written with them. `ListenerFd`,
-//! `WorkerRecord`, `PendingUpgrade` and `MasterMetrics` are still shared with the latest
-//! format; the day one of them changes, copy it here too (the frozen fixture test fails until
-//! then).
+//! `PendingUpgrade` and `MasterMetrics` are still shared with the latest format, and
+//! `WorkerRecord` with format 4 (frozen in [`super::v4`]); the day one of them changes, copy it
+//! here too (the frozen fixture test fails until then). A format 3 state converts to format 4,
+//! which converts to the latest.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::v3_config::{MetricsConfig, ProxyConfig};
+use super::v4::{MasterStateV4, WorkerRecord};
 use super::{
     legacy_kdl, ConfigSource, ConfigSourceFile, InheritedListener, ListenerFd, MasterMetrics,
-    MasterStateV4, PendingUpgrade, WorkerRecord,
+    PendingUpgrade,
 };
 
 /// Format version 3.

@@ -6,7 +6,7 @@ use zentinel_master::config::DEFAULT_CONFIG_NAME;
 use zentinel_master::upgrade::format_duration;
 use zentinel_protocol::control::{CanaryPolicy, StatusReport, WorkerState, WorkerStatus};
 
-use super::preflight::Preflight;
+use super::preflight::{draining_workers, Preflight};
 use crate::cli::{drain_of_config, UpgradeArgs};
 use crate::{millis, write_stdout, CtlResult, DEFAULT_READY};
 
@@ -41,8 +41,12 @@ pub(super) fn print(report: &StatusReport, pre: &Preflight, args: &UpgradeArgs) 
             "master": {
                 "pid": master.pid, "version": master.version, "binary": master.binary,
                 "generation": master.generation, "config": config,
-                // The format this upgrade's state file will have (2 unless --canary).
-                "state_format_version": pre.running.writes_state_format(args.canary.is_some()),
+                // The format this upgrade's state file will have (from format 5 on: 4 unless
+                // retired workers drain; before: 2 unless --canary).
+                "state_format_version": pre.running.writes_state_format(
+                    args.canary.is_some(),
+                    draining_workers(report) > 0,
+                ),
                 "protocol_version": pre.running.protocol_version,
                 "versions_from": pre.running_source,
             },

@@ -7,7 +7,7 @@ use std::time::Duration;
 use zentinel_master::config::DEFAULT_CONFIG_NAME;
 use zentinel_master::preflight::{self, VersionInfo};
 use zentinel_protocol::config_source::ConfigSource;
-use zentinel_protocol::control::{MasterStatus, StatusReport};
+use zentinel_protocol::control::{MasterStatus, StatusReport, WorkerState};
 
 use crate::cli::UpgradeArgs;
 use crate::{print_line, CtlResult};
@@ -20,6 +20,16 @@ pub(super) struct Preflight {
     /// Where the running master's versions came from (`/proc/PID/exe` or its binary path).
     pub(super) running_source: String,
     pub(super) config: Option<PathBuf>,
+}
+
+/// Retired workers the status lists as draining: while there are any, the master hands their
+/// drain deadlines over in a newer state format.
+pub(super) fn draining_workers(report: &StatusReport) -> usize {
+    report
+        .workers
+        .iter()
+        .filter(|w| w.state == WorkerState::Draining)
+        .count()
 }
 
 /// One pre-flight line: text, or with `--json` one object.
@@ -36,8 +46,9 @@ fn preflight_line(json: bool, step: &str, ok: bool, message: &str) {
 }
 
 /// Checks of the new binary before the upgrade request is sent: it is executable, it reads
-/// the state format the running master writes for this upgrade (format 2 unless --canary: a
-/// rollback to the release before canaries passes) and speaks at least its worker protocol, and
+/// the state format the running master writes for this upgrade (format 4 unless retired
+/// workers drain: a rollback to the release before format 5 passes once they have exited) and
+/// speaks at least its worker protocol, and
 /// it accepts the running configuration. Each step prints one line; the first failure is the
 /// command's error, and nothing was changed.
 pub(super) fn run(
@@ -77,7 +88,8 @@ pub(super) fn run(
     let (running, running_source) =
         running_master_versions(master, timeout).map_err(|e| fail("versions", e))?;
     let canary = args.canary.is_some();
-    preflight::check_state_format(&running, &new, canary).map_err(|e| fail("versions", e))?;
+    preflight::check_state_format(&running, &new, canary, draining_workers(report))
+        .map_err(|e| fail("versions", e))?;
     preflight::check_protocol(&running, &new).map_err(|e| fail("versions", e))?;
     if canary {
         preflight::check_feature(&running, &new, preflight::FEATURE_CANARY)
