@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use crate::access_log;
-use crate::ctx::{Ctx, ListenerCtx, Outcome, Ready};
-use crate::generation::Generation;
+use crate::ctx::{Ctx, Outcome};
+use crate::failover::{self, NoConn};
+use crate::generation::{Generation, ListenerCtx};
 use crate::http::builtin;
 use crate::http::codec::{
     self, BodyError, BodyFraming, BodyTracker, ForwardContext, HttpVersion, Parsed, RequestHead,
@@ -32,13 +33,13 @@ use crate::http::Routed;
 use crate::http::{shadow, websocket};
 use crate::rate_limit::Decision;
 use crate::routing::Action;
-use crate::sock::{Buf, ClientSock, Sock, UpSock, BUF_CAP};
+use crate::sock::{Buf, ClientSock, Ready, Sock, UpSock, BUF_CAP};
 use crate::tcp::{TcpSession, UpMeta};
 use crate::timers::{TimerId, TimerKey};
 use crate::tls::TlsSock;
 use crate::tokens::{self, Side};
 use crate::trace_id;
-use crate::upstream::{self, NoConn, PickRequest, UpConn};
+use crate::upstream::{PickRequest, UpConn};
 use buffering::{Buffering, Prebuffered, ReadAhead, RESPONSE_BUFFER_CAP};
 
 mod file_body;
@@ -898,7 +899,7 @@ impl HttpSession {
             .and_then(|p| p.sticky.as_ref())
             .and_then(|s| sticky::request_cookie(&q.req, &s.cookie_name));
         let pick = pick_request(self.peer, &cookie);
-        let conn = match upstream::connect_next(ctx, q.pool, &mut failed, token, self.peer, &pick) {
+        let conn = match failover::connect_next(ctx, q.pool, &mut failed, token, self.peer, &pick) {
             Ok(conn) => conn,
             Err(NoConn::Wait) => {
                 let waited = ctx.now.saturating_duration_since(q.since);
@@ -1142,11 +1143,11 @@ impl HttpSession {
         };
         // No connection: the exchange was already aborted, and the session ends.
         let (up, meta) = ex.up.take()?;
-        upstream::connect_failed(ctx, meta.join(up), &mut ex.failed, peer, error);
+        failover::connect_failed(ctx, meta.join(up), &mut ex.failed, peer, error);
         let pick = pick_request(peer, &ex.cookie);
         let mut pool = meta.pool;
         loop {
-            match upstream::connect_next(ctx, pool, &mut ex.failed, token, peer, &pick) {
+            match failover::connect_next(ctx, pool, &mut ex.failed, token, peer, &pick) {
                 Ok(conn) => {
                     ex.attach(conn, ctx.now);
                     return None;
@@ -1264,9 +1265,9 @@ impl HttpSession {
         {
             Ok(c) => Some(c),
             Err(e) => {
-                upstream::note_failure(ctx, meta.pool, meta.target, &mut ex.failed, peer, &e);
+                failover::note_failure(ctx, meta.pool, meta.target, &mut ex.failed, peer, &e);
                 let pick = pick_request(peer, &ex.cookie);
-                upstream::connect_next(ctx, meta.pool, &mut ex.failed, token, peer, &pick).ok()
+                failover::connect_next(ctx, meta.pool, &mut ex.failed, token, peer, &pick).ok()
             }
         };
         match conn {

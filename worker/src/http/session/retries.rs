@@ -20,7 +20,7 @@ impl HttpSession {
         };
         let (pool, target) = (meta.pool, meta.target);
         ctx.discard_upstream(meta.join(up));
-        upstream::note_target_failure(
+        failover::note_target_failure(
             ctx,
             pool,
             target,
@@ -64,7 +64,7 @@ impl HttpSession {
         let (up, meta) = ex.up.take()?;
         let (pool, target) = (meta.pool, meta.target);
         ctx.discard_upstream(meta.join(up));
-        upstream::note_target_failure(
+        failover::note_target_failure(
             ctx,
             pool,
             target,
@@ -121,7 +121,7 @@ impl HttpSession {
         let pick = pick_request(peer, &ex.cookie);
         let mut skip = ex.failed.clone();
         skip.extend(ex.tried.iter().filter(|t| !ex.failed.contains(t)));
-        let fresh = upstream::connect_next(ctx, pool, &mut skip, token, peer, &pick);
+        let fresh = failover::connect_next(ctx, pool, &mut skip, token, peer, &pick);
         // Targets whose connect failed just now stay excluded.
         for t in skip {
             if !ex.tried.contains(&t) && !ex.failed.contains(&t) {
@@ -130,7 +130,7 @@ impl HttpSession {
         }
         let conn = match fresh {
             Ok(c) => Ok(c),
-            Err(_) => upstream::connect_next(ctx, pool, &mut ex.failed, token, peer, &pick),
+            Err(_) => failover::connect_next(ctx, pool, &mut ex.failed, token, peer, &pick),
         };
         match conn {
             Ok(c) => {
