@@ -140,4 +140,34 @@ impl HttpSession {
             Err(_) => self.fail(Fail::Exhausted, ctx),
         }
     }
+
+    pub(super) fn retry_fresh(&mut self, ctx: &mut Ctx<'_>) {
+        let peer = self.peer;
+        let token = tokens::session(self.key, Side::Upstream);
+        let Phase::Proxy(ex) = &mut self.phase else {
+            return;
+        };
+        let Some((up, meta)) = ex.up.take() else {
+            return;
+        };
+        debug!(peer = %peer, upstream = %meta.addr, "pooled upstream connection was dead, retrying on a new one");
+        ctx.discard_upstream(meta.join(up));
+        ex.retried = true;
+        ex.rewind_request();
+        let conn = match ctx
+            .upstreams
+            .connect(meta.pool, meta.target, ctx.registry, token)
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                failover::note_failure(ctx, meta.pool, meta.target, &mut ex.failed, peer, &e);
+                let pick = pick_request(peer, &ex.cookie);
+                failover::connect_next(ctx, meta.pool, &mut ex.failed, token, peer, &pick).ok()
+            }
+        };
+        match conn {
+            Some(c) => ex.attach(c, ctx.now),
+            None => self.fail(Fail::Exhausted, ctx),
+        }
+    }
 }
