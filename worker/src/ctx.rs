@@ -2,9 +2,8 @@
 //! timers and counters, the newest configuration generation. Borrowed from the event loop for
 //! one call.
 
-use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::Registry;
 
@@ -46,23 +45,6 @@ impl Ctx<'_> {
     }
 }
 
-/// The per-listener settings a session needs (copied into each session, together with the
-/// generation they belong to: `default_route` indexes that generation's router).
-#[derive(Debug, Clone, Copy)]
-pub struct ListenerCtx {
-    pub local: SocketAddr,
-    pub request_timeout: Duration,
-    pub keepalive_timeout: Duration,
-    /// Resolved index of the default route.
-    pub default_route: Option<usize>,
-    /// The routes it serves (`Router::scope_id` of `ListenerConfig::route_scope`).
-    pub route_scope: u16,
-    /// Requests a client connection may carry (0: no limit).
-    pub keepalive_max_requests: u32,
-    /// TCP listeners: resolved upstream pool key.
-    pub upstream: Option<usize>,
-}
-
 /// What the event loop must do after a session handled an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -71,24 +53,4 @@ pub enum Outcome {
     Done,
     /// HTTP 101: turn the session into a bidirectional tunnel.
     Upgrade,
-}
-
-/// Readiness flags of one mio event, folded so an error or hang-up makes the next syscall run
-/// (and report it) instead of being missed.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Ready {
-    pub readable: bool,
-    pub writable: bool,
-    /// The peer closed its side (or the socket failed): whatever is queued ends in EOF.
-    pub read_closed: bool,
-}
-
-impl Ready {
-    pub fn from_event(e: &mio::event::Event) -> Self {
-        Ready {
-            readable: e.is_readable() || e.is_read_closed() || e.is_error(),
-            writable: e.is_writable() || e.is_write_closed() || e.is_error(),
-            read_closed: e.is_read_closed() || e.is_error(),
-        }
-    }
 }

@@ -8,6 +8,7 @@
 //! between requests (see `HttpSession`), and pools only a retired generation refers to live
 //! until that generation is gone (see `Worker::retire_pools`).
 
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -20,7 +21,6 @@ use zentinel_protocol::messages::WorkerStart;
 
 use crate::accept::{adopt_listener, Listener, ListenerSet};
 use crate::access_log::AccessLog;
-use crate::ctx::ListenerCtx;
 use crate::routing::Router;
 use crate::upstream::Pool;
 
@@ -34,6 +34,23 @@ pub struct ListenerEntry {
     pub access_log: Option<Rc<AccessLog>>,
     /// TLS termination: the server configuration its sessions share.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The per-listener settings a session needs (copied into each session, together with the
+/// generation they belong to: `default_route` indexes that generation's router).
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerCtx {
+    pub local: SocketAddr,
+    pub request_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    /// Resolved index of the default route.
+    pub default_route: Option<usize>,
+    /// The routes it serves (`Router::scope_id` of `ListenerConfig::route_scope`).
+    pub route_scope: u16,
+    /// Requests a client connection may carry (0: no limit).
+    pub keepalive_max_requests: u32,
+    /// TCP listeners: resolved upstream pool key.
+    pub upstream: Option<usize>,
 }
 
 /// An installed configuration. Immutable: a reload builds a new one.

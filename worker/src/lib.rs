@@ -23,6 +23,7 @@ mod client_limit;
 mod counters;
 mod ctx;
 mod event_loop;
+mod failover;
 mod fd_budget;
 mod generation;
 mod rate_limit;

@@ -9,11 +9,12 @@ use std::time::Instant;
 
 use tracing::{debug, warn};
 
-use crate::ctx::{Ctx, Outcome, Ready};
-use crate::sock::{Buf, ClientSock, Sock, UpSock, BUF_CAP};
+use crate::ctx::{Ctx, Outcome};
+use crate::failover;
+use crate::sock::{Buf, ClientSock, Ready, Sock, UpSock, BUF_CAP};
 use crate::timers::{TimerId, TimerKey};
 use crate::tokens::{self, Side};
-use crate::upstream::{self, PickRequest, UpConn};
+use crate::upstream::{PickRequest, UpConn};
 
 /// Identity of a checked-out upstream connection, kept beside its socket.
 #[derive(Debug, Clone, Copy)]
@@ -92,7 +93,7 @@ impl TcpSession {
             client_ip: Some(peer.ip()),
             cookie: None,
         };
-        let conn = upstream::connect_next(ctx, pool, &mut failed, token, peer, &pick).ok()?;
+        let conn = failover::connect_next(ctx, pool, &mut failed, token, peer, &pick).ok()?;
         let mut s = TcpSession {
             key,
             peer,
@@ -122,13 +123,13 @@ impl TcpSession {
             return false;
         };
         self.connecting = None;
-        upstream::connect_failed(ctx, meta.join(up), &mut self.failed, self.peer, error);
+        failover::connect_failed(ctx, meta.join(up), &mut self.failed, self.peer, error);
         let token = tokens::session(self.key, Side::Upstream);
         let pick = PickRequest {
             client_ip: Some(self.peer.ip()),
             cookie: None,
         };
-        match upstream::connect_next(ctx, meta.pool, &mut self.failed, token, self.peer, &pick) {
+        match failover::connect_next(ctx, meta.pool, &mut self.failed, token, self.peer, &pick) {
             Ok(conn) => {
                 self.attach(conn, ctx.now);
                 true

@@ -21,8 +21,7 @@ use rustls::{ClientConnection, Connection};
 use zentinel_protocol::config::{TlsConfig, TlsVersion};
 
 use crate::client_cert;
-use crate::ctx::Ready;
-use crate::sock::{Buf, ReadOutcome, Sock, BUF_CAP};
+use crate::sock::{Buf, ReadOutcome, Ready, Sock, BUF_CAP};
 
 /// The only application protocol spoken over TLS (no h2 yet).
 pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";

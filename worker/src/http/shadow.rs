@@ -32,7 +32,15 @@ pub fn mirror(sh: &Shadow, req: &RequestHead, fctx: &ForwardContext, ctx: &mut C
         client_ip: Some(fctx.client.ip()),
         cookie: None,
     };
-    let started = upstream::start_shadow(ctx, sh.pool, head, sh.timeout, &pick);
+    let shadow = upstream::ShadowRequest {
+        pool: sh.pool,
+        head,
+        timeout: sh.timeout,
+        pick: &pick,
+    };
+    let started = ctx
+        .upstreams
+        .start_shadow(shadow, ctx.registry, ctx.timers, ctx.now);
     if !started {
         debug!(
             path = req.path(),

@@ -328,3 +328,13 @@ pub(super) fn close_sock(sock: &mut UpSock, registry: &Registry) {
     sock.close();
     let _ = registry.deregister(sock.stream_mut());
 }
+
+/// Whether a failed connect says something about the target rather than about this worker
+/// running out of descriptors, memory or local ports: only the former count against the
+/// target's health, or a worker short of fds would take every healthy target out of rotation.
+pub fn blames_target(error: &io::Error) -> bool {
+    !matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
+}

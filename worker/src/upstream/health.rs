@@ -13,8 +13,7 @@ use std::time::Instant;
 
 use zentinel_protocol::config::{HealthCheck, HealthCheckKind, PassiveHealth};
 
-use crate::ctx::Ready;
-use crate::sock::{Buf, UpSock};
+use crate::sock::{Buf, Ready, UpSock};
 use crate::timers::TimerId;
 
 /// Longest status line accepted from a probed target; a health endpoint that sends more

@@ -6,7 +6,6 @@ mod balancer;
 pub(crate) use balancer::Rng;
 mod circuit_breaker;
 mod connections;
-mod failover;
 mod health;
 mod pool;
 mod probes;
@@ -33,19 +32,16 @@ use zentinel_protocol::config::{
 
 use self::health::{Probe, ProbeStatus, TargetHealth, Transition};
 
-use crate::ctx::Ctx;
 use crate::sock::UpSock;
 use crate::timers::{TimerId, TimerKey, Timers};
 use crate::tokens;
 
 pub use self::balancer::Balancer;
 pub use self::circuit_breaker::CircuitBreaker;
-pub use self::failover::{
-    blames_target, connect_failed, connect_next, note_failure, note_target_failure, NoConn,
-};
+pub use self::connections::blames_target;
 pub use self::pool::{Pick, PickRequest, Pool};
 pub use self::resolution::{Resolver, RESOLVE_AT_START};
-pub use self::shadow::start_shadow;
+pub use self::shadow::ShadowRequest;
 
 #[derive(Debug)]
 struct IdleConn {

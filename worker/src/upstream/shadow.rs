@@ -5,8 +5,7 @@
 
 use super::connections::{close_sock, open};
 use super::*;
-use crate::ctx::Ready;
-use crate::sock::Buf;
+use crate::sock::{Buf, Ready};
 
 /// Mirrored exchanges one worker keeps open at once.
 pub const MAX_SHADOWS: usize = 64;
@@ -49,52 +48,61 @@ impl Shadow {
     }
 }
 
-/// Send `request` (a complete request head, no body) to a target of `pool`. Returns whether
-/// it was started; it is dropped when the worker is draining, at its cap, or the pool has no
-/// usable target.
-pub fn start_shadow(
-    ctx: &mut Ctx<'_>,
-    pool: usize,
-    request: Vec<u8>,
-    timeout: Duration,
-    req: &PickRequest<'_>,
-) -> bool {
-    let ups = &mut *ctx.upstreams;
-    if ups.no_pooling || ups.shadows.len() >= MAX_SHADOWS {
-        return false;
-    }
-    let Pick::Target(target) = ups.pick(pool, &[], ctx.now, req) else {
-        return false;
-    };
-    let conn = ups.conns.vacant_key();
-    let key = ups.shadows.vacant_key();
-    let sock = match open(&ups.pools, pool, target, conn, ctx.registry) {
-        Ok((s, _)) => s,
-        Err(e) => {
-            debug!(upstream = ups.pools[pool].name, error = %e, "shadow request not sent");
-            return false;
-        }
-    };
-    ups.conns.insert(ConnEntry {
-        owner: Owner::Shadow(key),
-        timer: None,
-        idle_since: ctx.now,
-        created: ctx.now,
-    });
-    let timer = Some(ctx.timers.insert(ctx.now + timeout, TimerKey::Shadow(key)));
-    let mut out = Buf::new();
-    out.extend(&request);
-    ups.shadows.insert(Shadow {
-        sock,
-        conn,
-        out,
-        connected: false,
-        timer,
-    });
-    true
+/// A mirrored request to start (see [`Upstreams::start_shadow`]).
+pub struct ShadowRequest<'a> {
+    pub pool: usize,
+    /// A complete request head, no body.
+    pub head: Vec<u8>,
+    /// How long its answer is waited for.
+    pub timeout: Duration,
+    /// What the balancer may look at to choose the target.
+    pub pick: &'a PickRequest<'a>,
 }
 
 impl Upstreams {
+    /// Send `req.head` to a target of `req.pool`. Returns whether it was started; it is
+    /// dropped when the worker is draining, at its cap, or the pool has no usable target.
+    pub fn start_shadow(
+        &mut self,
+        req: ShadowRequest<'_>,
+        registry: &Registry,
+        timers: &mut Timers<TimerKey>,
+        now: Instant,
+    ) -> bool {
+        if self.no_pooling || self.shadows.len() >= MAX_SHADOWS {
+            return false;
+        }
+        let Pick::Target(target) = self.pick(req.pool, &[], now, req.pick) else {
+            return false;
+        };
+        let conn = self.conns.vacant_key();
+        let key = self.shadows.vacant_key();
+        let sock = match open(&self.pools, req.pool, target, conn, registry) {
+            Ok((s, _)) => s,
+            Err(e) => {
+                debug!(upstream = self.pools[req.pool].name, error = %e, "shadow request not sent");
+                return false;
+            }
+        };
+        self.conns.insert(ConnEntry {
+            owner: Owner::Shadow(key),
+            timer: None,
+            idle_since: now,
+            created: now,
+        });
+        let timer = Some(timers.insert(now + req.timeout, TimerKey::Shadow(key)));
+        let mut out = Buf::new();
+        out.extend(&req.head);
+        self.shadows.insert(Shadow {
+            sock,
+            conn,
+            out,
+            connected: false,
+            timer,
+        });
+        true
+    }
+
     /// Readiness on a shadow connection.
     pub fn on_shadow_event(
         &mut self,

@@ -20,7 +20,7 @@ impl HttpSession {
         };
         let (pool, target) = (meta.pool, meta.target);
         ctx.discard_upstream(meta.join(up));
-        upstream::note_target_failure(
+        failover::note_target_failure(
             ctx,
             pool,
             target,
@@ -64,7 +64,7 @@ impl HttpSession {
         let (up, meta) = ex.up.take()?;
         let (pool, target) = (meta.pool, meta.target);
         ctx.discard_upstream(meta.join(up));
-        upstream::note_target_failure(
+        failover::note_target_failure(
             ctx,
             pool,
             target,
@@ -121,7 +121,7 @@ impl HttpSession {
         let pick = pick_request(peer, &ex.cookie);
         let mut skip = ex.failed.clone();
         skip.extend(ex.tried.iter().filter(|t| !ex.failed.contains(t)));
-        let fresh = upstream::connect_next(ctx, pool, &mut skip, token, peer, &pick);
+        let fresh = failover::connect_next(ctx, pool, &mut skip, token, peer, &pick);
         // Targets whose connect failed just now stay excluded.
         for t in skip {
             if !ex.tried.contains(&t) && !ex.failed.contains(&t) {
@@ -130,7 +130,7 @@ impl HttpSession {
         }
         let conn = match fresh {
             Ok(c) => Ok(c),
-            Err(_) => upstream::connect_next(ctx, pool, &mut ex.failed, token, peer, &pick),
+            Err(_) => failover::connect_next(ctx, pool, &mut ex.failed, token, peer, &pick),
         };
         match conn {
             Ok(c) => {
@@ -138,6 +138,36 @@ impl HttpSession {
                 ex.attach(c, ctx.now);
             }
             Err(_) => self.fail(Fail::Exhausted, ctx),
+        }
+    }
+
+    pub(super) fn retry_fresh(&mut self, ctx: &mut Ctx<'_>) {
+        let peer = self.peer;
+        let token = tokens::session(self.key, Side::Upstream);
+        let Phase::Proxy(ex) = &mut self.phase else {
+            return;
+        };
+        let Some((up, meta)) = ex.up.take() else {
+            return;
+        };
+        debug!(peer = %peer, upstream = %meta.addr, "pooled upstream connection was dead, retrying on a new one");
+        ctx.discard_upstream(meta.join(up));
+        ex.retried = true;
+        ex.rewind_request();
+        let conn = match ctx
+            .upstreams
+            .connect(meta.pool, meta.target, ctx.registry, token)
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                failover::note_failure(ctx, meta.pool, meta.target, &mut ex.failed, peer, &e);
+                let pick = pick_request(peer, &ex.cookie);
+                failover::connect_next(ctx, meta.pool, &mut ex.failed, token, peer, &pick).ok()
+            }
+        };
+        match conn {
+            Some(c) => ex.attach(c, ctx.now),
+            None => self.fail(Fail::Exhausted, ctx),
         }
     }
 }

@@ -1,6 +1,17 @@
-//! Failing over between the targets of a pool within one exchange, and reporting what failed.
+//! Failing over between the targets of a pool within one exchange, and reporting what failed:
+//! the sessions' side of the upstream pools. It lives above both [`Ctx`] and `upstream` (it
+//! needs the pools, the counters and the clock together), so the pools never depend on the
+//! session context.
 
-use super::*;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+
+use mio::Token;
+use tracing::warn;
+
+use crate::ctx::Ctx;
+use crate::upstream::{blames_target, Pick, PickRequest, UpConn};
 
 /// Why [`connect_next`] found no connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -8,7 +19,7 @@ pub enum NoConn {
     /// Every target failed for this exchange or cannot be connected at all.
     Exhausted,
     /// Every target left is at its connection cap or still being resolved: one may free up
-    /// (see [`Upstreams::wait_for`]).
+    /// (see [`Upstreams::wait_for`](crate::upstream::Upstreams::wait_for)).
     Wait,
     /// Every target left has an open circuit breaker.
     CircuitOpen,
@@ -91,16 +102,6 @@ pub fn note_failure(
     }
     ctx.counters.c.upstream_errors += 1;
     warn!(%peer, pool, target, error = %error, "cannot open an upstream connection: this worker is out of local resources (not held against the target)");
-}
-
-/// Whether a failed connect says something about the target rather than about this worker
-/// running out of descriptors, memory or local ports: only the former count against the
-/// target's health, or a worker short of fds would take every healthy target out of rotation.
-pub fn blames_target(error: &io::Error) -> bool {
-    !matches!(
-        error.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
-    )
 }
 
 /// [`note_failure`] for any failure that blames the target (`what` is the log message).

@@ -1,0 +1,262 @@
+//! The master's messages: reading the channel, reloads (a `Reconfigure` checked in full, then
+//! installed as a new generation), retiring the pools no generation uses any more, and
+//! installing a generation at start or on reload.
+
+use super::*;
+
+impl Worker {
+    pub(super) fn on_channel(&mut self, now: Instant) -> Control {
+        if !self.channel_open {
+            return Control::Continue;
+        }
+        loop {
+            match self.channel.recv() {
+                Ok(Some(mut frame)) => {
+                    let fds = frame.take_fds();
+                    match frame.deserialize::<MasterMessage>() {
+                        Ok(msg) => {
+                            if let Control::Exit = self.on_message(msg, fds, now) {
+                                return Control::Exit;
+                            }
+                        }
+                        Err(e) => warn!(
+                            error = %e,
+                            fds = fds.len(),
+                            "ignoring an invalid message from the master (closing the fds it carried)"
+                        ),
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    match e {
+                        ProtocolError::Closed => {
+                            warn!("master channel closed: draining")
+                        }
+                        e => error!(error = %e, "master channel failed: draining"),
+                    }
+                    self.channel_open = false;
+                    let _ = self
+                        .poll
+                        .registry()
+                        .deregister(&mut SourceFd(&self.channel.as_raw_fd()));
+                    self.start_drain(self.graceful_timeout, now);
+                    return Control::Continue;
+                }
+            }
+        }
+        if self.channel_pending() {
+            if let Err(e) = self.channel.flush() {
+                warn!(error = %e, "cannot flush the master channel");
+            }
+        }
+        Control::Continue
+    }
+
+    pub(super) fn on_message(
+        &mut self,
+        msg: MasterMessage,
+        fds: Vec<OwnedFd>,
+        now: Instant,
+    ) -> Control {
+        if let MasterMessage::Reconfigure(ws) = msg {
+            self.reconfigure(&ws, fds);
+            return Control::Continue;
+        }
+        if !fds.is_empty() {
+            // Closing them here is all that is needed: they are duplicates.
+            warn!(
+                message = msg.kind(),
+                fds = fds.len(),
+                "closing fds attached to a message that takes none"
+            );
+            drop(fds);
+        }
+        match msg {
+            MasterMessage::StatusRequest => {
+                let mut c = self.shared.counters.snapshot();
+                c.active_connections = self.sessions.len() as u64;
+                self.send(&WorkerMessage::Status(c));
+            }
+            MasterMessage::Drain { timeout_ms } => {
+                self.start_drain(Duration::from_millis(timeout_ms), now);
+            }
+            MasterMessage::Stop => {
+                info!(active = self.sessions.len(), "stop requested: exiting now");
+                return Control::Exit;
+            }
+            MasterMessage::Hello(_) | MasterMessage::Start(_) => {
+                warn!("ignoring a handshake message after startup");
+            }
+            // Handled above (it needs the fds).
+            MasterMessage::Reconfigure(_) => {}
+        }
+        Control::Continue
+    }
+
+    /// `Reconfigure`: validate everything first (any error changes nothing and closes the
+    /// received fds), then switch listeners and configuration for new connections.
+    pub(super) fn reconfigure(&mut self, ws: &WorkerStart, fds: Vec<OwnedFd>) {
+        let generation = ws.generation;
+        let refuse = |w: &mut Worker, reason: String| {
+            warn!(
+                config_generation = generation,
+                %reason,
+                "reconfigure refused: keeping the running configuration"
+            );
+            w.send(&WorkerMessage::ReconfigureFailed { reason });
+        };
+        if self.drain.is_some() {
+            return refuse(self, "worker is draining".into());
+        }
+        if ws.worker_id != self.worker_id {
+            return refuse(
+                self,
+                format!(
+                    "Reconfigure is for worker {}, but this is worker {}",
+                    ws.worker_id, self.worker_id
+                ),
+            );
+        }
+        let candidate = match Candidate::validate(ws, fds, "Reconfigure") {
+            Ok(c) => c,
+            Err(reason) => return refuse(self, reason),
+        };
+        // The new set goes into the poll before the old one leaves it, so there is no moment
+        // without a listener polled. (No queued connection could be lost either way: the
+        // master keeps every kernel socket open; ours are duplicates.)
+        if let Err(e) = candidate.listeners.register(self.poll.registry()) {
+            return refuse(self, format!("cannot poll the new listener set: {e}"));
+        }
+        let registry = self.poll.registry();
+        let (generation_new, set, max_connections, graceful_timeout) = build_generation(
+            candidate,
+            &mut self.shared.upstreams,
+            &self.shared.current.pools,
+            registry,
+            &mut self.shared.timers,
+        );
+        if let Some(old) = self.listeners.replace(set) {
+            if let Err(e) = old.deregister(registry) {
+                warn!(error = %e, "cannot deregister the previous listener set");
+            }
+            // Closes our duplicates and the old set's epoll instance (whose registrations go
+            // with it even though the master still holds the sockets).
+            drop(old);
+        }
+        let old = std::mem::replace(&mut self.shared.current, Rc::new(generation_new));
+        self.retired.push(Rc::downgrade(&old));
+        drop(old);
+        self.max_connections = max_connections.max(1);
+        self.graceful_timeout = graceful_timeout;
+        // The new sockets may have connections queued already.
+        self.accept_pending = true;
+        self.at_capacity_logged = false;
+        self.reloads += 1;
+        self.pools_to_check = true;
+        self.retire_pools();
+        // New names are looked up off the loop; exchanges wait for them (see `Pick::Wait`).
+        if self.shared.upstreams.has_names() {
+            start_resolver(&mut self.shared.upstreams, self.poll.registry());
+            self.shared.upstreams.request_lookups(false);
+        }
+        self.arm_dns_refresh(Instant::now());
+        let listeners: Vec<&str> = self
+            .shared
+            .current
+            .listeners
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        info!(
+            config_generation = generation,
+            reloads = self.reloads,
+            ?listeners,
+            upstreams = self.shared.current.pools.len(),
+            active = self.sessions.len(),
+            "reconfigured: new connections use the new configuration"
+        );
+        self.send(&WorkerMessage::Reconfigured);
+    }
+
+    /// Drop generations no session runs on any more, then the upstream pools that neither
+    /// the current nor a remaining generation refers to (once no connection to them is
+    /// checked out).
+    pub(super) fn retire_pools(&mut self) {
+        self.retired.retain(|w| w.strong_count() > 0);
+        let mut keep: HashSet<usize> = self.shared.current.pools.iter().copied().collect();
+        for g in self.retired.iter().filter_map(Weak::upgrade) {
+            keep.extend(g.pools.iter().copied());
+        }
+        let busy = self.shared.upstreams.retire_unused(
+            |k| keep.contains(&k),
+            self.poll.registry(),
+            &mut self.shared.timers,
+        );
+        self.pools_to_check = busy > 0 || !self.retired.is_empty();
+    }
+
+    /// Keep the host-name refresh timer armed while any pool has a host-name target.
+    pub(super) fn arm_dns_refresh(&mut self, now: Instant) {
+        let want = self.shared.upstreams.has_names().then(|| {
+            self.dns_timer
+                .map_or(now + Duration::from_secs(DNS_REFRESH_SECS), |t| t.at())
+        });
+        self.shared
+            .timers
+            .set(&mut self.dns_timer, want, TimerKey::DnsRefresh);
+    }
+}
+
+/// Start the worker's DNS lookup threads unless they run already. Without them host-name
+/// targets stay out of rotation, which is logged; the worker still serves the others.
+pub(super) fn start_resolver(upstreams: &mut Upstreams, registry: &mio::Registry) {
+    if upstreams.has_resolver() {
+        return;
+    }
+    match Resolver::start(registry, tokens::RESOLVER) {
+        Ok(r) => upstreams.set_resolver(r),
+        Err(e) => {
+            error!(error = %e, "cannot start the DNS lookup threads: host-name targets stay unresolved")
+        }
+    }
+}
+
+/// Install a validated candidate: its pools (reusing unchanged ones among `current_pools`),
+/// with routes and listeners resolved to pool keys. Returns the generation, the listener set
+/// (registered by the caller), `max_connections` and the graceful shutdown timeout.
+pub(super) fn build_generation(
+    c: Candidate,
+    upstreams: &mut Upstreams,
+    current_pools: &[usize],
+    registry: &mio::Registry,
+    timers: &mut Timers<TimerKey>,
+) -> (Generation, ListenerSet, usize, Duration) {
+    let keys = upstreams.install(c.pools, current_pools, registry, timers);
+    // Start or reload: access-log files are reopened by path (log rotation).
+    crate::access_log::reopen();
+    let mut router = c.router;
+    router.map_upstreams(&keys);
+    let mut listeners = c.entries;
+    for l in &mut listeners {
+        l.ctx.upstream = l.ctx.upstream.and_then(|i| keys.get(i).copied());
+    }
+    let mut head_limits = c.limits.clone();
+    if let Some(max) = router.max_body_override() {
+        head_limits.max_body_size_bytes = head_limits.max_body_size_bytes.max(max);
+    }
+    let generation = Generation {
+        router,
+        head_limits,
+        limits: c.limits,
+        trace_id_format: c.trace_id_format,
+        listeners,
+        pools: keys,
+        config_view: c.config_view,
+    };
+    (
+        generation,
+        c.listeners,
+        c.max_connections.max(1),
+        c.graceful_timeout,
+    )
+}

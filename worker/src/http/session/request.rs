@@ -1,0 +1,232 @@
+//! A request head read from the client, routed, and dispatched: answered here (static,
+//! files, builtin handlers, refusals) or sent on towards an upstream.
+
+use super::*;
+
+impl HttpSession {
+    /// Ok(true): progress made, run again. Ok(false): wait for events. Err: outcome now.
+    pub(super) fn step_head(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
+        // No exchange is in flight while a head is read: the one place a reload may apply.
+        self.adopt_current_generation(ctx);
+        let head_cap = BUF_CAP.max(self.generation.limits.max_header_size_bytes as usize + 1024);
+        let was_empty = self.cin.is_empty();
+        let n = self.read_client(ctx, head_cap)?;
+        if self.cin.is_empty() {
+            if self.client.read_eof() {
+                // The client closed between requests: a clean end.
+                return Err(Outcome::Done);
+            }
+            return Ok(false);
+        }
+        if was_empty && !self.first_request {
+            // First byte of a new request: its head timer starts now.
+            self.head_started = ctx.now;
+        }
+        match codec::parse_request(self.cin.as_slice(), &self.generation.head_limits) {
+            Ok(Parsed::Complete(head)) => {
+                self.first_request = false;
+                self.cin.consume(head.head_len);
+                self.start_request(head, ctx);
+                Ok(true)
+            }
+            Ok(Parsed::Partial) => {
+                if self.client.read_eof() {
+                    debug!(peer = %self.peer, "client closed in the middle of a request head");
+                    ctx.counters.c.client_errors += 1;
+                    return Err(Outcome::Done);
+                }
+                if self.cin.len() >= head_cap {
+                    ctx.counters.c.client_errors += 1;
+                    self.respond_local(ctx, 431, codec::error_response(431, true, false), true);
+                    return Ok(true);
+                }
+                Ok(n > 0 && self.client.readable())
+            }
+            Err(e) => {
+                ctx.counters.c.requests_total += 1;
+                ctx.counters.c.client_errors += 1;
+                debug!(peer = %self.peer, error = %e, "bad request");
+                let status = e.status();
+                self.first_request = false;
+                self.respond_local(
+                    ctx,
+                    status,
+                    codec::error_response(status, true, false),
+                    true,
+                );
+                Ok(true)
+            }
+        }
+    }
+
+    pub(super) fn start_request(&mut self, mut req: RequestHead, ctx: &mut Ctx<'_>) {
+        ctx.counters.c.requests_total += 1;
+        self.requests_served = self.requests_served.saturating_add(1);
+        let max = self.lctx.keepalive_max_requests;
+        if max > 0 && self.requests_served >= max {
+            // `keepalive-max-requests`: this answer is the connection's last.
+            req.keep_alive = false;
+        }
+        self.trace_id = trace_id::for_request(&req, self.generation.trace_id_format);
+        if self.logs_access() {
+            let mut entry = access_log::Entry::from_request(self.head_started, &req);
+            entry.trace_id = self.trace_id.clone();
+            self.access = Some(Box::new(entry));
+        }
+        let has_body = !matches!(req.framing, BodyFraming::Empty);
+        // A request body the proxy does not forward cannot be skipped reliably: close after
+        // answering (the linger discards it).
+        let local_close = ctx.draining || !req.keep_alive || has_body;
+        if ctx.respond_500 {
+            let bytes = codec::error_response(500, local_close, req.is_head());
+            return self.respond_local(ctx, 500, bytes, local_close);
+        }
+        let subject = self.client_subject().clone();
+        let router = &self.generation.router;
+        let routed = Routed {
+            head: &req,
+            client_cert_subject: subject.as_deref(),
+        };
+        let route = router.find(self.lctx.route_scope, self.lctx.default_route, &routed);
+        if let Some(a) = self.access.as_mut() {
+            if let Some(r) = route {
+                a.route = router.name(r).to_owned();
+            }
+            if let Some(s) = &subject {
+                s.as_ref().clone_into(&mut a.client_cert_subject);
+            }
+        }
+        let action = route.and_then(|r| router.action(r)).cloned();
+        let errors = router.error_style(route);
+        let mut rate = None;
+        if let Some(limiter) = route.and_then(|r| router.limiter(r)) {
+            let d =
+                header_policy::rate_check(&mut limiter.borrow_mut(), self.peer.ip(), &req, ctx.now);
+            if !d.allowed {
+                debug!(peer = %self.peer, path = req.path(), limit = d.limit, "rate limit exceeded");
+                let bytes = header_policy::too_many_requests(&d, req.is_head());
+                return self.respond_local(ctx, 429, bytes, true);
+            }
+            rate = Some(d);
+        }
+        // The head was parsed against the largest body limit of any route: this route's own.
+        let body_limit = self.body_limit(route);
+        if let BodyFraming::ContentLength(n) = req.framing {
+            if n > body_limit {
+                ctx.counters.c.client_errors += 1;
+                let bytes = errors.response(413, true, req.is_head(), Some(&req));
+                return self.respond_local(ctx, 413, bytes, true);
+            }
+        }
+        let retry = route.and_then(|r| router.retry_rule(r));
+        if route.is_some_and(|r| !router.websocket_allowed(r)) {
+            if let Some(bytes) = websocket::refused(&req) {
+                debug!(peer = %self.peer, path = req.path(), "websocket upgrade refused by the route");
+                return self.respond_local(ctx, 403, bytes, true);
+            }
+        }
+        match action {
+            None => {
+                debug!(peer = %self.peer, host = ?req.host, path = req.path(), "no route");
+                let bytes = codec::error_response(404, local_close, req.is_head());
+                self.respond_local(ctx, 404, bytes, local_close);
+            }
+            Some(Action::Static(resp)) => {
+                let bytes = codec::static_response(&resp, local_close, req.is_head());
+                self.respond_local(ctx, resp.status, bytes, local_close);
+            }
+            Some(Action::Files(route)) => {
+                let answer = files::answer(&route, &req, local_close);
+                debug!(peer = %self.peer, path = req.path(), status = answer.status, "static file");
+                self.respond_local(ctx, answer.status, answer.bytes, local_close);
+                self.file_body = answer.body;
+            }
+            Some(Action::Builtin(handler)) => {
+                let counters = ctx.counters.snapshot();
+                let view = builtin::View {
+                    counters: &counters,
+                    upstreams: ctx.upstreams,
+                    generation: &self.generation,
+                    now: ctx.now,
+                };
+                let (status, bytes) = builtin::answer(handler, &req, &view, local_close);
+                debug!(peer = %self.peer, handler = handler.name(), status, "builtin handler");
+                self.respond_local(ctx, status, bytes, local_close);
+            }
+            // A tunnel hands the raw client socket over, which a TLS session cannot do yet:
+            // refuse before the upstream switches protocols.
+            Some(Action::Upstream(_))
+                if req.upgrade.is_some() && matches!(self.client, ClientSock::Tls(_)) =>
+            {
+                debug!(peer = %self.peer, "protocol upgrade over TLS is not supported yet");
+                ctx.counters.c.client_errors += 1;
+                let bytes = errors.response(501, true, req.is_head(), Some(&req));
+                self.respond_local(ctx, 501, bytes, true);
+            }
+            Some(Action::Upstream(pool)) => {
+                if let Some(sh) = route.and_then(|r| router.shadow(r)).cloned() {
+                    shadow::mirror(&sh, &req, &self.forward_context(), ctx);
+                }
+                let router = &self.generation.router;
+                let mut fallback = route
+                    .and_then(|r| router.fallback(r))
+                    .map(|f| FallbackState::new(Arc::clone(f)));
+                let pool = fallback
+                    .as_mut()
+                    .map_or(pool, |f| f.initial(pool, ctx.upstreams, ctx.now));
+                let buffer = has_body
+                    && req.upgrade.is_none()
+                    && route
+                        .and_then(|r| router.policies(r))
+                        .is_some_and(|p| p.buffer_requests);
+                let q = Queued {
+                    req,
+                    pool,
+                    since: ctx.now,
+                    errors,
+                    retry,
+                    route,
+                    rate,
+                    fallback,
+                    prebuffered: None,
+                };
+                if buffer {
+                    self.start_buffering(q, ctx.now);
+                } else {
+                    self.try_proxy(q, ctx);
+                }
+            }
+        }
+    }
+
+    /// The request body limit on `route`: its `policies { max-body-size }`, else the global one.
+    pub(super) fn body_limit(&self, route: Option<usize>) -> u64 {
+        route
+            .and_then(|r| self.generation.router.policies(r))
+            .and_then(|p| p.max_body_size_bytes)
+            .unwrap_or(self.generation.limits.max_body_size_bytes)
+    }
+
+    /// The forwarding fields of the current request (the proxied one and its shadow copy).
+    pub(super) fn forward_context(&self) -> ForwardContext {
+        ForwardContext {
+            client: self.peer,
+            listener: self.lctx.local,
+            scheme: match self.client {
+                ClientSock::Plain(_) => "http",
+                ClientSock::Tls(_) => "https",
+            },
+            trace_id: Some(self.trace_id.clone()),
+            client_cert_subject: self.client_subject.clone().flatten(),
+        }
+    }
+
+    /// The client certificate's subject, read from the TLS session once.
+    pub(super) fn client_subject(&mut self) -> &Option<Rc<str>> {
+        let client = &self.client;
+        self.client_subject.get_or_insert_with(|| match client {
+            ClientSock::Tls(t) => t.client_subject().map(Rc::from),
+            ClientSock::Plain(_) => None,
+        })
+    }
+}

@@ -1,0 +1,151 @@
+//! The client or upstream end of a connection: a plain socket, or TLS over one.
+
+use std::io::{self, Read};
+
+use mio::net::TcpStream;
+
+use super::{Buf, ReadOutcome, Ready, Sock};
+use crate::tls::TlsSock;
+
+/// The client side of an HTTP connection: a plain socket, or TLS over one. Plain connections
+/// go straight to [`Sock`]; only TLS ones pay for the indirection. The proxy's end of an
+/// upstream connection is the same thing (see [`UpSock`]).
+#[derive(Debug)]
+pub enum ClientSock {
+    Plain(Sock),
+    Tls(Box<TlsSock>),
+}
+
+/// The proxy's end of an upstream connection: plain, or TLS where the proxy is the client
+/// (`upstream { tls { ... } }`). It travels with the connection between the idle pool and the
+/// sessions, so a pooled TLS connection keeps its session.
+pub type UpSock = ClientSock;
+
+impl ClientSock {
+    /// A new upstream connection whose non-blocking connect was just started, with the TLS
+    /// session to run over it once connected.
+    pub fn connecting(stream: TcpStream, tls: Option<rustls::ClientConnection>) -> Self {
+        let sock = Sock::new(stream, false);
+        match tls {
+            None => ClientSock::Plain(sock),
+            Some(conn) => ClientSock::Tls(Box::new(TlsSock::client(sock, conn))),
+        }
+    }
+
+    /// Upstream connections: drive the connect, then the TLS handshake (see
+    /// [`TlsSock::poll_connect`]). `Ok(true)`: ready for the request.
+    pub fn poll_connect(&mut self) -> io::Result<bool> {
+        match self {
+            ClientSock::Plain(s) => s.poll_connect(),
+            ClientSock::Tls(t) => t.poll_connect(),
+        }
+    }
+
+    /// A pooled upstream connection handed to a new exchange (see [`Sock::reuse`]).
+    pub fn reuse(&mut self) {
+        match self {
+            ClientSock::Plain(s) => s.reuse(),
+            ClientSock::Tls(t) => t.reuse(),
+        }
+    }
+
+    /// Readiness on a pooled upstream connection: whether it is still good for a request (the
+    /// upstream sent nothing but, over TLS, handshake messages such as session tickets).
+    pub fn idle_ok(&mut self) -> bool {
+        match self {
+            ClientSock::Plain(s) => {
+                let mut byte = [0u8; 1];
+                matches!(
+                    s.stream.read(&mut byte),
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
+                )
+            }
+            ClientSock::Tls(t) => t.idle_ok(),
+        }
+    }
+
+    /// Over TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ClientSock::Tls(_))
+    }
+
+    #[inline]
+    pub fn on_ready(&mut self, r: Ready) {
+        match self {
+            ClientSock::Plain(s) => s.on_ready(r),
+            ClientSock::Tls(t) => t.on_ready(r),
+        }
+    }
+
+    /// The client will send nothing more.
+    #[inline]
+    pub fn read_eof(&self) -> bool {
+        match self {
+            ClientSock::Plain(s) => s.read_eof,
+            ClientSock::Tls(t) => t.read_eof(),
+        }
+    }
+
+    /// More input may be had without waiting for an event.
+    #[inline]
+    pub fn readable(&self) -> bool {
+        match self {
+            ClientSock::Plain(s) => s.readable,
+            ClientSock::Tls(t) => t.readable(),
+        }
+    }
+
+    #[inline]
+    pub fn fill(&mut self, buf: &mut Buf, cap: usize) -> io::Result<ReadOutcome> {
+        match self {
+            ClientSock::Plain(s) => s.fill(buf, cap),
+            ClientSock::Tls(t) => t.fill(buf, cap),
+        }
+    }
+
+    #[inline]
+    pub fn flush(&mut self, buf: &mut Buf) -> io::Result<usize> {
+        match self {
+            ClientSock::Plain(s) => s.flush(buf),
+            ClientSock::Tls(t) => t.flush(buf),
+        }
+    }
+
+    pub fn discard(&mut self) -> io::Result<bool> {
+        match self {
+            ClientSock::Plain(s) => s.discard(),
+            ClientSock::Tls(t) => t.discard(),
+        }
+    }
+
+    /// Plain: FIN. TLS: close_notify, then FIN once it has left.
+    pub fn shutdown_write(&mut self) {
+        match self {
+            ClientSock::Plain(s) => s.shutdown_write(),
+            ClientSock::Tls(t) => t.shutdown_write(),
+        }
+    }
+
+    /// The session is dropped: TLS gets a last chance to send pending bytes and close_notify.
+    pub fn close(&mut self) {
+        if let ClientSock::Tls(t) = self {
+            t.close();
+        }
+    }
+
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        match self {
+            ClientSock::Plain(s) => &mut s.stream,
+            ClientSock::Tls(t) => &mut t.sock.stream,
+        }
+    }
+
+    /// The plain socket, for a tunnel (an upgraded connection). TLS connections cannot be
+    /// tunnelled yet.
+    pub fn into_plain(self) -> Result<Sock, Self> {
+        match self {
+            ClientSock::Plain(s) => Ok(s),
+            tls => Err(tls),
+        }
+    }
+}

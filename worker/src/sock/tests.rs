@@ -1,0 +1,114 @@
+//! Buffers (storage pooled, order kept) and the socket wrapper on real loopback sockets.
+
+use std::fs::File;
+use std::io;
+
+use mio::net::TcpStream;
+
+use super::buf::BLOCK;
+use super::*;
+
+#[test]
+fn buf_consume_and_extend() {
+    let mut b = Buf::new();
+    b.extend(b"hello world");
+    b.consume(6);
+    assert_eq!(b.as_slice(), b"world");
+    b.extend(b"!");
+    assert_eq!(b.as_slice(), b"world!");
+    b.consume(100);
+    assert!(b.is_empty());
+}
+
+#[test]
+fn empty_buffer_holds_no_storage() {
+    let mut b = Buf::new();
+    assert_eq!(b.capacity(), 0);
+    b.extend(b"request");
+    assert!(b.capacity() >= BLOCK);
+    b.consume(3);
+    assert!(b.capacity() >= BLOCK, "bytes still wait");
+    b.consume(4);
+    assert_eq!(b.capacity(), 0, "an idle connection keeps no buffer");
+}
+
+#[test]
+fn buffer_grows_past_a_block_and_keeps_order() {
+    let mut b = Buf::new();
+    let data: Vec<u8> = (0..(3 * BLOCK)).map(|i| (i % 251) as u8).collect();
+    b.extend(&data[..1000]);
+    b.consume(500);
+    b.extend(&data[1000..]);
+    assert_eq!(b.as_slice(), &data[500..]);
+    assert!(b.capacity() >= data.len() - 500);
+}
+
+#[test]
+fn send_file_sends_the_range_and_notices_a_shrunk_file() {
+    use std::io::Read as _;
+    let path = std::env::temp_dir().join(format!("zentinel-sendfile-{}", std::process::id()));
+    std::fs::write(&path, b"0123456789").unwrap();
+    let file = File::open(&path).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    server.set_nonblocking(true).unwrap();
+    let mut sock = Sock::new(TcpStream::from_std(server), true);
+    let mut offset = 2;
+    assert_eq!(sock.send_file(&file, &mut offset, 4).unwrap(), 4);
+    assert_eq!(offset, 6);
+    let mut got = [0u8; 4];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"2345");
+    // Cut to 8 bytes under an open descriptor: asking for bytes 6..10 sends 6..8, then
+    // says the file ended early instead of spinning on zero-byte sends.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(8)
+        .unwrap();
+    let err = sock.send_file(&file, &mut offset, 4).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    assert_eq!(offset, 8);
+    let mut got = [0u8; 2];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"67");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn short_read_marks_the_socket_drained_and_eof_is_still_seen() {
+    use std::io::Write as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    server.set_nonblocking(true).unwrap();
+    let mut sock = Sock::new(TcpStream::from_std(server), true);
+    client.write_all(b"hello").unwrap();
+    let mut buf = Buf::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while buf.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no data arrived");
+        sock.readable = true;
+        sock.fill(&mut buf, BUF_CAP).unwrap();
+    }
+    assert_eq!(buf.as_slice(), b"hello");
+    assert!(!sock.readable, "a short read means the queue is empty");
+    // The peer closes with data queued: the event says so, and reading goes on to EOF
+    // after the short read instead of waiting for an edge that will not come.
+    client.write_all(b" world").unwrap();
+    drop(client);
+    let mut out = ReadOutcome::default();
+    while !out.eof {
+        assert!(std::time::Instant::now() < deadline, "EOF not seen");
+        sock.on_ready(Ready {
+            readable: true,
+            writable: false,
+            read_closed: true,
+        });
+        out = sock.fill(&mut buf, BUF_CAP).unwrap();
+    }
+    assert_eq!(buf.as_slice(), b"hello world");
+    assert!(sock.read_eof);
+}
