@@ -98,10 +98,11 @@ pub fn encode_payload(
     if fd_count > MAX_FDS_PER_FRAME {
         return Err(too_many_fds(fd_count));
     }
+    // Bounded by MAX_FDS_PER_FRAME just above.
+    let fd_count = u32::try_from(fd_count).map_err(|_| too_many_fds(fd_count))?;
     let header = FrameHeader {
         payload_len,
-        // Bounded by MAX_FDS_PER_FRAME just above.
-        fd_count: fd_count as u32,
+        fd_count,
     };
     let mut frame = Vec::with_capacity(HEADER_LEN + payload.len());
     frame.extend_from_slice(&header.to_bytes());

@@ -7,7 +7,15 @@
 //! - [`fd_passing`]: SCM_RIGHTS send/receive of file descriptor batches.
 //! - [`channel`]: a framed, fd-carrying, non-blocking-capable channel over a Unix stream socket.
 //!
-//! This crate depends on none of Zentinel's other crates.
+//! This crate depends on none of Zentinel's other crates. Its raw libc calls are in one
+//! private module, `sys`; everywhere else `unsafe` is refused.
+
+#![deny(unsafe_code)]
+// Lengths and counts cross the wire here: a cast that could truncate one is spelled out.
+#![warn(clippy::cast_possible_truncation)]
+#![cfg_attr(test, allow(clippy::cast_possible_truncation))]
+// Raw pointers to locals taken with `&raw`, never through a reference.
+#![warn(clippy::borrow_as_ptr)]
 
 pub mod channel;
 pub mod config;
@@ -18,6 +26,8 @@ pub mod fd_passing;
 pub mod frame;
 pub mod messages;
 pub mod state;
+#[allow(unsafe_code)]
+mod sys;
 
 pub use channel::{Channel, FrameLimits, ReceivedFrame};
 pub use error::ProtocolError;

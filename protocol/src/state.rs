@@ -559,7 +559,8 @@ pub fn read_state_file(path: &std::path::Path) -> Result<MasterState, StateError
             ),
         });
     }
-    let mut bytes = Vec::with_capacity(len as usize);
+    // Only a size hint: `len` is at most MAX_STATE_FILE_BYTES.
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     // take(): the file may grow between metadata and read; never read past the limit.
     file.take(MAX_STATE_FILE_BYTES + 1)
         .read_to_end(&mut bytes)

@@ -47,10 +47,8 @@ fn monotonic_now_usec() -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes into the valid, exclusively borrowed `now`.
-    assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) },
-        0
-    );
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    assert_eq!(rc, 0);
     now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
 }
 

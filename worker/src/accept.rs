@@ -15,12 +15,13 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use mio::Registry;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use socket2::{Socket, Type};
 
+use crate::sys;
 use crate::tokens;
 
 #[derive(Debug)]
@@ -208,7 +209,7 @@ impl ListenerSet {
         };
         Ok(self.events[..n]
             .iter()
-            .map(|e| e.data() as usize)
+            .filter_map(|e| usize::try_from(e.data()).ok())
             .filter(|&i| i < self.listeners.len())
             .collect())
     }
@@ -251,14 +252,5 @@ fn epoll_ctl(
     socket: &TcpListener,
     event: Option<&mut libc::epoll_event>,
 ) -> io::Result<()> {
-    let ev = event.map_or(std::ptr::null_mut(), |e| e as *mut libc::epoll_event);
-    // SAFETY: both fds are open for the duration of the call (borrowed from the registry and
-    // the listener); `ev` is null (allowed for EPOLL_CTL_DEL) or points to a live
-    // epoll_event that the kernel only reads.
-    let rc = unsafe { libc::epoll_ctl(registry.as_raw_fd(), op, socket.as_raw_fd(), ev) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    sys::epoll_ctl(registry, op, socket, event)
 }

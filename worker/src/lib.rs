@@ -13,6 +13,15 @@
 //! configuration and listeners, sessions in flight finish on the one they started with, and a
 //! keep-alive HTTP connection moves to the new one at its next request (see `generation`).
 
+// Raw libc calls live in `sys`, each with its `// SAFETY:` argument; `unsafe` anywhere else
+// is refused.
+#![deny(unsafe_code)]
+// Sizes, counts and offsets are converted all over a proxy: a cast that could truncate one
+// is spelled out (`try_from`, or an allow that says why it cannot).
+#![warn(clippy::cast_possible_truncation)]
+#![cfg_attr(test, allow(clippy::cast_possible_truncation))]
+#![warn(clippy::borrow_as_ptr)]
+
 pub mod access_log;
 pub mod fault_injection;
 pub mod http;
@@ -29,6 +38,8 @@ mod generation;
 mod rate_limit;
 mod routing;
 mod sock;
+#[allow(unsafe_code)]
+mod sys;
 mod tcp;
 mod timers;
 pub mod tls;
@@ -42,7 +53,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use nix::sys::signal::{signal, SigHandler, Signal};
+use nix::sys::signal::Signal;
 use tracing::{debug, error, info, warn};
 use zentinel_protocol::channel::check_version;
 use zentinel_protocol::messages::{Hello, MasterMessage, WorkerMessage, WorkerStart};
@@ -86,9 +97,7 @@ const IGNORED_SIGNALS: [Signal; 4] = [
 /// the dispositions are per process, so this affects every thread of the caller.
 pub fn ignore_process_signals() -> nix::Result<()> {
     for sig in IGNORED_SIGNALS {
-        // SAFETY: SIG_IGN installs no handler code, so no async-signal-safety requirement
-        // applies; `signal` only changes this process's disposition for `sig`.
-        unsafe { signal(sig, SigHandler::SigIgn) }?;
+        sys::ignore_signal(sig)?;
     }
     Ok(())
 }
@@ -285,7 +294,7 @@ fn handshake(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::signal::raise;
+    use nix::sys::signal::{raise, SigHandler};
 
     #[test]
     fn nofile_limit_is_raised_to_the_hard_limit() {
@@ -307,8 +316,7 @@ mod tests {
         ignore_process_signals().unwrap();
         for sig in IGNORED_SIGNALS {
             // Setting SIG_IGN again returns the disposition that was in place.
-            // SAFETY: as in `ignore_process_signals`: SIG_IGN runs no code.
-            let previous = unsafe { signal(sig, SigHandler::SigIgn) }.unwrap();
+            let previous = sys::ignore_signal(sig).unwrap();
             assert_eq!(previous, SigHandler::SigIgn, "{sig} is not ignored");
         }
         // With the default dispositions each of these would end the test process (SIGQUIT

@@ -102,6 +102,8 @@ impl Limiter {
             bucket.tokens -= 1.0;
         }
         let tokens = bucket.tokens;
+        // Float-to-integer `as` saturates (NaN gives 0): what a header value wants.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         Decision {
             allowed,
             limit: self.limit,

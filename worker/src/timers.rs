@@ -131,6 +131,11 @@ impl<K: Copy> Timers<K> {
     }
 }
 
+/// `d` in whole milliseconds, for log fields (saturating: no duration here comes near it).
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,7 @@ mod tests;
 mod writer;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -213,7 +213,7 @@ impl AccessLog {
         let ctx = LineContext {
             peer,
             listener,
-            worker_id: WORKER_ID.load(Ordering::Relaxed) as u32,
+            worker_id: WORKER_ID.load(Ordering::Relaxed),
             duration: now.saturating_duration_since(entry.started),
             instance_id: &self.instance_id,
         };
@@ -233,9 +233,9 @@ impl AccessLog {
     }
 }
 
-static WORKER_ID: AtomicU64 = AtomicU64::new(0);
+static WORKER_ID: AtomicU32 = AtomicU32::new(0);
 
 /// The worker id `$worker_id` shows.
 pub fn set_worker_id(id: u32) {
-    WORKER_ID.store(u64::from(id), Ordering::Relaxed);
+    WORKER_ID.store(id, Ordering::Relaxed);
 }

@@ -105,7 +105,7 @@ impl Worker {
                     }
                     Accepted::Exhausted(e) => {
                         self.shared.counters.c.accept_errors += 1;
-                        warn!(error = %e, backoff_ms = ACCEPT_BACKOFF.as_millis() as u64, "accept failed: backing off");
+                        warn!(error = %e, backoff_ms = crate::timers::millis(ACCEPT_BACKOFF), "accept failed: backing off");
                         self.back_off_accept(now);
                         return;
                     }

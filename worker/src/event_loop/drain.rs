@@ -23,7 +23,11 @@ impl Worker {
             }
             return;
         }
-        info!(active, timeout_ms = timeout.as_millis() as u64, "draining");
+        info!(
+            active,
+            timeout_ms = crate::timers::millis(timeout),
+            "draining"
+        );
         if let Some(set) = self.listeners.take() {
             if let Err(e) = set.deregister(self.poll.registry()) {
                 warn!(error = %e, "cannot deregister the listener set");

@@ -145,7 +145,7 @@ impl ClientSock {
     pub fn into_plain(self) -> Result<Sock, Self> {
         match self {
             ClientSock::Plain(s) => Ok(s),
-            tls => Err(tls),
+            tls @ ClientSock::Tls(_) => Err(tls),
         }
     }
 }

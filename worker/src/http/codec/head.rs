@@ -93,7 +93,9 @@ impl HeadStore {
             return (0, 0);
         }
         // Heads are checked to fit u32 offsets before a store is made.
-        (start as u32, (start + part.len()) as u32)
+        #[allow(clippy::cast_possible_truncation)]
+        let span = (start as u32, (start + part.len()) as u32);
+        span
     }
 
     pub(super) fn push_field(&mut self, head: &[u8], name: &[u8], value: &[u8]) {
@@ -233,10 +235,10 @@ impl SmallStr {
         for (d, &b) in buf.iter_mut().zip(s.as_bytes()) {
             *d = map(b);
         }
-        SmallStr(SmallRepr::Inline {
-            len: s.len() as u8,
-            buf,
-        })
+        // At most SMALL_STR_INLINE (62) bytes here: longer ones went to the heap above.
+        #[allow(clippy::cast_possible_truncation)]
+        let len = s.len() as u8;
+        SmallStr(SmallRepr::Inline { len, buf })
     }
 
     pub fn as_str(&self) -> &str {

@@ -30,10 +30,13 @@ pub fn http_date(t: SystemTime) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
+    // Indexes in 0..7 and 0..12 (a weekday, a month): nothing to truncate.
+    #[allow(clippy::cast_possible_truncation)]
+    let (weekday, month) = (days.rem_euclid(7) as usize, (m - 1) as usize);
     format!(
         "{}, {d:02} {} {y:04} {:02}:{:02}:{:02} GMT",
-        DAYS[days.rem_euclid(7) as usize],
-        MONTHS[(m - 1) as usize],
+        DAYS[weekday],
+        MONTHS[month],
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
@@ -47,7 +50,7 @@ pub fn parse_http_date(s: &str) -> Option<SystemTime> {
     let _weekday = it.next()?.strip_suffix(',')?;
     let day: u32 = it.next()?.parse().ok()?;
     let month = it.next()?;
-    let month = MONTHS.iter().position(|m| *m == month)? as u32 + 1;
+    let month = u32::try_from(MONTHS.iter().position(|m| *m == month)?).ok()? + 1;
     let year: i64 = it.next()?.parse().ok()?;
     let mut hms = it.next()?.split(':').map(|p| p.parse::<u64>().ok());
     let (h, mi, sec) = (hms.next()??, hms.next()??, hms.next()??);

@@ -151,7 +151,7 @@ impl HttpSession {
     pub(super) fn queue_timed_out(&mut self, q: Queued, ctx: &mut Ctx<'_>) {
         ctx.counters.c.upstream_errors += 1;
         let upstream = pool_name(ctx, q.pool);
-        warn!(peer = %self.peer, upstream, waited_ms = ctx.now.saturating_duration_since(q.since).as_millis() as u64, "no upstream connection became free within the connect timeout (max-connections)");
+        warn!(peer = %self.peer, upstream, waited_ms = crate::timers::millis(ctx.now.saturating_duration_since(q.since)), "no upstream connection became free within the connect timeout (max-connections)");
         self.refuse_queued(ctx, 503, &q);
     }
 

@@ -8,7 +8,9 @@ impl HttpSession {
     pub(super) fn step_head(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
         // No exchange is in flight while a head is read: the one place a reload may apply.
         self.adopt_current_generation(ctx);
-        let head_cap = BUF_CAP.max(self.generation.limits.max_header_size_bytes as usize + 1024);
+        let max_head =
+            usize::try_from(self.generation.limits.max_header_size_bytes).unwrap_or(usize::MAX);
+        let head_cap = BUF_CAP.max(max_head.saturating_add(1024));
         let was_empty = self.cin.is_empty();
         let n = self.read_client(ctx, head_cap)?;
         if self.cin.is_empty() {

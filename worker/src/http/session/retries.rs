@@ -98,7 +98,7 @@ impl HttpSession {
             max_attempts = ex.retry.as_ref().map_or(2, |r| r.max_attempts),
             status = status.unwrap_or(0),
             reason,
-            backoff_ms = wait.map_or(0, |d| d.as_millis() as u64),
+            backoff_ms = wait.map_or(0, crate::timers::millis),
             "retrying request"
         );
         match wait {

@@ -19,6 +19,14 @@ const MAX_VNODES: usize = 16_000;
 /// the same). Larger pools get the next prime above 100 entries per target.
 const MAGLEV_SIZE: usize = 65_537;
 
+/// `h` reduced to `0..m` (`m > 0`).
+fn reduce(h: u64, m: usize) -> usize {
+    // The remainder is below `m`, a usize: the cast cannot truncate.
+    #[allow(clippy::cast_possible_truncation)]
+    let r = (h % m as u64) as usize;
+    r
+}
+
 fn first_eligible(n: usize, eligible: impl Fn(usize) -> bool) -> Option<usize> {
     (0..n).find(|&i| eligible(i))
 }
@@ -31,7 +39,7 @@ pub fn ip_hash(n: usize, h: u64, eligible: impl Fn(usize) -> bool) -> Option<usi
     }
     let mut h = h;
     for salt in 0..ATTEMPTS {
-        let i = (h % n as u64) as usize;
+        let i = reduce(h, n);
         if eligible(i) {
             return Some(i);
         }
@@ -103,9 +111,8 @@ impl MaglevTable {
         let perms: Vec<(usize, usize)> = targets
             .iter()
             .map(|(addr, _)| {
-                let offset = (hash64(format!("offset:{addr}").as_bytes()) % m as u64) as usize;
-                let skip =
-                    (hash64(format!("skip:{addr}").as_bytes()) % (m as u64 - 1)) as usize + 1;
+                let offset = reduce(hash64(format!("offset:{addr}").as_bytes()), m);
+                let skip = reduce(hash64(format!("skip:{addr}").as_bytes()), m - 1) + 1;
                 (offset, skip)
             })
             .collect();
@@ -120,7 +127,11 @@ impl MaglevTable {
                     next[i] += 1;
                     slot = (offset + next[i] * skip) % m;
                 }
-                table[slot] = i as u32;
+                // A target index: the table holds at least 100 slots per target, so a pool
+                // with u32::MAX targets could not be built in memory in the first place.
+                #[allow(clippy::cast_possible_truncation)]
+                let target = i as u32;
+                table[slot] = target;
                 next[i] += 1;
                 filled += 1;
                 if filled == m {
@@ -135,10 +146,9 @@ impl MaglevTable {
         if self.table.is_empty() {
             return None;
         }
-        let m = self.table.len() as u64;
         let mut h = h;
         for salt in 0..ATTEMPTS {
-            let i = self.table[(h % m) as usize] as usize;
+            let i = self.table[reduce(h, self.table.len())] as usize;
             if eligible(i) {
                 return Some(i);
             }

@@ -10,7 +10,10 @@ impl Rng {
     pub fn seeded() -> Self {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+            // Only the low 64 bits: enough to tell two starts apart.
+            .map_or(0, |d| {
+                u64::try_from(d.as_nanos() & u128::from(u64::MAX)).unwrap_or(0)
+            });
         // Workers started in the same nanosecond still differ by pid.
         let seed = super::hash64(
             &[
