@@ -72,7 +72,10 @@ const MAX_IOVECS: usize = 64;
 /// archived value) and the fds that came with it (CLOEXEC set).
 #[derive(Debug)]
 pub struct ReceivedFrame {
+    /// The frame's payload, aligned for use in place as an rkyv archive.
     pub payload: AlignedVec,
+    /// The fds the frame carried, in the order they were sent (exactly as many as its header
+    /// announced).
     pub fds: Vec<OwnedFd>,
 }
 

@@ -15,18 +15,32 @@ pub use listener::*;
 pub use route::*;
 pub use upstream::*;
 
+// rkyv's `Archive` derive gives the resolver of an enum with struct variants fields without
+// docs. Resolvers are only ever named through `Archive::Resolver`: these named (private)
+// imports shadow the globs above, so the two are not exported and `missing_docs` leaves them be.
+#[allow(unused_imports, hidden_glob_reexports)]
+use route::RouteMatchResolver;
+#[allow(unused_imports, hidden_glob_reexports)]
+use upstream::HealthCheckKindResolver;
+
 /// The whole configuration handed to a worker.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct ProxyConfig {
+    /// `system { ... }`: process-wide settings.
     pub system: SystemConfig,
+    /// `listeners { ... }`, in the order they were written.
     pub listeners: Vec<ListenerConfig>,
     /// Routes in evaluation order: sorted by priority (highest first), then file order.
     pub routes: Vec<RouteConfig>,
+    /// `upstreams { ... }`: the pools routes send requests to, by name.
     pub upstreams: Vec<UpstreamConfig>,
+    /// `limits { ... }`: request size and connection limits.
     pub limits: Limits,
 }
 
+/// `system { ... }`: how the master runs its workers, and where it keeps its control socket and pid
+/// file.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct SystemConfig {
@@ -76,12 +90,15 @@ impl Default for SystemConfig {
     }
 }
 
+/// `limits { ... }`: how large a request may be, and how many connections a client or the whole
+/// proxy may hold.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Limits {
     /// Whole request head (request line + headers); beyond it: 431 (or 414 if the request line
     /// alone is too long).
     pub max_header_size_bytes: u64,
+    /// Header fields in a request head; beyond it: 431.
     pub max_header_count: u32,
     /// Request body; beyond it: 413.
     pub max_body_size_bytes: u64,

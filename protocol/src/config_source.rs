@@ -12,6 +12,7 @@ pub struct ConfigSourceFile {
     /// The path the file was read from (absolute), or a label such as `<embedded default>`
     /// for text that came from no file.
     pub path: String,
+    /// The file's text, exactly as it was read.
     pub text: String,
 }
 

@@ -8,6 +8,14 @@
 //! field added for operators must not stop a new master from adopting (or rolling back to)
 //! workers of the previous build, which speak the unchanged worker protocol.
 
+// rkyv's `Archive` derive gives the resolver of an enum with struct variants (generated next
+// to it, in this module) fields without docs, which nothing but a module-level attribute can
+// reach. Every item written here is documented all the same.
+#![allow(
+    missing_docs,
+    reason = "the Archive derive leaves its resolvers' struct-variant fields undocumented"
+)]
+
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::channel::FrameLimits;
@@ -33,25 +41,33 @@ pub const CONTROL_CLIENT_LIMITS: FrameLimits = CONTROL_SERVER_LIMITS.reversed();
 /// Version of the messages in this module. 2: worker status carries restart figures.
 pub const CONTROL_PROTOCOL_VERSION: u32 = 2;
 
+/// What `zentinel-ctl` asks the master. One request, then responses until the final one (`Done`,
+/// `Failed`, `Status`, `RunningConfig`); a long operation sends `Progress` lines (and upgrade
+/// progress) before it.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum ControlRequest {
+    /// The first message of a connection: the client's control protocol version.
     Hello(Hello),
     /// Fresh counters: the master asks every worker before answering.
     Status,
     /// Re-read the config (from `config_path`, else the path the master runs with), validate
     /// it, and switch every worker to it.
     Reload {
+        /// The configuration file to read; `None`: the one the master runs with.
         config_path: Option<String>,
     },
     /// Stop the master and its workers. `drain_timeout_ms` overrides
     /// `graceful-shutdown-timeout-secs` for this stop.
     Stop {
+        /// Drop connections and exit now instead of draining.
         fast: bool,
+        /// How long workers may drain; `None`: `graceful-shutdown-timeout-secs`.
         drain_timeout_ms: Option<u64>,
     },
     /// Replace one worker: start its successor, wait until it is ready, then drain the old one.
     WorkerRestart {
+        /// The worker's id, as `zentinel-ctl status` shows it.
         worker_id: u32,
     },
     /// Replace the master by `binary` (absolute; `None`: the path the master was started
@@ -59,9 +75,13 @@ pub enum ControlRequest {
     /// the workers one at a time from the new binary. The timeouts override the defaults
     /// (`graceful-shutdown-timeout-secs`, 10 s).
     Upgrade {
+        /// The path of the new binary; `None`: the path the master was started from.
         binary: Option<String>,
+        /// Then replace the workers one at a time from the new binary.
         rolling: bool,
+        /// How long each replaced worker may drain; `None`: `graceful-shutdown-timeout-secs`.
         drain_timeout_ms: Option<u64>,
+        /// How long the new master and each new worker may take to be ready; `None`: 10 s.
         ready_timeout_ms: Option<u64>,
     },
     /// `Upgrade` with the options added since control protocol 2 (the canary). Boxed, and
@@ -96,9 +116,13 @@ impl ControlRequest {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct UpgradeRequest {
+    /// The path of the new binary; `None`: the path the master was started from.
     pub binary: Option<String>,
+    /// Then replace the workers one at a time from the new binary.
     pub rolling: bool,
+    /// How long each replaced worker may drain; `None`: `graceful-shutdown-timeout-secs`.
     pub drain_timeout_ms: Option<u64>,
+    /// How long the new master and each new worker may take to be ready; `None`: 10 s.
     pub ready_timeout_ms: Option<u64>,
     /// Gate the rolling upgrade on the first new worker's error rate (requires `rolling`).
     pub canary: Option<CanaryPolicy>,
@@ -110,6 +134,7 @@ pub struct UpgradeRequest {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct CanaryPolicy {
+    /// How long the canary's error rate is watched.
     pub duration_ms: u64,
     /// How far (in hundredths of a percentage point) the canary's error rate may exceed the
     /// old workers' before it is rolled back: 100 = one percentage point.
@@ -121,16 +146,22 @@ impl CanaryPolicy {
     pub const DEFAULT_MAX_EXCESS_BASIS_POINTS: u32 = 100;
 }
 
+/// A worker as the master sees it.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
 pub enum WorkerState {
+    /// Started; its `Ready` has not come yet.
     Starting,
+    /// Serving: it accepts connections.
     Running,
+    /// Retired: it stopped accepting and finishes its connections before it exits.
     Draining,
+    /// Exited.
     Stopped,
 }
 
 impl WorkerState {
+    /// The state's name, as `zentinel-ctl status` shows it.
     pub fn as_str(self) -> &'static str {
         match self {
             WorkerState::Starting => "starting",
@@ -141,29 +172,43 @@ impl WorkerState {
     }
 }
 
+/// The master: what it runs and since when.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct MasterStatus {
+    /// Its process id.
     pub pid: u32,
+    /// Its software version.
     pub version: String,
+    /// Its generation: 1 for the first master, one more for each master that took over by upgrade.
     pub generation: u64,
     /// Path of the executable the master runs.
     pub binary: String,
+    /// Seconds since it started serving.
     pub uptime_s: u64,
     /// Config file path, or `<embedded default>`.
     pub config: String,
 }
 
+/// One worker in a status answer.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct WorkerStatus {
+    /// The worker's id (slot).
     pub id: u32,
+    /// Its process id.
     pub pid: u32,
+    /// The master generation that started it.
     pub generation: u64,
+    /// The software version it announced.
     pub version: String,
+    /// The path of the binary it was started from.
     pub binary: String,
+    /// Serving, draining or starting.
     pub state: WorkerState,
+    /// Seconds since it was started.
     pub uptime_s: u64,
+    /// Its counters (fresh, unless `stale`).
     pub counters: WorkerCounters,
     /// The counters are from the last periodic report, because the worker did not answer the
     /// fresh status request in time.
@@ -178,64 +223,94 @@ pub struct WorkerStatus {
     pub last_exit: String,
 }
 
+/// The answer to [`ControlRequest::Status`].
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct StatusReport {
+    /// The master itself.
     pub master: MasterStatus,
     /// Current workers, then draining workers of earlier generations until they exit.
     pub workers: Vec<WorkerStatus>,
 }
 
+/// What the master answers `zentinel-ctl`.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum ControlResponse {
+    /// The first message of a connection: the master's control protocol version.
     Hello(Hello),
+    /// The answer to [`ControlRequest::Status`].
     Status(StatusReport),
     /// An intermediate line of a long operation (worker restart, reload); more follows.
     Progress {
+        /// One line of progress, for the operator.
         message: String,
     },
     /// The request succeeded; the final message.
     Done {
+        /// What was done, for the operator.
         message: String,
     },
     /// The request failed; nothing changed unless `message` says otherwise.
     Failed {
+        /// What failed and why, for the operator.
         message: String,
     },
     /// Upgrade progress: the new master confirmed readiness and the old one is exiting.
     MasterReplaced {
+        /// The old master's pid.
         old_pid: u32,
+        /// The new master's pid.
         new_pid: u32,
+        /// How long the new master took from its start to readiness.
         ready_ms: u64,
+        /// The new master's generation.
         generation: u64,
+        /// The binary the new master runs.
         binary: String,
     },
     /// Upgrade progress: worker `index` of `total` (1-based) was replaced.
     WorkerReplaced {
+        /// This worker's position in the rolling replacement (1-based).
         index: u32,
+        /// How many workers the rolling replacement replaces.
         total: u32,
+        /// The worker's id (slot).
         worker_id: u32,
+        /// The pid of the worker replaced (now draining).
         old_pid: u32,
+        /// The pid of the new worker.
         new_pid: u32,
+        /// How long the new worker took from its start to readiness.
         ready_ms: u64,
+        /// Connections the replaced worker still had to finish when it was retired.
         old_active_connections: u64,
     },
     /// Upgrade progress: a replaced worker was put back on the previous binary.
     WorkerRolledBack {
+        /// The worker's id (slot).
         worker_id: u32,
+        /// The pid of the new worker that failed.
         failed_pid: u32,
+        /// The pid of the worker started again from the previous binary.
         restored_pid: u32,
     },
     /// Canary progress (`UpgradeWith` only, so no older client ever gets it): errors and
     /// requests of the canary (`new_*`) and of the old workers since the window started.
     CanaryComparison {
+        /// The canary's worker id (slot).
         worker_id: u32,
+        /// How long the comparison has run.
         elapsed_ms: u64,
+        /// How long it runs in all (`CanaryPolicy::duration_ms`).
         window_ms: u64,
+        /// Errors (5xx answers plus upstream errors) of the canary.
         new_errors: u64,
+        /// Requests of the canary.
         new_requests: u64,
+        /// Errors of the old workers.
         old_errors: u64,
+        /// Requests of the old workers.
         old_requests: u64,
     },
     /// The answer to [`ControlRequest::RunningConfig`] (boxed: the archived size stays).

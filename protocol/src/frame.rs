@@ -30,11 +30,14 @@ pub const MAX_FDS_PER_FRAME: usize = 64;
 /// A decoded frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
+    /// Bytes of payload that follow the header.
     pub payload_len: u32,
+    /// How many fds travel with the frame (at most [`MAX_FDS_PER_FRAME`]).
     pub fd_count: u32,
 }
 
 impl FrameHeader {
+    /// The header's wire form: payload length, then fd count, each a little-endian `u32`.
     pub fn to_bytes(self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         out[..4].copy_from_slice(&self.payload_len.to_le_bytes());
@@ -42,6 +45,7 @@ impl FrameHeader {
         out
     }
 
+    /// Decode the header's wire form (two little-endian `u32`s).
     pub fn from_bytes(bytes: [u8; HEADER_LEN]) -> Self {
         let [a, b, c, d, e, f, g, h] = bytes;
         FrameHeader {
@@ -196,6 +200,7 @@ pub struct FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// A decoder that refuses frames whose payload is larger than `max_payload` bytes.
     pub fn new(max_payload: usize) -> Self {
         FrameDecoder {
             max_payload,
@@ -209,6 +214,8 @@ impl FrameDecoder {
         }
     }
 
+    /// Largest payload this decoder accepts; a larger frame is an error
+    /// ([`ProtocolError::FrameTooLarge`]).
     pub fn max_payload(&self) -> usize {
         self.max_payload
     }

@@ -10,6 +10,9 @@
 //! This crate depends on none of Zentinel's other crates. Its raw libc calls are in one
 //! private module, `sys`; everywhere else `unsafe` is refused.
 
+// The wire contract between master, workers and `zentinel-ctl`: every public item says what
+// it carries.
+#![warn(missing_docs)]
 #![deny(unsafe_code)]
 // Lengths and counts cross the wire here: a cast that could truncate one is spelled out.
 #![warn(clippy::cast_possible_truncation)]
@@ -21,6 +24,7 @@ pub mod channel;
 pub mod config;
 pub mod config_source;
 pub mod control;
+/// [`ProtocolError`]: every way a frame or message can be bad.
 pub mod error;
 pub mod fd_passing;
 pub mod frame;

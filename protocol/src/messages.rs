@@ -3,6 +3,14 @@
 //! The first message each way is a [`Hello`] carrying [`PROTOCOL_VERSION`]; a peer speaking
 //! another version is refused with an error naming both versions.
 
+// rkyv's `Archive` derive gives the resolver of an enum with struct variants (generated next
+// to it, in this module) fields without docs, which nothing but a module-level attribute can
+// reach. Every item written here is documented all the same.
+#![allow(
+    missing_docs,
+    reason = "the Archive derive leaves its resolvers' struct-variant fields undocumented"
+)]
+
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::config::ProxyConfig;
@@ -24,10 +32,14 @@ pub const PROTOCOL_VERSION: u32 = 3;
 
 pub mod v2;
 
+/// The first message each way on a channel (and on a control connection): who speaks, and which
+/// protocol.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Hello {
+    /// The protocol version the sender speaks ([`PROTOCOL_VERSION`], or the control protocol's).
     pub protocol_version: u32,
+    /// The sender's process id.
     pub pid: u32,
     /// The sender's build version (`CARGO_PKG_VERSION`), for status and logs.
     pub software_version: String,
@@ -38,30 +50,39 @@ pub struct Hello {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct ListenerHandle {
+    /// The listener's name in the configuration.
     pub name: String,
     /// The address the master bound; the worker checks the fd's local address against it.
     pub address: String,
 }
 
+/// What a worker runs: its identity, the configuration and the listening sockets (fds in the same
+/// frame).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct WorkerStart {
+    /// The worker's id (slot), kept by its successors.
     pub worker_id: u32,
+    /// The master generation that starts it.
     pub generation: u64,
     /// Boxed: the message keeps one archived size whatever the configuration model holds.
     pub config: Box<ProxyConfig>,
+    /// The listeners' identities, in the order of the fds.
     pub listeners: Vec<ListenerHandle>,
 }
 
+/// What the master sends a worker.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum MasterMessage {
+    /// The first message: the master's protocol version.
     Hello(Hello),
     /// Configuration and listeners (fds attached). The worker answers `Ready` once it polls them.
     Start(WorkerStart),
     /// Stop accepting, finish in-flight work, close keep-alive connections gracefully, exit by
     /// the deadline (milliseconds from receipt) at the latest.
     Drain {
+        /// How long the worker may take, in milliseconds from receipt.
         timeout_ms: u64,
     },
     /// Exit now, dropping connections.
@@ -75,43 +96,64 @@ pub enum MasterMessage {
     Reconfigure(WorkerStart),
 }
 
+/// A worker's counters. All are totals since the worker started, except `active_connections`.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct WorkerCounters {
+    /// Client connections open now.
     pub active_connections: u64,
+    /// Client connections accepted.
     pub accepted_total: u64,
+    /// HTTP requests started (a head parsed, or refused as malformed).
     pub requests_total: u64,
+    /// Responses sent with a 1xx status (interim ones included).
     pub responses_1xx: u64,
+    /// Responses sent with a 2xx status.
     pub responses_2xx: u64,
+    /// Responses sent with a 3xx status.
     pub responses_3xx: u64,
+    /// Responses sent with a 4xx status.
     pub responses_4xx: u64,
+    /// Responses sent with a 5xx status.
     pub responses_5xx: u64,
+    /// Exchanges an upstream failed (connect, reset, timeout, invalid response), each failed target
+    /// counted once.
     pub upstream_errors: u64,
+    /// Exchanges the client failed (malformed request, timeout, connection lost).
     pub client_errors: u64,
+    /// `accept(2)` failures.
     pub accept_errors: u64,
+    /// Bytes read from clients.
     pub bytes_in: u64,
+    /// Bytes written to clients.
     pub bytes_out: u64,
 }
 
+/// What a worker sends its master.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum WorkerMessage {
+    /// The first message: the worker's protocol version.
     Hello(Hello),
     /// The worker polls every listener it was given.
     Ready,
+    /// The answer to [`MasterMessage::StatusRequest`]: the counters now.
     Status(WorkerCounters),
     /// The worker stopped accepting; `active_connections` are still being finished.
     Draining {
+        /// Connections open when it stopped accepting.
         active_connections: u64,
     },
     /// A fatal error, sent just before the worker exits (best effort).
     Fatal {
+        /// Why the worker cannot go on.
         reason: String,
     },
     /// The worker now runs the configuration of the last `Reconfigure`.
     Reconfigured,
     /// The `Reconfigure` was refused; the worker runs its previous configuration unchanged.
     ReconfigureFailed {
+        /// Why the configuration was refused (file, listener or upstream named).
         reason: String,
     },
 }

@@ -82,6 +82,7 @@ pub use v2::MasterStateV2;
 pub use v3::MasterStateV3;
 pub use v4::MasterStateV4;
 
+/// The first 8 bytes of every state file.
 pub const STATE_MAGIC: [u8; 8] = *b"ZNTLSTAT";
 /// The newest format this build writes (and reads). Bump it, and add a frozen
 /// `MasterStateV{N}` plus a conversion, whenever the runtime facts change; a change of the
@@ -91,26 +92,39 @@ pub const STATE_FORMAT_VERSION: u32 = 5;
 /// The format a state without drain deadlines is written in ([`v4`]): the previous release's.
 pub const NO_DRAIN_DEADLINE_STATE_FORMAT: u32 = 4;
 
+/// A listening socket handed over, by the name of the listener it belongs to.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct ListenerFd {
+    /// The listener's name in the configuration.
     pub name: String,
+    /// The address it is bound to, as configured.
     pub address: String,
+    /// The fd number, inherited across the exec.
     pub fd: i32,
 }
 
+/// A worker the new master adopts: the process, its channel and what the old master knew of it.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct WorkerRecord {
+    /// The worker's id (slot), as `zentinel-ctl status` shows it.
     pub id: u32,
+    /// Its process id.
     pub pid: u32,
+    /// The master generation that started it.
     pub generation: u64,
     /// The master's end of the worker's socketpair.
     pub channel_fd: i32,
+    /// The software version the worker announced in its `Hello`.
     pub version: String,
+    /// The path of the binary it was started from.
     pub binary: String,
+    /// When it was started (Unix milliseconds).
     pub started_at_unix_ms: u64,
+    /// Serving, draining or starting, as the old master last knew.
     pub state: WorkerState,
+    /// Its last reported counters.
     pub counters: WorkerCounters,
     /// The master-worker protocol the worker speaks (its binary's `PROTOCOL_VERSION`): a
     /// configuration goes to it only in a layout it reads.
@@ -127,8 +141,11 @@ pub struct WorkerRecord {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct PendingUpgrade {
+    /// Replace the workers one at a time from the new binary once the new master is ready.
     pub rolling: bool,
+    /// How long each replaced worker may drain.
     pub drain_timeout_ms: u64,
+    /// How long each new worker may take to report ready.
     pub ready_timeout_ms: u64,
     /// The control client connection waiting for progress, if any (SIGUSR2 has none).
     pub client_fd: Option<i32>,
@@ -144,6 +161,7 @@ pub struct PendingUpgrade {
 pub struct InheritedListener {
     /// The address actually bound (port 0 resolved).
     pub address: String,
+    /// The fd number, inherited across the exec.
     pub fd: i32,
 }
 
@@ -155,21 +173,27 @@ pub struct MasterMetrics {
     /// Sum of the last counters reported by every worker that has exited (its
     /// `active_connections` is meaningless and kept 0).
     pub retired: WorkerCounters,
+    /// Binary upgrades that finished.
     pub upgrades_total: u64,
+    /// Binary upgrades that failed (the old binary kept or put back).
     pub upgrades_failed: u64,
     /// Duration of the last finished binary upgrade (start of the handover to the last worker
     /// replaced), 0 before the first one.
     pub last_upgrade_duration_ms: u64,
     /// When the upgrade in progress started (Unix ms), set by the old master.
     pub upgrade_started_unix_ms: Option<u64>,
+    /// Reloads that were applied.
     pub reloads_total: u64,
+    /// Reloads that were refused (the running configuration kept).
     pub reloads_failed: u64,
     /// Unexpected exits of serving workers (each is restarted).
     pub worker_restarts: u64,
     /// Drain-duration histogram of retired workers: cumulative counts per bucket bound of
     /// `DRAIN_BUCKETS_SECONDS` (the `+Inf` bucket is `drains`).
     pub drain_buckets: Vec<u64>,
+    /// Retired workers whose drain was measured (the `+Inf` bucket).
     pub drains: u64,
+    /// Sum of those drains' durations.
     pub drain_sum_ms: u64,
 }
 
@@ -186,46 +210,77 @@ pub struct MasterStateV5 {
     pub generation: u64,
     /// The running configuration, as the text it was parsed from.
     pub config_source: ConfigSource,
+    /// The log level the old master ran with.
     pub log_level: String,
+    /// The control socket's path.
     pub control_socket_path: String,
+    /// The control socket's listening fd, inherited across the exec.
     pub control_socket_fd: i32,
     /// The previous binary, kept open so a failed rolling upgrade can put workers back on it.
     pub previous_binary: String,
+    /// `previous_binary`, open (read-only), inherited across the exec.
     pub previous_executable_fd: i32,
     /// One per configured listener, by name.
     pub listeners: Vec<ListenerFd>,
+    /// Every worker of the old master, serving or draining: the new master adopts them.
     pub workers: Vec<WorkerRecord>,
+    /// An upgrade the new master carries on once ready (rolling replacement, client answer).
     pub upgrade: Option<PendingUpgrade>,
     /// `None`: no metrics endpoint configured.
     pub metrics_listener: Option<InheritedListener>,
+    /// Counters the new master continues from.
     pub metrics: MasterMetrics,
 }
 
 /// The latest state, what the rest of the code uses.
 pub type MasterState = MasterStateV5;
 
+/// Why a state file cannot be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    /// Reading or writing the file failed.
     #[error("state file {path}: {source}")]
     Io {
+        /// The state file.
         path: String,
+        /// What failed.
         source: std::io::Error,
     },
+    /// The file does not start with [`STATE_MAGIC`].
     #[error("state file {path}: not a Zentinel state file (bad magic number)")]
-    BadMagic { path: String },
+    BadMagic {
+        /// The state file.
+        path: String,
+    },
+    /// The file was written by a newer binary, in a format this one does not know.
     #[error(
         "state file {path}: format version {found} is newer than this binary supports \
          (up to {supported}); upgrade to a binary that reads it instead"
     )]
     FutureVersion {
+        /// The state file.
         path: String,
+        /// Its format version.
         found: u32,
+        /// The newest format this binary reads.
         supported: u32,
     },
+    /// The file's format version is not one this binary has a decoder for (0 never was one).
     #[error("state file {path}: unknown format version {found}")]
-    UnknownVersion { path: String, found: u32 },
+    UnknownVersion {
+        /// The state file.
+        path: String,
+        /// Its format version.
+        found: u32,
+    },
+    /// The file's length, checksum, archive or contents are wrong (`reason` says which).
     #[error("state file {path}: corrupt ({reason})")]
-    Corrupt { path: String, reason: String },
+    Corrupt {
+        /// The state file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Bytes before the payload: magic, version, payload length, checksum.
@@ -548,6 +603,8 @@ fn write_state_file_syncing(
     })
 }
 
+/// Read and check the state file at `path`, in any format this binary reads, converted to the
+/// latest. Errors name the path; no content makes it panic.
 pub fn read_state_file(path: &std::path::Path) -> Result<MasterState, StateError> {
     let file = File::open(path).map_err(|e| io_error(path, e))?;
     let len = file.metadata().map_err(|e| io_error(path, e))?.len();

@@ -2,16 +2,22 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+/// What a listener speaks.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
 pub enum ListenerProtocol {
+    /// HTTP/1.x: requests are parsed, routed and answered or proxied.
     Http,
+    /// Plain TCP: each connection is forwarded to `upstream` as it is.
     Tcp,
 }
 
+/// One `listener "name" { ... }`: a socket address, its protocol and per-connection settings.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct ListenerConfig {
+    /// The name it was given; a reload keeps a listener's socket (and its connections) when a
+    /// listener of the same name, protocol and address remains.
     pub name: String,
     /// The routes this listener serves: `None` the top-level ones, `Some("ns")` those of
     /// `namespace "ns"` (a listener defined there, or one with `namespace "ns"`), `Some("ns:svc")`
@@ -24,6 +30,7 @@ pub struct ListenerConfig {
     pub keepalive_max_requests: u32,
     /// A socket address as `std::net::SocketAddr` parses it: `127.0.0.1:8080` or `[::1]:8080`.
     pub address: String,
+    /// HTTP or plain TCP.
     pub protocol: ListenerProtocol,
     /// Listen backlog passed to `listen(2)`.
     pub backlog: u32,
@@ -57,6 +64,7 @@ pub struct TlsConfig {
     pub key_file: String,
     /// Certificates chosen by the server name the client sends (SNI).
     pub additional_certs: Vec<SniCertificate>,
+    /// The oldest protocol version offered.
     pub min_version: TlsVersion,
     /// `None`: the newest this build supports.
     pub max_version: Option<TlsVersion>,
@@ -70,6 +78,7 @@ pub struct TlsConfig {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
 pub enum ClientAuth {
+    /// No client certificate is asked for.
     #[default]
     Off,
     /// Asked for; a client without one is served, one with an invalid one is refused.
@@ -78,12 +87,15 @@ pub enum ClientAuth {
     Required,
 }
 
+/// One `sni { ... }` entry: a certificate served to clients asking for one of its host names.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct SniCertificate {
     /// Lowercase names, exact (`example.com`) or one leading wildcard label (`*.example.com`).
     pub hostnames: Vec<String>,
+    /// PEM certificate chain (leaf first). Absolute.
     pub cert_file: String,
+    /// PEM private key of `cert_file`. Absolute.
     pub key_file: String,
 }
 
@@ -91,7 +103,9 @@ pub struct SniCertificate {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
 pub enum TlsVersion {
+    /// TLS 1.2.
     Tls12,
+    /// TLS 1.3.
     Tls13,
 }
 
@@ -127,20 +141,35 @@ pub struct AccessLogConfig {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct AccessLogFields {
+    /// `timestamp`: the time the request arrived (RFC 3339, milliseconds).
     pub timestamp: bool,
+    /// `trace-id`: the request's trace id (`trace_id`; also needs `include_trace_id`).
     pub trace_id: bool,
+    /// `method`: the request method.
     pub method: bool,
+    /// `path`: the request path, without the query.
     pub path: bool,
+    /// `query`: the query string (left out when the request has none).
     pub query: bool,
+    /// `status`: the status sent to the client.
     pub status: bool,
+    /// `latency-ms`: the time from request to the last response byte (`duration_ms`).
     pub latency_ms: bool,
+    /// `body-bytes-sent`: response body bytes sent to the client.
     pub body_bytes_sent: bool,
+    /// `upstream-addr`: the target that answered (left out for local answers).
     pub upstream_addr: bool,
+    /// `connection-reused`: whether the upstream connection came from the idle pool.
     pub connection_reused: bool,
+    /// `rate-limit-hit`: whether the answer was a 429.
     pub rate_limit_hit: bool,
+    /// `geo-country`: accepted for upstream's configurations, never written (no GeoIP here).
     pub geo_country: bool,
+    /// `user-agent`: the request's `User-Agent` (left out when absent).
     pub user_agent: bool,
+    /// `referer`: the request's `Referer` (left out when absent).
     pub referer: bool,
+    /// `client-ip`: the client's address.
     pub client_ip: bool,
 }
 
@@ -192,7 +221,9 @@ pub struct MetricsConfig {
     pub path: String,
 }
 
+/// Where the metrics endpoint listens when `metrics` names no address.
 pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9090";
+/// The metrics endpoint's path when `metrics` names none.
 pub const DEFAULT_METRICS_PATH: &str = "/metrics";
 /// Upstream Zentinel's default access-log format.
 pub const DEFAULT_ACCESS_LOG_FORMAT: &str = "json";
@@ -201,6 +232,7 @@ pub const DEFAULT_LOG_BUFFER_SIZE: u32 = 8192;
 /// `sample_per_million` of `sample-rate 1.0`.
 pub const SAMPLE_ALL: u32 = 1_000_000;
 
+/// `listen(2)` backlog of a listener that sets none.
 pub const DEFAULT_BACKLOG: u32 = 1024;
 /// Upstream Zentinel's default `max-concurrent-streams`.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;

@@ -6,13 +6,19 @@ use rkyv::{Archive, Deserialize, Serialize};
 /// Route priorities by name, with upstream Zentinel's numbers (`priority "high"` is
 /// `priority 100`). Higher is tried first.
 pub const PRIORITY_CRITICAL: i32 = 1000;
+/// `priority "high"`.
 pub const PRIORITY_HIGH: i32 = 100;
+/// `priority "normal"`.
 pub const PRIORITY_NORMAL: i32 = 50;
+/// `priority "low"`.
 pub const PRIORITY_LOW: i32 = 10;
 
+/// One `route "name" { ... }`: its conditions, what it does with a request that meets them, and its
+/// policies.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct RouteConfig {
+    /// The route's name, qualified by its namespace and service (`ns:svc:name`) when it has them.
     pub name: String,
     /// Higher first; equal priorities keep file order. See the `PRIORITY_*` names.
     pub priority: i32,
@@ -20,6 +26,7 @@ pub struct RouteConfig {
     /// condition must hold as well (AND), as in upstream Zentinel. No condition at all matches
     /// every request.
     pub matches: Vec<RouteMatch>,
+    /// What the route does with a request it takes.
     pub action: RouteAction,
     /// What kind of service the route fronts; decides the format of the proxy's own error
     /// responses (JSON for `Api`, `Builtin` and `Inference`, plain text otherwise).
@@ -51,6 +58,7 @@ pub struct RetryPolicy {
     /// Wait before retry n (n = 0 for the first): `backoff_base_ms * 2^n`, at most
     /// `backoff_max_ms`. 0: retry at once.
     pub backoff_base_ms: u64,
+    /// The longest wait between two attempts.
     pub backoff_max_ms: u64,
     /// Response statuses that are not passed on while attempts remain: the request goes to
     /// another target instead. Empty: only connection failures and timeouts are retried.
@@ -61,6 +69,7 @@ pub struct RetryPolicy {
 pub const DEFAULT_RETRY_MAX_ATTEMPTS: u32 = 3;
 /// Upstream Zentinel's fixed backoff base (100 ms, doubled at each attempt).
 pub const DEFAULT_RETRY_BACKOFF_BASE_MS: u64 = 100;
+/// Upstream Zentinel's longest wait between two attempts (10 s).
 pub const DEFAULT_RETRY_BACKOFF_MAX_MS: u64 = 10_000;
 
 impl Default for RetryPolicy {
@@ -137,10 +146,12 @@ pub struct HeaderModifications {
     pub set: Vec<(String, String)>,
     /// (name, value): appends one more field.
     pub add: Vec<(String, String)>,
+    /// Names of fields removed.
     pub remove: Vec<String>,
 }
 
 impl HeaderModifications {
+    /// Whether there is nothing to change.
     pub fn is_empty(&self) -> bool {
         self.rename.is_empty()
             && self.set.is_empty()
@@ -157,6 +168,7 @@ pub struct RateLimit {
     pub requests_per_second: u32,
     /// Bucket capacity (requests admitted at once after a quiet period). At least 1.
     pub burst: u32,
+    /// What one bucket counts.
     pub key: RateLimitKey,
 }
 
@@ -164,10 +176,13 @@ pub struct RateLimit {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum RateLimitKey {
+    /// One bucket per client IP address.
     ClientIp,
+    /// One bucket per request path.
     Path,
     /// One bucket for the whole route.
     Route,
+    /// One bucket per client IP address and path.
     ClientIpAndPath,
     /// The value of this request header (lowercase name); requests without it share a bucket.
     Header(String),
@@ -214,6 +229,7 @@ pub struct ErrorPages {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct ErrorPage {
+    /// The status the page is for.
     pub status: u16,
     /// `None`: the block's default format (then the service type's).
     pub format: Option<ErrorFormat>,
@@ -230,13 +246,18 @@ pub struct ErrorPage {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
 pub enum ErrorFormat {
+    /// An HTML page.
     Html,
+    /// A JSON object.
     Json,
+    /// Plain text.
     Text,
+    /// An XML document.
     Xml,
 }
 
 impl ErrorFormat {
+    /// The name as written in the configuration.
     pub fn name(self) -> &'static str {
         match self {
             ErrorFormat::Html => "html",
@@ -251,6 +272,7 @@ impl ErrorFormat {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct RouteShadow {
+    /// Name of the upstream pool that gets the copies.
     pub upstream: String,
     /// Share of the eligible requests mirrored, in hundredths of a percent (0..=10000).
     pub per_10000: u32,
@@ -275,9 +297,11 @@ pub struct RouteFallback {
     pub on_connection_error: bool,
 }
 
+/// One upstream of a route's `fallback`.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct FallbackUpstream {
+    /// Name of the upstream pool.
     pub name: String,
     /// Pass over this upstream while it has no target in rotation.
     pub skip_if_unhealthy: bool,
@@ -300,17 +324,29 @@ pub enum RouteMatch {
     /// Request methods, uppercase; the request's method is compared exactly.
     Method(Vec<String>),
     /// A request header (name compared case-insensitively): present, or with exactly `value`.
-    Header { name: String, value: Option<String> },
+    Header {
+        /// The field name.
+        name: String,
+        /// The exact value wanted; `None`: any value.
+        value: Option<String>,
+    },
     /// A query-string parameter (name and value compared after percent-decoding): present,
     /// or with exactly `value`.
-    QueryParam { name: String, value: Option<String> },
+    QueryParam {
+        /// The parameter name.
+        name: String,
+        /// The exact value wanted; `None`: any value, or none.
+        value: Option<String>,
+    },
 }
 
+/// What a route does with a request it takes.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum RouteAction {
     /// Name of an upstream pool.
     Upstream(String),
+    /// A fixed response written by the proxy.
     Static(StaticResponse),
     /// Answered by the worker itself.
     Builtin(BuiltinHandler),
@@ -342,11 +378,17 @@ pub struct StaticFiles {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
 pub enum BuiltinHandler {
+    /// Process and build information as JSON.
     Status,
+    /// `{"status": "healthy"}`: the proxy is up.
     Health,
+    /// The worker's counters in the Prometheus text format.
     Metrics,
+    /// A 404 with upstream's JSON body.
     NotFound,
+    /// Every upstream pool and the health of its targets, as JSON.
     Upstreams,
+    /// The running configuration, as JSON.
     Config,
 }
 
@@ -368,15 +410,21 @@ impl BuiltinHandler {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
 pub enum ServiceType {
+    /// Web pages: the proxy's errors are plain text (or HTML pages when configured).
     #[default]
     Web,
+    /// An API: the proxy's errors are JSON.
     Api,
+    /// Static content.
     Static,
+    /// Answered by the proxy itself (builtin handlers): errors are JSON.
     Builtin,
+    /// Model inference endpoints: errors are JSON.
     Inference,
 }
 
 impl ServiceType {
+    /// The name as written in the configuration.
     pub fn name(self) -> &'static str {
         match self {
             ServiceType::Web => "web",
@@ -396,10 +444,14 @@ impl ServiceType {
     }
 }
 
+/// A route's fixed response (`static-response { status ...; body ...; content-type ... }`).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct StaticResponse {
+    /// The status sent.
     pub status: u16,
+    /// The body sent, as written.
     pub body: String,
+    /// The `Content-Type` sent with it (left out when empty or not a valid field value).
     pub content_type: String,
 }

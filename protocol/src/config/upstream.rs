@@ -39,12 +39,15 @@ pub enum LoadBalancing {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct StickySession {
+    /// Name of the cookie that pins a client to a target.
     pub cookie_name: String,
     /// `Max-Age` of the cookie.
     pub cookie_ttl_secs: u64,
+    /// `Path` of the cookie.
     pub cookie_path: String,
     /// Adds `Secure; HttpOnly` (upstream ties both to this one switch).
     pub cookie_secure: bool,
+    /// `SameSite` of the cookie.
     pub same_site: SameSite,
     /// Chooses when the request carries no valid cookie. Never `Sticky`.
     pub fallback: LoadBalancing,
@@ -64,14 +67,19 @@ impl Default for StickySession {
     }
 }
 
+/// The sticky cookie's `SameSite` attribute.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
 pub enum SameSite {
+    /// `SameSite=Lax`.
     Lax,
+    /// `SameSite=Strict`.
     Strict,
+    /// `SameSite=None`.
     None,
 }
 
+/// One target of an upstream pool: an address and its weight.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct UpstreamTarget {
@@ -83,15 +91,22 @@ pub struct UpstreamTarget {
     pub weight: u32,
 }
 
+/// One `upstream "name" { ... }`: a pool of targets, how one is chosen, and how connections to them
+/// are kept and checked.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct UpstreamConfig {
+    /// The name routes and TCP listeners refer to it by.
     pub name: String,
+    /// The targets requests are spread over.
     pub targets: Vec<UpstreamTarget>,
+    /// How a target is chosen for a request.
     pub load_balancing: LoadBalancing,
     /// Cookie settings; `Some` exactly when `load_balancing` is `Sticky`.
     pub sticky: Option<StickySession>,
+    /// How connections to the targets are kept for reuse.
     pub pool: ConnectionPool,
+    /// Connect, read, write and whole-exchange timeouts.
     pub timeouts: UpstreamTimeouts,
     /// Active checks probing every target; `None` means none (passive marking only).
     pub health_check: Option<HealthCheck>,
@@ -119,6 +134,7 @@ pub struct UpstreamTls {
     /// PEM client certificate chain and its key, presented to targets that ask (mTLS).
     /// Absolute; both or neither.
     pub client_cert: Option<String>,
+    /// PEM private key of `client_cert`. Absolute.
     pub client_key: Option<String>,
     /// Accept any certificate (the handshake signature is still checked). Testing only.
     pub insecure_skip_verify: bool,
@@ -128,6 +144,7 @@ pub struct UpstreamTls {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct HealthCheck {
+    /// What a probe does.
     pub kind: HealthCheckKind,
     /// Time between the start of two probes of the same target. At least 1.
     pub interval_secs: u64,
@@ -139,11 +156,16 @@ pub struct HealthCheck {
     pub unhealthy_threshold: u32,
 }
 
+/// Upstream Zentinel's `interval-secs` of a health check that sets none.
 pub const DEFAULT_HEALTH_INTERVAL_SECS: u64 = 10;
+/// Upstream Zentinel's `timeout-secs` of a health check that sets none.
 pub const DEFAULT_HEALTH_TIMEOUT_SECS: u64 = 2;
+/// Upstream Zentinel's `healthy-threshold` of a health check that sets none.
 pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+/// Upstream Zentinel's `unhealthy-threshold` of a health check that sets none.
 pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
 
+/// What an active health probe does.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum HealthCheckKind {
@@ -169,6 +191,7 @@ pub enum HealthCheckKind {
 pub struct PassiveHealth {
     /// 0 disables passive marking.
     pub max_fails: u32,
+    /// The window failures are counted in, and how long a marked target stays out.
     pub fail_timeout_secs: u64,
 }
 
@@ -182,6 +205,7 @@ impl Default for PassiveHealth {
     }
 }
 
+/// `connection-pool { ... }`: how connections to an upstream's targets are kept for reuse.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct ConnectionPool {
@@ -191,6 +215,7 @@ pub struct ConnectionPool {
     pub max_connections: Option<u32>,
     /// Idle keep-alive connections kept per upstream target, per worker.
     pub max_idle: u32,
+    /// An idle connection unused for this long is closed.
     pub idle_timeout_secs: u64,
     /// A connection older than this is closed instead of being reused. `None`: no limit.
     pub max_lifetime_secs: Option<u64>,
@@ -210,9 +235,11 @@ impl Default for ConnectionPool {
 /// How often workers resolve the host names of upstream targets again.
 pub const DNS_REFRESH_SECS: u64 = 30;
 
+/// `timeouts { ... }` of an upstream.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct UpstreamTimeouts {
+    /// Longest wait for a connection to a target to be established (then the next target is tried).
     pub connect_secs: u64,
     /// Longest wait for upstream bytes once a request was sent (504 when exceeded before the
     /// response head).
@@ -239,7 +266,9 @@ impl Default for UpstreamTimeouts {
 /// A target address as written: an IP socket address, or a host name and a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetAddress<'a> {
+    /// An IP address and port.
     Ip(std::net::SocketAddr),
+    /// A host name (resolved by the workers) and a port.
     Name(&'a str, u16),
 }
 

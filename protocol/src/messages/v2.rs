@@ -9,6 +9,11 @@
 //! old sizes, only there to keep the tags and the size. `protocol/tests/roundtrip.rs` pins the
 //! bytes of each message against what the protocol 2 build sent.
 
+#![allow(
+    missing_docs,
+    reason = "a frozen format: the fields are documented on the current types they mirror"
+)]
+
 use rkyv::{Archive, Serialize};
 
 use super::MasterMessage;

@@ -10,11 +10,14 @@ use super::{MasterStateV5, StateError};
 /// One fd number the new master is handed, and what it is (for errors).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InheritedFd {
+    /// The fd number, as the previous master had it open.
     pub fd: i32,
+    /// What it is (`listener "http"`, `worker 3's channel`...), for errors that name it.
     pub what: String,
 }
 
 impl InheritedFd {
+    /// Fd number `fd`, described as `what`.
     pub fn new(fd: i32, what: impl Into<String>) -> Self {
         InheritedFd {
             fd,

@@ -8,6 +8,11 @@
 //! here too (the frozen fixture test fails until then). A format 3 state converts to format 4,
 //! which converts to the latest.
 
+#![allow(
+    missing_docs,
+    reason = "a frozen format: the fields are documented on the current types they mirror"
+)]
+
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::v3_config::{MetricsConfig, ProxyConfig};

@@ -5,6 +5,11 @@
 //!
 //! Never edit these types: `tests/fixtures/state-v{1,2,3}.bin` were written with them.
 
+#![allow(
+    missing_docs,
+    reason = "a frozen format: the fields are documented on the current types they mirror"
+)]
+
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// The whole configuration handed to a worker.
