@@ -12,6 +12,11 @@
 //! previous release wrote it, so that release can still take over (a rollback by upgrade).
 //! See [`MasterStateV4::holding`].
 
+#![allow(
+    missing_docs,
+    reason = "a frozen format: the fields are documented on the current types they mirror"
+)]
+
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::{
