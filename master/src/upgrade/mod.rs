@@ -4,7 +4,13 @@
 //! - [`successor_process`]: the low-level pieces (state file place, checking the new binary,
 //!   starting the successor master with exactly the fds it inherits, the readiness pipe,
 //!   `pidfd` supervision of adopted workers).
+//! - [`rolling`]: the rolling replacement of workers and its rollback, a state machine.
+//! - [`canary`]: the canary watch of a rolling upgrade, a state machine.
+//! - [`error_rate`]: the canary's arithmetic, shared with `zentinel-ctl`.
 
+pub mod canary;
+pub mod error_rate;
+pub mod rolling;
 pub mod successor_process;
 
 pub use successor_process::*;
