@@ -15,6 +15,7 @@
 //! - [`systemd`]: socket activation (`LISTEN_FDS`) and `sd_notify`, without libsystemd.
 //! - [`ownership`]: tentative, then confirmed ownership of what a successor master adopts.
 //! - [`backoff`]: restart delays.
+//! - [`ticket_keys`]: the TLS session-ticket keys every worker shares, and their rotation.
 //! - [`logging`]: the tracing subscriber shared by master and workers.
 
 pub mod backoff;
@@ -32,6 +33,7 @@ pub mod pid_file;
 pub mod preflight;
 pub mod supervisor;
 pub mod systemd;
+pub mod ticket_keys;
 pub mod upgrade;
 pub mod validate_command;
 pub mod worker_process;

@@ -6,6 +6,7 @@
 //! - [`frame`]: length-prefixed frames carrying validated rkyv archives.
 //! - [`fd_passing`]: SCM_RIGHTS send/receive of file descriptor batches.
 //! - [`channel`]: a framed, fd-carrying, non-blocking-capable channel over a Unix stream socket.
+//! - [`ticket_keys`]: TLS session-ticket keys the master shares with every worker.
 //!
 //! This crate depends on none of Zentinel's other crates. Its raw libc calls are in one
 //! private module, `sys`; everywhere else `unsafe` is refused.
@@ -32,6 +33,7 @@ pub mod messages;
 pub mod state;
 #[allow(unsafe_code)]
 mod sys;
+pub mod ticket_keys;
 
 pub use channel::{Channel, FrameLimits, ReceivedFrame};
 pub use error::ProtocolError;

@@ -43,6 +43,7 @@ mod sys;
 mod tcp;
 mod timers;
 pub mod tls;
+pub mod tls_tickets;
 mod tokens;
 mod trace_id;
 mod upstream;
