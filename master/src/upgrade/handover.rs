@@ -18,8 +18,6 @@
 
 use std::time::{Duration, Instant};
 
-use zentinel_protocol::control::ControlResponse;
-
 use super::READY_PREFIX;
 
 /// Longest wait for the worker channels and the client to take what this master queued for
@@ -44,7 +42,7 @@ pub enum Event {
     PipeBytes(Vec<u8>),
     /// The readiness pipe reached end of file: the successor closed it (or exited).
     PipeEof,
-    /// Reading the readiness pipe failed.
+    /// Reading (or watching) the readiness pipe failed; the reason says which.
     PipeError(String),
     /// The successor master was reaped; how it ended ("exit code 70", "killed by SIGKILL").
     SuccessorReaped { status: String },
@@ -57,7 +55,7 @@ pub enum Event {
 }
 
 /// What the adapter must do, in order.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Write the state file and start the successor from the binary; report `Spawned` or
     /// `SpawnFailed`.
@@ -70,11 +68,9 @@ pub enum Command {
     /// The successor is gone: read the worker channels again, resume metrics, take the pid
     /// file and systemd's main pid back, remove the state file.
     Resume,
-    /// Tell the client (`last`: the request's final answer).
-    Answer {
-        response: ControlResponse,
-        last: bool,
-    },
+    /// The upgrade failed: log `message`, and give it to the client as the request's final
+    /// answer (`Failed`) if it is still there (`tell_client`).
+    Fail { message: String, tell_client: bool },
     /// The successor confirmed: leave without touching anything it now owns.
     Leave,
 }
@@ -276,9 +272,7 @@ impl Handover {
                 half_line("it closed the readiness pipe without confirming", &line),
                 now,
             ),
-            Event::PipeError(err) => {
-                self.kill(pid, format!("cannot read the readiness pipe: {err}"), now)
-            }
+            Event::PipeError(reason) => self.kill(pid, reason, now),
             Event::SuccessorReaped { status } => {
                 let reason = half_line(&format!("it exited ({status})"), &line);
                 self.failed(pid, reason)
@@ -365,22 +359,20 @@ impl Handover {
              keeps serving, nothing changed",
             self.binary, self.own_pid
         );
-        let mut commands = vec![Command::Resume];
-        commands.extend(self.answer(message));
-        commands
+        vec![Command::Resume, self.fail(message)]
     }
 
-    /// Nothing was started: only the answer.
+    /// Nothing was started: only the failure to report.
     fn refused(&mut self, message: String) -> Vec<Command> {
         self.state = State::Failed;
-        self.answer(message).into_iter().collect()
+        vec![self.fail(message)]
     }
 
-    fn answer(&self, message: String) -> Option<Command> {
-        self.client.then_some(Command::Answer {
-            response: ControlResponse::Failed { message },
-            last: true,
-        })
+    fn fail(&self, message: String) -> Command {
+        Command::Fail {
+            message,
+            tell_client: self.client,
+        }
     }
 }
 

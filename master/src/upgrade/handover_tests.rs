@@ -32,9 +32,9 @@ fn killing(now: Instant) -> Handover {
 
 fn failed_message(commands: &[Command]) -> String {
     match commands.last() {
-        Some(Command::Answer {
-            response: ControlResponse::Failed { message },
-            last: true,
+        Some(Command::Fail {
+            message,
+            tell_client: true,
         }) => message.clone(),
         other => panic!("expected a final Failed answer, got {other:?} in {commands:?}"),
     }
@@ -133,20 +133,38 @@ fn client_gone_mid_handover_drops_the_answer_but_not_the_failure_handling() {
     // output), and a failure answers nobody.
     let mut h = new(now);
     assert!(h.handle(Event::ClientGone, now).is_empty());
-    assert!(h.handle(Event::Tick, now + FLUSH_BUDGET).is_empty());
+    let commands = h.handle(Event::Tick, now + FLUSH_BUDGET);
+    assert!(
+        matches!(
+            &commands[..],
+            [Command::Fail {
+                tell_client: false,
+                ..
+            }]
+        ),
+        "{commands:?}"
+    );
     assert_eq!(h.state(), &State::Failed);
     // Gone while the successor starts: it is still killed and the channels resumed.
     let mut h = awaiting(now);
     assert!(h.handle(Event::ClientGone, now).is_empty());
     assert_eq!(h.handle(Event::PipeEof, now), vec![Command::KillSuccessor]);
-    assert_eq!(
-        h.handle(
-            Event::SuccessorReaped {
-                status: "killed by SIGKILL".into()
-            },
-            now
+    let reaped = Event::SuccessorReaped {
+        status: "killed by SIGKILL".into(),
+    };
+    let commands = h.handle(reaped, now);
+    assert!(
+        matches!(
+            &commands[..],
+            [
+                Command::Resume,
+                Command::Fail {
+                    tell_client: false,
+                    ..
+                }
+            ]
         ),
-        vec![Command::Resume]
+        "{commands:?}"
     );
     // Gone while it is being killed.
     let mut h = killing(now);
@@ -154,7 +172,20 @@ fn client_gone_mid_handover_drops_the_answer_but_not_the_failure_handling() {
     let reaped = Event::SuccessorReaped {
         status: "killed by SIGKILL".into(),
     };
-    assert_eq!(h.handle(reaped, now), vec![Command::Resume]);
+    let commands = h.handle(reaped, now);
+    assert!(
+        matches!(
+            &commands[..],
+            [
+                Command::Resume,
+                Command::Fail {
+                    tell_client: false,
+                    ..
+                }
+            ]
+        ),
+        "{commands:?}"
+    );
     // And confirming without a client still leaves.
     let mut h = awaiting(now);
     h.handle(Event::ClientGone, now);
