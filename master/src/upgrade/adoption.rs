@@ -1,7 +1,7 @@
 //! The new master's side of a binary upgrade as a state machine: from the adoption of the
 //! previous master's workers until readiness is confirmed and everything adopted is ours
 //! (`crate::ownership`). Pure: no fds, no syscalls, no clock reads; the supervisor's adapter
-//! (`supervisor/upgrade.rs`) feeds it what happened and carries out the commands it returns.
+//! (`supervisor/adoption.rs`) feeds it what happened and carries out the commands it returns.
 //! `docs/design/lifecycle.md` has the state × event table.
 //!
 //! ```text

@@ -1,6 +1,6 @@
 //! The old master's side of a binary upgrade as a state machine: from the request until the
 //! successor master has confirmed readiness (or failed). Pure: no fds, no syscalls, no clock
-//! reads; the supervisor's adapter (`supervisor/upgrade.rs`) feeds it what happened and
+//! reads; the supervisor's adapter (`supervisor/handover.rs`) feeds it what happened and
 //! carries out the commands it returns. `docs/design/lifecycle.md` has the state × event table.
 //!
 //! ```text
