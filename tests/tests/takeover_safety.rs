@@ -276,17 +276,16 @@ fn new_master_short_of_file_descriptors_leaves_the_old_one_reachable() {
 }
 
 /// The old master dies (SIGKILL: no destructor, no clean-up) while the new one holds its
-/// confirmation (test fault `takeover-delay`, which holds in the new master's event loop until
-/// the previous master is gone). The new master sees it go through its pidfd, confirms to
-/// nobody, takes full ownership and serves: `status` answers from it, the upgrade's client gets
-/// its answers from it, the rolling upgrade replaces the workers, and no request fails.
-#[test]
-fn old_master_dying_before_the_new_one_confirms_is_survived_by_the_new_one() {
+/// confirmation in its event loop (test fault `fault`, armed in the new binary only). The new
+/// master must confirm to nobody, take full ownership and serve: `status` answers from it, the
+/// upgrade's client gets its answers from it, the rolling upgrade replaces the workers, and no
+/// request fails. Returns the log.
+fn old_master_killed_while_the_new_one_holds(label: &str, fault: &str) -> String {
     require_fault_injection();
-    let be = Backend::start("old-master-dies");
+    let be = Backend::start(label);
     let mut files = TempFiles::default();
-    let copy = files.add(binary_copy("old-master-dies"));
-    let spec = format!("takeover-delay@{}", copy.display());
+    let copy = files.add(binary_copy(label));
+    let spec = format!("{fault}@{}", copy.display());
     let mut z = Zentinel::start_with_env(
         &configs::proxy_draining(2, free_port(), &be, 5),
         &[("ZENTINEL_FAULT_INJECTION", &spec)],
@@ -308,8 +307,9 @@ fn old_master_dying_before_the_new_one_confirms_is_survived_by_the_new_one() {
         ctl_within(&socket, &args, UPGRADE_DEADLINE)
     });
     let held = wait_until(DEADLINE, || {
-        z.log_text()
-            .contains("fault injection: takeover-delay: holding the confirmation")
+        z.log_text().contains(&format!(
+            "fault injection: {fault}: holding the confirmation"
+        ))
     });
     assert!(
         held,
@@ -385,6 +385,30 @@ fn old_master_dying_before_the_new_one_confirms_is_survived_by_the_new_one() {
     );
     load.stop()
         .assert_clean(100, "load across the old master dying mid-hand-over");
+    z.log_text()
+}
+
+/// The new master sees the old one die through its pidfd.
+#[test]
+fn old_master_dying_before_the_new_one_confirms_is_survived_by_the_new_one() {
+    let log = old_master_killed_while_the_new_one_holds("old-master-dies", "takeover-delay");
+    assert!(
+        !log.contains("cannot write READY"),
+        "the pidfd should have told, not the pipe:\n{log}"
+    );
+}
+
+/// Without a pidfd on the old master, writing `READY` fails with EPIPE: the same outcome.
+#[test]
+fn old_master_dying_unwatched_shows_as_epipe_and_is_survived_by_the_new_one() {
+    let log = old_master_killed_while_the_new_one_holds(
+        "old-master-dies-unwatched",
+        "takeover-delay-unwatched",
+    );
+    assert!(
+        log.contains("cannot write READY") && log.contains("Broken pipe"),
+        "the new master did not meet EPIPE on the readiness pipe:\n{log}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -33,7 +33,26 @@ pub(super) struct Adoption {
     /// The upgrade's client: the inherited stream until `Prepare` registers it, then its token.
     client: Option<UnixStream>,
     client_token: Option<Token>,
+    /// A test fault holding the confirmation back (never in a build without faults).
+    hold: Hold,
 }
+
+/// How a test fault holds a new master before its confirmation, in its event loop: answers are
+/// not reported to the adoption machine meanwhile (its deadline still counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+enum Hold {
+    No,
+    /// `takeover-delay`: until the previous master is gone (seen through its pidfd).
+    UntilGone,
+    /// `takeover-delay-unwatched`: no pidfd on the previous master, a fixed hold (5 s); its death
+    /// then shows only as EPIPE on the readiness pipe.
+    Until(Instant),
+}
+
+/// The hold of `takeover-delay-unwatched`.
+#[cfg(feature = "fault-injection")]
+const UNWATCHED_HOLD: Duration = Duration::from_secs(5);
 
 impl Supervisor {
     /// Take the previous master's workers over and start checking that they answer.
@@ -177,8 +196,12 @@ impl Supervisor {
                 Some((token.0, format!("worker {} (pid {})", p.worker_id, p.pid)))
             })
             .collect();
-        let (previous_master, previous_gone) =
-            self.watch_previous_master(inherited.previous_master_pid);
+        let hold = hold_fault(now);
+        let (previous_master, previous_gone) = if matches!(hold, Hold::Until(_)) {
+            (None, false)
+        } else {
+            self.watch_previous_master(inherited.previous_master_pid)
+        };
         let rolling = inherited.upgrade.as_ref().is_some_and(|u| u.rolling);
         self.adoption = Some(Adoption {
             machine: machine::Adoption::new(
@@ -193,31 +216,32 @@ impl Supervisor {
             pending: inherited.upgrade,
             client: inherited.client,
             client_token: None,
+            hold,
         });
         if previous_gone {
             self.previous_master_gone();
         }
-        if self.takeover_held() {
-            warn!("fault injection: takeover-delay: holding the confirmation until the previous master is gone");
+        match hold {
+            Hold::No => {}
+            Hold::UntilGone => warn!(
+                "fault injection: takeover-delay: holding the confirmation until the previous \
+                 master is gone"
+            ),
+            Hold::Until(_) => warn!(
+                "fault injection: takeover-delay-unwatched: holding the confirmation, the \
+                 previous master unwatched"
+            ),
         }
         self.adoption_progress();
     }
 
-    /// Test fault `takeover-delay`: the adoption is not told of answers while the previous
-    /// master lives (its deadline still counts).
-    #[cfg(feature = "fault-injection")]
+    /// A test fault holds the confirmation back now.
     fn takeover_held(&self) -> bool {
-        use zentinel_worker::fault_injection::{armed, Fault};
-        self.adoption
-            .as_ref()
-            .is_some_and(|a| !a.machine.previous_gone())
-            && armed() == Some(Fault::TakeoverDelay)
-    }
-
-    /// No faults in this build.
-    #[cfg(not(feature = "fault-injection"))]
-    fn takeover_held(&self) -> bool {
-        false
+        self.adoption.as_ref().is_some_and(|a| match a.hold {
+            Hold::No => false,
+            Hold::UntilGone => !a.machine.previous_gone(),
+            Hold::Until(at) => Instant::now() < at,
+        })
     }
 
     /// A pidfd of the previous master, registered, and whether it is gone already. It is our
@@ -330,6 +354,12 @@ impl Supervisor {
 
     /// The adoption's deadline (from `upgrade_timers`).
     pub(super) fn adoption_timers(&mut self, now: Instant) {
+        if let Some(adoption) = self.adoption.as_mut() {
+            if matches!(adoption.hold, Hold::Until(at) if at <= now) {
+                adoption.hold = Hold::No;
+                self.adoption_progress();
+            }
+        }
         let due = self
             .adoption
             .as_ref()
@@ -341,7 +371,12 @@ impl Supervisor {
     }
 
     pub(super) fn adoption_deadline(&self) -> Option<Instant> {
-        self.adoption.as_ref().and_then(|a| a.machine.deadline())
+        let adoption = self.adoption.as_ref()?;
+        let hold = match adoption.hold {
+            Hold::Until(at) => Some(at),
+            Hold::No | Hold::UntilGone => None,
+        };
+        adoption.machine.deadline().into_iter().chain(hold).min()
     }
 
     /// A stop signal while adopting: before the confirmation it abandons the takeover.
@@ -376,10 +411,13 @@ impl Supervisor {
             Command::ConfirmReadiness => {
                 let event = match self.ready_pipe.take().map(write_ready) {
                     Some(Ok(())) => Event::ReadyWritten,
-                    Some(Err(err)) => Event::ReadyFailed {
-                        peer_gone: err.kind() == io::ErrorKind::BrokenPipe,
-                        reason: err.to_string(),
-                    },
+                    Some(Err(err)) => {
+                        warn!(error = %err, "cannot write READY on the readiness pipe");
+                        Event::ReadyFailed {
+                            peer_gone: err.kind() == io::ErrorKind::BrokenPipe,
+                            reason: err.to_string(),
+                        }
+                    }
                     None => Event::ReadyFailed {
                         peer_gone: false,
                         reason: "the readiness pipe is gone".to_owned(),
@@ -476,6 +514,23 @@ impl Supervisor {
             "took over from the previous master"
         );
     }
+}
+
+/// The hold a test fault asks for.
+#[cfg(feature = "fault-injection")]
+fn hold_fault(now: Instant) -> Hold {
+    use zentinel_worker::fault_injection::{armed, Fault};
+    match armed() {
+        Some(Fault::TakeoverDelay) => Hold::UntilGone,
+        Some(Fault::TakeoverDelayUnwatched) => Hold::Until(now + UNWATCHED_HOLD),
+        _ => Hold::No,
+    }
+}
+
+/// No faults in this build.
+#[cfg(not(feature = "fault-injection"))]
+fn hold_fault(_now: Instant) -> Hold {
+    Hold::No
 }
 
 /// From the old master's fork to readiness.
