@@ -8,18 +8,16 @@
 //!   requests).
 //! - [`control`]: the control socket `zentinel-ctl` talks to.
 //! - [`control_socket_path`]: where that socket lives.
-//! - [`upgrade`]: the low-level pieces of a binary upgrade (state file place, successor
-//!   spawn, readiness pipe, pidfds).
+//! - [`upgrade`]: the binary upgrade: the successor process's low-level pieces, the rolling
+//!   replacement and its canary as state machines.
 //! - [`handover_state_file`]: the state file an old master hands over, removed when it gives
 //!   the upgrade up.
 //! - [`systemd`]: socket activation (`LISTEN_FDS`) and `sd_notify`, without libsystemd.
 //! - [`ownership`]: tentative, then confirmed ownership of what a successor master adopts.
 //! - [`backoff`]: restart delays.
-//! - [`canary`]: error rates and the verdict of an upgrade canary.
 //! - [`logging`]: the tracing subscriber shared by master and workers.
 
 pub mod backoff;
-pub mod canary;
 pub mod config;
 pub mod control;
 pub mod control_socket_path;

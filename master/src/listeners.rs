@@ -2,7 +2,7 @@
 //!
 //! The master binds each address exactly once and keeps the socket for as long as the
 //! address stays in the configuration; workers only ever receive duplicates of these fds
-//! (see /work/shared/design/upgrades.md, sections 1 and 9). Closing the master's fd while a
+//! (docs/design/upgrades.md, "Listening sockets"). Closing the master's fd while a
 //! worker still uses the socket is harmless, but closing the last fd drops the accept queue,
 //! so the master holds them for the lifetime of the configuration.
 //!

@@ -49,6 +49,7 @@ use crate::listeners::BoundListener;
 use crate::metrics::MetricsServer;
 use crate::ownership::Ownership;
 use crate::systemd;
+use crate::upgrade::rolling::RollingEvent;
 use crate::worker_process::{spawn_worker, Executable, WorkerArgs};
 
 /// Longest time from spawn to `Ready`.
@@ -75,10 +76,10 @@ const UPGRADE_PIPE_TOKEN: Token = Token(2);
 const FIRST_WORKER_TOKEN: usize = 3;
 
 mod adoption;
-mod canary;
 mod control;
 mod handover;
 mod metrics;
+mod rolling;
 mod takeover;
 mod upgrade;
 
@@ -266,8 +267,6 @@ struct WorkerProcess {
     pidfd: Option<(OwnedFd, Token)>,
     /// Longest time from spawn to `Ready`.
     ready_timeout: Duration,
-    /// A rolling upgrade waits for this retired worker's `Draining` acknowledgement.
-    upgrade_ack: bool,
     /// When this master told it to drain (for the drain-duration histogram).
     drain_started: Option<Instant>,
     /// Adopted workers stay the previous master's until the takeover is confirmed: no signal
@@ -556,6 +555,7 @@ impl Supervisor {
                         }
                         self.handle_request(token, request);
                     }
+                    self.rolling_client_check(token);
                 }
             }
             if self.handed_over {
@@ -754,9 +754,15 @@ impl Supervisor {
                     requests_total = counters.requests_total,
                     "worker status"
                 );
-                process.counters = Some(counters);
+                process.counters = Some(counters.clone());
                 process.status_received += 1;
+                let request_id = process.status_received;
                 self.status_progress();
+                self.rolling_event(RollingEvent::StatusAnswered {
+                    worker: token,
+                    request_id,
+                    counters,
+                });
             }
             (_, WorkerMessage::Draining { active_connections }) => {
                 process.state = WorkerState::Draining;
@@ -764,7 +770,6 @@ impl Supervisor {
                     worker_id,
                     pid, generation, active_connections, "worker draining"
                 );
-                let upgrade_ack = std::mem::take(&mut process.upgrade_ack);
                 if let Some(done) = process.restart_done.take() {
                     let message = format!(
                         "{}, old draining ({active_connections} connections)",
@@ -772,9 +777,10 @@ impl Supervisor {
                     );
                     self.finish(done.client, ControlResponse::Done { message });
                 }
-                if upgrade_ack {
-                    self.rolling_old_draining(token, Some(active_connections));
-                }
+                self.rolling_event(RollingEvent::Draining {
+                    worker: token,
+                    active_connections: Some(active_connections),
+                });
             }
             (_, WorkerMessage::Fatal { reason }) => {
                 error!(worker_id, pid, generation, reason = %reason, "worker reported a fatal error");
@@ -910,6 +916,7 @@ impl Supervisor {
         // Nobody waits for a reply on a closed channel.
         self.status_progress();
         self.reload_forget(token);
+        self.rolling_event(RollingEvent::WorkerSilenced { worker: token });
     }
 
     /// The worker misbehaved: kill it. Its exit is then handled by its role (restart with
@@ -933,6 +940,7 @@ impl Supervisor {
         kill_process(process);
         self.status_progress();
         self.reload_forget(token);
+        self.rolling_event(RollingEvent::WorkerSilenced { worker: token });
     }
 
     /// Spawn a worker process, register its channel and send our Hello.
@@ -1002,7 +1010,6 @@ impl Supervisor {
             binary,
             pidfd: None,
             ready_timeout,
-            upgrade_ack: false,
             drain_started: None,
             ownership: Ownership::confirmed(),
             kill_deferred: false,
@@ -1139,6 +1146,7 @@ impl Supervisor {
         self.metrics_worker_exited(&process);
         self.status_progress();
         self.reload_forget(token);
+        self.rolling_event(RollingEvent::WorkerExited { worker: token });
         let worker_id = process.worker_id;
         let generation = process.generation;
         let pid = process.pid.as_raw();
@@ -1162,7 +1170,10 @@ impl Supervisor {
                     process.binary
                 );
                 error!(worker_id, pid, generation, "{message}");
-                self.rolling_successor_failed(token, message);
+                self.rolling_event(RollingEvent::SuccessorFailed {
+                    successor: token,
+                    reason: message,
+                });
                 return;
             }
             Role::Successor { client, .. } => {
@@ -1227,7 +1238,7 @@ impl Supervisor {
         let slot = &mut self.slots[index];
         slot.restarts = slot.restarts.saturating_add(1);
         slot.last_exit = Some(status.to_owned());
-        if self.rolling_replacement_died(worker_id, pid, status) {
+        if self.rolling_claims_death(worker_id, pid, status) {
             return;
         }
         let slot = &mut self.slots[index];

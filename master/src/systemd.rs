@@ -1,4 +1,4 @@
-//! systemd integration without libsystemd (design note, section 7).
+//! systemd integration without libsystemd (docs/design/upgrades.md, "systemd").
 //!
 //! - Socket activation ([`take_listen_fds`]): `sd_listen_fds(unset_environment = 1)`. The
 //!   sockets start at fd 3, `LISTEN_PID` must be our pid, and the variables are removed so

@@ -2,8 +2,8 @@
 //!
 //! Workers are the master's own binary re-executed as `zentinel worker --channel-fd N ...`.
 //! The binary is the file the master was started from, kept open as an fd from start-up
-//! (design note, section 8): a worker restarted after the file on disk was replaced still runs
-//! the code that speaks this master's protocol.
+//! (docs/design/upgrades.md, "Worker executables"): a worker restarted after the file on disk
+//! was replaced still runs the code that speaks this master's protocol.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -241,7 +241,7 @@ pub fn set_cloexec_on_inherited_fds() -> io::Result<()> {
 
 /// Worker side: take ownership of the inherited `--channel-fd`, after checking that it is
 /// what the master promised (an open `AF_UNIX` stream socket), and make it close-on-exec again
-/// (design note, section 4).
+/// (docs/design/upgrades.md, "Inherited descriptors").
 pub fn adopt_channel_fd(raw: RawFd) -> io::Result<OwnedFd> {
     let fd = take_inherited_fd(raw, "--channel-fd")?;
     check_unix_stream(&fd, "--channel-fd")?;

@@ -153,10 +153,11 @@ fn sigterm_stops_everything_after_in_flight_requests() {
 
 #[test]
 fn sigterm_drain_serves_idle_keep_alive_clients_then_closes_them_cleanly_by_the_deadline() {
-    // The design rule (shared/design/upgrades.md §3): a draining worker must not close an idle
-    // keep-alive connection under a client that may be sending its next request right now.
-    // It answers the next request with `Connection: close`, and closes connections that stay
-    // idle only at the drain deadline, with a FIN (never an RST).
+    // The design rule (docs/design/upgrades.md, "Draining a worker"): a draining worker must not
+    // close an idle keep-alive connection under a client that may be sending its next request
+    // right now. It answers the next request with `Connection: close`, and closes connections
+    // that stay idle only shortly before the drain deadline (1 s, `LINGER`), with a write
+    // shutdown first (a FIN, not an RST).
     let backend = Backend::start("idle");
     let port = free_port();
     let mut z = Zentinel::start(&configs::proxy_draining(1, port, &backend, 5));

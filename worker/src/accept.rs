@@ -1,5 +1,5 @@
-//! The listener set: the listening sockets handed over by the master (design note
-//! "thundering herd").
+//! The listener set: the listening sockets handed over by the master (docs/design/upgrades.md,
+//! "Accepting").
 //!
 //! Each listening socket is added to the event loop's own epoll with `EPOLLEXCLUSIVE`, so a
 //! new connection wakes one worker that is waiting in `epoll_wait`, not all of them; a busy

@@ -125,7 +125,6 @@ impl Supervisor {
                 binary: record.binary,
                 pidfd: None,
                 ready_timeout: HANDSHAKE_TIMEOUT,
-                upgrade_ack: false,
                 // Told to drain by the previous master: its drain time is not ours to measure.
                 drain_started: None,
                 ownership: inherited.ownership.clone(),

@@ -153,7 +153,6 @@ impl Supervisor {
             self.finish(Some(pending.client), ControlResponse::Status(report));
         }
         self.adoption_progress();
-        self.canary_check();
     }
 
     pub(super) fn status_timeouts(&mut self, now: Instant) {
@@ -344,7 +343,7 @@ impl Supervisor {
             return;
         };
         if matches!(process.role, Role::Successor { upgrade: true, .. }) {
-            return self.rolling_promoted(token);
+            return self.rolling_successor_ready(token);
         }
         let client = match std::mem::replace(&mut process.role, Role::Current) {
             Role::Successor { client, .. } => client,

@@ -1,6 +1,7 @@
-//! Low-level pieces of a master binary upgrade (design note, sections 4-6): where the state
-//! file goes, checking the new binary, starting the successor master with exactly the fds it
-//! inherits, the readiness pipe, and `pidfd` supervision of adopted workers.
+//! Low-level pieces of a master binary upgrade (docs/design/upgrades.md, "The master
+//! hand-over"): where the state file goes, checking the new binary, starting the successor
+//! master with exactly the fds it inherits, the readiness pipe, and `pidfd` supervision of
+//! adopted workers.
 
 use std::ffi::OsString;
 use std::io;
@@ -137,7 +138,8 @@ pub(crate) fn inherit_only_on_exec(command: &mut Command, fds: Vec<RawFd>) {
 }
 
 /// Take ownership of an inherited fd number named in the state file or on the command line,
-/// after checking it is open; it gets close-on-exec again (design note, section 4).
+/// after checking it is open; it gets close-on-exec again (docs/design/upgrades.md,
+/// "Inherited descriptors").
 pub fn take_inherited_fd(raw: RawFd, what: &str) -> io::Result<OwnedFd> {
     if raw <= 2 {
         return Err(io::Error::new(

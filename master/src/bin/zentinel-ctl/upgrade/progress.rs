@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use zentinel_master::canary::ErrorRate;
+use zentinel_master::upgrade::error_rate::ErrorRate;
 use zentinel_master::upgrade::format_duration;
 use zentinel_protocol::control::{ControlRequest, ControlResponse};
 

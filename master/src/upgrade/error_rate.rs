@@ -1,5 +1,5 @@
 //! Canary arithmetic, shared by the master (which judges the canary of a rolling upgrade, see
-//! `supervisor::canary`) and `zentinel-ctl` (which prints its live comparison).
+//! [`super::canary`]) and `zentinel-ctl` (which prints its live comparison).
 //!
 //! An error is a 5xx answer or an upstream failure (a failed connect, a reset or a timeout on
 //! the way to or from the upstream); rates are per request, so a canary that got a smaller
