@@ -23,7 +23,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -69,13 +68,16 @@ const EXIT_FLUSH_BUDGET: Duration = Duration::from_millis(500);
 
 const SIGNAL_TOKEN: Token = Token(0);
 const CONTROL_TOKEN: Token = Token(1);
-/// The read end of a successor master's readiness pipe (master upgrade).
+/// The read end of a successor master's readiness pipe (old master of an upgrade), or the
+/// previous master's pidfd (new master, until it confirmed): never both in one process.
 const UPGRADE_PIPE_TOKEN: Token = Token(2);
 /// Worker channels, pidfds and control clients share the tokens from here on; none is ever
 /// reused.
 const FIRST_WORKER_TOKEN: usize = 3;
 
+mod adoption;
 mod control;
+mod handover;
 mod metrics;
 mod rolling;
 mod takeover;
@@ -348,7 +350,7 @@ pub struct Supervisor {
     upgrade: Option<upgrade::UpgradeOp>,
     /// Taking over from a previous master until readiness is confirmed.
     inherited: Option<Inherited>,
-    adoption: Option<upgrade::Adoption>,
+    adoption: Option<adoption::Adoption>,
     /// pidfd token -> worker token (adopted workers).
     pidfds: BTreeMap<Token, Token>,
     /// The successor master confirmed readiness: leave without touching anything.
@@ -364,6 +366,8 @@ pub struct Supervisor {
     /// The Prometheus endpoint, if configured.
     metrics: Option<MetricsServer>,
     master_metrics: zentinel_protocol::state::MasterMetrics,
+    /// Stopped with every worker gone: the last responses drain until then.
+    exit_flush_until: Option<Instant>,
     /// A successor master's readiness pipe until it confirms. Declared last: fields drop
     /// after `Drop::drop`, in order, so a failing successor closes it (the previous master
     /// takes that EOF for failure and kills it) only once everything else is dropped.
@@ -446,6 +450,7 @@ impl Supervisor {
             notify_reloading: false,
             metrics,
             master_metrics: setup.master_metrics,
+            exit_flush_until: None,
             ready_pipe: None,
         })
     }
@@ -511,7 +516,7 @@ impl Supervisor {
                 return Err(SupervisorError::TakeoverFailed(reason));
             }
             if let Phase::Stopping { .. } = self.phase {
-                if self.processes.is_empty() {
+                if self.processes.is_empty() && self.exit_flushed(Instant::now()) {
                     break;
                 }
             }
@@ -563,15 +568,6 @@ impl Supervisor {
             self.reload_notify_done();
         }
 
-        if let Some(control) = self.control.as_mut() {
-            control.finish_on_exit(
-                &self.stop_clients,
-                &ControlResponse::Done {
-                    message: "master stopped".to_owned(),
-                },
-                EXIT_FLUSH_BUDGET,
-            );
-        }
         if let Some(path) = &self.config.system.pid_file {
             crate::pid_file::remove_if_ours(path, std::process::id());
         }
@@ -585,6 +581,29 @@ impl Supervisor {
                 Ok(())
             }
         }
+    }
+
+    /// Every worker is gone: give the `stop` clients their final answer, then let every
+    /// client's output drain through the loop (writability, not sleeping), for at most
+    /// `EXIT_FLUSH_BUDGET` so that a client that does not read cannot hold the exit. True once
+    /// done.
+    fn exit_flushed(&mut self, now: Instant) -> bool {
+        let Some(control) = self.control.as_mut() else {
+            return true;
+        };
+        let until = match self.exit_flush_until {
+            Some(until) => until,
+            None => {
+                let done = ControlResponse::Done {
+                    message: "master stopped".to_owned(),
+                };
+                for &client in &self.stop_clients {
+                    control.finish(self.poll.registry(), client, &done);
+                }
+                *self.exit_flush_until.insert(now + EXIT_FLUSH_BUDGET)
+            }
+        };
+        !control.output_pending() || until <= now
     }
 
     fn handle_signals(&mut self) {
@@ -606,11 +625,7 @@ impl Supervisor {
                 Some(signal @ (Signal::SIGTERM | Signal::SIGQUIT | Signal::SIGINT))
                     if self.tentative() =>
                 {
-                    self.abandon_takeover(format!(
-                        "{} (from pid {}) before the takeover was confirmed",
-                        signal.as_str(),
-                        info.ssi_pid
-                    ));
+                    self.adoption_stop(format!("{} (from pid {})", signal.as_str(), info.ssi_pid));
                 }
                 Some(signal @ (Signal::SIGTERM | Signal::SIGQUIT)) => {
                     info!(
@@ -1495,6 +1510,7 @@ impl Supervisor {
             deadlines.extend(self.slots.iter().filter_map(|slot| slot.restart_at));
         }
         deadlines.extend(self.upgrade_deadline());
+        deadlines.extend(self.exit_flush_until);
         for process in self.processes.values() {
             if let Some(done) = &process.restart_done {
                 deadlines.push(done.deadline);

@@ -2,7 +2,9 @@
 //! 14): whatever it adopted stays the previous master's until it confirms, so failing — by an
 //! error returned through the normal path, by a panic, or for lack of file descriptors — leaves
 //! the old master serving on the same control socket file with every worker, and no request
-//! under load fails. Also: a state file naming one fd twice is refused before any fd is taken.
+//! under load fails. Also: a state file naming one fd twice is refused before any fd is taken,
+//! and the reverse failure, the old master dying before the new one confirmed, is survived by
+//! the new one.
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
@@ -270,6 +272,142 @@ fn new_master_short_of_file_descriptors_leaves_the_old_one_reachable() {
         out.success(),
         "upgrade after the failed ones: {out}\n{}",
         z.log()
+    );
+}
+
+/// The old master dies (SIGKILL: no destructor, no clean-up) while the new one holds its
+/// confirmation in its event loop (test fault `fault`, armed in the new binary only). The new
+/// master must confirm to nobody, take full ownership and serve: `status` answers from it, the
+/// upgrade's client gets its answers from it, the rolling upgrade replaces the workers, and no
+/// request fails. Returns the log.
+fn old_master_killed_while_the_new_one_holds(label: &str, fault: &str) -> String {
+    require_fault_injection();
+    let be = Backend::start(label);
+    let mut files = TempFiles::default();
+    let copy = files.add(binary_copy(label));
+    let spec = format!("{fault}@{}", copy.display());
+    let mut z = Zentinel::start_with_env(
+        &configs::proxy_draining(2, free_port(), &be, 5),
+        &[("ZENTINEL_FAULT_INJECTION", &spec)],
+    );
+    let load = start_load(&z);
+    let before = before(&z);
+
+    let socket = z.control_socket();
+    let binary = copy.display().to_string();
+    let upgrade = std::thread::spawn(move || {
+        let args = [
+            "upgrade",
+            "--rolling",
+            "--binary",
+            binary.as_str(),
+            "--ready-timeout",
+            "30s",
+        ];
+        ctl_within(&socket, &args, UPGRADE_DEADLINE)
+    });
+    let held = wait_until(DEADLINE, || {
+        z.log_text().contains(&format!(
+            "fault injection: {fault}: holding the confirmation"
+        ))
+    });
+    assert!(
+        held,
+        "the new master never held its confirmation\n{}",
+        z.log()
+    );
+    let new_master = z
+        .master_pids()
+        .into_iter()
+        .find(|&pid| pid != z.pid)
+        .unwrap_or_else(|| panic!("no new master next to {}\n{}", z.pid, z.log()));
+
+    send_signal(z.pid, nix::sys::signal::Signal::SIGKILL);
+    let exit = z.wait_exit(DEADLINE);
+    assert!(
+        exit.is_some_and(|s| !s.success()),
+        "the old master did not die: {exit:?}"
+    );
+
+    let out = upgrade
+        .join()
+        .unwrap_or_else(|_| panic!("the upgrade client thread panicked"));
+    assert!(
+        out.success(),
+        "the new master must finish the upgrade on its own: {out}\n{}",
+        z.log()
+    );
+    assert!(
+        out.stdout
+            .contains(&format!("master: pid {} -> pid {new_master}", z.pid)),
+        "the client was not told who took over: {out}"
+    );
+    let log = z.log_text();
+    assert!(
+        log.contains("readiness confirmed to nobody"),
+        "the new master did not say it confirmed to nobody:\n{log}"
+    );
+    let status = z.status();
+    assert_eq!(
+        status["master"]["pid"].as_u64(),
+        Some(u64::from(new_master)),
+        "status must come from the new master: {status}"
+    );
+    assert_eq!(
+        z.master_pids(),
+        vec![new_master],
+        "exactly one master must be left\n{}",
+        z.log()
+    );
+    // The rolling upgrade replaced every worker (the old master's are gone or draining), and
+    // each new one serves new requests.
+    let start = running_workers(&status);
+    assert_eq!(start.len(), 2, "{status}");
+    assert!(
+        start.keys().all(|pid| !before.workers.contains_key(pid)),
+        "the workers were not replaced: {status}"
+    );
+    let mut last = status;
+    let all_served = wait_until(DEADLINE, || {
+        let Ok(now) = z.try_status() else {
+            return false;
+        };
+        last = now;
+        let now = running_workers(&last);
+        start
+            .iter()
+            .all(|(pid, n)| now.get(pid).is_some_and(|m| m > n))
+    });
+    assert!(all_served, "not every new worker served: {last}");
+    assert!(
+        load.wait_for_more(50, DEADLINE),
+        "no progress after the takeover"
+    );
+    load.stop()
+        .assert_clean(100, "load across the old master dying mid-hand-over");
+    z.log_text()
+}
+
+/// The new master sees the old one die through its pidfd.
+#[test]
+fn old_master_dying_before_the_new_one_confirms_is_survived_by_the_new_one() {
+    let log = old_master_killed_while_the_new_one_holds("old-master-dies", "takeover-delay");
+    assert!(
+        !log.contains("cannot write READY"),
+        "the pidfd should have told, not the pipe:\n{log}"
+    );
+}
+
+/// Without a pidfd on the old master, writing `READY` fails with EPIPE: the same outcome.
+#[test]
+fn old_master_dying_unwatched_shows_as_epipe_and_is_survived_by_the_new_one() {
+    let log = old_master_killed_while_the_new_one_holds(
+        "old-master-dies-unwatched",
+        "takeover-delay-unwatched",
+    );
+    assert!(
+        log.contains("cannot write READY") && log.contains("Broken pipe"),
+        "the new master did not meet EPIPE on the readiness pipe:\n{log}"
     );
 }
 

@@ -32,6 +32,12 @@ pub enum Fault {
     TakeoverFail,
     /// A new master panics at the same point (unwinding runs the same destructors).
     TakeoverPanic,
+    /// A new master holds its confirmation, in its event loop, until the previous master is
+    /// gone (or its adoption deadline passes): the window in which a test kills the old one.
+    TakeoverDelay,
+    /// The same hold for a fixed 5 s, without watching the previous master: its death before
+    /// the confirmation shows only as EPIPE on the readiness pipe.
+    TakeoverDelayUnwatched,
     /// A worker aborts shortly after it told the master it is ready.
     WorkerAbortAfterReady,
     /// A worker answers every HTTP request with a 500 without asking the upstream: a build
@@ -85,6 +91,8 @@ mod armed_impl {
             "master-exit-before-ready" => Some(Fault::MasterExitBeforeReady),
             "takeover-fail" => Some(Fault::TakeoverFail),
             "takeover-panic" => Some(Fault::TakeoverPanic),
+            "takeover-delay" => Some(Fault::TakeoverDelay),
+            "takeover-delay-unwatched" => Some(Fault::TakeoverDelayUnwatched),
             "worker-abort-after-ready" => Some(Fault::WorkerAbortAfterReady),
             "respond-500" => Some(Fault::Respond500),
             _ => None,
@@ -131,6 +139,14 @@ mod armed_impl {
             assert_eq!(
                 fault_for("takeover-panic@/opt/zentinel/new/zentinel", exe),
                 Some(Fault::TakeoverPanic)
+            );
+            assert_eq!(
+                fault_for("takeover-delay@/opt/zentinel/new/zentinel", exe),
+                Some(Fault::TakeoverDelay)
+            );
+            assert_eq!(
+                fault_for("takeover-delay-unwatched@/opt/zentinel/new/zentinel", exe),
+                Some(Fault::TakeoverDelayUnwatched)
             );
             assert_eq!(
                 fault_for("respond-500@/opt/zentinel/new/zentinel", exe),

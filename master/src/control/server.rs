@@ -279,18 +279,12 @@ impl ControlServer {
         self.clients.get(&token).map(|c| c.channel.as_raw_fd())
     }
 
-    /// Flush a client's queued output, waiting at most `budget` (before its fd is handed over).
-    pub fn flush_client(&mut self, token: Token, budget: Duration) {
-        let Some(client) = self.clients.get_mut(&token) else {
-            return;
-        };
-        let deadline = Instant::now() + budget;
-        while client.channel.has_pending_output() && Instant::now() < deadline {
-            match client.channel.flush() {
-                Ok(true) | Err(_) => break,
-                Ok(false) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        }
+    /// Whether output waits for the client to read it (a hand-over waits for it to drain,
+    /// in the loop, before the client's fd is handed over).
+    pub fn client_output_pending(&self, token: Token) -> bool {
+        self.clients
+            .get(&token)
+            .is_some_and(|c| c.channel.has_pending_output())
     }
 
     /// Take over a client connection inherited from the previous master in the middle of its
@@ -505,28 +499,11 @@ impl ControlServer {
             .min()
     }
 
-    /// On master exit: give `clients` their final response, then flush every client's
-    /// output for at most `budget` (so a stuck client cannot hold the exit).
-    pub fn finish_on_exit(
-        &mut self,
-        clients: &[Token],
-        response: &ControlResponse,
-        budget: Duration,
-    ) {
-        for token in clients {
-            if let Some(client) = self.clients.get_mut(token) {
-                let _ = client.channel.send(response, &[]);
-            }
-        }
-        let deadline = Instant::now() + budget;
-        for client in self.clients.values_mut() {
-            while client.channel.has_pending_output() && Instant::now() < deadline {
-                match client.channel.flush() {
-                    Ok(true) | Err(_) => break,
-                    Ok(false) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        }
+    /// Whether any client has output waiting to be read (the exit waits for it, bounded).
+    pub fn output_pending(&self) -> bool {
+        self.clients
+            .values()
+            .any(|c| c.channel.has_pending_output())
     }
 }
 
