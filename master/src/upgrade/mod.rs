@@ -7,7 +7,8 @@
 //! - [`handover`]: the old master's state machine, from the request until the successor
 //!   confirmed readiness or failed.
 //! - [`adoption`]: the new master's state machine, from the adoption until it serves.
-//! - [`rolling`]: the rolling replacement of workers and its rollback, a state machine.
+//! - [`rolling`]: the rolling replacement of workers and its rollback, a state machine;
+//!   [`rolling_events`]: its events, commands and outcome.
 //! - [`canary`]: the canary watch of a rolling upgrade, a state machine.
 //! - [`error_rate`]: the canary's arithmetic, shared with `zentinel-ctl`.
 
@@ -16,6 +17,7 @@ pub mod canary;
 pub mod error_rate;
 pub mod handover;
 pub mod rolling;
+pub mod rolling_events;
 pub mod successor_process;
 
 pub use successor_process::*;
