@@ -1686,3 +1686,4 @@ pub fn parse_upload_answer(body: &str) -> (u64, String) {
 
 pub mod systemd;
 pub mod tls_support;
+pub mod websocket;
