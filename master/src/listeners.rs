@@ -291,7 +291,6 @@ pub fn bind_listener(config: &ListenerConfig) -> Result<BoundListener, ListenerE
 mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream};
-    use std::os::fd::AsRawFd;
 
     use socket2::SockRef;
     use zentinel_protocol::config::DEFAULT_BACKLOG;
@@ -315,10 +314,8 @@ mod tests {
     }
 
     pub(super) fn fd_flags(fd: BorrowedFd<'_>) -> (i32, i32) {
-        // SAFETY: F_GETFD/F_GETFL only read flags of an fd we borrow for the call.
-        let fd_flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
-        // SAFETY: as above.
-        let fl_flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        let fd_flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        let fl_flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).unwrap();
         (fd_flags, fl_flags)
     }
 
