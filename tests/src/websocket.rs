@@ -23,7 +23,6 @@ pub const OP_PONG: u8 = 0xA;
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// RFC 6455 section 1.3.
 const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-const MAX_HEAD: usize = 64 * 1024;
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
 pub fn accept_for(key: &str) -> String {
@@ -261,49 +260,22 @@ impl<S: Read + Write> WsClient<S> {
             .write_all(&bytes)
             .and_then(|()| stream.flush())
             .map_err(|e| format!("sending the upgrade request: {e}"))?;
-        let mut pending = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let head_len = loop {
-            if let Some(p) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p + 4;
-            }
-            if pending.len() > MAX_HEAD {
-                return Err("response head too large".into());
-            }
-            match stream.read(&mut chunk) {
-                Ok(0) => {
-                    return Err(format!(
-                        "EOF before the 101, after {:?}",
-                        String::from_utf8_lossy(&pending)
-                    ))
-                }
-                Ok(n) => pending.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("reading the 101: {e}")),
-            }
-        };
-        let head: Vec<u8> = pending.drain(..head_len).collect();
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut parsed = httparse::Response::new(&mut headers);
-        parsed
-            .parse(&head)
-            .map_err(|e| format!("bad response head: {e}"))?;
-        let text = String::from_utf8_lossy(&head).into_owned();
-        if parsed.code != Some(101) {
-            return Err(format!("no 101: {text}"));
+        // Frames may follow the 101 in the same read: they start the tunnel.
+        let (head, pending) =
+            crate::read_response_head(&mut stream).map_err(|e| format!("reading the 101: {e}"))?;
+        if head.status != 101 {
+            return Err(format!("no 101: {head:?}"));
         }
-        let header = |name: &str| {
-            parsed
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| String::from_utf8_lossy(h.value).into_owned())
-        };
-        if !header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
-            return Err(format!("no `Upgrade: websocket` in {text}"));
+        if !head
+            .header("upgrade")
+            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+        {
+            return Err(format!("no `Upgrade: websocket` in {head:?}"));
         }
-        if header("sec-websocket-accept").as_deref() != Some(accept_for(&key).as_str()) {
-            return Err(format!("wrong Sec-WebSocket-Accept for key {key}: {text}"));
+        if head.header("sec-websocket-accept") != Some(accept_for(&key).as_str()) {
+            return Err(format!(
+                "wrong Sec-WebSocket-Accept for key {key}: {head:?}"
+            ));
         }
         Ok(WsClient {
             stream,
