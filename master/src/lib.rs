@@ -38,10 +38,6 @@ pub mod metrics;
 pub mod ownership;
 pub mod pid_file;
 pub mod preflight;
-// Not yet: `block_signals` installs SIG_DFL with nix's unsafe `signal`. The supervisor is
-// being rewritten; that call moves behind a safe function in `sys` with it, and this allow
-// goes.
-#[allow(unsafe_code)]
 pub mod supervisor;
 #[allow(unsafe_code)]
 mod sys;

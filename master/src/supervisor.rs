@@ -110,9 +110,7 @@ pub fn block_signals() -> nix::Result<SignalFd> {
     // Shells start background jobs with SIGINT and SIGQUIT ignored and nohup ignores SIGHUP;
     // an ignored SIGCHLD would even make the kernel reap workers behind our back.
     for signal in set.iter() {
-        // SAFETY: installs SIG_DFL, no handler code; the signal is blocked, so the default
-        // action cannot fire either.
-        unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl) }?;
+        crate::sys::default_disposition(signal)?;
     }
     SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
 }

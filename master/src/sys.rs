@@ -20,6 +20,15 @@ fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// Give `signal` its default disposition (SIG_DFL): an ignored signal is discarded, never
+/// queued, so a signalfd would not see it either.
+pub(crate) fn default_disposition(signal: nix::sys::signal::Signal) -> nix::Result<()> {
+    // SAFETY: installs SIG_DFL, no handler code runs in this process; the caller blocks the
+    // signal first, so the default action cannot fire either.
+    unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl) }?;
+    Ok(())
+}
+
 /// Make descriptor number `raw` close-on-exec (`F_GETFD`, then `F_SETFD` when the flag is not
 /// set yet). An unused number fails with `EBADF` and nothing changes.
 ///
