@@ -79,6 +79,7 @@ mod adoption;
 mod control;
 mod handover;
 mod metrics;
+mod reload;
 mod rolling;
 mod takeover;
 mod upgrade;
@@ -334,7 +335,7 @@ pub struct Supervisor {
     started_at: Instant,
     control: Option<ControlServer>,
     pending_status: Vec<control::PendingStatus>,
-    reload: Option<control::ReloadOp>,
+    reload: Option<reload::ReloadOp>,
     /// Clients of `Stop` requests, told `Done` right before exit.
     stop_clients: Vec<Token>,
     /// The previous master's executable (after a binary upgrade): a failed rolling upgrade
