@@ -16,6 +16,9 @@
 //! - [`ownership`]: tentative, then confirmed ownership of what a successor master adopts.
 //! - [`backoff`]: restart delays.
 //! - [`ticket_keys`]: the TLS session-ticket keys every worker shares, and their rotation.
+//! - [`request_ids`]: ids for requests to workers, unique across masters, and the matching of
+//!   answers to them.
+//! - [`gatherer`]: one round of questions to several workers, gathered by request id.
 //! - [`logging`]: the tracing subscriber shared by master and workers.
 //!
 //! Raw libc calls are in one private module, `sys`, each behind a safe function; everywhere
@@ -31,6 +34,7 @@ pub mod control;
 pub mod control_socket_path;
 pub mod drain_deadline;
 pub mod error_log_file;
+pub mod gatherer;
 pub mod handover_state_file;
 pub mod listeners;
 pub mod logging;
@@ -38,6 +42,7 @@ pub mod metrics;
 pub mod ownership;
 pub mod pid_file;
 pub mod preflight;
+pub mod request_ids;
 pub mod supervisor;
 #[allow(unsafe_code)]
 mod sys;

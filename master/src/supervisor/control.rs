@@ -14,13 +14,12 @@ pub const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest wait for a replaced worker to acknowledge its drain before `worker restart` is done.
 pub const DRAIN_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A `Status` waiting for workers' replies.
+/// A `Status` waiting for workers' answers.
 #[derive(Debug)]
 pub(super) struct PendingStatus {
     client: Token,
-    /// (worker, number of the reply that answers our request).
-    waits: Vec<(Token, u64)>,
-    pub(super) deadline: Instant,
+    /// The status request asked of each worker; the answers' counters are on the processes.
+    pub(super) gather: Gatherer<Token, ()>,
 }
 
 impl Supervisor {
@@ -102,24 +101,22 @@ impl Supervisor {
     // ----- status -----
 
     fn start_status(&mut self, client: Token) {
+        let mut gather = Gatherer::new(Instant::now() + STATUS_TIMEOUT);
         let tokens: Vec<Token> = self.processes.keys().copied().collect();
-        let waits = tokens
-            .into_iter()
-            .filter_map(|token| self.ask_status(token).map(|seq| (token, seq)))
-            .collect();
-        self.pending_status.push(PendingStatus {
-            client,
-            waits,
-            deadline: Instant::now() + STATUS_TIMEOUT,
-        });
+        for token in tokens {
+            if let Some(request_id) = self.ask_status(token) {
+                gather.ask(token, request_id);
+            }
+        }
+        self.pending_status.push(PendingStatus { client, gather });
         self.status_progress();
     }
 
-    /// Answer every pending `Status` whose workers all replied (or went away).
+    /// Answer every pending `Status` whose workers all answered (or went away).
     pub(super) fn status_progress(&mut self) {
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_status)
             .into_iter()
-            .partition(|pending| self.all_answered(&pending.waits));
+            .partition(|pending| pending.gather.all_answered());
         self.pending_status = waiting;
         for pending in ready {
             let report = self.status_report(&[]);
@@ -131,19 +128,10 @@ impl Supervisor {
     pub(super) fn status_timeouts(&mut self, now: Instant) {
         let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_status)
             .into_iter()
-            .partition(|pending| pending.deadline <= now);
+            .partition(|pending| pending.gather.is_done(now));
         self.pending_status = waiting;
         for pending in expired {
-            let stale: Vec<Token> = pending
-                .waits
-                .iter()
-                .filter(|(token, seq)| {
-                    self.processes
-                        .get(token)
-                        .is_some_and(|process| process.status_received < *seq)
-                })
-                .map(|(token, _)| *token)
-                .collect();
+            let stale: Vec<Token> = pending.gather.waiting().collect();
             warn!(
                 silent_workers = stale.len(),
                 "status: some workers did not answer in time; reporting their last counters"
@@ -368,7 +356,6 @@ impl Supervisor {
         let message = format!("{message}, old worker killed (it could not be told to drain)");
         self.finish(client, ControlResponse::Done { message });
     }
-
 }
 
 /// A worker's restart figures in status: its slot's crash count, next backoff and last exit

@@ -2,12 +2,13 @@
 //! listeners bound, every worker sent a `Reconfigure`, then committed once all switched, or
 //! rolled back.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use super::*;
 use crate::config;
+use crate::gatherer::Answer;
 use crate::listeners::bind_listener;
+use crate::request_ids::Matched;
 
 /// Longest wait for every worker to acknowledge a reload.
 pub const RECONFIGURE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,12 +25,20 @@ pub(super) struct ReloadOp {
     /// The new listener set, in the order of `config.listeners`: duplicates of kept sockets
     /// and freshly bound ones. Dropping it (rollback) leaves the running set untouched.
     listeners: Vec<BoundListener>,
-    waiting: BTreeSet<Token>,
-    switched: Vec<Token>,
+    /// Each worker's `Reconfigure`, by request id, and its answer: `Err` holds the failure
+    /// as the client is told it.
+    gather: Gatherer<Token, Result<(), String>>,
+    /// Workers the configuration could not even be sent to.
     failures: Vec<String>,
-    pub(super) deadline: Instant,
     added: Vec<String>,
     removed: Vec<String>,
+}
+
+impl ReloadOp {
+    /// When the workers that have not answered are given up on.
+    pub(super) fn deadline(&self) -> Instant {
+        self.gather.deadline()
+    }
 }
 
 impl Supervisor {
@@ -204,10 +213,8 @@ impl Supervisor {
             config_source: source,
             metrics: metrics_plan,
             listeners,
-            waiting: BTreeSet::new(),
-            switched: Vec::new(),
+            gather: Gatherer::new(Instant::now() + RECONFIGURE_TIMEOUT),
             failures: Vec::new(),
-            deadline: Instant::now() + RECONFIGURE_TIMEOUT,
             added,
             removed,
         });
@@ -219,6 +226,7 @@ impl Supervisor {
 
     /// Send the pending reload's configuration (or, for a rollback, the running one).
     fn send_reconfigure(&mut self, token: Token, kind: ReconfigureKind) {
+        let request_id = self.request_ids.draw();
         let registry = self.poll.registry();
         let Some(process) = self.processes.get_mut(&token) else {
             return;
@@ -228,19 +236,22 @@ impl Supervisor {
             (ReconfigureKind::Reload, None) => return,
             (ReconfigureKind::Rollback, _) => (&self.config, &self.listeners),
         };
-        let message = MasterMessage::Reconfigure(WorkerStart {
-            worker_id: process.worker_id,
-            generation: process.generation,
-            config: Box::new(worker_config(config, self.slots.len())),
-            listeners: listeners.iter().map(BoundListener::handle).collect(),
-        });
+        let message = MasterMessage::Reconfigure {
+            request_id,
+            start: WorkerStart {
+                worker_id: process.worker_id,
+                generation: process.generation,
+                config: Box::new(worker_config(config, self.slots.len())),
+                listeners: listeners.iter().map(BoundListener::handle).collect(),
+            },
+        };
         let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.as_fd()).collect();
         match send(registry, process, &message, &fds) {
             Ok(()) => {
-                process.reconfigures.push_back(kind);
+                process.reconfigures.push(request_id, kind);
                 if kind == ReconfigureKind::Reload {
                     if let Some(op) = self.reload.as_mut() {
-                        op.waiting.insert(token);
+                        op.gather.ask(token, request_id);
                     }
                 }
             }
@@ -257,18 +268,48 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn reconfigure_reply(&mut self, token: Token, result: Result<(), String>) {
+    /// `Reconfigured` (`Ok`) or `ReconfigureFailed` from `token`'s worker, for request
+    /// `request_id` (ignored from a worker whose answers carry none: matched by order).
+    pub(super) fn reconfigure_reply(
+        &mut self,
+        token: Token,
+        request_id: u64,
+        result: Result<(), String>,
+    ) {
         let Some(process) = self.processes.get_mut(&token) else {
             return;
         };
         let worker_id = process.worker_id;
         let pid = process.pid.as_raw();
-        let Some(kind) = process.reconfigures.pop_front() else {
-            warn!(
-                worker_id,
-                pid, "worker sent a reconfigure reply nobody asked for; ignored"
-            );
-            return;
+        let matched = if process.answers_carry_ids() {
+            process.reconfigures.take(request_id)
+        } else {
+            process.reconfigures.take_oldest()
+        };
+        let (request_id, kind) = match matched {
+            Matched::Request {
+                request_id,
+                value,
+                overtaken,
+            } => {
+                for (lost, kind) in overtaken {
+                    warn!(
+                        worker_id,
+                        pid,
+                        request_id = lost,
+                        ?kind,
+                        "the answer to a reconfigure went to another master"
+                    );
+                }
+                (request_id, value)
+            }
+            Matched::Stale | Matched::Unsolicited => {
+                warn!(
+                    worker_id,
+                    pid, request_id, "worker sent a reconfigure reply nobody asked for; ignored"
+                );
+                return;
+            }
         };
         match kind {
             ReconfigureKind::Rollback => match result {
@@ -289,19 +330,32 @@ impl Supervisor {
                     // A late answer after a timeout: its rollback is already queued behind.
                     return;
                 };
-                if !op.waiting.remove(&token) {
-                    return;
-                }
-                match result {
-                    Ok(()) => {
-                        debug!(worker_id, pid, "worker switched to the new configuration");
-                        op.switched.push(token);
-                    }
-                    Err(reason) => {
-                        warn!(worker_id, pid, reason = %reason, "worker refused the new configuration");
-                        op.failures.push(format!(
-                            "worker {worker_id} (pid {pid}) refused it: {reason}"
-                        ));
+                let answer = match &result {
+                    Ok(()) => Ok(()),
+                    Err(reason) => Err(format!(
+                        "worker {worker_id} (pid {pid}) refused it: {reason}"
+                    )),
+                };
+                match op.gather.answer(token, request_id, answer, Instant::now()) {
+                    Answer::Accepted => match result {
+                        Ok(()) => {
+                            debug!(worker_id, pid, "worker switched to the new configuration")
+                        }
+                        Err(reason) => {
+                            warn!(worker_id, pid, reason = %reason, "worker refused the new configuration")
+                        }
+                    },
+                    // Another reload's request, or past the deadline: a worker counted as
+                    // silent gets the rollback too, queued behind.
+                    outcome @ (Answer::Unknown | Answer::Duplicate | Answer::Late) => {
+                        debug!(
+                            worker_id,
+                            pid,
+                            request_id,
+                            ?outcome,
+                            "reconfigure answer not counted"
+                        );
+                        return;
                     }
                 }
                 self.reload_check_done();
@@ -315,21 +369,53 @@ impl Supervisor {
         let Some(op) = self.reload.as_mut() else {
             return;
         };
-        op.switched.retain(|t| *t != token);
-        if op.waiting.remove(&token) {
+        if op.gather.gone(token) {
             self.reload_check_done();
         }
     }
 
+    /// The workers that have not answered by the deadline are given up on.
     pub(super) fn reload_timeout(&mut self, now: Instant) {
-        let Some(op) = self.reload.as_mut() else {
-            return;
-        };
-        if op.deadline > now || op.waiting.is_empty() {
+        if self.reload.as_ref().is_some_and(|op| op.deadline() <= now) {
+            self.reload_check_done();
+        }
+    }
+
+    /// Once every worker answered (or went away, or the deadline passed): commit if all
+    /// switched, roll back otherwise.
+    fn reload_check_done(&mut self) {
+        let now = Instant::now();
+        if !self
+            .reload
+            .as_ref()
+            .is_some_and(|op| op.gather.is_done(now))
+        {
             return;
         }
-        for token in &op.waiting {
-            if let Some(process) = self.processes.get(token) {
+        let Some(mut op) = self.reload.take() else {
+            return;
+        };
+        // Switched: answered yes and still there (a worker gone since is restarted with
+        // whichever configuration is running then).
+        let mut switched: Vec<Token> = op
+            .gather
+            .answers()
+            .filter(|(_, answer)| answer.is_ok())
+            .map(|(token, _)| token)
+            .filter(|token| {
+                self.processes
+                    .get(token)
+                    .is_some_and(|p| p.channel.is_some())
+            })
+            .collect();
+        let refusals: Vec<String> = op
+            .gather
+            .answers()
+            .filter_map(|(_, answer)| answer.as_ref().err().cloned())
+            .collect();
+        op.failures.extend(refusals);
+        for token in op.gather.waiting() {
+            if let Some(process) = self.processes.get(&token) {
                 op.failures.push(format!(
                     "worker {} (pid {}) did not answer within {}s",
                     process.worker_id,
@@ -337,32 +423,18 @@ impl Supervisor {
                     RECONFIGURE_TIMEOUT.as_secs()
                 ));
             }
+            // The silent ones may still switch: they get the rollback too, queued behind.
+            switched.push(token);
         }
-        // The silent ones may still switch: they get the rollback too, queued behind.
-        let silent = std::mem::take(&mut op.waiting);
-        op.switched.extend(silent);
-        self.reload_check_done();
-    }
-
-    fn reload_check_done(&mut self) {
-        let Some(op) = self.reload.as_ref() else {
-            return;
-        };
-        if !op.waiting.is_empty() {
-            return;
-        }
-        let Some(op) = self.reload.take() else {
-            return;
-        };
         if op.failures.is_empty() {
-            self.reload_commit(op);
+            self.reload_commit(op, switched.len());
         } else {
-            self.reload_rollback(op);
+            self.reload_rollback(op, &switched);
         }
     }
 
-    fn reload_rollback(&mut self, op: ReloadOp) {
-        for &token in &op.switched {
+    fn reload_rollback(&mut self, op: ReloadOp, switched: &[Token]) {
+        for &token in switched {
             self.send_reconfigure(token, ReconfigureKind::Rollback);
         }
         let message = format!(
@@ -370,10 +442,10 @@ impl Supervisor {
             op.config_name,
             op.failures.join("; "),
             self.config_name,
-            if op.switched.is_empty() {
+            if switched.is_empty() {
                 String::new()
             } else {
-                format!(" ({} worker(s) switched back)", op.switched.len())
+                format!(" ({} worker(s) switched back)", switched.len())
             }
         );
         error!("{message}");
@@ -383,7 +455,7 @@ impl Supervisor {
         self.finish(op.client, ControlResponse::Failed { message });
     }
 
-    fn reload_commit(&mut self, op: ReloadOp) {
+    fn reload_commit(&mut self, op: ReloadOp, switched: usize) {
         let old_count = self.slots.len();
         let old_pid_file = self.config.system.pid_file.clone();
         self.config = op.config;
@@ -426,7 +498,7 @@ impl Supervisor {
             self.config_name,
             list(&op.added),
             list(&op.removed),
-            op.switched.len()
+            switched
         );
         if target != old_count {
             message.push_str(&format!("; workers {old_count} -> {target}"));
