@@ -18,8 +18,10 @@ use crate::request_ids::{Matched, RequestIds};
 /// The first protocol whose answers carry the request's id.
 const FIRST_PROTOCOL_WITH_REQUEST_IDS: u32 = 4;
 
-/// How long a metrics poll waits for its answers before the next poll may ask again.
-pub(super) const STATUS_POLL_TIMEOUT: Duration = STATUS_INTERVAL;
+/// How long a metrics poll waits for its answers before the next poll may ask again. Under
+/// `STATUS_INTERVAL`, so that a silent worker does not make the next periodic poll skip.
+pub(super) const STATUS_POLL_TIMEOUT: Duration = Duration::from_secs(4);
+const _: () = assert!(STATUS_POLL_TIMEOUT.as_millis() < STATUS_INTERVAL.as_millis());
 
 impl WorkerProcess {
     /// Its answers carry request ids (otherwise they are matched by order).
