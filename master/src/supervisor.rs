@@ -103,10 +103,13 @@ mod takeover;
 mod upgrade;
 mod workers;
 
-use channel::{close_channel, register_channel, send, update_interest};
 use lifecycle::worker_config;
 pub use workers::WorkerState;
-use workers::{kill_process, PendingDone, ReconfigureKind, Role, WorkerProcess, WorkerSlot};
+use workers::{
+    close_channel, deregister_channel, flush, kill_process, register_channel, send,
+    update_interest, NewWorker, PendingDone, ReconfigureKind, Role, WorkerProcess, WorkerSlot,
+    FIRST_PROTOCOL_WITH_REQUEST_IDS,
+};
 
 pub use upgrade::Inherited;
 
@@ -361,7 +364,7 @@ impl Supervisor {
                 let current = slot
                     .current
                     .and_then(|token| self.processes.get(&token))
-                    .and_then(|process| process.counters.as_ref());
+                    .and_then(|process| process.counters());
                 (slot.worker_id, current.or(slot.last_counters.as_ref()))
             })
             .collect()
@@ -512,8 +515,8 @@ impl Drop for Supervisor {
     fn drop(&mut self) {
         for process in self.processes.values_mut() {
             kill_process(process);
-            if process.pidfd.is_none() {
-                while let Err(Errno::EINTR) = waitpid(process.pid, None) {}
+            if process.pidfd().is_none() {
+                while let Err(Errno::EINTR) = waitpid(process.pid(), None) {}
             }
         }
         self.kill_successor_master();

@@ -92,7 +92,7 @@ impl Supervisor {
                 let left = deadline.saturating_duration_since(Instant::now());
                 u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
             });
-            let mut process = WorkerProcess {
+            let mut process = WorkerProcess::new(NewWorker {
                 worker_id: record.id,
                 generation: record.generation,
                 role: if retired {
@@ -101,9 +101,8 @@ impl Supervisor {
                     Role::Current
                 },
                 pid,
-                channel: Some(Channel::from_owned_fd(channel_fd)),
+                channel: Channel::from_owned_fd(channel_fd),
                 token,
-                wants_write: false,
                 state: if retired {
                     WorkerState::Draining
                 } else {
@@ -111,24 +110,14 @@ impl Supervisor {
                 },
                 spawned_at: instant_of_unix_ms(record.started_at_unix_ms),
                 ready_at: Some(Instant::now()),
-                channel_closed_at: None,
-                killed: false,
-                fatal: None,
                 version: Some(record.version),
                 protocol_version: record.protocol_version,
                 counters: Some(record.counters),
-                status_asked: Default::default(),
                 drain_deadline,
-                restart_done: None,
-                reconfigures: Default::default(),
                 binary: record.binary,
-                pidfd: None,
                 ready_timeout: HANDSHAKE_TIMEOUT,
-                // Told to drain by the previous master: its drain time is not ours to measure.
-                drain_started: None,
                 ownership: inherited.ownership.clone(),
-                kill_deferred: false,
-            };
+            });
             let registry = self.poll.registry();
             let registered = register_channel(registry, &mut process).and_then(|()| {
                 registry
@@ -139,27 +128,27 @@ impl Supervisor {
                     )
                     .map_err(ProtocolError::from)
             });
-            process.pidfd = Some((pidfd, pidfd_token));
+            process.watch_through(pidfd, pidfd_token);
             self.pidfds.insert(pidfd_token, token);
             info!(
-                worker_id = process.worker_id,
+                worker_id = process.worker_id(),
                 pid = record.pid,
-                generation = process.generation,
+                generation = process.generation(),
                 retired,
                 drain_left_ms,
                 drain_deadline_recorded = record.drain_deadline_monotonic_ms.is_some(),
                 "adopted worker"
             );
             if !retired {
-                if let Some(index) = self.slot_index(process.worker_id) {
+                if let Some(index) = self.slot_index(process.worker_id()) {
                     if self.slots[index].current.is_none() {
                         self.slots[index].current = Some(token);
                     } else {
-                        process.role = Role::Retired;
+                        process.set_role(Role::Retired);
                     }
                 } else {
                     // The configuration has fewer workers than were running: not ours to keep.
-                    process.role = Role::Retired;
+                    process.set_role(Role::Retired);
                 }
             }
             self.processes.insert(token, process);
@@ -191,7 +180,10 @@ impl Supervisor {
             .iter()
             .filter_map(|(token, _)| {
                 let p = self.processes.get(token)?;
-                Some((token.0, format!("worker {} (pid {})", p.worker_id, p.pid)))
+                Some((
+                    token.0,
+                    format!("worker {} (pid {})", p.worker_id(), p.pid()),
+                ))
             })
             .collect();
         let hold = hold_fault(now);
@@ -309,7 +301,7 @@ impl Supervisor {
         let Some(process) = self.processes.get(&token) else {
             return;
         };
-        if let Some((pidfd, pidfd_token)) = process.pidfd.as_ref() {
+        if let Some((pidfd, pidfd_token)) = process.pidfd() {
             if !pidfd_exited(pidfd) {
                 return;
             }
@@ -319,7 +311,8 @@ impl Supervisor {
                 .deregister(&mut SourceFd(&pidfd.as_raw_fd()));
             self.pidfds.remove(pidfd_token);
         }
-        let clean = process.channel_closed_at.is_some() || matches!(process.role, Role::Retired);
+        let clean =
+            process.channel_closed_at().is_some() || matches!(process.role(), Role::Retired);
         self.worker_exited(token, "exited (adopted: exit status unknown)", clean);
         if !self.takeover_held() {
             self.adoption_event(Event::WorkerExited(token.0));

@@ -15,25 +15,10 @@ use super::*;
 use crate::gatherer::{Answer, Gatherer};
 use crate::request_ids::{Matched, RequestIds};
 
-/// The first protocol whose answers carry the request's id.
-const FIRST_PROTOCOL_WITH_REQUEST_IDS: u32 = 4;
-
 /// How long a metrics poll waits for its answers before the next poll may ask again. Under
 /// `STATUS_INTERVAL`, so that a silent worker does not make the next periodic poll skip.
 pub(super) const STATUS_POLL_TIMEOUT: Duration = Duration::from_secs(4);
 const _: () = assert!(STATUS_POLL_TIMEOUT.as_millis() < STATUS_INTERVAL.as_millis());
-
-impl WorkerProcess {
-    /// Its answers carry request ids (otherwise they are matched by order).
-    pub(super) fn answers_carry_ids(&self) -> bool {
-        self.protocol_version >= FIRST_PROTOCOL_WITH_REQUEST_IDS
-    }
-
-    /// The status request `request_id` sent to it is still unanswered.
-    pub(super) fn awaits_status(&self, request_id: u64) -> bool {
-        self.status_asked.contains(request_id)
-    }
-}
 
 /// Read a worker's message in the layout its protocol writes. A worker we started speaks ours
 /// (its Hello says so; one that does not is refused at the Hello check, so a Hello of the
@@ -68,9 +53,12 @@ impl Supervisor {
         let request_id = self.request_ids.draw();
         let registry = self.poll.registry();
         let process = self.processes.get_mut(&token)?;
-        if process.killed
-            || process.channel.is_none()
-            || !matches!(process.state, WorkerState::Running | WorkerState::Draining)
+        if process.killed()
+            || process.channel().is_none()
+            || !matches!(
+                process.state(),
+                WorkerState::Running | WorkerState::Draining
+            )
         {
             return None;
         }
@@ -81,7 +69,7 @@ impl Supervisor {
             &[],
         ) {
             Ok(()) => {
-                process.status_asked.push(request_id, ());
+                process.asked_status(request_id);
                 Some(request_id)
             }
             Err(err) => {
@@ -97,7 +85,7 @@ impl Supervisor {
         waits.iter().all(|&(token, request_id)| {
             self.processes
                 .get(&token)
-                .is_none_or(|p| !p.awaits_status(request_id) || p.channel.is_none() || p.killed)
+                .is_none_or(|p| !p.awaits_status(request_id) || p.channel().is_none() || p.killed())
         })
     }
 
@@ -113,7 +101,7 @@ impl Supervisor {
             let silent: Vec<u32> = round
                 .waiting()
                 .filter_map(|token| self.processes.get(&token))
-                .map(|p| p.worker_id)
+                .map(|p| p.worker_id())
                 .collect();
             if !silent.is_empty() {
                 debug!(
@@ -142,13 +130,12 @@ impl Supervisor {
         let Some(process) = self.processes.get_mut(&token) else {
             return;
         };
-        let (worker_id, pid, generation) =
-            (process.worker_id, process.pid.as_raw(), process.generation);
-        let matched = if process.answers_carry_ids() {
-            process.status_asked.take(request_id)
-        } else {
-            process.status_asked.take_oldest()
-        };
+        let (worker_id, pid, generation) = (
+            process.worker_id(),
+            process.pid().as_raw(),
+            process.generation(),
+        );
+        let matched = process.match_status_answer(request_id);
         let answered: Vec<u64> = match matched {
             Matched::Request {
                 request_id,
@@ -185,7 +172,7 @@ impl Supervisor {
                 info!(
                     worker_id,
                     pid,
-                    protocol = process.protocol_version,
+                    protocol = process.protocol_version(),
                     "ignoring a status answer to no request of this master (an old worker \
                      answering another master's request)"
                 );
@@ -200,7 +187,7 @@ impl Supervisor {
             requests_total = counters.requests_total,
             "worker status"
         );
-        process.counters = Some(counters.clone());
+        process.set_counters(counters.clone());
         let now = Instant::now();
         let rounds = self
             .pending_status

@@ -1,86 +1,8 @@
 //! The worker channels: reading and dispatching worker messages (the handshake as a state
-//! machine per worker), sending with writable interest kept in step with the backlog, and what
-//! happens when a channel breaks or a worker misbehaves.
+//! machine per worker), and what happens when a channel breaks or a worker misbehaves. Sending,
+//! with writable interest kept in step with the backlog, is `workers::channel_io`.
 
 use super::*;
-
-pub(super) fn register_channel(
-    registry: &Registry,
-    process: &mut WorkerProcess,
-) -> Result<(), ProtocolError> {
-    let Some(channel) = process.channel.as_ref() else {
-        return Err(ProtocolError::Closed);
-    };
-    channel.stream().set_nonblocking(true)?;
-    registry.register(
-        &mut SourceFd(&channel.as_raw_fd()),
-        process.token,
-        Interest::READABLE,
-    )?;
-    Ok(())
-}
-
-pub(super) fn close_channel(registry: &Registry, process: &mut WorkerProcess) {
-    if let Some(channel) = process.channel.take() {
-        // Closing the fd would drop it from the epoll set as well; deregistering first keeps
-        // the registry's view exact.
-        let _ = registry.deregister(&mut SourceFd(&channel.as_raw_fd()));
-    }
-    process.wants_write = false;
-}
-
-pub(super) fn send(
-    registry: &Registry,
-    process: &mut WorkerProcess,
-    message: &MasterMessage,
-    fds: &[BorrowedFd<'_>],
-) -> Result<(), ProtocolError> {
-    let channel = process.channel.as_mut().ok_or(ProtocolError::Closed)?;
-    // An adopted worker of an older protocol reads only its own layout (protocol 1's
-    // `Drain`, `Stop` and `StatusRequest` are protocol 2's).
-    match process.protocol_version {
-        0..=2 => {
-            let legacy = MasterMessageV2::try_from(message)
-                .map_err(|err| ProtocolError::Invalid(err.to_string()))?;
-            channel.send(&legacy, fds)?;
-        }
-        3 => {
-            let legacy = MasterMessageV3::try_from(message)
-                .map_err(|err| ProtocolError::Invalid(err.to_string()))?;
-            channel.send(&legacy, fds)?;
-        }
-        _ => {
-            channel.send(message, fds)?;
-        }
-    }
-    update_interest(registry, process)
-}
-
-pub(super) fn flush(registry: &Registry, process: &mut WorkerProcess) -> Result<(), ProtocolError> {
-    let channel = process.channel.as_mut().ok_or(ProtocolError::Closed)?;
-    channel.flush()?;
-    update_interest(registry, process)
-}
-
-pub(super) fn update_interest(
-    registry: &Registry,
-    process: &mut WorkerProcess,
-) -> Result<(), ProtocolError> {
-    let Some(channel) = process.channel.as_ref() else {
-        return Ok(());
-    };
-    let wants_write = channel.has_pending_output();
-    if wants_write != process.wants_write {
-        let interest = if wants_write {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
-        registry.reregister(&mut SourceFd(&channel.as_raw_fd()), process.token, interest)?;
-        process.wants_write = wants_write;
-    }
-    Ok(())
-}
 
 impl Supervisor {
     pub(super) fn handle_channel_event(&mut self, token: Token, writable: bool) {
@@ -98,9 +20,9 @@ impl Supervisor {
             let Some(process) = self.processes.get_mut(&token) else {
                 return;
             };
-            let protocol_version = process.protocol_version;
-            let awaiting_hello = process.state == WorkerState::AwaitingHello;
-            let Some(channel) = process.channel.as_mut() else {
+            let protocol_version = process.protocol_version();
+            let awaiting_hello = process.state() == WorkerState::AwaitingHello;
+            let Some(channel) = process.channel_mut() else {
                 return;
             };
             match channel.recv() {
@@ -126,10 +48,10 @@ impl Supervisor {
         let Some(process) = self.processes.get_mut(&token) else {
             return;
         };
-        let worker_id = process.worker_id;
-        let generation = process.generation;
-        let pid = process.pid.as_raw();
-        match (process.state, message) {
+        let worker_id = process.worker_id();
+        let generation = process.generation();
+        let pid = process.pid().as_raw();
+        match (process.state(), message) {
             (WorkerState::AwaitingHello, WorkerMessage::Hello(hello)) => {
                 if let Err(err) = check_version(hello.protocol_version) {
                     self.worker_failed(token, err.to_string());
@@ -142,20 +64,19 @@ impl Supervisor {
                     worker_version = %hello.software_version,
                     "worker hello"
                 );
-                process.version = Some(hello.software_version);
+                process.hello(hello.software_version);
                 self.send_start(token);
             }
             (WorkerState::AwaitingReady, WorkerMessage::Ready) => {
-                process.state = WorkerState::Running;
-                process.ready_at = Some(Instant::now());
+                process.ready(Instant::now());
                 info!(
                     worker_id,
                     pid,
                     generation,
-                    startup_ms = process.spawned_at.elapsed().as_millis() as u64,
+                    startup_ms = process.spawned_at().elapsed().as_millis() as u64,
                     "worker ready"
                 );
-                match process.role {
+                match process.role() {
                     Role::Current => self.check_started(),
                     Role::Successor { .. } => self.promote_successor(token),
                     // Retired before it was ready (a reload shrank the pool): its Drain is
@@ -171,12 +92,12 @@ impl Supervisor {
                 },
             ) => self.status_answer(token, request_id, counters),
             (_, WorkerMessage::Draining { active_connections }) => {
-                process.state = WorkerState::Draining;
+                process.draining();
                 info!(
                     worker_id,
                     pid, generation, active_connections, "worker draining"
                 );
-                if let Some(done) = process.restart_done.take() {
+                if let Some(done) = process.take_restart_done() {
                     let message = format!(
                         "{}, old draining ({active_connections} connections)",
                         done.message
@@ -190,7 +111,7 @@ impl Supervisor {
             }
             (_, WorkerMessage::Fatal { reason }) => {
                 error!(worker_id, pid, generation, reason = %reason, "worker reported a fatal error");
-                process.fatal = Some(reason);
+                process.set_fatal(reason);
             }
             (_, WorkerMessage::Reconfigured { request_id }) => {
                 self.reconfigure_reply(token, request_id, Ok(()))
@@ -220,13 +141,13 @@ impl Supervisor {
             return;
         };
         let start = MasterMessage::Start(WorkerStart {
-            worker_id: process.worker_id,
-            generation: process.generation,
+            worker_id: process.worker_id(),
+            generation: process.generation(),
             config: Box::new(worker_config(&self.config, self.slots.len())),
             listeners: self.listeners.iter().map(BoundListener::handle).collect(),
         });
         let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.as_fd()).collect();
-        process.state = WorkerState::AwaitingReady;
+        process.start_sent();
         if let Err(err) = send(self.poll.registry(), process, &start, &fds) {
             self.channel_failed(token, err);
         }
@@ -240,14 +161,14 @@ impl Supervisor {
             return;
         };
         close_channel(registry, process);
-        process.channel_closed_at = Some(Instant::now());
+        process.channel_closed(Instant::now());
         if err.is_closed() {
             // The worker is exiting or dead: its exit status, reaped shortly, says more than
             // the EOF. One that keeps running is killed after EOF_KILL_GRACE.
             debug!(
-                worker_id = process.worker_id,
-                pid = process.pid.as_raw(),
-                generation = process.generation,
+                worker_id = process.worker_id(),
+                pid = process.pid().as_raw(),
+                generation = process.generation(),
                 "worker channel closed"
             );
         } else {
@@ -266,15 +187,13 @@ impl Supervisor {
             return;
         };
         error!(
-            worker_id = process.worker_id,
-            pid = process.pid.as_raw(),
-            generation = process.generation,
+            worker_id = process.worker_id(),
+            pid = process.pid().as_raw(),
+            generation = process.generation(),
             reason = %reason,
             "worker failed; killing it"
         );
-        if process.fatal.is_none() {
-            process.fatal = Some(reason);
-        }
+        process.fatal_unless_known(reason);
         close_channel(registry, process);
         kill_process(process);
         self.cannot_answer(token);

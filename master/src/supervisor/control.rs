@@ -148,10 +148,10 @@ impl Supervisor {
         slot: Option<&WorkerSlot>,
         stale: bool,
     ) -> WorkerStatus {
-        let state = if process.killed || process.channel.is_none() {
+        let state = if process.killed() || process.channel().is_none() {
             CtlState::Stopped
         } else {
-            match (&process.role, process.state) {
+            match (&process.role(), process.state()) {
                 (_, WorkerState::AwaitingHello | WorkerState::AwaitingReady) => CtlState::Starting,
                 (Role::Retired, _) | (_, WorkerState::Draining) => CtlState::Draining,
                 (_, WorkerState::Running) => CtlState::Running,
@@ -159,14 +159,14 @@ impl Supervisor {
         };
         let (restarts, next_restart_delay_ms, last_exit) = restart_figures(slot);
         WorkerStatus {
-            id: process.worker_id,
-            pid: process.pid.as_raw().unsigned_abs(),
-            generation: process.generation,
-            version: process.version.clone().unwrap_or_default(),
-            binary: process.binary.clone(),
+            id: process.worker_id(),
+            pid: process.pid().as_raw().unsigned_abs(),
+            generation: process.generation(),
+            version: process.version().unwrap_or_default().to_owned(),
+            binary: process.binary().to_owned(),
             state,
-            uptime_s: process.spawned_at.elapsed().as_secs(),
-            counters: process.counters.clone().unwrap_or_default(),
+            uptime_s: process.spawned_at().elapsed().as_secs(),
+            counters: process.counters().cloned().unwrap_or_default(),
             stale,
             restarts,
             next_restart_delay_ms,
@@ -181,7 +181,7 @@ impl Supervisor {
                 Some(process) => workers.push(self.worker_status(
                     process,
                     Some(slot),
-                    stale.contains(&process.token),
+                    stale.contains(&process.token()),
                 )),
                 // Between a crash and its restart.
                 None => {
@@ -206,10 +206,14 @@ impl Supervisor {
         // Successors, then retired workers, oldest first.
         for want_retired in [false, true] {
             for process in self.processes.values() {
-                let retired = matches!(process.role, Role::Retired);
-                let current = matches!(process.role, Role::Current);
+                let retired = matches!(process.role(), Role::Retired);
+                let current = matches!(process.role(), Role::Current);
                 if !current && retired == want_retired {
-                    workers.push(self.worker_status(process, None, stale.contains(&process.token)));
+                    workers.push(self.worker_status(
+                        process,
+                        None,
+                        stale.contains(&process.token()),
+                    ));
                 }
             }
         }
@@ -258,7 +262,7 @@ impl Supervisor {
             return self.refuse(Some(client), message);
         };
         let in_progress = self.processes.values().any(|process| {
-            process.worker_id == worker_id && matches!(process.role, Role::Successor { .. })
+            process.worker_id() == worker_id && matches!(process.role(), Role::Successor { .. })
         });
         if in_progress {
             let message = format!("a restart of worker {worker_id} is already in progress");
@@ -267,11 +271,11 @@ impl Supervisor {
         let old = self.slots[index]
             .current
             .and_then(|token| self.processes.get(&token));
-        let Some(old) = old.filter(|old| old.state == WorkerState::Running) else {
+        let Some(old) = old.filter(|old| old.state() == WorkerState::Running) else {
             let message = format!("worker {worker_id} is not running (it is being restarted)");
             return self.refuse(Some(client), message);
         };
-        let old_pid = old.pid.as_raw();
+        let old_pid = old.pid().as_raw();
         match self.spawn_process(
             worker_id,
             Role::Successor {
@@ -283,7 +287,7 @@ impl Supervisor {
                 let pid = self
                     .processes
                     .get(&token)
-                    .map_or(0, |process| process.pid.as_raw());
+                    .map_or(0, |process| process.pid().as_raw());
                 self.progress(
                     Some(client),
                     format!("worker {worker_id}: started pid {pid} to replace pid {old_pid}; waiting until it is ready"),
@@ -303,16 +307,16 @@ impl Supervisor {
         let Some(process) = self.processes.get_mut(&token) else {
             return;
         };
-        if matches!(process.role, Role::Successor { upgrade: true, .. }) {
+        if matches!(process.role(), Role::Successor { upgrade: true, .. }) {
             return self.rolling_successor_ready(token);
         }
-        let client = match std::mem::replace(&mut process.role, Role::Current) {
+        let client = match process.replace_role(Role::Current) {
             Role::Successor { client, .. } => client,
             _ => None,
         };
-        let worker_id = process.worker_id;
-        let pid = process.pid.as_raw();
-        let ready_ms = process.spawned_at.elapsed().as_millis();
+        let worker_id = process.worker_id();
+        let pid = process.pid().as_raw();
+        let ready_ms = process.spawned_at().elapsed().as_millis();
         let Some(index) = self.slot_index(worker_id) else {
             // The slot went away (cannot happen while restarts and reloads exclude each
             // other); do not leave an orphan serving.
@@ -328,7 +332,7 @@ impl Supervisor {
             let message = format!("worker {worker_id}: pid {pid} ready in {ready_ms} ms");
             return self.finish(client, ControlResponse::Done { message });
         };
-        let old_pid = self.processes.get(&old).map_or(0, |p| p.pid.as_raw());
+        let old_pid = self.processes.get(&old).map_or(0, |p| p.pid().as_raw());
         let drain = Duration::from_secs(self.config.system.graceful_shutdown_timeout_secs);
         info!(
             worker_id,
@@ -345,7 +349,7 @@ impl Supervisor {
             format!("worker {worker_id}: pid {old_pid} -> pid {pid} ready in {ready_ms} ms");
         if self.retire(old, drain) {
             if let Some(process) = self.processes.get_mut(&old) {
-                process.restart_done = Some(PendingDone {
+                process.expect_drain_ack(PendingDone {
                     client,
                     message,
                     deadline: Instant::now() + DRAIN_ACK_TIMEOUT,

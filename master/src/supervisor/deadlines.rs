@@ -31,17 +31,17 @@ impl Supervisor {
         let mut failures = Vec::new();
         let mut done_timeouts = Vec::new();
         for (&token, process) in self.processes.iter_mut() {
-            if let Some(done) = process.restart_done.as_ref() {
+            if let Some(done) = process.restart_done() {
                 if done.deadline <= now {
-                    done_timeouts.push(process.restart_done.take());
+                    done_timeouts.push(process.take_restart_done());
                 }
             }
-            if process.killed || !process.ownership.is_confirmed() {
+            if process.killed() || !process.ownership().is_confirmed() {
                 continue; // a tentative worker's deadlines count from the confirmation
             }
-            let pid = process.pid.as_raw();
-            let worker_id = process.worker_id;
-            let generation = process.generation;
+            let pid = process.pid().as_raw();
+            let worker_id = process.worker_id();
+            let generation = process.generation();
             if kill_everyone {
                 warn!(
                     worker_id,
@@ -57,7 +57,7 @@ impl Supervisor {
                 );
                 kill_process(process);
             } else if process
-                .channel_closed_at
+                .channel_closed_at()
                 .is_some_and(|at| at + EOF_KILL_GRACE <= now)
             {
                 warn!(
@@ -65,16 +65,19 @@ impl Supervisor {
                     pid, generation, "worker closed its channel but did not exit; killing it"
                 );
                 kill_process(process);
-            } else if process.channel.is_some()
+            } else if process.channel().is_some()
                 && matches!(
-                    process.state,
+                    process.state(),
                     WorkerState::AwaitingHello | WorkerState::AwaitingReady
                 )
-                && process.spawned_at + process.ready_timeout <= now
+                && process.spawned_at() + process.ready_timeout() <= now
             {
                 failures.push((
                     token,
-                    format!("not ready within {} ms", process.ready_timeout.as_millis()),
+                    format!(
+                        "not ready within {} ms",
+                        process.ready_timeout().as_millis()
+                    ),
                 ));
             }
         }
@@ -123,23 +126,23 @@ impl Supervisor {
         deadlines.extend(self.upgrade_deadline());
         deadlines.extend(self.exit_flush_until);
         for process in self.processes.values() {
-            if let Some(done) = &process.restart_done {
+            if let Some(done) = &process.restart_done() {
                 deadlines.push(done.deadline);
             }
-            if process.killed || !process.ownership.is_confirmed() {
+            if process.killed() || !process.ownership().is_confirmed() {
                 continue;
             }
             if let Some(at) = process.drain_kill_at() {
                 deadlines.push(at);
             }
-            if let Some(at) = process.channel_closed_at {
+            if let Some(at) = process.channel_closed_at() {
                 deadlines.push(at + EOF_KILL_GRACE);
             }
             if matches!(
-                process.state,
+                process.state(),
                 WorkerState::AwaitingHello | WorkerState::AwaitingReady
             ) {
-                deadlines.push(process.spawned_at + process.ready_timeout);
+                deadlines.push(process.spawned_at() + process.ready_timeout());
             }
         }
         deadlines.into_iter().min()

@@ -80,18 +80,18 @@ impl Supervisor {
             return self.refuse(client, format!("refused: {reason}"));
         }
         if let Some(process) = self.processes.values().find(|p| {
-            matches!(p.role, Role::Successor { .. })
-                || (!p.killed
-                    && p.channel.is_some()
+            matches!(p.role(), Role::Successor { .. })
+                || (!p.killed()
+                    && p.channel().is_some()
                     && matches!(
-                        p.state,
+                        p.state(),
                         WorkerState::AwaitingHello | WorkerState::AwaitingReady
                     ))
         }) {
             let message = format!(
                 "refused: worker {} (pid {}) is starting; retry once it is running",
-                process.worker_id,
-                process.pid.as_raw()
+                process.worker_id(),
+                process.pid().as_raw()
             );
             return self.refuse(client, message);
         }
@@ -171,8 +171,8 @@ impl Supervisor {
         let mut stuck: Vec<String> = self
             .processes
             .values()
-            .filter(|p| p.channel.as_ref().is_some_and(Channel::has_pending_output))
-            .map(|p| format!("worker {} (pid {})", p.worker_id, p.pid))
+            .filter(|p| p.channel().is_some_and(Channel::has_pending_output))
+            .map(|p| format!("worker {} (pid {})", p.worker_id(), p.pid()))
             .collect();
         if let (Some(c), Some(control)) = (client, self.control.as_ref()) {
             if control.client_output_pending(c) {
@@ -242,30 +242,30 @@ impl Supervisor {
         let clocks = ClockPair::now();
         let mut workers = Vec::new();
         for process in self.processes.values() {
-            let Some(channel) = process.channel.as_ref() else {
+            let Some(channel) = process.channel() else {
                 continue; // exiting; the new master never hears of it
             };
-            if process.killed {
+            if process.killed() {
                 continue;
             }
             inherit.push(channel.as_raw_fd());
-            let state = match (&process.role, process.state) {
+            let state = match (&process.role(), process.state()) {
                 (Role::Retired, _) | (_, WorkerState::Draining) => CtlState::Draining,
                 _ => CtlState::Running,
             };
             workers.push(WorkerRecord {
-                id: process.worker_id,
-                pid: process.pid.as_raw().unsigned_abs(),
-                generation: process.generation,
+                id: process.worker_id(),
+                pid: process.pid().as_raw().unsigned_abs(),
+                generation: process.generation(),
                 channel_fd: channel.as_raw_fd(),
-                version: process.version.clone().unwrap_or_default(),
-                binary: process.binary.clone(),
-                started_at_unix_ms: unix_ms_ago(process.spawned_at.elapsed()),
+                version: process.version().unwrap_or_default().to_owned(),
+                binary: process.binary().to_owned(),
+                started_at_unix_ms: unix_ms_ago(process.spawned_at().elapsed()),
                 state,
-                counters: process.counters.clone().unwrap_or_default(),
-                protocol_version: process.protocol_version,
+                counters: process.counters().cloned().unwrap_or_default(),
+                protocol_version: process.protocol_version(),
                 drain_deadline_monotonic_ms: process
-                    .drain_deadline
+                    .drain_deadline()
                     .zip(clocks)
                     .map(|(deadline, clocks)| clocks.monotonic_ms(deadline)),
             });
@@ -369,10 +369,7 @@ impl Supervisor {
             metrics.pause(registry);
         }
         for process in self.processes.values_mut() {
-            if let Some(channel) = process.channel.as_ref() {
-                let _ = registry.deregister(&mut SourceFd(&channel.as_raw_fd()));
-            }
-            process.wants_write = false;
+            deregister_channel(registry, process);
         }
         if let Err(err) = registered {
             self.handover_event(Event::PipeError(format!(
@@ -506,10 +503,9 @@ impl Supervisor {
         // Resume reading the workers; anything they sent meanwhile is still queued.
         let mut broken = Vec::new();
         for (&token, process) in self.processes.iter_mut() {
-            if process.channel.is_none() {
+            if process.channel().is_none() {
                 continue; // closed before the handover; its exit is handled as usual
             }
-            process.wants_write = false;
             if register_channel(registry, process).is_err() {
                 broken.push(token);
                 continue;

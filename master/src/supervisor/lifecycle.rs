@@ -61,34 +61,24 @@ impl Supervisor {
         })?;
         let pid = spawned.pid;
         info!(worker_id, pid = pid.as_raw(), generation, "worker spawned");
-        let mut process = WorkerProcess {
+        let mut process = WorkerProcess::new(NewWorker {
             worker_id,
             generation,
             role,
             pid,
-            channel: Some(spawned.channel),
+            channel: spawned.channel,
             token,
-            wants_write: false,
             state: WorkerState::AwaitingHello,
             spawned_at: Instant::now(),
             ready_at: None,
-            channel_closed_at: None,
-            killed: false,
-            fatal: None,
             version: None,
             protocol_version: PROTOCOL_VERSION,
             counters: None,
-            status_asked: Outstanding::default(),
             drain_deadline: None,
-            restart_done: None,
-            reconfigures: Outstanding::default(),
             binary,
-            pidfd: None,
             ready_timeout,
-            drain_started: None,
             ownership: Ownership::confirmed(),
-            kill_deferred: false,
-        };
+        });
         let registry = self.poll.registry();
         let setup = register_channel(registry, &mut process).and_then(|()| {
             let hello = MasterMessage::Hello(Hello {
@@ -149,7 +139,7 @@ impl Supervisor {
         let all_running = self.slots.iter().all(|slot| {
             slot.current
                 .and_then(|token| self.processes.get(&token))
-                .is_some_and(|process| process.state == WorkerState::Running)
+                .is_some_and(|process| process.state() == WorkerState::Running)
         });
         if all_running {
             self.phase = Phase::Running;
@@ -171,10 +161,8 @@ impl Supervisor {
         let Some(process) = self.processes.get_mut(&token) else {
             return false;
         };
-        process.role = Role::Retired;
-        process.drain_deadline = Some(Instant::now() + drain);
-        process.drain_started.get_or_insert_with(Instant::now);
-        if process.state == WorkerState::AwaitingHello || process.channel.is_none() {
+        process.retire(Instant::now(), drain);
+        if process.state() == WorkerState::AwaitingHello || process.channel().is_none() {
             kill_process(process);
             return false;
         }
@@ -182,9 +170,9 @@ impl Supervisor {
             timeout_ms: u64::try_from(drain.as_millis()).unwrap_or(u64::MAX),
         };
         info!(
-            worker_id = process.worker_id,
-            pid = process.pid.as_raw(),
-            generation = process.generation,
+            worker_id = process.worker_id(),
+            pid = process.pid().as_raw(),
+            generation = process.generation(),
             timeout_ms = drain.as_millis() as u64,
             "retiring worker"
         );
@@ -224,7 +212,7 @@ impl Supervisor {
             let token = self
                 .processes
                 .iter()
-                .find(|(_, process)| process.pid == pid)
+                .find(|(_, process)| process.pid() == pid)
                 .map(|(token, _)| *token);
             match token {
                 Some(token) => self.worker_exited(token, &description, clean),
@@ -244,27 +232,27 @@ impl Supervisor {
         self.metrics_worker_exited(&process);
         self.cannot_answer(token);
         self.rolling_event(RollingEvent::WorkerExited { worker: token });
-        let worker_id = process.worker_id;
-        let generation = process.generation;
-        let pid = process.pid.as_raw();
-        match process.role {
+        let worker_id = process.worker_id();
+        let generation = process.generation();
+        let pid = process.pid().as_raw();
+        match process.role() {
             Role::Retired => {
                 if clean {
                     info!(worker_id, pid, generation, status, "retired worker exited");
                 } else {
                     warn!(worker_id, pid, generation, status, "retired worker exited");
                 }
-                if let Some(done) = process.restart_done.take() {
+                if let Some(done) = process.take_restart_done() {
                     let message = format!("{}, old exited ({status})", done.message);
                     self.finish(done.client, ControlResponse::Done { message });
                 }
                 return;
             }
             Role::Successor { upgrade: true, .. } => {
-                let reason = process.fatal.as_deref().unwrap_or("exited during start-up");
+                let reason = process.fatal().unwrap_or("exited during start-up");
                 let message = format!(
                     "worker {worker_id}: new worker pid {pid} from {} failed: {reason} ({status})",
-                    process.binary
+                    process.binary()
                 );
                 error!(worker_id, pid, generation, "{message}");
                 self.rolling_event(RollingEvent::SuccessorFailed {
@@ -274,12 +262,12 @@ impl Supervisor {
                 return;
             }
             Role::Successor { client, .. } => {
-                let reason = process.fatal.as_deref().unwrap_or("exited during start-up");
+                let reason = process.fatal().unwrap_or("exited during start-up");
                 let old_pid = self
                     .slot_index(worker_id)
                     .and_then(|index| self.slots[index].current)
                     .and_then(|old| self.processes.get(&old))
-                    .map_or(0, |old| old.pid.as_raw());
+                    .map_or(0, |old| old.pid().as_raw());
                 let message = format!(
                     "worker {worker_id}: new worker pid {pid} failed: {reason} ({status}); pid {old_pid} keeps serving"
                 );
@@ -298,8 +286,8 @@ impl Supervisor {
         };
         let slot = &mut self.slots[index];
         slot.current = None;
-        if process.counters.is_some() {
-            slot.last_counters = process.counters.take();
+        if process.counters().is_some() {
+            slot.last_counters = process.take_counters();
         }
         if stopping {
             if clean {
@@ -314,13 +302,13 @@ impl Supervisor {
             pid,
             generation,
             status,
-            reason = process.fatal.as_deref().unwrap_or(""),
+            reason = process.fatal().unwrap_or(""),
             "worker exited unexpectedly"
         );
         // A worker that never became ready fails the start-up (a broken binary or config must
         // not restart in a loop); one that was serving and died is restarted like any other.
-        if starting && process.ready_at.is_none() {
-            let reason = match &process.fatal {
+        if starting && process.ready_at().is_none() {
+            let reason = match &process.fatal() {
                 Some(fatal) => format!("{fatal} ({status})"),
                 None => format!("exited during start-up ({status})"),
             };
@@ -340,7 +328,7 @@ impl Supervisor {
         }
         let slot = &mut self.slots[index];
         let ran_for = process
-            .ready_at
+            .ready_at()
             .map(|ready| ready.elapsed())
             .unwrap_or_default();
         let delay = slot.backoff.on_failure(ran_for);

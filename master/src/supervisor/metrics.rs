@@ -42,10 +42,10 @@ impl Supervisor {
             let workers = processes
                 .values()
                 .filter_map(|p| {
-                    p.counters.as_ref().map(|counters| WorkerSample {
-                        worker_id: p.worker_id,
-                        pid: p.pid.as_raw(),
-                        generation: p.generation,
+                    p.counters().map(|counters| WorkerSample {
+                        worker_id: p.worker_id(),
+                        pid: p.pid().as_raw(),
+                        generation: p.generation(),
                         counters,
                     })
                 })
@@ -74,10 +74,10 @@ impl Supervisor {
     /// A worker process is gone: its last counters join the totals, a drained one's drain time
     /// joins the histogram.
     pub(super) fn metrics_worker_exited(&mut self, process: &WorkerProcess) {
-        if let Some(counters) = &process.counters {
+        if let Some(counters) = &process.counters() {
             metrics::retire_counters(&mut self.master_metrics, counters);
         }
-        if let (Role::Retired, Some(started)) = (&process.role, process.drain_started) {
+        if let (Role::Retired, Some(started)) = (&process.role(), process.drain_started()) {
             metrics::observe_drain(&mut self.master_metrics, started.elapsed());
         }
     }
@@ -109,8 +109,8 @@ impl Supervisor {
         // Processes the successor will never hear of (exiting: the same test as in
         // `begin_upgrade`) leave their counts in the totals, which must not go down.
         for process in self.processes.values() {
-            if process.channel.is_none() || process.killed {
-                if let Some(counters) = &process.counters {
+            if process.channel().is_none() || process.killed() {
+                if let Some(counters) = &process.counters() {
                     metrics::retire_counters(&mut m, counters);
                 }
             }

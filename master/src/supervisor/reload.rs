@@ -48,15 +48,19 @@ impl Supervisor {
         if let Some(reason) = self.busy_reason() {
             return self.refuse(client, format!("reload refused: {reason}"));
         }
-        if let Some(process) = self.processes.values().find(|process| match process.role {
-            Role::Successor { .. } => true,
-            Role::Current => process.state != WorkerState::Running,
-            Role::Retired => false,
-        }) {
+        if let Some(process) = self
+            .processes
+            .values()
+            .find(|process| match process.role() {
+                Role::Successor { .. } => true,
+                Role::Current => process.state() != WorkerState::Running,
+                Role::Retired => false,
+            })
+        {
             let message = format!(
                 "reload refused: worker {} (pid {}) is starting; retry once it is running",
-                process.worker_id,
-                process.pid.as_raw()
+                process.worker_id(),
+                process.pid().as_raw()
             );
             return self.refuse(client, message);
         }
@@ -64,13 +68,15 @@ impl Supervisor {
         let older: Vec<String> = self
             .processes
             .values()
-            .filter(|p| matches!(p.role, Role::Current) && p.protocol_version != PROTOCOL_VERSION)
+            .filter(|p| {
+                matches!(p.role(), Role::Current) && p.protocol_version() != PROTOCOL_VERSION
+            })
             .map(|p| {
                 format!(
                     "worker {} (pid {}, protocol {})",
-                    p.worker_id,
-                    p.pid.as_raw(),
-                    p.protocol_version
+                    p.worker_id(),
+                    p.pid().as_raw(),
+                    p.protocol_version()
                 )
             })
             .collect();
@@ -196,7 +202,7 @@ impl Supervisor {
             .filter(|token| {
                 self.processes
                     .get(token)
-                    .is_some_and(|p| p.channel.is_some() && !p.killed)
+                    .is_some_and(|p| p.channel().is_some() && !p.killed())
             })
             .collect();
         self.progress(
@@ -239,8 +245,8 @@ impl Supervisor {
         let message = MasterMessage::Reconfigure {
             request_id,
             start: WorkerStart {
-                worker_id: process.worker_id,
-                generation: process.generation,
+                worker_id: process.worker_id(),
+                generation: process.generation(),
                 config: Box::new(worker_config(config, self.slots.len())),
                 listeners: listeners.iter().map(BoundListener::handle).collect(),
             },
@@ -248,7 +254,7 @@ impl Supervisor {
         let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.as_fd()).collect();
         match send(registry, process, &message, &fds) {
             Ok(()) => {
-                process.reconfigures.push(request_id, kind);
+                process.sent_reconfigure(request_id, kind);
                 if kind == ReconfigureKind::Reload {
                     if let Some(op) = self.reload.as_mut() {
                         op.gather.ask(token, request_id);
@@ -259,8 +265,8 @@ impl Supervisor {
                 if let Some(op) = self.reload.as_mut() {
                     op.failures.push(format!(
                         "worker {} (pid {}): cannot send the configuration: {err}",
-                        process.worker_id,
-                        process.pid.as_raw()
+                        process.worker_id(),
+                        process.pid().as_raw()
                     ));
                 }
                 self.channel_failed(token, err);
@@ -279,13 +285,9 @@ impl Supervisor {
         let Some(process) = self.processes.get_mut(&token) else {
             return;
         };
-        let worker_id = process.worker_id;
-        let pid = process.pid.as_raw();
-        let matched = if process.answers_carry_ids() {
-            process.reconfigures.take(request_id)
-        } else {
-            process.reconfigures.take_oldest()
-        };
+        let worker_id = process.worker_id();
+        let pid = process.pid().as_raw();
+        let matched = process.match_reconfigure_answer(request_id);
         let (request_id, kind) = match matched {
             Matched::Request {
                 request_id,
@@ -405,7 +407,7 @@ impl Supervisor {
             .filter(|token| {
                 self.processes
                     .get(token)
-                    .is_some_and(|p| p.channel.is_some())
+                    .is_some_and(|p| p.channel().is_some())
             })
             .collect();
         let refusals: Vec<String> = op
@@ -418,8 +420,8 @@ impl Supervisor {
             if let Some(process) = self.processes.get(&token) {
                 op.failures.push(format!(
                     "worker {} (pid {}) did not answer within {}s",
-                    process.worker_id,
-                    process.pid.as_raw(),
+                    process.worker_id(),
+                    process.pid().as_raw(),
                     RECONFIGURE_TIMEOUT.as_secs()
                 ));
             }

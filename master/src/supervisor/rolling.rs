@@ -90,7 +90,7 @@ impl Supervisor {
                 successor,
             } => {
                 if let Some(process) = self.processes.get_mut(&successor) {
-                    process.role = Role::Current;
+                    process.set_role(Role::Current);
                 }
                 if let Some(index) = self.slot_index(worker_id) {
                     self.slots[index].backoff = Backoff::default();
@@ -169,9 +169,9 @@ impl Supervisor {
         let Some(process) = self.processes.get(&successor) else {
             return;
         };
-        let worker_id = process.worker_id;
-        let pid = process.pid.as_raw().unsigned_abs();
-        let ready_ms = u64::try_from(process.spawned_at.elapsed().as_millis()).unwrap_or(0);
+        let worker_id = process.worker_id();
+        let pid = process.pid().as_raw().unsigned_abs();
+        let ready_ms = u64::try_from(process.spawned_at().elapsed().as_millis()).unwrap_or(0);
         let replaced = self
             .slot_index(worker_id)
             .and_then(|index| self.slots[index].current)
@@ -180,9 +180,9 @@ impl Supervisor {
                 let process = self.processes.get(&old)?;
                 Some(Replaced {
                     worker: old,
-                    pid: process.pid.as_raw().unsigned_abs(),
+                    pid: process.pid().as_raw().unsigned_abs(),
                     active_connections: process
-                        .counters
+                        .counters()
                         .as_ref()
                         .map_or(0, |c| c.active_connections),
                 })

@@ -61,26 +61,26 @@ impl Supervisor {
         let registry = self.poll.registry();
         let mut broken = Vec::new();
         for (&token, process) in self.processes.iter_mut() {
-            if process.killed || process.channel.is_none() {
+            if process.killed() || process.channel().is_none() {
                 continue; // already on its way out
             }
-            if let Role::Successor { .. } = process.role {
-                process.fatal = Some("the master is stopping".to_owned());
+            if let Role::Successor { .. } = process.role() {
+                process.set_fatal("the master is stopping".to_owned());
                 kill_process(process);
                 continue;
             }
-            if process.state == WorkerState::AwaitingHello {
+            if process.state() == WorkerState::AwaitingHello {
                 // It has no listeners and no connections: nothing to drain.
                 kill_process(process);
                 continue;
             }
-            if matches!(process.role, Role::Retired) && kind == StopKind::Graceful {
+            if matches!(process.role(), Role::Retired) && kind == StopKind::Graceful {
                 continue; // already draining on its own deadline
             }
             debug!(
-                worker_id = process.worker_id,
-                pid = process.pid.as_raw(),
-                generation = process.generation,
+                worker_id = process.worker_id(),
+                pid = process.pid().as_raw(),
+                generation = process.generation(),
                 message = message.kind(),
                 "stopping worker"
             );

@@ -118,14 +118,14 @@ impl Supervisor {
         let deferred: Vec<Token> = self
             .processes
             .iter()
-            .filter(|(_, process)| process.kill_deferred)
+            .filter(|(_, process)| process.kill_deferred())
             .map(|(&token, _)| token)
             .collect();
         for token in deferred {
             if let Some(process) = self.processes.get_mut(&token) {
                 warn!(
-                    worker_id = process.worker_id,
-                    pid = process.pid.as_raw(),
+                    worker_id = process.worker_id(),
+                    pid = process.pid().as_raw(),
                     "takeover confirmed: killing the adopted worker it decided to kill before"
                 );
                 kill_process(process);
