@@ -6,6 +6,7 @@
 
 use zentinel_protocol::control::{ControlRequest, ControlResponse};
 use zentinel_protocol::frame::{self, FrameDecoder};
+use zentinel_protocol::messages::v3::WorkerMessageV3;
 use zentinel_protocol::messages::{MasterMessage, WorkerMessage};
 
 pub fn check(data: &[u8]) {
@@ -18,6 +19,8 @@ pub fn check(data: &[u8]) {
         let payload = decoded.payload.as_slice();
         let _ = frame::deserialize::<MasterMessage>(payload);
         let _ = frame::deserialize::<WorkerMessage>(payload);
+        // What the master reads from an adopted protocol 3 worker.
+        let _ = frame::deserialize::<WorkerMessageV3>(payload);
         let _ = frame::deserialize::<ControlRequest>(payload);
         let _ = frame::deserialize::<ControlResponse>(payload);
     }

@@ -16,7 +16,17 @@
 //! - [`ownership`]: tentative, then confirmed ownership of what a successor master adopts.
 //! - [`backoff`]: restart delays.
 //! - [`ticket_keys`]: the TLS session-ticket keys every worker shares, and their rotation.
+//! - [`request_ids`]: ids for requests to workers, unique across masters, and the matching of
+//!   answers to them.
+//! - [`gatherer`]: one round of questions to several workers, gathered by request id.
 //! - [`logging`]: the tracing subscriber shared by master and workers.
+//!
+//! Raw libc calls are in one private module, `sys`, each behind a safe function; everywhere
+//! else `unsafe` is refused.
+
+// Raw libc calls live in `sys`, each with its `// SAFETY:` argument; `unsafe` anywhere else
+// is refused.
+#![deny(unsafe_code)]
 
 pub mod backoff;
 pub mod config;
@@ -24,6 +34,7 @@ pub mod control;
 pub mod control_socket_path;
 pub mod drain_deadline;
 pub mod error_log_file;
+pub mod gatherer;
 pub mod handover_state_file;
 pub mod listeners;
 pub mod logging;
@@ -31,7 +42,10 @@ pub mod metrics;
 pub mod ownership;
 pub mod pid_file;
 pub mod preflight;
+pub mod request_ids;
 pub mod supervisor;
+#[allow(unsafe_code)]
+mod sys;
 pub mod systemd;
 pub mod ticket_keys;
 pub mod upgrade;

@@ -20,7 +20,7 @@
 //! The handshake runs inside the loop, as a state machine per worker, so that a slow or stuck
 //! worker never keeps the master from reacting to signals or to other workers.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -38,6 +38,7 @@ use zentinel_protocol::config::ProxyConfig;
 use zentinel_protocol::config_source::ConfigSource;
 use zentinel_protocol::control::{ControlRequest, ControlResponse};
 use zentinel_protocol::messages::v2::MasterMessageV2;
+use zentinel_protocol::messages::v3::MasterMessageV3;
 use zentinel_protocol::messages::{
     Hello, MasterMessage, WorkerCounters, WorkerMessage, WorkerStart, PROTOCOL_VERSION,
 };
@@ -45,9 +46,11 @@ use zentinel_protocol::{Channel, ProtocolError};
 
 use crate::backoff::Backoff;
 use crate::control::{ControlServer, ControlSocket};
+use crate::gatherer::Gatherer;
 use crate::listeners::BoundListener;
 use crate::metrics::MetricsServer;
 use crate::ownership::Ownership;
+use crate::request_ids::{Outstanding, RequestIds};
 use crate::systemd;
 use crate::upgrade::rolling::RollingEvent;
 use crate::worker_process::{spawn_worker, Executable, WorkerArgs};
@@ -76,9 +79,11 @@ const UPGRADE_PIPE_TOKEN: Token = Token(2);
 const FIRST_WORKER_TOKEN: usize = 3;
 
 mod adoption;
+mod answers;
 mod control;
 mod handover;
 mod metrics;
+mod reload;
 mod rolling;
 mod takeover;
 mod upgrade;
@@ -110,9 +115,7 @@ pub fn block_signals() -> nix::Result<SignalFd> {
     // Shells start background jobs with SIGINT and SIGQUIT ignored and nohup ignores SIGHUP;
     // an ignored SIGCHLD would even make the kernel reap workers behind our back.
     for signal in set.iter() {
-        // SAFETY: installs SIG_DFL, no handler code; the signal is blocked, so the default
-        // action cannot fire either.
-        unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl) }?;
+        crate::sys::default_disposition(signal)?;
     }
     SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
 }
@@ -219,7 +222,8 @@ struct PendingDone {
     deadline: Instant,
 }
 
-/// Why a `Reconfigure` was sent, so its reply (replies come in order) reaches the right place.
+/// Why a `Reconfigure` was sent, so that its answer (matched to it by request id) reaches the
+/// right place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReconfigureKind {
     Reload,
@@ -251,15 +255,14 @@ struct WorkerProcess {
     /// checked), the previous master's record for an adopted one.
     protocol_version: u32,
     counters: Option<WorkerCounters>,
-    /// Status requests sent / replies received: replies come in order, so a reply numbered
-    /// `n` answers the n-th request.
-    status_sent: u64,
-    status_received: u64,
+    /// Status requests sent and not answered yet, by request id (see [`answers`]).
+    status_asked: Outstanding<()>,
     /// A retired worker's drain deadline (what it was told when retired, kept across master
     /// hand-overs); still running `DRAIN_KILL_GRACE` after it, it is killed.
     drain_deadline: Option<Instant>,
     restart_done: Option<PendingDone>,
-    reconfigures: VecDeque<ReconfigureKind>,
+    /// `Reconfigure`s sent and not answered yet, by request id.
+    reconfigures: Outstanding<ReconfigureKind>,
     /// The executable it was started from (status shows it per worker).
     binary: String,
     /// Adopted from a previous master: not our child, so supervised through this pidfd
@@ -336,7 +339,11 @@ pub struct Supervisor {
     started_at: Instant,
     control: Option<ControlServer>,
     pending_status: Vec<control::PendingStatus>,
-    reload: Option<control::ReloadOp>,
+    /// Where the ids of requests to workers come from (unique across masters).
+    request_ids: RequestIds,
+    /// The last poll of every worker's counters (metrics), while its answers come in.
+    status_poll: Option<Gatherer<Token, ()>>,
+    reload: Option<reload::ReloadOp>,
     /// Clients of `Stop` requests, told `Done` right before exit.
     stop_clients: Vec<Token>,
     /// The previous master's executable (after a binary upgrade): a failed rolling upgrade
@@ -436,6 +443,8 @@ impl Supervisor {
             started_at: Instant::now(),
             control,
             pending_status: Vec::new(),
+            request_ids: RequestIds::for_this_master(),
+            status_poll: None,
             reload: None,
             stop_clients: Vec::new(),
             previous_executable: None,
@@ -497,6 +506,7 @@ impl Supervisor {
         }
         if let Some(inherited) = self.inherited.take() {
             self.adopt(inherited);
+            self.asked_fault();
         } else {
             for index in 0..self.slots.len() {
                 self.start_worker(index);
@@ -680,21 +690,24 @@ impl Supervisor {
         }
         // Edge-triggered: read until the channel has nothing more.
         loop {
-            let Some(channel) = self
-                .processes
-                .get_mut(&token)
-                .and_then(|process| process.channel.as_mut())
-            else {
+            let Some(process) = self.processes.get_mut(&token) else {
+                return;
+            };
+            let protocol_version = process.protocol_version;
+            let awaiting_hello = process.state == WorkerState::AwaitingHello;
+            let Some(channel) = process.channel.as_mut() else {
                 return;
             };
             match channel.recv() {
-                Ok(Some(frame)) => match frame.deserialize::<WorkerMessage>() {
-                    Ok(message) => self.handle_message(token, message),
-                    Err(err) => {
-                        self.worker_failed(token, format!("sent an invalid message: {err}"));
-                        return;
+                Ok(Some(frame)) => {
+                    match answers::read_worker_message(&frame, protocol_version, awaiting_hello) {
+                        Ok(message) => self.handle_message(token, message),
+                        Err(err) => {
+                            self.worker_failed(token, format!("sent an invalid message: {err}"));
+                            return;
+                        }
                     }
-                },
+                }
                 Ok(None) => return,
                 Err(err) => {
                     self.channel_failed(token, err);
@@ -745,25 +758,13 @@ impl Supervisor {
                     Role::Retired => {}
                 }
             }
-            (_, WorkerMessage::Status(counters)) => {
-                debug!(
-                    worker_id,
-                    pid,
-                    generation,
-                    active_connections = counters.active_connections,
-                    requests_total = counters.requests_total,
-                    "worker status"
-                );
-                process.counters = Some(counters.clone());
-                process.status_received += 1;
-                let request_id = process.status_received;
-                self.status_progress();
-                self.rolling_event(RollingEvent::StatusAnswered {
-                    worker: token,
+            (
+                _,
+                WorkerMessage::Status {
                     request_id,
                     counters,
-                });
-            }
+                },
+            ) => self.status_answer(token, request_id, counters),
             (_, WorkerMessage::Draining { active_connections }) => {
                 process.state = WorkerState::Draining;
                 info!(
@@ -786,9 +787,11 @@ impl Supervisor {
                 error!(worker_id, pid, generation, reason = %reason, "worker reported a fatal error");
                 process.fatal = Some(reason);
             }
-            (_, WorkerMessage::Reconfigured) => self.reconfigure_reply(token, Ok(())),
-            (_, WorkerMessage::ReconfigureFailed { reason }) => {
-                self.reconfigure_reply(token, Err(reason))
+            (_, WorkerMessage::Reconfigured { request_id }) => {
+                self.reconfigure_reply(token, request_id, Ok(()))
+            }
+            (_, WorkerMessage::ReconfigureFailed { request_id, reason }) => {
+                self.reconfigure_reply(token, request_id, Err(reason))
             }
             (state, message) => {
                 let unexpected = format!(
@@ -914,8 +917,7 @@ impl Supervisor {
             self.worker_failed(token, format!("channel error: {err}"));
         }
         // Nobody waits for a reply on a closed channel.
-        self.status_progress();
-        self.reload_forget(token);
+        self.cannot_answer(token);
         self.rolling_event(RollingEvent::WorkerSilenced { worker: token });
     }
 
@@ -938,8 +940,7 @@ impl Supervisor {
         }
         close_channel(registry, process);
         kill_process(process);
-        self.status_progress();
-        self.reload_forget(token);
+        self.cannot_answer(token);
         self.rolling_event(RollingEvent::WorkerSilenced { worker: token });
     }
 
@@ -1002,11 +1003,10 @@ impl Supervisor {
             version: None,
             protocol_version: PROTOCOL_VERSION,
             counters: None,
-            status_sent: 0,
-            status_received: 0,
+            status_asked: Outstanding::default(),
             drain_deadline: None,
             restart_done: None,
-            reconfigures: VecDeque::new(),
+            reconfigures: Outstanding::default(),
             binary,
             pidfd: None,
             ready_timeout,
@@ -1144,8 +1144,7 @@ impl Supervisor {
         };
         close_channel(registry, &mut process);
         self.metrics_worker_exited(&process);
-        self.status_progress();
-        self.reload_forget(token);
+        self.cannot_answer(token);
         self.rolling_event(RollingEvent::WorkerExited { worker: token });
         let worker_id = process.worker_id;
         let generation = process.generation;
@@ -1446,49 +1445,6 @@ impl Supervisor {
         }
     }
 
-    /// Every `(worker, reply number)` of `waits` answered, or can no longer answer (gone, its
-    /// channel closed, or killed).
-    fn all_answered(&self, waits: &[(Token, u64)]) -> bool {
-        waits.iter().all(|&(token, seq)| {
-            self.processes
-                .get(&token)
-                .is_none_or(|p| p.status_received >= seq || p.channel.is_none() || p.killed)
-        })
-    }
-
-    /// Ask one worker for its counters; returns the number its reply will have.
-    fn ask_status(&mut self, token: Token) -> Option<u64> {
-        if self.handing_over() {
-            // The successor master may be talking to the workers already: one writer only.
-            return None;
-        }
-        let registry = self.poll.registry();
-        let process = self.processes.get_mut(&token)?;
-        if process.killed
-            || process.channel.is_none()
-            || !matches!(process.state, WorkerState::Running | WorkerState::Draining)
-        {
-            return None;
-        }
-        match send(registry, process, &MasterMessage::StatusRequest, &[]) {
-            Ok(()) => {
-                process.status_sent += 1;
-                Some(process.status_sent)
-            }
-            Err(err) => {
-                self.channel_failed(token, err);
-                None
-            }
-        }
-    }
-
-    fn request_status(&mut self) {
-        let tokens: Vec<Token> = self.processes.keys().copied().collect();
-        for token in tokens {
-            self.ask_status(token);
-        }
-    }
-
     fn next_deadline(&self) -> Option<Instant> {
         let mut deadlines: Vec<Instant> = Vec::new();
         match &self.phase {
@@ -1500,10 +1456,12 @@ impl Supervisor {
         if let Some(at) = self.control.as_ref().and_then(ControlServer::next_deadline) {
             deadlines.push(at);
         }
-        deadlines.extend(self.pending_status.iter().map(|pending| pending.deadline));
-        if let Some(reload) = &self.reload {
-            deadlines.push(reload.deadline);
-        }
+        deadlines.extend(
+            self.pending_status
+                .iter()
+                .map(|pending| pending.gather.deadline()),
+        );
+        deadlines.extend(self.reload.as_ref().map(reload::ReloadOp::deadline));
         deadlines.extend(self.metrics.as_ref().and_then(MetricsServer::next_deadline));
         let stopping = matches!(self.phase, Phase::Stopping { .. });
         if !stopping && self.reload.is_none() && !self.handing_over() && !self.tentative() {
@@ -1592,13 +1550,22 @@ fn send(
     fds: &[BorrowedFd<'_>],
 ) -> Result<(), ProtocolError> {
     let channel = process.channel.as_mut().ok_or(ProtocolError::Closed)?;
-    if process.protocol_version == 2 {
-        // An adopted worker of the previous protocol reads only its own layout.
-        let legacy = MasterMessageV2::try_from(message)
-            .map_err(|err| ProtocolError::Invalid(err.to_string()))?;
-        channel.send(&legacy, fds)?;
-    } else {
-        channel.send(message, fds)?;
+    // An adopted worker of an older protocol reads only its own layout (protocol 1's
+    // `Drain`, `Stop` and `StatusRequest` are protocol 2's).
+    match process.protocol_version {
+        0..=2 => {
+            let legacy = MasterMessageV2::try_from(message)
+                .map_err(|err| ProtocolError::Invalid(err.to_string()))?;
+            channel.send(&legacy, fds)?;
+        }
+        3 => {
+            let legacy = MasterMessageV3::try_from(message)
+                .map_err(|err| ProtocolError::Invalid(err.to_string()))?;
+            channel.send(&legacy, fds)?;
+        }
+        _ => {
+            channel.send(message, fds)?;
+        }
     }
     update_interest(registry, process)
 }

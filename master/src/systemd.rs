@@ -12,7 +12,7 @@
 //! tell systemd so is better than one that exits over it.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixDatagram};
 use std::time::Duration;
@@ -142,23 +142,17 @@ fn parse_listen_fds(
     for index in 0..count {
         // `count` is at most MAX_LISTEN_FDS, so this cannot overflow.
         let number = LISTEN_FDS_START + index as RawFd;
-        // SAFETY: F_GETFD only reads the flags of descriptor `number`; an unused number fails
-        // with EBADF and nothing is changed.
-        let flags = unsafe { libc::fcntl(number, libc::F_GETFD) };
-        if flags < 0 {
-            return Err(ActivationError::NotOpen {
+        // The socket-activation protocol reserves fds 3..3+LISTEN_FDS for us: nothing else in
+        // this process owns them. The variables are gone, so each is taken exactly once.
+        let fd =
+            crate::sys::take_inherited_fd(number).map_err(|source| ActivationError::NotOpen {
                 count,
                 fd: number,
-                source: io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: as above; sets close-on-exec on an open descriptor, so that only the copies
-        // the master hands out on purpose reach a child.
-        unsafe { libc::fcntl(number, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
-        // SAFETY: the descriptor is open (checked above) and was inherited under the
-        // socket-activation protocol, which reserves fds 3..3+LISTEN_FDS for us: nothing else
-        // in this process owns it. The variables are gone, so it is taken exactly once.
-        let fd = unsafe { OwnedFd::from_raw_fd(number) };
+                source,
+            })?;
+        // Close-on-exec, so that only the copies the master hands out on purpose reach a
+        // child. It cannot fail on an fd just found open.
+        let _ = crate::sys::set_cloexec(number);
         let name = names
             .as_ref()
             .and_then(|n| n.get(index))
@@ -260,17 +254,11 @@ pub fn status(status: &str) {
 
 /// `CLOCK_MONOTONIC` in microseconds, the clock systemd compares `MONOTONIC_USEC=` with.
 pub fn monotonic_usec() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `now`.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    if rc != 0 {
+    let Ok(now) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) else {
         return 0;
-    }
-    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
-    let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
+    };
+    let secs = u64::try_from(now.tv_sec()).unwrap_or(0);
+    let nanos = u64::try_from(now.tv_nsec()).unwrap_or(0);
     secs.saturating_mul(1_000_000).saturating_add(nanos / 1_000)
 }
 

@@ -6,7 +6,7 @@
 //! was replaced still runs the code that speaks this master's protocol.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -207,9 +207,7 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     if fd.as_raw_fd() > 2 {
         return Ok(fd);
     }
-    let raw = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(3)).map_err(io::Error::from)?;
-    // SAFETY: F_DUPFD_CLOEXEC just returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    crate::sys::dup_above_stdio(fd.as_raw_fd())
 }
 
 /// Set close-on-exec on every fd above stdio that this process inherited without it.
@@ -226,15 +224,7 @@ pub fn set_cloexec_on_inherited_fds() -> io::Result<()> {
         .collect();
     // The directory's own fd was in the listing and is closed now: EBADF, skipped.
     for fd in fds {
-        // SAFETY: F_GETFD/F_SETFD only read and change the close-on-exec flag of descriptor
-        // number `fd`; nothing is closed or reinterpreted, and an unused number fails with
-        // EBADF.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
-                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-            }
-        }
+        let _ = crate::sys::set_cloexec(fd);
     }
     Ok(())
 }
@@ -255,17 +245,18 @@ mod tests {
     use std::os::fd::IntoRawFd;
 
     fn is_cloexec(fd: &OwnedFd) -> bool {
-        // SAFETY: F_GETFD only reads flags of an fd we own.
-        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+        let flags = fcntl(fd, FcntlArg::F_GETFD).unwrap();
         flags & libc::FD_CLOEXEC != 0
     }
 
     #[test]
     fn adopts_a_unix_stream_and_sets_cloexec() {
         let (a, _b) = UnixStream::pair().unwrap();
-        let raw = OwnedFd::from(a).into_raw_fd();
-        // SAFETY: clearing FD_CLOEXEC on an fd this test owns, as an exec'd worker sees it.
-        assert_ne!(unsafe { libc::fcntl(raw, libc::F_SETFD, 0) }, -1);
+        let a = OwnedFd::from(a);
+        // Without FD_CLOEXEC, as an exec'd worker sees its channel.
+        fcntl(&a, FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+        assert!(!is_cloexec(&a));
+        let raw = a.into_raw_fd();
         let fd = adopt_channel_fd(raw).unwrap();
         assert!(is_cloexec(&fd));
     }

@@ -17,6 +17,18 @@ use crate::config::ProxyConfig;
 
 /// Bumped whenever a message layout changes incompatibly.
 ///
+/// 4: every request that expects an answer carries a request id, which the answer echoes
+/// (`StatusRequest` -> `Status`, `Reconfigure` -> `Reconfigured`/`ReconfigureFailed`). Two
+/// masters read the same channels during a binary upgrade, so an answer may reach a master
+/// that never sent its request (a successor that asked and then failed leaves its answers to
+/// the previous master): answers were matched to requests by order before, and such an answer
+/// made a later request look answered with old counters. The master draws ids unique across
+/// masters (`master/src/request_ids.rs`) and ignores answers to ids it is not waiting for. An
+/// adopted protocol 3 worker is talked to in its own layout ([`v3::MasterMessageV3`], read
+/// back as [`v3::WorkerMessageV3`]); its answers carry no id and are matched by order, as
+/// before. `Drain` -> `Draining` stays without an id: `Draining` reports a state (the worker
+/// stopped accepting), true whoever asked, and only the master in charge ever sends `Drain`.
+///
 /// 3: `WorkerStart::config` is boxed, so the archived `MasterMessage` no longer grows with the
 /// configuration model (the config lives behind a relative pointer). An adopted protocol 2
 /// worker still receives `Drain`, `Stop` and `StatusRequest` in the layout it reads
@@ -28,9 +40,14 @@ use crate::config::ProxyConfig;
 /// `StatusRequest` (all an adopted worker gets from a new master: adoption sends no Hello) are
 /// byte-for-byte what version 1 sent; the Hello check only refuses a version 1 binary started
 /// by a version 2 master (a rollback), which could not read its `Start` anyway.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
+
+/// The request id no master ever draws: what an answer read from a worker of protocol 3 or
+/// older (whose answers carry no id) is given, to be matched to its request by order.
+pub const NO_REQUEST_ID: u64 = 0;
 
 pub mod v2;
+pub mod v3;
 
 /// The first message each way on a channel (and on a control connection): who speaks, and which
 /// protocol.
@@ -87,13 +104,22 @@ pub enum MasterMessage {
     },
     /// Exit now, dropping connections.
     Stop,
-    /// Ask for a `Status` reply.
-    StatusRequest,
+    /// Ask for a `Status` reply carrying the same `request_id`.
+    StatusRequest {
+        /// Echoed in the answer (never [`NO_REQUEST_ID`]).
+        request_id: u64,
+    },
     /// Reload: switch to this configuration and exactly these listeners (fds attached, in
     /// order). New connections use the new config; sessions already open finish on the old one.
     /// Listeners no longer named are deregistered and their fd duplicates closed. The worker
-    /// answers `Reconfigured`, or `ReconfigureFailed` and keeps running on its old config.
-    Reconfigure(WorkerStart),
+    /// answers `Reconfigured`, or `ReconfigureFailed` and keeps running on its old config, with
+    /// the same `request_id`.
+    Reconfigure {
+        /// Echoed in the answer (never [`NO_REQUEST_ID`]).
+        request_id: u64,
+        /// What the worker runs from now on, as `Start` carries it.
+        start: WorkerStart,
+    },
 }
 
 /// A worker's counters. All are totals since the worker started, except `active_connections`.
@@ -138,7 +164,12 @@ pub enum WorkerMessage {
     /// The worker polls every listener it was given.
     Ready,
     /// The answer to [`MasterMessage::StatusRequest`]: the counters now.
-    Status(WorkerCounters),
+    Status {
+        /// The request's id.
+        request_id: u64,
+        /// The counters when the request was read.
+        counters: WorkerCounters,
+    },
     /// The worker stopped accepting; `active_connections` are still being finished.
     Draining {
         /// Connections open when it stopped accepting.
@@ -149,10 +180,16 @@ pub enum WorkerMessage {
         /// Why the worker cannot go on.
         reason: String,
     },
-    /// The worker now runs the configuration of the last `Reconfigure`.
-    Reconfigured,
-    /// The `Reconfigure` was refused; the worker runs its previous configuration unchanged.
+    /// The worker now runs the configuration of the `Reconfigure` with this id.
+    Reconfigured {
+        /// The request's id.
+        request_id: u64,
+    },
+    /// The `Reconfigure` with this id was refused; the worker runs its previous configuration
+    /// unchanged.
     ReconfigureFailed {
+        /// The request's id.
+        request_id: u64,
         /// Why the configuration was refused (file, listener or upstream named).
         reason: String,
     },
@@ -166,8 +203,8 @@ impl MasterMessage {
             MasterMessage::Start(_) => "Start",
             MasterMessage::Drain { .. } => "Drain",
             MasterMessage::Stop => "Stop",
-            MasterMessage::StatusRequest => "StatusRequest",
-            MasterMessage::Reconfigure(_) => "Reconfigure",
+            MasterMessage::StatusRequest { .. } => "StatusRequest",
+            MasterMessage::Reconfigure { .. } => "Reconfigure",
         }
     }
 }
@@ -180,8 +217,8 @@ impl ArchivedMasterMessage {
             ArchivedMasterMessage::Start(_) => "Start",
             ArchivedMasterMessage::Drain { .. } => "Drain",
             ArchivedMasterMessage::Stop => "Stop",
-            ArchivedMasterMessage::StatusRequest => "StatusRequest",
-            ArchivedMasterMessage::Reconfigure(_) => "Reconfigure",
+            ArchivedMasterMessage::StatusRequest { .. } => "StatusRequest",
+            ArchivedMasterMessage::Reconfigure { .. } => "Reconfigure",
         }
     }
 }
@@ -192,10 +229,10 @@ impl WorkerMessage {
         match self {
             WorkerMessage::Hello(_) => "Hello",
             WorkerMessage::Ready => "Ready",
-            WorkerMessage::Status(_) => "Status",
+            WorkerMessage::Status { .. } => "Status",
             WorkerMessage::Draining { .. } => "Draining",
             WorkerMessage::Fatal { .. } => "Fatal",
-            WorkerMessage::Reconfigured => "Reconfigured",
+            WorkerMessage::Reconfigured { .. } => "Reconfigured",
             WorkerMessage::ReconfigureFailed { .. } => "ReconfigureFailed",
         }
     }
@@ -207,10 +244,10 @@ impl ArchivedWorkerMessage {
         match self {
             ArchivedWorkerMessage::Hello(_) => "Hello",
             ArchivedWorkerMessage::Ready => "Ready",
-            ArchivedWorkerMessage::Status(_) => "Status",
+            ArchivedWorkerMessage::Status { .. } => "Status",
             ArchivedWorkerMessage::Draining { .. } => "Draining",
             ArchivedWorkerMessage::Fatal { .. } => "Fatal",
-            ArchivedWorkerMessage::Reconfigured => "Reconfigured",
+            ArchivedWorkerMessage::Reconfigured { .. } => "Reconfigured",
             ArchivedWorkerMessage::ReconfigureFailed { .. } => "ReconfigureFailed",
         }
     }

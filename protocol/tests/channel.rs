@@ -54,7 +54,8 @@ fn passes_a_batch_of_socket_fds_in_order() {
     let pairs: Vec<(UnixStream, UnixStream)> =
         (0..5).map(|_| UnixStream::pair().unwrap()).collect();
     let fds: Vec<BorrowedFd<'_>> = pairs.iter().map(|(a, _)| a.as_fd()).collect();
-    tx.send(&MasterMessage::StatusRequest, &fds).unwrap();
+    tx.send(&MasterMessage::StatusRequest { request_id: 1 }, &fds)
+        .unwrap();
 
     let frame = common::pump(&mut tx, &mut rx);
     assert_eq!(frame.fds.len(), 5);

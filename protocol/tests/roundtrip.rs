@@ -138,9 +138,10 @@ fn control_messages_keep_their_protocol_2_layout() {
 /// Since protocol 3 the configuration travels behind a pointer (`Box<ProxyConfig>`), so the
 /// archived `MasterMessage` keeps one size however the configuration model grows: a worker of
 /// this protocol finds `Drain`, `Stop` and `StatusRequest` from any later master where it
-/// expects them. If this fails, a message layout changed: bump `PROTOCOL_VERSION`.
+/// expects them. If this fails, a message layout changed: bump `PROTOCOL_VERSION` (and freeze
+/// this one as `messages::v3` freezes protocol 3).
 #[test]
-fn master_messages_keep_their_protocol_3_size() {
+fn master_messages_keep_their_protocol_4_size() {
     use std::mem::{align_of, size_of};
     use zentinel_protocol::messages::ArchivedMasterMessage;
     let size = size_of::<ArchivedMasterMessage>();
@@ -148,5 +149,231 @@ fn master_messages_keep_their_protocol_3_size() {
     let drain =
         rkyv::to_bytes::<rkyv::rancor::Error>(&MasterMessage::Drain { timeout_ms: 7 }).unwrap();
     assert_eq!(drain.len(), size);
-    assert_eq!(size, 40, "archived MasterMessage size of protocol 3");
+    assert_eq!(size, 48, "archived MasterMessage size of protocol 4");
+    assert_eq!(size_of::<ArchivedWorkerMessage>(), 120);
+    assert_eq!(PROTOCOL_VERSION, 4);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The frozen protocol 3 layout (`messages::v3`), spoken with adopted protocol 3 workers
+// ---------------------------------------------------------------------------------------------
+
+/// `prefix` followed by zeros up to `len` bytes.
+fn padded(prefix: &[u8], len: usize) -> Vec<u8> {
+    let mut bytes = prefix.to_vec();
+    bytes.resize(len, 0);
+    bytes
+}
+
+fn encode<T>(value: &T) -> Vec<u8>
+where
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<
+            rkyv::util::AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rkyv::rancor::Error,
+        >,
+    >,
+{
+    rkyv::to_bytes::<rkyv::rancor::Error>(value)
+        .unwrap()
+        .to_vec()
+}
+
+/// A protocol 3 worker reads the master's messages at `end - 40`: `MasterMessageV3` encodes
+/// `Drain`, `Stop` and `StatusRequest` byte for byte as the protocol 3 build did (captured
+/// from it), and refuses what such a worker is never sent.
+#[test]
+fn adopted_protocol_3_workers_get_their_own_layout() {
+    use std::mem::{align_of, size_of};
+    use zentinel_protocol::messages::v3::{ArchivedMasterMessageV3, MasterMessageV3};
+    assert_eq!(size_of::<ArchivedMasterMessageV3>(), 40);
+    assert_eq!(align_of::<ArchivedMasterMessageV3>(), 8);
+    let encoded = |message: &MasterMessage| encode(&MasterMessageV3::try_from(message).unwrap());
+    let mut drain = padded(&[2], 40);
+    drain[8..10].copy_from_slice(&1234u16.to_le_bytes());
+    assert_eq!(encoded(&MasterMessage::Drain { timeout_ms: 1234 }), drain);
+    assert_eq!(encoded(&MasterMessage::Stop), padded(&[3], 40));
+    // The request id stays with the master: the answer is matched by order.
+    assert_eq!(
+        encoded(&MasterMessage::StatusRequest { request_id: 99 }),
+        padded(&[4], 40)
+    );
+    let hello = MasterMessage::Hello(Hello {
+        protocol_version: 3,
+        pid: 1,
+        software_version: String::new(),
+    });
+    assert!(MasterMessageV3::try_from(&hello).is_err());
+}
+
+/// Counters with a distinct value in each field (1 to 13), to pin their order.
+fn numbered_counters() -> WorkerCounters {
+    WorkerCounters {
+        active_connections: 1,
+        accepted_total: 2,
+        requests_total: 3,
+        responses_1xx: 4,
+        responses_2xx: 5,
+        responses_3xx: 6,
+        responses_4xx: 7,
+        responses_5xx: 8,
+        upstream_errors: 9,
+        client_errors: 10,
+        accept_errors: 11,
+        bytes_in: 12,
+        bytes_out: 13,
+    }
+}
+
+/// What the protocol 3 build sent for each worker message (captured from it), what
+/// `WorkerMessageV3` encodes, and what the master reads from those bytes: today's message,
+/// answers without a request id.
+#[test]
+fn protocol_3_worker_messages_keep_their_layout() {
+    use std::mem::{align_of, size_of};
+    use zentinel_protocol::messages::v3::{ArchivedWorkerMessageV3, WorkerMessageV3};
+    assert_eq!(size_of::<ArchivedWorkerMessageV3>(), 112);
+    assert_eq!(align_of::<ArchivedWorkerMessageV3>(), 8);
+    let mut status = padded(&[2], 112);
+    for (i, value) in (1u8..=13).enumerate() {
+        status[8 + 8 * i] = value;
+    }
+    let cases: Vec<(WorkerMessage, WorkerMessage, Vec<u8>)> = vec![
+        (
+            WorkerMessage::Ready,
+            WorkerMessage::Ready,
+            padded(&[1], 112),
+        ),
+        (
+            WorkerMessage::Status {
+                request_id: 5,
+                counters: numbered_counters(),
+            },
+            WorkerMessage::Status {
+                request_id: NO_REQUEST_ID,
+                counters: numbered_counters(),
+            },
+            status,
+        ),
+        (
+            WorkerMessage::Draining {
+                active_connections: 42,
+            },
+            WorkerMessage::Draining {
+                active_connections: 42,
+            },
+            padded(&[3, 0, 0, 0, 0, 0, 0, 0, 42], 112),
+        ),
+        (
+            WorkerMessage::Fatal {
+                reason: "listener gone".into(),
+            },
+            WorkerMessage::Fatal {
+                reason: "listener gone".into(),
+            },
+            padded(
+                &[
+                    108, 105, 115, 116, 101, 110, 101, 114, 32, 103, 111, 110, 101, 0, 0, 0, 4, 0,
+                    0, 0, 141, 0, 0, 0, 236, 255, 255, 255,
+                ],
+                128,
+            ),
+        ),
+        (
+            WorkerMessage::Reconfigured { request_id: 6 },
+            WorkerMessage::Reconfigured {
+                request_id: NO_REQUEST_ID,
+            },
+            padded(&[5], 112),
+        ),
+        (
+            WorkerMessage::ReconfigureFailed {
+                request_id: 7,
+                reason: "bad upstream".into(),
+            },
+            WorkerMessage::ReconfigureFailed {
+                request_id: NO_REQUEST_ID,
+                reason: "bad upstream".into(),
+            },
+            padded(
+                &[
+                    98, 97, 100, 32, 117, 112, 115, 116, 114, 101, 97, 109, 0, 0, 0, 0, 6, 0, 0, 0,
+                    140, 0, 0, 0, 236, 255, 255, 255,
+                ],
+                128,
+            ),
+        ),
+        (
+            WorkerMessage::Hello(Hello {
+                protocol_version: 3,
+                pid: 4321,
+                software_version: "0.1.0".into(),
+            }),
+            WorkerMessage::Hello(Hello {
+                protocol_version: 3,
+                pid: 4321,
+                software_version: "0.1.0".into(),
+            }),
+            padded(
+                &[
+                    0, 0, 0, 0, 3, 0, 0, 0, 225, 16, 0, 0, 48, 46, 49, 46, 48, 255, 255, 255,
+                ],
+                112,
+            ),
+        ),
+    ];
+    for (sent, read, bytes) in cases {
+        let legacy = WorkerMessageV3::from(&sent);
+        assert_eq!(encode(&legacy), bytes, "{sent:?}");
+        let mut aligned = rkyv::util::AlignedVec::<16>::new();
+        aligned.extend_from_slice(&bytes);
+        let decoded = zentinel_protocol::frame::deserialize::<WorkerMessageV3>(&aligned).unwrap();
+        assert_eq!(decoded, legacy);
+        assert_eq!(WorkerMessage::from(decoded), read);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The frozen layouts survive a real channel both ways: what the master sends an adopted
+    /// protocol 3 worker, and what such a worker sends back (read as today's message, with no
+    /// request id).
+    #[test]
+    fn protocol_3_layout_roundtrips(
+        master in common::master_message(),
+        worker in common::worker_message(),
+    ) {
+        use zentinel_protocol::messages::v3::{MasterMessageV3, WorkerMessageV3};
+        let (mut tx, mut rx) = common::nonblocking_pair();
+        if let Ok(legacy) = MasterMessageV3::try_from(&master) {
+            tx.send(&legacy, &[]).unwrap();
+            let frame = common::pump(&mut tx, &mut rx);
+            let archived = frame.access::<MasterMessageV3>().unwrap();
+            prop_assert_eq!(
+                rkyv::deserialize::<MasterMessageV3, rkyv::rancor::Error>(archived).unwrap(),
+                legacy
+            );
+        }
+        let legacy = WorkerMessageV3::from(&worker);
+        tx.send(&legacy, &[]).unwrap();
+        let frame = common::pump(&mut tx, &mut rx);
+        let read = WorkerMessage::from(frame.deserialize::<WorkerMessageV3>().unwrap());
+        let expected = match worker {
+            WorkerMessage::Status { counters, .. } => WorkerMessage::Status {
+                request_id: NO_REQUEST_ID,
+                counters,
+            },
+            WorkerMessage::Reconfigured { .. } => WorkerMessage::Reconfigured {
+                request_id: NO_REQUEST_ID,
+            },
+            WorkerMessage::ReconfigureFailed { reason, .. } => WorkerMessage::ReconfigureFailed {
+                request_id: NO_REQUEST_ID,
+                reason,
+            },
+            other => other,
+        };
+        prop_assert_eq!(read, expected);
+    }
 }

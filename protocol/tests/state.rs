@@ -1358,7 +1358,10 @@ fn adopted_protocol_2_workers_get_their_own_layout() {
     assert_eq!(encoded(&MasterMessage::Stop), stop);
     let mut status = [0u8; 112];
     status[0] = 4;
-    assert_eq!(encoded(&MasterMessage::StatusRequest), status);
+    assert_eq!(
+        encoded(&MasterMessage::StatusRequest { request_id: 77 }),
+        status
+    );
     // Nothing that carries a configuration or a hello is ever sent to such a worker.
     assert!(
         MasterMessageV2::try_from(&MasterMessage::Hello(zentinel_protocol::messages::Hello {

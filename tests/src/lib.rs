@@ -9,6 +9,9 @@ pub mod configs;
 pub mod failure;
 pub mod load;
 pub mod loadgen;
+pub mod response_head;
+
+pub use response_head::{parse_response_head, read_response_head};
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -1290,6 +1293,12 @@ impl Response {
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     }
 
+    /// The `Content-Length` header's value, if there is one and it is a number.
+    pub fn content_length(&self) -> Option<u64> {
+        self.header("content-length")
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// `X-Backend` of the response (which backend served it).
     pub fn backend(&self) -> Option<&str> {
         self.header("x-backend")
@@ -1401,42 +1410,10 @@ impl HttpClient {
     /// Reads one response; `head_request` means no body follows whatever the headers say.
     pub fn try_read_response(&mut self, collect: bool, head_request: bool) -> io::Result<Response> {
         let (mut resp, head_len) = loop {
-            let mut headers = vec![httparse::EMPTY_HEADER; 256];
-            let mut parsed = httparse::Response::new(&mut headers);
-            match parsed.parse(&self.buf) {
-                Ok(httparse::Status::Complete(len)) => {
-                    let resp = Response {
-                        minor_version: parsed.version.unwrap_or(1),
-                        status: parsed.code.unwrap_or(0),
-                        reason: parsed.reason.unwrap_or("").to_owned(),
-                        headers: parsed
-                            .headers
-                            .iter()
-                            .map(|h| {
-                                (
-                                    h.name.to_owned(),
-                                    String::from_utf8_lossy(h.value).into_owned(),
-                                )
-                            })
-                            .collect(),
-                        body: Vec::new(),
-                        body_len: 0,
-                        body_checksum: Fnv64::new().finish(),
-                        close_delimited: false,
-                        chunked: false,
-                    };
-                    break (resp, len);
-                }
-                Ok(httparse::Status::Partial) => {}
-                Err(e) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "unparsable response head ({e}): {:?}",
-                            String::from_utf8_lossy(&self.buf[..self.buf.len().min(512)])
-                        ),
-                    ))
-                }
+            if let Some(parsed) = parse_response_head(&self.buf)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+            {
+                break parsed;
             }
             if self.fill()? == 0 {
                 return Err(io::Error::new(
@@ -1686,3 +1663,4 @@ pub fn parse_upload_answer(body: &str) -> (u64, String) {
 
 pub mod systemd;
 pub mod tls_support;
+pub mod websocket;

@@ -291,32 +291,19 @@ impl TlsClient {
                 ));
             }
         }
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut parsed = httparse::Response::new(&mut headers);
-        parsed.parse(&head).map_err(|e| format!("bad head: {e}"))?;
-        let status = parsed.code.ok_or("no status")?;
-        let headers: Vec<(String, String)> = parsed
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_owned(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect();
-        let len: usize = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.trim().parse().ok())
-            .ok_or_else(|| format!("no Content-Length in {headers:?}"))?;
+        let (parsed, _) = crate::parse_response_head(&head)?
+            .ok_or_else(|| format!("incomplete head {:?}", String::from_utf8_lossy(&head)))?;
+        let len = parsed
+            .content_length()
+            .and_then(|len| usize::try_from(len).ok())
+            .ok_or_else(|| format!("no Content-Length in {:?}", parsed.headers))?;
         let mut body = vec![0; len];
         self.io
             .read_exact(&mut body)
             .map_err(|e| format!("body of {len} bytes: {e}"))?;
         Ok(TlsResponse {
-            status,
-            headers,
+            status: parsed.status,
+            headers: parsed.headers,
             body,
         })
     }

@@ -48,44 +48,47 @@ impl Scrape {
     }
 }
 
-/// One scrape with a plain HTTP/1.1 client: raw status line, headers, body.
-fn http_get(addr: SocketAddr, request: &str) -> std::io::Result<(u16, String, String)> {
+/// One request with a plain client, read to the server's close: the answer's head and body.
+fn http_get(addr: SocketAddr, request: &str) -> std::io::Result<(Response, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
     // The server closes after each answer (Connection: close): read to EOF.
     stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("no complete head in {text:?}"),
-        )
-    })?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, head.to_owned(), body.to_owned()))
+    split_answer(&raw)
+}
+
+/// A whole answer read to EOF, as its head and its body.
+fn split_answer(raw: &[u8]) -> std::io::Result<(Response, String)> {
+    let (head, len) = parse_response_head(raw)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("no complete head in {:?}", String::from_utf8_lossy(raw)),
+            )
+        })?;
+    Ok((head, String::from_utf8_lossy(&raw[len..]).into_owned()))
 }
 
 fn try_scrape(addr: SocketAddr, path: &str) -> std::io::Result<Scrape> {
-    let (status, head, body) = http_get(
+    let (head, body) = http_get(
         addr,
         &format!("GET {path} HTTP/1.1\r\nHost: metrics\r\nUser-Agent: test\r\n\r\n"),
     )?;
-    if status != 200 {
+    if head.status != 200 {
         return Err(std::io::Error::other(format!(
-            "status {status}: {head}\n{body}"
+            "status {}: {head:?}\n{body}",
+            head.status
         )));
     }
     assert!(
-        head.contains("Content-Type: text/plain; version=0.0.4"),
-        "{head}"
+        head.header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{head:?}"
     );
-    assert!(head.contains("Connection: close"), "{head}");
+    assert!(head.connection_has("close"), "{head:?}");
     let mut scrape = Scrape {
         text: body.clone(),
         ..Default::default()
@@ -250,32 +253,31 @@ fn scrape_counts_traffic_per_worker_and_in_total() {
     });
 
     // Only the configured path; answers close the connection.
-    let (status, head, _) =
-        http_get(addr, "GET /other HTTP/1.1\r\nHost: m\r\n\r\n").expect("GET /other");
-    assert_eq!(status, 404, "{head}");
-    assert!(head.contains("Connection: close"));
-    let (status, head, _) = http_get(
+    let (head, _) = http_get(addr, "GET /other HTTP/1.1\r\nHost: m\r\n\r\n").expect("GET /other");
+    assert_eq!(head.status, 404, "{head:?}");
+    assert!(head.connection_has("close"), "{head:?}");
+    let (head, _) = http_get(
         addr,
         "POST /metrics HTTP/1.1\r\nHost: m\r\nContent-Length: 0\r\n\r\n",
     )
     .expect("POST");
-    assert_eq!(status, 405, "{head}");
-    let (status, _, body) =
-        http_get(addr, "HEAD /metrics HTTP/1.1\r\nHost: m\r\n\r\n").expect("HEAD");
-    assert_eq!((status, body.as_str()), (200, ""));
+    assert_eq!(head.status, 405, "{head:?}");
+    let (head, body) = http_get(addr, "HEAD /metrics HTTP/1.1\r\nHost: m\r\n\r\n").expect("HEAD");
+    assert_eq!((head.status, body.as_str()), (200, ""));
     // A client that half-closes right after its request still gets the answer.
     let mut half = TcpStream::connect(addr).expect("connect");
     half.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     half.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
     half.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut answer = String::new();
-    half.read_to_string(&mut answer).expect("read the answer");
-    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:.200}");
-    assert!(answer.contains("zentinel_requests_total "));
+    let mut answer = Vec::new();
+    half.read_to_end(&mut answer).expect("read the answer");
+    let (head, body) = split_answer(&answer).expect("the answer");
+    assert_eq!((head.minor_version, head.status), (1, 200), "{head:?}");
+    assert!(body.contains("zentinel_requests_total "), "{body:.200}");
     // An oversized head is refused, not buffered without bound.
     let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
     match http_get(addr, &huge) {
-        Ok((status, _, _)) => assert_eq!(status, 431),
+        Ok((head, _)) => assert_eq!(head.status, 431),
         // The server may close while the rest is still being sent (a reset): also a refusal.
         Err(e) => assert!(
             matches!(
@@ -318,8 +320,8 @@ fn endpoint_follows_reloads() {
     let s = try_scrape(metrics_addr(first), "/prom").expect("scrape /prom");
     assert_eq!(s.get("zentinel_reloads_total"), 1.0);
     assert_eq!(s.get("zentinel_reloads_failed_total"), 0.0);
-    let (status, _, _) = http_get(metrics_addr(first), "GET /metrics HTTP/1.1\r\n\r\n").unwrap();
-    assert_eq!(status, 404);
+    let (head, _) = http_get(metrics_addr(first), "GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(head.status, 404);
 
     // New address: the old one is closed, the new one answers.
     let second = free_port();

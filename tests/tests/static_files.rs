@@ -249,24 +249,14 @@ impl Paused {
         stream
             .write_all(format!("GET {path} HTTP/1.1\r\nHost: files.test\r\n\r\n").as_bytes())
             .expect("send");
-        let mut got = Vec::new();
-        let mut chunk = vec![0u8; 64 * 1024];
-        let head_end = loop {
-            if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let n = stream.read(&mut chunk).expect("read head");
-            assert!(n > 0, "closed before the head");
-            got.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
-        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        let (head, mut body) =
+            read_response_head(&mut stream).unwrap_or_else(|e| panic!("read head: {e}"));
+        assert_eq!((head.minor_version, head.status), (1, 200), "{head:?}");
         let content_length = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Content-Length: "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no Content-Length: {head}"));
-        let mut body = got.split_off(head_end);
+            .content_length()
+            .and_then(|len| usize::try_from(len).ok())
+            .unwrap_or_else(|| panic!("no Content-Length: {head:?}"));
+        let mut chunk = vec![0u8; 64 * 1024];
         while body.len() < first {
             let n = stream.read(&mut chunk).expect("read body");
             assert!(n > 0, "closed after {} body bytes", body.len());

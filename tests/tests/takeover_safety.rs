@@ -2,9 +2,10 @@
 //! 14): whatever it adopted stays the previous master's until it confirms, so failing — by an
 //! error returned through the normal path, by a panic, or for lack of file descriptors — leaves
 //! the old master serving on the same control socket file with every worker, and no request
-//! under load fails. Also: a state file naming one fd twice is refused before any fd is taken,
-//! and the reverse failure, the old master dying before the new one confirmed, is survived by
-//! the new one.
+//! under load fails. A new master that fails after asking the workers for their status leaves
+//! answers the old master must not take for its own. Also: a state file naming one fd twice is
+//! refused before any fd is taken, and the reverse failure, the old master dying before the new
+//! one confirmed, is survived by the new one.
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
@@ -209,6 +210,80 @@ fn new_master_panicking_before_it_confirms_leaves_the_old_one_intact() {
         log.contains("not killing it"),
         "the panic did not unwind through the adopted workers:\n{log}"
     );
+}
+
+/// Requests counted by the running workers in `status --json`.
+fn requests_counted(status: &serde_json::Value) -> u64 {
+    running_workers(status).values().sum()
+}
+
+/// Issue 14: a new master that asked the adopted workers for their status and failed before
+/// reading the answers leaves them on the shared channels, and the old master reads them when
+/// it resumes. They answer requests it never sent: with answers matched by order they made its
+/// next `status` finish at once, on the counters of before the failure. Matched by request id,
+/// they are ignored (and logged), and `status` waits for the answers to its own requests.
+#[test]
+fn answers_to_a_failed_new_masters_requests_are_ignored_by_the_old_one() {
+    require_fault_injection();
+    let be = Backend::start("stale-answers");
+    let mut files = TempFiles::default();
+    let copy = files.add(binary_copy("stale-answers"));
+    let spec = format!("takeover-fail-unanswered@{}", copy.display());
+    let z = Zentinel::start_with_env(
+        &configs::proxy_draining(2, free_port(), &be, 5),
+        &[("ZENTINEL_FAULT_INJECTION", &spec)],
+    );
+    for _ in 0..5 {
+        z.client()
+            .get("/bytes/100", "stale.test")
+            .assert_pattern_body(100);
+    }
+    let before = before(&z);
+    let counted_before: u64 = before.workers.values().sum();
+    assert!(counted_before >= 5, "{:?}", before.workers);
+
+    let out = ctl_upgrade(&z, &copy, &["--ready-timeout", "5s"]);
+    assert!(
+        !out.success() && out.said().contains("did not become ready"),
+        "the upgrade must fail with the new master not ready: {out}\n{}",
+        z.log()
+    );
+    let log = z.log_text();
+    assert!(
+        log.contains("fault injection: takeover-fail-unanswered"),
+        "the fault did not fire:\n{log}"
+    );
+
+    // New requests after the failure: the next status must count every one of them, not
+    // report the counters the stale answers carried.
+    const AFTER: u64 = 20;
+    for _ in 0..AFTER {
+        z.client()
+            .get("/bytes/100", "stale.test")
+            .assert_pattern_body(100);
+    }
+    let status = z.status();
+    assert_eq!(
+        status["master"]["pid"].as_u64(),
+        Some(u64::from(z.pid)),
+        "{status}"
+    );
+    let counted = requests_counted(&status);
+    assert!(
+        counted >= counted_before + AFTER,
+        "status after the failed upgrade counts {counted} requests, but {counted_before} were \
+         counted before it and {AFTER} made since: stale counters\n{status}\n{}",
+        z.log()
+    );
+    // Every worker's answer to the failed master's request was recognised as stale.
+    let log = z.log_text();
+    let ignored = log.matches("ignoring a stale status answer").count();
+    assert!(
+        ignored >= before.workers.len(),
+        "{ignored} stale answers ignored, expected one per worker ({}):\n{log}",
+        before.workers.len()
+    );
+    assert_eq!(z.master_pids(), vec![z.pid], "{}", z.log());
 }
 
 /// The issue's reproduction: a new binary that is a wrapper lowering the open-file limit (as a

@@ -487,21 +487,6 @@ fn stalled_handshakes_are_cut_at_the_request_timeout() {
     assert_eq!(c.get("/ok").status, 200);
 }
 
-#[test]
-fn protocol_upgrades_over_tls_are_refused_cleanly() {
-    let f = Fixture::new("tls-ws");
-    let z = f.start(1);
-    let mut c = f.client(&z, "a.test");
-    let req = "GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-               Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-    c.io.get_mut().write_all(req.as_bytes()).unwrap();
-    c.io.get_mut().flush().unwrap();
-    let r = c.read_response().unwrap();
-    assert_eq!(r.status, 501, "{}", r.body_str());
-    assert!(r.closes());
-    c.expect_close_notify();
-}
-
 /// A `static-files` body crosses the TLS layer whole, streamed (several buffers), and a Range
 /// works the same as on plain HTTP.
 #[test]

@@ -386,34 +386,15 @@ impl SlowDownload {
             s.write_all(format!("GET /bytes/{size} HTTP/1.1\r\nHost: dl\r\n\r\n").as_bytes())
                 .map_err(|e| format!("send: {e}"))?;
             let mut buf = vec![0u8; 64 * 1024];
-            let mut head = Vec::new();
-            let (content_length, header_sum, mut body_start) = loop {
-                let n = s.read(&mut buf).map_err(|e| format!("head: {e}"))?;
-                if n == 0 {
-                    return Err(format!("EOF in the response head: {head:?}"));
-                }
-                head.extend_from_slice(&buf[..n]);
-                let mut headers = [httparse::EMPTY_HEADER; 64];
-                let mut resp = httparse::Response::new(&mut headers);
-                if let httparse::Status::Complete(len) =
-                    resp.parse(&head).map_err(|e| format!("head: {e}"))?
-                {
-                    if resp.code != Some(200) {
-                        return Err(format!("status {:?}", resp.code));
-                    }
-                    let h = |name: &str| {
-                        resp.headers
-                            .iter()
-                            .find(|h| h.name.eq_ignore_ascii_case(name))
-                            .map(|h| String::from_utf8_lossy(h.value).into_owned())
-                    };
-                    let cl: u64 = h("content-length")
-                        .and_then(|v| v.trim().parse().ok())
-                        .ok_or("no Content-Length")?;
-                    let sum = h("x-body-checksum").unwrap_or_default();
-                    break (cl, sum, head[len..].to_vec());
-                }
-            };
+            let (head, mut body_start) = read_response_head(&mut s)?;
+            if head.status != 200 {
+                return Err(format!("status {}", head.status));
+            }
+            let content_length = head.content_length().ok_or("no Content-Length")?;
+            let header_sum = head
+                .header("x-body-checksum")
+                .unwrap_or_default()
+                .to_owned();
             let mut hash = Fnv64::new();
             let mut got = 0u64;
             let started = Instant::now();

@@ -89,37 +89,15 @@ fn read_throttled(addr: SocketAddr, progress: &AtomicU64) -> Result<Downloaded, 
     s.write_all(format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: dl\r\n\r\n").as_bytes())
         .map_err(|e| format!("send: {e}"))?;
     let mut buf = vec![0u8; 16 * 1024];
-    let mut head = Vec::new();
-    let (content_length, header_checksum, mut pending) = loop {
-        let n = s.read(&mut buf).map_err(|e| format!("head: {e}"))?;
-        if n == 0 {
-            return Err(format!("EOF in the response head: {head:?}"));
-        }
-        head.extend_from_slice(&buf[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let httparse::Status::Complete(len) =
-            resp.parse(&head).map_err(|e| format!("head: {e}"))?
-        {
-            if resp.code != Some(200) {
-                return Err(format!("status {:?}", resp.code));
-            }
-            let header = |name: &str| {
-                resp.headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case(name))
-                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
-            };
-            let cl: u64 = header("content-length")
-                .and_then(|v| v.trim().parse().ok())
-                .ok_or("no Content-Length")?;
-            break (
-                cl,
-                header("x-body-checksum").unwrap_or_default(),
-                head[len..].to_vec(),
-            );
-        }
-    };
+    let (head, mut pending) = read_response_head(&mut s)?;
+    if head.status != 200 {
+        return Err(format!("status {}", head.status));
+    }
+    let content_length = head.content_length().ok_or("no Content-Length")?;
+    let header_checksum = head
+        .header("x-body-checksum")
+        .unwrap_or_default()
+        .to_owned();
     let mut hash = Fnv64::new();
     let mut got = 0u64;
     let started = Instant::now();

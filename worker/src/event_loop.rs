@@ -389,6 +389,7 @@ impl Worker {
                             active = self.sessions.len(),
                             "drain deadline reached: closing remaining connections"
                         );
+                        self.close_all_sessions(now);
                         return Control::Exit;
                     }
                     // Shortly before the deadline: half-close idle keep-alive connections so

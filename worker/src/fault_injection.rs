@@ -38,6 +38,10 @@ pub enum Fault {
     /// The same hold for a fixed 5 s, without watching the previous master: its death before
     /// the confirmation shows only as EPIPE on the readiness pipe.
     TakeoverDelayUnwatched,
+    /// A new master fails through the normal error path right after it asked the adopted
+    /// workers for their status, before it reads any answer: the answers are left on the
+    /// channels for the old master, which never asked (stale answers it must ignore).
+    TakeoverFailUnanswered,
     /// A worker aborts shortly after it told the master it is ready.
     WorkerAbortAfterReady,
     /// A worker answers every HTTP request with a 500 without asking the upstream: a build
@@ -93,6 +97,7 @@ mod armed_impl {
             "takeover-panic" => Some(Fault::TakeoverPanic),
             "takeover-delay" => Some(Fault::TakeoverDelay),
             "takeover-delay-unwatched" => Some(Fault::TakeoverDelayUnwatched),
+            "takeover-fail-unanswered" => Some(Fault::TakeoverFailUnanswered),
             "worker-abort-after-ready" => Some(Fault::WorkerAbortAfterReady),
             "respond-500" => Some(Fault::Respond500),
             _ => None,
@@ -147,6 +152,10 @@ mod armed_impl {
             assert_eq!(
                 fault_for("takeover-delay-unwatched@/opt/zentinel/new/zentinel", exe),
                 Some(Fault::TakeoverDelayUnwatched)
+            );
+            assert_eq!(
+                fault_for("takeover-fail-unanswered@/opt/zentinel/new/zentinel", exe),
+                Some(Fault::TakeoverFailUnanswered)
             );
             assert_eq!(
                 fault_for("respond-500@/opt/zentinel/new/zentinel", exe),

@@ -1,6 +1,10 @@
 //! TCP proxying (and HTTP tunnels after a 101): bytes both ways through bounded buffers,
 //! half-close carried across (EOF from one side becomes `shutdown(Write)` on the other); the
 //! session ends when both directions are done or either side fails.
+//!
+//! Either end may be TLS: a tunnel keeps the client's TLS session when the upgrade came over
+//! an https listener, and the upstream's when its pool speaks TLS. Over TLS an EOF is a
+//! close_notify (or a bare TCP FIN), and it is carried across as close_notify then FIN.
 
 use std::fmt;
 use std::io;
@@ -142,18 +146,17 @@ impl TcpSession {
     }
 
     /// An HTTP connection after `101 Switching Protocols`: both sockets stay registered under
-    /// the same tokens; bytes already read on either side are carried over.
+    /// the same tokens, each plain or TLS as it was; bytes already read on either side are
+    /// carried over.
     pub fn tunnel(
         key: usize,
         peer: SocketAddr,
-        client: Sock,
-        upstream: UpSock,
+        mut client: ClientSock,
+        mut upstream: UpSock,
         meta: UpMeta,
         c2u: Buf,
         u2c: Buf,
     ) -> Self {
-        let mut client = ClientSock::Plain(client);
-        let mut upstream = upstream;
         // Edge-triggered readiness may have been consumed by the HTTP session without
         // reaching WouldBlock; trying once more is harmless.
         let both = Ready {
@@ -259,6 +262,8 @@ impl TcpSession {
                         && up.read_eof()
                         && self.c2u.is_empty()
                         && self.u2c.is_empty()
+                        && !self.client.write_pending()
+                        && !up.write_pending()
                     {
                         return Outcome::Done;
                     }
@@ -279,6 +284,9 @@ impl TcpSession {
         if let Some(id) = self.timer.take() {
             ctx.timers.cancel(id);
         }
+        // TLS: a last attempt at close_notify (a tunnel cut at the drain deadline, or after
+        // the other side failed), as the upstream connection gets when it is discarded.
+        self.client.close();
         let _ = ctx.registry.deregister(self.client.stream_mut());
         if let Some((up, meta)) = self.upstream.take() {
             ctx.discard_upstream(meta.join(up));

@@ -364,6 +364,11 @@ impl TlsSock {
         Ok(self.sock.read_eof)
     }
 
+    /// Ciphertext rustls produced that the socket has not taken yet (a full send buffer).
+    pub fn write_pending(&self) -> bool {
+        self.conn.wants_write()
+    }
+
     /// Queue close_notify and shut the TCP write side once it is out: the client learns that
     /// the response ended there, not that the connection broke.
     pub fn shutdown_write(&mut self) {

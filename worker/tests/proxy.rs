@@ -453,10 +453,15 @@ fn proxies_routes_and_drains() {
     // The closed connection ends its linger on our EOF: wait until only `c` remains.
     let deadline = Instant::now() + WAIT;
     loop {
-        h.master.send(&MasterMessage::StatusRequest, &[]).unwrap();
+        h.master
+            .send(&MasterMessage::StatusRequest { request_id: 11 }, &[])
+            .unwrap();
         match h.recv() {
-            WorkerMessage::Status(s) if s.active_connections == 1 => break,
-            WorkerMessage::Status(_) => {}
+            WorkerMessage::Status {
+                request_id: 11,
+                counters,
+            } if counters.active_connections == 1 => break,
+            WorkerMessage::Status { request_id: 11, .. } => {}
             other => panic!("expected Status, got {other:?}"),
         }
         assert!(
@@ -466,9 +471,14 @@ fn proxies_routes_and_drains() {
         thread::sleep(Duration::from_millis(10));
     }
 
-    h.master.send(&MasterMessage::StatusRequest, &[]).unwrap();
+    h.master
+        .send(&MasterMessage::StatusRequest { request_id: 12 }, &[])
+        .unwrap();
     match h.recv() {
-        WorkerMessage::Status(s) => {
+        WorkerMessage::Status {
+            request_id: 12,
+            counters: s,
+        } => {
             assert_eq!(s.requests_total, 5, "{s:?}");
             assert_eq!(s.responses_2xx, 3, "{s:?}");
             assert_eq!(s.responses_4xx, 2, "{s:?}");
@@ -582,9 +592,14 @@ fn request_body_streams_and_upstream_errors_are_502() {
         .unwrap();
     assert_eq!(read_response(&mut c, &mut pending).status, 200);
 
-    h.master.send(&MasterMessage::StatusRequest, &[]).unwrap();
+    h.master
+        .send(&MasterMessage::StatusRequest { request_id: 13 }, &[])
+        .unwrap();
     match h.recv() {
-        WorkerMessage::Status(s) => {
+        WorkerMessage::Status {
+            request_id: 13,
+            counters: s,
+        } => {
             assert_eq!(s.upstream_errors, 1, "{s:?}");
             assert_eq!(s.responses_5xx, 1, "{s:?}");
         }
@@ -951,11 +966,24 @@ fn add_route(cfg: &mut ProxyConfig, host: &str, up: UpstreamConfig) {
     cfg.upstreams.push(up);
 }
 
+/// A fresh request id for each request these tests send, so that an answer echoing another
+/// request's id fails them.
+fn next_request_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 fn status(h: &mut Harness) -> WorkerCounters {
-    h.master.send(&MasterMessage::StatusRequest, &[]).unwrap();
+    let request_id = next_request_id();
+    h.master
+        .send(&MasterMessage::StatusRequest { request_id }, &[])
+        .unwrap();
     match h.recv() {
-        WorkerMessage::Status(s) => s,
-        other => panic!("expected Status, got {other:?}"),
+        WorkerMessage::Status {
+            request_id: echoed,
+            counters,
+        } if echoed == request_id => counters,
+        other => panic!("expected Status {{ request_id: {request_id} }}, got {other:?}"),
     }
 }
 
@@ -1619,7 +1647,7 @@ fn tcp_listener_fails_over_to_another_target() {
 // ---- Reconfigure (reload) -------------------------------------------------------------------
 
 /// Send `Reconfigure` as the master would (fds attached in the order of `handles`) and return
-/// the worker's answer.
+/// the worker's answer, checked to carry the request's id.
 fn reconfigure_with(
     h: &mut Harness,
     worker_id: u32,
@@ -1628,18 +1656,30 @@ fn reconfigure_with(
     fds: &[&TcpListener],
 ) -> WorkerMessage {
     let fds: Vec<_> = fds.iter().map(|l| l.as_fd()).collect();
+    let request_id = next_request_id();
     h.master
         .send(
-            &MasterMessage::Reconfigure(WorkerStart {
-                worker_id,
-                generation: 8,
-                config: Box::new(config),
-                listeners: handles,
-            }),
+            &MasterMessage::Reconfigure {
+                request_id,
+                start: WorkerStart {
+                    worker_id,
+                    generation: 8,
+                    config: Box::new(config),
+                    listeners: handles,
+                },
+            },
             &fds,
         )
         .unwrap();
-    h.recv()
+    let answer = h.recv();
+    match &answer {
+        WorkerMessage::Reconfigured { request_id: echoed }
+        | WorkerMessage::ReconfigureFailed {
+            request_id: echoed, ..
+        } => assert_eq!(*echoed, request_id, "{answer:?}"),
+        other => panic!("expected a Reconfigure answer, got {other:?}"),
+    }
+    answer
 }
 
 /// `Reconfigure` with `config` and exactly `listeners` (named, each announced at its real
@@ -1709,7 +1749,10 @@ fn reload_switches_routing_while_keep_alive_connections_keep_working() {
     cfg.routes[0] = which_route("B");
     let (web, tcp) = same_listeners(&h);
     let answer = reconfigure(&mut h, cfg, &[("web", &web), ("tcp", &tcp)]);
-    assert_eq!(answer, WorkerMessage::Reconfigured);
+    assert!(
+        matches!(answer, WorkerMessage::Reconfigured { .. }),
+        "{answer:?}"
+    );
 
     // The open keep-alive connection goes on, with the new routing from its next request.
     let r = get(&mut kept, "x.test", "/which");
@@ -1763,7 +1806,10 @@ fn reload_adds_a_listener_and_stops_polling_a_removed_one() {
     let (web, _) = same_listeners(&h);
     let before = status(&mut h).accepted_total;
     let answer = reconfigure(&mut h, cfg, &[("web2", &web2), ("web", &web)]);
-    assert_eq!(answer, WorkerMessage::Reconfigured);
+    assert!(
+        matches!(answer, WorkerMessage::Reconfigured { .. }),
+        "{answer:?}"
+    );
 
     // The new listener serves.
     let s = TcpStream::connect(web2_addr).unwrap();
@@ -1814,7 +1860,7 @@ fn bad_reconfigure_is_refused_and_the_old_config_keeps_serving() {
         },
     ];
     match reconfigure_with(&mut h, 1, cfg.clone(), handles.clone(), &[&other, &tcp]) {
-        WorkerMessage::ReconfigureFailed { reason } => {
+        WorkerMessage::ReconfigureFailed { reason, .. } => {
             assert!(reason.contains("web"), "{reason}");
             assert!(
                 reason.contains(&other.local_addr().unwrap().to_string()),
@@ -1826,7 +1872,7 @@ fn bad_reconfigure_is_refused_and_the_old_config_keeps_serving() {
     // Another worker's Reconfigure.
     let (web, _) = same_listeners(&h);
     match reconfigure_with(&mut h, 2, cfg.clone(), handles.clone(), &[&web, &tcp]) {
-        WorkerMessage::ReconfigureFailed { reason } => {
+        WorkerMessage::ReconfigureFailed { reason, .. } => {
             assert!(reason.contains("worker 2"), "{reason}")
         }
         m => panic!("expected ReconfigureFailed, got {m:?}"),
@@ -1835,7 +1881,7 @@ fn bad_reconfigure_is_refused_and_the_old_config_keeps_serving() {
     let mut dangling = cfg.clone();
     dangling.routes[0].action = RouteAction::Upstream("nowhere".into());
     match reconfigure_with(&mut h, 1, dangling, handles.clone(), &[&web, &tcp]) {
-        WorkerMessage::ReconfigureFailed { reason } => {
+        WorkerMessage::ReconfigureFailed { reason, .. } => {
             assert!(reason.contains("nowhere"), "{reason}")
         }
         m => panic!("expected ReconfigureFailed, got {m:?}"),
@@ -1861,7 +1907,7 @@ fn bad_reconfigure_is_refused_and_the_old_config_keeps_serving() {
         .unwrap();
     assert!(matches!(h.recv(), WorkerMessage::Draining { .. }));
     match reconfigure_with(&mut h, 1, cfg, handles, &[&web, &tcp]) {
-        WorkerMessage::ReconfigureFailed { reason } => {
+        WorkerMessage::ReconfigureFailed { reason, .. } => {
             assert_eq!(reason, "worker is draining")
         }
         m => panic!("expected ReconfigureFailed, got {m:?}"),
@@ -1896,7 +1942,10 @@ fn request_in_flight_during_reload_completes_on_the_old_config() {
     cfg.upstreams.retain(|u| u.name != "slow");
     let (web, tcp) = same_listeners(&h);
     let answer = reconfigure(&mut h, cfg, &[("web", &web), ("tcp", &tcp)]);
-    assert_eq!(answer, WorkerMessage::Reconfigured);
+    assert!(
+        matches!(answer, WorkerMessage::Reconfigured { .. }),
+        "{answer:?}"
+    );
 
     // The exchange finishes on the configuration it started with.
     b.s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")

@@ -51,6 +51,20 @@ impl Supervisor {
         false
     }
 
+    /// Test-only fault right after the adopted workers were asked for their status, before
+    /// any answer is read: the takeover is abandoned with the answers left on the channels.
+    #[cfg(feature = "fault-injection")]
+    pub(super) fn asked_fault(&mut self) {
+        use zentinel_worker::fault_injection::{armed, Fault};
+        if self.tentative() && armed() == Some(Fault::TakeoverFailUnanswered) {
+            self.abandon_takeover("fault injection: takeover-fail-unanswered".to_owned());
+        }
+    }
+
+    /// No faults in this build.
+    #[cfg(not(feature = "fault-injection"))]
+    pub(super) fn asked_fault(&mut self) {}
+
     /// Everything confirming needs that can fail, done before `READY` is written so that a
     /// failure still leaves the previous master in charge: register the inherited control and
     /// metrics sockets for accepts and the upgrade's client connection. Registering accepts

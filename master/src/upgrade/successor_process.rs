@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -13,6 +13,8 @@ use std::process::{Command, Stdio};
 
 use nix::unistd::{access, AccessFlags, Pid};
 use socket2::{Domain, SockRef, Type};
+
+use crate::sys;
 
 /// Hidden command-line flags of a successor master.
 pub const UPGRADE_FROM_ARG: &str = "--upgrade-from";
@@ -114,27 +116,7 @@ pub fn spawn_successor(
 /// and successor-master spawns. Each fd in `fds` must stay open in the parent until
 /// `command.spawn()` has returned, so that it is open in the child.
 pub(crate) fn inherit_only_on_exec(command: &mut Command, fds: Vec<RawFd>) {
-    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-    // calls are allowed: fcntl(F_SETFD), sigemptyset and sigprocmask. It allocates nothing
-    // (`fds` was built before the fork and is only read; io::Error::last_os_error builds an
-    // OS-code variant without allocating), takes no lock and touches no shared state. The
-    // caller keeps every fd in `fds` open until `spawn` has returned (this function's contract).
-    unsafe {
-        command.pre_exec(move || {
-            for &fd in &fds {
-                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            if libc::sigemptyset(&mut empty) == -1
-                || libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) == -1
-            {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    sys::on_exec_inherit_fds_and_unblock_signals(command, fds);
 }
 
 /// Take ownership of an inherited fd number named in the state file or on the command line,
@@ -147,24 +129,15 @@ pub fn take_inherited_fd(raw: RawFd, what: &str) -> io::Result<OwnedFd> {
             format!("{what} {raw}: fds 0-2 are stdio, not an inherited descriptor"),
         ));
     }
-    // SAFETY: F_GETFD only reads the flags of descriptor number `raw`; an unused number fails
-    // with EBADF.
-    if unsafe { libc::fcntl(raw, libc::F_GETFD) } == -1 {
-        return Err(io::Error::new(
+    // Every number of the state file or a flag is taken once (the state's were checked as a
+    // set for duplicates first), so this is its only owner.
+    let fd = sys::take_inherited_fd(raw).map_err(|err| {
+        io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!(
-                "{what} {raw} is not an open file descriptor: {}",
-                io::Error::last_os_error()
-            ),
-        ));
-    }
-    // SAFETY: `raw` is open (checked above), was inherited across exec, and appears once in
-    // the state (the caller takes each number once), so this is its only owner.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: sets the close-on-exec flag of an fd we own.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
+            format!("{what} {raw} is not an open file descriptor: {err}"),
+        )
+    })?;
+    sys::set_cloexec(fd.as_raw_fd())?;
     Ok(fd)
 }
 
@@ -174,11 +147,8 @@ pub fn hold_open(raw: RawFd) -> Option<OwnedFd> {
     if raw <= 2 {
         return None;
     }
-    // SAFETY: F_DUPFD_CLOEXEC only creates a new descriptor (>= 3) for the file behind `raw`;
-    // an unused number fails with EBADF and nothing is created.
-    let dup = unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 3) };
-    // SAFETY: on success the kernel just returned this new fd, owned by nobody else.
-    (dup >= 0).then(|| unsafe { OwnedFd::from_raw_fd(dup) })
+    // An unused number fails with EBADF and nothing is created.
+    sys::dup_above_stdio(raw).ok()
 }
 
 /// Check that `fd` is a connected Unix stream socket (a worker channel, a control client).
@@ -209,38 +179,16 @@ pub fn check_unix_stream(fd: &OwnedFd, what: &str) -> io::Result<()> {
 /// `pidfd_open(pid)`: an fd that becomes readable when the process exits, for processes that
 /// are not our children (adopted workers). Close-on-exec.
 pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is
-    // passed.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let raw = RawFd::try_from(raw).map_err(|_| io::Error::other("pidfd out of range"))?;
-    // SAFETY: the kernel just returned this new fd (O_CLOEXEC is implied for pidfds).
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    sys::pidfd_open(pid)
 }
 
 /// Signal the process behind a pidfd (immune to pid reuse).
 pub fn pidfd_kill(pidfd: &OwnedFd, signal: libc::c_int) -> io::Result<()> {
-    // SAFETY: pidfd_send_signal with a pidfd we own, a signal number, a null siginfo (the
-    // kernel fills it in as for kill(2)) and no flags.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if rc < 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ESRCH) {
-            return Ok(());
-        }
-        return Err(err);
+    match sys::pidfd_send_signal(pidfd, signal) {
+        // ESRCH: the process has already exited.
+        Err(err) if err.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        result => result,
     }
-    Ok(())
 }
 
 /// Whether the process behind a pidfd has exited (poll, no wait).

@@ -50,7 +50,8 @@ impl TryFrom<&MasterMessage> for MasterMessageV2 {
                 timeout_ms: *timeout_ms,
             }),
             MasterMessage::Stop => Ok(MasterMessageV2::Stop),
-            MasterMessage::StatusRequest => Ok(MasterMessageV2::StatusRequest),
+            // A protocol 2 worker's answers carry no id: the master matches them by order.
+            MasterMessage::StatusRequest { .. } => Ok(MasterMessageV2::StatusRequest),
             other => Err(NotForProtocolV2(other.kind())),
         }
     }

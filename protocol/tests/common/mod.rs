@@ -457,8 +457,9 @@ pub fn master_message() -> impl Strategy<Value = MasterMessage> {
         worker_start().prop_map(MasterMessage::Start),
         any::<u64>().prop_map(|timeout_ms| MasterMessage::Drain { timeout_ms }),
         Just(MasterMessage::Stop),
-        Just(MasterMessage::StatusRequest),
-        worker_start().prop_map(MasterMessage::Reconfigure),
+        any::<u64>().prop_map(|request_id| MasterMessage::StatusRequest { request_id }),
+        (any::<u64>(), worker_start())
+            .prop_map(|(request_id, start)| MasterMessage::Reconfigure { request_id, start }),
     ]
 }
 
@@ -481,11 +482,16 @@ pub fn worker_message() -> impl Strategy<Value = WorkerMessage> {
     prop_oneof![
         hello().prop_map(WorkerMessage::Hello),
         Just(WorkerMessage::Ready),
-        counters.prop_map(WorkerMessage::Status),
+        (any::<u64>(), counters).prop_map(|(request_id, counters)| WorkerMessage::Status {
+            request_id,
+            counters
+        }),
         any::<u64>().prop_map(|active_connections| WorkerMessage::Draining { active_connections }),
         ".{0,200}".prop_map(|reason| WorkerMessage::Fatal { reason }),
-        Just(WorkerMessage::Reconfigured),
-        ".{0,200}".prop_map(|reason| WorkerMessage::ReconfigureFailed { reason }),
+        any::<u64>().prop_map(|request_id| WorkerMessage::Reconfigured { request_id }),
+        (any::<u64>(), ".{0,200}").prop_map(|(request_id, reason)| {
+            WorkerMessage::ReconfigureFailed { request_id, reason }
+        }),
     ]
 }
 

@@ -19,7 +19,9 @@
 //! - `/status/NNN`, `/delay/MS`, `/headers` (echo of the request head), `/conn-id`,
 //!   `/stats` (`requests=N connections=M`, not counting `/stats` requests themselves).
 //! - `Expect: 100-continue` is honoured; `Connection: upgrade` + `Upgrade: websocket` switches
-//!   to a raw echo tunnel after `101 Switching Protocols`.
+//!   to a raw echo tunnel after `101 Switching Protocols`; on a path ending in `/ws-frames`, to
+//!   a real WebSocket echo (`Sec-WebSocket-Accept`, each message echoed whole, pings answered,
+//!   close answered, then our write side shut: see `websocket::serve_echo`).
 //! - with `--health-file PATH`: `/health` answers 200 while PATH exists and 500 otherwise
 //!   (a health endpoint a test flips without restarting the backend); these requests are not
 //!   counted by `/stats` nor subject to faults.
@@ -51,6 +53,7 @@ use std::time::Duration;
 
 use nix::sys::socket::{setsockopt, sockopt};
 use zentinel_tests::backend_tls::{self, BackendStream};
+use zentinel_tests::websocket;
 use zentinel_tests::{checksum, checksum_hex, fill_pattern, pattern, pattern_checksum, Fnv64};
 
 const MAX_HEAD: usize = 256 * 1024;
@@ -899,15 +902,28 @@ impl HttpConn {
     }
 
     fn upgrade(&mut self, req: &Request) -> io::Result<()> {
+        // `/ws-frames`: a real WebSocket server; anything else: a raw byte echo.
+        let frames = req.path.ends_with("/ws-frames");
+        let accept = match req.header("sec-websocket-key") {
+            Some(key) if frames => format!(
+                "Sec-WebSocket-Accept: {}\r\n",
+                websocket::accept_for(key.trim())
+            ),
+            _ => String::new(),
+        };
         let head = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Backend: {}\r\nX-Connection-Id: {}\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{accept}X-Backend: {}\r\nX-Connection-Id: {}\r\n\r\n",
             self.shared.name, self.id
         );
-        let _ = req;
         self.stream.write_all(head.as_bytes())?;
         // Bytes the client sent right after the head belong to the tunnel.
-        if !self.buf.is_empty() {
-            let pending = std::mem::take(&mut self.buf);
+        let pending = std::mem::take(&mut self.buf);
+        if frames {
+            self.stream.flush()?;
+            websocket::serve_echo(&mut self.stream, pending)?;
+            return self.stream.shutdown_write();
+        }
+        if !pending.is_empty() {
             self.stream.write_all(&pending)?;
         }
         echo(&mut self.stream)

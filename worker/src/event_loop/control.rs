@@ -58,8 +58,8 @@ impl Worker {
         fds: Vec<OwnedFd>,
         now: Instant,
     ) -> Control {
-        if let MasterMessage::Reconfigure(ws) = msg {
-            self.reconfigure(&ws, fds);
+        if let MasterMessage::Reconfigure { request_id, start } = msg {
+            self.reconfigure(request_id, &start, fds);
             return Control::Continue;
         }
         if !fds.is_empty() {
@@ -72,10 +72,14 @@ impl Worker {
             drop(fds);
         }
         match msg {
-            MasterMessage::StatusRequest => {
-                let mut c = self.shared.counters.snapshot();
-                c.active_connections = self.sessions.len() as u64;
-                self.send(&WorkerMessage::Status(c));
+            MasterMessage::StatusRequest { request_id } => {
+                let mut counters = self.shared.counters.snapshot();
+                counters.active_connections = self.sessions.len() as u64;
+                // The id goes back as it came: the master matches answers to requests by it.
+                self.send(&WorkerMessage::Status {
+                    request_id,
+                    counters,
+                });
             }
             MasterMessage::Drain { timeout_ms } => {
                 self.start_drain(Duration::from_millis(timeout_ms), now);
@@ -88,14 +92,15 @@ impl Worker {
                 warn!("ignoring a handshake message after startup");
             }
             // Handled above (it needs the fds).
-            MasterMessage::Reconfigure(_) => {}
+            MasterMessage::Reconfigure { .. } => {}
         }
         Control::Continue
     }
 
     /// `Reconfigure`: validate everything first (any error changes nothing and closes the
-    /// received fds), then switch listeners and configuration for new connections.
-    pub(super) fn reconfigure(&mut self, ws: &WorkerStart, fds: Vec<OwnedFd>) {
+    /// received fds), then switch listeners and configuration for new connections. The answer
+    /// carries `request_id`.
+    pub(super) fn reconfigure(&mut self, request_id: u64, ws: &WorkerStart, fds: Vec<OwnedFd>) {
         let generation = ws.generation;
         let refuse = |w: &mut Worker, reason: String| {
             warn!(
@@ -103,7 +108,7 @@ impl Worker {
                 %reason,
                 "reconfigure refused: keeping the running configuration"
             );
-            w.send(&WorkerMessage::ReconfigureFailed { reason });
+            w.send(&WorkerMessage::ReconfigureFailed { request_id, reason });
         };
         if self.drain.is_some() {
             return refuse(self, "worker is draining".into());
@@ -175,7 +180,7 @@ impl Worker {
             active = self.sessions.len(),
             "reconfigured: new connections use the new configuration"
         );
-        self.send(&WorkerMessage::Reconfigured);
+        self.send(&WorkerMessage::Reconfigured { request_id });
     }
 
     /// Drop generations no session runs on any more, then the upstream pools that neither

@@ -1,5 +1,6 @@
 //! Draining: stop accepting, close idle connections shortly before the deadline (so a racing
-//! request sees EOF, not a reset), exit at the deadline.
+//! request sees EOF, not a reset), close what is left (TLS with close_notify) and exit at the
+//! deadline.
 
 use super::*;
 
@@ -72,6 +73,16 @@ impl Worker {
                 _ => continue,
             };
             self.handle_outcome(key, out, now);
+        }
+    }
+
+    /// The drain deadline: every session left is closed as it would be on its own end, so a
+    /// TLS connection (a client, a tunnel's either side) gets its close_notify before the FIN,
+    /// as a plain one gets its FIN, rather than whatever the process exit leaves.
+    pub(super) fn close_all_sessions(&mut self, now: Instant) {
+        let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.remove_session(key, now);
         }
     }
 }

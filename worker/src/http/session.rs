@@ -459,7 +459,10 @@ impl HttpSession {
         }
     }
 
-    /// After a 101 has been queued: hand both sockets and all buffered bytes to a tunnel.
+    /// After a 101 has been queued: hand both sockets and all buffered bytes to a tunnel. A
+    /// TLS client stays a TLS session: plaintext rustls decrypted but the session did not read
+    /// yet travels inside it, and what the session read past the request head (bytes the
+    /// client sent before the 101) is in `cin`.
     pub fn into_tunnel(mut self, ctx: &mut Ctx<'_>) -> Option<TcpSession> {
         if let Some(id) = self.timer.take() {
             ctx.timers.cancel(id);
@@ -469,25 +472,19 @@ impl HttpSession {
         let Phase::Proxy(mut ex) = phase else {
             return None;
         };
-        let client = match self.client.into_plain() {
-            Ok(sock) => sock,
-            Err(mut tls) => {
-                warn!(peer = %self.peer, "protocol upgrade over TLS is not supported yet: closing");
-                tls.close();
-                if let Some((up, meta)) = ex.up.take() {
-                    ctx.discard_upstream(meta.join(up));
-                }
-                let _ = ctx.registry.deregister(tls.stream_mut());
-                return None;
-            }
-        };
         let (up, meta) = ex.up.take()?;
         let mut c2u = ex.uout.take();
         c2u.extend(self.cin.as_slice());
         let mut u2c = self.cout.take();
         u2c.extend(ex.uin.as_slice());
         Some(TcpSession::tunnel(
-            self.key, self.peer, client, up, meta, c2u, u2c,
+            self.key,
+            self.peer,
+            self.client,
+            up,
+            meta,
+            c2u,
+            u2c,
         ))
     }
 

@@ -140,12 +140,13 @@ impl ClientSock {
         }
     }
 
-    /// The plain socket, for a tunnel (an upgraded connection). TLS connections cannot be
-    /// tunnelled yet.
-    pub fn into_plain(self) -> Result<Sock, Self> {
+    /// Bytes already taken (TLS: encrypted) still wait for the socket: a tunnel whose both
+    /// directions ended is done only once they left, or the end of the stream and the
+    /// close_notify would be lost.
+    pub fn write_pending(&self) -> bool {
         match self {
-            ClientSock::Plain(s) => Ok(s),
-            tls @ ClientSock::Tls(_) => Err(tls),
+            ClientSock::Plain(_) => false,
+            ClientSock::Tls(t) => t.write_pending(),
         }
     }
 }

@@ -10,6 +10,9 @@
 //! - [`status`]: the table, the JSON object and `--watch`.
 //! - [`upgrade`]: pre-flight, `--dry-run` plan, the request and its progress lines.
 
+// Raw libc calls belong in the library's `sys` module.
+#![deny(unsafe_code)]
+
 mod cli;
 mod client;
 mod status;

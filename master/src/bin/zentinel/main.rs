@@ -5,6 +5,9 @@
 //! - [`fresh_master`]: a master started by hand or by systemd.
 //! - [`take_over`]: a master started by the previous one in a binary upgrade.
 
+// Raw libc calls belong in the library's `sys` module.
+#![deny(unsafe_code)]
+
 mod check;
 mod fresh_master;
 mod take_over;

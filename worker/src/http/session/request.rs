@@ -155,16 +155,6 @@ impl HttpSession {
                 debug!(peer = %self.peer, handler = handler.name(), status, "builtin handler");
                 self.respond_local(ctx, status, bytes, local_close);
             }
-            // A tunnel hands the raw client socket over, which a TLS session cannot do yet:
-            // refuse before the upstream switches protocols.
-            Some(Action::Upstream(_))
-                if req.upgrade.is_some() && matches!(self.client, ClientSock::Tls(_)) =>
-            {
-                debug!(peer = %self.peer, "protocol upgrade over TLS is not supported yet");
-                ctx.counters.c.client_errors += 1;
-                let bytes = errors.response(501, true, req.is_head(), Some(&req));
-                self.respond_local(ctx, 501, bytes, true);
-            }
             Some(Action::Upstream(pool)) => {
                 if let Some(sh) = route.and_then(|r| router.shadow(r)).cloned() {
                     shadow::mirror(&sh, &req, &self.forward_context(), ctx);

@@ -1,0 +1,519 @@
+//! Reloads, inside the supervision loop: the configuration re-read and validated, new
+//! listeners bound, every worker sent a `Reconfigure`, then committed once all switched, or
+//! rolled back.
+
+use std::path::PathBuf;
+
+use super::*;
+use crate::config;
+use crate::gatherer::Answer;
+use crate::listeners::bind_listener;
+use crate::request_ids::Matched;
+
+/// Longest wait for every worker to acknowledge a reload.
+pub const RECONFIGURE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A reload between validation and the last worker's acknowledgement.
+#[derive(Debug)]
+pub(super) struct ReloadOp {
+    client: Option<Token>,
+    config: ProxyConfig,
+    config_name: String,
+    config_source: ConfigSource,
+    /// The metrics endpoint after the reload (bound already if its address moved).
+    metrics: super::metrics::MetricsPlan,
+    /// The new listener set, in the order of `config.listeners`: duplicates of kept sockets
+    /// and freshly bound ones. Dropping it (rollback) leaves the running set untouched.
+    listeners: Vec<BoundListener>,
+    /// Each worker's `Reconfigure`, by request id, and its answer: `Err` holds the failure
+    /// as the client is told it.
+    gather: Gatherer<Token, Result<(), String>>,
+    /// Workers the configuration could not even be sent to.
+    failures: Vec<String>,
+    added: Vec<String>,
+    removed: Vec<String>,
+}
+
+impl ReloadOp {
+    /// When the workers that have not answered are given up on.
+    pub(super) fn deadline(&self) -> Instant {
+        self.gather.deadline()
+    }
+}
+
+impl Supervisor {
+    /// Re-read and validate the configuration, bind new listeners, and send it to every
+    /// running worker. `client` is `None` for SIGHUP.
+    pub(super) fn begin_reload(&mut self, client: Option<Token>, path: Option<String>) {
+        if let Some(reason) = self.busy_reason() {
+            return self.refuse(client, format!("reload refused: {reason}"));
+        }
+        if let Some(process) = self.processes.values().find(|process| match process.role {
+            Role::Successor { .. } => true,
+            Role::Current => process.state != WorkerState::Running,
+            Role::Retired => false,
+        }) {
+            let message = format!(
+                "reload refused: worker {} (pid {}) is starting; retry once it is running",
+                process.worker_id,
+                process.pid.as_raw()
+            );
+            return self.refuse(client, message);
+        }
+        // A worker adopted from an older binary reads configurations only in its own layout.
+        let older: Vec<String> = self
+            .processes
+            .values()
+            .filter(|p| matches!(p.role, Role::Current) && p.protocol_version != PROTOCOL_VERSION)
+            .map(|p| {
+                format!(
+                    "worker {} (pid {}, protocol {})",
+                    p.worker_id,
+                    p.pid.as_raw(),
+                    p.protocol_version
+                )
+            })
+            .collect();
+        if !older.is_empty() {
+            let message = format!(
+                "reload refused: workers still on the previous binary cannot read this \
+                 binary's configuration (protocol {PROTOCOL_VERSION}): {}; replace them first \
+                 with `zentinel-ctl upgrade --rolling`",
+                older.join(", ")
+            );
+            return self.refuse(client, message);
+        }
+        let path: Option<PathBuf> = path
+            .map(PathBuf::from)
+            .or_else(|| self.config_source.main_path.as_ref().map(PathBuf::from));
+        let (new_config, new_metrics, name, source) = match config::load_full_config(
+            path.as_deref(),
+        ) {
+            Ok(loaded) => (
+                {
+                    config::log_warnings(&loaded.config.warnings);
+                    config::log_notes(&loaded.config.proxy);
+                    let log = crate::logging::LogSettings::resolve(
+                        self.explicit_log_level.as_deref(),
+                        &loaded.config.logging,
+                    );
+                    if log != self.log {
+                        warn!(
+                            "observability.logging changed: it takes effect at the next start \
+                             or binary upgrade (workers log like the master that started them)"
+                        );
+                    }
+                    loaded.config.proxy
+                },
+                loaded.config.metrics,
+                loaded.name,
+                loaded.source,
+            ),
+            Err(diagnostics) => {
+                let mut message = format!(
+                    "configuration {} is invalid ({} error{}); the running configuration is unchanged",
+                    path.as_ref().map_or_else(|| config::DEFAULT_CONFIG_NAME.to_owned(), |p| p.display().to_string()),
+                    diagnostics.len(),
+                    if diagnostics.len() == 1 { "" } else { "s" }
+                );
+                for diagnostic in &diagnostics {
+                    message.push('\n');
+                    message.push_str(&diagnostic.to_string());
+                }
+                error!("reload failed: {message}");
+                self.metrics_reload_finished(false);
+                return self.finish(client, ControlResponse::Failed { message });
+            }
+        };
+        let metrics_plan = match self.metrics_plan(new_metrics) {
+            Ok(plan) => plan,
+            Err(err) => {
+                let message = format!(
+                    "reload of {name} failed: {err}; the running configuration is unchanged"
+                );
+                error!("{message}");
+                self.metrics_reload_finished(false);
+                return self.finish(client, ControlResponse::Failed { message });
+            }
+        };
+        if new_config.system.control_socket != self.config.system.control_socket {
+            warn!("system.control-socket changed: it takes effect at the next master start");
+        }
+
+        // Listener diff, by configured address: a kept address keeps its kernel socket.
+        let mut listeners = Vec::with_capacity(new_config.listeners.len());
+        let mut added = Vec::new();
+        for listener in &new_config.listeners {
+            let kept = self
+                .config
+                .listeners
+                .iter()
+                .position(|old| old.address == listener.address)
+                .and_then(|index| self.listeners.get(index));
+            let bound = match kept {
+                Some(old) => old.try_clone_as(listener).map_err(|err| {
+                    format!(
+                        "listener \"{}\": cannot duplicate the socket of {}: {err}",
+                        listener.name,
+                        old.local_address()
+                    )
+                }),
+                None => bind_listener(listener)
+                    .map_err(|err| err.to_string())
+                    .inspect(|bound| {
+                        added.push(format!("{} ({})", bound.name(), bound.local_address()));
+                    }),
+            };
+            match bound {
+                Ok(bound) => listeners.push(bound),
+                Err(err) => {
+                    let message = format!(
+                        "reload of {name} failed: {err}; the running configuration is unchanged"
+                    );
+                    error!("{message}");
+                    self.metrics_reload_finished(false);
+                    return self.finish(client, ControlResponse::Failed { message });
+                }
+            }
+        }
+        let removed: Vec<String> = self
+            .config
+            .listeners
+            .iter()
+            .zip(&self.listeners)
+            .filter(|(old, _)| {
+                !new_config
+                    .listeners
+                    .iter()
+                    .any(|new| new.address == old.address)
+            })
+            .map(|(_, bound)| format!("{} ({})", bound.name(), bound.local_address()))
+            .collect();
+
+        let targets: Vec<Token> = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.current)
+            .filter(|token| {
+                self.processes
+                    .get(token)
+                    .is_some_and(|p| p.channel.is_some() && !p.killed)
+            })
+            .collect();
+        self.progress(
+            client,
+            format!(
+                "configuration {name} is valid; switching {} worker(s)",
+                targets.len()
+            ),
+        );
+        self.reload = Some(ReloadOp {
+            client,
+            config: new_config,
+            config_name: name,
+            config_source: source,
+            metrics: metrics_plan,
+            listeners,
+            gather: Gatherer::new(Instant::now() + RECONFIGURE_TIMEOUT),
+            failures: Vec::new(),
+            added,
+            removed,
+        });
+        for token in targets {
+            self.send_reconfigure(token, ReconfigureKind::Reload);
+        }
+        self.reload_check_done();
+    }
+
+    /// Send the pending reload's configuration (or, for a rollback, the running one).
+    fn send_reconfigure(&mut self, token: Token, kind: ReconfigureKind) {
+        let request_id = self.request_ids.draw();
+        let registry = self.poll.registry();
+        let Some(process) = self.processes.get_mut(&token) else {
+            return;
+        };
+        let (config, listeners) = match (kind, &self.reload) {
+            (ReconfigureKind::Reload, Some(op)) => (&op.config, &op.listeners),
+            (ReconfigureKind::Reload, None) => return,
+            (ReconfigureKind::Rollback, _) => (&self.config, &self.listeners),
+        };
+        let message = MasterMessage::Reconfigure {
+            request_id,
+            start: WorkerStart {
+                worker_id: process.worker_id,
+                generation: process.generation,
+                config: Box::new(worker_config(config, self.slots.len())),
+                listeners: listeners.iter().map(BoundListener::handle).collect(),
+            },
+        };
+        let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.as_fd()).collect();
+        match send(registry, process, &message, &fds) {
+            Ok(()) => {
+                process.reconfigures.push(request_id, kind);
+                if kind == ReconfigureKind::Reload {
+                    if let Some(op) = self.reload.as_mut() {
+                        op.gather.ask(token, request_id);
+                    }
+                }
+            }
+            Err(err) => {
+                if let Some(op) = self.reload.as_mut() {
+                    op.failures.push(format!(
+                        "worker {} (pid {}): cannot send the configuration: {err}",
+                        process.worker_id,
+                        process.pid.as_raw()
+                    ));
+                }
+                self.channel_failed(token, err);
+            }
+        }
+    }
+
+    /// `Reconfigured` (`Ok`) or `ReconfigureFailed` from `token`'s worker, for request
+    /// `request_id` (ignored from a worker whose answers carry none: matched by order).
+    pub(super) fn reconfigure_reply(
+        &mut self,
+        token: Token,
+        request_id: u64,
+        result: Result<(), String>,
+    ) {
+        let Some(process) = self.processes.get_mut(&token) else {
+            return;
+        };
+        let worker_id = process.worker_id;
+        let pid = process.pid.as_raw();
+        let matched = if process.answers_carry_ids() {
+            process.reconfigures.take(request_id)
+        } else {
+            process.reconfigures.take_oldest()
+        };
+        let (request_id, kind) = match matched {
+            Matched::Request {
+                request_id,
+                value,
+                overtaken,
+            } => {
+                for (lost, kind) in overtaken {
+                    warn!(
+                        worker_id,
+                        pid,
+                        request_id = lost,
+                        ?kind,
+                        "the answer to a reconfigure went to another master"
+                    );
+                }
+                (request_id, value)
+            }
+            Matched::Stale | Matched::Unsolicited => {
+                warn!(
+                    worker_id,
+                    pid, request_id, "worker sent a reconfigure reply nobody asked for; ignored"
+                );
+                return;
+            }
+        };
+        match kind {
+            ReconfigureKind::Rollback => match result {
+                Ok(()) => info!(
+                    worker_id,
+                    pid, "worker rolled back to the running configuration"
+                ),
+                Err(reason) => {
+                    // It runs a configuration the master no longer has: replace it.
+                    self.worker_failed(
+                        token,
+                        format!("cannot roll back to the running configuration: {reason}"),
+                    );
+                }
+            },
+            ReconfigureKind::Reload => {
+                let Some(op) = self.reload.as_mut() else {
+                    // A late answer after a timeout: its rollback is already queued behind.
+                    return;
+                };
+                let answer = match &result {
+                    Ok(()) => Ok(()),
+                    Err(reason) => Err(format!(
+                        "worker {worker_id} (pid {pid}) refused it: {reason}"
+                    )),
+                };
+                match op.gather.answer(token, request_id, answer, Instant::now()) {
+                    Answer::Accepted => match result {
+                        Ok(()) => {
+                            debug!(worker_id, pid, "worker switched to the new configuration")
+                        }
+                        Err(reason) => {
+                            warn!(worker_id, pid, reason = %reason, "worker refused the new configuration")
+                        }
+                    },
+                    // Another reload's request, or past the deadline: a worker counted as
+                    // silent gets the rollback too, queued behind.
+                    outcome @ (Answer::Unknown | Answer::Duplicate | Answer::Late) => {
+                        debug!(
+                            worker_id,
+                            pid,
+                            request_id,
+                            ?outcome,
+                            "reconfigure answer not counted"
+                        );
+                        return;
+                    }
+                }
+                self.reload_check_done();
+            }
+        }
+    }
+
+    /// A worker went away during a reload: nothing to wait for. It is restarted later, with
+    /// whichever configuration is running then.
+    pub(super) fn reload_forget(&mut self, token: Token) {
+        let Some(op) = self.reload.as_mut() else {
+            return;
+        };
+        if op.gather.gone(token) {
+            self.reload_check_done();
+        }
+    }
+
+    /// The workers that have not answered by the deadline are given up on.
+    pub(super) fn reload_timeout(&mut self, now: Instant) {
+        if self.reload.as_ref().is_some_and(|op| op.deadline() <= now) {
+            self.reload_check_done();
+        }
+    }
+
+    /// Once every worker answered (or went away, or the deadline passed): commit if all
+    /// switched, roll back otherwise.
+    fn reload_check_done(&mut self) {
+        let now = Instant::now();
+        if !self
+            .reload
+            .as_ref()
+            .is_some_and(|op| op.gather.is_done(now))
+        {
+            return;
+        }
+        let Some(mut op) = self.reload.take() else {
+            return;
+        };
+        // Switched: answered yes and still there (a worker gone since is restarted with
+        // whichever configuration is running then).
+        let mut switched: Vec<Token> = op
+            .gather
+            .answers()
+            .filter(|(_, answer)| answer.is_ok())
+            .map(|(token, _)| token)
+            .filter(|token| {
+                self.processes
+                    .get(token)
+                    .is_some_and(|p| p.channel.is_some())
+            })
+            .collect();
+        let refusals: Vec<String> = op
+            .gather
+            .answers()
+            .filter_map(|(_, answer)| answer.as_ref().err().cloned())
+            .collect();
+        op.failures.extend(refusals);
+        for token in op.gather.waiting() {
+            if let Some(process) = self.processes.get(&token) {
+                op.failures.push(format!(
+                    "worker {} (pid {}) did not answer within {}s",
+                    process.worker_id,
+                    process.pid.as_raw(),
+                    RECONFIGURE_TIMEOUT.as_secs()
+                ));
+            }
+            // The silent ones may still switch: they get the rollback too, queued behind.
+            switched.push(token);
+        }
+        if op.failures.is_empty() {
+            self.reload_commit(op, switched.len());
+        } else {
+            self.reload_rollback(op, &switched);
+        }
+    }
+
+    fn reload_rollback(&mut self, op: ReloadOp, switched: &[Token]) {
+        for &token in switched {
+            self.send_reconfigure(token, ReconfigureKind::Rollback);
+        }
+        let message = format!(
+            "reload of {} failed: {}; the running configuration ({}) is unchanged{}",
+            op.config_name,
+            op.failures.join("; "),
+            self.config_name,
+            if switched.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} worker(s) switched back)", switched.len())
+            }
+        );
+        error!("{message}");
+        self.metrics_reload_finished(false);
+        // Dropping `op.listeners` closes the new sockets and our duplicates of kept ones.
+        drop(op.listeners);
+        self.finish(op.client, ControlResponse::Failed { message });
+    }
+
+    fn reload_commit(&mut self, op: ReloadOp, switched: usize) {
+        let old_count = self.slots.len();
+        let old_pid_file = self.config.system.pid_file.clone();
+        self.config = op.config;
+        self.config_name = op.config_name;
+        self.config_source = op.config_source;
+        if self.config.system.pid_file != old_pid_file {
+            if let Some(old) = &old_pid_file {
+                crate::pid_file::remove_if_ours(old, std::process::id());
+            }
+            self.write_pid_file();
+        }
+        self.metrics_apply(op.metrics);
+        self.metrics_reload_finished(true);
+        // The old set goes: removed addresses close here (workers already dropped theirs),
+        // kept ones live on in their duplicates.
+        self.listeners = op.listeners;
+        let target = worker_count(self.config.system.worker_processes) as usize;
+        let drain = Duration::from_secs(self.config.system.graceful_shutdown_timeout_secs);
+        while self.slots.len() > target {
+            if let Some(slot) = self.slots.pop() {
+                if let Some(token) = slot.current {
+                    self.retire(token, drain);
+                }
+            }
+        }
+        while self.slots.len() < target {
+            let worker_id = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+            self.slots.push(WorkerSlot::new(worker_id));
+            self.start_worker(self.slots.len() - 1);
+        }
+        let list = |items: &[String]| {
+            if items.is_empty() {
+                "none".to_owned()
+            } else {
+                items.join(", ")
+            }
+        };
+        let mut message = format!(
+            "reloaded {}: listeners added: {}; removed: {}; {} worker(s) switched",
+            self.config_name,
+            list(&op.added),
+            list(&op.removed),
+            switched
+        );
+        if target != old_count {
+            message.push_str(&format!("; workers {old_count} -> {target}"));
+        }
+        info!("{message}");
+        self.finish(op.client, ControlResponse::Done { message });
+    }
+
+    pub(super) fn abort_reload(&mut self, reason: &str) {
+        if let Some(op) = self.reload.take() {
+            self.metrics_reload_finished(false);
+            let message = format!("reload of {} abandoned: {reason}", op.config_name);
+            warn!("{message}");
+            self.finish(op.client, ControlResponse::Failed { message });
+        }
+    }
+}
