@@ -4,7 +4,7 @@
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +61,69 @@ impl Ca {
             fs::rename(&tmp, dir.join(format!("{stem}.{ext}"))).unwrap();
         }
         cert.der().clone()
+    }
+
+    /// `ca.pem` and `ca.key` in `dir`, for tools that sign as this CA (`openssl ocsp`).
+    pub fn write_files(&self, dir: &Path) {
+        fs::write(dir.join("ca.pem"), self.cert.pem()).unwrap();
+        fs::write(dir.join("ca.key"), self.key.serialize_pem()).unwrap();
+    }
+
+    /// An OCSP response about `dir/stem.crt` (issued by this CA), signed by the CA itself as
+    /// its responder with `openssl ocsp`, valid `days` days (its nextUpdate), saying "good",
+    /// or "revoked" when `revoked`; written to `dir/out` through a rename, so a reload never
+    /// reads half a file. Needs [`Ca::write_files`] first. `None` when openssl is missing.
+    pub fn ocsp_response(
+        &self,
+        dir: &Path,
+        stem: &str,
+        out: &str,
+        days: u32,
+        revoked: bool,
+    ) -> Option<PathBuf> {
+        let openssl = |args: &[&str]| {
+            std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+        };
+        let crt = format!("{stem}.crt");
+        let serial = openssl(&["x509", "-noout", "-serial", "-in", &crt]).ok()?;
+        assert!(serial.status.success(), "openssl x509 -serial: {serial:?}");
+        let serial = String::from_utf8_lossy(&serial.stdout);
+        let serial = serial.trim().trim_start_matches("serial=");
+        // The index of `openssl ca`: status, expiry, revocation date, serial, file, subject.
+        let entry = if revoked {
+            format!("R\t300101000000Z\t250101000000Z\t{serial}\tunknown\t/CN={stem}\n")
+        } else {
+            format!("V\t300101000000Z\t\t{serial}\tunknown\t/CN={stem}\n")
+        };
+        let index = format!(".{out}.index");
+        let request = format!(".{out}.req");
+        let tmp = format!(".{out}.tmp");
+        fs::write(dir.join(&index), entry).unwrap();
+        let days = days.to_string();
+        for args in [
+            &[
+                "ocsp",
+                "-issuer",
+                "ca.pem",
+                "-cert",
+                &crt,
+                "-no_nonce",
+                "-reqout",
+                &request,
+            ][..],
+            &[
+                "ocsp", "-index", &index, "-rsigner", "ca.pem", "-rkey", "ca.key", "-CA", "ca.pem",
+                "-reqin", &request, "-respout", &tmp, "-ndays", &days,
+            ],
+        ] {
+            let o = openssl(args).unwrap();
+            assert!(o.status.success(), "openssl {args:?}: {o:?}");
+        }
+        fs::rename(dir.join(&tmp), dir.join(out)).unwrap();
+        Some(dir.join(out))
     }
 
     /// A client certificate whose subject is `CN=common_name,O=org`, for mutual TLS.

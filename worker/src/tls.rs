@@ -7,7 +7,6 @@
 //! the workers load them again when they install it, so a reload re-reads certificates that
 //! were replaced on disk and the workers of an upgraded binary read them for themselves.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -15,13 +14,13 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, ServerConnection};
+use rustls::server::{ServerConfig, ServerConnection};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConnection, Connection};
-use zentinel_protocol::config::{TlsConfig, TlsVersion};
 
 use crate::client_cert;
 use crate::sock::{Buf, ReadOutcome, Ready, Sock, BUF_CAP};
+pub use crate::tls_listener::server_config;
 
 /// The only application protocol spoken over TLS (no h2 yet).
 pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
@@ -34,6 +33,8 @@ pub enum TlsFile {
     Key,
     /// The `ca-file` client certificates are verified against.
     Ca,
+    /// An `ocsp-response` file.
+    Ocsp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +61,7 @@ pub fn load_certified_key(cert_file: &str, key_file: &str) -> Result<CertifiedKe
     load_with(cert_file, key_file, &provider())
 }
 
-fn load_with(
+pub(crate) fn load_with(
     cert_file: &str,
     key_file: &str,
     provider: &CryptoProvider,
@@ -99,105 +100,6 @@ fn load_with(
         }
         other => key_err(format!("unusable private key in {key_file}: {other}")),
     })
-}
-
-/// Loads every certificate of `tls` and builds the listener's server configuration.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsFileError> {
-    let provider = provider();
-    let default = Arc::new(load_with(&tls.cert_file, &tls.key_file, &provider)?);
-    let mut resolver = SniResolver {
-        exact: HashMap::new(),
-        wildcard: HashMap::new(),
-        default,
-    };
-    for sni in &tls.additional_certs {
-        let key = Arc::new(load_with(&sni.cert_file, &sni.key_file, &provider)?);
-        for name in &sni.hostnames {
-            let name = name.to_ascii_lowercase();
-            match name.strip_prefix("*.") {
-                // The first certificate named for a host wins, as in the file order.
-                Some(suffix) => resolver
-                    .wildcard
-                    .entry(suffix.to_owned())
-                    .or_insert_with(|| Arc::clone(&key)),
-                None => resolver
-                    .exact
-                    .entry(name)
-                    .or_insert_with(|| Arc::clone(&key)),
-            };
-        }
-    }
-    let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
-        (TlsVersion::Tls12, &rustls::version::TLS12),
-        (TlsVersion::Tls13, &rustls::version::TLS13),
-    ]
-    .into_iter()
-    .filter(|(v, _)| *v >= tls.min_version && tls.max_version.is_none_or(|max| *v <= max))
-    .map(|(_, v)| v)
-    .collect();
-    let client_verifier = client_cert::verifier(
-        tls.client_auth,
-        tls.ca_file.as_deref(),
-        Arc::clone(&provider),
-    )
-    .map_err(|message| TlsFileError {
-        file: TlsFile::Ca,
-        message,
-    })?;
-    let builder = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&versions)
-        .map_err(|e| TlsFileError {
-            file: TlsFile::Cert,
-            message: format!("TLS versions: {e}"),
-        })?;
-    let builder = match client_verifier {
-        Some(v) => builder.with_client_cert_verifier(v),
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder.with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// Picks a certificate by the server name of the ClientHello: an exact name first, then the
-/// wildcard covering exactly one more label (`*.example.com` for `a.example.com`, as RFC 6125
-/// allows), else the listener's default certificate (also for clients sending no SNI).
-#[derive(Debug)]
-struct SniResolver {
-    exact: HashMap<String, Arc<CertifiedKey>>,
-    /// Keyed by the suffix after `*.`.
-    wildcard: HashMap<String, Arc<CertifiedKey>>,
-    default: Arc<CertifiedKey>,
-}
-
-impl SniResolver {
-    fn pick(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
-        let Some(name) = server_name else {
-            return Arc::clone(&self.default);
-        };
-        let lower;
-        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            lower = name.to_ascii_lowercase();
-            lower.as_str()
-        } else {
-            name
-        };
-        if let Some(key) = self.exact.get(name) {
-            return Arc::clone(key);
-        }
-        if let Some((_, parent)) = name.split_once('.') {
-            if let Some(key) = self.wildcard.get(parent) {
-                return Arc::clone(key);
-            }
-        }
-        Arc::clone(&self.default)
-    }
-}
-
-impl ResolvesServerCert for SniResolver {
-    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.pick(client_hello.server_name()))
-    }
 }
 
 /// A TLS connection: the same operations as [`Sock`], on plaintext.
@@ -493,68 +395,6 @@ mod tests {
         let err = load_certified_key("/nonexistent/cert.pem", "/nonexistent/key.pem").unwrap_err();
         assert_eq!(err.file, TlsFile::Cert);
         assert!(err.message.contains("/nonexistent/cert.pem"), "{err}");
-    }
-
-    fn write_cert(dir: &std::path::Path, stem: &str, names: &[&str]) -> (String, String) {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let ck = rcgen::generate_simple_self_signed(names).unwrap();
-        let cert = dir.join(format!("{stem}.crt"));
-        let key = dir.join(format!("{stem}.key"));
-        std::fs::write(&cert, ck.cert.pem()).unwrap();
-        std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
-        (cert.display().to_string(), key.display().to_string())
-    }
-
-    #[test]
-    fn sni_picks_exact_then_one_label_wildcard_then_default() {
-        let dir = std::env::temp_dir().join(format!("zentinel-tls-sni-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (dc, dk) = write_cert(&dir, "default", &["default.test"]);
-        let (ec, ek) = write_cert(&dir, "exact", &["www.example.com"]);
-        let (wc, wk) = write_cert(&dir, "wild", &["*.example.com"]);
-        let load = |c: &str, k: &str| Arc::new(load_certified_key(c, k).unwrap());
-        let (default, exact, wild) = (load(&dc, &dk), load(&ec, &ek), load(&wc, &wk));
-        let resolver = SniResolver {
-            exact: HashMap::from([("www.example.com".to_owned(), Arc::clone(&exact))]),
-            wildcard: HashMap::from([("example.com".to_owned(), Arc::clone(&wild))]),
-            default: Arc::clone(&default),
-        };
-        let picks = |name: Option<&str>, want: &Arc<CertifiedKey>| {
-            assert!(Arc::ptr_eq(&resolver.pick(name), want), "{name:?}");
-        };
-        picks(Some("www.example.com"), &exact);
-        picks(Some("WWW.Example.COM"), &exact);
-        picks(Some("api.example.com"), &wild);
-        // A wildcard covers exactly one label.
-        picks(Some("example.com"), &default);
-        picks(Some("a.b.example.com"), &default);
-        picks(Some("other.test"), &default);
-        picks(None, &default);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn impossible_version_ranges_are_refused_and_alpn_is_http_1_1() {
-        let dir = std::env::temp_dir().join(format!("zentinel-tls-ver-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (cert_file, key_file) = write_cert(&dir, "c", &["v.test"]);
-        let config = |min, max| {
-            server_config(&TlsConfig {
-                cert_file: cert_file.clone(),
-                key_file: key_file.clone(),
-                additional_certs: vec![],
-                min_version: min,
-                max_version: max,
-                client_auth: zentinel_protocol::config::ClientAuth::Off,
-                ca_file: None,
-            })
-        };
-        let ok = config(TlsVersion::Tls12, None).unwrap();
-        assert_eq!(ok.alpn_protocols, vec![b"http/1.1".to_vec()]);
-        config(TlsVersion::Tls13, Some(TlsVersion::Tls13)).unwrap();
-        // The master refuses this range; a worker handed it anyway fails cleanly.
-        assert!(config(TlsVersion::Tls13, Some(TlsVersion::Tls12)).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

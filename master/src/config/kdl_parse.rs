@@ -38,6 +38,7 @@ mod static_files;
 mod syntax;
 mod system;
 mod tls;
+mod tls_options;
 mod upstream_tls;
 mod upstreams;
 mod websocket;

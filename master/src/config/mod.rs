@@ -37,6 +37,8 @@ mod system_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tls_options_tests;
+#[cfg(test)]
 mod upstream_tls_tests;
 #[cfg(test)]
 mod upstreams_tests;
@@ -257,5 +259,28 @@ pub fn create_default_if_missing(path: &Path) -> Result<(), String> {
 pub fn log_warnings(warnings: &[ConfigDiagnostic]) {
     for warning in warnings {
         tracing::warn!(file = %warning.file, line = warning.line, "{warning}");
+    }
+}
+
+/// Logs, once per configuration run, what it does that an operator might not expect but that
+/// is no mistake: a TLS listener staples no OCSP response when it names no file, although
+/// `ocsp-stapling` is on (upstream's default).
+pub fn log_notes(config: &ProxyConfig) {
+    for listener in &config.listeners {
+        let Some(tls) = &listener.tls else { continue };
+        let files = tls.ocsp_response.iter().count()
+            + tls
+                .additional_certs
+                .iter()
+                .filter(|c| c.ocsp_response.is_some())
+                .count();
+        if tls.ocsp_stapling && files == 0 {
+            tracing::info!(
+                listener = %listener.name,
+                "listener `{}`: no OCSP response is stapled (ocsp-stapling is on, but no \
+                 `ocsp-response` file is named)",
+                listener.name
+            );
+        }
     }
 }

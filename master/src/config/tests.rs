@@ -488,7 +488,6 @@ fn unsupported_nodes_are_distinct_from_unknown_ones() {
 
     let errs = errors("listeners {\n    listener \"https\" {\n        address \"127.0.0.1:8443\"\n        tls {\n            acme { email \"a@b.c\"; }\n            ocsp-stapling #true\n        }\n    }\n}\n");
     assert_diag(&errs, 5, 13, "acme", "`acme` is not supported yet");
-    // Upstream accepts ocsp-stapling without applying it: a warning here, not an error.
     assert!(errs.iter().all(|e| e.node != "ocsp-stapling"), "{errs:?}");
 }
 
@@ -543,6 +542,7 @@ fn tls_listener_with_sni_and_relative_paths() {
             hostnames: vec!["api.example.com".into(), "*.api.example.com".into()],
             cert_file: dir.join("api.crt").display().to_string(),
             key_file: dir.join("api.key").display().to_string(),
+            ocsp_response: None,
         }]
     );
     // The worker side builds a server configuration from exactly this.
@@ -1168,41 +1168,4 @@ fn observability_errors_are_located() {
     let access_log = config.listeners[0].access_log.as_ref().unwrap();
     assert_eq!(access_log.file, "/var/log/zentinel/access.log");
     assert_eq!(access_log.format, "common");
-}
-
-/// Upstream's TLS keys it accepts without applying: accepted here too, each with a warning
-/// saying what happens instead (`session-resumption #true` is what happens anyway: silent).
-#[test]
-fn tls_keys_upstream_does_not_apply_are_warned_about() {
-    let dir = temp_dir("tls-warn");
-    write_cert(&dir, "default", &["localhost"]);
-    let file = dir.join("zentinel.kdl");
-    let source = r#"listeners {
-    listener "https" {
-        address "127.0.0.1:8443"
-        protocol "https"
-        tls {
-            cert-file "default.crt"
-            key-file "default.key"
-            min-version "TLSv1.2"
-            ocsp-stapling #true
-            session-resumption #true
-            cipher-suite "TLS_AES_128_GCM_SHA256"
-        }
-    }
-}
-"#;
-    let full = parse_full_config(source, file.to_str().unwrap()).unwrap();
-    let warnings: Vec<(usize, String)> = full
-        .warnings
-        .iter()
-        .map(|w| (w.line, w.node.clone()))
-        .collect();
-    assert_eq!(
-        warnings,
-        [
-            (9, "ocsp-stapling".to_owned()),
-            (11, "cipher-suite".to_owned())
-        ]
-    );
 }

@@ -98,6 +98,7 @@ impl Supervisor {
             Ok(loaded) => (
                 {
                     config::log_warnings(&loaded.config.warnings);
+                    config::log_notes(&loaded.config.proxy);
                     let log = crate::logging::LogSettings::resolve(
                         self.explicit_log_level.as_deref(),
                         &loaded.config.logging,

@@ -72,6 +72,20 @@ pub struct TlsConfig {
     pub client_auth: ClientAuth,
     /// PEM CA certificates that client certificates must chain to. Absolute.
     pub ca_file: Option<String>,
+    /// `cipher-suite(s)`: the suites offered, by their rustls names (`TLS13_AES_128_GCM_SHA256`,
+    /// `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`), in the order written. Empty: the TLS
+    /// library's defaults (every AEAD suite with forward secrecy it has).
+    pub cipher_suites: Vec<String>,
+    /// `session-resumption` (upstream's default: on): sessions are resumed from a cache of
+    /// this worker and from TLS 1.3 tickets. Off: neither, every connection does a full
+    /// handshake.
+    pub session_resumption: bool,
+    /// `ocsp-stapling` (upstream's default: on): the OCSP responses of `ocsp_response` (and of
+    /// the SNI certificates) are stapled. Off: none is, whatever files are named.
+    pub ocsp_stapling: bool,
+    /// `ocsp-response`: a DER OCSP response for `cert_file`, stapled for clients that ask
+    /// (status_request). Absolute; re-read by every reload like the certificate.
+    pub ocsp_response: Option<String>,
 }
 
 /// Whether a TLS listener asks clients for a certificate (upstream's `client-auth`).
@@ -97,6 +111,8 @@ pub struct SniCertificate {
     pub cert_file: String,
     /// PEM private key of `cert_file`. Absolute.
     pub key_file: String,
+    /// A DER OCSP response for `cert_file` (see [`TlsConfig::ocsp_response`]). Absolute.
+    pub ocsp_response: Option<String>,
 }
 
 /// Protocol versions offered. Nothing older than TLS 1.2 exists here on purpose.

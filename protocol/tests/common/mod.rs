@@ -52,7 +52,10 @@ fn tls() -> impl Strategy<Value = TlsConfig> {
     (
         name(),
         name(),
-        vec((vec(name(), 0..3), name(), name()), 0..3),
+        vec(
+            (vec(name(), 0..3), name(), name(), option::of(name())),
+            0..3,
+        ),
         tls_version(),
         option::of(tls_version()),
         (
@@ -63,24 +66,45 @@ fn tls() -> impl Strategy<Value = TlsConfig> {
             ],
             option::of(name()),
         ),
+        (
+            vec(name(), 0..3),
+            any::<bool>(),
+            any::<bool>(),
+            option::of(name()),
+        ),
     )
         .prop_map(
-            |(cert_file, key_file, sni, min_version, max_version, (client_auth, ca_file))| {
+            |(
+                cert_file,
+                key_file,
+                sni,
+                min_version,
+                max_version,
+                (client_auth, ca_file),
+                (cipher_suites, session_resumption, ocsp_stapling, ocsp_response),
+            )| {
                 TlsConfig {
                     cert_file,
                     key_file,
                     additional_certs: sni
                         .into_iter()
-                        .map(|(hostnames, cert_file, key_file)| SniCertificate {
-                            hostnames,
-                            cert_file,
-                            key_file,
-                        })
+                        .map(
+                            |(hostnames, cert_file, key_file, ocsp_response)| SniCertificate {
+                                hostnames,
+                                cert_file,
+                                key_file,
+                                ocsp_response,
+                            },
+                        )
                         .collect(),
                     min_version,
                     max_version,
                     client_auth,
                     ca_file,
+                    cipher_suites,
+                    session_resumption,
+                    ocsp_stapling,
+                    ocsp_response,
                 }
             },
         )

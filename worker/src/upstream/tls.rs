@@ -131,7 +131,7 @@ pub fn client_config(
         (Some(cert), Some(key)) => {
             let certified = load_certified_key(cert, key).map_err(|e| {
                 let key = match e.file {
-                    TlsFile::Cert | TlsFile::Ca => "client-cert",
+                    TlsFile::Cert | TlsFile::Ca | TlsFile::Ocsp => "client-cert",
                     TlsFile::Key => "client-key",
                 };
                 error(key, e.message)

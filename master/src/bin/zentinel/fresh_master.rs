@@ -90,6 +90,7 @@ pub(crate) fn run_master(cli: &Cli) -> ExitCode {
         tracing::warn!("{warning}");
     }
     config::log_warnings(&warnings);
+    config::log_notes(&config);
     if !activation.sockets.is_empty() {
         // Listeners whose address systemd passed use that socket (bind_listener duplicates
         // it); the others are bound below as usual.

@@ -106,6 +106,7 @@ fn take_over(
         .map_err(|_| "cannot start logging (see the line above)".to_owned())?;
     zentinel_worker::fault_injection::report_unavailable();
     config::log_warnings(&warnings);
+    config::log_notes(&config);
     let listener_fds = inherited_listeners(&state.listeners, &config.listeners)
         .map_err(|e| format!("state file {}: {e}", state_path.display()))?;
     let fd_err = |e: std::io::Error| e.to_string();

@@ -5,29 +5,37 @@
 //!     cert-file "/etc/zentinel/certs/default.crt"
 //!     key-file "/etc/zentinel/certs/default.key"
 //!     min-version "1.2"
+//!     session-resumption #true
+//!     ocsp-stapling #true
+//!     ocsp-response "/etc/zentinel/certs/default.ocsp.der"
 //!     sni {
 //!         hostnames "example.com" "*.example.com"
 //!         cert-file "/etc/zentinel/certs/example.crt"
 //!         key-file "/etc/zentinel/certs/example.key"
+//!         ocsp-response "/etc/zentinel/certs/example.ocsp.der"
 //!     }
 //! }
 //! ```
 //!
-//! Every certificate and key is loaded here, so `--check`, start and reload all fail on a file
-//! that is missing, unreadable, not PEM, or whose key does not match its certificate, with the
-//! line of the offending `cert-file`/`key-file`. Relative paths are taken from the directory of
-//! the configuration file and travel absolute, so workers never depend on a working directory.
+//! Every certificate, key and OCSP response is loaded here, so `--check`, start and reload all
+//! fail on a file that is missing, unreadable, not PEM (DER for OCSP), whose key does not
+//! match its certificate or whose OCSP response is about another certificate, with the line of
+//! the offending node. Relative paths are taken from the directory of the configuration file
+//! and travel absolute, so workers never depend on a working directory. Versions and cipher
+//! suites are in `tls_options`.
 
 use std::path::Path;
 
 use kdl::KdlNode;
 use kdl::KdlValue;
+use rustls::sign::CertifiedKey;
 use zentinel_protocol::config::{ClientAuth, SniCertificate, TlsConfig, TlsVersion};
 use zentinel_worker::client_cert;
 use zentinel_worker::tls::{load_certified_key, TlsFile};
 
+use super::tls_options::{check_ocsp, version, Suites};
 use super::{
-    args, block, describe, did_you_mean, leaf_string, name, name_at, no_children, props,
+    args, block, describe, did_you_mean, leaf_bool, leaf_string, name, name_at, no_children, props,
     single_arg, string_value, unknown_property, Diagnostics, Seen,
 };
 
@@ -39,23 +47,56 @@ const TLS_KEYS: &[&str] = &[
     "sni",
     "ca-file",
     "client-auth",
+    "cipher-suites",
+    "cipher-suite",
+    "session-resumption",
+    "ocsp-stapling",
+    "ocsp-response",
 ];
+/// Keys that may be repeated: one `sni` per certificate, one `cipher-suite` per suite
+/// (upstream's form).
+const TLS_REPEATABLE: &[&str] = &["sni", "cipher-suite"];
 /// Zentinel's TLS settings this build does not implement yet.
 const TLS_UNSUPPORTED: &[&str] = &["acme"];
-/// Upstream accepts these without applying them (its TLS layer ignores them); accepted here
-/// with a warning saying what happens instead.
-const TLS_WITHOUT_EFFECT: &[&str] = &[
-    "ocsp-stapling",
-    "session-resumption",
-    "cipher-suite",
-    "cipher-suites",
-];
-const SNI_KEYS: &[&str] = &["hostnames", "cert-file", "key-file"];
+const SNI_KEYS: &[&str] = &["hostnames", "cert-file", "key-file", "ocsp-response"];
 
-/// A `cert-file`/`key-file` pair as written: absolute paths and where each was written.
+/// A `cert-file`/`key-file` pair (and its `ocsp-response`) as written: absolute paths and
+/// where each was written.
 struct FilePair {
     cert: Option<(String, usize)>,
     key: Option<(String, usize)>,
+    ocsp: Option<(String, usize)>,
+}
+
+/// A certificate loaded by [`FilePair::check`].
+struct Loaded {
+    cert: String,
+    key: String,
+    ocsp: Option<(String, usize)>,
+    certified: CertifiedKey,
+    cert_at: usize,
+}
+
+impl Loaded {
+    /// Checks the OCSP response (when stapling is on); returns its path for the model.
+    fn ocsp_path(
+        &self,
+        stapling: bool,
+        ok: &mut bool,
+        diags: &mut Diagnostics<'_>,
+    ) -> Option<String> {
+        let (path, at) = self.ocsp.as_ref()?;
+        if !stapling {
+            diags.warn(
+                *at,
+                "ocsp-response",
+                "`ocsp-response` has no effect: `ocsp-stapling #false` staples nothing",
+            );
+        } else if !check_ocsp(path, *at, &self.certified, diags) {
+            *ok = false;
+        }
+        Some(path.clone())
+    }
 }
 
 impl FilePair {
@@ -63,14 +104,16 @@ impl FilePair {
         FilePair {
             cert: None,
             key: None,
+            ocsp: None,
         }
     }
 
-    /// Handles `cert-file`/`key-file`; false for any other node.
+    /// Handles `cert-file`/`key-file`/`ocsp-response`; false for any other node.
     fn take(&mut self, child: &KdlNode, diags: &mut Diagnostics<'_>) -> bool {
         let slot = match name(child) {
             "cert-file" => &mut self.cert,
             "key-file" => &mut self.key,
+            "ocsp-response" => &mut self.ocsp,
             _ => return false,
         };
         if let Some((path, at)) = leaf_string(child, diags) {
@@ -84,12 +127,7 @@ impl FilePair {
     }
 
     /// Reports what is missing, then loads the pair. `None` when anything is wrong.
-    fn check(
-        self,
-        node: &KdlNode,
-        what: &str,
-        diags: &mut Diagnostics<'_>,
-    ) -> Option<(String, String)> {
+    fn check(self, node: &KdlNode, what: &str, diags: &mut Diagnostics<'_>) -> Option<Loaded> {
         for (slot, key) in [(&self.cert, "cert-file"), (&self.key, "key-file")] {
             if slot.is_none() {
                 diags.error(
@@ -101,10 +139,16 @@ impl FilePair {
         }
         let ((cert, cert_at), (key, key_at)) = (self.cert?, self.key?);
         match load_certified_key(&cert, &key) {
-            Ok(_) => Some((cert, key)),
+            Ok(certified) => Some(Loaded {
+                cert,
+                key,
+                ocsp: self.ocsp,
+                certified,
+                cert_at,
+            }),
             Err(e) => {
                 let (at, node_name) = match e.file {
-                    TlsFile::Cert | TlsFile::Ca => (cert_at, "cert-file"),
+                    TlsFile::Cert | TlsFile::Ca | TlsFile::Ocsp => (cert_at, "cert-file"),
                     TlsFile::Key => (key_at, "key-file"),
                 };
                 diags.error(at, node_name, e.message);
@@ -130,61 +174,6 @@ pub(super) fn resolve_config_path(path: &str, config_file: &str) -> String {
         .to_string()
 }
 
-/// `ocsp-stapling`, `session-resumption`, `cipher-suite(s)`: what this build does instead.
-fn without_effect(node: &KdlNode, diags: &mut Diagnostics<'_>) {
-    let n = name(node);
-    let message = match n {
-        "ocsp-stapling" => {
-            "`ocsp-stapling` has no effect: no OCSP response is stapled (upstream does not \
-             staple either)"
-        }
-        "session-resumption" => {
-            if matches!(
-                node.entries().first().map(|e| e.value()),
-                Some(kdl::KdlValue::Bool(true))
-            ) {
-                return; // What happens anyway: rustls resumes sessions (tickets and a cache).
-            }
-            "`session-resumption #false` has no effect: sessions are resumable (upstream \
-             ignores the setting too)"
-        }
-        _ => {
-            "cipher suites are not restricted: the TLS library's default suites (all AEAD, \
-             forward-secret) are offered (upstream does not apply them either)"
-        }
-    };
-    diags.warn(name_at(node), n, message);
-}
-
-fn version(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<TlsVersion> {
-    let (text, at) = leaf_string(node, diags)?;
-    let t = text.to_ascii_lowercase();
-    let t = t
-        .strip_prefix("tlsv")
-        .or_else(|| t.strip_prefix("tls"))
-        .unwrap_or(&t);
-    match t {
-        "1.2" => Some(TlsVersion::Tls12),
-        "1.3" => Some(TlsVersion::Tls13),
-        "1.0" | "1" | "1.1" => {
-            diags.error(
-                at,
-                name(node),
-                format!("TLS {t} is not supported (insecure): use \"1.2\" or \"1.3\""),
-            );
-            None
-        }
-        _ => {
-            diags.error(
-                at,
-                name(node),
-                format!("unknown TLS version {text:?}: expected \"1.2\" or \"1.3\""),
-            );
-            None
-        }
-    }
-}
-
 /// Parses a listener's `tls { ... }`. `None` when it has errors (all reported).
 pub(super) fn parse_tls(
     node: &KdlNode,
@@ -199,9 +188,15 @@ pub(super) fn parse_tls(
     let mut sni = Vec::new();
     let mut ca_file: Option<String> = None;
     let mut client_auth: Option<(ClientAuth, usize)> = None;
+    let mut suites = Suites::default();
+    let mut session_resumption = true;
+    let mut ocsp_stapling = true;
     let mut seen = Seen::default();
     for child in block(node, diags) {
-        if TLS_KEYS.contains(&name(child)) && name(child) != "sni" && !seen.check(child, diags) {
+        if TLS_KEYS.contains(&name(child))
+            && !TLS_REPEATABLE.contains(&name(child))
+            && !seen.check(child, diags)
+        {
             ok = false;
             continue;
         }
@@ -232,7 +227,15 @@ pub(super) fn parse_tls(
                 Some(mode) => client_auth = Some((mode, name_at(child))),
                 None => ok = false,
             },
-            n if TLS_WITHOUT_EFFECT.contains(&n) => without_effect(child, diags),
+            "cipher-suite" | "cipher-suites" => ok &= suites.parse(child, diags),
+            "session-resumption" => match leaf_bool(child, diags) {
+                Some(on) => session_resumption = on,
+                None => ok = false,
+            },
+            "ocsp-stapling" => match leaf_bool(child, diags) {
+                Some(on) => ocsp_stapling = on,
+                None => ok = false,
+            },
             n => {
                 ok = false;
                 let message = if TLS_UNSUPPORTED.contains(&n) {
@@ -280,15 +283,28 @@ pub(super) fn parse_tls(
         (Some((mode, _)), _) => mode,
         (None, None) => ClientAuth::Off,
     };
-    let (cert_file, key_file) = files.check(node, &format!("`tls` of {label}"), diags)?;
+    let default = files.check(node, &format!("`tls` of {label}"), diags)?;
+    let mut keys = vec![(&default.certified, default.cert_at)];
+    keys.extend(sni.iter().map(|(_, l)| (&l.certified, l.cert_at)));
+    ok &= suites.check(min_version, max_version, &keys, diags);
+    let ocsp_response = default.ocsp_path(ocsp_stapling, &mut ok, diags);
+    let mut additional_certs = Vec::with_capacity(sni.len());
+    for (mut cert, loaded) in sni {
+        cert.ocsp_response = loaded.ocsp_path(ocsp_stapling, &mut ok, diags);
+        additional_certs.push(cert);
+    }
     ok.then_some(TlsConfig {
-        cert_file,
-        key_file,
-        additional_certs: sni,
+        cert_file: default.cert,
+        key_file: default.key,
+        additional_certs,
         min_version,
         max_version,
         client_auth,
         ca_file,
+        cipher_suites: suites.names(),
+        session_resumption,
+        ocsp_stapling,
+        ocsp_response,
     })
 }
 
@@ -334,7 +350,9 @@ fn parse_client_auth(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<Clie
     mode
 }
 
-fn parse_sni(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<SniCertificate> {
+/// One `sni { ... }`: the model's entry (its `ocsp_response` set by the caller, which knows
+/// whether stapling is on) and the certificate loaded.
+fn parse_sni(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<(SniCertificate, Loaded)> {
     for entry in node.entries() {
         diags.error(
             entry.span().offset(),
@@ -400,11 +418,15 @@ fn parse_sni(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<SniCertifica
             "`sni` has no `hostnames` (required, e.g. hostnames \"example.com\" \"*.example.com\")",
         );
     }
-    let (cert_file, key_file) = files.check(node, "`sni`", diags)?;
-    ok.then_some(SniCertificate {
-        hostnames,
-        cert_file,
-        key_file,
+    let loaded = files.check(node, "`sni`", diags)?;
+    ok.then(|| {
+        let cert = SniCertificate {
+            hostnames,
+            cert_file: loaded.cert.clone(),
+            key_file: loaded.key.clone(),
+            ocsp_response: None,
+        };
+        (cert, loaded)
     })
 }
 

@@ -126,7 +126,7 @@ pub fn range(header: Option<&str>, size: u64) -> RangeAsk {
     }
 }
 
-// Howard Hinnant's civil calendar algorithms (also the access log's dates).
+// Howard Hinnant's civil calendar algorithms (also the access log's and OCSP responses' dates).
 /// (year, month, day) of a count of days since 1970-01-01.
 pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
@@ -140,7 +140,7 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let (m, d) = (i64::from(month), i64::from(day));
     let y = if m <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);

@@ -13,7 +13,7 @@ mod body;
 mod cond;
 mod encoding;
 
-pub(crate) use cond::civil_from_days;
+pub(crate) use cond::{civil_from_days, days_from_civil};
 mod mime;
 mod path;
 
