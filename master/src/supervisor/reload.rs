@@ -42,6 +42,15 @@ impl ReloadOp {
 }
 
 impl Supervisor {
+    /// A reload that failed before anything changed: say why, count it, answer the client.
+    fn reload_refused(&mut self, client: Option<Token>, name: &str, err: &dyn std::fmt::Display) {
+        let message =
+            format!("reload of {name} failed: {err}; the running configuration is unchanged");
+        error!("{message}");
+        self.metrics_reload_finished(false);
+        self.finish(client, ControlResponse::Failed { message });
+    }
+
     /// Re-read and validate the configuration, bind new listeners, and send it to every
     /// running worker. `client` is `None` for SIGHUP.
     pub(super) fn begin_reload(&mut self, client: Option<Token>, path: Option<String>) {
@@ -133,14 +142,7 @@ impl Supervisor {
         };
         let metrics_plan = match self.metrics_plan(new_metrics) {
             Ok(plan) => plan,
-            Err(err) => {
-                let message = format!(
-                    "reload of {name} failed: {err}; the running configuration is unchanged"
-                );
-                error!("{message}");
-                self.metrics_reload_finished(false);
-                return self.finish(client, ControlResponse::Failed { message });
-            }
+            Err(err) => return self.reload_refused(client, &name, &err),
         };
         if new_config.system.control_socket != self.config.system.control_socket {
             warn!("system.control-socket changed: it takes effect at the next master start");
@@ -172,14 +174,7 @@ impl Supervisor {
             };
             match bound {
                 Ok(bound) => listeners.push(bound),
-                Err(err) => {
-                    let message = format!(
-                        "reload of {name} failed: {err}; the running configuration is unchanged"
-                    );
-                    error!("{message}");
-                    self.metrics_reload_finished(false);
-                    return self.finish(client, ControlResponse::Failed { message });
-                }
+                Err(err) => return self.reload_refused(client, &name, &err),
             }
         }
         let removed: Vec<String> = self
