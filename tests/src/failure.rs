@@ -14,6 +14,9 @@ pub enum FailureKind {
     ConnectTimeout,
     /// `connect` failed otherwise.
     ConnectError,
+    /// The TLS handshake failed or did not complete in time (an alert, a certificate that does
+    /// not verify, the connection closed or reset during it).
+    TlsHandshake,
     /// ECONNRESET while sending a request or reading its response.
     Reset,
     /// The server closed the connection (clean EOF) after the request was sent and before any
@@ -36,10 +39,11 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 12] = [
+    pub const ALL: [FailureKind; 13] = [
         FailureKind::ConnectRefused,
         FailureKind::ConnectTimeout,
         FailureKind::ConnectError,
+        FailureKind::TlsHandshake,
         FailureKind::Reset,
         FailureKind::ClosedBeforeResponse,
         FailureKind::WriteError,
@@ -56,6 +60,7 @@ impl FailureKind {
             FailureKind::ConnectRefused => "connect-refused",
             FailureKind::ConnectTimeout => "connect-timeout",
             FailureKind::ConnectError => "connect-error",
+            FailureKind::TlsHandshake => "tls-handshake",
             FailureKind::Reset => "reset",
             FailureKind::ClosedBeforeResponse => "closed-before-response",
             FailureKind::WriteError => "write-error",

@@ -8,6 +8,7 @@ pub mod backend_tls;
 pub mod configs;
 pub mod failure;
 pub mod load;
+pub mod load_run;
 pub mod loadgen;
 pub mod response_head;
 

@@ -1,4 +1,4 @@
-//! `zentinel-load`: an HTTP/1.1 load generator with exact accounting. See
+//! `zentinel-load`: an HTTP/1.1 load generator (plain or TLS) with exact accounting. See
 //! `zentinel_tests::loadgen` and `zentinel-load --help`.
 //!
 //! Prints a human summary, then as the LAST line

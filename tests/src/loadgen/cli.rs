@@ -5,6 +5,7 @@ use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::tls::{self, TlsVerify};
 use super::{Config, Method, Mode, Verify};
 
 /// A usage error (exit code 2).
@@ -37,7 +38,15 @@ pub fn usage() -> &'static str {
   --timeline               print every 100 ms bucket (default: per second)
   --timeline-csv FILE      write `t_ms,epoch_ms,ok,failed` per 100 ms
   --json FILE              write the report as JSON
-The last line of the output is `requests=N failed=N rps=N p50_ms=X p99_ms=X max_ms=X`.
+  --tls                    TLS to the target (1.2 or 1.3, ALPN http/1.1); needs --ca or --insecure
+  --ca FILE                verify the server's certificate against the CA certificates in FILE
+  --insecure               do not verify the server's certificate (its handshake signature is)
+  --sni NAME               server name to send and verify (default: --host without its port;
+                           an IP address sends no SNI)
+  --resume                 new connections resume TLS sessions of earlier ones (default: a full
+                           handshake per connection)
+The last line of the output is `requests=N failed=N rps=N p50_ms=X p99_ms=X max_ms=X`, with
+--tls followed by `handshakes=N resumed=N hps=N` (handshakes completed, resumed, per second).
 Exit: 0 no failure, 1 failures, 2 usage error, 3 no request made."
 }
 
@@ -93,6 +102,11 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Option<Conf
     let mut timeline_full = false;
     let mut timeline_csv = None;
     let mut json = None;
+    let mut tls = false;
+    let mut ca = None;
+    let mut insecure = false;
+    let mut sni = None;
+    let mut resume = false;
 
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -168,12 +182,19 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Option<Conf
                 }
             }
             "--timeout" => timeout = parse_duration(&value()?)?,
-            "--timeline" => {
+            "--timeline" | "--tls" | "--insecure" | "--resume" => {
                 if inline.is_some() {
-                    return Err(CliError("--timeline takes no value".into()));
+                    return Err(CliError(format!("{flag} takes no value")));
                 }
-                timeline_full = true;
+                match flag.as_str() {
+                    "--timeline" => timeline_full = true,
+                    "--tls" => tls = true,
+                    "--insecure" => insecure = true,
+                    _ => resume = true,
+                }
             }
+            "--ca" => ca = Some(value()?),
+            "--sni" => sni = Some(value()?),
             "--timeline-csv" => timeline_csv = Some(PathBuf::from(value()?)),
             "--json" => json = Some(PathBuf::from(value()?)),
             other => return Err(CliError(format!("unknown argument {other:?}"))),
@@ -199,6 +220,35 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Option<Conf
     if host.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err(CliError(format!("--host {host:?}: no spaces or controls")));
     }
+    let tls = if tls {
+        let verify = match (ca, insecure) {
+            (Some(file), false) => TlsVerify::Ca(file),
+            (None, true) => TlsVerify::Insecure,
+            (Some(_), true) => {
+                return Err(CliError("--ca and --insecure exclude each other".into()))
+            }
+            (None, false) => {
+                return Err(CliError(
+                    "--tls needs --ca FILE (verify the server) or --insecure".into(),
+                ))
+            }
+        };
+        let sni = sni.unwrap_or_else(|| tls::host_name(&host).to_owned());
+        Some(tls::setup(&sni, verify, resume)?)
+    } else {
+        if let Some(flag) = [
+            (ca.is_some(), "--ca"),
+            (insecure, "--insecure"),
+            (sni.is_some(), "--sni"),
+            (resume, "--resume"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+        {
+            return Err(CliError(format!("{flag} only goes with --tls")));
+        }
+        None
+    };
     // -n alone runs until N requests are done; neither -n nor -d: 10 s.
     let duration = match (duration, requests) {
         (Some(d), _) => Some(d),
@@ -223,6 +273,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Option<Conf
         timeline_full,
         timeline_csv,
         json,
+        tls,
     }))
 }
 
@@ -261,5 +312,48 @@ mod tests {
         assert!(parse(&["--addr", "127.0.0.1:9", "--bogus"]).is_err());
         assert!(parse(&["--addr", "127.0.0.1:9", "-c"]).is_err());
         assert!(parse(&["--help"]).unwrap().is_none());
+    }
+
+    #[test]
+    fn tls_options() {
+        let c = parse(&["--addr", "127.0.0.1:9"]).unwrap().unwrap();
+        assert!(c.tls.is_none());
+        let c = parse(&[
+            "--addr",
+            "127.0.0.1:9",
+            "--tls",
+            "--insecure",
+            "--host",
+            "a.test:9",
+        ])
+        .unwrap()
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!((tls.sni.as_str(), tls.resume), ("a.test", false));
+        let c = parse(&[
+            "--addr",
+            "127.0.0.1:9",
+            "--tls",
+            "--insecure",
+            "--sni=b.test",
+            "--resume",
+        ])
+        .unwrap()
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!((tls.sni.as_str(), tls.resume), ("b.test", true));
+        for bad in [
+            &["--tls"][..],
+            &["--tls", "--ca", "x.pem", "--insecure"],
+            &["--tls", "--ca", "/nonexistent/ca.pem"],
+            &["--insecure"],
+            &["--resume"],
+            &["--sni", "a.test"],
+            &["--tls=yes", "--insecure"],
+        ] {
+            let mut args = vec!["--addr", "127.0.0.1:9"];
+            args.extend_from_slice(bad);
+            assert!(parse(&args).is_err(), "{bad:?} must be refused");
+        }
     }
 }

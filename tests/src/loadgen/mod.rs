@@ -1,8 +1,9 @@
 //! The standalone load generator behind the `zentinel-load` binary.
 //!
 //! A few threads (`-t`), each running a mio event loop over its share of the connections with
-//! non-blocking sockets and a per-connection state machine (connect, write the request, read
-//! the head, read the body by Content-Length / chunked / close, verify, next request). The
+//! non-blocking sockets and a per-connection state machine (connect, TLS handshake with
+//! `--tls`, write the request, read the head, read the body by Content-Length / chunked /
+//! close, verify, next request). The
 //! request bytes are built once; every connection reuses one read buffer, so the steady state
 //! allocates nothing per request.
 //!
@@ -12,8 +13,12 @@
 //! connection that ends after a request was sent and before its complete response is one.
 
 mod cli;
+mod conn;
 mod engine;
 mod report;
+mod response;
+mod stream;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +28,7 @@ pub use crate::failure::{Failure, FailureKind};
 pub use cli::{parse_args, parse_duration, usage, CliError};
 pub use engine::run;
 pub use report::Report;
+pub use tls::{TlsSetup, TlsVerify};
 
 /// Reuse an idle connection for the next request, or open one per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +77,8 @@ pub struct Config {
     pub timeline_full: bool,
     pub timeline_csv: Option<PathBuf>,
     pub json: Option<PathBuf>,
+    /// `--tls`: every connection is TLS.
+    pub tls: Option<TlsSetup>,
 }
 
 impl Config {

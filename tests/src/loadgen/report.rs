@@ -25,6 +25,11 @@ pub(super) struct ThreadStats {
     pub failures: Vec<Failure>,
     pub connections: u64,
     pub closed_by_server: u64,
+    /// TLS handshakes completed, and how many of them resumed a session.
+    pub handshakes: u64,
+    pub resumed: u64,
+    /// Each protocol version and cipher suite negotiated, once.
+    pub negotiated: Vec<String>,
     pub histogram: Histogram<u64>,
     /// `[ok, failed]` per 100 ms since the start, by completion time.
     pub timeline: Vec<[u64; 2]>,
@@ -42,6 +47,9 @@ impl ThreadStats {
             failures: Vec::with_capacity(KEPT_PER_THREAD),
             connections: 0,
             closed_by_server: 0,
+            handshakes: 0,
+            resumed: 0,
+            negotiated: Vec::new(),
             histogram: new_histogram(),
             timeline: Vec::with_capacity(1024),
             unsent: 0,
@@ -63,6 +71,14 @@ impl ThreadStats {
         self.ok += 1;
         self.histogram.saturating_record(latency_us.max(1));
         self.bucket(now)[0] += 1;
+    }
+
+    pub fn record_handshake(&mut self, resumed: bool, negotiated: &str) {
+        self.handshakes += 1;
+        self.resumed += u64::from(resumed);
+        if !self.negotiated.iter().any(|n| n == negotiated) {
+            self.negotiated.push(negotiated.to_owned());
+        }
     }
 
     pub fn record_failure(
@@ -91,6 +107,13 @@ pub struct Report {
     pub connections: u64,
     /// Keep-alive connections the server ended after a response with `Connection: close`.
     pub closed_by_server: u64,
+    /// A `--tls` run: the TLS figures below are reported.
+    pub tls: bool,
+    /// TLS handshakes completed; of them, resumed sessions (the rest were full handshakes).
+    pub handshakes: u64,
+    pub resumed: u64,
+    /// Protocol versions and cipher suites negotiated (`TLSv1_3 TLS13_AES_128_GCM_SHA256`).
+    pub negotiated: Vec<String>,
     pub elapsed: Duration,
     /// Latency of the successes, in microseconds.
     pub histogram: Histogram<u64>,
@@ -111,6 +134,7 @@ impl Report {
         started: Instant,
         start_epoch_ms: u64,
         interrupted: bool,
+        tls: bool,
     ) -> Report {
         let mut counts = [0u64; FailureKind::ALL.len()];
         let mut report = Report {
@@ -119,6 +143,10 @@ impl Report {
             failures: Vec::new(),
             connections: 0,
             closed_by_server: 0,
+            tls,
+            handshakes: 0,
+            resumed: 0,
+            negotiated: Vec::new(),
             elapsed: Duration::ZERO,
             histogram: new_histogram(),
             timeline: Vec::new(),
@@ -136,6 +164,13 @@ impl Report {
             report.failures.extend(t.failures);
             report.connections += t.connections;
             report.closed_by_server += t.closed_by_server;
+            report.handshakes += t.handshakes;
+            report.resumed += t.resumed;
+            for n in t.negotiated {
+                if !report.negotiated.contains(&n) {
+                    report.negotiated.push(n);
+                }
+            }
             // Same bounds on both sides: cannot fail.
             let _ = report.histogram.add(&t.histogram);
             if report.timeline.len() < t.timeline.len() {
@@ -154,6 +189,7 @@ impl Report {
             .map(|&k| (k, counts[k.index()]))
             .collect();
         report.failures.sort_by_key(|f| f.at);
+        report.negotiated.sort();
         report.elapsed = finished.saturating_duration_since(started);
         report
     }
@@ -168,11 +204,20 @@ impl Report {
     }
 
     pub fn rps(&self) -> u64 {
+        self.per_second(self.requests())
+    }
+
+    /// TLS handshakes per second (a connection-per-request run: new connections per second).
+    pub fn handshakes_per_second(&self) -> u64 {
+        self.per_second(self.handshakes)
+    }
+
+    fn per_second(&self, n: u64) -> u64 {
         let secs = self.elapsed.as_secs_f64();
         if secs <= 0.0 {
             return 0;
         }
-        (self.requests() as f64 / secs).round() as u64
+        (n as f64 / secs).round() as u64
     }
 
     /// Latency of the successes at quantile `q` (0..=1), in ms; 0 without a success.
@@ -201,9 +246,10 @@ impl Report {
         }
     }
 
-    /// `requests=N failed=N rps=N p50_ms=X p99_ms=X max_ms=X`
+    /// `requests=N failed=N rps=N p50_ms=X p99_ms=X max_ms=X`, and with `--tls`
+    /// ` handshakes=N resumed=N hps=N` (handshakes completed, resumed ones, per second).
     pub fn final_line(&self) -> String {
-        format!(
+        let mut line = format!(
             "requests={} failed={} rps={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
             self.requests(),
             self.failed(),
@@ -211,7 +257,17 @@ impl Report {
             self.quantile_ms(0.50),
             self.quantile_ms(0.99),
             self.max_ms()
-        )
+        );
+        if self.tls {
+            let _ = write!(
+                line,
+                " handshakes={} resumed={} hps={}",
+                self.handshakes,
+                self.resumed,
+                self.handshakes_per_second()
+            );
+        }
+        line
     }
 
     /// The human summary (without the final line).
@@ -240,6 +296,9 @@ impl Report {
             config.connections,
             config.threads
         );
+        if let Some(tls) = &config.tls {
+            let _ = writeln!(out, "{}", tls.describe());
+        }
         if self.interrupted {
             let _ = writeln!(out, "interrupted by a signal: stopped early");
         }
@@ -260,6 +319,21 @@ impl Report {
             "connections: {} opened, {} ended by the server with `Connection: close`",
             self.connections, self.closed_by_server
         );
+        if self.tls {
+            let negotiated = if self.negotiated.is_empty() {
+                "none".to_owned()
+            } else {
+                self.negotiated.join(", ")
+            };
+            let _ = writeln!(
+                out,
+                "tls: {} handshakes ({} full, {} resumed), {}/s; negotiated: {negotiated}",
+                self.handshakes,
+                self.handshakes - self.resumed,
+                self.resumed,
+                self.handshakes_per_second()
+            );
+        }
         if self.unsent > 0 {
             let _ = writeln!(
                 out,
@@ -339,6 +413,13 @@ impl Report {
             "max_ms": round2(self.max_ms()),
             "connections": self.connections,
             "closed_by_server": self.closed_by_server,
+            "tls": self.tls.then(|| serde_json::json!({
+                "handshakes": self.handshakes,
+                "full": self.handshakes - self.resumed,
+                "resumed": self.resumed,
+                "handshakes_per_s": self.handshakes_per_second(),
+                "negotiated": self.negotiated,
+            })),
             "unsent": self.unsent,
             "interrupted": self.interrupted,
             "start_epoch_ms": self.start_epoch_ms,
@@ -356,6 +437,7 @@ impl Report {
                 "duration_s": config.duration.map(|d| d.as_secs_f64()),
                 "requests": config.requests,
                 "timeout_s": config.timeout.as_secs_f64(),
+                "tls": config.tls.as_ref().map(|t| t.describe()),
             },
         })
     }
