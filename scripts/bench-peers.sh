@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Zentinel against nginx and HAProxy on the same machine, same backend, same workload, same run:
-# throughput and p99 per workload (plus the backend hit directly, the ceiling), then failures
-# under keep-alive load during nginx / HAProxy reloads versus Zentinel rolling upgrades.
+# throughput and p99 per workload (plus the backend hit directly, the ceiling), the same over TLS
+# (one certificate, one TLS 1.3 cipher suite for all three), then failures under keep-alive load
+# during nginx / HAProxy reloads versus Zentinel rolling upgrades.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -15,6 +16,18 @@ zentinel-load, through each target in turn (alternating within every round):
   ka-1k     keep-alive, 64 connections, GET of a 1 KiB body
   ka-64k    keep-alive, 64 connections, GET of a 64 KiB body
   close-1k  a new connection per request, 16 connections, 1 KiB body
+and over TLS (not to the backend), with zentinel-load --tls verifying the certificate:
+  tls-ka-1k      keep-alive, 64 connections, 1 KiB body (req/s, p99)
+  tls-new-1k     a new connection and a full TLS handshake per request, 16 connections
+                 (new handshakes/s)
+  tls-resume-1k  a new connection per request resuming an earlier TLS session (--resume),
+                 16 connections (req/s, share of handshakes resumed)
+Every server gets the same certificate (ECDSA P-256, made here with openssl, signed by a CA made
+here), TLS 1.3 only and one cipher suite, TLS_AES_128_GCM_SHA256: nginx `ssl_protocols TLSv1.3`
+and `ssl_conf_command Ciphersuites`, HAProxy `bind ... ssl crt ... ssl-min-ver TLSv1.3
+ciphersuites`, Zentinel `tls { min-version "1.3"; cipher-suites }`; session resumption as each
+one does it by default. The output names what each server negotiated. Without openssl the TLS
+workloads are skipped.
 targets: backend (zentinel-backend hit directly: the ceiling), zentinel (2 workers),
 nginx (worker_processes 2), haproxy (nbthread 2). Prints the median over the rounds of rps and
 p99, the ratios Zentinel/nginx and Zentinel/HAProxy, then the reload comparison: failed requests
@@ -103,6 +116,15 @@ load_avg="$(cut -d' ' -f1-3 /proc/loadavg)"
 zt_info "load average before the run: $load_avg (anything else running skews the figures)"
 
 # ---------------------------------------------------------------------------------------------
+# TLS: one certificate for every server
+
+TLS_SUITE=TLS_AES_128_GCM_SHA256
+TLS_NAME=bench.test
+tls_dir="$ZT_TMP/tls"
+tls_ok=0
+if zt_make_tls_cert "$tls_dir" "$TLS_NAME"; then tls_ok=1; else zt_warn "no TLS workloads"; fi
+
+# ---------------------------------------------------------------------------------------------
 # Targets
 
 zt_start_backend backend
@@ -112,12 +134,45 @@ declare -A addr=([backend]="$backend_addr")
 cp "$(zt_bin zentinel)" "$ZT_TMP/zentinel-a"
 cp "$(zt_bin zentinel)" "$ZT_TMP/zentinel-b"
 zt_write_config "$ZT_TMP/zentinel.kdl" "$backend_addr" "$ZT_TMP/zentinel.sock" 2
+# TLS: a second listener, next to the plain one (TLS workloads use addr_tls).
+declare -A addr_tls=()
+if ((tls_ok)); then
+    zentinel_tls_port="$(zt_free_port)"
+    cat >"$ZT_TMP/zentinel-tls-listener.kdl" <<EOF
+    listener "https" {
+        address "127.0.0.1:$zentinel_tls_port"
+        protocol "https"
+        default-route "backend"
+        tls {
+            cert-file "$tls_dir/leaf.pem"
+            key-file "$tls_dir/leaf.key"
+            min-version "1.3"
+            cipher-suites "$TLS_SUITE"
+        }
+    }
+EOF
+    # At the end of the listeners block: the plain listener stays the first one logged, which
+    # is the one zt_start_zentinel takes for ZT_ADDR.
+    awk -v f="$ZT_TMP/zentinel-tls-listener.kdl" '
+        /^listeners \{/ { inside = 1 }
+        inside && /^\}/ { while ((getline l < f) > 0) print l; inside = 0 }
+        { print }' "$ZT_TMP/zentinel.kdl" >"$ZT_TMP/zentinel.kdl.new"
+    mv "$ZT_TMP/zentinel.kdl.new" "$ZT_TMP/zentinel.kdl"
+fi
 zt_start_zentinel "$ZT_TMP/zentinel.kdl" "$ZT_TMP/zentinel-a"
 addr[zentinel]="$ZT_ADDR"
-zt_info "backend $backend_addr, zentinel $ZT_ADDR"
+[[ "$ZT_ADDR" != *":${zentinel_tls_port:-none}" ]] || zt_die "zentinel: took the TLS listener $ZT_ADDR for the plain one"
+if ((tls_ok)); then
+    if zt_wait_tcp 127.0.0.1 "$zentinel_tls_port" 10; then
+        addr_tls[zentinel]="127.0.0.1:$zentinel_tls_port"
+    else
+        zt_warn "zentinel's TLS listener 127.0.0.1:$zentinel_tls_port does not accept"
+    fi
+fi
+zt_info "backend $backend_addr, zentinel $ZT_ADDR (TLS ${addr_tls[zentinel]:-n/a})"
 
 write_nginx_conf() {
-    local dir="$1" port="$2"
+    local dir="$1" port="$2" tls_port="$3"
     mkdir -p "$dir/tmp"
     cat >"$dir/nginx.conf" <<EOF
 $( (($(id -u) == 0)) && echo 'user root;  # the temp paths are inside a 0700 directory')
@@ -148,17 +203,34 @@ http {
             proxy_set_header Connection "";
         }
     }
+$( ((tls_ok)) && cat <<TLS
+    server {
+        listen 127.0.0.1:$tls_port ssl;
+        ssl_certificate $tls_dir/leaf.pem;
+        ssl_certificate_key $tls_dir/leaf.key;
+        ssl_protocols TLSv1.3;
+        ssl_conf_command Ciphersuites $TLS_SUITE;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+TLS
+)
 }
 EOF
 }
 
-# start_nginx: sets addr[nginx] and nginx_pid, or returns 1 (reported as n/a).
+# start_nginx: sets addr[nginx] (and addr_tls[nginx]) and nginx_pid, or returns 1 (reported as
+# n/a).
 start_nginx() {
-    local dir="$ZT_TMP/nginx" port try
+    local dir="$ZT_TMP/nginx" port tls_port try
     command -v nginx >/dev/null || { zt_warn "nginx not installed"; return 1; }
     for try in 1 2 3; do
         port="$(zt_free_port)"
-        write_nginx_conf "$dir" "$port"
+        tls_port="$(zt_free_port)"
+        write_nginx_conf "$dir" "$port" "$tls_port"
         if ! nginx -t -q -e "$dir/error.log" -c "$dir/nginx.conf" -p "$dir" 2>"$dir/check.err"; then
             zt_warn "nginx -t rejected the config: $(cat "$dir/check.err")"
             return 1
@@ -171,6 +243,9 @@ start_nginx() {
         zt_register_pid "$nginx_pid" nginx
         if zt_wait_tcp 127.0.0.1 "$port" 10 "$nginx_pid"; then
             addr[nginx]="127.0.0.1:$port"
+            if ((tls_ok)) && zt_wait_tcp 127.0.0.1 "$tls_port" 10 "$nginx_pid"; then
+                addr_tls[nginx]="127.0.0.1:$tls_port"
+            fi
             return 0
         fi
         zt_stop_pid "$nginx_pid" nginx
@@ -181,7 +256,7 @@ start_nginx() {
 }
 
 write_haproxy_conf() {
-    local file="$1" port="$2" seamless="$3"
+    local file="$1" port="$2" seamless="$3" tls_port="$4"
     cat >"$file" <<EOF
 global
     nbthread 2
@@ -197,21 +272,28 @@ defaults
 frontend fe
     bind 127.0.0.1:$port
     default_backend be
+$( ((tls_ok)) && cat <<TLS
+frontend fe_tls
+    bind 127.0.0.1:$tls_port ssl crt $tls_dir/leaf-and-key.pem ssl-min-ver TLSv1.3 ciphersuites $TLS_SUITE
+    default_backend be
+TLS
+)
 backend be
     server s1 $backend_addr
 EOF
 }
 
 # start_haproxy NAME SEAMLESS: master-worker mode (-W) in the foreground (-db); sets addr[NAME]
-# and haproxy_pid[NAME], or returns 1.
+# (and addr_tls[NAME]) and haproxy_pid[NAME], or returns 1.
 declare -A haproxy_pid=()
 start_haproxy() {
-    local name="$1" seamless="$2" port try file pid
+    local name="$1" seamless="$2" port tls_port try file pid
     command -v haproxy >/dev/null || { zt_warn "haproxy not installed"; return 1; }
     for try in 1 2 3; do
         port="$(zt_free_port)"
+        tls_port="$(zt_free_port)"
         file="$ZT_TMP/$name.cfg"
-        write_haproxy_conf "$file" "$port" "$seamless"
+        write_haproxy_conf "$file" "$port" "$seamless" "$tls_port"
         if ! haproxy -c -q -f "$file" >"$ZT_TMP/$name.check" 2>&1; then
             zt_warn "haproxy -c rejected $file: $(cat "$ZT_TMP/$name.check")"
             return 1
@@ -223,6 +305,9 @@ start_haproxy() {
         if zt_wait_tcp 127.0.0.1 "$port" 10 "$pid"; then
             addr[$name]="127.0.0.1:$port"
             haproxy_pid[$name]="$pid"
+            if ((tls_ok)) && zt_wait_tcp 127.0.0.1 "$tls_port" 10 "$pid"; then
+                addr_tls[$name]="127.0.0.1:$tls_port"
+            fi
             return 0
         fi
         zt_stop_pid "$pid" "$name"
@@ -235,27 +320,44 @@ start_haproxy() {
 nginx_pid=""
 start_nginx || zt_warn "nginx is reported as n/a"
 start_haproxy haproxy 0 || zt_warn "haproxy is reported as n/a"
-zt_info "nginx ${addr[nginx]:-n/a} (master pid ${nginx_pid:-n/a}), haproxy ${addr[haproxy]:-n/a}"
+zt_info "nginx ${addr[nginx]:-n/a} (TLS ${addr_tls[nginx]:-n/a}, master pid ${nginx_pid:-n/a}), haproxy ${addr[haproxy]:-n/a} (TLS ${addr_tls[haproxy]:-n/a})"
 
 # ---------------------------------------------------------------------------------------------
 # Throughput and latency
 
 targets=(backend zentinel nginx haproxy)
-workloads=(ka-1k ka-64k close-1k)
+plain_workloads=(ka-1k ka-64k close-1k)
+tls_workloads=()
+((tls_ok)) && tls_workloads=(tls-ka-1k tls-new-1k tls-resume-1k)
+workloads=("${plain_workloads[@]}" "${tls_workloads[@]}")
+tls_args="--tls --ca $tls_dir/ca.pem --sni $TLS_NAME"
 declare -A wl_args=(
     [ka-1k]="-c 64 --mode keepalive --body 1024"
     [ka-64k]="-c 64 --mode keepalive --body 65536"
     [close-1k]="-c 16 --mode close --body 1024"
+    [tls-ka-1k]="-c 64 --mode keepalive --body 1024 $tls_args"
+    [tls-new-1k]="-c 16 --mode close --body 1024 $tls_args"
+    [tls-resume-1k]="-c 16 --mode close --body 1024 $tls_args --resume"
 )
-declare -A rps_of=() p99_of=() failed_of=()
+declare -A rps_of=() p99_of=() failed_of=() hps_of=() resumed_of=() negotiated_of=()
 mkdir -p "$ZT_TMP/runs"
 
-# measure WORKLOAD TARGET ROUND: one zentinel-load run; appends to rps_of/p99_of/failed_of.
+# target_addr WORKLOAD TARGET: where the workload goes ("" when that target has no such
+# listener: the backend and any server without TLS for tls-* workloads).
+target_addr() {
+    case "$1" in
+        tls-*) echo "${addr_tls[$2]:-}" ;;
+        *) echo "${addr[$2]:-}" ;;
+    esac
+}
+
+# measure WORKLOAD TARGET ROUND: one zentinel-load run; appends to rps_of/p99_of/failed_of, and
+# for TLS to hps_of (handshakes/s), resumed_of (% of handshakes) and negotiated_of.
 measure() {
-    local w="$1" t="$2" r="$3" out last rc=0
+    local w="$1" t="$2" r="$3" out last rc=0 hs
     out="$ZT_TMP/runs/$w-$t-$r.out"
     # shellcheck disable=SC2086  # wl_args holds several words on purpose
-    "$(zt_bin zentinel-load)" --addr "${addr[$t]}" -t 2 -d "${duration}s" ${wl_args[$w]} >"$out" 2>&1 || rc=$?
+    "$(zt_bin zentinel-load)" --addr "$(target_addr "$w" "$t")" -t 2 -d "${duration}s" ${wl_args[$w]} >"$out" 2>&1 || rc=$?
     last="$(tail -n1 "$out")"
     if [[ "$last" != requests=* ]]; then
         zt_warn "$w via $t (round $r): zentinel-load exit $rc without a summary: $(tail -n 3 "$out")"
@@ -264,7 +366,13 @@ measure() {
     rps_of[$w,$t]+="$(zt_summary_field "$last" rps) "
     p99_of[$w,$t]+="$(zt_summary_field "$last" p99_ms) "
     failed_of[$w,$t]=$((${failed_of[$w,$t]:-0} + $(zt_summary_field "$last" failed)))
-    printf '    round %d  %-8s %-9s %s\n' "$r" "$w" "$t" "$last"
+    hs="$(zt_summary_field "$last" handshakes)"
+    if [[ -n "$hs" ]]; then
+        hps_of[$w,$t]+="$(zt_summary_field "$last" hps) "
+        resumed_of[$w,$t]+="$(awk -v r="$(zt_summary_field "$last" resumed)" -v h="$hs" 'BEGIN { printf "%.0f", h ? 100 * r / h : 0 }') "
+        negotiated_of[$t]="$(sed -n 's/^tls: .*negotiated: //p' "$out")"
+    fi
+    printf '    round %d  %-13s %-9s %s\n' "$r" "$w" "$t" "$last"
 }
 
 zt_log "throughput: ${#workloads[@]} workloads x ${#targets[@]} targets x $rounds round(s), ${duration}s each"
@@ -273,7 +381,7 @@ for ((r = 1; r <= rounds; r++)); do
         # Rotate the order every round so no target always runs first or last.
         for ((k = 0; k < ${#targets[@]}; k++)); do
             t="${targets[$(((k + r - 1) % ${#targets[@]}))]}"
-            [[ -n "${addr[$t]:-}" ]] || continue
+            [[ -n "$(target_addr "$w" "$t")" ]] || continue
             measure "$w" "$t" "$r"
         done
     done
@@ -368,7 +476,7 @@ ratio() {
 table=()
 md=("| workload | target | rps (median) | p99 ms (median) | failed (all rounds) |" "|---|---|---:|---:|---:|")
 declare -A med_rps=() med_p99=()
-for w in "${workloads[@]}"; do
+for w in "${plain_workloads[@]}"; do
     for t in "${targets[@]}"; do
         # shellcheck disable=SC2086  # space-separated samples
         med_rps[$w,$t]="$(zt_median ${rps_of[$w,$t]:-})"
@@ -382,7 +490,7 @@ done
 
 ratios=()
 md_ratios=("| workload | rps Zentinel/nginx | rps Zentinel/HAProxy | p99 Zentinel/nginx | p99 Zentinel/HAProxy |" "|---|---:|---:|---:|---:|")
-for w in "${workloads[@]}"; do
+for w in "${plain_workloads[@]}"; do
     a="$(ratio "${med_rps[$w,zentinel]}" "${med_rps[$w,nginx]}")"
     b="$(ratio "${med_rps[$w,zentinel]}" "${med_rps[$w,haproxy]}")"
     c="$(ratio "${med_p99[$w,zentinel]}" "${med_p99[$w,nginx]}")"
@@ -390,6 +498,50 @@ for w in "${workloads[@]}"; do
     ratios+=("$(printf '%-9s %18s %20s %18s %20s' "$w" "$a" "$b" "$c" "$d")")
     md_ratios+=("| $w | $a | $b | $c | $d |")
 done
+
+# TLS: the same, plus handshakes/s and the share resumed; the ratios compare req/s, except for
+# tls-new-1k where what is measured is new handshakes/s (one per request there).
+tls_table=() tls_ratios=() md_tls=() md_tls_ratios=() tls_negotiated=()
+if ((${#tls_workloads[@]})); then
+    md_tls=("| workload | target | rps (median) | p99 ms (median) | handshakes/s (median) | resumed % (median) | failed (all rounds) |" "|---|---|---:|---:|---:|---:|---:|")
+    declare -A med_hps=() med_res=()
+    for w in "${tls_workloads[@]}"; do
+        for t in zentinel nginx haproxy; do
+            # shellcheck disable=SC2086  # space-separated samples
+            med_rps[$w,$t]="$(zt_median ${rps_of[$w,$t]:-})"
+            # shellcheck disable=SC2086
+            med_p99[$w,$t]="$(zt_median ${p99_of[$w,$t]:-})"
+            # shellcheck disable=SC2086
+            med_hps[$w,$t]="$(zt_median ${hps_of[$w,$t]:-})"
+            # shellcheck disable=SC2086
+            med_res[$w,$t]="$(zt_median ${resumed_of[$w,$t]:-})"
+            f="${failed_of[$w,$t]:-n/a}"
+            tls_table+=("$(printf '%-13s %-10s %12s %14s %14s %10s %10s' "$w" "$t" "${med_rps[$w,$t]}" "${med_p99[$w,$t]}" "${med_hps[$w,$t]}" "${med_res[$w,$t]}" "$f")")
+            md_tls+=("| $w | $t | ${med_rps[$w,$t]} | ${med_p99[$w,$t]} | ${med_hps[$w,$t]} | ${med_res[$w,$t]} | $f |")
+        done
+    done
+    md_tls_ratios=("| workload | measure | Zentinel/nginx | Zentinel/HAProxy | p99 Zentinel/nginx | p99 Zentinel/HAProxy |" "|---|---|---:|---:|---:|---:|")
+    for w in "${tls_workloads[@]}"; do
+        if [[ "$w" == tls-new-* ]]; then
+            m="handshakes/s" a="$(ratio "${med_hps[$w,zentinel]}" "${med_hps[$w,nginx]}")" b="$(ratio "${med_hps[$w,zentinel]}" "${med_hps[$w,haproxy]}")"
+        else
+            m="req/s" a="$(ratio "${med_rps[$w,zentinel]}" "${med_rps[$w,nginx]}")" b="$(ratio "${med_rps[$w,zentinel]}" "${med_rps[$w,haproxy]}")"
+        fi
+        c="$(ratio "${med_p99[$w,zentinel]}" "${med_p99[$w,nginx]}")"
+        d="$(ratio "${med_p99[$w,zentinel]}" "${med_p99[$w,haproxy]}")"
+        tls_ratios+=("$(printf '%-13s %-12s %14s %16s %18s %20s' "$w" "$m" "$a" "$b" "$c" "$d")")
+        md_tls_ratios+=("| $w | $m | $a | $b | $c | $d |")
+    done
+    for t in zentinel nginx haproxy; do
+        tls_negotiated+=("$t: ${negotiated_of[$t]:-n/a}")
+    done
+fi
+# The TLS libraries doing the work: rustls in Zentinel and zentinel-load, the OpenSSL nginx and
+# HAProxy run with.
+rustls_version="$(awk '/^name = "rustls"$/ { getline; gsub(/"/, "", $3); print $3; exit }' "$ZT_ROOT/Cargo.lock")"
+openssl_running="$( (haproxy -vv 2>/dev/null || true) | sed -n 's/^Running on OpenSSL version : //p' | head -n1)"
+[[ -n "$openssl_running" ]] || openssl_running="$( (openssl version 2>/dev/null || echo 'n/a') | head -n1)"
+tls_note="TLS: one ECDSA P-256 certificate (openssl, signed by a test CA) for all three, TLS 1.3 only, cipher suite $TLS_SUITE pinned in each (nginx ssl_conf_command Ciphersuites, HAProxy bind ciphersuites, Zentinel tls cipher-suites); libraries: rustls ${rustls_version:-?} (ring) in Zentinel and zentinel-load, $openssl_running in nginx and HAProxy; zentinel-load verifies the certificate; negotiated:"
 
 reloads=()
 md_reloads=("| target | action (2 during the load) | workers replaced | requests | failed | rps |" "|---|---|---|---:|---:|---:|")
@@ -419,6 +571,16 @@ printf '%s\n' "${table[@]}"
 echo
 printf '%-9s %18s %20s %18s %20s\n' workload "rps zentinel/nginx" "rps zentinel/haproxy" "p99 zentinel/nginx" "p99 zentinel/haproxy"
 printf '%s\n' "${ratios[@]}"
+if ((${#tls_table[@]})); then
+    echo
+    echo "$tls_note"
+    printf '    %s\n' "${tls_negotiated[@]}"
+    printf '%-13s %-10s %12s %14s %14s %10s %10s\n' workload target "rps(median)" "p99ms(median)" "hs/s(median)" "resumed%" failed
+    printf '%s\n' "${tls_table[@]}"
+    echo
+    printf '%-13s %-12s %14s %16s %18s %20s\n' workload measure "zentinel/nginx" "zentinel/haproxy" "p99 zentinel/nginx" "p99 zentinel/haproxy"
+    printf '%s\n' "${tls_ratios[@]}"
+fi
 echo
 printf '%-17s %-40s %9s %10s %8s %8s\n' target "reload action" replaced requests failed rps
 printf '%s\n' "${reloads[@]}"
@@ -432,6 +594,16 @@ if [[ -n "$markdown" ]]; then
         echo
         printf '%s\n' "${md_ratios[@]}"
         echo
+        if ((${#md_tls[@]})); then
+            echo "$tls_note"
+            echo
+            printf -- '- %s\n' "${tls_negotiated[@]}"
+            echo
+            printf '%s\n' "${md_tls[@]}"
+            echo
+            printf '%s\n' "${md_tls_ratios[@]}"
+            echo
+        fi
         echo "Reload comparison: keep-alive, 64 connections, 1 KiB, ${reload_duration}s with 2 reloads."
         echo
         printf '%s\n' "${md_reloads[@]}"

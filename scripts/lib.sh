@@ -306,6 +306,33 @@ zt_report_checks() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# TLS
+
+# zt_make_tls_cert DIR NAME: with openssl, a test CA (DIR/ca.pem) and a certificate for NAME it
+# signs (DIR/leaf.pem, key DIR/leaf.key, both in DIR/leaf-and-key.pem for HAProxy's `crt`),
+# ECDSA P-256 keys; fails (with a warning) when openssl is missing or fails.
+zt_make_tls_cert() {
+    local dir="$1" name="$2"
+    command -v openssl >/dev/null || { zt_warn "openssl not installed: no certificate"; return 1; }
+    mkdir -p "$dir"
+    (
+        cd "$dir"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout ca.key -out ca.pem -days 7 -subj "/CN=Zentinel harness test CA"
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout leaf.key -out leaf.csr -subj "/CN=$name"
+        printf '%s\n' "subjectAltName=DNS:$name" "basicConstraints=CA:FALSE" \
+            "keyUsage=digitalSignature" "extendedKeyUsage=serverAuth" >leaf.ext
+        openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 7 \
+            -extfile leaf.ext -out leaf.pem
+        cat leaf.pem leaf.key >leaf-and-key.pem
+    ) >"$dir/openssl.log" 2>&1 || {
+        zt_warn "making a TLS certificate failed: $(tail -n 3 "$dir/openssl.log")"
+        return 1
+    }
+}
+
+# ---------------------------------------------------------------------------------------------
 # Backend
 
 # zt_start_backend NAME: start zentinel-backend on 127.0.0.1:0; sets ZT_BACKEND_ADDR and

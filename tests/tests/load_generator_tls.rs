@@ -83,8 +83,8 @@ fn keepalive_and_close_runs_count_their_handshakes() {
     assert_eq!(run.last_u64("resumed"), 0, "no --resume: all full");
     assert_eq!(
         negotiated(&run),
-        ["TLSv1_3 TLS13_AES_256_GCM_SHA384"],
-        "rustls server and client: TLS 1.3, their first suite"
+        ["TLSv1_3 TLS13_AES_256_GCM_SHA384 X25519"],
+        "rustls server and client: TLS 1.3, their first suite and group"
     );
     assert!(run.stdout.contains("TLS (SNI a.test, verified against"));
 

@@ -201,7 +201,7 @@ fn tls_keepalive_and_new_connection_loads_see_no_failure_across_a_rolling_upgrad
         let negotiated = &run.json["tls"]["negotiated"];
         assert_eq!(
             negotiated,
-            &serde_json::json!(["TLSv1_3 TLS13_AES_128_GCM_SHA256"]),
+            &serde_json::json!(["TLSv1_3 TLS13_AES_128_GCM_SHA256 X25519"]),
             "{name}: the listener offers {SUITE} only"
         );
     }

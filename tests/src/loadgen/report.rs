@@ -28,7 +28,7 @@ pub(super) struct ThreadStats {
     /// TLS handshakes completed, and how many of them resumed a session.
     pub handshakes: u64,
     pub resumed: u64,
-    /// Each protocol version and cipher suite negotiated, once.
+    /// Each protocol version, cipher suite and key exchange group negotiated, once.
     pub negotiated: Vec<String>,
     pub histogram: Histogram<u64>,
     /// `[ok, failed]` per 100 ms since the start, by completion time.
@@ -112,7 +112,8 @@ pub struct Report {
     /// TLS handshakes completed; of them, resumed sessions (the rest were full handshakes).
     pub handshakes: u64,
     pub resumed: u64,
-    /// Protocol versions and cipher suites negotiated (`TLSv1_3 TLS13_AES_128_GCM_SHA256`).
+    /// Protocol versions, cipher suites and key exchange groups negotiated
+    /// (`TLSv1_3 TLS13_AES_128_GCM_SHA256 X25519`).
     pub negotiated: Vec<String>,
     pub elapsed: Duration,
     /// Latency of the successes, in microseconds.

@@ -19,7 +19,7 @@ pub(super) struct Stream {
 /// How a finished handshake went, for the report.
 pub(super) struct Handshake {
     pub resumed: bool,
-    /// `TLSv1_3 TLS13_AES_128_GCM_SHA256`.
+    /// `TLSv1_3 TLS13_AES_128_GCM_SHA256 X25519`: version, cipher suite, key exchange group.
     pub negotiated: String,
 }
 
@@ -72,9 +72,13 @@ impl Stream {
                 let suite = tls
                     .negotiated_cipher_suite()
                     .map_or_else(|| "?".to_owned(), |s| format!("{:?}", s.suite()));
+                // None only for a resumed TLS 1.2 session (no key exchange).
+                let group = tls
+                    .negotiated_key_exchange_group()
+                    .map_or_else(|| "no-kx".to_owned(), |g| format!("{:?}", g.name()));
                 return Ok(Some(Handshake {
                     resumed: tls.handshake_kind() == Some(HandshakeKind::Resumed),
-                    negotiated: format!("{version} {suite}"),
+                    negotiated: format!("{version} {suite} {group}"),
                 }));
             }
             match tls.read_tls(&mut self.sock) {
