@@ -1,7 +1,9 @@
 //! Old-master side of a binary upgrade: the state file it wrote for its successor, removed
 //! whenever this master gives the upgrade up (an error before the successor starts, the
 //! successor failing, a stop, a panic): dropping the guard removes it, so no path leaves it
-//! behind. After a successful handover the successor has removed it already.
+//! behind. After a successful handover the successor has removed it already (right after
+//! reading it). Mode 0600: it may hold the TLS session-ticket keys, the only place they are
+//! ever written to disk.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -45,8 +47,11 @@ impl Drop for HandoverStateFile {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
     use zentinel_protocol::state::{ConfigSource, MasterMetrics};
+    use zentinel_protocol::ticket_keys::{TicketKey, TicketKeys};
 
     fn state() -> MasterState {
         MasterState {
@@ -66,6 +71,14 @@ mod tests {
             upgrade: None,
             metrics_listener: None,
             metrics: MasterMetrics::default(),
+            ticket_keys: TicketKeys {
+                keys: vec![TicketKey {
+                    name: [1; 16],
+                    secret: [0x5e; 32],
+                    created_unix_s: 1,
+                }],
+                lifetime_s: 43_200,
+            },
         }
     }
 
@@ -82,6 +95,14 @@ mod tests {
         // Given up (the successor failed, say): the file goes with the guard.
         let file = HandoverStateFile::write(&path, &state()).unwrap();
         assert!(file.path().is_file());
+        // It holds the TLS session-ticket keys: readable by this user alone.
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "state file mode {mode:o}");
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            bytes.windows(32).any(|w| w == [0x5e; 32]),
+            "the keys are in it"
+        );
         drop(file);
         assert!(!path.exists(), "state file left behind");
 

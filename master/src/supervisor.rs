@@ -24,7 +24,8 @@
 //! worker and slot; [`channel`] worker channel I/O and messages; [`lifecycle`] spawn, retire,
 //! reap; [`stop`]; [`signals`]; [`deadlines`]; [`notify`] (systemd, pid file); the control
 //! commands [`control`] (status, restart, stop), [`reload`], [`answers`] (request ids);
-//! [`metrics`]; and the upgrade's adapters, each carrying out one state machine of
+//! [`metrics`]; [`tickets`] (the TLS session-ticket keys: rotation, and what workers and a
+//! successor get); and the upgrade's adapters, each carrying out one state machine of
 //! `crate::upgrade`: [`handover`] (old master), [`adoption`] and [`takeover`] (new master),
 //! [`rolling`] (rolling replacement and canary), with [`upgrade`] their shared parts.
 
@@ -60,6 +61,7 @@ use crate::metrics::MetricsServer;
 use crate::ownership::Ownership;
 use crate::request_ids::{Outstanding, RequestIds};
 use crate::systemd;
+use crate::ticket_keys::TicketKeyRotation;
 use crate::upgrade::rolling::RollingEvent;
 use crate::worker_process::{spawn_worker, Executable, WorkerArgs};
 
@@ -100,6 +102,7 @@ mod rolling;
 mod signals;
 mod stop;
 mod takeover;
+mod tickets;
 mod upgrade;
 mod workers;
 
@@ -188,6 +191,9 @@ pub struct SupervisorSetup {
     pub metrics: Option<MetricsServer>,
     /// Master-side counters: zero on a fresh start, the predecessor's after an upgrade.
     pub master_metrics: zentinel_protocol::state::MasterMetrics,
+    /// The TLS session-ticket keys: fresh at a fresh start, the predecessor's after an
+    /// upgrade (when it handed them on).
+    pub ticket_keys: TicketKeyRotation,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +273,8 @@ pub struct Supervisor {
     master_metrics: zentinel_protocol::state::MasterMetrics,
     /// Stopped with every worker gone: the last responses drain until then.
     exit_flush_until: Option<Instant>,
+    /// The TLS session-ticket keys every worker gets, and when they rotate next.
+    ticket_keys: TicketKeyRotation,
     /// A successor master's readiness pipe until it confirms. Declared last: fields drop
     /// after `Drop::drop`, in order, so a failing successor closes it (the previous master
     /// takes that EOF for failure and kills it) only once everything else is dropped.
@@ -352,6 +360,7 @@ impl Supervisor {
             metrics,
             master_metrics: setup.master_metrics,
             exit_flush_until: None,
+            ticket_keys: setup.ticket_keys,
             ready_pipe: None,
         })
     }
@@ -396,6 +405,7 @@ impl Supervisor {
         if let Some(metrics) = &self.metrics {
             info!(address = %metrics.local_address(), path = %metrics.config().path, "metrics endpoint ready");
         }
+        self.log_ticket_keys();
         if let Some(inherited) = self.inherited.take() {
             self.adopt(inherited);
             self.asked_fault();

@@ -24,6 +24,7 @@ use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Portable, Serialize};
+use zeroize::Zeroize;
 
 use crate::fd_passing::{recv_with_fds_flags, send_vectored_with_fds, send_with_fds};
 use crate::frame::{self, DecodedFrame, FrameDecoder, MAX_FDS_PER_FRAME};
@@ -107,6 +108,14 @@ impl ReceivedFrame {
     }
 }
 
+/// Some messages carry secrets (the TLS session-ticket keys): no frame leaves its bytes behind
+/// in freed memory.
+impl Drop for ReceivedFrame {
+    fn drop(&mut self) {
+        self.payload.as_mut_slice().zeroize();
+    }
+}
+
 /// Fds delivered by one `recvmsg`, with the stream range `[start, end)` that call read.
 #[derive(Debug)]
 struct FdBatch {
@@ -122,6 +131,13 @@ struct Outgoing {
     bytes: Vec<u8>,
     written: usize,
     fds: Vec<OwnedFd>,
+}
+
+/// Zeroed once written (or dropped unsent), like [`ReceivedFrame`].
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
 }
 
 /// A framed, fd-carrying channel over one end of a Unix stream socket. Not thread-safe by
@@ -368,6 +384,8 @@ impl Channel {
             });
         }
         self.decoder.push(&self.read_buf[..n]);
+        // The decoder has its copy; none is left in the read buffer (see `ReceivedFrame`).
+        self.read_buf[..n].zeroize();
         Ok(n)
     }
 

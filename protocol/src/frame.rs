@@ -16,6 +16,7 @@ use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Portable, Serialize};
+use zeroize::Zeroize;
 
 use crate::ProtocolError;
 
@@ -119,7 +120,12 @@ pub fn encode<T>(msg: &T, fd_count: usize, max_payload: usize) -> Result<Vec<u8>
 where
     T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
 {
-    encode_payload(&serialize(msg)?, fd_count, max_payload)
+    let mut payload = serialize(msg)?;
+    let frame = encode_payload(&payload, fd_count, max_payload);
+    // Some messages carry secrets (the TLS session-ticket keys): the copy in the frame is
+    // zeroed by the channel once sent, this one now.
+    payload.as_mut_slice().zeroize();
+    frame
 }
 
 /// Validate `payload` as an archived `T` and return a reference into it (zero-copy).

@@ -14,10 +14,17 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::config::ProxyConfig;
+use crate::ticket_keys::TicketKeys;
 
 /// Bumped whenever a message layout changes incompatibly.
 ///
-/// 4: every request that expects an answer carries a request id, which the answer echoes
+/// 4: `WorkerStart` carries the TLS session-ticket keys (boxed, so the archived message keeps
+/// its size), and [`MasterMessage::TicketKeys`] (appended) carries the keys after each
+/// rotation: every worker of every generation seals and opens tickets with the master's keys
+/// (`docs/design/session-tickets.md`). A worker of protocol 3 or older is never sent them: it
+/// keeps its own per-process sessions until it is replaced.
+///
+/// Also 4: every request that expects an answer carries a request id, which the answer echoes
 /// (`StatusRequest` -> `Status`, `Reconfigure` -> `Reconfigured`/`ReconfigureFailed`). Two
 /// masters read the same channels during a binary upgrade, so an answer may reach a master
 /// that never sent its request (a successor that asked and then failed leaves its answers to
@@ -86,6 +93,9 @@ pub struct WorkerStart {
     pub config: Box<ProxyConfig>,
     /// The listeners' identities, in the order of the fds.
     pub listeners: Vec<ListenerHandle>,
+    /// The TLS session-ticket keys every TLS listener seals and opens tickets with (boxed,
+    /// like the configuration). In a `Reconfigure`, the master's current keys again.
+    pub ticket_keys: Box<TicketKeys>,
 }
 
 /// What the master sends a worker.
@@ -120,6 +130,10 @@ pub enum MasterMessage {
         /// What the worker runs from now on, as `Start` carries it.
         start: WorkerStart,
     },
+    /// The master rotated the TLS session-ticket keys: seal new tickets with the first, open
+    /// tickets with any of them. Sent to every worker of protocol 4 or later once its `Start`
+    /// is out.
+    TicketKeys(TicketKeys),
 }
 
 /// A worker's counters. All are totals since the worker started, except `active_connections`.
@@ -205,6 +219,7 @@ impl MasterMessage {
             MasterMessage::Stop => "Stop",
             MasterMessage::StatusRequest { .. } => "StatusRequest",
             MasterMessage::Reconfigure { .. } => "Reconfigure",
+            MasterMessage::TicketKeys(_) => "TicketKeys",
         }
     }
 }
@@ -219,6 +234,7 @@ impl ArchivedMasterMessage {
             ArchivedMasterMessage::Stop => "Stop",
             ArchivedMasterMessage::StatusRequest { .. } => "StatusRequest",
             ArchivedMasterMessage::Reconfigure { .. } => "Reconfigure",
+            ArchivedMasterMessage::TicketKeys(_) => "TicketKeys",
         }
     }
 }

@@ -43,22 +43,30 @@
 //! # The oldest format that holds the state is the one written
 //!
 //! [`encode_state`] writes format 4 when no worker carries a drain deadline (the usual case:
-//! no retired worker is draining), byte for byte what the previous release writes, so that
-//! release can still take over from this one (a rollback is an upgrade too); format 5 only
-//! when a deadline must travel. [`written_format`] says which.
+//! no retired worker is draining) and no TLS session-ticket keys travel, byte for byte what the
+//! previous release writes, so that release can still take over from this one (a rollback is
+//! an upgrade too); format 5 when a deadline must travel; format 6 when ticket keys do.
+//! [`written_format`] says which. The keys are the one fact a master may leave out: without
+//! them the new master makes fresh keys and clients pay one full handshake, so the master
+//! hands them on only to a binary that says it reads format 6 (and only when a TLS listener
+//! resumes sessions); see `docs/design/session-tickets.md`.
 //!
 //! History: version 1 (frozen in [`v1`]); version 2 added `UpstreamConfig::health_check`,
 //! `UpstreamConfig::passive_health`, `ListenerConfig::access_log`, the metrics listener and the
 //! master's metrics counters (frozen in [`v2`]); version 3 added `PendingUpgrade::canary`
 //! (frozen in [`v3`]); version 4 replaced the parsed configuration by its source text (frozen
 //! in [`v4`]); version 5 added `WorkerRecord::drain_deadline_monotonic_ms`, so that a worker
-//! retired with its own drain timeout keeps it across later hand-overs.
+//! retired with its own drain timeout keeps it across later hand-overs (frozen in [`v5`]);
+//! version 6 added `ticket_keys`, the TLS session-ticket keys, so that a client's session
+//! resumes on the new binary's workers. The keys are secrets: the file is 0600, the new master
+//! removes it as soon as it has read it, and every buffer that held its bytes is zeroed.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
 pub use crate::config_source::{ConfigSource, ConfigSourceFile};
 use crate::control::{CanaryPolicy, WorkerState};
 use crate::messages::WorkerCounters;
+use crate::ticket_keys::TicketKeys;
 
 pub mod inherited_fds;
 pub mod legacy_kdl;
@@ -67,11 +75,13 @@ pub mod v2;
 pub mod v3;
 pub mod v3_config;
 pub mod v4;
+pub mod v5;
 pub use inherited_fds::InheritedFd;
 pub use v1::MasterStateV1;
 pub use v2::MasterStateV2;
 pub use v3::MasterStateV3;
 pub use v4::MasterStateV4;
+pub use v5::MasterStateV5;
 
 mod encoding;
 mod file;
@@ -85,10 +95,17 @@ pub const STATE_MAGIC: [u8; 8] = *b"ZNTLSTAT";
 /// The newest format this build writes (and reads). Bump it, and add a frozen
 /// `MasterStateV{N}` plus a conversion, whenever the runtime facts change; a change of the
 /// configuration model never needs it.
-pub const STATE_FORMAT_VERSION: u32 = 5;
+pub const STATE_FORMAT_VERSION: u32 = 6;
 
-/// The format a state without drain deadlines is written in ([`v4`]): the previous release's.
+/// The format a state without drain deadlines (and without ticket keys) is written in
+/// ([`v4`]): the previous release's.
 pub const NO_DRAIN_DEADLINE_STATE_FORMAT: u32 = 4;
+
+/// The format a state with drain deadlines but without ticket keys is written in ([`v5`]).
+pub const DRAIN_DEADLINE_STATE_FORMAT: u32 = 5;
+
+/// The format a state with TLS session-ticket keys is written in (the latest).
+pub const TICKET_KEYS_STATE_FORMAT: u32 = 6;
 
 /// A listening socket handed over, by the name of the listener it belongs to.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -198,10 +215,11 @@ pub struct MasterMetrics {
 /// Upper bounds (seconds) of the drain-duration histogram buckets.
 pub const DRAIN_BUCKETS_SECONDS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
-/// Format version 5 (the latest): runtime facts and the configuration's source text.
+/// Format version 6 (the latest): runtime facts, the configuration's source text and the TLS
+/// session-ticket keys.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
-pub struct MasterStateV5 {
+pub struct MasterStateV6 {
     /// The old master's pid (the new master reports readiness to it).
     pub previous_master_pid: u32,
     /// The generation the new master runs as (old + 1).
@@ -228,10 +246,13 @@ pub struct MasterStateV5 {
     pub metrics_listener: Option<InheritedListener>,
     /// Counters the new master continues from.
     pub metrics: MasterMetrics,
+    /// The TLS session-ticket keys the workers use, for the new master and its workers to go
+    /// on with (newest first). Empty: none handed on, the new master makes fresh ones.
+    pub ticket_keys: TicketKeys,
 }
 
 /// The latest state, what the rest of the code uses.
-pub type MasterState = MasterStateV5;
+pub type MasterState = MasterStateV6;
 
 /// Why a state file cannot be written or read.
 #[derive(Debug, thiserror::Error)]

@@ -154,6 +154,54 @@ fn master_messages_keep_their_protocol_4_size() {
     assert_eq!(PROTOCOL_VERSION, 4);
 }
 
+/// The ticket keys travel in `Start` (behind a pointer, like the configuration: the size
+/// above holds) and, after a rotation, in `TicketKeys`, appended as the last tag so every
+/// earlier one keeps its number. An adopted worker of protocol 3 or older is never sent them.
+#[test]
+fn ticket_keys_travel_in_start_and_in_their_own_message() {
+    use zentinel_protocol::messages::v2::MasterMessageV2;
+    use zentinel_protocol::messages::v3::MasterMessageV3;
+    use zentinel_protocol::ticket_keys::{TicketKey, TicketKeys};
+    let keys = TicketKeys {
+        keys: vec![
+            TicketKey {
+                name: [7; 16],
+                secret: [8; 32],
+                created_unix_s: 1_700_000_000,
+            },
+            TicketKey {
+                name: [9; 16],
+                secret: [10; 32],
+                created_unix_s: 1_699_956_800,
+            },
+        ],
+        lifetime_s: 43_200,
+    };
+    let message = MasterMessage::TicketKeys(keys.clone());
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&message).unwrap();
+    // The enum is the archive's root, at the end; its tag is its first byte.
+    let root = bytes.len() - std::mem::size_of::<ArchivedMasterMessage>();
+    assert_eq!(bytes[root], 6, "TicketKeys is the 7th variant");
+    let back = rkyv::from_bytes::<MasterMessage, rkyv::rancor::Error>(&bytes).unwrap();
+    assert_eq!(back, message);
+    assert_eq!(message.kind(), "TicketKeys");
+    assert!(!format!("{message:?}").contains("8, 8"), "{message:?}");
+    for protocol in [2, 3] {
+        let refused = match protocol {
+            2 => MasterMessageV2::try_from(&message)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            _ => MasterMessageV3::try_from(&message)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        assert!(
+            refused.as_ref().is_err_and(|e| e.contains("TicketKeys")),
+            "protocol {protocol}: {refused:?}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The frozen protocol 3 layout (`messages::v3`), spoken with adopted protocol 3 workers
 // ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ use zentinel_protocol::messages::WorkerCounters;
 use zentinel_protocol::state::v3::MetricsListenerFd;
 use zentinel_protocol::state::v3_config::*;
 use zentinel_protocol::state::*;
+use zentinel_protocol::ticket_keys::{hex, TicketKey, TicketKeys};
 
 // ---------------------------------------------------------------------------------------------
 // The frozen version 1 value. Together with tests/fixtures/state-v1.bin it is a compatibility
@@ -381,8 +382,9 @@ fn generate_missing_fixtures() {
     // state as format 2 again, but the fixture must stay the version 2 encoder's own output.)
     // Likewise state-v3.bin. And state-v4.bin, written by the version 4 encoder (this build
     // writes a state without drain deadlines as format 4 again, but the fixture must stay that
-    // encoder's own output).
-    let fixtures: [(&str, Vec<u8>); 1] = [("state-v5.bin", encode_state(&frozen_v5_state()))];
+    // encoder's own output). Likewise state-v5.bin, written by the version 5 encoder.
+    let fixtures: [(&str, Vec<u8>); 1] =
+        [("state-v6.bin", encode_state(&frozen_v6_state()).to_vec())];
     fs::create_dir_all(FIXTURE_DIR).unwrap();
     for (name, bytes) in fixtures {
         let path = Path::new(FIXTURE_DIR).join(name);
@@ -597,7 +599,7 @@ fn expect_corrupt<T: std::fmt::Debug>(result: Result<T, StateError>, what: &str)
 
 #[test]
 fn realistic_state_round_trips() {
-    let state = frozen_v5_state();
+    let state = frozen_v6_state();
     let bytes = encode_state(&state);
     assert_eq!(&bytes[..8], &STATE_MAGIC);
     assert_eq!(&bytes[8..12], &STATE_FORMAT_VERSION.to_le_bytes());
@@ -610,7 +612,7 @@ fn realistic_state_round_trips() {
 
 #[test]
 fn minimal_state_round_trips() {
-    let mut state = frozen_v5_state();
+    let mut state = frozen_v6_state();
     state.listeners.clear();
     state.workers.clear();
     state.upgrade = None;
@@ -625,10 +627,10 @@ fn minimal_state_round_trips() {
     let bytes = encode_state(&state);
     assert_eq!(decode_state(&bytes, "state.bin").unwrap(), state);
 }
-
 // ---------------------------------------------------------------------------------------------
 // The format written: the oldest that holds the state. Format 4 (the previous release's) unless
-// a worker carries a drain deadline, which only format 5 holds.
+// a worker carries a drain deadline, which only formats 5 and 6 hold, or ticket keys travel,
+// which only format 6 holds.
 // ---------------------------------------------------------------------------------------------
 
 fn written_version(bytes: &[u8]) -> u32 {
@@ -637,12 +639,21 @@ fn written_version(bytes: &[u8]) -> u32 {
 
 #[test]
 fn every_state_is_written_in_the_oldest_format_that_holds_it() {
-    assert_eq!(STATE_FORMAT_VERSION, 5);
+    assert_eq!(STATE_FORMAT_VERSION, 6);
     assert_eq!(NO_DRAIN_DEADLINE_STATE_FORMAT, 4);
+    assert_eq!(DRAIN_DEADLINE_STATE_FORMAT, 5);
+    assert_eq!(TICKET_KEYS_STATE_FORMAT, 6);
     let mut no_upgrade = MasterState::from(frozen_v4_state());
     no_upgrade.upgrade = None;
     let mut one_deadline = MasterState::from(frozen_v4_state());
     one_deadline.workers[3].drain_deadline_monotonic_ms = Some(0);
+    let mut keys_no_deadline = MasterState::from(frozen_v4_state());
+    keys_no_deadline.ticket_keys = frozen_v6_state().ticket_keys;
+    let mut keys_left_out = frozen_v6_state();
+    keys_left_out.ticket_keys = TicketKeys::default();
+    // Not the default (a lifetime without keys): only format 6 holds it exactly.
+    let mut lifetime_only = MasterState::from(frozen_v4_state());
+    lifetime_only.ticket_keys.lifetime_s = 60;
     for (what, state, format) in [
         (
             "canary-gated upgrade, no deadline",
@@ -655,8 +666,16 @@ fn every_state_is_written_in_the_oldest_format_that_holds_it() {
             MasterState::from(frozen_v1_state()),
             4,
         ),
-        ("a draining worker with its deadline", frozen_v5_state(), 5),
+        (
+            "a draining worker with its deadline",
+            MasterState::from(frozen_v5_state()),
+            5,
+        ),
         ("one deadline", one_deadline, 5),
+        ("ticket keys, no deadline", keys_no_deadline, 6),
+        ("ticket keys and a deadline", frozen_v6_state(), 6),
+        ("a deadline, the keys left out", keys_left_out, 5),
+        ("no keys, a lifetime", lifetime_only, 6),
     ] {
         let bytes = encode_state(&state);
         assert_eq!(written_version(&bytes), format, "{what}");
@@ -802,14 +821,14 @@ fn frozen_v4_state_file_still_decodes() {
     // A state without drain deadlines is written as the very bytes the version 4 encoder
     // wrote: the previous release can still take over from this one.
     assert_eq!(written_format(&expected), 4);
-    assert_eq!(encode_state(&expected), FIXTURE);
+    assert_eq!(encode_state(&expected).as_slice(), FIXTURE);
 }
 
 /// The frozen version 5 value (with tests/fixtures/state-v5.bin): version 4's, with the drain
 /// deadline of its draining worker (retired with `--drain-timeout 230s` at an uptime of one
 /// day). Never edit it.
-fn frozen_v5_state() -> MasterState {
-    let mut state = MasterState::from(frozen_v4_state());
+fn frozen_v5_state() -> MasterStateV5 {
+    let mut state = MasterStateV5::from(frozen_v4_state());
     state.generation = 8;
     let draining: Vec<_> = state
         .workers
@@ -823,7 +842,10 @@ fn frozen_v5_state() -> MasterState {
     state
 }
 
-/// Written once by the version 5 encoder; same contract as the version 1 fixture.
+/// Written once by the version 5 encoder; same contract as the version 1 fixture. Format 5
+/// carries no ticket keys: the state read from it hands on none (the new master makes fresh
+/// ones, `master/src/ticket_keys.rs`), and without keys this build writes it again byte for
+/// byte, so the release that reads up to format 5 can still take over.
 #[test]
 fn frozen_v5_state_file_still_decodes() {
     static FIXTURE: &[u8] = include_bytes!(concat!(
@@ -838,11 +860,70 @@ fn frozen_v5_state_file_still_decodes() {
     );
     let decoded = decode_state(FIXTURE, "tests/fixtures/state-v5.bin")
         .unwrap_or_else(|e| panic!("frozen version 5 state no longer decodes: {e}"));
-    let expected = frozen_v5_state();
+    let expected = MasterState::from(frozen_v5_state());
     for (got, want) in decoded.workers.iter().zip(&expected.workers) {
         assert_eq!(got, want, "worker {}", want.id);
     }
+    assert!(
+        decoded.ticket_keys.keys.is_empty(),
+        "format 5 carries no keys"
+    );
     assert_eq!(decoded, expected);
+    assert_eq!(written_format(&expected), 5);
+    assert_eq!(encode_state(&expected).as_slice(), FIXTURE);
+}
+
+/// The frozen version 6 value (with tests/fixtures/state-v6.bin): version 5's, with two TLS
+/// session-ticket keys (the sealing one and the one before it, 12 h apart). Never edit it.
+fn frozen_v6_state() -> MasterState {
+    let mut state = MasterState::from(frozen_v5_state());
+    state.generation = 9;
+    state.ticket_keys = TicketKeys {
+        keys: vec![
+            TicketKey {
+                name: *b"ticket-key-new-1",
+                secret: *b"0123456789abcdef0123456789ABCDEF",
+                created_unix_s: 1_764_633_600,
+            },
+            TicketKey {
+                name: *b"ticket-key-old-0",
+                secret: *b"fedcba9876543210FEDCBA9876543210",
+                created_unix_s: 1_764_590_400,
+            },
+        ],
+        lifetime_s: 43_200,
+    };
+    state
+}
+
+/// Written once by the version 6 encoder; same contract as the version 1 fixture.
+#[test]
+fn frozen_v6_state_file_still_decodes() {
+    static FIXTURE: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/state-v6.bin"
+    ));
+    assert_eq!(&FIXTURE[..8], &STATE_MAGIC, "fixture magic");
+    assert_eq!(
+        &FIXTURE[8..12],
+        &6u32.to_le_bytes(),
+        "the v6 fixture must stay a version 6 file"
+    );
+    let decoded = decode_state(FIXTURE, "tests/fixtures/state-v6.bin")
+        .unwrap_or_else(|e| panic!("frozen version 6 state no longer decodes: {e}"));
+    let expected = frozen_v6_state();
+    assert_eq!(decoded.ticket_keys, expected.ticket_keys);
+    assert_eq!(decoded, expected);
+}
+
+/// The keys are secrets, but a state is logged and shown in errors with `Debug`: that shows
+/// their names, never a secret byte.
+#[test]
+fn a_state_shows_the_ticket_key_names_not_the_secrets() {
+    let shown = format!("{:?}", frozen_v6_state());
+    assert!(shown.contains(&hex(b"ticket-key-new-1")), "{shown}");
+    assert!(!shown.contains("0123456789abcdef"), "{shown}");
+    assert!(!shown.contains("48, 49, 50"), "{shown}");
 }
 
 fn name() -> impl Strategy<Value = String> {
@@ -970,7 +1051,7 @@ fn master_state() -> impl Strategy<Value = MasterState> {
             vec(worker_record(), 0..6),
             option::of(upgrade),
         ),
-        (option::of(metrics_listener), metrics),
+        (option::of(metrics_listener), metrics, common::ticket_keys()),
     )
         .prop_map(
             |(
@@ -978,7 +1059,7 @@ fn master_state() -> impl Strategy<Value = MasterState> {
                 (log_level, control_socket_path, control_socket_fd),
                 (previous_binary, previous_executable_fd),
                 (listeners, workers, upgrade),
-                (metrics_listener, metrics),
+                (metrics_listener, metrics, ticket_keys),
             )| MasterState {
                 previous_master_pid,
                 generation,
@@ -993,6 +1074,7 @@ fn master_state() -> impl Strategy<Value = MasterState> {
                 upgrade,
                 metrics_listener,
                 metrics,
+                ticket_keys,
             },
         )
 }
@@ -1026,7 +1108,7 @@ proptest! {
     fn mutated_archive_with_fixed_checksum_never_panics(
         flips in vec((any::<prop::sample::Index>(), 1u8..=255), 1..8),
     ) {
-        let good = encode_state(&frozen_v5_state());
+        let good = encode_state(&frozen_v6_state());
         let mut payload = good[STATE_HEADER_LEN..].to_vec();
         for (index, mask) in flips {
             let i = index.index(payload.len());
@@ -1044,7 +1126,7 @@ proptest! {
 
 #[test]
 fn every_truncation_is_corrupt() {
-    let bytes = encode_state(&frozen_v5_state());
+    let bytes = encode_state(&frozen_v6_state());
     for len in 0..bytes.len() {
         let reason = expect_corrupt(
             decode_state(&bytes[..len], "state.bin"),
@@ -1058,7 +1140,7 @@ fn every_truncation_is_corrupt() {
 
 #[test]
 fn trailing_garbage_is_corrupt() {
-    let mut bytes = encode_state(&frozen_v5_state());
+    let mut bytes = encode_state(&frozen_v6_state());
     bytes.push(0);
     let reason = expect_corrupt(decode_state(&bytes, "state.bin"), "one extra byte");
     assert!(reason.contains("payload"), "{reason}");
@@ -1066,7 +1148,7 @@ fn trailing_garbage_is_corrupt() {
 
 #[test]
 fn flipped_bytes_are_detected() {
-    let good = encode_state(&frozen_v5_state());
+    let good = encode_state(&frozen_v6_state());
     for i in 0..good.len() {
         let mut bytes = good.clone();
         bytes[i] ^= 0xFF;
@@ -1107,7 +1189,7 @@ fn invalid_archive_behind_valid_checksum_is_corrupt() {
 
 #[test]
 fn wrong_magic_is_rejected() {
-    let mut bytes = encode_state(&frozen_v5_state());
+    let mut bytes = encode_state(&frozen_v6_state());
     bytes[..8].copy_from_slice(b"ZNTLSTAX");
     let err = decode_state(&bytes, "/run/zentinel/state.bin").unwrap_err();
     assert!(matches!(err, StateError::BadMagic { .. }), "{err:?}");
@@ -1173,7 +1255,7 @@ fn future_version_names_both_versions() {
 
 #[test]
 fn version_zero_is_unknown() {
-    let good = encode_state(&frozen_v5_state());
+    let good = encode_state(&frozen_v6_state());
     let err = decode_state(&framed(0, &good[STATE_HEADER_LEN..]), "state.bin").unwrap_err();
     assert!(
         matches!(err, StateError::UnknownVersion { found: 0, .. }),
@@ -1193,12 +1275,12 @@ fn version_zero_is_unknown() {
 fn write_then_read_file() {
     let dir = ScratchDir::new("rw");
     let path = dir.path("state.bin");
-    let state = frozen_v5_state();
+    let state = frozen_v6_state();
     write_state_file(&path, &state).unwrap();
 
     let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "state file mode {mode:o}");
-    assert_eq!(fs::read(&path).unwrap(), encode_state(&state));
+    assert_eq!(fs::read(&path).unwrap(), *encode_state(&state));
     assert_eq!(read_state_file(&path).unwrap(), state);
     // No temp file left next to it.
     assert_eq!(dir.entries(), vec!["state.bin".to_owned()]);
@@ -1211,7 +1293,7 @@ fn write_replaces_an_existing_file() {
     fs::write(&path, b"an older, unrelated file").unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
 
-    let mut state = frozen_v5_state();
+    let mut state = frozen_v6_state();
     state.generation = 99;
     write_state_file(&path, &state).unwrap();
     assert_eq!(read_state_file(&path).unwrap(), state);
@@ -1229,7 +1311,7 @@ fn write_under_a_regular_file_fails_naming_the_path() {
     fs::write(&parent, b"x").unwrap();
     let path = parent.join("state.bin");
 
-    let err = write_state_file(&path, &frozen_v5_state()).unwrap_err();
+    let err = write_state_file(&path, &frozen_v6_state()).unwrap_err();
     match &err {
         StateError::Io { path: p, source } => {
             assert_eq!(p, &path.display().to_string());
@@ -1252,7 +1334,7 @@ fn failed_rename_leaves_no_temp_file() {
     fs::create_dir(&target).unwrap();
     fs::write(target.join("occupied"), b"x").unwrap();
 
-    let err = write_state_file(&target, &frozen_v5_state()).unwrap_err();
+    let err = write_state_file(&target, &frozen_v6_state()).unwrap_err();
     assert!(matches!(err, StateError::Io { .. }), "{err:?}");
     let message = err.to_string();
     assert!(message.contains(&target.display().to_string()), "{message}");
@@ -1263,7 +1345,7 @@ fn failed_rename_leaves_no_temp_file() {
 #[test]
 fn write_to_proc_fails_naming_the_path() {
     let path = Path::new("/proc/zentinel-no-such-dir/state.bin");
-    let err = write_state_file(path, &frozen_v5_state()).unwrap_err();
+    let err = write_state_file(path, &frozen_v6_state()).unwrap_err();
     assert!(matches!(err, StateError::Io { .. }), "{err:?}");
     assert!(
         err.to_string()
@@ -1307,7 +1389,7 @@ fn read_rejects_huge_file_without_reading_it() {
 fn read_corrupt_file_names_the_path() {
     let dir = ScratchDir::new("corrupt");
     let path = dir.path("state.bin");
-    let mut bytes = encode_state(&frozen_v5_state());
+    let mut bytes = encode_state(&frozen_v6_state());
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     fs::write(&path, &bytes).unwrap();
@@ -1379,7 +1461,7 @@ fn adopted_protocol_2_workers_get_their_own_layout() {
 
 #[test]
 fn distinct_fds_pass_and_every_handed_over_fd_is_listed() {
-    let state = frozen_v5_state();
+    let state = frozen_v6_state();
     let fds = state.inherited_fds();
     let expected = 2
         + state.listeners.len()
@@ -1395,7 +1477,7 @@ fn distinct_fds_pass_and_every_handed_over_fd_is_listed() {
 
 #[test]
 fn an_fd_named_twice_or_stdio_is_refused_naming_both_holders() {
-    let mut state = frozen_v5_state();
+    let mut state = frozen_v6_state();
     assert!(!state.workers.is_empty() && !state.listeners.is_empty());
     state.workers[0].channel_fd = state.listeners[0].fd;
     let reason = expect_corrupt(
@@ -1413,7 +1495,7 @@ fn an_fd_named_twice_or_stdio_is_refused_naming_both_holders() {
     );
 
     // The readiness pipe given on the command line counts too.
-    let state = frozen_v5_state();
+    let state = frozen_v6_state();
     let ready = InheritedFd::new(state.control_socket_fd, "readiness pipe");
     let reason = expect_corrupt(
         state.check_inherited_fds("state.bin", &[ready]),
@@ -1424,7 +1506,7 @@ fn an_fd_named_twice_or_stdio_is_refused_naming_both_holders() {
         "{reason}"
     );
 
-    let mut state = frozen_v5_state();
+    let mut state = frozen_v6_state();
     state.previous_executable_fd = 1;
     let reason = expect_corrupt(state.check_inherited_fds("state.bin", &[]), "fd 1");
     assert!(reason.contains("previous executable is fd 1"), "{reason}");

@@ -1,13 +1,15 @@
-//! TLS for the end-to-end tests: a test CA issuing certificates (rcgen), and a blocking rustls
-//! client speaking HTTP/1.1, optionally presenting a client certificate.
+//! TLS for the end-to-end tests: a test CA issuing certificates (rcgen), a blocking rustls
+//! client speaking HTTP/1.1, optionally presenting a client certificate, and `openssl
+//! s_client` runs read back ([`s_client`]).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -317,5 +319,145 @@ impl TlsClient {
             Ok(_) => assert!(rest.is_empty(), "bytes after the last response: {rest:?}"),
             Err(e) => panic!("no clean close_notify at the end: {e} ({:?})", e.kind()),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// openssl s_client.
+// ---------------------------------------------------------------------------------------------
+
+/// How long one `openssl s_client` run may take.
+const S_CLIENT_DEADLINE: Duration = Duration::from_secs(20);
+
+/// True (and said) when `openssl` is not installed: the tests that need it skip.
+pub fn openssl_missing() -> bool {
+    let missing = Command::new("openssl").arg("version").output().is_err();
+    if missing {
+        eprintln!("openssl not installed: skipping");
+    }
+    missing
+}
+
+/// What one `openssl s_client` run printed, and how it ended.
+pub struct SClient {
+    pub ok: bool,
+    pub out: String,
+}
+
+impl SClient {
+    /// The `New, TLSv1.3, Cipher is X` line: (`New` or `Reused`, protocol, cipher).
+    pub fn session(&self) -> Option<(String, String, String)> {
+        let line = self
+            .out
+            .lines()
+            .find(|l| l.starts_with("New, ") || l.starts_with("Reused, "))?;
+        let (kind, rest) = line.split_once(", ")?;
+        let (proto, cipher) = rest.split_once(", Cipher is ")?;
+        Some((kind.to_owned(), proto.to_owned(), cipher.trim().to_owned()))
+    }
+
+    pub fn cipher(&self) -> Option<String> {
+        self.session().map(|(_, _, c)| c).filter(|c| c != "(NONE)")
+    }
+
+    /// `Reused` or `New` (`None`: no handshake completed).
+    pub fn kind(&self) -> Option<String> {
+        self.session().map(|(k, _, _)| k)
+    }
+
+    /// The `Next Update:` of the stapled OCSP response, if one was stapled.
+    pub fn staple_next_update(&self) -> Option<String> {
+        if !self.out.contains("OCSP Response Status: successful") {
+            return None;
+        }
+        self.out
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Next Update: "))
+            .map(str::to_owned)
+    }
+
+    /// Every session ticket printed (the TLS 1.2 one in the handshake's session, the TLS 1.3
+    /// ones as they arrive): its lifetime hint in seconds and its first 16 bytes in hex (the
+    /// name of the key that sealed it, with Zentinel's ticketer).
+    pub fn tickets(&self) -> Vec<(u32, String)> {
+        let mut tickets = Vec::new();
+        let mut lines = self.out.lines().map(str::trim).peekable();
+        let mut hint = None;
+        while let Some(line) = lines.next() {
+            if let Some(rest) = line.strip_prefix("TLS session ticket lifetime hint: ") {
+                hint = rest.split_whitespace().next().and_then(|n| n.parse().ok());
+            } else if line == "TLS session ticket:" {
+                // `0000 - 6f 2e 71 f1 a6 8d 3a 40-a2 b3 94 ac 7e 2a 8b 7c   o.q...:@....~*.|`
+                let first = lines.next().unwrap_or_default();
+                let bytes: String = first
+                    .strip_prefix("0000 - ")
+                    .unwrap_or_default()
+                    .chars()
+                    .take(47)
+                    .filter(char::is_ascii_hexdigit)
+                    .collect();
+                if let Some(hint) = hint.take() {
+                    tickets.push((hint, bytes));
+                }
+            }
+        }
+        tickets
+    }
+
+    /// The `"pid":N` of a `builtin-handler "status"` answer: which worker served.
+    pub fn served_by(&self) -> Option<u32> {
+        let at = self.out.find("\"pid\":")? + "\"pid\":".len();
+        let digits: String = self.out[at..]
+            .trim_start()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    }
+}
+
+/// `openssl s_client` to `addr` as `a.test`, verifying against `dir/ca.pem`: one `GET /s` with
+/// `Connection: close`, then it waits for the server to close (`-ign_eof`), so TLS 1.3
+/// tickets sent after the handshake are read too. Killed at the deadline.
+pub fn s_client(addr: SocketAddr, dir: &Path, args: &[&str]) -> SClient {
+    s_client_get(addr, dir, "/s", args)
+}
+
+/// [`s_client`] asking for `path`.
+pub fn s_client_get(addr: SocketAddr, dir: &Path, path: &str, args: &[&str]) -> SClient {
+    let mut child = Command::new("openssl")
+        .arg("s_client")
+        .args(["-connect", &addr.to_string(), "-servername", "a.test"])
+        .arg("-CAfile")
+        .arg(dir.join("ca.pem"))
+        .arg("-ign_eof")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    if let Some(mut stdin) = child.stdin.take() {
+        // A refused handshake closes the pipe early: the write may fail, which is fine.
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+        let _ = stdin.write_all(request.as_bytes());
+    }
+    let started = Instant::now();
+    while child.try_wait().ok().flatten().is_none() {
+        if started.elapsed() > S_CLIENT_DEADLINE {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().expect("openssl s_client output");
+    SClient {
+        ok: o.status.success(),
+        out: format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
     }
 }

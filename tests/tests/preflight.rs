@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
-use zentinel_protocol::state::{NO_DRAIN_DEADLINE_STATE_FORMAT, STATE_FORMAT_VERSION};
+use zentinel_protocol::state::{
+    DRAIN_DEADLINE_STATE_FORMAT, NO_DRAIN_DEADLINE_STATE_FORMAT, STATE_FORMAT_VERSION,
+    TICKET_KEYS_STATE_FORMAT,
+};
 use zentinel_protocol::PROTOCOL_VERSION;
 use zentinel_tests::*;
 
@@ -146,12 +149,15 @@ fn version_json_matches_the_constants() {
     assert_eq!(v["protocol_version"], PROTOCOL_VERSION);
     assert_eq!(v["state_format_version"], STATE_FORMAT_VERSION);
     // The oldest format that holds the state: format 4 (the previous release's) unless
-    // retired workers drain, whose deadlines need the latest.
+    // retired workers drain, whose deadlines need format 5, or the TLS session-ticket keys
+    // travel (format 6, the latest, only to a binary that reads it).
     assert_eq!(
         v["plain_upgrade_state_format"],
         NO_DRAIN_DEADLINE_STATE_FORMAT
     );
-    assert_eq!(v["draining_state_format"], STATE_FORMAT_VERSION);
+    assert_eq!(v["draining_state_format"], DRAIN_DEADLINE_STATE_FORMAT);
+    assert_eq!(v["ticket_keys_state_format"], TICKET_KEYS_STATE_FORMAT);
+    assert_eq!(TICKET_KEYS_STATE_FORMAT, STATE_FORMAT_VERSION);
     assert!(
         v["features"]
             .as_array()
@@ -204,7 +210,7 @@ fn dry_run_with_a_good_binary_reports_the_plan_and_changes_nothing() {
     );
     assert!(
         steps[1].contains(&format!(
-            "writes state format {NO_DRAIN_DEADLINE_STATE_FORMAT} ({STATE_FORMAT_VERSION} while \
+            "writes state format {NO_DRAIN_DEADLINE_STATE_FORMAT} ({DRAIN_DEADLINE_STATE_FORMAT} while \
              retired workers drain)"
         )) && !steps[1].contains("with --canary")
             && steps[1].contains(&format!("running master pid {}", z.pid)),
@@ -597,7 +603,7 @@ fn rollback_to_the_format_4_release_waits_for_draining_workers() {
             && out.stderr.contains("retired worker(s) draining")
             && out
                 .stderr
-                .contains(&format!("writes format {STATE_FORMAT_VERSION}"))
+                .contains(&format!("writes format {DRAIN_DEADLINE_STATE_FORMAT}"))
             && out.stderr.contains("wait until they have exited"),
         "{out}"
     );
@@ -613,7 +619,7 @@ fn rollback_to_the_format_4_release_waits_for_draining_workers() {
     out.assert_success("dry run of the rollback once nothing drains");
     assert!(
         out.stdout.contains(&format!(
-            "writes state format {NO_DRAIN_DEADLINE_STATE_FORMAT} ({STATE_FORMAT_VERSION} while \
+            "writes state format {NO_DRAIN_DEADLINE_STATE_FORMAT} ({DRAIN_DEADLINE_STATE_FORMAT} while \
              retired workers drain)"
         )) && out.stdout.contains("would proceed"),
         "{out}"

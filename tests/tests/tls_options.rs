@@ -5,100 +5,11 @@
 //! `ca-file` of mutual TLS.
 
 use std::fs;
-use std::io::Write;
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use rustls::HandshakeKind;
 use zentinel_tests::tls_support::*;
 use zentinel_tests::*;
-
-const DEADLINE: Duration = Duration::from_secs(20);
-
-fn openssl_missing() -> bool {
-    let missing = Command::new("openssl").arg("version").output().is_err();
-    if missing {
-        eprintln!("openssl not installed: skipping");
-    }
-    missing
-}
-
-/// What one `openssl s_client` run printed, and how it ended.
-struct SClient {
-    ok: bool,
-    out: String,
-}
-
-impl SClient {
-    /// The `New, TLSv1.3, Cipher is X` line: (`New` or `Reused`, protocol, cipher).
-    fn session(&self) -> Option<(String, String, String)> {
-        let line = self
-            .out
-            .lines()
-            .find(|l| l.starts_with("New, ") || l.starts_with("Reused, "))?;
-        let (kind, rest) = line.split_once(", ")?;
-        let (proto, cipher) = rest.split_once(", Cipher is ")?;
-        Some((kind.to_owned(), proto.to_owned(), cipher.trim().to_owned()))
-    }
-
-    fn cipher(&self) -> Option<String> {
-        self.session().map(|(_, _, c)| c).filter(|c| c != "(NONE)")
-    }
-
-    /// The `Next Update:` of the stapled OCSP response, if one was stapled.
-    fn staple_next_update(&self) -> Option<String> {
-        if !self.out.contains("OCSP Response Status: successful") {
-            return None;
-        }
-        self.out
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Next Update: "))
-            .map(str::to_owned)
-    }
-}
-
-/// `openssl s_client` to `addr` as `a.test`, verifying against `dir/ca.pem`: one request with
-/// `Connection: close`, then it waits for the server to close (`-ign_eof`), so TLS 1.3
-/// tickets sent after the handshake are read too. Killed at the deadline.
-fn s_client(addr: SocketAddr, dir: &Path, args: &[&str]) -> SClient {
-    let mut child = Command::new("openssl")
-        .arg("s_client")
-        .args(["-connect", &addr.to_string(), "-servername", "a.test"])
-        .arg("-CAfile")
-        .arg(dir.join("ca.pem"))
-        .arg("-ign_eof")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl s_client");
-    let mut stdin = child.stdin.take().unwrap();
-    // A refused handshake closes the pipe early: the write may fail, which is fine.
-    let _ = stdin.write_all(b"GET /s HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
-    drop(stdin);
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > DEADLINE {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let o = child.wait_with_output().unwrap();
-    SClient {
-        ok: o.status.success(),
-        out: format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    }
-}
 
 /// A CA (also as `ca.pem`/`ca.key`), its leaf `a` for `a.test`, a backend, and a config of
 /// several https listeners, each with its own `tls` extras.
@@ -235,7 +146,7 @@ fn session_resumption_on_resumes_and_off_never_does() {
     for version in ["-tls1_2", "-tls1_3"] {
         let session = f.dir.0.join("session.pem");
         let session_arg = session.display().to_string();
-        // On: the saved session resumes (a TLS 1.2 session id, a TLS 1.3 ticket).
+        // On: the saved session resumes (a ticket sealed with the master's keys, both versions).
         let _ = fs::remove_file(&session);
         let first = s_client(on, &f.dir.0, &[version, "-sess_out", &session_arg]);
         assert!(first.ok && session.exists(), "{version}:\n{}", first.out);

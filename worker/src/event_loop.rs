@@ -10,6 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -30,6 +31,7 @@ use crate::http::session::{HttpSession, LINGER};
 use crate::sock::Ready;
 use crate::tcp::TcpSession;
 use crate::timers::{TimerId, TimerKey, Timers};
+use crate::tls_tickets::SharedTicketer;
 use crate::tokens::{self, Decoded, Side};
 use crate::upstream::{Owner, Resolver, Upstreams, RESOLVE_AT_START};
 
@@ -126,6 +128,9 @@ pub struct Worker {
     drain: Option<DrainState>,
     /// Next look-up of the upstream host names (only while some target has one).
     dns_timer: Option<TimerId>,
+    /// The master's TLS session-ticket keys, shared by every TLS listener's `ServerConfig` of
+    /// every generation; replaced in place when the master rotates them.
+    ticketer: Arc<SharedTicketer>,
 }
 
 /// What keeps a worker from accepting more connections.
@@ -140,12 +145,14 @@ enum Control {
 }
 
 impl Worker {
-    /// Register everything in a new `Poll` and install the `Start` configuration. On failure
-    /// the channel is handed back so the caller can still report the error to the master.
+    /// Register everything in a new `Poll` and install the `Start` configuration (validated
+    /// with `ticketer`). On failure the channel is handed back so the caller can still report
+    /// the error to the master.
     pub fn new(
         channel: Channel,
         worker_id: u32,
         start: Candidate,
+        ticketer: Arc<SharedTicketer>,
     ) -> Result<Self, Box<(io::Error, Channel)>> {
         let setup = || -> io::Result<Poll> {
             let poll = Poll::new()?;
@@ -209,6 +216,7 @@ impl Worker {
             at_capacity_logged: false,
             drain: None,
             dns_timer: None,
+            ticketer,
         })
         .map(|mut w| {
             w.arm_dns_refresh(Instant::now());

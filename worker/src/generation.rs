@@ -22,6 +22,7 @@ use zentinel_protocol::messages::WorkerStart;
 use crate::accept::{adopt_listener, Listener, ListenerSet};
 use crate::access_log::AccessLog;
 use crate::routing::Router;
+use crate::tls_tickets::SharedTicketer;
 use crate::upstream::Pool;
 
 /// One listener of a generation, in the order of the listener set it was accepted from.
@@ -100,8 +101,14 @@ pub struct Candidate {
 impl Candidate {
     /// Check `ws` and the fds that came with it (in the order of `ws.listeners`): each one a
     /// listening stream socket bound to its handle's address, every name resolvable. `what`
-    /// names the message in errors ("Start", "Reconfigure").
-    pub fn validate(ws: &WorkerStart, fds: Vec<OwnedFd>, what: &str) -> Result<Self, String> {
+    /// names the message in errors ("Start", "Reconfigure"). Every TLS listener's
+    /// `ServerConfig` seals its session tickets with `ticketer`, the worker's only one.
+    pub fn validate(
+        ws: &WorkerStart,
+        fds: Vec<OwnedFd>,
+        what: &str,
+        ticketer: &Arc<SharedTicketer>,
+    ) -> Result<Self, String> {
         let config = &ws.config;
         if fds.len() != ws.listeners.len() {
             return Err(format!(
@@ -171,7 +178,7 @@ impl Candidate {
             let tls = match (&lc.protocol, &lc.tls) {
                 (_, None) => None,
                 (ListenerProtocol::Http, Some(tls)) => Some(
-                    crate::tls::server_config(tls)
+                    crate::tls::server_config(tls, ticketer)
                         .map_err(|e| format!("listener `{}`: {e}", lc.name))?,
                 ),
                 (ListenerProtocol::Tcp, Some(_)) => {

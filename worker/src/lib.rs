@@ -191,7 +191,11 @@ fn run_inner(
     let _g = span.enter();
     access_log::set_worker_id(ws.worker_id);
     http::builtin::mark_started(ws.worker_id);
-    let prepared = match Candidate::validate(&ws, fds, "Start") {
+    // One ticketer for the whole process: every listener of every generation seals and opens
+    // tickets with the master's keys, replaced in place at each rotation.
+    let ticketer = tls_tickets::SharedTicketer::new(&ws.ticket_keys);
+    debug!(keys = ?ticketer, "TLS session-ticket keys from the master");
+    let prepared = match Candidate::validate(&ws, fds, "Start", &ticketer) {
         Ok(p) => p,
         Err(reason) => {
             error!(%reason, "invalid start");
@@ -204,7 +208,7 @@ fn run_inner(
             return Err(WorkerError::Setup(reason).into());
         }
     };
-    let worker = match Worker::new(ch, ws.worker_id, prepared) {
+    let worker = match Worker::new(ch, ws.worker_id, prepared, ticketer) {
         Ok(w) => w,
         Err(b) => {
             let (e, mut ch) = *b;

@@ -15,11 +15,16 @@ use zentinel_protocol::config::{TlsConfig, TlsVersion};
 use crate::client_cert;
 use crate::ocsp::{self, Stapled};
 use crate::tls::{load_with, TlsFile, TlsFileError, ALPN_HTTP_1_1};
+use crate::tls_tickets::SharedTicketer;
 
 /// Loads every certificate of `tls` (with its OCSP response) and builds the listener's server
 /// configuration: its protocol versions, cipher suites, client authentication and session
-/// resumption.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsFileError> {
+/// resumption, with session tickets sealed by `ticketer` (the master's keys, shared by every
+/// worker) unless resumption is off.
+pub fn server_config(
+    tls: &TlsConfig,
+    ticketer: &Arc<SharedTicketer>,
+) -> Result<Arc<ServerConfig>, TlsFileError> {
     let provider =
         crate::tls_options::provider(&tls.cipher_suites).map_err(|message| TlsFileError {
             file: TlsFile::Cert,
@@ -81,6 +86,8 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsFileError>
     };
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
+    config.ticketer = Arc::clone(ticketer) as Arc<dyn rustls::server::ProducesTickets>;
+    // After the ticketer: `session-resumption #false` replaces it.
     crate::tls_options::apply_session_resumption(&mut config, tls.session_resumption);
     Ok(Arc::new(config))
 }
@@ -149,6 +156,8 @@ impl ResolvesServerCert for SniResolver {
 mod tests {
     use super::*;
     use crate::tls::load_certified_key;
+    use rustls::server::ProducesTickets;
+    use zentinel_protocol::ticket_keys::{TicketKey, TicketKeys};
 
     fn write_cert(dir: &std::path::Path, stem: &str, names: &[&str]) -> (String, String) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
@@ -208,22 +217,37 @@ mod tests {
             ocsp_stapling: true,
             ocsp_response: None,
         };
-        let config = |min, max| server_config(&tls(min, max));
+        // The worker's shared ticketer, with one of the master's keys.
+        let ticketer = SharedTicketer::new(&TicketKeys {
+            keys: vec![TicketKey {
+                name: [1; 16],
+                secret: [2; 32],
+                created_unix_s: 3,
+            }],
+            lifetime_s: 60,
+        });
+        let config = |min, max| server_config(&tls(min, max), &ticketer);
         let ok = config(TlsVersion::Tls12, None).unwrap();
         assert_eq!(ok.alpn_protocols, vec![b"http/1.1".to_vec()]);
         assert!(ok.session_storage.can_cache() && ok.send_tls13_tickets > 0);
+        // Tickets are sealed with the shared keys, so any worker opens them.
+        assert!(ok.ticketer.enabled() && ok.ticketer.lifetime() == 60);
+        let ticket = ok.ticketer.encrypt(b"session").unwrap();
+        assert_eq!(ticketer.decrypt(&ticket).as_deref(), Some(&b"session"[..]));
         config(TlsVersion::Tls13, Some(TlsVersion::Tls13)).unwrap();
         // The master refuses this range; a worker handed it anyway fails cleanly.
         assert!(config(TlsVersion::Tls13, Some(TlsVersion::Tls12)).is_err());
         // Likewise for suites of none of the versions allowed.
         let mut only12 = tls(TlsVersion::Tls13, None);
         only12.cipher_suites = vec!["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".to_owned()];
-        assert!(server_config(&only12).is_err());
+        assert!(server_config(&only12, &ticketer).is_err());
         let mut off = tls(TlsVersion::Tls12, None);
         off.session_resumption = false;
-        let off = server_config(&off).unwrap();
+        let off = server_config(&off, &ticketer).unwrap();
         assert!(!off.session_storage.can_cache());
+        // Off wins over the shared keys: no ticket of any kind.
         assert!(!off.ticketer.enabled() && off.send_tls13_tickets == 0);
+        assert_eq!(off.ticketer.encrypt(b"session"), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -150,10 +150,10 @@ pub fn provider(names: &[String]) -> Result<Arc<CryptoProvider>, String> {
     Ok(Arc::new(provider))
 }
 
-/// `session-resumption`: on keeps rustls's defaults (a cache of 256 sessions per
-/// `ServerConfig`, which also backs the TLS 1.3 tickets it sends). Off: no cache and no
-/// tickets of any kind, so every connection pays a full handshake. A ticketer installed later
-/// (shared ticket keys) must leave a listener with resumption off alone.
+/// `session-resumption`: on keeps what the config has (a cache of 256 sessions per
+/// `ServerConfig`, and the worker's ticketer sealing TLS 1.2 and 1.3 tickets with the master's
+/// shared keys, installed before this). Off: no cache and no tickets of any kind, so every
+/// connection pays a full handshake; the shared ticketer is replaced too.
 pub fn apply_session_resumption(config: &mut ServerConfig, on: bool) {
     if !on {
         config.session_storage = Arc::new(NoServerSessionStorage {});

@@ -300,6 +300,7 @@ impl Harness {
                     address: tcp_addr.to_string(),
                 },
             ],
+            ticket_keys: Box::default(),
         };
         master
             .send(
@@ -1666,6 +1667,7 @@ fn reconfigure_with(
                     generation: 8,
                     config: Box::new(config),
                     listeners: handles,
+                    ticket_keys: Box::default(),
                 },
             },
             &fds,

@@ -191,7 +191,9 @@ mod tests {
     #[test]
     fn the_format_4_release_takes_over_unless_workers_drain() {
         let current = VersionInfo::current();
-        assert_eq!(current.state_format_version, 5);
+        // 6 carries the TLS session-ticket keys, written only to a binary that reads it.
+        assert_eq!(current.state_format_version, 6);
+        assert_eq!(current.ticket_keys_state_format, Some(6));
         assert_eq!(current.writes_state_format(false, false), 4);
         assert_eq!(current.writes_state_format(true, false), 4);
         assert_eq!(current.writes_state_format(false, true), 5);
@@ -231,9 +233,11 @@ mod tests {
         let mut json: serde_json::Value = serde_json::from_str(&current.to_json()).unwrap();
         assert_eq!(json["plain_upgrade_state_format"], 4);
         assert_eq!(json["draining_state_format"], 5);
+        assert_eq!(json["ticket_keys_state_format"], 6);
         let object = json.as_object_mut().unwrap();
         object.remove("plain_upgrade_state_format");
         object.remove("draining_state_format");
+        object.remove("ticket_keys_state_format");
         object.insert("state_format_version".into(), 4.into());
         let before = parse_version_output(&json.to_string()).unwrap();
         assert_eq!(before.plain_upgrade_state_format, None);

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
-use zentinel_protocol::state::{NO_DRAIN_DEADLINE_STATE_FORMAT, STATE_FORMAT_VERSION};
+use zentinel_protocol::state::{
+    DRAIN_DEADLINE_STATE_FORMAT, NO_DRAIN_DEADLINE_STATE_FORMAT, STATE_FORMAT_VERSION,
+    TICKET_KEYS_STATE_FORMAT,
+};
 use zentinel_protocol::PROTOCOL_VERSION;
 
 use super::bounded_run::{run_bounded, shown};
@@ -61,6 +64,13 @@ pub struct VersionInfo {
     /// depend on the canary only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draining_state_format: Option<u32>,
+    /// The state format this binary writes instead of the two above to a new binary that
+    /// reads it, while a TLS listener resumes sessions: the TLS session-ticket keys travel in
+    /// it. Never needed: to a binary that does not read it, the master writes the format above
+    /// without the keys (its master running `NEW --version --json` to know). Absent from
+    /// builds from before format 6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_keys_state_format: Option<u32>,
     /// Every state format this binary reads (as the successor master of an upgrade).
     pub readable_state_formats: Vec<u32>,
     /// The `zentinel-ctl` <-> master protocol.
@@ -83,7 +93,8 @@ impl VersionInfo {
             protocol_version: PROTOCOL_VERSION,
             state_format_version: STATE_FORMAT_VERSION,
             plain_upgrade_state_format: Some(NO_DRAIN_DEADLINE_STATE_FORMAT),
-            draining_state_format: Some(STATE_FORMAT_VERSION),
+            draining_state_format: Some(DRAIN_DEADLINE_STATE_FORMAT),
+            ticket_keys_state_format: Some(TICKET_KEYS_STATE_FORMAT),
             readable_state_formats: (OLDEST_READABLE_STATE_FORMAT..=STATE_FORMAT_VERSION).collect(),
             control_protocol_version: CONTROL_PROTOCOL_VERSION,
             features: [FEATURE_CANARY, FEATURE_RUNNING_CONFIG]
@@ -106,6 +117,7 @@ impl VersionInfo {
             state_format_version: LEGACY_FORMAT,
             plain_upgrade_state_format: None,
             draining_state_format: None,
+            ticket_keys_state_format: None,
             readable_state_formats: vec![LEGACY_FORMAT],
             control_protocol_version: LEGACY_FORMAT,
             features: Vec::new(),

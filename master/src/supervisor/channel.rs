@@ -145,6 +145,8 @@ impl Supervisor {
             generation: process.generation(),
             config: Box::new(worker_config(&self.config, self.slots.len())),
             listeners: self.listeners.iter().map(BoundListener::handle).collect(),
+            // The keys now: a rotation after this reaches the worker as `TicketKeys`.
+            ticket_keys: Box::new(self.ticket_keys.keys().clone()),
         });
         let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.as_fd()).collect();
         process.start_sent();

@@ -95,6 +95,7 @@ impl Supervisor {
             self.start_worker(index);
         }
         self.upgrade_timers(now);
+        self.ticket_key_timers(now);
         if !stopping && !self.handing_over() && !self.tentative() && self.next_status_at <= now {
             self.next_status_at = now + STATUS_INTERVAL;
             self.request_status();
@@ -124,6 +125,7 @@ impl Supervisor {
             deadlines.extend(self.slots.iter().filter_map(|slot| slot.restart_at));
         }
         deadlines.extend(self.upgrade_deadline());
+        deadlines.extend(self.ticket_key_deadline());
         deadlines.extend(self.exit_flush_until);
         for process in self.processes.values() {
             if let Some(done) = &process.restart_done() {

@@ -304,6 +304,7 @@ impl Supervisor {
             }),
             metrics_listener,
             metrics,
+            ticket_keys: self.ticket_keys_for_successor(&request.binary),
         };
         let state_path = state_file_path(&control_path, std::process::id());
         // From here on every way out of the upgrade (an early return below, the handover
@@ -329,6 +330,7 @@ impl Supervisor {
             rolling = request.rolling,
             ready_timeout_ms = request.ready_timeout.as_millis() as u64,
             state_file = %state_path.display(),
+            state_format = zentinel_protocol::state::written_format(&state),
             "upgrade: new master started; waiting for its readiness"
         );
         if let Some(UpgradeOp::Handover(op)) = self.upgrade.as_mut() {

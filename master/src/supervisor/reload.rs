@@ -245,6 +245,7 @@ impl Supervisor {
                 generation: process.generation(),
                 config: Box::new(worker_config(config, self.slots.len())),
                 listeners: listeners.iter().map(BoundListener::handle).collect(),
+                ticket_keys: Box::new(self.ticket_keys.keys().clone()),
             },
         };
         let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.as_fd()).collect();

@@ -131,7 +131,10 @@ impl Supervisor {
                 kill_process(process);
             }
         }
-        // Deadlines put off while tentative (restarts, status, drain and EOF kills) count
-        // from now on: run_timers picks up the ones already due on this turn.
+        // Deadlines put off while tentative (restarts, status, drain and EOF kills, the key
+        // rotation) count from now on: run_timers picks up the ones already due on this turn.
+        // The adopted workers get this master's keys: the ones they have if the predecessor
+        // handed them on, fresh ones otherwise (then new workers and old agree from now on).
+        self.send_ticket_keys("takeover confirmed");
     }
 }

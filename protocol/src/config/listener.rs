@@ -76,9 +76,9 @@ pub struct TlsConfig {
     /// `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`), in the order written. Empty: the TLS
     /// library's defaults (every AEAD suite with forward secrecy it has).
     pub cipher_suites: Vec<String>,
-    /// `session-resumption` (upstream's default: on): sessions are resumed from a cache of
-    /// this worker and from TLS 1.3 tickets. Off: neither, every connection does a full
-    /// handshake.
+    /// `session-resumption` (upstream's default: on): sessions are resumed from TLS 1.2 and
+    /// 1.3 tickets sealed with the master's keys (any worker, any generation) and from a cache
+    /// of this worker. Off: neither, every connection does a full handshake.
     pub session_resumption: bool,
     /// `ocsp-stapling` (upstream's default: on): the OCSP responses of `ocsp_response` (and of
     /// the SNI certificates) are stapled. Off: none is, whatever files are named.

@@ -5,10 +5,14 @@
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::ticket_keys::TicketKeys;
 
 use super::{
     MasterState, MasterStateV1, MasterStateV2, MasterStateV3, MasterStateV4, MasterStateV5,
-    StateError, NO_DRAIN_DEADLINE_STATE_FORMAT, STATE_FORMAT_VERSION, STATE_MAGIC,
+    MasterStateV6, StateError, DRAIN_DEADLINE_STATE_FORMAT, NO_DRAIN_DEADLINE_STATE_FORMAT,
+    STATE_FORMAT_VERSION, STATE_MAGIC, TICKET_KEYS_STATE_FORMAT,
 };
 
 /// Bytes before the payload: magic, version, payload length, checksum.
@@ -29,29 +33,35 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 }
 
 /// Serialize `state` in the oldest format that holds it ([`written_format`]): magic, version,
-/// length, checksum, payload.
-pub fn encode_state(state: &MasterState) -> Vec<u8> {
-    match MasterStateV4::holding(state) {
-        Some(v4) => framed(NO_DRAIN_DEADLINE_STATE_FORMAT, &archive(&v4)),
-        None => framed(STATE_FORMAT_VERSION, &archive(state)),
+/// length, checksum, payload. The bytes may hold the TLS session-ticket keys: they are zeroed
+/// when dropped, like every intermediate buffer here.
+pub fn encode_state(state: &MasterState) -> Zeroizing<Vec<u8>> {
+    let v5 = MasterStateV5::holding(state);
+    match (v5.as_ref().and_then(MasterStateV4::holding), v5) {
+        (Some(v4), _) => framed(NO_DRAIN_DEADLINE_STATE_FORMAT, &archive(&v4)),
+        (None, Some(v5)) => framed(DRAIN_DEADLINE_STATE_FORMAT, &archive(&v5)),
+        (None, None) => framed(TICKET_KEYS_STATE_FORMAT, &archive(state)),
     }
 }
 
-/// The format [`encode_state`] writes `state` in: 4 unless a worker carries a drain deadline.
+/// The format [`encode_state`] writes `state` in: 6 when it carries ticket keys, else 5 when a
+/// worker carries a drain deadline, else 4.
 pub fn written_format(state: &MasterState) -> u32 {
-    if state
+    if state.ticket_keys != TicketKeys::default() {
+        TICKET_KEYS_STATE_FORMAT
+    } else if state
         .workers
         .iter()
         .any(|w| w.drain_deadline_monotonic_ms.is_some())
     {
-        STATE_FORMAT_VERSION
+        DRAIN_DEADLINE_STATE_FORMAT
     } else {
         NO_DRAIN_DEADLINE_STATE_FORMAT
     }
 }
 
-fn framed(version: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(STATE_HEADER_LEN + payload.len());
+fn framed(version: u32, payload: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(STATE_HEADER_LEN + payload.len()));
     out.extend_from_slice(&STATE_MAGIC);
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
@@ -60,7 +70,24 @@ fn framed(version: u32, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-fn archive<T>(value: &T) -> AlignedVec
+/// An rkyv archive, zeroed when dropped (it may hold the ticket keys).
+struct Archived(AlignedVec);
+
+impl std::ops::Deref for Archived {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Archived {
+    fn drop(&mut self) {
+        self.0.as_mut_slice().zeroize();
+    }
+}
+
+fn archive<T>(value: &T) -> Archived
 where
     T: for<'a> Serialize<
         rkyv::api::high::HighSerializer<
@@ -71,7 +98,7 @@ where
     >,
 {
     match rkyv::to_bytes::<rancor::Error>(value) {
-        Ok(payload) => payload,
+        Ok(payload) => Archived(payload),
         // Serializing into a growable in-memory buffer only fails when the archive outgrows
         // rkyv's 32-bit relative pointers (2 GiB); a master's state is a few KiB, so reaching
         // this is a bug in the caller, not a condition to handle.
@@ -89,7 +116,7 @@ pub fn decode_state(bytes: &[u8], path: &str) -> Result<MasterState, StateError>
 }
 
 /// A state of format 1 to 3 as it was archived (with the parsed configuration model), before
-/// its conversion to the latest format; `None` for a format 4 or 5 file. For tests that compare an
+/// its conversion to the latest format; `None` for a format 4 to 6 file. For tests that compare an
 /// old fixture with the value it was written from.
 pub fn decode_model_state(bytes: &[u8], path: &str) -> Result<Option<MasterStateV3>, StateError> {
     Ok(match decode_any(bytes, path)? {
@@ -99,10 +126,10 @@ pub fn decode_model_state(bytes: &[u8], path: &str) -> Result<Option<MasterState
 }
 
 /// What a state file decodes to before conversion: formats 1 to 3 carry the parsed model
-/// (converted to format 3), formats 4 and 5 the source text (converted to format 5).
+/// (converted to format 3), formats 4 to 6 the source text (converted to format 6).
 enum Decoded {
     Model(MasterStateV3),
-    Source(MasterStateV5),
+    Source(MasterStateV6),
 }
 
 fn decode_any(bytes: &[u8], path: &str) -> Result<Decoded, StateError> {
@@ -160,6 +187,11 @@ fn decode_any(bytes: &[u8], path: &str) -> Result<Decoded, StateError> {
         5 => {
             let payload = checked_payload(bytes, path)?;
             let state = decode_payload::<MasterStateV5>(payload, 5).map_err(corrupt)?;
+            Ok(Decoded::Source(state.into()))
+        }
+        6 => {
+            let payload = checked_payload(bytes, path)?;
+            let state = decode_payload::<MasterStateV6>(payload, 6).map_err(corrupt)?;
             Ok(Decoded::Source(state))
         }
         0 => Err(StateError::UnknownVersion {
@@ -186,7 +218,7 @@ fn le_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
     array
 }
 
-/// Check the length and checksum of the header (the same for versions 1 to 5) and return the
+/// Check the length and checksum of the header (the same for versions 1 to 6) and return the
 /// payload.
 fn checked_payload<'a>(bytes: &'a [u8], path: &str) -> Result<&'a [u8], StateError> {
     let corrupt = |reason: String| StateError::Corrupt {
@@ -228,6 +260,9 @@ where
     // rkyv needs the archive aligned; a slice of the file buffer at offset 28 is not.
     let mut aligned = AlignedVec::<16>::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
-    rkyv::from_bytes::<T, rancor::Error>(&aligned)
-        .map_err(|e| format!("payload is not a valid version {version} state archive: {e}"))
+    let decoded = rkyv::from_bytes::<T, rancor::Error>(&aligned)
+        .map_err(|e| format!("payload is not a valid version {version} state archive: {e}"));
+    // The copy may hold the ticket keys.
+    aligned.as_mut_slice().zeroize();
+    decoded
 }

@@ -7,6 +7,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use zeroize::Zeroizing;
+
 use super::{decode_state, encode_state, MasterState, StateError};
 
 /// A master state is a few KiB; anything this large is not one of ours, and refusing it before
@@ -63,7 +65,8 @@ fn write_state_file_syncing(
 
     let bytes = encode_state(state);
     // create_new: never follow or reuse whatever sits at the temp name (a stale file, a
-    // symlink planted by someone else); mode 0600 because the state lists fd numbers and paths.
+    // symlink planted by someone else); mode 0600 because the state lists fd numbers and paths
+    // and may hold the TLS session-ticket keys.
     let result = (|| -> io::Result<()> {
         let mut file = OpenOptions::new()
             .write(true)
@@ -121,8 +124,10 @@ pub fn read_state_file(path: &std::path::Path) -> Result<MasterState, StateError
             ),
         });
     }
-    // Only a size hint: `len` is at most MAX_STATE_FILE_BYTES.
-    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    // Only a size hint: `len` is at most MAX_STATE_FILE_BYTES. Sized to the file so that
+    // reading does not reallocate, and zeroed when dropped: the state may hold the TLS
+    // session-ticket keys.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(usize::try_from(len).unwrap_or(0)));
     // take(): the file may grow between metadata and read; never read past the limit.
     file.take(MAX_STATE_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -167,6 +172,7 @@ mod write_tests {
             upgrade: None,
             metrics_listener: None,
             metrics: MasterMetrics::default(),
+            ticket_keys: Default::default(),
         };
         let mut synced = None;
         let err = write_state_file_syncing(&path, &state, |d| {

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::{MasterStateV5, StateError};
+use super::{MasterStateV6, StateError};
 
 /// One fd number the new master is handed, and what it is (for errors).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +26,7 @@ impl InheritedFd {
     }
 }
 
-impl MasterStateV5 {
+impl MasterStateV6 {
     /// Every fd number this state hands over, in the order the new master takes them.
     pub fn inherited_fds(&self) -> Vec<InheritedFd> {
         let mut fds = vec![

@@ -1,6 +1,6 @@
 //! State format version 4, frozen: the configuration as source text and the runtime facts as
-//! they were before workers carried their drain deadline (format 5), the conversion to the
-//! latest state, and back.
+//! they were before workers carried their drain deadline (format 5), the conversion to format
+//! 5 (and on to the latest through [`super::v5`]), and back.
 //!
 //! Never edit these types: `tests/fixtures/state-v4.bin` was written with them. `ListenerFd`,
 //! `PendingUpgrade`, `InheritedListener` and `MasterMetrics` are still shared with the latest
@@ -8,8 +8,9 @@
 //! then). Formats 2 and 3 embed this module's `WorkerRecord` too.
 //!
 //! Format 4 is still **written**: a state in which no worker carries a drain deadline (no
-//! retired worker is draining, the usual case) is written as format 4, exactly as the
-//! previous release wrote it, so that release can still take over (a rollback by upgrade).
+//! retired worker is draining, the usual case) and no TLS session-ticket keys travel is
+//! written as format 4, exactly as the previous release wrote it, so that release can still
+//! take over (a rollback by upgrade).
 //! See [`MasterStateV4::holding`].
 
 #![allow(
@@ -99,7 +100,7 @@ impl From<MasterStateV4> for MasterStateV5 {
     }
 }
 
-/// Formats 1 to 3 reach the latest through format 4.
+/// Formats 1 to 3 reach format 5 through format 4.
 impl From<super::MasterStateV3> for MasterStateV5 {
     fn from(old: super::MasterStateV3) -> Self {
         MasterStateV4::from(old).into()

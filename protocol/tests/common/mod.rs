@@ -9,6 +9,9 @@ use proptest::option;
 use proptest::prelude::*;
 use zentinel_protocol::config::*;
 use zentinel_protocol::messages::*;
+use zentinel_protocol::ticket_keys::{
+    TicketKey, TicketKeys, TICKET_KEY_NAME_LEN, TICKET_KEY_SECRET_LEN,
+};
 use zentinel_protocol::{Channel, ReceivedFrame};
 
 fn name() -> impl Strategy<Value = String> {
@@ -435,6 +438,21 @@ fn hello() -> impl Strategy<Value = Hello> {
     })
 }
 
+/// Ticket keys as the master sends them: none to a few, any bytes.
+pub fn ticket_keys() -> impl Strategy<Value = TicketKeys> {
+    let key = (
+        any::<[u8; TICKET_KEY_NAME_LEN]>(),
+        any::<[u8; TICKET_KEY_SECRET_LEN]>(),
+        any::<u64>(),
+    )
+        .prop_map(|(name, secret, created_unix_s)| TicketKey {
+            name,
+            secret,
+            created_unix_s,
+        });
+    (vec(key, 0..3), any::<u32>()).prop_map(|(keys, lifetime_s)| TicketKeys { keys, lifetime_s })
+}
+
 fn worker_start() -> impl Strategy<Value = WorkerStart> {
     let handle = (name(), name()).prop_map(|(name, address)| ListenerHandle { name, address });
     (
@@ -442,13 +460,17 @@ fn worker_start() -> impl Strategy<Value = WorkerStart> {
         any::<u64>(),
         proxy_config(),
         vec(handle, 0..4),
+        ticket_keys(),
     )
-        .prop_map(|(worker_id, generation, config, listeners)| WorkerStart {
-            worker_id,
-            generation,
-            config: Box::new(config),
-            listeners,
-        })
+        .prop_map(
+            |(worker_id, generation, config, listeners, keys)| WorkerStart {
+                worker_id,
+                generation,
+                config: Box::new(config),
+                listeners,
+                ticket_keys: Box::new(keys),
+            },
+        )
 }
 
 pub fn master_message() -> impl Strategy<Value = MasterMessage> {
@@ -460,6 +482,7 @@ pub fn master_message() -> impl Strategy<Value = MasterMessage> {
         any::<u64>().prop_map(|request_id| MasterMessage::StatusRequest { request_id }),
         (any::<u64>(), worker_start())
             .prop_map(|(request_id, start)| MasterMessage::Reconfigure { request_id, start }),
+        ticket_keys().prop_map(MasterMessage::TicketKeys),
     ]
 }
 

@@ -88,6 +88,13 @@ impl Worker {
                 info!(active = self.sessions.len(), "stop requested: exiting now");
                 return Control::Exit;
             }
+            MasterMessage::TicketKeys(keys) => {
+                self.ticketer.replace(&keys);
+                info!(
+                    keys = ?self.ticketer,
+                    "TLS session-ticket keys replaced: new tickets use the first"
+                );
+            }
             MasterMessage::Hello(_) | MasterMessage::Start(_) => {
                 warn!("ignoring a handshake message after startup");
             }
@@ -122,7 +129,7 @@ impl Worker {
                 ),
             );
         }
-        let candidate = match Candidate::validate(ws, fds, "Reconfigure") {
+        let candidate = match Candidate::validate(ws, fds, "Reconfigure", &self.ticketer) {
             Ok(c) => c,
             Err(reason) => return refuse(self, reason),
         };
@@ -157,6 +164,9 @@ impl Worker {
         self.accept_pending = true;
         self.at_capacity_logged = false;
         self.reloads += 1;
+        // The master's current keys: the same as the last rotation sent, unless this came
+        // first (the keys are never older than what this worker has).
+        self.ticketer.replace(&ws.ticket_keys);
         self.pools_to_check = true;
         self.retire_pools();
         // New names are looked up off the loop; exchanges wait for them (see `Pick::Wait`).

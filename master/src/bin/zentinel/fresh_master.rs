@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use nix::sys::signalfd::SignalFd;
 use zentinel_master::config;
@@ -13,6 +14,7 @@ use zentinel_master::listeners;
 use zentinel_master::logging::{self, LogSettings};
 use zentinel_master::supervisor::{self, Supervisor, SupervisorSetup};
 use zentinel_master::systemd;
+use zentinel_master::ticket_keys::{self, TicketKeyRotation};
 use zentinel_master::worker_process::{set_cloexec_on_inherited_fds, Executable};
 
 use crate::check::print_diagnostics;
@@ -123,6 +125,16 @@ pub(crate) fn run_master(cli: &Cli) -> ExitCode {
         Ok(metrics) => metrics,
         Err(err) => return fail(EXIT_FAILURE, err),
     };
+    let ticket_keys =
+        match TicketKeyRotation::with_rotation(ticket_keys::rotation_interval(), Instant::now()) {
+            Ok(keys) => keys,
+            Err(err) => {
+                return fail(
+                    EXIT_FAILURE,
+                    format!("cannot make TLS session-ticket keys: {err}"),
+                )
+            }
+        };
     let setup = SupervisorSetup {
         config,
         config_name,
@@ -137,6 +149,7 @@ pub(crate) fn run_master(cli: &Cli) -> ExitCode {
         inherited: None,
         metrics,
         master_metrics: Default::default(),
+        ticket_keys,
     };
     let result = Supervisor::new(setup).and_then(Supervisor::run);
     match result {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use zentinel_master::config;
 use zentinel_master::control::ControlSocket;
@@ -11,6 +12,7 @@ use zentinel_master::listeners::BoundListener;
 use zentinel_master::ownership::Ownership;
 use zentinel_master::supervisor::{Inherited, Supervisor, SupervisorSetup};
 use zentinel_master::systemd;
+use zentinel_master::ticket_keys::{self, TicketKeyRotation};
 use zentinel_master::upgrade;
 use zentinel_master::worker_process::Executable;
 use zentinel_protocol::state::{read_state_file, InheritedFd, ListenerFd};
@@ -181,8 +183,17 @@ fn take_over(
         generation = state.generation,
         binary = %executable.path().display(),
         workers = workers.len(),
+        ticket_keys_inherited = !state.ticket_keys.keys.is_empty(),
         "taking over from the previous master"
     );
+    // The predecessor's keys, so that its workers' tickets open on ours; fresh ones if it
+    // handed none on (an older format, or no TLS listener resuming sessions).
+    let ticket_keys = TicketKeyRotation::inherited_with_rotation(
+        state.ticket_keys,
+        ticket_keys::rotation_interval(),
+        Instant::now(),
+    )
+    .map_err(|e| format!("cannot make TLS session-ticket keys: {e}"))?;
     let setup = SupervisorSetup {
         config,
         config_name,
@@ -205,6 +216,7 @@ fn take_over(
         }),
         metrics,
         master_metrics: state.metrics,
+        ticket_keys,
     };
     let supervisor = Supervisor::new(setup).map_err(|e| e.to_string())?;
     // From here on failures are logged before the pipe closes: the supervisor's own copy is

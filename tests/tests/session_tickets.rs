@@ -1,0 +1,554 @@
+//! TLS session resumption across workers and across binary upgrades (issue 15): the master makes
+//! the session-ticket keys, every worker seals and opens tickets with them, and a rolling
+//! upgrade hands them to the new master. Checked from outside with `openssl s_client -sess_out`
+//! / `-sess_in` (TLS 1.3 and 1.2) and with the rustls client's own resumption store; which
+//! worker served each connection is read from a `builtin-handler "status"` answer (its `pid`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::{ClientConfig, HandshakeKind};
+use zentinel_tests::tls_support::*;
+use zentinel_tests::*;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+/// How long one `zentinel-ctl upgrade` may take.
+const UPGRADE_DEADLINE: Duration = Duration::from_secs(60);
+/// Connections tried before concluding that some worker never gets one: which worker accepts
+/// is the kernel's choice, so a test connects until every worker has served.
+const MAX_ATTEMPTS: usize = 80;
+/// The ticket lifetime clients are told: the rotation period (12 h).
+const LIFETIME_S: u32 = 12 * 3600;
+/// What the master logs with the key names (`master/src/supervisor/tickets.rs`).
+const KEYS_LOGGED: &str = "TLS session-ticket keys (newest first)";
+
+/// A CA (also as `ca.pem`), its leaf for `a.test`, a backend, and a config of one https listener
+/// with a `/status` route answered by the worker itself.
+struct Fixture {
+    dir: TempDir,
+    ca: Ca,
+    backend: Backend,
+}
+
+impl Fixture {
+    fn new(label: &str) -> Fixture {
+        let dir = TempDir::new(label);
+        let ca = Ca::new();
+        ca.issue(&dir.0, "a", &["a.test"]);
+        ca.write_files(&dir.0);
+        Fixture {
+            dir,
+            ca,
+            backend: Backend::start(label),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.0.join(name)
+    }
+
+    fn config(&self, workers: usize) -> String {
+        format!(
+            r#"system {{
+    worker-processes {workers}
+    graceful-shutdown-timeout-secs 5
+}}
+listeners {{
+    listener "https" {{
+        address "127.0.0.1:{port}"
+        protocol "https"
+        default-route "app"
+        tls {{
+            cert-file "{crt}"
+            key-file "{key}"
+        }}
+    }}
+}}
+routes {{
+    route "status" {{
+        priority "critical"
+        matches {{ path "/status"; }}
+        service-type "builtin"
+        builtin-handler "status"
+    }}
+    route "app" {{ upstream "app"; }}
+}}
+upstreams {{
+    upstream "app" {{ target "{target}"; }}
+}}
+"#,
+            port = free_port(),
+            crt = self.path("a.crt").display(),
+            key = self.path("a.key").display(),
+            target = self.backend.target(),
+        )
+    }
+
+    fn start(&self, workers: usize) -> Zentinel {
+        Zentinel::start(&self.config(workers))
+    }
+
+    /// One `openssl s_client` asking for `/status`.
+    fn s_client(&self, z: &Zentinel, args: &[&str]) -> SClient {
+        s_client_get(z.addr(), &self.dir.0, "/status", args)
+    }
+
+    /// A new session saved to `file` (TLS version flag `version`): the handshake is full and
+    /// the server's tickets carry the master's newest key and `lifetime_s`.
+    fn new_session(&self, z: &Zentinel, version: &str, file: &Path, lifetime_s: u32) -> SClient {
+        let _ = std::fs::remove_file(file);
+        let file_arg = file.display().to_string();
+        let s = self.s_client(z, &[version, "-sess_out", &file_arg]);
+        assert!(
+            s.ok && file.exists() && s.kind().as_deref() == Some("New"),
+            "{version}: first connection\n{}\n{}",
+            s.out,
+            z.log()
+        );
+        let newest = master_keys(z)[0].clone();
+        let tickets = s.tickets();
+        assert!(!tickets.is_empty(), "{version}: no ticket\n{}", s.out);
+        for (hint, key_name) in &tickets {
+            assert_eq!(*hint, lifetime_s, "{version}: lifetime hint\n{}", s.out);
+            assert_eq!(
+                key_name, &newest,
+                "{version}: the ticket is not sealed with the master's newest key\n{}",
+                s.out
+            );
+        }
+        s
+    }
+
+    /// Resume the session in `file` until every worker of `workers` has served one: every
+    /// connection must be resumed, and served by one of them. Returns the connections made.
+    fn resume_on_each(
+        &self,
+        z: &Zentinel,
+        version: &str,
+        file: &Path,
+        workers: &BTreeSet<u32>,
+    ) -> usize {
+        let file_arg = file.display().to_string();
+        let mut seen = BTreeSet::new();
+        for attempt in 1..=MAX_ATTEMPTS {
+            let s = self.s_client(z, &[version, "-sess_in", &file_arg]);
+            let pid = s.served_by();
+            assert_eq!(
+                s.kind().as_deref(),
+                Some("Reused"),
+                "{version}: connection {attempt} (worker pid {pid:?}) did not resume\n{}\n{}",
+                s.out,
+                z.log()
+            );
+            let pid = pid.unwrap_or_else(|| panic!("{version}: no status answer\n{}", s.out));
+            assert!(
+                workers.contains(&pid),
+                "{version}: served by pid {pid}, not one of {workers:?}"
+            );
+            seen.insert(pid);
+            if seen == *workers {
+                return attempt;
+            }
+        }
+        panic!(
+            "{version}: after {MAX_ATTEMPTS} resumed connections only {seen:?} of {workers:?} \
+             served"
+        );
+    }
+
+    /// A rustls client of one TLS version, whose resumption store keeps its sessions.
+    fn rustls_client(
+        &self,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> Arc<ClientConfig> {
+        client_config(&self.ca.der(), &[version])
+    }
+}
+
+/// The running workers' pids, from the master's status.
+fn running_workers(z: &Zentinel) -> BTreeSet<u32> {
+    workers_of(&z.status())
+        .iter()
+        .filter(|w| w["state"] == "running")
+        .filter_map(|w| w["pid"].as_u64())
+        .map(|pid| pid as u32)
+        .collect()
+}
+
+/// The key names the current master logged last, newest first (hex).
+fn master_keys(z: &Zentinel) -> Vec<String> {
+    all_key_lines(z)
+        .pop()
+        .unwrap_or_else(|| panic!("no `{KEYS_LOGGED}` line\n{}", z.log()))
+}
+
+/// Every `keys=` list logged, in order.
+fn all_key_lines(z: &Zentinel) -> Vec<Vec<String>> {
+    z.log_text()
+        .lines()
+        .filter(|l| l.contains(KEYS_LOGGED))
+        .filter_map(|l| {
+            let at = l.find("keys=")? + "keys=".len();
+            let list = l[at..].split_whitespace().next()?;
+            Some(list.split(',').map(str::to_owned).collect())
+        })
+        .collect()
+}
+
+/// One request over a rustls connection: how its handshake went and which worker served.
+fn rustls_status(z: &Zentinel, config: &Arc<ClientConfig>) -> (Option<HandshakeKind>, u32) {
+    let mut client = TlsClient::connect(z.addr(), "a.test", Arc::clone(config));
+    // Reading the answer also reads the TLS 1.3 tickets sent after the handshake.
+    let answer = client.get("/status");
+    assert_eq!(answer.status, 200, "{}", answer.body_str());
+    let body: serde_json::Value =
+        serde_json::from_slice(&answer.body).expect("the status answer is JSON");
+    let pid = body["pid"].as_u64().expect("a pid in the status answer") as u32;
+    (client.conn().handshake_kind(), pid)
+}
+
+/// Waits until `z` runs `count` workers none of which is in `old`.
+fn wait_for_new_workers(z: &Zentinel, old: &BTreeSet<u32>, count: usize) -> BTreeSet<u32> {
+    let mut now = BTreeSet::new();
+    let ok = wait_until(DEADLINE, || {
+        now = running_workers(z);
+        now.len() == count && now.is_disjoint(old)
+    });
+    assert!(ok, "running workers {now:?}, old {old:?}\n{}", z.log());
+    now
+}
+
+#[test]
+fn a_session_resumes_on_every_worker_and_on_a_restarted_one() {
+    if openssl_missing() {
+        return;
+    }
+    let f = Fixture::new("tickets-workers");
+    let z = f.start(2);
+    let workers = running_workers(&z);
+    assert_eq!(workers.len(), 2, "{}", z.log());
+    let sessions = [
+        ("-tls1_3", f.path("session-tls13.pem")),
+        ("-tls1_2", f.path("session-tls12.pem")),
+    ];
+    for (version, file) in &sessions {
+        f.new_session(&z, version, file, LIFETIME_S);
+        let tries = f.resume_on_each(&z, version, file, &workers);
+        eprintln!("{version}: resumed on both workers within {tries} connections");
+    }
+
+    // A worker dies; the master starts another with the same keys: the sessions resume on it.
+    let victim = *workers.iter().next().unwrap();
+    send_signal(victim, nix::sys::signal::Signal::SIGKILL);
+    let replaced = wait_until(DEADLINE, || {
+        let now = running_workers(&z);
+        now.len() == 2 && !now.contains(&victim)
+    });
+    assert!(replaced, "the killed worker was not replaced\n{}", z.log());
+    let now = running_workers(&z);
+    for (version, file) in &sessions {
+        f.resume_on_each(&z, version, file, &now);
+    }
+}
+
+#[test]
+fn a_session_from_before_a_rolling_upgrade_resumes_on_the_new_workers() {
+    if openssl_missing() {
+        return;
+    }
+    let f = Fixture::new("tickets-upgrade");
+    let z = f.start(2);
+    let mut files = TempFiles::default();
+    let copy = files.add(binary_copy("tickets-upgrade"));
+    let old = running_workers(&z);
+    let keys_before = master_keys(&z);
+    let sessions = [
+        ("-tls1_3", f.path("session-tls13.pem")),
+        ("-tls1_2", f.path("session-tls12.pem")),
+    ];
+    for (version, file) in &sessions {
+        f.new_session(&z, version, file, LIFETIME_S);
+    }
+    // The rustls client keeps its sessions in its config's resumption store.
+    let rustls_clients = [
+        ("TLS 1.3", f.rustls_client(&rustls::version::TLS13)),
+        ("TLS 1.2", f.rustls_client(&rustls::version::TLS12)),
+    ];
+    for (version, config) in &rustls_clients {
+        let (kind, pid) = rustls_status(&z, config);
+        assert_eq!(kind, Some(HandshakeKind::Full), "{version}");
+        assert!(old.contains(&pid), "{version}: {pid} not in {old:?}");
+    }
+
+    let copy_arg = copy.display().to_string();
+    let out = ctl_within(
+        &z.control_socket(),
+        &["upgrade", "--rolling", "--binary", &copy_arg],
+        UPGRADE_DEADLINE,
+    );
+    assert!(out.success(), "upgrade --rolling: {out}\n{}", z.log());
+    let new = wait_for_new_workers(&z, &old, 2);
+    let log = z.log_text();
+    assert!(
+        log.contains("upgrade: the TLS session-ticket keys go to the new master")
+            && log.contains("state_format=6"),
+        "{}",
+        z.log()
+    );
+    assert_eq!(
+        master_keys(&z),
+        keys_before,
+        "the new master must go on with the old master's keys"
+    );
+
+    for (version, file) in &sessions {
+        let tries = f.resume_on_each(&z, version, file, &new);
+        eprintln!("{version}: resumed on both new workers within {tries} connections");
+    }
+    // The first rustls connection after the upgrade can only use a ticket from before it.
+    for (version, config) in &rustls_clients {
+        let (kind, pid) = rustls_status(&z, config);
+        assert_eq!(
+            kind,
+            Some(HandshakeKind::Resumed),
+            "{version}: the rustls session from before the upgrade did not resume\n{}",
+            z.log()
+        );
+        assert!(new.contains(&pid), "{version}: {pid} not in {new:?}");
+    }
+}
+
+/// A new binary that says it reads state formats up to 5 only (a release from before the
+/// keys travelled, as a rollback would meet): the master hands over in format 4 without the
+/// keys, the new master makes its own, and the upgrade works as before this feature; a session
+/// from before it gets a full handshake on the new workers. The "release" is a script that
+/// answers `--version --json` like one and runs this build for everything else.
+#[test]
+fn a_binary_that_does_not_read_the_keys_format_takes_over_without_them() {
+    if openssl_missing() {
+        return;
+    }
+    let f = Fixture::new("tickets-older");
+    let z = f.start(2);
+    let mut files = TempFiles::default();
+    let older = files.add(temp_path("format-5-zentinel.sh"));
+    let out = std::process::Command::new(zentinel_bin())
+        .args(["--version", "--json"])
+        .output()
+        .expect("zentinel --version --json");
+    let mut info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("version JSON");
+    info["state_format_version"] = 5.into();
+    info["readable_state_formats"] = serde_json::json!([1, 2, 3, 4, 5]);
+    if let Some(object) = info.as_object_mut() {
+        object.remove("ticket_keys_state_format");
+    }
+    install_script(
+        &older,
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ] && [ \"$2\" = --json ]; then echo '{info}'; \
+             exit 0; fi\nexec '{}' \"$@\"\n",
+            zentinel_bin().display()
+        ),
+    );
+    let old = running_workers(&z);
+    let keys_before = master_keys(&z);
+    let sessions = [
+        ("-tls1_3", f.path("session-tls13.pem")),
+        ("-tls1_2", f.path("session-tls12.pem")),
+    ];
+    for (version, file) in &sessions {
+        f.new_session(&z, version, file, LIFETIME_S);
+    }
+
+    let older_arg = older.display().to_string();
+    let out = ctl_within(
+        &z.control_socket(),
+        &["upgrade", "--rolling", "--binary", &older_arg],
+        UPGRADE_DEADLINE,
+    );
+    assert!(out.success(), "upgrade --rolling: {out}\n{}", z.log());
+    let new = wait_for_new_workers(&z, &old, 2);
+    let log = z.log_text();
+    assert!(
+        log.contains(
+            "upgrade: the new binary does not read the state format that carries the TLS \
+             session-ticket keys"
+        ) && log.contains("state_format=4"),
+        "the previous release's format, without the keys:\n{}",
+        z.log()
+    );
+    let keys_after = master_keys(&z);
+    assert!(
+        keys_after.len() == 1 && !keys_before.contains(&keys_after[0]),
+        "fresh keys expected: {keys_before:?} -> {keys_after:?}"
+    );
+    for (version, file) in &sessions {
+        let file_arg = file.display().to_string();
+        let s = f.s_client(&z, &[version, "-sess_in", &file_arg]);
+        assert!(s.ok, "{version}\n{}", s.out);
+        assert_eq!(s.kind().as_deref(), Some("New"), "{version}\n{}", s.out);
+        assert!(
+            s.served_by().is_some_and(|pid| new.contains(&pid)),
+            "{}",
+            s.out
+        );
+    }
+}
+
+/// A rolling upgrade whose new worker crashes is rolled back: the new master (which took the
+/// keys over) starts the replaced worker from the previous binary again, with its keys, so a
+/// session from before the upgrade resumes on it (and on the old worker it kept).
+#[test]
+fn a_session_resumes_on_the_workers_a_failed_upgrade_rolls_back_to() {
+    if openssl_missing() {
+        return;
+    }
+    require_fault_injection();
+    let f = Fixture::new("tickets-rollback");
+    let mut files = TempFiles::default();
+    let copy = files.add(binary_copy("tickets-rollback"));
+    let fault = format!("worker-abort-after-ready@{}", copy.display());
+    let z = Zentinel::start_with_env(&f.config(2), &[("ZENTINEL_FAULT_INJECTION", &fault)]);
+    let old = running_workers(&z);
+    let sessions = [
+        ("-tls1_3", f.path("session-tls13.pem")),
+        ("-tls1_2", f.path("session-tls12.pem")),
+    ];
+    for (version, file) in &sessions {
+        f.new_session(&z, version, file, LIFETIME_S);
+    }
+
+    let copy_arg = copy.display().to_string();
+    let out = ctl_within(
+        &z.control_socket(),
+        &[
+            "upgrade",
+            "--rolling",
+            "--binary",
+            &copy_arg,
+            "--ready-timeout",
+            "5s",
+        ],
+        UPGRADE_DEADLINE,
+    );
+    assert!(
+        !out.success() && out.said().contains("rolled back"),
+        "the new workers crash: the upgrade must be rolled back: {out}\n{}",
+        z.log()
+    );
+    let original = z.binary.canonicalize().expect("the original binary");
+    let mut back = BTreeSet::new();
+    let settled = wait_until(DEADLINE, || {
+        back = running_workers(&z);
+        back.len() == 2
+            && back.difference(&old).count() == 1
+            && back
+                .iter()
+                .all(|&pid| process_exe(pid).as_deref() == Some(original.as_path()))
+    });
+    assert!(
+        settled,
+        "workers {back:?} (old {old:?}): not one rolled back to {}\n{}",
+        original.display(),
+        z.log()
+    );
+    for (version, file) in &sessions {
+        f.resume_on_each(&z, version, file, &back);
+    }
+}
+
+/// Waits until the master has logged a key list other than `previous` and every one of
+/// `workers` workers has applied it; returns it (newest first).
+fn wait_for_rotation(z: &Zentinel, previous: &[String], workers: usize) -> Vec<String> {
+    let applied_before = z.log_text().matches(KEYS_APPLIED).count();
+    let mut keys = Vec::new();
+    let rotated = wait_until(DEADLINE, || {
+        keys = master_keys(z);
+        keys != previous && z.log_text().matches(KEYS_APPLIED).count() >= applied_before + workers
+    });
+    assert!(rotated, "no rotation after {previous:?}\n{}", z.log());
+    keys
+}
+
+/// What a worker logs when it gets new keys (`worker/src/event_loop/control.rs`).
+const KEYS_APPLIED: &str = "TLS session-ticket keys replaced";
+
+/// The rotation, shortened for the test (`ZENTINEL_TEST_TICKET_KEY_ROTATION_MS`, honoured by
+/// test builds only): the master makes a new sealing key and sends it to both workers; a
+/// ticket sealed before resumes on both after it (the previous key still opens), and the
+/// tickets issued then carry the new key; one rotation later the old key is gone, and the
+/// ticket sealed with it no longer resumes (a full handshake instead).
+#[test]
+fn rotated_keys_reach_every_worker_and_the_previous_key_still_opens() {
+    if openssl_missing() {
+        return;
+    }
+    require_fault_injection();
+    const ROTATION_S: u32 = 6;
+    let f = Fixture::new("tickets-rotation");
+    let rotation_ms = (ROTATION_S * 1000).to_string();
+    let z = Zentinel::start_with_env(
+        &f.config(2),
+        &[("ZENTINEL_TEST_TICKET_KEY_ROTATION_MS", &rotation_ms)],
+    );
+    let workers = running_workers(&z);
+    let first = master_keys(&z);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let sessions = [
+        ("-tls1_3", f.path("session-tls13.pem")),
+        ("-tls1_2", f.path("session-tls12.pem")),
+    ];
+    for (version, file) in &sessions {
+        f.new_session(&z, version, file, ROTATION_S);
+    }
+
+    let second = wait_for_rotation(&z, &first, workers.len());
+    assert_eq!(second.len(), 2, "{second:?}");
+    assert_eq!(second[1], first[0], "the previous key is kept");
+    assert!(z.log_text().contains("why=\"rotated\""), "{}", z.log());
+    for (version, file) in &sessions {
+        let file_arg = file.display().to_string();
+        let mut seen = BTreeSet::new();
+        for attempt in 1..=MAX_ATTEMPTS {
+            let s = f.s_client(&z, &[version, "-sess_in", &file_arg]);
+            assert_eq!(
+                s.kind().as_deref(),
+                Some("Reused"),
+                "{version}: connection {attempt} after the rotation\n{}\n{}",
+                s.out,
+                z.log()
+            );
+            // TLS 1.3 issues new tickets after a resumption: sealed with the new key.
+            if *version == "-tls1_3" {
+                let names: Vec<String> = s.tickets().into_iter().map(|(_, n)| n).collect();
+                assert!(
+                    !names.is_empty() && names.iter().all(|n| *n == second[0]),
+                    "{version}: tickets {names:?}, newest key {}\n{}",
+                    second[0],
+                    s.out
+                );
+            }
+            seen.extend(s.served_by());
+            if seen == workers {
+                break;
+            }
+        }
+        assert_eq!(seen, workers, "{version}: served by");
+    }
+
+    // One more rotation: the first key is dropped. A TLS 1.2 client still offers its ticket
+    // (a TLS 1.3 one would not: its lifetime is over), and the server cannot open it.
+    let third = wait_for_rotation(&z, &second, workers.len());
+    assert!(!third.contains(&first[0]), "{third:?}");
+    let file_arg = sessions[1].1.display().to_string();
+    let s = f.s_client(&z, &["-tls1_2", "-sess_in", &file_arg]);
+    assert!(s.ok, "{}", s.out);
+    assert_eq!(
+        s.kind().as_deref(),
+        Some("New"),
+        "a ticket of a dropped key resumed\n{}",
+        s.out
+    );
+}
