@@ -1,7 +1,7 @@
 //! TLS load through a rolling upgrade (issue 15): three real `zentinel-load --tls` runs (one
 //! over keep-alive connections, one with a full handshake per request, one resuming sessions)
 //! through a Zentinel TLS listener while `zentinel-ctl upgrade --rolling` replaces every
-//! process. Not one request may fail.
+//! process. Not one request may fail, and sessions keep resuming across the upgrade.
 //!
 //! Each load has its own host, routed to its own backend, so the test can wait until each of
 //! them is going (before the upgrade) and going on the new workers (after the old ones left).
@@ -218,12 +218,17 @@ fn tls_keepalive_and_new_connection_loads_see_no_failure_across_a_rolling_upgrad
         keepalive.last_u64("handshakes"),
         keepalive.json_u64(&["connections"])
     );
-    // A full handshake for every request; with --resume, some sessions resumed (each worker
-    // keeps its own cache: a connection that lands on the other worker, or on a new one, does
-    // a full handshake instead).
+    // A handshake for every request: all full without --resume; with it, all but the first
+    // few resumed, the upgrade included (every worker, old or new, opens the tickets any of
+    // them issued: the ticket keys are handed over).
     for run in [close, resume] {
         assert_eq!(run.last_u64("handshakes"), run.last_u64("requests"));
     }
     assert_eq!(close.last_u64("resumed"), 0, "{}", close.stdout);
-    assert!(resume.last_u64("resumed") > 0, "{}", resume.stdout);
+    let (resumed, handshakes) = (resume.last_u64("resumed"), resume.last_u64("handshakes"));
+    assert!(
+        resumed * 10 >= handshakes * 9,
+        "only {resumed} of {handshakes} handshakes resumed:\n{}",
+        resume.stdout
+    );
 }
