@@ -47,6 +47,7 @@ pub mod tls;
 mod tls_listener;
 pub mod tls_options;
 pub mod tls_tickets;
+pub mod tls_verify;
 mod tokens;
 mod trace_id;
 mod upstream;
