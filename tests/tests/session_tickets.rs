@@ -97,6 +97,23 @@ upstreams {{
 
     /// A new session saved to `file` (TLS version flag `version`): the handshake is full and
     /// the server's tickets carry the master's newest key and `lifetime_s`.
+    /// Where the TLS 1.3 and the TLS 1.2 sessions are saved, with s_client's version switch.
+    fn session_files(&self) -> [(&'static str, PathBuf); 2] {
+        [
+            ("-tls1_3", self.path("session-tls13.pem")),
+            ("-tls1_2", self.path("session-tls12.pem")),
+        ]
+    }
+
+    /// A new TLS 1.3 and a new TLS 1.2 session, saved to `session_files`.
+    fn new_sessions(&self, z: &Zentinel, lifetime_s: u32) -> [(&'static str, PathBuf); 2] {
+        let sessions = self.session_files();
+        for (version, file) in &sessions {
+            self.new_session(z, version, file, lifetime_s);
+        }
+        sessions
+    }
+
     fn new_session(&self, z: &Zentinel, version: &str, file: &Path, lifetime_s: u32) -> SClient {
         let _ = std::fs::remove_file(file);
         let file_arg = file.display().to_string();
@@ -229,10 +246,7 @@ fn a_session_resumes_on_every_worker_and_on_a_restarted_one() {
     let z = f.start(2);
     let workers = running_workers(&z);
     assert_eq!(workers.len(), 2, "{}", z.log());
-    let sessions = [
-        ("-tls1_3", f.path("session-tls13.pem")),
-        ("-tls1_2", f.path("session-tls12.pem")),
-    ];
+    let sessions = f.session_files();
     for (version, file) in &sessions {
         f.new_session(&z, version, file, LIFETIME_S);
         let tries = f.resume_on_each(&z, version, file, &workers);
@@ -264,13 +278,7 @@ fn a_session_from_before_a_rolling_upgrade_resumes_on_the_new_workers() {
     let copy = files.add(binary_copy("tickets-upgrade"));
     let old = running_workers(&z);
     let keys_before = master_keys(&z);
-    let sessions = [
-        ("-tls1_3", f.path("session-tls13.pem")),
-        ("-tls1_2", f.path("session-tls12.pem")),
-    ];
-    for (version, file) in &sessions {
-        f.new_session(&z, version, file, LIFETIME_S);
-    }
+    let sessions = f.new_sessions(&z, LIFETIME_S);
     // The rustls client keeps its sessions in its config's resumption store.
     let rustls_clients = [
         ("TLS 1.3", f.rustls_client(&rustls::version::TLS13)),
@@ -354,13 +362,7 @@ fn a_binary_that_does_not_read_the_keys_format_takes_over_without_them() {
     );
     let old = running_workers(&z);
     let keys_before = master_keys(&z);
-    let sessions = [
-        ("-tls1_3", f.path("session-tls13.pem")),
-        ("-tls1_2", f.path("session-tls12.pem")),
-    ];
-    for (version, file) in &sessions {
-        f.new_session(&z, version, file, LIFETIME_S);
-    }
+    let sessions = f.new_sessions(&z, LIFETIME_S);
 
     let older_arg = older.display().to_string();
     let out = ctl_within(
@@ -412,13 +414,7 @@ fn a_session_resumes_on_the_workers_a_failed_upgrade_rolls_back_to() {
     let fault = format!("worker-abort-after-ready@{}", copy.display());
     let z = Zentinel::start_with_env(&f.config(2), &[("ZENTINEL_FAULT_INJECTION", &fault)]);
     let old = running_workers(&z);
-    let sessions = [
-        ("-tls1_3", f.path("session-tls13.pem")),
-        ("-tls1_2", f.path("session-tls12.pem")),
-    ];
-    for (version, file) in &sessions {
-        f.new_session(&z, version, file, LIFETIME_S);
-    }
+    let sessions = f.new_sessions(&z, LIFETIME_S);
 
     let copy_arg = copy.display().to_string();
     let out = ctl_within(
@@ -496,13 +492,7 @@ fn rotated_keys_reach_every_worker_and_the_previous_key_still_opens() {
     let workers = running_workers(&z);
     let first = master_keys(&z);
     assert_eq!(first.len(), 1, "{first:?}");
-    let sessions = [
-        ("-tls1_3", f.path("session-tls13.pem")),
-        ("-tls1_2", f.path("session-tls12.pem")),
-    ];
-    for (version, file) in &sessions {
-        f.new_session(&z, version, file, ROTATION_S);
-    }
+    let sessions = f.new_sessions(&z, ROTATION_S);
 
     let second = wait_for_rotation(&z, &first, workers.len());
     assert_eq!(second.len(), 2, "{second:?}");
