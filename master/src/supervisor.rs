@@ -49,7 +49,8 @@ use zentinel_protocol::control::{ControlRequest, ControlResponse};
 use zentinel_protocol::messages::v2::MasterMessageV2;
 use zentinel_protocol::messages::v3::MasterMessageV3;
 use zentinel_protocol::messages::{
-    Hello, MasterMessage, WorkerCounters, WorkerMessage, WorkerStart, PROTOCOL_VERSION,
+    Hello, Http2Refusals, MasterMessage, WorkerCounters, WorkerMessage, WorkerStart,
+    PROTOCOL_VERSION,
 };
 use zentinel_protocol::{Channel, ProtocolError};
 
@@ -271,6 +272,10 @@ pub struct Supervisor {
     /// The Prometheus endpoint, if configured.
     metrics: Option<MetricsServer>,
     master_metrics: zentinel_protocol::state::MasterMetrics,
+    /// HTTP/2 refusals of the workers that exited under this master. Not in the state file:
+    /// a successor master counts its own from zero (adopted workers report their whole totals
+    /// again), so only the counts of workers gone before a binary upgrade leave the totals.
+    retired_http2: Http2Refusals,
     /// Stopped with every worker gone: the last responses drain until then.
     exit_flush_until: Option<Instant>,
     /// The TLS session-ticket keys every worker gets, and when they rotate next.
@@ -359,6 +364,7 @@ impl Supervisor {
             notify_reloading: false,
             metrics,
             master_metrics: setup.master_metrics,
+            retired_http2: Http2Refusals::default(),
             exit_flush_until: None,
             ticket_keys: setup.ticket_keys,
             ready_pipe: None,

@@ -7,9 +7,11 @@
 //! - [`fd_passing`]: SCM_RIGHTS send/receive of file descriptor batches.
 //! - [`channel`]: a framed, fd-carrying, non-blocking-capable channel over a Unix stream socket.
 //! - [`ticket_keys`]: TLS session-ticket keys the master shares with every worker.
+//! - [`niche`]: how an optional box fits in an archived struct's padding.
 //!
 //! This crate depends on none of Zentinel's other crates. Its raw libc calls are in one
-//! private module, `sys`; everywhere else `unsafe` is refused.
+//! private module, `sys`, and the niche of [`niche::ZeroOffset`]; everywhere else `unsafe` is
+//! refused.
 
 // The wire contract between master, workers and `zentinel-ctl`: every public item says what
 // it carries.
@@ -30,6 +32,8 @@ pub mod error;
 pub mod fd_passing;
 pub mod frame;
 pub mod messages;
+#[allow(unsafe_code)]
+pub mod niche;
 pub mod state;
 #[allow(unsafe_code)]
 mod sys;

@@ -14,6 +14,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::config::ProxyConfig;
+pub use crate::niche::ZeroOffset;
 use crate::ticket_keys::TicketKeys;
 
 /// Bumped whenever a message layout changes incompatibly.
@@ -169,6 +170,82 @@ pub struct WorkerCounters {
     pub bytes_out: u64,
 }
 
+/// HTTP/2 client connections a worker closed for abuse, by kind (see `docs/design/http2.md`):
+/// each count is a connection closed with GOAWAY. Totals since the worker started.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Http2Refusals {
+    /// Streams opened and reset by the client at once (CVE-2023-44487).
+    pub rapid_reset: u64,
+    /// A header block continued by CONTINUATION frames past any sensible count.
+    pub continuation_flood: u64,
+    /// A header block decoding to a header list far over the limit (an HPACK bomb).
+    pub header_list_too_large: u64,
+    /// SETTINGS frames past the rate any client needs.
+    pub settings_flood: u64,
+    /// PING frames past the rate any client needs.
+    pub ping_flood: u64,
+    /// Frames carrying nothing: zero-length DATA without END_STREAM, empty HEADERS or
+    /// CONTINUATION, runs of tiny DATA frames.
+    pub empty_frames: u64,
+    /// PRIORITY frames past a budget per stream.
+    pub priority_flood: u64,
+    /// WINDOW_UPDATE frames past a budget per DATA frame sent.
+    pub window_update_flood: u64,
+    /// Framing bytes (every frame but the payload of DATA and header blocks) far beyond the
+    /// payload: a flood of any other frame type.
+    pub control_flood: u64,
+    /// Streams the server had to refuse or reset (over the concurrency limit, malformed),
+    /// past a count per connection.
+    pub stream_errors: u64,
+    /// A response that could not be sent for the request timeout: the client reads nothing
+    /// or keeps its flow-control window shut.
+    pub slow_read: u64,
+    /// Any other connection error the peer caused (PROTOCOL_ERROR and friends).
+    pub protocol_error: u64,
+}
+
+impl Http2Refusals {
+    /// Every kind's name (as `/metrics` labels it) and value, in declaration order.
+    pub fn kinds(&self) -> [(&'static str, u64); 12] {
+        [
+            ("rapid_reset", self.rapid_reset),
+            ("continuation_flood", self.continuation_flood),
+            ("header_list_too_large", self.header_list_too_large),
+            ("settings_flood", self.settings_flood),
+            ("ping_flood", self.ping_flood),
+            ("empty_frames", self.empty_frames),
+            ("priority_flood", self.priority_flood),
+            ("window_update_flood", self.window_update_flood),
+            ("control_flood", self.control_flood),
+            ("stream_errors", self.stream_errors),
+            ("slow_read", self.slow_read),
+            ("protocol_error", self.protocol_error),
+        ]
+    }
+
+    /// Add `other`'s counts (saturating).
+    pub fn add(&mut self, other: &Http2Refusals) {
+        let fields = [
+            (&mut self.rapid_reset, other.rapid_reset),
+            (&mut self.continuation_flood, other.continuation_flood),
+            (&mut self.header_list_too_large, other.header_list_too_large),
+            (&mut self.settings_flood, other.settings_flood),
+            (&mut self.ping_flood, other.ping_flood),
+            (&mut self.empty_frames, other.empty_frames),
+            (&mut self.priority_flood, other.priority_flood),
+            (&mut self.window_update_flood, other.window_update_flood),
+            (&mut self.control_flood, other.control_flood),
+            (&mut self.stream_errors, other.stream_errors),
+            (&mut self.slow_read, other.slow_read),
+            (&mut self.protocol_error, other.protocol_error),
+        ];
+        for (mine, theirs) in fields {
+            *mine = mine.saturating_add(theirs);
+        }
+    }
+}
+
 /// What a worker sends its master.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
@@ -179,6 +256,15 @@ pub enum WorkerMessage {
     Ready,
     /// The answer to [`MasterMessage::StatusRequest`]: the counters now.
     Status {
+        /// The HTTP/2 connections refused, by kind (`None`: none refused yet, or a worker
+        /// from before they were counted). Placed first, in the padding between the tag and
+        /// `request_id`, as a relative pointer whose zero offset means `None`
+        /// ([`ZeroOffset`]): the archived message keeps its size and layout, so a master from
+        /// before reads this `Status` as it always did (it skips the padding), and this one
+        /// reads an older worker's `Status` (zeroed padding) as `None`. No protocol bump:
+        /// both sides keep reading each other.
+        #[rkyv(with = rkyv::with::NicheInto<ZeroOffset>)]
+        http2: Option<Box<Http2Refusals>>,
         /// The request's id.
         request_id: u64,
         /// The counters when the request was read.

@@ -274,6 +274,70 @@ fn numbered_counters() -> WorkerCounters {
     }
 }
 
+/// `WorkerMessage` as protocol 4 had it before `Status` carried the HTTP/2 refusals: the
+/// layout an older master reads and an older worker writes.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+enum WorkerMessageBeforeHttp2 {
+    Hello(Hello),
+    Ready,
+    Status {
+        request_id: u64,
+        counters: WorkerCounters,
+    },
+    Draining {
+        active_connections: u64,
+    },
+    Fatal {
+        reason: String,
+    },
+    Reconfigured {
+        request_id: u64,
+    },
+    ReconfigureFailed {
+        request_id: u64,
+        reason: String,
+    },
+}
+
+/// The refusal counts ride in the padding after `Status`'s tag: the archived message keeps its
+/// 120 bytes, a `Status` without them is byte for byte what the older layout wrote, an older
+/// worker's `Status` reads as one without them, and an older master reads a `Status` with
+/// them as the counters it always read.
+#[test]
+fn http2_refusals_ride_in_the_status_padding() {
+    use std::mem::size_of;
+    assert_eq!(size_of::<ArchivedWorkerMessage>(), 120);
+    assert_eq!(size_of::<ArchivedWorkerMessageBeforeHttp2>(), 120);
+    let old = WorkerMessageBeforeHttp2::Status {
+        request_id: 77,
+        counters: numbered_counters(),
+    };
+    let without = WorkerMessage::Status {
+        http2: None,
+        request_id: 77,
+        counters: numbered_counters(),
+    };
+    let old_bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
+    let new_bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&without).unwrap();
+    assert_eq!(old_bytes.as_slice(), new_bytes.as_slice());
+    let read = rkyv::from_bytes::<WorkerMessage, rkyv::rancor::Error>(&old_bytes).unwrap();
+    assert_eq!(read, without, "an older worker's Status");
+
+    let with = WorkerMessage::Status {
+        http2: Some(Box::new(common::refusals(std::array::from_fn(|i| {
+            100 + i as u64
+        })))),
+        request_id: 77,
+        counters: numbered_counters(),
+    };
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&with).unwrap();
+    let back = rkyv::from_bytes::<WorkerMessage, rkyv::rancor::Error>(&bytes).unwrap();
+    assert_eq!(back, with);
+    let older_master =
+        rkyv::from_bytes::<WorkerMessageBeforeHttp2, rkyv::rancor::Error>(&bytes).unwrap();
+    assert_eq!(older_master, old, "what a master from before reads");
+}
+
 /// What the protocol 3 build sent for each worker message (captured from it), what
 /// `WorkerMessageV3` encodes, and what the master reads from those bytes: today's message,
 /// answers without a request id.
@@ -295,10 +359,12 @@ fn protocol_3_worker_messages_keep_their_layout() {
         ),
         (
             WorkerMessage::Status {
+                http2: Some(Box::new(common::refusals([7; 12]))),
                 request_id: 5,
                 counters: numbered_counters(),
             },
             WorkerMessage::Status {
+                http2: None,
                 request_id: NO_REQUEST_ID,
                 counters: numbered_counters(),
             },
@@ -410,6 +476,7 @@ proptest! {
         let read = WorkerMessage::from(frame.deserialize::<WorkerMessageV3>().unwrap());
         let expected = match worker {
             WorkerMessage::Status { counters, .. } => WorkerMessage::Status {
+                http2: None,
                 request_id: NO_REQUEST_ID,
                 counters,
             },

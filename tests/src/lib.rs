@@ -7,6 +7,7 @@
 pub mod backend_tls;
 pub mod configs;
 pub mod failure;
+pub mod h2frames;
 pub mod load;
 pub mod load_run;
 pub mod loadgen;

@@ -1,10 +1,12 @@
 //! The worker's counters, reported to the master in `WorkerMessage::Status`.
 
-use zentinel_protocol::messages::WorkerCounters;
+use zentinel_protocol::messages::{Http2Refusals, WorkerCounters};
 
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
     pub c: WorkerCounters,
+    /// HTTP/2 connections closed for abuse, by kind (`http2::guard`).
+    pub http2: Http2Refusals,
 }
 
 impl Counters {
@@ -20,6 +22,12 @@ impl Counters {
 
     pub fn snapshot(&self) -> WorkerCounters {
         self.c.clone()
+    }
+
+    /// The HTTP/2 refusals for a `Status`: `None` while there are none (the master reads
+    /// that as zeros).
+    pub fn http2_snapshot(&self) -> Option<Box<Http2Refusals>> {
+        (self.http2 != Http2Refusals::default()).then(|| Box::new(self.http2.clone()))
     }
 }
 

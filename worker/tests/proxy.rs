@@ -461,6 +461,7 @@ fn proxies_routes_and_drains() {
             WorkerMessage::Status {
                 request_id: 11,
                 counters,
+                ..
             } if counters.active_connections == 1 => break,
             WorkerMessage::Status { request_id: 11, .. } => {}
             other => panic!("expected Status, got {other:?}"),
@@ -479,6 +480,7 @@ fn proxies_routes_and_drains() {
         WorkerMessage::Status {
             request_id: 12,
             counters: s,
+            ..
         } => {
             assert_eq!(s.requests_total, 5, "{s:?}");
             assert_eq!(s.responses_2xx, 3, "{s:?}");
@@ -600,6 +602,7 @@ fn request_body_streams_and_upstream_errors_are_502() {
         WorkerMessage::Status {
             request_id: 13,
             counters: s,
+            ..
         } => {
             assert_eq!(s.upstream_errors, 1, "{s:?}");
             assert_eq!(s.responses_5xx, 1, "{s:?}");
@@ -983,6 +986,7 @@ fn status(h: &mut Harness) -> WorkerCounters {
         WorkerMessage::Status {
             request_id: echoed,
             counters,
+            ..
         } if echoed == request_id => counters,
         other => panic!("expected Status {{ request_id: {request_id} }}, got {other:?}"),
     }

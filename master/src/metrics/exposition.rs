@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use zentinel_protocol::messages::WorkerCounters;
+use zentinel_protocol::messages::{Http2Refusals, WorkerCounters};
 use zentinel_protocol::state::{MasterMetrics, DRAIN_BUCKETS_SECONDS};
 
 /// One live worker process as the exposition shows it.
@@ -11,12 +11,16 @@ pub struct WorkerSample<'a> {
     pub pid: i32,
     pub generation: u64,
     pub counters: &'a WorkerCounters,
+    /// Its HTTP/2 refusals by kind.
+    pub http2: &'a Http2Refusals,
 }
 
 /// Everything a scrape shows.
 pub struct Snapshot<'a> {
     pub workers: Vec<WorkerSample<'a>>,
     pub master: &'a MasterMetrics,
+    /// HTTP/2 refusals of the workers that exited under this master.
+    pub retired_http2: &'a Http2Refusals,
     pub master_generation: u64,
     pub live_workers: usize,
 }
@@ -178,6 +182,8 @@ pub fn render(s: &Snapshot<'_>) -> String {
         );
     }
 
+    http2_refusals(&mut out, s, &labels);
+
     // Master.
     let m = s.master;
     let counters: &[(&str, &str, u64)] = &[
@@ -275,6 +281,42 @@ pub fn render(s: &Snapshot<'_>) -> String {
     out
 }
 
+/// HTTP/2 connections closed for abuse, by kind: the total and per worker process.
+fn http2_refusals(
+    out: &mut String,
+    s: &Snapshot<'_>,
+    labels: &dyn Fn(&WorkerSample<'_>) -> String,
+) {
+    let name = "zentinel_http2_refused_connections_total";
+    header(
+        out,
+        name,
+        "HTTP/2 client connections closed for abuse (GOAWAY), by kind. All workers, including \
+         those that exited under this master (a binary upgrade's new master counts exited \
+         workers from zero).",
+        "counter",
+    );
+    let mut total = s.retired_http2.clone();
+    for w in &s.workers {
+        total.add(w.http2);
+    }
+    for (kind, value) in total.kinds() {
+        let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {value}");
+    }
+    let name = "zentinel_worker_http2_refused_connections_total";
+    header(
+        out,
+        name,
+        "HTTP/2 client connections closed for abuse (GOAWAY), by kind. Per worker process.",
+        "counter",
+    );
+    for w in &s.workers {
+        for (kind, value) in w.http2.kinds() {
+            let _ = writeln!(out, "{name}{{{},kind=\"{kind}\"}} {value}", labels(w));
+        }
+    }
+}
+
 fn seconds(ms: u64) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
 }
@@ -301,14 +343,25 @@ mod tests {
             active_connections: 2,
             ..Default::default()
         };
+        let retired_http2 = Http2Refusals {
+            ping_flood: 2,
+            ..Default::default()
+        };
+        let live_http2 = Http2Refusals {
+            ping_flood: 1,
+            rapid_reset: 3,
+            ..Default::default()
+        };
         let text = render(&Snapshot {
             workers: vec![WorkerSample {
                 worker_id: 0,
                 pid: 42,
                 generation: 3,
                 counters: &live,
+                http2: &live_http2,
             }],
             master: &master,
+            retired_http2: &retired_http2,
             master_generation: 3,
             live_workers: 1,
         });
@@ -326,6 +379,11 @@ mod tests {
         assert!(text.contains("zentinel_drain_duration_seconds_bucket{le=\"0.5\"} 0\n"));
         assert!(text.contains("zentinel_drain_duration_seconds_bucket{le=\"1\"} 1\n"));
         assert!(text.contains("zentinel_drain_duration_seconds_sum 0.700\n"));
+        assert!(text.contains("zentinel_http2_refused_connections_total{kind=\"ping_flood\"} 3\n"));
+        assert!(text.contains("zentinel_http2_refused_connections_total{kind=\"slow_read\"} 0\n"));
+        assert!(text.contains(
+            "zentinel_worker_http2_refused_connections_total{worker=\"0\",pid=\"42\",generation=\"3\",kind=\"rapid_reset\"} 3\n"
+        ));
         // Every sample line belongs to a family announced by HELP and TYPE.
         let mut typed = std::collections::HashSet::new();
         for line in text.lines() {

@@ -126,6 +126,7 @@ impl Supervisor {
         token: Token,
         request_id: u64,
         counters: WorkerCounters,
+        http2: Option<Http2Refusals>,
     ) {
         let Some(process) = self.processes.get_mut(&token) else {
             return;
@@ -188,6 +189,9 @@ impl Supervisor {
             "worker status"
         );
         process.set_counters(counters.clone());
+        if let Some(http2) = http2 {
+            process.set_http2(http2);
+        }
         let now = Instant::now();
         let rounds = self
             .pending_status

@@ -87,10 +87,11 @@ impl Supervisor {
             (
                 _,
                 WorkerMessage::Status {
+                    http2,
                     request_id,
                     counters,
                 },
-            ) => self.status_answer(token, request_id, counters),
+            ) => self.status_answer(token, request_id, counters, http2.map(|h| *h)),
             (_, WorkerMessage::Draining { active_connections }) => {
                 process.draining();
                 info!(

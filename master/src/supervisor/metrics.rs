@@ -36,6 +36,7 @@ impl Supervisor {
         let next_token = &mut self.next_token;
         let processes = &self.processes;
         let master = &self.master_metrics;
+        let retired_http2 = &self.retired_http2;
         let generation = self.generation;
         let render = || {
             scraped.set(true);
@@ -47,12 +48,14 @@ impl Supervisor {
                         pid: p.pid().as_raw(),
                         generation: p.generation(),
                         counters,
+                        http2: p.http2(),
                     })
                 })
                 .collect();
             metrics::render(&Snapshot {
                 workers,
                 master,
+                retired_http2,
                 master_generation: generation,
                 live_workers: processes.len(),
             })
@@ -77,6 +80,7 @@ impl Supervisor {
         if let Some(counters) = &process.counters() {
             metrics::retire_counters(&mut self.master_metrics, counters);
         }
+        self.retired_http2.add(process.http2());
         if let (Role::Retired, Some(started)) = (&process.role(), process.drain_started()) {
             metrics::observe_drain(&mut self.master_metrics, started.elapsed());
         }

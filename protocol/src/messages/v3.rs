@@ -142,6 +142,7 @@ impl From<WorkerMessageV3> for WorkerMessage {
             }),
             WorkerMessageV3::Ready => WorkerMessage::Ready,
             WorkerMessageV3::Status(counters) => WorkerMessage::Status {
+                http2: None,
                 request_id: NO_REQUEST_ID,
                 counters: counters.into(),
             },

@@ -486,6 +486,24 @@ pub fn master_message() -> impl Strategy<Value = MasterMessage> {
     ]
 }
 
+/// Refusal counts from 12 numbers, in `Http2Refusals::kinds` order.
+pub fn refusals(c: [u64; 12]) -> Http2Refusals {
+    Http2Refusals {
+        rapid_reset: c[0],
+        continuation_flood: c[1],
+        header_list_too_large: c[2],
+        settings_flood: c[3],
+        ping_flood: c[4],
+        empty_frames: c[5],
+        priority_flood: c[6],
+        window_update_flood: c[7],
+        control_flood: c[8],
+        stream_errors: c[9],
+        slow_read: c[10],
+        protocol_error: c[11],
+    }
+}
+
 pub fn worker_message() -> impl Strategy<Value = WorkerMessage> {
     let counters = vec(any::<u64>(), 13).prop_map(|c| WorkerCounters {
         active_connections: c[0],
@@ -505,10 +523,16 @@ pub fn worker_message() -> impl Strategy<Value = WorkerMessage> {
     prop_oneof![
         hello().prop_map(WorkerMessage::Hello),
         Just(WorkerMessage::Ready),
-        (any::<u64>(), counters).prop_map(|(request_id, counters)| WorkerMessage::Status {
-            request_id,
-            counters
-        }),
+        (
+            any::<u64>(),
+            counters,
+            proptest::option::of(any::<[u64; 12]>())
+        )
+            .prop_map(|(request_id, counters, http2)| WorkerMessage::Status {
+                http2: http2.map(|c| Box::new(refusals(c))),
+                request_id,
+                counters
+            }),
         any::<u64>().prop_map(|active_connections| WorkerMessage::Draining { active_connections }),
         ".{0,200}".prop_map(|reason| WorkerMessage::Fatal { reason }),
         any::<u64>().prop_map(|request_id| WorkerMessage::Reconfigured { request_id }),

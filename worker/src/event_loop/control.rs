@@ -77,6 +77,7 @@ impl Worker {
                 counters.active_connections = self.sessions.len() as u64;
                 // The id goes back as it came: the master matches answers to requests by it.
                 self.send(&WorkerMessage::Status {
+                    http2: self.shared.counters.http2_snapshot(),
                     request_id,
                     counters,
                 });

@@ -67,11 +67,18 @@ impl Worker {
                 let Entry::Http(h) = std::mem::replace(slot, Entry::Converting) else {
                     return;
                 };
+                let draining = self.shared.draining;
                 let registry = self.poll.registry();
                 let mut ctx = self.shared.ctx(registry, now);
                 let mut conn = Box::new(h.into_h2(&mut ctx));
                 debug!(key, "HTTP/2 connection");
-                let out = conn.on_ready(Ready::default(), &mut ctx);
+                // Became HTTP/2 while this worker drains (accepted before, spoke after): the
+                // GOAWAY goes out at once, as it went to the connections open at drain start.
+                let out = if draining {
+                    conn.start_drain(&mut ctx)
+                } else {
+                    conn.on_ready(Ready::default(), &mut ctx)
+                };
                 self.sessions[key] = Entry::H2(conn);
                 self.handle_outcome(key, out, now);
             }

@@ -9,6 +9,7 @@
 
 mod chunked;
 mod conn;
+mod guard;
 mod io;
 mod stream;
 mod translate;

@@ -7,6 +7,7 @@
 //! client's window lets them out.
 
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use h2::server::SendResponse;
@@ -47,6 +48,12 @@ pub struct StreamBridge {
     pending: BytesMut,
     trailers: Option<HeaderMap>,
     finished: bool,
+    /// When the stream was taken from h2 (rapid-reset accounting).
+    opened: Instant,
+    /// The client reset the stream.
+    reset_by_client: bool,
+    /// DATA went out since the connection last asked (slow-read accounting).
+    progressed: bool,
 }
 
 impl StreamBridge {
@@ -56,6 +63,7 @@ impl StreamBridge {
         req_body: RequestBody,
         respond: SendResponse<Bytes>,
         head_request: bool,
+        opened: Instant,
     ) -> Self {
         StreamBridge {
             pipe,
@@ -69,6 +77,9 @@ impl StreamBridge {
             pending: BytesMut::new(),
             trailers: None,
             finished: false,
+            opened,
+            reset_by_client: false,
+            progressed: false,
         }
     }
 
@@ -82,6 +93,32 @@ impl StreamBridge {
 
     pub fn finished(&self) -> bool {
         self.finished
+    }
+
+    pub fn opened(&self) -> Instant {
+        self.opened
+    }
+
+    pub fn reset_by_client(&self) -> bool {
+        self.reset_by_client
+    }
+
+    /// Whether DATA went out since the last call.
+    pub fn take_progress(&mut self) -> bool {
+        std::mem::take(&mut self.progressed)
+    }
+
+    /// Response payload is ready but the client's window (or h2's send buffer, full while
+    /// the socket takes nothing) has no room for it.
+    pub fn waiting_for_window(&self) -> bool {
+        !self.finished && !self.pending.is_empty()
+    }
+
+    /// The connection is gone: the session sees a broken pipe.
+    pub fn abandon(&mut self) {
+        if !self.finished {
+            self.end(true);
+        }
     }
 
     /// Cut the stream (the drain deadline, or the connection is going away).
@@ -107,6 +144,7 @@ impl StreamBridge {
         };
         if let Poll::Ready(r) = reset {
             debug!(reason = ?r.ok(), "HTTP/2 stream reset by the client");
+            self.reset_by_client = true;
             self.end(true);
             return;
         }
@@ -339,6 +377,7 @@ impl StreamBridge {
                 return false;
             }
             let n = capacity.min(self.pending.len());
+            self.progressed = true;
             let chunk = self.pending.split_to(n).freeze();
             let last = ended && self.pending.is_empty() && self.trailers.is_none();
             if send.send_data(chunk, last).is_err() {

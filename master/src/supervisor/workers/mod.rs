@@ -79,6 +79,8 @@ pub(super) struct WorkerProcess {
     /// checked), the previous master's record for an adopted one.
     protocol_version: u32,
     counters: Option<WorkerCounters>,
+    /// Its HTTP/2 refusals as it last reported them (totals since it started).
+    http2: Http2Refusals,
     /// Status requests sent and not answered yet, by request id (see [`answers`]).
     status_asked: Outstanding<()>,
     /// A retired worker's drain deadline (what it was told when retired, kept across master
@@ -148,6 +150,7 @@ impl WorkerProcess {
             version: new.version,
             protocol_version: new.protocol_version,
             counters: new.counters,
+            http2: Http2Refusals::default(),
             status_asked: Outstanding::default(),
             drain_deadline: new.drain_deadline,
             restart_done: None,
@@ -313,6 +316,14 @@ impl WorkerProcess {
     /// The first reason given stays.
     pub(super) fn fatal_unless_known(&mut self, reason: String) {
         self.fatal.get_or_insert(reason);
+    }
+
+    pub(super) fn http2(&self) -> &Http2Refusals {
+        &self.http2
+    }
+
+    pub(super) fn set_http2(&mut self, http2: Http2Refusals) {
+        self.http2 = http2;
     }
 
     pub(super) fn set_counters(&mut self, counters: WorkerCounters) {
