@@ -16,6 +16,7 @@
 //! - [`ownership`]: tentative, then confirmed ownership of what a successor master adopts.
 //! - [`backoff`]: restart delays.
 //! - [`ticket_keys`]: the TLS session-ticket keys every worker shares, and their rotation.
+//! - [`ocsp_fetch`]: OCSP responses fetched from each certificate's responder, for stapling.
 //! - [`request_ids`]: ids for requests to workers, unique across masters, and the matching of
 //!   answers to them.
 //! - [`gatherer`]: one round of questions to several workers, gathered by request id.
@@ -39,6 +40,7 @@ pub mod handover_state_file;
 pub mod listeners;
 pub mod logging;
 pub mod metrics;
+pub mod ocsp_fetch;
 pub mod ownership;
 pub mod pid_file;
 pub mod preflight;

@@ -25,7 +25,7 @@
 //! reap; [`stop`]; [`signals`]; [`deadlines`]; [`notify`] (systemd, pid file); the control
 //! commands [`control`] (status, restart, stop), [`reload`], [`answers`] (request ids);
 //! [`metrics`]; [`tickets`] (the TLS session-ticket keys: rotation, and what workers and a
-//! successor get); and the upgrade's adapters, each carrying out one state machine of
+//! successor get); [`ocsp`] (fetched OCSP responses refreshed); and the upgrade's adapters, each carrying out one state machine of
 //! `crate::upgrade`: [`handover`] (old master), [`adoption`] and [`takeover`] (new master),
 //! [`rolling`] (rolling replacement and canary), with [`upgrade`] their shared parts.
 
@@ -59,6 +59,7 @@ use crate::control::{ControlServer, ControlSocket};
 use crate::gatherer::Gatherer;
 use crate::listeners::BoundListener;
 use crate::metrics::MetricsServer;
+use crate::ocsp_fetch::Stapler;
 use crate::ownership::Ownership;
 use crate::request_ids::{Outstanding, RequestIds};
 use crate::systemd;
@@ -98,6 +99,7 @@ mod handover;
 mod lifecycle;
 mod metrics;
 mod notify;
+mod ocsp;
 mod reload;
 mod rolling;
 mod signals;
@@ -195,6 +197,8 @@ pub struct SupervisorSetup {
     /// The TLS session-ticket keys: fresh at a fresh start, the predecessor's after an
     /// upgrade (when it handed them on).
     pub ticket_keys: TicketKeyRotation,
+    /// The OCSP responses fetched for `config` so far, and when each is fetched again.
+    pub ocsp: Stapler,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,6 +284,8 @@ pub struct Supervisor {
     exit_flush_until: Option<Instant>,
     /// The TLS session-ticket keys every worker gets, and when they rotate next.
     ticket_keys: TicketKeyRotation,
+    /// The fetched OCSP responses, and when each is fetched again.
+    ocsp: Stapler,
     /// A successor master's readiness pipe until it confirms. Declared last: fields drop
     /// after `Drop::drop`, in order, so a failing successor closes it (the previous master
     /// takes that EOF for failure and kills it) only once everything else is dropped.
@@ -367,6 +373,7 @@ impl Supervisor {
             retired_http2: Http2Refusals::default(),
             exit_flush_until: None,
             ticket_keys: setup.ticket_keys,
+            ocsp: setup.ocsp,
             ready_pipe: None,
         })
     }

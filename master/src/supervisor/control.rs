@@ -238,11 +238,62 @@ impl Supervisor {
             Phase::Stopping { .. } => return Some("the master is stopping".into()),
             Phase::Running => {}
         }
-        if self.reload.is_some() {
-            return Some("a reload is in progress".into());
+        match self.reload.as_ref().map(|op| op.purpose) {
+            Some(reload::Purpose::Reload) => return Some("a reload is in progress".into()),
+            Some(reload::Purpose::OcspRefresh) => {
+                return Some("refreshed OCSP responses are being sent to the workers".into())
+            }
+            None => {}
         }
         if self.upgrade.is_some() || self.adoption.is_some() {
             return Some("an upgrade is in progress".into());
+        }
+        None
+    }
+
+    /// Why workers cannot be sent a configuration now, if they cannot.
+    pub(super) fn reconfigure_blocked(&self) -> Option<String> {
+        if let Some(reason) = self.busy_reason() {
+            return Some(reason);
+        }
+        if let Some(process) = self
+            .processes
+            .values()
+            .find(|process| match process.role() {
+                Role::Successor { .. } => true,
+                Role::Current => process.state() != WorkerState::Running,
+                Role::Retired => false,
+            })
+        {
+            return Some(format!(
+                "worker {} (pid {}) is starting; retry once it is running",
+                process.worker_id(),
+                process.pid().as_raw()
+            ));
+        }
+        // A worker adopted from an older binary reads configurations only in its own layout.
+        let older: Vec<String> = self
+            .processes
+            .values()
+            .filter(|p| {
+                matches!(p.role(), Role::Current) && p.protocol_version() != PROTOCOL_VERSION
+            })
+            .map(|p| {
+                format!(
+                    "worker {} (pid {}, protocol {})",
+                    p.worker_id(),
+                    p.pid().as_raw(),
+                    p.protocol_version()
+                )
+            })
+            .collect();
+        if !older.is_empty() {
+            return Some(format!(
+                "workers still on the previous binary cannot read this binary's configuration \
+                 (protocol {PROTOCOL_VERSION}): {}; replace them first with `zentinel-ctl \
+                 upgrade --rolling`",
+                older.join(", ")
+            ));
         }
         None
     }

@@ -9,6 +9,7 @@ use std::time::Instant;
 use zentinel_master::config;
 use zentinel_master::control::ControlSocket;
 use zentinel_master::listeners::BoundListener;
+use zentinel_master::ocsp_fetch::{staple_dir, Stapler};
 use zentinel_master::ownership::Ownership;
 use zentinel_master::supervisor::{Inherited, Supervisor, SupervisorSetup};
 use zentinel_master::systemd;
@@ -85,7 +86,7 @@ fn take_over(
     let config::LoadedConfig {
         config:
             config::FullConfig {
-                proxy: config,
+                proxy: mut config,
                 metrics: metrics_config,
                 logging,
                 warnings,
@@ -108,6 +109,11 @@ fn take_over(
         .map_err(|_| "cannot start logging (see the line above)".to_owned())?;
     zentinel_worker::fault_injection::report_unavailable();
     config::log_warnings(&warnings);
+    // The responses the previous master fetched, in the directory of the same control socket:
+    // asking responders now could keep it waiting for our readiness; once confirmed, the loop
+    // refreshes them (at once when there are none).
+    let mut ocsp = Stapler::new(staple_dir(Path::new(&state.control_socket_path)));
+    ocsp.use_stored(&mut config);
     config::log_notes(&config);
     let listener_fds = inherited_listeners(&state.listeners, &config.listeners)
         .map_err(|e| format!("state file {}: {e}", state_path.display()))?;
@@ -217,6 +223,7 @@ fn take_over(
         metrics,
         master_metrics: state.metrics,
         ticket_keys,
+        ocsp,
     };
     let supervisor = Supervisor::new(setup).map_err(|e| e.to_string())?;
     // From here on failures are logged before the pipe closes: the supervisor's own copy is
