@@ -513,10 +513,13 @@ impl H2Conn {
             s.cut(Reason::CANCEL);
         }
         if let State::Open(conn) = &mut self.state {
-            conn.abrupt_shutdown(Reason::NO_ERROR);
             let waker = self.waker.clone();
             let mut cx = Context::from_waker(&waker);
-            // One last write of what is queued (the resets, the GOAWAY); the socket closes
+            // One write of the resets first: the abrupt shutdown fails every stream, which
+            // drops what they still had queued, the resets included.
+            let _ = conn.poll_closed(&mut cx);
+            conn.abrupt_shutdown(Reason::NO_ERROR);
+            // Then the GOAWAY (when the two-step one is not out already); the socket closes
             // when the connection is dropped.
             let _ = conn.poll_closed(&mut cx);
         }
