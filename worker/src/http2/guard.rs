@@ -92,7 +92,9 @@ const PRIORITY_PER_STREAM: u64 = 100;
 /// `5 + 2 * (streams opened + 10 * DATA frames sent)`.
 const WINDOW_UPDATES_PER_DATA_FRAME: u64 = 10;
 /// nginx's "http2 flood detected" rule: everything read from a client, divided by eight, may
-/// not exceed the payload (of DATA frames and header blocks) plus 1 MiB. Catches floods of frame types nothing else counts (unknown types, RST_STREAM on
+/// not exceed the payload (of DATA frames and header blocks) plus 1 MiB. Unlike nginx, acks
+/// and WINDOW_UPDATEs are left out of "everything": they answer what the server sent (a long
+/// download brings a steady trickle of them and no payload) and have their own limits. Catches floods of frame types nothing else counts (unknown types, RST_STREAM on
 /// closed streams, GOAWAY) at a cost of a few bytes of accounting.
 const CONTROL_RATIO: u64 = 8;
 const CONTROL_SLACK: u64 = 1024 * 1024;
@@ -338,9 +340,13 @@ impl FrameGuard {
 
     /// Count one client frame; `Some`: it is one too many.
     fn frame(&mut self, head: FrameHead) -> Option<Refusal> {
-        self.total_bytes = self
-            .total_bytes
-            .saturating_add(HEADER_LEN as u64 + u64::from(head.len));
+        let answer = head.kind == WINDOW_UPDATE
+            || (matches!(head.kind, SETTINGS | PING) && head.flags & FLAG_ACK != 0);
+        if !answer {
+            self.total_bytes = self
+                .total_bytes
+                .saturating_add(HEADER_LEN as u64 + u64::from(head.len));
+        }
         let payload = head.payload();
         let empty = match head.kind {
             DATA => payload == 0 && head.flags & FLAG_END_STREAM == 0,
