@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Zentinel against nginx and HAProxy on the same machine, same backend, same workload, same run:
 # throughput and p99 per workload (plus the backend hit directly, the ceiling), the same over TLS
-# (one certificate, one TLS 1.3 cipher suite for all three), then failures under keep-alive load
-# during nginx / HAProxy reloads versus Zentinel rolling upgrades.
+# (one certificate, one TLS 1.3 cipher suite for all three), HTTP/2 over that TLS with h2load,
+# then failures under keep-alive load during nginx / HAProxy reloads versus Zentinel rolling
+# upgrades.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -22,6 +23,12 @@ and over TLS (not to the backend), with zentinel-load --tls verifying the certif
                  (new handshakes/s)
   tls-resume-1k  a new connection per request resuming an earlier TLS session (--resume),
                  16 connections (req/s, share of handshakes resumed)
+and HTTP/2 over the same TLS (ALPN h2), with h2load (2 threads), when h2load is installed
+(scripts/test-deps.sh installs nghttp2-client):
+  h2-1k     16 connections x 16 concurrent streams, GET of a 1 KiB body (req/s, p99)
+  h2-64k    16 connections x 4 concurrent streams, GET of a 64 KiB body
+            (nginx: `http2` on its own TLS listener; HAProxy: `alpn h2,http/1.1` on its own
+            bind; Zentinel: its https listener, which offers h2 by ALPN)
 Every server gets the same certificate (ECDSA P-256, made here with openssl, signed by a CA made
 here), TLS 1.3 only and one cipher suite, TLS_AES_128_GCM_SHA256: nginx `ssl_protocols TLSv1.3`
 and `ssl_conf_command Ciphersuites`, HAProxy `bind ... ssl crt ... ssl-min-ver TLSv1.3
@@ -108,7 +115,7 @@ header=(
     "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     "machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}, $(uname -sr)"
     "versions: $zentinel_version; $nginx_version; $haproxy_version"
-    "load: zentinel-load, 2 threads, ${duration}s per measurement, $rounds round(s), targets alternating"
+    "load: zentinel-load, 2 threads (HTTP/2: $( (h2load --version 2>/dev/null || echo 'h2load: not installed') | head -n1), 2 threads), ${duration}s per measurement, $rounds round(s), targets alternating"
 )
 zt_log "bench-peers"
 printf '    %s\n' "${header[@]}"
@@ -135,7 +142,7 @@ cp "$(zt_bin zentinel)" "$ZT_TMP/zentinel-a"
 cp "$(zt_bin zentinel)" "$ZT_TMP/zentinel-b"
 zt_write_config "$ZT_TMP/zentinel.kdl" "$backend_addr" "$ZT_TMP/zentinel.sock" 2
 # TLS: a second listener, next to the plain one (TLS workloads use addr_tls).
-declare -A addr_tls=()
+declare -A addr_tls=() addr_h2=()
 if ((tls_ok)); then
     zentinel_tls_port="$(zt_free_port)"
     cat >"$ZT_TMP/zentinel-tls-listener.kdl" <<EOF
@@ -165,14 +172,27 @@ addr[zentinel]="$ZT_ADDR"
 if ((tls_ok)); then
     if zt_wait_tcp 127.0.0.1 "$zentinel_tls_port" 10; then
         addr_tls[zentinel]="127.0.0.1:$zentinel_tls_port"
+        # The https listener offers h2 by ALPN: HTTP/2 goes to the same socket.
+        addr_h2[zentinel]="127.0.0.1:$zentinel_tls_port"
     else
         zt_warn "zentinel's TLS listener 127.0.0.1:$zentinel_tls_port does not accept"
     fi
 fi
 zt_info "backend $backend_addr, zentinel $ZT_ADDR (TLS ${addr_tls[zentinel]:-n/a})"
 
+# nginx 1.25.1 replaced `listen ... http2` with the `http2 on;` directive.
+nginx_h2_listen() {
+    local v
+    v="$(nginx -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')"
+    if [[ "$(printf '%s\n1.25.1\n' "$v" | sort -V | head -n1)" == 1.25.1 ]]; then
+        printf 'listen 127.0.0.1:%s ssl;\n        http2 on;' "$1"
+    else
+        printf 'listen 127.0.0.1:%s ssl http2;' "$1"
+    fi
+}
+
 write_nginx_conf() {
-    local dir="$1" port="$2" tls_port="$3"
+    local dir="$1" port="$2" tls_port="$3" h2_port="$4"
     mkdir -p "$dir/tmp"
     cat >"$dir/nginx.conf" <<EOF
 $( (($(id -u) == 0)) && echo 'user root;  # the temp paths are inside a 0700 directory')
@@ -216,6 +236,18 @@ $( ((tls_ok)) && cat <<TLS
             proxy_set_header Connection "";
         }
     }
+    server {
+        $(nginx_h2_listen "$h2_port")
+        ssl_certificate $tls_dir/leaf.pem;
+        ssl_certificate_key $tls_dir/leaf.key;
+        ssl_protocols TLSv1.3;
+        ssl_conf_command Ciphersuites $TLS_SUITE;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
 TLS
 )
 }
@@ -225,12 +257,13 @@ EOF
 # start_nginx: sets addr[nginx] (and addr_tls[nginx]) and nginx_pid, or returns 1 (reported as
 # n/a).
 start_nginx() {
-    local dir="$ZT_TMP/nginx" port tls_port try
+    local dir="$ZT_TMP/nginx" port tls_port h2_port try
     command -v nginx >/dev/null || { zt_warn "nginx not installed"; return 1; }
     for try in 1 2 3; do
         port="$(zt_free_port)"
         tls_port="$(zt_free_port)"
-        write_nginx_conf "$dir" "$port" "$tls_port"
+        h2_port="$(zt_free_port)"
+        write_nginx_conf "$dir" "$port" "$tls_port" "$h2_port"
         if ! nginx -t -q -e "$dir/error.log" -c "$dir/nginx.conf" -p "$dir" 2>"$dir/check.err"; then
             zt_warn "nginx -t rejected the config: $(cat "$dir/check.err")"
             return 1
@@ -246,6 +279,9 @@ start_nginx() {
             if ((tls_ok)) && zt_wait_tcp 127.0.0.1 "$tls_port" 10 "$nginx_pid"; then
                 addr_tls[nginx]="127.0.0.1:$tls_port"
             fi
+            if ((tls_ok)) && zt_wait_tcp 127.0.0.1 "$h2_port" 10 "$nginx_pid"; then
+                addr_h2[nginx]="127.0.0.1:$h2_port"
+            fi
             return 0
         fi
         zt_stop_pid "$nginx_pid" nginx
@@ -256,7 +292,7 @@ start_nginx() {
 }
 
 write_haproxy_conf() {
-    local file="$1" port="$2" seamless="$3" tls_port="$4"
+    local file="$1" port="$2" seamless="$3" tls_port="$4" h2_port="$5"
     cat >"$file" <<EOF
 global
     nbthread 2
@@ -276,6 +312,9 @@ $( ((tls_ok)) && cat <<TLS
 frontend fe_tls
     bind 127.0.0.1:$tls_port ssl crt $tls_dir/leaf-and-key.pem ssl-min-ver TLSv1.3 ciphersuites $TLS_SUITE
     default_backend be
+frontend fe_h2
+    bind 127.0.0.1:$h2_port ssl crt $tls_dir/leaf-and-key.pem ssl-min-ver TLSv1.3 ciphersuites $TLS_SUITE alpn h2,http/1.1
+    default_backend be
 TLS
 )
 backend be
@@ -287,13 +326,14 @@ EOF
 # (and addr_tls[NAME]) and haproxy_pid[NAME], or returns 1.
 declare -A haproxy_pid=()
 start_haproxy() {
-    local name="$1" seamless="$2" port tls_port try file pid
+    local name="$1" seamless="$2" port tls_port h2_port try file pid
     command -v haproxy >/dev/null || { zt_warn "haproxy not installed"; return 1; }
     for try in 1 2 3; do
         port="$(zt_free_port)"
         tls_port="$(zt_free_port)"
+        h2_port="$(zt_free_port)"
         file="$ZT_TMP/$name.cfg"
-        write_haproxy_conf "$file" "$port" "$seamless" "$tls_port"
+        write_haproxy_conf "$file" "$port" "$seamless" "$tls_port" "$h2_port"
         if ! haproxy -c -q -f "$file" >"$ZT_TMP/$name.check" 2>&1; then
             zt_warn "haproxy -c rejected $file: $(cat "$ZT_TMP/$name.check")"
             return 1
@@ -308,6 +348,9 @@ start_haproxy() {
             if ((tls_ok)) && zt_wait_tcp 127.0.0.1 "$tls_port" 10 "$pid"; then
                 addr_tls[$name]="127.0.0.1:$tls_port"
             fi
+            if ((tls_ok)) && zt_wait_tcp 127.0.0.1 "$h2_port" 10 "$pid"; then
+                addr_h2[$name]="127.0.0.1:$h2_port"
+            fi
             return 0
         fi
         zt_stop_pid "$pid" "$name"
@@ -320,7 +363,7 @@ start_haproxy() {
 nginx_pid=""
 start_nginx || zt_warn "nginx is reported as n/a"
 start_haproxy haproxy 0 || zt_warn "haproxy is reported as n/a"
-zt_info "nginx ${addr[nginx]:-n/a} (TLS ${addr_tls[nginx]:-n/a}, master pid ${nginx_pid:-n/a}), haproxy ${addr[haproxy]:-n/a} (TLS ${addr_tls[haproxy]:-n/a})"
+zt_info "nginx ${addr[nginx]:-n/a} (TLS ${addr_tls[nginx]:-n/a}, h2 ${addr_h2[nginx]:-n/a}, master pid ${nginx_pid:-n/a}), haproxy ${addr[haproxy]:-n/a} (TLS ${addr_tls[haproxy]:-n/a}, h2 ${addr_h2[haproxy]:-n/a})"
 
 # ---------------------------------------------------------------------------------------------
 # Throughput and latency
@@ -329,7 +372,13 @@ targets=(backend zentinel nginx haproxy)
 plain_workloads=(ka-1k ka-64k close-1k)
 tls_workloads=()
 ((tls_ok)) && tls_workloads=(tls-ka-1k tls-new-1k tls-resume-1k)
-workloads=("${plain_workloads[@]}" "${tls_workloads[@]}")
+h2_workloads=()
+if ((tls_ok)) && command -v h2load >/dev/null; then
+    h2_workloads=(h2-1k h2-64k)
+else
+    zt_warn "no HTTP/2 workloads (they need openssl and h2load: nghttp2-client)"
+fi
+workloads=("${plain_workloads[@]}" "${tls_workloads[@]}" "${h2_workloads[@]}")
 tls_args="--tls --ca $tls_dir/ca.pem --sni $TLS_NAME"
 declare -A wl_args=(
     [ka-1k]="-c 64 --mode keepalive --body 1024"
@@ -338,8 +387,10 @@ declare -A wl_args=(
     [tls-ka-1k]="-c 64 --mode keepalive --body 1024 $tls_args"
     [tls-new-1k]="-c 16 --mode close --body 1024 $tls_args"
     [tls-resume-1k]="-c 16 --mode close --body 1024 $tls_args --resume"
+    [h2-1k]="-c 16 -m 16 /bytes/1024"
+    [h2-64k]="-c 16 -m 4 /bytes/65536"
 )
-declare -A rps_of=() p99_of=() failed_of=() hps_of=() resumed_of=() negotiated_of=()
+declare -A rps_of=() p99_of=() failed_of=() hps_of=() resumed_of=() negotiated_of=() h2_proto_of=()
 mkdir -p "$ZT_TMP/runs"
 
 # target_addr WORKLOAD TARGET: where the workload goes ("" when that target has no such
@@ -347,8 +398,20 @@ mkdir -p "$ZT_TMP/runs"
 target_addr() {
     case "$1" in
         tls-*) echo "${addr_tls[$2]:-}" ;;
+        h2-*) echo "${addr_h2[$2]:-}" ;;
         *) echo "${addr[$2]:-}" ;;
     esac
+}
+
+# run_h2load WORKLOAD TARGET OUT: h2load over TLS (ALPN h2); prints zentinel-load's summary line.
+run_h2load() {
+    local w="$1" t="$2" out="$3" args path
+    read -ra args <<<"${wl_args[$w]}"
+    path="${args[-1]}"
+    unset 'args[-1]'
+    h2load -t 2 "${args[@]}" -D "$duration" --log-file "$out.log" \
+        "https://$(target_addr "$w" "$t")$path" >"$out.h2load" 2>&1 || true
+    zt_h2load_summary "$out.h2load" "$out.log"
 }
 
 # measure WORKLOAD TARGET ROUND: one zentinel-load run; appends to rps_of/p99_of/failed_of, and
@@ -356,11 +419,16 @@ target_addr() {
 measure() {
     local w="$1" t="$2" r="$3" out last rc=0 hs
     out="$ZT_TMP/runs/$w-$t-$r.out"
-    # shellcheck disable=SC2086  # wl_args holds several words on purpose
-    "$(zt_bin zentinel-load)" --addr "$(target_addr "$w" "$t")" -t 2 -d "${duration}s" ${wl_args[$w]} >"$out" 2>&1 || rc=$?
-    last="$(tail -n1 "$out")"
+    if [[ "$w" == h2-* ]]; then
+        run_h2load "$w" "$t" "$out" >"$out"
+        h2_proto_of[$t]="$(zt_summary_field "$(tail -n1 "$out")" proto)"
+    else
+        # shellcheck disable=SC2086  # wl_args holds several words on purpose
+        "$(zt_bin zentinel-load)" --addr "$(target_addr "$w" "$t")" -t 2 -d "${duration}s" ${wl_args[$w]} >"$out" 2>&1 || rc=$?
+    fi
+    last="$(tail -n1 "$out" 2>/dev/null || true)"
     if [[ "$last" != requests=* ]]; then
-        zt_warn "$w via $t (round $r): zentinel-load exit $rc without a summary: $(tail -n 3 "$out")"
+        zt_warn "$w via $t (round $r): load generator exit $rc without a summary: $(tail -n 3 "$out" "$out.h2load" 2>/dev/null)"
         return 0
     fi
     rps_of[$w,$t]+="$(zt_summary_field "$last" rps) "
@@ -536,6 +604,33 @@ if ((${#tls_workloads[@]})); then
         tls_negotiated+=("$t: ${negotiated_of[$t]:-n/a}")
     done
 fi
+# HTTP/2: req/s and p99 per target, from h2load (the ALPN each one negotiated is named).
+h2_table=() h2_ratios=() md_h2=() md_h2_ratios=() h2_negotiated=()
+if ((${#h2_workloads[@]})); then
+    md_h2=("| workload | target | rps (median) | p99 ms (median) | failed or non-2xx (all rounds) |" "|---|---|---:|---:|---:|")
+    md_h2_ratios=("| workload | rps Zentinel/nginx | rps Zentinel/HAProxy | p99 Zentinel/nginx | p99 Zentinel/HAProxy |" "|---|---:|---:|---:|---:|")
+    for w in "${h2_workloads[@]}"; do
+        for t in zentinel nginx haproxy; do
+            # shellcheck disable=SC2086  # space-separated samples
+            med_rps[$w,$t]="$(zt_median ${rps_of[$w,$t]:-})"
+            # shellcheck disable=SC2086
+            med_p99[$w,$t]="$(zt_median ${p99_of[$w,$t]:-})"
+            f="${failed_of[$w,$t]:-n/a}"
+            h2_table+=("$(printf '%-9s %-10s %12s %14s %10s' "$w" "$t" "${med_rps[$w,$t]}" "${med_p99[$w,$t]}" "$f")")
+            md_h2+=("| $w | $t | ${med_rps[$w,$t]} | ${med_p99[$w,$t]} | $f |")
+        done
+        a="$(ratio "${med_rps[$w,zentinel]}" "${med_rps[$w,nginx]}")"
+        b="$(ratio "${med_rps[$w,zentinel]}" "${med_rps[$w,haproxy]}")"
+        c="$(ratio "${med_p99[$w,zentinel]}" "${med_p99[$w,nginx]}")"
+        d="$(ratio "${med_p99[$w,zentinel]}" "${med_p99[$w,haproxy]}")"
+        h2_ratios+=("$(printf '%-9s %18s %20s %18s %20s' "$w" "$a" "$b" "$c" "$d")")
+        md_h2_ratios+=("| $w | $a | $b | $c | $d |")
+    done
+    for t in zentinel nginx haproxy; do
+        h2_negotiated+=("$t: ${h2_proto_of[$t]:-n/a}")
+    done
+fi
+
 # The TLS libraries doing the work: rustls in Zentinel and zentinel-load, the OpenSSL nginx and
 # HAProxy run with.
 rustls_version="$(awk '/^name = "rustls"$/ { getline; gsub(/"/, "", $3); print $3; exit }' "$ZT_ROOT/Cargo.lock")"
@@ -581,6 +676,15 @@ if ((${#tls_table[@]})); then
     printf '%-13s %-12s %14s %16s %18s %20s\n' workload measure "zentinel/nginx" "zentinel/haproxy" "p99 zentinel/nginx" "p99 zentinel/haproxy"
     printf '%s\n' "${tls_ratios[@]}"
 fi
+if ((${#h2_table[@]})); then
+    echo
+    echo "HTTP/2 over the same TLS (h2load, 2 threads); ALPN negotiated: ${h2_negotiated[*]}"
+    printf '%-9s %-10s %12s %14s %10s\n' workload target "rps(median)" "p99ms(median)" failed
+    printf '%s\n' "${h2_table[@]}"
+    echo
+    printf '%-9s %18s %20s %18s %20s\n' workload "rps zentinel/nginx" "rps zentinel/haproxy" "p99 zentinel/nginx" "p99 zentinel/haproxy"
+    printf '%s\n' "${h2_ratios[@]}"
+fi
 echo
 printf '%-17s %-40s %9s %10s %8s %8s\n' target "reload action" replaced requests failed rps
 printf '%s\n' "${reloads[@]}"
@@ -602,6 +706,16 @@ if [[ -n "$markdown" ]]; then
             printf '%s\n' "${md_tls[@]}"
             echo
             printf '%s\n' "${md_tls_ratios[@]}"
+            echo
+        fi
+        if ((${#md_h2[@]})); then
+            echo "HTTP/2 over the same TLS (h2load, 2 threads); ALPN negotiated:"
+            echo
+            printf -- '- %s\n' "${h2_negotiated[@]}"
+            echo
+            printf '%s\n' "${md_h2[@]}"
+            echo
+            printf '%s\n' "${md_h2_ratios[@]}"
             echo
         fi
         echo "Reload comparison: keep-alive, 64 connections, 1 KiB, ${reload_duration}s with 2 reloads."

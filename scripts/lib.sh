@@ -272,6 +272,37 @@ zt_median() {
 # `requests=N failed=N rps=N p50_ms=X p99_ms=X max_ms=X`.
 zt_summary_field() { sed -n "s/.*\b$2=\([^ ]*\).*/\1/p" <<<"$1"; }
 
+# zt_h2load_summary OUT LOG: an h2load run as zentinel-load's summary line (`requests=N failed=N
+# rps=N p50_ms=X p99_ms=X max_ms=X`), from h2load's output OUT and its --log-file LOG (a line per
+# request: start, status, microseconds), plus `proto=` (the ALPN h2load negotiated; "none" for
+# h2c) and `non2xx=`. failed counts h2load's failed requests and the non-2xx answers: a run of
+# error pages measures nothing. Prints nothing when OUT has no h2load summary.
+zt_h2load_summary() {
+    local out="$1" log="$2" rps req codes proto
+    rps="$(sed -n 's|^finished in [^,]*, \([0-9.]*\) req/s.*|\1|p' "$out")"
+    req="$(sed -n 's/^requests: //p' "$out")"
+    codes="$(sed -n 's/^status codes: //p' "$out")"
+    [[ -n "$rps" && -n "$req" ]] || return 0
+    proto="$(sed -n 's/^Application protocol: //p' "$out")"
+    cut -f3 "$log" | sort -n | awk -v rps="$rps" -v req="$req" -v codes="$codes" -v proto="${proto:-none}" '
+        function field(text, word,   n, i, parts) {
+            n = split(text, parts, ", ")
+            for (i = 1; i <= n; i++) if (parts[i] ~ (" " word "$")) return parts[i] + 0
+            return 0
+        }
+        function at(q,   i) { i = int(NR * q + 0.5); return t[i > 0 ? i : 1] / 1000 }
+        { t[NR] = $1 + 0 }
+        END {
+            n = NR
+            p50 = n ? at(0.50) : 0
+            p99 = n ? at(0.99) : 0
+            max = n ? t[n] / 1000 : 0
+            bad = field(codes, "3xx") + field(codes, "4xx") + field(codes, "5xx")
+            printf "requests=%d failed=%d rps=%.0f p50_ms=%.2f p99_ms=%.2f max_ms=%.2f proto=%s non2xx=%d\n",
+                field(req, "done"), field(req, "failed") + bad, rps, p50, p99, max, proto, bad
+        }'
+}
+
 # A TCP port on 127.0.0.1 that nothing listens on now, outside the ephemeral range (so outgoing
 # connections do not take it meanwhile) and not handed out before in this run. The caller must
 # still handle a lost race (retry on "address in use").
