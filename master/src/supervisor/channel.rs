@@ -142,6 +142,7 @@ impl Supervisor {
         };
         let start = MasterMessage::Start(WorkerStart {
             worker_id: process.worker_id(),
+            session_cache: None,
             generation: process.generation(),
             config: Box::new(worker_config(&self.config, self.slots.len())),
             listeners: self.listeners.iter().map(BoundListener::handle).collect(),

@@ -305,6 +305,7 @@ impl Supervisor {
             metrics_listener,
             metrics,
             ticket_keys: self.ticket_keys_for_successor(&request.binary),
+            session_cache: None,
         };
         let state_path = state_file_path(&control_path, std::process::id());
         // From here on every way out of the upgrade (an early return below, the handover

@@ -242,6 +242,7 @@ impl Supervisor {
             request_id,
             start: WorkerStart {
                 worker_id: process.worker_id(),
+                session_cache: None,
                 generation: process.generation(),
                 config: Box::new(worker_config(config, self.slots.len())),
                 listeners: listeners.iter().map(BoundListener::handle).collect(),
