@@ -16,6 +16,7 @@
 //! - [`ownership`]: tentative, then confirmed ownership of what a successor master adopts.
 //! - [`backoff`]: restart delays.
 //! - [`ticket_keys`]: the TLS session-ticket keys every worker shares, and their rotation.
+//! - [`session_cache`]: the TLS session cache every worker shares (a memfd the master makes).
 //! - [`request_ids`]: ids for requests to workers, unique across masters, and the matching of
 //!   answers to them.
 //! - [`gatherer`]: one round of questions to several workers, gathered by request id.
@@ -43,6 +44,7 @@ pub mod ownership;
 pub mod pid_file;
 pub mod preflight;
 pub mod request_ids;
+pub mod session_cache;
 pub mod supervisor;
 #[allow(unsafe_code)]
 mod sys;

@@ -25,9 +25,10 @@
 //! reap; [`stop`]; [`signals`]; [`deadlines`]; [`notify`] (systemd, pid file); the control
 //! commands [`control`] (status, restart, stop), [`reload`], [`answers`] (request ids);
 //! [`metrics`]; [`tickets`] (the TLS session-ticket keys: rotation, and what workers and a
-//! successor get); and the upgrade's adapters, each carrying out one state machine of
-//! `crate::upgrade`: [`handover`] (old master), [`adoption`] and [`takeover`] (new master),
-//! [`rolling`] (rolling replacement and canary), with [`upgrade`] their shared parts.
+//! successor get, the shared TLS session cache included); and the upgrade's adapters, each
+//! carrying out one state machine of `crate::upgrade`: [`handover`] (old master), [`adoption`]
+//! and [`takeover`] (new master), [`rolling`] (rolling replacement and canary), with
+//! [`upgrade`] their shared parts.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -60,6 +61,7 @@ use crate::listeners::BoundListener;
 use crate::metrics::MetricsServer;
 use crate::ownership::Ownership;
 use crate::request_ids::{Outstanding, RequestIds};
+use crate::session_cache::SessionCache;
 use crate::systemd;
 use crate::ticket_keys::TicketKeyRotation;
 use crate::upgrade::rolling::RollingEvent;
@@ -194,6 +196,9 @@ pub struct SupervisorSetup {
     /// The TLS session-ticket keys: fresh at a fresh start, the predecessor's after an
     /// upgrade (when it handed them on).
     pub ticket_keys: TicketKeyRotation,
+    /// The TLS session cache every worker shares: made before any worker starts when a TLS
+    /// listener resumes sessions, the predecessor's after an upgrade (when it handed it on).
+    pub session_cache: Option<SessionCache>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,6 +280,8 @@ pub struct Supervisor {
     exit_flush_until: Option<Instant>,
     /// The TLS session-ticket keys every worker gets, and when they rotate next.
     ticket_keys: TicketKeyRotation,
+    /// The TLS session cache every worker gets (kept for this master's life once made).
+    session_cache: Option<SessionCache>,
     /// A successor master's readiness pipe until it confirms. Declared last: fields drop
     /// after `Drop::drop`, in order, so a failing successor closes it (the previous master
     /// takes that EOF for failure and kills it) only once everything else is dropped.
@@ -361,6 +368,7 @@ impl Supervisor {
             master_metrics: setup.master_metrics,
             exit_flush_until: None,
             ticket_keys: setup.ticket_keys,
+            session_cache: setup.session_cache,
             ready_pipe: None,
         })
     }

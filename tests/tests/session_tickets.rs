@@ -301,7 +301,7 @@ fn a_session_from_before_a_rolling_upgrade_resumes_on_the_new_workers() {
     let log = z.log_text();
     assert!(
         log.contains("upgrade: the TLS session-ticket keys go to the new master")
-            && log.contains("state_format=6"),
+            && log.contains("state_format=7"),
         "{}",
         z.log()
     );
