@@ -82,6 +82,12 @@ impl SessionCache {
     }
 }
 
+/// `cache`, when a frame carrying `listeners` fds has room for its fd too (a frame carries at
+/// most `MAX_FDS_PER_FRAME`); without room the workers keep their sessions per process.
+pub fn with_room(cache: Option<&SessionCache>, listeners: usize) -> Option<&SessionCache> {
+    cache.filter(|_| listeners < zentinel_protocol::frame::MAX_FDS_PER_FRAME)
+}
+
 /// Whether some TLS listener of `config` resumes sessions (`session-resumption`, on unless
 /// turned off): the only use of the cache.
 pub fn wanted(config: &ProxyConfig) -> bool {
@@ -194,6 +200,9 @@ routes { route "r" { static-response status=200 body="ok"; }; }"#,
         assert!(inherited(None, &config).is_none());
         config.listeners[0].tls = Some(tls(true));
         assert!(inherited(None, &config).is_some());
+        // A frame of 64 listener fds has no room for it.
+        assert!(with_room(Some(&kept), 63).is_some());
+        assert!(with_room(Some(&kept), 64).is_none());
     }
 
     #[test]

@@ -140,9 +140,11 @@ impl Supervisor {
         let Some(process) = self.processes.get_mut(&token) else {
             return;
         };
+        let cache =
+            crate::session_cache::with_room(self.session_cache.as_ref(), self.listeners.len());
         let start = MasterMessage::Start(WorkerStart {
             worker_id: process.worker_id(),
-            session_cache: self.session_cache.as_ref().map(|c| Box::new(c.handle())),
+            session_cache: cache.map(|c| Box::new(c.handle())),
             generation: process.generation(),
             config: Box::new(worker_config(&self.config, self.slots.len())),
             listeners: self.listeners.iter().map(BoundListener::handle).collect(),
@@ -154,7 +156,7 @@ impl Supervisor {
             .listeners
             .iter()
             .map(|l| l.as_fd())
-            .chain(self.session_cache.as_ref().map(SessionCache::fd))
+            .chain(cache.map(SessionCache::fd))
             .collect();
         process.start_sent();
         if let Err(err) = send(self.poll.registry(), process, &start, &fds) {

@@ -242,11 +242,12 @@ impl Supervisor {
             (ReconfigureKind::Reload, None) => return,
             (ReconfigureKind::Rollback, _) => (&self.config, &self.listeners),
         };
+        let cache = crate::session_cache::with_room(self.session_cache.as_ref(), listeners.len());
         let message = MasterMessage::Reconfigure {
             request_id,
             start: WorkerStart {
                 worker_id: process.worker_id(),
-                session_cache: self.session_cache.as_ref().map(|c| Box::new(c.handle())),
+                session_cache: cache.map(|c| Box::new(c.handle())),
                 generation: process.generation(),
                 config: Box::new(worker_config(config, self.slots.len())),
                 listeners: listeners.iter().map(BoundListener::handle).collect(),
@@ -256,7 +257,7 @@ impl Supervisor {
         let fds: Vec<BorrowedFd<'_>> = listeners
             .iter()
             .map(|l| l.as_fd())
-            .chain(self.session_cache.as_ref().map(SessionCache::fd))
+            .chain(cache.map(SessionCache::fd))
             .collect();
         match send(registry, process, &message, &fds) {
             Ok(()) => {
