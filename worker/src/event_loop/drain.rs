@@ -56,6 +56,28 @@ impl Worker {
             timer,
             idle_closed: false,
         });
+        self.goaway_h2_connections(now);
+    }
+
+    /// HTTP/2 clients learn at once that this connection takes no new stream (the two-step
+    /// GOAWAY): their next requests open a connection to another worker while the streams
+    /// in flight finish here.
+    fn goaway_h2_connections(&mut self, now: Instant) {
+        let keys: Vec<usize> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::H2(_)))
+            .map(|(k, _)| k)
+            .collect();
+        for key in keys {
+            let registry = self.poll.registry();
+            let mut ctx = self.shared.ctx(registry, now);
+            let out = match self.sessions.get_mut(key) {
+                Some(Entry::H2(h)) => h.start_drain(&mut ctx),
+                _ => continue,
+            };
+            self.handle_outcome(key, out, now);
+        }
     }
 
     pub(super) fn close_idle_sessions(&mut self, now: Instant) {
