@@ -17,6 +17,7 @@
 //! - [`backoff`]: restart delays.
 //! - [`ticket_keys`]: the TLS session-ticket keys every worker shares, and their rotation.
 //! - [`ocsp_fetch`]: OCSP responses fetched from each certificate's responder, for stapling.
+//! - [`session_cache`]: the TLS session cache every worker shares (a memfd the master makes).
 //! - [`request_ids`]: ids for requests to workers, unique across masters, and the matching of
 //!   answers to them.
 //! - [`gatherer`]: one round of questions to several workers, gathered by request id.
@@ -45,6 +46,7 @@ pub mod ownership;
 pub mod pid_file;
 pub mod preflight;
 pub mod request_ids;
+pub mod session_cache;
 pub mod supervisor;
 #[allow(unsafe_code)]
 mod sys;

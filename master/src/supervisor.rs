@@ -25,7 +25,8 @@
 //! reap; [`stop`]; [`signals`]; [`deadlines`]; [`notify`] (systemd, pid file); the control
 //! commands [`control`] (status, restart, stop), [`reload`], [`answers`] (request ids);
 //! [`metrics`]; [`tickets`] (the TLS session-ticket keys: rotation, and what workers and a
-//! successor get); [`ocsp`] (fetched OCSP responses refreshed); and the upgrade's adapters, each carrying out one state machine of
+//! successor get, the shared TLS session cache included); [`ocsp`] (fetched OCSP responses
+//! refreshed); and the upgrade's adapters, each carrying out one state machine of
 //! `crate::upgrade`: [`handover`] (old master), [`adoption`] and [`takeover`] (new master),
 //! [`rolling`] (rolling replacement and canary), with [`upgrade`] their shared parts.
 
@@ -61,6 +62,7 @@ use crate::metrics::MetricsServer;
 use crate::ocsp_fetch::Stapler;
 use crate::ownership::Ownership;
 use crate::request_ids::{Outstanding, RequestIds};
+use crate::session_cache::SessionCache;
 use crate::systemd;
 use crate::ticket_keys::TicketKeyRotation;
 use crate::upgrade::rolling::RollingEvent;
@@ -198,6 +200,9 @@ pub struct SupervisorSetup {
     pub ticket_keys: TicketKeyRotation,
     /// The OCSP responses fetched for `config` so far, and when each is fetched again.
     pub ocsp: Stapler,
+    /// The TLS session cache every worker shares: made before any worker starts when a TLS
+    /// listener resumes sessions, the predecessor's after an upgrade (when it handed it on).
+    pub session_cache: Option<SessionCache>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,6 +286,8 @@ pub struct Supervisor {
     ticket_keys: TicketKeyRotation,
     /// The fetched OCSP responses, and when each is fetched again.
     ocsp: Stapler,
+    /// The TLS session cache every worker gets (kept for this master's life once made).
+    session_cache: Option<SessionCache>,
     /// A successor master's readiness pipe until it confirms. Declared last: fields drop
     /// after `Drop::drop`, in order, so a failing successor closes it (the previous master
     /// takes that EOF for failure and kills it) only once everything else is dropped.
@@ -368,6 +375,7 @@ impl Supervisor {
             exit_flush_until: None,
             ticket_keys: setup.ticket_keys,
             ocsp: setup.ocsp,
+            session_cache: setup.session_cache,
             ready_pipe: None,
         })
     }

@@ -14,6 +14,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::config::ProxyConfig;
+use crate::session_cache::SessionCacheHandle;
 use crate::ticket_keys::TicketKeys;
 
 /// Bumped whenever a message layout changes incompatibly.
@@ -23,6 +24,11 @@ use crate::ticket_keys::TicketKeys;
 /// rotation: every worker of every generation seals and opens tickets with the master's keys
 /// (`docs/design/session-tickets.md`). A worker of protocol 3 or older is never sent them: it
 /// keeps its own per-process sessions until it is replaced.
+///
+/// Also 4: `WorkerStart::session_cache`, the TLS session cache every worker shares (a memfd
+/// riding after the listener fds; `docs/design/session-cache.md`), so that a client resuming by
+/// session id (no ticket) resumes on any worker. Boxed and optional: the archived message keeps
+/// its size.
 ///
 /// Also 4: every request that expects an answer carries a request id, which the answer echoes
 /// (`StatusRequest` -> `Status`, `Reconfigure` -> `Reconfigured`/`ReconfigureFailed`). Two
@@ -87,6 +93,13 @@ pub struct ListenerHandle {
 pub struct WorkerStart {
     /// The worker's id (slot), kept by its successors.
     pub worker_id: u32,
+    /// The TLS session cache every worker shares (`crate::session_cache`), when the master
+    /// has one: its memfd is the frame's last fd, after the listeners'. A worker that has
+    /// mapped one already keeps it and closes the fd of a later `Reconfigure`. Niched (a null
+    /// pointer for `None`) and placed in the padding after `worker_id`: the archived message
+    /// keeps its size.
+    #[rkyv(with = rkyv::with::Niche)]
+    pub session_cache: Option<Box<SessionCacheHandle>>,
     /// The master generation that starts it.
     pub generation: u64,
     /// Boxed: the message keeps one archived size whatever the configuration model holds.

@@ -202,6 +202,40 @@ fn ticket_keys_travel_in_start_and_in_their_own_message() {
     }
 }
 
+/// The shared TLS session cache's handle travels in `Start` and `Reconfigure` (its memfd after
+/// the listener fds), niched into the padding after `worker_id`: with it or without it, the
+/// archived `WorkerStart` keeps its size and `Reconfigure` its 48 bytes.
+#[test]
+fn the_session_cache_handle_travels_in_start_without_growing_it() {
+    use proptest::strategy::ValueTree;
+    use zentinel_protocol::session_cache::SessionCacheHandle;
+    let config = common::proxy_config()
+        .new_tree(&mut proptest::test_runner::TestRunner::deterministic())
+        .unwrap()
+        .current();
+    let start = |cache: Option<u64>| WorkerStart {
+        worker_id: 3,
+        generation: 9,
+        config: Box::new(config.clone()),
+        listeners: vec![ListenerHandle {
+            name: "https".to_owned(),
+            address: "127.0.0.1:8443".to_owned(),
+        }],
+        ticket_keys: Box::default(),
+        session_cache: cache.map(|segment_bytes| Box::new(SessionCacheHandle { segment_bytes })),
+    };
+    assert_eq!(std::mem::size_of::<ArchivedWorkerStart>(), 32);
+    for cache in [None, Some(16 << 20)] {
+        let message = MasterMessage::Reconfigure {
+            request_id: 5,
+            start: start(cache),
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&message).unwrap();
+        let back = rkyv::from_bytes::<MasterMessage, rkyv::rancor::Error>(&bytes).unwrap();
+        assert_eq!(back, message, "{cache:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The frozen protocol 3 layout (`messages::v3`), spoken with adopted protocol 3 workers
 // ---------------------------------------------------------------------------------------------

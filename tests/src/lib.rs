@@ -1664,5 +1664,6 @@ pub fn parse_upload_answer(body: &str) -> (u64, String) {
 // ---------------------------------------------------------------------------------------------
 
 pub mod systemd;
+pub mod tls_sessions;
 pub mod tls_support;
 pub mod websocket;

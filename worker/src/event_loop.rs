@@ -10,7 +10,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::{Rc, Weak};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -32,7 +31,7 @@ use crate::http2::H2Conn;
 use crate::sock::Ready;
 use crate::tcp::TcpSession;
 use crate::timers::{TimerId, TimerKey, Timers};
-use crate::tls_tickets::SharedTicketer;
+use crate::tls_listener::Resumption;
 use crate::tokens::{self, Decoded, Side};
 use crate::upstream::{Owner, Resolver, Upstreams, RESOLVE_AT_START};
 
@@ -132,8 +131,9 @@ pub struct Worker {
     /// Next look-up of the upstream host names (only while some target has one).
     dns_timer: Option<TimerId>,
     /// The master's TLS session-ticket keys, shared by every TLS listener's `ServerConfig` of
-    /// every generation; replaced in place when the master rotates them.
-    ticketer: Arc<SharedTicketer>,
+    /// every generation (replaced in place when the master rotates them), and the session
+    /// cache every worker shares (mapped at most once).
+    resumption: Resumption,
 }
 
 /// What keeps a worker from accepting more connections.
@@ -149,13 +149,13 @@ enum Control {
 
 impl Worker {
     /// Register everything in a new `Poll` and install the `Start` configuration (validated
-    /// with `ticketer`). On failure the channel is handed back so the caller can still report
-    /// the error to the master.
+    /// with `resumption`). On failure the channel is handed back so the caller can still
+    /// report the error to the master.
     pub fn new(
         channel: Channel,
         worker_id: u32,
         start: Candidate,
-        ticketer: Arc<SharedTicketer>,
+        resumption: Resumption,
     ) -> Result<Self, Box<(io::Error, Channel)>> {
         let setup = || -> io::Result<Poll> {
             let poll = Poll::new()?;
@@ -219,7 +219,7 @@ impl Worker {
             at_capacity_logged: false,
             drain: None,
             dns_timer: None,
-            ticketer,
+            resumption,
         })
         .map(|mut w| {
             w.arm_dns_refresh(Instant::now());

@@ -22,7 +22,7 @@ use zentinel_protocol::messages::WorkerStart;
 use crate::accept::{adopt_listener, Listener, ListenerSet};
 use crate::access_log::AccessLog;
 use crate::routing::Router;
-use crate::tls_tickets::SharedTicketer;
+use crate::tls_listener::Resumption;
 use crate::upstream::Pool;
 
 /// One listener of a generation, in the order of the listener set it was accepted from.
@@ -104,12 +104,12 @@ impl Candidate {
     /// Check `ws` and the fds that came with it (in the order of `ws.listeners`): each one a
     /// listening stream socket bound to its handle's address, every name resolvable. `what`
     /// names the message in errors ("Start", "Reconfigure"). Every TLS listener's
-    /// `ServerConfig` seals its session tickets with `ticketer`, the worker's only one.
+    /// `ServerConfig` resumes sessions with `resumption`, the worker's only ticketer and cache.
     pub fn validate(
         ws: &WorkerStart,
         fds: Vec<OwnedFd>,
         what: &str,
-        ticketer: &Arc<SharedTicketer>,
+        resumption: &Resumption,
     ) -> Result<Self, String> {
         let config = &ws.config;
         if fds.len() != ws.listeners.len() {
@@ -180,7 +180,7 @@ impl Candidate {
             let tls = match (&lc.protocol, &lc.tls) {
                 (_, None) => None,
                 (ListenerProtocol::Http, Some(tls)) => Some(
-                    crate::tls::server_config(tls, ticketer)
+                    crate::tls::server_config(tls, resumption)
                         .map_err(|e| format!("listener `{}`: {e}", lc.name))?,
                 ),
                 (ListenerProtocol::Tcp, Some(_)) => {

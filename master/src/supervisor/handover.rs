@@ -273,6 +273,8 @@ impl Supervisor {
         inherit.extend(client_fd);
         let (metrics_listener, metrics, metrics_fds) = self.metrics_handover();
         inherit.extend(metrics_fds);
+        let (ticket_keys, session_cache) = self.resumption_for_successor(&request.binary);
+        inherit.extend(session_cache.as_ref().map(|cache| cache.fd));
         let state = MasterState {
             previous_master_pid: std::process::id(),
             generation: self.generation + 1,
@@ -304,7 +306,8 @@ impl Supervisor {
             }),
             metrics_listener,
             metrics,
-            ticket_keys: self.ticket_keys_for_successor(&request.binary),
+            ticket_keys,
+            session_cache,
         };
         let state_path = state_file_path(&control_path, std::process::id());
         // From here on every way out of the upgrade (an early return below, the handover

@@ -9,6 +9,7 @@ use proptest::option;
 use proptest::prelude::*;
 use zentinel_protocol::config::*;
 use zentinel_protocol::messages::*;
+use zentinel_protocol::session_cache::SessionCacheHandle;
 use zentinel_protocol::ticket_keys::{
     TicketKey, TicketKeys, TICKET_KEY_NAME_LEN, TICKET_KEY_SECRET_LEN,
 };
@@ -461,14 +462,17 @@ fn worker_start() -> impl Strategy<Value = WorkerStart> {
         proxy_config(),
         vec(handle, 0..4),
         ticket_keys(),
+        option::of(any::<u64>()),
     )
         .prop_map(
-            |(worker_id, generation, config, listeners, keys)| WorkerStart {
+            |(worker_id, generation, config, listeners, keys, cache)| WorkerStart {
                 worker_id,
                 generation,
                 config: Box::new(config),
                 listeners,
                 ticket_keys: Box::new(keys),
+                session_cache: cache
+                    .map(|segment_bytes| Box::new(SessionCacheHandle { segment_bytes })),
             },
         )
 }

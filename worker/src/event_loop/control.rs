@@ -89,9 +89,9 @@ impl Worker {
                 return Control::Exit;
             }
             MasterMessage::TicketKeys(keys) => {
-                self.ticketer.replace(&keys);
+                self.resumption.ticketer.replace(&keys);
                 info!(
-                    keys = ?self.ticketer,
+                    keys = ?self.resumption.ticketer,
                     "TLS session-ticket keys replaced: new tickets use the first"
                 );
             }
@@ -107,8 +107,15 @@ impl Worker {
     /// `Reconfigure`: validate everything first (any error changes nothing and closes the
     /// received fds), then switch listeners and configuration for new connections. The answer
     /// carries `request_id`.
-    pub(super) fn reconfigure(&mut self, request_id: u64, ws: &WorkerStart, fds: Vec<OwnedFd>) {
+    pub(super) fn reconfigure(&mut self, request_id: u64, ws: &WorkerStart, mut fds: Vec<OwnedFd>) {
         let generation = ws.generation;
+        // The shared session cache: kept if this worker has one (the master hands the same
+        // one again), else mapped now, e.g. when this reload is the first to resume sessions.
+        let cache_fd = crate::session_cache::split_fds(ws, &mut fds);
+        if self.resumption.cache.is_none() {
+            self.resumption.cache =
+                crate::session_cache::attach(ws.session_cache.as_deref(), cache_fd);
+        }
         let refuse = |w: &mut Worker, reason: String| {
             warn!(
                 config_generation = generation,
@@ -129,7 +136,7 @@ impl Worker {
                 ),
             );
         }
-        let candidate = match Candidate::validate(ws, fds, "Reconfigure", &self.ticketer) {
+        let candidate = match Candidate::validate(ws, fds, "Reconfigure", &self.resumption) {
             Ok(c) => c,
             Err(reason) => return refuse(self, reason),
         };
@@ -166,7 +173,7 @@ impl Worker {
         self.reloads += 1;
         // The master's current keys: the same as the last rotation sent, unless this came
         // first (the keys are never older than what this worker has).
-        self.ticketer.replace(&ws.ticket_keys);
+        self.resumption.ticketer.replace(&ws.ticket_keys);
         self.pools_to_check = true;
         self.retire_pools();
         // New names are looked up off the loop; exchanges wait for them (see `Pick::Wait`).
