@@ -24,6 +24,7 @@
 //! worker and slot; [`channel`] worker channel I/O and messages; [`lifecycle`] spawn, retire,
 //! reap; [`stop`]; [`signals`]; [`deadlines`]; [`notify`] (systemd, pid file); the control
 //! commands [`control`] (status, restart, stop), [`reload`], [`answers`] (request ids);
+//! [`draining`] (`max-draining-generations`, the drain status);
 //! [`metrics`]; [`tickets`] (the TLS session-ticket keys: rotation, and what workers and a
 //! successor get); and the upgrade's adapters, each carrying out one state machine of
 //! `crate::upgrade`: [`handover`] (old master), [`adoption`] and [`takeover`] (new master),
@@ -55,6 +56,7 @@ use zentinel_protocol::{Channel, ProtocolError};
 
 use crate::backoff::Backoff;
 use crate::control::{ControlServer, ControlSocket};
+use crate::draining_generations::DrainingGenerations;
 use crate::gatherer::Gatherer;
 use crate::listeners::BoundListener;
 use crate::metrics::MetricsServer;
@@ -93,6 +95,7 @@ mod answers;
 mod channel;
 mod control;
 mod deadlines;
+mod draining;
 mod handover;
 mod lifecycle;
 mod metrics;
@@ -275,6 +278,9 @@ pub struct Supervisor {
     exit_flush_until: Option<Instant>,
     /// The TLS session-ticket keys every worker gets, and when they rotate next.
     ticket_keys: TicketKeyRotation,
+    /// Which retired generations drain, and which were asked to finish now
+    /// (`max-draining-generations`).
+    draining: DrainingGenerations<Token>,
     /// A successor master's readiness pipe until it confirms. Declared last: fields drop
     /// after `Drop::drop`, in order, so a failing successor closes it (the previous master
     /// takes that EOF for failure and kills it) only once everything else is dropped.
@@ -324,6 +330,7 @@ impl Supervisor {
                 .register(poll.registry(), token)
                 .map_err(SupervisorError::Setup)?;
         }
+        let draining = DrainingGenerations::new(setup.config.system.max_draining_generations);
         Ok(Supervisor {
             config: setup.config,
             config_name: setup.config_name,
@@ -361,6 +368,7 @@ impl Supervisor {
             master_metrics: setup.master_metrics,
             exit_flush_until: None,
             ticket_keys: setup.ticket_keys,
+            draining,
             ready_pipe: None,
         })
     }
