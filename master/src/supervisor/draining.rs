@@ -53,12 +53,17 @@ impl Supervisor {
     }
 
     /// The adopted workers that drain, once they are ours (a tentative master decides
-    /// nothing about them).
+    /// nothing about them). Only those the previous master told to drain: a worker adopted
+    /// beyond the configured count is marked retired without having been told.
     pub(super) fn draining_adopted(&mut self) {
         let retired: Vec<(Token, u64)> = self
             .processes
             .iter()
-            .filter(|(_, p)| matches!(p.role(), Role::Retired) && !p.killed())
+            .filter(|(_, p)| {
+                matches!(p.role(), Role::Retired)
+                    && p.state() == WorkerState::Draining
+                    && !p.killed()
+            })
             .map(|(&token, p)| (token, p.generation()))
             .collect();
         for (worker, generation) in retired {
