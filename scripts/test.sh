@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it (.ci/run). Needs only a Rust toolchain.
+# The whole test suite, as CI runs it (.ci/run). Needs a Rust toolchain; the clients the
+# end-to-end tests drive (curl, openssl, h2load) are installed by scripts/test-deps.sh.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh -- --nocapture`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 # default build (no features) has none. `cargo test` gets the same features, so the crates
 # are not built twice.
 features=(--features zentinel-master/fault-injection)
+scripts/test-deps.sh
 cargo build --workspace --bins "${features[@]}"
 status=0
 cargo test --workspace --no-fail-fast "${features[@]}" "$@" || status=$?

@@ -150,12 +150,17 @@ fn https_request_is_proxied_with_sni_and_alpn() {
         "{err}"
     );
 
-    // ALPN: a client offering only h2 is refused (no protocol in common).
+    // ALPN: an h2-only client gets h2; one offering only protocols the proxy does not speak
+    // is refused (no protocol in common).
     let mut h2_only = (*default_client(&f.ca.der())).clone();
     h2_only.alpn_protocols = vec![b"h2".to_vec()];
-    let err = TlsClient::try_connect(z.addr(), "a.test", Arc::new(h2_only))
+    let c = TlsClient::connect(z.addr(), "a.test", Arc::new(h2_only));
+    assert_eq!(c.conn().alpn_protocol(), Some(&b"h2"[..]));
+    let mut other = (*default_client(&f.ca.der())).clone();
+    other.alpn_protocols = vec![b"spdy/3.1".to_vec()];
+    let err = TlsClient::try_connect(z.addr(), "a.test", Arc::new(other))
         .err()
-        .expect("h2-only client must fail");
+        .expect("a client with no protocol in common must fail");
     assert!(err.contains("NoApplicationProtocol"), "{err}");
 }
 

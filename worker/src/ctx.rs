@@ -53,4 +53,7 @@ pub enum Outcome {
     Done,
     /// HTTP 101: turn the session into a bidirectional tunnel.
     Upgrade,
+    /// The client speaks HTTP/2 (ALPN `h2`, or the prior-knowledge preface): hand the
+    /// connection to an HTTP/2 session.
+    Http2,
 }

@@ -29,6 +29,7 @@ use crate::drain_schedule::{self, DrainSchedule, SpreadKind};
 use crate::fd_budget::FdBudget;
 use crate::generation::{Candidate, DrainSettings, Generation};
 use crate::http::session::{HttpSession, LINGER};
+use crate::http2::H2Conn;
 use crate::sock::Ready;
 use crate::tcp::TcpSession;
 use crate::timers::{TimerId, TimerKey, Timers};
@@ -59,6 +60,8 @@ const ACCEPT_BUDGET: usize = 1;
 enum Entry {
     Http(HttpSession),
     Tcp(TcpSession),
+    /// An HTTP/2 connection; each of its streams is an `Http` entry over a pipe.
+    H2(Box<H2Conn>),
     /// Placeholder while a session is being converted (HTTP upgrade -> tunnel).
     Converting,
 }
@@ -263,6 +266,7 @@ impl Worker {
                 info!("drained: no session left, exiting");
                 return Ok(());
             }
+            crate::wakeups::take_into(&mut self.shared.yielded);
             let now = Instant::now();
             // A session that yielded has work left: only look at what else is ready.
             let timeout =

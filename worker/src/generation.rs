@@ -50,6 +50,8 @@ pub struct ListenerCtx {
     pub route_scope: u16,
     /// Requests a client connection may carry (0: no limit).
     pub keepalive_max_requests: u32,
+    /// HTTP/2 streams a client may have open at once on one connection.
+    pub max_concurrent_streams: u32,
     /// TCP listeners: resolved upstream pool key.
     pub upstream: Option<usize>,
 }
@@ -210,6 +212,7 @@ impl Candidate {
                     default_route,
                     route_scope: router.scope_id(lc.route_scope.as_deref()),
                     keepalive_max_requests: lc.keepalive_max_requests,
+                    max_concurrent_streams: lc.max_concurrent_streams,
                     upstream,
                 },
             });

@@ -36,6 +36,7 @@ mod event_loop;
 mod failover;
 mod fd_budget;
 mod generation;
+mod http2;
 pub mod ocsp;
 mod rate_limit;
 mod routing;
@@ -52,6 +53,7 @@ pub mod tls_verify;
 mod tokens;
 mod trace_id;
 mod upstream;
+mod wakeups;
 /// For the master: `tls` blocks of upstreams checked as the workers load them.
 pub use upstream::tls as upstream_tls;
 

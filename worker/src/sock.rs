@@ -10,6 +10,7 @@
 
 mod buf;
 mod client;
+pub mod pipe;
 #[cfg(test)]
 mod tests;
 

@@ -287,7 +287,7 @@ impl TcpSession {
         // TLS: a last attempt at close_notify (a tunnel cut at the drain deadline, or after
         // the other side failed), as the upstream connection gets when it is discarded.
         self.client.close();
-        let _ = ctx.registry.deregister(self.client.stream_mut());
+        self.client.deregister(ctx.registry);
         if let Some((up, meta)) = self.upstream.take() {
             ctx.discard_upstream(meta.join(up));
         }

@@ -22,8 +22,10 @@ use crate::client_cert;
 use crate::sock::{Buf, ReadOutcome, Ready, Sock, BUF_CAP};
 pub use crate::tls_listener::server_config;
 
-/// The only application protocol spoken over TLS (no h2 yet).
+/// ALPN protocol id of HTTP/1.1 over TLS.
 pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
+/// ALPN protocol id of HTTP/2 over TLS.
+pub const ALPN_H2: &[u8] = b"h2";
 
 /// Which of the two files of a certificate a loading error is about, so the master can point
 /// at the right line of the configuration.
@@ -218,6 +220,11 @@ impl TlsSock {
 
     pub fn read_eof(&self) -> bool {
         self.plain_eof
+    }
+
+    /// The handshake is done and chose HTTP/2 (ALPN `h2`).
+    pub fn negotiated_h2(&self) -> bool {
+        !self.conn.is_handshaking() && self.conn.alpn_protocol() == Some(ALPN_H2)
     }
 
     /// More plaintext may be had without waiting for an event.

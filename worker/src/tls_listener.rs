@@ -14,7 +14,7 @@ use zentinel_protocol::config::{TlsConfig, TlsVersion};
 
 use crate::client_cert;
 use crate::ocsp::{self, Stapled};
-use crate::tls::{load_with, TlsFile, TlsFileError, ALPN_HTTP_1_1};
+use crate::tls::{load_with, TlsFile, TlsFileError, ALPN_H2, ALPN_HTTP_1_1};
 use crate::tls_tickets::SharedTicketer;
 
 /// Loads every certificate of `tls` (with its OCSP response) and builds the listener's server
@@ -85,7 +85,8 @@ pub fn server_config(
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
+    // HTTP/2 first, as every browser and peer proxy prefers it; HTTP/1.1 for the others.
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP_1_1.to_vec()];
     config.ticketer = Arc::clone(ticketer) as Arc<dyn rustls::server::ProducesTickets>;
     // After the ticketer: `session-resumption #false` replaces it.
     crate::tls_options::apply_session_resumption(&mut config, tls.session_resumption);
@@ -200,7 +201,7 @@ mod tests {
     }
 
     #[test]
-    fn impossible_version_ranges_are_refused_and_alpn_is_http_1_1() {
+    fn impossible_version_ranges_are_refused_and_alpn_offers_h2_then_http_1_1() {
         let dir = std::env::temp_dir().join(format!("zentinel-tls-ver-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (cert_file, key_file) = write_cert(&dir, "c", &["v.test"]);
@@ -228,7 +229,10 @@ mod tests {
         });
         let config = |min, max| server_config(&tls(min, max), &ticketer);
         let ok = config(TlsVersion::Tls12, None).unwrap();
-        assert_eq!(ok.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        assert_eq!(
+            ok.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
         assert!(ok.session_storage.can_cache() && ok.send_tls13_tickets > 0);
         // Tickets are sealed with the shared keys, so any worker opens them.
         assert!(ok.ticketer.enabled() && ok.ticketer.lifetime() == 60);

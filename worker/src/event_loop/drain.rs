@@ -49,6 +49,7 @@ impl Worker {
             timer: None,
         });
         self.arm_drain_timer();
+        self.goaway_h2_connections(now);
     }
 
     /// The master's `FinishDrain`: too many generations drain, and this one is the oldest.
@@ -117,10 +118,8 @@ impl Worker {
         }
     }
 
-    /// The sessions whose close the drain spreads, in slab order, and what each is. The hook
-    /// for every kind of session: an HTTP/2 connection (to come) lists itself here as `Idle`
-    /// when it has no open stream (its slot sends GOAWAY and closes it), and is left out while
-    /// streams run (they end on their own or at the deadline), like an HTTP/1 exchange.
+    /// The sessions whose close the drain spreads, in slab order, and what each is: the hook
+    /// for every kind of session (see [`spread_kind`]).
     fn spread_candidates(&self) -> Vec<(usize, SpreadKind)> {
         self.sessions
             .iter()
@@ -142,6 +141,27 @@ impl Worker {
             SpreadKind::Idle => self.close_idle_session(key, now),
             // Closed as at the deadline: a TLS side gets its close_notify first.
             SpreadKind::Tunnel => self.remove_session(key, now),
+        }
+    }
+
+    /// HTTP/2 clients learn at once that this connection takes no new stream (the two-step
+    /// GOAWAY): their next requests open a connection to another worker while the streams
+    /// in flight finish here.
+    fn goaway_h2_connections(&mut self, now: Instant) {
+        let keys: Vec<usize> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::H2(_)))
+            .map(|(k, _)| k)
+            .collect();
+        for key in keys {
+            let registry = self.poll.registry();
+            let mut ctx = self.shared.ctx(registry, now);
+            let out = match self.sessions.get_mut(key) {
+                Some(Entry::H2(h)) => h.start_drain(&mut ctx),
+                _ => continue,
+            };
+            self.handle_outcome(key, out, now);
         }
     }
 
@@ -182,10 +202,15 @@ impl Worker {
 
 /// What a session is to the close spread: an HTTP connection between two requests, a tunnel,
 /// or neither (an exchange in flight, which ends on its own or at the deadline).
+///
+/// HTTP/2 connections are not spread yet: each gets its two-step GOAWAY when the drain starts
+/// (`goaway_h2_connections`), and one without streams then closes. To spread them, give them a
+/// kind here (for instance `Idle` while no stream is open) and let `close_scheduled` send the
+/// GOAWAY at the slot (`H2Conn::start_drain`) instead of at the start.
 fn spread_kind(entry: &Entry) -> Option<SpreadKind> {
     match entry {
         Entry::Http(h) if h.is_idle() => Some(SpreadKind::Idle),
-        Entry::Http(_) | Entry::Converting => None,
+        Entry::Http(_) | Entry::H2(_) | Entry::Converting => None,
         Entry::Tcp(_) => Some(SpreadKind::Tunnel),
     }
 }

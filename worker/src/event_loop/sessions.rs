@@ -2,6 +2,7 @@
 //! (done, upgraded to a tunnel), new sessions for accepted connections.
 
 use super::*;
+use crate::sock::pipe::PipeEnd;
 
 impl Worker {
     /// Give an event to every session a pool woke (a connection under its cap was released,
@@ -37,6 +38,7 @@ impl Worker {
         let out = match self.sessions.get_mut(key) {
             Some(Entry::Http(h)) => h.on_ready(side, r, &mut ctx),
             Some(Entry::Tcp(t)) => t.on_ready(side, r, &mut ctx),
+            Some(Entry::H2(h)) => h.on_ready(r, &mut ctx),
             _ => return,
         };
         self.handle_outcome(key, out, now);
@@ -48,6 +50,7 @@ impl Worker {
         let out = match self.sessions.get_mut(key) {
             Some(Entry::Http(h)) => h.on_timer(id, &mut ctx),
             Some(Entry::Tcp(t)) => t.on_timer(id, &mut ctx),
+            Some(Entry::H2(h)) => h.on_timer(id, &mut ctx),
             _ => return,
         };
         self.handle_outcome(key, out, now);
@@ -55,8 +58,23 @@ impl Worker {
 
     pub(super) fn handle_outcome(&mut self, key: usize, out: Outcome, now: Instant) {
         match out {
-            Outcome::Continue => {}
+            Outcome::Continue => self.spawn_stream_sessions(key, now),
             Outcome::Done => self.remove_session(key, now),
+            Outcome::Http2 => {
+                let Some(slot) = self.sessions.get_mut(key) else {
+                    return;
+                };
+                let Entry::Http(h) = std::mem::replace(slot, Entry::Converting) else {
+                    return;
+                };
+                let registry = self.poll.registry();
+                let mut ctx = self.shared.ctx(registry, now);
+                let mut conn = Box::new(h.into_h2(&mut ctx));
+                debug!(key, "HTTP/2 connection");
+                let out = conn.on_ready(Ready::default(), &mut ctx);
+                self.sessions[key] = Entry::H2(conn);
+                self.handle_outcome(key, out, now);
+            }
             Outcome::Upgrade => {
                 let Some(slot) = self.sessions.get_mut(key) else {
                     return;
@@ -83,6 +101,41 @@ impl Worker {
         }
     }
 
+    /// After an HTTP/2 connection ran: an HTTP/1 session over a pipe for each stream it
+    /// accepted, run at once so the request starts in this turn.
+    fn spawn_stream_sessions(&mut self, key: usize, now: Instant) {
+        let Some(Entry::H2(conn)) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let pipes = conn.take_new_streams();
+        if pipes.is_empty() {
+            return;
+        }
+        let (generation, listener) = (Rc::clone(&conn.generation), conn.listener);
+        let peer = conn.peer();
+        for pipe in pipes {
+            let entry = self.sessions.vacant_entry();
+            let stream_key = entry.key();
+            let end = PipeEnd {
+                shared: Rc::clone(&pipe),
+            };
+            let Some(session) = HttpSession::over_pipe(
+                stream_key,
+                peer,
+                end,
+                Rc::clone(&generation),
+                listener,
+                now,
+            ) else {
+                continue;
+            };
+            entry.insert(Entry::Http(session));
+            pipe.borrow_mut().session_key = Some(stream_key);
+            self.on_session_event(stream_key, Side::Client, Ready::default(), now);
+        }
+        self.shared.counters.c.active_connections = self.sessions.len() as u64;
+    }
+
     pub(super) fn remove_session(&mut self, key: usize, now: Instant) {
         let Some(entry) = self.sessions.try_remove(key) else {
             return;
@@ -93,6 +146,7 @@ impl Worker {
         match entry {
             Entry::Http(h) => h.close(&mut ctx),
             Entry::Tcp(t) => t.close(&mut ctx),
+            Entry::H2(h) => h.close(&mut ctx),
             Entry::Converting => {}
         }
         self.shared.counters.c.active_connections = self.sessions.len() as u64;

@@ -38,8 +38,10 @@ use crate::http::retry::{self, RetryRule};
 use crate::http::sticky;
 use crate::http::Routed;
 use crate::http::{shadow, websocket};
+use crate::http2::{H2Conn, Origin};
 use crate::rate_limit::Decision;
 use crate::routing::Action;
+use crate::sock::pipe::PipeEnd;
 use crate::sock::{Buf, ClientSock, Ready, Sock, UpSock, BUF_CAP};
 use crate::tcp::{TcpSession, UpMeta};
 use crate::timers::{TimerId, TimerKey};
@@ -330,6 +332,55 @@ impl HttpSession {
         })
     }
 
+    /// A session serving one HTTP/2 stream: its client is one end of a pipe whose other end
+    /// the HTTP/2 connection `pipe` came from holds (see `sock::pipe`).
+    pub fn over_pipe(
+        key: usize,
+        peer: SocketAddr,
+        pipe: PipeEnd,
+        generation: Rc<Generation>,
+        listener: usize,
+        now: Instant,
+    ) -> Option<Self> {
+        let lctx = generation.listeners.get(listener)?.ctx;
+        Some(HttpSession {
+            key,
+            peer,
+            generation,
+            listener,
+            lctx,
+            trace_id: String::new(),
+            requests_served: 0,
+            client: ClientSock::Pipe(pipe),
+            cin: Buf::new(),
+            cout: Buf::new(),
+            phase: Phase::ReadingHead,
+            timer: None,
+            head_started: now,
+            idle_since: now,
+            first_request: true,
+            access: None,
+            file_body: None,
+            client_subject: None,
+        })
+    }
+
+    /// The connection turned out to speak HTTP/2 before its first request: its socket and
+    /// what was read of it go to an HTTP/2 session.
+    pub fn into_h2(mut self, ctx: &mut Ctx<'_>) -> H2Conn {
+        if let Some(id) = self.timer.take() {
+            ctx.timers.cancel(id);
+        }
+        let client_subject = self.client_subject().clone();
+        let origin = Origin {
+            peer: self.peer,
+            generation: self.generation,
+            listener: self.listener,
+            client_subject,
+        };
+        H2Conn::new(self.key, self.client, self.cin.take(), origin, ctx.now)
+    }
+
     /// Between requests: move to the newest generation if it still has this connection's
     /// listener (same name and socket). A connection whose listener was removed finishes on
     /// the generation it has.
@@ -498,7 +549,7 @@ impl HttpSession {
         // 499 when no status was sent.
         self.log_access(ctx);
         self.client.close();
-        let _ = ctx.registry.deregister(self.client.stream_mut());
+        self.client.deregister(ctx.registry);
         if let Phase::Proxy(ex) = &mut self.phase {
             if let Some((up, meta)) = ex.up.take() {
                 ctx.discard_upstream(meta.join(up));

@@ -4,6 +4,7 @@ use std::io::{self, Read};
 
 use mio::net::TcpStream;
 
+use super::pipe::PipeEnd;
 use super::{Buf, ReadOutcome, Ready, Sock};
 use crate::tls::TlsSock;
 
@@ -14,6 +15,9 @@ use crate::tls::TlsSock;
 pub enum ClientSock {
     Plain(Sock),
     Tls(Box<TlsSock>),
+    /// One stream of an HTTP/2 connection, as an in-memory HTTP/1.1 connection (see
+    /// [`super::pipe`]).
+    Pipe(PipeEnd),
 }
 
 /// The proxy's end of an upstream connection: plain, or TLS where the proxy is the client
@@ -38,6 +42,7 @@ impl ClientSock {
         match self {
             ClientSock::Plain(s) => s.poll_connect(),
             ClientSock::Tls(t) => t.poll_connect(),
+            ClientSock::Pipe(_) => Ok(true),
         }
     }
 
@@ -46,6 +51,7 @@ impl ClientSock {
         match self {
             ClientSock::Plain(s) => s.reuse(),
             ClientSock::Tls(t) => t.reuse(),
+            ClientSock::Pipe(_) => {}
         }
     }
 
@@ -61,6 +67,7 @@ impl ClientSock {
                 )
             }
             ClientSock::Tls(t) => t.idle_ok(),
+            ClientSock::Pipe(p) => !p.readable(),
         }
     }
 
@@ -69,11 +76,21 @@ impl ClientSock {
         matches!(self, ClientSock::Tls(_))
     }
 
+    /// A TLS client whose handshake chose HTTP/2 (ALPN `h2`).
+    pub fn negotiated_h2(&self) -> bool {
+        match self {
+            ClientSock::Tls(t) => t.negotiated_h2(),
+            ClientSock::Plain(_) | ClientSock::Pipe(_) => false,
+        }
+    }
+
     #[inline]
     pub fn on_ready(&mut self, r: Ready) {
         match self {
             ClientSock::Plain(s) => s.on_ready(r),
             ClientSock::Tls(t) => t.on_ready(r),
+            // No socket: the other end wakes the session (see `wakeups`).
+            ClientSock::Pipe(_) => {}
         }
     }
 
@@ -83,6 +100,7 @@ impl ClientSock {
         match self {
             ClientSock::Plain(s) => s.read_eof,
             ClientSock::Tls(t) => t.read_eof(),
+            ClientSock::Pipe(p) => p.read_eof(),
         }
     }
 
@@ -92,6 +110,7 @@ impl ClientSock {
         match self {
             ClientSock::Plain(s) => s.readable,
             ClientSock::Tls(t) => t.readable(),
+            ClientSock::Pipe(p) => p.readable(),
         }
     }
 
@@ -100,6 +119,7 @@ impl ClientSock {
         match self {
             ClientSock::Plain(s) => s.fill(buf, cap),
             ClientSock::Tls(t) => t.fill(buf, cap),
+            ClientSock::Pipe(p) => p.fill(buf, cap),
         }
     }
 
@@ -108,6 +128,7 @@ impl ClientSock {
         match self {
             ClientSock::Plain(s) => s.flush(buf),
             ClientSock::Tls(t) => t.flush(buf),
+            ClientSock::Pipe(p) => p.flush(buf),
         }
     }
 
@@ -115,6 +136,7 @@ impl ClientSock {
         match self {
             ClientSock::Plain(s) => s.discard(),
             ClientSock::Tls(t) => t.discard(),
+            ClientSock::Pipe(p) => p.discard(),
         }
     }
 
@@ -123,21 +145,27 @@ impl ClientSock {
         match self {
             ClientSock::Plain(s) => s.shutdown_write(),
             ClientSock::Tls(t) => t.shutdown_write(),
+            ClientSock::Pipe(p) => p.shutdown_write(),
         }
     }
 
     /// The session is dropped: TLS gets a last chance to send pending bytes and close_notify.
     pub fn close(&mut self) {
-        if let ClientSock::Tls(t) = self {
-            t.close();
+        match self {
+            ClientSock::Plain(_) => {}
+            ClientSock::Tls(t) => t.close(),
+            ClientSock::Pipe(p) => p.close(),
         }
     }
 
-    pub fn stream_mut(&mut self) -> &mut TcpStream {
-        match self {
+    /// Take the socket out of the event loop (a pipe has none).
+    pub fn deregister(&mut self, registry: &mio::Registry) {
+        let stream = match self {
             ClientSock::Plain(s) => &mut s.stream,
             ClientSock::Tls(t) => &mut t.sock.stream,
-        }
+            ClientSock::Pipe(_) => return,
+        };
+        let _ = registry.deregister(stream);
     }
 
     /// Bytes already taken (TLS: encrypted) still wait for the socket: a tunnel whose both
@@ -145,7 +173,7 @@ impl ClientSock {
     /// close_notify would be lost.
     pub fn write_pending(&self) -> bool {
         match self {
-            ClientSock::Plain(_) => false,
+            ClientSock::Plain(_) | ClientSock::Pipe(_) => false,
             ClientSock::Tls(t) => t.write_pending(),
         }
     }

@@ -326,7 +326,7 @@ pub(super) fn open(
 /// without waiting), then it leaves the poll set.
 pub(super) fn close_sock(sock: &mut UpSock, registry: &Registry) {
     sock.close();
-    let _ = registry.deregister(sock.stream_mut());
+    sock.deregister(registry);
 }
 
 /// Whether a failed connect says something about the target rather than about this worker

@@ -78,36 +78,41 @@ pub(super) fn parse_listener_named(
                     listener.config.address = text;
                 }
             }
-            "protocol" => match leaf_string(child, diags)
-                .map(|(p, at)| (p.to_ascii_lowercase(), at))
-            {
-                Some((p, _)) if p == "http" => listener.config.protocol = ListenerProtocol::Http,
-                // Upstream parses these but binds nothing for them; HTTP/2 comes with ALPN on
-                // `https` listeners later.
-                Some((p, at)) if p == "h2" || p == "h3" => {
-                    protocol_known = false;
-                    diags.error(
+            "protocol" => {
+                match leaf_string(child, diags).map(|(p, at)| (p.to_ascii_lowercase(), at)) {
+                    // Every HTTP listener speaks HTTP/1.1 and HTTP/2: by ALPN over TLS, with prior
+                    // knowledge (h2c) on plain ones. Upstream's `h2` (also `http2`) names the same.
+                    Some((p, _)) if p == "http" || p == "h2" || p == "http2" => {
+                        listener.config.protocol = ListenerProtocol::Http;
+                    }
+                    Some((p, at)) if p == "h3" => {
+                        protocol_known = false;
+                        diags.error(
                         at,
                         "protocol",
-                        format!("protocol {p:?} is not supported yet (use \"http\" or \"https\")"),
+                        "protocol \"h3\" is not supported yet (use \"http\", \"https\" or \"h2\")"
+                            .to_string(),
                     );
-                }
-                Some((p, _)) if p == "tcp" => listener.config.protocol = ListenerProtocol::Tcp,
-                // Zentinel's spelling of an http listener with TLS: the `tls` block is required.
-                Some((p, at)) if p == "https" => {
-                    listener.config.protocol = ListenerProtocol::Http;
-                    https_at = Some(at);
-                }
-                Some((p, at)) => {
-                    protocol_known = false;
-                    diags.error(
+                    }
+                    Some((p, _)) if p == "tcp" => listener.config.protocol = ListenerProtocol::Tcp,
+                    // Zentinel's spelling of an http listener with TLS: the `tls` block is required.
+                    Some((p, at)) if p == "https" => {
+                        listener.config.protocol = ListenerProtocol::Http;
+                        https_at = Some(at);
+                    }
+                    Some((p, at)) => {
+                        protocol_known = false;
+                        diags.error(
                         at,
                         "protocol",
-                        format!("unknown protocol {p:?}: expected \"http\", \"https\" or \"tcp\""),
+                        format!(
+                            "unknown protocol {p:?}: expected \"http\", \"https\", \"h2\" or \"tcp\""
+                        ),
                     );
+                    }
+                    None => protocol_known = false,
                 }
-                None => protocol_known = false,
-            },
+            }
             "request-timeout-secs" => {
                 if let Some(v) = leaf_int(child, 1, MAX_SECS, diags) {
                     listener.config.request_timeout_secs = v;

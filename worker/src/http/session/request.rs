@@ -13,6 +13,9 @@ impl HttpSession {
         let head_cap = BUF_CAP.max(max_head.saturating_add(1024));
         let was_empty = self.cin.is_empty();
         let n = self.read_client(ctx, head_cap)?;
+        if self.first_request && self.speaks_h2() {
+            return Err(Outcome::Http2);
+        }
         if self.cin.is_empty() {
             if self.client.read_eof() {
                 // The client closed between requests: a clean end.
@@ -23,6 +26,10 @@ impl HttpSession {
         if was_empty && !self.first_request {
             // First byte of a new request: its head timer starts now.
             self.head_started = ctx.now;
+        }
+        if self.first_request && crate::http2::PREFACE.starts_with(self.cin.as_slice()) {
+            // The start of the HTTP/2 preface: wait for the rest.
+            return Ok(n > 0 && self.client.readable() && !self.client.read_eof());
         }
         match codec::parse_request(self.cin.as_slice(), &self.generation.head_limits) {
             Ok(Parsed::Complete(head)) => {
@@ -61,6 +68,19 @@ impl HttpSession {
         }
     }
 
+    /// Before the first request: the client chose HTTP/2, by ALPN or by sending the
+    /// prior-knowledge preface (h2c). Streams of an HTTP/2 connection (pipes) never switch.
+    fn speaks_h2(&self) -> bool {
+        match &self.client {
+            ClientSock::Pipe(_) => false,
+            ClientSock::Tls(_) if self.client.negotiated_h2() => true,
+            ClientSock::Plain(_) | ClientSock::Tls(_) => {
+                self.cin.len() >= crate::http2::PREFACE.len()
+                    && self.cin.as_slice().starts_with(crate::http2::PREFACE)
+            }
+        }
+    }
+
     pub(super) fn start_request(&mut self, mut req: RequestHead, ctx: &mut Ctx<'_>) {
         ctx.counters.c.requests_total += 1;
         self.requests_served = self.requests_served.saturating_add(1);
@@ -72,6 +92,10 @@ impl HttpSession {
         self.trace_id = trace_id::for_request(&req, self.generation.trace_id_format);
         if self.logs_access() {
             let mut entry = access_log::Entry::from_request(self.head_started, &req);
+            if matches!(self.client, ClientSock::Pipe(_)) {
+                // A stream of an HTTP/2 connection: its head only passed through HTTP/1.1.
+                entry.protocol = "HTTP/2.0";
+            }
             entry.trace_id = self.trace_id.clone();
             self.access = Some(Box::new(entry));
         }
@@ -204,9 +228,11 @@ impl HttpSession {
         ForwardContext {
             client: self.peer,
             listener: self.lctx.local,
-            scheme: match self.client {
+            scheme: match &self.client {
                 ClientSock::Plain(_) => "http",
                 ClientSock::Tls(_) => "https",
+                ClientSock::Pipe(p) if p.shared.borrow().over_tls => "https",
+                ClientSock::Pipe(_) => "http",
             },
             trace_id: Some(self.trace_id.clone()),
             client_cert_subject: self.client_subject.clone().flatten(),
@@ -218,6 +244,7 @@ impl HttpSession {
         let client = &self.client;
         self.client_subject.get_or_insert_with(|| match client {
             ClientSock::Tls(t) => t.client_subject().map(Rc::from),
+            ClientSock::Pipe(p) => p.shared.borrow().client_subject.clone(),
             ClientSock::Plain(_) => None,
         })
     }
