@@ -98,7 +98,9 @@ impl Supervisor {
                     u64::try_from(deadline.saturating_duration_since(now).as_millis())
                         .unwrap_or(u64::MAX)
                 }),
-                finishing: self.draining.finishing(p.token()),
+                // Asked, not merely counted as asked: an older worker cannot be.
+                finishing: self.draining.finishing(p.token())
+                    && p.protocol_version() >= FIRST_PROTOCOL_WITH_FINISH_DRAIN,
             })
             .collect();
         workers.sort_by_key(|w| (w.generation, w.id, w.pid));
