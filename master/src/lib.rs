@@ -14,6 +14,9 @@
 //!   the upgrade up.
 //! - [`systemd`]: socket activation (`LISTEN_FDS`) and `sd_notify`, without libsystemd.
 //! - [`ownership`]: tentative, then confirmed ownership of what a successor master adopts.
+//! - [`draining_generations`]: `max-draining-generations`, which retired generations are
+//!   asked to finish their drain now.
+//! - [`drain_deadline`]: a retired worker's drain deadline across master hand-overs.
 //! - [`backoff`]: restart delays.
 //! - [`ticket_keys`]: the TLS session-ticket keys every worker shares, and their rotation.
 //! - [`ocsp_fetch`]: OCSP responses fetched from each certificate's responder, for stapling.
@@ -35,6 +38,7 @@ pub mod config;
 pub mod control;
 pub mod control_socket_path;
 pub mod drain_deadline;
+pub mod draining_generations;
 pub mod error_log_file;
 pub mod gatherer;
 pub mod handover_state_file;

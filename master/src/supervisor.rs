@@ -24,6 +24,7 @@
 //! worker and slot; [`channel`] worker channel I/O and messages; [`lifecycle`] spawn, retire,
 //! reap; [`stop`]; [`signals`]; [`deadlines`]; [`notify`] (systemd, pid file); the control
 //! commands [`control`] (status, restart, stop), [`reload`], [`answers`] (request ids);
+//! [`draining`] (`max-draining-generations`, the drain status);
 //! [`metrics`]; [`tickets`] (the TLS session-ticket keys: rotation, and what workers and a
 //! successor get, the shared TLS session cache included); [`ocsp`] (fetched OCSP responses
 //! refreshed); and the upgrade's adapters, each carrying out one state machine of
@@ -56,6 +57,7 @@ use zentinel_protocol::{Channel, ProtocolError};
 
 use crate::backoff::Backoff;
 use crate::control::{ControlServer, ControlSocket};
+use crate::draining_generations::DrainingGenerations;
 use crate::gatherer::Gatherer;
 use crate::listeners::BoundListener;
 use crate::metrics::MetricsServer;
@@ -96,6 +98,7 @@ mod answers;
 mod channel;
 mod control;
 mod deadlines;
+mod draining;
 mod handover;
 mod lifecycle;
 mod metrics;
@@ -288,6 +291,9 @@ pub struct Supervisor {
     ocsp: Stapler,
     /// The TLS session cache every worker gets (kept for this master's life once made).
     session_cache: Option<SessionCache>,
+    /// Which retired generations drain, and which were asked to finish now
+    /// (`max-draining-generations`).
+    draining: DrainingGenerations<Token>,
     /// A successor master's readiness pipe until it confirms. Declared last: fields drop
     /// after `Drop::drop`, in order, so a failing successor closes it (the previous master
     /// takes that EOF for failure and kills it) only once everything else is dropped.
@@ -337,6 +343,7 @@ impl Supervisor {
                 .register(poll.registry(), token)
                 .map_err(SupervisorError::Setup)?;
         }
+        let draining = DrainingGenerations::new(setup.config.system.max_draining_generations);
         Ok(Supervisor {
             config: setup.config,
             config_name: setup.config_name,
@@ -376,6 +383,7 @@ impl Supervisor {
             ticket_keys: setup.ticket_keys,
             ocsp: setup.ocsp,
             session_cache: setup.session_cache,
+            draining,
             ready_pipe: None,
         })
     }

@@ -17,7 +17,16 @@ use crate::config::ProxyConfig;
 use crate::session_cache::SessionCacheHandle;
 use crate::ticket_keys::TicketKeys;
 
-/// Bumped whenever a message layout changes incompatibly.
+/// Bumped whenever a message layout changes incompatibly, or a message is added that an
+/// older worker cannot read.
+///
+/// 5: [`MasterMessage::FinishDrain`] (appended, no payload: the archived size and every
+/// earlier tag are protocol 4's). The master asks the oldest of too many draining generations
+/// to close its idle connections at once (`max-draining-generations`). A worker of protocol 4
+/// reads every other message of protocol 5 byte for byte as its own, so an adopted one is sent
+/// them unchanged; it is never sent `FinishDrain` (it would refuse the tag), and keeps its
+/// idle connections until its own drain deadline. The close-spread window travels in the
+/// configuration (`SystemConfig::close_spread_time_ms`), behind `WorkerStart`'s pointer.
 ///
 /// 4: `WorkerStart` carries the TLS session-ticket keys (boxed, so the archived message keeps
 /// its size), and [`MasterMessage::TicketKeys`] (appended) carries the keys after each
@@ -53,7 +62,10 @@ use crate::ticket_keys::TicketKeys;
 /// `StatusRequest` (all an adopted worker gets from a new master: adoption sends no Hello) are
 /// byte-for-byte what version 1 sent; the Hello check only refuses a version 1 binary started
 /// by a version 2 master (a rollback), which could not read its `Start` anyway.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
+
+/// The first protocol whose workers read [`MasterMessage::FinishDrain`].
+pub const FIRST_PROTOCOL_WITH_FINISH_DRAIN: u32 = 5;
 
 /// The request id no master ever draws: what an answer read from a worker of protocol 3 or
 /// older (whose answers carry no id) is given, to be matched to its request by order.
@@ -61,6 +73,7 @@ pub const NO_REQUEST_ID: u64 = 0;
 
 pub mod v2;
 pub mod v3;
+pub mod v4;
 
 /// The first message each way on a channel (and on a control connection): who speaks, and which
 /// protocol.
@@ -147,6 +160,11 @@ pub enum MasterMessage {
     /// tickets with any of them. Sent to every worker of protocol 4 or later once its `Start`
     /// is out.
     TicketKeys(TicketKeys),
+    /// To a draining worker: close the idle keep-alive connections now (half-closed, as at
+    /// the drain deadline), without spreading them; requests in flight and tunnels keep the
+    /// drain deadline. Ignored by a worker that is not draining. Sent only to workers of
+    /// [`FIRST_PROTOCOL_WITH_FINISH_DRAIN`] or later.
+    FinishDrain,
 }
 
 /// A worker's counters. All are totals since the worker started, except `active_connections`.
@@ -233,6 +251,7 @@ impl MasterMessage {
             MasterMessage::StatusRequest { .. } => "StatusRequest",
             MasterMessage::Reconfigure { .. } => "Reconfigure",
             MasterMessage::TicketKeys(_) => "TicketKeys",
+            MasterMessage::FinishDrain => "FinishDrain",
         }
     }
 }
@@ -248,6 +267,7 @@ impl ArchivedMasterMessage {
             ArchivedMasterMessage::StatusRequest { .. } => "StatusRequest",
             ArchivedMasterMessage::Reconfigure { .. } => "Reconfigure",
             ArchivedMasterMessage::TicketKeys(_) => "TicketKeys",
+            ArchivedMasterMessage::FinishDrain => "FinishDrain",
         }
     }
 }

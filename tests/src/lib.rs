@@ -6,6 +6,7 @@
 
 pub mod backend_tls;
 pub mod configs;
+pub mod drain;
 pub mod failure;
 pub mod load;
 pub mod load_run;

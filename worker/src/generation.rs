@@ -96,8 +96,18 @@ pub struct Candidate {
     pub limits: Limits,
     pub trace_id_format: TraceIdFormat,
     pub max_connections: usize,
-    pub graceful_timeout: Duration,
+    pub drain: DrainSettings,
     pub config_view: Option<serde_json::Value>,
+}
+
+/// How this worker drains when its master is gone (the master says how long otherwise), and
+/// over which window it spreads its closes whoever started the drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainSettings {
+    /// `graceful-shutdown-timeout-secs`: the drain when the master channel closes.
+    pub timeout: Duration,
+    /// `close-spread-time-secs`; `None`: the default for the drain's length.
+    pub close_spread: Option<Duration>,
 }
 
 impl Candidate {
@@ -220,7 +230,10 @@ impl Candidate {
             limits: config.limits.clone(),
             trace_id_format: config.system.trace_id_format,
             max_connections: config.system.max_connections as usize,
-            graceful_timeout: Duration::from_secs(config.system.graceful_shutdown_timeout_secs),
+            drain: DrainSettings {
+                timeout: config.system.stop_drain(),
+                close_spread: config.system.close_spread(),
+            },
             config_view: config
                 .routes
                 .iter()

@@ -31,6 +31,7 @@ pub mod client_cert;
 mod client_limit;
 mod counters;
 mod ctx;
+mod drain_schedule;
 mod event_loop;
 mod failover;
 mod fd_budget;

@@ -110,12 +110,11 @@ impl Supervisor {
             return self.refuse(client, format!("refused: {reason}"));
         }
         let ready_timeout = ready_timeout_ms.map_or(DEFAULT_READY_TIMEOUT, Duration::from_millis);
-        let drain_timeout_ms = drain_timeout_ms.unwrap_or(
-            self.config
-                .system
-                .graceful_shutdown_timeout_secs
-                .saturating_mul(1000),
-        );
+        // Fixed here, by the master that accepts the request: the state file carries it to the
+        // new master, which retires the old workers with it.
+        let drain_timeout_ms = drain_timeout_ms.unwrap_or_else(|| {
+            u64::try_from(self.config.system.upgrade_drain().as_millis()).unwrap_or(u64::MAX)
+        });
         let machine = machine::Handover::new(
             binary.clone(),
             std::process::id(),

@@ -504,7 +504,10 @@ impl Supervisor {
         // kept ones live on in their duplicates.
         self.listeners = op.listeners;
         let target = worker_count(self.config.system.worker_processes) as usize;
-        let drain = Duration::from_secs(self.config.system.graceful_shutdown_timeout_secs);
+        let limit = self.config.system.max_draining_generations;
+        self.draining_event(crate::draining_generations::Event::Limit(limit));
+        // Surplus workers are retired while the service goes on: the upgrade window.
+        let drain = self.config.system.upgrade_drain();
         while self.slots.len() > target {
             if let Some(slot) = self.slots.pop() {
                 if let Some(token) = slot.current {

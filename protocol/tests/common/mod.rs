@@ -27,6 +27,11 @@ fn system() -> impl Strategy<Value = SystemConfig> {
         any::<u64>(),
         option::of(name()),
         option::of(name()),
+        (
+            option::of(any::<u64>()),
+            option::of(any::<u64>()),
+            any::<u32>(),
+        ),
     )
         .prop_map(
             |(
@@ -35,6 +40,7 @@ fn system() -> impl Strategy<Value = SystemConfig> {
                 graceful_shutdown_timeout_secs,
                 control_socket,
                 pid_file,
+                (upgrade_drain_timeout_secs, close_spread_time_ms, max_draining_generations),
             )| SystemConfig {
                 worker_processes,
                 max_connections,
@@ -44,6 +50,9 @@ fn system() -> impl Strategy<Value = SystemConfig> {
                 user: None,
                 group: None,
                 trace_id_format: TraceIdFormat::TinyFlake,
+                upgrade_drain_timeout_secs,
+                close_spread_time_ms,
+                max_draining_generations,
             },
         )
 }
@@ -487,6 +496,7 @@ pub fn master_message() -> impl Strategy<Value = MasterMessage> {
         (any::<u64>(), worker_start())
             .prop_map(|(request_id, start)| MasterMessage::Reconfigure { request_id, start }),
         ticket_keys().prop_map(MasterMessage::TicketKeys),
+        Just(MasterMessage::FinishDrain),
     ]
 }
 

@@ -39,7 +39,7 @@ impl Worker {
                         .poll
                         .registry()
                         .deregister(&mut SourceFd(&self.channel.as_raw_fd()));
-                    self.start_drain(self.graceful_timeout, now);
+                    self.start_drain(self.drain_settings.timeout, now);
                     return Control::Continue;
                 }
             }
@@ -84,6 +84,7 @@ impl Worker {
             MasterMessage::Drain { timeout_ms } => {
                 self.start_drain(Duration::from_millis(timeout_ms), now);
             }
+            MasterMessage::FinishDrain => self.finish_drain(now),
             MasterMessage::Stop => {
                 info!(active = self.sessions.len(), "stop requested: exiting now");
                 return Control::Exit;
@@ -147,7 +148,7 @@ impl Worker {
             return refuse(self, format!("cannot poll the new listener set: {e}"));
         }
         let registry = self.poll.registry();
-        let (generation_new, set, max_connections, graceful_timeout) = build_generation(
+        let (generation_new, set, max_connections, drain_settings) = build_generation(
             candidate,
             &mut self.shared.upstreams,
             &self.shared.current.pools,
@@ -166,7 +167,7 @@ impl Worker {
         self.retired.push(Rc::downgrade(&old));
         drop(old);
         self.max_connections = max_connections.max(1);
-        self.graceful_timeout = graceful_timeout;
+        self.drain_settings = drain_settings;
         // The new sockets may have connections queued already.
         self.accept_pending = true;
         self.at_capacity_logged = false;
@@ -245,14 +246,14 @@ pub(super) fn start_resolver(upstreams: &mut Upstreams, registry: &mio::Registry
 
 /// Install a validated candidate: its pools (reusing unchanged ones among `current_pools`),
 /// with routes and listeners resolved to pool keys. Returns the generation, the listener set
-/// (registered by the caller), `max_connections` and the graceful shutdown timeout.
+/// (registered by the caller), `max_connections` and how to drain.
 pub(super) fn build_generation(
     c: Candidate,
     upstreams: &mut Upstreams,
     current_pools: &[usize],
     registry: &mio::Registry,
     timers: &mut Timers<TimerKey>,
-) -> (Generation, ListenerSet, usize, Duration) {
+) -> (Generation, ListenerSet, usize, DrainSettings) {
     let keys = upstreams.install(c.pools, current_pools, registry, timers);
     // Start or reload: access-log files are reopened by path (log rotation).
     crate::access_log::reopen();
@@ -275,10 +276,5 @@ pub(super) fn build_generation(
         pools: keys,
         config_view: c.config_view,
     };
-    (
-        generation,
-        c.listeners,
-        c.max_connections.max(1),
-        c.graceful_timeout,
-    )
+    (generation, c.listeners, c.max_connections.max(1), c.drain)
 }
