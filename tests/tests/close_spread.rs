@@ -169,3 +169,75 @@ fn without_a_spread_idle_connections_are_closed_at_once_a_linger_before_the_dead
         z.log()
     );
 }
+
+/// An HTTP/2 (h2c) connection that opened no stream, with the moment its first GOAWAY arrived
+/// recorded by a reader thread.
+fn idle_h2_connection(z: &Zentinel, within: Duration) -> std::thread::JoinHandle<Option<Instant>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(z.addr()).expect("connect");
+    // The preface and an empty SETTINGS frame.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .expect("preface");
+    s.set_read_timeout(Some(within)).expect("timeout");
+    std::thread::spawn(move || {
+        let mut head = [0u8; 9];
+        loop {
+            s.read_exact(&mut head).ok()?;
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).ok()?;
+            if head[3] == 0x7 {
+                return Some(Instant::now());
+            }
+        }
+    })
+}
+
+#[test]
+fn idle_http2_connections_get_their_goaway_spread_over_the_window() {
+    const DRAIN: Duration = Duration::from_secs(6);
+    const SPREAD: Duration = Duration::from_secs(3);
+    const LINGER: Duration = Duration::from_secs(1);
+    const CONNECTIONS: usize = 12;
+    let be = Backend::start("spread-h2");
+    let config = configs::Proxy::new(1, free_port(), &be)
+        .drain_secs(DRAIN.as_secs() as u32)
+        .system(&format!("close-spread-time-secs {}", SPREAD.as_secs()))
+        .build();
+    let mut z = Zentinel::start(&config);
+    let watchers: Vec<_> = (0..CONNECTIONS)
+        .map(|_| idle_h2_connection(&z, DRAIN + DEADLINE))
+        .collect();
+    // Every connection is an HTTP/2 one before the drain: a request on a last one answers
+    // only once the worker has taken the earlier ones.
+    let mut probe = z.client();
+    assert_eq!(probe.get("/", "probe").status, 200);
+    drop(probe);
+    let stopped = Instant::now();
+    z.signal(Signal::SIGTERM);
+    let times: Vec<Option<Instant>> = watchers
+        .into_iter()
+        .map(|w| w.join().unwrap_or(None))
+        .collect();
+    let at = offsets(&times, stopped, "HTTP/2 connection");
+    eprintln!("GOAWAYs at {at:?}");
+    let (first, last) = (at[0], at[CONNECTIONS - 1]);
+    assert!(
+        first + SLACK >= DRAIN - SPREAD - LINGER,
+        "a GOAWAY came {first:?} into a {DRAIN:?} drain, before its window"
+    );
+    assert!(
+        last <= DRAIN - LINGER + SLACK,
+        "a GOAWAY came {last:?} into the drain, after its window"
+    );
+    assert!(
+        last - first >= SPREAD / 2,
+        "the GOAWAYs came within {:?}, not spread over {SPREAD:?}: {at:?}",
+        last - first
+    );
+    assert!(
+        z.wait_exit(DEADLINE).is_some_and(|s| s.success()),
+        "master exit\n{}",
+        z.log()
+    );
+}

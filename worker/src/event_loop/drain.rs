@@ -49,7 +49,7 @@ impl Worker {
             timer: None,
         });
         self.arm_drain_timer();
-        self.goaway_h2_connections(now);
+        self.goaway_h2_connections(now, H2Goaway::Busy);
     }
 
     /// The master's `FinishDrain`: too many generations drain, and this one is the oldest.
@@ -86,6 +86,9 @@ impl Worker {
         while let Some(command) = commands.pop_front() {
             match command {
                 Command::ListSessions => {
+                    // HTTP/2 connections that took streams since the drain began get their
+                    // GOAWAY now; idle ones get a slot like idle keep-alive connections.
+                    self.goaway_h2_connections(now, H2Goaway::Busy);
                     let sessions = self.spread_candidates();
                     let Some(d) = &mut self.drain else { break };
                     debug!(
@@ -134,6 +137,12 @@ impl Worker {
         let Some(entry) = self.sessions.get(key) else {
             return;
         };
+        if matches!(entry, Entry::H2(_)) {
+            // Idle or not by now, an HTTP/2 connection's slot is its GOAWAY: streams opened
+            // since it was listed finish, new ones go elsewhere.
+            self.goaway_h2(key, now);
+            return;
+        }
         if spread_kind(entry) != Some(kind) {
             return;
         }
@@ -144,28 +153,38 @@ impl Worker {
         }
     }
 
-    /// HTTP/2 clients learn at once that this connection takes no new stream (the two-step
-    /// GOAWAY): their next requests open a connection to another worker while the streams
-    /// in flight finish here.
-    fn goaway_h2_connections(&mut self, now: Instant) {
+    /// The two-step GOAWAY to HTTP/2 connections: their clients' next requests open a
+    /// connection to another worker while the streams in flight finish here. `Busy`: those
+    /// with streams open (their clients are sending now: they move at once); `All`: every one.
+    fn goaway_h2_connections(&mut self, now: Instant, which: H2Goaway) {
         let keys: Vec<usize> = self
             .sessions
             .iter()
-            .filter(|(_, e)| matches!(e, Entry::H2(_)))
+            .filter(|(_, e)| match e {
+                Entry::H2(h) => which == H2Goaway::All || !h.is_idle(),
+                _ => false,
+            })
             .map(|(k, _)| k)
             .collect();
         for key in keys {
-            let registry = self.poll.registry();
-            let mut ctx = self.shared.ctx(registry, now);
-            let out = match self.sessions.get_mut(key) {
-                Some(Entry::H2(h)) => h.start_drain(&mut ctx),
-                _ => continue,
-            };
-            self.handle_outcome(key, out, now);
+            self.goaway_h2(key, now);
         }
     }
 
+    fn goaway_h2(&mut self, key: usize, now: Instant) {
+        let registry = self.poll.registry();
+        let mut ctx = self.shared.ctx(registry, now);
+        let out = match self.sessions.get_mut(key) {
+            Some(Entry::H2(h)) => h.start_drain(&mut ctx),
+            _ => return,
+        };
+        self.handle_outcome(key, out, now);
+    }
+
+    /// Idle keep-alive connections half-closed, every HTTP/2 connection told GOAWAY (near the
+    /// deadline, or `FinishDrain`).
     pub(super) fn close_idle_sessions(&mut self, now: Instant) {
+        self.goaway_h2_connections(now, H2Goaway::All);
         let keys: Vec<usize> = self
             .sessions
             .iter()
@@ -200,17 +219,25 @@ impl Worker {
     }
 }
 
-/// What a session is to the close spread: an HTTP connection between two requests, a tunnel,
-/// or neither (an exchange in flight, which ends on its own or at the deadline).
+/// What a session is to the close spread: an HTTP connection between two requests (or an
+/// HTTP/2 one without a stream), a tunnel, or neither (an exchange in flight, which ends on its
+/// own or at the deadline).
 ///
-/// HTTP/2 connections are not spread yet: each gets its two-step GOAWAY when the drain starts
-/// (`goaway_h2_connections`), and one without streams then closes. To spread them, give them a
-/// kind here (for instance `Idle` while no stream is open) and let `close_scheduled` send the
-/// GOAWAY at the slot (`H2Conn::start_drain`) instead of at the start.
+/// An HTTP/2 connection with streams gets its two-step GOAWAY when the drain starts (its
+/// client is sending: it moves at once), or when the spread is planned if it took streams
+/// since; an idle one gets it at its slot, so that idle clients reconnect spread out too.
 fn spread_kind(entry: &Entry) -> Option<SpreadKind> {
     match entry {
         Entry::Http(h) if h.is_idle() => Some(SpreadKind::Idle),
+        Entry::H2(h) if h.is_idle() => Some(SpreadKind::Idle),
         Entry::Http(_) | Entry::H2(_) | Entry::Converting => None,
         Entry::Tcp(_) => Some(SpreadKind::Tunnel),
     }
+}
+
+/// Which HTTP/2 connections get their GOAWAY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum H2Goaway {
+    Busy,
+    All,
 }
