@@ -7,6 +7,7 @@
 //! - [`fd_passing`]: SCM_RIGHTS send/receive of file descriptor batches.
 //! - [`channel`]: a framed, fd-carrying, non-blocking-capable channel over a Unix stream socket.
 //! - [`ticket_keys`]: TLS session-ticket keys the master shares with every worker.
+//! - [`session_cache`]: the layout of the TLS session cache every worker shares (a memfd).
 //! - [`niche`]: how an optional box fits in an archived struct's padding.
 //!
 //! This crate depends on none of Zentinel's other crates. Its raw libc calls are in one
@@ -34,6 +35,7 @@ pub mod frame;
 pub mod messages;
 #[allow(unsafe_code)]
 pub mod niche;
+pub mod session_cache;
 pub mod state;
 #[allow(unsafe_code)]
 mod sys;

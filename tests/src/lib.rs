@@ -6,6 +6,7 @@
 
 pub mod backend_tls;
 pub mod configs;
+pub mod drain;
 pub mod failure;
 pub mod h2frames;
 pub mod load;
@@ -1665,5 +1666,6 @@ pub fn parse_upload_answer(body: &str) -> (u64, String) {
 // ---------------------------------------------------------------------------------------------
 
 pub mod systemd;
+pub mod tls_sessions;
 pub mod tls_support;
 pub mod websocket;

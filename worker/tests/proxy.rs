@@ -301,6 +301,7 @@ impl Harness {
                 },
             ],
             ticket_keys: Box::default(),
+            session_cache: None,
         };
         master
             .send(
@@ -1672,6 +1673,7 @@ fn reconfigure_with(
                     config: Box::new(config),
                     listeners: handles,
                     ticket_keys: Box::default(),
+                    session_cache: None,
                 },
             },
             &fds,

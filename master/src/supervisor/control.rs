@@ -28,6 +28,10 @@ impl Supervisor {
             // The server answers Hello itself and never passes it on.
             ControlRequest::Hello(_) => {}
             ControlRequest::Status => self.start_status(client),
+            ControlRequest::DrainStatus => {
+                let report = Box::new(self.drain_status_report(Instant::now()));
+                self.finish(Some(client), ControlResponse::DrainStatus(report));
+            }
             ControlRequest::RunningConfig => {
                 let source = Box::new(self.config_source.clone());
                 self.finish(Some(client), ControlResponse::RunningConfig(source));
@@ -371,10 +375,7 @@ impl Supervisor {
         let Some(index) = self.slot_index(worker_id) else {
             // The slot went away (cannot happen while restarts and reloads exclude each
             // other); do not leave an orphan serving.
-            self.retire(
-                token,
-                Duration::from_secs(self.config.system.graceful_shutdown_timeout_secs),
-            );
+            self.retire(token, self.config.system.upgrade_drain());
             return self.refuse(client, format!("worker {worker_id} no longer exists"));
         };
         let old = self.slots[index].current.replace(token);
@@ -384,7 +385,7 @@ impl Supervisor {
             return self.finish(client, ControlResponse::Done { message });
         };
         let old_pid = self.processes.get(&old).map_or(0, |p| p.pid().as_raw());
-        let drain = Duration::from_secs(self.config.system.graceful_shutdown_timeout_secs);
+        let drain = self.config.system.upgrade_drain();
         info!(
             worker_id,
             old_pid,

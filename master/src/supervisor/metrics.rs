@@ -38,6 +38,12 @@ impl Supervisor {
         let master = &self.master_metrics;
         let retired_http2 = &self.retired_http2;
         let generation = self.generation;
+        let session_cache = self.session_cache.as_ref().and_then(|cache| {
+            cache
+                .counters()
+                .map_err(|err| warn!(error = %err, "cannot read the TLS session cache's counters"))
+                .ok()
+        });
         let render = || {
             scraped.set(true);
             let workers = processes
@@ -58,6 +64,7 @@ impl Supervisor {
                 retired_http2,
                 master_generation: generation,
                 live_workers: processes.len(),
+                session_cache,
             })
         };
         server.handle_event(

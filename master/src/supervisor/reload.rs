@@ -212,6 +212,10 @@ impl Supervisor {
                 targets.len()
             ),
         );
+        // A reload that turns session resumption on gets the shared cache made now, before
+        // its `Reconfigure`s (which carry it) go out.
+        self.session_cache =
+            crate::session_cache::ensure(self.session_cache.take(), &new_config, "reload");
         self.reload = Some(ReloadOp {
             purpose,
             client,
@@ -243,17 +247,23 @@ impl Supervisor {
             (ReconfigureKind::Reload, None) => return,
             (ReconfigureKind::Rollback, _) => (&self.config, &self.listeners),
         };
+        let cache = crate::session_cache::with_room(self.session_cache.as_ref(), listeners.len());
         let message = MasterMessage::Reconfigure {
             request_id,
             start: WorkerStart {
                 worker_id: process.worker_id(),
+                session_cache: cache.map(|c| Box::new(c.handle())),
                 generation: process.generation(),
                 config: Box::new(worker_config(config, self.slots.len())),
                 listeners: listeners.iter().map(BoundListener::handle).collect(),
                 ticket_keys: Box::new(self.ticket_keys.keys().clone()),
             },
         };
-        let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.as_fd()).collect();
+        let fds: Vec<BorrowedFd<'_>> = listeners
+            .iter()
+            .map(|l| l.as_fd())
+            .chain(cache.map(SessionCache::fd))
+            .collect();
         match send(registry, process, &message, &fds) {
             Ok(()) => {
                 process.sent_reconfigure(request_id, kind);
@@ -494,7 +504,10 @@ impl Supervisor {
         // kept ones live on in their duplicates.
         self.listeners = op.listeners;
         let target = worker_count(self.config.system.worker_processes) as usize;
-        let drain = Duration::from_secs(self.config.system.graceful_shutdown_timeout_secs);
+        let limit = self.config.system.max_draining_generations;
+        self.draining_event(crate::draining_generations::Event::Limit(limit));
+        // Surplus workers are retired while the service goes on: the upgrade window.
+        let drain = self.config.system.upgrade_drain();
         while self.slots.len() > target {
             if let Some(slot) = self.slots.pop() {
                 if let Some(token) = slot.current {

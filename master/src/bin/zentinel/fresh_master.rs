@@ -13,6 +13,7 @@ use zentinel_master::control_socket_path::master_control_socket;
 use zentinel_master::listeners;
 use zentinel_master::logging::{self, LogSettings};
 use zentinel_master::ocsp_fetch::{staple_dir, Stapler};
+use zentinel_master::session_cache;
 use zentinel_master::supervisor::{self, Supervisor, SupervisorSetup};
 use zentinel_master::systemd;
 use zentinel_master::ticket_keys::{self, TicketKeyRotation};
@@ -141,6 +142,8 @@ pub(crate) fn run_master(cli: &Cli) -> ExitCode {
                 )
             }
         };
+    // Before any worker starts: each gets it in its `Start`.
+    let session_cache = session_cache::ensure(None, &config, "start");
     let setup = SupervisorSetup {
         config,
         config_name,
@@ -157,6 +160,7 @@ pub(crate) fn run_master(cli: &Cli) -> ExitCode {
         master_metrics: Default::default(),
         ticket_keys,
         ocsp,
+        session_cache,
     };
     let result = Supervisor::new(setup).and_then(Supervisor::run);
     match result {
