@@ -29,6 +29,10 @@ use crate::ticket_keys::TicketKeys;
 /// idle connections until its own drain deadline. The close-spread window travels in the
 /// configuration (`SystemConfig::close_spread_time_ms`), behind `WorkerStart`'s pointer.
 ///
+/// Without a bump: `WorkerMessage::Status` carries the HTTP/2 refusal counts in its padding
+/// (see its `http2` field), which workers and masters of protocols 4 and 5 without it skip,
+/// and which reads as `None` from them.
+///
 /// 4: `WorkerStart` carries the TLS session-ticket keys (boxed, so the archived message keeps
 /// its size), and [`MasterMessage::TicketKeys`] (appended) carries the keys after each
 /// rotation: every worker of every generation seals and opens tickets with the master's keys
