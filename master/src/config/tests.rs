@@ -233,6 +233,7 @@ fn full_example_parses_into_the_expected_model() {
                 passive_health: PassiveHealth::default(),
                 circuit_breaker: Some(CircuitBreakerConfig::default()),
                 tls: None,
+                http: UpstreamHttp::default(),
             },
             UpstreamConfig {
                 name: "db".to_owned(),
@@ -248,6 +249,7 @@ fn full_example_parses_into_the_expected_model() {
                 passive_health: PassiveHealth::default(),
                 circuit_breaker: Some(CircuitBreakerConfig::default()),
                 tls: None,
+                http: UpstreamHttp::default(),
             },
         ],
         limits: Limits {

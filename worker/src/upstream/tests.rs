@@ -37,6 +37,7 @@ fn pool_config(name: &str, addr: &str, max_idle: u32) -> UpstreamConfig {
         passive_health: PassiveHealth::default(),
         circuit_breaker: None,
         tls: None,
+        http: zentinel_protocol::config::UpstreamHttp::default(),
     }
 }
 
