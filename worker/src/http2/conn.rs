@@ -23,9 +23,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,6 +33,7 @@ use http::{Method, Request};
 use slab::Slab;
 use tracing::{debug, warn};
 
+use super::driver::{Driver, MAX_PASSES};
 use super::io::H2Io;
 use super::stream::StreamBridge;
 use super::translate;
@@ -43,29 +42,16 @@ use crate::generation::Generation;
 use crate::sock::pipe::{PipeState, SharedPipe};
 use crate::sock::{Buf, ClientSock, Ready};
 use crate::timers::{TimerId, TimerKey};
+use crate::wakeups::Wake;
 
 /// Per-stream receive window: what a client may send ahead on one stream. The window is
 /// given back only as the bytes move into the stream's bounded pipe, so this bounds memory.
 const STREAM_WINDOW: u32 = 256 * 1024;
 /// Connection receive window: bounds what all streams together may have buffered here.
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
-/// Runs of the connection per event before other sessions get their turn.
-const MAX_PASSES: usize = 32;
 /// How long a connection that got its GOAWAY may wait for the PING that completes the
 /// two-step shutdown once it has no stream left.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Records that h2 wants to be polled again.
-struct RunAgain(AtomicBool);
-
-impl Wake for RunAgain {
-    fn wake(self: Arc<Self>) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
 
 /// Where a connection came from: what its streams' sessions are created with.
 pub struct Origin {
@@ -98,8 +84,7 @@ pub struct H2Conn {
     streams: Slab<StreamBridge>,
     /// Pipes of accepted streams whose session the event loop has still to create.
     new_streams: Vec<SharedPipe>,
-    run_again: Arc<RunAgain>,
-    waker: Waker,
+    driver: Driver,
     timer: Option<TimerId>,
     since: Instant,
     /// Since when no stream has been open (`None` while some is).
@@ -139,8 +124,6 @@ impl H2Conn {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_header_list_size(max_header_list);
         let handshake = Box::pin(builder.handshake::<H2Io, Bytes>(io));
-        let run_again = Arc::new(RunAgain(AtomicBool::new(false)));
-        let waker = Waker::from(Arc::clone(&run_again));
         H2Conn {
             key,
             peer,
@@ -152,8 +135,7 @@ impl H2Conn {
             ready,
             streams: Slab::new(),
             new_streams: Vec::new(),
-            run_again,
-            waker,
+            driver: Driver::default(),
             timer: None,
             since: now,
             idle_since: Some(now),
@@ -219,10 +201,10 @@ impl H2Conn {
     }
 
     fn run(&mut self, ctx: &mut Ctx<'_>) -> Outcome {
-        let waker = self.waker.clone();
+        let waker = self.driver.waker();
         let mut cx = Context::from_waker(&waker);
         for _ in 0..MAX_PASSES {
-            self.run_again.0.store(false, Ordering::Relaxed);
+            self.driver.start_pass();
             if !self.poll_connection(&mut cx, ctx) {
                 return Outcome::Done;
             }
@@ -235,7 +217,7 @@ impl H2Conn {
             } else if self.idle_since.is_none() {
                 self.idle_since = Some(ctx.now);
             }
-            if !self.run_again.0.load(Ordering::Relaxed) {
+            if !self.driver.again() {
                 self.update_timer(ctx);
                 return Outcome::Continue;
             }
@@ -295,7 +277,11 @@ impl H2Conn {
     ) {
         let (parts, recv) = req.into_parts();
         let req = Request::from_parts(parts, ());
-        let mut pipe = PipeState::new(self.key, self.over_tls, self.client_subject.clone());
+        let mut pipe = PipeState::new(
+            Wake::Session(self.key),
+            self.over_tls,
+            self.client_subject.clone(),
+        );
         let body = match translate::write_request_head(
             &req,
             recv.is_end_stream(),
@@ -351,11 +337,9 @@ impl H2Conn {
         }
         if let State::Open(conn) = &mut self.state {
             conn.abrupt_shutdown(Reason::NO_ERROR);
-            let waker = self.waker.clone();
-            let mut cx = Context::from_waker(&waker);
             // One last write of what is queued (the resets, the GOAWAY); the socket closes
             // when the connection is dropped.
-            let _ = conn.poll_closed(&mut cx);
+            let _ = self.driver.with_context(|cx| conn.poll_closed(cx));
         }
     }
 }
