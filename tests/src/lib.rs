@@ -1665,3 +1665,9 @@ pub fn parse_upload_answer(body: &str) -> (u64, String) {
 pub mod systemd;
 pub mod tls_support;
 pub mod websocket;
+
+// ---------------------------------------------------------------------------------------------
+// Python peers: a gRPC server and client on grpcio, an HTTP/2 server on h2 (tests/python/).
+// ---------------------------------------------------------------------------------------------
+
+pub mod python;

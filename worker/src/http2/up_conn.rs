@@ -100,6 +100,10 @@ pub struct H2Upstream {
     pub going_away: bool,
     /// Over TLS, ALPN did not choose `h2`.
     pub alpn_refused: bool,
+    /// The connection itself is over (the target closed it after its GOAWAY, or it failed),
+    /// but streams still hold what they received: they hand it to their sessions, then the
+    /// connection closes.
+    ended: bool,
     /// The pools' timer for this connection (idle timeout, PING).
     pub timer: Option<TimerId>,
     /// Since when no stream has been open (`None` while some is).
@@ -155,6 +159,7 @@ impl H2Upstream {
             max_streams: usize::try_from(max_streams.max(1)).unwrap_or(usize::MAX),
             going_away: false,
             alpn_refused: false,
+            ended: false,
             timer: None,
             idle_since: Some(now),
             created: now,
@@ -263,7 +268,7 @@ impl H2Upstream {
             }
         }
         if self.streams.is_empty() {
-            if !self.is_open() {
+            if !self.is_open() || self.ended {
                 // Nobody waits for it any more.
                 return UpRun::Closed;
             }
@@ -336,6 +341,9 @@ impl H2Upstream {
         let State::Open { conn, .. } = &mut self.state else {
             return false;
         };
+        if self.ended {
+            return true;
+        }
         if let Some(p) = self.ping.as_mut() {
             if let Some(pong) = p.pong.as_mut() {
                 if let Poll::Ready(Ok(_)) = pong.poll_pong(cx) {
@@ -344,15 +352,13 @@ impl H2Upstream {
             }
         }
         match Pin::new(&mut **conn).poll(cx) {
-            Poll::Pending => true,
+            Poll::Pending => return true,
             Poll::Ready(Ok(())) => {
                 debug!(
                     upstream = self.side.pool,
                     target = self.side.target,
                     "HTTP/2 upstream connection ended"
                 );
-                self.state = State::Closed;
-                false
             }
             Poll::Ready(Err(e)) => {
                 if e.is_go_away() || e.is_io() || e.reason() == Some(Reason::NO_ERROR) {
@@ -360,10 +366,13 @@ impl H2Upstream {
                 } else {
                     warn!(error = %e, reason = ?e.reason(), "HTTP/2 upstream connection failed");
                 }
-                self.state = State::Closed;
-                false
             }
         }
+        // Responses already received are still handed over (h2 keeps them with the
+        // streams); streams that wait for more get h2's error at their next poll.
+        self.ended = true;
+        self.going_away = true;
+        true
     }
 
     fn connect_failed(&mut self, kind: io::ErrorKind, why: &str) {

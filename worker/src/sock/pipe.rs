@@ -201,9 +201,11 @@ impl PipeEnd {
         s.broken || !s.to_session.is_empty() || s.to_session_eof
     }
 
+    /// The other side will send nothing more. Not while it broke the pipe: the next read
+    /// reports how (a reset, or a stream the upstream refused).
     pub fn read_eof(&self) -> bool {
         let s = self.shared.borrow();
-        s.to_session_eof && s.to_session.is_empty()
+        !s.broken && s.to_session_eof && s.to_session.is_empty()
     }
 
     pub fn discard(&mut self) -> io::Result<bool> {

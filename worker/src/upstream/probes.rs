@@ -78,6 +78,10 @@ impl Upstreams {
         };
         match started {
             Ok(probe) => {
+                if probe.conn.is_none() {
+                    // A stream raises no socket event: the probe writes its request at once.
+                    crate::wakeups::wake(Wake::Probe(probe_key));
+                }
                 if probe.conn.is_some() {
                     self.conns.insert(ConnEntry {
                         owner: Owner::Probe(probe_key),

@@ -97,6 +97,10 @@ impl Upstreams {
                 return false;
             }
         };
+        if conn.is_none() {
+            // A stream raises no socket event: the copy is written at once.
+            crate::wakeups::wake(Wake::Shadow(key));
+        }
         if conn.is_some() {
             self.conns.insert(ConnEntry {
                 owner: Owner::Shadow(key),
