@@ -9,7 +9,7 @@ Paths:
   /refused?key=K  the first stream with key K is reset with REFUSED_STREAM, later ones answer
   /goaway         answered, then a GOAWAY whose last stream id is this stream's
   /stats          JSON: connections accepted, most streams open at once on one connection,
-                  requests per path
+                  requests per path, PINGs received (h2 answers them)
   anything else   "h2 backend path=<path>"
 """
 
@@ -28,7 +28,7 @@ import h2.errors
 import h2.events
 
 LOCK = threading.Lock()
-STATS = {"connections": 0, "max_open": 0, "paths": {}}
+STATS = {"connections": 0, "max_open": 0, "paths": {}, "pings": 0}
 REFUSED = set()
 # `/hold` streams waiting: (connection, stream id).
 HELD = []
@@ -84,6 +84,9 @@ class Conn:
             self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.StreamEnded):
             self.respond(event.stream_id)
+        elif isinstance(event, h2.events.PingReceived):
+            with LOCK:
+                STATS["pings"] += 1
         elif isinstance(event, h2.events.StreamReset):
             self.requests.pop(event.stream_id, None)
             self.pending.pop(event.stream_id, None)

@@ -287,6 +287,26 @@ fn health_checks_and_failover_with_http2_targets() {
 }
 
 #[test]
+fn idle_connections_are_pinged() {
+    let server = PyServer::start("h2_server.py", &[]);
+    let z = Zentinel::start(&config(
+        free_port(),
+        &[server.target()],
+        "http-version \"2\" { h2-ping-interval 1; }",
+    ));
+    let r = get(&z, "/hello");
+    assert_eq!(body_of(&r), "h2 backend path=/hello\n", "{r}");
+    // Answered PINGs keep coming on the idle connection, and it stays the only one.
+    assert!(
+        wait_until(Duration::from_secs(15), || stats(&z)["pings"].as_u64()
+            >= Some(3)),
+        "no PINGs: {}",
+        stats(&z)
+    );
+    assert_eq!(stats(&z)["connections"], 1, "{}", stats(&z));
+}
+
+#[test]
 fn requests_are_mirrored_to_an_http2_upstream() {
     let mirror = PyServer::start("h2_server.py", &[]);
     let primary = Backend::start("primary");

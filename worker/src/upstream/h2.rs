@@ -261,7 +261,7 @@ impl Upstreams {
             return;
         };
         let out = c.on_ready(r, now);
-        self.after_h2_run(key, out, now, registry, timers);
+        self.after_h2_run(key, out, registry, timers);
     }
 
     /// A stream's pipe moved (see `wakeups`).
@@ -276,7 +276,7 @@ impl Upstreams {
             return;
         };
         let out = c.run(now);
-        self.after_h2_run(key, out, now, registry, timers);
+        self.after_h2_run(key, out, registry, timers);
     }
 
     /// The connection's timer: the idle timeout, or the PING schedule.
@@ -308,7 +308,7 @@ impl Upstreams {
             return;
         }
         let out = c.on_ping_timer(now);
-        self.after_h2_run(key, out, now, registry, timers);
+        self.after_h2_run(key, out, registry, timers);
     }
 
     fn h2_idle_timeout(&self, key: usize) -> Duration {
@@ -326,7 +326,6 @@ impl Upstreams {
         &mut self,
         key: usize,
         out: UpRun,
-        now: Instant,
         registry: &Registry,
         timers: &mut Timers<TimerKey>,
     ) {
@@ -348,10 +347,7 @@ impl Upstreams {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if want.is_some_and(|at| at <= now) {
-            // Due already (a run that ended idle for long, or a late PING): next turn.
-            wakeups::wake(Wake::H2Upstream(key));
-        }
+        // A deadline already past fires at the next turn of the loop.
         timers.set(&mut c.timer, want, TimerKey::H2Upstream(key));
     }
 
