@@ -13,8 +13,6 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use zentinel_protocol::config::UpstreamHttpVersion;
-
 use super::connections::{close_sock, open, Alpn};
 use super::*;
 use crate::http2::{H2Upstream, UpRun, UpstreamSide};
@@ -31,16 +29,7 @@ pub(super) struct H2Stream {
 impl Upstreams {
     /// Whether exchanges to `target` of `pool` go to HTTP/2 streams.
     pub(super) fn speaks_h2(&self, pool: usize, target: usize) -> bool {
-        let Some(p) = self.pools.get(pool) else {
-            return false;
-        };
-        match p.config.http.version {
-            UpstreamHttpVersion::Http1 => false,
-            UpstreamHttpVersion::Http2 => true,
-            UpstreamHttpVersion::Auto => {
-                p.tls.is_some() && p.targets.get(target).is_some_and(|t| t.alpn_h2)
-            }
-        }
+        self.pools.get(pool).is_some_and(|p| p.speaks_h2(target))
     }
 
     /// [`Upstreams::checkout`] for a target spoken to over HTTP/2: a stream, on a new

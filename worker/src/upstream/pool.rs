@@ -258,11 +258,29 @@ impl Pool {
             .map(|s| Duration::from_secs(s.max(1)))
     }
 
-    /// Target `i` is at the pool's per-target connection cap.
+    /// Target `i` is at the pool's per-target connection cap. Over HTTP/2 the cap counts
+    /// connections, each carrying up to `max-h2-streams` exchanges.
     fn at_cap(&self, i: usize) -> bool {
+        let per_connection = if self.speaks_h2(i) {
+            self.config.http.max_h2_streams.max(1)
+        } else {
+            1
+        };
         self.pool
             .max_connections
-            .is_some_and(|max| self.targets[i].active >= max)
+            .is_some_and(|max| self.targets[i].active >= max.saturating_mul(per_connection))
+    }
+
+    /// Whether exchanges to target `i` go to HTTP/2 streams: `http-version "2"`, or `"auto"`
+    /// over TLS once the target chose `h2` by ALPN.
+    pub(super) fn speaks_h2(&self, i: usize) -> bool {
+        match self.config.http.version {
+            UpstreamHttpVersion::Http1 => false,
+            UpstreamHttpVersion::Http2 => true,
+            UpstreamHttpVersion::Auto => {
+                self.tls.is_some() && self.targets.get(i).is_some_and(|t| t.alpn_h2)
+            }
+        }
     }
 
     /// The `Set-Cookie` value that pins a client to `target`, when this pool is sticky and
