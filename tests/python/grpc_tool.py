@@ -7,7 +7,8 @@ Generic handlers on raw bytes (no protobuf code generation): the `test.Echo` ser
                                                  prints one JSON object with what it saw
 
 Cases: unary TEXT | server-stream N | client-stream N | bidi N | fail | deadline MS |
-gated-stream N K (prints "STARTED" after K messages, then reads the rest).
+gated-stream N K (prints "STARTED" after K messages, then reads the rest) |
+quiet-client N (sends one message, then nothing while N replies come 100 ms apart).
 """
 
 import json
@@ -78,6 +79,19 @@ def bidi(request_iterator, context):
         yield b"echo:" + m
 
 
+def chatter(request_iterator, context):
+    """N replies 100 ms apart to the first message, while the client sends nothing more: a
+    long-lived stream whose request side is quiet."""
+    note_peer(context)
+    first = next(request_iterator)
+    pause = threading.Event()
+    for i in range(int(first)):
+        pause.wait(timeout=0.1)
+        yield message(i)
+    for _ in request_iterator:
+        pass
+
+
 def fail(request, context):
     context.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + request.decode())
 
@@ -99,6 +113,7 @@ def serve(args):
         "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
         "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+        "Chatter": grpc.stream_stream_rpc_method_handler(chatter),
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
         "Slow": grpc.unary_unary_rpc_method_handler(slow),
     }
@@ -184,6 +199,20 @@ def call(args):
                     raise SystemExit("echo %d is %r" % (i, m[:20]))
                 got += 1
                 sent.release()
+            out["count"] = got
+        elif case == "quiet-client":
+            n = int(rest[0])
+            done = threading.Event()
+            def requests():
+                yield rest[0].encode()
+                done.wait(timeout=120)
+            got = 0
+            for i, m in enumerate(channel.stream_stream(method("Chatter"))(requests(), timeout=120)):
+                if m != message(i):
+                    raise SystemExit("reply %d is %r" % (i, m[:20]))
+                got += 1
+                if got == n:
+                    done.set()
             out["count"] = got
         elif case == "fail":
             try:

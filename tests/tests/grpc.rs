@@ -21,6 +21,10 @@ use zentinel_tests::*;
 const CALL_DEADLINE: Duration = Duration::from_secs(120);
 
 fn config(port: u16, workers: u32, target: &str, drain_secs: u32) -> String {
+    config_with(port, workers, target, drain_secs, "")
+}
+
+fn config_with(port: u16, workers: u32, target: &str, drain_secs: u32, listener: &str) -> String {
     format!(
         r#"system {{
     worker-processes {workers}
@@ -30,6 +34,7 @@ listeners {{
     listener "grpc" {{
         address "127.0.0.1:{port}"
         protocol "h2"
+        {listener}
     }}
 }}
 routes {{
@@ -108,6 +113,26 @@ fn client_and_bidirectional_streaming() {
     assert_eq!(r["reply"], "count=2000 bytes=218000", "{r}");
     let r = s.call(&["bidi", "500"]);
     assert_eq!(r["count"], 500, "every message echoed in lock-step: {r}");
+}
+
+#[test]
+fn a_quiet_request_side_is_not_cut_while_the_response_flows() {
+    // The listener's request timeout (1 s) bounds how long a request body may be waited for;
+    // here the client sends one message and nothing more for 3 s while the server answers.
+    let server = PyServer::start("grpc_tool.py", &["serve"]);
+    let z = Zentinel::start(&config_with(
+        free_port(),
+        1,
+        &server.target(),
+        60,
+        "request-timeout-secs 1",
+    ));
+    let r = grpc_call(
+        &z.addr().to_string(),
+        &["quiet-client", "30"],
+        CALL_DEADLINE,
+    );
+    assert_eq!(r["count"], 30, "{r}\n{}", z.log());
 }
 
 #[test]
