@@ -79,6 +79,7 @@ mod tests {
                 }],
                 lifetime_s: 43_200,
             },
+            session_cache: None,
         }
     }
 

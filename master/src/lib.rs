@@ -14,8 +14,13 @@
 //!   the upgrade up.
 //! - [`systemd`]: socket activation (`LISTEN_FDS`) and `sd_notify`, without libsystemd.
 //! - [`ownership`]: tentative, then confirmed ownership of what a successor master adopts.
+//! - [`draining_generations`]: `max-draining-generations`, which retired generations are
+//!   asked to finish their drain now.
+//! - [`drain_deadline`]: a retired worker's drain deadline across master hand-overs.
 //! - [`backoff`]: restart delays.
 //! - [`ticket_keys`]: the TLS session-ticket keys every worker shares, and their rotation.
+//! - [`ocsp_fetch`]: OCSP responses fetched from each certificate's responder, for stapling.
+//! - [`session_cache`]: the TLS session cache every worker shares (a memfd the master makes).
 //! - [`request_ids`]: ids for requests to workers, unique across masters, and the matching of
 //!   answers to them.
 //! - [`gatherer`]: one round of questions to several workers, gathered by request id.
@@ -33,16 +38,19 @@ pub mod config;
 pub mod control;
 pub mod control_socket_path;
 pub mod drain_deadline;
+pub mod draining_generations;
 pub mod error_log_file;
 pub mod gatherer;
 pub mod handover_state_file;
 pub mod listeners;
 pub mod logging;
 pub mod metrics;
+pub mod ocsp_fetch;
 pub mod ownership;
 pub mod pid_file;
 pub mod preflight;
 pub mod request_ids;
+pub mod session_cache;
 pub mod supervisor;
 #[allow(unsafe_code)]
 mod sys;

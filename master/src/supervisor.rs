@@ -24,8 +24,10 @@
 //! worker and slot; [`channel`] worker channel I/O and messages; [`lifecycle`] spawn, retire,
 //! reap; [`stop`]; [`signals`]; [`deadlines`]; [`notify`] (systemd, pid file); the control
 //! commands [`control`] (status, restart, stop), [`reload`], [`answers`] (request ids);
+//! [`draining`] (`max-draining-generations`, the drain status);
 //! [`metrics`]; [`tickets`] (the TLS session-ticket keys: rotation, and what workers and a
-//! successor get); and the upgrade's adapters, each carrying out one state machine of
+//! successor get, the shared TLS session cache included); [`ocsp`] (fetched OCSP responses
+//! refreshed); and the upgrade's adapters, each carrying out one state machine of
 //! `crate::upgrade`: [`handover`] (old master), [`adoption`] and [`takeover`] (new master),
 //! [`rolling`] (rolling replacement and canary), with [`upgrade`] their shared parts.
 
@@ -55,11 +57,14 @@ use zentinel_protocol::{Channel, ProtocolError};
 
 use crate::backoff::Backoff;
 use crate::control::{ControlServer, ControlSocket};
+use crate::draining_generations::DrainingGenerations;
 use crate::gatherer::Gatherer;
 use crate::listeners::BoundListener;
 use crate::metrics::MetricsServer;
+use crate::ocsp_fetch::Stapler;
 use crate::ownership::Ownership;
 use crate::request_ids::{Outstanding, RequestIds};
+use crate::session_cache::SessionCache;
 use crate::systemd;
 use crate::ticket_keys::TicketKeyRotation;
 use crate::upgrade::rolling::RollingEvent;
@@ -93,10 +98,12 @@ mod answers;
 mod channel;
 mod control;
 mod deadlines;
+mod draining;
 mod handover;
 mod lifecycle;
 mod metrics;
 mod notify;
+mod ocsp;
 mod reload;
 mod rolling;
 mod signals;
@@ -194,6 +201,11 @@ pub struct SupervisorSetup {
     /// The TLS session-ticket keys: fresh at a fresh start, the predecessor's after an
     /// upgrade (when it handed them on).
     pub ticket_keys: TicketKeyRotation,
+    /// The OCSP responses fetched for `config` so far, and when each is fetched again.
+    pub ocsp: Stapler,
+    /// The TLS session cache every worker shares: made before any worker starts when a TLS
+    /// listener resumes sessions, the predecessor's after an upgrade (when it handed it on).
+    pub session_cache: Option<SessionCache>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,6 +287,13 @@ pub struct Supervisor {
     exit_flush_until: Option<Instant>,
     /// The TLS session-ticket keys every worker gets, and when they rotate next.
     ticket_keys: TicketKeyRotation,
+    /// The fetched OCSP responses, and when each is fetched again.
+    ocsp: Stapler,
+    /// The TLS session cache every worker gets (kept for this master's life once made).
+    session_cache: Option<SessionCache>,
+    /// Which retired generations drain, and which were asked to finish now
+    /// (`max-draining-generations`).
+    draining: DrainingGenerations<Token>,
     /// A successor master's readiness pipe until it confirms. Declared last: fields drop
     /// after `Drop::drop`, in order, so a failing successor closes it (the previous master
     /// takes that EOF for failure and kills it) only once everything else is dropped.
@@ -324,6 +343,7 @@ impl Supervisor {
                 .register(poll.registry(), token)
                 .map_err(SupervisorError::Setup)?;
         }
+        let draining = DrainingGenerations::new(setup.config.system.max_draining_generations);
         Ok(Supervisor {
             config: setup.config,
             config_name: setup.config_name,
@@ -361,6 +381,9 @@ impl Supervisor {
             master_metrics: setup.master_metrics,
             exit_flush_until: None,
             ticket_keys: setup.ticket_keys,
+            ocsp: setup.ocsp,
+            session_cache: setup.session_cache,
+            draining,
             ready_pipe: None,
         })
     }

@@ -5,6 +5,8 @@
 //! checked by the master before a worker receives it, but workers still treat a dangling name as
 //! an error rather than trusting it blindly.
 
+use std::time::Duration;
+
 use rkyv::{Archive, Deserialize, Serialize};
 
 mod listener;
@@ -48,7 +50,8 @@ pub struct SystemConfig {
     pub worker_processes: u32,
     /// Per worker.
     pub max_connections: u32,
-    /// Drain timeout for graceful stop and upgrade.
+    /// Drain timeout of a stop (`zentinel-ctl stop`, SIGTERM, SIGQUIT), and of an upgrade
+    /// unless `upgrade_drain_timeout_secs` is set.
     pub graceful_shutdown_timeout_secs: u64,
     /// `None` means the platform default (resolved by the master).
     pub control_socket: Option<String>,
@@ -62,6 +65,44 @@ pub struct SystemConfig {
     pub group: Option<String>,
     /// How a request's trace id is made when it brings none (`trace-id-format`).
     pub trace_id_format: TraceIdFormat,
+    /// `upgrade-drain-timeout-secs`: the drain timeout of a worker retired while the service
+    /// goes on (a rolling upgrade, `worker restart`, a reload that shrinks the pool). `None`:
+    /// `graceful_shutdown_timeout_secs`, as before the two were told apart.
+    pub upgrade_drain_timeout_secs: Option<u64>,
+    /// `close-spread-time-secs`, in milliseconds: the window over which a draining worker
+    /// closes its idle keep-alive connections and its tunnels, instead of all at once (0: all
+    /// at once). `None`: the worker's default for the drain it was given.
+    pub close_spread_time_ms: Option<u64>,
+    /// `max-draining-generations`: past this many generations of retired workers draining at
+    /// once, the master asks the oldest to finish now (its idle connections close at once; its
+    /// requests in flight keep their deadline).
+    pub max_draining_generations: u32,
+}
+
+impl SystemConfig {
+    /// Default of [`SystemConfig::max_draining_generations`]. Three generations draining at
+    /// once is an upgrade, a fix-forward and a rollback in quick succession: each keeps its
+    /// whole drain. A fourth means upgrades come faster than drains end, and the oldest
+    /// worker's idle connections only hold its memory and descriptors.
+    pub const DEFAULT_MAX_DRAINING_GENERATIONS: u32 = 3;
+
+    /// How long a worker drains when the master stops.
+    pub fn stop_drain(&self) -> Duration {
+        Duration::from_secs(self.graceful_shutdown_timeout_secs)
+    }
+
+    /// How long a worker drains when it is retired while the service goes on.
+    pub fn upgrade_drain(&self) -> Duration {
+        Duration::from_secs(
+            self.upgrade_drain_timeout_secs
+                .unwrap_or(self.graceful_shutdown_timeout_secs),
+        )
+    }
+
+    /// The configured close-spread window, if any (see [`SystemConfig::close_spread_time_ms`]).
+    pub fn close_spread(&self) -> Option<Duration> {
+        self.close_spread_time_ms.map(Duration::from_millis)
+    }
 }
 
 /// `system { trace-id-format }`: upstream Zentinel's two formats.
@@ -86,6 +127,9 @@ impl Default for SystemConfig {
             user: None,
             group: None,
             trace_id_format: TraceIdFormat::TinyFlake,
+            upgrade_drain_timeout_secs: None,
+            close_spread_time_ms: None,
+            max_draining_generations: SystemConfig::DEFAULT_MAX_DRAINING_GENERATIONS,
         }
     }
 }

@@ -73,13 +73,14 @@ pub enum ControlRequest {
     /// Replace the master by `binary` (absolute; `None`: the path the master was started
     /// from), handing over listeners, workers and this connection; with `rolling`, then replace
     /// the workers one at a time from the new binary. The timeouts override the defaults
-    /// (`graceful-shutdown-timeout-secs`, 10 s).
+    /// (`upgrade-drain-timeout-secs`, else `graceful-shutdown-timeout-secs`; 10 s).
     Upgrade {
         /// The path of the new binary; `None`: the path the master was started from.
         binary: Option<String>,
         /// Then replace the workers one at a time from the new binary.
         rolling: bool,
-        /// How long each replaced worker may drain; `None`: `graceful-shutdown-timeout-secs`.
+        /// How long each replaced worker may drain; `None`: `upgrade-drain-timeout-secs`, else
+        /// `graceful-shutdown-timeout-secs`.
         drain_timeout_ms: Option<u64>,
         /// How long the new master and each new worker may take to be ready; `None`: 10 s.
         ready_timeout_ms: Option<u64>,
@@ -94,6 +95,12 @@ pub enum ControlRequest {
     /// against, since it is what the new master will parse. Added after control protocol 2
     /// without changing the archived size; older masters refuse it.
     RunningConfig,
+    /// The draining workers' generations, open connections and remaining drain time
+    /// (answered with [`ControlResponse::DrainStatus`] from what the master knows, without
+    /// asking the workers). `zentinel-ctl status` sends it after `Status`, on the same
+    /// connection. Added after control protocol 2 without changing the archived size; older
+    /// masters refuse it, and the status is then shown without it.
+    DrainStatus,
 }
 
 impl ControlRequest {
@@ -108,6 +115,7 @@ impl ControlRequest {
             ControlRequest::WorkerRestart { .. } => "WorkerRestart",
             ControlRequest::Upgrade { .. } | ControlRequest::UpgradeWith(_) => "Upgrade",
             ControlRequest::RunningConfig => "RunningConfig",
+            ControlRequest::DrainStatus => "DrainStatus",
         }
     }
 }
@@ -120,7 +128,8 @@ pub struct UpgradeRequest {
     pub binary: Option<String>,
     /// Then replace the workers one at a time from the new binary.
     pub rolling: bool,
-    /// How long each replaced worker may drain; `None`: `graceful-shutdown-timeout-secs`.
+    /// How long each replaced worker may drain; `None`: `upgrade-drain-timeout-secs`, else
+    /// `graceful-shutdown-timeout-secs`.
     pub drain_timeout_ms: Option<u64>,
     /// How long the new master and each new worker may take to be ready; `None`: 10 s.
     pub ready_timeout_ms: Option<u64>,
@@ -315,6 +324,39 @@ pub enum ControlResponse {
     },
     /// The answer to [`ControlRequest::RunningConfig`] (boxed: the archived size stays).
     RunningConfig(Box<crate::config_source::ConfigSource>),
+    /// The answer to [`ControlRequest::DrainStatus`] (boxed: the archived size stays).
+    DrainStatus(Box<DrainStatusReport>),
+}
+
+/// The workers draining now, oldest generation first.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DrainStatusReport {
+    /// `max-draining-generations` of the running configuration.
+    pub max_draining_generations: u32,
+    /// One entry per draining worker (retired, or draining because the master stops).
+    pub workers: Vec<DrainingWorker>,
+}
+
+/// One draining worker.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DrainingWorker {
+    /// Its process id.
+    pub pid: u32,
+    /// Its worker id (slot).
+    pub id: u32,
+    /// The master generation that started it.
+    pub generation: u64,
+    /// Client connections it still had at its last report (a `Status` just before refreshes
+    /// it).
+    pub connections: u64,
+    /// Milliseconds until its drain deadline (0 once passed); `None` if the master knows of
+    /// none.
+    pub drain_remaining_ms: Option<u64>,
+    /// Asked to finish now (`max-draining-generations`): its idle connections were closed at
+    /// once.
+    pub finishing: bool,
 }
 
 impl ControlResponse {
@@ -331,6 +373,7 @@ impl ControlResponse {
             ControlResponse::Done { .. } => "Done",
             ControlResponse::Failed { .. } => "Failed",
             ControlResponse::RunningConfig(_) => "RunningConfig",
+            ControlResponse::DrainStatus(_) => "DrainStatus",
         }
     }
 }

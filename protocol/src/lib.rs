@@ -7,6 +7,7 @@
 //! - [`fd_passing`]: SCM_RIGHTS send/receive of file descriptor batches.
 //! - [`channel`]: a framed, fd-carrying, non-blocking-capable channel over a Unix stream socket.
 //! - [`ticket_keys`]: TLS session-ticket keys the master shares with every worker.
+//! - [`session_cache`]: the layout of the TLS session cache every worker shares (a memfd).
 //!
 //! This crate depends on none of Zentinel's other crates. Its raw libc calls are in one
 //! private module, `sys`; everywhere else `unsafe` is refused.
@@ -30,6 +31,7 @@ pub mod error;
 pub mod fd_passing;
 pub mod frame;
 pub mod messages;
+pub mod session_cache;
 pub mod state;
 #[allow(unsafe_code)]
 mod sys;

@@ -14,15 +14,30 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::config::ProxyConfig;
+use crate::session_cache::SessionCacheHandle;
 use crate::ticket_keys::TicketKeys;
 
-/// Bumped whenever a message layout changes incompatibly.
+/// Bumped whenever a message layout changes incompatibly, or a message is added that an
+/// older worker cannot read.
+///
+/// 5: [`MasterMessage::FinishDrain`] (appended, no payload: the archived size and every
+/// earlier tag are protocol 4's). The master asks the oldest of too many draining generations
+/// to close its idle connections at once (`max-draining-generations`). A worker of protocol 4
+/// reads every other message of protocol 5 byte for byte as its own, so an adopted one is sent
+/// them unchanged; it is never sent `FinishDrain` (it would refuse the tag), and keeps its
+/// idle connections until its own drain deadline. The close-spread window travels in the
+/// configuration (`SystemConfig::close_spread_time_ms`), behind `WorkerStart`'s pointer.
 ///
 /// 4: `WorkerStart` carries the TLS session-ticket keys (boxed, so the archived message keeps
 /// its size), and [`MasterMessage::TicketKeys`] (appended) carries the keys after each
 /// rotation: every worker of every generation seals and opens tickets with the master's keys
 /// (`docs/design/session-tickets.md`). A worker of protocol 3 or older is never sent them: it
 /// keeps its own per-process sessions until it is replaced.
+///
+/// Also 4: `WorkerStart::session_cache`, the TLS session cache every worker shares (a memfd
+/// riding after the listener fds; `docs/design/session-cache.md`), so that a client resuming by
+/// session id (no ticket) resumes on any worker. Boxed and optional: the archived message keeps
+/// its size.
 ///
 /// Also 4: every request that expects an answer carries a request id, which the answer echoes
 /// (`StatusRequest` -> `Status`, `Reconfigure` -> `Reconfigured`/`ReconfigureFailed`). Two
@@ -47,7 +62,10 @@ use crate::ticket_keys::TicketKeys;
 /// `StatusRequest` (all an adopted worker gets from a new master: adoption sends no Hello) are
 /// byte-for-byte what version 1 sent; the Hello check only refuses a version 1 binary started
 /// by a version 2 master (a rollback), which could not read its `Start` anyway.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
+
+/// The first protocol whose workers read [`MasterMessage::FinishDrain`].
+pub const FIRST_PROTOCOL_WITH_FINISH_DRAIN: u32 = 5;
 
 /// The request id no master ever draws: what an answer read from a worker of protocol 3 or
 /// older (whose answers carry no id) is given, to be matched to its request by order.
@@ -55,6 +73,7 @@ pub const NO_REQUEST_ID: u64 = 0;
 
 pub mod v2;
 pub mod v3;
+pub mod v4;
 
 /// The first message each way on a channel (and on a control connection): who speaks, and which
 /// protocol.
@@ -87,6 +106,13 @@ pub struct ListenerHandle {
 pub struct WorkerStart {
     /// The worker's id (slot), kept by its successors.
     pub worker_id: u32,
+    /// The TLS session cache every worker shares (`crate::session_cache`), when the master
+    /// has one: its memfd is the frame's last fd, after the listeners'. A worker that has
+    /// mapped one already keeps it and closes the fd of a later `Reconfigure`. Niched (a null
+    /// pointer for `None`) and placed in the padding after `worker_id`: the archived message
+    /// keeps its size.
+    #[rkyv(with = rkyv::with::Niche)]
+    pub session_cache: Option<Box<SessionCacheHandle>>,
     /// The master generation that starts it.
     pub generation: u64,
     /// Boxed: the message keeps one archived size whatever the configuration model holds.
@@ -134,6 +160,11 @@ pub enum MasterMessage {
     /// tickets with any of them. Sent to every worker of protocol 4 or later once its `Start`
     /// is out.
     TicketKeys(TicketKeys),
+    /// To a draining worker: close the idle keep-alive connections now (half-closed, as at
+    /// the drain deadline), without spreading them; requests in flight and tunnels keep the
+    /// drain deadline. Ignored by a worker that is not draining. Sent only to workers of
+    /// [`FIRST_PROTOCOL_WITH_FINISH_DRAIN`] or later.
+    FinishDrain,
 }
 
 /// A worker's counters. All are totals since the worker started, except `active_connections`.
@@ -220,6 +251,7 @@ impl MasterMessage {
             MasterMessage::StatusRequest { .. } => "StatusRequest",
             MasterMessage::Reconfigure { .. } => "Reconfigure",
             MasterMessage::TicketKeys(_) => "TicketKeys",
+            MasterMessage::FinishDrain => "FinishDrain",
         }
     }
 }
@@ -235,6 +267,7 @@ impl ArchivedMasterMessage {
             ArchivedMasterMessage::StatusRequest { .. } => "StatusRequest",
             ArchivedMasterMessage::Reconfigure { .. } => "Reconfigure",
             ArchivedMasterMessage::TicketKeys(_) => "TicketKeys",
+            ArchivedMasterMessage::FinishDrain => "FinishDrain",
         }
     }
 }

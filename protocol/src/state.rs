@@ -45,11 +45,13 @@
 //! [`encode_state`] writes format 4 when no worker carries a drain deadline (the usual case:
 //! no retired worker is draining) and no TLS session-ticket keys travel, byte for byte what the
 //! previous release writes, so that release can still take over from this one (a rollback is
-//! an upgrade too); format 5 when a deadline must travel; format 6 when ticket keys do.
-//! [`written_format`] says which. The keys are the one fact a master may leave out: without
-//! them the new master makes fresh keys and clients pay one full handshake, so the master
-//! hands them on only to a binary that says it reads format 6 (and only when a TLS listener
-//! resumes sessions); see `docs/design/session-tickets.md`.
+//! an upgrade too); format 5 when a deadline must travel; format 6 when ticket keys do; format
+//! 7 when the shared TLS session cache does. [`written_format`] says which. The keys and the
+//! cache are the facts a master may leave out: without them the new master makes fresh keys
+//! (or a fresh, empty cache) and clients pay one full handshake, so the master hands them on
+//! only to a binary that says it reads the format that holds them (and only when a TLS
+//! listener resumes sessions); see `docs/design/session-tickets.md` and
+//! `docs/design/session-cache.md`.
 //!
 //! History: version 1 (frozen in [`v1`]); version 2 added `UpstreamConfig::health_check`,
 //! `UpstreamConfig::passive_health`, `ListenerConfig::access_log`, the metrics listener and the
@@ -58,8 +60,12 @@
 //! in [`v4`]); version 5 added `WorkerRecord::drain_deadline_monotonic_ms`, so that a worker
 //! retired with its own drain timeout keeps it across later hand-overs (frozen in [`v5`]);
 //! version 6 added `ticket_keys`, the TLS session-ticket keys, so that a client's session
-//! resumes on the new binary's workers. The keys are secrets: the file is 0600, the new master
-//! removes it as soon as it has read it, and every buffer that held its bytes is zeroed.
+//! resumes on the new binary's workers (frozen in [`v6`]). The keys are secrets: the file is
+//! 0600, the new master removes it as soon as it has read it, and every buffer that held its
+//! bytes is zeroed. Version 7 added `session_cache`, the shared TLS session cache's memfd
+//! (inherited across the exec like the listeners) and size, so that a client resuming by
+//! session id resumes on the new binary's workers. The sessions themselves never enter the
+//! file: they stay in the memfd, which is never written to a file.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -76,12 +82,14 @@ pub mod v3;
 pub mod v3_config;
 pub mod v4;
 pub mod v5;
+pub mod v6;
 pub use inherited_fds::InheritedFd;
 pub use v1::MasterStateV1;
 pub use v2::MasterStateV2;
 pub use v3::MasterStateV3;
 pub use v4::MasterStateV4;
 pub use v5::MasterStateV5;
+pub use v6::MasterStateV6;
 
 mod encoding;
 mod file;
@@ -95,7 +103,7 @@ pub const STATE_MAGIC: [u8; 8] = *b"ZNTLSTAT";
 /// The newest format this build writes (and reads). Bump it, and add a frozen
 /// `MasterStateV{N}` plus a conversion, whenever the runtime facts change; a change of the
 /// configuration model never needs it.
-pub const STATE_FORMAT_VERSION: u32 = 6;
+pub const STATE_FORMAT_VERSION: u32 = 7;
 
 /// The format a state without drain deadlines (and without ticket keys) is written in
 /// ([`v4`]): the previous release's.
@@ -104,8 +112,12 @@ pub const NO_DRAIN_DEADLINE_STATE_FORMAT: u32 = 4;
 /// The format a state with drain deadlines but without ticket keys is written in ([`v5`]).
 pub const DRAIN_DEADLINE_STATE_FORMAT: u32 = 5;
 
-/// The format a state with TLS session-ticket keys is written in (the latest).
+/// The format a state with TLS session-ticket keys but without the session cache is written in
+/// ([`v6`]).
 pub const TICKET_KEYS_STATE_FORMAT: u32 = 6;
+
+/// The format a state with the shared TLS session cache is written in (the latest).
+pub const SESSION_CACHE_STATE_FORMAT: u32 = 7;
 
 /// A listening socket handed over, by the name of the listener it belongs to.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -215,11 +227,22 @@ pub struct MasterMetrics {
 /// Upper bounds (seconds) of the drain-duration histogram buckets.
 pub const DRAIN_BUCKETS_SECONDS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
-/// Format version 6 (the latest): runtime facts, the configuration's source text and the TLS
-/// session-ticket keys.
+/// The shared TLS session cache handed over: a memfd (`crate::session_cache`).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
-pub struct MasterStateV6 {
+pub struct SessionCacheFd {
+    /// The memfd's number, inherited across the exec.
+    pub fd: i32,
+    /// Its size; the new master checks the fd against it, and the layout in its header, before
+    /// adopting it.
+    pub segment_bytes: u64,
+}
+
+/// Format version 7 (the latest): runtime facts, the configuration's source text, the TLS
+/// session-ticket keys and the shared TLS session cache.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MasterStateV7 {
     /// The old master's pid (the new master reports readiness to it).
     pub previous_master_pid: u32,
     /// The generation the new master runs as (old + 1).
@@ -249,10 +272,14 @@ pub struct MasterStateV6 {
     /// The TLS session-ticket keys the workers use, for the new master and its workers to go
     /// on with (newest first). Empty: none handed on, the new master makes fresh ones.
     pub ticket_keys: TicketKeys,
+    /// The shared TLS session cache, for the new master and its workers to go on with (the
+    /// old workers keep using it until they exit). `None`: none handed on, the new master
+    /// makes a fresh, empty one when a TLS listener resumes sessions.
+    pub session_cache: Option<SessionCacheFd>,
 }
 
 /// The latest state, what the rest of the code uses.
-pub type MasterState = MasterStateV6;
+pub type MasterState = MasterStateV7;
 
 /// Why a state file cannot be written or read.
 #[derive(Debug, thiserror::Error)]

@@ -133,13 +133,35 @@ fn control_messages_keep_their_protocol_2_layout() {
     let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&request).unwrap();
     let back = rkyv::from_bytes::<ControlRequest, rkyv::rancor::Error>(&bytes).unwrap();
     assert_eq!(back, request);
+
+    // The drain status, added later: a new last tag each way, its answer behind a pointer.
+    let ask = rkyv::to_bytes::<rkyv::rancor::Error>(&ControlRequest::DrainStatus).unwrap();
+    assert_eq!(ask.len(), 56);
+    assert_eq!(ask[0], 8, "DrainStatus is the 9th request");
+    let answer = ControlResponse::DrainStatus(Box::new(DrainStatusReport {
+        max_draining_generations: 3,
+        workers: vec![DrainingWorker {
+            pid: 42,
+            id: 1,
+            generation: 7,
+            connections: 12,
+            drain_remaining_ms: Some(25_000),
+            finishing: true,
+        }],
+    }));
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&answer).unwrap();
+    let root = bytes.len() - size_of::<ArchivedControlResponse>();
+    assert_eq!(bytes[root], 10, "DrainStatus is the 11th response");
+    let back = rkyv::from_bytes::<ControlResponse, rkyv::rancor::Error>(&bytes).unwrap();
+    assert_eq!(back, answer);
 }
 
 /// Since protocol 3 the configuration travels behind a pointer (`Box<ProxyConfig>`), so the
 /// archived `MasterMessage` keeps one size however the configuration model grows: a worker of
 /// this protocol finds `Drain`, `Stop` and `StatusRequest` from any later master where it
 /// expects them. If this fails, a message layout changed: bump `PROTOCOL_VERSION` (and freeze
-/// this one as `messages::v3` freezes protocol 3).
+/// this one as `messages::v3` freezes protocol 3). Protocol 5 appended a variant without
+/// changing the size (see `protocol_5_appends_finish_drain_to_protocol_4s_layout`).
 #[test]
 fn master_messages_keep_their_protocol_4_size() {
     use std::mem::{align_of, size_of};
@@ -151,7 +173,38 @@ fn master_messages_keep_their_protocol_4_size() {
     assert_eq!(drain.len(), size);
     assert_eq!(size, 48, "archived MasterMessage size of protocol 4");
     assert_eq!(size_of::<ArchivedWorkerMessage>(), 120);
-    assert_eq!(PROTOCOL_VERSION, 4);
+    assert_eq!(PROTOCOL_VERSION, 5);
+}
+
+/// Protocol 5 appended `FinishDrain` as the last tag, without payload: an adopted protocol 4
+/// worker (which finds the root at `end - 48`) reads every earlier message byte for byte as
+/// the protocol 4 build encoded it, and is never sent the new one.
+#[test]
+fn protocol_5_appends_finish_drain_to_protocol_4s_layout() {
+    use zentinel_protocol::messages::v4::for_protocol_4;
+    let encoded = |message: &MasterMessage| encode(for_protocol_4(message).unwrap());
+    let mut drain = padded(&[2], 48);
+    drain[8..10].copy_from_slice(&1234u16.to_le_bytes());
+    assert_eq!(encoded(&MasterMessage::Drain { timeout_ms: 1234 }), drain);
+    assert_eq!(encoded(&MasterMessage::Stop), padded(&[3], 48));
+    let mut status = padded(&[4], 48);
+    status[8] = 99;
+    assert_eq!(
+        encoded(&MasterMessage::StatusRequest { request_id: 99 }),
+        status
+    );
+    let finish = encode(&MasterMessage::FinishDrain);
+    assert_eq!(finish, padded(&[7], 48), "FinishDrain is the 8th variant");
+    assert_eq!(
+        rkyv::from_bytes::<MasterMessage, rkyv::rancor::Error>(&finish).unwrap(),
+        MasterMessage::FinishDrain
+    );
+    let refused = for_protocol_4(&MasterMessage::FinishDrain).unwrap_err();
+    assert!(refused.to_string().contains("FinishDrain"), "{refused}");
+    use zentinel_protocol::messages::v2::MasterMessageV2;
+    use zentinel_protocol::messages::v3::MasterMessageV3;
+    assert!(MasterMessageV2::try_from(&MasterMessage::FinishDrain).is_err());
+    assert!(MasterMessageV3::try_from(&MasterMessage::FinishDrain).is_err());
 }
 
 /// The ticket keys travel in `Start` (behind a pointer, like the configuration: the size
@@ -199,6 +252,40 @@ fn ticket_keys_travel_in_start_and_in_their_own_message() {
             refused.as_ref().is_err_and(|e| e.contains("TicketKeys")),
             "protocol {protocol}: {refused:?}"
         );
+    }
+}
+
+/// The shared TLS session cache's handle travels in `Start` and `Reconfigure` (its memfd after
+/// the listener fds), niched into the padding after `worker_id`: with it or without it, the
+/// archived `WorkerStart` keeps its size and `Reconfigure` its 48 bytes.
+#[test]
+fn the_session_cache_handle_travels_in_start_without_growing_it() {
+    use proptest::strategy::ValueTree;
+    use zentinel_protocol::session_cache::SessionCacheHandle;
+    let config = common::proxy_config()
+        .new_tree(&mut proptest::test_runner::TestRunner::deterministic())
+        .unwrap()
+        .current();
+    let start = |cache: Option<u64>| WorkerStart {
+        worker_id: 3,
+        generation: 9,
+        config: Box::new(config.clone()),
+        listeners: vec![ListenerHandle {
+            name: "https".to_owned(),
+            address: "127.0.0.1:8443".to_owned(),
+        }],
+        ticket_keys: Box::default(),
+        session_cache: cache.map(|segment_bytes| Box::new(SessionCacheHandle { segment_bytes })),
+    };
+    assert_eq!(std::mem::size_of::<ArchivedWorkerStart>(), 32);
+    for cache in [None, Some(16 << 20)] {
+        let message = MasterMessage::Reconfigure {
+            request_id: 5,
+            start: start(cache),
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&message).unwrap();
+        let back = rkyv::from_bytes::<MasterMessage, rkyv::rancor::Error>(&bytes).unwrap();
+        assert_eq!(back, message, "{cache:?}");
     }
 }
 

@@ -382,9 +382,10 @@ fn generate_missing_fixtures() {
     // state as format 2 again, but the fixture must stay the version 2 encoder's own output.)
     // Likewise state-v3.bin. And state-v4.bin, written by the version 4 encoder (this build
     // writes a state without drain deadlines as format 4 again, but the fixture must stay that
-    // encoder's own output). Likewise state-v5.bin, written by the version 5 encoder.
+    // encoder's own output). Likewise state-v5.bin, written by the version 5 encoder, and
+    // state-v6.bin, written by the version 6 encoder.
     let fixtures: [(&str, Vec<u8>); 1] =
-        [("state-v6.bin", encode_state(&frozen_v6_state()).to_vec())];
+        [("state-v7.bin", encode_state(&frozen_v7_state()).to_vec())];
     fs::create_dir_all(FIXTURE_DIR).unwrap();
     for (name, bytes) in fixtures {
         let path = Path::new(FIXTURE_DIR).join(name);
@@ -599,7 +600,7 @@ fn expect_corrupt<T: std::fmt::Debug>(result: Result<T, StateError>, what: &str)
 
 #[test]
 fn realistic_state_round_trips() {
-    let state = frozen_v6_state();
+    let state = frozen_v7_state();
     let bytes = encode_state(&state);
     assert_eq!(&bytes[..8], &STATE_MAGIC);
     assert_eq!(&bytes[8..12], &STATE_FORMAT_VERSION.to_le_bytes());
@@ -612,7 +613,7 @@ fn realistic_state_round_trips() {
 
 #[test]
 fn minimal_state_round_trips() {
-    let mut state = frozen_v6_state();
+    let mut state = frozen_v7_state();
     state.listeners.clear();
     state.workers.clear();
     state.upgrade = None;
@@ -629,8 +630,8 @@ fn minimal_state_round_trips() {
 }
 // ---------------------------------------------------------------------------------------------
 // The format written: the oldest that holds the state. Format 4 (the previous release's) unless
-// a worker carries a drain deadline, which only formats 5 and 6 hold, or ticket keys travel,
-// which only format 6 holds.
+// a worker carries a drain deadline, which only formats 5 to 7 hold, or ticket keys travel,
+// which only formats 6 and 7 hold, or the session cache does, which only format 7 holds.
 // ---------------------------------------------------------------------------------------------
 
 fn written_version(bytes: &[u8]) -> u32 {
@@ -639,18 +640,23 @@ fn written_version(bytes: &[u8]) -> u32 {
 
 #[test]
 fn every_state_is_written_in_the_oldest_format_that_holds_it() {
-    assert_eq!(STATE_FORMAT_VERSION, 6);
+    assert_eq!(STATE_FORMAT_VERSION, 7);
     assert_eq!(NO_DRAIN_DEADLINE_STATE_FORMAT, 4);
     assert_eq!(DRAIN_DEADLINE_STATE_FORMAT, 5);
     assert_eq!(TICKET_KEYS_STATE_FORMAT, 6);
+    assert_eq!(SESSION_CACHE_STATE_FORMAT, 7);
     let mut no_upgrade = MasterState::from(frozen_v4_state());
     no_upgrade.upgrade = None;
     let mut one_deadline = MasterState::from(frozen_v4_state());
     one_deadline.workers[3].drain_deadline_monotonic_ms = Some(0);
     let mut keys_no_deadline = MasterState::from(frozen_v4_state());
     keys_no_deadline.ticket_keys = frozen_v6_state().ticket_keys;
-    let mut keys_left_out = frozen_v6_state();
+    let mut keys_left_out = MasterState::from(frozen_v6_state());
     keys_left_out.ticket_keys = TicketKeys::default();
+    let mut cache_left_out = frozen_v7_state();
+    cache_left_out.session_cache = None;
+    let mut cache_only = MasterState::from(frozen_v4_state());
+    cache_only.session_cache = frozen_v7_state().session_cache;
     // Not the default (a lifetime without keys): only format 6 holds it exactly.
     let mut lifetime_only = MasterState::from(frozen_v4_state());
     lifetime_only.ticket_keys.lifetime_s = 60;
@@ -673,7 +679,18 @@ fn every_state_is_written_in_the_oldest_format_that_holds_it() {
         ),
         ("one deadline", one_deadline, 5),
         ("ticket keys, no deadline", keys_no_deadline, 6),
-        ("ticket keys and a deadline", frozen_v6_state(), 6),
+        (
+            "ticket keys and a deadline",
+            MasterState::from(frozen_v6_state()),
+            6,
+        ),
+        (
+            "the session cache, keys and a deadline",
+            frozen_v7_state(),
+            7,
+        ),
+        ("the session cache left out", cache_left_out, 6),
+        ("the session cache alone", cache_only, 7),
         ("a deadline, the keys left out", keys_left_out, 5),
         ("no keys, a lifetime", lifetime_only, 6),
     ] {
@@ -875,8 +892,8 @@ fn frozen_v5_state_file_still_decodes() {
 
 /// The frozen version 6 value (with tests/fixtures/state-v6.bin): version 5's, with two TLS
 /// session-ticket keys (the sealing one and the one before it, 12 h apart). Never edit it.
-fn frozen_v6_state() -> MasterState {
-    let mut state = MasterState::from(frozen_v5_state());
+fn frozen_v6_state() -> MasterStateV6 {
+    let mut state = MasterStateV6::from(frozen_v5_state());
     state.generation = 9;
     state.ticket_keys = TicketKeys {
         keys: vec![
@@ -911,8 +928,48 @@ fn frozen_v6_state_file_still_decodes() {
     );
     let decoded = decode_state(FIXTURE, "tests/fixtures/state-v6.bin")
         .unwrap_or_else(|e| panic!("frozen version 6 state no longer decodes: {e}"));
-    let expected = frozen_v6_state();
+    let expected = MasterState::from(frozen_v6_state());
     assert_eq!(decoded.ticket_keys, expected.ticket_keys);
+    assert_eq!(
+        decoded.session_cache, None,
+        "format 6 carries no session cache"
+    );
+    assert_eq!(decoded, expected);
+    // Without a session cache this build writes it again byte for byte, so the release that
+    // reads up to format 6 can still take over.
+    assert_eq!(written_format(&expected), 6);
+    assert_eq!(encode_state(&expected).as_slice(), FIXTURE);
+}
+
+/// The frozen version 7 value (with tests/fixtures/state-v7.bin): version 6's, with the shared
+/// TLS session cache (a 16 MiB memfd, fd 14). Never edit it.
+fn frozen_v7_state() -> MasterState {
+    let mut state = MasterState::from(frozen_v6_state());
+    state.generation = 10;
+    state.session_cache = Some(SessionCacheFd {
+        fd: 14,
+        segment_bytes: 16 << 20,
+    });
+    state
+}
+
+/// Written once by the version 7 encoder; same contract as the version 1 fixture.
+#[test]
+fn frozen_v7_state_file_still_decodes() {
+    static FIXTURE: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/state-v7.bin"
+    ));
+    assert_eq!(&FIXTURE[..8], &STATE_MAGIC, "fixture magic");
+    assert_eq!(
+        &FIXTURE[8..12],
+        &7u32.to_le_bytes(),
+        "the v7 fixture must stay a version 7 file"
+    );
+    let decoded = decode_state(FIXTURE, "tests/fixtures/state-v7.bin")
+        .unwrap_or_else(|e| panic!("frozen version 7 state no longer decodes: {e}"));
+    let expected = frozen_v7_state();
+    assert_eq!(decoded.session_cache, expected.session_cache);
     assert_eq!(decoded, expected);
 }
 
@@ -920,7 +977,7 @@ fn frozen_v6_state_file_still_decodes() {
 /// their names, never a secret byte.
 #[test]
 fn a_state_shows_the_ticket_key_names_not_the_secrets() {
-    let shown = format!("{:?}", frozen_v6_state());
+    let shown = format!("{:?}", frozen_v7_state());
     assert!(shown.contains(&hex(b"ticket-key-new-1")), "{shown}");
     assert!(!shown.contains("0123456789abcdef"), "{shown}");
     assert!(!shown.contains("48, 49, 50"), "{shown}");
@@ -1051,7 +1108,12 @@ fn master_state() -> impl Strategy<Value = MasterState> {
             vec(worker_record(), 0..6),
             option::of(upgrade),
         ),
-        (option::of(metrics_listener), metrics, common::ticket_keys()),
+        (
+            option::of(metrics_listener),
+            metrics,
+            common::ticket_keys(),
+            option::of((any::<i32>(), any::<u64>())),
+        ),
     )
         .prop_map(
             |(
@@ -1059,7 +1121,7 @@ fn master_state() -> impl Strategy<Value = MasterState> {
                 (log_level, control_socket_path, control_socket_fd),
                 (previous_binary, previous_executable_fd),
                 (listeners, workers, upgrade),
-                (metrics_listener, metrics, ticket_keys),
+                (metrics_listener, metrics, ticket_keys, session_cache),
             )| MasterState {
                 previous_master_pid,
                 generation,
@@ -1075,6 +1137,8 @@ fn master_state() -> impl Strategy<Value = MasterState> {
                 metrics_listener,
                 metrics,
                 ticket_keys,
+                session_cache: session_cache
+                    .map(|(fd, segment_bytes)| SessionCacheFd { fd, segment_bytes }),
             },
         )
 }
@@ -1108,7 +1172,7 @@ proptest! {
     fn mutated_archive_with_fixed_checksum_never_panics(
         flips in vec((any::<prop::sample::Index>(), 1u8..=255), 1..8),
     ) {
-        let good = encode_state(&frozen_v6_state());
+        let good = encode_state(&frozen_v7_state());
         let mut payload = good[STATE_HEADER_LEN..].to_vec();
         for (index, mask) in flips {
             let i = index.index(payload.len());
@@ -1126,7 +1190,7 @@ proptest! {
 
 #[test]
 fn every_truncation_is_corrupt() {
-    let bytes = encode_state(&frozen_v6_state());
+    let bytes = encode_state(&frozen_v7_state());
     for len in 0..bytes.len() {
         let reason = expect_corrupt(
             decode_state(&bytes[..len], "state.bin"),
@@ -1140,7 +1204,7 @@ fn every_truncation_is_corrupt() {
 
 #[test]
 fn trailing_garbage_is_corrupt() {
-    let mut bytes = encode_state(&frozen_v6_state());
+    let mut bytes = encode_state(&frozen_v7_state());
     bytes.push(0);
     let reason = expect_corrupt(decode_state(&bytes, "state.bin"), "one extra byte");
     assert!(reason.contains("payload"), "{reason}");
@@ -1148,7 +1212,7 @@ fn trailing_garbage_is_corrupt() {
 
 #[test]
 fn flipped_bytes_are_detected() {
-    let good = encode_state(&frozen_v6_state());
+    let good = encode_state(&frozen_v7_state());
     for i in 0..good.len() {
         let mut bytes = good.clone();
         bytes[i] ^= 0xFF;
@@ -1189,7 +1253,7 @@ fn invalid_archive_behind_valid_checksum_is_corrupt() {
 
 #[test]
 fn wrong_magic_is_rejected() {
-    let mut bytes = encode_state(&frozen_v6_state());
+    let mut bytes = encode_state(&frozen_v7_state());
     bytes[..8].copy_from_slice(b"ZNTLSTAX");
     let err = decode_state(&bytes, "/run/zentinel/state.bin").unwrap_err();
     assert!(matches!(err, StateError::BadMagic { .. }), "{err:?}");
@@ -1255,7 +1319,7 @@ fn future_version_names_both_versions() {
 
 #[test]
 fn version_zero_is_unknown() {
-    let good = encode_state(&frozen_v6_state());
+    let good = encode_state(&frozen_v7_state());
     let err = decode_state(&framed(0, &good[STATE_HEADER_LEN..]), "state.bin").unwrap_err();
     assert!(
         matches!(err, StateError::UnknownVersion { found: 0, .. }),
@@ -1275,7 +1339,7 @@ fn version_zero_is_unknown() {
 fn write_then_read_file() {
     let dir = ScratchDir::new("rw");
     let path = dir.path("state.bin");
-    let state = frozen_v6_state();
+    let state = frozen_v7_state();
     write_state_file(&path, &state).unwrap();
 
     let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -1293,7 +1357,7 @@ fn write_replaces_an_existing_file() {
     fs::write(&path, b"an older, unrelated file").unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
 
-    let mut state = frozen_v6_state();
+    let mut state = frozen_v7_state();
     state.generation = 99;
     write_state_file(&path, &state).unwrap();
     assert_eq!(read_state_file(&path).unwrap(), state);
@@ -1311,7 +1375,7 @@ fn write_under_a_regular_file_fails_naming_the_path() {
     fs::write(&parent, b"x").unwrap();
     let path = parent.join("state.bin");
 
-    let err = write_state_file(&path, &frozen_v6_state()).unwrap_err();
+    let err = write_state_file(&path, &frozen_v7_state()).unwrap_err();
     match &err {
         StateError::Io { path: p, source } => {
             assert_eq!(p, &path.display().to_string());
@@ -1334,7 +1398,7 @@ fn failed_rename_leaves_no_temp_file() {
     fs::create_dir(&target).unwrap();
     fs::write(target.join("occupied"), b"x").unwrap();
 
-    let err = write_state_file(&target, &frozen_v6_state()).unwrap_err();
+    let err = write_state_file(&target, &frozen_v7_state()).unwrap_err();
     assert!(matches!(err, StateError::Io { .. }), "{err:?}");
     let message = err.to_string();
     assert!(message.contains(&target.display().to_string()), "{message}");
@@ -1345,7 +1409,7 @@ fn failed_rename_leaves_no_temp_file() {
 #[test]
 fn write_to_proc_fails_naming_the_path() {
     let path = Path::new("/proc/zentinel-no-such-dir/state.bin");
-    let err = write_state_file(path, &frozen_v6_state()).unwrap_err();
+    let err = write_state_file(path, &frozen_v7_state()).unwrap_err();
     assert!(matches!(err, StateError::Io { .. }), "{err:?}");
     assert!(
         err.to_string()
@@ -1389,7 +1453,7 @@ fn read_rejects_huge_file_without_reading_it() {
 fn read_corrupt_file_names_the_path() {
     let dir = ScratchDir::new("corrupt");
     let path = dir.path("state.bin");
-    let mut bytes = encode_state(&frozen_v6_state());
+    let mut bytes = encode_state(&frozen_v7_state());
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     fs::write(&path, &bytes).unwrap();
@@ -1461,14 +1525,18 @@ fn adopted_protocol_2_workers_get_their_own_layout() {
 
 #[test]
 fn distinct_fds_pass_and_every_handed_over_fd_is_listed() {
-    let state = frozen_v6_state();
+    let state = frozen_v7_state();
     let fds = state.inherited_fds();
     let expected = 2
         + state.listeners.len()
         + state.workers.len()
         + usize::from(state.upgrade.as_ref().and_then(|u| u.client_fd).is_some())
-        + usize::from(state.metrics_listener.is_some());
+        + usize::from(state.metrics_listener.is_some())
+        + usize::from(state.session_cache.is_some());
     assert_eq!(fds.len(), expected, "{fds:?}");
+    assert!(fds
+        .iter()
+        .any(|f| f.fd == 14 && f.what == "TLS session cache"));
     let ready = InheritedFd::new(999, "readiness pipe");
     state
         .check_inherited_fds("state.bin", std::slice::from_ref(&ready))
@@ -1477,7 +1545,7 @@ fn distinct_fds_pass_and_every_handed_over_fd_is_listed() {
 
 #[test]
 fn an_fd_named_twice_or_stdio_is_refused_naming_both_holders() {
-    let mut state = frozen_v6_state();
+    let mut state = frozen_v7_state();
     assert!(!state.workers.is_empty() && !state.listeners.is_empty());
     state.workers[0].channel_fd = state.listeners[0].fd;
     let reason = expect_corrupt(
@@ -1495,7 +1563,7 @@ fn an_fd_named_twice_or_stdio_is_refused_naming_both_holders() {
     );
 
     // The readiness pipe given on the command line counts too.
-    let state = frozen_v6_state();
+    let state = frozen_v7_state();
     let ready = InheritedFd::new(state.control_socket_fd, "readiness pipe");
     let reason = expect_corrupt(
         state.check_inherited_fds("state.bin", &[ready]),
@@ -1506,7 +1574,7 @@ fn an_fd_named_twice_or_stdio_is_refused_naming_both_holders() {
         "{reason}"
     );
 
-    let mut state = frozen_v6_state();
+    let mut state = frozen_v7_state();
     state.previous_executable_fd = 1;
     let reason = expect_corrupt(state.check_inherited_fds("state.bin", &[]), "fd 1");
     assert!(reason.contains("previous executable is fd 1"), "{reason}");

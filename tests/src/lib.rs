@@ -6,10 +6,12 @@
 
 pub mod backend_tls;
 pub mod configs;
+pub mod drain;
 pub mod failure;
 pub mod load;
 pub mod load_run;
 pub mod loadgen;
+pub mod ocsp_responder;
 pub mod response_head;
 
 pub use response_head::{parse_response_head, read_response_head};
@@ -1663,6 +1665,7 @@ pub fn parse_upload_answer(body: &str) -> (u64, String) {
 // ---------------------------------------------------------------------------------------------
 
 pub mod systemd;
+pub mod tls_sessions;
 pub mod tls_support;
 pub mod websocket;
 

@@ -52,12 +52,42 @@ impl Ca {
 
     /// A leaf for `names` written to `dir/stem.crt` and `dir/stem.key`; returns its DER.
     pub fn issue(&self, dir: &Path, stem: &str, names: &[&str]) -> CertificateDer<'static> {
+        self.issue_with(dir, stem, names, None)
+    }
+
+    /// Like [`Ca::issue`], naming `responder` as the leaf's OCSP responder (its Authority
+    /// Information Access), with this CA after the leaf in `stem.crt`: the issuer a responder
+    /// is asked about.
+    pub fn issue_with_responder(
+        &self,
+        dir: &Path,
+        stem: &str,
+        names: &[&str],
+        responder: &str,
+    ) -> CertificateDer<'static> {
+        self.issue_with(dir, stem, names, Some(responder))
+    }
+
+    fn issue_with(
+        &self,
+        dir: &Path,
+        stem: &str,
+        names: &[&str],
+        responder: Option<&str>,
+    ) -> CertificateDer<'static> {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let params = CertificateParams::new(names).unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        params
+            .custom_extensions
+            .extend(responder.map(crate::ocsp_responder::aia_extension));
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let mut chain = cert.pem();
+        if responder.is_some() {
+            chain.push_str(&self.cert.pem());
+        }
         // Written next to the final name, then renamed: a reload never reads half a file.
-        for (ext, text) in [("crt", cert.pem()), ("key", key.serialize_pem())] {
+        for (ext, text) in [("crt", chain), ("key", key.serialize_pem())] {
             let tmp = dir.join(format!(".{stem}.{ext}.tmp"));
             fs::write(&tmp, text).unwrap();
             fs::rename(&tmp, dir.join(format!("{stem}.{ext}"))).unwrap();
@@ -90,16 +120,7 @@ impl Ca {
                 .output()
         };
         let crt = format!("{stem}.crt");
-        let serial = openssl(&["x509", "-noout", "-serial", "-in", &crt]).ok()?;
-        assert!(serial.status.success(), "openssl x509 -serial: {serial:?}");
-        let serial = String::from_utf8_lossy(&serial.stdout);
-        let serial = serial.trim().trim_start_matches("serial=");
-        // The index of `openssl ca`: status, expiry, revocation date, serial, file, subject.
-        let entry = if revoked {
-            format!("R\t300101000000Z\t250101000000Z\t{serial}\tunknown\t/CN={stem}\n")
-        } else {
-            format!("V\t300101000000Z\t\t{serial}\tunknown\t/CN={stem}\n")
-        };
+        let entry = crate::ocsp_responder::index_entry(dir, stem, revoked)?;
         let index = format!(".{out}.index");
         let request = format!(".{out}.req");
         let tmp = format!(".{out}.tmp");
@@ -376,6 +397,17 @@ impl SClient {
             .map(str::to_owned)
     }
 
+    /// The stapled OCSP response as printed (between its `=====` lines, signature included:
+    /// two responses signed apart differ even within one second), if one was stapled.
+    pub fn staple(&self) -> Option<String> {
+        if !self.out.contains("OCSP Response Status: successful") {
+            return None;
+        }
+        let mut blocks = self.out.split("======================================");
+        blocks.next();
+        blocks.next().map(|block| block.trim().to_owned())
+    }
+
     /// Every session ticket printed (the TLS 1.2 one in the handshake's session, the TLS 1.3
     /// ones as they arrive): its lifetime hint in seconds and its first 16 bytes in hex (the
     /// name of the key that sealed it, with Zentinel's ticketer).
@@ -425,9 +457,20 @@ pub fn s_client(addr: SocketAddr, dir: &Path, args: &[&str]) -> SClient {
 
 /// [`s_client`] asking for `path`.
 pub fn s_client_get(addr: SocketAddr, dir: &Path, path: &str, args: &[&str]) -> SClient {
+    s_client_named(addr, dir, "a.test", path, args)
+}
+
+/// [`s_client`] as `server_name` (SNI and `Host`), asking for `path`.
+pub fn s_client_named(
+    addr: SocketAddr,
+    dir: &Path,
+    server_name: &str,
+    path: &str,
+    args: &[&str],
+) -> SClient {
     let mut child = Command::new("openssl")
         .arg("s_client")
-        .args(["-connect", &addr.to_string(), "-servername", "a.test"])
+        .args(["-connect", &addr.to_string(), "-servername", server_name])
         .arg("-CAfile")
         .arg(dir.join("ca.pem"))
         .arg("-ign_eof")
@@ -440,7 +483,8 @@ pub fn s_client_get(addr: SocketAddr, dir: &Path, path: &str, args: &[&str]) -> 
         .expect("openssl s_client");
     if let Some(mut stdin) = child.stdin.take() {
         // A refused handshake closes the pipe early: the write may fail, which is fine.
-        let request = format!("GET {path} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n");
         let _ = stdin.write_all(request.as_bytes());
     }
     let started = Instant::now();

@@ -5,15 +5,22 @@
 
 use std::fs;
 use std::process::Command;
+use std::time::Duration;
 
 use zentinel_tests::tls_support::Ca;
 use zentinel_tests::*;
 
 fn plain_config(port: u16, protocol: &str, backend: &Backend) -> String {
+    plain_config_with(port, protocol, backend, "")
+}
+
+/// `extra`: more top-level nodes.
+fn plain_config_with(port: u16, protocol: &str, backend: &Backend, extra: &str) -> String {
     format!(
         r#"system {{
     worker-processes 2
 }}
+{extra}
 listeners {{
     listener "main" {{
         address "127.0.0.1:{port}"
@@ -63,8 +70,14 @@ fn curl(args: &[&str]) -> (String, String) {
 #[test]
 fn prior_knowledge_h2c_and_http1_share_a_plain_listener() {
     let backend = Backend::start("h2c");
+    let dir = TempDir::new("h2c-access");
     for protocol in ["h2", "http"] {
-        let z = Zentinel::start(&plain_config(free_port(), protocol, &backend));
+        let log = dir.0.join(format!("{protocol}.log"));
+        let access = format!(
+            "observability {{ logging {{ access-log {{\n    file \"{}\"\n    format \"$protocol $status $path\"\n}} }} }}",
+            log.display()
+        );
+        let z = Zentinel::start(&plain_config_with(free_port(), protocol, &backend, &access));
         let url = format!("http://{}/hello?x=1", z.addr());
         let (body, tail) = curl(&["--http2-prior-knowledge", &url]);
         assert_eq!(tail, "200 2", "{protocol}: h2c answered over HTTP/2");
@@ -72,6 +85,13 @@ fn prior_knowledge_h2c_and_http1_share_a_plain_listener() {
         let (body, tail) = curl(&["--http1.1", &url]);
         assert_eq!(tail, "200 1.1", "{protocol}: HTTP/1.1 on the same listener");
         assert_eq!(body, "backend=h2c path=/hello\n");
+        let read = || fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            wait_until(Duration::from_secs(10), || read().lines().count() >= 2),
+            "access log: {}",
+            read()
+        );
+        assert_eq!(read(), "HTTP/2.0 200 /hello?x=1\nHTTP/1.1 200 /hello?x=1\n");
     }
 }
 

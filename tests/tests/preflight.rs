@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
 use zentinel_protocol::state::{
-    DRAIN_DEADLINE_STATE_FORMAT, NO_DRAIN_DEADLINE_STATE_FORMAT, STATE_FORMAT_VERSION,
-    TICKET_KEYS_STATE_FORMAT,
+    DRAIN_DEADLINE_STATE_FORMAT, NO_DRAIN_DEADLINE_STATE_FORMAT, SESSION_CACHE_STATE_FORMAT,
+    STATE_FORMAT_VERSION, TICKET_KEYS_STATE_FORMAT,
 };
 use zentinel_protocol::PROTOCOL_VERSION;
 use zentinel_tests::*;
@@ -150,14 +150,16 @@ fn version_json_matches_the_constants() {
     assert_eq!(v["state_format_version"], STATE_FORMAT_VERSION);
     // The oldest format that holds the state: format 4 (the previous release's) unless
     // retired workers drain, whose deadlines need format 5, or the TLS session-ticket keys
-    // travel (format 6, the latest, only to a binary that reads it).
+    // travel (format 6, only to a binary that reads it), or the shared TLS session cache too
+    // (format 7, the latest, likewise).
     assert_eq!(
         v["plain_upgrade_state_format"],
         NO_DRAIN_DEADLINE_STATE_FORMAT
     );
     assert_eq!(v["draining_state_format"], DRAIN_DEADLINE_STATE_FORMAT);
     assert_eq!(v["ticket_keys_state_format"], TICKET_KEYS_STATE_FORMAT);
-    assert_eq!(TICKET_KEYS_STATE_FORMAT, STATE_FORMAT_VERSION);
+    assert_eq!(v["session_cache_state_format"], SESSION_CACHE_STATE_FORMAT);
+    assert_eq!(SESSION_CACHE_STATE_FORMAT, STATE_FORMAT_VERSION);
     assert!(
         v["features"]
             .as_array()

@@ -542,6 +542,7 @@ fn state_naming_one_fd_twice_is_refused_before_any_fd_is_taken() {
         metrics_listener: None,
         metrics: MasterMetrics::default(),
         ticket_keys: Default::default(),
+        session_cache: None,
     };
     write_state_file(&state_path, &state).expect("write the state file");
     let (ready_read, ready_write) = nix::unistd::pipe().expect("pipe");

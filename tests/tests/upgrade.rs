@@ -5,18 +5,18 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use zentinel_protocol::state::STATE_MAGIC;
+use zentinel_tests::drain::SlowDownload;
 use zentinel_tests::load::{Load, LoadConfig};
 use zentinel_tests::*;
 
@@ -363,84 +363,6 @@ fn rolling_upgrade_under_load_three_times() {
     let report = load.stop();
     eprintln!("load: {report}");
     report.assert_clean(200, "load across three rolling upgrades");
-}
-
-/// A GET read at a throttled rate on its own thread: bytes read so far, and at the end
-/// (length, checksum, X-Body-Checksum) or the error.
-struct SlowDownload {
-    progress: Arc<AtomicU64>,
-    release: Arc<AtomicBool>,
-    handle: thread::JoinHandle<Result<(u64, u64, String), String>>,
-}
-
-impl SlowDownload {
-    /// Reads `GET /bytes/{size}` at `rate` bytes/s; stops reading past `hold_at` bytes until
-    /// released, so the transfer provably spans whatever happens before the release.
-    fn start(addr: SocketAddr, size: u64, rate: u64, hold_at: u64) -> SlowDownload {
-        let progress = Arc::new(AtomicU64::new(0));
-        let release = Arc::new(AtomicBool::new(false));
-        let (p, r) = (progress.clone(), release.clone());
-        let handle = thread::spawn(move || -> Result<(u64, u64, String), String> {
-            let mut s = TcpStream::connect_timeout(&addr, DEADLINE).map_err(|e| e.to_string())?;
-            s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-            s.write_all(format!("GET /bytes/{size} HTTP/1.1\r\nHost: dl\r\n\r\n").as_bytes())
-                .map_err(|e| format!("send: {e}"))?;
-            let mut buf = vec![0u8; 64 * 1024];
-            let (head, mut body_start) = read_response_head(&mut s)?;
-            if head.status != 200 {
-                return Err(format!("status {}", head.status));
-            }
-            let content_length = head.content_length().ok_or("no Content-Length")?;
-            let header_sum = head
-                .header("x-body-checksum")
-                .unwrap_or_default()
-                .to_owned();
-            let mut hash = Fnv64::new();
-            let mut got = 0u64;
-            let started = Instant::now();
-            loop {
-                if !body_start.is_empty() {
-                    hash.update(&body_start);
-                    got += body_start.len() as u64;
-                    body_start.clear();
-                }
-                p.store(got, Ordering::SeqCst);
-                if got >= content_length {
-                    break;
-                }
-                if !r.load(Ordering::SeqCst) {
-                    if got >= hold_at {
-                        thread::sleep(Duration::from_millis(20));
-                        continue;
-                    }
-                    // Throttle: never ahead of `rate`.
-                    let due = Duration::from_secs_f64(got as f64 / rate as f64);
-                    if let Some(wait) = due.checked_sub(started.elapsed()) {
-                        thread::sleep(wait.min(Duration::from_millis(100)));
-                        continue;
-                    }
-                }
-                let want = ((content_length - got) as usize).min(buf.len());
-                let n = s
-                    .read(&mut buf[..want])
-                    .map_err(|e| format!("body after {got} bytes: {e}"))?;
-                if n == 0 {
-                    return Err(format!("EOF after {got} of {content_length} body bytes"));
-                }
-                body_start.extend_from_slice(&buf[..n]);
-            }
-            Ok((got, hash.finish(), header_sum))
-        });
-        SlowDownload {
-            progress,
-            release,
-            handle,
-        }
-    }
-
-    fn progress(&self) -> u64 {
-        self.progress.load(Ordering::SeqCst)
-    }
 }
 
 /// Opens a WebSocket-style tunnel through the proxy to the backend's echo, proven by a round

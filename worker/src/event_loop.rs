@@ -10,7 +10,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::{Rc, Weak};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -25,14 +24,15 @@ use crate::accept::{Accepted, ListenerSet};
 use crate::client_limit::ClientConnections;
 use crate::counters::Counters;
 use crate::ctx::{Ctx, Outcome};
+use crate::drain_schedule::{self, DrainSchedule, SpreadKind};
 use crate::fd_budget::FdBudget;
-use crate::generation::{Candidate, Generation};
+use crate::generation::{Candidate, DrainSettings, Generation};
 use crate::http::session::{HttpSession, LINGER};
 use crate::http2::H2Conn;
 use crate::sock::Ready;
 use crate::tcp::TcpSession;
 use crate::timers::{TimerId, TimerKey, Timers};
-use crate::tls_tickets::SharedTicketer;
+use crate::tls_listener::Resumption;
 use crate::tokens::{self, Decoded, Side};
 use crate::upstream::{Owner, Resolver, Upstreams, RESOLVE_AT_START};
 
@@ -98,10 +98,10 @@ impl Shared {
 }
 
 struct DrainState {
-    deadline: Instant,
+    /// What to close when (`crate::drain_schedule`).
+    schedule: DrainSchedule,
+    /// Armed at the schedule's next wake-up.
     timer: Option<TimerId>,
-    /// Idle keep-alive connections were half-closed ahead of the deadline.
-    idle_closed: bool,
 }
 
 pub struct Worker {
@@ -124,7 +124,7 @@ pub struct Worker {
     max_connections: usize,
     /// Room the open-file limit leaves for sessions (see [`FdBudget`]).
     fd_budget: FdBudget,
-    graceful_timeout: Duration,
+    drain_settings: DrainSettings,
     accept_pending: bool,
     accept_backoff: Option<TimerId>,
     /// A listener could not be registered again after an accept (see `accept_loop`).
@@ -134,8 +134,9 @@ pub struct Worker {
     /// Next look-up of the upstream host names (only while some target has one).
     dns_timer: Option<TimerId>,
     /// The master's TLS session-ticket keys, shared by every TLS listener's `ServerConfig` of
-    /// every generation; replaced in place when the master rotates them.
-    ticketer: Arc<SharedTicketer>,
+    /// every generation (replaced in place when the master rotates them), and the session
+    /// cache every worker shares (mapped at most once).
+    resumption: Resumption,
 }
 
 /// What keeps a worker from accepting more connections.
@@ -151,13 +152,13 @@ enum Control {
 
 impl Worker {
     /// Register everything in a new `Poll` and install the `Start` configuration (validated
-    /// with `ticketer`). On failure the channel is handed back so the caller can still report
-    /// the error to the master.
+    /// with `resumption`). On failure the channel is handed back so the caller can still
+    /// report the error to the master.
     pub fn new(
         channel: Channel,
         worker_id: u32,
         start: Candidate,
-        ticketer: Arc<SharedTicketer>,
+        resumption: Resumption,
     ) -> Result<Self, Box<(io::Error, Channel)>> {
         let setup = || -> io::Result<Poll> {
             let poll = Poll::new()?;
@@ -176,7 +177,7 @@ impl Worker {
         };
         let mut timers = Timers::new();
         let mut upstreams = Upstreams::new();
-        let (generation, set, max_connections, graceful_timeout) =
+        let (generation, set, max_connections, drain_settings) =
             build_generation(start, &mut upstreams, &[], poll.registry(), &mut timers);
         // Not serving yet: the first requests should find the names resolved.
         if upstreams.has_names() {
@@ -214,7 +215,7 @@ impl Worker {
             },
             max_connections,
             fd_budget,
-            graceful_timeout,
+            drain_settings,
             // Connections may already be queued: try once right away.
             accept_pending: true,
             accept_backoff: None,
@@ -222,7 +223,7 @@ impl Worker {
             at_capacity_logged: false,
             drain: None,
             dns_timer: None,
-            ticketer,
+            resumption,
         })
         .map(|mut w| {
             w.arm_dns_refresh(Instant::now());
@@ -418,26 +419,10 @@ impl Worker {
                         continue;
                     }
                     d.timer = None;
-                    if now >= d.deadline {
-                        warn!(
-                            active = self.sessions.len(),
-                            "drain deadline reached: closing remaining connections"
-                        );
-                        self.close_all_sessions(now);
+                    let event = drain_schedule::Event::Tick { now };
+                    if let Control::Exit = self.drain_event(event, now) {
                         return Control::Exit;
                     }
-                    // Shortly before the deadline: half-close idle keep-alive connections so
-                    // a request racing with the close sees EOF, not a reset at exit.
-                    d.idle_closed = true;
-                    let deadline = d.deadline;
-                    let mut t = None;
-                    self.shared
-                        .timers
-                        .set(&mut t, Some(deadline), TimerKey::Drain);
-                    if let Some(d) = &mut self.drain {
-                        d.timer = t;
-                    }
-                    self.close_idle_sessions(now);
                 }
             }
         }

@@ -22,7 +22,7 @@ use zentinel_protocol::messages::WorkerStart;
 use crate::accept::{adopt_listener, Listener, ListenerSet};
 use crate::access_log::AccessLog;
 use crate::routing::Router;
-use crate::tls_tickets::SharedTicketer;
+use crate::tls_listener::Resumption;
 use crate::upstream::Pool;
 
 /// One listener of a generation, in the order of the listener set it was accepted from.
@@ -96,20 +96,30 @@ pub struct Candidate {
     pub limits: Limits,
     pub trace_id_format: TraceIdFormat,
     pub max_connections: usize,
-    pub graceful_timeout: Duration,
+    pub drain: DrainSettings,
     pub config_view: Option<serde_json::Value>,
+}
+
+/// How this worker drains when its master is gone (the master says how long otherwise), and
+/// over which window it spreads its closes whoever started the drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainSettings {
+    /// `graceful-shutdown-timeout-secs`: the drain when the master channel closes.
+    pub timeout: Duration,
+    /// `close-spread-time-secs`; `None`: the default for the drain's length.
+    pub close_spread: Option<Duration>,
 }
 
 impl Candidate {
     /// Check `ws` and the fds that came with it (in the order of `ws.listeners`): each one a
     /// listening stream socket bound to its handle's address, every name resolvable. `what`
     /// names the message in errors ("Start", "Reconfigure"). Every TLS listener's
-    /// `ServerConfig` seals its session tickets with `ticketer`, the worker's only one.
+    /// `ServerConfig` resumes sessions with `resumption`, the worker's only ticketer and cache.
     pub fn validate(
         ws: &WorkerStart,
         fds: Vec<OwnedFd>,
         what: &str,
-        ticketer: &Arc<SharedTicketer>,
+        resumption: &Resumption,
     ) -> Result<Self, String> {
         let config = &ws.config;
         if fds.len() != ws.listeners.len() {
@@ -180,7 +190,7 @@ impl Candidate {
             let tls = match (&lc.protocol, &lc.tls) {
                 (_, None) => None,
                 (ListenerProtocol::Http, Some(tls)) => Some(
-                    crate::tls::server_config(tls, ticketer)
+                    crate::tls::server_config(tls, resumption)
                         .map_err(|e| format!("listener `{}`: {e}", lc.name))?,
                 ),
                 (ListenerProtocol::Tcp, Some(_)) => {
@@ -220,7 +230,10 @@ impl Candidate {
             limits: config.limits.clone(),
             trace_id_format: config.system.trace_id_format,
             max_connections: config.system.max_connections as usize,
-            graceful_timeout: Duration::from_secs(config.system.graceful_shutdown_timeout_secs),
+            drain: DrainSettings {
+                timeout: config.system.stop_drain(),
+                close_spread: config.system.close_spread(),
+            },
             config_view: config
                 .routes
                 .iter()

@@ -13,8 +13,8 @@
 //! configuration and listeners, sessions in flight finish on the one they started with, and a
 //! keep-alive HTTP connection moves to the new one at its next request (see `generation`).
 
-// Raw libc calls live in `sys`, each with its `// SAFETY:` argument; `unsafe` anywhere else
-// is refused.
+// Raw libc calls live in `sys`, and the shared session cache's mapping in
+// `session_cache::shm`, each with its `// SAFETY:` argument; `unsafe` anywhere else is refused.
 #![deny(unsafe_code)]
 // Sizes, counts and offsets are converted all over a proxy: a cast that could truncate one
 // is spelled out (`try_from`, or an allow that says why it cannot).
@@ -31,6 +31,7 @@ pub mod client_cert;
 mod client_limit;
 mod counters;
 mod ctx;
+mod drain_schedule;
 mod event_loop;
 mod failover;
 mod fd_budget;
@@ -39,6 +40,7 @@ mod http2;
 pub mod ocsp;
 mod rate_limit;
 mod routing;
+pub mod session_cache;
 mod sock;
 #[allow(unsafe_code)]
 mod sys;
@@ -184,7 +186,7 @@ fn run_inner(
         }
     };
     drop(pre);
-    let (ws, fds) = start;
+    let (ws, mut fds) = start;
     let span = tracing::info_span!(
         "worker",
         worker_id = ws.worker_id,
@@ -198,7 +200,13 @@ fn run_inner(
     // tickets with the master's keys, replaced in place at each rotation.
     let ticketer = tls_tickets::SharedTicketer::new(&ws.ticket_keys);
     debug!(keys = ?ticketer, "TLS session-ticket keys from the master");
-    let prepared = match Candidate::validate(&ws, fds, "Start", &ticketer) {
+    // Likewise one session cache, shared with every other worker, when the master made one.
+    let cache_fd = session_cache::split_fds(&ws, &mut fds);
+    let resumption = tls::Resumption {
+        ticketer,
+        cache: session_cache::attach(ws.session_cache.as_deref(), cache_fd),
+    };
+    let prepared = match Candidate::validate(&ws, fds, "Start", &resumption) {
         Ok(p) => p,
         Err(reason) => {
             error!(%reason, "invalid start");
@@ -211,7 +219,7 @@ fn run_inner(
             return Err(WorkerError::Setup(reason).into());
         }
     };
-    let worker = match Worker::new(ch, ws.worker_id, prepared, ticketer) {
+    let worker = match Worker::new(ch, ws.worker_id, prepared, resumption) {
         Ok(w) => w,
         Err(b) => {
             let (e, mut ch) = *b;

@@ -4,6 +4,9 @@
 //! clients that ask (status_request). The response's signature is not checked here: the client
 //! checks it, against the CA it trusts.
 //!
+//! The master checks the responses it fetches from a certificate's responder with the same
+//! [`check`] before it writes them to the file it names in the configuration.
+//!
 //! A response past its `nextUpdate` is not stapled (browsers refuse a stale staple outright,
 //! where they tolerate none): [`Stapled`] serves the certificate without it from that moment,
 //! until a reload brings a new file.
@@ -22,12 +25,25 @@ pub enum CertStatus {
     Unknown,
 }
 
+impl CertStatus {
+    /// As `openssl ocsp` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CertStatus::Good => "good",
+            CertStatus::Revoked => "revoked",
+            CertStatus::Unknown => "unknown",
+        }
+    }
+}
+
 /// A response read from a file, checked against its certificate.
 #[derive(Debug, Clone)]
 pub struct OcspResponse {
     /// The file's bytes, stapled as they are.
     pub der: Vec<u8>,
     pub status: CertStatus,
+    /// When the responder vouches for `status` from.
+    pub this_update: SystemTime,
     /// `None`: the responder promises no date (newer information is always available).
     pub next_update: Option<SystemTime>,
 }
@@ -39,14 +55,20 @@ impl OcspResponse {
     }
 }
 
-/// Reads `path` and checks it answers for `leaf` (the certificate's DER): a successful basic
-/// OCSP response with an entry for the certificate's serial number (and issuer name, when the
-/// entry's hash is SHA-1 or SHA-256).
+/// Reads `path` and checks it answers for `leaf` (the certificate's DER): see [`check`].
 pub fn load(path: &str, leaf: &[u8]) -> Result<OcspResponse, String> {
     let der = std::fs::read(path).map_err(|e| format!("cannot read OCSP response {path}: {e}"))?;
-    let parsed = parse(&der).map_err(|e| format!("{path} is not a DER OCSP response ({e})"))?;
+    check(der, leaf, path)
+}
+
+/// Checks that `der` answers for `leaf` (the certificate's DER): a successful basic OCSP
+/// response with an entry for the certificate's serial number (and issuer name, when the
+/// entry's hash is SHA-1 or SHA-256). `what` names the response in messages: its file, or
+/// where it came from.
+pub fn check(der: Vec<u8>, leaf: &[u8], what: &str) -> Result<OcspResponse, String> {
+    let parsed = parse(&der).map_err(|e| format!("{what} is not a DER OCSP response ({e})"))?;
     let (_, cert) = X509Certificate::from_der(leaf)
-        .map_err(|e| format!("cannot parse the certificate {path} is for: {e}"))?;
+        .map_err(|e| format!("cannot parse the certificate {what} is for: {e}"))?;
     let serial = cert.tbs_certificate.raw_serial();
     let issuer = cert.tbs_certificate.issuer.as_raw();
     let entry = parsed
@@ -56,8 +78,8 @@ pub fn load(path: &str, leaf: &[u8]) -> Result<OcspResponse, String> {
         .ok_or_else(|| {
             let found: Vec<String> = parsed.entries.iter().map(|e| hex(e.serial)).collect();
             format!(
-                "the OCSP response in {path} is not about this certificate (serial {}): it \
-                 answers for serial {} (a response for a previous certificate?)",
+                "{what} is not about this certificate (serial {}): it answers for serial {} \
+                 (a response for a previous certificate?)",
                 hex(serial),
                 if found.is_empty() {
                     "none".to_owned()
@@ -66,10 +88,11 @@ pub fn load(path: &str, leaf: &[u8]) -> Result<OcspResponse, String> {
                 }
             )
         })?;
-    let (status, next_update) = (entry.status, entry.next_update);
+    let (status, this_update, next_update) = (entry.status, entry.this_update, entry.next_update);
     Ok(OcspResponse {
         der,
         status,
+        this_update,
         next_update,
     })
 }
@@ -141,6 +164,7 @@ struct Entry<'a> {
     issuer_name_hash: &'a [u8],
     serial: &'a [u8],
     status: CertStatus,
+    this_update: SystemTime,
     next_update: Option<SystemTime>,
 }
 
@@ -288,7 +312,7 @@ fn single_response(der: &[u8]) -> Result<Entry<'_>, String> {
         (0x82, _) => CertStatus::Unknown,
         (t, _) => return Err(format!("expected certStatus, found tag {t:#04x}")),
     };
-    single.expect(GENERALIZED_TIME, "thisUpdate")?;
+    let this_update = generalized_time(single.expect(GENERALIZED_TIME, "thisUpdate")?)?;
     let next_update = match single.optional(0xa0)? {
         Some(explicit) => Some(generalized_time(
             Reader(explicit).expect(GENERALIZED_TIME, "nextUpdate")?,
@@ -300,6 +324,7 @@ fn single_response(der: &[u8]) -> Result<Entry<'_>, String> {
         issuer_name_hash,
         serial,
         status,
+        this_update,
         next_update,
     })
 }
@@ -353,6 +378,7 @@ mod tests {
         let response = |next_update| OcspResponse {
             der: vec![0x30, 0x00],
             status: CertStatus::Good,
+            this_update: now,
             next_update,
         };
         let current = Stapled::new(key.clone(), Some(&response(Some(now + hour))), now);

@@ -20,7 +20,7 @@ use rustls::{ClientConnection, Connection};
 
 use crate::client_cert;
 use crate::sock::{Buf, ReadOutcome, Ready, Sock, BUF_CAP};
-pub use crate::tls_listener::server_config;
+pub use crate::tls_listener::{server_config, Resumption};
 
 /// ALPN protocol id of HTTP/1.1 over TLS.
 pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";

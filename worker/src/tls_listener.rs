@@ -14,16 +14,38 @@ use zentinel_protocol::config::{TlsConfig, TlsVersion};
 
 use crate::client_cert;
 use crate::ocsp::{self, Stapled};
+use crate::session_cache::SharedSessionCache;
 use crate::tls::{load_with, TlsFile, TlsFileError, ALPN_H2, ALPN_HTTP_1_1};
 use crate::tls_tickets::SharedTicketer;
 
+/// What every TLS listener of a worker resumes sessions with, of every configuration
+/// generation: one of each per process.
+#[derive(Debug, Clone)]
+pub struct Resumption {
+    /// Seals and opens session tickets with the master's keys.
+    pub ticketer: Arc<SharedTicketer>,
+    /// The session cache every worker shares (session ids, and TLS 1.3 stateful tickets when
+    /// tickets are off). `None`: each `ServerConfig` keeps rustls's own, per process.
+    pub cache: Option<Arc<SharedSessionCache>>,
+}
+
+impl Resumption {
+    /// Tickets sealed by `ticketer`; sessions cached per process.
+    pub fn new(ticketer: Arc<SharedTicketer>) -> Self {
+        Resumption {
+            ticketer,
+            cache: None,
+        }
+    }
+}
+
 /// Loads every certificate of `tls` (with its OCSP response) and builds the listener's server
 /// configuration: its protocol versions, cipher suites, client authentication and session
-/// resumption, with session tickets sealed by `ticketer` (the master's keys, shared by every
-/// worker) unless resumption is off.
+/// resumption, with session tickets sealed by the resumption's ticketer (the master's keys,
+/// shared by every worker) and sessions kept in its shared cache, unless resumption is off.
 pub fn server_config(
     tls: &TlsConfig,
-    ticketer: &Arc<SharedTicketer>,
+    resumption: &Resumption,
 ) -> Result<Arc<ServerConfig>, TlsFileError> {
     let provider =
         crate::tls_options::provider(&tls.cipher_suites).map_err(|message| TlsFileError {
@@ -87,8 +109,13 @@ pub fn server_config(
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
     // HTTP/2 first, as every browser and peer proxy prefers it; HTTP/1.1 for the others.
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP_1_1.to_vec()];
-    config.ticketer = Arc::clone(ticketer) as Arc<dyn rustls::server::ProducesTickets>;
-    // After the ticketer: `session-resumption #false` replaces it.
+    config.ticketer = Arc::clone(&resumption.ticketer) as Arc<dyn rustls::server::ProducesTickets>;
+    // Tickets and the cache together, as rustls does: a TLS 1.2 session is stored under its
+    // id even when a ticket is issued too (a client may resume by either).
+    if let Some(cache) = &resumption.cache {
+        config.session_storage = Arc::clone(cache) as Arc<dyn rustls::server::StoresServerSessions>;
+    }
+    // After the ticketer and the cache: `session-resumption #false` replaces both.
     crate::tls_options::apply_session_resumption(&mut config, tls.session_resumption);
     Ok(Arc::new(config))
 }
@@ -227,7 +254,8 @@ mod tests {
             }],
             lifetime_s: 60,
         });
-        let config = |min, max| server_config(&tls(min, max), &ticketer);
+        let resumption = Resumption::new(Arc::clone(&ticketer));
+        let config = |min, max| server_config(&tls(min, max), &resumption);
         let ok = config(TlsVersion::Tls12, None).unwrap();
         assert_eq!(
             ok.alpn_protocols,
@@ -244,10 +272,10 @@ mod tests {
         // Likewise for suites of none of the versions allowed.
         let mut only12 = tls(TlsVersion::Tls13, None);
         only12.cipher_suites = vec!["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".to_owned()];
-        assert!(server_config(&only12, &ticketer).is_err());
+        assert!(server_config(&only12, &resumption).is_err());
         let mut off = tls(TlsVersion::Tls12, None);
         off.session_resumption = false;
-        let off = server_config(&off, &ticketer).unwrap();
+        let off = server_config(&off, &resumption).unwrap();
         assert!(!off.session_storage.can_cache());
         // Off wins over the shared keys: no ticket of any kind.
         assert!(!off.ticketer.enabled() && off.send_tls13_tickets == 0);

@@ -302,6 +302,7 @@ impl Harness {
                 },
             ],
             ticket_keys: Box::default(),
+            session_cache: None,
         };
         master
             .send(
@@ -1669,6 +1670,7 @@ fn reconfigure_with(
                     config: Box::new(config),
                     listeners: handles,
                     ticket_keys: Box::default(),
+                    session_cache: None,
                 },
             },
             &fds,

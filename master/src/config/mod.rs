@@ -263,8 +263,9 @@ pub fn log_warnings(warnings: &[ConfigDiagnostic]) {
 }
 
 /// Logs, once per configuration run, what it does that an operator might not expect but that
-/// is no mistake: a TLS listener staples no OCSP response when it names no file, although
-/// `ocsp-stapling` is on (upstream's default).
+/// is no mistake: a TLS listener staples no OCSP response when it names no file and none was
+/// fetched (its certificates name no responder, or none answered), although `ocsp-stapling` is
+/// on (upstream's default). Called once the responses are fetched.
 pub fn log_notes(config: &ProxyConfig) {
     for listener in &config.listeners {
         let Some(tls) = &listener.tls else { continue };
@@ -278,7 +279,8 @@ pub fn log_notes(config: &ProxyConfig) {
             tracing::info!(
                 listener = %listener.name,
                 "listener `{}`: no OCSP response is stapled (ocsp-stapling is on, but no \
-                 `ocsp-response` file is named)",
+                 `ocsp-response` file is named and none was fetched from a responder its \
+                 certificates name)",
                 listener.name
             );
         }

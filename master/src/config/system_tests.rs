@@ -277,3 +277,62 @@ fn upstream_fields_its_kdl_parser_never_reads_are_warned_about() {
         messages(&errs)
     );
 }
+
+#[test]
+fn drain_windows_close_spread_and_draining_generations() {
+    let config = full(&format!(
+        "system {{ graceful-shutdown-timeout-secs 20; }}\n{LISTENER}"
+    ))
+    .unwrap_or_else(|d| panic!("{}", messages(&d)));
+    let system = &config.proxy.system;
+    // Unset: an upgrade drains as long as a stop, the close spread is the worker's default.
+    assert_eq!(system.upgrade_drain_timeout_secs, None);
+    assert_eq!(system.upgrade_drain(), std::time::Duration::from_secs(20));
+    assert_eq!(system.stop_drain(), std::time::Duration::from_secs(20));
+    assert_eq!(system.close_spread_time_ms, None);
+    assert_eq!(system.max_draining_generations, 3);
+
+    let config = full(&format!(
+        "system {{\n    graceful-shutdown-timeout-secs 10\n    upgrade-drain-timeout-secs 600\n    \
+         close-spread-time-secs 4\n    max-draining-generations 1\n}}\n{LISTENER}"
+    ))
+    .unwrap_or_else(|d| panic!("{}", messages(&d)));
+    assert!(config.warnings.is_empty(), "{}", messages(&config.warnings));
+    let system = &config.proxy.system;
+    assert_eq!(system.upgrade_drain(), std::time::Duration::from_secs(600));
+    assert_eq!(system.stop_drain(), std::time::Duration::from_secs(10));
+    assert_eq!(system.close_spread_time_ms, Some(4000));
+    assert_eq!(system.max_draining_generations, 1);
+
+    // 0 is "all at once" and "every retired worker finishes at once": both accepted.
+    let config = full(&format!(
+        "system {{ close-spread-time-secs 0; max-draining-generations 0; }}\n{LISTENER}"
+    ))
+    .unwrap_or_else(|d| panic!("{}", messages(&d)));
+    assert_eq!(config.proxy.system.close_spread_time_ms, Some(0));
+    assert_eq!(config.proxy.system.max_draining_generations, 0);
+}
+
+#[test]
+fn a_close_spread_longer_than_a_drain_warns_and_bad_values_fail() {
+    let config = full(&format!(
+        "system {{\n    graceful-shutdown-timeout-secs 5\n    upgrade-drain-timeout-secs 60\n    \
+         close-spread-time-secs 8\n}}\n{LISTENER}"
+    ))
+    .unwrap_or_else(|d| panic!("{}", messages(&d)));
+    let text = messages(&config.warnings);
+    assert!(
+        text.contains(
+            "test.kdl:4:5: `close-spread-time-secs`: longer than the shortest drain window (5 s)"
+        ),
+        "{text}"
+    );
+    for bad in [
+        "upgrade-drain-timeout-secs -1",
+        "close-spread-time-secs \"5s\"",
+        "max-draining-generations 1001",
+    ] {
+        let errs = full(&format!("system {{ {bad}; }}\n{LISTENER}")).unwrap_err();
+        assert_eq!(errs.len(), 1, "{bad}: {}", messages(&errs));
+    }
+}

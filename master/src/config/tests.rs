@@ -1,5 +1,6 @@
 use super::*;
 use zentinel_protocol::config::*;
+use zentinel_worker::tls::Resumption;
 use zentinel_worker::tls_tickets::SharedTicketer;
 
 const FULL_EXAMPLE: &str = r#"system {
@@ -549,7 +550,11 @@ fn tls_listener_with_sni_and_relative_paths() {
         }]
     );
     // The worker side builds a server configuration from exactly this.
-    zentinel_worker::tls::server_config(&tls, &SharedTicketer::new(&Default::default())).unwrap();
+    zentinel_worker::tls::server_config(
+        &tls,
+        &Resumption::new(SharedTicketer::new(&Default::default())),
+    )
+    .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
 

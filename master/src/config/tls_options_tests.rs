@@ -10,6 +10,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 use super::*;
 use zentinel_protocol::config::*;
+use zentinel_worker::tls::Resumption;
 use zentinel_worker::tls_tickets::SharedTicketer;
 
 /// A directory with a CA (`ca.pem`, `ca.key`) and two leaves it issued, `a` and `b`
@@ -184,7 +185,11 @@ fn upstreams_example_block_is_applied() {
         "10:13",
         "no TLS 1.2 cipher suite is listed: TLS 1.2 clients are refused",
     );
-    zentinel_worker::tls::server_config(&tls, &SharedTicketer::new(&Default::default())).unwrap();
+    zentinel_worker::tls::server_config(
+        &tls,
+        &Resumption::new(SharedTicketer::new(&Default::default())),
+    )
+    .unwrap();
 
     // Nothing written: upstream's defaults, nothing to say.
     let (tls, warnings) = f.ok("");
@@ -271,7 +276,11 @@ fn cipher_suites_in_every_form_travel_as_rustls_names() {
             "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
         ]
     );
-    zentinel_worker::tls::server_config(&tls, &SharedTicketer::new(&Default::default())).unwrap();
+    zentinel_worker::tls::server_config(
+        &tls,
+        &Resumption::new(SharedTicketer::new(&Default::default())),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -395,7 +404,11 @@ fn ocsp_response_files_are_checked_against_their_certificate() {
         tls.additional_certs[0].ocsp_response.as_deref(),
         Some(b.as_str())
     );
-    zentinel_worker::tls::server_config(&tls, &SharedTicketer::new(&Default::default())).unwrap();
+    zentinel_worker::tls::server_config(
+        &tls,
+        &Resumption::new(SharedTicketer::new(&Default::default())),
+    )
+    .unwrap();
 
     // Another certificate's response (a stale file after a renewal).
     let e = f.errors("            ocsp-response \"b.ocsp\"");

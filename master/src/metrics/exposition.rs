@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use zentinel_protocol::messages::WorkerCounters;
+use zentinel_protocol::session_cache::CacheCounters;
 use zentinel_protocol::state::{MasterMetrics, DRAIN_BUCKETS_SECONDS};
 
 /// One live worker process as the exposition shows it.
@@ -19,7 +20,45 @@ pub struct Snapshot<'a> {
     pub master: &'a MasterMetrics,
     pub master_generation: u64,
     pub live_workers: usize,
+    /// The shared TLS session cache's counters, when there is one.
+    pub session_cache: Option<CacheCounters>,
 }
+
+type CacheField = fn(&CacheCounters) -> u64;
+
+/// The shared TLS session cache's counters: (name, help, value). They live in the cache itself,
+/// so they count for every worker that ever used it, across binary upgrades.
+const CACHE_FAMILIES: &[(&str, &str, CacheField)] = &[
+    (
+        "hits_total",
+        "Sessions resumed by id from the cache every worker shares.",
+        |c| c.hits,
+    ),
+    (
+        "misses_total",
+        "Session ids looked up in vain (unknown, expired, evicted, or their slot busy).",
+        |c| c.misses,
+    ),
+    ("stores_total", "Sessions stored.", |c| c.stores),
+    (
+        "too_large_total",
+        "Sessions not stored: larger than a slot (a long client-certificate chain).",
+        |c| c.too_large,
+    ),
+    (
+        "evictions_total",
+        "Live sessions overwritten by a store into their full bucket.",
+        |c| c.evictions,
+    ),
+    (
+        "contended_total",
+        "Slots skipped because another worker held their lock.",
+        |c| c.contended,
+    ),
+    ("expired_total", "Expired sessions found and erased.", |c| {
+        c.expired
+    }),
+];
 
 type Field = fn(&WorkerCounters) -> u64;
 
@@ -260,6 +299,13 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "gauge",
     );
     let _ = writeln!(out, "zentinel_master_generation {}", s.master_generation);
+    if let Some(cache) = &s.session_cache {
+        for (name, help, f) in CACHE_FAMILIES {
+            let full = format!("zentinel_tls_session_cache_{name}");
+            header(&mut out, &full, help, "counter");
+            let _ = writeln!(out, "{full} {}", f(cache));
+        }
+    }
     header(
         &mut out,
         "zentinel_build_info",
@@ -311,7 +357,15 @@ mod tests {
             master: &master,
             master_generation: 3,
             live_workers: 1,
+            session_cache: Some(CacheCounters {
+                hits: 9,
+                ..Default::default()
+            }),
         });
+        assert!(
+            text.contains("zentinel_tls_session_cache_hits_total 9\n"),
+            "{text}"
+        );
         assert!(
             text.contains("# TYPE zentinel_requests_total counter\nzentinel_requests_total 12\n"),
             "{text}"

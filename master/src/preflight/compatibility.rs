@@ -191,9 +191,11 @@ mod tests {
     #[test]
     fn the_format_4_release_takes_over_unless_workers_drain() {
         let current = VersionInfo::current();
-        // 6 carries the TLS session-ticket keys, written only to a binary that reads it.
-        assert_eq!(current.state_format_version, 6);
+        // 6 carries the TLS session-ticket keys, 7 the shared session cache too, each written
+        // only to a binary that reads it.
+        assert_eq!(current.state_format_version, 7);
         assert_eq!(current.ticket_keys_state_format, Some(6));
+        assert_eq!(current.session_cache_state_format, Some(7));
         assert_eq!(current.writes_state_format(false, false), 4);
         assert_eq!(current.writes_state_format(true, false), 4);
         assert_eq!(current.writes_state_format(false, true), 5);
@@ -234,10 +236,12 @@ mod tests {
         assert_eq!(json["plain_upgrade_state_format"], 4);
         assert_eq!(json["draining_state_format"], 5);
         assert_eq!(json["ticket_keys_state_format"], 6);
+        assert_eq!(json["session_cache_state_format"], 7);
         let object = json.as_object_mut().unwrap();
         object.remove("plain_upgrade_state_format");
         object.remove("draining_state_format");
         object.remove("ticket_keys_state_format");
+        object.remove("session_cache_state_format");
         object.insert("state_format_version".into(), 4.into());
         let before = parse_version_output(&json.to_string()).unwrap();
         assert_eq!(before.plain_upgrade_state_format, None);

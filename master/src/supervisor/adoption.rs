@@ -61,7 +61,9 @@ impl Supervisor {
         self.ready_pipe = Some(inherited.ready_fd);
         self.previous_executable = Some(inherited.previous_executable);
         self.phase = Phase::Running;
-        let drain = Duration::from_secs(self.config.system.graceful_shutdown_timeout_secs);
+        // For a draining worker whose record carries no deadline (a predecessor from before
+        // state format 5): it was retired while the service went on.
+        let drain = self.config.system.upgrade_drain();
         let clocks = ClockPair::now();
         let mut adopted = Vec::new();
         for (record, channel_fd) in inherited.workers {

@@ -140,15 +140,24 @@ impl Supervisor {
         let Some(process) = self.processes.get_mut(&token) else {
             return;
         };
+        let cache =
+            crate::session_cache::with_room(self.session_cache.as_ref(), self.listeners.len());
         let start = MasterMessage::Start(WorkerStart {
             worker_id: process.worker_id(),
+            session_cache: cache.map(|c| Box::new(c.handle())),
             generation: process.generation(),
             config: Box::new(worker_config(&self.config, self.slots.len())),
             listeners: self.listeners.iter().map(BoundListener::handle).collect(),
             // The keys now: a rotation after this reaches the worker as `TicketKeys`.
             ticket_keys: Box::new(self.ticket_keys.keys().clone()),
         });
-        let fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.as_fd()).collect();
+        // The session cache's memfd after the listeners'.
+        let fds: Vec<BorrowedFd<'_>> = self
+            .listeners
+            .iter()
+            .map(|l| l.as_fd())
+            .chain(cache.map(SessionCache::fd))
+            .collect();
         process.start_sent();
         if let Err(err) = send(self.poll.registry(), process, &start, &fds) {
             self.channel_failed(token, err);

@@ -28,6 +28,10 @@ impl Supervisor {
             // The server answers Hello itself and never passes it on.
             ControlRequest::Hello(_) => {}
             ControlRequest::Status => self.start_status(client),
+            ControlRequest::DrainStatus => {
+                let report = Box::new(self.drain_status_report(Instant::now()));
+                self.finish(Some(client), ControlResponse::DrainStatus(report));
+            }
             ControlRequest::RunningConfig => {
                 let source = Box::new(self.config_source.clone());
                 self.finish(Some(client), ControlResponse::RunningConfig(source));
@@ -238,11 +242,62 @@ impl Supervisor {
             Phase::Stopping { .. } => return Some("the master is stopping".into()),
             Phase::Running => {}
         }
-        if self.reload.is_some() {
-            return Some("a reload is in progress".into());
+        match self.reload.as_ref().map(|op| op.purpose) {
+            Some(reload::Purpose::Reload) => return Some("a reload is in progress".into()),
+            Some(reload::Purpose::OcspRefresh) => {
+                return Some("refreshed OCSP responses are being sent to the workers".into())
+            }
+            None => {}
         }
         if self.upgrade.is_some() || self.adoption.is_some() {
             return Some("an upgrade is in progress".into());
+        }
+        None
+    }
+
+    /// Why workers cannot be sent a configuration now, if they cannot.
+    pub(super) fn reconfigure_blocked(&self) -> Option<String> {
+        if let Some(reason) = self.busy_reason() {
+            return Some(reason);
+        }
+        if let Some(process) = self
+            .processes
+            .values()
+            .find(|process| match process.role() {
+                Role::Successor { .. } => true,
+                Role::Current => process.state() != WorkerState::Running,
+                Role::Retired => false,
+            })
+        {
+            return Some(format!(
+                "worker {} (pid {}) is starting; retry once it is running",
+                process.worker_id(),
+                process.pid().as_raw()
+            ));
+        }
+        // A worker adopted from an older binary reads configurations only in its own layout.
+        let older: Vec<String> = self
+            .processes
+            .values()
+            .filter(|p| {
+                matches!(p.role(), Role::Current) && p.protocol_version() != PROTOCOL_VERSION
+            })
+            .map(|p| {
+                format!(
+                    "worker {} (pid {}, protocol {})",
+                    p.worker_id(),
+                    p.pid().as_raw(),
+                    p.protocol_version()
+                )
+            })
+            .collect();
+        if !older.is_empty() {
+            return Some(format!(
+                "workers still on the previous binary cannot read this binary's configuration \
+                 (protocol {PROTOCOL_VERSION}): {}; replace them first with `zentinel-ctl \
+                 upgrade --rolling`",
+                older.join(", ")
+            ));
         }
         None
     }
@@ -320,10 +375,7 @@ impl Supervisor {
         let Some(index) = self.slot_index(worker_id) else {
             // The slot went away (cannot happen while restarts and reloads exclude each
             // other); do not leave an orphan serving.
-            self.retire(
-                token,
-                Duration::from_secs(self.config.system.graceful_shutdown_timeout_secs),
-            );
+            self.retire(token, self.config.system.upgrade_drain());
             return self.refuse(client, format!("worker {worker_id} no longer exists"));
         };
         let old = self.slots[index].current.replace(token);
@@ -333,7 +385,7 @@ impl Supervisor {
             return self.finish(client, ControlResponse::Done { message });
         };
         let old_pid = self.processes.get(&old).map_or(0, |p| p.pid().as_raw());
-        let drain = Duration::from_secs(self.config.system.graceful_shutdown_timeout_secs);
+        let drain = self.config.system.upgrade_drain();
         info!(
             worker_id,
             old_pid,

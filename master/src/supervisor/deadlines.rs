@@ -96,6 +96,7 @@ impl Supervisor {
         }
         self.upgrade_timers(now);
         self.ticket_key_timers(now);
+        self.ocsp_timers(now);
         if !stopping && !self.handing_over() && !self.tentative() && self.next_status_at <= now {
             self.next_status_at = now + STATUS_INTERVAL;
             self.request_status();
@@ -126,6 +127,7 @@ impl Supervisor {
         }
         deadlines.extend(self.upgrade_deadline());
         deadlines.extend(self.ticket_key_deadline());
+        deadlines.extend(self.ocsp_deadline());
         deadlines.extend(self.exit_flush_until);
         for process in self.processes.values() {
             if let Some(done) = &process.restart_done() {

@@ -110,12 +110,11 @@ impl Supervisor {
             return self.refuse(client, format!("refused: {reason}"));
         }
         let ready_timeout = ready_timeout_ms.map_or(DEFAULT_READY_TIMEOUT, Duration::from_millis);
-        let drain_timeout_ms = drain_timeout_ms.unwrap_or(
-            self.config
-                .system
-                .graceful_shutdown_timeout_secs
-                .saturating_mul(1000),
-        );
+        // Fixed here, by the master that accepts the request: the state file carries it to the
+        // new master, which retires the old workers with it.
+        let drain_timeout_ms = drain_timeout_ms.unwrap_or_else(|| {
+            u64::try_from(self.config.system.upgrade_drain().as_millis()).unwrap_or(u64::MAX)
+        });
         let machine = machine::Handover::new(
             binary.clone(),
             std::process::id(),
@@ -273,6 +272,8 @@ impl Supervisor {
         inherit.extend(client_fd);
         let (metrics_listener, metrics, metrics_fds) = self.metrics_handover();
         inherit.extend(metrics_fds);
+        let (ticket_keys, session_cache) = self.resumption_for_successor(&request.binary);
+        inherit.extend(session_cache.as_ref().map(|cache| cache.fd));
         let state = MasterState {
             previous_master_pid: std::process::id(),
             generation: self.generation + 1,
@@ -304,7 +305,8 @@ impl Supervisor {
             }),
             metrics_listener,
             metrics,
-            ticket_keys: self.ticket_keys_for_successor(&request.binary),
+            ticket_keys,
+            session_cache,
         };
         let state_path = state_file_path(&control_path, std::process::id());
         // From here on every way out of the upgrade (an early return below, the handover

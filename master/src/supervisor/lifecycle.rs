@@ -176,10 +176,15 @@ impl Supervisor {
             timeout_ms = drain.as_millis() as u64,
             "retiring worker"
         );
+        let generation = process.generation();
         if let Err(err) = send(registry, process, &drain_message, &[]) {
             self.channel_failed(token, err);
             return false;
         }
+        self.draining_event(crate::draining_generations::Event::Retired {
+            worker: token,
+            generation,
+        });
         true
     }
 
@@ -231,6 +236,7 @@ impl Supervisor {
         close_channel(registry, &mut process);
         self.metrics_worker_exited(&process);
         self.cannot_answer(token);
+        self.draining_event(crate::draining_generations::Event::Exited { worker: token });
         self.rolling_event(RollingEvent::WorkerExited { worker: token });
         let worker_id = process.worker_id();
         let generation = process.generation();

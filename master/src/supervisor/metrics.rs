@@ -37,6 +37,12 @@ impl Supervisor {
         let processes = &self.processes;
         let master = &self.master_metrics;
         let generation = self.generation;
+        let session_cache = self.session_cache.as_ref().and_then(|cache| {
+            cache
+                .counters()
+                .map_err(|err| warn!(error = %err, "cannot read the TLS session cache's counters"))
+                .ok()
+        });
         let render = || {
             scraped.set(true);
             let workers = processes
@@ -55,6 +61,7 @@ impl Supervisor {
                 master,
                 master_generation: generation,
                 live_workers: processes.len(),
+                session_cache,
             })
         };
         server.handle_event(

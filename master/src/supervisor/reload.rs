@@ -13,9 +13,20 @@ use crate::request_ids::Matched;
 /// Longest wait for every worker to acknowledge a reload.
 pub const RECONFIGURE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why workers are sent a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    /// `zentinel-ctl reload` or SIGHUP: a configuration read again.
+    Reload,
+    /// The running configuration, for the OCSP responses fetched again since
+    /// (`supervisor::ocsp`): not a reload for the operator, the metrics or systemd.
+    OcspRefresh,
+}
+
 /// A reload between validation and the last worker's acknowledgement.
 #[derive(Debug)]
 pub(super) struct ReloadOp {
+    pub(super) purpose: Purpose,
     client: Option<Token>,
     config: ProxyConfig,
     config_name: String,
@@ -43,7 +54,16 @@ impl ReloadOp {
 
 impl Supervisor {
     /// A reload that failed before anything changed: say why, count it, answer the client.
-    fn reload_refused(&mut self, client: Option<Token>, name: &str, err: &dyn std::fmt::Display) {
+    fn reload_refused(
+        &mut self,
+        client: Option<Token>,
+        purpose: Purpose,
+        name: &str,
+        err: &dyn std::fmt::Display,
+    ) {
+        if purpose == Purpose::OcspRefresh {
+            return error!("cannot send the refreshed OCSP responses to the workers: {err}");
+        }
         let message =
             format!("reload of {name} failed: {err}; the running configuration is unchanged");
         error!("{message}");
@@ -51,63 +71,21 @@ impl Supervisor {
         self.finish(client, ControlResponse::Failed { message });
     }
 
-    /// Re-read and validate the configuration, bind new listeners, and send it to every
-    /// running worker. `client` is `None` for SIGHUP.
+    /// Re-read and validate the configuration, fetch its OCSP responses, bind new listeners,
+    /// and send it to every running worker. `client` is `None` for SIGHUP.
     pub(super) fn begin_reload(&mut self, client: Option<Token>, path: Option<String>) {
-        if let Some(reason) = self.busy_reason() {
+        if let Some(reason) = self.reconfigure_blocked() {
             return self.refuse(client, format!("reload refused: {reason}"));
-        }
-        if let Some(process) = self
-            .processes
-            .values()
-            .find(|process| match process.role() {
-                Role::Successor { .. } => true,
-                Role::Current => process.state() != WorkerState::Running,
-                Role::Retired => false,
-            })
-        {
-            let message = format!(
-                "reload refused: worker {} (pid {}) is starting; retry once it is running",
-                process.worker_id(),
-                process.pid().as_raw()
-            );
-            return self.refuse(client, message);
-        }
-        // A worker adopted from an older binary reads configurations only in its own layout.
-        let older: Vec<String> = self
-            .processes
-            .values()
-            .filter(|p| {
-                matches!(p.role(), Role::Current) && p.protocol_version() != PROTOCOL_VERSION
-            })
-            .map(|p| {
-                format!(
-                    "worker {} (pid {}, protocol {})",
-                    p.worker_id(),
-                    p.pid().as_raw(),
-                    p.protocol_version()
-                )
-            })
-            .collect();
-        if !older.is_empty() {
-            let message = format!(
-                "reload refused: workers still on the previous binary cannot read this \
-                 binary's configuration (protocol {PROTOCOL_VERSION}): {}; replace them first \
-                 with `zentinel-ctl upgrade --rolling`",
-                older.join(", ")
-            );
-            return self.refuse(client, message);
         }
         let path: Option<PathBuf> = path
             .map(PathBuf::from)
             .or_else(|| self.config_source.main_path.as_ref().map(PathBuf::from));
-        let (new_config, new_metrics, name, source) = match config::load_full_config(
+        let (mut new_config, new_metrics, name, source) = match config::load_full_config(
             path.as_deref(),
         ) {
             Ok(loaded) => (
                 {
                     config::log_warnings(&loaded.config.warnings);
-                    config::log_notes(&loaded.config.proxy);
                     let log = crate::logging::LogSettings::resolve(
                         self.explicit_log_level.as_deref(),
                         &loaded.config.logging,
@@ -140,13 +118,39 @@ impl Supervisor {
                 return self.finish(client, ControlResponse::Failed { message });
             }
         };
-        let metrics_plan = match self.metrics_plan(new_metrics) {
-            Ok(plan) => plan,
-            Err(err) => return self.reload_refused(client, &name, &err),
-        };
+        // Blocks the loop for at most `ocsp_fetch::FETCH_TIMEOUT` (see `supervisor::ocsp`).
+        let fetched = self.ocsp.fetch_all(&mut new_config);
+        for warning in fetched.warnings {
+            self.progress(client, format!("warning: {warning}"));
+        }
+        config::log_notes(&new_config);
         if new_config.system.control_socket != self.config.system.control_socket {
             warn!("system.control-socket changed: it takes effect at the next master start");
         }
+        self.switch_config(
+            client,
+            Purpose::Reload,
+            (new_config, new_metrics, name, source),
+        );
+    }
+
+    /// Binds the listeners `config` adds and sends it to every running worker; the reload
+    /// (or refresh) then completes as they answer.
+    pub(super) fn switch_config(
+        &mut self,
+        client: Option<Token>,
+        purpose: Purpose,
+        (new_config, new_metrics, name, source): (
+            ProxyConfig,
+            Option<zentinel_protocol::config::MetricsConfig>,
+            String,
+            ConfigSource,
+        ),
+    ) {
+        let metrics_plan = match self.metrics_plan(new_metrics) {
+            Ok(plan) => plan,
+            Err(err) => return self.reload_refused(client, purpose, &name, &err),
+        };
 
         // Listener diff, by configured address: a kept address keeps its kernel socket.
         let mut listeners = Vec::with_capacity(new_config.listeners.len());
@@ -174,7 +178,7 @@ impl Supervisor {
             };
             match bound {
                 Ok(bound) => listeners.push(bound),
-                Err(err) => return self.reload_refused(client, &name, &err),
+                Err(err) => return self.reload_refused(client, purpose, &name, &err),
             }
         }
         let removed: Vec<String> = self
@@ -208,7 +212,12 @@ impl Supervisor {
                 targets.len()
             ),
         );
+        // A reload that turns session resumption on gets the shared cache made now, before
+        // its `Reconfigure`s (which carry it) go out.
+        self.session_cache =
+            crate::session_cache::ensure(self.session_cache.take(), &new_config, "reload");
         self.reload = Some(ReloadOp {
+            purpose,
             client,
             config: new_config,
             config_name: name,
@@ -238,17 +247,23 @@ impl Supervisor {
             (ReconfigureKind::Reload, None) => return,
             (ReconfigureKind::Rollback, _) => (&self.config, &self.listeners),
         };
+        let cache = crate::session_cache::with_room(self.session_cache.as_ref(), listeners.len());
         let message = MasterMessage::Reconfigure {
             request_id,
             start: WorkerStart {
                 worker_id: process.worker_id(),
+                session_cache: cache.map(|c| Box::new(c.handle())),
                 generation: process.generation(),
                 config: Box::new(worker_config(config, self.slots.len())),
                 listeners: listeners.iter().map(BoundListener::handle).collect(),
                 ticket_keys: Box::new(self.ticket_keys.keys().clone()),
             },
         };
-        let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.as_fd()).collect();
+        let fds: Vec<BorrowedFd<'_>> = listeners
+            .iter()
+            .map(|l| l.as_fd())
+            .chain(cache.map(SessionCache::fd))
+            .collect();
         match send(registry, process, &message, &fds) {
             Ok(()) => {
                 process.sent_reconfigure(request_id, kind);
@@ -436,16 +451,22 @@ impl Supervisor {
         for &token in switched {
             self.send_reconfigure(token, ReconfigureKind::Rollback);
         }
+        let back = if switched.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} worker(s) switched back)", switched.len())
+        };
+        if op.purpose == Purpose::OcspRefresh {
+            return error!(
+                "sending the refreshed OCSP responses to the workers failed: {}{back}",
+                op.failures.join("; ")
+            );
+        }
         let message = format!(
-            "reload of {} failed: {}; the running configuration ({}) is unchanged{}",
+            "reload of {} failed: {}; the running configuration ({}) is unchanged{back}",
             op.config_name,
             op.failures.join("; "),
             self.config_name,
-            if switched.is_empty() {
-                String::new()
-            } else {
-                format!(" ({} worker(s) switched back)", switched.len())
-            }
         );
         error!("{message}");
         self.metrics_reload_finished(false);
@@ -455,6 +476,14 @@ impl Supervisor {
     }
 
     fn reload_commit(&mut self, op: ReloadOp, switched: usize) {
+        if op.purpose == Purpose::OcspRefresh {
+            self.config = op.config;
+            self.listeners = op.listeners;
+            return info!(
+                workers = switched,
+                "refreshed OCSP responses sent to the workers"
+            );
+        }
         let old_count = self.slots.len();
         let old_pid_file = self.config.system.pid_file.clone();
         self.config = op.config;
@@ -468,11 +497,17 @@ impl Supervisor {
         }
         self.metrics_apply(op.metrics);
         self.metrics_reload_finished(true);
+        // The responses of certificates no longer served go (a rollback keeps them: its
+        // workers may need them again).
+        self.ocsp.remove_unused(&self.config);
         // The old set goes: removed addresses close here (workers already dropped theirs),
         // kept ones live on in their duplicates.
         self.listeners = op.listeners;
         let target = worker_count(self.config.system.worker_processes) as usize;
-        let drain = Duration::from_secs(self.config.system.graceful_shutdown_timeout_secs);
+        let limit = self.config.system.max_draining_generations;
+        self.draining_event(crate::draining_generations::Event::Limit(limit));
+        // Surplus workers are retired while the service goes on: the upgrade window.
+        let drain = self.config.system.upgrade_drain();
         while self.slots.len() > target {
             if let Some(slot) = self.slots.pop() {
                 if let Some(token) = slot.current {
@@ -507,7 +542,11 @@ impl Supervisor {
     }
 
     pub(super) fn abort_reload(&mut self, reason: &str) {
-        if let Some(op) = self.reload.take() {
+        if let Some(op) = self
+            .reload
+            .take()
+            .filter(|op| op.purpose == Purpose::Reload)
+        {
             self.metrics_reload_finished(false);
             let message = format!("reload of {} abandoned: {reason}", op.config_name);
             warn!("{message}");

@@ -10,9 +10,7 @@ impl Supervisor {
         drain_override: Option<Duration>,
     ) {
         let now = Instant::now();
-        let drain = drain_override.unwrap_or(Duration::from_secs(
-            self.config.system.graceful_shutdown_timeout_secs,
-        ));
+        let drain = drain_override.unwrap_or(self.config.system.stop_drain());
         let grace = match kind {
             StopKind::Graceful => drain + DRAIN_KILL_GRACE,
             StopKind::Fast => FAST_STOP_GRACE,

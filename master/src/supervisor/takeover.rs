@@ -136,5 +136,7 @@ impl Supervisor {
         // The adopted workers get this master's keys: the ones they have if the predecessor
         // handed them on, fresh ones otherwise (then new workers and old agree from now on).
         self.send_ticket_keys("takeover confirmed");
+        // The adopted draining generations count against max-draining-generations from now.
+        self.draining_adopted();
     }
 }

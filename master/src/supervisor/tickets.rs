@@ -1,6 +1,7 @@
 //! The TLS session-ticket keys (`crate::ticket_keys`; `docs/design/session-tickets.md`): their
 //! rotation in the loop, the `TicketKeys` message every worker that reads it gets, and the keys
-//! a successor master is handed.
+//! a successor master is handed, with the shared TLS session cache
+//! (`docs/design/session-cache.md`).
 //!
 //! Every worker gets the keys in its `Start` (and again in each `Reconfigure`); a rotation
 //! reaches the running ones as `TicketKeys`. No rotation happens while the channels are not
@@ -11,7 +12,9 @@
 
 use std::path::Path;
 
-use zentinel_protocol::state::TICKET_KEYS_STATE_FORMAT;
+use zentinel_protocol::state::{
+    SessionCacheFd, SESSION_CACHE_STATE_FORMAT, TICKET_KEYS_STATE_FORMAT,
+};
 use zentinel_protocol::ticket_keys::{hex, TicketKeys};
 
 use super::*;
@@ -97,50 +100,68 @@ impl Supervisor {
         }
     }
 
-    /// The keys the state file of a hand-over to `binary` carries. They travel only when they
-    /// have a use (a TLS listener resumes sessions) and the new binary says it reads the state
-    /// format that holds them: to any other, the master writes the older format it reads,
-    /// without them (its workers make their own keys; a client's session from before the
-    /// upgrade costs it one full handshake, nothing else). Learning that means running the
-    /// new binary once (`--version --json`, bounded).
-    pub(super) fn ticket_keys_for_successor(&self, binary: &str) -> TicketKeys {
-        let resuming = self.config.listeners.iter().any(|listener| {
-            listener
-                .tls
-                .as_ref()
-                .is_some_and(|tls| tls.session_resumption)
-        });
-        if !resuming {
-            debug!("upgrade: no TLS listener resumes sessions: no session-ticket keys to hand on");
-            return TicketKeys::default();
+    /// What the state file of a hand-over to `binary` carries for session resumption: the
+    /// ticket keys, and the shared session cache (its fd, which the new master inherits).
+    /// They travel only when they have a use (a TLS listener resumes sessions) and the new
+    /// binary says it reads the state format that holds them: to any other, the master writes
+    /// the older format it reads, without them (its workers make their own keys, or an empty
+    /// cache; a client's session from before the upgrade costs it one full handshake, nothing
+    /// else). Learning that means running the new binary once (`--version --json`, bounded).
+    pub(super) fn resumption_for_successor(
+        &self,
+        binary: &str,
+    ) -> (TicketKeys, Option<SessionCacheFd>) {
+        if !crate::session_cache::wanted(&self.config) {
+            debug!("upgrade: no TLS listener resumes sessions: no session-ticket keys or session cache to hand on");
+            return (TicketKeys::default(), None);
         }
-        match crate::preflight::query_version(Path::new(binary), SUCCESSOR_PROBE_TIMEOUT) {
-            Ok(info) if info.reads_state_format(TICKET_KEYS_STATE_FORMAT) => {
-                info!(
-                    format = TICKET_KEYS_STATE_FORMAT,
-                    "upgrade: the TLS session-ticket keys go to the new master"
-                );
-                self.ticket_keys.keys().clone()
-            }
-            Ok(info) => {
-                warn!(
-                    new_version = %info.version,
-                    formats = %info.readable_formats_text(),
-                    "upgrade: the new binary does not read the state format that carries the \
-                     TLS session-ticket keys: its workers make their own, and no session from \
-                     before the upgrade resumes on them"
-                );
-                TicketKeys::default()
-            }
+        let info = match crate::preflight::query_version(Path::new(binary), SUCCESSOR_PROBE_TIMEOUT)
+        {
+            Ok(info) => info,
             Err(reason) => {
                 warn!(
                     %reason,
                     "upgrade: cannot learn which state formats the new binary reads: the TLS \
-                     session-ticket keys stay here, and no session from before the upgrade \
-                     resumes on its workers"
+                     session-ticket keys and session cache stay here, and no session from \
+                     before the upgrade resumes on its workers"
                 );
-                TicketKeys::default()
+                return (TicketKeys::default(), None);
             }
+        };
+        if !info.reads_state_format(TICKET_KEYS_STATE_FORMAT) {
+            warn!(
+                new_version = %info.version,
+                formats = %info.readable_formats_text(),
+                "upgrade: the new binary does not read the state format that carries the \
+                 TLS session-ticket keys: its workers make their own, and no session from \
+                 before the upgrade resumes on them"
+            );
+            return (TicketKeys::default(), None);
         }
+        info!(
+            format = TICKET_KEYS_STATE_FORMAT,
+            "upgrade: the TLS session-ticket keys go to the new master"
+        );
+        let cache = match &self.session_cache {
+            Some(cache) if info.reads_state_format(SESSION_CACHE_STATE_FORMAT) => {
+                info!(
+                    format = SESSION_CACHE_STATE_FORMAT,
+                    "upgrade: the shared TLS session cache goes to the new master"
+                );
+                Some(cache.record())
+            }
+            Some(_) => {
+                warn!(
+                    new_version = %info.version,
+                    formats = %info.readable_formats_text(),
+                    "upgrade: the new binary does not read the state format that carries the \
+                     shared TLS session cache: its workers start with an empty one, and a \
+                     session resumed by id from before the upgrade pays a full handshake"
+                );
+                None
+            }
+            None => None,
+        };
+        (self.ticket_keys.keys().clone(), cache)
     }
 }

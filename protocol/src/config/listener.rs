@@ -84,7 +84,8 @@ pub struct TlsConfig {
     /// the SNI certificates) are stapled. Off: none is, whatever files are named.
     pub ocsp_stapling: bool,
     /// `ocsp-response`: a DER OCSP response for `cert_file`, stapled for clients that ask
-    /// (status_request). Absolute; re-read by every reload like the certificate.
+    /// (status_request). Absolute; re-read by every reload like the certificate. Without one
+    /// in the file, the master names the response it fetched from the certificate's responder.
     pub ocsp_response: Option<String>,
 }
 

@@ -173,6 +173,7 @@ mod write_tests {
             metrics_listener: None,
             metrics: MasterMetrics::default(),
             ticket_keys: Default::default(),
+            session_cache: None,
         };
         let mut synced = None;
         let err = write_state_file_syncing(&path, &state, |d| {

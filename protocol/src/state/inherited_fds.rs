@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::{MasterStateV6, StateError};
+use super::{MasterStateV7, StateError};
 
 /// One fd number the new master is handed, and what it is (for errors).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +26,7 @@ impl InheritedFd {
     }
 }
 
-impl MasterStateV6 {
+impl MasterStateV7 {
     /// Every fd number this state hands over, in the order the new master takes them.
     pub fn inherited_fds(&self) -> Vec<InheritedFd> {
         let mut fds = vec![
@@ -49,6 +49,9 @@ impl MasterStateV6 {
         }
         if let Some(metrics) = &self.metrics_listener {
             fds.push(InheritedFd::new(metrics.fd, "metrics listener"));
+        }
+        if let Some(cache) = &self.session_cache {
+            fds.push(InheritedFd::new(cache.fd, "TLS session cache"));
         }
         fds
     }

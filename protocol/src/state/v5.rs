@@ -1,6 +1,6 @@
 //! State format version 5, frozen: the runtime facts with each retired worker's drain deadline,
-//! as they were before the TLS session-ticket keys travelled (format 6), the conversion to the
-//! latest state, and back.
+//! as they were before the TLS session-ticket keys travelled (format 6), the conversion to
+//! format 6 (and on to the latest through [`super::v6`]), and back.
 //!
 //! Never edit these types: `tests/fixtures/state-v5.bin` was written with them. `WorkerRecord`,
 //! `ListenerFd`, `PendingUpgrade`, `InheritedListener` and `MasterMetrics` are still shared with
@@ -67,14 +67,14 @@ impl From<MasterStateV5> for MasterStateV6 {
     }
 }
 
-/// Format 4 reaches the latest through format 5.
+/// Format 4 reaches format 6 through format 5.
 impl From<MasterStateV4> for MasterStateV6 {
     fn from(old: MasterStateV4) -> Self {
         MasterStateV5::from(old).into()
     }
 }
 
-/// Formats 1 to 3 reach the latest through formats 4 and 5.
+/// Formats 1 to 3 reach format 6 through formats 4 and 5.
 impl From<super::MasterStateV3> for MasterStateV6 {
     fn from(old: super::MasterStateV3) -> Self {
         MasterStateV5::from(old).into()

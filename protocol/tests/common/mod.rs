@@ -9,6 +9,7 @@ use proptest::option;
 use proptest::prelude::*;
 use zentinel_protocol::config::*;
 use zentinel_protocol::messages::*;
+use zentinel_protocol::session_cache::SessionCacheHandle;
 use zentinel_protocol::ticket_keys::{
     TicketKey, TicketKeys, TICKET_KEY_NAME_LEN, TICKET_KEY_SECRET_LEN,
 };
@@ -26,6 +27,11 @@ fn system() -> impl Strategy<Value = SystemConfig> {
         any::<u64>(),
         option::of(name()),
         option::of(name()),
+        (
+            option::of(any::<u64>()),
+            option::of(any::<u64>()),
+            any::<u32>(),
+        ),
     )
         .prop_map(
             |(
@@ -34,6 +40,7 @@ fn system() -> impl Strategy<Value = SystemConfig> {
                 graceful_shutdown_timeout_secs,
                 control_socket,
                 pid_file,
+                (upgrade_drain_timeout_secs, close_spread_time_ms, max_draining_generations),
             )| SystemConfig {
                 worker_processes,
                 max_connections,
@@ -43,6 +50,9 @@ fn system() -> impl Strategy<Value = SystemConfig> {
                 user: None,
                 group: None,
                 trace_id_format: TraceIdFormat::TinyFlake,
+                upgrade_drain_timeout_secs,
+                close_spread_time_ms,
+                max_draining_generations,
             },
         )
 }
@@ -462,14 +472,17 @@ fn worker_start() -> impl Strategy<Value = WorkerStart> {
         proxy_config(),
         vec(handle, 0..4),
         ticket_keys(),
+        option::of(any::<u64>()),
     )
         .prop_map(
-            |(worker_id, generation, config, listeners, keys)| WorkerStart {
+            |(worker_id, generation, config, listeners, keys, cache)| WorkerStart {
                 worker_id,
                 generation,
                 config: Box::new(config),
                 listeners,
                 ticket_keys: Box::new(keys),
+                session_cache: cache
+                    .map(|segment_bytes| Box::new(SessionCacheHandle { segment_bytes })),
             },
         )
 }
@@ -484,6 +497,7 @@ pub fn master_message() -> impl Strategy<Value = MasterMessage> {
         (any::<u64>(), worker_start())
             .prop_map(|(request_id, start)| MasterMessage::Reconfigure { request_id, start }),
         ticket_keys().prop_map(MasterMessage::TicketKeys),
+        Just(MasterMessage::FinishDrain),
     ]
 }
 

@@ -39,7 +39,7 @@ impl Worker {
                         .poll
                         .registry()
                         .deregister(&mut SourceFd(&self.channel.as_raw_fd()));
-                    self.start_drain(self.graceful_timeout, now);
+                    self.start_drain(self.drain_settings.timeout, now);
                     return Control::Continue;
                 }
             }
@@ -84,14 +84,15 @@ impl Worker {
             MasterMessage::Drain { timeout_ms } => {
                 self.start_drain(Duration::from_millis(timeout_ms), now);
             }
+            MasterMessage::FinishDrain => self.finish_drain(now),
             MasterMessage::Stop => {
                 info!(active = self.sessions.len(), "stop requested: exiting now");
                 return Control::Exit;
             }
             MasterMessage::TicketKeys(keys) => {
-                self.ticketer.replace(&keys);
+                self.resumption.ticketer.replace(&keys);
                 info!(
-                    keys = ?self.ticketer,
+                    keys = ?self.resumption.ticketer,
                     "TLS session-ticket keys replaced: new tickets use the first"
                 );
             }
@@ -107,8 +108,15 @@ impl Worker {
     /// `Reconfigure`: validate everything first (any error changes nothing and closes the
     /// received fds), then switch listeners and configuration for new connections. The answer
     /// carries `request_id`.
-    pub(super) fn reconfigure(&mut self, request_id: u64, ws: &WorkerStart, fds: Vec<OwnedFd>) {
+    pub(super) fn reconfigure(&mut self, request_id: u64, ws: &WorkerStart, mut fds: Vec<OwnedFd>) {
         let generation = ws.generation;
+        // The shared session cache: kept if this worker has one (the master hands the same
+        // one again), else mapped now, e.g. when this reload is the first to resume sessions.
+        let cache_fd = crate::session_cache::split_fds(ws, &mut fds);
+        if self.resumption.cache.is_none() {
+            self.resumption.cache =
+                crate::session_cache::attach(ws.session_cache.as_deref(), cache_fd);
+        }
         let refuse = |w: &mut Worker, reason: String| {
             warn!(
                 config_generation = generation,
@@ -129,7 +137,7 @@ impl Worker {
                 ),
             );
         }
-        let candidate = match Candidate::validate(ws, fds, "Reconfigure", &self.ticketer) {
+        let candidate = match Candidate::validate(ws, fds, "Reconfigure", &self.resumption) {
             Ok(c) => c,
             Err(reason) => return refuse(self, reason),
         };
@@ -140,7 +148,7 @@ impl Worker {
             return refuse(self, format!("cannot poll the new listener set: {e}"));
         }
         let registry = self.poll.registry();
-        let (generation_new, set, max_connections, graceful_timeout) = build_generation(
+        let (generation_new, set, max_connections, drain_settings) = build_generation(
             candidate,
             &mut self.shared.upstreams,
             &self.shared.current.pools,
@@ -159,14 +167,14 @@ impl Worker {
         self.retired.push(Rc::downgrade(&old));
         drop(old);
         self.max_connections = max_connections.max(1);
-        self.graceful_timeout = graceful_timeout;
+        self.drain_settings = drain_settings;
         // The new sockets may have connections queued already.
         self.accept_pending = true;
         self.at_capacity_logged = false;
         self.reloads += 1;
         // The master's current keys: the same as the last rotation sent, unless this came
         // first (the keys are never older than what this worker has).
-        self.ticketer.replace(&ws.ticket_keys);
+        self.resumption.ticketer.replace(&ws.ticket_keys);
         self.pools_to_check = true;
         self.retire_pools();
         // New names are looked up off the loop; exchanges wait for them (see `Pick::Wait`).
@@ -238,14 +246,14 @@ pub(super) fn start_resolver(upstreams: &mut Upstreams, registry: &mio::Registry
 
 /// Install a validated candidate: its pools (reusing unchanged ones among `current_pools`),
 /// with routes and listeners resolved to pool keys. Returns the generation, the listener set
-/// (registered by the caller), `max_connections` and the graceful shutdown timeout.
+/// (registered by the caller), `max_connections` and how to drain.
 pub(super) fn build_generation(
     c: Candidate,
     upstreams: &mut Upstreams,
     current_pools: &[usize],
     registry: &mio::Registry,
     timers: &mut Timers<TimerKey>,
-) -> (Generation, ListenerSet, usize, Duration) {
+) -> (Generation, ListenerSet, usize, DrainSettings) {
     let keys = upstreams.install(c.pools, current_pools, registry, timers);
     // Start or reload: access-log files are reopened by path (log rotation).
     crate::access_log::reopen();
@@ -268,10 +276,5 @@ pub(super) fn build_generation(
         pools: keys,
         config_view: c.config_view,
     };
-    (
-        generation,
-        c.listeners,
-        c.max_connections.max(1),
-        c.graceful_timeout,
-    )
+    (generation, c.listeners, c.max_connections.max(1), c.drain)
 }

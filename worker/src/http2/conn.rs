@@ -147,6 +147,12 @@ impl H2Conn {
         self.peer
     }
 
+    /// No stream open: the drain spreads such connections' GOAWAYs like idle keep-alive
+    /// connections' closes.
+    pub fn is_idle(&self) -> bool {
+        self.streams.is_empty()
+    }
+
     /// Pipes of streams accepted since the last call: the event loop creates their sessions.
     pub fn take_new_streams(&mut self) -> Vec<SharedPipe> {
         std::mem::take(&mut self.new_streams)

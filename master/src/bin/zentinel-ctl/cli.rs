@@ -159,7 +159,8 @@ pub(crate) struct UpgradeArgs {
     /// replaced on disk). Sent as an absolute path.
     #[arg(long, value_name = "PATH")]
     pub(crate) binary: Option<PathBuf>,
-    /// How long each old worker may drain (default: `graceful-shutdown-timeout-secs`).
+    /// How long each old worker may drain (default: `upgrade-drain-timeout-secs`, else
+    /// `graceful-shutdown-timeout-secs`).
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub(crate) drain_timeout: Option<Duration>,
     /// How long the new master, and each new worker, may take to become ready (default 10s).
@@ -242,19 +243,29 @@ pub(crate) fn resolve_socket(cli: &Cli) -> CtlResult<PathBuf> {
     Ok(master_control_socket(configured.as_deref()))
 }
 
-/// The drain deadline the master will use when the command does not set one: the config's
-/// when one was given, else the built-in default.
-pub(crate) fn configured_drain(cli: &Cli) -> Duration {
-    cli.config
-        .as_deref()
-        .map_or(DEFAULT_DRAIN, |path| drain_of_config(Some(path)))
+/// Which drain window a command waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DrainWindow {
+    /// `graceful-shutdown-timeout-secs`.
+    Stop,
+    /// `upgrade-drain-timeout-secs`, else `graceful-shutdown-timeout-secs`.
+    Upgrade,
 }
 
-/// The drain deadline of a master running `config` (`None`: the embedded default): its
-/// `graceful-shutdown-timeout-secs`, or the built-in default when it cannot be read.
-pub(crate) fn drain_of_config(config: Option<&Path>) -> Duration {
-    load_config(config).map_or(DEFAULT_DRAIN, |(config, _)| {
-        Duration::from_secs(config.system.graceful_shutdown_timeout_secs)
+/// The drain deadline the master will use when the command does not set one: the config's
+/// when one was given, else the built-in default.
+pub(crate) fn configured_drain(cli: &Cli, window: DrainWindow) -> Duration {
+    cli.config
+        .as_deref()
+        .map_or(DEFAULT_DRAIN, |path| drain_of_config(Some(path), window))
+}
+
+/// The drain deadline of a master running `config` (`None`: the embedded default) for
+/// `window`, or the built-in default when it cannot be read.
+pub(crate) fn drain_of_config(config: Option<&Path>, window: DrainWindow) -> Duration {
+    load_config(config).map_or(DEFAULT_DRAIN, |(config, _)| match window {
+        DrainWindow::Stop => config.system.stop_drain(),
+        DrainWindow::Upgrade => config.system.upgrade_drain(),
     })
 }
 

@@ -11,7 +11,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use zentinel_protocol::config_source::ConfigSource;
 use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
 use zentinel_protocol::control::{
-    ControlRequest, ControlResponse, StatusReport, CONTROL_CLIENT_LIMITS,
+    ControlRequest, ControlResponse, DrainStatusReport, StatusReport, CONTROL_CLIENT_LIMITS,
 };
 use zentinel_protocol::messages::Hello;
 use zentinel_protocol::{Channel, ProtocolError};
@@ -109,6 +109,19 @@ impl Connection {
             timeout,
             |response| match response {
                 ControlResponse::Status(report) => Ok(report),
+                other => Err(other),
+            },
+        )
+    }
+
+    /// One `DrainStatus` request: the draining workers' generations, connections and
+    /// remaining drain time. A master that predates it refuses it and closes the connection.
+    pub(crate) fn drain_status(&mut self, timeout: Duration) -> CtlResult<DrainStatusReport> {
+        self.ask(
+            &ControlRequest::DrainStatus,
+            timeout,
+            |response| match response {
+                ControlResponse::DrainStatus(report) => Ok(*report),
                 other => Err(other),
             },
         )
@@ -287,6 +300,7 @@ fn request_name(request: &ControlRequest) -> &'static str {
         ControlRequest::WorkerRestart { .. } => "worker restart",
         ControlRequest::Upgrade { .. } | ControlRequest::UpgradeWith(_) => "upgrade",
         ControlRequest::RunningConfig => "running config",
+        ControlRequest::DrainStatus => "drain status",
     }
 }
 

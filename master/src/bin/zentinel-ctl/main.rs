@@ -26,7 +26,8 @@ use clap::Parser as _;
 use zentinel_protocol::control::ControlRequest;
 
 use crate::cli::{
-    absolute_config_path, configured_drain, resolve_socket, Cli, Command, WorkerCommand,
+    absolute_config_path, configured_drain, resolve_socket, Cli, Command, DrainWindow,
+    WorkerCommand,
 };
 use crate::client::Connection;
 
@@ -78,7 +79,7 @@ fn run(cli: &Cli) -> CtlResult<()> {
             drain_timeout,
         } => {
             let drain_timeout_ms = drain_timeout.map(millis);
-            let drain = drain_timeout.unwrap_or_else(|| configured_drain(cli));
+            let drain = drain_timeout.unwrap_or_else(|| configured_drain(cli, DrainWindow::Stop));
             let wait = cli.timeout.max(drain + LONG_OPERATION_MARGIN);
             let mut conn = Connection::open(&socket, cli.timeout)?;
             conn.operation(
@@ -94,7 +95,7 @@ fn run(cli: &Cli) -> CtlResult<()> {
         Command::Worker(WorkerCommand::Restart { id }) => {
             let wait = cli
                 .timeout
-                .max(configured_drain(cli) + LONG_OPERATION_MARGIN);
+                .max(configured_drain(cli, DrainWindow::Upgrade) + LONG_OPERATION_MARGIN);
             let mut conn = Connection::open(&socket, cli.timeout)?;
             conn.operation(
                 &ControlRequest::WorkerRestart { worker_id: *id },

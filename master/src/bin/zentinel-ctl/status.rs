@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use zentinel_protocol::control::{MasterStatus, StatusReport, WorkerState, WorkerStatus};
+use zentinel_protocol::control::{
+    DrainStatusReport, MasterStatus, StatusReport, WorkerState, WorkerStatus,
+};
 use zentinel_protocol::messages::WorkerCounters;
 
 use crate::cli::StatusArgs;
@@ -19,7 +21,11 @@ pub(crate) fn run(socket: &Path, timeout: Duration, args: &StatusArgs) -> CtlRes
         None => {
             let mut conn = Connection::open(socket, timeout)?;
             let report = conn.status(timeout)?;
-            print_report(&report, args.json)
+            // After the status, whose fresh counters the master keeps: the connection counts
+            // of the drain status are those. A master that predates it refuses it (and closes
+            // the connection): the status is shown without it.
+            let drain = conn.drain_status(timeout).ok();
+            print_report(&report, drain.as_ref(), args.json)
         }
         Some(interval) => watch(socket, timeout, interval, args.json),
     }
@@ -29,6 +35,22 @@ pub(crate) fn run(socket: &Path, timeout: Duration, args: &StatusArgs) -> CtlRes
 struct JsonReport<'a> {
     master: JsonMaster<'a>,
     workers: Vec<JsonWorker<'a>>,
+    /// Absent when the master does not answer `DrainStatus` (it predates it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    draining: Option<Vec<JsonDraining>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_draining_generations: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct JsonDraining {
+    pid: u32,
+    id: u32,
+    generation: u64,
+    connections: u64,
+    /// `null` when the master knows no deadline for it.
+    drain_remaining_ms: Option<u64>,
+    finishing: bool,
 }
 
 #[derive(Serialize)]
@@ -80,7 +102,7 @@ fn errors_total(c: &WorkerCounters) -> u64 {
         .saturating_add(c.accept_errors)
 }
 
-fn json_report(report: &StatusReport) -> JsonReport<'_> {
+fn json_report<'a>(report: &'a StatusReport, drain: Option<&DrainStatusReport>) -> JsonReport<'a> {
     let MasterStatus {
         pid,
         version,
@@ -99,6 +121,20 @@ fn json_report(report: &StatusReport) -> JsonReport<'_> {
             config,
         },
         workers: report.workers.iter().map(json_worker).collect(),
+        draining: drain.map(|d| {
+            d.workers
+                .iter()
+                .map(|w| JsonDraining {
+                    pid: w.pid,
+                    id: w.id,
+                    generation: w.generation,
+                    connections: w.connections,
+                    drain_remaining_ms: w.drain_remaining_ms,
+                    finishing: w.finishing,
+                })
+                .collect()
+        }),
+        max_draining_generations: drain.map(|d| d.max_draining_generations),
     }
 }
 
@@ -133,8 +169,52 @@ fn json_worker(w: &WorkerStatus) -> JsonWorker<'_> {
     }
 }
 
-fn render_json(report: &StatusReport) -> CtlResult<String> {
-    serde_json::to_string(&json_report(report)).map_err(|e| format!("cannot encode JSON: {e}"))
+fn render_json(report: &StatusReport, drain: Option<&DrainStatusReport>) -> CtlResult<String> {
+    serde_json::to_string(&json_report(report, drain))
+        .map_err(|e| format!("cannot encode JSON: {e}"))
+}
+
+/// `12.3s`, `4m05s`: a remaining drain time.
+fn format_remaining(ms: u64) -> String {
+    if ms < 60_000 {
+        format!("{}.{}s", ms / 1000, ms % 1000 / 100)
+    } else {
+        format_uptime(ms / 1000)
+    }
+}
+
+/// One line per draining worker: what keeps it, and for how long at most.
+fn render_draining(drain: &DrainStatusReport) -> String {
+    let mut out = String::new();
+    if drain.workers.is_empty() {
+        return out;
+    }
+    let generations: std::collections::BTreeSet<u64> =
+        drain.workers.iter().map(|w| w.generation).collect();
+    let _ = writeln!(
+        out,
+        "draining: {} worker(s) of {} generation(s) (max-draining-generations {})",
+        drain.workers.len(),
+        generations.len(),
+        drain.max_draining_generations
+    );
+    for w in &drain.workers {
+        let left = w.drain_remaining_ms.map_or_else(
+            || "no deadline known".to_owned(),
+            |ms| format!("{} left", format_remaining(ms)),
+        );
+        let finishing = if w.finishing {
+            ", finishing now (idle connections closed)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "  pid {} (worker {}, generation {}): {} connection(s), {left}{finishing}",
+            w.pid, w.id, w.generation, w.connections
+        );
+    }
+    out
 }
 
 /// `45s`, `12m03s`, `5h02m`, `3d04h`.
@@ -257,15 +337,29 @@ fn render_table(report: &StatusReport) -> String {
     out
 }
 
-fn print_report(report: &StatusReport, json: bool) -> CtlResult<()> {
-    let text = if json {
-        let mut text = render_json(report)?;
+fn print_report(
+    report: &StatusReport,
+    drain: Option<&DrainStatusReport>,
+    json: bool,
+) -> CtlResult<()> {
+    write_stdout(&render(report, drain, json)?)
+}
+
+fn render(
+    report: &StatusReport,
+    drain: Option<&DrainStatusReport>,
+    json: bool,
+) -> CtlResult<String> {
+    if json {
+        let mut text = render_json(report, drain)?;
         text.push('\n');
-        text
-    } else {
-        render_table(report)
-    };
-    write_stdout(&text)
+        return Ok(text);
+    }
+    let mut text = render_table(report);
+    if let Some(drain) = drain {
+        text.push_str(&render_draining(drain));
+    }
+    Ok(text)
 }
 
 /// Redraw until interrupted, reusing one connection and reconnecting when it breaks. The
@@ -273,6 +367,8 @@ fn print_report(report: &StatusReport, json: bool) -> CtlResult<()> {
 /// retried, so the screen survives a master restart.
 fn watch(socket: &Path, timeout: Duration, interval: Duration, json: bool) -> CtlResult<()> {
     let mut conn = Some(Connection::open(socket, timeout)?);
+    // Until a master refuses it (it predates it, and closes the connection on it).
+    let mut drain_known = true;
     loop {
         let started = Instant::now();
         let result = match conn.as_mut() {
@@ -283,6 +379,16 @@ fn watch(socket: &Path, timeout: Duration, interval: Duration, json: bool) -> Ct
                 report
             }),
         };
+        let mut drain = None;
+        if let (Ok(_), Some(c), true) = (&result, conn.as_mut(), drain_known) {
+            match c.drain_status(timeout) {
+                Ok(report) => drain = Some(report),
+                Err(_) => {
+                    drain_known = false;
+                    conn = None;
+                }
+            }
+        }
         // Clear the screen, then the header.
         let header = format!(
             "\x1b[H\x1b[2J{}  every {interval:?} from {}  (Ctrl-C to stop)\n\n",
@@ -290,8 +396,8 @@ fn watch(socket: &Path, timeout: Duration, interval: Duration, json: bool) -> Ct
             socket.display()
         );
         match result {
-            Ok(report) if json => write_stdout(&(render_json(&report)? + "\n"))?,
-            Ok(report) => write_stdout(&(header + &render_table(&report)))?,
+            Ok(report) if json => write_stdout(&render(&report, drain.as_ref(), true)?)?,
+            Ok(report) => write_stdout(&(header + &render(&report, drain.as_ref(), false)?))?,
             Err(reason) => {
                 conn = None;
                 if json {
@@ -366,10 +472,71 @@ mod tests {
         }
     }
 
+    fn drain() -> DrainStatusReport {
+        use zentinel_protocol::control::DrainingWorker;
+        DrainStatusReport {
+            max_draining_generations: 3,
+            workers: vec![
+                DrainingWorker {
+                    pid: 11,
+                    id: 0,
+                    generation: 1,
+                    connections: 4,
+                    drain_remaining_ms: Some(12_345),
+                    finishing: true,
+                },
+                DrainingWorker {
+                    pid: 12,
+                    id: 1,
+                    generation: 2,
+                    connections: 0,
+                    drain_remaining_ms: None,
+                    finishing: false,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn drain_status_adds_keys_and_lines_only() {
+        let without: serde_json::Value =
+            serde_json::from_str(&render_json(&report(), None).unwrap()).unwrap();
+        assert!(without.get("draining").is_none(), "{without}");
+        let with: serde_json::Value =
+            serde_json::from_str(&render_json(&report(), Some(&drain())).unwrap()).unwrap();
+        assert_eq!(with["master"], without["master"]);
+        assert_eq!(with["workers"], without["workers"]);
+        assert_eq!(with["max_draining_generations"], 3);
+        let first = &with["draining"][0];
+        assert_eq!(first["pid"], 11);
+        assert_eq!(first["generation"], 1);
+        assert_eq!(first["connections"], 4);
+        assert_eq!(first["drain_remaining_ms"], 12_345);
+        assert_eq!(first["finishing"], true);
+        assert!(with["draining"][1]["drain_remaining_ms"].is_null());
+
+        let text = render(&report(), Some(&drain()), false).unwrap();
+        assert!(
+            text.contains("draining: 2 worker(s) of 2 generation(s) (max-draining-generations 3)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "pid 11 (worker 0, generation 1): 4 connection(s), 12.3s left, finishing now"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("pid 12 (worker 1, generation 2): 0 connection(s), no deadline known"),
+            "{text}"
+        );
+        assert_eq!(format_remaining(125_000), "2m05s");
+    }
+
     #[test]
     fn json_has_the_contract_keys() {
         let value: serde_json::Value =
-            serde_json::from_str(&render_json(&report()).unwrap()).unwrap();
+            serde_json::from_str(&render_json(&report(), None).unwrap()).unwrap();
         for key in [
             "pid",
             "version",

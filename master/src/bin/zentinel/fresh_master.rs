@@ -12,6 +12,8 @@ use zentinel_master::control::ControlSocket;
 use zentinel_master::control_socket_path::master_control_socket;
 use zentinel_master::listeners;
 use zentinel_master::logging::{self, LogSettings};
+use zentinel_master::ocsp_fetch::{staple_dir, Stapler};
+use zentinel_master::session_cache;
 use zentinel_master::supervisor::{self, Supervisor, SupervisorSetup};
 use zentinel_master::systemd;
 use zentinel_master::ticket_keys::{self, TicketKeyRotation};
@@ -69,7 +71,7 @@ pub(crate) fn run_master(cli: &Cli) -> ExitCode {
     let config::LoadedConfig {
         config:
             config::FullConfig {
-                proxy: config,
+                proxy: mut config,
                 metrics,
                 logging,
                 warnings,
@@ -92,7 +94,6 @@ pub(crate) fn run_master(cli: &Cli) -> ExitCode {
         tracing::warn!("{warning}");
     }
     config::log_warnings(&warnings);
-    config::log_notes(&config);
     if !activation.sockets.is_empty() {
         // Listeners whose address systemd passed use that socket (bind_listener duplicates
         // it); the others are bound below as usual.
@@ -114,6 +115,12 @@ pub(crate) fn run_master(cli: &Cli) -> ExitCode {
         Ok(control) => control,
         Err(err) => return fail(EXIT_FAILURE, err),
     };
+    // Once this master is known to be the only one (its control socket is bound): the
+    // responses of the certificates that name a responder, for at most FETCH_TIMEOUT.
+    let mut ocsp = Stapler::new(staple_dir(&control_path));
+    ocsp.fetch_all(&mut config);
+    ocsp.remove_unused(&config);
+    config::log_notes(&config);
     let listeners = match listeners::bind_all_at_start(&config.listeners, BIND_PATIENCE) {
         Ok(listeners) => listeners,
         Err(err) => return fail(EXIT_FAILURE, err),
@@ -135,6 +142,8 @@ pub(crate) fn run_master(cli: &Cli) -> ExitCode {
                 )
             }
         };
+    // Before any worker starts: each gets it in its `Start`.
+    let session_cache = session_cache::ensure(None, &config, "start");
     let setup = SupervisorSetup {
         config,
         config_name,
@@ -150,6 +159,8 @@ pub(crate) fn run_master(cli: &Cli) -> ExitCode {
         metrics,
         master_metrics: Default::default(),
         ticket_keys,
+        ocsp,
+        session_cache,
     };
     let result = Supervisor::new(setup).and_then(Supervisor::run);
     match result {

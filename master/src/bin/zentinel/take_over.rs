@@ -9,7 +9,9 @@ use std::time::Instant;
 use zentinel_master::config;
 use zentinel_master::control::ControlSocket;
 use zentinel_master::listeners::BoundListener;
+use zentinel_master::ocsp_fetch::{staple_dir, Stapler};
 use zentinel_master::ownership::Ownership;
+use zentinel_master::session_cache;
 use zentinel_master::supervisor::{Inherited, Supervisor, SupervisorSetup};
 use zentinel_master::systemd;
 use zentinel_master::ticket_keys::{self, TicketKeyRotation};
@@ -85,7 +87,7 @@ fn take_over(
     let config::LoadedConfig {
         config:
             config::FullConfig {
-                proxy: config,
+                proxy: mut config,
                 metrics: metrics_config,
                 logging,
                 warnings,
@@ -108,6 +110,11 @@ fn take_over(
         .map_err(|_| "cannot start logging (see the line above)".to_owned())?;
     zentinel_worker::fault_injection::report_unavailable();
     config::log_warnings(&warnings);
+    // The responses the previous master fetched, in the directory of the same control socket:
+    // asking responders now could keep it waiting for our readiness; once confirmed, the loop
+    // refreshes them (at once when there are none).
+    let mut ocsp = Stapler::new(staple_dir(Path::new(&state.control_socket_path)));
+    ocsp.use_stored(&mut config);
     config::log_notes(&config);
     let listener_fds = inherited_listeners(&state.listeners, &config.listeners)
         .map_err(|e| format!("state file {}: {e}", state_path.display()))?;
@@ -176,6 +183,13 @@ fn take_over(
             ))
         }
     };
+    let inherited_cache = match &state.session_cache {
+        Some(entry) => Some((
+            upgrade::take_inherited_fd(entry.fd, "TLS session cache").map_err(fd_err)?,
+            entry.segment_bytes,
+        )),
+        None => None,
+    };
     let executable = Executable::open_self_as(started_as().as_deref())
         .map_err(|e| format!("cannot open this binary's executable (/proc/self/exe): {e}"))?;
     tracing::info!(
@@ -184,8 +198,13 @@ fn take_over(
         binary = %executable.path().display(),
         workers = workers.len(),
         ticket_keys_inherited = !state.ticket_keys.keys.is_empty(),
+        session_cache_inherited = inherited_cache.is_some(),
         "taking over from the previous master"
     );
+    // The predecessor's session cache, shared with its workers, so that their sessions resume
+    // on ours; a fresh one if it handed none on (an older format, no TLS listener resuming
+    // sessions) or one of a layout this binary does not share.
+    let session_cache = session_cache::inherited(inherited_cache, &config);
     // The predecessor's keys, so that its workers' tickets open on ours; fresh ones if it
     // handed none on (an older format, or no TLS listener resuming sessions).
     let ticket_keys = TicketKeyRotation::inherited_with_rotation(
@@ -217,6 +236,8 @@ fn take_over(
         metrics,
         master_metrics: state.metrics,
         ticket_keys,
+        ocsp,
+        session_cache,
     };
     let supervisor = Supervisor::new(setup).map_err(|e| e.to_string())?;
     // From here on failures are logged before the pipe closes: the supervisor's own copy is

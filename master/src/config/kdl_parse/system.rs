@@ -21,6 +21,9 @@ const SYSTEM_KEYS: &[&str] = &[
     "workers",
     "max-connections",
     "graceful-shutdown-timeout-secs",
+    "upgrade-drain-timeout-secs",
+    "close-spread-time-secs",
+    "max-draining-generations",
     "control-socket",
     "pid-file",
     "daemon",
@@ -44,6 +47,7 @@ pub(super) fn parse_system(node: &KdlNode, system: &mut SystemConfig, diags: &mu
         );
     }
     let mut worker_count_at: Option<(&str, usize)> = None;
+    let mut close_spread_at = None;
     for child in keyed_block(node, SYSTEM_KEYS, diags) {
         match name(child) {
             key @ ("worker-threads" | "worker-processes") => {
@@ -85,6 +89,22 @@ pub(super) fn parse_system(node: &KdlNode, system: &mut SystemConfig, diags: &mu
             "graceful-shutdown-timeout-secs" => {
                 if let Some(v) = leaf_int(child, 0, MAX_SECS, diags) {
                     system.graceful_shutdown_timeout_secs = v;
+                }
+            }
+            "upgrade-drain-timeout-secs" => {
+                if let Some(v) = leaf_int(child, 0, MAX_SECS, diags) {
+                    system.upgrade_drain_timeout_secs = Some(v);
+                }
+            }
+            "close-spread-time-secs" => {
+                if let Some(v) = leaf_int(child, 0, MAX_SECS, diags) {
+                    close_spread_at = Some(name_at(child));
+                    system.close_spread_time_ms = Some(v.saturating_mul(1000));
+                }
+            }
+            "max-draining-generations" => {
+                if let Some(v) = leaf_u32(child, 0, 1000, diags) {
+                    system.max_draining_generations = v;
                 }
             }
             key @ ("control-socket" | "pid-file") => {
@@ -159,6 +179,20 @@ pub(super) fn parse_system(node: &KdlNode, system: &mut SystemConfig, diags: &mu
                 }
             }
             _ => unknown(child, "system", SYSTEM_KEYS, SYSTEM_UNSUPPORTED, diags),
+        }
+    }
+    if let (Some(at), Some(spread)) = (close_spread_at, system.close_spread()) {
+        let shortest = system.stop_drain().min(system.upgrade_drain());
+        if spread > shortest {
+            diags.warn(
+                at,
+                "close-spread-time-secs",
+                format!(
+                    "longer than the shortest drain window ({} s): a drain that short spreads \
+                     its closes over the whole of it",
+                    shortest.as_secs()
+                ),
+            );
         }
     }
 }

@@ -46,7 +46,8 @@ pub(in crate::supervisor) fn send(
 ) -> Result<(), ProtocolError> {
     let channel = process.channel.as_mut().ok_or(ProtocolError::Closed)?;
     // An adopted worker of an older protocol reads only its own layout (protocol 1's
-    // `Drain`, `Stop` and `StatusRequest` are protocol 2's).
+    // `Drain`, `Stop` and `StatusRequest` are protocol 2's). Callers do not send a message an
+    // older worker cannot read; if one did, it is refused here rather than sent.
     match process.protocol_version {
         0..=2 => {
             let legacy = MasterMessageV2::try_from(message)
@@ -57,6 +58,12 @@ pub(in crate::supervisor) fn send(
             let legacy = MasterMessageV3::try_from(message)
                 .map_err(|err| ProtocolError::Invalid(err.to_string()))?;
             channel.send(&legacy, fds)?;
+        }
+        zentinel_protocol::messages::v4::VERSION => {
+            // Protocol 4's layout is today's without the variants added since.
+            let same = zentinel_protocol::messages::v4::for_protocol_4(message)
+                .map_err(|err| ProtocolError::Invalid(err.to_string()))?;
+            channel.send(same, fds)?;
         }
         _ => {
             channel.send(message, fds)?;

@@ -92,6 +92,10 @@ impl HttpSession {
         self.trace_id = trace_id::for_request(&req, self.generation.trace_id_format);
         if self.logs_access() {
             let mut entry = access_log::Entry::from_request(self.head_started, &req);
+            if matches!(self.client, ClientSock::Pipe(_)) {
+                // A stream of an HTTP/2 connection: its head only passed through HTTP/1.1.
+                entry.protocol = "HTTP/2.0";
+            }
             entry.trace_id = self.trace_id.clone();
             self.access = Some(Box::new(entry));
         }

@@ -7,7 +7,7 @@ use zentinel_master::upgrade::format_duration;
 use zentinel_protocol::control::{CanaryPolicy, StatusReport, WorkerState, WorkerStatus};
 
 use super::preflight::{draining_workers, Preflight};
-use crate::cli::{drain_of_config, UpgradeArgs};
+use crate::cli::{drain_of_config, DrainWindow, UpgradeArgs};
 use crate::{millis, write_stdout, CtlResult, DEFAULT_READY};
 
 /// `--dry-run`: what the upgrade would do, after a successful pre-flight.
@@ -18,10 +18,10 @@ pub(super) fn print(report: &StatusReport, pre: &Preflight, args: &UpgradeArgs) 
         .iter()
         .filter(|w| w.state == WorkerState::Running && w.generation == master.generation)
         .collect();
-    // The master's drain default is the running config's graceful-shutdown-timeout-secs.
+    // The master's drain default is the running config's upgrade window.
     let drain = args
         .drain_timeout
-        .unwrap_or_else(|| drain_of_config(pre.config.as_deref()));
+        .unwrap_or_else(|| drain_of_config(pre.config.as_deref(), DrainWindow::Upgrade));
     let ready = args.ready_timeout.unwrap_or(DEFAULT_READY);
     let pids: Vec<u32> = workers.iter().map(|w| w.pid).collect();
     let canary = args.canary.map(|window| {
