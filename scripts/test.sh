@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run). Needs a Rust toolchain; the clients the
-# end-to-end tests drive (curl, openssl, h2load) are installed by scripts/test-deps.sh.
+# end-to-end tests drive (curl, openssl, h2load, Python's grpcio and h2) are installed by
+# scripts/test-deps.sh.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh -- --nocapture`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,8 @@ cd "$(dirname "$0")/.."
 # are not built twice.
 features=(--features zentinel-master/fault-injection)
 scripts/test-deps.sh
+# The gRPC and HTTP/2 upstream tests run grpcio and h2 from the venv test-deps.sh made.
+export ZENTINEL_TEST_PYTHON="${ZENTINEL_TEST_VENV:-$HOME/.cache/zentinel-test-venv}/bin/python"
 cargo build --workspace --bins "${features[@]}"
 status=0
 cargo test --workspace --no-fail-fast "${features[@]}" "$@" || status=$?

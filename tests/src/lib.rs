@@ -1669,3 +1669,9 @@ pub mod systemd;
 pub mod tls_sessions;
 pub mod tls_support;
 pub mod websocket;
+
+// ---------------------------------------------------------------------------------------------
+// Python peers: a gRPC server and client on grpcio, an HTTP/2 server on h2 (tests/python/).
+// ---------------------------------------------------------------------------------------------
+
+pub mod python;

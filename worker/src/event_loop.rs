@@ -77,6 +77,8 @@ struct Shared {
     respond_500: bool,
     /// Sessions to run again after the next poll (see [`Ctx::yield_turn`]).
     yielded: Vec<usize>,
+    /// Upstream-side work woken through pipes (see `wakeups`), run after the next poll.
+    woken: Vec<crate::wakeups::Wake>,
 }
 
 impl Shared {
@@ -209,6 +211,7 @@ impl Worker {
                 draining: false,
                 respond_500: crate::fault_injection::respond_500(),
                 yielded: Vec::new(),
+                woken: Vec::new(),
             },
             max_connections,
             fd_budget,
@@ -266,15 +269,17 @@ impl Worker {
                 info!("drained: no session left, exiting");
                 return Ok(());
             }
-            crate::wakeups::take_into(&mut self.shared.yielded);
+            crate::wakeups::take_into(&mut self.shared.yielded, &mut self.shared.woken);
             let now = Instant::now();
             // A session that yielded has work left: only look at what else is ready.
-            let timeout =
-                if (self.can_accept() && self.accept_pending) || !self.shared.yielded.is_empty() {
-                    Some(Duration::ZERO)
-                } else {
-                    self.shared.timers.poll_timeout(now)
-                };
+            let timeout = if (self.can_accept() && self.accept_pending)
+                || !self.shared.yielded.is_empty()
+                || !self.shared.woken.is_empty()
+            {
+                Some(Duration::ZERO)
+            } else {
+                self.shared.timers.poll_timeout(now)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -322,6 +327,13 @@ impl Worker {
                             self.poll.registry(),
                             &mut self.shared.timers,
                         ),
+                        Some(Owner::H2(key)) => self.shared.upstreams.on_h2_event(
+                            key,
+                            Ready::from_event(ev),
+                            now,
+                            self.poll.registry(),
+                            &mut self.shared.timers,
+                        ),
                         // Closed earlier in this batch of events.
                         None => {}
                     },
@@ -332,6 +344,9 @@ impl Worker {
                 return Ok(());
             }
             self.wake_waiting_sessions(Instant::now());
+            self.run_woken(Instant::now());
+            // Sessions those runs woke go now rather than one poll later.
+            crate::wakeups::take_into(&mut resumed, &mut self.shared.woken);
             self.resume_yielded(&mut resumed, Instant::now());
             if self.pools_to_check {
                 self.retire_pools();
@@ -370,6 +385,13 @@ impl Worker {
                 TimerKey::Health(pool, target) => self.shared.upstreams.on_health_timer(
                     pool,
                     target,
+                    id,
+                    now,
+                    self.poll.registry(),
+                    &mut self.shared.timers,
+                ),
+                TimerKey::H2Upstream(key) => self.shared.upstreams.on_h2_timer(
+                    key,
                     id,
                     now,
                     self.poll.registry(),

@@ -28,6 +28,8 @@ pub enum TimerKey {
     Drain,
     /// Time to look the upstream host names up again.
     DnsRefresh,
+    /// An HTTP/2 upstream connection's idle timeout or PING schedule (key in its table).
+    H2Upstream(usize),
 }
 
 #[derive(Debug)]

@@ -1,24 +1,50 @@
-//! Sessions woken by another session rather than by a socket: an HTTP/2 connection and the
-//! HTTP/1 sessions that serve its streams exchange bytes through in-memory pipes (see
+//! Work woken by another part of the worker rather than by a socket: an HTTP/2 connection and
+//! the HTTP/1 sessions it is bridged to exchange bytes through in-memory pipes (see
 //! `sock::pipe`), and no kernel event tells either side that the other wrote or read. Each
-//! side queues the other's slab key here; the event loop runs the queued sessions after its
-//! next poll (with a zero timeout while any wait), like sessions that yielded their turn.
+//! side queues the other here; the event loop runs what was queued after its next poll (with
+//! a zero timeout while anything waits), like sessions that yielded their turn.
+//!
+//! Both HTTP/2 sides use pipes: a client connection's streams are served by sessions, and a
+//! session's exchange (or a health probe, or a mirrored request) may go to a stream of an
+//! upstream connection.
 //!
 //! Thread-local because a worker is one thread and a pipe end has no `Ctx` to hand: the
-//! queue belongs to the event loop of the thread that runs both sessions.
+//! queue belongs to the event loop of the thread that runs both sides.
 
 use std::cell::RefCell;
 
+/// Who to run again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Wake {
+    /// An entry of the event loop's session slab: an HTTP/1 session, or an HTTP/2 client
+    /// connection.
+    Session(usize),
+    /// An HTTP/2 connection to an upstream (its key in the pools' HTTP/2 table).
+    H2Upstream(usize),
+    /// An active health probe (its key in the pools' probe table).
+    Probe(usize),
+    /// A mirrored request (its key in the pools' shadow table).
+    Shadow(usize),
+}
+
 thread_local! {
-    static WOKEN: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    static WOKEN: RefCell<Vec<Wake>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Run session `key` again soon (its peer's pipe end changed).
-pub fn wake(key: usize) {
-    let _ = WOKEN.try_with(|w| w.borrow_mut().push(key));
+/// Run `who` again soon (its peer's pipe end changed).
+pub fn wake(who: Wake) {
+    let _ = WOKEN.try_with(|w| w.borrow_mut().push(who));
 }
 
-/// Move every queued key into `into` (the event loop's list of sessions to run again).
-pub fn take_into(into: &mut Vec<usize>) {
-    let _ = WOKEN.try_with(|w| into.append(&mut w.borrow_mut()));
+/// Move every queued wake-up out: session keys into `sessions` (the event loop's list of
+/// sessions to run again), the rest into `others`.
+pub fn take_into(sessions: &mut Vec<usize>, others: &mut Vec<Wake>) {
+    let _ = WOKEN.try_with(|w| {
+        for who in w.borrow_mut().drain(..) {
+            match who {
+                Wake::Session(key) => sessions.push(key),
+                other => others.push(other),
+            }
+        }
+    });
 }

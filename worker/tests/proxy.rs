@@ -147,6 +147,7 @@ fn upstream(name: &str, addr: SocketAddr) -> UpstreamConfig {
         },
         circuit_breaker: None,
         tls: None,
+        http: UpstreamHttp::default(),
     }
 }
 

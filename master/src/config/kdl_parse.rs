@@ -39,6 +39,7 @@ mod syntax;
 mod system;
 mod tls;
 mod tls_options;
+mod upstream_http;
 mod upstream_tls;
 mod upstreams;
 mod websocket;

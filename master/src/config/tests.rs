@@ -234,6 +234,7 @@ fn full_example_parses_into_the_expected_model() {
                 passive_health: PassiveHealth::default(),
                 circuit_breaker: Some(CircuitBreakerConfig::default()),
                 tls: None,
+                http: UpstreamHttp::default(),
             },
             UpstreamConfig {
                 name: "db".to_owned(),
@@ -249,6 +250,7 @@ fn full_example_parses_into_the_expected_model() {
                 passive_health: PassiveHealth::default(),
                 circuit_breaker: Some(CircuitBreakerConfig::default()),
                 tls: None,
+                http: UpstreamHttp::default(),
             },
         ],
         limits: Limits {

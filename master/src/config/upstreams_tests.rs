@@ -413,10 +413,102 @@ fn timeout_spellings() {
 }
 
 #[test]
-fn upstream_keys_not_implemented_say_so() {
-    let e = error(&format!("{T}        http-version {{ max-version 2; }}"));
+fn http_version_string_and_block_forms() {
+    use UpstreamHttpVersion::*;
+    assert_eq!(upstream(T).http, UpstreamHttp::default());
+    assert_eq!(upstream(T).http.version, Http1);
+    for (text, want) in [("\"1.1\"", Http1), ("\"2\"", Http2), ("\"auto\"", Auto)] {
+        let u = upstream(&format!("{T}        http-version {text}"));
+        assert_eq!(u.http.version, want, "{text}");
+        assert_eq!(u.http.max_h2_streams, DEFAULT_MAX_H2_STREAMS);
+    }
+    // Upstream's block: min/max map onto the modes, a block naming neither is 1..2 (auto).
+    for (block, want) in [
+        ("min-version 2; max-version 2", Http2),
+        ("min-version 2", Http2),
+        ("min-version 1; max-version 2", Auto),
+        ("max-version 2", Auto),
+        ("max-version 1", Http1),
+        ("min-version 1; max-version 1", Http1),
+        ("h2-ping-interval 30", Auto),
+    ] {
+        let u = upstream(&format!("{T}        http-version {{ {block}; }}"));
+        assert_eq!(u.http.version, want, "{block}");
+    }
+    let u = upstream(&format!(
+        "{T}        http-version {{ min-version 2; max-version 2; h2-ping-interval 30; \
+         max-h2-streams 7; }}"
+    ));
+    assert_eq!(
+        u.http,
+        UpstreamHttp {
+            version: Http2,
+            max_h2_streams: 7,
+            h2_ping_interval_secs: 30,
+        }
+    );
+    // The HTTP/2 settings may follow the string form.
+    let u = upstream(&format!(
+        "{T}        http-version \"2\" {{ max-h2-streams 3; }}"
+    ));
+    assert_eq!((u.http.version, u.http.max_h2_streams), (Http2, 3));
+}
+
+#[test]
+fn http_version_errors_are_located_and_name_what_is_accepted() {
+    assert_error(
+        &format!("{T}        http-version \"3\""),
+        "7:22",
+        "unknown HTTP version \"3\"; accepted: \"1.1\", \"2\", \"auto\"",
+    );
+    assert_error(
+        &format!("{T}        http-version 2"),
+        "7:22",
+        "write the version as a string: `http-version \"2\"`",
+    );
+    assert_error(
+        &format!("{T}        http-version"),
+        "7:9",
+        "missing version",
+    );
+    assert_error(
+        &format!("{T}        http-version {{ min-version 3; }}"),
+        "7:36",
+        "accepted: 1 (HTTP/1.1), 2 (HTTP/2)",
+    );
+    assert_error(
+        &format!("{T}        http-version {{ min-version 2; max-version 1; }}"),
+        "7:36",
+        "`min-version` 2 is above `max-version` 1",
+    );
+    assert_error(
+        &format!("{T}        http-version \"2\" {{ min-version 2; }}"),
+        "7:28",
+        "the version is given twice",
+    );
+    assert_error(
+        &format!("{T}        http-version {{ max-h2-streams 0; }}"),
+        "7:39",
+        "must be at least 1",
+    );
+    assert_error(
+        &format!("{T}        http-version {{ ping 3; }}"),
+        "7:24",
+        "unknown node `ping` in `http-version`",
+    );
+}
+
+#[test]
+fn a_tcp_listener_cannot_relay_to_an_http2_upstream() {
+    let text = "listeners {\n    listener \"t\" {\n        address \"127.0.0.1:9000\"\n        \
+                protocol \"tcp\"\n        upstream \"u\"\n    }\n}\nupstreams {\n    upstream \
+                \"u\" {\n        target \"127.0.0.1:9001\"\n        http-version \"2\"\n    }\n}\n";
+    let d = parse_full_config(text, "test.kdl").expect_err("refused");
+    assert_eq!(d.len(), 1, "{}", messages(&d));
+    assert_eq!((d[0].line, d[0].column), (5, 18), "{}", messages(&d));
     assert!(
-        e.starts_with("7:9 ") && e.contains("is not supported yet"),
-        "{e}"
+        d[0].message.contains("HTTP/2 upstreams serve `http`"),
+        "{}",
+        messages(&d)
     );
 }

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use zentinel_protocol::config::{ListenerProtocol, MetricsConfig, ProxyConfig, RouteAction};
+use zentinel_protocol::config::{
+    ListenerProtocol, MetricsConfig, ProxyConfig, RouteAction, UpstreamHttpVersion,
+};
 
 use super::kdl_parse::{did_you_mean, Diagnostics, ParsedConfig};
 
@@ -126,6 +128,20 @@ pub(super) fn validate(
                 &upstream_names,
                 diags,
             );
+            // A TCP listener relays bytes: no HTTP/2 connection can carry them.
+            let speaks_h2 = parsed.upstreams.iter().any(|u| {
+                u.config.name == *upstream && u.config.http.version != UpstreamHttpVersion::Http1
+            });
+            if speaks_h2 {
+                diags.error(
+                    at,
+                    "upstream",
+                    format!(
+                        "listener `{}` relays TCP to upstream `{upstream}`, whose                          `http-version` is not \"1.1\": HTTP/2 upstreams serve `http`                          listeners' routes only",
+                        listener.config.name
+                    ),
+                );
+            }
         }
     }
     for route in &parsed.routes {

@@ -117,6 +117,51 @@ pub struct UpstreamConfig {
     pub circuit_breaker: Option<CircuitBreakerConfig>,
     /// Speak TLS to every target (`tls { ... }`); `None`: plain TCP.
     pub tls: Option<UpstreamTls>,
+    /// The HTTP version spoken to the targets (`http-version`), and HTTP/2's settings.
+    pub http: UpstreamHttp,
+}
+
+/// Which HTTP version the proxy speaks to an upstream's targets (`http-version`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+pub enum UpstreamHttpVersion {
+    /// HTTP/1.1 (ALPN `http/1.1` over TLS).
+    #[default]
+    Http1,
+    /// HTTP/2 only: with prior knowledge (h2c) on plain connections, ALPN `h2` over TLS.
+    Http2,
+    /// Over TLS, ALPN offers `h2` and `http/1.1` and each target chooses; HTTP/1.1 on plain
+    /// connections.
+    Auto,
+}
+
+/// `http-version "2"`, or upstream Zentinel's `http-version { min-version 1; max-version 2;
+/// max-h2-streams 100; h2-ping-interval 30 }`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct UpstreamHttp {
+    /// The version (or the choice by ALPN).
+    pub version: UpstreamHttpVersion,
+    /// Streams one HTTP/2 connection carries at once, per worker (the target's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS may lower it): an exchange finding every connection to
+    /// its target full opens another one. At least 1.
+    pub max_h2_streams: u32,
+    /// An HTTP/2 connection is sent a PING this often and closed when the answer does not come
+    /// within as long again (a dead peer found out before a request waits on it). 0: never.
+    pub h2_ping_interval_secs: u64,
+}
+
+/// Upstream Zentinel's `max-h2-streams` when none is given.
+pub const DEFAULT_MAX_H2_STREAMS: u32 = 100;
+
+impl Default for UpstreamHttp {
+    fn default() -> Self {
+        UpstreamHttp {
+            version: UpstreamHttpVersion::Http1,
+            max_h2_streams: DEFAULT_MAX_H2_STREAMS,
+            h2_ping_interval_secs: 0,
+        }
+    }
 }
 
 /// TLS to an upstream's targets. Like a listener's certificates, only paths travel: each

@@ -323,6 +323,7 @@ fn upstream() -> impl Strategy<Value = UpstreamConfig> {
                     },
                     circuit_breaker: None,
                     tls: None,
+                    http: UpstreamHttp::default(),
                 }
             },
         )

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::sock::pipe::PipeEnd;
+use crate::wakeups::Wake;
 
 impl Worker {
     /// Give an event to every session a pool woke (a connection under its cap was released,
@@ -18,6 +19,27 @@ impl Worker {
                 if let Decoded::Session(key, side) = tokens::decode(token) {
                     self.on_session_event(key, side, Ready::default(), now);
                 }
+            }
+        }
+    }
+
+    /// Run the upstream-side work woken through pipes (see `wakeups`): HTTP/2 upstream
+    /// connections whose streams' sessions moved bytes, probes and mirrored requests whose
+    /// streams did.
+    pub(super) fn run_woken(&mut self, now: Instant) {
+        let mut woken = std::mem::take(&mut self.shared.woken);
+        woken.sort_unstable();
+        woken.dedup();
+        let registry = self.poll.registry();
+        let up = &mut self.shared.upstreams;
+        let timers = &mut self.shared.timers;
+        for who in woken {
+            match who {
+                Wake::H2Upstream(k) => up.run_h2(k, now, registry, timers),
+                Wake::Probe(k) => up.on_probe_event(k, now, registry, timers),
+                Wake::Shadow(k) => up.on_shadow_event(k, registry, timers),
+                // Sessions are queued apart (`Shared::yielded`).
+                Wake::Session(_) => {}
             }
         }
     }
@@ -137,7 +159,7 @@ impl Worker {
                 continue;
             };
             entry.insert(Entry::Http(session));
-            pipe.borrow_mut().session_key = Some(stream_key);
+            pipe.borrow_mut().session = Some(Wake::Session(stream_key));
             self.on_session_event(stream_key, Side::Client, Ready::default(), now);
         }
         self.shared.counters.c.active_connections = self.sessions.len() as u64;

@@ -205,6 +205,9 @@ enum Fail {
     /// The upstream answered with a status the route's `error-pages` replace: its response
     /// is dropped with its connection (the body is never read) and the page goes out instead.
     ErrorPage(u16),
+    /// `http-version "auto"`: the new TLS connection chose h2 by ALPN; it becomes the
+    /// target's HTTP/2 connection and the exchange goes on a stream of it.
+    SwitchToH2,
 }
 
 impl Exchange {

@@ -1,11 +1,35 @@
-//! Decoding a chunked HTTP/1.1 body back into payload and trailers, for the HTTP/2 side of a
-//! stream (the payload becomes DATA frames, the trailers a HEADERS frame: gRPC's
-//! `grpc-status` travels there). The session that wrote the body already checked its framing
-//! byte by byte (`http::codec::body`); this decoder still refuses anything malformed rather
-//! than guess.
+//! Chunked HTTP/1.1 bodies on the HTTP/2 side of a stream, both ways: DATA frames written as
+//! chunks and trailers as the trailer section ([`encode`], [`write_last_chunk`]), and a
+//! chunked body decoded back into payload and trailers ([`ChunkedDecoder`]: the payload
+//! becomes DATA frames, the trailers a HEADERS frame; gRPC's `grpc-status` travels there). The
+//! session that wrote a body already checked its framing byte by byte (`http::codec::body`);
+//! the decoder still refuses anything malformed rather than guess.
 
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::sock::Buf;
+
+/// Write `data` as one chunk.
+pub fn encode(data: &[u8], out: &mut Buf) {
+    out.extend(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend(data);
+    out.extend(b"\r\n");
+}
+
+/// Write trailers as the end of a chunked body: the last chunk, the fields, the empty line.
+pub fn write_last_chunk(trailers: Option<&HeaderMap>, out: &mut Buf) {
+    out.extend(b"0\r\n");
+    if let Some(t) = trailers {
+        for (name, value) in t {
+            out.extend(name.as_str().as_bytes());
+            out.extend(b": ");
+            out.extend(value.as_bytes());
+            out.extend(b"\r\n");
+        }
+    }
+    out.extend(b"\r\n");
+}
 
 /// Longest trailer section kept (the session allows no more).
 const MAX_TRAILERS: usize = 16 * 1024;
@@ -217,6 +241,23 @@ mod tests {
         assert!(d.done());
         assert_eq!(&input[n + m..], b"NEXT");
         assert!(d.trailers().unwrap().is_none());
+    }
+
+    #[test]
+    fn encoded_chunks_and_trailers_decode_back() {
+        let mut out = Buf::new();
+        encode(b"hello", &mut out);
+        encode(b" world", &mut out);
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static("0"));
+        write_last_chunk(Some(&t), &mut out);
+        assert_eq!(
+            out.as_slice(),
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\n"
+        );
+        let (payload, d) = decode_all(out.as_slice());
+        assert_eq!(payload, b"hello world");
+        assert_eq!(d.trailers().unwrap().unwrap()["grpc-status"], "0");
     }
 
     #[test]

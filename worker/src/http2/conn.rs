@@ -27,9 +27,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,7 +37,8 @@ use http::{Method, Request};
 use slab::Slab;
 use tracing::{debug, warn};
 
-use super::guard::Refusal;
+use super::driver::{Driver, MAX_PASSES};
+use super::guard::{FrameGuard, Refusal};
 use super::io::{H2Io, SharedWire, Wire};
 use super::stream::StreamBridge;
 use super::{translate, PREFACE};
@@ -49,14 +48,13 @@ use crate::http::session::LINGER;
 use crate::sock::pipe::{PipeState, SharedPipe};
 use crate::sock::{Buf, ClientSock, Ready};
 use crate::timers::{TimerId, TimerKey};
+use crate::wakeups::Wake;
 
 /// Per-stream receive window: what a client may send ahead on one stream. The window is
 /// given back only as the bytes move into the stream's bounded pipe, so this bounds memory.
 const STREAM_WINDOW: u32 = 256 * 1024;
 /// Connection receive window: bounds what all streams together may have buffered here.
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
-/// Runs of the connection per event before other sessions get their turn.
-const MAX_PASSES: usize = 32;
 /// How long a connection that got its GOAWAY may wait, once it has no stream left, for the
 /// PING that completes the two-step shutdown (and h2 to close it).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -84,18 +82,6 @@ const MAX_LOCAL_ERROR_RESETS: usize = 256;
 /// is taken before its RST_STREAM arrives, which h2 does not count.
 const PREMATURE_RESET_MIN_STREAMS: u64 = 500;
 const PREMATURE: Duration = Duration::from_secs(1);
-
-/// Records that h2 wants to be polled again.
-struct RunAgain(AtomicBool);
-
-impl Wake for RunAgain {
-    fn wake(self: Arc<Self>) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
 
 /// Where a connection came from: what its streams' sessions are created with.
 pub struct Origin {
@@ -130,8 +116,7 @@ pub struct H2Conn {
     streams: Slab<StreamBridge>,
     /// Pipes of accepted streams whose session the event loop has still to create.
     new_streams: Vec<SharedPipe>,
-    run_again: Arc<RunAgain>,
-    waker: Waker,
+    driver: Driver,
     timer: Option<TimerId>,
     since: Instant,
     /// Since when no stream has been open (`None` while some is).
@@ -164,7 +149,8 @@ impl H2Conn {
             client_subject,
         } = origin;
         let over_tls = sock.is_tls();
-        let wire = Wire::shared(sock, read_ahead, PREFACE.len(), now);
+        let guard = FrameGuard::new(PREFACE.len(), now);
+        let wire = Wire::shared(sock, read_ahead, Some(guard), now);
         let io = H2Io(Rc::clone(&wire));
         let max_streams = generation
             .listeners
@@ -182,8 +168,6 @@ impl H2Conn {
             .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
             .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
         let handshake = Box::pin(builder.handshake::<H2Io, Bytes>(io));
-        let run_again = Arc::new(RunAgain(AtomicBool::new(false)));
-        let waker = Waker::from(Arc::clone(&run_again));
         H2Conn {
             key,
             peer,
@@ -195,8 +179,7 @@ impl H2Conn {
             wire,
             streams: Slab::new(),
             new_streams: Vec::new(),
-            run_again,
-            waker,
+            driver: Driver::default(),
             timer: None,
             since: now,
             idle_since: Some(now),
@@ -288,7 +271,7 @@ impl H2Conn {
             conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
         }
         // Poll again: the GOAWAY goes out in this run.
-        self.run_again.0.store(true, Ordering::Relaxed);
+        self.driver.request_run();
     }
 
     /// Ask the client to open no new stream here (the two-step GOAWAY); streams in flight
@@ -315,10 +298,10 @@ impl H2Conn {
             return self.linger(ctx);
         }
         self.wire.borrow_mut().now = ctx.now;
-        let waker = self.waker.clone();
+        let waker = self.driver.waker();
         let mut cx = Context::from_waker(&waker);
         for _ in 0..MAX_PASSES {
-            self.run_again.0.store(false, Ordering::Relaxed);
+            self.driver.start_pass();
             if !self.poll_connection(&mut cx, ctx) {
                 return self.start_lingering(ctx);
             }
@@ -335,7 +318,7 @@ impl H2Conn {
             };
             self.count_closed_streams(ctx.now);
             self.streams.retain(|_, s| !s.finished());
-            let verdict = self.wire.borrow().guard.verdict();
+            let verdict = self.wire.borrow().verdict();
             if let Some(kind) = verdict {
                 self.refuse(kind, ctx);
             } else if self.streams_closed >= PREMATURE_RESET_MIN_STREAMS
@@ -348,7 +331,7 @@ impl H2Conn {
             } else if self.idle_since.is_none() {
                 self.idle_since = Some(ctx.now);
             }
-            if !self.run_again.0.load(Ordering::Relaxed) {
+            if !self.driver.again() {
                 self.update_timer(ctx);
                 return Outcome::Continue;
             }
@@ -418,7 +401,7 @@ impl H2Conn {
                 Poll::Ready(Some(Err(e))) => {
                     let kind = {
                         let wire = self.wire.borrow();
-                        classify(&e, wire.guard.sent_goaway())
+                        classify(&e, wire.guard.as_ref().and_then(|g| g.sent_goaway()))
                     };
                     match kind {
                         Some(kind) if self.refused.is_none() => {
@@ -453,7 +436,11 @@ impl H2Conn {
     ) {
         let (parts, recv) = req.into_parts();
         let req = Request::from_parts(parts, ());
-        let mut pipe = PipeState::new(self.key, self.over_tls, self.client_subject.clone());
+        let mut pipe = PipeState::new(
+            Wake::Session(self.key),
+            self.over_tls,
+            self.client_subject.clone(),
+        );
         let body = match translate::write_request_head(
             &req,
             recv.is_end_stream(),
@@ -519,15 +506,13 @@ impl H2Conn {
             s.cut(Reason::CANCEL);
         }
         if let State::Open(conn) = &mut self.state {
-            let waker = self.waker.clone();
-            let mut cx = Context::from_waker(&waker);
             // One write of the resets first: the abrupt shutdown fails every stream, which
             // drops what they still had queued, the resets included.
-            let _ = conn.poll_closed(&mut cx);
+            let _ = self.driver.with_context(|cx| conn.poll_closed(cx));
             conn.abrupt_shutdown(Reason::NO_ERROR);
             // Then the GOAWAY (when the two-step one is not out already); the socket closes
             // when the connection is dropped.
-            let _ = conn.poll_closed(&mut cx);
+            let _ = self.driver.with_context(|cx| conn.poll_closed(cx));
         }
     }
 }

@@ -31,8 +31,9 @@ pub struct Wire {
     wbuf: Buf,
     /// Readiness the event loop saw since the last read or write.
     pending: Ready,
-    /// Counts the frames both ways and decides when the client floods.
-    pub guard: FrameGuard,
+    /// Counts the frames both ways and decides when the client floods (client connections;
+    /// upstream connections trust their targets and have none).
+    pub guard: Option<FrameGuard>,
     /// The time of the current run (the guard's rate windows).
     pub now: Instant,
 }
@@ -42,15 +43,25 @@ pub type SharedWire = Rc<RefCell<Wire>>;
 impl Wire {
     /// `read_ahead`: bytes already read from the socket (the connection preface, read while
     /// the connection still looked like HTTP/1).
-    pub fn shared(sock: ClientSock, read_ahead: Buf, preface: usize, now: Instant) -> SharedWire {
+    pub fn shared(
+        sock: ClientSock,
+        read_ahead: Buf,
+        guard: Option<FrameGuard>,
+        now: Instant,
+    ) -> SharedWire {
         Rc::new(RefCell::new(Wire {
             sock,
             rbuf: read_ahead,
             wbuf: Buf::new(),
             pending: Ready::default(),
-            guard: FrameGuard::new(preface, now),
+            guard,
             now,
         }))
+    }
+
+    /// The guard's verdict: the client flooded.
+    pub fn verdict(&self) -> Option<super::guard::Refusal> {
+        self.guard.as_ref().and_then(FrameGuard::verdict)
     }
 
     /// mio saw `r`: folded into the socket at the next read or write.
@@ -96,7 +107,7 @@ impl AsyncRead for H2Io {
     ) -> Poll<io::Result<()>> {
         let mut wire = self.0.borrow_mut();
         let wire = &mut *wire;
-        if wire.guard.verdict().is_some() {
+        if wire.verdict().is_some() {
             // Refused: h2 gets nothing more to parse; the connection sends its GOAWAY.
             return Poll::Pending;
         }
@@ -115,7 +126,11 @@ impl AsyncRead for H2Io {
         let n = buf.remaining().min(wire.rbuf.len());
         // Every byte passes the guard before h2 sees it; a flood is cut at the frame that
         // crossed the line.
-        let n = wire.guard.inbound(&wire.rbuf.as_slice()[..n], wire.now);
+        let now = wire.now;
+        let n = match wire.guard.as_mut() {
+            Some(guard) => guard.inbound(&wire.rbuf.as_slice()[..n], now),
+            None => n,
+        };
         if n == 0 {
             return Poll::Pending;
         }
@@ -140,7 +155,9 @@ impl AsyncWrite for H2Io {
         }
         let n = data.len().min(BUF_CAP - wire.wbuf.len());
         wire.wbuf.extend(&data[..n]);
-        wire.guard.outbound(&data[..n]);
+        if let Some(guard) = wire.guard.as_mut() {
+            guard.outbound(&data[..n]);
+        }
         Poll::Ready(Ok(n))
     }
 

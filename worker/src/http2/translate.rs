@@ -1,14 +1,15 @@
 //! HTTP/2 request heads written as HTTP/1.1 for the session serving the stream, and the
 //! session's HTTP/1.1 response heads read back as HTTP/2 ones (RFC 9113 8.2.2, 8.3).
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
+use super::body::Framing;
 use crate::sock::Buf;
 
 /// Header fields that only mean something to one HTTP/1.1 connection: never sent on an
 /// HTTP/2 stream (h2 refuses them in requests already; responses are cleaned here).
-const CONNECTION_SPECIFIC: [HeaderName; 5] = [
+pub(super) const CONNECTION_SPECIFIC: [HeaderName; 5] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -114,38 +115,17 @@ pub fn write_request_head<B>(
     Ok(body)
 }
 
-fn write_field(out: &mut Buf, name: &[u8], value: &[u8]) {
+pub(super) fn write_field(out: &mut Buf, name: &[u8], value: &[u8]) {
     out.extend(name);
     out.extend(b": ");
     out.extend(value);
     out.extend(b"\r\n");
 }
 
-/// Write trailers as the end of a chunked body: the last chunk, the fields, the empty line.
-pub fn write_last_chunk(trailers: Option<&HeaderMap>, out: &mut Buf) {
-    out.extend(b"0\r\n");
-    if let Some(t) = trailers {
-        for (name, value) in t {
-            write_field(out, name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-    out.extend(b"\r\n");
-}
-
-/// How the response body that follows a head is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResponseBody {
-    None,
-    Length(u64),
-    Chunked,
-    /// Until the session closes its end.
-    UntilClose,
-}
-
 /// A parsed response head: the HTTP/2 response, its body framing, the head's length.
 pub struct ParsedResponse {
     pub response: Response<()>,
-    pub body: ResponseBody,
+    pub body: Framing,
     pub head_len: usize,
 }
 
@@ -190,17 +170,17 @@ pub fn parse_response_head(
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        ResponseBody::None
+        Framing::None
     } else if chunked {
-        ResponseBody::Chunked
+        Framing::Chunked
     } else if let Some(n) = length {
         if n == 0 {
-            ResponseBody::None
+            Framing::None
         } else {
-            ResponseBody::Length(n)
+            Framing::Length(n)
         }
     } else {
-        ResponseBody::UntilClose
+        Framing::UntilClose
     };
     Ok(Some(ParsedResponse {
         response,
@@ -291,18 +271,18 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(r.response.status(), 200);
-        assert_eq!(r.body, ResponseBody::Chunked);
+        assert_eq!(r.body, Framing::Chunked);
         assert!(r.response.headers().get("connection").is_none());
         assert!(r.response.headers().get("transfer-encoding").is_none());
         assert_eq!(r.response.headers()["x-a"], "1");
         let r = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true)
             .unwrap()
             .unwrap();
-        assert_eq!(r.body, ResponseBody::None);
+        assert_eq!(r.body, Framing::None);
         let r = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false)
             .unwrap()
             .unwrap();
-        assert_eq!(r.body, ResponseBody::Length(5));
+        assert_eq!(r.body, Framing::Length(5));
         assert!(parse_response_head(b"HTTP/1.1 200 OK\r\n", false)
             .unwrap()
             .is_none());

@@ -88,6 +88,7 @@ fn upstream(name: &str) -> UpstreamConfig {
         passive_health: Default::default(),
         circuit_breaker: None,
         tls: None,
+        http: UpstreamHttp::default(),
     }
 }
 

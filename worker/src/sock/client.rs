@@ -42,7 +42,7 @@ impl ClientSock {
         match self {
             ClientSock::Plain(s) => s.poll_connect(),
             ClientSock::Tls(t) => t.poll_connect(),
-            ClientSock::Pipe(_) => Ok(true),
+            ClientSock::Pipe(p) => p.poll_connect(),
         }
     }
 

@@ -78,6 +78,16 @@ impl Upstreams {
         let addr = t
             .addr
             .ok_or_else(|| io::Error::other("upstream target has no address"))?;
+        if self.speaks_h2(pool, target) {
+            return self.h2_checkout(pool, target, registry, token, false);
+        }
+        let Some(t) = self
+            .pools
+            .get_mut(pool)
+            .and_then(|p| p.targets.get_mut(target))
+        else {
+            return Err(io::Error::other("unknown upstream target"));
+        };
         while let Some(key) = t.idle.pop_back() {
             let Some(mut idle) = self.idle.try_remove(key) else {
                 continue;
@@ -115,9 +125,12 @@ impl Upstreams {
         registry: &Registry,
         token: Token,
     ) -> io::Result<UpConn> {
+        if self.speaks_h2(pool, target) {
+            return self.h2_checkout(pool, target, registry, token, true);
+        }
         let entry = self.conns.vacant_entry();
         let id = entry.key();
-        let (sock, addr) = open(&self.pools, pool, target, id, registry)?;
+        let (sock, addr) = open(&self.pools, pool, target, id, registry, Alpn::Pool)?;
         let t = self
             .pools
             .get_mut(pool)
@@ -160,6 +173,12 @@ impl Upstreams {
         // A slot under the pool's connection cap may have opened.
         if !p.waiters.is_empty() {
             self.wakeups.append(&mut p.waiters);
+        }
+        if let UpSock::Pipe(end) = &mut conn.sock {
+            // An HTTP/2 stream: its connection finishes it (or resets it when the exchange
+            // was cut short) and stays for other exchanges.
+            end.close();
+            return;
         }
         let max_idle = p.pool.max_idle as usize;
         let idle_timeout = Duration::from_secs(p.pool.idle_timeout_secs.max(1));
@@ -282,14 +301,26 @@ impl Upstreams {
         }
     }
 
-    /// Draining: close every idle connection and pool no more.
+    /// Draining: close every idle connection (HTTP/2 ones once their streams are done) and
+    /// pool no more.
     pub fn close_all_idle(&mut self, registry: &Registry, timers: &mut Timers<TimerKey>) {
         self.no_pooling = true;
+        self.drain_h2(registry, timers);
         let keys: Vec<usize> = self.idle.iter().map(|(k, _)| k).collect();
         for k in keys {
             self.remove_idle(k, registry, timers);
         }
     }
+}
+
+/// Which ALPN protocols a TLS connection offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Alpn {
+    /// The pool's: `http/1.1`, `h2`, or both for `http-version "auto"`.
+    Pool,
+    /// `http/1.1` only: what speaks HTTP/1.1 on its own connection whatever the pool's
+    /// version (a probe or a mirrored request to an `"auto"` pool).
+    Http1,
 }
 
 /// Start a connection to `target` of `pool`, registered under the token of connection table
@@ -301,6 +332,7 @@ pub(super) fn open(
     target: usize,
     id: usize,
     registry: &Registry,
+    alpn: Alpn,
 ) -> io::Result<(UpSock, SocketAddr)> {
     let p = pools
         .get(pool)
@@ -311,7 +343,7 @@ pub(super) fn open(
         .ok_or_else(|| io::Error::other("unknown upstream target"))?
         .addr
         .ok_or_else(|| io::Error::other("upstream target has no address"))?;
-    let tls = p.tls_session(target)?;
+    let tls = p.tls_session(target, alpn == Alpn::Http1)?;
     let mut stream = TcpStream::connect(addr)?;
     let _ = stream.set_nodelay(true);
     registry.register(

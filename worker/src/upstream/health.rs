@@ -159,11 +159,12 @@ pub enum ProbeStatus {
 
 /// One active health probe: a non-blocking connect (and, for a TLS upstream, the handshake:
 /// a certificate that does not verify is a failed probe), then for HTTP a `GET` with
-/// `Connection: close` and the status line of the answer.
+/// `Connection: close` and the status line of the answer. To an HTTP/2 upstream the `GET` goes
+/// on a stream of a connection to the target (its socket is then a pipe, see `upstream::h2`).
 #[derive(Debug)]
 pub struct Probe {
-    /// Key in the upstream connection table (its token).
-    pub conn: usize,
+    /// Key in the upstream connection table (its token); `None` for a stream.
+    pub conn: Option<usize>,
     pub sock: UpSock,
     pub pool: usize,
     pub target: usize,
@@ -179,7 +180,7 @@ impl Probe {
         sock: UpSock,
         addr: SocketAddr,
         check: &HealthCheck,
-        conn: usize,
+        conn: Option<usize>,
         pool: usize,
         target: usize,
     ) -> Probe {
@@ -414,7 +415,7 @@ mod tests {
             UpSock::connecting(stream, None),
             addr,
             check,
-            0,
+            Some(0),
             0,
             0,
         ))

@@ -1,11 +1,13 @@
 //! Upstream pools: target selection (smooth weighted round-robin, least connections), a
-//! per-target pool of idle keep-alive connections, and target health (passive marking and
-//! active probes, see [`health`]): targets out of rotation are skipped while any other is up.
+//! per-target pool of idle keep-alive connections, HTTP/2 connections shared by many exchanges
+//! (see [`h2`]), and target health (passive marking and active probes, see [`health`]):
+//! targets out of rotation are skipped while any other is up.
 
 mod balancer;
 pub(crate) use balancer::Rng;
 mod circuit_breaker;
 mod connections;
+mod h2;
 mod health;
 mod pool;
 mod probes;
@@ -99,6 +101,8 @@ pub enum Owner {
     Probe(usize),
     /// A mirrored request: key in `Upstreams::shadows`.
     Shadow(usize),
+    /// An HTTP/2 connection shared by exchanges: key in `Upstreams::h2`.
+    H2(usize),
 }
 
 /// One open upstream connection in the table.
@@ -128,6 +132,9 @@ pub struct Upstreams {
     probes: Slab<Probe>,
     /// Mirrored requests in flight (their sockets are in `conns` too, for the token).
     shadows: Slab<shadow::Shadow>,
+    /// HTTP/2 connections, each carrying many exchanges (their sockets are in `conns` too,
+    /// for the token). See `h2`.
+    h2: Slab<crate::http2::H2Upstream>,
     /// Set while draining: connections are closed instead of pooled.
     no_pooling: bool,
     /// Looks host names up off the event loop; `None` in unit tests (names stay unresolved).
@@ -289,6 +296,7 @@ impl Upstreams {
                 busy += 1;
                 continue;
             }
+            self.remove_pool_h2(k, registry, timers);
             let pool = self.pools.remove(k);
             for t in pool.targets {
                 for idle in t.idle {

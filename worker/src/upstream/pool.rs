@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use zentinel_protocol::config::{
     parse_target_address, LoadBalancing, SameSite, StickySession, TargetAddress,
+    UpstreamHttpVersion,
 };
 
 use super::balancer::{hash64, PickKey};
@@ -14,6 +15,7 @@ use super::*;
 /// The TLS configuration of a pool and the server name of each of its targets.
 fn pool_tls(
     t: &zentinel_protocol::config::UpstreamTls,
+    version: UpstreamHttpVersion,
     targets: &[Target],
     roots: &mut SystemRoots,
 ) -> Result<PoolTls, UpstreamTlsError> {
@@ -27,7 +29,7 @@ fn pool_tls(
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(PoolTls::new(client_config(t, roots)?, names))
+    Ok(PoolTls::new(client_config(t, roots)?, version, names))
 }
 
 #[derive(Debug)]
@@ -48,6 +50,10 @@ pub struct Target {
     pub active: u32,
     /// Idle connection keys (into `Upstreams::idle`), oldest first.
     pub(super) idle: VecDeque<usize>,
+    /// Its HTTP/2 connections (keys into `Upstreams::h2`).
+    pub(super) h2: Vec<usize>,
+    /// `http-version "auto"`: ALPN chose `h2` last time, so exchanges go to HTTP/2 streams.
+    pub(super) alpn_h2: bool,
     pub(super) health: TargetHealth,
     /// Used only when the pool has a `circuit-breaker`.
     pub(super) breaker: CircuitBreaker,
@@ -165,6 +171,8 @@ impl Pool {
                 addr,
                 active: 0,
                 idle: VecDeque::new(),
+                h2: Vec::new(),
+                alpn_h2: false,
                 health: TargetHealth::default(),
                 breaker: CircuitBreaker::default(),
                 cookie: cookie_id(&c.name, &t.address),
@@ -175,16 +183,17 @@ impl Pool {
             .iter()
             .map(|t| (t.address.as_str(), t.weight))
             .collect();
-        let tls =
-            match &c.tls {
-                None => None,
-                Some(t) => Some(pool_tls(t, &targets, roots).map_err(|error| {
+        let tls = match &c.tls {
+            None => None,
+            Some(t) => Some(
+                pool_tls(t, c.http.version, &targets, roots).map_err(|error| {
                     UpstreamConfigError::Tls {
                         pool: c.name.clone(),
                         error,
                     }
-                })?),
-            };
+                })?,
+            ),
+        };
         let lb = match (&c.sticky, c.load_balancing) {
             (Some(s), LoadBalancing::Sticky) => s.fallback,
             (_, lb) => lb,
@@ -206,14 +215,16 @@ impl Pool {
         })
     }
 
-    /// A TLS session to target `target` when the pool speaks TLS.
+    /// A TLS session to target `target` when the pool speaks TLS; `http1`: offering ALPN
+    /// `http/1.1` alone, whatever the pool's version.
     pub(super) fn tls_session(
         &self,
         target: usize,
+        http1: bool,
     ) -> io::Result<Option<rustls::ClientConnection>> {
         self.tls
             .as_ref()
-            .map(|t| t.session(target))
+            .map(|t| t.session(target, http1))
             .transpose()
             .map_err(io::Error::other)
     }
@@ -247,11 +258,29 @@ impl Pool {
             .map(|s| Duration::from_secs(s.max(1)))
     }
 
-    /// Target `i` is at the pool's per-target connection cap.
+    /// Target `i` is at the pool's per-target connection cap. Over HTTP/2 the cap counts
+    /// connections, each carrying up to `max-h2-streams` exchanges.
     fn at_cap(&self, i: usize) -> bool {
+        let per_connection = if self.speaks_h2(i) {
+            self.config.http.max_h2_streams.max(1)
+        } else {
+            1
+        };
         self.pool
             .max_connections
-            .is_some_and(|max| self.targets[i].active >= max)
+            .is_some_and(|max| self.targets[i].active >= max.saturating_mul(per_connection))
+    }
+
+    /// Whether exchanges to target `i` go to HTTP/2 streams: `http-version "2"`, or `"auto"`
+    /// over TLS once the target chose `h2` by ALPN.
+    pub(super) fn speaks_h2(&self, i: usize) -> bool {
+        match self.config.http.version {
+            UpstreamHttpVersion::Http1 => false,
+            UpstreamHttpVersion::Http2 => true,
+            UpstreamHttpVersion::Auto => {
+                self.tls.is_some() && self.targets.get(i).is_some_and(|t| t.alpn_h2)
+            }
+        }
     }
 
     /// The `Set-Cookie` value that pins a client to `target`, when this pool is sticky and

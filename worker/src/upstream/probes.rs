@@ -1,7 +1,11 @@
 //! Active health probes of a pool's targets: scheduling, running and applying their results.
 
-use super::connections::{close_sock, open};
+use zentinel_protocol::config::{HealthCheckKind, UpstreamHttpVersion};
+
+use super::connections::{close_sock, open, Alpn};
 use super::*;
+use crate::sock::pipe::PipeEnd;
+use crate::wakeups::Wake;
 
 impl Upstreams {
     /// The health timer of a target fired: start a probe, or time out the running one.
@@ -49,20 +53,43 @@ impl Upstreams {
             return;
         };
         t.health.probe_started = Some(now);
+        let version = p.config.http.version;
         // Both keys are taken before anything is inserted: the probe knows its connection's
         // key (its token) and the connection entry names the probe.
         let conn = self.conns.vacant_key();
         let probe_key = self.probes.vacant_key();
-        let started = open(&self.pools, pool, target, conn, registry)
-            .map(|(sock, _)| Probe::new(sock, addr, &check, conn, pool, target));
+        let over_h2 = version == UpstreamHttpVersion::Http2
+            && matches!(check.kind, HealthCheckKind::Http { .. });
+        let started = if over_h2 {
+            // An HTTP/2-only target: the GET goes on a stream.
+            self.h2_stream(pool, target, registry, Wake::Probe(probe_key), false, now)
+                .map(|s| {
+                    let sock = UpSock::Pipe(PipeEnd { shared: s.pipe });
+                    Probe::new(sock, addr, &check, None, pool, target)
+                })
+        } else {
+            // `"auto"` pools: the probe speaks HTTP/1.1 on its own connection.
+            let alpn = match version {
+                UpstreamHttpVersion::Http2 => Alpn::Pool,
+                _ => Alpn::Http1,
+            };
+            open(&self.pools, pool, target, conn, registry, alpn)
+                .map(|(sock, _)| Probe::new(sock, addr, &check, Some(conn), pool, target))
+        };
         match started {
             Ok(probe) => {
-                self.conns.insert(ConnEntry {
-                    owner: Owner::Probe(probe_key),
-                    timer: None,
-                    idle_since: now,
-                    created: now,
-                });
+                if probe.conn.is_none() {
+                    // A stream raises no socket event: the probe writes its request at once.
+                    crate::wakeups::wake(Wake::Probe(probe_key));
+                }
+                if probe.conn.is_some() {
+                    self.conns.insert(ConnEntry {
+                        owner: Owner::Probe(probe_key),
+                        timer: None,
+                        idle_since: now,
+                        created: now,
+                    });
+                }
                 self.probes.insert(probe);
                 let timeout = Duration::from_secs(check.timeout_secs.max(1));
                 let t = &mut self.pools[pool].targets[target];
@@ -187,7 +214,9 @@ impl Upstreams {
         timers: &mut Timers<TimerKey>,
     ) {
         if let Some(mut probe) = self.probes.try_remove(key) {
-            self.forget_conn(probe.conn, timers);
+            if let Some(conn) = probe.conn {
+                self.forget_conn(conn, timers);
+            }
             close_sock(&mut probe.sock, registry);
         }
     }

@@ -3,19 +3,23 @@
 //! failure is only logged at debug level and counts against no target's health, and when
 //! [`MAX_SHADOWS`] are open in this worker a new one is dropped rather than queued.
 
-use super::connections::{close_sock, open};
+use zentinel_protocol::config::UpstreamHttpVersion;
+
+use super::connections::{close_sock, open, Alpn};
 use super::*;
+use crate::sock::pipe::PipeEnd;
 use crate::sock::{Buf, Ready};
+use crate::wakeups::Wake;
 
 /// Mirrored exchanges one worker keeps open at once.
 pub const MAX_SHADOWS: usize = 64;
 
 #[derive(Debug)]
 pub(super) struct Shadow {
-    /// Plain or TLS, like the pool's other connections.
+    /// Plain or TLS, like the pool's other connections; a stream's pipe for an HTTP/2 pool.
     sock: UpSock,
-    /// Key in `Upstreams::conns` (its token).
-    conn: usize,
+    /// Key in `Upstreams::conns` (its token); `None` for a stream.
+    conn: Option<usize>,
     out: Buf,
     connected: bool,
     timer: Option<TimerId>,
@@ -77,19 +81,34 @@ impl Upstreams {
         };
         let conn = self.conns.vacant_key();
         let key = self.shadows.vacant_key();
-        let sock = match open(&self.pools, req.pool, target, conn, registry) {
-            Ok((s, _)) => s,
+        let version = self.pools.get(req.pool).map(|p| p.config.http.version);
+        let opened = if version == Some(UpstreamHttpVersion::Http2) {
+            self.h2_stream(req.pool, target, registry, Wake::Shadow(key), false, now)
+                .map(|s| (UpSock::Pipe(PipeEnd { shared: s.pipe }), None))
+        } else {
+            // `"auto"` pools: the copy goes over HTTP/1.1 on its own connection.
+            open(&self.pools, req.pool, target, conn, registry, Alpn::Http1)
+                .map(|(s, _)| (s, Some(conn)))
+        };
+        let (sock, conn) = match opened {
+            Ok(o) => o,
             Err(e) => {
                 debug!(upstream = self.pools[req.pool].name, error = %e, "shadow request not sent");
                 return false;
             }
         };
-        self.conns.insert(ConnEntry {
-            owner: Owner::Shadow(key),
-            timer: None,
-            idle_since: now,
-            created: now,
-        });
+        if conn.is_none() {
+            // A stream raises no socket event: the copy is written at once.
+            crate::wakeups::wake(Wake::Shadow(key));
+        }
+        if conn.is_some() {
+            self.conns.insert(ConnEntry {
+                owner: Owner::Shadow(key),
+                timer: None,
+                idle_since: now,
+                created: now,
+            });
+        }
         let timer = Some(timers.insert(now + req.timeout, TimerKey::Shadow(key)));
         let mut out = Buf::new();
         out.extend(&req.head);
@@ -143,7 +162,9 @@ impl Upstreams {
             if let Some(t) = s.timer.take() {
                 timers.cancel(t);
             }
-            self.forget_conn(s.conn, timers);
+            if let Some(conn) = s.conn {
+                self.forget_conn(conn, timers);
+            }
             close_sock(&mut s.sock, registry);
         }
     }

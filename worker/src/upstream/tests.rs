@@ -37,6 +37,7 @@ fn pool_config(name: &str, addr: &str, max_idle: u32) -> UpstreamConfig {
         passive_health: PassiveHealth::default(),
         circuit_breaker: None,
         tls: None,
+        http: zentinel_protocol::config::UpstreamHttp::default(),
     }
 }
 
@@ -302,6 +303,49 @@ fn connection_cap_makes_picks_wait_and_a_release_wakes_the_waiters() {
     u.release(c, true, reg, &mut timers, now);
     assert_eq!(u.take_wakeups(), vec![Token(8)]);
     assert_eq!(u.pick(key, &[], now, &req), Pick::Target(0));
+}
+
+#[test]
+fn http2_exchanges_share_a_connection_and_the_cap_counts_connections() {
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = backend.local_addr().unwrap().to_string();
+    let mut cfg = pool_config("p", &addr, 4);
+    cfg.pool.max_connections = Some(1);
+    cfg.http.version = zentinel_protocol::config::UpstreamHttpVersion::Http2;
+    cfg.http.max_h2_streams = 2;
+    let poll = mio::Poll::new().unwrap();
+    let reg = poll.registry();
+    let mut timers = Timers::new();
+    let mut u = Upstreams::new();
+    let key = u.install(pools(&[cfg]), &[], reg, &mut timers)[0];
+    let now = Instant::now();
+    let req = PickRequest {
+        client_ip: None,
+        cookie: None,
+    };
+    let session = |k| tokens::session(k, tokens::Side::Upstream);
+    let a = u.checkout(key, 0, reg, session(1)).unwrap();
+    assert_eq!(
+        u.pick(key, &[], now, &req),
+        Pick::Target(0),
+        "one stream left"
+    );
+    let b = u.checkout(key, 0, reg, session(2)).unwrap();
+    assert!(matches!(a.sock, UpSock::Pipe(_)) && matches!(b.sock, UpSock::Pipe(_)));
+    assert_eq!(a.id, b.id, "both streams on one connection");
+    assert!(!a.reused, "the connection is still being established");
+    assert_eq!(u.h2.len(), 1);
+    assert_eq!(
+        u.pick(key, &[], now, &req),
+        Pick::Wait,
+        "one connection (max-connections) of two streams (max-h2-streams)"
+    );
+    u.wait_for(key, Token(8));
+    u.release(a, true, reg, &mut timers, now);
+    assert_eq!(u.take_wakeups(), vec![Token(8)]);
+    assert_eq!(u.pick(key, &[], now, &req), Pick::Target(0));
+    u.release(b, false, reg, &mut timers, now);
+    assert_eq!(u.idle_count(), 0, "streams are never pooled");
 }
 
 #[test]

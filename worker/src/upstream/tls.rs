@@ -19,8 +19,9 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, SignatureScheme};
 use zentinel_protocol::config::UpstreamTls;
 
-use crate::tls::{load_certified_key, TlsFile, ALPN_HTTP_1_1};
+use crate::tls::{load_certified_key, TlsFile, ALPN_H2, ALPN_HTTP_1_1};
 use crate::tls_verify::AcceptAnyCertificate;
+use zentinel_protocol::config::UpstreamHttpVersion;
 
 /// A problem with one key of a `tls` block, named as written so the master can point at its
 /// line.
@@ -187,7 +188,11 @@ pub fn check(tls: &UpstreamTls) -> Result<(), UpstreamTlsError> {
 
 /// A pool's TLS: its client configuration and the server name of each target.
 pub struct PoolTls {
+    /// ALPN as the pool's `http-version` says: `http/1.1`, `h2`, or both (`"auto"`).
     config: Arc<ClientConfig>,
+    /// `"auto"` only: the same with `http/1.1` alone, for what speaks HTTP/1.1 on its own
+    /// connection (health probes, mirrored requests). Same session cache.
+    http1: Option<Arc<ClientConfig>>,
     /// Indexed like the pool's targets.
     names: Vec<ServerName<'static>>,
 }
@@ -201,18 +206,42 @@ impl fmt::Debug for PoolTls {
 }
 
 impl PoolTls {
-    pub fn new(config: Arc<ClientConfig>, names: Vec<ServerName<'static>>) -> Self {
-        PoolTls { config, names }
+    /// `config` as [`client_config`] built it (ALPN `http/1.1`), for a pool of `version`.
+    pub fn new(
+        config: Arc<ClientConfig>,
+        version: UpstreamHttpVersion,
+        names: Vec<ServerName<'static>>,
+    ) -> Self {
+        let with_alpn = |alpn: &[&[u8]]| {
+            let mut c = (*config).clone();
+            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Arc::new(c)
+        };
+        let (config, http1) = match version {
+            UpstreamHttpVersion::Http1 => (config, None),
+            UpstreamHttpVersion::Http2 => (with_alpn(&[ALPN_H2]), None),
+            UpstreamHttpVersion::Auto => (with_alpn(&[ALPN_H2, ALPN_HTTP_1_1]), Some(config)),
+        };
+        PoolTls {
+            config,
+            http1,
+            names,
+        }
     }
 
-    /// A new client session to target `target`, its ClientHello ready to go.
-    pub fn session(&self, target: usize) -> Result<ClientConnection, rustls::Error> {
+    /// A new client session to target `target`, its ClientHello ready to go; `http1`: offering
+    /// `http/1.1` alone.
+    pub fn session(&self, target: usize, http1: bool) -> Result<ClientConnection, rustls::Error> {
         let name = self
             .names
             .get(target)
             .cloned()
             .ok_or_else(|| rustls::Error::General("unknown upstream target".into()))?;
-        ClientConnection::new(Arc::clone(&self.config), name)
+        let config = match (&self.http1, http1) {
+            (Some(c), true) => c,
+            _ => &self.config,
+        };
+        ClientConnection::new(Arc::clone(config), name)
     }
 }
 

@@ -8,9 +8,10 @@
 use super::balancing::parse_load_balancing;
 use super::circuit_breaker::parse_circuit_breaker;
 use super::health_check::parse_health_check;
+use super::upstream_http::parse_http_version;
 use super::upstream_tls::parse_upstream_tls;
 use super::*;
-use zentinel_protocol::config::{parse_target_address, TargetAddress};
+use zentinel_protocol::config::{parse_target_address, TargetAddress, UpstreamHttp};
 
 const UPSTREAM_KEYS: &[&str] = &[
     "target",
@@ -23,9 +24,8 @@ const UPSTREAM_KEYS: &[&str] = &[
     "passive-health",
     "circuit-breaker",
     "tls",
+    "http-version",
 ];
-/// Upstream Zentinel keys not implemented here.
-const UPSTREAM_UNSUPPORTED: &[&str] = &["http-version"];
 const PASSIVE_HEALTH_KEYS: &[&str] = &["max-fails", "fail-timeout-secs"];
 /// (spelling, the setting it sets): upstream's names and ours are one setting each.
 const POOL_KEYS: &[(&str, &str)] = &[
@@ -64,6 +64,7 @@ pub(super) fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Par
         // upstream (or a route to it) says otherwise.
         circuit_breaker: Some(CircuitBreakerConfig::default()),
         tls: None,
+        http: UpstreamHttp::default(),
     };
     let mut has_circuit_breaker = false;
     let mut seen = Seen::default();
@@ -83,6 +84,7 @@ pub(super) fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Par
                 | "circuit-breaker"
                 | "address"
                 | "tls"
+                | "http-version"
         ) {
             seen.check(child, diags);
         }
@@ -108,6 +110,7 @@ pub(super) fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Par
             }
             "address" => shorthand = Some(child),
             "tls" => tls = Some(child),
+            "http-version" => parse_http_version(child, &mut config.http, diags),
             "load-balancing" => {
                 if let Some((lb, sticky)) = parse_load_balancing(child, diags) {
                     config.load_balancing = lb;
@@ -138,13 +141,7 @@ pub(super) fn parse_upstream(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Par
                     }
                 }
             }
-            _ => unknown(
-                child,
-                "upstream",
-                UPSTREAM_KEYS,
-                UPSTREAM_UNSUPPORTED,
-                diags,
-            ),
+            _ => unknown(child, "upstream", UPSTREAM_KEYS, &[], diags),
         }
     }
     if let Some(short) = shorthand {

@@ -24,7 +24,8 @@ pub struct ForwardContext {
 }
 
 /// Serialize the request head to send upstream: hop-by-hop headers removed (Connection, the
-/// headers it names, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade unless upgrading);
+/// headers it names, Keep-Alive, Proxy-Connection, TE (but the proxy's own `TE: trailers` when
+/// the client's lists `trailers`), Trailer, Upgrade unless upgrading);
 /// `X-Forwarded-For` appended to, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`
 /// (RFC 7239) added; HTTP/1.1 always; `Connection: keep-alive`, or `Connection: upgrade` plus
 /// the `Upgrade` header when `head.upgrade` is set. Framing headers are kept as received.
@@ -141,9 +142,24 @@ pub fn write_upstream_request(head: &RequestHead, ctx: &ForwardContext, out: &mu
             push_header(out, b"Connection", b"upgrade");
             push_header(out, b"Upgrade", protocol.as_bytes());
         }
+        // The proxy passes trailers on (chunked bodies travel as they are, HTTP/2 trailers
+        // become chunked ones): a client that accepts them lets the next hop send them. gRPC
+        // servers require this `TE` from their clients.
+        None if accepts_trailers(head) => {
+            push_header(out, b"TE", b"trailers");
+            push_header(out, b"Connection", b"keep-alive, TE");
+        }
         None => push_header(out, b"Connection", b"keep-alive"),
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The client's `TE` lists `trailers`.
+fn accepts_trailers(head: &RequestHead) -> bool {
+    head.headers().any(|h| {
+        h.name.eq_ignore_ascii_case(b"te")
+            && list_elements(h.value).any(|e| e.eq_ignore_ascii_case(b"trailers"))
+    })
 }
 
 /// An IP address as its `Display` form writes it; IPv4 (the common case) without the

@@ -78,7 +78,7 @@ impl HttpSession {
             Prebuffered::strip_expect(&mut head_bytes);
         }
         let read_ahead = policies
-            .filter(|p| p.buffer_responses)
+            .filter(|p| p.buffer_responses && !super::request::is_grpc(&req))
             .and_then(|_| ReadAhead::take());
         let (sock, meta) = UpMeta::split(conn);
         let connected = meta.reused;
@@ -134,6 +134,28 @@ impl HttpSession {
             read_ahead,
         };
         self.phase = Phase::Proxy(Box::new(ex));
+    }
+
+    /// `http-version "auto"`: the exchange's new connection chose h2; it goes on as the first
+    /// stream of that connection, which later exchanges to the target share.
+    pub(super) fn switch_to_h2(&mut self, ctx: &mut Ctx<'_>) {
+        let token = tokens::session(self.key, Side::Upstream);
+        let Phase::Proxy(ex) = &mut self.phase else {
+            return;
+        };
+        let Some((up, meta)) = ex.up.take() else {
+            return;
+        };
+        match ctx.upstreams.adopt_h2(meta.join(up), token, ctx.now) {
+            Ok(c) => {
+                debug!(peer = %self.peer, upstream = %c.addr, "upstream chose h2 by ALPN");
+                ex.attach(c, ctx.now);
+            }
+            Err(e) => {
+                debug!(peer = %self.peer, error = %e, "cannot use the upstream's h2 connection");
+                self.fail(Fail::Exhausted, ctx);
+            }
+        }
     }
 
     /// Woken (or any event) while queued: try again.

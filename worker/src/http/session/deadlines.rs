@@ -147,10 +147,17 @@ impl HttpSession {
             .cout_stalled_since
             .filter(|_| !self.cout.is_empty())
             .map(|t| (t + request_timeout, Fail::ClientStalled));
-        // Likewise the request body only times out while the proxy waits for it.
+        // Likewise the request body only times out while the proxy waits for it. Once the
+        // response flows, the exchange is full duplex (a bidirectional gRPC stream): a client
+        // that sends nothing for a while is not stalled while the upstream still answers.
+        let body_since = if ex.resp.is_some() {
+            ex.last_client_activity.max(ex.last_up_activity)
+        } else {
+            ex.last_client_activity
+        };
         let body = (!ex.req_done && self.cin.is_empty() && ex.uout.len() < BUF_CAP).then(|| {
             (
-                ex.last_client_activity + request_timeout,
+                body_since + request_timeout,
                 Fail::Client(408, "request body not received in time"),
             )
         });

@@ -5,6 +5,7 @@
 use super::access::note_upstream;
 use super::failure::not_retried;
 use super::*;
+use crate::sock::pipe;
 
 /// An established TLS upstream connection failed at the TLS layer (an alert such as a
 /// refused client certificate, a bad record): the exchange's failure names no more than
@@ -55,6 +56,10 @@ impl HttpSession {
             }
             Err(Fail::RetryStatus(status)) => {
                 self.retry_status(status, ctx);
+                Ok(true)
+            }
+            Err(Fail::SwitchToH2) => {
+                self.switch_to_h2(ctx);
                 Ok(true)
             }
             Err(f) => {
@@ -144,6 +149,10 @@ impl HttpSession {
         };
         let elsewhere_ok =
             !reused && replayable && retry::attempts_left(ex.retry.as_deref(), ex.attempts);
+        // An HTTP/2 stream the upstream did not process (refused, or beyond the last stream
+        // of its GOAWAY): any method may go again, on a new connection, while its body so far
+        // is held for replay.
+        let refused_ok = !ex.retried && ex.replay.is_some() && !ex.got_upstream_bytes;
         let up_ids = ex.up.as_ref().map(|(_, m)| (m.pool, m.target));
         let up_addr = ex.up.as_ref().map(|(_, m)| m.addr);
         let Some((up, _)) = ex.up.as_mut() else {
@@ -158,6 +167,10 @@ impl HttpSession {
                     ex.connecting = None;
                     ex.last_up_activity = now;
                     progress = true;
+                    if up.negotiated_h2() {
+                        // `http-version "auto"` and the target chose h2 by ALPN.
+                        return Err(Fail::SwitchToH2);
+                    }
                 }
                 Ok(false) => return Ok(progress),
                 Err(e) => return Err(Fail::ConnectFailed(e)),
@@ -179,6 +192,7 @@ impl HttpSession {
                     };
                 }
                 Err(_) if retry_ok && !ex.got_upstream_bytes => return Err(Fail::RetryFresh),
+                Err(e) if refused_ok && pipe::is_refused(&e) => return Err(Fail::RetryFresh),
                 Err(e) => {
                     log_tls_failure(up, up_addr, self.peer, &e);
                     if !ex.resp_started {
@@ -207,6 +221,7 @@ impl HttpSession {
                     progress |= r.eof;
                 }
                 Err(_) if retry_ok && !ex.got_upstream_bytes => return Err(Fail::RetryFresh),
+                Err(e) if refused_ok && pipe::is_refused(&e) => return Err(Fail::RetryFresh),
                 Err(e) => {
                     log_tls_failure(up, up_addr, self.peer, &e);
                     if !ex.resp_started {

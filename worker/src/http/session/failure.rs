@@ -116,7 +116,7 @@ impl HttpSession {
             }
             // The upstream's answer was valid: counted as a response, not an error.
             Fail::ErrorPage(s) => (s, "upstream error replaced by the route's error page"),
-            Fail::ClientGone | Fail::RetryFresh => {
+            Fail::ClientGone | Fail::RetryFresh | Fail::SwitchToH2 => {
                 ctx.counters.c.client_errors += 1;
                 (0, "client connection lost")
             }

@@ -190,8 +190,10 @@ impl HttpSession {
                 let pool = fallback
                     .as_mut()
                     .map_or(pool, |f| f.initial(pool, ctx.upstreams, ctx.now));
+                // gRPC messages stream both ways and may never end: never held whole.
                 let buffer = has_body
                     && req.upgrade.is_none()
+                    && !is_grpc(&req)
                     && route
                         .and_then(|r| router.policies(r))
                         .is_some_and(|p| p.buffer_requests);
@@ -248,4 +250,14 @@ impl HttpSession {
             ClientSock::Plain(_) => None,
         })
     }
+}
+
+/// A gRPC call (`content-type: application/grpc`, `application/grpc+proto`, ...): its bodies
+/// are streams of messages, never buffered whole.
+pub(super) fn is_grpc(req: &RequestHead) -> bool {
+    req.headers().any(|h| {
+        h.name.eq_ignore_ascii_case(b"content-type")
+            && h.value.len() >= 16
+            && h.value[..16].eq_ignore_ascii_case(b"application/grpc")
+    })
 }

@@ -51,7 +51,8 @@ fn upstream_request_exact_bytes() {
          X-Forwarded-Proto: http\r\n\
          X-Forwarded-Host: Example.com:8080\r\n\
          Forwarded: for=203.0.113.1, for=192.0.2.7;proto=http;host=\"Example.com:8080\"\r\n\
-         Connection: keep-alive\r\n\
+         TE: trailers\r\n\
+         Connection: keep-alive, TE\r\n\
          \r\n"
     );
 }
