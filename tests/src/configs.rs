@@ -45,6 +45,7 @@ pub fn proxy_draining(workers: u32, port: u16, backend: &Backend, drain_secs: u3
 pub struct Proxy {
     workers: u32,
     port: u16,
+    protocol: &'static str,
     targets: Vec<String>,
     system: String,
     listener: String,
@@ -63,6 +64,7 @@ impl Proxy {
         Proxy {
             workers,
             port,
+            protocol: "http",
             targets: targets.to_vec(),
             system: String::new(),
             listener: String::new(),
@@ -74,6 +76,13 @@ impl Proxy {
     /// `graceful-shutdown-timeout-secs` in the `system` block.
     pub fn drain_secs(self, secs: u32) -> Self {
         self.system(&format!("graceful-shutdown-timeout-secs {secs}"))
+    }
+
+    /// The listener's `protocol` (`"http"` unless set: `"h2"`, `"https"` with a `tls` block
+    /// given to [`Proxy::listener`]).
+    pub fn protocol(mut self, protocol: &'static str) -> Self {
+        self.protocol = protocol;
+        self
     }
 
     /// Lines spliced into the `system` block.
@@ -104,6 +113,7 @@ impl Proxy {
         let Proxy {
             workers,
             port,
+            protocol,
             targets,
             system,
             listener,
@@ -123,7 +133,7 @@ system {{
 listeners {{
     listener "http" {{
         address "127.0.0.1:{port}"
-        protocol "http"
+        protocol "{protocol}"
         default-route "all"
         {listener}
     }}

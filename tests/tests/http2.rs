@@ -10,38 +10,17 @@ use std::time::Duration;
 use zentinel_tests::tls_support::Ca;
 use zentinel_tests::*;
 
-fn plain_config(port: u16, protocol: &str, backend: &Backend) -> String {
+fn plain_config(port: u16, protocol: &'static str, backend: &Backend) -> String {
     plain_config_with(port, protocol, backend, "")
 }
 
 /// `extra`: more top-level nodes.
-fn plain_config_with(port: u16, protocol: &str, backend: &Backend, extra: &str) -> String {
-    format!(
-        r#"system {{
-    worker-processes 2
-}}
-{extra}
-listeners {{
-    listener "main" {{
-        address "127.0.0.1:{port}"
-        protocol "{protocol}"
-        max-concurrent-streams 64
-    }}
-}}
-routes {{
-    route "all" {{
-        matches {{ path-prefix "/" }}
-        upstream "be"
-    }}
-}}
-upstreams {{
-    upstream "be" {{
-        target "{target}"
-    }}
-}}
-"#,
-        target = backend.target()
-    )
+fn plain_config_with(port: u16, protocol: &'static str, backend: &Backend, extra: &str) -> String {
+    configs::Proxy::new(2, port, backend)
+        .protocol(protocol)
+        .listener("max-concurrent-streams 64")
+        .top_level(extra)
+        .build()
 }
 
 /// `curl` with `args`, printing the body then `\n<status> <http version>`.
@@ -104,33 +83,15 @@ fn curl_negotiates_h2_by_alpn_on_tls_listeners() {
     let backend = Backend::start("h2tls");
     let port = free_port();
     let path = |f: &str| dir.0.join(f).display().to_string();
-    let config = format!(
-        r#"listeners {{
-    listener "tls" {{
-        address "127.0.0.1:{port}"
-        protocol "https"
-        tls {{
-            cert-file "{crt}"
-            key-file "{key}"
-        }}
-    }}
-}}
-routes {{
-    route "all" {{
-        matches {{ path-prefix "/" }}
-        upstream "be"
-    }}
-}}
-upstreams {{
-    upstream "be" {{
-        target "{target}"
-    }}
-}}
-"#,
-        crt = path("a.crt"),
-        key = path("a.key"),
-        target = backend.target()
+    let tls = format!(
+        "tls {{\n    cert-file \"{}\"\n    key-file \"{}\"\n}}",
+        path("a.crt"),
+        path("a.key")
     );
+    let config = configs::Proxy::new(1, port, &backend)
+        .protocol("https")
+        .listener(&tls)
+        .build();
     let _zentinel = Zentinel::start(&config);
     let resolve = format!("a.test:{port}:127.0.0.1");
     let url = format!("https://a.test:{port}/alpn");

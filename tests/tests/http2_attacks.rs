@@ -27,39 +27,15 @@ fn rig(label: &str) -> Rig {
     let backend = Backend::start(label);
     let port = free_port();
     let metrics_port = free_port();
-    let config = format!(
-        r#"system {{
-    worker-processes 1
-}}
-listeners {{
-    listener "main" {{
-        address "127.0.0.1:{port}"
-        protocol "h2"
-        max-concurrent-streams {MAX_STREAMS}
-        request-timeout-secs {REQUEST_TIMEOUT_SECS}
-    }}
-}}
-routes {{
-    route "all" {{
-        matches {{ path-prefix "/" }}
-        upstream "be"
-    }}
-}}
-upstreams {{
-    upstream "be" {{
-        target "{target}"
-    }}
-}}
-observability {{
-    metrics {{
-        enabled #true
-        address "127.0.0.1:{metrics_port}"
-        path "/metrics"
-    }}
-}}
-"#,
-        target = backend.target()
-    );
+    let config = configs::Proxy::new(1, port, &backend)
+        .protocol("h2")
+        .listener(&format!(
+            "max-concurrent-streams {MAX_STREAMS}\nrequest-timeout-secs {REQUEST_TIMEOUT_SECS}"
+        ))
+        .top_level(&format!(
+            "observability {{\n    metrics {{\n        enabled #true\n        address \"127.0.0.1:{metrics_port}\"\n        path \"/metrics\"\n    }}\n}}"
+        ))
+        .build();
     let z = Zentinel::start(&config);
     Rig {
         _backend: backend,

@@ -313,7 +313,39 @@ impl HttpSession {
                 }
             },
         };
-        Some(HttpSession {
+        Some(Self::with_client(
+            key, peer, client, generation, listener, lctx, now,
+        ))
+    }
+
+    /// A session serving one HTTP/2 stream: its client is one end of a pipe whose other end
+    /// the HTTP/2 connection `pipe` came from holds (see `sock::pipe`).
+    pub fn over_pipe(
+        key: usize,
+        peer: SocketAddr,
+        pipe: PipeEnd,
+        generation: Rc<Generation>,
+        listener: usize,
+        now: Instant,
+    ) -> Option<Self> {
+        let lctx = generation.listeners.get(listener)?.ctx;
+        let client = ClientSock::Pipe(pipe);
+        Some(Self::with_client(
+            key, peer, client, generation, listener, lctx, now,
+        ))
+    }
+
+    /// A new connection's session, before its first request.
+    fn with_client(
+        key: usize,
+        peer: SocketAddr,
+        client: ClientSock,
+        generation: Rc<Generation>,
+        listener: usize,
+        lctx: ListenerCtx,
+        now: Instant,
+    ) -> Self {
+        HttpSession {
             key,
             peer,
             generation,
@@ -332,40 +364,7 @@ impl HttpSession {
             access: None,
             file_body: None,
             client_subject: None,
-        })
-    }
-
-    /// A session serving one HTTP/2 stream: its client is one end of a pipe whose other end
-    /// the HTTP/2 connection `pipe` came from holds (see `sock::pipe`).
-    pub fn over_pipe(
-        key: usize,
-        peer: SocketAddr,
-        pipe: PipeEnd,
-        generation: Rc<Generation>,
-        listener: usize,
-        now: Instant,
-    ) -> Option<Self> {
-        let lctx = generation.listeners.get(listener)?.ctx;
-        Some(HttpSession {
-            key,
-            peer,
-            generation,
-            listener,
-            lctx,
-            trace_id: String::new(),
-            requests_served: 0,
-            client: ClientSock::Pipe(pipe),
-            cin: Buf::new(),
-            cout: Buf::new(),
-            phase: Phase::ReadingHead,
-            timer: None,
-            head_started: now,
-            idle_since: now,
-            first_request: true,
-            access: None,
-            file_body: None,
-            client_subject: None,
-        })
+        }
     }
 
     /// The connection turned out to speak HTTP/2 before its first request: its socket and
