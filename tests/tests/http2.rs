@@ -174,3 +174,31 @@ fn h2load_runs_many_streams_per_connection_without_errors() {
     );
     assert!(text.contains("4000 2xx"), "h2load: {text}");
 }
+
+#[test]
+fn a_reload_leaves_http2_streams_in_flight_alone() {
+    let backend = Backend::start("h2reload");
+    let z = Zentinel::start(&plain_config(free_port(), "h2", &backend));
+    let (_, connections_before) = backend.stats();
+    let url = format!("http://{}/delay/2500", z.addr());
+    let slow = std::thread::spawn(move || curl(&["--http2-prior-knowledge", &url]));
+    // The stream is in flight once the proxy has its upstream connection.
+    assert!(
+        wait_until(Duration::from_secs(10), || backend.stats().1
+            > connections_before),
+        "the slow request never reached the backend"
+    );
+    z.ctl(&["reload"]).assert_success("reload");
+    let (body, tail) = slow.join().expect("curl thread");
+    assert_eq!(
+        tail, "200 2",
+        "the stream finished over HTTP/2 after the reload"
+    );
+    assert_eq!(body, "delayed 2500ms\n");
+    // And the listener still takes new HTTP/2 connections on the new configuration.
+    let (_, tail) = curl(&[
+        "--http2-prior-knowledge",
+        &format!("http://{}/after", z.addr()),
+    ]);
+    assert_eq!(tail, "200 2");
+}
