@@ -251,3 +251,33 @@ fn a_server_stream_survives_three_rolling_upgrades() {
     let status = client.wait().expect("client exit");
     assert!(status.success(), "client: {status}");
 }
+
+#[test]
+fn grpc_over_a_tls_upstream_with_alpn_h2() {
+    use zentinel_tests::tls_support::Ca;
+    let dir = TempDir::new("grpc-tls-upstream");
+    let ca = Ca::new();
+    ca.issue(&dir.0, "grpc", &["grpc.test"]);
+    std::fs::write(dir.0.join("ca.pem"), ca.cert.pem()).expect("write the CA");
+    let path = |f: &str| dir.0.join(f).display().to_string();
+    let server = PyServer::start(
+        "grpc_tool.py",
+        &["serve", "--tls", &path("grpc.crt"), &path("grpc.key")],
+    );
+    let tls = format!(
+        "http-version \"2\"\n        tls {{\n            sni \"grpc.test\"\n            ca-cert \"{}\"\n        }}",
+        path("ca.pem")
+    );
+    let config =
+        config(free_port(), 1, &server.target(), 60).replacen("http-version \"2\"", &tls, 1);
+    let z = Zentinel::start(&config);
+    let target = z.addr().to_string();
+    let r = grpc_call(&target, &["unary", "over tls"], CALL_DEADLINE);
+    assert_eq!(r["reply"]["echo"], "over tls", "{r}");
+    let r = grpc_call(&target, &["server-stream", "2000"], CALL_DEADLINE);
+    assert_eq!(r["count"], 2000, "{r}");
+    let r = grpc_call(&target, &["bidi", "200"], CALL_DEADLINE);
+    assert_eq!(r["count"], 200, "{r}");
+    let r = grpc_call(&target, &["unary", "again"], CALL_DEADLINE);
+    assert_eq!(r["reply"]["peers"], 1, "one TLS upstream connection: {r}");
+}
