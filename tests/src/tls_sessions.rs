@@ -246,6 +246,19 @@ pub fn rustls_status(z: &Zentinel, config: &Arc<ClientConfig>) -> (Option<Handsh
     (client.conn().handshake_kind(), pid)
 }
 
+/// `zentinel-ctl upgrade --rolling --binary binary`, which must succeed; then waits until `z`
+/// runs `count` workers none of which is in `old`, and returns them.
+pub fn rolling_upgrade_to(
+    z: &Zentinel,
+    binary: &Path,
+    old: &BTreeSet<u32>,
+    count: usize,
+) -> BTreeSet<u32> {
+    let out = crate::drain::upgrade_rolling(&z.control_socket(), binary, &[], UPGRADE_DEADLINE);
+    assert!(out.success(), "upgrade --rolling: {out}\n{}", z.log());
+    wait_for_new_workers(z, old, count)
+}
+
 /// Waits until `z` runs `count` workers none of which is in `old`.
 pub fn wait_for_new_workers(z: &Zentinel, old: &BTreeSet<u32>, count: usize) -> BTreeSet<u32> {
     let mut now = BTreeSet::new();

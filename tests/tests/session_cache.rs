@@ -102,14 +102,7 @@ fn a_session_id_from_before_a_rolling_upgrade_resumes_on_the_new_workers() {
     // Resumed on the old workers first: the session is in the cache, not only in a worker.
     f.resume_on_each_with(&z, &BY_ID, &file, &old);
 
-    let copy_arg = copy.display().to_string();
-    let out = ctl_within(
-        &z.control_socket(),
-        &["upgrade", "--rolling", "--binary", &copy_arg],
-        UPGRADE_DEADLINE,
-    );
-    assert!(out.success(), "upgrade --rolling: {out}\n{}", z.log());
-    let new = wait_for_new_workers(&z, &old, 2);
+    let new = rolling_upgrade_to(&z, &copy, &old, 2);
     let log = z.log_text();
     assert!(
         log.contains("upgrade: the shared TLS session cache goes to the new master")
@@ -144,14 +137,7 @@ fn a_binary_that_does_not_read_the_cache_format_starts_an_empty_cache() {
     let ticket = f.path("session-ticket.pem");
     f.new_session(&z, "-tls1_2", &ticket, LIFETIME_S);
 
-    let older_arg = older.display().to_string();
-    let out = ctl_within(
-        &z.control_socket(),
-        &["upgrade", "--rolling", "--binary", &older_arg],
-        UPGRADE_DEADLINE,
-    );
-    assert!(out.success(), "upgrade --rolling: {out}\n{}", z.log());
-    let new = wait_for_new_workers(&z, &old, 2);
+    let new = rolling_upgrade_to(&z, &older, &old, 2);
     let log = z.log_text();
     assert!(
         log.contains(

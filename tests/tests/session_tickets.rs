@@ -64,14 +64,7 @@ fn a_session_from_before_a_rolling_upgrade_resumes_on_the_new_workers() {
         assert!(old.contains(&pid), "{version}: {pid} not in {old:?}");
     }
 
-    let copy_arg = copy.display().to_string();
-    let out = ctl_within(
-        &z.control_socket(),
-        &["upgrade", "--rolling", "--binary", &copy_arg],
-        UPGRADE_DEADLINE,
-    );
-    assert!(out.success(), "upgrade --rolling: {out}\n{}", z.log());
-    let new = wait_for_new_workers(&z, &old, 2);
+    let new = rolling_upgrade_to(&z, &copy, &old, 2);
     let log = z.log_text();
     assert!(
         log.contains("upgrade: the TLS session-ticket keys go to the new master")
@@ -120,14 +113,7 @@ fn a_binary_that_does_not_read_the_keys_format_takes_over_without_them() {
     let keys_before = master_keys(&z);
     let sessions = f.new_sessions(&z, LIFETIME_S);
 
-    let older_arg = older.display().to_string();
-    let out = ctl_within(
-        &z.control_socket(),
-        &["upgrade", "--rolling", "--binary", &older_arg],
-        UPGRADE_DEADLINE,
-    );
-    assert!(out.success(), "upgrade --rolling: {out}\n{}", z.log());
-    let new = wait_for_new_workers(&z, &old, 2);
+    let new = rolling_upgrade_to(&z, &older, &old, 2);
     let log = z.log_text();
     assert!(
         log.contains(

@@ -144,10 +144,7 @@ fn assert_old_master_intact(z: &Zentinel, before: &Before, what: &str) {
 }
 
 fn ctl_upgrade(z: &Zentinel, binary: &Path, extra: &[&str]) -> CtlOutput {
-    let b = binary.display().to_string();
-    let mut args = vec!["upgrade", "--rolling", "--binary", b.as_str()];
-    args.extend_from_slice(extra);
-    ctl_within(&z.control_socket(), &args, UPGRADE_DEADLINE)
+    zentinel_tests::drain::upgrade_rolling(&z.control_socket(), binary, extra, UPGRADE_DEADLINE)
 }
 
 /// Upgrades to a copy of the binary armed with `fault` under load, and checks that the old

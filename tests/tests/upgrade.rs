@@ -119,10 +119,7 @@ fn ctl_upgrade(z: &Zentinel, binary: &Path, extra: &[&str]) -> CtlOutput {
 }
 
 fn ctl_upgrade_at(socket: &Path, binary: &Path, extra: &[&str]) -> CtlOutput {
-    let b = path_str(binary);
-    let mut args = vec!["upgrade", "--rolling", "--binary", b.as_str()];
-    args.extend_from_slice(extra);
-    ctl_within(socket, &args, UPGRADE_DEADLINE)
+    zentinel_tests::drain::upgrade_rolling(socket, binary, extra, UPGRADE_DEADLINE)
 }
 
 /// [`ctl_upgrade`] on its own thread, for tests that act while the upgrade runs.

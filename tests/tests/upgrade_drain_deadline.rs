@@ -142,10 +142,7 @@ fn pids_in(status: &Value, state: &str) -> Vec<u32> {
 }
 
 fn upgrade(z: &Zentinel, binary: &Path, extra: &[&str]) -> CtlOutput {
-    let b = binary.display().to_string();
-    let mut args = vec!["upgrade", "--rolling", "--binary", b.as_str()];
-    args.extend_from_slice(extra);
-    ctl_within(&z.control_socket(), &args, UPGRADE_DEADLINE)
+    zentinel_tests::drain::upgrade_rolling(&z.control_socket(), binary, extra, UPGRADE_DEADLINE)
 }
 
 #[test]
