@@ -213,16 +213,27 @@ fn tls_upstreams_negotiate_h2_by_alpn() {
     let path = |f: &str| dir.0.join(f).display().to_string();
     let server = PyServer::start("h2_server.py", &["--tls", &path("h2.crt"), &path("h2.key")]);
     let tls = format!("tls {{ ca-cert \"{}\"; sni \"h2.test\"; }}", path("ca.pem"));
+    // A proxy to `target` in `mode` over TLS, after `n` requests answered with `want`.
+    let serve = |target: String, mode: &str, path: &str, want: &str, n: usize| {
+        let z = Zentinel::start(&config(
+            free_port(),
+            &[target],
+            &format!("http-version \"{mode}\"\n        {tls}"),
+        ));
+        for _ in 0..n {
+            let r = get(&z, path);
+            assert_eq!(body_of(&r), want, "{mode}: {r}");
+        }
+        z
+    };
     // "2": ALPN h2 only.
-    let z = Zentinel::start(&config(
-        free_port(),
-        &[server.target()],
-        &format!("http-version \"2\"\n        {tls}"),
-    ));
-    for _ in 0..3 {
-        let r = get(&z, "/hello");
-        assert_eq!(body_of(&r), "h2 backend path=/hello\n", "{r}");
-    }
+    let z = serve(
+        server.target(),
+        "2",
+        "/hello",
+        "h2 backend path=/hello\n",
+        3,
+    );
     assert_eq!(
         stats(&z)["connections"],
         1,
@@ -231,15 +242,13 @@ fn tls_upstreams_negotiate_h2_by_alpn() {
     drop(z);
     // "auto": the first connection offers h2 and http/1.1, the server chooses h2, and the
     // connection becomes the HTTP/2 one every later exchange shares.
-    let z = Zentinel::start(&config(
-        free_port(),
-        &[server.target()],
-        &format!("http-version \"auto\"\n        {tls}"),
-    ));
-    for _ in 0..3 {
-        let r = get(&z, "/hello");
-        assert_eq!(body_of(&r), "h2 backend path=/hello\n", "{r}");
-    }
+    let z = serve(
+        server.target(),
+        "auto",
+        "/hello",
+        "h2 backend path=/hello\n",
+        3,
+    );
     assert_eq!(
         stats(&z)["connections"],
         2,
@@ -248,15 +257,7 @@ fn tls_upstreams_negotiate_h2_by_alpn() {
     drop(z);
     // "auto" to a server that speaks HTTP/1.1 only: HTTP/1.1.
     let backend = Backend::start_args("h1tls", &["--tls", &path("h2.crt"), &path("h2.key")]);
-    let z = Zentinel::start(&config(
-        free_port(),
-        &[backend.target()],
-        &format!("http-version \"auto\"\n        {tls}"),
-    ));
-    for _ in 0..2 {
-        let r = get(&z, "/x");
-        assert_eq!(body_of(&r), "backend=h1tls path=/x\n", "{r}");
-    }
+    serve(backend.target(), "auto", "/x", "backend=h1tls path=/x\n", 2);
 }
 
 #[test]
