@@ -55,6 +55,8 @@ pub mod supervisor;
 #[allow(unsafe_code)]
 mod sys;
 pub mod systemd;
+#[cfg(test)]
+mod test_ca;
 pub mod ticket_keys;
 pub mod upgrade;
 pub mod validate_command;

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rcgen::{CertificateParams, KeyPair};
 
 use super::*;
 use zentinel_protocol::config::*;
@@ -21,19 +21,8 @@ struct Files {
 
 impl Files {
     fn new(tag: &str) -> Files {
-        let dir =
-            std::env::temp_dir().join(format!("zentinel-tlsopt-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "tls options test CA");
-        let ca_key = KeyPair::generate().unwrap();
-        let ca = params.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(dir.join("ca.key"), ca_key.serialize_pem()).unwrap();
+        let dir = crate::test_ca::fresh_dir("zentinel-tlsopt", tag);
+        let (ca, ca_key) = crate::test_ca::write_ca(&dir, "tls options test CA");
         for stem in ["a", "b"] {
             let params = CertificateParams::new(vec![format!("{stem}.test")]).unwrap();
             let key = KeyPair::generate().unwrap();

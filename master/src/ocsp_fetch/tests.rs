@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::Command;
 
-use rcgen::{BasicConstraints, CertificateParams, CustomExtension, DnType, IsCa, KeyPair};
+use rcgen::{CertificateParams, CustomExtension, KeyPair};
 use x509_parser::prelude::{FromDer, X509Certificate};
 use zentinel_protocol::config::ProxyConfig;
 
@@ -21,19 +21,8 @@ struct Dir {
 
 impl Dir {
     fn new(tag: &str) -> Dir {
-        let path =
-            std::env::temp_dir().join(format!("zentinel-ocspfetch-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "ocsp fetch test CA");
-        let ca_key = KeyPair::generate().unwrap();
-        let ca = params.self_signed(&ca_key).unwrap();
-        std::fs::write(path.join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(path.join("ca.key"), ca_key.serialize_pem()).unwrap();
+        let path = crate::test_ca::fresh_dir("zentinel-ocspfetch", tag);
+        let (ca, ca_key) = crate::test_ca::write_ca(&path, "ocsp fetch test CA");
         Dir { path, ca, ca_key }
     }
 
