@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+mod filter;
 mod listener;
 mod route;
 mod upstream;
 
+pub use filter::*;
 pub use listener::*;
 pub use route::*;
 pub use upstream::*;
@@ -39,6 +41,8 @@ pub struct ProxyConfig {
     pub upstreams: Vec<UpstreamConfig>,
     /// `limits { ... }`: request size and connection limits.
     pub limits: Limits,
+    /// `filters { filter "name" { ... } }`: named filters routes refer to.
+    pub filters: Vec<FilterConfig>,
 }
 
 /// `system { ... }`: how the master runs its workers, and where it keeps its control socket and pid

@@ -35,6 +35,7 @@ mod drain_schedule;
 mod event_loop;
 mod failover;
 mod fd_budget;
+mod filters;
 mod generation;
 mod http2;
 pub mod ocsp;

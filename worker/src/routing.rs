@@ -19,6 +19,7 @@ use zentinel_protocol::config::{
     StaticResponse,
 };
 
+use crate::filters::{Chain, Filters};
 use crate::rate_limit::Limiter;
 
 mod conditions;
@@ -84,6 +85,8 @@ struct CompiledRoute {
     /// `Rc`: its counter is a `Cell`, and a router never leaves its worker's thread.
     shadow: Option<Rc<Shadow>>,
     errors: ErrorStyle,
+    /// The route's `filters`, compiled (shared with the other routes naming the same ones).
+    filters: Option<Rc<Chain>>,
 }
 
 /// A route's `shadow`, with the upstream resolved to a pool index.
@@ -146,6 +149,8 @@ pub enum RoutingError {
     UnknownUpstream { route: String, upstream: String },
     #[error("listener `{listener}` names unknown default route `{route}`")]
     UnknownDefaultRoute { listener: String, route: String },
+    #[error("{0}")]
+    Filter(String),
     #[error("route `{route}`: invalid path-regex {pattern:?}: {reason}")]
     InvalidRegex {
         route: String,
@@ -176,6 +181,7 @@ fn strip_port(h: &str) -> &str {
 impl Router {
     pub fn new(config: &ProxyConfig) -> Result<Self, RoutingError> {
         let mut routes = Vec::with_capacity(config.routes.len());
+        let filters = Filters::new(config);
         let mut scopes: Vec<Option<String>> = vec![None];
         for r in &config.routes {
             let scope = match scopes.iter().position(|s| *s == r.scope) {
@@ -234,6 +240,7 @@ impl Router {
                     .as_ref()
                     .map(|l| RefCell::new(Limiter::new(l))),
                 websocket: r.extras.as_ref().is_none_or(|e| e.websocket),
+                filters: filters.chain(r).map_err(RoutingError::Filter)?,
                 shadow: match r.extras.as_ref().and_then(|e| e.shadow.as_ref()) {
                     None => None,
                     Some(sh) => Some(Rc::new(Shadow {
@@ -384,6 +391,11 @@ impl Router {
     /// The route's `policies` (defaults for an unknown index).
     pub fn policies(&self, idx: usize) -> Option<&RoutePolicies> {
         self.routes.get(idx).map(|r| &r.policies)
+    }
+
+    /// The route's filter chain, if it names filters.
+    pub fn filters(&self, idx: usize) -> Option<&Rc<Chain>> {
+        self.routes.get(idx).and_then(|r| r.filters.as_ref())
     }
 
     /// The route's rate limiter, if it has one.

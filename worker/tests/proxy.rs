@@ -237,6 +237,7 @@ fn config(listener: SocketAddr, tcp: SocketAddr, backend: SocketAddr) -> ProxyCo
             upstream("echo", echo_server()),
         ],
         limits: Limits::default(),
+        filters: Vec::new(),
     }
 }
 

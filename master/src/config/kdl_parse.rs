@@ -24,6 +24,8 @@ mod circuit_breaker;
 mod diagnostics;
 mod error_pages;
 mod fallback;
+mod filter_rate_limit;
+mod filters;
 mod health_check;
 mod limits;
 mod listeners;
@@ -69,17 +71,10 @@ const TOP_LEVEL: &[&str] = &[
     "upstreams",
     "limits",
     "observability",
+    "filters",
 ];
 /// Zentinel nodes this build does not implement yet: reported as such, not as typos.
-const TOP_LEVEL_UNSUPPORTED: &[&str] = &[
-    "policies",
-    "filters",
-    "agents",
-    "waf",
-    "tls",
-    "cache",
-    "rate-limit",
-];
+const TOP_LEVEL_UNSUPPORTED: &[&str] = &["policies", "agents", "waf", "tls", "cache", "rate-limit"];
 
 /// A listener as written, with the places its references were written.
 pub(super) struct ParsedListener {
@@ -107,6 +102,8 @@ pub(super) struct ParsedRoute {
     pub fallback_at: Vec<usize>,
     /// Where the `shadow` upstream name was written.
     pub shadow_at: Option<usize>,
+    /// Where each `filters` name was written, in `extras.filters` order.
+    pub filters_at: Vec<usize>,
 }
 
 pub(super) struct ParsedUpstream {
@@ -130,6 +127,8 @@ pub(super) struct ParsedConfig {
     /// Namespaces and services (`ns:svc`) defined, with where.
     pub namespaces: Vec<(String, usize)>,
     pub exports: Vec<namespace::Export>,
+    /// `filters { filter "name" { ... } }`, in file order.
+    pub filters: Vec<filters::ParsedFilter>,
 }
 
 /// Parses KDL text and interprets it. Returns `None` when the text is not valid KDL (the syntax
@@ -146,6 +145,7 @@ pub(super) fn parse(source: &str, diags: &mut Diagnostics<'_>) -> Option<ParsedC
         observability: ParsedObservability::default(),
         namespaces: Vec::new(),
         exports: Vec::new(),
+        filters: Vec::new(),
     };
     let mut seen = Seen::default();
     for node in doc.nodes() {
@@ -195,6 +195,7 @@ pub(super) fn parse(source: &str, diags: &mut Diagnostics<'_>) -> Option<ParsedC
                     }
                 }
             }
+            "filters" => filters::parse_filters(node, &mut parsed.filters, diags),
             "namespace" => namespace::parse_namespace(node, &mut parsed, diags),
             _ => unknown(node, "", TOP_LEVEL, TOP_LEVEL_UNSUPPORTED, diags),
         }

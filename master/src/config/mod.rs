@@ -15,6 +15,8 @@ mod error_pages_tests;
 #[cfg(test)]
 mod fallback_tests;
 #[cfg(test)]
+mod filters_tests;
+#[cfg(test)]
 mod include_tests;
 #[cfg(test)]
 mod legacy_state_tests;

@@ -259,6 +259,7 @@ fn full_example_parses_into_the_expected_model() {
             max_body_size_bytes: 1_048_576,
             ..Limits::default()
         },
+        filters: Vec::new(),
     };
     assert_eq!(config, expected);
 }

@@ -44,6 +44,17 @@ pub(super) fn validate(
         diags,
     );
 
+    check_unique_names(
+        "filter",
+        parsed
+            .filters
+            .iter()
+            .filter(|f| f.has_name)
+            .map(|f| (f.config.name.as_str(), f.name_at)),
+        diags,
+    );
+    check_filter_references(&parsed, diags);
+
     if parsed.listeners.is_empty() {
         diags.error(
             parsed.listeners_at.unwrap_or(0),
@@ -212,6 +223,7 @@ pub(super) fn validate(
         routes,
         upstreams: parsed.upstreams.into_iter().map(|u| u.config).collect(),
         limits: parsed.limits,
+        filters: parsed.filters.into_iter().map(|f| f.config).collect(),
     };
     (
         config,
@@ -273,6 +285,34 @@ fn apply_route_circuit_breakers(parsed: &mut ParsedConfig, diags: &mut Diagnosti
         }
         upstream.config.circuit_breaker = cb.clone();
         given.insert(idx, (route.config.name.clone(), *at));
+    }
+}
+
+/// Every name in a route's `filters` is defined in the top-level `filters` block.
+fn check_filter_references(parsed: &ParsedConfig, diags: &mut Diagnostics<'_>) {
+    let defined: Vec<&str> = parsed
+        .filters
+        .iter()
+        .map(|f| f.config.name.as_str())
+        .collect();
+    for route in &parsed.routes {
+        let Some(extras) = &route.config.extras else {
+            continue;
+        };
+        for (filter, &at) in extras.filters.iter().zip(&route.filters_at) {
+            if !defined.contains(&filter.as_str()) {
+                diags.error(
+                    at,
+                    "filters",
+                    format!(
+                        "route `{}` names filter `{filter}`, which is not defined in the \
+                         top-level `filters` block{}",
+                        route.config.name,
+                        did_you_mean(filter, defined.iter().copied())
+                    ),
+                );
+            }
+        }
     }
 }
 

@@ -367,6 +367,7 @@ mod worker_config_tests {
             routes: Vec::new(),
             upstreams: Vec::new(),
             limits: Default::default(),
+            filters: Vec::new(),
         };
         config.system.max_connections = 10_000;
         assert_eq!(worker_config(&config, 4).system.max_connections, 10_000);

@@ -202,6 +202,8 @@ pub struct RouteExtras {
     /// How the proxy's own error responses on this route look, and which upstream error
     /// statuses it replaces with its own page.
     pub error_pages: Option<ErrorPages>,
+    /// `filters "a" "b"`: names of `ProxyConfig::filters`, applied in this order.
+    pub filters: Vec<String>,
 }
 
 impl Default for RouteExtras {
@@ -211,6 +213,7 @@ impl Default for RouteExtras {
             fallback: None,
             shadow: None,
             error_pages: None,
+            filters: Vec::new(),
         }
     }
 }

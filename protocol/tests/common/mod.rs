@@ -434,6 +434,7 @@ pub fn proxy_config() -> impl Strategy<Value = ProxyConfig> {
                         max_connections_per_client,
                         max_total_connections,
                     },
+                    filters: Vec::new(),
                 }
             },
         )

@@ -97,16 +97,29 @@ pub fn rate_check(
     req: &RequestHead,
     now: Instant,
 ) -> Decision {
+    rate_check_keyed(limiter, "", peer, req, now)
+}
+
+/// [`rate_check`] with the route's name in the key: one limiter serving several routes (a
+/// `rate-limit` filter named by each) counts each route apart, as upstream does.
+pub fn rate_check_keyed(
+    limiter: &mut Limiter,
+    route: &str,
+    peer: IpAddr,
+    req: &RequestHead,
+    now: Instant,
+) -> Decision {
     // IPv4 and IPv4-mapped IPv6 are one client.
     let ip = match peer.to_canonical() {
         IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
         IpAddr::V6(a) => a.octets(),
     };
+    let route = route.as_bytes();
     match &limiter.key {
-        RateLimitKey::ClientIp => limiter.check(&[&ip], now),
-        RateLimitKey::Path => limiter.check(&[req.path().as_bytes()], now),
-        RateLimitKey::Route => limiter.check(&[], now),
-        RateLimitKey::ClientIpAndPath => limiter.check(&[&ip, req.path().as_bytes()], now),
+        RateLimitKey::ClientIp => limiter.check(&[route, &ip], now),
+        RateLimitKey::Path => limiter.check(&[route, req.path().as_bytes()], now),
+        RateLimitKey::Route => limiter.check(&[route], now),
+        RateLimitKey::ClientIpAndPath => limiter.check(&[route, &ip, req.path().as_bytes()], now),
         RateLimitKey::Header(name) => {
             let name = name.clone();
             // Requests without the header share one bucket (upstream's "unknown").
@@ -114,7 +127,7 @@ pub fn rate_check(
                 .headers()
                 .find(|h| h.name.eq_ignore_ascii_case(name.as_bytes()))
                 .map_or(&b""[..], |h| h.value.trim_ascii());
-            limiter.check(&[b"h", value], now)
+            limiter.check(&[route, b"h", value], now)
         }
     }
 }

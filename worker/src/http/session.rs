@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 use crate::access_log;
 use crate::ctx::{Ctx, Outcome};
 use crate::failover::{self, NoConn};
+use crate::filters::{RequestFacts, RequestState, Verdict};
 use crate::generation::{Generation, ListenerCtx};
 use crate::http::builtin;
 use crate::http::codec::{
@@ -83,6 +84,9 @@ enum Phase {
     Proxy(Box<Exchange>),
     /// Reading a `buffer-requests` route's body whole before proxying it.
     Buffering(Box<Buffering>),
+    /// A route filter holds the request back (`rate-limit` with `on-limit "delay"`) until
+    /// then; the filter chain then resumes.
+    Held(Box<Held>),
     /// Every target the request may go to is at its connection cap (or still being
     /// resolved): waiting for the pool to wake this session, up to the connect timeout.
     Queued(Box<Queued>),
@@ -90,6 +94,14 @@ enum Phase {
     Closing {
         since: Instant,
     },
+}
+
+/// A request a filter holds back (see [`Phase::Held`]).
+struct Held {
+    req: RequestHead,
+    route: Option<usize>,
+    rate: Option<Decision>,
+    until: Instant,
 }
 
 /// A request waiting for a connection (see [`Phase::Queued`]).
@@ -272,6 +284,8 @@ pub struct HttpSession {
     /// The verified client certificate's subject (mutual TLS); looked up at the first
     /// request, once the handshake is done.
     client_subject: Option<Option<Rc<str>>>,
+    /// The current request's route filters and what they learnt (routes with filters only).
+    filtered: Option<Box<RequestState>>,
 }
 
 /// The upstream pool's name for logs (`?` for an unknown key, a routing bug).
@@ -364,6 +378,7 @@ impl HttpSession {
             access: None,
             file_body: None,
             client_subject: None,
+            filtered: None,
         }
     }
 
@@ -457,6 +472,7 @@ impl HttpSession {
                 Phase::Closing { .. } => self.step_closing(ctx),
                 Phase::Proxy(_) => self.step_proxy(ctx),
                 Phase::Queued(_) => self.step_queued(ctx),
+                Phase::Held(_) => Ok(false),
                 Phase::Buffering(_) => self.step_buffering(ctx),
             };
             match step {

@@ -113,6 +113,7 @@ fn config(routes: Vec<RouteConfig>) -> ProxyConfig {
         routes,
         upstreams: vec![upstream("a"), upstream("b")],
         limits: Limits::default(),
+        filters: Vec::new(),
     }
 }
 

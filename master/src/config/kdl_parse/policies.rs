@@ -19,7 +19,7 @@ const POLICY_KEYS: &[&str] = &[
     "cache",
     "rewrite-path",
 ];
-const HEADER_OPS: &[&str] = &["rename", "set", "add", "remove"];
+pub(super) const HEADER_OPS: &[&str] = &["rename", "set", "add", "remove"];
 const RATE_LIMIT_KEYS: &[&str] = &["requests-per-second", "burst", "key"];
 
 /// Fields that decide a message's framing or its connection: a policy changing them would let
@@ -111,65 +111,83 @@ fn parse_failure_mode(node: &KdlNode, diags: &mut Diagnostics<'_>) {
 fn parse_header_block(node: &KdlNode, mods: &mut HeaderModifications, diags: &mut Diagnostics<'_>) {
     let block_name = name(node).to_owned();
     for op in block(node, diags) {
-        match name(op) {
-            "remove" => {
-                no_children(op, diags);
-                for entry in props(op) {
-                    unknown_property(op, entry, &[], diags);
-                }
-                for entry in args(op) {
-                    let Some(h) = string_value(op, entry, diags) else {
-                        continue;
-                    };
-                    if check_name(&h, entry.span().offset(), op, diags) {
-                        mods.remove.push(h);
-                    }
-                }
-            }
-            kind @ ("rename" | "set" | "add") => {
-                for pair in block(op, diags) {
-                    let at = name_at(pair);
-                    let field = name(pair).to_owned();
-                    let Some((value, value_at)) = leaf_string(pair, diags) else {
-                        continue;
-                    };
-                    let mut ok = check_name(&field, at, op, diags);
-                    // Adding a second Host, or renaming it away, leaves an invalid request;
-                    // replacing its value (`set { Host "..." }`) is what upstream users do.
-                    if kind != "set" && field.eq_ignore_ascii_case("host") {
-                        diags.error(
-                            at,
-                            kind,
-                            format!(
-                                "`{kind}` cannot change `Host` (a request has exactly one); use \
-                                 `set {{ Host \"...\" }}` to replace its value"
-                            ),
-                        );
-                        ok = false;
-                    }
-                    ok &= if kind == "rename" {
-                        check_name(&value, value_at, op, diags)
-                    } else {
-                        check_value(&value, value_at, op, diags)
-                    };
-                    if !ok {
-                        continue;
-                    }
-                    let list = match kind {
-                        "rename" => &mut mods.rename,
-                        "set" => &mut mods.set,
-                        _ => &mut mods.add,
-                    };
-                    list.push((field, value));
-                }
-            }
-            _ => unknown_listing(op, &block_name, HEADER_OPS, &[], diags),
+        if !parse_header_op(op, mods, diags) {
+            unknown_listing(op, &block_name, HEADER_OPS, &[], diags);
         }
     }
 }
 
+/// One of `rename { Old "New" }`, `set { Name "v" }`, `add { Name "v" }`, `remove "A" "B"`,
+/// added to `mods` (also the body of a `headers` filter). False: `op` is none of them.
+pub(super) fn parse_header_op(
+    op: &KdlNode,
+    mods: &mut HeaderModifications,
+    diags: &mut Diagnostics<'_>,
+) -> bool {
+    match name(op) {
+        "remove" => {
+            no_children(op, diags);
+            for entry in props(op) {
+                unknown_property(op, entry, &[], diags);
+            }
+            for entry in args(op) {
+                let Some(h) = string_value(op, entry, diags) else {
+                    continue;
+                };
+                if check_name(&h, entry.span().offset(), op, diags) {
+                    mods.remove.push(h);
+                }
+            }
+        }
+        kind @ ("rename" | "set" | "add") => {
+            for pair in block(op, diags) {
+                let at = name_at(pair);
+                let field = name(pair).to_owned();
+                let Some((value, value_at)) = leaf_string(pair, diags) else {
+                    continue;
+                };
+                let mut ok = check_name(&field, at, op, diags);
+                // Adding a second Host, or renaming it away, leaves an invalid request;
+                // replacing its value (`set { Host "..." }`) is what upstream users do.
+                if kind != "set" && field.eq_ignore_ascii_case("host") {
+                    diags.error(
+                        at,
+                        kind,
+                        format!(
+                            "`{kind}` cannot change `Host` (a request has exactly one); use \
+                             `set {{ Host \"...\" }}` to replace its value"
+                        ),
+                    );
+                    ok = false;
+                }
+                ok &= if kind == "rename" {
+                    check_name(&value, value_at, op, diags)
+                } else {
+                    check_value(&value, value_at, op, diags)
+                };
+                if !ok {
+                    continue;
+                }
+                let list = match kind {
+                    "rename" => &mut mods.rename,
+                    "set" => &mut mods.set,
+                    _ => &mut mods.add,
+                };
+                list.push((field, value));
+            }
+        }
+        _ => return false,
+    }
+    true
+}
+
 /// A field name a policy may touch: a valid token, not a framing or hop-by-hop field.
-fn check_name(field: &str, at: usize, op: &KdlNode, diags: &mut Diagnostics<'_>) -> bool {
+pub(super) fn check_name(
+    field: &str,
+    at: usize,
+    op: &KdlNode,
+    diags: &mut Diagnostics<'_>,
+) -> bool {
     let valid = !field.is_empty()
         && field
             .bytes()
@@ -210,7 +228,12 @@ fn check_name(field: &str, at: usize, op: &KdlNode, diags: &mut Diagnostics<'_>)
     true
 }
 
-fn check_value(value: &str, at: usize, op: &KdlNode, diags: &mut Diagnostics<'_>) -> bool {
+pub(super) fn check_value(
+    value: &str,
+    at: usize,
+    op: &KdlNode,
+    diags: &mut Diagnostics<'_>,
+) -> bool {
     if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
         diags.error(
             at,
@@ -255,7 +278,7 @@ fn parse_rate_limit(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<RateL
     })
 }
 
-fn parse_rate_key(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<RateLimitKey> {
+pub(super) fn parse_rate_key(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<RateLimitKey> {
     let (text, at) = leaf_string(node, diags)?;
     let lower = text.to_ascii_lowercase();
     if let Some((_, k)) = RATE_KEYS.iter().find(|(n, _)| *n == lower) {

@@ -33,9 +33,9 @@ const ROUTE_KEYS: &[&str] = &[
     "fallback",
     "shadow",
     "error-pages",
+    "filters",
 ];
 const ROUTE_UNSUPPORTED: &[&str] = &[
-    "filters",
     "agents",
     "waf",
     "cache",
@@ -96,6 +96,7 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
     let mut extras: Option<Box<RouteExtras>> = None;
     let mut fallback_at = Vec::new();
     let mut shadow_at = None;
+    let mut filters_at = Vec::new();
     let children = node.children().map_or(&[][..], |c| c.nodes());
     for child in children {
         let kind = name(child);
@@ -112,6 +113,7 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
                 | "fallback"
                 | "shadow"
                 | "error-pages"
+                | "filters"
         ) && !seen.check(child, diags)
         {
             continue;
@@ -150,6 +152,13 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
                 if let Some((fb, at)) = parse_fallback(child, diags) {
                     extras.get_or_insert_with(Box::default).fallback = Some(fb);
                     fallback_at = at;
+                }
+            }
+            "filters" => {
+                let (names, at) = parse_filter_refs(child, diags);
+                if !names.is_empty() {
+                    extras.get_or_insert_with(Box::default).filters = names;
+                    filters_at = at;
                 }
             }
             "upstream" | "static-response" | "builtin-handler" | "static-files" => {
@@ -216,6 +225,7 @@ pub(super) fn parse_route(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Parsed
         circuit_breaker,
         fallback_at,
         shadow_at,
+        filters_at,
     }
 }
 
@@ -432,4 +442,39 @@ fn parse_static_response(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<
         }),
         _ => None,
     }
+}
+
+/// `filters "a" "b"`: the names of filters defined in the top-level `filters` block, in the
+/// order they apply, with where each was written (checked by `validate`).
+fn parse_filter_refs(node: &KdlNode, diags: &mut Diagnostics<'_>) -> (Vec<String>, Vec<usize>) {
+    no_children(node, diags);
+    for entry in props(node) {
+        unknown_property(node, entry, &[], diags);
+    }
+    let mut names = Vec::new();
+    let mut at = Vec::new();
+    for entry in args(node) {
+        let Some(filter) = string_value(node, entry, diags) else {
+            continue;
+        };
+        if names.contains(&filter) {
+            diags.error(
+                entry.span().offset(),
+                "filters",
+                format!("filter `{filter}` is listed twice"),
+            );
+            continue;
+        }
+        names.push(filter);
+        at.push(entry.span().offset());
+    }
+    if names.is_empty() && args(node).next().is_none() {
+        diags.error(
+            name_at(node),
+            "filters",
+            "missing filter names: write `filters \"name\" ...` with names defined in the \
+             top-level `filters` block",
+        );
+    }
+    (names, at)
 }

@@ -74,6 +74,9 @@ impl HttpSession {
         if let Some(p) = policies {
             header_policy::apply(&p.request_headers, &mut head_bytes, 0);
         }
+        if let Some(f) = &self.filtered {
+            f.rewrite_upstream_head(&mut head_bytes);
+        }
         if prebuffered.is_some() && req.expect_continue {
             Prebuffered::strip_expect(&mut head_bytes);
         }

@@ -40,6 +40,15 @@ impl HttpSession {
                 }
             }
             Phase::Buffering(_) => self.buffering_timed_out(ctx),
+            Phase::Held(_) => {
+                let phase = std::mem::replace(&mut self.phase, Phase::ReadingHead);
+                if let Phase::Held(h) = phase {
+                    let Held {
+                        req, route, rate, ..
+                    } = *h;
+                    self.filter_then_dispatch(req, route, rate, ctx);
+                }
+            }
             Phase::Proxy(ex) if ex.retry_at.is_some() => self.resume_retry(ctx),
             Phase::Proxy(_) => {
                 let fail = match &self.phase {
@@ -71,12 +80,18 @@ impl HttpSession {
             Phase::Local { since, .. } => Some(*since + self.lctx.request_timeout),
             Phase::Closing { since } => Some(*since + LINGER),
             Phase::Buffering(b) => Some(b.since + self.lctx.request_timeout),
+            Phase::Held(h) => Some(h.until),
             Phase::Queued(q) => Some(
                 q.since
-                    + ctx
-                        .upstreams
-                        .pool(q.pool)
-                        .map_or(Duration::from_secs(5), |p| p.connect_timeout()),
+                    + self
+                        .filtered
+                        .as_ref()
+                        .and_then(|f| f.connect_timeout())
+                        .unwrap_or_else(|| {
+                            ctx.upstreams
+                                .pool(q.pool)
+                                .map_or(Duration::from_secs(5), |p| p.connect_timeout())
+                        }),
             ),
             Phase::Proxy(ex) => self
                 .exchange_deadlines(ex, ctx)
@@ -117,8 +132,15 @@ impl HttpSession {
             .and_then(|r| self.generation.router.policies(r))
             .and_then(|p| p.timeout_secs)
             .map_or(rt, Duration::from_secs);
+        // A `timeout` filter overrides both, and the upstream's whole-request timeout.
+        let filtered = self.filtered.as_deref();
+        let rt = filtered.and_then(|f| f.upstream_timeout()).unwrap_or(rt);
+        let ct = filtered.and_then(|f| f.connect_timeout()).unwrap_or(ct);
+        let request_limit = filtered
+            .and_then(|f| f.request_timeout())
+            .or_else(|| pool.and_then(|p| p.request_timeout()));
         // Both only until the response head: a long download is not a slow upstream.
-        let whole = pool.and_then(|p| p.request_timeout()).and_then(|t| {
+        let whole = request_limit.and_then(|t| {
             ex.resp.is_none().then(|| {
                 (
                     ex.started + t,

@@ -316,7 +316,10 @@ impl HttpSession {
                             .pool(pool)
                             .and_then(|p| p.set_cookie(target, ex.cookie.as_deref()))
                     });
-                    let rate = ex.rate.as_ref().map(header_policy::rate_headers);
+                    let rate = ex
+                        .rate
+                        .or_else(|| self.filtered.as_ref().and_then(|f| f.rate))
+                        .map(|d| header_policy::rate_headers(&d));
                     let mut extra: Vec<(&[u8], &[u8])> = Vec::new();
                     // As upstream: the client learns the request's trace id (unless the
                     // upstream named one itself).
@@ -342,6 +345,9 @@ impl HttpSession {
                     );
                     if let Some(p) = ex.route.and_then(|r| self.generation.router.policies(r)) {
                         header_policy::apply(&p.response_headers, &mut head_out, head_start);
+                    }
+                    if let Some(f) = self.filtered.as_mut() {
+                        f.on_response_head(h.status, &mut head_out, head_start);
                     }
                     ctx.counters.response(h.status);
                     if let Some(a) = self.access.as_mut() {

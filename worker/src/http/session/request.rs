@@ -122,8 +122,6 @@ impl HttpSession {
                 s.as_ref().clone_into(&mut a.client_cert_subject);
             }
         }
-        let action = route.and_then(|r| router.action(r)).cloned();
-        let errors = router.error_style(route);
         let mut rate = None;
         if let Some(limiter) = route.and_then(|r| router.limiter(r)) {
             let d =
@@ -135,6 +133,72 @@ impl HttpSession {
             }
             rate = Some(d);
         }
+        self.filtered = route
+            .and_then(|r| router.filters(r))
+            .map(|chain| Box::new(RequestState::new(Rc::clone(chain), &req, ctx.now)));
+        self.filter_then_dispatch(req, route, rate, ctx);
+    }
+
+    /// The route's request filters (see `crate::filters`), then its action: a filter may
+    /// answer itself, or hold the request back and resume here later (`Phase::Held`).
+    pub(super) fn filter_then_dispatch(
+        &mut self,
+        req: RequestHead,
+        route: Option<usize>,
+        rate: Option<Decision>,
+        ctx: &mut Ctx<'_>,
+    ) {
+        if let Some(state) = self.filtered.as_mut() {
+            let scheme = match &self.client {
+                ClientSock::Plain(_) => "http",
+                ClientSock::Tls(_) => "https",
+                ClientSock::Pipe(p) if p.shared.borrow().over_tls => "https",
+                ClientSock::Pipe(_) => "http",
+            };
+            let facts = RequestFacts {
+                peer: self.peer.ip(),
+                req: &req,
+                scheme,
+                trace_id: &self.trace_id,
+                now: ctx.now,
+            };
+            match state.on_request(&facts) {
+                Verdict::Continue => {}
+                Verdict::Respond {
+                    status,
+                    bytes,
+                    close,
+                } => {
+                    debug!(peer = %self.peer, path = req.path(), status, "answered by a route filter");
+                    return self.respond_local(ctx, status, bytes, close);
+                }
+                Verdict::Hold { until } => {
+                    self.phase = Phase::Held(Box::new(Held {
+                        req,
+                        route,
+                        rate,
+                        until,
+                    }));
+                    return;
+                }
+            }
+        }
+        self.dispatch(req, route, rate, ctx);
+    }
+
+    /// The route's action: answered here, or sent on towards an upstream.
+    fn dispatch(
+        &mut self,
+        req: RequestHead,
+        route: Option<usize>,
+        rate: Option<Decision>,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let has_body = !matches!(req.framing, BodyFraming::Empty);
+        let local_close = ctx.draining || !req.keep_alive || has_body;
+        let router = &self.generation.router;
+        let action = route.and_then(|r| router.action(r)).cloned();
+        let errors = router.error_style(route);
         // The head was parsed against the largest body limit of any route: this route's own.
         let body_limit = self.body_limit(route);
         if let BodyFraming::ContentLength(n) = req.framing {

@@ -1,0 +1,412 @@
+//! Upstream Zentinel's route filters (`filters { filter "x" { type "..." } }`, `filters "x"`
+//! on a route), compiled once per generation and applied by the HTTP session in upstream's
+//! phases and order:
+//!
+//! | phase | where the session calls | filters, in the route's order |
+//! |---|---|---|
+//! | request | [`Chain::on_request`], after routing, before the action | rate-limit, then redirect, url-rewrite, cors (preflight), timeout, log |
+//! | upstream head | [`RequestState::rewrite_upstream_head`], on the serialized head | url-rewrite's target and `Host`, headers (request phase) |
+//! | response head | [`RequestState::on_response_head`], on the serialized client head | headers (response phase), cors, compress, log |
+//!
+//! Rate limits run before the other request filters, as upstream checks them first. A
+//! filter that answers (a redirect, a preflight, a refusal) ends the chain. A filter that
+//! makes the request wait (`on-limit "delay"`) returns [`Verdict::Hold`]; the session resumes
+//! the chain after it when the time comes.
+//!
+//! Each filter is compiled once per generation and shared (`Rc`) by the routes naming it;
+//! request-specific facts live in [`RequestState`], created only for routes with filters.
+
+use std::cell::Cell;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use zentinel_protocol::config::{
+    CorsFilter, FilterKind, HeadersFilter, LogFilter, ProxyConfig, RedirectFilter, RouteConfig,
+    RouteMatch, TimeoutFilter, UrlRewriteFilter,
+};
+
+use crate::http::codec::RequestHead;
+
+mod cors;
+mod log;
+mod rate_limit;
+mod redirect;
+#[cfg(test)]
+mod tests;
+
+pub use rate_limit::RateLimiter;
+
+/// Counters of one filter, summed over the routes using it (this worker's share).
+#[derive(Debug, Default)]
+pub struct FilterCounters {
+    /// Requests refused by a rate limit.
+    pub limited: Cell<u64>,
+    /// Requests a rate limit held back (`on-limit "delay"`).
+    pub delayed: Cell<u64>,
+    /// Over the limit but let through (`on-limit "log-only"`).
+    pub logged_only: Cell<u64>,
+    /// CORS preflights answered by the proxy.
+    pub preflights: Cell<u64>,
+    /// Redirects answered by the proxy.
+    pub redirects: Cell<u64>,
+    /// Requests whose path or host was rewritten.
+    pub rewrites: Cell<u64>,
+    /// Responses compressed.
+    #[allow(dead_code, reason = "the compress filter's coder lands separately")]
+    pub compressed: Cell<u64>,
+    /// Body bytes before compression.
+    #[allow(dead_code, reason = "the compress filter's coder lands separately")]
+    pub compress_in: Cell<u64>,
+    /// Body bytes after compression.
+    #[allow(dead_code, reason = "the compress filter's coder lands separately")]
+    pub compress_out: Cell<u64>,
+}
+
+impl FilterCounters {
+    /// `counter += n`.
+    pub fn add(counter: &Cell<u64>, n: u64) {
+        counter.set(counter.get().wrapping_add(n));
+    }
+}
+
+/// One compiled filter definition.
+#[derive(Debug)]
+pub struct Filter {
+    /// Its name in the configuration.
+    pub name: String,
+    pub kind: Kind,
+    pub counters: FilterCounters,
+}
+
+/// What a compiled filter does.
+#[derive(Debug)]
+pub enum Kind {
+    Headers(HeadersFilter),
+    Cors(CorsFilter),
+    /// The compress filter's settings (the coding itself is chosen per response).
+    #[allow(dead_code, reason = "the compress filter's coder lands separately")]
+    Compress(zentinel_protocol::config::CompressFilter),
+    Redirect(RedirectFilter),
+    UrlRewrite(UrlRewriteFilter),
+    Timeout(TimeoutFilter),
+    Log(LogFilter),
+    RateLimit(RateLimiter),
+}
+
+/// The filters of a generation, by definition order.
+#[derive(Debug, Default)]
+pub struct Filters {
+    pub list: Vec<Rc<Filter>>,
+}
+
+impl Filters {
+    /// Compile every definition of `config`.
+    pub fn new(config: &ProxyConfig) -> Self {
+        let list = config
+            .filters
+            .iter()
+            .map(|f| {
+                let kind = match &f.kind {
+                    FilterKind::Headers(h) => Kind::Headers(h.clone()),
+                    FilterKind::Cors(c) => Kind::Cors(c.clone()),
+                    FilterKind::Compress(c) => Kind::Compress(c.clone()),
+                    FilterKind::Redirect(r) => Kind::Redirect(r.clone()),
+                    FilterKind::UrlRewrite(r) => Kind::UrlRewrite(r.clone()),
+                    FilterKind::Timeout(t) => Kind::Timeout(t.clone()),
+                    FilterKind::Log(l) => Kind::Log(l.clone()),
+                    FilterKind::RateLimit(r) => Kind::RateLimit(RateLimiter::new(&f.name, r)),
+                };
+                Rc::new(Filter {
+                    name: f.name.clone(),
+                    kind,
+                    counters: FilterCounters::default(),
+                })
+            })
+            .collect();
+        Filters { list }
+    }
+
+    /// The chain of `route`, or `None` when it names no filter. A name not defined is an
+    /// error (the master checked it; a worker still does not trust it blindly).
+    pub fn chain(&self, route: &RouteConfig) -> Result<Option<Rc<Chain>>, String> {
+        let names = route.extras.as_ref().map_or(&[][..], |e| &e.filters[..]);
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let mut filters = Vec::with_capacity(names.len());
+        for n in names {
+            let f = self
+                .list
+                .iter()
+                .find(|f| &f.name == n)
+                .ok_or_else(|| format!("route `{}` names unknown filter `{n}`", route.name))?;
+            filters.push(Rc::clone(f));
+        }
+        let mut prefixes = Vec::new();
+        let mut regexes = Vec::new();
+        for m in &route.matches {
+            match m {
+                RouteMatch::PathPrefix(p) => prefixes.extend(p.iter().cloned()),
+                RouteMatch::PathRegex(p) => {
+                    for pattern in p {
+                        let re = regex::Regex::new(pattern).map_err(|e| {
+                            format!(
+                                "route `{}`: invalid path-regex {pattern:?}: {e}",
+                                route.name
+                            )
+                        })?;
+                        regexes.push(re);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(Some(Rc::new(Chain {
+            route: route.name.clone(),
+            filters,
+            prefixes,
+            regexes,
+        })))
+    }
+}
+
+/// A route's filters in its order, with what path rewrites need of its matches.
+#[derive(Debug)]
+pub struct Chain {
+    /// The route's name (part of rate-limit keys: a filter on two routes limits each apart,
+    /// as upstream).
+    pub route: String,
+    pub filters: Vec<Rc<Filter>>,
+    /// The route's `path-prefix` matches (`replace-prefix-match` replaces the longest that
+    /// matches).
+    prefixes: Vec<String>,
+    /// The route's `path-regex` matches (`replace-full-path` may use their captures).
+    regexes: Vec<regex::Regex>,
+}
+
+/// What the session needs to know of the request for the request phase.
+pub struct RequestFacts<'a> {
+    pub peer: IpAddr,
+    pub req: &'a RequestHead,
+    /// `http` or `https`, as the client connected.
+    pub scheme: &'a str,
+    pub trace_id: &'a str,
+    pub now: Instant,
+}
+
+/// What the request phase decided.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Go on with the route's action.
+    Continue,
+    /// Answer with these bytes (a complete response) and this status; the chain ends.
+    Respond {
+        status: u16,
+        bytes: Vec<u8>,
+        /// Close the connection after it (a refusal whose body the client may still send).
+        close: bool,
+    },
+    /// Wait until then, and call [`Chain::on_request`] again (it resumes where it stopped).
+    Hold { until: Instant },
+}
+
+/// The request-specific state of a route's filters, from the request phase to the end of the
+/// response.
+#[derive(Debug)]
+#[allow(
+    dead_code,
+    reason = "accept_encoding, range, head: for the compress filter"
+)]
+pub struct RequestState {
+    pub chain: Rc<Chain>,
+    /// Index of the next request-phase step to run (resuming after a hold).
+    next: usize,
+    /// Rate limits are checked in a first pass: true once it is over.
+    limits_done: bool,
+    /// The allowed CORS origin of this request (response headers are added for it).
+    cors_origin: Option<String>,
+    /// `url-rewrite`: the target and `Host` sent upstream.
+    rewrite_target: Option<String>,
+    rewrite_host: Option<String>,
+    /// `timeout`: overrides of the upstream's timeouts.
+    pub timeouts: TimeoutFilter,
+    /// The last rate-limit decision (its `X-RateLimit-*` headers go on the response).
+    pub rate: Option<crate::rate_limit::Decision>,
+    /// The request's `Accept-Encoding`, kept for the compress filter.
+    pub accept_encoding: Option<String>,
+    /// The request asked for a byte range (compression leaves such responses alone).
+    pub range: bool,
+    /// The request is HEAD.
+    pub head: bool,
+    /// When the request phase started (the log filter's duration).
+    pub started: Instant,
+    /// Method and path for the response log line.
+    method: String,
+    path: String,
+}
+
+impl RequestState {
+    pub fn new(chain: Rc<Chain>, req: &RequestHead, now: Instant) -> Self {
+        let accept_encoding = header_value(req, "accept-encoding").map(str::to_owned);
+        RequestState {
+            chain,
+            next: 0,
+            limits_done: false,
+            cors_origin: None,
+            rewrite_target: None,
+            rewrite_host: None,
+            timeouts: TimeoutFilter::default(),
+            rate: None,
+            accept_encoding,
+            range: header_value(req, "range").is_some(),
+            head: req.is_head(),
+            started: now,
+            method: req.method.to_string(),
+            path: req.path().to_owned(),
+        }
+    }
+
+    /// The request phase (see the module table). Resumable: after a `Hold`, call again.
+    pub fn on_request(&mut self, facts: &RequestFacts<'_>) -> Verdict {
+        let chain = Rc::clone(&self.chain);
+        if !self.limits_done {
+            while let Some(f) = chain.filters.get(self.next) {
+                self.next += 1;
+                if let Kind::RateLimit(limiter) = &f.kind {
+                    match limiter.check(f, &chain.route, facts, &mut self.rate) {
+                        Verdict::Continue => {}
+                        other => return other,
+                    }
+                }
+            }
+            self.limits_done = true;
+            self.next = 0;
+        }
+        while let Some(f) = chain.filters.get(self.next) {
+            self.next += 1;
+            let verdict = match &f.kind {
+                Kind::Redirect(r) => redirect::redirect(r, &chain, facts, &f.counters),
+                Kind::UrlRewrite(r) => {
+                    self.rewrite(r, &chain, facts, &f.counters);
+                    Verdict::Continue
+                }
+                Kind::Cors(c) => cors::on_request(c, facts, &mut self.cors_origin, &f.counters),
+                Kind::Timeout(t) => {
+                    merge_timeouts(&mut self.timeouts, t);
+                    Verdict::Continue
+                }
+                Kind::Log(l) if l.log_request => {
+                    log::request(l, &f.name, facts);
+                    Verdict::Continue
+                }
+                _ => Verdict::Continue,
+            };
+            if !matches!(verdict, Verdict::Continue) {
+                return verdict;
+            }
+        }
+        Verdict::Continue
+    }
+
+    fn rewrite(
+        &mut self,
+        r: &UrlRewriteFilter,
+        chain: &Chain,
+        facts: &RequestFacts<'_>,
+        counters: &FilterCounters,
+    ) {
+        if let Some(path) = &r.path {
+            let current = self
+                .rewrite_target
+                .as_deref()
+                .unwrap_or_else(|| facts.req.target());
+            let (cur_path, query) = redirect::split_target(current);
+            let new_path = redirect::modify_path(path, cur_path, chain);
+            self.rewrite_target = Some(match query {
+                Some(q) => format!("{new_path}?{q}"),
+                None => new_path,
+            });
+        }
+        if let Some(h) = &r.hostname {
+            self.rewrite_host = Some(h.clone());
+        }
+        FilterCounters::add(&counters.rewrites, 1);
+    }
+
+    /// Rewrite the serialized upstream request head at `head[..]`: the url-rewrite target
+    /// and host, then the request-phase header filters in the route's order.
+    pub fn rewrite_upstream_head(&self, head: &mut Vec<u8>) {
+        if self.rewrite_target.is_some() || self.rewrite_host.is_some() {
+            redirect::rewrite_head(
+                head,
+                self.rewrite_target.as_deref(),
+                self.rewrite_host.as_deref(),
+            );
+        }
+        for f in &self.chain.filters {
+            if let Kind::Headers(h) = &f.kind {
+                if h.phase.on_request() {
+                    crate::http::apply_header_mods(&h.mods, head, 0);
+                }
+            }
+        }
+    }
+
+    /// The response head the client gets, serialized at `head[start..]`: response-phase
+    /// header filters, CORS headers, the log line.
+    pub fn on_response_head(&mut self, status: u16, head: &mut Vec<u8>, start: usize) {
+        let chain = Rc::clone(&self.chain);
+        for f in &chain.filters {
+            match &f.kind {
+                Kind::Headers(h) if h.phase.on_response() => {
+                    crate::http::apply_header_mods(&h.mods, head, start);
+                }
+                Kind::Cors(c) => {
+                    if let Some(origin) = &self.cors_origin {
+                        cors::on_response(c, origin, head, start);
+                    }
+                }
+                Kind::Log(l) if l.log_response => {
+                    log::response(l, &f.name, &self.method, &self.path, status, self.started);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The `timeout` filters' upstream read timeout, if any.
+    pub fn upstream_timeout(&self) -> Option<Duration> {
+        self.timeouts.upstream_timeout_secs.map(Duration::from_secs)
+    }
+
+    /// The `timeout` filters' connect timeout, if any.
+    pub fn connect_timeout(&self) -> Option<Duration> {
+        self.timeouts.connect_timeout_secs.map(Duration::from_secs)
+    }
+
+    /// The `timeout` filters' whole-request timeout, if any.
+    pub fn request_timeout(&self) -> Option<Duration> {
+        self.timeouts.request_timeout_secs.map(Duration::from_secs)
+    }
+}
+
+/// Later `timeout` filters override what earlier ones set.
+fn merge_timeouts(into: &mut TimeoutFilter, t: &TimeoutFilter) {
+    if t.request_timeout_secs.is_some() {
+        into.request_timeout_secs = t.request_timeout_secs;
+    }
+    if t.upstream_timeout_secs.is_some() {
+        into.upstream_timeout_secs = t.upstream_timeout_secs;
+    }
+    if t.connect_timeout_secs.is_some() {
+        into.connect_timeout_secs = t.connect_timeout_secs;
+    }
+}
+
+/// The first value of header `name` (trimmed), if it is valid UTF-8.
+pub(crate) fn header_value<'r>(req: &'r RequestHead, name: &str) -> Option<&'r str> {
+    req.headers()
+        .find(|h| h.name.eq_ignore_ascii_case(name.as_bytes()))
+        .and_then(|h| std::str::from_utf8(h.value.trim_ascii()).ok())
+}
