@@ -408,7 +408,6 @@ routes {
 upstreams {
     upstream "backend" {
         target "$backend"
-        connection-pool { max-idle 256; idle-timeout-secs 60; }
     }
 }
 EOF
