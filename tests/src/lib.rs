@@ -14,6 +14,7 @@ pub mod load_run;
 pub mod loadgen;
 pub mod ocsp_responder;
 pub mod response_head;
+pub mod scripted;
 
 pub use response_head::{parse_response_head, read_response_head};
 

@@ -177,6 +177,59 @@ fn every_type_reads_its_keys() {
 }
 
 #[test]
+fn compress_reads_its_keys_with_upstreams_defaults() {
+    let (defs, refs) = filters(
+        r#"    filter "plain" { type "compress"; }
+    filter "gz" {
+        type "compress"
+        algorithms "zstd, br" "gzip" "brotli"
+        min-size 256
+        content-types "text/" "Application/JSON"
+        level 9
+    }
+"#,
+        r#""gz" "plain""#,
+    );
+    assert_eq!(refs, ["gz", "plain"]);
+    assert_eq!(
+        defs[0].kind,
+        FilterKind::Compress(CompressFilter::default())
+    );
+    assert_eq!(
+        defs[1].kind,
+        FilterKind::Compress(CompressFilter {
+            // Order kept (the server's preference), repeats dropped.
+            algorithms: vec![
+                CompressionAlgorithm::Zstd,
+                CompressionAlgorithm::Brotli,
+                CompressionAlgorithm::Gzip,
+            ],
+            min_size: 256,
+            content_types: vec!["text/".into(), "application/json".into()],
+            level: 9,
+        })
+    );
+    for (defs, needle) in [
+        (
+            r#"    filter "x" { type "compress"; algorithms "gzip" "lz4"; }"#,
+            "unknown compression algorithm \"lz4\"",
+        ),
+        (
+            r#"    filter "x" { type "compress"; level 12; }"#,
+            "must be at most 11, found 12",
+        ),
+        (
+            r#"    filter "x" { type "compress"; min-sise 5; }"#,
+            "did you mean `min-size`",
+        ),
+    ] {
+        let text = error_text(&format!("{defs}\n"), "\"x\"");
+        assert!(text.contains(needle), "{defs}: {text}");
+        assert!(text.contains("test.kdl:"), "located: {text}");
+    }
+}
+
+#[test]
 fn upstreams_silent_fallbacks_are_errors_here() {
     for (defs, needle) in [
         (

@@ -6,7 +6,9 @@
 //! |---|---|---|
 //! | request | [`Chain::on_request`], after routing, before the action | rate-limit, then redirect, url-rewrite, cors (preflight), timeout, log |
 //! | upstream head | [`RequestState::rewrite_upstream_head`], on the serialized head | url-rewrite's target and `Host`, headers (request phase) |
+//! | response decision | [`RequestState::start_compress`], on the parsed upstream head, before the client head is written | compress (chooses the coding, which changes the body's framing) |
 //! | response head | [`RequestState::on_response_head`], on the serialized client head | headers (response phase), cors, compress, log |
+//! | response body | [`RequestState::compressing`] on each piece, [`RequestState::end_compress`] at its end | compress |
 //!
 //! Rate limits run before the other request filters, as upstream checks them first. A
 //! filter that answers (a redirect, a preflight, a refusal) ends the chain. A filter that
@@ -22,12 +24,14 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use zentinel_protocol::config::{
-    CorsFilter, FilterKind, HeadersFilter, LogFilter, ProxyConfig, RedirectFilter, RouteConfig,
-    RouteMatch, TimeoutFilter, UrlRewriteFilter,
+    CompressFilter, CorsFilter, FilterKind, HeadersFilter, LogFilter, ProxyConfig, RedirectFilter,
+    RouteConfig, RouteMatch, TimeoutFilter, UrlRewriteFilter,
 };
 
-use crate::http::codec::RequestHead;
+use crate::http::codec::{HttpVersion, RequestHead, ResponseHead};
+use crate::sock::Buf;
 
+pub(crate) mod compress;
 mod cors;
 mod log;
 mod rate_limit;
@@ -53,13 +57,10 @@ pub struct FilterCounters {
     /// Requests whose path or host was rewritten.
     pub rewrites: Cell<u64>,
     /// Responses compressed.
-    #[allow(dead_code, reason = "the compress filter's coder lands separately")]
     pub compressed: Cell<u64>,
-    /// Body bytes before compression.
-    #[allow(dead_code, reason = "the compress filter's coder lands separately")]
+    /// Body bytes before compression (of the responses compressed).
     pub compress_in: Cell<u64>,
-    /// Body bytes after compression.
-    #[allow(dead_code, reason = "the compress filter's coder lands separately")]
+    /// Body bytes after compression (without the chunked framing).
     pub compress_out: Cell<u64>,
 }
 
@@ -85,8 +86,7 @@ pub enum Kind {
     Headers(HeadersFilter),
     Cors(CorsFilter),
     /// The compress filter's settings (the coding itself is chosen per response).
-    #[allow(dead_code, reason = "the compress filter's coder lands separately")]
-    Compress(zentinel_protocol::config::CompressFilter),
+    Compress(CompressFilter),
     Redirect(RedirectFilter),
     UrlRewrite(UrlRewriteFilter),
     Timeout(TimeoutFilter),
@@ -214,10 +214,6 @@ pub enum Verdict {
 /// The request-specific state of a route's filters, from the request phase to the end of the
 /// response.
 #[derive(Debug)]
-#[allow(
-    dead_code,
-    reason = "accept_encoding, range, head: for the compress filter"
-)]
 pub struct RequestState {
     pub chain: Rc<Chain>,
     /// Index of the next request-phase step to run (resuming after a hold).
@@ -233,12 +229,14 @@ pub struct RequestState {
     pub timeouts: TimeoutFilter,
     /// The last rate-limit decision (its `X-RateLimit-*` headers go on the response).
     pub rate: Option<crate::rate_limit::Decision>,
-    /// The request's `Accept-Encoding`, kept for the compress filter.
+    /// The request's `Accept-Encoding` (all its lines), kept for the compress filter.
     pub accept_encoding: Option<String>,
     /// The request asked for a byte range (compression leaves such responses alone).
     pub range: bool,
     /// The request is HEAD.
     pub head: bool,
+    /// A compress filter's decision on the response (and its encoder while the body streams).
+    compress: Option<compress::Decision>,
     /// When the request phase started (the log filter's duration).
     pub started: Instant,
     /// Method and path for the response log line.
@@ -248,7 +246,7 @@ pub struct RequestState {
 
 impl RequestState {
     pub fn new(chain: Rc<Chain>, req: &RequestHead, now: Instant) -> Self {
-        let accept_encoding = header_value(req, "accept-encoding").map(str::to_owned);
+        let accept_encoding = header_values(req, "accept-encoding");
         RequestState {
             chain,
             next: 0,
@@ -261,6 +259,7 @@ impl RequestState {
             accept_encoding,
             range: header_value(req, "range").is_some(),
             head: req.is_head(),
+            compress: None,
             started: now,
             method: req.method.to_string(),
             path: req.path().to_owned(),
@@ -353,11 +352,47 @@ impl RequestState {
         }
     }
 
+    /// Before the client head is written: whether a compress filter compresses the body of
+    /// `resp` (then the session sends the body decoded, through [`Self::compressing`], and
+    /// ends it with [`Self::end_compress`]). The first compress filter of the chain that the
+    /// response qualifies for decides.
+    pub fn start_compress(&mut self, resp: &ResponseHead, client: HttpVersion) -> bool {
+        let chain = Rc::clone(&self.chain);
+        let req = compress::RequestSide {
+            accept_encoding: self.accept_encoding.as_deref(),
+            range: self.range,
+            head: self.head,
+        };
+        self.compress = chain
+            .filters
+            .iter()
+            .enumerate()
+            .find_map(|(i, f)| match &f.kind {
+                Kind::Compress(c) => compress::decide(i, f, c, &req, resp, client),
+                _ => None,
+            });
+        self.compressing().is_some()
+    }
+
+    /// The encoder of the response body, while it streams.
+    pub fn compressing(&mut self) -> Option<&mut compress::Stream> {
+        self.compress.as_mut().and_then(|d| d.stream.as_deref_mut())
+    }
+
+    /// The response body ended: the encoder's last bytes go to `cout`, and its place is
+    /// given back. Nothing when the body was not compressed.
+    pub fn end_compress(&mut self, cout: &mut Buf) -> std::io::Result<()> {
+        match self.compress.as_mut().and_then(|d| d.stream.take()) {
+            Some(stream) => stream.finish(cout),
+            None => Ok(()),
+        }
+    }
+
     /// The response head the client gets, serialized at `head[start..]`: response-phase
-    /// header filters, CORS headers, the log line.
+    /// header filters, CORS headers, compression's fields, the log line.
     pub fn on_response_head(&mut self, status: u16, head: &mut Vec<u8>, start: usize) {
         let chain = Rc::clone(&self.chain);
-        for f in &chain.filters {
+        for (i, f) in chain.filters.iter().enumerate() {
             match &f.kind {
                 Kind::Headers(h) if h.phase.on_response() => {
                     crate::http::apply_header_mods(&h.mods, head, start);
@@ -365,6 +400,11 @@ impl RequestState {
                 Kind::Cors(c) => {
                     if let Some(origin) = &self.cors_origin {
                         cors::on_response(c, origin, head, start);
+                    }
+                }
+                Kind::Compress(_) => {
+                    if let Some(d) = self.compress.as_ref().filter(|d| d.filter == i) {
+                        compress::rewrite_head(head, start, d);
                     }
                 }
                 Kind::Log(l) if l.log_response => {
@@ -402,6 +442,25 @@ fn merge_timeouts(into: &mut TimeoutFilter, t: &TimeoutFilter) {
     if t.connect_timeout_secs.is_some() {
         into.connect_timeout_secs = t.connect_timeout_secs;
     }
+}
+
+/// Every line of header `name`, joined with commas (one list), when there is one.
+fn header_values(req: &RequestHead, name: &str) -> Option<String> {
+    let mut joined: Option<String> = None;
+    for h in req
+        .headers()
+        .filter(|h| h.name.eq_ignore_ascii_case(name.as_bytes()))
+    {
+        let value = String::from_utf8_lossy(h.value.trim_ascii());
+        match joined.as_mut() {
+            Some(j) => {
+                j.push(',');
+                j.push_str(&value);
+            }
+            None => joined = Some(value.into_owned()),
+        }
+    }
+    joined
 }
 
 /// The first value of header `name` (trimmed), if it is valid UTF-8.

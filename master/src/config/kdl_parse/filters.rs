@@ -21,14 +21,14 @@ const TYPES: &[&str] = &[
     "rate-limit",
     "headers",
     "cors",
+    "compress",
     "timeout",
     "log",
     "redirect",
     "url-rewrite",
 ];
-/// Upstream's types left for later (a GeoIP database, the agent protocol; `compress` until
-/// its streaming coder lands in the worker).
-const TYPES_NOT_YET: &[&str] = &["geo", "agent", "compress"];
+/// Upstream's types left for later (a GeoIP database, the agent protocol).
+const TYPES_NOT_YET: &[&str] = &["geo", "agent"];
 
 const HEADERS_KEYS: &[&str] = &["type", "phase", "rename", "set", "add", "remove"];
 const CORS_KEYS: &[&str] = &[
@@ -139,16 +139,13 @@ fn parse_filter(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<ParsedFil
     let kind = match kind_name.as_str() {
         "headers" => parse_headers(node, diags).map(FilterKind::Headers),
         "cors" => parse_cors(node, diags).map(FilterKind::Cors),
+        "compress" => parse_compress(node, diags).map(FilterKind::Compress),
         "redirect" => parse_redirect(node, diags).map(FilterKind::Redirect),
         "url-rewrite" => parse_url_rewrite(node, diags).map(FilterKind::UrlRewrite),
         "timeout" => parse_timeout(node, diags).map(FilterKind::Timeout),
         "log" => parse_log(node, diags).map(FilterKind::Log),
         "rate-limit" => parse_rate_limit_filter(node, diags).map(FilterKind::RateLimit),
         other if TYPES_NOT_YET.contains(&other) => {
-            // Checked all the same, so a file that will run is already known to parse.
-            if other == "compress" {
-                parse_compress(node, diags);
-            }
             diags.error(
                 kind_at,
                 "type",

@@ -15,7 +15,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::encoding::{Coding, Encoder, StreamSlot};
+use super::encoding::Encoder;
 use crate::sock::{Buf, Sock};
 
 /// File bytes a body may send per turn of the event loop before other connections get theirs
@@ -67,21 +67,15 @@ impl FileBody {
         }
     }
 
-    /// The whole file (`size` bytes), compressed with `coding`, as a chunked body.
-    pub fn compressed(
-        file: File,
-        path: &Path,
-        size: u64,
-        coding: Coding,
-        slot: StreamSlot,
-    ) -> Self {
+    /// The whole file (`size` bytes), compressed by `encoder`, as a chunked body.
+    pub fn compressed(file: File, path: &Path, size: u64, encoder: Encoder) -> Self {
         FileBody {
             file,
             path: path.to_owned(),
             offset: 0,
             remaining: size,
             encoded: Some(Box::new(Encoded {
-                encoder: Some(Encoder::new(coding, size, slot)),
+                encoder: Some(encoder),
                 out: Vec::new(),
                 scratch: Vec::new(),
             })),

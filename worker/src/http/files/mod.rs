@@ -26,6 +26,7 @@ use std::path::Path;
 use tracing::debug;
 use zentinel_protocol::config::StaticFiles;
 
+use crate::filters::compress::{StreamSlot, MAX_STREAMS};
 use crate::http::codec::{self, HttpVersion, RequestHead};
 use crate::routing::FilesRoute;
 
@@ -170,15 +171,25 @@ fn serve(file: &Path, cfg: &StaticFiles, req: &RequestHead, close: bool) -> Answ
         };
     // A compressed body holds one of the worker's stream places; with none free the file goes
     // out as it is (a HEAD sends no body and takes none).
-    let slot = match coding {
-        Some(_) if !head_only => {
-            let slot = encoding::StreamSlot::take();
-            if slot.is_none() {
-                debug!(file = %file.display(), max = encoding::MAX_STREAMS,
-                    "every compressed stream place is taken: sending the file as it is");
+    let encoder = match coding {
+        Some(c) if !head_only => {
+            let encoder = match StreamSlot::take() {
+                Some(slot) => encoding::Encoder::new(c, size, slot)
+                    .map_err(|e| {
+                        debug!(file = %file.display(), error = %e,
+                            "cannot start an encoder: sending the file as it is");
+                    })
+                    .ok(),
+                None => {
+                    debug!(file = %file.display(), max = MAX_STREAMS,
+                        "every compressed stream place is taken: sending the file as it is");
+                    None
+                }
+            };
+            if encoder.is_none() {
                 coding = None;
             }
-            slot
+            encoder
         }
         _ => None,
     };
@@ -245,9 +256,9 @@ fn serve(file: &Path, cfg: &StaticFiles, req: &RequestHead, close: bool) -> Answ
         push(&mut bytes, "Content-Range", cr);
     }
     bytes.extend_from_slice(b"\r\n");
-    let body = match (coding, slot) {
+    let body = match encoder {
         _ if head_only => None,
-        (Some(c), Some(slot)) => Some(FileBody::compressed(f, file, size, c, slot)),
+        Some(e) => Some(FileBody::compressed(f, file, size, e)),
         _ if len == 0 => None,
         _ => Some(FileBody::identity(f, file, start, len)),
     };

@@ -304,13 +304,18 @@ impl HttpSession {
                         return Err(Fail::ErrorPage(h.status));
                     }
                     let framing = h.framing;
-                    ex.dechunk = h.dechunks_for(ex.req.version);
+                    // A compressed body goes through decoded, then re-framed (filters).
+                    let compress = self
+                        .filtered
+                        .as_mut()
+                        .is_some_and(|f| f.start_compress(&h, ex.req.version));
+                    ex.dechunk = compress || h.dechunks_for(ex.req.version);
                     // Without its chunked framing the body's end is the connection close.
                     ex.close_client = draining
                         || !ex.req.keep_alive
                         || !ex.req_done
                         || framing == BodyFraming::UntilClose
-                        || ex.dechunk;
+                        || (ex.dechunk && ex.req.version == HttpVersion::Http10);
                     let set_cookie = up_ids.and_then(|(pool, target)| {
                         ctx.upstreams
                             .pool(pool)
@@ -396,7 +401,12 @@ impl HttpSession {
                 };
                 match fed {
                     Ok(p) => {
-                        if ex.dechunk {
+                        if let Some(z) = self.filtered.as_mut().and_then(|f| f.compressing()) {
+                            // Flushed when nothing more is waiting: a slow stream is not held.
+                            let flush = p.consumed == ex.uin.len() && !p.complete;
+                            z.push(&ex.decoded, flush, &mut self.cout)
+                                .map_err(|_| Fail::ClientGone)?;
+                        } else if ex.dechunk {
                             self.cout.extend(&ex.decoded);
                         } else {
                             self.cout.extend(&ex.uin.as_slice()[..p.consumed]);
@@ -416,6 +426,12 @@ impl HttpSession {
                     // Truncated body: the client must see the connection end, not a
                     // complete-looking response.
                     return Err(Fail::ClientGone);
+                }
+            }
+            if ex.resp_done {
+                if let Some(f) = self.filtered.as_mut() {
+                    f.end_compress(&mut self.cout)
+                        .map_err(|_| Fail::ClientGone)?;
                 }
             }
         }
