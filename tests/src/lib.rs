@@ -13,6 +13,7 @@ pub mod load;
 pub mod load_run;
 pub mod loadgen;
 pub mod ocsp_responder;
+pub mod redis_server;
 pub mod response_head;
 pub mod scripted;
 

@@ -163,6 +163,8 @@ impl Worker {
         let setup = || -> io::Result<Poll> {
             let poll = Poll::new()?;
             start.listeners.register(poll.registry())?;
+            // Made now so the helper threads started later (Redis checks) can wake the loop.
+            crate::wakeups::helper_waker(poll.registry())?;
             channel.stream().set_nonblocking(true)?;
             poll.registry().register(
                 &mut SourceFd(&channel.as_raw_fd()),
@@ -298,10 +300,12 @@ impl Worker {
                         }
                     }
                     Decoded::Listeners => self.accept_pending = true,
-                    Decoded::Resolver => self
-                        .shared
-                        .upstreams
-                        .on_resolved(self.poll.registry(), &mut self.shared.timers),
+                    Decoded::Resolver => {
+                        self.shared
+                            .upstreams
+                            .on_resolved(self.poll.registry(), &mut self.shared.timers);
+                        crate::filters::wake_redis_answered();
+                    }
                     Decoded::Session(key, side) => {
                         self.on_session_event(key, side, Ready::from_event(ev), now)
                     }

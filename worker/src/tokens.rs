@@ -9,7 +9,8 @@ use mio::Token;
 
 pub const CHANNEL: Token = Token(0);
 pub const LISTENERS: Token = Token(1);
-/// The DNS lookup threads' waker (see `upstream::resolution`).
+/// The helper threads' waker: DNS lookups (`upstream::resolution`) and Redis checks
+/// (`filters::redis_limit`), see `wakeups::helper_waker`.
 pub const RESOLVER: Token = Token(2);
 const SESSION_BASE: usize = 16;
 const UPSTREAM_BIT: usize = 1 << (usize::BITS - 2);

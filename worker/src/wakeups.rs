@@ -12,6 +12,8 @@
 //! queue belongs to the event loop of the thread that runs both sides.
 
 use std::cell::RefCell;
+use std::io;
+use std::sync::Arc;
 
 /// Who to run again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -29,6 +31,28 @@ pub enum Wake {
 
 thread_local! {
     static WOKEN: RefCell<Vec<Wake>> = const { RefCell::new(Vec::new()) };
+    static HELPER_WAKER: RefCell<Option<Arc<mio::Waker>>> = const { RefCell::new(None) };
+}
+
+/// The waker of this thread's event loop for its helper threads (DNS lookups, Redis
+/// checks): made at the first call, with `crate::tokens::RESOLVER`. One for all of them, as
+/// mio allows one `Waker` per `Poll`; the loop looks at every helper's answers when woken.
+pub fn helper_waker(registry: &mio::Registry) -> io::Result<Arc<mio::Waker>> {
+    HELPER_WAKER.with(|w| {
+        let mut w = w.borrow_mut();
+        if let Some(waker) = w.as_ref() {
+            return Ok(Arc::clone(waker));
+        }
+        let waker = Arc::new(mio::Waker::new(registry, crate::tokens::RESOLVER)?);
+        *w = Some(Arc::clone(&waker));
+        Ok(waker)
+    })
+}
+
+/// The helper waker, if this thread's event loop made one (not in unit tests: answers are
+/// then found when the waiting session's deadline comes).
+pub fn helper_waker_if_any() -> Option<Arc<mio::Waker>> {
+    HELPER_WAKER.try_with(|w| w.borrow().clone()).ok().flatten()
 }
 
 /// Run `who` again soon (its peer's pipe end changed).

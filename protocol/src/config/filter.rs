@@ -324,7 +324,8 @@ pub struct RedisBackend {
     pub url: String,
     /// `redis-prefix` (default `zentinel:ratelimit:`).
     pub key_prefix: String,
-    /// `redis-pool-size` (default 10): the most requests in flight to Redis per worker.
+    /// `redis-pool-size` (default 10): connections to Redis per worker (capped at 4 there: each
+    /// pipelines its share), with a queue of 256 checks per connection.
     pub pool_size: u32,
     /// `redis-timeout-ms` (default 50): past it a check counts as a Redis failure.
     pub timeout_ms: u64,

@@ -237,7 +237,7 @@ pub(super) fn start_resolver(upstreams: &mut Upstreams, registry: &mio::Registry
     if upstreams.has_resolver() {
         return;
     }
-    match Resolver::start(registry, tokens::RESOLVER) {
+    match Resolver::start(registry) {
         Ok(r) => upstreams.set_resolver(r),
         Err(e) => {
             error!(error = %e, "cannot start the DNS lookup threads: host-name targets stay unresolved")

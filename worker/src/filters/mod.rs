@@ -12,8 +12,9 @@
 //!
 //! Rate limits run before the other request filters, as upstream checks them first. A
 //! filter that answers (a redirect, a preflight, a refusal) ends the chain. A filter that
-//! makes the request wait (`on-limit "delay"`) returns [`Verdict::Hold`]; the session resumes
-//! the chain after it when the time comes.
+//! makes the request wait (`on-limit "delay"`, or a `backend "redis"` limit waiting for Redis'
+//! answer) returns [`Verdict::Hold`]; the session resumes the chain when the time comes, or
+//! when the answer does ([`RequestState::redis_answered`]).
 //!
 //! Each filter is compiled once per generation and shared (`Rc`) by the routes naming it;
 //! request-specific facts live in [`RequestState`], created only for routes with filters.
@@ -36,10 +37,12 @@ mod cors;
 mod log;
 mod rate_limit;
 mod redirect;
+mod redis_limit;
 #[cfg(test)]
 mod tests;
 
 pub use rate_limit::RateLimiter;
+pub use redis_limit::wake_answered as wake_redis_answered;
 
 /// Counters of one filter, summed over the routes using it (this worker's share).
 #[derive(Debug, Default)]
@@ -62,6 +65,11 @@ pub struct FilterCounters {
     pub compress_in: Cell<u64>,
     /// Body bytes after compression (without the chunked framing).
     pub compress_out: Cell<u64>,
+    /// `backend "redis"`: checks Redis did not answer (timeout, full queue, lost connection,
+    /// error reply).
+    pub backend_errors: Cell<u64>,
+    /// `backend "redis"`: requests the failure mode decided (Redis failed or was down).
+    pub fallbacks: Cell<u64>,
 }
 
 impl FilterCounters {
@@ -193,6 +201,8 @@ pub struct RequestFacts<'a> {
     pub scheme: &'a str,
     pub trace_id: &'a str,
     pub now: Instant,
+    /// The session's key in the event loop (a Redis answer wakes it).
+    pub session: usize,
 }
 
 /// What the request phase decided.
@@ -229,6 +239,8 @@ pub struct RequestState {
     pub timeouts: TimeoutFilter,
     /// The last rate-limit decision (its `X-RateLimit-*` headers go on the response).
     pub rate: Option<crate::rate_limit::Decision>,
+    /// A Redis rate-limit check the request is held for (see `redis_limit`).
+    redis_pending: Option<redis_limit::Pending>,
     /// The request's `Accept-Encoding` (all its lines), kept for the compress filter.
     pub accept_encoding: Option<String>,
     /// The request asked for a byte range (compression leaves such responses alone).
@@ -256,6 +268,7 @@ impl RequestState {
             rewrite_host: None,
             timeouts: TimeoutFilter::default(),
             rate: None,
+            redis_pending: None,
             accept_encoding,
             range: header_value(req, "range").is_some(),
             head: req.is_head(),
@@ -273,9 +286,16 @@ impl RequestState {
             while let Some(f) = chain.filters.get(self.next) {
                 self.next += 1;
                 if let Kind::RateLimit(limiter) = &f.kind {
-                    match limiter.check(f, &chain.route, facts, &mut self.rate) {
+                    let pending = &mut self.redis_pending;
+                    match limiter.check(f, &chain.route, facts, &mut self.rate, pending) {
                         Verdict::Continue => {}
-                        other => return other,
+                        other => {
+                            if self.redis_pending.is_some() {
+                                // Waiting for Redis: this filter runs again with the answer.
+                                self.next -= 1;
+                            }
+                            return other;
+                        }
                     }
                 }
             }
@@ -306,6 +326,12 @@ impl RequestState {
             }
         }
         Verdict::Continue
+    }
+
+    /// The Redis check this request is held for has its answer: resume now, not at the
+    /// deadline.
+    pub fn redis_answered(&self) -> bool {
+        self.redis_pending.as_ref().is_some_and(|p| p.answered())
     }
 
     fn rewrite(

@@ -4,14 +4,17 @@
 //! `"delay"` holds the request until a token is due, when that is within `max-delay-ms`
 //! (rejected otherwise); `"log-only"` lets it through with a log line.
 //!
-//! Buckets are this worker's own here (one `Limiter` per filter).
+//! Buckets are this worker's own here (one `Limiter` per filter). With `backend "redis"` the
+//! limit is the fleet's, kept in Redis (`redis_limit`); these buckets are then its local
+//! fallback.
 
 use std::cell::RefCell;
 use std::time::Duration;
 
 use tracing::{debug, info};
-use zentinel_protocol::config::{RateLimit, RateLimitAction, RateLimitFilter};
+use zentinel_protocol::config::{RateLimit, RateLimitAction, RateLimitBackend, RateLimitFilter};
 
+use super::redis_limit::{Pending, RedisLimit};
 use super::{Filter, FilterCounters, RequestFacts, Verdict};
 use crate::http::codec;
 use crate::rate_limit::{Decision, Limiter};
@@ -20,6 +23,8 @@ use crate::rate_limit::{Decision, Limiter};
 pub struct RateLimiter {
     config: RateLimitFilter,
     buckets: RefCell<Limiter>,
+    /// `backend "redis"`.
+    redis: Option<Box<RedisLimit>>,
 }
 
 impl RateLimiter {
@@ -29,14 +34,39 @@ impl RateLimiter {
             burst: config.burst,
             key: config.key.clone(),
         });
+        let redis = match &config.backend {
+            RateLimitBackend::Redis(r) => Some(Box::new(RedisLimit::new(r, config))),
+            RateLimitBackend::Local => None,
+        };
         RateLimiter {
             config: config.clone(),
             buckets: RefCell::new(buckets),
+            redis,
         }
     }
 
+    pub(super) fn config(&self) -> &RateLimitFilter {
+        &self.config
+    }
+
     /// Check one request; `rate` receives the decision for the response's headers.
+    /// `pending`: a Redis check in flight (see `redis_limit`).
     pub(super) fn check(
+        &self,
+        filter: &Filter,
+        route: &str,
+        facts: &RequestFacts<'_>,
+        rate: &mut Option<Decision>,
+        pending: &mut Option<Pending>,
+    ) -> Verdict {
+        if let Some(redis) = &self.redis {
+            return redis.check(self, filter, route, facts, rate, pending);
+        }
+        self.check_local(filter, route, facts, rate)
+    }
+
+    /// Check one request against this instance's own buckets.
+    pub(super) fn check_local(
         &self,
         filter: &Filter,
         route: &str,
@@ -47,6 +77,18 @@ impl RateLimiter {
             let mut buckets = self.buckets.borrow_mut();
             crate::http::rate_check_keyed(&mut buckets, route, facts.peer, facts.req, facts.now)
         };
+        self.act(filter, route, facts, d, rate)
+    }
+
+    /// What `on-limit` makes of decision `d`.
+    pub(super) fn act(
+        &self,
+        filter: &Filter,
+        route: &str,
+        facts: &RequestFacts<'_>,
+        d: Decision,
+        rate: &mut Option<Decision>,
+    ) -> Verdict {
         *rate = Some(d);
         if d.allowed {
             return Verdict::Continue;
@@ -87,7 +129,7 @@ impl RateLimiter {
 }
 
 /// The refusal: `status`, the rate fields and `Retry-After`, `body` as plain text.
-fn refusal(d: &Decision, status: u16, body: &str, head_only: bool) -> Vec<u8> {
+pub(super) fn refusal(d: &Decision, status: u16, body: &str, head_only: bool) -> Vec<u8> {
     let [limit, remaining, reset] = crate::http::rate_headers(d);
     let retry = d.retry_after_secs.to_string();
     let extra = [

@@ -84,8 +84,8 @@ enum Phase {
     Proxy(Box<Exchange>),
     /// Reading a `buffer-requests` route's body whole before proxying it.
     Buffering(Box<Buffering>),
-    /// A route filter holds the request back (`rate-limit` with `on-limit "delay"`) until
-    /// then; the filter chain then resumes.
+    /// A route filter holds the request back (`rate-limit` with `on-limit "delay"`, or
+    /// waiting for Redis' answer) until then or the answer; the filter chain then resumes.
     Held(Box<Held>),
     /// Every target the request may go to is at its connection cap (or still being
     /// resolved): waiting for the pool to wake this session, up to the connect timeout.
@@ -472,7 +472,7 @@ impl HttpSession {
                 Phase::Closing { .. } => self.step_closing(ctx),
                 Phase::Proxy(_) => self.step_proxy(ctx),
                 Phase::Queued(_) => self.step_queued(ctx),
-                Phase::Held(_) => Ok(false),
+                Phase::Held(_) => self.step_held(ctx),
                 Phase::Buffering(_) => self.step_buffering(ctx),
             };
             match step {

@@ -2,7 +2,7 @@
 //!
 //! `getaddrinfo` blocks (for seconds when a DNS server is slow), so lookups run on helper
 //! threads. The loop sends them [`Lookup`]s over a channel; each answer comes back over another
-//! channel, with a [`mio::Waker`] event telling the loop to collect it. At worker start the
+//! channel, with a [`mio::Waker`] event (the helper threads' one) telling the loop to collect it. At worker start the
 //! loop is not serving yet, so it waits (up to [`RESOLVE_AT_START`]) for the first answers: targets
 //! are usable from the first request. A name that does not resolve leaves its target out of
 //! rotation (logged), never fails the worker; the refresh every `DNS_REFRESH_SECS` retries it.
@@ -47,9 +47,10 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// Start the lookup threads; each answer wakes the event loop with `token`.
-    pub fn start(registry: &Registry, token: Token) -> io::Result<Resolver> {
-        let waker = Arc::new(mio::Waker::new(registry, token)?);
+    /// Start the lookup threads; each answer wakes the event loop with the helper threads'
+    /// waker (see `wakeups::helper_waker`).
+    pub fn start(registry: &Registry) -> io::Result<Resolver> {
+        let waker = crate::wakeups::helper_waker(registry)?;
         let (requests, lookups) = crossbeam_channel::unbounded::<Lookup>();
         let (answer_tx, answers) = crossbeam_channel::unbounded::<Answer>();
         for i in 0..THREADS {

@@ -40,15 +40,7 @@ impl HttpSession {
                 }
             }
             Phase::Buffering(_) => self.buffering_timed_out(ctx),
-            Phase::Held(_) => {
-                let phase = std::mem::replace(&mut self.phase, Phase::ReadingHead);
-                if let Phase::Held(h) = phase {
-                    let Held {
-                        req, route, rate, ..
-                    } = *h;
-                    self.filter_then_dispatch(req, route, rate, ctx);
-                }
-            }
+            Phase::Held(_) => self.resume_held(ctx),
             Phase::Proxy(ex) if ex.retry_at.is_some() => self.resume_retry(ctx),
             Phase::Proxy(_) => {
                 let fail = match &self.phase {

@@ -161,6 +161,7 @@ impl HttpSession {
                 scheme,
                 trace_id: &self.trace_id,
                 now: ctx.now,
+                session: self.key,
             };
             match state.on_request(&facts) {
                 Verdict::Continue => {}
@@ -184,6 +185,26 @@ impl HttpSession {
             }
         }
         self.dispatch(req, route, rate, ctx);
+    }
+
+    /// A held request (`Phase::Held`) goes on: its time came, or its Redis answer did.
+    pub(super) fn resume_held(&mut self, ctx: &mut Ctx<'_>) {
+        let phase = std::mem::replace(&mut self.phase, Phase::ReadingHead);
+        if let Phase::Held(h) = phase {
+            let Held {
+                req, route, rate, ..
+            } = *h;
+            self.filter_then_dispatch(req, route, rate, ctx);
+        }
+    }
+
+    /// Held for a Redis answer that came: resume now rather than at the deadline.
+    pub(super) fn step_held(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
+        if !self.filtered.as_ref().is_some_and(|f| f.redis_answered()) {
+            return Ok(false);
+        }
+        self.resume_held(ctx);
+        Ok(true)
     }
 
     /// The route's action: answered here, or sent on towards an upstream.
