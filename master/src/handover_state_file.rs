@@ -80,6 +80,7 @@ mod tests {
                 lifetime_s: 43_200,
             },
             session_cache: None,
+            filter_segments: Vec::new(),
         }
     }
 

@@ -21,6 +21,8 @@
 //! - [`ticket_keys`]: the TLS session-ticket keys every worker shares, and their rotation.
 //! - [`ocsp_fetch`]: OCSP responses fetched from each certificate's responder, for stapling.
 //! - [`session_cache`]: the TLS session cache every worker shares (a memfd the master makes).
+//! - [`filter_shm`]: the filters' counters and rate-limit tables every worker shares (a memfd
+//!   per filter the master makes).
 //! - [`request_ids`]: ids for requests to workers, unique across masters, and the matching of
 //!   answers to them.
 //! - [`gatherer`]: one round of questions to several workers, gathered by request id.
@@ -40,6 +42,7 @@ pub mod control_socket_path;
 pub mod drain_deadline;
 pub mod draining_generations;
 pub mod error_log_file;
+pub mod filter_shm;
 pub mod gatherer;
 pub mod handover_state_file;
 pub mod listeners;

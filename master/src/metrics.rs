@@ -27,6 +27,7 @@ use zentinel_protocol::messages::WorkerCounters;
 use zentinel_protocol::state::{MasterMetrics, DRAIN_BUCKETS_SECONDS};
 
 mod exposition;
+mod filters;
 mod response;
 mod server;
 

@@ -52,13 +52,14 @@ use zentinel_protocol::messages::v2::MasterMessageV2;
 use zentinel_protocol::messages::v3::MasterMessageV3;
 use zentinel_protocol::messages::{
     Hello, Http2Refusals, MasterMessage, WorkerCounters, WorkerMessage, WorkerStart,
-    PROTOCOL_VERSION,
+    FIRST_PROTOCOL_WITH_FILTER_SEGMENTS, PROTOCOL_VERSION,
 };
 use zentinel_protocol::{Channel, ProtocolError};
 
 use crate::backoff::Backoff;
 use crate::control::{ControlServer, ControlSocket};
 use crate::draining_generations::DrainingGenerations;
+use crate::filter_shm::FilterSegments;
 use crate::gatherer::Gatherer;
 use crate::listeners::BoundListener;
 use crate::metrics::MetricsServer;
@@ -100,6 +101,7 @@ mod channel;
 mod control;
 mod deadlines;
 mod draining;
+mod filters;
 mod handover;
 mod lifecycle;
 mod metrics;
@@ -207,6 +209,9 @@ pub struct SupervisorSetup {
     /// The TLS session cache every worker shares: made before any worker starts when a TLS
     /// listener resumes sessions, the predecessor's after an upgrade (when it handed it on).
     pub session_cache: Option<SessionCache>,
+    /// The filters' shared segments: made before any worker starts, the predecessor's after
+    /// an upgrade (when it handed them on).
+    pub filter_segments: FilterSegments,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,6 +301,9 @@ pub struct Supervisor {
     ocsp: Stapler,
     /// The TLS session cache every worker gets (kept for this master's life once made).
     session_cache: Option<SessionCache>,
+    /// The filters' shared segments (counters, rate-limit tables) of the running
+    /// configuration, and of the one being reloaded to.
+    filter_segments: FilterSegments,
     /// Which retired generations drain, and which were asked to finish now
     /// (`max-draining-generations`).
     draining: DrainingGenerations<Token>,
@@ -389,6 +397,7 @@ impl Supervisor {
             ticket_keys: setup.ticket_keys,
             ocsp: setup.ocsp,
             session_cache: setup.session_cache,
+            filter_segments: setup.filter_segments,
             draining,
             ready_pipe: None,
         })

@@ -8,6 +8,8 @@
 //! - [`channel`]: a framed, fd-carrying, non-blocking-capable channel over a Unix stream socket.
 //! - [`ticket_keys`]: TLS session-ticket keys the master shares with every worker.
 //! - [`session_cache`]: the layout of the TLS session cache every worker shares (a memfd).
+//! - [`filter_shm`]: the layout of the filters' counters and rate-limit tables every worker
+//!   shares (a memfd per filter).
 //! - [`niche`]: how an optional box fits in an archived struct's padding.
 //!
 //! This crate depends on none of Zentinel's other crates. Its raw libc calls are in one
@@ -31,6 +33,7 @@ pub mod control;
 /// [`ProtocolError`]: every way a frame or message can be bad.
 pub mod error;
 pub mod fd_passing;
+pub mod filter_shm;
 pub mod frame;
 pub mod messages;
 #[allow(unsafe_code)]

@@ -14,12 +14,20 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::config::ProxyConfig;
+use crate::filter_shm::FilterSegmentHandle;
 pub use crate::niche::ZeroOffset;
 use crate::session_cache::SessionCacheHandle;
 use crate::ticket_keys::TicketKeys;
 
 /// Bumped whenever a message layout changes incompatibly, or a message is added that an
 /// older worker cannot read.
+///
+/// 6: [`MasterMessage::FilterSegments`] (appended, its payload one vector: the archived size
+/// and every earlier tag are protocol 5's). Before each `Start` and `Reconfigure` the master
+/// hands the worker the shared-memory segments of the filters of that configuration (their
+/// counters and the rate-limit tables every worker shares; `docs/design/filters.md`), the fds
+/// riding with the message. An adopted worker of protocol 5 or older is never sent it (see
+/// [`v5`]): its rate limits stay its own.
 ///
 /// 5: [`MasterMessage::FinishDrain`] (appended, no payload: the archived size and every
 /// earlier tag are protocol 4's). The master asks the oldest of too many draining generations
@@ -67,7 +75,10 @@ use crate::ticket_keys::TicketKeys;
 /// `StatusRequest` (all an adopted worker gets from a new master: adoption sends no Hello) are
 /// byte-for-byte what version 1 sent; the Hello check only refuses a version 1 binary started
 /// by a version 2 master (a rollback), which could not read its `Start` anyway.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
+
+/// The first protocol whose workers read [`MasterMessage::FilterSegments`].
+pub const FIRST_PROTOCOL_WITH_FILTER_SEGMENTS: u32 = 6;
 
 /// The first protocol whose workers read [`MasterMessage::FinishDrain`].
 pub const FIRST_PROTOCOL_WITH_FINISH_DRAIN: u32 = 5;
@@ -79,6 +90,7 @@ pub const NO_REQUEST_ID: u64 = 0;
 pub mod v2;
 pub mod v3;
 pub mod v4;
+pub mod v5;
 
 /// The first message each way on a channel (and on a control connection): who speaks, and which
 /// protocol.
@@ -170,6 +182,13 @@ pub enum MasterMessage {
     /// drain deadline. Ignored by a worker that is not draining. Sent only to workers of
     /// [`FIRST_PROTOCOL_WITH_FINISH_DRAIN`] or later.
     FinishDrain,
+    /// The shared segments of the filters of the `Start` or `Reconfigure` that follows (fds
+    /// attached, in the order of the entries; `crate::filter_shm`). A configuration with more
+    /// segments than a frame carries fds comes in several such messages: the worker adds them
+    /// up, and the next `Start` or `Reconfigure` takes them all. A filter without a segment
+    /// keeps its counters and rate-limit table in the worker alone. Sent only to workers of
+    /// [`FIRST_PROTOCOL_WITH_FILTER_SEGMENTS`] or later.
+    FilterSegments(Vec<FilterSegmentHandle>),
 }
 
 /// A worker's counters. All are totals since the worker started, except `active_connections`.
@@ -342,6 +361,7 @@ impl MasterMessage {
             MasterMessage::Reconfigure { .. } => "Reconfigure",
             MasterMessage::TicketKeys(_) => "TicketKeys",
             MasterMessage::FinishDrain => "FinishDrain",
+            MasterMessage::FilterSegments(_) => "FilterSegments",
         }
     }
 }
@@ -358,6 +378,7 @@ impl ArchivedMasterMessage {
             ArchivedMasterMessage::Reconfigure { .. } => "Reconfigure",
             ArchivedMasterMessage::TicketKeys(_) => "TicketKeys",
             ArchivedMasterMessage::FinishDrain => "FinishDrain",
+            ArchivedMasterMessage::FilterSegments(_) => "FilterSegments",
         }
     }
 }

@@ -46,7 +46,8 @@
 //! no retired worker is draining) and no TLS session-ticket keys travel, byte for byte what the
 //! previous release writes, so that release can still take over from this one (a rollback is
 //! an upgrade too); format 5 when a deadline must travel; format 6 when ticket keys do; format
-//! 7 when the shared TLS session cache does. [`written_format`] says which. The keys and the
+//! 7 when the shared TLS session cache does; format 8 when filter segments do (handed on only
+//! to a binary that says it reads format 8). [`written_format`] says which. The keys and the
 //! cache are the facts a master may leave out: without them the new master makes fresh keys
 //! (or a fresh, empty cache) and clients pay one full handshake, so the master hands them on
 //! only to a binary that says it reads the format that holds them (and only when a TLS
@@ -65,7 +66,10 @@
 //! bytes is zeroed. Version 7 added `session_cache`, the shared TLS session cache's memfd
 //! (inherited across the exec like the listeners) and size, so that a client resuming by
 //! session id resumes on the new binary's workers. The sessions themselves never enter the
-//! file: they stay in the memfd, which is never written to a file.
+//! file: they stay in the memfd, which is never written to a file (frozen in [`v7`]).
+//! Version 8 added `filter_segments`, the filters' shared memfds (counters and rate-limit
+//! tables), so that a rate limit holds across a rolling upgrade, old and new workers sharing
+//! one table (`docs/design/filters.md`).
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -83,6 +87,7 @@ pub mod v3_config;
 pub mod v4;
 pub mod v5;
 pub mod v6;
+pub mod v7;
 pub use inherited_fds::InheritedFd;
 pub use v1::MasterStateV1;
 pub use v2::MasterStateV2;
@@ -90,6 +95,7 @@ pub use v3::MasterStateV3;
 pub use v4::MasterStateV4;
 pub use v5::MasterStateV5;
 pub use v6::MasterStateV6;
+pub use v7::MasterStateV7;
 
 mod encoding;
 mod file;
@@ -103,7 +109,7 @@ pub const STATE_MAGIC: [u8; 8] = *b"ZNTLSTAT";
 /// The newest format this build writes (and reads). Bump it, and add a frozen
 /// `MasterStateV{N}` plus a conversion, whenever the runtime facts change; a change of the
 /// configuration model never needs it.
-pub const STATE_FORMAT_VERSION: u32 = 7;
+pub const STATE_FORMAT_VERSION: u32 = 8;
 
 /// The format a state without drain deadlines (and without ticket keys) is written in
 /// ([`v4`]): the previous release's.
@@ -116,8 +122,12 @@ pub const DRAIN_DEADLINE_STATE_FORMAT: u32 = 5;
 /// ([`v6`]).
 pub const TICKET_KEYS_STATE_FORMAT: u32 = 6;
 
-/// The format a state with the shared TLS session cache is written in (the latest).
+/// The format a state with the shared TLS session cache but without filter segments is
+/// written in ([`v7`]).
 pub const SESSION_CACHE_STATE_FORMAT: u32 = 7;
+
+/// The format a state with the filters' shared segments is written in (the latest).
+pub const FILTER_SEGMENTS_STATE_FORMAT: u32 = 8;
 
 /// A listening socket handed over, by the name of the listener it belongs to.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -238,11 +248,25 @@ pub struct SessionCacheFd {
     pub segment_bytes: u64,
 }
 
-/// Format version 7 (the latest): runtime facts, the configuration's source text, the TLS
-/// session-ticket keys and the shared TLS session cache.
+/// A filter's shared segment handed over: a memfd (`crate::filter_shm`) holding its counters
+/// and, for a rate limit, the table every worker shares.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
-pub struct MasterStateV7 {
+pub struct FilterSegmentFd {
+    /// The filter's name in the running configuration.
+    pub name: String,
+    /// The memfd's number, inherited across the exec.
+    pub fd: i32,
+    /// Its size; the new master checks the fd against it, and the layout in its header, before
+    /// adopting it.
+    pub segment_bytes: u64,
+}
+
+/// Format version 8 (the latest): runtime facts, the configuration's source text, the TLS
+/// session-ticket keys, the shared TLS session cache and the filters' shared segments.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MasterStateV8 {
     /// The old master's pid (the new master reports readiness to it).
     pub previous_master_pid: u32,
     /// The generation the new master runs as (old + 1).
@@ -276,10 +300,15 @@ pub struct MasterStateV7 {
     /// old workers keep using it until they exit). `None`: none handed on, the new master
     /// makes a fresh, empty one when a TLS listener resumes sessions.
     pub session_cache: Option<SessionCacheFd>,
+    /// The filters' shared segments (counters, rate-limit tables), for the new master and its
+    /// workers to go on with, so that a rate limit holds across the upgrade (the old workers
+    /// keep using them until they exit). Empty: none handed on, the new master makes fresh
+    /// ones.
+    pub filter_segments: Vec<FilterSegmentFd>,
 }
 
 /// The latest state, what the rest of the code uses.
-pub type MasterState = MasterStateV7;
+pub type MasterState = MasterStateV8;
 
 /// Why a state file cannot be written or read.
 #[derive(Debug, thiserror::Error)]

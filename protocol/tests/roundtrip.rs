@@ -173,7 +173,47 @@ fn master_messages_keep_their_protocol_4_size() {
     assert_eq!(drain.len(), size);
     assert_eq!(size, 48, "archived MasterMessage size of protocol 4");
     assert_eq!(size_of::<ArchivedWorkerMessage>(), 120);
-    assert_eq!(PROTOCOL_VERSION, 5);
+    assert_eq!(PROTOCOL_VERSION, 6);
+}
+
+/// Protocol 6 appended `FilterSegments` as the last tag, its payload one vector (8 bytes): the
+/// archived size holds, an adopted protocol 5 (or 4) worker reads every earlier message as it
+/// did and is never sent the new one.
+#[test]
+fn protocol_6_appends_filter_segments_to_protocol_5s_layout() {
+    use zentinel_protocol::filter_shm::FilterSegmentHandle;
+    use zentinel_protocol::messages::v4::for_protocol_4;
+    use zentinel_protocol::messages::v5::for_protocol_5;
+    let message = MasterMessage::FilterSegments(vec![
+        FilterSegmentHandle {
+            name: "api-limit".to_owned(),
+            segment_bytes: 4096 + 16 * 1024,
+        },
+        FilterSegmentHandle {
+            name: "cors".to_owned(),
+            segment_bytes: 4096,
+        },
+    ]);
+    let bytes = encode(&message);
+    let root = bytes.len() - std::mem::size_of::<ArchivedMasterMessage>();
+    assert_eq!(bytes[root], 8, "FilterSegments is the 9th variant");
+    assert_eq!(std::mem::size_of::<ArchivedMasterMessage>(), 48);
+    assert_eq!(
+        rkyv::from_bytes::<MasterMessage, rkyv::rancor::Error>(&bytes).unwrap(),
+        message
+    );
+    assert_eq!(message.kind(), "FilterSegments");
+    let refused = for_protocol_5(&message).unwrap_err();
+    assert!(refused.to_string().contains("FilterSegments"), "{refused}");
+    assert!(for_protocol_4(&message).is_err());
+    assert_eq!(
+        for_protocol_5(&MasterMessage::FinishDrain).unwrap(),
+        &MasterMessage::FinishDrain
+    );
+    let mut drain = padded(&[2], 48);
+    drain[8..10].copy_from_slice(&1234u16.to_le_bytes());
+    let same = for_protocol_5(&MasterMessage::Drain { timeout_ms: 1234 }).unwrap();
+    assert_eq!(encode(same), drain);
 }
 
 /// Protocol 5 appended `FinishDrain` as the last tag, without payload: an adopted protocol 4

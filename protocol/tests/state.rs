@@ -384,8 +384,9 @@ fn generate_missing_fixtures() {
     // writes a state without drain deadlines as format 4 again, but the fixture must stay that
     // encoder's own output). Likewise state-v5.bin, written by the version 5 encoder, and
     // state-v6.bin, written by the version 6 encoder.
+    // And state-v7.bin, written by the version 7 encoder.
     let fixtures: [(&str, Vec<u8>); 1] =
-        [("state-v7.bin", encode_state(&frozen_v7_state()).to_vec())];
+        [("state-v8.bin", encode_state(&frozen_v8_state()).to_vec())];
     fs::create_dir_all(FIXTURE_DIR).unwrap();
     for (name, bytes) in fixtures {
         let path = Path::new(FIXTURE_DIR).join(name);
@@ -600,7 +601,7 @@ fn expect_corrupt<T: std::fmt::Debug>(result: Result<T, StateError>, what: &str)
 
 #[test]
 fn realistic_state_round_trips() {
-    let state = frozen_v7_state();
+    let state = frozen_v8_state();
     let bytes = encode_state(&state);
     assert_eq!(&bytes[..8], &STATE_MAGIC);
     assert_eq!(&bytes[8..12], &STATE_FORMAT_VERSION.to_le_bytes());
@@ -613,7 +614,7 @@ fn realistic_state_round_trips() {
 
 #[test]
 fn minimal_state_round_trips() {
-    let mut state = frozen_v7_state();
+    let mut state = frozen_v8_state();
     state.listeners.clear();
     state.workers.clear();
     state.upgrade = None;
@@ -640,7 +641,8 @@ fn written_version(bytes: &[u8]) -> u32 {
 
 #[test]
 fn every_state_is_written_in_the_oldest_format_that_holds_it() {
-    assert_eq!(STATE_FORMAT_VERSION, 7);
+    assert_eq!(STATE_FORMAT_VERSION, 8);
+    assert_eq!(FILTER_SEGMENTS_STATE_FORMAT, 8);
     assert_eq!(NO_DRAIN_DEADLINE_STATE_FORMAT, 4);
     assert_eq!(DRAIN_DEADLINE_STATE_FORMAT, 5);
     assert_eq!(TICKET_KEYS_STATE_FORMAT, 6);
@@ -657,6 +659,10 @@ fn every_state_is_written_in_the_oldest_format_that_holds_it() {
     cache_left_out.session_cache = None;
     let mut cache_only = MasterState::from(frozen_v4_state());
     cache_only.session_cache = frozen_v7_state().session_cache;
+    let mut segments_left_out = frozen_v8_state();
+    segments_left_out.filter_segments.clear();
+    let mut segments_only = MasterState::from(frozen_v4_state());
+    segments_only.filter_segments = frozen_v8_state().filter_segments;
     // Not the default (a lifetime without keys): only format 6 holds it exactly.
     let mut lifetime_only = MasterState::from(frozen_v4_state());
     lifetime_only.ticket_keys.lifetime_s = 60;
@@ -689,6 +695,13 @@ fn every_state_is_written_in_the_oldest_format_that_holds_it() {
             frozen_v7_state(),
             7,
         ),
+        (
+            "filter segments, the session cache, keys and a deadline",
+            frozen_v8_state(),
+            8,
+        ),
+        ("the filter segments left out", segments_left_out, 7),
+        ("filter segments alone", segments_only, 8),
         ("the session cache left out", cache_left_out, 6),
         ("the session cache alone", cache_only, 7),
         ("a deadline, the keys left out", keys_left_out, 5),
@@ -953,6 +966,47 @@ fn frozen_v7_state() -> MasterState {
     state
 }
 
+/// The frozen version 8 value (with tests/fixtures/state-v8.bin): version 7's, with two
+/// filters' shared segments (a rate limit's table of 262,144 slots, fd 15; a CORS filter's
+/// counters, fd 16). Never edit it.
+fn frozen_v8_state() -> MasterState {
+    let mut state = frozen_v7_state();
+    state.generation = 11;
+    state.filter_segments = vec![
+        FilterSegmentFd {
+            name: "api-limit".to_owned(),
+            fd: 15,
+            segment_bytes: 4096 + 262_144 * 16,
+        },
+        FilterSegmentFd {
+            name: "cors".to_owned(),
+            fd: 16,
+            segment_bytes: 4096,
+        },
+    ];
+    state
+}
+
+/// Written once by the version 8 encoder; same contract as the version 1 fixture.
+#[test]
+fn frozen_v8_state_file_still_decodes() {
+    static FIXTURE: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/state-v8.bin"
+    ));
+    assert_eq!(&FIXTURE[..8], &STATE_MAGIC, "fixture magic");
+    assert_eq!(
+        &FIXTURE[8..12],
+        &8u32.to_le_bytes(),
+        "the v8 fixture must stay a version 8 file"
+    );
+    let decoded = decode_state(FIXTURE, "tests/fixtures/state-v8.bin")
+        .unwrap_or_else(|e| panic!("frozen version 8 state no longer decodes: {e}"));
+    let expected = frozen_v8_state();
+    assert_eq!(decoded.filter_segments, expected.filter_segments);
+    assert_eq!(decoded, expected);
+}
+
 /// Written once by the version 7 encoder; same contract as the version 1 fixture.
 #[test]
 fn frozen_v7_state_file_still_decodes() {
@@ -970,14 +1024,22 @@ fn frozen_v7_state_file_still_decodes() {
         .unwrap_or_else(|e| panic!("frozen version 7 state no longer decodes: {e}"));
     let expected = frozen_v7_state();
     assert_eq!(decoded.session_cache, expected.session_cache);
+    assert!(
+        decoded.filter_segments.is_empty(),
+        "format 7 carries no filter segments"
+    );
     assert_eq!(decoded, expected);
+    // Without filter segments this build writes it again byte for byte, so the release that
+    // reads up to format 7 can still take over.
+    assert_eq!(written_format(&expected), 7);
+    assert_eq!(encode_state(&expected).as_slice(), FIXTURE);
 }
 
 /// The keys are secrets, but a state is logged and shown in errors with `Debug`: that shows
 /// their names, never a secret byte.
 #[test]
 fn a_state_shows_the_ticket_key_names_not_the_secrets() {
-    let shown = format!("{:?}", frozen_v7_state());
+    let shown = format!("{:?}", frozen_v8_state());
     assert!(shown.contains(&hex(b"ticket-key-new-1")), "{shown}");
     assert!(!shown.contains("0123456789abcdef"), "{shown}");
     assert!(!shown.contains("48, 49, 50"), "{shown}");
@@ -1113,6 +1175,7 @@ fn master_state() -> impl Strategy<Value = MasterState> {
             metrics,
             common::ticket_keys(),
             option::of((any::<i32>(), any::<u64>())),
+            vec((name(), any::<i32>(), any::<u64>()), 0..3),
         ),
     )
         .prop_map(
@@ -1121,7 +1184,7 @@ fn master_state() -> impl Strategy<Value = MasterState> {
                 (log_level, control_socket_path, control_socket_fd),
                 (previous_binary, previous_executable_fd),
                 (listeners, workers, upgrade),
-                (metrics_listener, metrics, ticket_keys, session_cache),
+                (metrics_listener, metrics, ticket_keys, session_cache, filter_segments),
             )| MasterState {
                 previous_master_pid,
                 generation,
@@ -1139,6 +1202,14 @@ fn master_state() -> impl Strategy<Value = MasterState> {
                 ticket_keys,
                 session_cache: session_cache
                     .map(|(fd, segment_bytes)| SessionCacheFd { fd, segment_bytes }),
+                filter_segments: filter_segments
+                    .into_iter()
+                    .map(|(name, fd, segment_bytes)| FilterSegmentFd {
+                        name,
+                        fd,
+                        segment_bytes,
+                    })
+                    .collect(),
             },
         )
 }
@@ -1172,7 +1243,7 @@ proptest! {
     fn mutated_archive_with_fixed_checksum_never_panics(
         flips in vec((any::<prop::sample::Index>(), 1u8..=255), 1..8),
     ) {
-        let good = encode_state(&frozen_v7_state());
+        let good = encode_state(&frozen_v8_state());
         let mut payload = good[STATE_HEADER_LEN..].to_vec();
         for (index, mask) in flips {
             let i = index.index(payload.len());
@@ -1190,7 +1261,7 @@ proptest! {
 
 #[test]
 fn every_truncation_is_corrupt() {
-    let bytes = encode_state(&frozen_v7_state());
+    let bytes = encode_state(&frozen_v8_state());
     for len in 0..bytes.len() {
         let reason = expect_corrupt(
             decode_state(&bytes[..len], "state.bin"),
@@ -1204,7 +1275,7 @@ fn every_truncation_is_corrupt() {
 
 #[test]
 fn trailing_garbage_is_corrupt() {
-    let mut bytes = encode_state(&frozen_v7_state());
+    let mut bytes = encode_state(&frozen_v8_state());
     bytes.push(0);
     let reason = expect_corrupt(decode_state(&bytes, "state.bin"), "one extra byte");
     assert!(reason.contains("payload"), "{reason}");
@@ -1212,7 +1283,7 @@ fn trailing_garbage_is_corrupt() {
 
 #[test]
 fn flipped_bytes_are_detected() {
-    let good = encode_state(&frozen_v7_state());
+    let good = encode_state(&frozen_v8_state());
     for i in 0..good.len() {
         let mut bytes = good.clone();
         bytes[i] ^= 0xFF;
@@ -1253,7 +1324,7 @@ fn invalid_archive_behind_valid_checksum_is_corrupt() {
 
 #[test]
 fn wrong_magic_is_rejected() {
-    let mut bytes = encode_state(&frozen_v7_state());
+    let mut bytes = encode_state(&frozen_v8_state());
     bytes[..8].copy_from_slice(b"ZNTLSTAX");
     let err = decode_state(&bytes, "/run/zentinel/state.bin").unwrap_err();
     assert!(matches!(err, StateError::BadMagic { .. }), "{err:?}");
@@ -1319,7 +1390,7 @@ fn future_version_names_both_versions() {
 
 #[test]
 fn version_zero_is_unknown() {
-    let good = encode_state(&frozen_v7_state());
+    let good = encode_state(&frozen_v8_state());
     let err = decode_state(&framed(0, &good[STATE_HEADER_LEN..]), "state.bin").unwrap_err();
     assert!(
         matches!(err, StateError::UnknownVersion { found: 0, .. }),
@@ -1339,7 +1410,7 @@ fn version_zero_is_unknown() {
 fn write_then_read_file() {
     let dir = ScratchDir::new("rw");
     let path = dir.path("state.bin");
-    let state = frozen_v7_state();
+    let state = frozen_v8_state();
     write_state_file(&path, &state).unwrap();
 
     let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -1357,7 +1428,7 @@ fn write_replaces_an_existing_file() {
     fs::write(&path, b"an older, unrelated file").unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
 
-    let mut state = frozen_v7_state();
+    let mut state = frozen_v8_state();
     state.generation = 99;
     write_state_file(&path, &state).unwrap();
     assert_eq!(read_state_file(&path).unwrap(), state);
@@ -1375,7 +1446,7 @@ fn write_under_a_regular_file_fails_naming_the_path() {
     fs::write(&parent, b"x").unwrap();
     let path = parent.join("state.bin");
 
-    let err = write_state_file(&path, &frozen_v7_state()).unwrap_err();
+    let err = write_state_file(&path, &frozen_v8_state()).unwrap_err();
     match &err {
         StateError::Io { path: p, source } => {
             assert_eq!(p, &path.display().to_string());
@@ -1398,7 +1469,7 @@ fn failed_rename_leaves_no_temp_file() {
     fs::create_dir(&target).unwrap();
     fs::write(target.join("occupied"), b"x").unwrap();
 
-    let err = write_state_file(&target, &frozen_v7_state()).unwrap_err();
+    let err = write_state_file(&target, &frozen_v8_state()).unwrap_err();
     assert!(matches!(err, StateError::Io { .. }), "{err:?}");
     let message = err.to_string();
     assert!(message.contains(&target.display().to_string()), "{message}");
@@ -1409,7 +1480,7 @@ fn failed_rename_leaves_no_temp_file() {
 #[test]
 fn write_to_proc_fails_naming_the_path() {
     let path = Path::new("/proc/zentinel-no-such-dir/state.bin");
-    let err = write_state_file(path, &frozen_v7_state()).unwrap_err();
+    let err = write_state_file(path, &frozen_v8_state()).unwrap_err();
     assert!(matches!(err, StateError::Io { .. }), "{err:?}");
     assert!(
         err.to_string()
@@ -1453,7 +1524,7 @@ fn read_rejects_huge_file_without_reading_it() {
 fn read_corrupt_file_names_the_path() {
     let dir = ScratchDir::new("corrupt");
     let path = dir.path("state.bin");
-    let mut bytes = encode_state(&frozen_v7_state());
+    let mut bytes = encode_state(&frozen_v8_state());
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     fs::write(&path, &bytes).unwrap();
@@ -1525,18 +1596,22 @@ fn adopted_protocol_2_workers_get_their_own_layout() {
 
 #[test]
 fn distinct_fds_pass_and_every_handed_over_fd_is_listed() {
-    let state = frozen_v7_state();
+    let state = frozen_v8_state();
     let fds = state.inherited_fds();
     let expected = 2
         + state.listeners.len()
         + state.workers.len()
         + usize::from(state.upgrade.as_ref().and_then(|u| u.client_fd).is_some())
         + usize::from(state.metrics_listener.is_some())
-        + usize::from(state.session_cache.is_some());
+        + usize::from(state.session_cache.is_some())
+        + state.filter_segments.len();
     assert_eq!(fds.len(), expected, "{fds:?}");
     assert!(fds
         .iter()
         .any(|f| f.fd == 14 && f.what == "TLS session cache"));
+    assert!(fds
+        .iter()
+        .any(|f| f.fd == 15 && f.what == "shared segment of filter \"api-limit\""));
     let ready = InheritedFd::new(999, "readiness pipe");
     state
         .check_inherited_fds("state.bin", std::slice::from_ref(&ready))
@@ -1545,7 +1620,7 @@ fn distinct_fds_pass_and_every_handed_over_fd_is_listed() {
 
 #[test]
 fn an_fd_named_twice_or_stdio_is_refused_naming_both_holders() {
-    let mut state = frozen_v7_state();
+    let mut state = frozen_v8_state();
     assert!(!state.workers.is_empty() && !state.listeners.is_empty());
     state.workers[0].channel_fd = state.listeners[0].fd;
     let reason = expect_corrupt(
@@ -1563,7 +1638,7 @@ fn an_fd_named_twice_or_stdio_is_refused_naming_both_holders() {
     );
 
     // The readiness pipe given on the command line counts too.
-    let state = frozen_v7_state();
+    let state = frozen_v8_state();
     let ready = InheritedFd::new(state.control_socket_fd, "readiness pipe");
     let reason = expect_corrupt(
         state.check_inherited_fds("state.bin", &[ready]),
@@ -1574,7 +1649,7 @@ fn an_fd_named_twice_or_stdio_is_refused_naming_both_holders() {
         "{reason}"
     );
 
-    let mut state = frozen_v7_state();
+    let mut state = frozen_v8_state();
     state.previous_executable_fd = 1;
     let reason = expect_corrupt(state.check_inherited_fds("state.bin", &[]), "fd 1");
     assert!(reason.contains("previous executable is fd 1"), "{reason}");

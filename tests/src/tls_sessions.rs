@@ -285,6 +285,7 @@ pub fn older_release(path: &Path, newest: u32) -> PathBuf {
         for (field, format) in [
             ("ticket_keys_state_format", 6),
             ("session_cache_state_format", 7),
+            ("filter_segments_state_format", 8),
         ] {
             if format > newest {
                 object.remove(field);

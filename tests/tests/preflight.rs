@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
 use zentinel_protocol::state::{
-    DRAIN_DEADLINE_STATE_FORMAT, NO_DRAIN_DEADLINE_STATE_FORMAT, SESSION_CACHE_STATE_FORMAT,
-    STATE_FORMAT_VERSION, TICKET_KEYS_STATE_FORMAT,
+    DRAIN_DEADLINE_STATE_FORMAT, FILTER_SEGMENTS_STATE_FORMAT, NO_DRAIN_DEADLINE_STATE_FORMAT,
+    SESSION_CACHE_STATE_FORMAT, STATE_FORMAT_VERSION, TICKET_KEYS_STATE_FORMAT,
 };
 use zentinel_protocol::PROTOCOL_VERSION;
 use zentinel_tests::*;
@@ -159,7 +159,12 @@ fn version_json_matches_the_constants() {
     assert_eq!(v["draining_state_format"], DRAIN_DEADLINE_STATE_FORMAT);
     assert_eq!(v["ticket_keys_state_format"], TICKET_KEYS_STATE_FORMAT);
     assert_eq!(v["session_cache_state_format"], SESSION_CACHE_STATE_FORMAT);
-    assert_eq!(SESSION_CACHE_STATE_FORMAT, STATE_FORMAT_VERSION);
+    // And the filters' shared segments (format 8, the latest, likewise).
+    assert_eq!(
+        v["filter_segments_state_format"],
+        FILTER_SEGMENTS_STATE_FORMAT
+    );
+    assert_eq!(FILTER_SEGMENTS_STATE_FORMAT, STATE_FORMAT_VERSION);
     assert!(
         v["features"]
             .as_array()

@@ -540,6 +540,7 @@ fn state_naming_one_fd_twice_is_refused_before_any_fd_is_taken() {
         metrics: MasterMetrics::default(),
         ticket_keys: Default::default(),
         session_cache: None,
+        filter_segments: Vec::new(),
     };
     write_state_file(&state_path, &state).expect("write the state file");
     let (ready_read, ready_write) = nix::unistd::pipe().expect("pipe");

@@ -26,6 +26,7 @@ use crate::counters::Counters;
 use crate::ctx::{Ctx, Outcome};
 use crate::drain_schedule::{self, DrainSchedule, SpreadKind};
 use crate::fd_budget::FdBudget;
+use crate::filters::Segments;
 use crate::generation::{Candidate, DrainSettings, Generation};
 use crate::http::session::{HttpSession, LINGER};
 use crate::http2::H2Conn;
@@ -137,6 +138,9 @@ pub struct Worker {
     /// every generation (replaced in place when the master rotates them), and the session
     /// cache every worker shares (mapped at most once).
     resumption: Resumption,
+    /// The filters' segments the master handed for the next `Reconfigure` (see
+    /// `MasterMessage::FilterSegments`).
+    pending_segments: Segments,
 }
 
 /// What keeps a worker from accepting more connections.
@@ -226,6 +230,7 @@ impl Worker {
             drain: None,
             dns_timer: None,
             resumption,
+            pending_segments: Segments::default(),
         })
         .map(|mut w| {
             w.arm_dns_refresh(Instant::now());

@@ -21,6 +21,7 @@ use zentinel_protocol::messages::WorkerStart;
 
 use crate::accept::{adopt_listener, Listener, ListenerSet};
 use crate::access_log::AccessLog;
+use crate::filters::Segments;
 use crate::routing::Router;
 use crate::tls_listener::Resumption;
 use crate::upstream::Pool;
@@ -113,13 +114,15 @@ pub struct DrainSettings {
 impl Candidate {
     /// Check `ws` and the fds that came with it (in the order of `ws.listeners`): each one a
     /// listening stream socket bound to its handle's address, every name resolvable. `what`
-    /// names the message in errors ("Start", "Reconfigure"). Every TLS listener's
+    /// names the message in errors ("Start", "Reconfigure"). The filters keep their counters
+    /// and rate-limit tables in `segments` (the master's, handed just before). Every TLS listener's
     /// `ServerConfig` resumes sessions with `resumption`, the worker's only ticketer and cache.
     pub fn validate(
         ws: &WorkerStart,
         fds: Vec<OwnedFd>,
         what: &str,
         resumption: &Resumption,
+        segments: &Segments,
     ) -> Result<Self, String> {
         let config = &ws.config;
         if fds.len() != ws.listeners.len() {
@@ -129,7 +132,7 @@ impl Candidate {
                 fds.len()
             ));
         }
-        let router = Router::new(config).map_err(|e| e.to_string())?;
+        let router = Router::with_segments(config, segments).map_err(|e| e.to_string())?;
         // TLS files are read now, like listener certificates below; the system trust store
         // at most once for every upstream that uses it.
         let mut roots = crate::upstream::tls::SystemRoots::default();

@@ -13,8 +13,9 @@
 //! configuration and listeners, sessions in flight finish on the one they started with, and a
 //! keep-alive HTTP connection moves to the new one at its next request (see `generation`).
 
-// Raw libc calls live in `sys`, and the shared session cache's mapping in
-// `session_cache::shm`, each with its `// SAFETY:` argument; `unsafe` anywhere else is refused.
+// Raw libc calls live in `sys`, and the shared-memory mapping (of the session cache and of the
+// filters' segments) in `session_cache::shm`, each with its `// SAFETY:` argument; `unsafe`
+// anywhere else is refused.
 #![deny(unsafe_code)]
 // Sizes, counts and offsets are converted all over a proxy: a cast that could truncate one
 // is spelled out (`try_from`, or an allow that says why it cannot).
@@ -187,7 +188,7 @@ fn run_inner(
         }
     };
     drop(pre);
-    let (ws, mut fds) = start;
+    let (ws, mut fds, segments) = start;
     let span = tracing::info_span!(
         "worker",
         worker_id = ws.worker_id,
@@ -207,7 +208,7 @@ fn run_inner(
         ticketer,
         cache: session_cache::attach(ws.session_cache.as_deref(), cache_fd),
     };
-    let prepared = match Candidate::validate(&ws, fds, "Start", &resumption) {
+    let prepared = match Candidate::validate(&ws, fds, "Start", &resumption, &segments) {
         Ok(p) => p,
         Err(reason) => {
             error!(%reason, "invalid start");
@@ -242,9 +243,10 @@ fn run_inner(
     result
 }
 
-type Handshake = (WorkerStart, Vec<OwnedFd>);
+type Handshake = (WorkerStart, Vec<OwnedFd>, filters::Segments);
 
-/// Hello both ways, then Start. The bool says whether a `Fatal` is worth sending.
+/// Hello both ways, then Start (after the filters' segments, when the master hands some).
+/// The bool says whether a `Fatal` is worth sending.
 fn handshake(
     ch: &mut Channel,
     pid: u32,
@@ -279,14 +281,21 @@ fn handshake(
             ))
         }
     }
-    let mut frame = ch
-        .recv_timeout(HANDSHAKE_TIMEOUT)
-        .map_err(|e| (e.into(), true))?;
-    let fds = frame.take_fds();
-    match frame
-        .deserialize::<MasterMessage>()
-        .map_err(|e| (e.into(), true))?
-    {
+    let mut segments = filters::Segments::default();
+    let (message, fds) = loop {
+        let mut frame = ch
+            .recv_timeout(HANDSHAKE_TIMEOUT)
+            .map_err(|e| (e.into(), true))?;
+        let fds = frame.take_fds();
+        match frame
+            .deserialize::<MasterMessage>()
+            .map_err(|e| (e.into(), true))?
+        {
+            MasterMessage::FilterSegments(handles) => segments.add(&handles, fds, &[]),
+            other => break (other, fds),
+        }
+    };
+    match message {
         MasterMessage::Start(ws) => {
             if let Some((id, generation)) = expected {
                 if ws.worker_id != id || ws.generation != generation {
@@ -299,7 +308,7 @@ fn handshake(
                     ));
                 }
             }
-            Ok((ws, fds))
+            Ok((ws, fds, segments))
         }
         other => Err((
             WorkerError::Unexpected {

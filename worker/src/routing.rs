@@ -19,7 +19,7 @@ use zentinel_protocol::config::{
     StaticResponse,
 };
 
-use crate::filters::{Chain, Filters};
+use crate::filters::{Chain, FilterShm, Filters, Segments};
 use crate::rate_limit::Limiter;
 
 mod conditions;
@@ -137,6 +137,8 @@ pub struct Router {
     routes: Vec<CompiledRoute>,
     /// Route scopes (`RouteConfig::scope`), the top level (`None`) first.
     scopes: Vec<Option<String>>,
+    /// The segments of the filters (counters, rate-limit tables) this generation uses.
+    filter_segments: Vec<Rc<FilterShm>>,
 }
 
 /// The scope id of a scope no route has: a listener with it matches nothing but its default
@@ -179,9 +181,18 @@ fn strip_port(h: &str) -> &str {
 }
 
 impl Router {
+    /// The router of `config`, its filters keeping their state in segments of this worker's
+    /// own.
+    #[cfg(test)]
     pub fn new(config: &ProxyConfig) -> Result<Self, RoutingError> {
+        Router::with_segments(config, &Segments::default())
+    }
+
+    /// The router of `config`, its filters keeping their counters and rate-limit tables in
+    /// `segments` (the master's, shared with every worker) where handed one.
+    pub fn with_segments(config: &ProxyConfig, segments: &Segments) -> Result<Self, RoutingError> {
         let mut routes = Vec::with_capacity(config.routes.len());
-        let filters = Filters::new(config);
+        let filters = Filters::new(config, segments).map_err(RoutingError::Filter)?;
         let mut scopes: Vec<Option<String>> = vec![None];
         for r in &config.routes {
             let scope = match scopes.iter().position(|s| *s == r.scope) {
@@ -310,7 +321,11 @@ impl Router {
             }
             routes.push(c);
         }
-        let router = Router { routes, scopes };
+        let router = Router {
+            routes,
+            scopes,
+            filter_segments: filters.segments().cloned().collect(),
+        };
         for l in &config.listeners {
             if let Some(d) = &l.default_route {
                 if router.index_of(d).is_none() {
@@ -391,6 +406,11 @@ impl Router {
     /// The route's `policies` (defaults for an unknown index).
     pub fn policies(&self, idx: usize) -> Option<&RoutePolicies> {
         self.routes.get(idx).map(|r| &r.policies)
+    }
+
+    /// The filters' segments this router uses.
+    pub fn filter_segments(&self) -> &[Rc<FilterShm>] {
+        &self.filter_segments
     }
 
     /// The route's filter chain, if it names filters.

@@ -26,6 +26,8 @@ pub struct Snapshot<'a> {
     pub live_workers: usize,
     /// The shared TLS session cache's counters, when there is one.
     pub session_cache: Option<CacheCounters>,
+    /// The counters of the running configuration's filters that keep some.
+    pub filters: Vec<crate::filter_shm::FilterSample>,
 }
 
 type CacheField = fn(&CacheCounters) -> u64;
@@ -312,6 +314,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
             let _ = writeln!(out, "{full} {}", f(cache));
         }
     }
+    super::filters::render(&mut out, &s.filters);
     header(
         &mut out,
         "zentinel_build_info",
@@ -414,7 +417,13 @@ mod tests {
                 hits: 9,
                 ..Default::default()
             }),
+            filters: vec![crate::filter_shm::FilterSample {
+                name: "api".to_owned(),
+                kind: "rate-limit",
+                counts: Default::default(),
+            }],
         });
+        assert!(text.contains("zentinel_filter_rate_limited_total{filter=\"api\"} 0\n"));
         assert!(
             text.contains("zentinel_tls_session_cache_hits_total 9\n"),
             "{text}"

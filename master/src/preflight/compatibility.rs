@@ -191,11 +191,12 @@ mod tests {
     #[test]
     fn the_format_4_release_takes_over_unless_workers_drain() {
         let current = VersionInfo::current();
-        // 6 carries the TLS session-ticket keys, 7 the shared session cache too, each written
-        // only to a binary that reads it.
-        assert_eq!(current.state_format_version, 7);
+        // 6 carries the TLS session-ticket keys, 7 the shared session cache too, 8 the
+        // filters' shared segments, each written only to a binary that reads it.
+        assert_eq!(current.state_format_version, 8);
         assert_eq!(current.ticket_keys_state_format, Some(6));
         assert_eq!(current.session_cache_state_format, Some(7));
+        assert_eq!(current.filter_segments_state_format, Some(8));
         assert_eq!(current.writes_state_format(false, false), 4);
         assert_eq!(current.writes_state_format(true, false), 4);
         assert_eq!(current.writes_state_format(false, true), 5);
@@ -237,7 +238,9 @@ mod tests {
         assert_eq!(json["draining_state_format"], 5);
         assert_eq!(json["ticket_keys_state_format"], 6);
         assert_eq!(json["session_cache_state_format"], 7);
+        assert_eq!(json["filter_segments_state_format"], 8);
         let object = json.as_object_mut().unwrap();
+        object.remove("filter_segments_state_format");
         object.remove("plain_upgrade_state_format");
         object.remove("draining_state_format");
         object.remove("ticket_keys_state_format");

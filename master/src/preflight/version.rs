@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use zentinel_protocol::control::CONTROL_PROTOCOL_VERSION;
 use zentinel_protocol::state::{
-    DRAIN_DEADLINE_STATE_FORMAT, NO_DRAIN_DEADLINE_STATE_FORMAT, SESSION_CACHE_STATE_FORMAT,
-    STATE_FORMAT_VERSION, TICKET_KEYS_STATE_FORMAT,
+    DRAIN_DEADLINE_STATE_FORMAT, FILTER_SEGMENTS_STATE_FORMAT, NO_DRAIN_DEADLINE_STATE_FORMAT,
+    SESSION_CACHE_STATE_FORMAT, STATE_FORMAT_VERSION, TICKET_KEYS_STATE_FORMAT,
 };
 use zentinel_protocol::PROTOCOL_VERSION;
 
@@ -78,6 +78,13 @@ pub struct VersionInfo {
     /// before format 7.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_cache_state_format: Option<u32>,
+    /// The state format this binary writes instead of the ones above to a new binary that reads
+    /// it, while some filter keeps shared state (counters, a rate-limit table): the filters'
+    /// segments travel in it. Never needed either: to a binary that does not read it, the
+    /// master writes an older format without them (its workers' limits start over). Absent
+    /// from builds from before format 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_segments_state_format: Option<u32>,
     /// Every state format this binary reads (as the successor master of an upgrade).
     pub readable_state_formats: Vec<u32>,
     /// The `zentinel-ctl` <-> master protocol.
@@ -103,6 +110,7 @@ impl VersionInfo {
             draining_state_format: Some(DRAIN_DEADLINE_STATE_FORMAT),
             ticket_keys_state_format: Some(TICKET_KEYS_STATE_FORMAT),
             session_cache_state_format: Some(SESSION_CACHE_STATE_FORMAT),
+            filter_segments_state_format: Some(FILTER_SEGMENTS_STATE_FORMAT),
             readable_state_formats: (OLDEST_READABLE_STATE_FORMAT..=STATE_FORMAT_VERSION).collect(),
             control_protocol_version: CONTROL_PROTOCOL_VERSION,
             features: [FEATURE_CANARY, FEATURE_RUNNING_CONFIG]
@@ -127,6 +135,7 @@ impl VersionInfo {
             draining_state_format: None,
             ticket_keys_state_format: None,
             session_cache_state_format: None,
+            filter_segments_state_format: None,
             readable_state_formats: vec![LEGACY_FORMAT],
             control_protocol_version: LEGACY_FORMAT,
             features: Vec::new(),

@@ -141,6 +141,19 @@ impl Supervisor {
         let Some(process) = self.processes.get_mut(&token) else {
             return;
         };
+        // The filters' segments first: the worker's `Start` takes them.
+        let mut failed = None;
+        if process.protocol_version() >= FIRST_PROTOCOL_WITH_FILTER_SEGMENTS {
+            for (message, fds) in self.filter_segments.messages(&self.config) {
+                if let Err(err) = send(self.poll.registry(), process, &message, &fds) {
+                    failed = Some(err);
+                    break;
+                }
+            }
+        }
+        if let Some(err) = failed {
+            return self.channel_failed(token, err);
+        }
         let cache =
             crate::session_cache::with_room(self.session_cache.as_ref(), self.listeners.len());
         let start = MasterMessage::Start(WorkerStart {

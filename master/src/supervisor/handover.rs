@@ -274,6 +274,8 @@ impl Supervisor {
         inherit.extend(metrics_fds);
         let (ticket_keys, session_cache) = self.resumption_for_successor(&request.binary);
         inherit.extend(session_cache.as_ref().map(|cache| cache.fd));
+        let filter_segments = self.filter_segments_for_successor(&request.binary);
+        inherit.extend(filter_segments.iter().map(|segment| segment.fd));
         let state = MasterState {
             previous_master_pid: std::process::id(),
             generation: self.generation + 1,
@@ -307,6 +309,7 @@ impl Supervisor {
             metrics,
             ticket_keys,
             session_cache,
+            filter_segments,
         };
         let state_path = state_file_path(&control_path, std::process::id());
         // From here on every way out of the upgrade (an early return below, the handover

@@ -44,6 +44,7 @@ impl Supervisor {
                 .map_err(|err| warn!(error = %err, "cannot read the TLS session cache's counters"))
                 .ok()
         });
+        let filters = self.filter_segments.counts(&self.config);
         let render = || {
             scraped.set(true);
             let workers = processes
@@ -65,6 +66,7 @@ impl Supervisor {
                 master_generation: generation,
                 live_workers: processes.len(),
                 session_cache,
+                filters: filters.clone(),
             })
         };
         server.handle_event(

@@ -216,6 +216,8 @@ impl Supervisor {
         // its `Reconfigure`s (which carry it) go out.
         self.session_cache =
             crate::session_cache::ensure(self.session_cache.take(), &new_config, "reload");
+        // Likewise the segments of filters new to this configuration (those it keeps go on).
+        self.filter_segments.ensure(&new_config, "reload");
         self.reload = Some(ReloadOp {
             purpose,
             client,
@@ -247,6 +249,26 @@ impl Supervisor {
             (ReconfigureKind::Reload, None) => return,
             (ReconfigureKind::Rollback, _) => (&self.config, &self.listeners),
         };
+        // The filters' segments first: the worker's `Reconfigure` takes them.
+        let mut failed = None;
+        if process.protocol_version() >= FIRST_PROTOCOL_WITH_FILTER_SEGMENTS {
+            for (message, fds) in self.filter_segments.messages(config) {
+                if let Err(err) = send(registry, process, &message, &fds) {
+                    failed = Some(err);
+                    break;
+                }
+            }
+        }
+        if let Some(err) = failed {
+            if let Some(op) = self.reload.as_mut() {
+                op.failures.push(format!(
+                    "worker {} (pid {}): cannot send the filters' segments: {err}",
+                    process.worker_id(),
+                    process.pid().as_raw()
+                ));
+            }
+            return self.channel_failed(token, err);
+        }
         let cache = crate::session_cache::with_room(self.session_cache.as_ref(), listeners.len());
         let message = MasterMessage::Reconfigure {
             request_id,
@@ -472,6 +494,9 @@ impl Supervisor {
         self.metrics_reload_finished(false);
         // Dropping `op.listeners` closes the new sockets and our duplicates of kept ones.
         drop(op.listeners);
+        // Segments made for the refused configuration go (the workers that switched back
+        // drop their mappings with that generation).
+        self.filter_segments.retain_for(&[&self.config]);
         self.finish(op.client, ControlResponse::Failed { message });
     }
 
@@ -479,6 +504,7 @@ impl Supervisor {
         if op.purpose == Purpose::OcspRefresh {
             self.config = op.config;
             self.listeners = op.listeners;
+            self.filter_segments.retain_for(&[&self.config]);
             return info!(
                 workers = switched,
                 "refreshed OCSP responses sent to the workers"
@@ -487,6 +513,8 @@ impl Supervisor {
         let old_count = self.slots.len();
         let old_pid_file = self.config.system.pid_file.clone();
         self.config = op.config;
+        // The segments of filters the new configuration no longer has (or changed) close.
+        self.filter_segments.retain_for(&[&self.config]);
         self.config_name = op.config_name;
         self.config_source = op.config_source;
         if self.config.system.pid_file != old_pid_file {

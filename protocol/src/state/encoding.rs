@@ -11,9 +11,9 @@ use crate::ticket_keys::TicketKeys;
 
 use super::{
     MasterState, MasterStateV1, MasterStateV2, MasterStateV3, MasterStateV4, MasterStateV5,
-    MasterStateV6, MasterStateV7, StateError, DRAIN_DEADLINE_STATE_FORMAT,
-    NO_DRAIN_DEADLINE_STATE_FORMAT, SESSION_CACHE_STATE_FORMAT, STATE_FORMAT_VERSION, STATE_MAGIC,
-    TICKET_KEYS_STATE_FORMAT,
+    MasterStateV6, MasterStateV7, MasterStateV8, StateError, DRAIN_DEADLINE_STATE_FORMAT,
+    FILTER_SEGMENTS_STATE_FORMAT, NO_DRAIN_DEADLINE_STATE_FORMAT, SESSION_CACHE_STATE_FORMAT,
+    STATE_FORMAT_VERSION, STATE_MAGIC, TICKET_KEYS_STATE_FORMAT,
 };
 
 /// Bytes before the payload: magic, version, payload length, checksum.
@@ -37,8 +37,11 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 /// length, checksum, payload. The bytes may hold the TLS session-ticket keys: they are zeroed
 /// when dropped, like every intermediate buffer here.
 pub fn encode_state(state: &MasterState) -> Zeroizing<Vec<u8>> {
-    let Some(v6) = MasterStateV6::holding(state) else {
-        return framed(SESSION_CACHE_STATE_FORMAT, &archive(state));
+    let Some(v7) = MasterStateV7::holding(state) else {
+        return framed(FILTER_SEGMENTS_STATE_FORMAT, &archive(state));
+    };
+    let Some(v6) = MasterStateV6::holding(&v7) else {
+        return framed(SESSION_CACHE_STATE_FORMAT, &archive(&v7));
     };
     let v5 = MasterStateV5::holding(&v6);
     match (v5.as_ref().and_then(MasterStateV4::holding), v5) {
@@ -48,10 +51,13 @@ pub fn encode_state(state: &MasterState) -> Zeroizing<Vec<u8>> {
     }
 }
 
-/// The format [`encode_state`] writes `state` in: 7 when it carries the session cache, else 6
-/// when it carries ticket keys, else 5 when a worker carries a drain deadline, else 4.
+/// The format [`encode_state`] writes `state` in: 8 when it carries filter segments, else 7
+/// when it carries the session cache, else 6 when it carries ticket keys, else 5 when a worker
+/// carries a drain deadline, else 4.
 pub fn written_format(state: &MasterState) -> u32 {
-    if state.session_cache.is_some() {
+    if !state.filter_segments.is_empty() {
+        FILTER_SEGMENTS_STATE_FORMAT
+    } else if state.session_cache.is_some() {
         SESSION_CACHE_STATE_FORMAT
     } else if state.ticket_keys != TicketKeys::default() {
         TICKET_KEYS_STATE_FORMAT
@@ -122,7 +128,7 @@ pub fn decode_state(bytes: &[u8], path: &str) -> Result<MasterState, StateError>
 }
 
 /// A state of format 1 to 3 as it was archived (with the parsed configuration model), before
-/// its conversion to the latest format; `None` for a format 4 to 7 file. For tests that compare an
+/// its conversion to the latest format; `None` for a format 4 to 8 file. For tests that compare an
 /// old fixture with the value it was written from.
 pub fn decode_model_state(bytes: &[u8], path: &str) -> Result<Option<MasterStateV3>, StateError> {
     Ok(match decode_any(bytes, path)? {
@@ -132,10 +138,10 @@ pub fn decode_model_state(bytes: &[u8], path: &str) -> Result<Option<MasterState
 }
 
 /// What a state file decodes to before conversion: formats 1 to 3 carry the parsed model
-/// (converted to format 3), formats 4 to 7 the source text (converted to format 7).
+/// (converted to format 3), formats 4 to 8 the source text (converted to format 8).
 enum Decoded {
     Model(MasterStateV3),
-    Source(MasterStateV7),
+    Source(MasterStateV8),
 }
 
 fn decode_any(bytes: &[u8], path: &str) -> Result<Decoded, StateError> {
@@ -203,6 +209,11 @@ fn decode_any(bytes: &[u8], path: &str) -> Result<Decoded, StateError> {
         7 => {
             let payload = checked_payload(bytes, path)?;
             let state = decode_payload::<MasterStateV7>(payload, 7).map_err(corrupt)?;
+            Ok(Decoded::Source(state.into()))
+        }
+        8 => {
+            let payload = checked_payload(bytes, path)?;
+            let state = decode_payload::<MasterStateV8>(payload, 8).map_err(corrupt)?;
             Ok(Decoded::Source(state))
         }
         0 => Err(StateError::UnknownVersion {
@@ -229,7 +240,7 @@ fn le_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
     array
 }
 
-/// Check the length and checksum of the header (the same for versions 1 to 7) and return the
+/// Check the length and checksum of the header (the same for versions 1 to 8) and return the
 /// payload.
 fn checked_payload<'a>(bytes: &'a [u8], path: &str) -> Result<&'a [u8], StateError> {
     let corrupt = |reason: String| StateError::Corrupt {

@@ -174,6 +174,7 @@ mod write_tests {
             metrics: MasterMetrics::default(),
             ticket_keys: Default::default(),
             session_cache: None,
+            filter_segments: Vec::new(),
         };
         let mut synced = None;
         let err = write_state_file_syncing(&path, &state, |d| {

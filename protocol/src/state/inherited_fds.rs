@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::{MasterStateV7, StateError};
+use super::{MasterStateV8, StateError};
 
 /// One fd number the new master is handed, and what it is (for errors).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +26,7 @@ impl InheritedFd {
     }
 }
 
-impl MasterStateV7 {
+impl MasterStateV8 {
     /// Every fd number this state hands over, in the order the new master takes them.
     pub fn inherited_fds(&self) -> Vec<InheritedFd> {
         let mut fds = vec![
@@ -53,6 +53,11 @@ impl MasterStateV7 {
         if let Some(cache) = &self.session_cache {
             fds.push(InheritedFd::new(cache.fd, "TLS session cache"));
         }
+        fds.extend(
+            self.filter_segments.iter().map(|s| {
+                InheritedFd::new(s.fd, format!("shared segment of filter \"{}\"", s.name))
+            }),
+        );
         fds
     }
 

@@ -62,6 +62,11 @@ impl Worker {
             self.reconfigure(request_id, &start, fds);
             return Control::Continue;
         }
+        if let MasterMessage::FilterSegments(handles) = msg {
+            let mapped = self.shared.current.router.filter_segments();
+            self.pending_segments.add(&handles, fds, mapped);
+            return Control::Continue;
+        }
         if !fds.is_empty() {
             // Closing them here is all that is needed: they are duplicates.
             warn!(
@@ -100,8 +105,8 @@ impl Worker {
             MasterMessage::Hello(_) | MasterMessage::Start(_) => {
                 warn!("ignoring a handshake message after startup");
             }
-            // Handled above (it needs the fds).
-            MasterMessage::Reconfigure { .. } => {}
+            // Handled above (they need the fds).
+            MasterMessage::Reconfigure { .. } | MasterMessage::FilterSegments(_) => {}
         }
         Control::Continue
     }
@@ -111,6 +116,8 @@ impl Worker {
     /// carries `request_id`.
     pub(super) fn reconfigure(&mut self, request_id: u64, ws: &WorkerStart, mut fds: Vec<OwnedFd>) {
         let generation = ws.generation;
+        // The filters' segments handed just before: this configuration's, whatever comes of it.
+        let segments = std::mem::take(&mut self.pending_segments);
         // The shared session cache: kept if this worker has one (the master hands the same
         // one again), else mapped now, e.g. when this reload is the first to resume sessions.
         let cache_fd = crate::session_cache::split_fds(ws, &mut fds);
@@ -138,10 +145,11 @@ impl Worker {
                 ),
             );
         }
-        let candidate = match Candidate::validate(ws, fds, "Reconfigure", &self.resumption) {
-            Ok(c) => c,
-            Err(reason) => return refuse(self, reason),
-        };
+        let candidate =
+            match Candidate::validate(ws, fds, "Reconfigure", &self.resumption, &segments) {
+                Ok(c) => c,
+                Err(reason) => return refuse(self, reason),
+            };
         // The new set goes into the poll before the old one leaves it, so there is no moment
         // without a listener polled. (No queued connection could be lost either way: the
         // master keeps every kernel socket open; ours are duplicates.)

@@ -22,12 +22,15 @@
 use std::cell::Cell;
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use zentinel_protocol::config::{
     CompressFilter, CorsFilter, FilterKind, HeadersFilter, LogFilter, ProxyConfig, RedirectFilter,
     RouteConfig, RouteMatch, TimeoutFilter, UrlRewriteFilter,
 };
+
+use zentinel_protocol::filter_shm::counter;
 
 use crate::http::codec::{HttpVersion, RequestHead, ResponseHead};
 use crate::sock::Buf;
@@ -38,44 +41,100 @@ mod log;
 mod rate_limit;
 mod redirect;
 mod redis_limit;
+pub mod shared;
 #[cfg(test)]
 mod tests;
 
 pub use rate_limit::RateLimiter;
 pub use redis_limit::wake_answered as wake_redis_answered;
+pub use shared::{FilterShm, Segments};
 
-/// Counters of one filter, summed over the routes using it (this worker's share).
+/// One counter of a filter: a word of its shared segment (every worker adds to it, the master
+/// reads it for `/metrics`), or this worker's own when the filter has no segment.
+#[derive(Debug)]
+pub enum Counter {
+    Shared(Rc<FilterShm>, usize),
+    Local(Cell<u64>),
+}
+
+impl Default for Counter {
+    fn default() -> Self {
+        Counter::Local(Cell::new(0))
+    }
+}
+
+impl Counter {
+    /// `+= n`.
+    pub fn add(&self, n: u64) {
+        match self {
+            Counter::Shared(shm, i) => {
+                shm.counter(*i).fetch_add(n, Ordering::Relaxed);
+            }
+            Counter::Local(c) => c.set(c.get().wrapping_add(n)),
+        }
+    }
+
+    /// The count now (over every worker sharing it).
+    #[allow(dead_code, reason = "read by the tests")]
+    pub fn get(&self) -> u64 {
+        match self {
+            Counter::Shared(shm, i) => shm.counter(*i).load(Ordering::Relaxed),
+            Counter::Local(c) => c.get(),
+        }
+    }
+}
+
+/// Counters of one filter, summed over the routes using it, and over every worker when the
+/// filter has a shared segment (`shared`).
 #[derive(Debug, Default)]
 pub struct FilterCounters {
     /// Requests refused by a rate limit.
-    pub limited: Cell<u64>,
+    pub limited: Counter,
     /// Requests a rate limit held back (`on-limit "delay"`).
-    pub delayed: Cell<u64>,
+    pub delayed: Counter,
     /// Over the limit but let through (`on-limit "log-only"`).
-    pub logged_only: Cell<u64>,
+    pub logged_only: Counter,
     /// CORS preflights answered by the proxy.
-    pub preflights: Cell<u64>,
+    pub preflights: Counter,
     /// Redirects answered by the proxy.
-    pub redirects: Cell<u64>,
+    pub redirects: Counter,
     /// Requests whose path or host was rewritten.
-    pub rewrites: Cell<u64>,
+    pub rewrites: Counter,
     /// Responses compressed.
-    pub compressed: Cell<u64>,
+    pub compressed: Counter,
     /// Body bytes before compression (of the responses compressed).
-    pub compress_in: Cell<u64>,
+    pub compress_in: Counter,
     /// Body bytes after compression (without the chunked framing).
-    pub compress_out: Cell<u64>,
+    pub compress_out: Counter,
     /// `backend "redis"`: checks Redis did not answer (timeout, full queue, lost connection,
     /// error reply).
-    pub backend_errors: Cell<u64>,
+    pub backend_errors: Counter,
     /// `backend "redis"`: requests the failure mode decided (Redis failed or was down).
-    pub fallbacks: Cell<u64>,
+    pub fallbacks: Counter,
 }
 
 impl FilterCounters {
     /// `counter += n`.
-    pub fn add(counter: &Cell<u64>, n: u64) {
-        counter.set(counter.get().wrapping_add(n));
+    pub fn add(counter: &Counter, n: u64) {
+        counter.add(n);
+    }
+
+    /// The counters in `shm` (`zentinel_protocol::filter_shm::counter`).
+    pub fn shared(shm: &Rc<FilterShm>) -> Self {
+        let at = |i| Counter::Shared(Rc::clone(shm), i);
+        FilterCounters {
+            limited: at(counter::LIMITED),
+            delayed: at(counter::DELAYED),
+            logged_only: at(counter::LOGGED_ONLY),
+            preflights: at(counter::PREFLIGHTS),
+            redirects: at(counter::REDIRECTS),
+            rewrites: at(counter::REWRITES),
+            compressed: at(counter::COMPRESSED),
+            compress_in: at(counter::COMPRESS_IN),
+            compress_out: at(counter::COMPRESS_OUT),
+            backend_errors: at(counter::BACKEND_ERRORS),
+            fallbacks: at(counter::FALLBACKS),
+        }
     }
 }
 
@@ -86,6 +145,8 @@ pub struct Filter {
     pub name: String,
     pub kind: Kind,
     pub counters: FilterCounters,
+    /// Its segment (counters, rate-limit table); `None` for a filter that keeps no state.
+    pub shm: Option<Rc<FilterShm>>,
 }
 
 /// What a compiled filter does.
@@ -109,30 +170,66 @@ pub struct Filters {
 }
 
 impl Filters {
-    /// Compile every definition of `config`.
-    pub fn new(config: &ProxyConfig) -> Self {
-        let list = config
-            .filters
+    /// Compile every definition of `config`, each with its segment among `segments` (the
+    /// master's), or one of this worker's own when the master handed none for it.
+    pub fn new(config: &ProxyConfig, segments: &Segments) -> Result<Self, String> {
+        let mut list = Vec::with_capacity(config.filters.len());
+        for f in &config.filters {
+            let shm = match segments.get(f) {
+                Some(shm) => Some(shm),
+                None => FilterShm::private(f)
+                    .map_err(|e| {
+                        format!(
+                            "filter `{}`: cannot make its counters and table: {e}",
+                            f.name
+                        )
+                    })?
+                    .map(Rc::new),
+            };
+            let counters = shm
+                .as_ref()
+                .map_or_else(FilterCounters::default, FilterCounters::shared);
+            let kind = match &f.kind {
+                FilterKind::Headers(h) => Kind::Headers(h.clone()),
+                FilterKind::Cors(c) => Kind::Cors(c.clone()),
+                FilterKind::Compress(c) => Kind::Compress(c.clone()),
+                FilterKind::Redirect(r) => Kind::Redirect(r.clone()),
+                FilterKind::UrlRewrite(r) => Kind::UrlRewrite(r.clone()),
+                FilterKind::Timeout(t) => Kind::Timeout(t.clone()),
+                FilterKind::Log(l) => Kind::Log(l.clone()),
+                FilterKind::RateLimit(r) => {
+                    let table = shm.clone().ok_or_else(|| {
+                        format!("filter `{}`: a rate limit without a table", f.name)
+                    })?;
+                    Kind::RateLimit(RateLimiter::new(&f.name, r, table))
+                }
+            };
+            list.push(Rc::new(Filter {
+                name: f.name.clone(),
+                kind,
+                counters,
+                shm,
+            }));
+        }
+        let private: Vec<&str> = list
             .iter()
-            .map(|f| {
-                let kind = match &f.kind {
-                    FilterKind::Headers(h) => Kind::Headers(h.clone()),
-                    FilterKind::Cors(c) => Kind::Cors(c.clone()),
-                    FilterKind::Compress(c) => Kind::Compress(c.clone()),
-                    FilterKind::Redirect(r) => Kind::Redirect(r.clone()),
-                    FilterKind::UrlRewrite(r) => Kind::UrlRewrite(r.clone()),
-                    FilterKind::Timeout(t) => Kind::Timeout(t.clone()),
-                    FilterKind::Log(l) => Kind::Log(l.clone()),
-                    FilterKind::RateLimit(r) => Kind::RateLimit(RateLimiter::new(&f.name, r)),
-                };
-                Rc::new(Filter {
-                    name: f.name.clone(),
-                    kind,
-                    counters: FilterCounters::default(),
-                })
-            })
+            .filter(|f| f.shm.as_ref().is_some_and(|s| s.is_private()))
+            .map(|f| f.name.as_str())
             .collect();
-        Filters { list }
+        if !private.is_empty() && segments.len() > 0 {
+            tracing::warn!(
+                filters = ?private,
+                "no usable segment from the master for these filters: their counters and rate \
+                 limits are this worker's own"
+            );
+        }
+        Ok(Filters { list })
+    }
+
+    /// The shared segments this generation's filters use (a later `FilterSegments` handing
+    /// one of them again is not mapped twice).
+    pub fn segments(&self) -> impl Iterator<Item = &Rc<FilterShm>> {
+        self.list.iter().filter_map(|f| f.shm.as_ref())
     }
 
     /// The chain of `route`, or `None` when it names no filter. A name not defined is an

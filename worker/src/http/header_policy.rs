@@ -109,25 +109,37 @@ pub fn rate_check_keyed(
     req: &RequestHead,
     now: Instant,
 ) -> Decision {
+    let key = limiter.key.clone();
+    with_rate_key(&key, route, peer, req, |parts| limiter.check(parts, now))
+}
+
+/// Call `f` with the parts of a request's rate-limit key (hashed in order by the caller): the
+/// route's name, then what `key` names of the request.
+pub fn with_rate_key<R>(
+    key: &RateLimitKey,
+    route: &str,
+    peer: IpAddr,
+    req: &RequestHead,
+    f: impl FnOnce(&[&[u8]]) -> R,
+) -> R {
     // IPv4 and IPv4-mapped IPv6 are one client.
     let ip = match peer.to_canonical() {
         IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
         IpAddr::V6(a) => a.octets(),
     };
     let route = route.as_bytes();
-    match &limiter.key {
-        RateLimitKey::ClientIp => limiter.check(&[route, &ip], now),
-        RateLimitKey::Path => limiter.check(&[route, req.path().as_bytes()], now),
-        RateLimitKey::Route => limiter.check(&[route], now),
-        RateLimitKey::ClientIpAndPath => limiter.check(&[route, &ip, req.path().as_bytes()], now),
+    match key {
+        RateLimitKey::ClientIp => f(&[route, &ip]),
+        RateLimitKey::Path => f(&[route, req.path().as_bytes()]),
+        RateLimitKey::Route => f(&[route]),
+        RateLimitKey::ClientIpAndPath => f(&[route, &ip, req.path().as_bytes()]),
         RateLimitKey::Header(name) => {
-            let name = name.clone();
             // Requests without the header share one bucket (upstream's "unknown").
             let value = req
                 .headers()
                 .find(|h| h.name.eq_ignore_ascii_case(name.as_bytes()))
                 .map_or(&b""[..], |h| h.value.trim_ascii());
-            limiter.check(&[route, b"h", value], now)
+            f(&[route, b"h", value])
         }
     }
 }

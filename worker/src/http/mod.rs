@@ -6,7 +6,7 @@ pub(crate) mod error_pages;
 mod fallback;
 pub(crate) mod files;
 mod header_policy;
-pub(crate) use header_policy::{apply as apply_header_mods, rate_check_keyed, rate_headers};
+pub(crate) use header_policy::{apply as apply_header_mods, rate_headers, with_rate_key};
 mod retry;
 pub(crate) mod session;
 mod shadow;

@@ -18,7 +18,7 @@
 //! every process) for expired sessions, so that none lingers long after its timeout.
 
 #[allow(unsafe_code)]
-mod shm;
+pub(crate) mod shm;
 #[cfg(test)]
 mod tests;
 

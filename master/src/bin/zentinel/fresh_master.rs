@@ -10,6 +10,7 @@ use nix::sys::signalfd::SignalFd;
 use zentinel_master::config;
 use zentinel_master::control::ControlSocket;
 use zentinel_master::control_socket_path::master_control_socket;
+use zentinel_master::filter_shm::FilterSegments;
 use zentinel_master::listeners;
 use zentinel_master::logging::{self, LogSettings};
 use zentinel_master::ocsp_fetch::{staple_dir, Stapler};
@@ -144,6 +145,8 @@ pub(crate) fn run_master(cli: &Cli) -> ExitCode {
         };
     // Before any worker starts: each gets it in its `Start`.
     let session_cache = session_cache::ensure(None, &config, "start");
+    // Likewise the filters' shared counters and rate-limit tables.
+    let filter_segments = FilterSegments::for_start(&config);
     let setup = SupervisorSetup {
         config,
         config_name,
@@ -161,6 +164,7 @@ pub(crate) fn run_master(cli: &Cli) -> ExitCode {
         ticket_keys,
         ocsp,
         session_cache,
+        filter_segments,
     };
     let result = Supervisor::new(setup).and_then(Supervisor::run);
     match result {

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use zentinel_master::config;
 use zentinel_master::control::ControlSocket;
+use zentinel_master::filter_shm::FilterSegments;
 use zentinel_master::listeners::BoundListener;
 use zentinel_master::ocsp_fetch::{staple_dir, Stapler};
 use zentinel_master::ownership::Ownership;
@@ -190,6 +191,11 @@ fn take_over(
         )),
         None => None,
     };
+    let mut inherited_segments = Vec::new();
+    for entry in &state.filter_segments {
+        let fd = upgrade::take_inherited_fd(entry.fd, "filter segment").map_err(fd_err)?;
+        inherited_segments.push((entry.name.clone(), fd, entry.segment_bytes));
+    }
     let executable = Executable::open_self_as(started_as().as_deref())
         .map_err(|e| format!("cannot open this binary's executable (/proc/self/exe): {e}"))?;
     tracing::info!(
@@ -199,12 +205,16 @@ fn take_over(
         workers = workers.len(),
         ticket_keys_inherited = !state.ticket_keys.keys.is_empty(),
         session_cache_inherited = inherited_cache.is_some(),
+        filter_segments_inherited = inherited_segments.len(),
         "taking over from the previous master"
     );
     // The predecessor's session cache, shared with its workers, so that their sessions resume
     // on ours; a fresh one if it handed none on (an older format, no TLS listener resuming
     // sessions) or one of a layout this binary does not share.
     let session_cache = session_cache::inherited(inherited_cache, &config);
+    // The predecessor's filter segments, shared with its workers: a rate limit holds across
+    // the upgrade, old and new workers counting in one table.
+    let filter_segments = FilterSegments::inherited(inherited_segments, &config);
     // The predecessor's keys, so that its workers' tickets open on ours; fresh ones if it
     // handed none on (an older format, or no TLS listener resuming sessions).
     let ticket_keys = TicketKeyRotation::inherited_with_rotation(
@@ -238,6 +248,7 @@ fn take_over(
         ticket_keys,
         ocsp,
         session_cache,
+        filter_segments,
     };
     let supervisor = Supervisor::new(setup).map_err(|e| e.to_string())?;
     // From here on failures are logged before the pipe closes: the supervisor's own copy is

@@ -65,6 +65,12 @@ pub(in crate::supervisor) fn send(
                 .map_err(|err| ProtocolError::Invalid(err.to_string()))?;
             channel.send(same, fds)?;
         }
+        zentinel_protocol::messages::v5::VERSION => {
+            // Protocol 5's layout is today's without `FilterSegments`.
+            let same = zentinel_protocol::messages::v5::for_protocol_5(message)
+                .map_err(|err| ProtocolError::Invalid(err.to_string()))?;
+            channel.send(same, fds)?;
+        }
         _ => {
             channel.send(message, fds)?;
         }

@@ -15,6 +15,7 @@ fn filter(c: CompressFilter) -> Rc<Filter> {
         name: "gz".into(),
         kind: Kind::Compress(c),
         counters: FilterCounters::default(),
+        shm: None,
     })
 }
 

@@ -381,10 +381,22 @@ fn silent_redis_filter(mode: RedisFailureMode) -> (Filter, TcpListener) {
         }),
         ..RateLimitFilter::default()
     };
+    let definition = zentinel_protocol::config::FilterConfig {
+        name: "fleet".into(),
+        kind: zentinel_protocol::config::FilterKind::RateLimit(config.clone()),
+    };
+    let table = crate::filters::FilterShm::private(&definition)
+        .expect("a private table")
+        .expect("rate-limit filters keep state");
     let filter = Filter {
         name: "fleet".into(),
-        kind: crate::filters::Kind::RateLimit(RateLimiter::new("fleet", &config)),
+        kind: crate::filters::Kind::RateLimit(RateLimiter::new(
+            "fleet",
+            &config,
+            std::rc::Rc::new(table),
+        )),
         counters: FilterCounters::default(),
+        shm: None,
     };
     (filter, silent)
 }
