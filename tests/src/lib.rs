@@ -83,16 +83,34 @@ pub fn checksum_hex(sum: u64) -> String {
     format!("{sum:016x}")
 }
 
-/// Byte `i` of the deterministic body pattern. Not periodic with a small period, so a
-/// dropped, duplicated or reordered block changes the checksum.
+/// Byte `i` of the deterministic body pattern. Its period, `PATTERN_PERIOD` (62.75 KiB), is
+/// no multiple of the usual block sizes, so a dropped, duplicated or reordered block changes
+/// the checksum.
 pub fn pattern_byte(i: u64) -> u8 {
     ((i % 251) as u8) ^ ((i / 251) as u8).wrapping_mul(31)
 }
 
-/// Fills `buf` with the pattern starting at absolute offset `offset`.
+/// The pattern repeats every 251 x 256 bytes (`i % 251` and `(i / 251) as u8` both do).
+const PATTERN_PERIOD: usize = 251 * 256;
+
+/// One period of the pattern, built on first use.
+fn pattern_period() -> &'static [u8] {
+    static PERIOD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    PERIOD.get_or_init(|| (0..PATTERN_PERIOD as u64).map(pattern_byte).collect())
+}
+
+/// Fills `buf` with the pattern starting at absolute offset `offset`: copies from one period
+/// rather than computing each byte, so the backend streams a 1 GiB body at memory speed (the
+/// benchmarks' download and tunnel workloads measure the proxy, not this).
 pub fn fill_pattern(offset: u64, buf: &mut [u8]) {
-    for (k, b) in buf.iter_mut().enumerate() {
-        *b = pattern_byte(offset + k as u64);
+    let period = pattern_period();
+    let mut at = (offset % PATTERN_PERIOD as u64) as usize;
+    let mut done = 0;
+    while done < buf.len() {
+        let n = (PATTERN_PERIOD - at).min(buf.len() - done);
+        buf[done..done + n].copy_from_slice(&period[at..at + n]);
+        done += n;
+        at = 0;
     }
 }
 
@@ -1677,3 +1695,37 @@ pub mod websocket;
 // ---------------------------------------------------------------------------------------------
 
 pub mod python;
+
+#[cfg(test)]
+mod pattern_tests {
+    use super::*;
+
+    #[test]
+    fn fill_pattern_matches_pattern_byte_across_period_boundaries() {
+        for offset in [
+            0u64,
+            1,
+            250,
+            251,
+            64_255,
+            64_256,
+            64_257,
+            3 * 64_256 - 7,
+            1 << 30,
+        ] {
+            let mut buf = vec![0u8; 3 * PATTERN_PERIOD + 11];
+            fill_pattern(offset, &mut buf);
+            for (k, &b) in buf.iter().enumerate() {
+                assert_eq!(b, pattern_byte(offset + k as u64), "offset {offset} + {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn pattern_period_is_the_real_period() {
+        for i in [0u64, 1, 250, 251, 9_999, 64_255] {
+            assert_eq!(pattern_byte(i), pattern_byte(i + PATTERN_PERIOD as u64));
+        }
+        assert_ne!(pattern_byte(0), pattern_byte(251));
+    }
+}

@@ -107,6 +107,9 @@ struct Shared {
     fail_status: Option<u16>,
     fail_file: Option<std::path::PathBuf>,
     bodies: Mutex<HashMap<u64, Arc<PatternBody>>>,
+    /// Checksums of streamed bodies (n > CACHED_BODY_MAX), by size: hashing 1 GiB takes about
+    /// a second, once (a HEAD request computes it ahead of a timed download).
+    big_checksums: Mutex<HashMap<u64, String>>,
 }
 
 impl Shared {
@@ -125,6 +128,19 @@ impl Shared {
             bodies.insert(n, Arc::clone(&body));
         }
         body
+    }
+
+    /// The checksum of `/bytes/n` for a streamed body, computed on first use.
+    fn big_checksum(&self, n: u64) -> String {
+        let mut sums = self.big_checksums.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sum) = sums.get(&n) {
+            return sum.clone();
+        }
+        let sum = checksum_hex(pattern_checksum(n));
+        if sums.len() < CACHED_SIZES_MAX {
+            sums.insert(n, sum.clone());
+        }
+        sum
     }
 }
 
@@ -272,6 +288,7 @@ fn main() -> ExitCode {
         fail_status,
         fail_file,
         bodies: Mutex::new(HashMap::new()),
+        big_checksums: Mutex::new(HashMap::new()),
     });
     for stream in listener.incoming() {
         let stream = match stream {
@@ -816,7 +833,7 @@ impl HttpConn {
         let cached = (n <= CACHED_BODY_MAX).then(|| self.shared.pattern_body(n));
         let checksum = match &cached {
             Some(body) => body.checksum_hex.clone(),
-            None => checksum_hex(pattern_checksum(n)),
+            None => self.shared.big_checksum(n),
         };
         let close = req.query_flag("close");
         // HTTP/1.0 clients cannot receive chunked: fall back to read-until-close.
