@@ -4,7 +4,7 @@
 //!
 //! | phase | where the session calls | filters, in the route's order |
 //! |---|---|---|
-//! | request | [`Chain::on_request`], after routing, before the action | rate-limit, then redirect, url-rewrite, cors (preflight), timeout, log |
+//! | request | [`RequestState::on_request`], after routing, before the action | rate-limit, then redirect, url-rewrite, cors (preflight), timeout, log |
 //! | upstream head | [`RequestState::rewrite_upstream_head`], on the serialized head | url-rewrite's target and `Host`, headers (request phase) |
 //! | response head | [`RequestState::on_response_head`], on the serialized client head | headers (response phase), cors, compress, log |
 //!
@@ -14,7 +14,10 @@
 //! the chain after it when the time comes.
 //!
 //! Each filter is compiled once per generation and shared (`Rc`) by the routes naming it;
-//! request-specific facts live in [`RequestState`], created only for routes with filters.
+//! request-specific facts live in [`RequestState`], created only for routes with filters. The
+//! two heads are each split into fields once for all the filters of their phase
+//! (`head_edit`), and not at all on a route none of whose filters changes a field.
+//! docs/design/filters.md has the whole chain, key by key.
 
 use std::cell::Cell;
 use std::net::IpAddr;
@@ -22,19 +25,22 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use zentinel_protocol::config::{
-    CorsFilter, FilterKind, HeadersFilter, LogFilter, ProxyConfig, RedirectFilter, RouteConfig,
-    RouteMatch, TimeoutFilter, UrlRewriteFilter,
+    FilterKind, HeadersFilter, LogFilter, ProxyConfig, RedirectFilter, RouteConfig, RouteMatch,
+    TimeoutFilter, UrlRewriteFilter,
 };
 
-use crate::http::codec::RequestHead;
+use crate::http::codec::{BodyFraming, RequestHead};
+use head_edit::HeadEdit;
 
 mod cors;
+mod head_edit;
 mod log;
 mod rate_limit;
 mod redirect;
 #[cfg(test)]
 mod tests;
 
+pub use cors::Cors;
 pub use rate_limit::RateLimiter;
 
 /// Counters of one filter, summed over the routes using it (this worker's share).
@@ -83,7 +89,7 @@ pub struct Filter {
 #[derive(Debug)]
 pub enum Kind {
     Headers(HeadersFilter),
-    Cors(CorsFilter),
+    Cors(Cors),
     /// The compress filter's settings (the coding itself is chosen per response).
     #[allow(dead_code, reason = "the compress filter's coder lands separately")]
     Compress(zentinel_protocol::config::CompressFilter),
@@ -109,7 +115,7 @@ impl Filters {
             .map(|f| {
                 let kind = match &f.kind {
                     FilterKind::Headers(h) => Kind::Headers(h.clone()),
-                    FilterKind::Cors(c) => Kind::Cors(c.clone()),
+                    FilterKind::Cors(c) => Kind::Cors(Cors::new(c)),
                     FilterKind::Compress(c) => Kind::Compress(c.clone()),
                     FilterKind::Redirect(r) => Kind::Redirect(r.clone()),
                     FilterKind::UrlRewrite(r) => Kind::UrlRewrite(r.clone()),
@@ -162,9 +168,21 @@ impl Filters {
                 _ => {}
             }
         }
+        let request_edits = filters.iter().any(|f| match &f.kind {
+            Kind::Headers(h) => h.phase.on_request(),
+            Kind::UrlRewrite(_) => true,
+            _ => false,
+        });
+        let response_edits = filters.iter().any(|f| match &f.kind {
+            Kind::Headers(h) => h.phase.on_response(),
+            Kind::Cors(_) => true,
+            _ => false,
+        });
         Ok(Some(Rc::new(Chain {
             route: route.name.clone(),
             filters,
+            request_edits,
+            response_edits,
             prefixes,
             regexes,
         })))
@@ -178,6 +196,11 @@ pub struct Chain {
     /// as upstream).
     pub route: String,
     pub filters: Vec<Rc<Filter>>,
+    /// Some filter edits the upstream request head (`headers` on the request, `url-rewrite`),
+    /// or the response head (`headers` on the response, `cors`): the other chains never split
+    /// a head into fields.
+    request_edits: bool,
+    response_edits: bool,
     /// The route's `path-prefix` matches (`replace-prefix-match` replaces the longest that
     /// matches).
     prefixes: Vec<String>,
@@ -241,9 +264,8 @@ pub struct RequestState {
     pub head: bool,
     /// When the request phase started (the log filter's duration).
     pub started: Instant,
-    /// Method and path for the response log line.
-    method: String,
-    path: String,
+    /// What the `log` filter's response line repeats of the request (routes with one only).
+    log_line: Option<Box<log::ResponseLine>>,
 }
 
 impl RequestState {
@@ -262,8 +284,7 @@ impl RequestState {
             range: header_value(req, "range").is_some(),
             head: req.is_head(),
             started: now,
-            method: req.method.to_string(),
-            path: req.path().to_owned(),
+            log_line: None,
         }
     }
 
@@ -296,8 +317,13 @@ impl RequestState {
                     merge_timeouts(&mut self.timeouts, t);
                     Verdict::Continue
                 }
-                Kind::Log(l) if l.log_request => {
-                    log::request(l, &f.name, facts);
+                Kind::Log(l) => {
+                    if l.log_request {
+                        log::request(l, &f.name, facts);
+                    }
+                    if l.log_response && self.log_line.is_none() {
+                        self.log_line = Some(Box::new(log::ResponseLine::new(facts)));
+                    }
                     Verdict::Continue
                 }
                 _ => Verdict::Continue,
@@ -323,10 +349,7 @@ impl RequestState {
                 .unwrap_or_else(|| facts.req.target());
             let (cur_path, query) = redirect::split_target(current);
             let new_path = redirect::modify_path(path, cur_path, chain);
-            self.rewrite_target = Some(match query {
-                Some(q) => format!("{new_path}?{q}"),
-                None => new_path,
-            });
+            self.rewrite_target = Some(redirect::with_query(new_path, query));
         }
         if let Some(h) = &r.hostname {
             self.rewrite_host = Some(h.clone());
@@ -335,43 +358,60 @@ impl RequestState {
     }
 
     /// Rewrite the serialized upstream request head at `head[..]`: the url-rewrite target
-    /// and host, then the request-phase header filters in the route's order.
+    /// and host, then the request-phase header filters in the route's order (one pass over
+    /// the fields for all of them).
     pub fn rewrite_upstream_head(&self, head: &mut Vec<u8>) {
-        if self.rewrite_target.is_some() || self.rewrite_host.is_some() {
-            redirect::rewrite_head(
-                head,
-                self.rewrite_target.as_deref(),
-                self.rewrite_host.as_deref(),
-            );
+        if !self.chain.request_edits {
+            return;
+        }
+        if let Some(target) = &self.rewrite_target {
+            redirect::rewrite_target(head, target);
+        }
+        let Some(mut edit) = HeadEdit::new(head, 0) else {
+            return;
+        };
+        if let Some(host) = &self.rewrite_host {
+            edit.set(head, "Host", host);
         }
         for f in &self.chain.filters {
             if let Kind::Headers(h) = &f.kind {
                 if h.phase.on_request() {
-                    crate::http::apply_header_mods(&h.mods, head, 0);
+                    edit.apply(head, &h.mods);
                 }
             }
         }
+        edit.finish(head);
     }
 
     /// The response head the client gets, serialized at `head[start..]`: response-phase
-    /// header filters, CORS headers, the log line.
+    /// header filters, CORS fields (`Vary: Origin` whatever the origin), the log line.
     pub fn on_response_head(&mut self, status: u16, head: &mut Vec<u8>, start: usize) {
         let chain = Rc::clone(&self.chain);
+        // `None` when no filter edits it, or (never) for a head the codec did not write: the
+        // log line goes out either way.
+        let mut edit = if chain.response_edits {
+            HeadEdit::new(head, start)
+        } else {
+            None
+        };
         for f in &chain.filters {
-            match &f.kind {
-                Kind::Headers(h) if h.phase.on_response() => {
-                    crate::http::apply_header_mods(&h.mods, head, start);
+            match (&f.kind, edit.as_mut()) {
+                (Kind::Headers(h), Some(edit)) if h.phase.on_response() => {
+                    edit.apply(head, &h.mods)
                 }
-                Kind::Cors(c) => {
-                    if let Some(origin) = &self.cors_origin {
-                        cors::on_response(c, origin, head, start);
+                (Kind::Cors(c), Some(edit)) => {
+                    cors::on_response(c, self.cors_origin.as_deref(), head, edit);
+                }
+                (Kind::Log(l), _) if l.log_response => {
+                    if let Some(line) = &self.log_line {
+                        log::response(l, &f.name, line, status, self.started);
                     }
-                }
-                Kind::Log(l) if l.log_response => {
-                    log::response(l, &f.name, &self.method, &self.path, status, self.started);
                 }
                 _ => {}
             }
+        }
+        if let Some(edit) = edit {
+            edit.finish(head);
         }
     }
 
@@ -402,6 +442,14 @@ fn merge_timeouts(into: &mut TimeoutFilter, t: &TimeoutFilter) {
     if t.connect_timeout_secs.is_some() {
         into.connect_timeout_secs = t.connect_timeout_secs;
     }
+}
+
+/// Whether the request announced a body (which a filter answering on its own never reads).
+pub(crate) fn unread_body(req: &RequestHead) -> bool {
+    !matches!(
+        req.framing,
+        BodyFraming::Empty | BodyFraming::ContentLength(0)
+    )
 }
 
 /// The first value of header `name` (trimmed), if it is valid UTF-8.
