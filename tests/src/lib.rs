@@ -6,6 +6,7 @@
 
 pub mod backend_tls;
 pub mod configs;
+pub mod curl;
 pub mod drain;
 pub mod failure;
 pub mod h2frames;

@@ -295,3 +295,39 @@ fn references_must_name_a_defined_filter() {
     );
     assert!(text.contains("duplicate filter name `a`"), "{text}");
 }
+
+/// A filter of a type not supported yet is reported once, where its type is: a route naming it
+/// is not also told the filter is undefined (upstream's cors-headers example names its
+/// `agent` filter from a route).
+#[test]
+fn a_route_naming_an_unsupported_filter_gets_one_error() {
+    let text = error_text(
+        "    filter \"auth\" { type \"agent\"; agent \"auth\"; }\n    filter \"c\" { type \"cors\"; }\n",
+        "\"c\" \"auth\"",
+    );
+    assert!(
+        text.contains("filter type \"agent\" is not supported yet"),
+        "{text}"
+    );
+    assert!(!text.contains("not defined"), "{text}");
+    // A name defined nowhere is still an error.
+    let text = error_text(
+        "    filter \"auth\" { type \"agent\"; agent \"auth\"; }\n",
+        "\"auth\" \"nope\"",
+    );
+    assert!(
+        text.contains("names filter `nope`, which is not defined"),
+        "{text}"
+    );
+}
+
+#[test]
+fn log_body_is_accepted_with_a_warning() {
+    let config = full(&source(
+        "    filter \"l\" { type \"log\"; log-body #true; }\n",
+        "\"l\"",
+    ))
+    .unwrap_or_else(|d| panic!("{}", messages(&d)));
+    let w = messages(&config.warnings);
+    assert!(w.contains("`log-body` is accepted without effect"), "{w}");
+}

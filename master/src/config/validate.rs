@@ -300,7 +300,8 @@ fn check_filter_references(parsed: &ParsedConfig, diags: &mut Diagnostics<'_>) {
             continue;
         };
         for (filter, &at) in extras.filters.iter().zip(&route.filters_at) {
-            if !defined.contains(&filter.as_str()) {
+            if !defined.contains(&filter.as_str()) && !parsed.filters_not_supported.contains(filter)
+            {
                 diags.error(
                     at,
                     "filters",

@@ -58,7 +58,9 @@ pub struct RequestSide<'a> {
 /// A compress filter's decision on one response.
 #[derive(Debug)]
 pub struct Decision {
-    /// Index of the deciding filter in the route's chain (it rewrites the head in its turn).
+    /// Index of the deciding filter in the route's chain (its fields are written after the
+    /// other filters' edits of the head, in one pass of their own).
+    #[allow(dead_code, reason = "shown in debug output and checked by the tests")]
     pub filter: usize,
     /// The body's encoder, when it is compressed (taken when the body ends).
     pub stream: Option<Box<Stream>>,

@@ -1,19 +1,49 @@
 //! The `cors` filter: a preflight (`OPTIONS` with `Access-Control-Request-Method`) from an
 //! allowed origin is answered by the proxy (204); any other request from an allowed origin is
 //! proxied and its response carries `Access-Control-Allow-Origin` (the origin itself, never
-//! `*`, so credentials work), `Vary: Origin` and the exposed headers. A request from an origin
-//! not allowed gets no CORS header at all: the browser then refuses the response, as the
+//! `*`, so credentials work) and the exposed headers. A request from an origin not allowed
+//! gets no `Access-Control-*` field at all: the browser then refuses the response, as the
 //! specification intends. A preflight from such an origin goes to the upstream like any other
 //! request (upstream does the same).
+//!
+//! Every response of the route says `Vary: Origin` (once), whatever the request's origin:
+//! the answer depends on it, and a cache that kept the answer to a request without `Origin`
+//! (or from another origin) must not hand it to an allowed origin. Upstream adds it only to
+//! the allowed origins' responses.
 
 use zentinel_protocol::config::CorsFilter;
 
-use super::{header_value, FilterCounters, RequestFacts, Verdict};
+use super::head_edit::HeadEdit;
+use super::{header_value, unread_body, FilterCounters, RequestFacts, Verdict};
 use crate::http::codec;
+
+/// A `cors` filter with its field values joined once, not per request.
+#[derive(Debug)]
+pub struct Cors {
+    config: CorsFilter,
+    methods: String,
+    /// `None`: echo what the preflight asks for.
+    allowed_headers: Option<String>,
+    exposed_headers: Option<String>,
+    max_age: String,
+}
+
+impl Cors {
+    pub(super) fn new(config: &CorsFilter) -> Self {
+        let joined = |list: &[String]| (!list.is_empty()).then(|| list.join(", "));
+        Cors {
+            config: config.clone(),
+            methods: config.allowed_methods.join(", "),
+            allowed_headers: joined(&config.allowed_headers),
+            exposed_headers: joined(&config.exposed_headers),
+            max_age: config.max_age_secs.to_string(),
+        }
+    }
+}
 
 /// The request phase: remember an allowed origin; answer its preflight.
 pub(super) fn on_request(
-    cors: &CorsFilter,
+    cors: &Cors,
     facts: &RequestFacts<'_>,
     origin_out: &mut Option<String>,
     counters: &FilterCounters,
@@ -21,7 +51,7 @@ pub(super) fn on_request(
     let Some(origin) = header_value(facts.req, "origin") else {
         return Verdict::Continue;
     };
-    if !origin_allowed(origin, &cors.allowed_origins) {
+    if !origin_allowed(origin, &cors.config.allowed_origins) {
         return Verdict::Continue;
     }
     *origin_out = Some(origin.to_owned());
@@ -30,31 +60,29 @@ pub(super) fn on_request(
         return Verdict::Continue;
     }
     FilterCounters::add(&counters.preflights, 1);
-    let methods = cors.allowed_methods.join(", ");
-    let requested_headers = header_value(facts.req, "access-control-request-headers");
-    let allow_headers = if cors.allowed_headers.is_empty() {
-        // As upstream: with no list, the requested headers are allowed (echoed).
-        requested_headers.map(str::to_owned)
-    } else {
-        Some(cors.allowed_headers.join(", "))
-    };
-    let max_age = cors.max_age_secs.to_string();
+    // As upstream: with no list, the requested headers are allowed (echoed).
+    let allow_headers = cors
+        .allowed_headers
+        .as_deref()
+        .or_else(|| header_value(facts.req, "access-control-request-headers"));
     let mut extra: Vec<(&str, &str)> = vec![
         ("Access-Control-Allow-Origin", origin),
-        ("Access-Control-Allow-Methods", &methods),
+        ("Access-Control-Allow-Methods", &cors.methods),
     ];
-    if let Some(h) = &allow_headers {
+    if let Some(h) = allow_headers {
         extra.push(("Access-Control-Allow-Headers", h));
     }
-    if cors.allow_credentials {
+    if cors.config.allow_credentials {
         extra.push(("Access-Control-Allow-Credentials", "true"));
     }
-    extra.push(("Access-Control-Max-Age", &max_age));
+    extra.push(("Access-Control-Max-Age", &cors.max_age));
     extra.push((
         "Vary",
         "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
     ));
-    let close = !facts.req.keep_alive;
+    // A preflight's body is never read: the connection ends after the answer when one was
+    // announced, or its bytes would be taken for the next request.
+    let close = !facts.req.keep_alive || unread_body(facts.req);
     let bytes = codec::local_response_with(204, None, &extra, b"", close, false);
     Verdict::Respond {
         status: 204,
@@ -63,30 +91,32 @@ pub(super) fn on_request(
     }
 }
 
-/// The response head at `head[start..]` gets the CORS fields of an allowed origin.
-pub(super) fn on_response(cors: &CorsFilter, origin: &str, head: &mut Vec<u8>, start: usize) {
-    let mut mods = zentinel_protocol::config::HeaderModifications::default();
-    mods.set
-        .push(("Access-Control-Allow-Origin".to_owned(), origin.to_owned()));
-    if cors.allow_credentials {
-        mods.set.push((
-            "Access-Control-Allow-Credentials".to_owned(),
-            "true".to_owned(),
-        ));
+/// The response head being edited: the CORS fields of an allowed `origin`, and `Vary: Origin`
+/// in any case (unless the upstream's `Vary` already covers it).
+pub(super) fn on_response<'a>(
+    cors: &'a Cors,
+    origin: Option<&'a str>,
+    head: &[u8],
+    edit: &mut HeadEdit<'a>,
+) {
+    if let Some(origin) = origin {
+        edit.set(head, "Access-Control-Allow-Origin", origin);
+        if cors.config.allow_credentials {
+            edit.set(head, "Access-Control-Allow-Credentials", "true");
+        }
+        if let Some(exposed) = &cors.exposed_headers {
+            edit.set(head, "Access-Control-Expose-Headers", exposed);
+        }
     }
-    if !cors.exposed_headers.is_empty() {
-        mods.set.push((
-            "Access-Control-Expose-Headers".to_owned(),
-            cors.exposed_headers.join(", "),
-        ));
+    if !edit.has_token(head, "vary", &["origin", "*"]) {
+        edit.add("Vary", "Origin");
     }
-    mods.add.push(("Vary".to_owned(), "Origin".to_owned()));
-    crate::http::apply_header_mods(&mods, head, start);
 }
 
-/// `*`, an exact origin (ASCII case-insensitive), or a pattern whose one `*` stands for any
-/// run of characters that does not cross into the scheme (`https://*.example.com` allows
-/// `https://a.b.example.com`, not `https://example.com` nor `http://a.example.com`).
+/// `*`, an exact origin (ASCII case-insensitive), or a pattern whose one `*` stands for a
+/// non-empty run of host characters (letters, digits, `-`, `.`): `https://*.example.com`
+/// allows `https://a.b.example.com`, not `https://example.com`, `http://a.example.com` nor
+/// `https://a.example.com:8443`. Upstream compares exactly (`*` alone aside).
 pub(super) fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
     allowed.iter().any(|a| {
         if a == "*" {
@@ -100,7 +130,9 @@ pub(super) fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
                     && origin.is_char_boundary(origin.len() - after.len())
                     && origin[..before.len()].eq_ignore_ascii_case(before)
                     && origin[origin.len() - after.len()..].eq_ignore_ascii_case(after)
-                    && !origin[before.len()..origin.len() - after.len()].contains('/')
+                    && origin[before.len()..origin.len() - after.len()]
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
             }
         }
     })

@@ -4,7 +4,7 @@
 //!
 //! | phase | where the session calls | filters, in the route's order |
 //! |---|---|---|
-//! | request | [`Chain::on_request`], after routing, before the action | rate-limit, then redirect, url-rewrite, cors (preflight), timeout, log |
+//! | request | [`RequestState::on_request`], after routing, before the action | rate-limit, then redirect, url-rewrite, cors (preflight), timeout, log |
 //! | upstream head | [`RequestState::rewrite_upstream_head`], on the serialized head | url-rewrite's target and `Host`, headers (request phase) |
 //! | response decision | [`RequestState::start_compress`], on the parsed upstream head, before the client head is written | compress (chooses the coding, which changes the body's framing) |
 //! | response head | [`RequestState::on_response_head`], on the serialized client head | headers (response phase), cors, compress, log |
@@ -17,7 +17,10 @@
 //! when the answer does ([`RequestState::redis_answered`]).
 //!
 //! Each filter is compiled once per generation and shared (`Rc`) by the routes naming it;
-//! request-specific facts live in [`RequestState`], created only for routes with filters.
+//! request-specific facts live in [`RequestState`], created only for routes with filters. The
+//! two heads are each split into fields once for all the filters of their phase
+//! (`head_edit`), and not at all on a route none of whose filters changes a field.
+//! docs/design/filters.md has the whole chain, key by key.
 
 use std::cell::Cell;
 use std::net::IpAddr;
@@ -26,17 +29,19 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use zentinel_protocol::config::{
-    CompressFilter, CorsFilter, FilterKind, HeadersFilter, LogFilter, ProxyConfig, RedirectFilter,
-    RouteConfig, RouteMatch, TimeoutFilter, UrlRewriteFilter,
+    CompressFilter, FilterKind, HeadersFilter, LogFilter, ProxyConfig, RedirectFilter, RouteConfig,
+    RouteMatch, TimeoutFilter, UrlRewriteFilter,
 };
 
 use zentinel_protocol::filter_shm::counter;
 
-use crate::http::codec::{HttpVersion, RequestHead, ResponseHead};
+use crate::http::codec::{BodyFraming, HttpVersion, RequestHead, ResponseHead};
 use crate::sock::Buf;
+use head_edit::HeadEdit;
 
 pub(crate) mod compress;
 mod cors;
+mod head_edit;
 mod log;
 mod rate_limit;
 mod redirect;
@@ -45,6 +50,7 @@ pub mod shared;
 #[cfg(test)]
 mod tests;
 
+pub use cors::Cors;
 pub use rate_limit::RateLimiter;
 pub use redis_limit::wake_answered as wake_redis_answered;
 pub use shared::{FilterShm, Segments};
@@ -153,7 +159,7 @@ pub struct Filter {
 #[derive(Debug)]
 pub enum Kind {
     Headers(HeadersFilter),
-    Cors(CorsFilter),
+    Cors(Cors),
     /// The compress filter's settings (the coding itself is chosen per response).
     Compress(CompressFilter),
     Redirect(RedirectFilter),
@@ -191,7 +197,7 @@ impl Filters {
                 .map_or_else(FilterCounters::default, FilterCounters::shared);
             let kind = match &f.kind {
                 FilterKind::Headers(h) => Kind::Headers(h.clone()),
-                FilterKind::Cors(c) => Kind::Cors(c.clone()),
+                FilterKind::Cors(c) => Kind::Cors(Cors::new(c)),
                 FilterKind::Compress(c) => Kind::Compress(c.clone()),
                 FilterKind::Redirect(r) => Kind::Redirect(r.clone()),
                 FilterKind::UrlRewrite(r) => Kind::UrlRewrite(r.clone()),
@@ -267,9 +273,21 @@ impl Filters {
                 _ => {}
             }
         }
+        let request_edits = filters.iter().any(|f| match &f.kind {
+            Kind::Headers(h) => h.phase.on_request(),
+            Kind::UrlRewrite(_) => true,
+            _ => false,
+        });
+        let response_edits = filters.iter().any(|f| match &f.kind {
+            Kind::Headers(h) => h.phase.on_response(),
+            Kind::Cors(_) => true,
+            _ => false,
+        });
         Ok(Some(Rc::new(Chain {
             route: route.name.clone(),
             filters,
+            request_edits,
+            response_edits,
             prefixes,
             regexes,
         })))
@@ -283,6 +301,11 @@ pub struct Chain {
     /// as upstream).
     pub route: String,
     pub filters: Vec<Rc<Filter>>,
+    /// Some filter edits the upstream request head (`headers` on the request, `url-rewrite`),
+    /// or the response head (`headers` on the response, `cors`): the other chains never split
+    /// a head into fields.
+    request_edits: bool,
+    response_edits: bool,
     /// The route's `path-prefix` matches (`replace-prefix-match` replaces the longest that
     /// matches).
     prefixes: Vec<String>,
@@ -348,9 +371,8 @@ pub struct RequestState {
     compress: Option<compress::Decision>,
     /// When the request phase started (the log filter's duration).
     pub started: Instant,
-    /// Method and path for the response log line.
-    method: String,
-    path: String,
+    /// What the `log` filter's response line repeats of the request (routes with one only).
+    log_line: Option<Box<log::ResponseLine>>,
 }
 
 impl RequestState {
@@ -371,8 +393,7 @@ impl RequestState {
             head: req.is_head(),
             compress: None,
             started: now,
-            method: req.method.to_string(),
-            path: req.path().to_owned(),
+            log_line: None,
         }
     }
 
@@ -412,8 +433,13 @@ impl RequestState {
                     merge_timeouts(&mut self.timeouts, t);
                     Verdict::Continue
                 }
-                Kind::Log(l) if l.log_request => {
-                    log::request(l, &f.name, facts);
+                Kind::Log(l) => {
+                    if l.log_request {
+                        log::request(l, &f.name, facts);
+                    }
+                    if l.log_response && self.log_line.is_none() {
+                        self.log_line = Some(Box::new(log::ResponseLine::new(facts)));
+                    }
                     Verdict::Continue
                 }
                 _ => Verdict::Continue,
@@ -445,10 +471,7 @@ impl RequestState {
                 .unwrap_or_else(|| facts.req.target());
             let (cur_path, query) = redirect::split_target(current);
             let new_path = redirect::modify_path(path, cur_path, chain);
-            self.rewrite_target = Some(match query {
-                Some(q) => format!("{new_path}?{q}"),
-                None => new_path,
-            });
+            self.rewrite_target = Some(redirect::with_query(new_path, query));
         }
         if let Some(h) = &r.hostname {
             self.rewrite_host = Some(h.clone());
@@ -457,22 +480,29 @@ impl RequestState {
     }
 
     /// Rewrite the serialized upstream request head at `head[..]`: the url-rewrite target
-    /// and host, then the request-phase header filters in the route's order.
+    /// and host, then the request-phase header filters in the route's order (one pass over
+    /// the fields for all of them).
     pub fn rewrite_upstream_head(&self, head: &mut Vec<u8>) {
-        if self.rewrite_target.is_some() || self.rewrite_host.is_some() {
-            redirect::rewrite_head(
-                head,
-                self.rewrite_target.as_deref(),
-                self.rewrite_host.as_deref(),
-            );
+        if !self.chain.request_edits {
+            return;
+        }
+        if let Some(target) = &self.rewrite_target {
+            redirect::rewrite_target(head, target);
+        }
+        let Some(mut edit) = HeadEdit::new(head, 0) else {
+            return;
+        };
+        if let Some(host) = &self.rewrite_host {
+            edit.set(head, "Host", host);
         }
         for f in &self.chain.filters {
             if let Kind::Headers(h) = &f.kind {
                 if h.phase.on_request() {
-                    crate::http::apply_header_mods(&h.mods, head, 0);
+                    edit.apply(head, &h.mods);
                 }
             }
         }
+        edit.finish(head);
     }
 
     /// Before the client head is written: whether a compress filter compresses the body of
@@ -512,29 +542,38 @@ impl RequestState {
     }
 
     /// The response head the client gets, serialized at `head[start..]`: response-phase
-    /// header filters, CORS headers, compression's fields, the log line.
+    /// header filters, CORS fields (`Vary: Origin` whatever the origin), the log line (one
+    /// pass over the fields for all of them), then compression's fields.
     pub fn on_response_head(&mut self, status: u16, head: &mut Vec<u8>, start: usize) {
         let chain = Rc::clone(&self.chain);
-        for (i, f) in chain.filters.iter().enumerate() {
-            match &f.kind {
-                Kind::Headers(h) if h.phase.on_response() => {
-                    crate::http::apply_header_mods(&h.mods, head, start);
+        // `None` when no filter edits it, or (never) for a head the codec did not write: the
+        // log line goes out either way.
+        let mut edit = if chain.response_edits {
+            HeadEdit::new(head, start)
+        } else {
+            None
+        };
+        for f in &chain.filters {
+            match (&f.kind, edit.as_mut()) {
+                (Kind::Headers(h), Some(edit)) if h.phase.on_response() => {
+                    edit.apply(head, &h.mods)
                 }
-                Kind::Cors(c) => {
-                    if let Some(origin) = &self.cors_origin {
-                        cors::on_response(c, origin, head, start);
+                (Kind::Cors(c), Some(edit)) => {
+                    cors::on_response(c, self.cors_origin.as_deref(), head, edit);
+                }
+                (Kind::Log(l), _) if l.log_response => {
+                    if let Some(line) = &self.log_line {
+                        log::response(l, &f.name, line, status, self.started);
                     }
-                }
-                Kind::Compress(_) => {
-                    if let Some(d) = self.compress.as_ref().filter(|d| d.filter == i) {
-                        compress::rewrite_head(head, start, d);
-                    }
-                }
-                Kind::Log(l) if l.log_response => {
-                    log::response(l, &f.name, &self.method, &self.path, status, self.started);
                 }
                 _ => {}
             }
+        }
+        if let Some(edit) = edit {
+            edit.finish(head);
+        }
+        if let Some(d) = self.compress.as_ref() {
+            compress::rewrite_head(head, start, d);
         }
     }
 
@@ -584,6 +623,14 @@ fn header_values(req: &RequestHead, name: &str) -> Option<String> {
         }
     }
     joined
+}
+
+/// Whether the request announced a body (which a filter answering on its own never reads).
+pub(crate) fn unread_body(req: &RequestHead) -> bool {
+    !matches!(
+        req.framing,
+        BodyFraming::Empty | BodyFraming::ContentLength(0)
+    )
 }
 
 /// The first value of header `name` (trimmed), if it is valid UTF-8.

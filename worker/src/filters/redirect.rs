@@ -3,7 +3,7 @@
 //! modifiers: `replace-full-path` (with `$1` / `${name}` captures of the route's `path-regex`)
 //! and `replace-prefix-match` (the route's longest matching `path-prefix` replaced).
 
-use zentinel_protocol::config::{HeaderModifications, PathModifier, RedirectFilter};
+use zentinel_protocol::config::{PathModifier, RedirectFilter};
 
 use super::{Chain, FilterCounters, RequestFacts, Verdict};
 use crate::http::codec;
@@ -21,7 +21,15 @@ pub(super) fn redirect(
         (None, Some(h)) => h.as_str(),
         (None, None) => "localhost",
     };
-    let port = match r.port {
+    // As Gateway API's request redirect: a configured port; else the scheme's own port when
+    // the scheme changes; else the port the client used (upstream drops it, sending a client
+    // of `:8080` to port 80).
+    let port = match (r.port, &r.scheme) {
+        (Some(p), _) => Some(p),
+        (None, Some(_)) => None,
+        (None, None) => request_port(facts),
+    };
+    let port = match port {
         Some(80) if scheme == "http" => String::new(),
         Some(443) if scheme == "https" => String::new(),
         Some(p) => format!(":{p}"),
@@ -33,13 +41,10 @@ pub(super) fn redirect(
         None => path.to_owned(),
     };
     // The query string is kept (upstream drops it; nginx's `$request_uri` keeps it).
-    let location = match query {
-        Some(q) => format!("{scheme}://{host}{port}{path}?{q}"),
-        None => format!("{scheme}://{host}{port}{path}"),
-    };
+    let location = format!("{scheme}://{host}{port}{}", with_query(path, query));
     FilterCounters::add(&counters.redirects, 1);
     // A request body is not read: the connection closes after the answer when one follows.
-    let close = !req.keep_alive || !matches!(req.framing, codec::BodyFraming::Empty);
+    let close = !req.keep_alive || super::unread_body(req);
     let bytes = codec::local_response_with(
         r.status_code,
         None,
@@ -52,6 +57,36 @@ pub(super) fn redirect(
         status: r.status_code,
         bytes,
         close,
+    }
+}
+
+/// The port of the request's authority (absolute-form target, else `Host`), if it has one.
+fn request_port(facts: &RequestFacts<'_>) -> Option<u16> {
+    let target = facts.req.target();
+    let authority = match target.find("://") {
+        Some(i) => {
+            let after = &target[i + 3..];
+            &after[..after.find(['/', '?']).unwrap_or(after.len())]
+        }
+        None => super::header_value(facts.req, "host")?,
+    };
+    // `[v6]:port` or `name:port`; a bare IPv6 literal has no port outside its brackets.
+    let after_host = match authority.rfind(']') {
+        Some(i) => &authority[i + 1..],
+        None => authority,
+    };
+    after_host.rsplit_once(':')?.1.parse().ok()
+}
+
+/// `path` with the request's `query`: appended after `&` when the new path has one already
+/// (`replace-full-path "/v2?user=$1"`), after `?` otherwise.
+pub(super) fn with_query(path: String, query: Option<&str>) -> String {
+    match query {
+        Some(q) if !q.is_empty() => {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            format!("{path}{sep}{q}")
+        }
+        _ => path,
     }
 }
 
@@ -105,29 +140,19 @@ pub(super) fn modify_path(m: &PathModifier, path: &str, chain: &Chain) -> String
     }
 }
 
-/// In a serialized request head (`METHOD target VERSION\r\n...`), replace the target and/or
-/// the `Host` field's value.
-pub(super) fn rewrite_head(head: &mut Vec<u8>, target: Option<&str>, host: Option<&str>) {
-    if let Some(target) = target {
-        let line_end = head
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .unwrap_or(head.len());
-        let line = &head[..line_end];
-        if let (Some(a), Some(b)) = (
-            line.iter().position(|&c| c == b' '),
-            line.iter().rposition(|&c| c == b' '),
-        ) {
-            if a < b {
-                head.splice(a + 1..b, target.bytes());
-            }
+/// In a serialized request head (`METHOD target VERSION\r\n...`), replace the target.
+pub(super) fn rewrite_target(head: &mut Vec<u8>, target: &str) {
+    let line_end = head
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(head.len());
+    let line = &head[..line_end];
+    if let (Some(a), Some(b)) = (
+        line.iter().position(|&c| c == b' '),
+        line.iter().rposition(|&c| c == b' '),
+    ) {
+        if a < b {
+            head.splice(a + 1..b, target.bytes());
         }
-    }
-    if let Some(host) = host {
-        let mods = HeaderModifications {
-            set: vec![("Host".to_owned(), host.to_owned())],
-            ..Default::default()
-        };
-        crate::http::apply_header_mods(&mods, head, 0);
     }
 }

@@ -98,12 +98,13 @@ pub(in crate::config) struct ParsedFilter {
 pub(super) fn parse_filters(
     node: &KdlNode,
     out: &mut Vec<ParsedFilter>,
+    not_supported: &mut Vec<String>,
     diags: &mut Diagnostics<'_>,
 ) {
     for child in block(node, diags) {
         match name(child) {
             "filter" => {
-                if let Some(f) = parse_filter(child, diags) {
+                if let Some(f) = parse_filter(child, not_supported, diags) {
                     out.push(f);
                 }
             }
@@ -112,7 +113,11 @@ pub(super) fn parse_filters(
     }
 }
 
-fn parse_filter(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<ParsedFilter> {
+fn parse_filter(
+    node: &KdlNode,
+    not_supported: &mut Vec<String>,
+    diags: &mut Diagnostics<'_>,
+) -> Option<ParsedFilter> {
     let named = block_name(node, diags);
     let children = node.children().map_or(&[][..], |c| c.nodes());
     let type_nodes: Vec<&KdlNode> = children.iter().filter(|c| name(c) == "type").collect();
@@ -146,6 +151,9 @@ fn parse_filter(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<ParsedFil
         "log" => parse_log(node, diags).map(FilterKind::Log),
         "rate-limit" => parse_rate_limit_filter(node, diags).map(FilterKind::RateLimit),
         other if TYPES_NOT_YET.contains(&other) => {
+            if let Some((name, _)) = &named {
+                not_supported.push(name.clone());
+            }
             diags.error(
                 kind_at,
                 "type",
@@ -546,7 +554,18 @@ fn parse_log(node: &KdlNode, diags: &mut Diagnostics<'_>) -> Option<LogFilter> {
         match name(child) {
             "log-request" => log.log_request = leaf_bool(child, diags).unwrap_or(true),
             "log-response" => log.log_response = leaf_bool(child, diags).unwrap_or(true),
-            "log-body" => log.log_body = leaf_bool(child, diags).unwrap_or(false),
+            "log-body" => {
+                log.log_body = leaf_bool(child, diags).unwrap_or(false);
+                if log.log_body {
+                    diags.warn(
+                        name_at(child),
+                        "log-body",
+                        "`log-body` is accepted without effect (upstream's proxy never logs \
+                         bodies either): a log filter's lines carry the method, path, client, \
+                         status and duration",
+                    );
+                }
+            }
             "max-body-log-size" => {
                 log.max_body_log_size = leaf_size(child, 0, 1 << 20, diags).unwrap_or(4096)
             }
