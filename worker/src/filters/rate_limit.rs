@@ -21,7 +21,7 @@ use zentinel_protocol::config::{RateLimitAction, RateLimitBackend, RateLimitFilt
 use super::redis_limit::{Pending, RedisLimit};
 use super::shared::{monotonic_ns, FilterShm, Gcra};
 use super::{Filter, FilterCounters, RequestFacts, Verdict};
-use crate::http::codec;
+pub(super) use crate::http::rate_refusal as refusal;
 use crate::rate_limit::Decision;
 
 const NS_PER_S: u64 = 1_000_000_000;
@@ -162,26 +162,6 @@ impl RateLimiter {
             retry_after_secs: wait_ns.div_ceil(NS_PER_S).max(1),
         }
     }
-}
-
-/// The refusal: `status`, the rate fields and `Retry-After`, `body` as plain text.
-pub(super) fn refusal(d: &Decision, status: u16, body: &str, head_only: bool) -> Vec<u8> {
-    let [limit, remaining, reset] = crate::http::rate_headers(d);
-    let retry = d.retry_after_secs.to_string();
-    let extra = [
-        (limit.0, limit.1.as_str()),
-        (remaining.0, remaining.1.as_str()),
-        (reset.0, reset.1.as_str()),
-        ("Retry-After", retry.as_str()),
-    ];
-    codec::local_response_with(
-        status,
-        Some("text/plain; charset=utf-8"),
-        &extra,
-        body.as_bytes(),
-        true,
-        head_only,
-    )
 }
 
 #[cfg(test)]

@@ -159,6 +159,12 @@ pub fn rate_headers(d: &Decision) -> [(&'static str, String); 3] {
 /// Upstream's refusal: 429, plain text "Rate limit exceeded", the rate headers and
 /// `Retry-After`; the connection is closed after it (as upstream).
 pub fn too_many_requests(d: &Decision, head_only: bool) -> Vec<u8> {
+    refusal(d, 429, "Rate limit exceeded", head_only)
+}
+
+/// A rate limit's refusal: `status`, the rate fields and `Retry-After`, `body` as plain text,
+/// the connection closed after it (a `rate-limit` filter's `status-code` and `limit-message`).
+pub fn refusal(d: &Decision, status: u16, body: &str, head_only: bool) -> Vec<u8> {
     let [limit, remaining, reset] = rate_headers(d);
     let retry = d.retry_after_secs.to_string();
     let extra = [
@@ -168,10 +174,10 @@ pub fn too_many_requests(d: &Decision, head_only: bool) -> Vec<u8> {
         ("Retry-After", retry.as_str()),
     ];
     codec::local_response_with(
-        429,
+        status,
         Some("text/plain; charset=utf-8"),
         &extra,
-        b"Rate limit exceeded",
+        body.as_bytes(),
         true,
         head_only,
     )

@@ -10,7 +10,7 @@ mod header_policy;
 // check it against the policies' `apply`.
 #[cfg(test)]
 pub(crate) use header_policy::apply as apply_header_mods;
-pub(crate) use header_policy::{rate_headers, with_rate_key};
+pub(crate) use header_policy::{refusal as rate_refusal, with_rate_key};
 mod retry;
 pub(crate) mod session;
 mod shadow;
