@@ -3,6 +3,26 @@
 
 use super::*;
 
+/// Idle connections per target kept for the pool's whole `idle-timeout`; beyond them, spares.
+/// Without an idle cap (the default) a burst of N clients leaves N idle connections behind;
+/// the backend holds them open too. 64 covers the steady concurrency of a worker in front of
+/// one target on the benchmarks (64 clients) and of most deployments.
+const CORE_IDLE: usize = 64;
+/// How long a spare idle connection waits for reuse before it is closed. Reuse is LIFO, so
+/// under steady load a connection is idle for microseconds: only connections a burst left
+/// behind reach this, and they go back to the backend within seconds instead of a minute.
+const SPARE_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long an idle connection may wait when its target has `idle_count` idle connections
+/// (itself included): the pool's timeout for the core, at most [`SPARE_IDLE_TIMEOUT`] beyond.
+fn idle_limit(idle_timeout: Duration, idle_count: usize) -> Duration {
+    if idle_count > CORE_IDLE {
+        idle_timeout.min(SPARE_IDLE_TIMEOUT)
+    } else {
+        idle_timeout
+    }
+}
+
 impl Upstreams {
     pub fn idle_count(&self) -> usize {
         self.idle.len()
@@ -220,7 +240,10 @@ impl Upstreams {
         entry.owner = Owner::Idle(key);
         entry.idle_since = now;
         if entry.timer.is_none() {
-            entry.timer = Some(timers.insert(now + idle_timeout, TimerKey::IdleUpstream(conn.id)));
+            // Checked at least every SPARE_IDLE_TIMEOUT: a core connection becomes a spare
+            // when newer ones go idle behind it (see `on_idle_timer`).
+            let check = idle_limit(idle_timeout, t.idle.len() + 1).min(SPARE_IDLE_TIMEOUT);
+            entry.timer = Some(timers.insert(now + check, TimerKey::IdleUpstream(conn.id)));
         }
         slot.insert(IdleConn {
             id: conn.id,
@@ -270,15 +293,19 @@ impl Upstreams {
         let timeout = self
             .idle
             .get(key)
-            .and_then(|c| self.pools.get(c.pool))
-            .map_or(Duration::from_secs(1), |p| {
-                Duration::from_secs(p.pool.idle_timeout_secs.max(1))
-            });
+            .and_then(|c| {
+                let p = self.pools.get(c.pool)?;
+                let idle_count = p.targets.get(c.target).map_or(0, |t| t.idle.len());
+                let pool_timeout = Duration::from_secs(p.pool.idle_timeout_secs.max(1));
+                Some(idle_limit(pool_timeout, idle_count))
+            })
+            .unwrap_or(Duration::from_secs(1));
         let due = e.idle_since + timeout;
         if now >= due {
             self.remove_idle(key, registry, timers);
         } else {
-            e.timer = Some(timers.insert(due, TimerKey::IdleUpstream(conn)));
+            let next = due.min(now + SPARE_IDLE_TIMEOUT);
+            e.timer = Some(timers.insert(next, TimerKey::IdleUpstream(conn)));
         }
     }
 
@@ -369,4 +396,20 @@ pub fn blames_target(error: &io::Error) -> bool {
         error.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
     )
+}
+
+#[cfg(test)]
+mod idle_limit_tests {
+    use super::*;
+
+    #[test]
+    fn the_core_keeps_the_pool_timeout_and_spares_expire_sooner() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(idle_limit(minute, 1), minute);
+        assert_eq!(idle_limit(minute, CORE_IDLE), minute);
+        assert_eq!(idle_limit(minute, CORE_IDLE + 1), SPARE_IDLE_TIMEOUT);
+        // A pool timeout shorter than the spares' stays as it is.
+        let short = Duration::from_secs(2);
+        assert_eq!(idle_limit(short, CORE_IDLE + 1000), short);
+    }
 }
