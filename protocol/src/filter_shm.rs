@@ -26,12 +26,10 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-use nix::sys::memfd::{memfd_create, MFdFlags};
-use nix::sys::uio::{pread, pwrite};
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::config::{FilterConfig, FilterKind};
+use crate::sealed_memfd;
 
 /// The first 8 bytes of every segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"ZNFILTER";
@@ -331,32 +329,17 @@ pub fn decode_header(header: &[u8], segment_bytes: u64) -> Result<(Geometry, [u6
     Ok((g, [u64_at(48), u64_at(56)]))
 }
 
-/// The seals every segment carries: it can neither shrink (a process touching a page cut off
-/// would fault) nor grow, and its seals cannot change.
-fn seals() -> SealFlag {
-    SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL
-}
-
 /// A new segment of `geometry`: an anonymous memfd (close-on-exec, never written to a file),
 /// sized with `ftruncate` (zero-filled: counters at 0, every slot empty), its header written,
 /// then sealed.
 pub fn create_segment(geometry: &Geometry, hash_key: [u64; 2]) -> io::Result<OwnedFd> {
-    let fd = memfd_create(
-        "zentinel-filter",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )?;
-    let size = i64::try_from(geometry.segment_bytes)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment size out of range"))?;
-    nix::unistd::ftruncate(&fd, size)?;
     let header = encode_header(geometry, hash_key);
-    if pwrite(&fd, &header, 0)? != header.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            "short write of the filter segment header",
-        ));
-    }
-    fcntl(&fd, FcntlArg::F_ADD_SEALS(seals()))?;
-    Ok(fd)
+    sealed_memfd::create(
+        "zentinel-filter",
+        geometry.segment_bytes,
+        &header,
+        "filter segment",
+    )
 }
 
 /// Check that `fd` is a segment this build can share: a memfd of exactly `segment_bytes`,
@@ -365,36 +348,14 @@ pub fn check_segment(
     fd: BorrowedFd<'_>,
     segment_bytes: u64,
 ) -> Result<(Geometry, [u64; 2]), String> {
-    let stat = nix::sys::stat::fstat(fd).map_err(|e| format!("fstat: {e}"))?;
-    if u64::try_from(stat.st_size).ok() != Some(segment_bytes) {
-        return Err(format!(
-            "{} bytes, announced as {segment_bytes}",
-            stat.st_size
-        ));
-    }
-    let sealed = fcntl(fd, FcntlArg::F_GET_SEALS).map_err(|e| format!("not a memfd: {e}"))?;
-    if !SealFlag::from_bits_truncate(sealed).contains(SealFlag::F_SEAL_SHRINK) {
-        return Err("not sealed against shrinking".to_owned());
-    }
-    let mut header = [0u8; HEADER_FIELDS_BYTES];
-    let read = pread(fd, &mut header, 0).map_err(|e| format!("reading its header: {e}"))?;
-    if read != header.len() {
-        return Err(format!("a header of {read} bytes"));
-    }
+    let header = sealed_memfd::read_header::<HEADER_FIELDS_BYTES>(fd, segment_bytes)?;
     decode_header(&header, segment_bytes)
 }
 
 /// The counters of the segment behind `fd`, read with `pread` (the master never maps it). Each
 /// counter is one aligned word: a scrape reads a recent value of each.
 pub fn read_counters(fd: impl AsFd) -> io::Result<FilterCounts> {
-    let mut bytes = [0u8; COUNTERS * 8];
-    let offset = i64::try_from(COUNTERS_OFFSET).unwrap_or(0);
-    if pread(fd.as_fd(), &mut bytes, offset)? != bytes.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "short read of the filter counters",
-        ));
-    }
+    let bytes = sealed_memfd::read_at::<{ COUNTERS * 8 }>(fd, COUNTERS_OFFSET, "filter counters")?;
     Ok(FilterCounts::from_ne_bytes(&bytes))
 }
 
@@ -413,6 +374,7 @@ pub struct FilterSegmentHandle {
 mod tests {
     use super::*;
     use crate::config::{CorsFilter, HeadersFilter, RateLimitFilter};
+    use nix::sys::uio::pwrite;
 
     fn filter(name: &str, kind: FilterKind) -> FilterConfig {
         FilterConfig {

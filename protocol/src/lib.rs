@@ -38,6 +38,7 @@ pub mod frame;
 pub mod messages;
 #[allow(unsafe_code)]
 pub mod niche;
+mod sealed_memfd;
 pub mod session_cache;
 pub mod state;
 #[allow(unsafe_code)]

@@ -23,10 +23,9 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-use nix::sys::memfd::{memfd_create, MFdFlags};
-use nix::sys::uio::{pread, pwrite};
 use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::sealed_memfd;
 
 /// The first 8 bytes of every segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"ZNTLSESS";
@@ -282,55 +281,25 @@ impl CacheCounters {
     }
 }
 
-/// The seals every segment carries: it can neither shrink (a process touching a page cut off
-/// would fault, `SIGBUS`) nor grow, and its seals cannot change.
-fn seals() -> SealFlag {
-    SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL
-}
-
 /// A new, empty segment of `geometry`: an anonymous memfd (close-on-exec; it lives in memory
 /// only and is never written to a file), sized with `ftruncate` (zero-filled: every slot free
-/// and empty, the counters at 0), its header written, then sealed ([`seals`]). What the master
+/// and empty, the counters at 0), its header written, then sealed (see `sealed_memfd`). What the master
 /// calls before it starts any worker.
 pub fn create_segment(geometry: &Geometry) -> io::Result<OwnedFd> {
-    let fd = memfd_create(
-        "zentinel-tls-sessions",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )?;
-    let size = i64::try_from(geometry.segment_bytes)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment size out of range"))?;
-    nix::unistd::ftruncate(&fd, size)?;
     let header = encode_header(geometry);
-    if pwrite(&fd, &header, 0)? != header.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            "short write of the session cache header",
-        ));
-    }
-    fcntl(&fd, FcntlArg::F_ADD_SEALS(seals()))?;
-    Ok(fd)
+    sealed_memfd::create(
+        "zentinel-tls-sessions",
+        geometry.segment_bytes,
+        &header,
+        "session cache",
+    )
 }
 
 /// Check that `fd` is a segment this build can share: a memfd of exactly `segment_bytes`,
 /// sealed against shrinking, with this build's layout in its header. Its geometry, or why not.
 /// The master checks an inherited segment with it, and each worker before it maps one.
 pub fn check_segment(fd: BorrowedFd<'_>, segment_bytes: u64) -> Result<Geometry, String> {
-    let stat = nix::sys::stat::fstat(fd).map_err(|e| format!("fstat: {e}"))?;
-    if u64::try_from(stat.st_size).ok() != Some(segment_bytes) {
-        return Err(format!(
-            "{} bytes, announced as {segment_bytes}",
-            stat.st_size
-        ));
-    }
-    let sealed = fcntl(fd, FcntlArg::F_GET_SEALS).map_err(|e| format!("not a memfd: {e}"))?;
-    if !SealFlag::from_bits_truncate(sealed).contains(SealFlag::F_SEAL_SHRINK) {
-        return Err("not sealed against shrinking".to_owned());
-    }
-    let mut header = [0u8; HEADER_FIELDS_BYTES];
-    let read = pread(fd, &mut header, 0).map_err(|e| format!("reading its header: {e}"))?;
-    if read != header.len() {
-        return Err(format!("a header of {read} bytes"));
-    }
+    let header = sealed_memfd::read_header::<HEADER_FIELDS_BYTES>(fd, segment_bytes)?;
     decode_header(&header, segment_bytes)
 }
 
@@ -338,14 +307,8 @@ pub fn check_segment(fd: BorrowedFd<'_>, segment_bytes: u64) -> Result<Geometry,
 /// counter may be read while a worker adds to it: each is one aligned word, and a scrape only
 /// needs a recent value.
 pub fn read_counters(fd: impl AsFd) -> io::Result<CacheCounters> {
-    let mut bytes = [0u8; COUNTERS * 8];
-    let offset = i64::try_from(COUNTERS_OFFSET).unwrap_or(0);
-    if pread(fd.as_fd(), &mut bytes, offset)? != bytes.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "short read of the session cache counters",
-        ));
-    }
+    let bytes =
+        sealed_memfd::read_at::<{ COUNTERS * 8 }>(fd, COUNTERS_OFFSET, "session cache counters")?;
     Ok(CacheCounters::from_ne_bytes(&bytes))
 }
 
@@ -361,6 +324,7 @@ pub struct SessionCacheHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::uio::pwrite;
 
     #[test]
     fn the_default_segment_holds_a_few_thousand_sessions_of_a_page_each() {
