@@ -8,6 +8,7 @@
 //! balancers' generator, one per thread, seeded from the clock and the pid.
 
 use std::cell::RefCell;
+use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use zentinel_protocol::config::TraceIdFormat;
@@ -20,6 +21,8 @@ const BASE58: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrst
 const TIME_MODULO: u64 = 195_112;
 /// An incoming id longer than this, or with bytes outside visible ASCII, is not reused.
 const MAX_INCOMING: usize = 128;
+/// Length of a generated UUID, the longest generated id.
+const UUID_LEN: usize = 36;
 const INCOMING: [&[u8]; 3] = [b"x-trace-id", b"x-correlation-id", b"x-request-id"];
 
 thread_local! {
@@ -31,8 +34,12 @@ pub(crate) fn next_random() -> u64 {
     RNG.with(|rng| rng.borrow_mut().next_u64())
 }
 
-/// The request's own trace id, else a new one.
-pub fn for_request(req: &RequestHead, format: TraceIdFormat) -> String {
+/// The request's own trace id, else a new one, written over `out` (a connection's id string
+/// is reused from request to request: no allocation once it has room).
+pub fn for_request(req: &RequestHead, format: TraceIdFormat, out: &mut String) {
+    out.clear();
+    // A connection's first id allocates once, with room for the longest generated one.
+    out.reserve(UUID_LEN);
     for name in INCOMING {
         let found = req
             .headers()
@@ -42,29 +49,29 @@ pub fn for_request(req: &RequestHead, format: TraceIdFormat) -> String {
                 !v.is_empty() && v.len() <= MAX_INCOMING && v.iter().all(|b| b.is_ascii_graphic())
             });
         if let Some(value) = found {
-            return String::from_utf8_lossy(value).into_owned();
+            // Visible ASCII only (checked above).
+            out.extend(value.iter().map(|&b| char::from(b)));
+            return;
         }
     }
-    generate(format)
+    generate(format, out);
 }
 
-/// A new id in `format`.
-pub fn generate(format: TraceIdFormat) -> String {
+/// A new id in `format`, appended to `out`.
+pub fn generate(format: TraceIdFormat, out: &mut String) {
     match format {
-        TraceIdFormat::TinyFlake => tinyflake(),
-        TraceIdFormat::Uuid => uuid4(),
+        TraceIdFormat::TinyFlake => tinyflake(out),
+        TraceIdFormat::Uuid => uuid4(out),
     }
 }
 
-fn tinyflake() -> String {
+fn tinyflake(out: &mut String) {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut out = String::with_capacity(11);
-    push_base58(secs % TIME_MODULO, 3, &mut out);
+    push_base58(secs % TIME_MODULO, 3, out);
     // 48 random bits, as upstream.
-    push_base58(next_random() & 0xffff_ffff_ffff, 8, &mut out);
-    out
+    push_base58(next_random() & 0xffff_ffff_ffff, 8, out);
 }
 
 fn push_base58(mut value: u64, width: usize, out: &mut String) {
@@ -78,22 +85,19 @@ fn push_base58(mut value: u64, width: usize, out: &mut String) {
     }
 }
 
-fn uuid4() -> String {
-    let (a, b) = (next_random(), next_random());
-    let bytes: Vec<u8> = a.to_be_bytes().into_iter().chain(b.to_be_bytes()).collect();
+fn uuid4(out: &mut String) {
     let mut b16 = [0u8; 16];
-    b16.copy_from_slice(&bytes);
+    b16[..8].copy_from_slice(&next_random().to_be_bytes());
+    b16[8..].copy_from_slice(&next_random().to_be_bytes());
     b16[6] = (b16[6] & 0x0f) | 0x40; // version 4
     b16[8] = (b16[8] & 0x3f) | 0x80; // RFC 4122 variant
-    let hex: String = b16.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    for (i, b) in b16.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{b:02x}");
+    }
 }
 
 #[cfg(test)]
@@ -102,11 +106,16 @@ mod tests {
 
     #[test]
     fn formats() {
-        let t = generate(TraceIdFormat::TinyFlake);
+        let new = |format| {
+            let mut s = String::new();
+            generate(format, &mut s);
+            s
+        };
+        let t = new(TraceIdFormat::TinyFlake);
         assert_eq!(t.len(), 11);
         assert!(t.bytes().all(|b| BASE58.contains(&b)), "{t}");
-        assert_ne!(t, generate(TraceIdFormat::TinyFlake));
-        let u = generate(TraceIdFormat::Uuid);
+        assert_ne!(t, new(TraceIdFormat::TinyFlake));
+        let u = new(TraceIdFormat::Uuid);
         assert_eq!(u.len(), 36);
         assert_eq!(&u[14..15], "4", "{u}");
         assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"), "{u}");

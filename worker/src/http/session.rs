@@ -62,6 +62,7 @@ mod file_body;
 mod local;
 mod request;
 mod retries;
+mod spare;
 
 /// How long a closing connection keeps reading (and discarding) after its write shutdown, so
 /// a request racing with the close gets an EOF rather than an RST.
@@ -183,6 +184,8 @@ struct Exchange {
     fallback: Option<FallbackState>,
     /// `buffer-responses`: read the response ahead of the client (see `buffering`).
     read_ahead: Option<ReadAhead>,
+    /// Scratch space the response head is written to before it joins `cout`.
+    head_scratch: Vec<u8>,
 }
 
 /// Why an exchange cannot go on.

@@ -10,7 +10,7 @@ use crate::http::codec::{self, BodyFraming, ForwardContext, RequestHead};
 use crate::routing::Shadow;
 use crate::upstream::{self, PickRequest};
 
-pub fn mirror(sh: &Shadow, req: &RequestHead, fctx: &ForwardContext, ctx: &mut Ctx<'_>) {
+pub fn mirror(sh: &Shadow, req: &RequestHead, fctx: &ForwardContext<'_>, ctx: &mut Ctx<'_>) {
     if !matches!(req.framing, BodyFraming::Empty) || req.upgrade.is_some() {
         return;
     }

@@ -92,6 +92,8 @@ pub struct Pool {
     pub(super) config: UpstreamConfig,
     /// `tls { ... }`: connections speak TLS to every target.
     pub(super) tls: Option<PoolTls>,
+    /// Scratch for `choose` (each target's active count), reused: no allocation per pick.
+    active_scratch: Vec<u32>,
 }
 
 /// The outcome of choosing a target.
@@ -212,6 +214,7 @@ impl Pool {
             waiters: Vec::new(),
             config: c.clone(),
             tls,
+            active_scratch: Vec::new(),
         })
     }
 
@@ -348,7 +351,10 @@ impl Pool {
                 }
             }
         }
-        let active: Vec<u32> = self.targets.iter().map(|t| t.active).collect();
+        // The balancer's view of each target's load, in a vector kept from pick to pick.
+        let mut active = std::mem::take(&mut self.active_scratch);
+        active.clear();
+        active.extend(self.targets.iter().map(|t| t.active));
         let key = PickKey {
             client_ip: req.client_ip,
         };
@@ -363,6 +369,7 @@ impl Pool {
                 .pick(&active, &skip, &key)
                 .or_else(|| self.balancer.pick(&active, &hard, &key))
         };
+        self.active_scratch = active;
         match picked {
             Some(i) => {
                 self.admit(i, now);

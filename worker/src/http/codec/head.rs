@@ -316,6 +316,15 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
+    /// Give the head's storage back to the pool now; the head reads as empty after (an
+    /// ended exchange kept for reuse holds no head bytes).
+    pub fn release_storage(&mut self) {
+        self.store = HeadStore {
+            bytes: Vec::new(),
+            fields: Vec::new(),
+        };
+    }
+
     /// Request target as received (origin-form path and query, or absolute-form).
     pub fn target(&self) -> &str {
         self.store.get_str(self.target)

@@ -10,14 +10,14 @@ use super::{push_header, push_length_field, HttpVersion};
 
 /// Where a request came from, for the forwarding headers.
 #[derive(Debug, Clone)]
-pub struct ForwardContext {
+pub struct ForwardContext<'a> {
     pub client: SocketAddr,
     /// The listener's local address (for `Forwarded: by=` / `host=` fallbacks).
     pub listener: SocketAddr,
     /// `"http"` (or `"https"` once TLS exists).
     pub scheme: &'static str,
     /// The request's trace id, sent as `X-Trace-Id` (replacing the client's). `None`: none.
-    pub trace_id: Option<String>,
+    pub trace_id: Option<&'a str>,
     /// The verified client certificate's subject (mutual TLS), sent as
     /// `X-Client-Cert-Subject`. The client's own field of that name is always dropped.
     pub client_cert_subject: Option<std::rc::Rc<str>>,
@@ -29,7 +29,7 @@ pub struct ForwardContext {
 /// `X-Forwarded-For` appended to, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`
 /// (RFC 7239) added; HTTP/1.1 always; `Connection: keep-alive`, or `Connection: upgrade` plus
 /// the `Upgrade` header when `head.upgrade` is set. Framing headers are kept as received.
-pub fn write_upstream_request(head: &RequestHead, ctx: &ForwardContext, out: &mut Vec<u8>) {
+pub fn write_upstream_request(head: &RequestHead, ctx: &ForwardContext<'_>, out: &mut Vec<u8>) {
     use std::io::Write as _;
     let conn = head.conn.tokens(head.headers());
     out.extend_from_slice(head.method.as_bytes());

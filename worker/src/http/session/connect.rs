@@ -3,6 +3,7 @@
 //! answer with the proxy's own error. A connection got starts the exchange.
 
 use super::*;
+use std::mem::take;
 
 impl HttpSession {
     /// Connect for the request (routed at `since`) and start the exchange; or wait in the
@@ -68,7 +69,15 @@ impl HttpSession {
             fallback,
             prebuffered,
         } = q;
-        let mut head_bytes = Vec::with_capacity(512);
+        // The head goes into the vectors of an ended exchange when one is kept.
+        let mut spare = spare::take();
+        let (mut head_bytes, head_scratch) = spare
+            .as_mut()
+            .map(|b| (take(&mut b.head_bytes), take(&mut b.head_scratch)))
+            .unwrap_or_default();
+        head_bytes.clear();
+        // Sized for a typical head at once, instead of growing through several reallocations.
+        head_bytes.reserve(512);
         codec::write_upstream_request(&req, &self.forward_context(), &mut head_bytes);
         let policies = route.and_then(|r| self.generation.router.policies(r));
         if let Some(p) = policies {
@@ -135,8 +144,9 @@ impl HttpSession {
             close_client: false,
             fallback,
             read_ahead,
+            head_scratch,
         };
-        self.phase = Phase::Proxy(Box::new(ex));
+        self.phase = Phase::Proxy(spare::boxed(spare, ex));
     }
 
     /// `http-version "auto"`: the exchange's new connection chose h2; it goes on as the first

@@ -233,10 +233,10 @@ impl HttpSession {
             }
         }
 
-        // Response head(s).
-        // Sized for a typical head at once, instead of growing through several reallocations
-        // (allocated only when a head is parsed).
-        let mut head_out = Vec::new();
+        // Response head(s), written to the exchange's scratch vector (kept from exchange to
+        // exchange, see `spare`), sized for a typical head at once.
+        let mut head_out = std::mem::take(&mut ex.head_scratch);
+        head_out.clear();
         if ex.resp.is_none() && !ex.uin.is_empty() {
             head_out.reserve(512);
         }
@@ -325,27 +325,33 @@ impl HttpSession {
                         .rate
                         .or_else(|| self.filtered.as_ref().and_then(|f| f.rate))
                         .map(|d| header_policy::rate_headers(&d));
-                    let mut extra: Vec<(&[u8], &[u8])> = Vec::new();
+                    // At most the correlation id, the sticky cookie and three rate headers:
+                    // on the stack.
+                    let mut extra: [(&[u8], &[u8]); 5] = [(b"", b""); 5];
+                    let mut extras = 0;
                     // As upstream: the client learns the request's trace id (unless the
                     // upstream named one itself).
                     if !h
                         .headers()
                         .any(|f| f.name.eq_ignore_ascii_case(b"x-correlation-id"))
                     {
-                        extra.push((b"X-Correlation-Id", self.trace_id.as_bytes()));
+                        extra[extras] = (b"X-Correlation-Id", self.trace_id.as_bytes());
+                        extras += 1;
                     }
                     if let Some(v) = &set_cookie {
-                        extra.push((b"Set-Cookie", v.as_bytes()));
+                        extra[extras] = (b"Set-Cookie", v.as_bytes());
+                        extras += 1;
                     }
                     for (name, value) in rate.iter().flatten() {
-                        extra.push((name.as_bytes(), value.as_bytes()));
+                        extra[extras] = (name.as_bytes(), value.as_bytes());
+                        extras += 1;
                     }
                     let head_start = head_out.len();
                     codec::write_client_response_with(
                         &h,
                         ex.req.version,
                         ex.close_client,
-                        &extra,
+                        &extra[..extras],
                         &mut head_out,
                     );
                     if let Some(p) = ex.route.and_then(|r| self.generation.router.policies(r)) {
@@ -384,6 +390,7 @@ impl HttpSession {
         if let Some(a) = self.access.as_mut() {
             a.head_bytes += head_out.len() as u64;
         }
+        ex.head_scratch = head_out;
         if ex.resp.as_ref().is_some_and(|h| h.status == 101) {
             return Ok(progress);
         }
@@ -504,12 +511,14 @@ impl HttpSession {
             ctx.upstreams
                 .release(meta.join(up), reusable, ctx.registry, ctx.timers, ctx.now);
         }
+        let close = ex.close_client;
+        spare::recycle(ex);
         if rest_pending {
             self.phase = Phase::Local {
-                close: ex.close_client,
+                close,
                 since: ctx.now,
             };
-        } else if ex.close_client {
+        } else if close {
             self.start_closing(ctx.now);
         } else {
             self.phase = Phase::ReadingHead;

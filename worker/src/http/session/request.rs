@@ -89,7 +89,7 @@ impl HttpSession {
             // `keepalive-max-requests`: this answer is the connection's last.
             req.keep_alive = false;
         }
-        self.trace_id = trace_id::for_request(&req, self.generation.trace_id_format);
+        trace_id::for_request(&req, self.generation.trace_id_format, &mut self.trace_id);
         if self.logs_access() {
             let mut entry = access_log::Entry::from_request(self.head_started, &req);
             if matches!(self.client, ClientSock::Pipe(_)) {
@@ -311,7 +311,7 @@ impl HttpSession {
     }
 
     /// The forwarding fields of the current request (the proxied one and its shadow copy).
-    pub(super) fn forward_context(&self) -> ForwardContext {
+    pub(super) fn forward_context(&self) -> ForwardContext<'_> {
         ForwardContext {
             client: self.peer,
             listener: self.lctx.local,
@@ -321,7 +321,7 @@ impl HttpSession {
                 ClientSock::Pipe(p) if p.shared.borrow().over_tls => "https",
                 ClientSock::Pipe(_) => "http",
             },
-            trace_id: Some(self.trace_id.clone()),
+            trace_id: Some(&self.trace_id),
             client_cert_subject: self.client_subject.clone().flatten(),
         }
     }

@@ -7,7 +7,7 @@ use crate::http::codec::upstream_request::{push_forwarded_value, push_ip};
 // ---------------------------------------------------------------------------------------------
 // write_upstream_request
 
-fn ctx_v4() -> ForwardContext {
+fn ctx_v4() -> ForwardContext<'static> {
     ForwardContext {
         client: "192.0.2.7:51000".parse().unwrap(),
         listener: "10.0.0.1:8080".parse().unwrap(),
@@ -17,7 +17,7 @@ fn ctx_v4() -> ForwardContext {
     }
 }
 
-fn upstream_bytes(buf: &[u8], ctx: &ForwardContext) -> String {
+fn upstream_bytes(buf: &[u8], ctx: &ForwardContext<'_>) -> String {
     let mut out = Vec::new();
     write_upstream_request(&req(buf), ctx, &mut out);
     String::from_utf8(out).unwrap()
@@ -388,7 +388,7 @@ proptest! {
 #[test]
 fn upstream_request_carries_the_trace_id_instead_of_the_clients() {
     let ctx = ForwardContext {
-        trace_id: Some("3Ab9xYz12Kq".to_owned()),
+        trace_id: Some("3Ab9xYz12Kq"),
         ..ctx_v4()
     };
     let out = upstream_bytes(
