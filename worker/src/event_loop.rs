@@ -198,6 +198,7 @@ impl Worker {
             descriptors = fd_budget.available(),
             "file descriptors available to sessions"
         );
+        crate::sock::splice::set_limit(fd_budget.available());
         Ok(Worker {
             poll,
             channel,

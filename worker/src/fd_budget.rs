@@ -1,7 +1,7 @@
 //! How many sessions the open-file limit leaves room for.
 //!
-//! A session costs up to two file descriptors (the client and its upstream connection) and an
-//! idle pooled upstream connection one. Accepting past what the limit allows does not refuse
+//! A session costs up to two file descriptors (the client and its upstream connection), an
+//! idle pooled upstream connection one, and a tunnel direction moved by splice two (its pipe). Accepting past what the limit allows does not refuse
 //! the extra client: it moves the failure to the upstream connect, which then fails with
 //! `EMFILE`, so a client that was already being served gets a 502. The worker stops accepting
 //! before that point instead (closing idle pooled connections first) and leaves the rest in the
@@ -44,12 +44,13 @@ impl FdBudget {
         }
     }
 
-    /// Whether one more session fits next to `sessions` sessions and `idle` pooled connections.
-    pub fn allows_one_more(&self, sessions: usize, idle: usize) -> bool {
+    /// Whether one more session fits next to `sessions` sessions and `held` descriptors held
+    /// beside them (idle pooled connections, splice pipes).
+    pub fn allows_one_more(&self, sessions: usize, held: usize) -> bool {
         sessions
             .saturating_add(1)
             .saturating_mul(2)
-            .saturating_add(idle)
+            .saturating_add(held)
             <= self.available
     }
 

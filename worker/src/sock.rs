@@ -11,6 +11,7 @@
 mod buf;
 mod client;
 pub mod pipe;
+pub mod splice;
 #[cfg(test)]
 mod tests;
 

@@ -7,7 +7,6 @@
 //! close_notify (or a bare TCP FIN), and it is carried across as close_notify then FIN.
 
 use std::fmt;
-use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -16,6 +15,9 @@ use tracing::{debug, warn};
 use crate::ctx::{Ctx, Outcome};
 use crate::failover;
 use crate::sock::{Buf, ClientSock, Ready, Sock, UpSock, BUF_CAP};
+use lane::Lane;
+
+mod lane;
 use crate::timers::{TimerId, TimerKey};
 use crate::tokens::{self, Side};
 use crate::upstream::{PickRequest, UpConn};
@@ -64,20 +66,9 @@ pub struct TcpSession {
     connecting: Option<Instant>,
     /// Targets whose connect failed for this connection: failover skips them.
     failed: Vec<usize>,
-    c2u: Buf,
-    u2c: Buf,
+    c2u: Lane,
+    u2c: Lane,
     timer: Option<TimerId>,
-}
-
-/// Move bytes `src` -> `buf` -> `dst`; carry EOF over as a write shutdown once `buf` is empty.
-/// Returns (bytes read from src, bytes written to dst).
-fn relay(src: &mut ClientSock, dst: &mut ClientSock, buf: &mut Buf) -> io::Result<(usize, usize)> {
-    let r = src.fill(buf, BUF_CAP)?;
-    let w = dst.flush(buf)?;
-    if src.read_eof() && buf.is_empty() {
-        dst.shutdown_write();
-    }
-    Ok((r.bytes, w))
 }
 
 impl TcpSession {
@@ -105,8 +96,8 @@ impl TcpSession {
             upstream: None,
             connecting: None,
             failed,
-            c2u: Buf::new(),
-            u2c: Buf::new(),
+            c2u: Lane::new(Buf::new()),
+            u2c: Lane::new(Buf::new()),
             timer: None,
         };
         s.attach(conn, ctx.now);
@@ -173,8 +164,8 @@ impl TcpSession {
             upstream: Some((upstream, meta)),
             connecting: None,
             failed: Vec::new(),
-            c2u,
-            u2c,
+            c2u: Lane::new(c2u),
+            u2c: Lane::new(u2c),
             timer: None,
         }
     }
@@ -226,7 +217,7 @@ impl TcpSession {
                 Ok(false) => {
                     // Still connecting (or in the TLS handshake); buffer what the client
                     // already sends.
-                    return Some(match self.client.fill(&mut self.c2u, BUF_CAP) {
+                    return Some(match self.client.fill(self.c2u.buf_mut(), BUF_CAP) {
                         Ok(r) => {
                             ctx.counters.c.bytes_in += r.bytes as u64;
                             Outcome::Continue
@@ -252,8 +243,8 @@ impl TcpSession {
             return Outcome::Done;
         };
         loop {
-            let a = relay(&mut self.client, up, &mut self.c2u);
-            let b = relay(up, &mut self.client, &mut self.u2c);
+            let a = self.c2u.relay(&mut self.client, up);
+            let b = self.u2c.relay(up, &mut self.client);
             match (a, b) {
                 (Ok((ar, aw)), Ok((br, bw))) => {
                     ctx.counters.c.bytes_in += ar as u64;

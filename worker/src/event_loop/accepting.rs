@@ -143,7 +143,7 @@ impl Worker {
         let shared = &mut self.shared;
         while !self
             .fd_budget
-            .allows_one_more(self.sessions.len(), shared.upstreams.idle_count())
+            .allows_one_more(self.sessions.len(), held_descriptors(shared))
         {
             if !shared
                 .upstreams
@@ -163,4 +163,10 @@ impl Worker {
         self.accept_backoff = t;
         self.accept_pending = true;
     }
+}
+
+/// Descriptors held beside the sessions' own: idle pooled upstream connections and the
+/// tunnels' splice pipes.
+fn held_descriptors(shared: &Shared) -> usize {
+    shared.upstreams.idle_count() + crate::sock::splice::descriptors_open()
 }
