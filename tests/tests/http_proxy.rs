@@ -1,6 +1,6 @@
 //! HTTP/1.1 proxying end to end: real `zentinel`, real backends, raw sockets.
 
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -289,6 +289,10 @@ fn large_response_body_50mb_streamed() {
     let r = c.read_response_hashed();
     r.assert_pattern_body(N);
     eprintln!("50 MiB response in {:?}", start.elapsed());
+    // The body's rest moved by splice (plain both ways, over 1 MiB): the connection goes on
+    // with the next response, nothing of one body read into the other.
+    let r = c.get("/bytes/70000", "big.test");
+    r.assert_pattern_body(70_000);
     // Streaming, not buffering: the worker never held the whole body.
     let peak = peak_rss_kib(worker).expect("worker VmHWM");
     eprintln!("worker peak RSS: {peak} KiB");
@@ -296,6 +300,51 @@ fn large_response_body_50mb_streamed() {
         peak < 45 * 1024,
         "worker peak RSS {peak} KiB after a 50 MiB response: the body was buffered"
     );
+}
+
+#[test]
+fn a_client_that_stops_reading_a_spliced_body_is_cut_off() {
+    // 64 MiB, plain both ways: the body's rest moves by splice; a client that takes nothing
+    // for a whole request timeout is cut off there as with buffered bodies.
+    const N: u64 = 64 * 1024 * 1024;
+    let be = Backend::start("stall");
+    let z = Zentinel::start(&configs::proxy_with_listener(
+        1,
+        free_port(),
+        &be,
+        "",
+        "request-timeout-secs 1",
+        "",
+    ));
+    let mut s = TcpStream::connect(z.addr()).expect("connect");
+    s.write_all(format!("GET /bytes/{N} HTTP/1.1\r\nHost: stall\r\n\r\n").as_bytes())
+        .expect("send");
+    // The stalled client: reads nothing for three request timeouts.
+    thread::sleep(Duration::from_secs(3));
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "the connection was never closed");
+        match std::io::Read::read(&mut s, &mut buf) {
+            // Closed by the proxy (FIN, or a reset for the unread rest).
+            Ok(0) => break,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("the stalled download was not cut off: nothing more for 10 s")
+            }
+            Err(_) => break,
+            Ok(n) => got += n as u64,
+        }
+    }
+    assert!(
+        got < N,
+        "a client that read nothing for 3 s (request-timeout-secs 1) still got the whole body"
+    );
+    // The worker goes on serving.
+    let r = z.client().get("/bytes/70000", "ok");
+    r.assert_pattern_body(70_000);
 }
 
 #[test]

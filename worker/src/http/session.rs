@@ -43,6 +43,7 @@ use crate::http2::{H2Conn, Origin};
 use crate::rate_limit::Decision;
 use crate::routing::Action;
 use crate::sock::pipe::PipeEnd;
+use crate::sock::splice::SplicePipe;
 use crate::sock::{Buf, ClientSock, Ready, Sock, UpSock, BUF_CAP};
 use crate::tcp::{TcpSession, UpMeta};
 use crate::timers::{TimerId, TimerKey};
@@ -53,6 +54,7 @@ use crate::upstream::{PickRequest, UpConn};
 use buffering::{Buffering, Prebuffered, ReadAhead, RESPONSE_BUFFER_CAP};
 
 mod access;
+mod body_splice;
 mod buffering;
 mod connect;
 mod deadlines;
@@ -186,6 +188,8 @@ struct Exchange {
     read_ahead: Option<ReadAhead>,
     /// Scratch space the response head is written to before it joins `cout`.
     head_scratch: Vec<u8>,
+    /// A large body's rest moving by splice (see `body_splice`): it replaces `uin` and `cout`.
+    body_pipe: Option<SplicePipe>,
 }
 
 /// Why an exchange cannot go on.

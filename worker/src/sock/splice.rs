@@ -87,12 +87,23 @@ impl SplicePipe {
         self.held == 0
     }
 
+    /// The pipe holds all it may: reading stops until it drains.
+    pub fn is_full(&self) -> bool {
+        self.held >= self.cap
+    }
+
     /// Move bytes from `src` into the pipe until the socket is drained, at EOF, or the pipe
-    /// holds [`BUF_CAP`] bytes.
+    /// is full.
     pub fn fill(&mut self, src: &mut Sock) -> io::Result<ReadOutcome> {
+        self.fill_at_most(src, usize::MAX)
+    }
+
+    /// Like [`fill`](Self::fill), moving at most `limit` bytes (a body's end: what follows it
+    /// on the connection is not the body's).
+    pub fn fill_at_most(&mut self, src: &mut Sock, limit: usize) -> io::Result<ReadOutcome> {
         let mut out = ReadOutcome::default();
-        while src.readable && !src.read_eof && self.held < self.cap {
-            let want = self.cap - self.held;
+        while src.readable && !src.read_eof && self.held < self.cap && out.bytes < limit {
+            let want = (self.cap - self.held).min(limit - out.bytes);
             match splice(
                 src.stream.as_fd(),
                 None,

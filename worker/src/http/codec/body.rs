@@ -110,6 +110,32 @@ impl BodyTracker {
         }
     }
 
+    /// A Content-Length body's bytes still to come; None for other framings.
+    pub fn length_left(&self) -> Option<u64> {
+        match self.state {
+            TrackState::Length(left) => Some(left),
+            _ => None,
+        }
+    }
+
+    /// A Content-Length body's next `n` bytes went through without being fed (moved by
+    /// splice); at most what is left counts.
+    pub fn passed(&mut self, n: u64) -> BodyProgress {
+        let TrackState::Length(left) = self.state else {
+            return BodyProgress {
+                consumed: 0,
+                complete: false,
+            };
+        };
+        let take = n.min(left);
+        self.state = TrackState::Length(left - take);
+        self.body_bytes += take;
+        BodyProgress {
+            consumed: usize::try_from(take).unwrap_or(usize::MAX),
+            complete: left == take,
+        }
+    }
+
     /// Feed the next bytes. Chunk-size lines, extensions and trailers are validated
     /// (hex digits only, no overflow, CRLF after each chunk).
     pub fn feed(&mut self, input: &[u8]) -> Result<BodyProgress, BodyError> {

@@ -145,6 +145,7 @@ impl HttpSession {
             fallback,
             read_ahead,
             head_scratch,
+            body_pipe: None,
         };
         self.phase = Phase::Proxy(spare::boxed(spare, ex));
     }

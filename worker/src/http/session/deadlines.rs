@@ -149,17 +149,22 @@ impl HttpSession {
         let connect = ex.connecting.map(|t| (t + ct, Fail::ConnectTimedOut));
         // While `uin` is full the proxy is not reading the upstream (the client is slow):
         // its silence is not the upstream's fault then.
-        let read =
-            (ex.connecting.is_none() && !ex.resp_done && ex.uin.len() < BUF_CAP).then(|| {
-                (
-                    ex.last_up_activity + rt,
-                    Fail::Upstream(504, "upstream read timed out"),
-                )
-            });
+        let read = (ex.connecting.is_none()
+            && !ex.resp_done
+            && ex.uin.len() < BUF_CAP
+            && !ex.body_pipe.as_ref().is_some_and(SplicePipe::is_full))
+        .then(|| {
+            (
+                ex.last_up_activity + rt,
+                Fail::Upstream(504, "upstream read timed out"),
+            )
+        });
         // A client that stops reading would otherwise hold both connections forever.
         let send = ex
             .cout_stalled_since
-            .filter(|_| !self.cout.is_empty())
+            .filter(|_| {
+                !self.cout.is_empty() || ex.body_pipe.as_ref().is_some_and(|p| !p.is_empty())
+            })
             .map(|t| (t + request_timeout, Fail::ClientStalled));
         // Likewise the request body only times out while the proxy waits for it. Once the
         // response flows, the exchange is full duplex (a bidirectional gRPC stream): a client

@@ -204,13 +204,28 @@ impl HttpSession {
             }
         }
 
+        // A large body's rest may move by splice once the head and the bytes read with it
+        // are gone (see `body_splice`).
+        if let Some(tracker) = ex.resp_body.as_ref() {
+            if ex.body_pipe.is_none() && !ex.resp_done {
+                let copied = ex.dechunk
+                    || ex.read_ahead.is_some()
+                    || self
+                        .filtered
+                        .as_mut()
+                        .is_some_and(|f| f.compressing().is_some());
+                ex.body_pipe =
+                    body_splice::start(tracker, up, &self.client, &ex.uin, &self.cout, copied);
+            }
+        }
+
         // upstream -> uin (-> cout): read ahead of the client up to this.
         let read_cap = if ex.read_ahead.is_some() {
             RESPONSE_BUFFER_CAP
         } else {
             BUF_CAP
         };
-        if !up.read_eof() && ex.uin.len() < read_cap {
+        if !up.read_eof() && ex.uin.len() < read_cap && ex.body_pipe.is_none() {
             match up.fill(&mut ex.uin, read_cap) {
                 Ok(r) => {
                     if r.bytes > 0 {
@@ -395,8 +410,44 @@ impl HttpSession {
             return Ok(progress);
         }
 
+        // upstream -> pipe -> client, for a body moving by splice.
+        if let (Some(pipe), Some(tracker)) = (ex.body_pipe.as_mut(), ex.resp_body.as_mut()) {
+            let moved = body_splice::pump(pipe, tracker, up, &mut self.client)
+                .map_err(|_| Fail::ClientGone)?;
+            if moved.read > 0 {
+                ex.last_up_activity = now;
+                progress = true;
+            }
+            if moved.written > 0 {
+                ctx.counters.c.bytes_out += moved.written as u64;
+                if let Some(a) = self.access.as_mut() {
+                    a.bytes += moved.written as u64;
+                }
+                progress = true;
+            }
+            ex.cout_stalled_since = if pipe.is_empty() {
+                None
+            } else if moved.written > 0 {
+                Some(now)
+            } else {
+                Some(ex.cout_stalled_since.unwrap_or(now))
+            };
+            if pipe.is_full() {
+                // Not reading: the upstream's silence is not its fault.
+                ex.last_up_activity = now;
+            }
+            if moved.complete && !ex.resp_done {
+                ex.resp_done = true;
+                progress = true;
+            }
+            if !ex.resp_done && up.read_eof() {
+                // Truncated body: the client must see the connection end.
+                return Err(Fail::ClientGone);
+            }
+        }
+
         // uin -> response body -> cout.
-        if let Some(tracker) = ex.resp_body.as_mut() {
+        if let Some(tracker) = ex.resp_body.as_mut().filter(|_| ex.body_pipe.is_none()) {
             if !ex.resp_done && !ex.uin.is_empty() && self.cout.len() < read_cap {
                 let take = ex.uin.len().min(read_cap - self.cout.len());
                 let input = &ex.uin.as_slice()[..take];
@@ -467,7 +518,8 @@ impl HttpSession {
             ex.last_up_activity = now;
         }
 
-        if ex.resp_done && self.cout.is_empty() && (ex.req_done || ex.close_client) {
+        let pipe_empty = ex.body_pipe.as_ref().is_none_or(SplicePipe::is_empty);
+        if ex.resp_done && self.cout.is_empty() && pipe_empty && (ex.req_done || ex.close_client) {
             self.finish_exchange(ctx);
             return Ok(true);
         }
@@ -499,6 +551,7 @@ impl HttpSession {
                 && ex.resp_done
                 && ex.uin.is_empty()
                 && ex.uout.is_empty()
+                && ex.body_pipe.as_ref().is_none_or(SplicePipe::is_empty)
                 && !up.read_eof()
                 // Still readable: the last read filled the buffer, so bytes beyond the
                 // response may be waiting, with no event left to reveal them in the pool.

@@ -54,6 +54,7 @@ pub(super) fn recycle(mut ex: Box<Exchange>) {
     ex.replay = None;
     ex.fallback = None;
     ex.read_ahead = None;
+    ex.body_pipe = None;
     ex.uin = Buf::new();
     ex.uout = Buf::new();
     ex.tried.clear();
