@@ -55,6 +55,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// others idle for the lifetime of those keep-alive connections. Taking a few and going back
 /// to the event loop lets the other workers, woken for the same queue, take their share
 /// (nginx's `multi_accept off` default does the same with one).
+///
+/// Measured against 16 (2 workers, 3 alternating rounds, medians): 16 was slower everywhere,
+/// 31,161 against 36,601 keep-alive 1 KiB req/s and 14,174 against 15,369 connections per
+/// second with a new connection per request: one worker took bursts the other then idled for.
 const ACCEPT_BUDGET: usize = 1;
 
 enum Entry {
