@@ -15,6 +15,18 @@ pub mod splice;
 #[cfg(test)]
 mod tests;
 
+/// A connected loopback pair for tests of code that moves bytes between sockets: (the
+/// proxy's non-blocking end, the peer's blocking end).
+#[cfg(test)]
+pub(crate) fn loopback_pair() -> (ClientSock, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let peer = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (ours, _) = listener.accept().expect("accept");
+    ours.set_nonblocking(true).expect("nonblocking");
+    let sock = Sock::new(TcpStream::from_std(ours), true);
+    (ClientSock::Plain(sock), peer)
+}
+
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;

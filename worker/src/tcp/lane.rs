@@ -90,24 +90,31 @@ impl Lane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sock::{splice, Ready, Sock};
+    use crate::sock::{loopback_pair, splice, Ready};
     use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
     use std::time::{Duration, Instant};
 
-    /// A connected loopback pair: (the proxy's non-blocking end, the peer's blocking end).
-    fn pair() -> (ClientSock, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let peer = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (ours, _) = listener.accept().expect("accept");
-        ours.set_nonblocking(true).expect("nonblocking");
-        let sock = Sock::new(mio::net::TcpStream::from_std(ours), true);
-        (ClientSock::Plain(sock), peer)
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
     }
 
-    /// Relays until the source's EOF has been carried over (readiness forced each round, as
-    /// spurious readiness is harmless), within a deadline.
-    fn relay_all(lane: &mut Lane, src: &mut ClientSock, dst: &mut ClientSock) {
+    /// Sends `data` through a lane starting with `early` in its buffer, then EOF; relays (with
+    /// readiness forced each round, as spurious readiness is harmless) until the EOF has been
+    /// carried over, within a deadline. Returns what arrived and whether the lane spliced.
+    fn relay_through(early: &[u8], data: &[u8]) -> (Vec<u8>, bool) {
+        let (mut src, mut sender) = loopback_pair();
+        let (mut dst, mut receiver) = loopback_pair();
+        let sent = data.to_vec();
+        // The sender is dropped at the end: EOF, carried over as a write shutdown.
+        let writer = std::thread::spawn(move || sender.write_all(&sent).expect("write"));
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            receiver.read_to_end(&mut got).expect("read");
+            got
+        });
+        let mut buf = Buf::new();
+        buf.extend(early);
+        let mut lane = Lane::new(buf);
         let all = Ready {
             readable: true,
             writable: true,
@@ -118,38 +125,18 @@ mod tests {
             assert!(Instant::now() < deadline, "relay did not finish");
             src.on_ready(all);
             dst.on_ready(all);
-            lane.relay(src, dst).expect("relay");
+            lane.relay(&mut src, &mut dst).expect("relay");
         }
-    }
-
-    fn pattern(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+        writer.join().expect("writer");
+        (reader.join().expect("reader"), lane.spliced())
     }
 
     #[test]
     fn bulk_moves_to_a_pipe_and_every_byte_arrives_in_order() {
         splice::set_limit(1000);
-        let (mut src, mut sender) = pair();
-        let (mut dst, mut receiver) = pair();
         let data = pattern(4 << 20);
-        let sent = data.clone();
-        let writer = std::thread::spawn(move || {
-            sender.write_all(&sent).expect("write");
-            // Dropped: EOF, carried over as a write shutdown.
-        });
-        let reader = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            receiver.read_to_end(&mut got).expect("read");
-            got
-        });
-        let mut lane = Lane::new(Buf::new());
-        relay_all(&mut lane, &mut src, &mut dst);
-        writer.join().expect("writer");
-        let got = reader.join().expect("reader");
-        assert!(
-            lane.spliced(),
-            "4 MiB at once is bulk: the lane should splice"
-        );
+        let (got, spliced) = relay_through(b"", &data);
+        assert!(spliced, "4 MiB at once is bulk: the lane should splice");
         assert_eq!(got.len(), data.len());
         assert!(got == data, "bytes differ");
     }
@@ -157,44 +144,20 @@ mod tests {
     #[test]
     fn at_the_pipe_limit_the_buffer_goes_on() {
         splice::set_limit(0);
-        let (mut src, mut sender) = pair();
-        let (mut dst, mut receiver) = pair();
         let data = pattern(1 << 20);
-        let sent = data.clone();
-        let writer = std::thread::spawn(move || sender.write_all(&sent).expect("write"));
-        let reader = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            receiver.read_to_end(&mut got).expect("read");
-            got
-        });
-        let mut lane = Lane::new(Buf::new());
-        relay_all(&mut lane, &mut src, &mut dst);
-        writer.join().expect("writer");
-        assert!(!lane.spliced());
-        assert!(reader.join().expect("reader") == data);
+        let (got, spliced) = relay_through(b"", &data);
+        assert!(!spliced);
+        assert!(got == data, "bytes differ");
     }
 
     #[test]
     fn bytes_read_before_the_pipe_go_out_first() {
         splice::set_limit(1000);
-        let (mut src, mut sender) = pair();
-        let (mut dst, mut receiver) = pair();
         // A tunnel after 101: the upgrade's first bytes were already read into the buffer.
-        let mut early = Buf::new();
-        early.extend(b"early bytes;");
         let data = pattern(2 << 20);
-        let sent = data.clone();
-        let writer = std::thread::spawn(move || sender.write_all(&sent).expect("write"));
-        let reader = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            receiver.read_to_end(&mut got).expect("read");
-            got
-        });
-        let mut lane = Lane::new(early);
-        relay_all(&mut lane, &mut src, &mut dst);
-        writer.join().expect("writer");
-        let got = reader.join().expect("reader");
+        let (got, spliced) = relay_through(b"early bytes;", &data);
+        assert!(spliced);
         assert!(got.starts_with(b"early bytes;"));
-        assert!(got[12..] == data[..]);
+        assert!(got[12..] == data[..], "bytes differ");
     }
 }

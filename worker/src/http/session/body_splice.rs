@@ -76,20 +76,9 @@ pub(super) fn pump(
 mod tests {
     use super::*;
     use crate::http::codec::BodyFraming;
-    use crate::sock::{splice, Ready, Sock};
+    use crate::sock::{loopback_pair as pair, splice, Ready};
     use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
     use std::time::{Duration, Instant};
-
-    /// A connected loopback pair: (the proxy's non-blocking end, the peer's blocking end).
-    fn pair() -> (ClientSock, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let peer = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (ours, _) = listener.accept().expect("accept");
-        ours.set_nonblocking(true).expect("nonblocking");
-        let sock = Sock::new(mio::net::TcpStream::from_std(ours), true);
-        (ClientSock::Plain(sock), peer)
-    }
 
     #[test]
     fn a_spliced_body_stops_at_its_end_and_arrives_whole() {
