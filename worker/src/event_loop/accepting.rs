@@ -42,7 +42,8 @@ impl Worker {
         }
     }
 
-    /// Accept up to [`ACCEPT_BUDGET`] connections; `took_from` gets the listeners that gave one.
+    /// Accept up to the iteration's budget of connections (see `accept_budget`); `took_from`
+    /// gets the listeners that gave one.
     pub(super) fn accept_some(&mut self, now: Instant, took_from: &mut Vec<usize>) {
         let ready = match self.listeners.as_mut().map(|s| s.ready()) {
             None => {
@@ -56,7 +57,7 @@ impl Worker {
                 return;
             }
         };
-        let mut budget = ACCEPT_BUDGET;
+        let mut budget = self.accept_budget;
         for idx in ready {
             loop {
                 if let Some(limit) = self.at_capacity() {
