@@ -25,6 +25,18 @@ pub(super) fn log_tls_failure(
     }
 }
 
+/// Since when bytes waiting for a peer have found it taking none: None once nothing waits,
+/// now when this write took some, else unchanged (`prev`, or now for the first stall).
+fn stalled_since(prev: Option<Instant>, empty: bool, wrote: bool, now: Instant) -> Option<Instant> {
+    if empty {
+        None
+    } else if wrote {
+        Some(now)
+    } else {
+        Some(prev.unwrap_or(now))
+    }
+}
+
 impl HttpSession {
     pub(super) fn step_proxy(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
         if let Phase::Proxy(ex) = &self.phase {
@@ -185,11 +197,8 @@ impl HttpSession {
                         ex.last_up_activity = now;
                         progress = true;
                     }
-                    ex.uout_stalled_since = match (ex.uout.is_empty(), n > 0) {
-                        (true, _) => None,
-                        (false, true) => Some(now),
-                        (false, false) => Some(ex.uout_stalled_since.unwrap_or(now)),
-                    };
+                    ex.uout_stalled_since =
+                        stalled_since(ex.uout_stalled_since, ex.uout.is_empty(), n > 0, now);
                 }
                 Err(_) if retry_ok && !ex.got_upstream_bytes => return Err(Fail::RetryFresh),
                 Err(e) if refused_ok && pipe::is_refused(&e) => return Err(Fail::RetryFresh),
@@ -425,13 +434,12 @@ impl HttpSession {
                 }
                 progress = true;
             }
-            ex.cout_stalled_since = if pipe.is_empty() {
-                None
-            } else if moved.written > 0 {
-                Some(now)
-            } else {
-                Some(ex.cout_stalled_since.unwrap_or(now))
-            };
+            ex.cout_stalled_since = stalled_since(
+                ex.cout_stalled_since,
+                pipe.is_empty(),
+                moved.written > 0,
+                now,
+            );
             if pipe.is_full() {
                 // Not reading: the upstream's silence is not its fault.
                 ex.last_up_activity = now;
@@ -503,13 +511,8 @@ impl HttpSession {
                         a.bytes += n as u64;
                     }
                     progress |= n > 0;
-                    ex.cout_stalled_since = if self.cout.is_empty() {
-                        None
-                    } else if n > 0 {
-                        Some(now)
-                    } else {
-                        Some(ex.cout_stalled_since.unwrap_or(now))
-                    };
+                    ex.cout_stalled_since =
+                        stalled_since(ex.cout_stalled_since, self.cout.is_empty(), n > 0, now);
                 }
                 Err(_) => return Err(Fail::ClientGone),
             }
