@@ -25,6 +25,7 @@ bench_workloads() {
     add ka-5b http rps "-c 64 --mode keepalive --body 5" "keep-alive, 64 connections, GET of a 5 B body"
     add ka-1k http rps "-c 64 --mode keepalive --body 1024" "keep-alive, 64 connections, GET of a 1 KiB body"
     add ka-64k http rps "-c 64 --mode keepalive --body 65536" "keep-alive, 64 connections, GET of a 64 KiB body"
+    add tcp-ka-5b tcp rps "-c 64 --mode keepalive --body 5" "keep-alive 5 B GETs through each proxy's TCP tunnel (no HTTP parsing, one upstream connection per client: the least a proxy can do per request)"
     add close-1k http rps "-c 16 --mode close --body 1024" "a new connection per request, 16 connections, 1 KiB body"
     if ((tls_ok)); then
         add tls-ka-1k tls rps "-c 64 --mode keepalive --body 1024 $tls_args" "TLS keep-alive, 64 connections, 1 KiB body"

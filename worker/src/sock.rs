@@ -28,12 +28,14 @@ pub(crate) fn loopback_pair() -> (ClientSock, std::net::TcpStream) {
 }
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 
 use mio::net::TcpStream;
 use nix::errno::Errno;
 use nix::sys::sendfile::sendfile;
+use nix::sys::socket::{sendmsg, MsgFlags, SockaddrStorage};
 
 pub use buf::{Buf, BUF_CAP};
 pub use client::{ClientSock, UpSock};
@@ -159,17 +161,42 @@ impl Sock {
 
     /// Write as much of `buf` as the socket takes. Returns the bytes written.
     pub fn flush(&mut self, buf: &mut Buf) -> io::Result<usize> {
-        let mut total = 0;
-        while self.writable && !buf.is_empty() {
-            match self.stream.write(buf.as_slice()) {
+        self.flush_with(buf, &[]).map(|(n, _)| n)
+    }
+
+    /// Write `buf`, then `tail`, until both are out or the socket is full: with a tail, one
+    /// `sendmsg` of two slices, so bytes held in another buffer (a response body behind its
+    /// head) leave without first being copied behind `buf`. Returns (bytes written in all, of
+    /// which from `tail`).
+    pub fn flush_with(&mut self, buf: &mut Buf, tail: &[u8]) -> io::Result<(usize, usize)> {
+        let (mut total, mut from_tail) = (0, 0);
+        while self.writable && (!buf.is_empty() || from_tail < tail.len()) {
+            let rest = &tail[from_tail..];
+            let pending = buf.len() + rest.len();
+            let wrote = if rest.is_empty() {
+                self.stream.write(buf.as_slice())
+            } else {
+                let slices = [IoSlice::new(buf.as_slice()), IoSlice::new(rest)];
+                sendmsg::<SockaddrStorage>(
+                    self.stream.as_raw_fd(),
+                    &slices,
+                    &[],
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(io::Error::from)
+            };
+            match wrote {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     // A short write means the send buffer is full: wait for the next edge
                     // instead of a `write` that would only say `WouldBlock`.
-                    if n < buf.len() {
+                    if n < pending {
                         self.writable = false;
                     }
-                    buf.consume(n);
+                    let from_buf = n.min(buf.len());
+                    buf.consume(from_buf);
+                    from_tail += n - from_buf;
                     total += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
@@ -177,7 +204,7 @@ impl Sock {
                 Err(e) => return Err(e),
             }
         }
-        Ok(total)
+        Ok((total, from_tail))
     }
 
     /// sendfile(2): up to `count` bytes of `file` from `*offset` straight to the socket,

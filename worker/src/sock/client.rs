@@ -132,6 +132,18 @@ impl ClientSock {
         }
     }
 
+    /// Write `buf`, then `tail`, the tail not copied behind `buf` first (see
+    /// [`Sock::flush_with`]); returns (bytes written in all, of which from `tail`). Only a
+    /// plain socket does: TLS and HTTP/2 streams write nothing here and return (0, 0), so the
+    /// caller queues the tail behind `buf` and both leave together (one TLS record, one DATA
+    /// frame) at the next flush.
+    pub fn flush_with(&mut self, buf: &mut Buf, tail: &[u8]) -> io::Result<(usize, usize)> {
+        match self {
+            ClientSock::Plain(s) => s.flush_with(buf, tail),
+            ClientSock::Tls(_) | ClientSock::Pipe(_) => Ok((0, 0)),
+        }
+    }
+
     pub fn discard(&mut self) -> io::Result<bool> {
         match self {
             ClientSock::Plain(s) => s.discard(),

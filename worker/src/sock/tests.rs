@@ -112,3 +112,61 @@ fn short_read_marks_the_socket_drained_and_eof_is_still_seen() {
     assert_eq!(buf.as_slice(), b"hello world");
     assert!(sock.read_eof);
 }
+
+/// A head in the buffer and a body given as a tail leave in order; when the socket fills, the
+/// counts say where the write stopped (inside the buffer or inside the tail), and the rest
+/// goes out after the peer reads.
+#[test]
+fn flush_with_writes_buffer_then_tail_and_counts_a_short_write() {
+    use std::io::Read as _;
+    let (mut ours, mut peer) = loopback_pair();
+    let ClientSock::Plain(sock) = &mut ours else {
+        unreachable!("loopback_pair is plain")
+    };
+    let mut head = Buf::new();
+    head.extend(b"HTTP/1.1 200 OK\r\n\r\n");
+    let head_len = head.len();
+    // Far more than a loopback socket's send buffer takes at once.
+    let body: Vec<u8> = (0..(16 << 20)).map(|i| (i % 253) as u8).collect();
+    let (total, from_body) = sock.flush_with(&mut head, &body).expect("first write");
+    assert!(head.is_empty(), "the head left first");
+    assert_eq!(total, head_len + from_body);
+    assert!(
+        from_body < body.len(),
+        "the socket filled before the body was out"
+    );
+    assert!(
+        !sock.writable,
+        "a short write waits for the next writable edge"
+    );
+
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).expect("read");
+        got
+    });
+    let mut sent = from_body;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while sent < body.len() {
+        assert!(std::time::Instant::now() < deadline, "body not out in time");
+        sock.writable = true;
+        let mut empty = Buf::new();
+        match sock.flush_with(&mut empty, &body[sent..]) {
+            Ok((n, from_tail)) => {
+                assert_eq!(n, from_tail, "nothing came from the empty buffer");
+                sent += from_tail;
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+        if !sock.writable {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    sock.shutdown_write();
+    let got = reader.join().expect("reader");
+    assert_eq!(&got[..head_len], b"HTTP/1.1 200 OK\r\n\r\n");
+    assert!(
+        got[head_len..] == body[..],
+        "the body arrived whole and in order"
+    );
+}

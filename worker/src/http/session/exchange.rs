@@ -454,7 +454,8 @@ impl HttpSession {
             }
         }
 
-        // uin -> response body -> cout.
+        // uin -> response body -> cout (or straight to a plain client).
+        let mut sent_direct = 0;
         if let Some(tracker) = ex.resp_body.as_mut().filter(|_| ex.body_pipe.is_none()) {
             if !ex.resp_done && !ex.uin.is_empty() && self.cout.len() < read_cap {
                 let take = ex.uin.len().min(read_cap - self.cout.len());
@@ -475,7 +476,16 @@ impl HttpSession {
                         } else if ex.dechunk {
                             self.cout.extend(&ex.decoded);
                         } else {
-                            self.cout.extend(&ex.uin.as_slice()[..p.consumed]);
+                            // Plain client: head and body leave in one writev, the body
+                            // straight from `uin`; what the socket does not take waits in
+                            // `cout`.
+                            let body = &ex.uin.as_slice()[..p.consumed];
+                            let (sent, from_body) = self
+                                .client
+                                .flush_with(&mut self.cout, body)
+                                .map_err(|_| Fail::ClientGone)?;
+                            self.cout.extend(&body[from_body..]);
+                            sent_direct = sent;
                         }
                         ex.uin.consume(p.consumed);
                         ex.resp_done = p.complete;
@@ -503,19 +513,21 @@ impl HttpSession {
         }
 
         // cout -> client.
+        let mut sent = sent_direct;
         if !self.cout.is_empty() {
-            match self.client.flush(&mut self.cout) {
-                Ok(n) => {
-                    ctx.counters.c.bytes_out += n as u64;
-                    if let Some(a) = self.access.as_mut() {
-                        a.bytes += n as u64;
-                    }
-                    progress |= n > 0;
-                    ex.cout_stalled_since =
-                        stalled_since(ex.cout_stalled_since, self.cout.is_empty(), n > 0, now);
-                }
-                Err(_) => return Err(Fail::ClientGone),
+            sent += self
+                .client
+                .flush(&mut self.cout)
+                .map_err(|_| Fail::ClientGone)?;
+        }
+        if sent > 0 || !self.cout.is_empty() {
+            ctx.counters.c.bytes_out += sent as u64;
+            if let Some(a) = self.access.as_mut() {
+                a.bytes += sent as u64;
             }
+            progress |= sent > 0;
+            ex.cout_stalled_since =
+                stalled_since(ex.cout_stalled_since, self.cout.is_empty(), sent > 0, now);
         }
         if ex.uin.len() >= read_cap {
             ex.last_up_activity = now;
