@@ -102,6 +102,14 @@ impl Sock {
         self.peer_closed |= r.read_closed;
     }
 
+    /// The socket as a reader for a library that reads on its own (rustls' `read_tls`), with
+    /// the same readiness memory as [`fill`](Self::fill): a read that returns less than it was
+    /// offered has emptied the receive queue and clears `readable`, so the caller does not
+    /// pay a second `read` only to hear `WouldBlock`.
+    pub fn drain_reader(&mut self) -> DrainReader<'_> {
+        DrainReader { sock: self }
+    }
+
     /// Read into `buf` until the socket is drained, EOF, or `buf` holds `cap` bytes.
     ///
     /// A read that returns less than it was offered has emptied the socket's receive queue:
@@ -281,5 +289,20 @@ impl Sock {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// See [`Sock::drain_reader`].
+pub struct DrainReader<'a> {
+    sock: &'a mut Sock,
+}
+
+impl Read for DrainReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.sock.stream.read(buf)?;
+        if n > 0 && n < buf.len() && !self.sock.peer_closed {
+            self.sock.readable = false;
+        }
+        Ok(n)
     }
 }

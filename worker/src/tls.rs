@@ -281,7 +281,7 @@ impl TlsSock {
         if !self.sock.readable || self.sock.read_eof || !self.conn.wants_read() {
             return Ok(false);
         }
-        match self.conn.read_tls(&mut self.sock.stream) {
+        match self.conn.read_tls(&mut self.sock.drain_reader()) {
             Ok(0) => self.sock.read_eof = true,
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -113,6 +113,36 @@ fn short_read_marks_the_socket_drained_and_eof_is_still_seen() {
     assert!(sock.read_eof);
 }
 
+/// The reader handed to rustls keeps the same memory: a short read clears `readable`, a
+/// read that fills what was offered leaves it set (more may be queued).
+#[test]
+fn drain_reader_clears_readable_on_a_short_read_only() {
+    use std::io::Write as _;
+    let (mut ours, mut peer) = loopback_pair();
+    let ClientSock::Plain(sock) = &mut ours else {
+        unreachable!("loopback_pair is plain")
+    };
+    peer.write_all(&[7u8; 6000]).expect("write");
+    let mut all = [0u8; 8192];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while sock.stream.peek(&mut all).unwrap_or(0) < 6000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bytes did not arrive"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let mut chunk = [0u8; 4096];
+    assert_eq!(
+        sock.drain_reader().read(&mut chunk).expect("first read"),
+        4096
+    );
+    assert!(sock.readable, "a full read leaves the socket readable");
+    let n = sock.drain_reader().read(&mut chunk).expect("second read");
+    assert_eq!(n, 6000 - 4096);
+    assert!(!sock.readable, "a short read means the queue is empty");
+}
+
 /// A head in the buffer and a body given as a tail leave in order; when the socket fills, the
 /// counts say where the write stopped (inside the buffer or inside the tail), and the rest
 /// goes out after the peer reads.
