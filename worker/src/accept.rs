@@ -218,7 +218,7 @@ impl ListenerSet {
         let Some(l) = self.listeners.get(idx) else {
             return Accepted::Empty;
         };
-        match l.socket.accept() {
+        match sys::accept_nonblocking(&l.socket) {
             Ok((stream, peer)) => Accepted::Conn {
                 stream,
                 peer,

@@ -193,10 +193,7 @@ impl Worker {
         now: Instant,
     ) {
         self.shared.counters.c.accepted_total += 1;
-        if let Err(e) = stream.set_nonblocking(true) {
-            warn!(peer = %peer, error = %e, "cannot make an accepted socket non-blocking");
-            return;
-        }
+        // Non-blocking already: accepted with SOCK_NONBLOCK (sys::accept_nonblocking).
         let _ = stream.set_nodelay(true);
         let mut stream = mio::net::TcpStream::from_std(stream);
         let generation = Rc::clone(&self.shared.current);
