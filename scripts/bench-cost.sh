@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The per-request cost table alone (what `scripts/bench-peers.sh --cost` adds to its run):
-# syscalls, CPU µs, user-space instructions and libc allocations per request in the workers of
-# Zentinel, nginx and HAProxy, 1 worker each, on a fixed number of keep-alive 1 KiB requests.
+# syscalls, CPU µs (and the kernel's share of it), user-space instructions and libc allocations
+# per request in the workers of Zentinel, nginx and HAProxy, 1 worker each, on a fixed number
+# of 1 KiB requests: keep-alive, TLS keep-alive, and a new connection per request.
 # See scripts/bench/cost.sh for how each figure is taken.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -22,11 +23,13 @@ usage: scripts/bench-cost.sh [options]
 
 Installs what is missing with apt-get (nginx, HAProxy, strace), builds Zentinel
 (release), starts zentinel-backend and the three proxies with 1 worker each (Zentinel with its
-default configuration) and measures, per proxy, on REQUESTS keep-alive GETs of 1 KiB per figure:
-syscalls per request (strace -c -f -p on the workers), CPU µs per request (/proc stat),
-user-space instructions per request (perf stat -e instructions:u, n/a without hardware
-counters) and heap allocations per request (malloc, calloc, realloc, posix_memalign, ...
-counted by scripts/bench/alloc-count.c, preloaded into a second start of each proxy).
+default configuration) and measures, per proxy, on REQUESTS GETs of 1 KiB per figure, for
+keep-alive, TLS keep-alive (TLS 1.3, one certificate and suite for all) and a connection per
+request: syscalls per request (strace -c -f -p on the workers), CPU µs per request and the
+kernel's share of it (/proc stat); for keep-alive also user-space instructions per request
+(perf stat -e instructions:u, n/a without hardware counters) and heap allocations per request
+(malloc, calloc, realloc, posix_memalign, ... counted by scripts/bench/alloc-count.c,
+preloaded into a second start of each proxy).
 
 options:
   --requests N        requests per figure (default 20000)
@@ -77,6 +80,7 @@ zt_log "bench-cost"
 printf '    %s\n' "${header[@]}"
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 
+bench_tls_cert
 bench_start_backends
 cp "$(zt_bin zentinel)" "$ZT_TMP/zentinel-a"
 mkdir -p "$ZT_TMP/runs"
@@ -86,7 +90,7 @@ stop_proxies
 header+=("load average: $load_before before the run, $(cut -d' ' -f1-3 /proc/loadavg) after it")
 
 build_cost_table
-zt_log "per-request cost ($cost_requests keep-alive 1 KiB requests per figure, 1 worker each)"
+zt_log "per-request cost ($cost_requests 1 KiB requests per figure, 1 worker each)"
 printf '    %s\n' "${header[@]}"
 echo
 printf '%s\n' "${cost_text[@]}"

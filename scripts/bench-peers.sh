@@ -45,6 +45,9 @@ Workloads (--only takes a comma-separated list of these names):
   tls-resume-1k   a new connection per request resuming an earlier TLS session (--resume)
   h2-1k h2-64k    HTTP/2 over the same TLS with h2load (when installed): 16 connections x 16
                   (x 4) streams
+  tcp-ka-5b       keep-alive 5 B GETs through each proxy's TCP tunnel (Zentinel listener
+                  protocol "tcp", nginx stream, HAProxy mode tcp): no HTTP parsing, one upstream
+                  connection per client, the least any proxy does per request (the floor)
   dl-1g           one GET of 1 GiB (--download-size) over one connection: bytes/s, and the
                   proxy's CPU per byte (s per GiB)
   tcp-1g          the same GET through each proxy's TCP tunnel: Zentinel listener protocol
@@ -70,7 +73,8 @@ options:
   --curve-duration S    seconds per curve point (default 10; req/s counted after the first third)
   --curve-workers N     workers per proxy for the curve (default 2)
   --no-curve            no connection curve
-  --cost                also the per-request cost table (scripts/bench/cost.sh, 1 worker each)
+  --cost                also the per-request cost table (scripts/bench/cost.sh, 1 worker each;
+                        keep-alive, TLS keep-alive, a connection per request)
   --cost-requests N     requests per cost figure (default 20000)
   --reload-duration S   seconds of load per reload test (default 10)
   --no-reload           no reload comparison
@@ -253,7 +257,7 @@ if ((curve)); then
 fi
 if ((cost)); then
     echo
-    echo "Per-request cost ($cost_requests keep-alive 1 KiB requests per figure, 1 worker each):"
+    echo "Per-request cost ($cost_requests 1 KiB requests per figure, 1 worker each):"
     printf '%s\n' "${cost_text[@]}"
 fi
 if ((reload)); then

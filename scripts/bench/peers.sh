@@ -384,15 +384,24 @@ worker_pids() {
 
 CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
 
-# cpu_us PID...: CPU time (user + system) used so far by these processes, all their threads,
-# in microseconds, from /proc/PID/stat utime + stime (CLK_TCK ticks, counting exited threads too).
-cpu_us() {
-    local pid stat ticks=0 f
+# cpu_split_us PID...: "USER SYSTEM", the CPU time these processes (all their threads,
+# exited ones too) used so far in user space and in the kernel, in microseconds: utime and
+# stime of /proc/PID/stat, in CLK_TCK ticks.
+cpu_split_us() {
+    local pid stat user=0 sys=0 f
     for pid in "$@"; do
         stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || continue
         # After "comm) ": state is field 3 of the full line; utime and stime are fields 14, 15.
         read -ra f <<<"${stat##*) }"
-        ticks=$((ticks + f[11] + f[12]))
+        user=$((user + f[11])) sys=$((sys + f[12]))
     done
-    echo $((ticks * 1000000 / CLK_TCK))
+    echo "$((user * 1000000 / CLK_TCK)) $((sys * 1000000 / CLK_TCK))"
+}
+
+# cpu_us PID...: CPU time (user + system) used so far by these processes, all their threads,
+# in microseconds.
+cpu_us() {
+    local user sys
+    read -r user sys < <(cpu_split_us "$@")
+    echo $((user + sys))
 }

@@ -270,7 +270,7 @@ impl TcpSession {
         }
     }
 
-    /// Deregister and release everything (the upstream connection is never pooled).
+    /// Release everything (the upstream connection is never pooled).
     pub fn close(mut self, ctx: &mut Ctx<'_>) {
         if let Some(id) = self.timer.take() {
             ctx.timers.cancel(id);
@@ -278,7 +278,8 @@ impl TcpSession {
         // TLS: a last attempt at close_notify (a tunnel cut at the drain deadline, or after
         // the other side failed), as the upstream connection gets when it is discarded.
         self.client.close();
-        self.client.deregister(ctx.registry);
+        // Not deregistered: dropping the session closes the socket, which takes it out of
+        // the epoll set (a worker never duplicates a client's fd).
         if let Some((up, meta)) = self.upstream.take() {
             ctx.discard_upstream(meta.join(up));
         }

@@ -564,8 +564,8 @@ impl HttpSession {
         ))
     }
 
-    /// Release the upstream connection (never pooled: the exchange did not finish) and
-    /// deregister the client.
+    /// Release the upstream connection (never pooled: the exchange did not finish); the client
+    /// socket closes when the session is dropped.
     pub fn close(mut self, ctx: &mut Ctx<'_>) {
         if let Some(id) = self.timer.take() {
             ctx.timers.cancel(id);
@@ -574,7 +574,8 @@ impl HttpSession {
         // 499 when no status was sent.
         self.log_access(ctx);
         self.client.close();
-        self.client.deregister(ctx.registry);
+        // Not deregistered: dropping the session closes the socket, which takes it out of
+        // the epoll set (a worker never duplicates a client's fd), one epoll_ctl less.
         if let Phase::Proxy(ex) = &mut self.phase {
             if let Some((up, meta)) = ex.up.take() {
                 ctx.discard_upstream(meta.join(up));
