@@ -313,17 +313,6 @@ pub struct Supervisor {
     ready_pipe: Option<OwnedFd>,
 }
 
-/// The number of workers `worker-processes` asks for (0: one per CPU).
-pub fn worker_count(configured: u32) -> u32 {
-    if configured > 0 {
-        return configured;
-    }
-    std::thread::available_parallelism()
-        .ok()
-        .and_then(|n| u32::try_from(n.get()).ok())
-        .unwrap_or(1)
-}
-
 impl Supervisor {
     pub fn new(setup: SupervisorSetup) -> Result<Self, SupervisorError> {
         let poll = Poll::new().map_err(SupervisorError::Setup)?;
@@ -347,7 +336,7 @@ impl Supervisor {
             Some(socket) => Some(ControlServer::not_accepting(socket, CONTROL_TOKEN)),
             None => None,
         };
-        let count = worker_count(setup.config.system.worker_processes);
+        let count = setup.config.system.worker_count();
         let mut next_token = FIRST_WORKER_TOKEN;
         let mut metrics = setup.metrics;
         if let Some(server) = metrics.as_mut().filter(|_| accepting) {

@@ -84,6 +84,17 @@ pub struct SystemConfig {
 }
 
 impl SystemConfig {
+    /// The number of workers `worker-processes` asks for (0: one per CPU).
+    pub fn worker_count(&self) -> u32 {
+        if self.worker_processes > 0 {
+            return self.worker_processes;
+        }
+        std::thread::available_parallelism()
+            .ok()
+            .and_then(|n| u32::try_from(n.get()).ok())
+            .unwrap_or(1)
+    }
+
     /// Default of [`SystemConfig::max_draining_generations`]. Three generations draining at
     /// once is an upgrade, a fix-forward and a rollback in quick succession: each keeps its
     /// whole drain. A fourth means upgrades come faster than drains end, and the oldest

@@ -28,15 +28,22 @@ use crate::tokens;
 pub struct Listener {
     pub name: String,
     pub socket: TcpListener,
+    /// `TCP_NODELAY` is set on the listening socket, so every accepted connection has it
+    /// already (see [`adopt_listener`]).
+    pub nodelay_inherited: bool,
+}
+
+/// A listening socket adopted by [`adopt_listener`].
+pub struct Adopted {
+    pub socket: TcpListener,
+    pub local: SocketAddr,
+    /// Connections accepted from it come with `TCP_NODELAY` set.
+    pub nodelay_inherited: bool,
 }
 
 /// Check a received fd and turn it into a listener: it must be a stream socket, listening,
 /// bound to exactly `expected` (the address the master says it bound).
-pub fn adopt_listener(
-    fd: OwnedFd,
-    name: &str,
-    expected: &str,
-) -> Result<(TcpListener, SocketAddr), String> {
+pub fn adopt_listener(fd: OwnedFd, name: &str, expected: &str) -> Result<Adopted, String> {
     let expected: SocketAddr = expected
         .parse()
         .map_err(|e| format!("listener `{name}`: address `{expected}` does not parse: {e}"))?;
@@ -74,13 +81,24 @@ pub fn adopt_listener(
     // loop), so setting it here changes nothing for the others.
     sock.set_nonblocking(true)
         .map_err(|e| format!("listener `{name}`: set O_NONBLOCK: {e}"))?;
-    Ok((sock.into(), local))
+    // Linux copies a listening socket's TCP_NODELAY into every connection accepted from it:
+    // set once here (every worker wants it on the shared socket), it saves a setsockopt per
+    // connection. Where it fails, each connection gets it after its accept instead.
+    let nodelay_inherited = sock.set_tcp_nodelay(true).is_ok();
+    Ok(Adopted {
+        socket: sock.into(),
+        local,
+        nodelay_inherited,
+    })
 }
 
 pub struct ListenerSet {
     epoll: Epoll,
     listeners: Vec<Listener>,
     events: Vec<EpollEvent>,
+    /// Other workers wait on the same sockets: re-queue after accepting (see
+    /// [`ListenerSet::requeue`]). A lone worker has nobody to hand the next wakeup to.
+    shared: bool,
 }
 
 pub enum Accepted {
@@ -98,7 +116,8 @@ pub enum Accepted {
 }
 
 impl ListenerSet {
-    pub fn new(listeners: Vec<Listener>) -> io::Result<Self> {
+    /// `shared`: the configuration runs more than one worker on these sockets.
+    pub fn new(listeners: Vec<Listener>, shared: bool) -> io::Result<Self> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?;
         for (i, l) in listeners.iter().enumerate() {
             epoll
@@ -114,6 +133,7 @@ impl ListenerSet {
             epoll,
             events: vec![EpollEvent::empty(); listeners.len().max(1)],
             listeners,
+            shared,
         })
     }
 
@@ -147,9 +167,9 @@ impl ListenerSet {
     /// time and it is always back in `epoll_wait` first), and keep-alive connections then stay
     /// on that one worker when the load rises. Re-queueing after each accept makes the
     /// wakeups go round the idle workers. Two `epoll_ctl` calls per accepting round, nothing
-    /// per request.
+    /// per request; none when this worker is the configuration's only one.
     pub fn requeue(&self, registry: &Registry, idx: usize) -> io::Result<()> {
-        let Some(l) = self.listeners.get(idx) else {
+        let Some(l) = self.listeners.get(idx).filter(|_| self.shared) else {
             return Ok(());
         };
         epoll_ctl(registry, libc::EPOLL_CTL_DEL, &l.socket, None)?;
@@ -219,11 +239,16 @@ impl ListenerSet {
             return Accepted::Empty;
         };
         match sys::accept_nonblocking(&l.socket) {
-            Ok((stream, peer)) => Accepted::Conn {
-                stream,
-                peer,
-                listener: idx,
-            },
+            Ok((stream, peer)) => {
+                if !l.nodelay_inherited {
+                    let _ = stream.set_nodelay(true);
+                }
+                Accepted::Conn {
+                    stream,
+                    peer,
+                    listener: idx,
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Accepted::Empty,
             Err(e) => match e.raw_os_error() {
                 Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
@@ -253,4 +278,39 @@ fn epoll_ctl(
     event: Option<&mut libc::epoll_event>,
 ) -> io::Result<()> {
     sys::epoll_ctl(registry, op, socket, event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `nodelay_inherited` relies on: a connection accepted from a listener that has
+    /// TCP_NODELAY has it too, with no setsockopt of its own.
+    #[test]
+    fn an_adopted_listener_hands_nodelay_to_accepted_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let adopted =
+            adopt_listener(OwnedFd::from(listener), "test", &addr.to_string()).expect("adopt");
+        assert!(adopted.nodelay_inherited);
+        let _client = TcpStream::connect(addr).expect("connect");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let (accepted, _) = loop {
+            match sys::accept_nonblocking(&adopted.socket) {
+                Ok(conn) => break conn,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no connection to accept"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        assert!(
+            accepted.nodelay().expect("getsockopt"),
+            "TCP_NODELAY inherited"
+        );
+    }
 }

@@ -161,7 +161,8 @@ impl Candidate {
                         handle.name
                     )
                 })?;
-            let (socket, local) = adopt_listener(fd, &handle.name, &handle.address)?;
+            let adopted = adopt_listener(fd, &handle.name, &handle.address)?;
+            let local = adopted.local;
             let default_route = match &lc.default_route {
                 Some(r) => Some(router.index_of(r).ok_or_else(|| {
                     format!("listener `{}`: unknown default route `{r}`", lc.name)
@@ -221,10 +222,12 @@ impl Candidate {
             });
             listeners.push(Listener {
                 name: handle.name.clone(),
-                socket,
+                socket: adopted.socket,
+                nodelay_inherited: adopted.nodelay_inherited,
             });
         }
-        let listeners = ListenerSet::new(listeners).map_err(|e| e.to_string())?;
+        let listeners = ListenerSet::new(listeners, config.system.worker_count() > 1)
+            .map_err(|e| e.to_string())?;
         Ok(Candidate {
             listeners,
             entries,

@@ -531,7 +531,7 @@ impl Supervisor {
         // The old set goes: removed addresses close here (workers already dropped theirs),
         // kept ones live on in their duplicates.
         self.listeners = op.listeners;
-        let target = worker_count(self.config.system.worker_processes) as usize;
+        let target = self.config.system.worker_count() as usize;
         let limit = self.config.system.max_draining_generations;
         self.draining_event(crate::draining_generations::Event::Limit(limit));
         // Surplus workers are retired while the service goes on: the upgrade window.

@@ -193,8 +193,8 @@ impl Worker {
         now: Instant,
     ) {
         self.shared.counters.c.accepted_total += 1;
-        // Non-blocking already: accepted with SOCK_NONBLOCK (sys::accept_nonblocking).
-        let _ = stream.set_nodelay(true);
+        // Non-blocking and TCP_NODELAY already: accepted with SOCK_NONBLOCK
+        // (sys::accept_nonblocking) from a listener with TCP_NODELAY (accept::adopt_listener).
         let mut stream = mio::net::TcpStream::from_std(stream);
         let generation = Rc::clone(&self.shared.current);
         let Some(entry) = generation.listeners.get(listener) else {
