@@ -93,9 +93,13 @@ enum Phase {
     /// Every target the request may go to is at its connection cap (or still being
     /// resolved): waiting for the pool to wake this session, up to the connect timeout.
     Queued(Box<Queued>),
-    /// Write side shut down; discarding input until EOF or the linger deadline.
+    /// Closing. With `linger`: write side shut down, input discarded until EOF or the linger
+    /// deadline (the client may have sent more, and closing with unread input would reset
+    /// the connection and could destroy the response in flight). Without: the connection
+    /// closes as soon as the response is out.
     Closing {
         since: Instant,
+        linger: bool,
     },
 }
 
@@ -464,7 +468,22 @@ impl HttpSession {
 
     fn start_closing(&mut self, now: Instant) {
         self.client.shutdown_write();
-        self.phase = Phase::Closing { since: now };
+        self.phase = Phase::Closing {
+            since: now,
+            linger: true,
+        };
+    }
+
+    /// The client asked for the close (`Connection: close`, or HTTP/1.0 without keep-alive),
+    /// its request was read whole and nothing follows it: RFC 9112 9.6 forbids it to send
+    /// more, so there is nothing to linger for. The socket closes (FIN, after every byte of
+    /// the response) once the response is out, as nginx does: no shutdown, no wait for the
+    /// client's FIN, no read of it (11 -> 9 system calls per connection).
+    fn close_after_response(&mut self, now: Instant) {
+        self.phase = Phase::Closing {
+            since: now,
+            linger: false,
+        };
     }
 
     fn finish_close(&mut self, _ctx: &mut Ctx<'_>) -> Outcome {
@@ -528,6 +547,15 @@ impl HttpSession {
     fn step_closing(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
         if !self.cout.is_empty() {
             self.write_client(ctx)?;
+        }
+        if matches!(self.phase, Phase::Closing { linger: false, .. }) {
+            // Plain socket: with `cout` empty every byte is in the kernel, which sends them
+            // before the FIN.
+            return if self.cout.is_empty() {
+                Err(Outcome::Done)
+            } else {
+                Ok(false)
+            };
         }
         match self.client.discard() {
             Ok(true) | Err(_) => Err(Outcome::Done),

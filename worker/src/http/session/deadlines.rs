@@ -70,7 +70,7 @@ impl HttpSession {
                 }
             }
             Phase::Local { since, .. } => Some(*since + self.lctx.request_timeout),
-            Phase::Closing { since } => Some(*since + LINGER),
+            Phase::Closing { since, .. } => Some(*since + LINGER),
             Phase::Buffering(b) => Some(b.since + self.lctx.request_timeout),
             Phase::Held(h) => Some(h.until),
             Phase::Queued(q) => Some(

@@ -580,12 +580,19 @@ impl HttpSession {
                 .release(meta.join(up), reusable, ctx.registry, ctx.timers, ctx.now);
         }
         let close = ex.close_client;
+        // A plain client only: a TLS one still gets its close_notify sent and answered.
+        let client_done = !ex.req.keep_alive
+            && ex.req_done
+            && self.cin.is_empty()
+            && matches!(self.client, ClientSock::Plain(_));
         spare::recycle(ex);
         if rest_pending {
             self.phase = Phase::Local {
                 close,
                 since: ctx.now,
             };
+        } else if close && client_done {
+            self.close_after_response(ctx.now);
         } else if close {
             self.start_closing(ctx.now);
         } else {
