@@ -56,6 +56,7 @@ use buffering::{Buffering, Prebuffered, ReadAhead, RESPONSE_BUFFER_CAP};
 mod access;
 mod body_splice;
 mod buffering;
+mod closing;
 mod connect;
 mod deadlines;
 mod exchange;
@@ -466,30 +467,6 @@ impl HttpSession {
         out
     }
 
-    fn start_closing(&mut self, now: Instant) {
-        self.client.shutdown_write();
-        self.phase = Phase::Closing {
-            since: now,
-            linger: true,
-        };
-    }
-
-    /// The client asked for the close (`Connection: close`, or HTTP/1.0 without keep-alive),
-    /// its request was read whole and nothing follows it: RFC 9112 9.6 forbids it to send
-    /// more, so there is nothing to linger for. The socket closes (FIN, after every byte of
-    /// the response) once the response is out, as nginx does: no shutdown, no wait for the
-    /// client's FIN, no read of it (11 -> 9 system calls per connection).
-    fn close_after_response(&mut self, now: Instant) {
-        self.phase = Phase::Closing {
-            since: now,
-            linger: false,
-        };
-    }
-
-    fn finish_close(&mut self, _ctx: &mut Ctx<'_>) -> Outcome {
-        Outcome::Done
-    }
-
     fn pump(&mut self, ctx: &mut Ctx<'_>) -> Outcome {
         loop {
             let step = match &self.phase {
@@ -541,25 +518,6 @@ impl HttpSession {
         ctx.counters.c.bytes_out += n as u64;
         if let Some(a) = self.access.as_mut() {
             a.bytes += n as u64;
-        }
-    }
-
-    fn step_closing(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Outcome> {
-        if !self.cout.is_empty() {
-            self.write_client(ctx)?;
-        }
-        if matches!(self.phase, Phase::Closing { linger: false, .. }) {
-            // Plain socket: with `cout` empty every byte is in the kernel, which sends them
-            // before the FIN.
-            return if self.cout.is_empty() {
-                Err(Outcome::Done)
-            } else {
-                Ok(false)
-            };
-        }
-        match self.client.discard() {
-            Ok(true) | Err(_) => Err(Outcome::Done),
-            Ok(false) => Ok(false),
         }
     }
 
