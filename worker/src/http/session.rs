@@ -503,21 +503,13 @@ impl HttpSession {
     fn write_client(&mut self, ctx: &mut Ctx<'_>) -> Result<usize, Outcome> {
         match self.client.flush(&mut self.cout) {
             Ok(n) => {
-                self.count_out(n, ctx);
+                count_out(&mut self.access, n, ctx);
                 Ok(n)
             }
             Err(e) => {
                 debug!(peer = %self.peer, error = %e, "client write failed");
                 Err(Outcome::Done)
             }
-        }
-    }
-
-    /// `n` bytes went to the client: counters and access log.
-    fn count_out(&mut self, n: usize, ctx: &mut Ctx<'_>) {
-        ctx.counters.c.bytes_out += n as u64;
-        if let Some(a) = self.access.as_mut() {
-            a.bytes += n as u64;
         }
     }
 
@@ -567,5 +559,15 @@ impl HttpSession {
                 ctx.discard_upstream(meta.join(up));
             }
         }
+    }
+}
+
+/// `n` bytes went to the client: counters and the access-log entry. A function of the
+/// session's `access` field, not a method, so the exchange's paths can call it while they
+/// hold the exchange borrowed out of the session's phase.
+fn count_out(access: &mut Option<Box<access_log::Entry>>, n: usize, ctx: &mut Ctx<'_>) {
+    ctx.counters.c.bytes_out += n as u64;
+    if let Some(a) = access.as_mut() {
+        a.bytes += n as u64;
     }
 }

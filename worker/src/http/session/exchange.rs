@@ -428,10 +428,7 @@ impl HttpSession {
                 progress = true;
             }
             if moved.written > 0 {
-                ctx.counters.c.bytes_out += moved.written as u64;
-                if let Some(a) = self.access.as_mut() {
-                    a.bytes += moved.written as u64;
-                }
+                count_out(&mut self.access, moved.written, ctx);
                 progress = true;
             }
             ex.cout_stalled_since = stalled_since(
@@ -521,10 +518,7 @@ impl HttpSession {
                 .map_err(|_| Fail::ClientGone)?;
         }
         if sent > 0 || !self.cout.is_empty() {
-            ctx.counters.c.bytes_out += sent as u64;
-            if let Some(a) = self.access.as_mut() {
-                a.bytes += sent as u64;
-            }
+            count_out(&mut self.access, sent, ctx);
             progress |= sent > 0;
             ex.cout_stalled_since =
                 stalled_since(ex.cout_stalled_since, self.cout.is_empty(), sent > 0, now);

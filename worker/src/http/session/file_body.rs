@@ -53,7 +53,7 @@ impl HttpSession {
             })?;
             budget = budget.saturating_sub(used);
             if plain {
-                self.count_out(used, ctx);
+                count_out(&mut self.access, used, ctx);
                 self.local_progress(used, ctx);
                 if used == 0 {
                     // The socket is full: its writable event resumes the body.
