@@ -60,6 +60,7 @@ mod closing;
 mod connect;
 mod deadlines;
 mod exchange;
+mod exchange_end;
 mod failure;
 mod file_body;
 mod local;
